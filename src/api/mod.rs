@@ -1,0 +1,1 @@
+//! api (see lib.rs for the layout).

@@ -1,0 +1,1 @@
+//! Composition root: wires store, blobs, jobs, infer and api together.

@@ -1,0 +1,1 @@
+//! Files on disk under the data dir: atomic writes (tmp + rename), streamed uploads.

@@ -1,0 +1,1 @@
+//! Configuration: clap derive with `TEMPER_*` environment variables.

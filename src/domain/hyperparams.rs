@@ -1,0 +1,375 @@
+//! Hyperparameters: what the user asked for (OpenAI's three knobs, each `"auto"` or a
+//! number, plus temper's extra keys) and the resolved numbers a trainer runs with.
+//!
+//! Requests are parsed at job creation, so an unknown key or an out-of-range value is a
+//! 400 naming the param; `"auto"` is resolved when the job starts, once the task and the
+//! number of examples are known.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The task a job trains, decided by the format of its training file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    SequenceClassification,
+    ChatCompletion,
+    PromptCompletion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    Linear,
+    Cosine,
+    Constant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    /// 0 means full fine-tuning.
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// PEFT module names (`query`, `value`, `q_proj`…); empty means the task's default set.
+    pub target_modules: Vec<String>,
+}
+
+/// The numbers a trainer runs with; every `"auto"` is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingConfig {
+    pub n_epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate_multiplier: f64,
+    pub learning_rate: f64,
+    pub lr_scheduler: LrScheduler,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub gradient_accumulation_steps: usize,
+    pub max_seq_len: usize,
+    /// Evaluate on the validation set every N optimizer steps (besides each epoch end).
+    pub eval_steps: Option<usize>,
+    /// Save a checkpoint every N optimizer steps (besides each epoch end).
+    pub save_steps: Option<usize>,
+    /// Stop after this many evaluations without improvement of `metric_for_best_model`.
+    pub early_stopping_patience: Option<usize>,
+    /// `valid_accuracy`, `valid_f1`, `valid_loss`, `train_loss`, …; `None` = task default.
+    pub metric_for_best_model: Option<String>,
+    pub lora: LoraSettings,
+    /// `q4_0` / `q8_0`: a frozen quantized base (QLoRA).
+    pub quantize: Option<String>,
+    pub seed: u64,
+}
+
+/// A hyperparameter that is `"auto"` until the job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Auto<T> {
+    Value(T),
+    Auto(AutoLiteral),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoLiteral {
+    Auto,
+}
+
+impl<T: Copy> Auto<T> {
+    pub fn value(&self) -> Option<T> {
+        match self {
+            Auto::Value(v) => Some(*v),
+            Auto::Auto(_) => None,
+        }
+    }
+}
+
+/// What the user asked for, validated but not resolved.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HyperparamRequest {
+    pub n_epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub learning_rate_multiplier: Option<f64>,
+    pub learning_rate: Option<f64>,
+    pub lr_scheduler: Option<LrScheduler>,
+    pub warmup_ratio: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub max_grad_norm: Option<f64>,
+    pub gradient_accumulation_steps: Option<usize>,
+    pub max_seq_len: Option<usize>,
+    pub eval_steps: Option<usize>,
+    pub save_steps: Option<usize>,
+    pub early_stopping_patience: Option<usize>,
+    pub metric_for_best_model: Option<String>,
+    pub lora_rank: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub target_modules: Option<Vec<String>>,
+    pub quantize: Option<String>,
+}
+
+/// A bad hyperparameter: `param` is the key as the user wrote it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct HyperparamError {
+    pub param: String,
+    pub message: String,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> HyperparamError {
+    HyperparamError {
+        param: param.to_string(),
+        message: message.into(),
+    }
+}
+
+const METRICS_FOR_BEST: [&str; 6] = [
+    "valid_accuracy",
+    "valid_f1",
+    "valid_loss",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+    "train_loss",
+];
+
+fn int_in(param: &str, value: &Value, min: u64, max: u64) -> Result<usize, HyperparamError> {
+    let n = value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        .ok_or_else(|| bad(param, format!("`{param}` must be an integer")))?;
+    if n < min || n > max {
+        return Err(bad(param, format!("`{param}` must be between {min} and {max}, got {n}")));
+    }
+    usize::try_from(n).map_err(|_| bad(param, format!("`{param}` is too large")))
+}
+
+fn float_in(param: &str, value: &Value, min: f64, max: f64, min_exclusive: bool) -> Result<f64, HyperparamError> {
+    let x = value
+        .as_f64()
+        .ok_or_else(|| bad(param, format!("`{param}` must be a number")))?;
+    let below = if min_exclusive { x <= min } else { x < min };
+    if below || x > max || !x.is_finite() {
+        let lower = if min_exclusive { "greater than" } else { "at least" };
+        return Err(bad(param, format!("`{param}` must be {lower} {min} and at most {max}, got {x}")));
+    }
+    Ok(x)
+}
+
+fn is_auto(value: &Value) -> bool {
+    value.as_str() == Some("auto") || value.is_null()
+}
+
+impl HyperparamRequest {
+    /// Parses the merged hyperparameter object (`method.<type>.hyperparameters` over the
+    /// deprecated top-level `hyperparameters`). Unknown keys are rejected.
+    pub fn parse(object: &Map<String, Value>) -> Result<Self, HyperparamError> {
+        let mut req = HyperparamRequest::default();
+        for (key, value) in object {
+            let k = key.as_str();
+            match k {
+                "n_epochs" if !is_auto(value) => req.n_epochs = Some(int_in(k, value, 1, 50)?),
+                "batch_size" if !is_auto(value) => req.batch_size = Some(int_in(k, value, 1, 256)?),
+                "learning_rate_multiplier" if !is_auto(value) => {
+                    req.learning_rate_multiplier = Some(float_in(k, value, 0.0, 1000.0, true)?)
+                }
+                "n_epochs" | "batch_size" | "learning_rate_multiplier" => {}
+                "learning_rate" => req.learning_rate = Some(float_in(k, value, 0.0, 1.0, true)?),
+                "lr_scheduler" => {
+                    req.lr_scheduler = Some(match value.as_str() {
+                        Some("linear") => LrScheduler::Linear,
+                        Some("cosine") => LrScheduler::Cosine,
+                        Some("constant") => LrScheduler::Constant,
+                        _ => return Err(bad(k, "`lr_scheduler` must be one of `linear`, `cosine`, `constant`")),
+                    })
+                }
+                "warmup_ratio" => req.warmup_ratio = Some(float_in(k, value, 0.0, 0.99, false)?),
+                "weight_decay" => req.weight_decay = Some(float_in(k, value, 0.0, 10.0, false)?),
+                "max_grad_norm" => req.max_grad_norm = Some(float_in(k, value, 0.0, 1e6, false)?),
+                "gradient_accumulation_steps" => {
+                    req.gradient_accumulation_steps = Some(int_in(k, value, 1, 1024)?)
+                }
+                "max_seq_len" => req.max_seq_len = Some(int_in(k, value, 8, 32768)?),
+                "eval_steps" => req.eval_steps = Some(int_in(k, value, 1, u32::MAX as u64)?),
+                "save_steps" => req.save_steps = Some(int_in(k, value, 1, u32::MAX as u64)?),
+                "early_stopping_patience" => {
+                    req.early_stopping_patience = Some(int_in(k, value, 1, 1000)?)
+                }
+                "metric_for_best_model" => {
+                    let name = value.as_str().filter(|m| METRICS_FOR_BEST.contains(m)).ok_or_else(|| {
+                        bad(k, format!("`metric_for_best_model` must be one of {}", METRICS_FOR_BEST.join(", ")))
+                    })?;
+                    req.metric_for_best_model = Some(name.to_string());
+                }
+                "lora_rank" => req.lora_rank = Some(int_in(k, value, 0, 1024)?),
+                "lora_alpha" => req.lora_alpha = Some(float_in(k, value, 0.0, 1e6, true)?),
+                "lora_dropout" => req.lora_dropout = Some(float_in(k, value, 0.0, 0.9, false)?),
+                "target_modules" => {
+                    let modules = value
+                        .as_array()
+                        .filter(|a| !a.is_empty())
+                        .and_then(|a| a.iter().map(|m| m.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+                        .ok_or_else(|| bad(k, "`target_modules` must be a non-empty list of module names"))?;
+                    req.target_modules = Some(modules);
+                }
+                "quantize" => {
+                    let q = value
+                        .as_str()
+                        .filter(|q| matches!(*q, "q4_0" | "q8_0"))
+                        .ok_or_else(|| bad(k, "`quantize` must be `q4_0` or `q8_0`"))?;
+                    req.quantize = Some(q.to_string());
+                }
+                _ => return Err(bad(k, format!("Unknown hyperparameter `{k}`"))),
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// Per-task defaults, as transformers' `Trainer` recipes and peft examples use them.
+struct TaskDefaults {
+    full_lr: f64,
+    lora_lr: f64,
+    lora_rank: usize,
+    lora_alpha: f64,
+    batch_size: usize,
+    max_seq_len: usize,
+}
+
+fn defaults(task: TaskKind) -> TaskDefaults {
+    match task {
+        // BERT recipe: full fine-tuning, lr 2e-5, batch 16, 128 tokens.
+        TaskKind::SequenceClassification => TaskDefaults {
+            full_lr: 2e-5,
+            lora_lr: 5e-4,
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            batch_size: 16,
+            max_seq_len: 128,
+        },
+        // Decoder SFT: LoRA r=8, α=16, lr 2e-4 (peft's usual recipe).
+        TaskKind::ChatCompletion | TaskKind::PromptCompletion => TaskDefaults {
+            full_lr: 2e-5,
+            lora_lr: 2e-4,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            batch_size: 4,
+            max_seq_len: 512,
+        },
+    }
+}
+
+/// OpenAI's `"auto"` epochs: aim for ~3 epochs but at least 100 and at most 25 000
+/// example passes (the cookbook's heuristic). Classification uses Trainer's 3.
+pub fn auto_epochs(task: TaskKind, n_examples: usize) -> usize {
+    if task == TaskKind::SequenceClassification {
+        return 3;
+    }
+    let n = n_examples.max(1);
+    if n * 3 < 100 {
+        (100 / n).min(25)
+    } else if n * 3 > 25_000 {
+        (25_000 / n).max(1)
+    } else {
+        3
+    }
+}
+
+impl HyperparamRequest {
+    /// Replaces every `"auto"` with the number the job will use.
+    pub fn resolve(&self, task: TaskKind, n_examples: usize, seed: u64) -> TrainingConfig {
+        let d = defaults(task);
+        let rank = self.lora_rank.unwrap_or(d.lora_rank);
+        let multiplier = self.learning_rate_multiplier.unwrap_or(1.0);
+        let base_lr = if rank == 0 { d.full_lr } else { d.lora_lr };
+        TrainingConfig {
+            n_epochs: self.n_epochs.unwrap_or_else(|| auto_epochs(task, n_examples)),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            learning_rate_multiplier: multiplier,
+            learning_rate: self.learning_rate.unwrap_or(base_lr * multiplier),
+            lr_scheduler: self.lr_scheduler.unwrap_or(LrScheduler::Linear),
+            warmup_ratio: self.warmup_ratio.unwrap_or(0.0),
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            max_grad_norm: self.max_grad_norm.unwrap_or(1.0),
+            gradient_accumulation_steps: self.gradient_accumulation_steps.unwrap_or(1),
+            max_seq_len: self.max_seq_len.unwrap_or(d.max_seq_len),
+            eval_steps: self.eval_steps,
+            save_steps: self.save_steps,
+            early_stopping_patience: self.early_stopping_patience,
+            metric_for_best_model: self.metric_for_best_model.clone(),
+            lora: LoraSettings {
+                rank,
+                alpha: self.lora_alpha.unwrap_or(d.lora_alpha),
+                dropout: self.lora_dropout.unwrap_or(0.0),
+                target_modules: self.target_modules.clone().unwrap_or_default(),
+            },
+            quantize: self.quantize.clone(),
+            seed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<HyperparamRequest, HyperparamError> {
+        HyperparamRequest::parse(value.as_object().expect("test input is an object"))
+    }
+
+    #[test]
+    fn auto_values_stay_unset_and_resolve_to_task_defaults() {
+        let req = parse(json!({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}))
+            .expect("valid");
+        assert_eq!(req, HyperparamRequest::default());
+        let cfg = req.resolve(TaskKind::SequenceClassification, 4000, 7);
+        assert_eq!(cfg.n_epochs, 3);
+        assert_eq!(cfg.batch_size, 16);
+        assert_eq!(cfg.learning_rate, 2e-5);
+        assert_eq!(cfg.max_seq_len, 128);
+        assert_eq!(cfg.lora.rank, 0);
+        assert_eq!(cfg.seed, 7);
+    }
+
+    #[test]
+    fn multiplier_scales_the_default_learning_rate_and_absolute_lr_wins() {
+        let cfg = parse(json!({"learning_rate_multiplier": 2.0, "lora_rank": 8}))
+            .expect("valid")
+            .resolve(TaskKind::ChatCompletion, 100, 0);
+        assert!((cfg.learning_rate - 4e-4).abs() < 1e-12);
+        let cfg = parse(json!({"learning_rate_multiplier": 2.0, "learning_rate": 1e-3}))
+            .expect("valid")
+            .resolve(TaskKind::ChatCompletion, 100, 0);
+        assert_eq!(cfg.learning_rate, 1e-3);
+    }
+
+    #[test]
+    fn bad_values_name_their_param() {
+        for (input, param) in [
+            (json!({"n_epochs": 0}), "n_epochs"),
+            (json!({"n_epochs": 2.5}), "n_epochs"),
+            (json!({"batch_size": 257}), "batch_size"),
+            (json!({"learning_rate_multiplier": -1}), "learning_rate_multiplier"),
+            (json!({"lr_scheduler": "step"}), "lr_scheduler"),
+            (json!({"warmup_ratio": 1.5}), "warmup_ratio"),
+            (json!({"target_modules": []}), "target_modules"),
+            (json!({"quantize": "q2_k"}), "quantize"),
+            (json!({"metric_for_best_model": "bleu"}), "metric_for_best_model"),
+            (json!({"colour": "blue"}), "colour"),
+        ] {
+            let err = parse(input.clone()).expect_err("must be rejected");
+            assert_eq!(err.param, param, "{input}");
+        }
+    }
+
+    #[test]
+    fn auto_epochs_follow_the_cookbook_heuristic() {
+        assert_eq!(auto_epochs(TaskKind::ChatCompletion, 10), 10);
+        assert_eq!(auto_epochs(TaskKind::ChatCompletion, 20), 5);
+        assert_eq!(auto_epochs(TaskKind::ChatCompletion, 1000), 3);
+        assert_eq!(auto_epochs(TaskKind::ChatCompletion, 20_000), 1);
+        assert_eq!(auto_epochs(TaskKind::SequenceClassification, 10), 3);
+    }
+}

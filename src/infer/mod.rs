@@ -1,0 +1,1 @@
+//! infer (see lib.rs for the layout).

@@ -1,0 +1,1 @@
+//! jobs (see lib.rs for the layout).

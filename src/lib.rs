@@ -1,0 +1,33 @@
+//! temper: the OpenAI fine-tuning workflow for open models, on candle.
+//!
+//! # Layout
+//!
+//! ```text
+//! HTTP (api) ──► store (sqlx, SQLite) + blobs (data dir)
+//!                    │ job rows are the queue
+//!                    ▼
+//!             jobs: worker pool, one worker per device slot
+//!                    │ training runs on its own OS thread, reports over channels
+//!                    ▼
+//!             train: synchronous candle code, models from zoo
+//!                    │ checkpoints, metrics, artifacts
+//!                    ▼
+//!             blobs + store.models ──► infer: registry (LRU by bytes) of loaded
+//!                                        engines, one OS thread each ──► HTTP
+//! ```
+//!
+//! Dependency rules: `domain` is used by all; `train` and `zoo` never import tokio, sqlx
+//! or axum; `store` never imports axum or candle; `api` never imports candle, `zoo` or
+//! `train`. `app` is the composition root and the only module that knows every other.
+
+pub mod domain;
+pub mod api;
+pub mod app;
+pub mod blobs;
+pub mod config;
+pub mod infer;
+pub mod jobs;
+pub mod store;
+pub mod telemetry;
+pub mod train;
+pub mod zoo;

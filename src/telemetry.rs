@@ -1,0 +1,1 @@
+//! Metric and span names in one place.

@@ -1,0 +1,1 @@
+//! train (see lib.rs for the layout).

@@ -1,0 +1,1 @@
+//! zoo (see lib.rs for the layout).
