@@ -26,6 +26,7 @@ pub struct ClassificationData {
 }
 
 /// Parses a classification file, JSONL or CSV (told apart by the first non-blank line).
+/// Labels are trimmed; texts are kept as written but must not be blank.
 pub fn parse_classification(bytes: &[u8]) -> Result<ClassificationData, DatasetError> {
     let examples = if looks_like_jsonl(bytes) {
         parse_jsonl(bytes)?
@@ -160,9 +161,21 @@ pub(super) fn csv_has_text_label_header(bytes: &[u8]) -> bool {
 /// it are consumed), so lines are counted here from the bytes.
 struct LineIndex<'a> {
     data: &'a [u8],
+    /// Byte offsets of every `\n`, ascending, so a lookup is a binary search.
+    newlines: Vec<usize>,
 }
 
-impl LineIndex<'_> {
+impl<'a> LineIndex<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let newlines = data
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(offset, _)| offset)
+            .collect();
+        Self { data, newlines }
+    }
+
     /// 1-based line of the first byte at or after `offset` that is not a line terminator.
     fn line_at(&self, position: Option<&csv::Position>) -> usize {
         let offset = position.map_or(0, |p| usize::try_from(p.byte()).unwrap_or(usize::MAX));
@@ -172,7 +185,7 @@ impl LineIndex<'_> {
             .take_while(|&&b| b == b'\r' || b == b'\n')
             .count();
         let start = (offset + skipped).min(self.data.len());
-        1 + self.data[..start].iter().filter(|&&b| b == b'\n').count()
+        1 + self.newlines.partition_point(|&newline| newline < start)
     }
 
     fn csv_error(&self, error: &csv::Error) -> DatasetError {
@@ -189,9 +202,7 @@ impl LineIndex<'_> {
 }
 
 fn parse_csv(bytes: &[u8]) -> Result<Vec<LabeledText>, DatasetError> {
-    let lines = LineIndex {
-        data: strip_bom(bytes),
-    };
+    let lines = LineIndex::new(strip_bom(bytes));
     let mut reader = csv_reader(bytes);
     let header = reader.headers().map_err(|e| lines.csv_error(&e))?;
     let header_line = lines.line_at(header.position());

@@ -25,6 +25,8 @@ pub use other::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::hyperparams::TaskKind;
+
 /// The shape of a training file, decided from its first record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +51,17 @@ impl DataFormat {
             DataFormat::PromptCompletion => "prompt_completion",
             DataFormat::Preference => "preference",
             DataFormat::TokenTags => "token_tags",
+        }
+    }
+
+    /// The task a supervised job on this format trains; `None` for formats no trainer takes
+    /// yet (preference pairs, token tags).
+    pub fn task_kind(self) -> Option<TaskKind> {
+        match self {
+            DataFormat::Classification => Some(TaskKind::SequenceClassification),
+            DataFormat::Chat => Some(TaskKind::ChatCompletion),
+            DataFormat::PromptCompletion => Some(TaskKind::PromptCompletion),
+            DataFormat::Preference | DataFormat::TokenTags => None,
         }
     }
 }

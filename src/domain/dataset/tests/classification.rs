@@ -139,6 +139,18 @@ fn csv_bom_crlf_and_blank_lines() {
 }
 
 #[test]
+fn csv_crlf_inside_quotes_and_blank_lines_before_a_bad_record() {
+    // Lines: 1 header, 2-3 record 1 (CRLF inside quotes), 4 blank, 5 record 2, 6-7 blank,
+    // 8 record 3 with an empty text.
+    let file = b"text,label\r\n\"a\r\nb\",x\r\n\r\nc,y\r\n\r\n\r\n\"\",z\r\n";
+    assert_error(
+        parse_classification(file),
+        8,
+        "Example 3 (line 8): 'text' is empty.",
+    );
+}
+
+#[test]
 fn csv_errors() {
     let cases: [(&[u8], usize, &str); 4] = [
         (

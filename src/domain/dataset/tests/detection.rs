@@ -97,3 +97,31 @@ fn a_later_line_in_another_format_is_an_error() {
         "Example 2 is missing key 'messages'.",
     );
 }
+
+#[test]
+fn formats_map_to_tasks_and_names() {
+    use crate::domain::hyperparams::TaskKind;
+    let cases = [
+        (
+            DataFormat::Classification,
+            "classification",
+            Some(TaskKind::SequenceClassification),
+        ),
+        (DataFormat::Chat, "chat", Some(TaskKind::ChatCompletion)),
+        (
+            DataFormat::PromptCompletion,
+            "prompt_completion",
+            Some(TaskKind::PromptCompletion),
+        ),
+        (DataFormat::Preference, "preference", None),
+        (DataFormat::TokenTags, "token_tags", None),
+    ];
+    for (format, name, task) in cases {
+        assert_eq!(format.as_str(), name);
+        assert_eq!(format.task_kind(), task);
+        assert_eq!(
+            serde_json::to_value(format).ok(),
+            Some(serde_json::json!(name))
+        );
+    }
+}
