@@ -19,6 +19,9 @@ pub mod linear;
 pub mod testing;
 pub mod tokenizer;
 
+#[cfg(test)]
+mod tests;
+
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
