@@ -423,3 +423,54 @@ fn export_merged_loads_in_candle_transformers_and_adapter_has_peft_layout() {
         SequenceClassifier::from_pretrained(dir.path(), &full_spec(2), &Device::Cpu, 0).unwrap();
     assert!(full.export_adapter("x", adapter.path()).is_err());
 }
+
+#[test]
+fn distilbert_trains_every_tensor_and_lora_targets_q_and_v() {
+    let dir = tempfile::tempdir().unwrap();
+    super::testing::write_tiny_distilbert(dir.path(), 11).unwrap();
+    let model =
+        SequenceClassifier::from_pretrained(dir.path(), &full_spec(2), &Device::Cpu, 0).unwrap();
+    let vars = model.trainable_vars();
+    // 2 embeddings + LN(2) + 2 layers x 16 + pre_classifier 2 + classifier 2.
+    assert_eq!(vars.len(), 2 + 2 + 2 * 16 + 2 + 2);
+    assert!(vars
+        .iter()
+        .any(|v| v.name == "distilbert.transformer.layer.1.ffn.lin2.weight"));
+    assert!(vars.iter().any(|v| v.name == "pre_classifier.weight"));
+    let b = batch(dir.path(), &TEXTS);
+    let logits = model.forward(&b, true).unwrap();
+    let loss =
+        candle_nn::loss::cross_entropy(&logits, &Tensor::new(&[1u32, 0], &Device::Cpu).unwrap())
+            .unwrap();
+    let grads = loss.backward().unwrap();
+    let with_grad = vars
+        .iter()
+        .filter(|v| {
+            grads.get(v.var.as_tensor()).is_some_and(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            })
+        })
+        .count();
+    assert_eq!(with_grad, vars.len());
+    for (i, text) in TEXTS.iter().enumerate() {
+        let single = model.forward(&batch(dir.path(), &[text]), false).unwrap();
+        let both = model.forward(&b, false).unwrap();
+        assert!(max_abs_diff(&both.narrow(0, i, 1).unwrap(), &single) < 1e-5);
+    }
+
+    let lora =
+        SequenceClassifier::from_pretrained(dir.path(), &lora_spec(2), &Device::Cpu, 0).unwrap();
+    let names: Vec<String> = lora.trainable_vars().into_iter().map(|v| v.name).collect();
+    assert_eq!(names.len(), 2 * 2 * 2 + 4, "{names:?}");
+    assert!(names.contains(
+        &"base_model.model.distilbert.transformer.layer.0.attention.v_lin.lora_B.weight"
+            .to_string()
+    ));
+    assert!(names.contains(&"base_model.model.pre_classifier.weight".to_string()));
+}
