@@ -474,3 +474,47 @@ fn distilbert_trains_every_tensor_and_lora_targets_q_and_v() {
     ));
     assert!(names.contains(&"base_model.model.pre_classifier.weight".to_string()));
 }
+
+#[test]
+fn loader_reads_sharded_safetensors_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path(), 12).unwrap();
+    let b = batch(dir.path(), &TEXTS);
+    let single = SequenceClassifier::from_pretrained(dir.path(), &full_spec(2), &Device::Cpu, 0)
+        .unwrap()
+        .forward(&b, false)
+        .unwrap();
+    let path = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let (mut first, mut second) = (HashMap::new(), HashMap::new());
+    let mut weight_map = serde_json::Map::new();
+    for (name, t) in tensors {
+        let shard = if name.contains("layer.1") {
+            "model-00002-of-00002.safetensors"
+        } else {
+            "model-00001-of-00002.safetensors"
+        };
+        weight_map.insert(name.clone(), shard.into());
+        if shard.starts_with("model-00001") {
+            first.insert(name, t)
+        } else {
+            second.insert(name, t)
+        };
+    }
+    candle_core::safetensors::save(&first, dir.path().join("model-00001-of-00002.safetensors"))
+        .unwrap();
+    candle_core::safetensors::save(&second, dir.path().join("model-00002-of-00002.safetensors"))
+        .unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let sharded = SequenceClassifier::from_pretrained(dir.path(), &full_spec(2), &Device::Cpu, 0)
+        .unwrap()
+        .forward(&b, false)
+        .unwrap();
+    assert_eq!(max_abs_diff(&single, &sharded), 0.0);
+}
