@@ -1,0 +1,324 @@
+//! The differentiable BERT-family encoder (BERT, MiniLM, DistilBERT) and its loader.
+//!
+//! Only ops with a backward: LayerNorm from primitive ops in f32, composed
+//! `candle_nn::ops::softmax`, explicit batched attention `[B, H, T, d]` with an additive
+//! padding mask, `gelu_erf`, and `candle_nn::ops::dropout` in train mode only.
+
+use candle_core::{DType, Tensor, D};
+use std::collections::HashMap;
+
+use super::config::{EncoderArch, EncoderConfig, HiddenAct};
+use super::linear::{Param, TrainLinear};
+pub use super::loader::{ParamBuilder, Tuning};
+use super::ZooError;
+
+/// LayerNorm weights; the forward is composed from primitive ops (the fused one has no
+/// backward).
+#[derive(Debug, Clone)]
+pub struct LayerNormW {
+    pub weight: Param,
+    pub bias: Param,
+    pub eps: f64,
+}
+
+impl LayerNormW {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed
+            .broadcast_mul(self.weight.tensor())?
+            .broadcast_add(self.bias.tensor())?)
+    }
+}
+
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor, ZooError> {
+    if train && p > 0.0 {
+        Ok(candle_nn::ops::dropout(x, p as f32)?)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// Module names inside one layer, per architecture.
+struct LayerNames {
+    layer: &'static str,
+    q: &'static str,
+    k: &'static str,
+    v: &'static str,
+    attn_out: &'static str,
+    attn_ln: &'static str,
+    ffn_in: &'static str,
+    ffn_out: &'static str,
+    out_ln: &'static str,
+}
+
+const BERT_NAMES: LayerNames = LayerNames {
+    layer: "encoder.layer",
+    q: "attention.self.query",
+    k: "attention.self.key",
+    v: "attention.self.value",
+    attn_out: "attention.output.dense",
+    attn_ln: "attention.output.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    out_ln: "output.LayerNorm",
+};
+
+const DISTILBERT_NAMES: LayerNames = LayerNames {
+    layer: "transformer.layer",
+    q: "attention.q_lin",
+    k: "attention.k_lin",
+    v: "attention.v_lin",
+    attn_out: "attention.out_lin",
+    attn_ln: "sa_layer_norm",
+    ffn_in: "ffn.lin1",
+    ffn_out: "ffn.lin2",
+    out_ln: "output_layer_norm",
+};
+
+fn names(arch: EncoderArch) -> &'static LayerNames {
+    match arch {
+        EncoderArch::Bert => &BERT_NAMES,
+        EncoderArch::DistilBert => &DISTILBERT_NAMES,
+    }
+}
+
+struct Layer {
+    q: TrainLinear,
+    k: TrainLinear,
+    v: TrainLinear,
+    attn_out: TrainLinear,
+    attn_ln: LayerNormW,
+    ffn_in: TrainLinear,
+    ffn_out: TrainLinear,
+    out_ln: LayerNormW,
+}
+
+pub struct Encoder {
+    pub cfg: EncoderConfig,
+    word_emb: Param,
+    pos_emb: Param,
+    type_emb: Option<Param>,
+    emb_ln: LayerNormW,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn load(cfg: &EncoderConfig, pb: &mut ParamBuilder) -> Result<Self, ZooError> {
+        let h = cfg.hidden_size;
+        let word_emb = pb.param(
+            "embeddings.word_embeddings.weight",
+            &[cfg.vocab_size, h],
+            true,
+        )?;
+        let pos_emb = pb.param(
+            "embeddings.position_embeddings.weight",
+            &[cfg.max_position_embeddings, h],
+            true,
+        )?;
+        let type_emb = if cfg.type_vocab_size > 0 {
+            let shape = [cfg.type_vocab_size, h];
+            Some(pb.param("embeddings.token_type_embeddings.weight", &shape, true)?)
+        } else {
+            None
+        };
+        let emb_ln = pb.layer_norm("embeddings.LayerNorm", h, cfg.layer_norm_eps)?;
+        let n = names(cfg.arch);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = |m: &str| format!("{}.{i}.{m}", n.layer);
+            let eps = cfg.layer_norm_eps;
+            layers.push(Layer {
+                q: pb.linear(&p(n.q), h, h)?,
+                k: pb.linear(&p(n.k), h, h)?,
+                v: pb.linear(&p(n.v), h, h)?,
+                attn_out: pb.linear(&p(n.attn_out), h, h)?,
+                attn_ln: pb.layer_norm(&p(n.attn_ln), h, eps)?,
+                ffn_in: pb.linear(&p(n.ffn_in), h, cfg.intermediate_size)?,
+                ffn_out: pb.linear(&p(n.ffn_out), cfg.intermediate_size, h)?,
+                out_ln: pb.layer_norm(&p(n.out_ln), h, eps)?,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            word_emb,
+            pos_emb,
+            type_emb,
+            emb_ln,
+            layers,
+        })
+    }
+
+    /// `input_ids`, `attention_mask`: `[B, T]` u32 → last hidden state `[B, T, H]` f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, ZooError> {
+        let (b, t) = input_ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ZooError::Unsupported(format!(
+                "sequence of {t} tokens exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let words = self
+            .word_emb
+            .tensor()
+            .index_select(&input_ids.flatten_all()?, 0)?;
+        let positions = self.pos_emb.tensor().narrow(0, 0, t)?;
+        let mut x = words.reshape((b, t, h))?.broadcast_add(&positions)?;
+        if let Some(types) = &self.type_emb {
+            // token_type_ids are all zero for single-sentence classification.
+            x = x.broadcast_add(&types.tensor().narrow(0, 0, 1)?)?;
+        }
+        let x = dropout(&self.emb_ln.forward(&x)?, self.cfg.hidden_dropout, train)?;
+        // Additive mask [B, 1, 1, T]: 0 for real tokens, f32::MIN for padding (as transformers).
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        let mask = ((mask.affine(-1.0, 1.0)?) * f32::MIN as f64)?.reshape((b, 1, 1, t))?;
+        let mut x = x;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &mask, train)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, ZooError> {
+        let (b, t, h) = x.dims3()?;
+        let heads = self.cfg.num_heads;
+        let d = self.cfg.head_dim();
+        let split = |y: Tensor| -> Result<Tensor, ZooError> {
+            Ok(y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
+        let k = split(l.k.forward(x, train)?)?;
+        let v = split(l.v.forward(x, train)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = dropout(&probs, self.cfg.attention_dropout, train)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let mut attn = l.attn_out.forward(&context, train)?;
+        if self.cfg.arch == EncoderArch::Bert {
+            attn = dropout(&attn, self.cfg.hidden_dropout, train)?;
+        }
+        let x = l.attn_ln.forward(&(attn + x)?)?;
+        let inner = l.ffn_in.forward(&x, train)?;
+        let inner = match self.cfg.hidden_act {
+            HiddenAct::GeluErf => inner.gelu_erf()?,
+            HiddenAct::GeluTanh => inner.gelu()?,
+            HiddenAct::Relu => inner.relu()?,
+        };
+        let out = dropout(
+            &l.ffn_out.forward(&inner, train)?,
+            self.cfg.hidden_dropout,
+            train,
+        )?;
+        l.out_ln.forward(&(out + x)?)
+    }
+
+    /// Every tensor with the HF name transformers writes (`bert.`/`distilbert.` prefix),
+    /// LoRA adapters folded in.
+    pub fn merged_tensors(&self, out: &mut HashMap<String, Tensor>) -> Result<(), ZooError> {
+        let prefix = match self.cfg.arch {
+            EncoderArch::Bert => "bert.",
+            EncoderArch::DistilBert => "distilbert.",
+        };
+        let mut put = |name: String, t: &Tensor| {
+            out.insert(format!("{prefix}{name}"), t.clone());
+        };
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            self.word_emb.tensor(),
+        );
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            self.pos_emb.tensor(),
+        );
+        if let Some(types) = &self.type_emb {
+            put(
+                "embeddings.token_type_embeddings.weight".into(),
+                types.tensor(),
+            );
+        }
+        put_ln(&mut put, "embeddings.LayerNorm", &self.emb_ln);
+        let n = names(self.cfg.arch);
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |m: &str| format!("{}.{i}.{m}", n.layer);
+            for (module, lin) in [
+                (n.q, &l.q),
+                (n.k, &l.k),
+                (n.v, &l.v),
+                (n.attn_out, &l.attn_out),
+                (n.ffn_in, &l.ffn_in),
+                (n.ffn_out, &l.ffn_out),
+            ] {
+                put_linear(&mut put, &p(module), lin)?;
+            }
+            put_ln(&mut put, &p(n.attn_ln), &l.attn_ln);
+            put_ln(&mut put, &p(n.out_ln), &l.out_ln);
+        }
+        Ok(())
+    }
+
+    pub fn merge_lora(&mut self) -> Result<(), ZooError> {
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.attn_out,
+                &mut l.ffn_in,
+                &mut l.ffn_out,
+            ] {
+                lin.merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn parameter_bytes(&self) -> usize {
+        let mut n = self.word_emb.tensor().elem_count() + self.pos_emb.tensor().elem_count();
+        n += self
+            .type_emb
+            .as_ref()
+            .map_or(0, |t| t.tensor().elem_count());
+        let ln = |l: &LayerNormW| 2 * l.weight.tensor().elem_count();
+        n += ln(&self.emb_ln);
+        let mut bytes = n * 4;
+        for l in &self.layers {
+            bytes += (ln(&l.attn_ln) + ln(&l.out_ln)) * 4;
+            for lin in [&l.q, &l.k, &l.v, &l.attn_out, &l.ffn_in, &l.ffn_out] {
+                bytes += lin.parameter_bytes();
+            }
+        }
+        bytes
+    }
+}
+
+pub fn put_linear(
+    put: &mut impl FnMut(String, &Tensor),
+    module: &str,
+    lin: &TrainLinear,
+) -> Result<(), ZooError> {
+    put(format!("{module}.weight"), &lin.merged_weight()?);
+    if let Some(b) = lin.bias() {
+        put(format!("{module}.bias"), b.tensor());
+    }
+    Ok(())
+}
+
+fn put_ln(put: &mut impl FnMut(String, &Tensor), module: &str, ln: &LayerNormW) {
+    put(format!("{module}.weight"), ln.weight.tensor());
+    put(format!("{module}.bias"), ln.bias.tensor());
+}
