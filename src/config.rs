@@ -1,1 +1,244 @@
 //! Configuration: clap derive with `TEMPER_*` environment variables.
+//!
+//! `Config` is made of flattened sections so no function takes more than one config struct;
+//! every section implements `Default`, which tests use as
+//! `Config { storage: StorageConfig { data_dir, .. }, ..Config::default() }`. There are no
+//! globals: `app::run` receives the whole `Config` and hands each part to its owner.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// OpenAI's per-file limit: 512 MB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+/// 2 GiB of loaded inference engines before the least recently used is dropped.
+pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "temper", version, about = "OpenAI-compatible fine-tuning and serving for open models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and its worker pool.
+    Serve(Config),
+}
+
+/// Everything `temper serve` needs.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub workers: WorkerConfig,
+    #[command(flatten)]
+    pub inference: InferenceConfig,
+}
+
+/// The HTTP listener and what it accepts.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "TEMPER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "TEMPER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// API key clients must send as `Authorization: Bearer <key>`; repeat the flag (or
+    /// comma-separate the variable) for several. No key means no authentication.
+    #[arg(long = "api-key", env = "TEMPER_API_KEY", value_delimiter = ',')]
+    pub api_keys: Vec<ApiKey>,
+    /// Largest accepted upload, in bytes; larger ones get 413.
+    #[arg(long, env = "TEMPER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".to_string(),
+            port: 8080,
+            api_keys: Vec::new(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+        }
+    }
+}
+
+/// Where state lives on disk.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Directory holding the SQLite database (`temper.db`) and every blob.
+    #[arg(long, env = "TEMPER_DATA_DIR", default_value = "./temper-data")]
+    pub data_dir: PathBuf,
+    /// Directory of base models laid out as `<org>/<name>/` Hugging Face directories.
+    #[arg(long, env = "TEMPER_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./temper-data"),
+            models_dir: PathBuf::from("./models"),
+        }
+    }
+}
+
+/// The training worker pool.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Device slots, one worker each: `cpu`, `cuda:0`, `cuda:1`… (comma-separated).
+    #[arg(long, env = "TEMPER_DEVICES", value_delimiter = ',', default_value = "cpu")]
+    pub devices: Vec<String>,
+    /// Seconds a claimed job stays leased without a heartbeat before it is requeued.
+    #[arg(long, env = "TEMPER_WORKER_LEASE_SECS", default_value_t = 30)]
+    pub worker_lease_secs: u64,
+    /// Milliseconds an idle worker waits before looking for work again (a new job also
+    /// wakes it at once).
+    #[arg(long, env = "TEMPER_WORKER_POLL_MS", default_value_t = 2000)]
+    pub worker_poll_ms: u64,
+    /// Claims of one job (crashes, lost leases) before it is failed instead of requeued.
+    #[arg(long, env = "TEMPER_WORKER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub worker_max_attempts: u32,
+}
+
+impl WorkerConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.worker_lease_secs.max(1))
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.worker_poll_ms.max(10))
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            devices: vec!["cpu".to_string()],
+            worker_lease_secs: 30,
+            worker_poll_ms: 2000,
+            worker_max_attempts: 5,
+        }
+    }
+}
+
+/// The inference engine cache.
+#[derive(Debug, Clone, Args)]
+pub struct InferenceConfig {
+    /// Bytes of model weights kept loaded for inference (least recently used evicted first).
+    #[arg(long, env = "TEMPER_INFER_CACHE_BYTES", default_value_t = DEFAULT_INFER_CACHE_BYTES)]
+    pub infer_cache_bytes: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
+        }
+    }
+}
+
+/// A client API key. `Debug` never prints it, so configs can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let key = text.trim();
+        if key.is_empty() {
+            return Err("an API key cannot be empty".to_string());
+        }
+        Ok(ApiKey(key.to_string()))
+    }
+}
+
+impl Config {
+    /// The SQLite database inside the data dir.
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.data_dir.join("temper.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["temper", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("valid arguments").command {
+            Command::Serve(config) => config,
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = parse(&[]);
+        assert_eq!(config.server.host, "127.0.0.1");
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.server.max_upload_bytes, 512 * 1024 * 1024);
+        assert_eq!(config.storage.data_dir, PathBuf::from("./temper-data"));
+        assert_eq!(config.workers.devices, vec!["cpu".to_string()]);
+        assert!(config.server.api_keys.is_empty());
+        assert_eq!(config.database_path(), PathBuf::from("./temper-data/temper.db"));
+    }
+
+    #[test]
+    fn repeated_and_comma_separated_values_are_collected() {
+        let config = parse(&[
+            "--api-key",
+            "sk-one",
+            "--api-key",
+            "sk-two,sk-three",
+            "--devices",
+            "cuda:0,cuda:1",
+            "--port",
+            "0",
+        ]);
+        let keys: Vec<&str> = config.server.api_keys.iter().map(ApiKey::expose).collect();
+        assert_eq!(keys, ["sk-one", "sk-two", "sk-three"]);
+        assert_eq!(config.workers.devices, ["cuda:0", "cuda:1"]);
+        assert_eq!(config.server.port, 0);
+    }
+
+    #[test]
+    fn debug_output_redacts_api_keys() {
+        let config = parse(&["--api-key", "sk-secret-value"]);
+        let text = format!("{config:?}");
+        assert!(!text.contains("sk-secret-value"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn empty_api_key_is_rejected() {
+        let result = Cli::try_parse_from(["temper", "serve", "--api-key", " "]);
+        assert!(result.is_err());
+    }
+}

@@ -1,1 +1,118 @@
-//! api (see lib.rs for the layout).
+//! The HTTP layer: OpenAI's files, fine-tuning and models routes plus
+//! `/v1/classifications`, over axum.
+//!
+//! # Layout
+//! - `error.rs`: the one `ApiError` (OpenAI envelope) and `ApiJson`/`ApiQuery` extractors.
+//! - `middleware.rs`: bearer-key auth and request ids.
+//! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`), `models.rs`, `classify.rs`:
+//!   one `router()` per resource; handlers extract, validate into a domain type, call a
+//!   handle, map to a wire type.
+//! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
+//!
+//! Layer order (outermost first): request id, trace, body limit, then routes; auth is a
+//! route layer on `/v1` so unknown paths still get the 404 envelope.
+
+mod classify;
+pub mod error;
+mod files;
+mod job_request;
+mod job_wire;
+mod jobs;
+mod middleware;
+mod models;
+mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::blobs::Blobs;
+use crate::config::ApiKey;
+use crate::infer::InferenceHandle;
+use crate::store::Store;
+
+pub use error::{ApiError, ApiJson};
+
+/// Nudges idle workers after a job becomes claimable (created or resumed). The app wires
+/// it to `WorkerPool::wake`; handler tests pass a no-op.
+pub type WakeWorkers = Arc<dyn Fn() + Send + Sync>;
+
+/// What handlers share. Cheap to clone: every field is a handle or an `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub inference: InferenceHandle,
+    pub wake_workers: WakeWorkers,
+    pub settings: Arc<ApiSettings>,
+}
+
+/// The parts of the configuration handlers read.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Empty: no authentication.
+    pub api_keys: Vec<ApiKey>,
+    pub max_upload_bytes: u64,
+    /// Where base models are resolved (`basemodels::resolve`).
+    pub models_dir: PathBuf,
+}
+
+/// Multipart framing around the file; the file itself is limited by `max_upload_bytes`.
+const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
+
+/// Every route we serve, as `(method, path)` in axum's syntax; `openapi.yaml` must list the
+/// same set (checked by the e2e suite).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    let mut all = vec![(Method::GET, "/health")];
+    all.extend(files::ROUTES.iter().cloned());
+    all.extend(jobs::ROUTES.iter().cloned());
+    all.extend(models::ROUTES.iter().cloned());
+    all.extend(classify::ROUTES.iter().cloned());
+    all
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state
+        .settings
+        .max_upload_bytes
+        .saturating_add(MULTIPART_OVERHEAD_BYTES);
+    let v1 = Router::new()
+        .merge(files::router())
+        .merge(jobs::router())
+        .merge(models::router())
+        .merge(classify::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(v1)
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(body_limit).unwrap_or(usize::MAX),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(middleware::http_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(middleware::RandomRequestId))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "Invalid URL ({method} {}).",
+        uri.path()
+    ))
+    .with_code("unknown_url")
+}

@@ -1,0 +1,279 @@
+//! The one HTTP error: `ApiError` renders OpenAI's envelope
+//! `{"error":{"message","type","param","code"}}`, and every layer error maps to it here.
+//!
+//! Status choices, with the SDK's retry rule in mind (it retries 408/409/429/5xx and sends
+//! no idempotency key): 400 for bad input and for permanent conflicts (never 409), 401 for
+//! a missing or wrong key, 404 for missing objects, 413 for uploads over the limit, 429
+//! when an engine is saturated, 500 for our own failures, with a generic message (the cause
+//! is logged, never sent).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::FromRequest;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::blobs::BlobError;
+use crate::domain::dataset::DatasetError;
+use crate::domain::hyperparams::HyperparamError;
+use crate::infer::InferError;
+use crate::store::StoreError;
+
+const GENERIC_SERVER_MESSAGE: &str =
+    "The server had an error while processing your request. Sorry about that!";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// OpenAI's `type`: `invalid_request_error` for 4xx, `server_error` for 5xx.
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn client(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 `invalid_request_error`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::NOT_FOUND, message)
+    }
+
+    /// 401 `invalid_api_key`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::client(StatusCode::UNAUTHORIZED, message).with_code("invalid_api_key")
+    }
+
+    /// 413: an upload over the configured limit.
+    pub fn too_large(limit: u64) -> ApiError {
+        ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The file is larger than the maximum upload size of {limit} bytes."),
+        )
+        .with_code("file_too_large")
+        .with_param("file")
+    }
+
+    /// 404 `model_not_found` with OpenAI's text.
+    pub fn model_not_found(model: &str) -> ApiError {
+        ApiError::not_found(format!(
+            "The model `{model}` does not exist or you do not have access to it."
+        ))
+        .with_code("model_not_found")
+        .with_param("model")
+    }
+
+    /// 500 with a generic message; `cause` is logged, never sent.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%cause, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            param: None,
+            code: None,
+            message: GENERIC_SERVER_MESSAGE.to_string(),
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> ApiError {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> ApiError {
+        self.code = Some(code.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let envelope = Envelope {
+            error: Body {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code.as_deref(),
+            },
+        };
+        let mut response = (self.status, axum::Json(envelope)).into_response();
+        if self.status.is_server_error() {
+            // A 5xx may follow a write that happened; the SDK must not retry blindly.
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::NotFound => ApiError::not_found("No such object."),
+            StoreError::Conflict(what) => ApiError::bad_request(format!("Conflict: {what}.")),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(error: BlobError) -> ApiError {
+        match error {
+            BlobError::TooLarge { limit } => ApiError::too_large(limit),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<InferError> for ApiError {
+    fn from(error: InferError) -> ApiError {
+        match error {
+            InferError::ModelNotFound(model) => ApiError::model_not_found(&model),
+            InferError::Overloaded => ApiError::client(
+                StatusCode::TOO_MANY_REQUESTS,
+                "The model is overloaded with requests; retry shortly.",
+            )
+            .with_code("rate_limit_exceeded"),
+            InferError::InvalidRequest { param, message } => {
+                ApiError::bad_request(message).with_param(param)
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<HyperparamError> for ApiError {
+    fn from(error: HyperparamError) -> ApiError {
+        ApiError::bad_request(error.message).with_param(error.param)
+    }
+}
+
+impl From<DatasetError> for ApiError {
+    fn from(error: DatasetError) -> ApiError {
+        ApiError::bad_request(error.message)
+            .with_param("file")
+            .with_code("invalid_file_format")
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        let message = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                "Expected a request body with `Content-Type: application/json`.".to_string()
+            }
+            other => format!(
+                "We could not parse the JSON body of your request. ({})",
+                other.body_text()
+            ),
+        };
+        ApiError::bad_request(message)
+    }
+}
+
+/// `axum::Json` whose rejections use the OpenAI envelope.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query` whose rejections use the OpenAI envelope.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::bad_request(format!("Invalid query parameters: {}", rejection.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, serde_json::Value, bool) {
+        let response = error.into_response();
+        let status = response.status();
+        let no_retry = response.headers().get("x-should-retry").is_some();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("json"), no_retry)
+    }
+
+    #[tokio::test]
+    async fn envelope_has_all_four_keys() {
+        let (status, body, no_retry) =
+            body_of(ApiError::not_found("No such File object: file-x").with_param("id")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"message": "No such File object: file-x",
+                "type": "invalid_request_error", "param": "id", "code": null}})
+        );
+        assert!(!no_retry);
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_cause() {
+        let (status, body, no_retry) = body_of(ApiError::internal("disk on fire at /secret")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(!body.to_string().contains("secret"));
+        assert!(no_retry);
+    }
+
+    #[tokio::test]
+    async fn layer_errors_map_to_statuses() {
+        let hyper = HyperparamError {
+            param: "n_epochs".into(),
+            message: "`n_epochs` must be between 1 and 50, got 0".into(),
+        };
+        let (status, body, _) = body_of(hyper.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["param"], "n_epochs");
+        let (status, _, _) = body_of(BlobError::TooLarge { limit: 10 }.into()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, body, _) = body_of(StoreError::Conflict("model".into()).into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let (status, body, _) = body_of(InferError::ModelNotFound("m".into()).into()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "model_not_found");
+    }
+}

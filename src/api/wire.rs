@@ -1,0 +1,69 @@
+//! Wire helpers shared by the resources: OpenAI's list envelope, limits, the clock.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::ApiError;
+
+/// `{"object":"list","data":[…],"has_more",…,"first_id","last_id"}`. The SDK pages with
+/// `after = data[-1].id`, so `first_id`/`last_id` are informative only.
+#[derive(Debug, Serialize)]
+pub struct ListResponse<T> {
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+}
+
+/// Anything with an id, so lists can fill `first_id`/`last_id`.
+pub trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl<T: HasId> ListResponse<T> {
+    pub fn new(data: Vec<T>, has_more: bool) -> Self {
+        ListResponse {
+            object: "list",
+            first_id: data.first().map(|d| d.id().to_string()),
+            last_id: data.last().map(|d| d.id().to_string()),
+            data,
+            has_more,
+        }
+    }
+}
+
+/// Checks a `limit` query parameter against `1..=max`, defaulting to `default`.
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be between 1 and {max}, got {limit}."
+        ))
+        .with_param("limit"));
+    }
+    Ok(limit)
+}
+
+/// Unix seconds, the store's clock.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_default_and_reject_out_of_range() {
+        assert_eq!(page_limit(None, 20, 100).expect("default"), 20);
+        assert_eq!(page_limit(Some(100), 20, 100).expect("max"), 100);
+        let err = page_limit(Some(0), 20, 100).expect_err("zero");
+        assert_eq!(err.param.as_deref(), Some("limit"));
+        assert!(page_limit(Some(101), 20, 100).is_err());
+    }
+}
