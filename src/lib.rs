@@ -20,11 +20,11 @@
 //! or axum; `store` never imports axum or candle; `api` never imports candle, `zoo` or
 //! `train`. `app` is the composition root and the only module that knows every other.
 
-pub mod domain;
 pub mod api;
 pub mod app;
 pub mod blobs;
 pub mod config;
+pub mod domain;
 pub mod infer;
 pub mod jobs;
 pub mod store;

@@ -137,22 +137,43 @@ const METRICS_FOR_BEST: [&str; 6] = [
 fn int_in(param: &str, value: &Value, min: u64, max: u64) -> Result<usize, HyperparamError> {
     let n = value
         .as_u64()
-        .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        .or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
         .ok_or_else(|| bad(param, format!("`{param}` must be an integer")))?;
     if n < min || n > max {
-        return Err(bad(param, format!("`{param}` must be between {min} and {max}, got {n}")));
+        return Err(bad(
+            param,
+            format!("`{param}` must be between {min} and {max}, got {n}"),
+        ));
     }
     usize::try_from(n).map_err(|_| bad(param, format!("`{param}` is too large")))
 }
 
-fn float_in(param: &str, value: &Value, min: f64, max: f64, min_exclusive: bool) -> Result<f64, HyperparamError> {
+fn float_in(
+    param: &str,
+    value: &Value,
+    min: f64,
+    max: f64,
+    min_exclusive: bool,
+) -> Result<f64, HyperparamError> {
     let x = value
         .as_f64()
         .ok_or_else(|| bad(param, format!("`{param}` must be a number")))?;
     let below = if min_exclusive { x <= min } else { x < min };
     if below || x > max || !x.is_finite() {
-        let lower = if min_exclusive { "greater than" } else { "at least" };
-        return Err(bad(param, format!("`{param}` must be {lower} {min} and at most {max}, got {x}")));
+        let lower = if min_exclusive {
+            "greater than"
+        } else {
+            "at least"
+        };
+        return Err(bad(
+            param,
+            format!("`{param}` must be {lower} {min} and at most {max}, got {x}"),
+        ));
     }
     Ok(x)
 }
@@ -181,7 +202,12 @@ impl HyperparamRequest {
                         Some("linear") => LrScheduler::Linear,
                         Some("cosine") => LrScheduler::Cosine,
                         Some("constant") => LrScheduler::Constant,
-                        _ => return Err(bad(k, "`lr_scheduler` must be one of `linear`, `cosine`, `constant`")),
+                        _ => {
+                            return Err(bad(
+                                k,
+                                "`lr_scheduler` must be one of `linear`, `cosine`, `constant`",
+                            ))
+                        }
                     })
                 }
                 "warmup_ratio" => req.warmup_ratio = Some(float_in(k, value, 0.0, 0.99, false)?),
@@ -197,9 +223,18 @@ impl HyperparamRequest {
                     req.early_stopping_patience = Some(int_in(k, value, 1, 1000)?)
                 }
                 "metric_for_best_model" => {
-                    let name = value.as_str().filter(|m| METRICS_FOR_BEST.contains(m)).ok_or_else(|| {
-                        bad(k, format!("`metric_for_best_model` must be one of {}", METRICS_FOR_BEST.join(", ")))
-                    })?;
+                    let name = value
+                        .as_str()
+                        .filter(|m| METRICS_FOR_BEST.contains(m))
+                        .ok_or_else(|| {
+                            bad(
+                                k,
+                                format!(
+                                    "`metric_for_best_model` must be one of {}",
+                                    METRICS_FOR_BEST.join(", ")
+                                ),
+                            )
+                        })?;
                     req.metric_for_best_model = Some(name.to_string());
                 }
                 "lora_rank" => req.lora_rank = Some(int_in(k, value, 0, 1024)?),
@@ -209,8 +244,17 @@ impl HyperparamRequest {
                     let modules = value
                         .as_array()
                         .filter(|a| !a.is_empty())
-                        .and_then(|a| a.iter().map(|m| m.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
-                        .ok_or_else(|| bad(k, "`target_modules` must be a non-empty list of module names"))?;
+                        .and_then(|a| {
+                            a.iter()
+                                .map(|m| m.as_str().map(str::to_string))
+                                .collect::<Option<Vec<_>>>()
+                        })
+                        .ok_or_else(|| {
+                            bad(
+                                k,
+                                "`target_modules` must be a non-empty list of module names",
+                            )
+                        })?;
                     req.target_modules = Some(modules);
                 }
                 "quantize" => {
@@ -284,7 +328,9 @@ impl HyperparamRequest {
         let multiplier = self.learning_rate_multiplier.unwrap_or(1.0);
         let base_lr = if rank == 0 { d.full_lr } else { d.lora_lr };
         TrainingConfig {
-            n_epochs: self.n_epochs.unwrap_or_else(|| auto_epochs(task, n_examples)),
+            n_epochs: self
+                .n_epochs
+                .unwrap_or_else(|| auto_epochs(task, n_examples)),
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             learning_rate_multiplier: multiplier,
             learning_rate: self.learning_rate.unwrap_or(base_lr * multiplier),
@@ -321,8 +367,10 @@ mod tests {
 
     #[test]
     fn auto_values_stay_unset_and_resolve_to_task_defaults() {
-        let req = parse(json!({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}))
-            .expect("valid");
+        let req = parse(
+            json!({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}),
+        )
+        .expect("valid");
         assert_eq!(req, HyperparamRequest::default());
         let cfg = req.resolve(TaskKind::SequenceClassification, 4000, 7);
         assert_eq!(cfg.n_epochs, 3);
@@ -351,12 +399,18 @@ mod tests {
             (json!({"n_epochs": 0}), "n_epochs"),
             (json!({"n_epochs": 2.5}), "n_epochs"),
             (json!({"batch_size": 257}), "batch_size"),
-            (json!({"learning_rate_multiplier": -1}), "learning_rate_multiplier"),
+            (
+                json!({"learning_rate_multiplier": -1}),
+                "learning_rate_multiplier",
+            ),
             (json!({"lr_scheduler": "step"}), "lr_scheduler"),
             (json!({"warmup_ratio": 1.5}), "warmup_ratio"),
             (json!({"target_modules": []}), "target_modules"),
             (json!({"quantize": "q2_k"}), "quantize"),
-            (json!({"metric_for_best_model": "bleu"}), "metric_for_best_model"),
+            (
+                json!({"metric_for_best_model": "bleu"}),
+                "metric_for_best_model",
+            ),
             (json!({"colour": "blue"}), "colour"),
         ] {
             let err = parse(input.clone()).expect_err("must be rejected");
