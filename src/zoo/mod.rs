@@ -1,1 +1,43 @@
-//! zoo (see lib.rs for the layout).
+//! zoo: model definitions built for training (see lib.rs for the layout).
+//!
+//! Everything here is synchronous candle code. Training forwards use only ops with a
+//! backward (composed softmax, LayerNorm computed from primitive ops, explicit masked
+//! attention) because candle's fused ops silently drop gradients; see
+//! `shared/reference/candle-training.md`.
+//!
+//! - [`linear`]: `TrainLinear`, the one linear layer (frozen/trainable base + LoRA).
+//! - [`config`]: BERT / DistilBERT `config.json` parsing (transformers 4.x and 5.x).
+//! - [`bert`]: the differentiable BERT-family encoder and its weight loader.
+//! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
+//! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
+//! - [`testing`]: tiny random models on disk for unit and integration tests.
+
+pub mod bert;
+pub mod classifier;
+pub mod config;
+pub mod linear;
+pub mod testing;
+pub mod tokenizer;
+
+pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use linear::TrainLinear;
+pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
+
+/// Errors from model loading, tokenization, forward passes and exports.
+#[derive(Debug, thiserror::Error)]
+pub enum ZooError {
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    #[error("invalid model config: {0}")]
+    Config(String),
+    #[error("checkpoint is missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}

@@ -1,0 +1,1 @@
+//! The differentiable BERT-family encoder (BERT, MiniLM, DistilBERT).
