@@ -260,6 +260,10 @@ impl<'a> Run<'a> {
                 if stop_early {
                     return Ok(LoopEnd::Finished);
                 }
+                if epoch_end {
+                    // `batches` belongs to the finished epoch; the next one reshuffles.
+                    break;
+                }
             }
         }
         Ok(LoopEnd::Finished)

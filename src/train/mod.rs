@@ -14,6 +14,8 @@
 
 pub mod checkpoint;
 mod classify;
+#[cfg(test)]
+mod classify_tests;
 pub mod data;
 mod error;
 pub mod evaluate;
