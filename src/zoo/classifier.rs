@@ -141,6 +141,10 @@ impl SequenceClassifier {
         })
     }
 
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
     pub fn config(&self) -> &EncoderConfig {
         &self.encoder.cfg
     }

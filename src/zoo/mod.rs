@@ -7,7 +7,8 @@
 //!
 //! - [`linear`]: `TrainLinear`, the one linear layer (frozen/trainable base + LoRA).
 //! - [`config`]: BERT / DistilBERT `config.json` parsing (transformers 4.x and 5.x).
-//! - [`bert`]: the differentiable BERT-family encoder and its weight loader.
+//! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
+//! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -16,8 +17,12 @@ pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod linear;
+pub mod loader;
 pub mod testing;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
 pub use linear::TrainLinear;

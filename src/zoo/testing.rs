@@ -247,3 +247,60 @@ fn random_bert_tensors(
     );
     Ok(out)
 }
+
+/// BERT module names and their DistilBERT counterparts, longest match first.
+const DISTILBERT_RENAMES: [(&str, &str); 9] = [
+    ("encoder.layer", "transformer.layer"),
+    ("attention.self.query", "attention.q_lin"),
+    ("attention.self.key", "attention.k_lin"),
+    ("attention.self.value", "attention.v_lin"),
+    ("attention.output.dense", "attention.out_lin"),
+    ("attention.output.LayerNorm", "sa_layer_norm"),
+    ("intermediate.dense", "ffn.lin1"),
+    ("output.dense", "ffn.lin2"),
+    ("output.LayerNorm", "output_layer_norm"),
+];
+
+/// A tiny random DistilBERT (dim 32, 2 layers, 4 heads, hidden_dim 64, dropout 0) with
+/// `distilbert.`-prefixed names, sharing the BERT tokenizer.
+pub fn write_tiny_distilbert(dir: &Path, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let vocab = tiny_vocab();
+    write_tokenizer(dir, &vocab)?;
+    let config = serde_json::json!({
+        "architectures": ["DistilBertModel"],
+        "model_type": "distilbert",
+        "vocab_size": vocab.len(),
+        "dim": TINY_HIDDEN,
+        "n_layers": TINY_LAYERS,
+        "n_heads": 4,
+        "hidden_dim": TINY_INTERMEDIATE,
+        "max_position_embeddings": TINY_MAX_POSITION,
+        "activation": "gelu",
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "seq_classif_dropout": 0.0,
+        "pad_token_id": 0,
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    let style = TinyBertStyle {
+        without_pooler: true,
+        ..TinyBertStyle::default()
+    };
+    let mut renamed = HashMap::new();
+    for (name, tensor) in random_bert_tensors(vocab.len(), seed, style)? {
+        if name.contains("token_type") || name.contains("position_ids") {
+            continue;
+        }
+        let mut new_name = name;
+        for (from, to) in DISTILBERT_RENAMES {
+            new_name = new_name.replacen(from, to, 1);
+        }
+        renamed.insert(format!("distilbert.{new_name}"), tensor);
+    }
+    candle_core::safetensors::save(&renamed, dir.join("model.safetensors"))?;
+    Ok(())
+}
