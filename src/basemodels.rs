@@ -21,7 +21,14 @@ pub struct BaseModel {
     pub kind: BaseModelKind,
 }
 
-const ENCODER_TYPES: [&str; 6] = ["bert", "distilbert", "roberta", "xlm-roberta", "electra", "mpnet"];
+const ENCODER_TYPES: [&str; 6] = [
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "mpnet",
+];
 const DECODER_TYPES: [&str; 9] = [
     "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "smollm3", "gpt2",
 ];
@@ -68,9 +75,7 @@ fn safe_relative(id: &str) -> Option<PathBuf> {
         return None;
     }
     let path = PathBuf::from(id);
-    let all_normal = path
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)));
+    let all_normal = path.components().all(|c| matches!(c, Component::Normal(_)));
     all_normal.then_some(path)
 }
 
@@ -88,8 +93,8 @@ fn from_hf_cache(id: &str) -> Option<BaseModel> {
 
 /// The model kind when `dir` holds everything training needs.
 fn inspect(dir: &Path) -> Option<BaseModelKind> {
-    let has_weights =
-        dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file();
+    let has_weights = dir.join("model.safetensors").is_file()
+        || dir.join("model.safetensors.index.json").is_file();
     if !has_weights || !dir.join("tokenizer.json").is_file() {
         return None;
     }
@@ -104,7 +109,11 @@ fn kind_of(config: &serde_json::Value) -> Option<BaseModelKind> {
     let model_type = config
         .get("model_type")
         .and_then(|v| v.as_str())
-        .or_else(|| config.pointer("/text_config/model_type").and_then(|v| v.as_str()))?;
+        .or_else(|| {
+            config
+                .pointer("/text_config/model_type")
+                .and_then(|v| v.as_str())
+        })?;
     if ENCODER_TYPES.contains(&model_type) {
         Some(BaseModelKind::Encoder)
     } else if DECODER_TYPES.contains(&model_type) {
@@ -145,7 +154,11 @@ mod tests {
     fn local_directories_resolve_with_their_kind() {
         let tmp = tempfile::tempdir().expect("tmp");
         write_model(&tmp.path().join("acme/enc"), "bert", "model.safetensors");
-        write_model(&tmp.path().join("acme/dec"), "qwen2", "model.safetensors.index.json");
+        write_model(
+            &tmp.path().join("acme/dec"),
+            "qwen2",
+            "model.safetensors.index.json",
+        );
         let enc = resolve(tmp.path(), "acme/enc").expect("encoder found");
         assert_eq!(enc.kind, BaseModelKind::Encoder);
         assert_eq!(enc.dir, tmp.path().join("acme/enc"));
@@ -158,8 +171,16 @@ mod tests {
     #[test]
     fn incomplete_or_unknown_models_do_not_resolve() {
         let tmp = tempfile::tempdir().expect("tmp");
-        write_model(&tmp.path().join("acme/odd"), "wav2vec2", "model.safetensors");
-        write_model(&tmp.path().join("acme/partial"), "bert", "model.safetensors");
+        write_model(
+            &tmp.path().join("acme/odd"),
+            "wav2vec2",
+            "model.safetensors",
+        );
+        write_model(
+            &tmp.path().join("acme/partial"),
+            "bert",
+            "model.safetensors",
+        );
         std::fs::remove_file(tmp.path().join("acme/partial/tokenizer.json")).expect("rm");
         assert_eq!(resolve(tmp.path(), "acme/odd"), None);
         assert_eq!(resolve(tmp.path(), "acme/partial"), None);
@@ -168,7 +189,13 @@ mod tests {
 
     #[test]
     fn ids_cannot_escape_the_models_dir() {
-        for id in ["../etc", "/abs/path", "acme/../../x", "", "ft:acme/enc:temper::x"] {
+        for id in [
+            "../etc",
+            "/abs/path",
+            "acme/../../x",
+            "",
+            "ft:acme/enc:temper::x",
+        ] {
             assert_eq!(safe_relative(id), None, "{id}");
         }
         assert_eq!(safe_relative("acme/enc"), Some(PathBuf::from("acme/enc")));

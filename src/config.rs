@@ -18,7 +18,11 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Parser)]
-#[command(name = "temper", version, about = "OpenAI-compatible fine-tuning and serving for open models")]
+#[command(
+    name = "temper",
+    version,
+    about = "OpenAI-compatible fine-tuning and serving for open models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -96,7 +100,12 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerConfig {
     /// Device slots, one worker each: `cpu`, `cuda:0`, `cuda:1`… (comma-separated).
-    #[arg(long, env = "TEMPER_DEVICES", value_delimiter = ',', default_value = "cpu")]
+    #[arg(
+        long,
+        env = "TEMPER_DEVICES",
+        value_delimiter = ',',
+        default_value = "cpu"
+    )]
     pub devices: Vec<String>,
     /// Seconds a claimed job stays leased without a heartbeat before it is requeued.
     #[arg(long, env = "TEMPER_WORKER_LEASE_SECS", default_value_t = 30)]
@@ -207,7 +216,10 @@ mod tests {
         assert_eq!(config.storage.data_dir, PathBuf::from("./temper-data"));
         assert_eq!(config.workers.devices, vec!["cpu".to_string()]);
         assert!(config.server.api_keys.is_empty());
-        assert_eq!(config.database_path(), PathBuf::from("./temper-data/temper.db"));
+        assert_eq!(
+            config.database_path(),
+            PathBuf::from("./temper-data/temper.db")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! is logged, never sent).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::FromRequest;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -212,13 +212,16 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
 }
 
 /// `axum::extract::Query` whose rejections use the OpenAI envelope.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
-        ApiError::bad_request(format!("Invalid query parameters: {}", rejection.body_text()))
+        ApiError::bad_request(format!(
+            "Invalid query parameters: {}",
+            rejection.body_text()
+        ))
     }
 }
 
@@ -233,7 +236,11 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("body");
-        (status, serde_json::from_slice(&bytes).expect("json"), no_retry)
+        (
+            status,
+            serde_json::from_slice(&bytes).expect("json"),
+            no_retry,
+        )
     }
 
     #[tokio::test]

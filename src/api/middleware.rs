@@ -11,7 +11,11 @@ use crate::config::ApiKey;
 use crate::domain::ids::random_base62;
 
 /// When keys are configured, a request needs `Authorization: Bearer <one of them>`.
-pub async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let keys = &state.settings.api_keys;
     if keys.is_empty() {
         return next.run(request).await;
@@ -47,7 +51,9 @@ pub struct RandomRequestId;
 impl MakeRequestId for RandomRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
         let id = format!("req_{}", random_base62(24));
-        axum::http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
     }
 }
 

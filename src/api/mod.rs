@@ -4,7 +4,9 @@
 //! # Layout
 //! - `error.rs`: the one `ApiError` (OpenAI envelope) and `ApiJson`/`ApiQuery` extractors.
 //! - `middleware.rs`: bearer-key auth and request ids.
-//! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`), `models.rs`, `classify.rs`:
+//! - `inference.rs`: the narrow `Inference` trait handlers call (app wires `infer`).
+//! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`, `download.rs`), `models.rs`,
+//!   `classify.rs`:
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
@@ -13,8 +15,10 @@
 //! route layer on `/v1` so unknown paths still get the 404 envelope.
 
 mod classify;
+mod download;
 pub mod error;
 mod files;
+pub mod inference;
 mod job_request;
 mod job_wire;
 mod jobs;
@@ -34,10 +38,10 @@ use tower_http::trace::TraceLayer;
 
 use crate::blobs::Blobs;
 use crate::config::ApiKey;
-use crate::infer::InferenceHandle;
 use crate::store::Store;
 
 pub use error::{ApiError, ApiJson};
+pub use inference::{ArtifactFormat, ExportRequest, Inference};
 
 /// Nudges idle workers after a job becomes claimable (created or resumed). The app wires
 /// it to `WorkerPool::wake`; handler tests pass a no-op.
@@ -48,7 +52,7 @@ pub type WakeWorkers = Arc<dyn Fn() + Send + Sync>;
 pub struct AppState {
     pub store: Store,
     pub blobs: Blobs,
-    pub inference: InferenceHandle,
+    pub inference: Arc<dyn Inference>,
     pub wake_workers: WakeWorkers,
     pub settings: Arc<ApiSettings>,
 }
@@ -110,9 +114,5 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!(
-        "Invalid URL ({method} {}).",
-        uri.path()
-    ))
-    .with_code("unknown_url")
+    ApiError::not_found(format!("Invalid URL ({method} {}).", uri.path())).with_code("unknown_url")
 }

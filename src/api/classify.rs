@@ -1,0 +1,147 @@
+//! `POST /v1/classifications`: predictions from a fine-tuned classifier or checkpoint.
+
+use axum::extract::State;
+use axum::http::Method;
+use axum::routing::post;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::domain::ids::random_base62;
+use crate::infer::ClassPrediction;
+
+pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/classifications")];
+
+/// Inputs per request; larger batches should be split by the client.
+const MAX_INPUTS: usize = 2048;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/classifications", post(classify))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClassifyBody {
+    model: Option<Value>,
+    input: Option<Value>,
+}
+
+/// A validated request.
+#[derive(Debug, PartialEq)]
+struct ValidClassify {
+    model: String,
+    inputs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClassificationResponse {
+    pub id: String,
+    pub object: String,
+    pub model: String,
+    pub data: Vec<Classification>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Classification {
+    pub index: usize,
+    pub label: String,
+    pub score: f32,
+    /// Every label's probability; they sum to 1.
+    pub scores: Map<String, Value>,
+}
+
+fn validate(body: ClassifyBody) -> Result<ValidClassify, ApiError> {
+    let model = match body.model {
+        Some(Value::String(model)) if !model.is_empty() => model,
+        _ => {
+            return Err(
+                ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
+            )
+        }
+    };
+    let bad_input = || {
+        ApiError::bad_request(format!(
+            "`input` must be a string or a list of 1 to {MAX_INPUTS} strings."
+        ))
+        .with_param("input")
+    };
+    let inputs = match body.input {
+        Some(Value::String(text)) => vec![text],
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_INPUTS => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(bad_input()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(bad_input()),
+    };
+    Ok(ValidClassify { model, inputs })
+}
+
+fn to_wire(index: usize, prediction: ClassPrediction) -> Classification {
+    let scores = prediction
+        .scores
+        .into_iter()
+        .map(|(label, p)| (label, Value::from(f64::from(p))))
+        .collect();
+    Classification {
+        index,
+        label: prediction.label,
+        score: prediction.score,
+        scores,
+    }
+}
+
+async fn classify(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ClassifyBody>,
+) -> Result<ApiJson<ClassificationResponse>, ApiError> {
+    let request = validate(body)?;
+    let predictions = state
+        .inference
+        .classify(request.model.clone(), request.inputs)
+        .await?;
+    Ok(ApiJson(ClassificationResponse {
+        id: format!("classif-{}", random_base62(24)),
+        object: "list".to_string(),
+        model: request.model,
+        data: predictions
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| to_wire(i, p))
+            .collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(value: Value) -> ClassifyBody {
+        serde_json::from_value(value).expect("shape")
+    }
+
+    #[test]
+    fn input_may_be_a_string_or_a_list() {
+        let one = validate(body(json!({"model": "m", "input": "hi"}))).expect("string");
+        assert_eq!(one.inputs, ["hi"]);
+        let many = validate(body(json!({"model": "m", "input": ["a", "b"]}))).expect("list");
+        assert_eq!(many.inputs, ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_requests_name_their_param() {
+        for (input, param) in [
+            (json!({"input": "x"}), "model"),
+            (json!({"model": "m"}), "input"),
+            (json!({"model": "m", "input": []}), "input"),
+            (json!({"model": "m", "input": [1]}), "input"),
+        ] {
+            let err = validate(body(input.clone())).expect_err("invalid");
+            assert_eq!(err.param.as_deref(), Some(param), "{input}");
+        }
+    }
+}

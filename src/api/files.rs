@@ -1,0 +1,326 @@
+//! `/v1/files`: upload (multipart, streamed to disk), list, retrieve, content, delete.
+
+use axum::body::Body;
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio_util::io::ReaderStream;
+
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::wire::{page_limit, unix_now, HasId, ListResponse};
+use super::AppState;
+use crate::blobs::Blobs;
+use crate::domain::dataset::validate_upload;
+use crate::domain::ids::new_file_id;
+use crate::store::{FileRow, SortOrder};
+
+pub const ROUTES: &[(Method, &str)] = &[
+    (Method::POST, "/v1/files"),
+    (Method::GET, "/v1/files"),
+    (Method::GET, "/v1/files/{id}"),
+    (Method::DELETE, "/v1/files/{id}"),
+    (Method::GET, "/v1/files/{id}/content"),
+];
+
+/// Purposes a client may upload with (OpenAI's list); `fine-tune-results` is ours to write.
+const UPLOAD_PURPOSES: [&str; 6] = [
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/files", get(list_files).post(create_file))
+        .route("/v1/files/{id}", get(retrieve_file).delete(delete_file))
+        .route("/v1/files/{id}/content", get(file_content))
+}
+
+/// OpenAI's `file` object.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileObject {
+    pub id: String,
+    pub object: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub filename: String,
+    pub purpose: String,
+    pub status: String,
+    pub status_details: Option<String>,
+}
+
+impl From<FileRow> for FileObject {
+    fn from(row: FileRow) -> Self {
+        FileObject {
+            id: row.id,
+            object: "file".to_string(),
+            bytes: row.bytes,
+            created_at: row.created_at,
+            expires_at: None,
+            filename: row.filename,
+            purpose: row.purpose,
+            status: row.status,
+            status_details: row.status_details,
+        }
+    }
+}
+
+impl HasId for FileObject {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The 404 OpenAI answers for a missing file.
+pub fn no_such_file(id: &str) -> ApiError {
+    ApiError::not_found(format!("No such File object: {id}")).with_param("id")
+}
+
+/// The file row, or 404 naming `id`.
+async fn existing_file(state: &AppState, id: &str) -> Result<FileRow, ApiError> {
+    state
+        .store
+        .get_file(id)
+        .await?
+        .ok_or_else(|| no_such_file(id))
+}
+
+/// What a multipart upload carried, once the file is on disk.
+struct Upload {
+    filename: String,
+    bytes: u64,
+    purpose: String,
+}
+
+async fn create_file(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<ApiJson<FileObject>, ApiError> {
+    let multipart = multipart.map_err(|e| {
+        ApiError::bad_request(format!(
+            "Expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
+    let id = new_file_id();
+    let rel = Blobs::file_rel(&id);
+    let upload = match receive_upload(&state, &rel, multipart).await {
+        Ok(upload) => upload,
+        Err(error) => {
+            discard_blob(&state, &rel).await;
+            return Err(error);
+        }
+    };
+    let mut row = FileRow {
+        id,
+        bytes: i64::try_from(upload.bytes).unwrap_or(i64::MAX),
+        created_at: unix_now(),
+        filename: upload.filename,
+        purpose: upload.purpose,
+        status: "processed".to_string(),
+        status_details: None,
+        format: None,
+        n_examples: None,
+    };
+    if row.purpose == "fine-tune" {
+        validate_training_file(&state, &rel, &mut row).await?;
+    }
+    state.store.insert_file(&row).await?;
+    Ok(ApiJson(row.into()))
+}
+
+/// Streams the `file` field to `rel` and reads `purpose`, in whichever order they come.
+async fn receive_upload(
+    state: &AppState,
+    rel: &str,
+    mut multipart: Multipart,
+) -> Result<Upload, ApiError> {
+    let limit = state.settings.max_upload_bytes;
+    let mut file: Option<(String, u64)> = None;
+    let mut purpose: Option<String> = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        match field.name() {
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("file").to_string();
+                let bytes = stream_field(state, rel, field, limit).await?;
+                file = Some((filename, bytes));
+            }
+            Some("purpose") => {
+                purpose = Some(field.text().await.map_err(|e| multipart_error(e, limit))?)
+            }
+            // `expires_after[…]` and anything else: accepted and ignored.
+            _ => {}
+        }
+    }
+    let (filename, bytes) = file.ok_or_else(|| {
+        ApiError::bad_request("Missing required parameter: 'file'.").with_param("file")
+    })?;
+    let purpose = purpose.ok_or_else(|| {
+        ApiError::bad_request("Missing required parameter: 'purpose'.").with_param("purpose")
+    })?;
+    if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "'{purpose}' is not one of {} - 'purpose'",
+            UPLOAD_PURPOSES.map(|p| format!("'{p}'")).join(", ")
+        ))
+        .with_param("purpose"));
+    }
+    Ok(Upload {
+        filename,
+        bytes,
+        purpose,
+    })
+}
+
+async fn stream_field(
+    state: &AppState,
+    rel: &str,
+    field: Field<'_>,
+    limit: u64,
+) -> Result<u64, ApiError> {
+    Ok(state.blobs.stream_to_file(rel, field, limit).await?)
+}
+
+/// A multipart error: 413 when the body limit cut it off, else 400.
+fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large(limit);
+    }
+    ApiError::bad_request(format!("Invalid multipart body: {}", error.body_text()))
+}
+
+async fn discard_blob(state: &AppState, rel: &str) {
+    if let Err(error) = state.blobs.remove(rel).await {
+        tracing::warn!(%error, rel, "could not remove a rejected upload");
+    }
+}
+
+/// Parses a `fine-tune` upload: `processed` with its format, or `error` with the first bad
+/// example's line-numbered message.
+async fn validate_training_file(
+    state: &AppState,
+    rel: &str,
+    row: &mut FileRow,
+) -> Result<(), ApiError> {
+    let path = state.blobs.path(rel);
+    let verdict = tokio::task::spawn_blocking(move || {
+        std::fs::read(path).map(|bytes| validate_upload(&bytes))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    match verdict {
+        Ok((format, count)) => {
+            row.format = Some(format.as_str().to_string());
+            row.n_examples = Some(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        Err(error) => {
+            row.status = "error".to_string();
+            row.status_details = Some(error.message);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListFilesQuery {
+    purpose: Option<String>,
+    limit: Option<i64>,
+    order: Option<String>,
+    after: Option<String>,
+}
+
+async fn list_files(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListFilesQuery>,
+) -> Result<ApiJson<ListResponse<FileObject>>, ApiError> {
+    let limit = page_limit(query.limit, 10_000, 10_000)?;
+    let order = match query.order.as_deref() {
+        None | Some("desc") => SortOrder::Desc,
+        Some("asc") => SortOrder::Asc,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`order` must be `asc` or `desc`, got `{other}`."
+            ))
+            .with_param("order"))
+        }
+    };
+    let page = state
+        .store
+        .list_files(
+            query.purpose.as_deref(),
+            query.after.as_deref(),
+            limit,
+            order,
+        )
+        .await?;
+    let data = page.data.into_iter().map(FileObject::from).collect();
+    Ok(ApiJson(ListResponse::new(data, page.has_more)))
+}
+
+async fn retrieve_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<FileObject>, ApiError> {
+    Ok(ApiJson(existing_file(&state, &id).await?.into()))
+}
+
+/// The bytes exactly as stored (result CSVs are stored base64-encoded, as OpenAI serves them).
+async fn file_content(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = existing_file(&state, &id).await?;
+    let file = state.blobs.open(&Blobs::file_rel(&row.id)).await?;
+    let length = file.metadata().await.map_err(ApiError::internal)?.len();
+    let body = Body::from_stream(ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct FileDeleted {
+    id: String,
+    object: &'static str,
+    deleted: bool,
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<FileDeleted>, ApiError> {
+    let row = existing_file(&state, &id).await?;
+    if state.store.file_in_use(&row.id).await? {
+        return Err(ApiError::bad_request(format!(
+            "File {id} is used by a fine-tuning job that has not finished; cancel the job or wait for it to finish first."
+        ))
+        .with_param("id"));
+    }
+    if !state.store.delete_file(&row.id).await? {
+        return Err(no_such_file(&id));
+    }
+    state.blobs.remove(&Blobs::file_rel(&row.id)).await?;
+    Ok(ApiJson(FileDeleted {
+        id: row.id,
+        object: "file",
+        deleted: true,
+    }))
+}

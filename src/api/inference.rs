@@ -1,0 +1,58 @@
+//! What the HTTP layer needs from inference, as a narrow trait: `app.rs` implements it over
+//! `infer::InferenceHandle`, handler tests over a stub. Keeping the export format our own
+//! keeps `api` free of `train` imports.
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+
+use crate::infer::{ClassPrediction, InferError};
+
+/// Which artifact `GET …/download` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactFormat {
+    /// Hugging Face directory with any LoRA folded in.
+    Merged,
+    /// PEFT adapter directory (LoRA jobs only).
+    Adapter,
+}
+
+impl ArtifactFormat {
+    pub fn parse(text: &str) -> Option<ArtifactFormat> {
+        match text {
+            "merged" => Some(ArtifactFormat::Merged),
+            "adapter" => Some(ArtifactFormat::Adapter),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactFormat::Merged => "merged",
+            ArtifactFormat::Adapter => "adapter",
+        }
+    }
+}
+
+/// One export: a checkpoint directory written out as `format` into `out_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequest {
+    pub checkpoint_dir: PathBuf,
+    pub format: ArtifactFormat,
+    /// Named as the base model in `adapter_config.json`.
+    pub base_model_id: String,
+    pub out_dir: PathBuf,
+}
+
+pub trait Inference: Send + Sync + 'static {
+    fn classify(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>>;
+
+    fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>>;
+
+    /// Drops a loaded model (after `DELETE /v1/models/{id}`).
+    fn evict(&self, model: &str);
+}
