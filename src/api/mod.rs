@@ -24,6 +24,8 @@ mod job_wire;
 mod jobs;
 mod middleware;
 mod models;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::path::PathBuf;
