@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod app;
+pub mod basemodels;
 pub mod blobs;
 pub mod config;
 pub mod domain;

@@ -1,0 +1,209 @@
+//! Base models by id: `<models-dir>/<org>/<name>/` Hugging Face directories first, then the
+//! hf-hub cache (`HF_HOME`). Never the network: a model that is not on disk does not exist.
+
+use std::path::{Component, Path, PathBuf};
+
+/// What a base model can be trained as, from `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseModelKind {
+    /// BERT-family encoders: sequence classification.
+    Encoder,
+    /// Causal decoders: chat and completion SFT.
+    Decoder,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseModel {
+    /// The id users pass as `model` (`org/name`).
+    pub id: String,
+    /// Directory holding `config.json`, the weights and `tokenizer.json`.
+    pub dir: PathBuf,
+    pub kind: BaseModelKind,
+}
+
+const ENCODER_TYPES: [&str; 6] = [
+    "bert",
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "mpnet",
+];
+const DECODER_TYPES: [&str; 9] = [
+    "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "smollm3", "gpt2",
+];
+
+/// Finds a base model by id, or `None` when it is neither in `models_dir` nor in the hf-hub
+/// cache, or its directory lacks a file training needs.
+pub fn resolve(models_dir: &Path, id: &str) -> Option<BaseModel> {
+    let relative = safe_relative(id)?;
+    let local = models_dir.join(relative);
+    if let Some(kind) = inspect(&local) {
+        return Some(BaseModel {
+            id: id.to_string(),
+            dir: local,
+            kind,
+        });
+    }
+    from_hf_cache(id)
+}
+
+/// Every complete model directory two levels under `models_dir` (`org/name`), sorted by id.
+pub fn list(models_dir: &Path) -> Vec<BaseModel> {
+    let mut found = Vec::new();
+    for org in subdirs(models_dir) {
+        for name in subdirs(&org) {
+            let (Some(org_name), Some(model_name)) = (file_name(&org), file_name(&name)) else {
+                continue;
+            };
+            if let Some(kind) = inspect(&name) {
+                found.push(BaseModel {
+                    id: format!("{org_name}/{model_name}"),
+                    dir: name,
+                    kind,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found
+}
+
+/// `org/name` as a relative path, refusing anything that could leave the models dir.
+fn safe_relative(id: &str) -> Option<PathBuf> {
+    if id.is_empty() || id.contains('\\') || id.contains(':') {
+        return None;
+    }
+    let path = PathBuf::from(id);
+    let all_normal = path.components().all(|c| matches!(c, Component::Normal(_)));
+    all_normal.then_some(path)
+}
+
+fn from_hf_cache(id: &str) -> Option<BaseModel> {
+    let repo = hf_hub::Cache::from_env().model(id.to_string());
+    let config = repo.get("config.json")?;
+    let dir = config.parent()?.to_path_buf();
+    let kind = inspect(&dir)?;
+    Some(BaseModel {
+        id: id.to_string(),
+        dir,
+        kind,
+    })
+}
+
+/// The model kind when `dir` holds everything training needs.
+fn inspect(dir: &Path) -> Option<BaseModelKind> {
+    let has_weights = dir.join("model.safetensors").is_file()
+        || dir.join("model.safetensors.index.json").is_file();
+    if !has_weights || !dir.join("tokenizer.json").is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    kind_of(&config)
+}
+
+/// transformers 4.x and 5.x both write `model_type` at the top level; 5.x may nest the text
+/// model's config under `text_config`.
+fn kind_of(config: &serde_json::Value) -> Option<BaseModelKind> {
+    let model_type = config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .or_else(|| {
+            config
+                .pointer("/text_config/model_type")
+                .and_then(|v| v.as_str())
+        })?;
+    if ENCODER_TYPES.contains(&model_type) {
+        Some(BaseModelKind::Encoder)
+    } else if DECODER_TYPES.contains(&model_type) {
+        Some(BaseModelKind::Decoder)
+    } else {
+        None
+    }
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name()?.to_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_model(dir: &Path, model_type: &str, weights: &str) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let config = serde_json::json!({ "model_type": model_type });
+        std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+        std::fs::write(dir.join(weights), b"{}").expect("weights");
+        std::fs::write(dir.join("tokenizer.json"), b"{}").expect("tokenizer");
+    }
+
+    #[test]
+    fn local_directories_resolve_with_their_kind() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write_model(&tmp.path().join("acme/enc"), "bert", "model.safetensors");
+        write_model(
+            &tmp.path().join("acme/dec"),
+            "qwen2",
+            "model.safetensors.index.json",
+        );
+        let enc = resolve(tmp.path(), "acme/enc").expect("encoder found");
+        assert_eq!(enc.kind, BaseModelKind::Encoder);
+        assert_eq!(enc.dir, tmp.path().join("acme/enc"));
+        let dec = resolve(tmp.path(), "acme/dec").expect("decoder found");
+        assert_eq!(dec.kind, BaseModelKind::Decoder);
+        let ids: Vec<String> = list(tmp.path()).into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["acme/dec", "acme/enc"]);
+    }
+
+    #[test]
+    fn incomplete_or_unknown_models_do_not_resolve() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write_model(
+            &tmp.path().join("acme/odd"),
+            "wav2vec2",
+            "model.safetensors",
+        );
+        write_model(
+            &tmp.path().join("acme/partial"),
+            "bert",
+            "model.safetensors",
+        );
+        std::fs::remove_file(tmp.path().join("acme/partial/tokenizer.json")).expect("rm");
+        assert_eq!(resolve(tmp.path(), "acme/odd"), None);
+        assert_eq!(resolve(tmp.path(), "acme/partial"), None);
+        assert!(list(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_models_dir() {
+        for id in [
+            "../etc",
+            "/abs/path",
+            "acme/../../x",
+            "",
+            "ft:acme/enc:temper::x",
+        ] {
+            assert_eq!(safe_relative(id), None, "{id}");
+        }
+        assert_eq!(safe_relative("acme/enc"), Some(PathBuf::from("acme/enc")));
+    }
+
+    #[test]
+    fn nested_text_config_model_type_is_read() {
+        let config = serde_json::json!({ "text_config": { "model_type": "llama" } });
+        assert_eq!(kind_of(&config), Some(BaseModelKind::Decoder));
+    }
+}
