@@ -1,1 +1,79 @@
-//! jobs (see lib.rs for the layout).
+//! jobs: the durable queue's workers. Job rows in the store are the queue; this module
+//! claims them, runs them and writes what happened back.
+//!
+//! # Layout
+//! - `pool.rs`: [`WorkerPool`]: one worker task per device slot plus the periodic
+//!   `requeue_expired` task, all stopped by one `CancellationToken`.
+//! - `worker.rs`: [`Worker`]: claim one job, run it under a heartbeat, settle the outcome
+//!   (succeeded / failed / retried / paused / released / cancelled).
+//! - `control.rs`: [`ControlFlag`] (what the trainer should do next) and the heartbeat task
+//!   that extends the lease and turns the row's status into that flag.
+//! - `runner.rs`: the [`JobRunner`] trait, [`RunOutcome`] and [`JobFailure`].
+//! - `fine_tune.rs`: [`FineTuneRunner`], the real runner (validation phase, start, training
+//!   thread, completion).
+//! - `progress.rs`: the bridge from the training thread's observer to the async writer of
+//!   events, progress, checkpoints and model rows.
+//! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
+//!
+//! Shutdown flows from the pool's token: workers stop claiming, the heartbeat task sets
+//! the flag to `Shutdown`, the trainer checkpoints and the worker releases the job to
+//! `queued`; `WorkerPool::join` waits for all of it.
+
+mod control;
+mod fine_tune;
+mod pool;
+mod progress;
+mod results;
+mod runner;
+mod validate;
+mod worker;
+
+#[cfg(test)]
+mod fine_tune_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod worker_tests;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::blobs::Blobs;
+use crate::store::Store;
+
+pub use control::{ControlFlag, ControlSignal};
+pub use fine_tune::FineTuneRunner;
+pub use pool::WorkerPool;
+pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
+pub use worker::{Processed, Worker};
+
+/// Everything a worker needs; cheap to clone (store and blobs are handles).
+#[derive(Debug, Clone)]
+pub struct JobsContext {
+    pub store: Store,
+    pub blobs: Blobs,
+    /// Local base models: `<models_dir>/<org>/<name>/`.
+    pub models_dir: PathBuf,
+    /// One worker per entry: `cpu`, `cuda:0`, …
+    pub devices: Vec<String>,
+    /// How long a claim lasts without a heartbeat (heartbeats come every third of it).
+    pub lease: Duration,
+    /// How often an idle worker looks for work when nobody calls `wake`.
+    pub poll_interval: Duration,
+    /// Claims allowed per job before a lost or retried job is failed.
+    pub max_attempts: u32,
+}
+
+impl JobsContext {
+    pub(crate) fn lease_secs(&self) -> i64 {
+        i64::try_from(self.lease.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+/// Unix seconds, the store's clock.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,351 @@
+//! The real runner: validate the files, resolve hyperparameters, start (or resume), train
+//! on a dedicated OS thread, record the results. Status moves are compare-and-set; when
+//! one fails the user changed the job meanwhile and the runner steps aside.
+
+use std::panic::AssertUnwindSafe;
+
+use candle_core::Device;
+use futures::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::instrument;
+
+use super::progress::{
+    write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
+};
+use super::results::record_completion;
+use super::validate::{load_and_validate, validating_message, ValidatedData};
+use super::worker::panic_message;
+use super::{unix_now, ControlFlag, JobFailure, JobRunner, RunContext, RunOutcome};
+use crate::basemodels::{self, BaseModelKind};
+use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
+use crate::domain::job::JobStatus;
+use crate::domain::model_name::{fine_tuned_name, ORG};
+use crate::store::{EventRow, JobRow, Store};
+use crate::train::{checkpoint, run_classification, ClassificationJob, TrainError, TrainOutcome};
+
+/// Task name stored on the job row.
+const TASK_CLASSIFICATION: &str = "classification";
+
+/// Runs classification fine-tuning jobs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FineTuneRunner;
+
+impl JobRunner for FineTuneRunner {
+    fn run(&self, run: RunContext) -> BoxFuture<'static, Result<RunOutcome, JobFailure>> {
+        Box::pin(fine_tune(run))
+    }
+}
+
+#[instrument(skip_all, fields(job_id = %run.job.id))]
+async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
+    let job = &run.job;
+    let store = &run.ctx.store;
+    let Some(data) = validation_phase(&run).await? else {
+        return Ok(RunOutcome::Superseded);
+    };
+    let config = resolve_hyperparameters(store, job, data.train.len()).await?;
+    let base = basemodels::resolve(&run.ctx.models_dir, &job.model).ok_or_else(|| {
+        JobFailure::fatal(
+            "invalid_model",
+            format!(
+                "The model `{}` does not exist or is not available.",
+                job.model
+            ),
+            Some("model"),
+        )
+    })?;
+    if base.kind != BaseModelKind::Encoder {
+        return Err(JobFailure::fatal(
+            "invalid_model",
+            format!(
+                "The model `{}` cannot be fine-tuned for text classification; use an encoder (BERT-family) model.",
+                job.model
+            ),
+            Some("model"),
+        ));
+    }
+    let device = open_device(&run.device)?;
+    let work_dir = run.ctx.blobs.job_dir(&job.id);
+    let resume_from = checkpoint::latest_resumable(&work_dir).ok().flatten();
+    if !store
+        .transition(
+            &job.id,
+            &[JobStatus::Queued],
+            JobStatus::Running,
+            unix_now(),
+        )
+        .await?
+    {
+        return Ok(RunOutcome::Superseded);
+    }
+    let started = match resume_from {
+        Some((step, _)) => format!("Resuming fine-tuning job from step {step}"),
+        None => "Fine-tuning job started".to_string(),
+    };
+    info_event(store, &job.id, started).await?;
+    let target = ProgressTarget {
+        store: store.clone(),
+        blobs: run.ctx.blobs.clone(),
+        job_id: job.id.clone(),
+        base_model: job.model.clone(),
+        final_model: final_model_name(job),
+    };
+    let training = ClassificationJob {
+        base_model_dir: base.dir,
+        train: data.train,
+        valid: data.valid,
+        labels: data.labels,
+        config,
+        work_dir,
+        device,
+    };
+    match train_on_thread(training, target.clone(), run.control.clone()).await? {
+        TrainOutcome::Completed(summary) => {
+            let result_files = record_completion(&target, &summary).await?;
+            Ok(RunOutcome::Succeeded {
+                fine_tuned_model: target.final_model,
+                trained_tokens: i64::try_from(summary.trained_tokens).unwrap_or(i64::MAX),
+                result_files,
+            })
+        }
+        TrainOutcome::Stopped { step } => Ok(RunOutcome::Stopped { step }),
+        TrainOutcome::Cancelled => Ok(RunOutcome::Cancelled),
+    }
+}
+
+/// Reads and checks the files; a job still in `validating_files` also gets the validation
+/// events and moves to `queued`. `None` when that move lost a race (paused or cancelled).
+async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, JobFailure> {
+    let job = &run.job;
+    let store = &run.ctx.store;
+    let validating = job.status == JobStatus::ValidatingFiles;
+    if validating {
+        let message = validating_message(&job.training_file, job.validation_file.as_deref());
+        info_event(store, &job.id, message).await?;
+    }
+    let data = load_and_validate(
+        &run.ctx.blobs,
+        &job.training_file,
+        job.validation_file.as_deref(),
+    )
+    .await?;
+    if !validating {
+        return Ok(Some(data));
+    }
+    if data.duplicates > 0 {
+        let message = format!(
+            "Training file has {} duplicate example(s); they are kept and weigh more in training",
+            data.duplicates
+        );
+        let event = EventRow::message(&job.id, "warn", message, unix_now());
+        store.insert_event(&event).await?;
+    }
+    let moved = store
+        .transition(
+            &job.id,
+            &[JobStatus::ValidatingFiles],
+            JobStatus::Queued,
+            unix_now(),
+        )
+        .await?;
+    if !moved {
+        return Ok(None);
+    }
+    info_event(
+        store,
+        &job.id,
+        "Files validated, moving job to queued state",
+    )
+    .await?;
+    Ok(Some(data))
+}
+
+async fn info_event(
+    store: &Store,
+    job_id: &str,
+    message: impl Into<String>,
+) -> Result<(), JobFailure> {
+    Ok(store
+        .insert_event(&EventRow::info(job_id, message, unix_now()))
+        .await?)
+}
+
+/// `ft:{base}:temper:{suffix}:{id8}`, id8 taken from the job id so it is stable across
+/// restarts of the same job.
+fn final_model_name(job: &JobRow) -> String {
+    let id8: String = job
+        .id
+        .strip_prefix("ftjob-")
+        .unwrap_or(&job.id)
+        .chars()
+        .take(8)
+        .collect();
+    fine_tuned_name(&job.model, ORG, job.suffix.as_deref(), &id8)
+}
+
+/// Resolves `"auto"` for this dataset and stores the numbers, so the job shows what it
+/// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`).
+async fn resolve_hyperparameters(
+    store: &Store,
+    job: &JobRow,
+    n_examples: usize,
+) -> Result<TrainingConfig, JobFailure> {
+    let requested = job
+        .method
+        .pointer("/supervised/hyperparameters")
+        .and_then(Value::as_object)
+        .or_else(|| job.hyperparameters.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let request = HyperparamRequest::parse(&requested)
+        .map_err(|e| JobFailure::fatal("invalid_hyperparameters", e.message, Some(&e.param)))?;
+    let seed = u64::try_from(job.seed).unwrap_or(job.seed.unsigned_abs());
+    let config = request.resolve(TaskKind::SequenceClassification, n_examples, seed);
+    let core = json!({
+        "batch_size": config.batch_size,
+        "learning_rate_multiplier": config.learning_rate_multiplier,
+        "n_epochs": config.n_epochs,
+    });
+    let mut resolved: Map<String, Value> = requested;
+    if let Value::Object(core_map) = &core {
+        resolved.extend(core_map.clone());
+    }
+    let mut method = match &job.method {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    method
+        .entry("type")
+        .or_insert_with(|| Value::from("supervised"));
+    let supervised = method
+        .entry("supervised")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(supervised) = supervised {
+        supervised.insert("hyperparameters".into(), Value::Object(resolved));
+    }
+    store
+        .set_hyperparameters(
+            &job.id,
+            &core,
+            &Value::Object(method),
+            Some(TASK_CLASSIFICATION),
+        )
+        .await?;
+    Ok(config)
+}
+
+/// `cpu` or `cuda:N`. Without the `cuda` feature candle refuses CUDA at runtime, which
+/// fails the job with a message saying so.
+fn open_device(name: &str) -> Result<Device, JobFailure> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let unavailable = |detail: String| {
+        JobFailure::fatal(
+            "device_unavailable",
+            format!("The worker's device `{name}` is not available: {detail}"),
+            None,
+        )
+    };
+    match name.strip_prefix("cuda:").map(str::parse::<usize>) {
+        Some(Ok(ordinal)) => Device::new_cuda(ordinal)
+            .map_err(|e| unavailable(format!("{e} (is temper built with the `cuda` feature?)"))),
+        _ => Err(unavailable("expected `cpu` or `cuda:N`".to_string())),
+    }
+}
+
+/// Runs the trainer on its own OS thread (never on the async runtime) while an async task
+/// writes its progress. A panic on that thread fails the job as an internal error.
+async fn train_on_thread(
+    training: ClassificationJob,
+    target: ProgressTarget,
+    control: ControlFlag,
+) -> Result<TrainOutcome, JobFailure> {
+    let (tx, rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);
+    let (done_tx, done_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_progress(target, rx));
+    std::thread::Builder::new()
+        .name("temper-train".into())
+        .spawn(move || {
+            let mut observer = ForwardingObserver { tx, control };
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run_classification(&training, &mut observer)
+            }));
+            drop(observer);
+            // Err only if the awaiting task was dropped (runtime shutting down): nobody is
+            // left to tell.
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| JobFailure::Retryable(format!("starting the training thread failed: {e}")))?;
+    let result = done_rx
+        .await
+        .map_err(|_| JobFailure::internal("internal error: the training thread vanished"))?;
+    let written = writer
+        .await
+        .map_err(|e| JobFailure::internal(format!("internal error: progress writer: {e}")));
+    let outcome = match result {
+        Err(panic) => {
+            return Err(JobFailure::internal(format!(
+                "internal error: training panicked ({})",
+                panic_message(panic.as_ref())
+            )))
+        }
+        Ok(result) => result.map_err(train_failure)?,
+    };
+    written??;
+    Ok(outcome)
+}
+
+fn train_failure(error: TrainError) -> JobFailure {
+    match error {
+        TrainError::InvalidData(message) => JobFailure::fatal(
+            "invalid_training_file",
+            format!("The job failed due to an invalid training file. {message}"),
+            Some("training_file"),
+        ),
+        TrainError::Io(e) => JobFailure::Retryable(format!("training io error: {e}")),
+        other => JobFailure::internal(format!("Training failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_cuda_without_the_feature_is_a_clear_fatal() {
+        assert!(matches!(open_device("cpu"), Ok(Device::Cpu)));
+        let Err(JobFailure::Fatal { code, message, .. }) = open_device("tpu") else {
+            panic!("unknown device must fail");
+        };
+        assert_eq!(code, "device_unavailable");
+        assert!(message.contains("`tpu`"), "{message}");
+        if !cfg!(feature = "cuda") {
+            let Err(JobFailure::Fatal { message, .. }) = open_device("cuda:0") else {
+                panic!("cuda without the feature must fail");
+            };
+            assert!(message.contains("`cuda:0`"), "{message}");
+        }
+    }
+
+    #[test]
+    fn final_model_name_uses_the_first_eight_id_characters() {
+        let mut job = JobRow::new(
+            "ftjob-AbCdEfGh12345678".into(),
+            "test-org/tiny-bert".into(),
+            "file-x".into(),
+            1,
+            0,
+        );
+        assert_eq!(
+            final_model_name(&job),
+            "ft:test-org/tiny-bert:temper::AbCdEfGh"
+        );
+        job.suffix = Some("sent".into());
+        assert_eq!(
+            final_model_name(&job),
+            "ft:test-org/tiny-bert:temper:sent:AbCdEfGh"
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The bridge from the training thread to the store. The trainer calls
+//! [`ForwardingObserver`] on its own OS thread; every callback becomes a [`Progress`]
+//! message on a bounded channel (`blocking_send`: a slow database slows training down
+//! instead of growing a queue), and [`write_progress`] turns the messages into events,
+//! progress columns, checkpoint rows and model rows.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::{unix_now, ControlFlag};
+use crate::blobs::Blobs;
+use crate::domain::ids::new_checkpoint_id;
+use crate::domain::model_name::{checkpoint_name, ORG};
+use crate::store::{CheckpointRow, EventRow, ModelRow, Store, StoreError};
+use crate::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+
+/// Room for a burst of steps while the database is busy.
+pub const PROGRESS_CHANNEL_CAPACITY: usize = 64;
+
+/// Kind of every model row a classification job writes (what `infer` serves it as).
+pub const CLASSIFIER_KIND: &str = "classifier";
+
+#[derive(Debug)]
+pub enum Progress {
+    Event(EventLevel, String),
+    Step(StepMetrics),
+    Checkpoint(SavedCheckpoint),
+}
+
+/// Runs on the training thread.
+pub struct ForwardingObserver {
+    pub tx: mpsc::Sender<Progress>,
+    pub control: ControlFlag,
+}
+
+impl ForwardingObserver {
+    /// A closed channel means the writer is gone (the async side gave up); training goes
+    /// on and `control` decides when it stops.
+    fn forward(&self, progress: Progress) {
+        if self.tx.blocking_send(progress).is_err() {
+            warn!("progress writer is gone; dropping a training update");
+        }
+    }
+}
+
+impl TrainObserver for ForwardingObserver {
+    fn on_event(&mut self, level: EventLevel, message: String) {
+        self.forward(Progress::Event(level, message));
+    }
+
+    fn on_step(&mut self, metrics: &StepMetrics) {
+        self.forward(Progress::Step(metrics.clone()));
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: &SavedCheckpoint) {
+        self.forward(Progress::Checkpoint(checkpoint.clone()));
+    }
+
+    fn control(&mut self) -> Control {
+        self.control.get().to_train_control()
+    }
+}
+
+/// What the writer needs to name and place rows.
+#[derive(Debug, Clone)]
+pub struct ProgressTarget {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub job_id: String,
+    pub base_model: String,
+    /// The final model's name; checkpoints are `<final>:ckpt-step-N`.
+    pub final_model: String,
+}
+
+/// Drains `rx` until the training thread drops its sender. Store errors are logged and the
+/// first one is returned at the end (the channel is always drained, so the training thread
+/// never blocks on a dead writer).
+pub async fn write_progress(
+    target: ProgressTarget,
+    mut rx: mpsc::Receiver<Progress>,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut first_step: Option<usize> = None;
+    let mut first_error = None;
+    while let Some(progress) = rx.recv().await {
+        let result = match progress {
+            Progress::Event(level, message) => {
+                let event = EventRow::message(&target.job_id, level.as_str(), message, unix_now());
+                target.store.insert_event(&event).await
+            }
+            Progress::Step(metrics) => {
+                let first = *first_step.get_or_insert(metrics.step.saturating_sub(1));
+                write_step(&target, &metrics, estimate_finish(started, first, &metrics)).await
+            }
+            Progress::Checkpoint(checkpoint) => write_checkpoint(&target, &checkpoint).await,
+        };
+        if let Err(error) = result {
+            warn!(job_id = %target.job_id, %error, "writing training progress failed");
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Unix time at which the job should end, from the pace of the steps run in this session.
+fn estimate_finish(started: Instant, first_step: usize, metrics: &StepMetrics) -> i64 {
+    let done = metrics.step.saturating_sub(first_step).max(1) as f64;
+    let remaining = metrics.total_steps.saturating_sub(metrics.step) as f64;
+    let per_step = started.elapsed().as_secs_f64() / done;
+    unix_now() + (per_step * remaining).ceil() as i64
+}
+
+/// `Step 3/20: training loss=0.6123, validation loss=0.7012`.
+pub fn step_message(metrics: &StepMetrics) -> String {
+    let mut message = format!(
+        "Step {}/{}: training loss={:.4}",
+        metrics.step, metrics.total_steps, metrics.train_loss
+    );
+    if let Some(valid_loss) = metrics.valid_loss {
+        message.push_str(&format!(", validation loss={valid_loss:.4}"));
+    }
+    message
+}
+
+async fn write_step(
+    target: &ProgressTarget,
+    metrics: &StepMetrics,
+    estimated_finish: i64,
+) -> Result<(), StoreError> {
+    let data = json!({
+        "step": metrics.step,
+        "train_loss": metrics.train_loss,
+        "train_accuracy": metrics.train_accuracy,
+        "valid_loss": metrics.valid_loss,
+        "valid_accuracy": metrics.valid_accuracy,
+        "valid_f1": metrics.valid_f1,
+        "total_steps": metrics.total_steps,
+        "learning_rate": metrics.learning_rate,
+    });
+    let now = unix_now();
+    let event = EventRow::metrics(&target.job_id, step_message(metrics), data, now);
+    target.store.insert_event(&event).await?;
+    let tokens = i64::try_from(metrics.tokens_seen).unwrap_or(i64::MAX);
+    target
+        .store
+        .set_progress(&target.job_id, Some(estimated_finish), Some(tokens))
+        .await
+}
+
+/// A checkpoint row plus its servable model row, in one transaction. A row that already
+/// exists (a resumed job saving the same step again) is kept.
+async fn write_checkpoint(
+    target: &ProgressTarget,
+    checkpoint: &SavedCheckpoint,
+) -> Result<(), StoreError> {
+    let name = checkpoint_name(&target.final_model, checkpoint.step);
+    let artifact_dir = relative_to_root(&target.blobs, &checkpoint.dir);
+    let step = i64::try_from(checkpoint.step).unwrap_or(i64::MAX);
+    let now = unix_now();
+    let row = CheckpointRow {
+        id: new_checkpoint_id(),
+        job_id: target.job_id.clone(),
+        created_at: now,
+        step_number: step,
+        fine_tuned_model_checkpoint: name.clone(),
+        metrics: checkpoint_metrics(&checkpoint.metrics),
+        artifact_dir: artifact_dir.clone(),
+    };
+    let model = model_row(target, name, artifact_dir, step, true);
+    match target
+        .store
+        .insert_checkpoint_with_model(&row, &model)
+        .await
+    {
+        Err(StoreError::Conflict(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// OpenAI's checkpoint metrics: the trainer's, plus `full_valid_*` (the trainer evaluates
+/// the whole validation set whenever it checkpoints).
+fn checkpoint_metrics(metrics: &Value) -> Value {
+    let mut metrics = metrics.clone();
+    if let Value::Object(map) = &mut metrics {
+        for (from, to) in [
+            ("valid_loss", "full_valid_loss"),
+            ("valid_accuracy", "full_valid_accuracy"),
+        ] {
+            if let Some(value) = map.get(from).cloned() {
+                map.entry(to).or_insert(value);
+            }
+        }
+    }
+    metrics
+}
+
+pub fn model_row(
+    target: &ProgressTarget,
+    name: String,
+    artifact_dir: String,
+    step: i64,
+    is_checkpoint: bool,
+) -> ModelRow {
+    ModelRow {
+        id: name,
+        created_at: unix_now(),
+        owned_by: ORG.to_string(),
+        job_id: Some(target.job_id.clone()),
+        base_model: Some(target.base_model.clone()),
+        kind: CLASSIFIER_KIND.to_string(),
+        artifact_dir,
+        step: Some(step),
+        is_checkpoint,
+    }
+}
+
+/// `dir` relative to the data dir (as rows store it); unchanged when it lies elsewhere.
+pub fn relative_to_root(blobs: &Blobs, dir: &Path) -> String {
+    dir.strip_prefix(blobs.root())
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(step: usize, valid_loss: Option<f64>) -> StepMetrics {
+        StepMetrics {
+            step,
+            total_steps: 20,
+            epoch: 1,
+            train_loss: 0.61234,
+            train_accuracy: 0.5,
+            valid_loss,
+            valid_accuracy: None,
+            valid_f1: None,
+            learning_rate: 1e-3,
+            tokens_seen: 100,
+        }
+    }
+
+    #[test]
+    fn step_messages_follow_openai_wording() {
+        assert_eq!(
+            step_message(&metrics(3, None)),
+            "Step 3/20: training loss=0.6123"
+        );
+        assert_eq!(
+            step_message(&metrics(4, Some(0.25))),
+            "Step 4/20: training loss=0.6123, validation loss=0.2500"
+        );
+    }
+
+    #[test]
+    fn checkpoint_metrics_add_full_validation_values() {
+        let out =
+            checkpoint_metrics(&json!({"step": 5, "valid_loss": 0.5, "valid_accuracy": 0.75}));
+        assert_eq!(out["full_valid_loss"], json!(0.5));
+        assert_eq!(out["full_valid_accuracy"], json!(0.75));
+        let out = checkpoint_metrics(&json!({"step": 5, "train_loss": 0.1}));
+        assert_eq!(out, json!({"step": 5, "train_loss": 0.1}));
+    }
+}

@@ -1,0 +1,134 @@
+//! What a completed job leaves behind: the results CSV (stored base64-encoded, as OpenAI
+//! serves `fine-tune-results` files), the classification report and the final model row.
+
+use super::progress::{model_row, relative_to_root, ProgressTarget};
+use super::{unix_now, JobFailure};
+use crate::blobs::Blobs;
+use crate::domain::ids::new_file_id;
+use crate::store::{FileRow, StoreError};
+use crate::train::TrainSummary;
+
+pub const RESULTS_PURPOSE: &str = "fine-tune-results";
+pub const RESULTS_CSV_FILENAME: &str = "step_metrics.csv";
+pub const REPORT_FILENAME: &str = "classification_report.json";
+
+/// Writes both result files and the final model row; returns the result file ids
+/// (CSV first, as OpenAI lists it).
+pub async fn record_completion(
+    target: &ProgressTarget,
+    summary: &TrainSummary,
+) -> Result<Vec<String>, JobFailure> {
+    let csv = base64_encode(summary.results_csv.as_bytes());
+    let csv_id = write_result_file(target, RESULTS_CSV_FILENAME, csv.as_bytes()).await?;
+    let report = serde_json::to_vec_pretty(&summary.report)
+        .map_err(|e| JobFailure::internal(format!("encoding the report failed: {e}")))?;
+    let report_id = write_result_file(target, REPORT_FILENAME, &report).await?;
+    let artifact_dir = relative_to_root(&target.blobs, &summary.best_checkpoint);
+    let step = i64::try_from(summary.best_step).unwrap_or(i64::MAX);
+    let model = model_row(
+        target,
+        target.final_model.clone(),
+        artifact_dir,
+        step,
+        false,
+    );
+    match target.store.insert_model(&model).await {
+        // A resumed job that had already written its model row before stopping.
+        Ok(()) | Err(StoreError::Conflict(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    Ok(vec![csv_id, report_id])
+}
+
+async fn write_result_file(
+    target: &ProgressTarget,
+    filename: &str,
+    bytes: &[u8],
+) -> Result<String, JobFailure> {
+    let id = new_file_id();
+    target
+        .blobs
+        .write_atomic(&Blobs::file_rel(&id), bytes)
+        .await
+        .map_err(|e| JobFailure::Retryable(format!("writing {filename} failed: {e}")))?;
+    let row = FileRow {
+        id: id.clone(),
+        bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        created_at: unix_now(),
+        filename: filename.to_string(),
+        purpose: RESULTS_PURPOSE.to_string(),
+        status: "processed".to_string(),
+        status_details: None,
+        format: None,
+        n_examples: None,
+    };
+    target.store.insert_file(&row).await?;
+    Ok(id)
+}
+
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648), what `base64.b64decode` reads.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64_ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| BASE64_ALPHABET.iter().position(|&a| a == c);
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let digits: Vec<usize> = chunk
+            .iter()
+            .take_while(|&&c| c != b'=')
+            .map(|&c| value(c))
+            .collect::<Option<_>>()?;
+        let n = digits
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | ((d as u32) << (18 - 6 * i)));
+        for i in 0..digits.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+            assert_eq!(base64_decode(encoded).as_deref(), Some(plain.as_bytes()));
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Worker and pool behaviour with fake runners: success, retries, fatal failures, panics,
+//! cancel, pause/resume, lease expiry and shutdown.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::pool::requeue_once;
+use super::test_support::*;
+use super::{unix_now, JobRunner, Processed, Worker, WorkerPool};
+use crate::domain::job::JobStatus;
+use crate::store::{ControlAction, EventRow};
+
+fn worker(h: &Harness, runner: impl JobRunner) -> Worker {
+    Worker::new(
+        h.ctx.clone(),
+        Arc::new(runner),
+        "cpu",
+        CancellationToken::new(),
+    )
+}
+
+fn slow(total: u64) -> StepRunner {
+    StepRunner {
+        total,
+        step_time: Duration::from_millis(20),
+    }
+}
+
+async fn control(h: &Harness, id: &str, action: ControlAction) {
+    let event = EventRow::info(id, format!("{action:?} requested"), unix_now());
+    h.ctx
+        .store
+        .request_control(id, action, &event, unix_now())
+        .await
+        .expect("control");
+}
+
+#[tokio::test]
+async fn ok_runner_succeeds_with_the_closing_events() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, FlakyRunner(AtomicU32::new(0)));
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Succeeded(id.clone())
+    );
+    assert_eq!(w.process_next().await.unwrap(), Processed::Idle);
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.status, JobStatus::Succeeded);
+    assert_eq!(row.trained_tokens, Some(1234));
+    assert_eq!(row.result_files, vec!["file-results".to_string()]);
+    assert_eq!(row.lease_owner, None);
+    let model = row.fine_tuned_model.unwrap();
+    let messages = messages(&h.ctx, &id).await;
+    assert_eq!(
+        messages[1..],
+        [
+            format!("New fine-tuned model created: {model}"),
+            "The job has successfully completed".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_requeue_until_success() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, FlakyRunner(AtomicU32::new(2)));
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Retried(id.clone())
+    );
+    // Back to the queue with the lease cleared: claimable again at once.
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(
+        (row.status, row.lease_owner, row.attempts),
+        (JobStatus::ValidatingFiles, None, 1)
+    );
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Retried(id.clone())
+    );
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Succeeded(id.clone())
+    );
+    let row = job(&h.ctx, &id).await;
+    assert_eq!((row.status, row.attempts), (JobStatus::Succeeded, 3));
+    let warns = events(&h.ctx, &id)
+        .await
+        .into_iter()
+        .filter(|e| e.level == "warn")
+        .count();
+    assert_eq!(warns, 2);
+}
+
+#[tokio::test]
+async fn retryable_failures_fail_the_job_when_attempts_are_used_up() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, FlakyRunner(AtomicU32::new(10)));
+    for _ in 0..2 {
+        assert_eq!(
+            w.process_next().await.unwrap(),
+            Processed::Retried(id.clone())
+        );
+    }
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Failed(id.clone())
+    );
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.status, JobStatus::Failed);
+    let message = row.error.unwrap()["message"].as_str().unwrap().to_string();
+    assert_eq!(message, "The job failed after 3 attempts: disk hiccup");
+}
+
+#[tokio::test]
+async fn fatal_failure_writes_the_openai_error_and_an_error_event() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, FatalRunner);
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Failed(id.clone())
+    );
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.status, JobStatus::Failed);
+    assert!(row.finished_at.is_some());
+    let message = "Training file has 7 example(s), but must have at least 10 examples";
+    assert_eq!(
+        row.error,
+        Some(json!({"code": "invalid_n_examples", "message": message, "param": "training_file"}))
+    );
+    let last = events(&h.ctx, &id).await.pop().unwrap();
+    assert_eq!(
+        (last.level.as_str(), last.message.as_str()),
+        ("error", message)
+    );
+    assert_eq!(
+        last.data,
+        Some(json!({"error_code": "invalid_n_examples", "error_param": "training_file"}))
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_runner_fails_the_job_and_the_worker_goes_on() {
+    let h = harness().await;
+    let first = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let second = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, PanicRunner);
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Failed(first.clone())
+    );
+    assert_eq!(w.process_next().await.unwrap(), Processed::Failed(second));
+    let error = job(&h.ctx, &first).await.error.unwrap();
+    assert_eq!(error["code"], "server_error");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("boom in the trainer"));
+}
+
+#[tokio::test]
+async fn cancel_mid_run_stops_at_the_next_step() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let w = worker(&h, slow(10_000));
+    let run = tokio::spawn(async move { w.process_next().await.unwrap() });
+    wait_until("3 steps", || async {
+        metric_steps(&h.ctx, &id).await.len() >= 3
+    })
+    .await;
+    control(&h, &id, ControlAction::Cancel).await;
+    assert_eq!(run.await.unwrap(), Processed::Cancelled(id.clone()));
+    let steps_at_stop = metric_steps(&h.ctx, &id).await.len();
+    assert!(steps_at_stop < 10_000);
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.status, JobStatus::Cancelled);
+    assert_eq!(
+        messages(&h.ctx, &id).await.pop().unwrap(),
+        "Fine-tuning job cancelled"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        metric_steps(&h.ctx, &id).await.len(),
+        steps_at_stop,
+        "no step after the stop"
+    );
+}
+
+#[tokio::test]
+async fn pause_then_resume_continues_the_step_count() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let shutdown = CancellationToken::new();
+    let pool = WorkerPool::spawn_with_runner(h.ctx.clone(), Arc::new(slow(40)), shutdown.clone());
+    wait_until("5 steps", || async {
+        metric_steps(&h.ctx, &id).await.len() >= 5
+    })
+    .await;
+    control(&h, &id, ControlAction::Pause).await;
+    wait_for_status(&h.ctx, &id, JobStatus::Paused).await;
+    let paused_at = metric_steps(&h.ctx, &id).await.len();
+    let pause_event = format!("Fine-tuning job paused at step {paused_at}");
+    assert!(messages(&h.ctx, &id).await.contains(&pause_event));
+    assert!(paused_at < 40);
+    control(&h, &id, ControlAction::Resume).await;
+    assert_eq!(job(&h.ctx, &id).await.status, JobStatus::Queued);
+    pool.wake();
+    wait_for_status(&h.ctx, &id, JobStatus::Succeeded).await;
+    // Every step exactly once: the resumed run started after the paused step.
+    assert_eq!(
+        metric_steps(&h.ctx, &id).await,
+        (1..=40).collect::<Vec<u64>>()
+    );
+    shutdown.cancel();
+    pool.join().await;
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_requeued_and_finished_by_a_live_worker() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    // A worker that died long ago: its lease expired 99 seconds back.
+    let claimed = h
+        .ctx
+        .store
+        .claim_next("dead-owner", unix_now() - 100, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(id.clone()));
+    h.ctx
+        .store
+        .transition(
+            &id,
+            &[JobStatus::ValidatingFiles],
+            JobStatus::Running,
+            unix_now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(requeue_once(&h.ctx).await.unwrap(), 1);
+    let row = job(&h.ctx, &id).await;
+    assert_eq!((row.status, row.lease_owner), (JobStatus::Queued, None));
+    let w = worker(&h, FlakyRunner(AtomicU32::new(0)));
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Succeeded(id.clone())
+    );
+    let warn = events(&h.ctx, &id)
+        .await
+        .into_iter()
+        .find(|e| e.level == "warn")
+        .unwrap();
+    assert_eq!(
+        warn.message,
+        "The worker running this job stopped responding; job requeued"
+    );
+    assert_eq!(job(&h.ctx, &id).await.attempts, 2);
+}
+
+#[tokio::test]
+async fn shutdown_releases_a_running_job_to_the_queue() {
+    let h = harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let shutdown = CancellationToken::new();
+    let pool =
+        WorkerPool::spawn_with_runner(h.ctx.clone(), Arc::new(slow(10_000)), shutdown.clone());
+    wait_until("2 steps", || async {
+        metric_steps(&h.ctx, &id).await.len() >= 2
+    })
+    .await;
+    shutdown.cancel();
+    pool.join().await;
+    let row = job(&h.ctx, &id).await;
+    assert_eq!((row.status, row.lease_owner), (JobStatus::Queued, None));
+    let saved = std::fs::read_to_string(h.ctx.blobs.job_dir(&id).join("step")).unwrap();
+    assert_eq!(
+        saved.parse::<usize>().unwrap(),
+        metric_steps(&h.ctx, &id).await.len()
+    );
+}
