@@ -46,7 +46,13 @@ impl TestServer {
 
     /// Starts a server over an existing root (a restart on the same data dir).
     pub async fn start(root: TempDir, options: TestOptions) -> TestServer {
-        temper::telemetry::init_tracing();
+        // Captured per test (shown only on failure); RUST_LOG widens it.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("temper=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
         let data_dir = root.path().join("data");
         let config = Config {
             server: ServerConfig {
