@@ -62,8 +62,9 @@ struct ClassifyCommand {
     /// The caller's span, entered while this request is encoded and answered.
     span: Span,
     reply: oneshot::Sender<Result<Vec<ClassPrediction>, InferError>>,
-    /// Released when the command is dropped, i.e. after the reply is sent.
-    _permits: OwnedSemaphorePermit,
+    /// Returned to the engine's semaphore just before the reply is sent, so a caller
+    /// that got its answer can immediately queue again.
+    permits: OwnedSemaphorePermit,
 }
 
 pub struct Engine {
@@ -148,7 +149,7 @@ impl Engine {
             texts,
             span: Span::current(),
             reply,
-            _permits: permits,
+            permits,
         };
         let commands = self
             .commands
@@ -267,7 +268,13 @@ impl EngineWorker {
             }
         }
         for ((command, ids), rows) in round.into_iter().zip(encoded).zip(logits) {
-            let _entered = command.span.enter();
+            let ClassifyCommand {
+                span,
+                reply,
+                permits,
+                ..
+            } = command;
+            let _entered = span.enter();
             let answer = ids.and_then(|_| {
                 rows.into_iter()
                     .map(|row| {
@@ -276,8 +283,9 @@ impl EngineWorker {
                     })
                     .collect()
             });
+            drop(permits);
             // The caller may have gone away (client disconnected); nothing to do then.
-            let _ = command.reply.send(answer);
+            let _ = reply.send(answer);
         }
     }
 }

@@ -20,6 +20,8 @@ mod engine_tests;
 mod handle_tests;
 #[cfg(test)]
 mod registry_tests;
+#[cfg(test)]
+mod test_support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
