@@ -213,7 +213,52 @@ impl EngineWorker {
     /// Encodes every request, runs length-sorted forward passes over all their texts,
     /// and answers each request (a failure answers only the requests it touched).
     fn serve(&mut self, round: Vec<ClassifyCommand>) {
-        let mut encoded: Vec<Result<Vec<Vec<u32>>, InferError>> = round
+        let encoded = self.encode_round(&round);
+        let mut scored: Vec<Result<Vec<Option<Vec<f32>>>, InferError>> = encoded
+            .iter()
+            .map(|ids| {
+                ids.as_ref()
+                    .map(|ids| vec![None; ids.len()])
+                    .map_err(Clone::clone)
+            })
+            .collect();
+        let texts: Vec<(TextRef, &[u32])> = encoded
+            .iter()
+            .enumerate()
+            .filter_map(|(request, ids)| Some((request, ids.as_ref().ok()?)))
+            .flat_map(|(request, ids)| {
+                ids.iter()
+                    .enumerate()
+                    .map(move |(text, ids)| (TextRef { request, text }, ids.as_slice()))
+            })
+            .collect();
+        let lengths: Vec<usize> = texts.iter().map(|(_, ids)| ids.len()).collect();
+        let _round_span = tracing::debug_span!("classify_round", texts = texts.len()).entered();
+        for batch in plan_batches(&lengths, self.max_batch_texts) {
+            let seqs: Vec<&[u32]> = batch.iter().map(|&i| texts[i].1).collect();
+            match self.forward(&seqs) {
+                Ok(rows) => {
+                    for (&i, row) in batch.iter().zip(rows) {
+                        let at = texts[i].0;
+                        if let Ok(slots) = &mut scored[at.request] {
+                            slots[at.text] = Some(row);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "classifier forward failed");
+                    for &i in &batch {
+                        scored[texts[i].0.request] = Err(error.clone());
+                    }
+                }
+            }
+        }
+        self.reply(round, scored);
+    }
+
+    /// Token ids per request, tokenized under the caller's span.
+    fn encode_round(&self, round: &[ClassifyCommand]) -> Vec<Result<Vec<Vec<u32>>, InferError>> {
+        round
             .iter()
             .map(|command| {
                 let _entered = command.span.enter();
@@ -223,51 +268,27 @@ impl EngineWorker {
                     .map(|text| self.backend.encode(text))
                     .collect()
             })
-            .collect();
-        let mut items = Vec::new();
-        for (request, ids) in encoded.iter().enumerate() {
-            if let Ok(ids) = ids {
-                items.extend((0..ids.len()).map(|text| TextRef { request, text }));
-            }
+            .collect()
+    }
+
+    fn forward(&mut self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferError> {
+        let rows = self.backend.logits(seqs)?;
+        if rows.len() != seqs.len() {
+            return Err(InferError::engine(format!(
+                "backend returned {} rows for {} texts",
+                rows.len(),
+                seqs.len()
+            )));
         }
-        let lengths: Vec<usize> = items
-            .iter()
-            .map(|item| match &encoded[item.request] {
-                Ok(ids) => ids[item.text].len(),
-                Err(_) => 0,
-            })
-            .collect();
-        let mut logits: Vec<Vec<Option<Vec<f32>>>> = round
-            .iter()
-            .map(|command| vec![None; command.texts.len()])
-            .collect();
-        let _batch_span = tracing::debug_span!("classify_round", texts = items.len()).entered();
-        for batch in plan_batches(&lengths, self.max_batch_texts) {
-            let seqs: Vec<&[u32]> = batch
-                .iter()
-                .filter_map(|&i| match &encoded[items[i].request] {
-                    Ok(ids) => Some(ids[items[i].text].as_slice()),
-                    Err(_) => None,
-                })
-                .collect();
-            match self.backend.logits(&seqs) {
-                Ok(rows) if rows.len() == batch.len() => {
-                    for (&i, row) in batch.iter().zip(rows) {
-                        logits[items[i].request][items[i].text] = Some(row);
-                    }
-                }
-                outcome => {
-                    let error = match outcome {
-                        Err(error) => error,
-                        Ok(_) => InferError::engine("backend returned the wrong number of rows"),
-                    };
-                    for &i in &batch {
-                        encoded[items[i].request] = Err(error.clone());
-                    }
-                }
-            }
-        }
-        for ((command, ids), rows) in round.into_iter().zip(encoded).zip(logits) {
+        Ok(rows)
+    }
+
+    fn reply(
+        &self,
+        round: Vec<ClassifyCommand>,
+        scored: Vec<Result<Vec<Option<Vec<f32>>>, InferError>>,
+    ) {
+        for (command, rows) in round.into_iter().zip(scored) {
             let ClassifyCommand {
                 span,
                 reply,
@@ -275,7 +296,7 @@ impl EngineWorker {
                 ..
             } = command;
             let _entered = span.enter();
-            let answer = ids.and_then(|_| {
+            let answer = rows.and_then(|rows| {
                 rows.into_iter()
                     .map(|row| {
                         let row = row.ok_or_else(|| InferError::engine("text was not scored"))?;

@@ -57,6 +57,10 @@ impl ClassifierBackend for FakeBackend {
             entered.send(()).expect("test listens");
             release.recv().expect("test releases");
         }
+        // A 14-letter word stands for a text the model cannot run (e.g. device OOM).
+        if seqs.iter().any(|s| s.contains(&14)) {
+            return Err(InferError::engine("forward failed"));
+        }
         let lengths = seqs.iter().map(|s| s.len()).collect();
         self.batches.lock().expect("batches lock").push(lengths);
         Ok(seqs.iter().map(|s| fake_logits(s)).collect())
@@ -201,4 +205,17 @@ async fn dropping_the_engine_ends_and_joins_its_thread() {
     drop(engine);
     // Drop returned only after the thread exited, which dropped the backend.
     assert!(dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn a_failed_forward_fails_its_request_and_the_engine_keeps_serving() {
+    let config = EngineConfig {
+        max_batch_texts: 1,
+        max_queued_texts: 8,
+    };
+    let engine = Engine::spawn("fake", Box::new(FakeBackend::new()), config).expect("e");
+    let failed = engine.classify(texts(&["fine", "fourteenletter"])).await;
+    assert_eq!(failed, Err(InferError::engine("forward failed")));
+    let after = engine.classify(texts(&["still fine"])).await;
+    assert_eq!(after.expect("served"), vec![expected("still fine")]);
 }

@@ -133,7 +133,13 @@ impl InferenceHandle {
     ) -> Result<Vec<ClassPrediction>, InferError> {
         validate_inputs(&inputs)?;
         let engine = self.registry.get(model).await?;
-        engine.classify(inputs).await
+        let answer = engine.classify(inputs).await;
+        // If the model was evicted meanwhile, this request holds the last reference and
+        // dropping it joins the engine thread: do that off the runtime.
+        if let Some(last) = Arc::into_inner(engine) {
+            drop(tokio::task::spawn_blocking(move || drop(last)));
+        }
+        answer
     }
 
     /// Writes a checkpoint as a merged Hugging Face directory or a PEFT adapter, on a
