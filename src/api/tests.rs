@@ -338,6 +338,12 @@ async fn job_creation_checks_model_and_files() {
     )
     .await;
     assert_envelope(&bad_hyper, StatusCode::BAD_REQUEST, Some("lora_rank"));
+    let fine_tuned = create_job(
+        &h,
+        json!({"model": "ft:test-org/tiny:temper::abcd1234", "training_file": train}),
+    )
+    .await;
+    assert_envelope(&fine_tuned, StatusCode::BAD_REQUEST, Some("model"));
     let malformed = h
         .send(
             Request::post("/v1/fine_tuning/jobs")
@@ -392,6 +398,11 @@ async fn jobs_follow_the_lifecycle_and_list_their_events() {
         .await
         .json();
     assert_eq!(none["data"], json!([]));
+    let train_id = train.as_str().expect("file id");
+    let in_use = h
+        .call(Method::DELETE, &format!("/v1/files/{train_id}"), None)
+        .await;
+    assert_envelope(&in_use, StatusCode::BAD_REQUEST, Some("id"));
     let paused = h
         .call(
             Method::POST,

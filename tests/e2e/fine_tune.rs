@@ -212,6 +212,14 @@ async fn fine_tune_classifier_end_to_end() {
     assert_eq!(status, 200, "{body}");
 
     let (status, body) = server
+        .get(&format!(
+            "/v1/fine_tuning/jobs/{id}/download?format=adapter"
+        ))
+        .await;
+    assert_eq!(status, 400, "a full fine-tune has no adapter: {body}");
+    assert_envelope(&body, Some("format"));
+
+    let (status, body) = server
         .post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), json!({}))
         .await;
     assert_eq!(status, 400);
@@ -249,4 +257,41 @@ async fn fine_tune_classifier_end_to_end() {
 
     let (status, _) = server.delete(&format!("/v1/files/{train}")).await;
     assert_eq!(status, 200, "a finished job no longer holds its files");
+}
+
+#[tokio::test]
+async fn lora_job_downloads_a_peft_adapter() {
+    let server = TestServer::spawn().await;
+    let train = server.upload_ok("train.jsonl", sentiment_jsonl(12)).await;
+    let job = server
+        .create_job(json!({
+            "model": BASE_MODEL, "training_file": train,
+            "method": {"type": "supervised", "supervised": {"hyperparameters":
+                {"n_epochs": 1, "batch_size": 4, "lora_rank": 4, "lora_alpha": 8}}},
+        }))
+        .await;
+    let id = job["id"].as_str().expect("id");
+    let done = server.wait_for_status(id, "succeeded").await;
+    assert_eq!(
+        done["method"]["supervised"]["hyperparameters"]["lora_rank"], 4,
+        "{done}"
+    );
+    let reply = server
+        .client
+        .get(server.url(&format!(
+            "/v1/fine_tuning/jobs/{id}/download?format=adapter"
+        )))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(reply.status().as_u16(), 200);
+    let entries = tar_entries(&reply.bytes().await.expect("tar"));
+    for wanted in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(
+            entries
+                .iter()
+                .any(|(name, size)| name.ends_with(&format!("/{wanted}")) && *size > 0),
+            "{wanted} missing from {entries:?}"
+        );
+    }
 }
