@@ -146,3 +146,6 @@ fn on_unique_violation(error: sqlx::Error, what: &str) -> StoreError {
     }
     StoreError::Database(error)
 }
+
+#[cfg(test)]
+mod tests;
