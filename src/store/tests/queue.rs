@@ -327,3 +327,26 @@ async fn resume_clears_a_stale_lease(pool: SqlitePool) {
     let next = store.claim_next("w2", 104, LEASE).await.unwrap().unwrap();
     assert_eq!((next.id.as_str(), next.attempts), ("ftjob-1", 2));
 }
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("temper.db"))
+        .await
+        .expect("open");
+    for id in ["ftjob-1", "ftjob-2", "ftjob-3"] {
+        create(&store, id, 100).await;
+    }
+    let claims = (0..8).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_next(&format!("w{n}"), 200, LEASE).await })
+    });
+    let mut claimed = Vec::new();
+    for claim in claims {
+        if let Some(job) = claim.await.unwrap().unwrap() {
+            claimed.push(job.id);
+        }
+    }
+    claimed.sort();
+    assert_eq!(claimed, ["ftjob-1", "ftjob-2", "ftjob-3"]);
+}
