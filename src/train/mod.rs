@@ -1,1 +1,33 @@
-//! train (see lib.rs for the layout).
+//! train: synchronous fine-tuning on candle, models from `zoo`. No tokio/sqlx/axum here:
+//! the `jobs` worker runs this on its own OS thread and listens through [`TrainObserver`].
+//!
+//! # Layout
+//! - `classify.rs`: the sequence-classification training loop (`run_classification`).
+//! - `data.rs`: tokenization once, seeded per-epoch batch order, collation.
+//! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
+//! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
+//! - `evaluate.rs`, `metrics.rs`: loss, accuracy, F1, confusion, sklearn-like report.
+//! - `checkpoint.rs`: atomic `checkpoints/step-N/` dirs, resume pick, optimizer pruning.
+//! - `summary.rs`: best-model choice, results CSV, final report.
+//! - `export.rs`: checkpoint → servable model, merged HF dir or PEFT adapter.
+//! - `observer.rs`: `TrainObserver`, `Control`, `StepMetrics`, `SavedCheckpoint`.
+
+pub mod checkpoint;
+mod classify;
+#[cfg(test)]
+mod classify_tests;
+pub mod data;
+mod error;
+pub mod evaluate;
+mod export;
+pub mod metrics;
+mod observer;
+pub mod optim;
+pub mod schedule;
+mod summary;
+
+pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSummary};
+pub use error::TrainError;
+pub use export::{export_checkpoint, load_classifier_checkpoint, ExportFormat};
+pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+pub use summary::{results_csv, RESULTS_CSV_HEADER};

@@ -1,0 +1,308 @@
+//! Checkpoint directories: `work_dir/checkpoints/step-N/` with
+//! `trainable.safetensors`, `optimizer.safetensors` (newest checkpoint only), `state.json`
+//! (where training stands) and `meta.json` (what model this is, so the directory can be
+//! served or exported on its own).
+//!
+//! A checkpoint is written into `step-N.tmp/`, every file fsynced, then renamed: a crash
+//! leaves either no `step-N/` or a complete one, so resume never picks half a checkpoint.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use crate::zoo::ClassifierSpec;
+
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const META_FILE: &str = "meta.json";
+pub const TASK_SEQUENCE_CLASSIFICATION: &str = "sequence_classification";
+
+/// What model a checkpoint holds; enough to rebuild it without the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub task: String,
+    pub base_model_dir: PathBuf,
+    pub labels: Vec<String>,
+    pub spec: ClassifierSpec,
+    pub max_seq_len: usize,
+    pub seed: u64,
+}
+
+/// One row of the results CSV.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_accuracy: Option<f64>,
+    pub valid_f1: Option<f64>,
+}
+
+/// A checkpoint this job has written (kept in the state so a resumed job can list them all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub step: usize,
+    pub epoch_end: bool,
+}
+
+/// Where training stands after `step` optimizer steps.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    /// The epoch to continue in and the index of its next batch (micro-batch).
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<usize>,
+    pub evals_without_improvement: usize,
+    pub history: Vec<MetricsRow>,
+    /// Non-padding tokens trained on so far.
+    pub tokens_seen: u64,
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+pub fn checkpoints_root(work_dir: &Path) -> PathBuf {
+    work_dir.join("checkpoints")
+}
+
+pub fn step_dir(work_dir: &Path, step: usize) -> PathBuf {
+    checkpoints_root(work_dir).join(format!("step-{step}"))
+}
+
+fn parse_step(name: &str) -> Option<usize> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Everything a checkpoint stores.
+pub struct CheckpointContents<'a> {
+    pub trainable: &'a HashMap<String, Tensor>,
+    pub optimizer: &'a HashMap<String, Tensor>,
+    pub state: &'a TrainState,
+    pub meta: &'a CheckpointMeta,
+}
+
+fn fsync_file(path: &Path) -> Result<(), TrainError> {
+    fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+/// Directories can be fsynced on Unix (makes a rename durable); elsewhere this is a no-op.
+fn fsync_dir(path: &Path) -> Result<(), TrainError> {
+    #[cfg(unix)]
+    fs::File::open(path)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(&serde_json::to_vec_pretty(value)?)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Writes `step-N/` atomically and returns its path.
+pub fn write_checkpoint(
+    work_dir: &Path,
+    contents: &CheckpointContents,
+) -> Result<PathBuf, TrainError> {
+    let root = checkpoints_root(work_dir);
+    fs::create_dir_all(&root)?;
+    let step = contents.state.step;
+    let final_dir = step_dir(work_dir, step);
+    let tmp_dir = root.join(format!("step-{step}.tmp"));
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir)?;
+    }
+    fs::create_dir_all(&tmp_dir)?;
+    let trainable = tmp_dir.join(TRAINABLE_FILE);
+    candle_core::safetensors::save(contents.trainable, &trainable)?;
+    fsync_file(&trainable)?;
+    let optimizer = tmp_dir.join(OPTIMIZER_FILE);
+    candle_core::safetensors::save(contents.optimizer, &optimizer)?;
+    fsync_file(&optimizer)?;
+    write_json(&tmp_dir.join(META_FILE), contents.meta)?;
+    write_json(&tmp_dir.join(STATE_FILE), contents.state)?;
+    fsync_dir(&tmp_dir)?;
+    // Re-saving a step (e.g. a pause right after an epoch-end save) replaces the old
+    // directory; it is moved aside first so a complete `step-N/` exists at every moment
+    // but the one between the two renames.
+    let displaced = root.join(format!("step-{step}.old"));
+    if final_dir.exists() {
+        if displaced.exists() {
+            fs::remove_dir_all(&displaced)?;
+        }
+        fs::rename(&final_dir, &displaced)?;
+    }
+    fs::rename(&tmp_dir, &final_dir)?;
+    fsync_dir(&root)?;
+    if displaced.exists() {
+        fs::remove_dir_all(&displaced)?;
+    }
+    Ok(final_dir)
+}
+
+/// Complete checkpoints (`step-N/` with a `state.json`), oldest first.
+pub fn list_checkpoints(work_dir: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError> {
+    let root = checkpoints_root(work_dir);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(parse_step) else {
+            continue;
+        };
+        if entry.path().join(STATE_FILE).is_file() {
+            found.push((step, entry.path()));
+        }
+    }
+    found.sort_by_key(|(step, _)| *step);
+    Ok(found)
+}
+
+/// The newest checkpoint that can resume training (it still has its optimizer state).
+pub fn latest_resumable(work_dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    Ok(list_checkpoints(work_dir)?
+        .into_iter()
+        .rev()
+        .find(|(_, dir)| dir.join(OPTIMIZER_FILE).is_file()))
+}
+
+/// Drops optimizer state from every checkpoint but `keep` (once `keep` is durable): only
+/// the newest one is needed to resume, and the moments double a full fine-tune's size.
+/// Also clears `*.tmp`/`*.old` leftovers of an interrupted write.
+pub fn prune_optimizer_states(work_dir: &Path, keep: &Path) -> Result<(), TrainError> {
+    let root = checkpoints_root(work_dir);
+    for entry in fs::read_dir(&root)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name.ends_with(".tmp") || name.ends_with(".old") {
+            fs::remove_dir_all(&path)?;
+        } else if path != keep && parse_step(&name).is_some() {
+            let optimizer = path.join(OPTIMIZER_FILE);
+            if optimizer.exists() {
+                fs::remove_file(optimizer)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    Ok(serde_json::from_slice(&fs::read(dir.join(STATE_FILE))?)?)
+}
+
+pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, TrainError> {
+    let meta: CheckpointMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
+    if meta.task != TASK_SEQUENCE_CLASSIFICATION {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!("unsupported task `{}`", meta.task),
+        ));
+    }
+    Ok(meta)
+}
+
+pub fn read_tensors(
+    dir: &Path,
+    file: &str,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(candle_core::safetensors::load(dir.join(file), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents_for(step: usize) -> (HashMap<String, Tensor>, TrainState, CheckpointMeta) {
+        let mut tensors = HashMap::new();
+        tensors.insert(
+            "w".to_string(),
+            Tensor::new(&[step as f32], &Device::Cpu).expect("t"),
+        );
+        let state = TrainState {
+            step,
+            ..TrainState::default()
+        };
+        let meta = CheckpointMeta {
+            task: TASK_SEQUENCE_CLASSIFICATION.into(),
+            base_model_dir: PathBuf::from("/base"),
+            labels: vec!["a".into(), "b".into()],
+            spec: ClassifierSpec {
+                num_labels: 2,
+                lora: None,
+                classifier_dropout: None,
+            },
+            max_seq_len: 32,
+            seed: 1,
+        };
+        (tensors, state, meta)
+    }
+
+    fn write(work: &Path, step: usize) -> PathBuf {
+        let (tensors, state, meta) = contents_for(step);
+        let contents = CheckpointContents {
+            trainable: &tensors,
+            optimizer: &tensors,
+            state: &state,
+            meta: &meta,
+        };
+        write_checkpoint(work, &contents).expect("write")
+    }
+
+    #[test]
+    fn write_list_prune_and_resume_pick() {
+        let work = tempfile::tempdir().expect("tempdir");
+        assert_eq!(latest_resumable(work.path()).expect("none"), None);
+        let first = write(work.path(), 2);
+        let second = write(work.path(), 10);
+        // A half-written checkpoint is never listed.
+        fs::create_dir_all(checkpoints_root(work.path()).join("step-20.tmp")).expect("tmp");
+        let steps: Vec<usize> = list_checkpoints(work.path())
+            .expect("list")
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(steps, vec![2, 10]);
+        prune_optimizer_states(work.path(), &second).expect("prune");
+        assert!(!first.join(OPTIMIZER_FILE).exists());
+        assert!(
+            first.join(TRAINABLE_FILE).exists(),
+            "older checkpoints stay servable"
+        );
+        assert!(!checkpoints_root(work.path()).join("step-20.tmp").exists());
+        assert_eq!(
+            latest_resumable(work.path()).expect("latest"),
+            Some((10, second.clone()))
+        );
+        assert_eq!(read_state(&second).expect("state").step, 10);
+        assert_eq!(read_meta(&second).expect("meta").labels, vec!["a", "b"]);
+        let w = read_tensors(&second, TRAINABLE_FILE, &Device::Cpu).expect("tensors");
+        assert_eq!(w["w"].to_vec1::<f32>().expect("w"), vec![10.0]);
+    }
+
+    #[test]
+    fn rewriting_a_step_replaces_it() {
+        let work = tempfile::tempdir().expect("tempdir");
+        write(work.path(), 3);
+        let again = write(work.path(), 3);
+        assert_eq!(list_checkpoints(work.path()).expect("list").len(), 1);
+        assert!(again.join(OPTIMIZER_FILE).exists());
+    }
+}

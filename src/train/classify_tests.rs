@@ -1,0 +1,500 @@
+//! Trainer tests on a tiny random BERT (CPU, dropout 0).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::checkpoint::{self, TRAINABLE_FILE};
+use super::*;
+use crate::domain::dataset::LabeledText;
+use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
+
+const POSITIVE: [&str; 8] = [
+    "good movie",
+    "great film",
+    "i loved it",
+    "excellent story",
+    "amazing acting",
+    "wonderful music",
+    "best book ever",
+    "really fun and happy",
+];
+const NEGATIVE: [&str; 8] = [
+    "bad movie",
+    "terrible film",
+    "i hated it",
+    "awful story",
+    "horrible acting",
+    "dull music",
+    "worst book ever",
+    "really boring and sad",
+];
+
+fn toy_examples() -> Vec<LabeledText> {
+    let pos = POSITIVE.iter().map(|t| (t, "pos"));
+    let neg = NEGATIVE.iter().map(|t| (t, "neg"));
+    pos.zip(neg)
+        .flat_map(|(a, b)| [a, b])
+        .map(|(text, label)| LabeledText {
+            text: text.to_string(),
+            label: label.to_string(),
+        })
+        .collect()
+}
+
+fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConfig {
+    TrainingConfig {
+        n_epochs,
+        batch_size: 4,
+        learning_rate_multiplier: 1.0,
+        learning_rate,
+        lr_scheduler: LrScheduler::Linear,
+        warmup_ratio: 0.0,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        gradient_accumulation_steps: 1,
+        max_seq_len: 32,
+        eval_steps: None,
+        save_steps: None,
+        early_stopping_patience: None,
+        metric_for_best_model: None,
+        lora: LoraSettings {
+            rank: lora_rank,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: Vec::new(),
+        },
+        quantize: None,
+        seed: 11,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+    root: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("base");
+    crate::zoo::testing::write_tiny_bert(&base, 3).expect("tiny bert");
+    let root = dir.path().to_path_buf();
+    Fixture {
+        _dir: dir,
+        base,
+        root,
+    }
+}
+
+fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> ClassificationJob {
+    ClassificationJob {
+        base_model_dir: fx.base.clone(),
+        train: toy_examples(),
+        valid: valid.then(|| toy_examples()[..8].to_vec()),
+        labels: vec!["neg".to_string(), "pos".to_string()],
+        config,
+        work_dir: fx.root.join(work),
+        device: Device::Cpu,
+    }
+}
+
+/// Records everything; `script[i]` answers the i-th control poll (Continue after).
+#[derive(Default)]
+struct Recorder {
+    script: Vec<Control>,
+    polls: usize,
+    steps: Vec<StepMetrics>,
+    checkpoints: Vec<SavedCheckpoint>,
+    events: Vec<String>,
+}
+
+impl Recorder {
+    fn scripted(at_poll: usize, control: Control) -> Self {
+        let mut script = vec![Control::Continue; at_poll];
+        script.push(control);
+        Self {
+            script,
+            ..Self::default()
+        }
+    }
+}
+
+impl TrainObserver for Recorder {
+    fn on_event(&mut self, _level: EventLevel, message: String) {
+        self.events.push(message);
+    }
+    fn on_step(&mut self, metrics: &StepMetrics) {
+        self.steps.push(metrics.clone());
+    }
+    fn on_checkpoint(&mut self, ckpt: &SavedCheckpoint) {
+        self.checkpoints.push(ckpt.clone());
+    }
+    fn control(&mut self) -> Control {
+        let answer = self
+            .script
+            .get(self.polls)
+            .copied()
+            .unwrap_or(Control::Continue);
+        self.polls += 1;
+        answer
+    }
+}
+
+fn completed(outcome: TrainOutcome) -> TrainSummary {
+    match outcome {
+        TrainOutcome::Completed(summary) => summary,
+        other => panic!("expected completion, got {other:?}"),
+    }
+}
+
+fn trainable(dir: &Path) -> HashMap<String, Tensor> {
+    checkpoint::read_tensors(dir, TRAINABLE_FILE, &Device::Cpu).expect("trainable")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar()
+        .expect("scalar")
+}
+
+fn accuracy(report: &serde_json::Value) -> f64 {
+    report["accuracy"].as_f64().expect("accuracy")
+}
+
+#[test]
+fn full_finetune_memorises_toy_set() {
+    let fx = fixture();
+    let job = job(&fx, "full", config(0, 3e-3, 30), false);
+    let mut rec = Recorder::default();
+    let summary = completed(run_classification(&job, &mut rec).expect("train"));
+    assert_eq!(rec.steps.len(), 120, "30 epochs × 4 batches");
+    assert_eq!(rec.steps[119].total_steps, 120);
+    assert_eq!(rec.steps[119].epoch, 30);
+    assert!(
+        accuracy(&summary.report) >= 0.9,
+        "report {}",
+        summary.report
+    );
+    assert_eq!(summary.report["split"], "train");
+    let cm = &summary.report["confusion_matrix"];
+    let total: u64 = (0..2)
+        .flat_map(|r| (0..2).map(move |c| (r, c)))
+        .map(|(r, c)| cm[r][c].as_u64().expect("cell"))
+        .sum();
+    assert_eq!(total, 16);
+    let first_loss = rec.steps[0].train_loss;
+    assert!(
+        rec.steps[119].train_loss < first_loss * 0.5,
+        "loss {first_loss} → {}",
+        rec.steps[119].train_loss
+    );
+    // Without validation the last checkpoint (one per epoch) is the best.
+    assert_eq!(summary.checkpoints.len(), 30);
+    assert_eq!(summary.best_step, 120);
+    assert_eq!(rec.checkpoints.len(), 30);
+    // Tokens: every example once per epoch.
+    let tokenizer = crate::zoo::TextTokenizer::from_dir(&fx.base).expect("tokenizer");
+    let per_epoch: usize = toy_examples()
+        .iter()
+        .map(|e| tokenizer.encode(&e.text, 32).expect("encode").len())
+        .sum();
+    assert_eq!(summary.trained_tokens, 30 * per_epoch as u64);
+    assert_eq!(rec.steps[119].tokens_seen, summary.trained_tokens);
+    // CSV: header + one row per step, validation cells blank.
+    let lines: Vec<&str> = summary.results_csv.lines().collect();
+    assert_eq!(lines.len(), 121);
+    assert_eq!(lines[0], RESULTS_CSV_HEADER);
+    assert!(lines[1].starts_with("1,") && lines[1].ends_with(",,,"));
+    // Only the newest checkpoint keeps optimizer state.
+    let with_optimizer = checkpoint::list_checkpoints(&job.work_dir)
+        .expect("list")
+        .iter()
+        .filter(|(_, d)| d.join(checkpoint::OPTIMIZER_FILE).exists())
+        .count();
+    assert_eq!(with_optimizer, 1);
+    let err = export_checkpoint(
+        &summary.best_checkpoint,
+        ExportFormat::Adapter,
+        "tiny",
+        &fx.root.join("x"),
+    )
+    .expect_err("full fine-tune has no adapter");
+    assert!(err.to_string().contains("no LoRA adapter"), "{err}");
+}
+
+#[test]
+fn lora_memorises_and_leaves_the_base_untouched() {
+    let fx = fixture();
+    let job = job(&fx, "lora", config(4, 3e-2, 30), true);
+    let mut rec = Recorder::default();
+    let summary = completed(run_classification(&job, &mut rec).expect("train"));
+    let train_acc = rec
+        .steps
+        .iter()
+        .rev()
+        .take(4)
+        .map(|s| s.train_accuracy)
+        .sum::<f64>()
+        / 4.0;
+    assert!(
+        train_acc >= 0.9,
+        "train accuracy over the last epoch {train_acc}"
+    );
+    assert_eq!(summary.report["split"], "validation");
+    assert!(
+        accuracy(&summary.report) >= 0.9,
+        "report {}",
+        summary.report
+    );
+    // Validation at each epoch end: 30 evaluations, reported in those steps' metrics.
+    assert_eq!(
+        rec.steps
+            .iter()
+            .filter(|s| s.valid_accuracy.is_some())
+            .count(),
+        30
+    );
+    let tensors = trainable(&summary.best_checkpoint);
+    assert!(
+        tensors
+            .keys()
+            .all(|k| k.contains("lora_") || !k.contains("encoder.")),
+        "{:?}",
+        tensors.keys()
+    );
+    // With every B zeroed the merged weights must be the base weights, bit for bit.
+    let (model, _, labels, max_len) =
+        load_classifier_checkpoint(&summary.best_checkpoint, &Device::Cpu).expect("load");
+    assert_eq!((labels.len(), max_len), (2, 32));
+    let zeroed: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                if k.contains("lora_B") {
+                    t.zeros_like().expect("zeros")
+                } else {
+                    t.clone()
+                },
+            )
+        })
+        .collect();
+    model.load_trainable(&zeroed).expect("load zeroed");
+    let merged = model.merged_tensors().expect("merged");
+    let base = candle_core::safetensors::load(fx.base.join("model.safetensors"), &Device::Cpu)
+        .expect("base");
+    let mut compared = 0;
+    for (name, base_t) in &base {
+        if let Some(m) = merged
+            .get(name)
+            .or_else(|| merged.get(&format!("bert.{name}")))
+        {
+            assert_eq!(max_abs_diff(m, base_t), 0.0, "{name} changed");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} base tensors compared");
+    export_checkpoint(
+        &summary.best_checkpoint,
+        ExportFormat::Adapter,
+        "tiny",
+        &fx.root.join("adapter"),
+    )
+    .expect("adapter export");
+    assert!(fx.root.join("adapter/adapter_config.json").exists());
+    export_checkpoint(
+        &summary.best_checkpoint,
+        ExportFormat::Merged,
+        "tiny",
+        &fx.root.join("merged"),
+    )
+    .expect("merged export");
+    assert!(fx.root.join("merged/config.json").exists());
+}
+
+fn resumable_config() -> TrainingConfig {
+    TrainingConfig {
+        batch_size: 3,
+        gradient_accumulation_steps: 2,
+        eval_steps: Some(2),
+        lr_scheduler: LrScheduler::Cosine,
+        warmup_ratio: 0.2,
+        ..config(4, 5e-3, 3)
+    }
+}
+
+#[test]
+fn pause_then_resume_equals_uninterrupted_run() {
+    let fx = fixture();
+    // 16 examples / batch 3 = 6 batches; accumulation 2 → 3 steps per epoch, 9 in all.
+    let straight_job = job(&fx, "straight", resumable_config(), true);
+    let mut straight = Recorder::default();
+    let expected = completed(run_classification(&straight_job, &mut straight).expect("straight"));
+    assert_eq!(straight.steps.len(), 9);
+
+    let paused_job = job(&fx, "paused", resumable_config(), true);
+    let mut first = Recorder::scripted(4, Control::Pause);
+    match run_classification(&paused_job, &mut first).expect("first half") {
+        TrainOutcome::Stopped { step } => assert_eq!(step, 4),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert_eq!(first.checkpoints.last().map(|c| c.step), Some(4));
+    let mut second = Recorder::default();
+    let resumed = completed(run_classification(&paused_job, &mut second).expect("second half"));
+    assert!(
+        second.events.iter().any(|e| e == "Resuming from step 4"),
+        "{:?}",
+        second.events
+    );
+    assert_eq!(second.steps.first().map(|s| s.step), Some(5));
+    assert_eq!(first.steps.len() + second.steps.len(), 9);
+    assert_eq!(
+        resumed.results_csv.lines().count(),
+        expected.results_csv.lines().count()
+    );
+    let a = trainable(&checkpoint::step_dir(&straight_job.work_dir, 9));
+    let b = trainable(&checkpoint::step_dir(&paused_job.work_dir, 9));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let diff = max_abs_diff(t, &b[name]);
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+    }
+    for (x, y) in straight.steps[4..].iter().zip(&second.steps) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-6 && x.learning_rate == y.learning_rate);
+    }
+    assert_eq!(resumed.trained_tokens, expected.trained_tokens);
+}
+
+#[test]
+fn cancel_stops_within_one_step_without_saving() {
+    let fx = fixture();
+    let job = job(&fx, "cancel", config(4, 1e-2, 10), false);
+    let mut rec = Recorder::scripted(2, Control::Cancel);
+    assert!(matches!(
+        run_classification(&job, &mut rec).expect("run"),
+        TrainOutcome::Cancelled
+    ));
+    assert_eq!(rec.steps.len(), 2);
+    assert!(rec.checkpoints.is_empty());
+    assert!(checkpoint::list_checkpoints(&job.work_dir)
+        .expect("list")
+        .is_empty());
+}
+
+#[test]
+fn early_stopping_ends_a_plateau() {
+    let fx = fixture();
+    // Learning rate 0: the validation loss never improves after the first evaluation.
+    let cfg = TrainingConfig {
+        eval_steps: Some(1),
+        early_stopping_patience: Some(2),
+        metric_for_best_model: Some("valid_loss".into()),
+        ..config(4, 0.0, 5)
+    };
+    let job = job(&fx, "plateau", cfg, true);
+    let mut rec = Recorder::default();
+    let summary = completed(run_classification(&job, &mut rec).expect("run"));
+    assert_eq!(
+        rec.steps.len(),
+        3,
+        "best at step 1, two evaluations without improvement"
+    );
+    assert_eq!(summary.best_step, 1);
+    assert!(
+        rec.events
+            .iter()
+            .any(|e| e.starts_with("Early stopping at step 3")),
+        "{:?}",
+        rec.events
+    );
+    let lines: Vec<&str> = summary.results_csv.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines.iter().skip(1).all(|l| !l.ends_with(",,,")),
+        "every step evaluated: {lines:?}"
+    );
+    for key in [
+        "per_class",
+        "accuracy",
+        "macro_avg",
+        "weighted_avg",
+        "confusion_matrix",
+        "labels",
+    ] {
+        assert!(summary.report.get(key).is_some(), "report lacks {key}");
+    }
+    assert_eq!(
+        summary.report["per_class"]["pos"]["support"].as_u64(),
+        Some(4)
+    );
+}
+
+#[test]
+fn accumulated_micro_batches_equal_the_full_batch() {
+    use super::data::{encode_examples, make_batch};
+    use super::evaluate::forward_batch;
+    use super::optim::{AdamW, AdamWConfig, OptimParam};
+    use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
+
+    let fx = fixture();
+    let spec = ClassifierSpec {
+        num_labels: 2,
+        lora: None,
+        classifier_dropout: None,
+    };
+    let model =
+        SequenceClassifier::from_pretrained(&fx.base, &spec, &Device::Cpu, 5).expect("model");
+    let tokenizer = TextTokenizer::from_dir(&fx.base).expect("tokenizer");
+    let labels = vec!["neg".to_string(), "pos".to_string()];
+    let examples = encode_examples(&tokenizer, &toy_examples(), &labels, 32).expect("encode");
+    let params = model
+        .trainable_vars()
+        .into_iter()
+        .map(|v| OptimParam {
+            name: v.name,
+            var: v.var,
+            weight_decay: v.weight_decay,
+        })
+        .collect();
+    let opt = AdamW::new(params, AdamWConfig::default()).expect("opt");
+    let pad = tokenizer.pad_id();
+    let full = make_batch(&examples, &[0, 1, 2, 3, 4], pad, &Device::Cpu).expect("full");
+    let full_grads = opt.gradients(
+        &forward_batch(&model, &full, true)
+            .expect("fwd")
+            .loss
+            .backward()
+            .expect("bwd"),
+    );
+    // Unequal micro-batches (2 + 3), each weighted by its share of the examples.
+    let mut acc = None;
+    for (indices, share) in [(vec![0, 1], 0.4), (vec![2, 3, 4], 0.6)] {
+        let batch = make_batch(&examples, &indices, pad, &Device::Cpu).expect("micro");
+        let loss = (forward_batch(&model, &batch, true).expect("fwd").loss * share).expect("scale");
+        let store = loss.backward().expect("bwd");
+        match acc.as_mut() {
+            None => acc = Some(opt.gradients(&store)),
+            Some(acc) => opt.accumulate(acc, &store).expect("accumulate"),
+        }
+    }
+    let acc = acc.expect("grads");
+    let n = model.trainable_vars().len();
+    let mut checked = 0;
+    for i in 0..n {
+        if let (Some(a), Some(b)) = (full_grads.get(i), acc.get(i)) {
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-5, "parameter {i} gradient differs by {diff}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, n, "every trainable tensor has a gradient");
+}

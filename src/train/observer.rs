@@ -1,0 +1,69 @@
+//! How a running job talks to its caller: the `jobs` worker implements
+//! [`TrainObserver`] (forwarding to its async side) and the trainer calls it from its own
+//! thread.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+impl EventLevel {
+    /// OpenAI's event `level` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::Info => "info",
+            EventLevel::Warn => "warn",
+            EventLevel::Error => "error",
+        }
+    }
+}
+
+/// What the trainer should do next; polled once per optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Save a checkpoint at the current step, then return `Stopped`.
+    Pause,
+    /// Stop at once without saving; returns `Cancelled`.
+    Cancel,
+    /// Like `Pause` (the job goes back to the queue rather than to `paused`).
+    Shutdown,
+}
+
+/// Reported after every optimizer step. `step` is 1-based; `epoch` is the 1-based epoch
+/// the step belongs to; the `valid_*` fields are set only on steps with an evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_accuracy: Option<f64>,
+    pub valid_f1: Option<f64>,
+    pub learning_rate: f64,
+    pub tokens_seen: u64,
+}
+
+/// A checkpoint directory that is complete and durable on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedCheckpoint {
+    pub step: usize,
+    pub dir: PathBuf,
+    /// `{"step", "train_loss", "train_accuracy", "valid_loss"?, "valid_accuracy"?, "valid_f1"?}`.
+    pub metrics: serde_json::Value,
+    pub epoch_end: bool,
+}
+
+pub trait TrainObserver {
+    fn on_event(&mut self, level: EventLevel, message: String);
+    fn on_step(&mut self, metrics: &StepMetrics);
+    /// Called after the checkpoint directory is durable on disk.
+    fn on_checkpoint(&mut self, checkpoint: &SavedCheckpoint);
+    fn control(&mut self) -> Control;
+}
