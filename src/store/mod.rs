@@ -1,1 +1,151 @@
-//! store (see lib.rs for the layout).
+//! The only module with SQL. `Store` wraps an `SqlitePool`; each file groups the queries of
+//! one table (`jobs` and `queue` share the job table: rows and their lifecycle vs the
+//! leased-row queue). State changes are compare-and-set: an `UPDATE … WHERE status IN (…)`
+//! that reports whether a row changed, so concurrent cancel/finish races settle in the
+//! database. Timestamps are unix seconds chosen by the caller (`now`), which keeps tests
+//! deterministic.
+//!
+//! SQL is kept portable to PostgreSQL (no SQLite-only functions, JSON stored as TEXT and
+//! parsed here), so a multi-node deployment can swap the pool later.
+
+mod checkpoints;
+mod events;
+mod files;
+mod jobs;
+mod models;
+mod queue;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+
+pub use checkpoints::CheckpointRow;
+pub use events::EventRow;
+pub use files::{FileRow, SortOrder};
+pub use jobs::JobRow;
+pub use models::ModelRow;
+pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
+
+/// How long a connection waits on SQLite's single writer lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint rejected the write (e.g. a model name that already exists).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid JSON column: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One page of a cursor list. `has_more` is true when rows exist past the last one returned
+/// (the store fetches `limit + 1` to know), matching OpenAI's list envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows.
+    fn from_rows(mut rows: Vec<T>, limit: i64) -> Page<T> {
+        let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Page {
+            data: rows,
+            has_more,
+        }
+    }
+}
+
+/// Handle to the metadata database. Cheap to clone (the pool is reference counted).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` in WAL mode with foreign keys
+    /// on, and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Store::from_pool(pool).await
+    }
+
+    /// A private in-memory database (one connection, so every query sees the same data).
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        Store::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool (e.g. the one `#[sqlx::test]` provides), applying migrations.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Store, StoreError> {
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection (after shutdown, so the WAL is checkpointed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Reads a TEXT column holding JSON.
+fn json_column(row: &SqliteRow, column: &str) -> Result<Value, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    parse_json(column, &text)
+}
+
+/// Reads a nullable TEXT column holding JSON.
+fn optional_json_column(row: &SqliteRow, column: &str) -> Result<Option<Value>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| parse_json(column, &text)).transpose()
+}
+
+fn parse_json(column: &str, text: &str) -> Result<Value, sqlx::Error> {
+    serde_json::from_str(text).map_err(|source| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Maps a unique-constraint violation to `Conflict`, leaving other errors as they are.
+fn on_unique_violation(error: sqlx::Error, what: &str) -> StoreError {
+    if let sqlx::Error::Database(db) = &error {
+        if db.is_unique_violation() {
+            return StoreError::Conflict(format!("{what} already exists"));
+        }
+    }
+    StoreError::Database(error)
+}
+
+#[cfg(test)]
+mod tests;
