@@ -20,6 +20,7 @@
 //! or axum; `store` never imports axum or candle; `api` never imports candle, `zoo` or
 //! `train`. `app` is the composition root and the only module that knows every other.
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod basemodels;
