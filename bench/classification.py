@@ -29,7 +29,9 @@ Timing, from the job's events (created_at is whole unix seconds):
   model loading, tokenization, training, evaluations and checkpoints.
 `predict_samples_per_s`: the test split through /v1/classifications (64 a request, one at a
 time; the first request includes loading the model). `peak_rss_mb`: VmHWM of the temper
-process from /proc/<pid>/status (null with --base-url).
+process from /proc/<pid>/status (null with --base-url), read before any --check-export.
+With --check-export the merged download is loaded in transformers and compared with these
+answers (`export_label_agreement`, `export_max_prob_diff`; see bench/check_export.py).
 """
 import argparse
 import os
@@ -118,13 +120,15 @@ def pure_training_pace(events, n_epochs):
 
 
 def classify(client, model, texts, batch=64):
-    predicted = []
+    """(labels, rows): temper's predicted label and its full answer row for each text."""
+    rows = []
     for start in range(0, len(texts), batch):
         reply = client.post("/classifications", cast_to=httpx.Response,
                             body={"model": model, "input": texts[start:start + batch]})
-        rows = sorted(reply.json()["data"], key=lambda row: row["index"])
-        predicted += [row["label"] for row in rows]
-    return predicted
+        rows += sorted(reply.json()["data"], key=lambda row: row["index"])
+    if len(rows) != len(texts):
+        sys.exit(f"/v1/classifications answered {len(rows)} rows for {len(texts)} inputs")
+    return [row["label"] for row in rows], rows
 
 
 def main():
@@ -133,6 +137,8 @@ def main():
     parser.add_argument("--temper", default="target/release/temper", help="temper binary to start")
     parser.add_argument("--base-url", help="use an already running temper (e.g. http://127.0.0.1:8080)")
     parser.add_argument("--api-key", default=os.environ.get("TEMPER_API_KEY") or "unused")
+    parser.add_argument("--check-export", action="store_true",
+                        help="also download the merged export and compare transformers' predictions (bench/check_export.py)")
     args = parser.parse_args()
 
     data_dir = os.path.join(args.assets, "data", "rotten_tomatoes")
@@ -176,9 +182,14 @@ def main():
             train_seconds = wall
 
         predict_start = time.perf_counter()
-        predicted = classify(client, job.fine_tuned_model, test_x)
+        predicted, rows = classify(client, job.fine_tuned_model, test_x)
         predict_seconds = time.perf_counter() - predict_start
         accuracy, f1 = accuracy_and_macro_f1(test_y, predicted)
+        peak_rss = peak_rss_mb(proc.pid) if proc else None
+        export = {}
+        if args.check_export:
+            from check_export import check_export
+            export = check_export(base, args.api_key, job.id, test_x, rows, args.max_seq_len)
         emit({
             "impl": "temper", "accuracy": round(accuracy, 4), "f1": round(f1, 4),
             "train_examples": len(train_x), "test_examples": len(test_x), "epochs": args.epochs,
@@ -188,8 +199,8 @@ def main():
             "train_samples_per_s": round(samples_per_s, 2),
             "timed_steps": pace_steps, "timed_seconds": pace_seconds,
             "predict_samples_per_s": round(len(test_x) / predict_seconds, 2),
-            "peak_rss_mb": round(peak_rss_mb(proc.pid), 1) if proc else None,
-            "recipe": recipe_of(args),
+            "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
+            "recipe": recipe_of(args), **export,
         })
     finally:
         if proc:

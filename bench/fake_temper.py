@@ -8,12 +8,17 @@ It accepts `serve --host H --port P ...`, stores uploads in memory, "trains" ins
 writes events whose timestamps follow a known pace: 0.4 s per optimizer step, plus 5 s for
 the evaluation and checkpoint at each epoch end. With batch 16 the driver must therefore
 report train_samples_per_s = 40. /v1/classifications answers `fresh` for every input.
+GET .../download?format=merged serves a tar of the directory named by FAKE_EXPORT_DIR (any
+Hugging Face sequence-classification directory, e.g. a reference Trainer checkpoint).
 """
 import argparse
 import itertools
 import json
+import io
 import math
+import os
 import re
+import tarfile
 import threading
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,6 +67,16 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
+    def send_tar(self, directory):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.add(directory, arcname="export-merged")
+        self.send_response(200)
+        self.send_header("content-type", "application/x-tar")
+        self.send_header("content-length", str(buffer.tell()))
+        self.end_headers()
+        self.wfile.write(buffer.getvalue())
+
     def body(self):
         return self.rfile.read(int(self.headers.get("content-length", 0)))
 
@@ -70,6 +85,8 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/health":
             return self.reply({"status": "ok"})
+        if url.path.endswith("/download") and os.environ.get("FAKE_EXPORT_DIR"):
+            return self.send_tar(os.environ["FAKE_EXPORT_DIR"])
         match = re.fullmatch(r"/v1/fine_tuning/jobs/([^/]+)(/events)?", url.path)
         if not match or match.group(1) not in JOBS:
             return self.reply({"error": {"message": "not found", "type": "invalid_request_error"}}, 404)

@@ -6,7 +6,8 @@
 #
 # Environment: ASSETS (default ./assets), TEMPER (default target/release/temper, built by
 # `cargo build --release` beforehand), TEMPER_BASE_URL (use a running temper instead),
-# THREADS (torch threads for the reference; default torch's choice = physical cores).
+# THREADS (torch threads for the reference; default torch's choice = physical cores),
+# CHECK_EXPORT=1 (also load temper's merged download in transformers and compare predictions).
 # Needs scripts/bench-env.sh once. Results are also appended to bench/out/classification.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ else
   [ -x "$TEMPER" ] || { echo "$TEMPER not found: run cargo build --release first" >&2; exit 1; }
   temper_args+=(--temper "$TEMPER")
 fi
+[ "${CHECK_EXPORT:-0}" = 1 ] && temper_args+=(--check-export)
 reference_args=(--assets "$ASSETS")
 [ -n "${THREADS:-}" ] && reference_args+=(--threads "$THREADS")
 
