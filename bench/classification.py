@@ -7,7 +7,8 @@ scores it here. Prints one JSON line on stdout with the same keys as the referen
 
 Without --base-url it starts `TEMPER serve` on a free loopback port (bound to port 0 first)
 with a fresh --data-dir in a temp dir and --models-dir ASSETS/models, and stops it at the end
-(its log is kept as server.log in that data dir, whose path goes to stderr).
+(its log is server.log in that data dir, whose path goes to stderr; the dir is removed after
+a successful run unless --keep-data).
 
 Flow: files.create(train.csv) and files.create(test.csv) with purpose fine-tune; the test
 split is the job's validation file (temper evaluates it at each epoch end, checkpoints there
@@ -35,6 +36,7 @@ answers (`export_label_agreement`, `export_max_prob_diff`; see bench/check_expor
 """
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,7 +71,7 @@ def start_server(binary, models_dir):
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
+                return proc, base, data_dir
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
@@ -137,6 +139,8 @@ def main():
     parser.add_argument("--temper", default="target/release/temper", help="temper binary to start")
     parser.add_argument("--base-url", help="use an already running temper (e.g. http://127.0.0.1:8080)")
     parser.add_argument("--api-key", default=os.environ.get("TEMPER_API_KEY") or "unused")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the started temper's data dir (it is kept anyway when the run fails)")
     parser.add_argument("--check-export", action="store_true",
                         help="also download the merged export and compare transformers' predictions (bench/check_export.py)")
     args = parser.parse_args()
@@ -148,14 +152,16 @@ def main():
     write_split(os.path.join(upload_dir, "train.csv"), train_x, train_y)
     write_split(os.path.join(upload_dir, "test.csv"), test_x, test_y)
 
-    proc, base = (None, args.base_url.rstrip("/")) if args.base_url else start_server(
+    proc, base, server_dir = (None, args.base_url.rstrip("/"), None) if args.base_url else start_server(
         args.temper, os.path.abspath(os.path.join(args.assets, "models")))
+    succeeded = False
     try:
         client = OpenAI(base_url=f"{base}/v1", api_key=args.api_key, timeout=600, max_retries=0)
         with open(os.path.join(upload_dir, "train.csv"), "rb") as f:
             training_file = client.files.create(file=("rotten_tomatoes_train.csv", f), purpose="fine-tune")
         with open(os.path.join(upload_dir, "test.csv"), "rb") as f:
             validation_file = client.files.create(file=("rotten_tomatoes_test.csv", f), purpose="fine-tune")
+        shutil.rmtree(upload_dir, ignore_errors=True)
         job = client.fine_tuning.jobs.create(
             model=RECIPE["model"], training_file=training_file.id, validation_file=validation_file.id,
             seed=args.seed, suffix="bench",
@@ -202,6 +208,7 @@ def main():
             "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
             "recipe": recipe_of(args), **export,
         })
+        succeeded = True
     finally:
         if proc:
             proc.terminate()
@@ -209,6 +216,8 @@ def main():
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            if succeeded and not args.keep_data:
+                shutil.rmtree(server_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
