@@ -1,0 +1,53 @@
+//! Fakes shared by the infer tests: a map-backed catalog that counts lookups.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{ModelCatalog, ModelKind, ServableModel};
+
+/// Name `catalog-down` answers a lookup error; other unknown names are `None`.
+#[derive(Default)]
+pub struct MapCatalog {
+    models: HashMap<String, ServableModel>,
+    pub resolves: AtomicUsize,
+}
+
+impl MapCatalog {
+    pub fn with(names: &[(&str, PathBuf)]) -> Arc<Self> {
+        let models = names
+            .iter()
+            .map(|(name, dir)| {
+                let model = ServableModel {
+                    name: name.to_string(),
+                    dir: dir.clone(),
+                    kind: ModelKind::Classifier,
+                };
+                (name.to_string(), model)
+            })
+            .collect();
+        Arc::new(Self {
+            models,
+            resolves: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn resolves(&self) -> usize {
+        self.resolves.load(Ordering::SeqCst)
+    }
+}
+
+impl ModelCatalog for MapCatalog {
+    fn resolve(&self, model: &str) -> BoxFuture<'_, Result<Option<ServableModel>, String>> {
+        self.resolves.fetch_add(1, Ordering::SeqCst);
+        let answer = if model == "catalog-down" {
+            Err("database is locked".to_string())
+        } else {
+            Ok(self.models.get(model).cloned())
+        };
+        Box::pin(async move { answer })
+    }
+}
