@@ -35,7 +35,7 @@ impl TrainObserver for Timings {
 }
 
 fn main() -> anyhow::Result<()> {
-    temper::allocator::keep_freed_memory_for_reuse();
+    temper::runtime::tune_for_cpu_training();
     let args: Vec<String> = std::env::args().collect();
     let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
     let limit: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);

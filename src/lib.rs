@@ -20,7 +20,6 @@
 //! or axum; `store` never imports axum or candle; `api` never imports candle, `zoo` or
 //! `train`. `app` is the composition root and the only module that knows every other.
 
-pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod basemodels;
@@ -29,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod infer;
 pub mod jobs;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod train;
