@@ -225,3 +225,120 @@ async fn discard(tmp: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn blobs() -> (tempfile::TempDir, Blobs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Blobs::new(dir.path().join("data")).expect("blobs");
+        (dir, blobs)
+    }
+
+    fn chunks(parts: &[&[u8]]) -> impl Stream<Item = Result<Bytes, io::Error>> + Unpin {
+        let owned: Vec<Result<Bytes, io::Error>> = parts
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
+        futures::stream::iter(owned)
+    }
+
+    fn tmp_entries(blobs: &Blobs) -> usize {
+        std::fs::read_dir(blobs.path(TMP_DIR)).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn new_creates_the_layout_and_paths_point_into_it() {
+        let (_dir, blobs) = blobs();
+        for sub in [FILES_DIR, JOBS_DIR, TMP_DIR] {
+            assert!(blobs.path(sub).is_dir(), "{sub}");
+        }
+        assert_eq!(blobs.file_path("file-a"), blobs.root().join("files/file-a"));
+        assert_eq!(blobs.job_dir("ftjob-a"), blobs.root().join("jobs/ftjob-a"));
+        assert_eq!(Blobs::file_rel("file-a"), "files/file-a");
+    }
+
+    #[tokio::test]
+    async fn write_atomic_replaces_content_and_leaves_no_tmp() {
+        let (_dir, blobs) = blobs();
+        blobs
+            .write_atomic("jobs/j/result.csv", b"step,loss\n1,0.5\n")
+            .await
+            .unwrap();
+        blobs
+            .write_atomic("jobs/j/result.csv", b"v2")
+            .await
+            .unwrap();
+        assert_eq!(blobs.read("jobs/j/result.csv").await.unwrap(), b"v2");
+        assert_eq!(tmp_entries(&blobs), 0);
+    }
+
+    #[tokio::test]
+    async fn stream_to_file_reads_back_byte_identical() {
+        let (_dir, blobs) = blobs();
+        let first: Vec<u8> = (0..=255u8).collect();
+        let second = vec![7u8; 1000];
+        let total = blobs
+            .stream_to_file("files/file-a", chunks(&[&first, &second]), 1256)
+            .await
+            .unwrap();
+        assert_eq!(total, 1256);
+        let mut expected = first.clone();
+        expected.extend_from_slice(&second);
+        assert_eq!(blobs.read("files/file-a").await.unwrap(), expected);
+        assert_eq!(tmp_entries(&blobs), 0);
+    }
+
+    #[tokio::test]
+    async fn stream_past_the_limit_keeps_nothing() {
+        let (_dir, blobs) = blobs();
+        let result = blobs
+            .stream_to_file("files/file-big", chunks(&[&[1u8; 600], &[2u8; 600]]), 1000)
+            .await;
+        assert!(
+            matches!(result, Err(BlobError::TooLarge { limit: 1000 })),
+            "{result:?}"
+        );
+        assert!(!blobs.file_path("file-big").exists());
+        assert_eq!(tmp_entries(&blobs), 0);
+    }
+
+    #[tokio::test]
+    async fn stream_error_keeps_nothing() {
+        let (_dir, blobs) = blobs();
+        let parts: Vec<Result<Bytes, io::Error>> = vec![
+            Ok(Bytes::from_static(b"partial")),
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "client left",
+            )),
+        ];
+        let result = blobs
+            .stream_to_file("files/file-a", futures::stream::iter(parts), 1000)
+            .await;
+        assert!(matches!(result, Err(BlobError::Io(_))), "{result:?}");
+        assert!(!blobs.file_path("file-a").exists());
+        assert_eq!(tmp_entries(&blobs), 0);
+    }
+
+    #[tokio::test]
+    async fn remove_reports_existence_and_paths_stay_inside() {
+        let (_dir, blobs) = blobs();
+        blobs.write_atomic("files/file-a", b"x").await.unwrap();
+        blobs.write_atomic("jobs/j/ckpt/a.bin", b"y").await.unwrap();
+        assert!(blobs.remove("files/file-a").await.unwrap());
+        assert!(!blobs.remove("files/file-a").await.unwrap());
+        assert!(blobs.remove_dir_all("jobs/j").await.unwrap());
+        assert!(!blobs.job_dir("j").exists());
+        assert!(!blobs.remove_dir_all("jobs/j").await.unwrap());
+        for bad in ["", "../escape", "/etc/passwd", "files/../../x"] {
+            let result = blobs.write_atomic(bad, b"z").await;
+            assert!(
+                matches!(result, Err(BlobError::InvalidPath(_))),
+                "{bad}: {result:?}"
+            );
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod config;
 pub mod domain;
 pub mod infer;
 pub mod jobs;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod train;

@@ -61,6 +61,8 @@ struct ClassifyCommand {
     texts: Vec<String>,
     /// The caller's span, entered while this request is encoded and answered.
     span: Span,
+    /// Answered exactly once by the engine thread; `classify` awaits it. If the engine
+    /// stops first the sender drops and `classify` reports an engine error.
     reply: oneshot::Sender<Result<Vec<ClassPrediction>, InferError>>,
     /// Returned to the engine's semaphore just before the reply is sent, so a caller
     /// that got its answer can immediately queue again.
@@ -104,7 +106,7 @@ impl Engine {
             max_batch_texts: config.max_batch_texts,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("infer-{name}"))
+            .name(thread_name(name))
             .spawn(move || worker.run())
             .map_err(|e| InferError::engine(format!("cannot start engine thread: {e}")))?;
         Ok(Self {
@@ -309,6 +311,16 @@ impl EngineWorker {
             let _ = reply.send(answer);
         }
     }
+}
+
+/// `infer-<model>` with only characters every platform accepts in a thread name
+/// (model names come from the catalog and may hold anything).
+pub(crate) fn thread_name(model: &str) -> String {
+    let safe: String = model
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    format!("infer-{safe}")
 }
 
 /// One text of one request in a serving round.

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::Poll;
 
-use super::engine::{plan_batches, prediction};
+use super::engine::{plan_batches, prediction, thread_name};
 use super::{ClassifierBackend, Engine, EngineConfig, InferError};
 
 /// Tokens = one id per word (its length); logits depend only on the sequence, so any
@@ -218,4 +218,9 @@ async fn a_failed_forward_fails_its_request_and_the_engine_keeps_serving() {
     assert_eq!(failed, Err(InferError::engine("forward failed")));
     let after = engine.classify(texts(&["still fine"])).await;
     assert_eq!(after.expect("served"), vec![expected("still fine")]);
+}
+
+#[test]
+fn thread_names_never_carry_nul_or_whitespace() {
+    assert_eq!(thread_name("ft:tiny:x\0y z"), "infer-ft:tiny:x_y_z");
 }

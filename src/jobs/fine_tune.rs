@@ -16,7 +16,7 @@ use super::progress::{
 use super::results::record_completion;
 use super::validate::{load_and_validate, validating_message, ValidatedData};
 use super::worker::panic_message;
-use super::{unix_now, ControlFlag, JobFailure, JobRunner, RunContext, RunOutcome};
+use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
 use crate::basemodels::{self, BaseModelKind};
 use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
 use crate::domain::job::JobStatus;
@@ -68,6 +68,10 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let device = open_device(&run.device)?;
     let work_dir = run.ctx.blobs.job_dir(&job.id);
     let resume_from = checkpoint::latest_resumable(&work_dir).ok().flatten();
+    if run.control.get() == ControlSignal::Shutdown {
+        // Not started yet: the job simply goes back to the queue.
+        return Ok(RunOutcome::Stopped { step: 0 });
+    }
     if !store
         .transition(
             &job.id,

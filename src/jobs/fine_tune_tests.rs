@@ -66,11 +66,15 @@ fn write_model(h: &Harness) {
     crate::zoo::testing::write_tiny_bert(&h.dir.path().join("models").join(MODEL), 7).unwrap();
 }
 
-/// Uploads files and creates a job with `batch_size` and 2 epochs.
-async fn job_with(h: &Harness, train: &[u8], valid: Option<&[u8]>, batch_size: u64) -> String {
+/// 2 epochs of batches of 4, `"auto"` learning rate multiplier.
+fn two_epochs() -> Value {
+    json!({"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": "auto"})
+}
+
+/// Uploads files and creates a job with these hyperparameters.
+async fn job_with(h: &Harness, train: &[u8], valid: Option<&[u8]>, hyper: Value) -> String {
     upload(&h.ctx, "file-train", train).await;
-    let method = json!({"type": "supervised", "supervised": {"hyperparameters":
-        {"n_epochs": 2, "batch_size": batch_size, "learning_rate_multiplier": "auto"}}});
+    let method = json!({"type": "supervised", "supervised": {"hyperparameters": hyper}});
     let id = create_job(&h.ctx, MODEL, "file-train", method).await;
     if let Some(valid) = valid {
         upload(&h.ctx, "file-valid", valid).await;
@@ -108,7 +112,7 @@ async fn a_classification_job_trains_and_records_everything() {
     let h = harness().await;
     write_model(&h);
     let valid = jsonl(&examples(4));
-    let id = job_with(&h, &jsonl(&examples(20)), Some(&valid), 4).await;
+    let id = job_with(&h, &jsonl(&examples(20)), Some(&valid), two_epochs()).await;
     let w = worker(&h, FineTuneRunner);
     assert_eq!(
         w.process_next().await.unwrap(),
@@ -247,7 +251,7 @@ async fn bad_inputs_fail_with_openai_codes() {
     ];
     for (name, (train, valid, [code, param, message])) in cases {
         let h = harness().await;
-        let id = job_with(&h, &train, valid.as_deref(), 4).await;
+        let id = job_with(&h, &train, valid.as_deref(), two_epochs()).await;
         assert_eq!(
             worker(&h, FineTuneRunner).process_next().await.unwrap(),
             Processed::Failed(id.clone()),
@@ -304,11 +308,17 @@ impl JobRunner for DiesAfterFirstCheckpoint {
     }
 }
 
+const TOTAL_STEPS: u64 = 100;
+
 #[tokio::test]
 async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
     let h = harness().await;
     write_model(&h);
-    let id = job_with(&h, &jsonl(&examples(20)), None, 2).await;
+    // 100 steps with a checkpoint every 5. The progress channel is bounded, so the trainer
+    // is at most PROGRESS_CHANNEL_CAPACITY messages ahead of the rows the watcher sees:
+    // the "kill" lands well before the end.
+    let hyper = json!({"n_epochs": 2, "batch_size": 2, "save_steps": 5});
+    let id = job_with(&h, &jsonl(&examples(100)), None, hyper).await;
     let first = worker(&h, DiesAfterFirstCheckpoint);
     assert_eq!(
         first.process_next().await.unwrap(),
@@ -333,17 +343,14 @@ async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
         .find_map(|m| m.strip_prefix("Resuming fine-tuning job from step "))
         .unwrap_or_else(|| panic!("no resume event in {messages:#?}"));
     let resumed: u64 = resumed.parse().unwrap();
+    assert!(resumed < TOTAL_STEPS, "the kill came after the last step");
     let steps = metric_steps(&ctx, &id).await;
-    // Same final step as an uninterrupted run (20 examples / batch 2 × 2 epochs), and the
+    // Same final step as an uninterrupted run (100 examples / batch 2 × 2 epochs), and the
     // resumed session continued right after its checkpoint.
-    assert_eq!(steps.last(), Some(&20));
-    if resumed < 20 {
-        let after_resume = steps.iter().rposition(|&s| s == resumed + 1).unwrap();
-        assert_eq!(
-            steps[after_resume..],
-            (resumed + 1..=20).collect::<Vec<u64>>()[..]
-        );
-    }
+    assert_eq!(steps.last(), Some(&TOTAL_STEPS));
+    let after_resume = steps.iter().rposition(|&s| s == resumed + 1).unwrap();
+    let expected: Vec<u64> = (resumed + 1..=TOTAL_STEPS).collect();
+    assert_eq!(steps[after_resume..], expected[..]);
     let job_row = job(&ctx, &id).await;
     assert_eq!(job_row.attempts, 2);
     let checkpoints = ctx

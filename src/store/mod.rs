@@ -28,7 +28,7 @@ pub use events::EventRow;
 pub use files::{FileRow, SortOrder};
 pub use jobs::JobRow;
 pub use models::ModelRow;
-pub use queue::{ControlAction, ControlOutcome};
+pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 
 /// How long a connection waits on SQLite's single writer lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,3 +146,6 @@ fn on_unique_violation(error: sqlx::Error, what: &str) -> StoreError {
     }
     StoreError::Database(error)
 }
+
+#[cfg(test)]
+mod tests;

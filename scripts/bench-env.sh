@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates .venv-bench (git-ignored) with the Python side of the benchmarks: the official
+# openai SDK that drives temper, and the reference stack (CPU PyTorch, transformers, peft).
+#
+#   scripts/bench-env.sh          # idempotent; re-running only installs what is missing
+#
+# About torch: the only registry reachable here is PyPI, and PyPI's Linux x86_64 torch wheel
+# is the CUDA build. Its libtorch_cuda.so / libtorch_cpu.so / libtorch_global_deps.so list
+# libcudart, libcublas, libcudnn, libnccl, libcupti, ... as DT_NEEDED, so `import torch` fails
+# ("libcublasLt.so.*[0-9] not found") when installed with --no-deps and without the
+# nvidia-* wheels; no CPU-only x86_64 torch exists on PyPI (the +cpu builds live on PyTorch's
+# own index, which is not reachable). So this installs the PyPI wheel with its nvidia-*
+# dependencies (about 4 GB more disk, 5.6 GB venv in all); they are only loaded, never used:
+# the reference runs on CPU (`use_cpu=True`), and torch.cuda.is_available() is False here.
+# On a machine that can reach download.pytorch.org, set TORCH_INDEX_URL to its /whl/cpu index
+# to get the ~200 MB CPU build instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  torch==2.15.0
+  transformers==5.23.0
+  tokenizers==0.23.3
+  safetensors==0.8.0
+  accelerate==1.15.0
+  peft==0.21.2
+  numpy==2.4.6
+  openai==3.54.0
+  httpx==0.28.1
+)
+
+[ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
+PY=.venv-bench/bin/python
+# pip's --dry-run says "Would install ..." only when something is missing (not under --quiet).
+if ! "$PY" -m pip install --disable-pip-version-check --dry-run "${PACKAGES[@]}" 2>/dev/null \
+    | grep -q '^Would install'; then
+  echo ".venv-bench already has ${PACKAGES[*]}"
+else
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$PY" -m pip install --quiet --index-url "$TORCH_INDEX_URL" torch==2.15.0
+  fi
+  "$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"
+fi
+"$PY" -c "import torch, transformers, openai, peft, accelerate; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__)"

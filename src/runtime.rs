@@ -1,0 +1,44 @@
+//! Process-wide tuning for training and inference on CPU. Call [`tune_for_cpu_training`]
+//! once at the start of `main`, before any tensor is created.
+
+/// Measured on MiniLM-L6 full fine-tuning with 2 cores (`examples/train_speed`, 128
+/// examples, release build): default settings 6.9 samples/s with 18.7 s of user CPU;
+/// element-wise pool off 12.8 samples/s with 8.9 s. candle runs element-wise ops on a
+/// spinning barrier pool and matmuls on a separate rayon pool; with few cores the two
+/// pools' threads spin against each other, so on such machines element-wise ops run on
+/// the calling thread and the cores go to the matmuls.
+const MAX_CORES_FOR_SERIAL_ELEMENTWISE: usize = 4;
+
+pub fn tune_for_cpu_training() {
+    keep_freed_memory_for_reuse();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && cores <= MAX_CORES_FOR_SERIAL_ELEMENTWISE
+    {
+        // Read once by candle when its pool is first used; nothing has run yet.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Every training step allocates (and frees) tensors of tens of megabytes: gradients of the
+/// embedding matrix, optimizer outputs, activations. glibc serves blocks above its mmap
+/// threshold with fresh `mmap`s and returns them with `munmap`, so each step pays for page
+/// faults and kernel zeroing of memory it just gave back. Measured on MiniLM-L6 full
+/// fine-tuning (2 cores): 4–6 s of system time per 8 steps, and 20–40 % lower throughput.
+/// Raising the mmap threshold to its maximum and never trimming keeps freed blocks in the
+/// heap for the next step. A no-op on other platforms.
+fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // Values from glibc's malloc.h; the libc crate does not export them all.
+        const M_TRIM_THRESHOLD: libc::c_int = -1;
+        const M_TOP_PAD: libc::c_int = -2;
+        const M_MMAP_THRESHOLD: libc::c_int = -3;
+        const MMAP_THRESHOLD_MAX: libc::c_int = 32 * 1024 * 1024;
+        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX);
+            libc::mallopt(M_TRIM_THRESHOLD, libc::c_int::MAX);
+            libc::mallopt(M_TOP_PAD, 512 * 1024 * 1024);
+        }
+    }
+}
