@@ -6,10 +6,20 @@ use tokio_util::sync::CancellationToken;
 
 use temper::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let Cli { command } = Cli::parse();
     let Command::Serve(config) = command;
+    // Sets process-wide allocator and thread-pool knobs: must run before any other thread
+    // (the tokio runtime's included) exists.
+    temper::runtime::tune_for_cpu_training();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: temper::config::Config) -> anyhow::Result<()> {
     temper::telemetry::init_tracing();
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
