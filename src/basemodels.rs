@@ -36,6 +36,11 @@ const DECODER_TYPES: [&str; 9] = [
 /// Finds a base model by id, or `None` when it is neither in `models_dir` nor in the hf-hub
 /// cache, or its directory lacks a file training needs.
 pub fn resolve(models_dir: &Path, id: &str) -> Option<BaseModel> {
+    resolve_with_cache(models_dir, &hf_hub::Cache::from_env(), id)
+}
+
+/// `resolve` against an explicit hf-hub cache (tests use a temp dir instead of `HF_HOME`).
+pub fn resolve_with_cache(models_dir: &Path, cache: &hf_hub::Cache, id: &str) -> Option<BaseModel> {
     let relative = safe_relative(id)?;
     let local = models_dir.join(relative);
     if let Some(kind) = inspect(&local) {
@@ -45,7 +50,7 @@ pub fn resolve(models_dir: &Path, id: &str) -> Option<BaseModel> {
             kind,
         });
     }
-    from_hf_cache(id)
+    from_hf_cache(cache, id)
 }
 
 /// Every complete model directory two levels under `models_dir` (`org/name`), sorted by id.
@@ -79,8 +84,8 @@ fn safe_relative(id: &str) -> Option<PathBuf> {
     all_normal.then_some(path)
 }
 
-fn from_hf_cache(id: &str) -> Option<BaseModel> {
-    let repo = hf_hub::Cache::from_env().model(id.to_string());
+fn from_hf_cache(cache: &hf_hub::Cache, id: &str) -> Option<BaseModel> {
+    let repo = cache.model(id.to_string());
     let config = repo.get("config.json")?;
     let dir = config.parent()?.to_path_buf();
     let kind = inspect(&dir)?;
@@ -199,6 +204,26 @@ mod tests {
             assert_eq!(safe_relative(id), None, "{id}");
         }
         assert_eq!(safe_relative("acme/enc"), Some(PathBuf::from("acme/enc")));
+    }
+
+    #[test]
+    fn hf_hub_cache_snapshots_resolve() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let repo = tmp.path().join("hub/models--acme--cached");
+        std::fs::create_dir_all(repo.join("refs")).expect("refs");
+        std::fs::write(repo.join("refs/main"), "abc123").expect("ref");
+        let snapshot = repo.join("snapshots/abc123");
+        write_model(&snapshot, "distilbert", "model.safetensors");
+        let cache = hf_hub::Cache::new(tmp.path().join("hub"));
+        let empty_models_dir = tmp.path().join("models");
+        let found =
+            resolve_with_cache(&empty_models_dir, &cache, "acme/cached").expect("from the cache");
+        assert_eq!(found.dir, snapshot);
+        assert_eq!(found.kind, BaseModelKind::Encoder);
+        assert_eq!(
+            resolve_with_cache(&empty_models_dir, &cache, "acme/missing"),
+            None
+        );
     }
 
     #[test]

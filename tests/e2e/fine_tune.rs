@@ -129,6 +129,37 @@ async fn fine_tune_classifier_end_to_end() {
         "newest first: {times:?}"
     );
 
+    // The SDK pages with `after = data[-1].id`; pages must join into the full list.
+    let all_ids: Vec<Value> = events["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    let mut paged: Vec<Value> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let query = if after.is_empty() {
+            String::new()
+        } else {
+            format!("&after={after}")
+        };
+        let (_, page) = server
+            .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=3{query}"))
+            .await;
+        let data = page["data"].as_array().expect("page");
+        paged.extend(data.iter().map(|e| e["id"].clone()));
+        if page["has_more"] != true {
+            break;
+        }
+        after = data
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .expect("last id")
+            .to_string();
+    }
+    assert_eq!(paged, all_ids);
+
     let (_, checkpoints) = server
         .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
         .await;
