@@ -112,13 +112,24 @@ async fn create_file(
     })?;
     let id = new_file_id();
     let rel = Blobs::file_rel(&id);
-    let upload = match receive_upload(&state, &rel, multipart).await {
-        Ok(upload) => upload,
+    // Nothing of a failed upload stays on disk.
+    match store_upload(&state, id, &rel, multipart).await {
+        Ok(row) => Ok(ApiJson(row.into())),
         Err(error) => {
             discard_blob(&state, &rel).await;
-            return Err(error);
+            Err(error)
         }
-    };
+    }
+}
+
+/// Receives, validates and records one upload as file `id`, stored at `rel`.
+async fn store_upload(
+    state: &AppState,
+    id: String,
+    rel: &str,
+    multipart: Multipart,
+) -> Result<FileRow, ApiError> {
+    let upload = receive_upload(state, rel, multipart).await?;
     let mut row = FileRow {
         id,
         bytes: i64::try_from(upload.bytes).unwrap_or(i64::MAX),
@@ -131,10 +142,10 @@ async fn create_file(
         n_examples: None,
     };
     if row.purpose == "fine-tune" {
-        validate_training_file(&state, &rel, &mut row).await?;
+        validate_training_file(state, rel, &mut row).await?;
     }
     state.store.insert_file(&row).await?;
-    Ok(ApiJson(row.into()))
+    Ok(row)
 }
 
 /// Streams the `file` field to `rel` and reads `purpose`, in whichever order they come.
