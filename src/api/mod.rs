@@ -36,7 +36,8 @@ use axum::http::Method;
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::blobs::Blobs;
 use crate::config::ApiKey;
@@ -105,7 +106,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             usize::try_from(body_limit).unwrap_or(usize::MAX),
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(middleware::http_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(middleware::http_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(middleware::RandomRequestId))
         .with_state(state)
