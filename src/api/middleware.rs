@@ -24,8 +24,7 @@ pub async fn require_api_key(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match presented {
         None => ApiError::unauthorized(
             "You didn't provide an API key. You need to provide your API key in an \
@@ -35,6 +34,12 @@ pub async fn require_api_key(
         Some(key) if keys.iter().any(|k| same_key(k, key)) => next.run(request).await,
         Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
     }
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares without stopping at the first differing byte, so response time does not leak
@@ -75,6 +80,14 @@ pub fn http_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("bearer  sk-1 "), Some("sk-1"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("sk-1"), None);
+    }
 
     #[test]
     fn keys_compare_exactly() {

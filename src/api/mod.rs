@@ -70,6 +70,9 @@ pub struct ApiSettings {
     pub models_dir: PathBuf,
 }
 
+/// JSON bodies (job creation, classification batches) are far smaller than uploads.
+const JSON_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+
 /// Multipart framing around the file; the file itself is limited by `max_upload_bytes`.
 const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
 
@@ -86,12 +89,14 @@ pub fn routes() -> Vec<(Method, &'static str)> {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state
+    let upload_limit = state
         .settings
         .max_upload_bytes
         .saturating_add(MULTIPART_OVERHEAD_BYTES);
     let v1 = Router::new()
-        .merge(files::router())
+        .merge(files::router().layer(DefaultBodyLimit::max(
+            usize::try_from(upload_limit).unwrap_or(usize::MAX),
+        )))
         .merge(jobs::router())
         .merge(models::router())
         .merge(classify::router())
@@ -103,9 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(v1)
         .fallback(unknown_route)
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(body_limit).unwrap_or(usize::MAX),
-        ))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT_BYTES))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(middleware::http_span)

@@ -191,6 +191,20 @@ fn labelled_jsonl(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn uploads_may_exceed_the_json_body_limit() {
+    let h = harness(&[], 40 * 1024 * 1024).await;
+    let content = vec![b'x'; 33 * 1024 * 1024];
+    let reply = h.upload("batch", "big.bin", &content).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["bytes"], content.len());
+}
+
+#[tokio::test]
 async fn unknown_routes_get_the_envelope_and_a_request_id() {
     let h = harness(&[], 1 << 20).await;
     let reply = h.call(Method::GET, "/v1/nothing-here", None).await;
