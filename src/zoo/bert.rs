@@ -24,6 +24,14 @@ pub struct LayerNormW {
 impl LayerNormW {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
         let x = x.to_dtype(DType::F32)?;
+        if super::fused::fused_layer_norm_applies(&x) {
+            return Ok(super::fused::layer_norm(
+                &x,
+                self.weight.tensor(),
+                self.bias.tensor(),
+                self.eps,
+            )?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -215,7 +223,7 @@ impl Encoder {
         let x = l.attn_ln.forward(&(attn + x)?)?;
         let inner = l.ffn_in.forward(&x, train)?;
         let inner = match self.cfg.hidden_act {
-            HiddenAct::GeluErf => inner.gelu_erf()?,
+            HiddenAct::GeluErf => super::fused::gelu_erf(&inner)?,
             HiddenAct::GeluTanh => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
