@@ -24,6 +24,8 @@ pub mod testing;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod real_assets_tests;
+#[cfg(test)]
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
