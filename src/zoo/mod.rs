@@ -9,6 +9,7 @@
 //! - [`config`]: BERT / DistilBERT `config.json` parsing (transformers 4.x and 5.x).
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
+//! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -16,11 +17,14 @@
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod fused;
 pub mod linear;
 pub mod loader;
 pub mod testing;
 pub mod tokenizer;
 
+#[cfg(test)]
+mod real_assets_tests;
 #[cfg(test)]
 mod tests;
 

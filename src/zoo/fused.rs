@@ -1,0 +1,334 @@
+//! Fused CPU kernels with analytic backward passes for the element-wise parts of the
+//! encoder that dominate a training step after the matmuls.
+//!
+//! Measured on MiniLM-L6 full fine-tuning (2 cores, `perf`): candle's `gelu_erf` spends
+//! ~10 % of the step in scalar libm `erff`/`erfc`, and a LayerNorm composed from primitive
+//! ops (needed because candle's fused one has no backward) costs ~10 passes over the
+//! activations forward and ~20 backward, 13 times per forward. Each kernel here is one
+//! pass forward and one backward. Other devices keep the composed ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused kernels take contiguous inputs"),
+    }
+}
+
+fn uses_fused_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// erf(z) and exp(−z²) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free apart
+/// from the sign so the loop vectorises; exp(−z²) is returned because the GELU derivative
+/// needs it too.
+#[inline]
+fn erf_and_gaussian(z: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let a = z.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    let gaussian = (-a * a).exp();
+    ((1.0 - poly * gaussian).copysign(z), gaussian)
+}
+
+/// GELU with the exact (erf) form, as BERT uses it.
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if uses_fused_kernels(x) {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let y = x
+            .iter()
+            .map(|&v| 0.5 * v * (1.0 + erf_and_gaussian(v * FRAC_1_SQRT_2).0))
+            .collect();
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?))
+    }
+}
+
+/// d/dx GELU(x) = Φ(x) + x·φ(x), times the incoming gradient.
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let dx = x
+            .iter()
+            .zip(g)
+            .map(|(&v, &g)| {
+                let (erf, gaussian) = erf_and_gaussian(v * FRAC_1_SQRT_2);
+                g * (0.5 * (1.0 + erf) + v * FRAC_1_SQRT_2PI * gaussian)
+            })
+            .collect();
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · weight + bias`.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+pub(crate) fn fused_layer_norm_applies(x: &Tensor) -> bool {
+    uses_fused_kernels(x)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Mean and 1/std of one row.
+#[inline]
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let mut y = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
+            let (mean, rstd) = row_stats(row, self.eps);
+            for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (v - mean) * rstd * w + b;
+            }
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let hidden = weight.elem_count();
+        let rows = x.elem_count() / hidden;
+        // One pass produces all three gradients, packed as [rows + 2, hidden]: dx, dw, db.
+        let packed = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            weight,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows, 1)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, rows + 1, 1)?.reshape(weight.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g, w) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let hidden = w.len();
+        let rows = x.len() / hidden;
+        let mut out = vec![0f32; (rows + 2) * hidden];
+        let (dx_all, sums) = out.split_at_mut(rows * hidden);
+        let (dw, db) = sums.split_at_mut(hidden);
+        let mut normed = vec![0f32; hidden];
+        for ((row, g_row), dx) in x
+            .chunks_exact(hidden)
+            .zip(g.chunks_exact(hidden))
+            .zip(dx_all.chunks_exact_mut(hidden))
+        {
+            let (mean, rstd) = row_stats(row, self.eps);
+            let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
+            for i in 0..hidden {
+                let xhat = (row[i] - mean) * rstd;
+                normed[i] = xhat;
+                let gw = g_row[i] * w[i];
+                mean_gw += gw;
+                mean_gw_xhat += gw * xhat;
+                dw[i] += g_row[i] * xhat;
+                db[i] += g_row[i];
+            }
+            mean_gw /= hidden as f32;
+            mean_gw_xhat /= hidden as f32;
+            for i in 0..hidden {
+                dx[i] = rstd * (g_row[i] * w[i] - mean_gw - normed[i] * mean_gw_xhat);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, hidden))))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn wave(shape: &[usize], scale: f32, phase: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i as f32) * 0.37 + phase).sin() * scale)
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_gelu_matches_candle_forward_and_gradient() {
+        let x = Var::from_tensor(&wave(&[4, 7, 16], 4.0, 0.1)).unwrap();
+        let weights = wave(&[4, 7, 16], 1.0, 2.0);
+        let fused = gelu_erf(x.as_tensor()).unwrap();
+        let reference = x.as_tensor().gelu_erf().unwrap();
+        assert!(
+            max_diff(&fused, &reference) < 2e-6,
+            "forward {}",
+            max_diff(&fused, &reference)
+        );
+        let grad = |y: &Tensor| {
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g_fused, g_ref) = (grad(&fused), grad(&reference));
+        let d = max_diff(
+            g_fused.get(x.as_tensor()).unwrap(),
+            g_ref.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 2e-6, "gradient differs by {d}");
+    }
+
+    fn composed_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let centered = x.broadcast_sub(&mean).unwrap();
+        let var = centered.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let normed = centered
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        normed.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composed_forward_and_all_gradients() {
+        let x = Var::from_tensor(&(wave(&[3, 5, 32], 2.0, 0.3) + 0.7).unwrap()).unwrap();
+        let w = Var::from_tensor(&(wave(&[32], 0.5, 1.0) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&wave(&[32], 0.2, 0.5)).unwrap();
+        let weights = wave(&[3, 5, 32], 1.0, 3.0);
+        let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
+        let reference = composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12);
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let grad = |y: &Tensor| {
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g_fused, g_ref) = (grad(&fused), grad(&reference));
+        for (name, var) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let d = max_diff(
+                g_fused.get(var.as_tensor()).unwrap(),
+                g_ref.get(var.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "{name} gradient differs by {d}");
+        }
+    }
+}
