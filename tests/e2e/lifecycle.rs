@@ -49,10 +49,10 @@ async fn cancel_running_job() {
 #[tokio::test]
 async fn pause_then_resume_to_success() {
     let server = TestServer::spawn().await;
-    // 2000 steps: long enough that the pause lands mid-run (heartbeats relay it).
+    // 5000 steps: long enough that the pause lands mid-run (heartbeats relay it).
     let file = server.upload_ok("train.jsonl", sentiment_jsonl(100)).await;
     let job = server
-        .create_job(job_body(&file, json!({"n_epochs": 20, "batch_size": 1})))
+        .create_job(job_body(&file, json!({"n_epochs": 50, "batch_size": 1})))
         .await;
     let id = job["id"].as_str().expect("id");
     server.wait_for_status(id, "running").await;
@@ -68,7 +68,7 @@ async fn pause_then_resume_to_success() {
     let paused_at = checkpoints["data"][0]["step_number"]
         .as_i64()
         .expect("a checkpoint written on pause");
-    assert!(paused_at > 0 && paused_at < 2000, "{checkpoints}");
+    assert!(paused_at > 0 && paused_at < 5000, "{checkpoints}");
     let (status, resumed) = server
         .post(&format!("/v1/fine_tuning/jobs/{id}/resume"), json!({}))
         .await;
@@ -79,7 +79,7 @@ async fn pause_then_resume_to_success() {
     let (_, checkpoints) = server
         .get(&format!("/v1/fine_tuning/jobs/{id}/checkpoints"))
         .await;
-    assert_eq!(checkpoints["data"][0]["step_number"], 2000, "{checkpoints}");
+    assert_eq!(checkpoints["data"][0]["step_number"], 5000, "{checkpoints}");
 }
 
 #[tokio::test]
