@@ -11,3 +11,6 @@ if [ "${TEMPER_SKIP_ASSETS:-0}" != "1" ]; then
   export TEMPER_ASSETS="$PWD/assets"
 fi
 cargo test --locked --all-targets "$@"
+if [ "${TEMPER_SKIP_ASSETS:-0}" != "1" ]; then
+  scripts/sdk-test.sh assets
+fi
