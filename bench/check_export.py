@@ -22,12 +22,12 @@ import httpx
 from common import emit, read_split
 
 
-def download_merged(base_url, api_key, job_id, dest):
-    """Streams the merged export's tar into dest and returns the directory holding config.json."""
+def download_merged(base_url, api_key, job_id, dest, fmt="merged", marker="config.json"):
+    """Streams the `fmt` export's tar into dest and returns the directory holding `marker`."""
     archive = os.path.join(dest, "export.tar")
     url = f"{base_url}/v1/fine_tuning/jobs/{job_id}/download"
     headers = {"Authorization": f"Bearer {api_key}"}
-    with httpx.stream("GET", url, params={"format": "merged"}, headers=headers, timeout=600) as reply:
+    with httpx.stream("GET", url, params={"format": fmt}, headers=headers, timeout=600) as reply:
         if reply.status_code != 200:
             sys.exit(f"download failed: HTTP {reply.status_code} {reply.read()[:500]!r}")
         with open(archive, "wb") as f:
@@ -36,9 +36,9 @@ def download_merged(base_url, api_key, job_id, dest):
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     for root, _, files in os.walk(dest):
-        if "config.json" in files:
+        if marker in files:
             return root
-    sys.exit("the export has no config.json")
+    sys.exit(f"the export has no {marker}")
 
 
 def transformers_probabilities(model_dir, texts, max_seq_len, batch=64):
@@ -56,6 +56,27 @@ def transformers_probabilities(model_dir, texts, max_seq_len, batch=64):
                             padding=True, return_tensors="pt")
             probs = torch.softmax(model(**enc).logits.float(), dim=-1)
             out += [{id2label[i]: float(p[i]) for i in range(len(p))} for p in probs]
+    return out
+
+
+def peft_probabilities(adapter_dir, base_dir, labels, texts, max_seq_len, batch=64):
+    """[{label: probability}] from the PEFT adapter applied to the base model with peft."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)})
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            enc = tokenizer(texts[start:start + batch], truncation=True, max_length=max_seq_len,
+                            padding=True, return_tensors="pt")
+            probs = torch.softmax(model(**enc).logits.float(), dim=-1)
+            out += [{labels[i]: float(p[i]) for i in range(len(p))} for p in probs]
     return out
 
 
@@ -84,6 +105,8 @@ def main():
     parser.add_argument("--limit", type=int, default=200, help="test texts to compare (0 = all)")
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--api-key", default=os.environ.get("TEMPER_API_KEY") or "unused")
+    parser.add_argument("--format", choices=["merged", "adapter"], default="merged",
+                        help="adapter: load the PEFT adapter with peft onto the base model from the assets")
     args = parser.parse_args()
 
     from openai import OpenAI
@@ -94,8 +117,17 @@ def main():
     job = client.fine_tuning.jobs.retrieve(args.job)
     texts, _ = read_split(os.path.join(args.assets, "data", "rotten_tomatoes", "test.csv"), args.limit)
     _, rows = classify(client, job.fine_tuned_model, texts)
+    if args.format == "merged":
+        result = check_export(base, args.api_key, job.id, texts, rows, args.max_seq_len)
+    else:
+        # temper numbers labels in sorted order (domain::dataset::label_set).
+        labels = sorted(rows[0]["scores"])
+        with tempfile.TemporaryDirectory(prefix="temper-adapter-") as dest:
+            adapter_dir = download_merged(base, args.api_key, job.id, dest, "adapter", "adapter_config.json")
+            base_dir = os.path.join(args.assets, "models", job.model)
+            result = compare(rows, peft_probabilities(adapter_dir, base_dir, labels, texts, args.max_seq_len))
     emit({"job": job.id, "fine_tuned_model": job.fine_tuned_model, "texts": len(texts),
-          **check_export(base, args.api_key, job.id, texts, rows, args.max_seq_len)})
+          "format": args.format, **result})
 
 
 if __name__ == "__main__":
