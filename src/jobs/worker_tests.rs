@@ -195,12 +195,20 @@ async fn cancel_mid_run_stops_at_the_next_step() {
     );
 }
 
+/// Long enough (3 s of 20 ms steps) that the pause, seen by a heartbeat every 333 ms,
+/// always lands mid-run even on a loaded machine.
+const PAUSE_TEST_STEPS: u64 = 150;
+
 #[tokio::test]
 async fn pause_then_resume_continues_the_step_count() {
     let h = harness().await;
     let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
     let shutdown = CancellationToken::new();
-    let pool = WorkerPool::spawn_with_runner(h.ctx.clone(), Arc::new(slow(40)), shutdown.clone());
+    let pool = WorkerPool::spawn_with_runner(
+        h.ctx.clone(),
+        Arc::new(slow(PAUSE_TEST_STEPS)),
+        shutdown.clone(),
+    );
     wait_until("5 steps", || async {
         metric_steps(&h.ctx, &id).await.len() >= 5
     })
@@ -210,7 +218,7 @@ async fn pause_then_resume_continues_the_step_count() {
     let paused_at = metric_steps(&h.ctx, &id).await.len();
     let pause_event = format!("Fine-tuning job paused at step {paused_at}");
     assert!(messages(&h.ctx, &id).await.contains(&pause_event));
-    assert!(paused_at < 40);
+    assert!(paused_at < PAUSE_TEST_STEPS as usize);
     control(&h, &id, ControlAction::Resume).await;
     assert_eq!(job(&h.ctx, &id).await.status, JobStatus::Queued);
     pool.wake();
@@ -218,7 +226,7 @@ async fn pause_then_resume_continues_the_step_count() {
     // Every step exactly once: the resumed run started after the paused step.
     assert_eq!(
         metric_steps(&h.ctx, &id).await,
-        (1..=40).collect::<Vec<u64>>()
+        (1..=PAUSE_TEST_STEPS).collect::<Vec<u64>>()
     );
     shutdown.cancel();
     pool.join().await;
