@@ -1,5 +1,10 @@
-//! Base models by id: `<models-dir>/<org>/<name>/` Hugging Face directories first, then the
-//! hf-hub cache (`HF_HOME`). Never the network: a model that is not on disk does not exist.
+//! Base models by id: `<models-dir>/<org>/<name>/` Hugging Face directories first, then
+//! GGUF files (`<models-dir>/<name>.gguf` is model `<name>`, `<models-dir>/<org>/<name>.gguf`
+//! is `<org>/<name>`), then the hf-hub cache (`HF_HOME`). Never the network: a model that is
+//! not on disk does not exist.
+//!
+//! A GGUF model is trained and served from a Hugging Face directory converted from it once
+//! (`zoo::gguf::materialize_gguf`) into the data dir: [`BaseModel::local_dir`].
 
 use std::path::{Component, Path, PathBuf};
 
@@ -16,9 +21,35 @@ pub enum BaseModelKind {
 pub struct BaseModel {
     /// The id users pass as `model` (`org/name`).
     pub id: String,
-    /// Directory holding `config.json`, the weights and `tokenizer.json`.
+    /// Directory holding `config.json`, the weights and `tokenizer.json`; for a GGUF model,
+    /// the `.gguf` file itself (see [`BaseModel::local_dir`]).
     pub dir: PathBuf,
     pub kind: BaseModelKind,
+    /// Set for models that are a single GGUF file.
+    pub gguf: Option<PathBuf>,
+}
+
+impl BaseModel {
+    /// Where the Hugging Face directory of this model is (or will be, for GGUF models,
+    /// once converted under `cache_root`). The GGUF file's size and modification time are
+    /// part of the name, so replacing the file converts it again.
+    pub fn local_dir(&self, cache_root: &Path) -> PathBuf {
+        let Some(gguf) = &self.gguf else {
+            return self.dir.clone();
+        };
+        let (len, mtime) = std::fs::metadata(gguf)
+            .map(|m| {
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                (m.len(), mtime)
+            })
+            .unwrap_or((0, 0));
+        let name = self.id.replace('/', "--");
+        cache_root.join("gguf").join(format!("{name}-{len}-{mtime}"))
+    }
 }
 
 const ENCODER_TYPES: [&str; 6] = [
@@ -48,15 +79,31 @@ pub fn resolve_with_cache(models_dir: &Path, cache: &hf_hub::Cache, id: &str) ->
             id: id.to_string(),
             dir: local,
             kind,
+            gguf: None,
         });
+    }
+    let gguf = models_dir.join(format!("{id}.gguf"));
+    if gguf.is_file() {
+        return Some(gguf_model(id.to_string(), gguf));
     }
     from_hf_cache(cache, id)
 }
 
-/// Every complete model directory two levels under `models_dir` (`org/name`), sorted by id.
+/// Every complete model directory two levels under `models_dir` (`org/name`) and every
+/// GGUF file at the top level or one level down, sorted by id.
 pub fn list(models_dir: &Path) -> Vec<BaseModel> {
-    let mut found = Vec::new();
+    let mut found: Vec<BaseModel> = gguf_files(models_dir)
+        .into_iter()
+        .map(|(name, path)| gguf_model(name, path))
+        .collect();
     for org in subdirs(models_dir) {
+        if let Some(org_name) = file_name(&org) {
+            found.extend(
+                gguf_files(&org)
+                    .into_iter()
+                    .map(|(name, path)| gguf_model(format!("{org_name}/{name}"), path)),
+            );
+        }
         for name in subdirs(&org) {
             let (Some(org_name), Some(model_name)) = (file_name(&org), file_name(&name)) else {
                 continue;
@@ -66,6 +113,7 @@ pub fn list(models_dir: &Path) -> Vec<BaseModel> {
                     id: format!("{org_name}/{model_name}"),
                     dir: name,
                     kind,
+                    gguf: None,
                 });
             }
         }
@@ -84,6 +132,29 @@ fn safe_relative(id: &str) -> Option<PathBuf> {
     all_normal.then_some(path)
 }
 
+/// GGUF files hold decoders (llama.cpp's format).
+fn gguf_model(id: String, path: PathBuf) -> BaseModel {
+    BaseModel {
+        id,
+        dir: path.clone(),
+        kind: BaseModelKind::Decoder,
+        gguf: Some(path),
+    }
+}
+
+/// `(stem, path)` of the `.gguf` files directly in `dir`.
+fn gguf_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "gguf"))
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.to_string(), p)))
+        .collect()
+}
+
 fn from_hf_cache(cache: &hf_hub::Cache, id: &str) -> Option<BaseModel> {
     let repo = cache.model(id.to_string());
     let config = repo.get("config.json")?;
@@ -93,6 +164,7 @@ fn from_hf_cache(cache: &hf_hub::Cache, id: &str) -> Option<BaseModel> {
         id: id.to_string(),
         dir,
         kind,
+        gguf: None,
     })
 }
 
@@ -224,6 +296,32 @@ mod tests {
             resolve_with_cache(&empty_models_dir, &cache, "acme/missing"),
             None
         );
+    }
+
+    #[test]
+    fn gguf_files_resolve_as_decoders_at_top_level_and_under_an_org() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::write(tmp.path().join("Tiny-1M.gguf"), b"GGUF").expect("gguf");
+        std::fs::create_dir_all(tmp.path().join("acme")).expect("org");
+        std::fs::write(tmp.path().join("acme/Chat-2M.gguf"), b"GGUF").expect("gguf");
+        std::fs::write(tmp.path().join("acme/notes.txt"), b"x").expect("txt");
+        let tiny = resolve(tmp.path(), "Tiny-1M").expect("top-level gguf");
+        assert_eq!(tiny.kind, BaseModelKind::Decoder);
+        assert_eq!(tiny.gguf.as_deref(), Some(tmp.path().join("Tiny-1M.gguf").as_path()));
+        let chat = resolve(tmp.path(), "acme/Chat-2M").expect("org gguf");
+        assert_eq!(chat.dir, tmp.path().join("acme/Chat-2M.gguf"));
+        assert_eq!(resolve(tmp.path(), "acme/notes"), None);
+        let ids: Vec<String> = list(tmp.path()).into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["Tiny-1M", "acme/Chat-2M"]);
+
+        let cache = tmp.path().join("cache");
+        let local = tiny.local_dir(&cache);
+        let name = local.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(local.starts_with(cache.join("gguf")), "{}", local.display());
+        assert!(name.starts_with("Tiny-1M-4-"), "{name}: id, file size, mtime");
+        assert_eq!(chat.local_dir(&cache).parent(), Some(cache.join("gguf").as_path()));
+        let dir_model = resolve(tmp.path(), "acme/Chat-2M").map(|m| BaseModel { gguf: None, ..m });
+        assert_eq!(dir_model.map(|m| m.local_dir(&cache)), Some(tmp.path().join("acme/Chat-2M.gguf")));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! one fails the user changed the job meanwhile and the runner steps aside.
 
 use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use futures::future::BoxFuture;
@@ -14,18 +15,107 @@ use super::progress::{
     write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
 };
 use super::results::record_completion;
-use super::validate::{load_and_validate, validating_message, ValidatedData};
+use super::validate::{load_and_validate, validating_message, TrainingData, ValidatedData};
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
-use crate::basemodels::{self, BaseModelKind};
+use crate::basemodels::{self, BaseModel, BaseModelKind};
 use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
 use crate::domain::job::JobStatus;
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::store::{EventRow, JobRow, Store};
-use crate::train::{checkpoint, run_classification, ClassificationJob, TrainError, TrainOutcome};
+use crate::train::{
+    checkpoint, run_classification, ClassificationJob, TrainError, TrainObserver, TrainOutcome,
+};
 
-/// Task name stored on the job row.
-const TASK_CLASSIFICATION: &str = "classification";
+/// One job's trainer input, by task.
+enum Training {
+    Classification(ClassificationJob),
+}
+
+impl Training {
+    fn new(
+        data: TrainingData,
+        base_model_dir: PathBuf,
+        config: TrainingConfig,
+        work_dir: PathBuf,
+        device: Device,
+    ) -> Self {
+        match data {
+            TrainingData::Classification {
+                train,
+                valid,
+                labels,
+            } => Training::Classification(ClassificationJob {
+                base_model_dir,
+                train,
+                valid,
+                labels,
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::Chat { .. } | TrainingData::PromptCompletion { .. } => {
+                unimplemented!("wired when the sft trainer lands")
+            }
+        }
+    }
+
+    fn run(&self, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
+        match self {
+            Training::Classification(job) => run_classification(job, observer),
+        }
+    }
+}
+
+/// Task names stored on the job row.
+fn task_name(task: TaskKind) -> &'static str {
+    match task {
+        TaskKind::SequenceClassification => "classification",
+        TaskKind::ChatCompletion => "chat",
+        TaskKind::PromptCompletion => "completion",
+    }
+}
+
+/// Encoders classify; decoders learn chat and prompt/completion data.
+fn check_model_fits_task(model: &str, kind: BaseModelKind, task: TaskKind) -> Result<(), JobFailure> {
+    let fits = match task {
+        TaskKind::SequenceClassification => kind == BaseModelKind::Encoder,
+        TaskKind::ChatCompletion | TaskKind::PromptCompletion => kind == BaseModelKind::Decoder,
+    };
+    if fits {
+        return Ok(());
+    }
+    let message = match kind {
+        BaseModelKind::Encoder => format!(
+            "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data); chat and prompt/completion data need a decoder model."
+        ),
+        BaseModelKind::Decoder => format!(
+            "The model `{model}` cannot be fine-tuned for text classification; use an encoder (BERT-family) model, or chat / prompt-completion data."
+        ),
+    };
+    Err(JobFailure::fatal("invalid_model", message, Some("model")))
+}
+
+/// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
+/// dir's cache once (on a blocking thread: it dequantizes every tensor).
+async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBuf, JobFailure> {
+    let dir = base.local_dir(&data_root.join("cache"));
+    let Some(gguf) = base.gguf.clone() else {
+        return Ok(dir);
+    };
+    let out = dir.clone();
+    tokio::task::spawn_blocking(move || crate::zoo::gguf::materialize_gguf(&gguf, &out))
+        .await
+        .map_err(|e| JobFailure::internal(format!("internal error: GGUF conversion: {e}")))?
+        .map_err(|e| {
+            JobFailure::fatal(
+                "invalid_model",
+                format!("The GGUF model `{}` could not be read: {e}", base.id),
+                Some("model"),
+            )
+        })?;
+    Ok(dir)
+}
 
 /// Runs classification fine-tuning jobs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,7 +134,8 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let Some(data) = validation_phase(&run).await? else {
         return Ok(RunOutcome::Superseded);
     };
-    let config = resolve_hyperparameters(store, job, data.train.len()).await?;
+    let task = data.data.task();
+    let config = resolve_hyperparameters(store, job, task, data.data.n_train()).await?;
     let base = basemodels::resolve(&run.ctx.models_dir, &job.model).ok_or_else(|| {
         JobFailure::fatal(
             "invalid_model",
@@ -55,16 +146,7 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
             Some("model"),
         )
     })?;
-    if base.kind != BaseModelKind::Encoder {
-        return Err(JobFailure::fatal(
-            "invalid_model",
-            format!(
-                "The model `{}` cannot be fine-tuned for text classification; use an encoder (BERT-family) model.",
-                job.model
-            ),
-            Some("model"),
-        ));
-    }
+    check_model_fits_task(&job.model, base.kind, task)?;
     let device = open_device(&run.device)?;
     let work_dir = run.ctx.blobs.job_dir(&job.id);
     let resume_from = checkpoint::latest_resumable(&work_dir).ok().flatten();
@@ -94,16 +176,10 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         job_id: job.id.clone(),
         base_model: job.model.clone(),
         final_model: final_model_name(job),
+        task,
     };
-    let training = ClassificationJob {
-        base_model_dir: base.dir,
-        train: data.train,
-        valid: data.valid,
-        labels: data.labels,
-        config,
-        work_dir,
-        device,
-    };
+    let base_model_dir = prepare_base_model(&base, run.ctx.blobs.root()).await?;
+    let training = Training::new(data.data, base_model_dir, config, work_dir, device);
     match train_on_thread(training, target.clone(), run.control.clone()).await? {
         TrainOutcome::Completed(summary) => {
             let result_files = record_completion(&target, &summary).await?;
@@ -193,6 +269,7 @@ fn final_model_name(job: &JobRow) -> String {
 async fn resolve_hyperparameters(
     store: &Store,
     job: &JobRow,
+    task: TaskKind,
     n_examples: usize,
 ) -> Result<TrainingConfig, JobFailure> {
     let requested = job
@@ -205,7 +282,7 @@ async fn resolve_hyperparameters(
     let request = HyperparamRequest::parse(&requested)
         .map_err(|e| JobFailure::fatal("invalid_hyperparameters", e.message, Some(&e.param)))?;
     let seed = u64::try_from(job.seed).unwrap_or(job.seed.unsigned_abs());
-    let config = request.resolve(TaskKind::SequenceClassification, n_examples, seed);
+    let config = request.resolve(task, n_examples, seed);
     let core = json!({
         "batch_size": config.batch_size,
         "learning_rate_multiplier": config.learning_rate_multiplier,
@@ -233,7 +310,7 @@ async fn resolve_hyperparameters(
             &job.id,
             &core,
             &Value::Object(method),
-            Some(TASK_CLASSIFICATION),
+            Some(task_name(task)),
         )
         .await?;
     Ok(config)
@@ -262,7 +339,7 @@ fn open_device(name: &str) -> Result<Device, JobFailure> {
 /// Runs the trainer on its own OS thread (never on the async runtime) while an async task
 /// writes its progress. A panic on that thread fails the job as an internal error.
 async fn train_on_thread(
-    training: ClassificationJob,
+    training: Training,
     target: ProgressTarget,
     control: ControlFlag,
 ) -> Result<TrainOutcome, JobFailure> {
@@ -274,7 +351,7 @@ async fn train_on_thread(
         .spawn(move || {
             let mut observer = ForwardingObserver { tx, control };
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                run_classification(&training, &mut observer)
+                training.run(&mut observer)
             }));
             drop(observer);
             // Err only if the awaiting task was dropped (runtime shutting down): nobody is

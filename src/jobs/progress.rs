@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::{unix_now, ControlFlag};
 use crate::blobs::Blobs;
+use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_checkpoint_id;
 use crate::domain::model_name::{checkpoint_name, ORG};
 use crate::store::{CheckpointRow, EventRow, ModelRow, Store, StoreError};
@@ -23,6 +24,8 @@ pub const PROGRESS_CHANNEL_CAPACITY: usize = 64;
 
 /// Kind of every model row a classification job writes (what `infer` serves it as).
 pub const CLASSIFIER_KIND: &str = "classifier";
+/// `models.kind` of chat / completion models (served by `/v1/chat/completions`).
+pub const CAUSAL_LM_KIND: &str = "causal_lm";
 
 #[derive(Debug)]
 pub enum Progress {
@@ -74,6 +77,15 @@ pub struct ProgressTarget {
     pub base_model: String,
     /// The final model's name; checkpoints are `<final>:ckpt-step-N`.
     pub final_model: String,
+    /// Decides the metric names (`train_accuracy` vs `train_mean_token_accuracy`) and the
+    /// kind of the model rows.
+    pub task: TaskKind,
+}
+
+impl ProgressTarget {
+    fn is_lm(&self) -> bool {
+        self.task != TaskKind::SequenceClassification
+    }
 }
 
 /// Drains `rx` until the training thread drops its sender. Store errors are logged and the
@@ -131,16 +143,29 @@ async fn write_step(
     metrics: &StepMetrics,
     estimated_finish: i64,
 ) -> Result<(), StoreError> {
-    let data = json!({
-        "step": metrics.step,
-        "train_loss": metrics.train_loss,
-        "train_accuracy": metrics.train_accuracy,
-        "valid_loss": metrics.valid_loss,
-        "valid_accuracy": metrics.valid_accuracy,
-        "valid_f1": metrics.valid_f1,
-        "total_steps": metrics.total_steps,
-        "learning_rate": metrics.learning_rate,
-    });
+    let data = if target.is_lm() {
+        // OpenAI's names for chat fine-tuning metrics.
+        json!({
+            "step": metrics.step,
+            "train_loss": metrics.train_loss,
+            "train_mean_token_accuracy": metrics.train_accuracy,
+            "valid_loss": metrics.valid_loss,
+            "valid_mean_token_accuracy": metrics.valid_accuracy,
+            "total_steps": metrics.total_steps,
+            "learning_rate": metrics.learning_rate,
+        })
+    } else {
+        json!({
+            "step": metrics.step,
+            "train_loss": metrics.train_loss,
+            "train_accuracy": metrics.train_accuracy,
+            "valid_loss": metrics.valid_loss,
+            "valid_accuracy": metrics.valid_accuracy,
+            "valid_f1": metrics.valid_f1,
+            "total_steps": metrics.total_steps,
+            "learning_rate": metrics.learning_rate,
+        })
+    };
     let now = unix_now();
     let event = EventRow::metrics(&target.job_id, step_message(metrics), data, now);
     target.store.insert_event(&event).await?;
@@ -211,7 +236,12 @@ pub fn model_row(
         owned_by: ORG.to_string(),
         job_id: Some(target.job_id.clone()),
         base_model: Some(target.base_model.clone()),
-        kind: CLASSIFIER_KIND.to_string(),
+        kind: if target.is_lm() {
+            CAUSAL_LM_KIND
+        } else {
+            CLASSIFIER_KIND
+        }
+        .to_string(),
         artifact_dir,
         step: Some(step),
         is_checkpoint,

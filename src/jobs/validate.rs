@@ -6,21 +6,57 @@ use std::collections::HashSet;
 
 use crate::blobs::Blobs;
 use crate::domain::dataset::{
-    detect_format, label_set, parse_classification, DataFormat, DatasetError, LabeledText,
+    detect_format, label_set, parse_chat, parse_classification, parse_prompt_completion,
+    ChatExample, DataFormat, DatasetError, LabeledText, PromptCompletion,
 };
+use crate::domain::hyperparams::TaskKind;
 
 use super::JobFailure;
 
 /// OpenAI's documented minimum.
 pub const MIN_EXAMPLES: usize = 10;
 
+/// The examples of one job, by the task its training file's format implies.
+#[derive(Debug, Clone)]
+pub enum TrainingData {
+    Classification {
+        train: Vec<LabeledText>,
+        valid: Option<Vec<LabeledText>>,
+        /// Sorted; class id = index.
+        labels: Vec<String>,
+    },
+    Chat {
+        train: Vec<ChatExample>,
+        valid: Option<Vec<ChatExample>>,
+    },
+    PromptCompletion {
+        train: Vec<PromptCompletion>,
+        valid: Option<Vec<PromptCompletion>>,
+    },
+}
+
+impl TrainingData {
+    pub fn n_train(&self) -> usize {
+        match self {
+            TrainingData::Classification { train, .. } => train.len(),
+            TrainingData::Chat { train, .. } => train.len(),
+            TrainingData::PromptCompletion { train, .. } => train.len(),
+        }
+    }
+
+    pub fn task(&self) -> TaskKind {
+        match self {
+            TrainingData::Classification { .. } => TaskKind::SequenceClassification,
+            TrainingData::Chat { .. } => TaskKind::ChatCompletion,
+            TrainingData::PromptCompletion { .. } => TaskKind::PromptCompletion,
+        }
+    }
+}
+
 /// Parsed, checked data of one job.
 #[derive(Debug, Clone)]
 pub struct ValidatedData {
-    pub train: Vec<LabeledText>,
-    pub valid: Option<Vec<LabeledText>>,
-    /// Sorted; class id = index.
-    pub labels: Vec<String>,
+    pub data: TrainingData,
     /// Training examples identical to an earlier one (kept, reported as a warning).
     pub duplicates: usize,
 }
@@ -77,46 +113,113 @@ pub fn validating_message(training_file: &str, validation_file: Option<&str>) ->
     }
 }
 
-/// Reads and checks both files.
+/// Reads and checks both files: a supported format, at least [`MIN_EXAMPLES`] training
+/// examples, a validation file in the training file's format.
 pub async fn load_and_validate(
     blobs: &Blobs,
     training_file: &str,
     validation_file: Option<&str>,
 ) -> Result<ValidatedData, JobFailure> {
     let train_bytes = read_file(blobs, training_file, Which::Training).await?;
-    let parsed = parse(&train_bytes, Which::Training)?;
-    if parsed.examples.len() < MIN_EXAMPLES {
+    let format = file_format(&train_bytes, Which::Training)?;
+    let valid_bytes = match validation_file {
+        Some(id) => {
+            let bytes = read_file(blobs, id, Which::Validation).await?;
+            let valid_format = file_format(&bytes, Which::Validation)?;
+            if valid_format != format {
+                return Err(Which::Validation.failure(format!(
+                    "The validation file is in the {} format but the training file is in the {} format.",
+                    valid_format.as_str(),
+                    format.as_str()
+                )));
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
+    let valid = valid_bytes.as_deref();
+    let (data, duplicates) = match format {
+        DataFormat::Classification => classification(&train_bytes, valid)?,
+        DataFormat::Chat => {
+            let train = parse_chat(&train_bytes).map_err(|e| Which::Training.failure(e.message))?;
+            let duplicates = count_duplicates(&train);
+            let valid = valid
+                .map(|bytes| parse_chat(bytes).map_err(|e| Which::Validation.failure(e.message)))
+                .transpose()?;
+            (TrainingData::Chat { train, valid }, duplicates)
+        }
+        DataFormat::PromptCompletion => {
+            let train = parse_prompt_completion(&train_bytes)
+                .map_err(|e| Which::Training.failure(e.message))?;
+            let duplicates = count_duplicates(&train);
+            let valid = valid
+                .map(|bytes| {
+                    parse_prompt_completion(bytes).map_err(|e| Which::Validation.failure(e.message))
+                })
+                .transpose()?;
+            (TrainingData::PromptCompletion { train, valid }, duplicates)
+        }
+        other => {
+            return Err(Which::Training.failure(format!(
+                "Input file {training_file} is in the {} format, which supervised fine-tuning does not use; expected chat messages, prompt/completion pairs or text/label examples.",
+                other.as_str()
+            )))
+        }
+    };
+    if data.n_train() < MIN_EXAMPLES {
         return Err(JobFailure::fatal(
             "invalid_n_examples",
             format!(
                 "Training file has {} example(s), but must have at least {MIN_EXAMPLES} examples",
-                parsed.examples.len()
+                data.n_train()
             ),
             Some("training_file"),
         ));
     }
+    Ok(ValidatedData { data, duplicates })
+}
+
+fn classification(
+    train_bytes: &[u8],
+    valid: Option<&[u8]>,
+) -> Result<(TrainingData, usize), JobFailure> {
+    let parsed =
+        parse_classification(train_bytes).map_err(|e| Which::Training.failure(e.message))?;
     let labels = label_set(&parsed.examples);
-    if labels.len() < 2 {
+    if parsed.examples.len() >= MIN_EXAMPLES && labels.len() < 2 {
         return Err(Which::Training.failure(format!(
             "Classification needs at least 2 distinct labels, found {}.",
             labels.len()
         )));
     }
-    let valid = match validation_file {
+    let valid = match valid {
         None => None,
-        Some(id) => {
-            let bytes = read_file(blobs, id, Which::Validation).await?;
-            let examples = parse(&bytes, Which::Validation)?.examples;
+        Some(bytes) => {
+            let examples = parse_classification(bytes)
+                .map_err(|e| Which::Validation.failure(e.message))?
+                .examples;
             check_labels_known(&examples, &labels)?;
             Some(examples)
         }
     };
-    Ok(ValidatedData {
+    let data = TrainingData::Classification {
         train: parsed.examples,
         valid,
         labels,
-        duplicates: parsed.duplicates,
-    })
+    };
+    Ok((data, parsed.duplicates))
+}
+
+/// Examples equal to an earlier one (compared by their JSON form).
+fn count_duplicates<T: serde::Serialize>(examples: &[T]) -> usize {
+    let mut seen = HashSet::new();
+    examples
+        .iter()
+        .filter(|example| {
+            let key = serde_json::to_string(example).unwrap_or_default();
+            !seen.insert(key)
+        })
+        .count()
 }
 
 async fn read_file(blobs: &Blobs, file_id: &str, which: Which) -> Result<Vec<u8>, JobFailure> {
@@ -126,18 +229,8 @@ async fn read_file(blobs: &Blobs, file_id: &str, which: Which) -> Result<Vec<u8>
         .map_err(|_| which.failure(format!("File {file_id} could not be read.")))
 }
 
-fn parse(
-    bytes: &[u8],
-    which: Which,
-) -> Result<crate::domain::dataset::ClassificationData, JobFailure> {
-    let format = detect_format(bytes).map_err(|e: DatasetError| which.failure(e.message))?;
-    if format != DataFormat::Classification {
-        return Err(which.failure(format!(
-            "The file is in the {} format; temper fine-tunes text/label classification data.",
-            format.as_str()
-        )));
-    }
-    parse_classification(bytes).map_err(|e| which.failure(e.message))
+fn file_format(bytes: &[u8], which: Which) -> Result<DataFormat, JobFailure> {
+    detect_format(bytes).map_err(|e: DatasetError| which.failure(e.message))
 }
 
 /// A validation label the classifier never saw would have no output class.

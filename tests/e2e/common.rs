@@ -1,5 +1,5 @@
 //! `TestServer`: the real service on `127.0.0.1:0` over a temp data dir, with the tiny BERT
-//! fixture as base model `test-org/tiny-bert`, driven through a real HTTP client.
+//! fixture as base model `test-org/tiny-bert` and a tiny Llama as `test-org/tiny-llama`, driven through a real HTTP client.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use temper::config::{ApiKey, Config, ServerConfig, StorageConfig, WorkerConfig};
 
 pub const BASE_MODEL: &str = "test-org/tiny-bert";
+/// A tiny random Llama with a byte-level BPE tokenizer and a ChatML template.
+pub const DECODER_MODEL: &str = "test-org/tiny-llama";
 /// Generous guard for CI machines shared by many builds; tests never assert durations.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -41,6 +43,12 @@ impl TestServer {
         let root = tempfile::tempdir().expect("temp dir");
         temper::zoo::testing::write_tiny_bert(&root.path().join("models").join(BASE_MODEL), 7)
             .expect("tiny BERT fixture");
+        temper::zoo::testing::write_tiny_decoder(
+            &root.path().join("models").join(DECODER_MODEL),
+            temper::zoo::decoder::DecoderArch::Llama,
+            7,
+        )
+        .expect("tiny decoder fixture");
         TestServer::start(root, options).await
     }
 
