@@ -10,6 +10,7 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
+//! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -17,6 +18,7 @@
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod decoder;
 pub mod fused;
 pub mod linear;
 pub mod loader;
@@ -29,6 +31,7 @@ mod real_assets_tests;
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use decoder::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
