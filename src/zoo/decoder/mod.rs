@@ -1,0 +1,13 @@
+//! The differentiable Llama/Qwen2 decoder (`CausalLm`) for SFT, its KV-cached inference
+//! path and its Hugging Face / PEFT exports.
+//!
+//! - [`config`]: `config.json` parsing (transformers 4.x and 5.x), `DecoderSpec`, `QuantKind`.
+//! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
+
+pub mod config;
+pub mod tiny;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
