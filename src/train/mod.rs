@@ -27,6 +27,7 @@ mod observer;
 pub mod optim;
 mod runner;
 pub mod schedule;
+pub mod sft;
 mod summary;
 
 pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSummary};
