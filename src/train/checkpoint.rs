@@ -142,6 +142,11 @@ pub struct TrainState {
     /// Non-padding tokens trained on so far.
     pub tokens_seen: u64,
     pub checkpoints: Vec<CheckpointRecord>,
+    /// SFT: the full validation before the first step (the base model's numbers).
+    #[serde(default)]
+    pub initial_valid_loss: Option<f64>,
+    #[serde(default)]
+    pub initial_valid_accuracy: Option<f64>,
 }
 
 pub fn checkpoints_root(work_dir: &Path) -> PathBuf {
