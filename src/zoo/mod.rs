@@ -34,7 +34,7 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
+pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
