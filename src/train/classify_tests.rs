@@ -101,17 +101,18 @@ fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> Classif
 }
 
 /// Records everything; `script[i]` answers the i-th control poll (Continue after).
+/// Shared with the SFT tests.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     script: Vec<Control>,
     polls: usize,
-    steps: Vec<StepMetrics>,
-    checkpoints: Vec<SavedCheckpoint>,
-    events: Vec<String>,
+    pub(crate) steps: Vec<StepMetrics>,
+    pub(crate) checkpoints: Vec<SavedCheckpoint>,
+    pub(crate) events: Vec<String>,
 }
 
 impl Recorder {
-    fn scripted(at_poll: usize, control: Control) -> Self {
+    pub(crate) fn scripted(at_poll: usize, control: Control) -> Self {
         let mut script = vec![Control::Continue; at_poll];
         script.push(control);
         Self {
@@ -142,18 +143,18 @@ impl TrainObserver for Recorder {
     }
 }
 
-fn completed(outcome: TrainOutcome) -> TrainSummary {
+pub(crate) fn completed(outcome: TrainOutcome) -> TrainSummary {
     match outcome {
         TrainOutcome::Completed(summary) => summary,
         other => panic!("expected completion, got {other:?}"),
     }
 }
 
-fn trainable(dir: &Path) -> HashMap<String, Tensor> {
+pub(crate) fn trainable(dir: &Path) -> HashMap<String, Tensor> {
     checkpoint::read_tensors(dir, TRAINABLE_FILE, &Device::Cpu).expect("trainable")
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .expect("sub")
         .abs()

@@ -17,7 +17,7 @@
 pub mod checkpoint;
 mod classify;
 #[cfg(test)]
-mod classify_tests;
+pub(crate) mod classify_tests;
 pub mod data;
 mod error;
 pub mod evaluate;
@@ -34,4 +34,5 @@ pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSum
 pub use error::TrainError;
 pub use export::{export_checkpoint, load_classifier_checkpoint, ExportFormat};
 pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+pub use sft::{load_lm_checkpoint, run_sft, LoadedLm, SftExamples, SftJob};
 pub use summary::{results_csv, sft_results_csv, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::super::checkpoint::{self, META_FILE, TRAINABLE_FILE};
-use super::super::{ExportFormat, TrainError};
+use super::super::TrainError;
 use super::run::decoder_spec;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec};
@@ -25,14 +25,14 @@ pub struct LoadedLm {
 }
 
 /// The model a directory holds, unmerged, and the base directory its tokenizer lives in.
-struct Unmerged {
-    model: CausalLm,
-    base_dir: PathBuf,
-    max_seq_len: Option<usize>,
-    has_lora: bool,
+pub(crate) struct Unmerged {
+    pub model: CausalLm,
+    pub base_dir: PathBuf,
+    pub max_seq_len: Option<usize>,
+    pub has_lora: bool,
 }
 
-fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, TrainError> {
+pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, TrainError> {
     if !dir.join(META_FILE).exists() {
         let spec = DecoderSpec {
             lora: None,
@@ -87,35 +87,4 @@ pub fn load_lm_checkpoint(dir: &Path, device: &Device) -> Result<LoadedLm, Train
         eos_token_ids,
         max_seq_len,
     })
-}
-
-/// `export_checkpoint` for `causal_lm` checkpoints.
-pub(crate) fn export_lm_checkpoint(
-    dir: &Path,
-    format: ExportFormat,
-    base_model_id: &str,
-    out_dir: &Path,
-) -> Result<(), TrainError> {
-    let Unmerged {
-        mut model,
-        base_dir,
-        has_lora,
-        ..
-    } = load_unmerged(dir, &Device::Cpu)?;
-    match format {
-        ExportFormat::Merged => {
-            model.merge_lora()?;
-            model.export_merged(&base_dir, out_dir)?;
-        }
-        ExportFormat::Adapter => {
-            if !has_lora {
-                return Err(TrainError::checkpoint(
-                    dir,
-                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
-                ));
-            }
-            model.export_adapter(base_model_id, out_dir)?;
-        }
-    }
-    Ok(())
 }

@@ -54,9 +54,7 @@ pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
     let quantize = match lm.quantize.as_deref() {
         None => None,
         Some(name) => Some(QuantKind::parse(name).ok_or_else(|| {
-            TrainError::InvalidData(format!(
-                "`quantize` must be `q4_0` or `q8_0`, got `{name}`"
-            ))
+            TrainError::InvalidData(format!("`quantize` must be `q4_0` or `q8_0`, got `{name}`"))
         })?),
     };
     Ok(DecoderSpec {
@@ -156,7 +154,11 @@ impl<'a> SftTask<'a> {
         }
         Ok(LmEvaluation {
             loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
-            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+            accuracy: if n == 0 {
+                0.0
+            } else {
+                correct as f64 / n as f64
+            },
             n_targets: n,
         })
     }
@@ -179,9 +181,10 @@ impl TrainTask for SftTask<'_> {
         indices
             .iter()
             .map(|&i| {
-                self.train.get(i).map(SftExample::n_targets).ok_or_else(|| {
-                    TrainError::InvalidData(format!("batch index {i} out of range"))
-                })
+                self.train
+                    .get(i)
+                    .map(SftExample::n_targets)
+                    .ok_or_else(|| TrainError::InvalidData(format!("batch index {i} out of range")))
             })
             .sum()
     }
