@@ -99,15 +99,7 @@ pub(crate) fn total_steps(config: &TrainingConfig, n_train: usize) -> usize {
 impl<'a> Trainer<'a> {
     pub fn new(setup: TrainerSetup<'a>) -> Result<Self, TrainError> {
         let cfg = setup.config;
-        let params = setup
-            .vars
-            .into_iter()
-            .map(|v| OptimParam {
-                name: v.name,
-                var: v.var,
-                weight_decay: v.weight_decay,
-            })
-            .collect();
+        let params = setup.vars.into_iter().map(OptimParam::from).collect();
         let optimizer = AdamW::new(
             params,
             AdamWConfig {

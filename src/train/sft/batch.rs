@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::super::data::pick;
 use super::super::evaluate::scalar;
 use super::super::TrainError;
 use super::prepare::SftExample;
@@ -39,14 +40,7 @@ pub fn make_lm_batch(
     pad_id: u32,
     device: &Device,
 ) -> Result<LmBatch, TrainError> {
-    let picked: Vec<&SftExample> = indices
-        .iter()
-        .map(|&i| {
-            examples
-                .get(i)
-                .ok_or_else(|| TrainError::InvalidData(format!("batch index {i} out of range")))
-        })
-        .collect::<Result<_, _>>()?;
+    let picked = pick(examples, indices)?;
     let seqs: Vec<&[u32]> = picked.iter().map(|e| e.ids.as_slice()).collect();
     let inputs = collate(&seqs, pad_id, device)?;
     let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);

@@ -11,7 +11,9 @@ use super::{load_lm_checkpoint, run_sft, SftJob};
 use crate::domain::dataset::{ChatExample, ChatRole, PromptCompletion};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
 use crate::train::checkpoint::{self, TRAINABLE_FILE};
-use crate::train::classify_tests::{completed, max_abs_diff, trainable, Recorder};
+use crate::train::classify_tests::{
+    assert_same_trainables, completed, max_abs_diff, trainable, Recorder,
+};
 use crate::train::evaluate::scalar;
 use crate::train::{Control, TrainOutcome, SFT_RESULTS_CSV_HEADER};
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
@@ -189,7 +191,7 @@ fn lora_and_full_fine_tuning_lower_the_loss() {
         let first = rec.steps[0].train_loss;
         let last = last_epoch_loss(&rec, 2);
         eprintln!("{name}: train loss {first:.4} → {last:.4}");
-        assert!(last < 0.5 * first, "{name}: loss {first} → {last}");
+        assert!(last < 0.15 * first, "{name}: loss {first} → {last}");
         assert!(rec.steps[29].train_accuracy > rec.steps[0].train_accuracy);
         assert_eq!(summary.best_step, 30, "no validation: the last checkpoint");
         let names: Vec<String> = trainable(&summary.best_checkpoint).into_keys().collect();
@@ -328,13 +330,10 @@ fn pause_then_resume_equals_uninterrupted_run() {
         .iter()
         .any(|e| e.starts_with("Before training")));
     assert_eq!(second.steps.first().map(|s| s.step), Some(4));
-    let a = trainable(&checkpoint::step_dir(&straight_job.work_dir, 6));
-    let b = trainable(&checkpoint::step_dir(&paused_job.work_dir, 6));
-    assert_eq!(a.len(), b.len());
-    for (name, t) in &a {
-        let diff = max_abs_diff(t, &b[name]);
-        assert!(diff <= 1e-6, "{name} differs by {diff}");
-    }
+    assert_same_trainables(
+        &checkpoint::step_dir(&straight_job.work_dir, 6),
+        &checkpoint::step_dir(&paused_job.work_dir, 6),
+    );
     for (x, y) in straight.steps[3..].iter().zip(&second.steps) {
         assert!((x.train_loss - y.train_loss).abs() < 1e-6);
         assert_eq!(x.valid_loss.is_some(), y.valid_loss.is_some());
