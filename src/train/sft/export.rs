@@ -4,6 +4,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use super::super::checkpoint::{self, META_FILE};
 use super::super::{ExportFormat, TrainError};
 use super::load::{load_unmerged, Unmerged};
 
@@ -14,10 +15,10 @@ pub(crate) fn export_lm_checkpoint(
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
+    let has_lora = dir.join(META_FILE).exists() && checkpoint::read_meta(dir)?.has_lora();
     let Unmerged {
         mut model,
         base_dir,
-        has_lora,
         ..
     } = load_unmerged(dir, &Device::Cpu)?;
     match format {

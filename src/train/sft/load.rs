@@ -29,7 +29,6 @@ pub(crate) struct Unmerged {
     pub model: CausalLm,
     pub base_dir: PathBuf,
     pub max_seq_len: Option<usize>,
-    pub has_lora: bool,
 }
 
 pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, TrainError> {
@@ -42,7 +41,6 @@ pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, Tra
             model: CausalLm::from_pretrained(dir, &spec, device, 0)?,
             base_dir: dir.to_path_buf(),
             max_seq_len: None,
-            has_lora: false,
         });
     }
     let meta = checkpoint::read_meta(dir)?;
@@ -52,7 +50,6 @@ pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, Tra
     model.load_trainable(&tensors)?;
     Ok(Unmerged {
         model,
-        has_lora: meta.has_lora(),
         base_dir: meta.base_model_dir,
         max_seq_len: Some(meta.max_seq_len),
     })

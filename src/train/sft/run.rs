@@ -116,7 +116,14 @@ impl<'a> SftTask<'a> {
         }
         let valid = match &job.valid {
             Some(valid) if !valid.is_empty() => {
-                let set = tokenizer.prepare(valid, cfg.max_seq_len)?;
+                let set = tokenizer
+                    .prepare(valid, cfg.max_seq_len)
+                    .map_err(|e| match e {
+                        TrainError::InvalidData(m) => {
+                            TrainError::InvalidData(format!("Validation file: {m}"))
+                        }
+                        other => other,
+                    })?;
                 report_preparation("validation", &set, cfg.max_seq_len, observer);
                 Some(set.examples).filter(|v| !v.is_empty())
             }

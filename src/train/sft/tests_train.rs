@@ -380,3 +380,21 @@ fn loaded_checkpoint_gives_the_trained_logits() {
         "training changed the model"
     );
 }
+
+#[test]
+fn qwen2_with_tied_embeddings_trains_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("qwen2");
+    crate::zoo::testing::write_tiny_decoder(&base, DecoderArch::Qwen2, 9).expect("tiny qwen2");
+    let fx = Fixture {
+        base,
+        root: dir.path().to_path_buf(),
+        _dir: dir,
+    };
+    let job = job(&fx, "qwen2", config(8, 1e-2, 15), false);
+    let mut rec = Recorder::default();
+    completed(run_sft(&job, &mut rec).expect("train"));
+    let (first, last) = (rec.steps[0].train_loss, last_epoch_loss(&rec, 2));
+    eprintln!("qwen2 lora: train loss {first:.4} → {last:.4}");
+    assert!(last < 0.25 * first, "loss {first} → {last}");
+}
