@@ -25,8 +25,8 @@ pub fn load_classifier_checkpoint(
     device: &Device,
 ) -> Result<(SequenceClassifier, TextTokenizer, Vec<String>, usize), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    let model =
-        SequenceClassifier::from_pretrained(&meta.base_model_dir, &meta.spec, device, meta.seed)?;
+    let spec = meta.classifier_spec(dir)?;
+    let model = SequenceClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
     let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
     model.load_trainable(&tensors)?;
     let tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
@@ -49,7 +49,7 @@ pub fn export_checkpoint(
             model.export_merged(&meta.base_model_dir, &labels, out_dir)?;
         }
         ExportFormat::Adapter => {
-            if meta.spec.lora.is_none() {
+            if meta.classifier_spec(dir)?.lora.is_none() {
                 return Err(TrainError::checkpoint(
                     dir,
                     "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
