@@ -29,7 +29,7 @@ mod real_assets_tests;
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use linear::TrainLinear;
+pub use linear::{QuantKind, TrainLinear};
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
 /// Errors from model loading, tokenization, forward passes and exports.
