@@ -10,6 +10,7 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
+//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -18,6 +19,7 @@ pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
 pub mod loader;
 pub mod testing;
@@ -29,6 +31,7 @@ mod real_assets_tests;
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use gguf::materialize_gguf;
 pub use linear::{QuantKind, TrainLinear};
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
