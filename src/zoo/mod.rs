@@ -11,6 +11,7 @@
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
+//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
@@ -22,6 +23,7 @@ pub mod classifier;
 pub mod config;
 pub mod decoder;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
 pub mod loader;
 pub mod testing;
@@ -34,8 +36,9 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
-pub use linear::TrainLinear;
+pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec};
+pub use gguf::materialize_gguf;
+pub use linear::{QuantKind, TrainLinear};
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
 /// Errors from model loading, tokenization, forward passes and exports.
