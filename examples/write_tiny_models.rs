@@ -17,6 +17,9 @@ fn main() -> anyhow::Result<()> {
     };
     write_tiny_decoder(&dir.join("test-org/tiny-llama"), DecoderArch::Llama, 7)?;
     write_tiny_bert(&dir.join("test-org/tiny-bert"), 7)?;
-    println!("wrote test-org/tiny-llama and test-org/tiny-bert under {}", dir.display());
+    println!(
+        "wrote test-org/tiny-llama and test-org/tiny-bert under {}",
+        dir.display()
+    );
     Ok(())
 }

@@ -48,7 +48,9 @@ impl BaseModel {
             })
             .unwrap_or((0, 0));
         let name = self.id.replace('/', "--");
-        cache_root.join("gguf").join(format!("{name}-{len}-{mtime}"))
+        cache_root
+            .join("gguf")
+            .join(format!("{name}-{len}-{mtime}"))
     }
 }
 
@@ -307,7 +309,10 @@ mod tests {
         std::fs::write(tmp.path().join("acme/notes.txt"), b"x").expect("txt");
         let tiny = resolve(tmp.path(), "Tiny-1M").expect("top-level gguf");
         assert_eq!(tiny.kind, BaseModelKind::Decoder);
-        assert_eq!(tiny.gguf.as_deref(), Some(tmp.path().join("Tiny-1M.gguf").as_path()));
+        assert_eq!(
+            tiny.gguf.as_deref(),
+            Some(tmp.path().join("Tiny-1M.gguf").as_path())
+        );
         let chat = resolve(tmp.path(), "acme/Chat-2M").expect("org gguf");
         assert_eq!(chat.dir, tmp.path().join("acme/Chat-2M.gguf"));
         assert_eq!(resolve(tmp.path(), "acme/notes"), None);
@@ -318,10 +323,19 @@ mod tests {
         let local = tiny.local_dir(&cache);
         let name = local.file_name().and_then(|n| n.to_str()).expect("name");
         assert!(local.starts_with(cache.join("gguf")), "{}", local.display());
-        assert!(name.starts_with("Tiny-1M-4-"), "{name}: id, file size, mtime");
-        assert_eq!(chat.local_dir(&cache).parent(), Some(cache.join("gguf").as_path()));
+        assert!(
+            name.starts_with("Tiny-1M-4-"),
+            "{name}: id, file size, mtime"
+        );
+        assert_eq!(
+            chat.local_dir(&cache).parent(),
+            Some(cache.join("gguf").as_path())
+        );
         let dir_model = resolve(tmp.path(), "acme/Chat-2M").map(|m| BaseModel { gguf: None, ..m });
-        assert_eq!(dir_model.map(|m| m.local_dir(&cache)), Some(tmp.path().join("acme/Chat-2M.gguf")));
+        assert_eq!(
+            dir_model.map(|m| m.local_dir(&cache)),
+            Some(tmp.path().join("acme/Chat-2M.gguf"))
+        );
     }
 
     #[test]

@@ -24,12 +24,14 @@ use crate::domain::job::JobStatus;
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::store::{EventRow, JobRow, Store};
 use crate::train::{
-    checkpoint, run_classification, ClassificationJob, TrainError, TrainObserver, TrainOutcome,
+    checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
+    TrainObserver, TrainOutcome,
 };
 
 /// One job's trainer input, by task.
 enum Training {
     Classification(ClassificationJob),
+    Sft(SftJob),
 }
 
 impl Training {
@@ -54,15 +56,29 @@ impl Training {
                 work_dir,
                 device,
             }),
-            TrainingData::Chat { .. } | TrainingData::PromptCompletion { .. } => {
-                unimplemented!("wired when the sft trainer lands")
-            }
+            TrainingData::Chat { train, valid } => Training::Sft(SftJob {
+                base_model_dir,
+                train: SftExamples::Chat(train),
+                valid: valid.map(SftExamples::Chat),
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::PromptCompletion { train, valid } => Training::Sft(SftJob {
+                base_model_dir,
+                train: SftExamples::PromptCompletion(train),
+                valid: valid.map(SftExamples::PromptCompletion),
+                config,
+                work_dir,
+                device,
+            }),
         }
     }
 
     fn run(&self, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
         match self {
             Training::Classification(job) => run_classification(job, observer),
+            Training::Sft(job) => run_sft(job, observer),
         }
     }
 }
@@ -77,7 +93,11 @@ fn task_name(task: TaskKind) -> &'static str {
 }
 
 /// Encoders classify; decoders learn chat and prompt/completion data.
-fn check_model_fits_task(model: &str, kind: BaseModelKind, task: TaskKind) -> Result<(), JobFailure> {
+fn check_model_fits_task(
+    model: &str,
+    kind: BaseModelKind,
+    task: TaskKind,
+) -> Result<(), JobFailure> {
     let fits = match task {
         TaskKind::SequenceClassification => kind == BaseModelKind::Encoder,
         TaskKind::ChatCompletion | TaskKind::PromptCompletion => kind == BaseModelKind::Decoder,
@@ -350,9 +370,7 @@ async fn train_on_thread(
         .name("temper-train".into())
         .spawn(move || {
             let mut observer = ForwardingObserver { tx, control };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                training.run(&mut observer)
-            }));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| training.run(&mut observer)));
             drop(observer);
             // Err only if the awaiting task was dropped (runtime shutting down): nobody is
             // left to tell.

@@ -151,6 +151,8 @@ async fn write_step(
             "train_mean_token_accuracy": metrics.train_accuracy,
             "valid_loss": metrics.valid_loss,
             "valid_mean_token_accuracy": metrics.valid_accuracy,
+            "full_valid_loss": metrics.full_valid_loss,
+            "full_valid_mean_token_accuracy": metrics.full_valid_accuracy,
             "total_steps": metrics.total_steps,
             "learning_rate": metrics.learning_rate,
         })
@@ -192,7 +194,13 @@ async fn write_checkpoint(
         created_at: now,
         step_number: step,
         fine_tuned_model_checkpoint: name.clone(),
-        metrics: checkpoint_metrics(&checkpoint.metrics),
+        // Chat trainers report their own full-validation numbers; the classifier's
+        // validation set is always the full one.
+        metrics: if target.is_lm() {
+            checkpoint.metrics.clone()
+        } else {
+            checkpoint_metrics(&checkpoint.metrics)
+        },
         artifact_dir: artifact_dir.clone(),
     };
     let model = model_row(target, name, artifact_dir, step, true);

@@ -1,9 +1,11 @@
 //! What a completed job leaves behind: the results CSV (stored base64-encoded, as OpenAI
-//! serves `fine-tune-results` files), the classification report and the final model row.
+//! serves `fine-tune-results` files), the classification report (or the chat training report)
+//! and the final model row.
 
 use super::progress::{model_row, relative_to_root, ProgressTarget};
 use super::{unix_now, JobFailure};
 use crate::blobs::Blobs;
+use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_file_id;
 use crate::store::{FileRow, StoreError};
 use crate::train::TrainSummary;
@@ -11,6 +13,8 @@ use crate::train::TrainSummary;
 pub const RESULTS_PURPOSE: &str = "fine-tune-results";
 pub const RESULTS_CSV_FILENAME: &str = "step_metrics.csv";
 pub const REPORT_FILENAME: &str = "classification_report.json";
+/// Chat / completion jobs: token counts, truncation and the best step's metrics.
+pub const LM_REPORT_FILENAME: &str = "training_report.json";
 
 /// Writes both result files and the final model row; returns the result file ids
 /// (CSV first, as OpenAI lists it).
@@ -22,7 +26,11 @@ pub async fn record_completion(
     let csv_id = write_result_file(target, RESULTS_CSV_FILENAME, csv.as_bytes()).await?;
     let report = serde_json::to_vec_pretty(&summary.report)
         .map_err(|e| JobFailure::internal(format!("encoding the report failed: {e}")))?;
-    let report_id = write_result_file(target, REPORT_FILENAME, &report).await?;
+    let report_name = match target.task {
+        TaskKind::SequenceClassification => REPORT_FILENAME,
+        TaskKind::ChatCompletion | TaskKind::PromptCompletion => LM_REPORT_FILENAME,
+    };
+    let report_id = write_result_file(target, report_name, &report).await?;
     let artifact_dir = relative_to_root(&target.blobs, &summary.best_checkpoint);
     let step = i64::try_from(summary.best_step).unwrap_or(i64::MAX);
     let model = model_row(

@@ -60,7 +60,10 @@ async fn chat_fine_tuning_end_to_end() {
         .await;
     let id = job["id"].as_str().expect("id").to_string();
     let done = server.wait_for_status(&id, "succeeded").await;
-    let model = done["fine_tuned_model"].as_str().expect("model").to_string();
+    let model = done["fine_tuned_model"]
+        .as_str()
+        .expect("model")
+        .to_string();
     assert!(
         model.starts_with(&format!("ft:{DECODER_MODEL}:temper:chat:")),
         "{model}"
@@ -138,7 +141,11 @@ async fn chat_fine_tuning_end_to_end() {
         .await
         .expect("body");
     let payloads = sse_payloads(&body);
-    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{body}"
+    );
     let chunks: Vec<Value> = payloads[..payloads.len() - 1]
         .iter()
         .map(|p| serde_json::from_str(p).expect("chunk json"))
