@@ -31,7 +31,9 @@ mod real_assets_tests;
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
+pub use decoder::{
+    CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
+};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 

@@ -5,8 +5,10 @@
 //! - `kernels`: RMSNorm, rotary embeddings and masked softmax with analytic backward.
 //! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
 //! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
+//! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
 //! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
 
+mod cache;
 pub mod config;
 mod kernels;
 mod lm;
@@ -15,6 +17,9 @@ pub mod tiny;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_infer;
 
+pub use cache::{KvCache, SeqChunk};
 pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
 pub use lm::CausalLm;
