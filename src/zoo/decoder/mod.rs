@@ -6,10 +6,12 @@
 //! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
 //! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
 //! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
+//! - `export`: merged Hugging Face directory and PEFT adapter exports.
 //! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
 
 mod cache;
 pub mod config;
+mod export;
 mod kernels;
 mod lm;
 mod model;
@@ -17,6 +19,8 @@ pub mod tiny;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_export;
 #[cfg(test)]
 mod tests_infer;
 
