@@ -36,7 +36,7 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec};
+pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, SeqChunk};
 pub use gguf::materialize_gguf;
 pub use linear::{QuantKind, TrainLinear};
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
