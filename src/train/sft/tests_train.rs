@@ -43,7 +43,7 @@ fn chats() -> Vec<ChatExample> {
         .collect()
 }
 
-fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConfig {
+pub(super) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConfig {
     TrainingConfig {
         n_epochs,
         batch_size: 4,
@@ -70,13 +70,13 @@ fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConf
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    base: PathBuf,
-    root: PathBuf,
+    pub(super) base: PathBuf,
+    pub(super) root: PathBuf,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = dir.path().join("base");
     crate::zoo::testing::write_tiny_decoder(&base, DecoderArch::Llama, 7).expect("tiny decoder");
@@ -88,7 +88,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> SftJob {
+pub(super) fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> SftJob {
     SftJob {
         base_model_dir: fx.base.clone(),
         train: SftExamples::Chat(chats()),
