@@ -12,6 +12,7 @@
 #   with --llm also:
 #   models/SmolLM2-135M-Instruct.gguf                 SmolLM2-135M-Instruct, Q4_1 GGUF
 #   data/sarcasm/{samples,few_shot}.jsonl             openai/evals sarcasm headlines (chat format)
+#   data/sarcasm/chat_{train,valid}.jsonl             seeded 300 / 100 OpenAI chat fine-tuning split
 #
 # Idempotent: every wheel and every file it produces has a known sha256; what is present and
 # matches is kept, anything missing or different is fetched or rebuilt. Needs python3 with
@@ -23,7 +24,7 @@ LLM=0
 for arg in "$@"; do
   case "$arg" in
     --llm) LLM=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) DEST="$arg" ;;
   esac
@@ -129,6 +130,15 @@ if [ "$LLM" = 1 ]; then
   if ! all_match "$DEST/data/sarcasm" "${SARCASM_FILES[@]}"; then
     fetch evals==3.0.1.post1 "$EVALS_WHEEL" 0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78
     extract "$EVALS_WHEEL" evals/registry/data/sarcasm "$DEST/data/sarcasm" "${SARCASM_FILES[@]}"
+  fi
+  # The chat SFT benchmark's split, built from samples.jsonl (scripts/make_splits.py sarcasm).
+  SARCASM_CHAT_FILES=(
+    76f98a24cb05d211b5e6ba28717f53f0b2ef449415298a13d1ed08eda5de3329 chat_train.jsonl
+    228e836b4ff05eefd8e889cd465ea43d5bf39bbd105cb5365d62b5b4e67964d9 chat_valid.jsonl
+  )
+  if ! all_match "$DEST/data/sarcasm" "${SARCASM_CHAT_FILES[@]}"; then
+    python3 "$HERE/make_splits.py" sarcasm "$DEST/data/sarcasm/samples.jsonl" "$DEST/data/sarcasm" >&2
+    all_match "$DEST/data/sarcasm" "${SARCASM_CHAT_FILES[@]}" || { echo "the rebuilt sarcasm split differs from the pinned one" >&2; exit 1; }
   fi
   echo "data   $DEST/data/sarcasm"
 fi

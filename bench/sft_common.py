@@ -1,0 +1,104 @@
+"""Shared pieces of the chat SFT benchmark (bench/sft.py and bench/reference_sft.py): the
+recipe and its flags, the data, the generation prompts and the answer scoring."""
+import json
+import os
+
+# One recipe for both sides (flags override it). temper's defaults for decoders are the same
+# LoRA numbers; max_grad_norm 1.0, weight decay 0 and AdamW (0.9, 0.999, 1e-8) are temper's
+# and the reference's fixed choices.
+SFT_RECIPE = {
+    "model": "SmolLM2-135M-Instruct",  # <models-dir>/SmolLM2-135M-Instruct.gguf
+    "epochs": 1,
+    "learning_rate": 2e-4,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.0,
+    "batch_size": 4,
+    "max_seq_len": 256,
+    "lora_rank": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "seed": 0,
+    "gen_prompts": 20,
+    "max_new_tokens": 32,
+}
+
+
+def add_sft_flags(parser):
+    parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh --llm destination")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="use only the first N train and first N validation examples (smoke runs)")
+    parser.add_argument("--epochs", type=int, default=SFT_RECIPE["epochs"])
+    parser.add_argument("--lr", type=float, default=SFT_RECIPE["learning_rate"])
+    parser.add_argument("--warmup-ratio", type=float, default=SFT_RECIPE["warmup_ratio"])
+    parser.add_argument("--batch-size", type=int, default=SFT_RECIPE["batch_size"])
+    parser.add_argument("--max-seq-len", type=int, default=SFT_RECIPE["max_seq_len"])
+    parser.add_argument("--lora-rank", type=int, default=SFT_RECIPE["lora_rank"])
+    parser.add_argument("--lora-alpha", type=float, default=SFT_RECIPE["lora_alpha"])
+    parser.add_argument("--lora-dropout", type=float, default=SFT_RECIPE["lora_dropout"])
+    parser.add_argument("--targets", default=SFT_RECIPE["targets"],
+                        help="LoRA target modules, PEFT names, comma-separated (e.g. q_proj,v_proj)")
+    parser.add_argument("--seed", type=int, default=SFT_RECIPE["seed"])
+    parser.add_argument("--gen-prompts", type=int, default=SFT_RECIPE["gen_prompts"],
+                        help="validation prompts answered by greedy generation after training")
+    parser.add_argument("--max-new-tokens", type=int, default=SFT_RECIPE["max_new_tokens"])
+
+
+def targets_of(args):
+    return [t.strip() for t in args.targets.split(",") if t.strip()]
+
+
+def sft_recipe_of(args):
+    """The recipe actually used, echoed in the JSON line."""
+    return {"epochs": args.epochs, "learning_rate": args.lr, "lr_scheduler": "linear",
+            "warmup_ratio": args.warmup_ratio, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
+            "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
+            "target_modules": targets_of(args), "weight_decay": SFT_RECIPE["weight_decay"],
+            "max_grad_norm": SFT_RECIPE["max_grad_norm"], "seed": args.seed,
+            "gen_prompts": args.gen_prompts, "max_new_tokens": args.max_new_tokens}
+
+
+def sarcasm_paths(assets):
+    data_dir = os.path.join(assets, "data", "sarcasm")
+    paths = (os.path.join(data_dir, "chat_train.jsonl"), os.path.join(data_dir, "chat_valid.jsonl"))
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} missing: run scripts/fetch-assets.sh {assets} --llm")
+    return paths
+
+
+def read_chat(path, limit=0):
+    """The `messages` lists of an OpenAI chat fine-tuning JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line)["messages"] for line in f if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def write_chat(path, conversations):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for messages in conversations:
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+
+def generation_cases(valid, n):
+    """(prompt messages, expected answer) for the first n validation conversations: everything
+    before the final assistant message is the prompt, its content the expected answer."""
+    cases = []
+    for messages in valid[:n]:
+        if messages and messages[-1]["role"] == "assistant":
+            cases.append((messages[:-1], messages[-1]["content"]))
+    return cases
+
+
+def answer_accuracy(expected, generated):
+    """Exact match after stripping whitespace (the answers are "0" / "1")."""
+    if not expected:
+        return None
+    return sum(e.strip() == g.strip() for e, g in zip(expected, generated)) / len(expected)
+
+
+# Warm-up request before the timed generation (both sides): loads the model in temper and
+# warms torch's kernels, so the timed prompts measure generation alone.
+WARMUP_MESSAGES = [{"role": "user", "content": "Say hello."}]
