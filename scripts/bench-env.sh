@@ -27,6 +27,7 @@ PACKAGES=(
   numpy==2.4.6
   openai==3.54.0
   httpx==0.28.1
+  gguf==0.19.0
 )
 
 [ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
@@ -41,4 +42,4 @@ else
   fi
   "$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"
 fi
-"$PY" -c "import torch, transformers, openai, peft, accelerate; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__)"
+"$PY" -c "import torch, transformers, openai, peft, accelerate, gguf; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__)"
