@@ -34,7 +34,9 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, QuantKind};
+pub use decoder::{
+    CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
+};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
