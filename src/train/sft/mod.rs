@@ -5,19 +5,18 @@
 //!   rows.
 //! - `run.rs`: `run_sft`, the decoder as a task of the shared training loop.
 //! - `load.rs`: `load_lm_checkpoint` (checkpoints and plain base model directories).
-//! - `export.rs` + `tests_export.rs` (merged HF dir / PEFT adapter of a `causal_lm`
-//!   checkpoint) wait for `CausalLm::export_merged` / `export_adapter` from the decoder
-//!   workstream; to enable: `mod export;` + `#[cfg(test)] mod tests_export;` here and, in
-//!   `train::export_checkpoint`, `if meta.task == TASK_CAUSAL_LM { return
-//!   sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir); }`.
+//! - `export.rs`: merged HF directory / PEFT adapter of a `causal_lm` checkpoint.
 
 pub mod batch;
+pub(crate) mod export;
 mod load;
 pub mod prepare;
 mod run;
 
 #[cfg(test)]
 mod tests_data;
+#[cfg(test)]
+mod tests_export;
 #[cfg(test)]
 mod tests_train;
 
