@@ -42,6 +42,7 @@ stripped answer with the expected "0"/"1".
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,9 +91,18 @@ def validation_of(data):
     return data.get("valid_loss"), data.get("valid_mean_token_accuracy")
 
 
-def before_after(steps):
-    """Validation (loss, accuracy) at step 0 and at the last evaluated step."""
+BEFORE_TRAINING = re.compile(
+    r"Before training: full validation loss=([0-9.]+), full validation mean token accuracy=([0-9.]+)")
+
+
+def before_after(steps, events=()):
+    """Validation (loss, accuracy) before training (a step-0 metrics event, or temper's
+    "Before training: …" event) and at the last evaluated step."""
     before = validation_of(steps[0][1]) if 0 in steps else (None, None)
+    for e in events:
+        match = BEFORE_TRAINING.match(e.message or "")
+        if before == (None, None) and match:
+            before = float(match.group(1)), float(match.group(2))
     evaluated = [s for s in sorted(steps) if s > 0 and has_validation(steps[s][1])]
     full = [s for s in evaluated if steps[s][1].get("full_valid_loss") is not None]
     last = (full or evaluated or [None])[-1]
@@ -185,7 +195,7 @@ def main():
         if started is None or created is None:
             started, created = job.created_at, job.finished_at or job.created_at
         wall = max(created - started, 1)
-        (loss_before, acc_before), (loss_after, acc_after) = before_after(steps)
+        (loss_before, acc_before), (loss_after, acc_after) = before_after(steps, events)
         pace_steps, pace_seconds, pace_tokens, total_steps = pure_training_pace(steps, args.epochs)
         trained_tokens = job.trained_tokens or 0
         if pace_steps and pace_seconds:

@@ -125,13 +125,15 @@ fn bad(param: &str, message: impl Into<String>) -> HyperparamError {
     }
 }
 
-const METRICS_FOR_BEST: [&str; 6] = [
+const METRICS_FOR_BEST: [&str; 8] = [
     "valid_accuracy",
     "valid_f1",
     "valid_loss",
+    "valid_mean_token_accuracy",
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
     "train_loss",
+    "train_mean_token_accuracy",
 ];
 
 fn int_in(param: &str, value: &Value, min: u64, max: u64) -> Result<usize, HyperparamError> {
