@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::results::base64_decode;
 use super::test_support::*;
 use super::{
-    ControlSignal, FineTuneRunner, JobFailure, JobRunner, JobsContext, Processed, RunContext,
-    RunOutcome, Worker, WorkerPool,
+    ControlSignal, FineTuneRunner, JobFailure, JobRunner, Processed, RunContext, RunOutcome,
+    Worker, WorkerPool,
 };
 use crate::blobs::Blobs;
 use crate::domain::job::JobStatus;
@@ -53,13 +53,6 @@ fn examples(n: usize) -> Vec<(&'static str, &'static str)> {
             }
         })
         .collect()
-}
-
-async fn upload(ctx: &JobsContext, id: &str, bytes: &[u8]) {
-    ctx.blobs
-        .write_atomic(&Blobs::file_rel(id), bytes)
-        .await
-        .unwrap();
 }
 
 fn write_model(h: &Harness) {

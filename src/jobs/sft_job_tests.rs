@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::results::base64_decode;
 use super::test_support::*;
-use super::{FineTuneRunner, JobsContext, Processed, Worker};
+use super::{FineTuneRunner, Processed, Worker};
 use crate::blobs::Blobs;
 use crate::train::SFT_RESULTS_CSV_HEADER;
 use crate::zoo::decoder::DecoderArch;
@@ -39,13 +39,6 @@ fn completion_lines(n: usize) -> Vec<u8> {
         })
         .collect::<String>()
         .into_bytes()
-}
-
-async fn upload(ctx: &JobsContext, id: &str, bytes: &[u8]) {
-    ctx.blobs
-        .write_atomic(&Blobs::file_rel(id), bytes)
-        .await
-        .unwrap();
 }
 
 async fn run_job(h: &Harness, model: &str, train: &[u8], hyper: Value) -> (String, Processed) {

@@ -44,6 +44,14 @@ pub async fn context_in(dir: &TempDir) -> JobsContext {
     }
 }
 
+/// Stores `bytes` as the uploaded file `id`.
+pub async fn upload(ctx: &JobsContext, id: &str, bytes: &[u8]) {
+    ctx.blobs
+        .write_atomic(&Blobs::file_rel(id), bytes)
+        .await
+        .expect("upload");
+}
+
 /// A job in `validating_files` with its `Created fine-tuning job` event.
 pub async fn create_job(
     ctx: &JobsContext,
