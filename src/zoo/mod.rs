@@ -10,6 +10,7 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
+//! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
@@ -18,6 +19,7 @@
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod decoder;
 pub mod fused;
 pub mod gguf;
 pub mod linear;
@@ -31,8 +33,11 @@ mod real_assets_tests;
 mod tests;
 
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use decoder::{
+    CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
+};
 pub use gguf::materialize_gguf;
-pub use linear::{QuantKind, TrainLinear};
+pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
 /// Errors from model loading, tokenization, forward passes and exports.
