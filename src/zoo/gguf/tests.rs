@@ -393,6 +393,11 @@ fn tokenizer_encodes_merges_and_specials_and_decodes_back() {
         ]
     );
     assert_eq!(tok.decode(chat.get_ids(), true).unwrap(), "user\nhello");
+    // Char offsets (SFT maps assistant spans through them) point back into the text.
+    let offsets: Vec<(usize, usize)> = chat.get_offsets().to_vec();
+    assert_eq!(offsets[0], (0, 12));
+    assert_eq!(offsets[6], (17, 22));
+    assert_eq!(offsets[7], (22, 32));
 
     let tc = read_json(&out.join("tokenizer_config.json"));
     assert_eq!(tc["bos_token"], "<|im_start|>");
