@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, V
 use rand::rngs::StdRng;
 use rand::Rng;
 
+pub use super::decoder::QuantKind;
 use super::ZooError;
 
 /// A weight or bias that is either frozen (plain tensor, no gradient) or trainable.
@@ -34,31 +35,6 @@ impl Param {
 
     pub fn is_trainable(&self) -> bool {
         matches!(self, Param::Trainable(_))
-    }
-}
-
-/// Which quantized format a frozen QLoRA base uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum QuantKind {
-    Q4_0,
-    Q8_0,
-}
-
-impl QuantKind {
-    /// `"q4_0"` / `"q8_0"` (case-insensitive), as the `quantize` hyperparameter spells it.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "q4_0" => Some(Self::Q4_0),
-            "q8_0" => Some(Self::Q8_0),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Q4_0 => "q4_0",
-            Self::Q8_0 => "q8_0",
-        }
     }
 }
 

@@ -36,9 +36,11 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
-pub use decoder::{CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, SeqChunk};
+pub use decoder::{
+    CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
+};
 pub use gguf::materialize_gguf;
-pub use linear::{QuantKind, TrainLinear};
+pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
 /// Errors from model loading, tokenization, forward passes and exports.

@@ -71,7 +71,30 @@ pub struct DecoderConfig {
     pub rope_scaling: Option<RopeScaling>,
 }
 
-pub use crate::zoo::linear::QuantKind;
+/// Which quantized format a frozen QLoRA base uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum QuantKind {
+    Q4_0,
+    Q8_0,
+}
+
+impl QuantKind {
+    /// `"q4_0"` / `"q8_0"` (case-insensitive), as the `quantize` hyperparameter spells it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "q4_0" => Some(Self::Q4_0),
+            "q8_0" => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "q4_0",
+            Self::Q8_0 => "q8_0",
+        }
+    }
+}
 
 /// How a decoder trains.
 #[derive(Debug, Clone, PartialEq)]

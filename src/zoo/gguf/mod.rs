@@ -9,6 +9,8 @@ pub mod tensors;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod decoder_tests;
+#[cfg(test)]
 mod real_tests;
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,7 @@ fn byte_chars() -> Vec<char> {
     table
 }
 
-fn vocab() -> Vec<String> {
+pub(super) fn vocab() -> Vec<String> {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(byte_chars().iter().map(char::to_string));
     tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
@@ -69,25 +69,28 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
 }
 
 /// What a tiny GGUF holds: the HF-order weights, and how to write the file.
-struct TinyGguf {
+pub(super) struct TinyGguf {
     /// transformers name → f32 values as materialization must reproduce them.
-    expected: HashMap<String, Tensor>,
+    pub(super) expected: HashMap<String, Tensor>,
 }
 
 #[derive(Clone, Copy)]
-struct Variant {
-    arch: &'static str,
-    tied: bool,
-    tokenizer_model: &'static str,
+pub(super) struct Variant {
+    pub(super) arch: &'static str,
+    pub(super) tied: bool,
+    pub(super) tokenizer_model: &'static str,
+    /// Every tensor stored as F32 (no block rounding anywhere, for exact comparisons).
+    pub(super) all_f32: bool,
 }
 
-const LLAMA: Variant = Variant {
+pub(super) const LLAMA: Variant = Variant {
     arch: "llama",
     tied: true,
     tokenizer_model: "gpt2",
+    all_f32: false,
 };
 
-fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
+pub(super) fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
     let mut rng = StdRng::seed_from_u64(7);
     let vocab = vocab();
     // (gguf name, tensor as written, storage type, expected HF tensor)
@@ -99,6 +102,7 @@ fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
                 Some(n_head) if v.arch == "llama" => permute_rows(&hf_order, n_head).unwrap(),
                 _ => hf_order.clone(),
             };
+            let dtype = if v.all_f32 { GgmlDType::F32 } else { dtype };
             let q = QTensor::quantize(&on_disk, dtype).unwrap();
             // What dequantization can give back: the rounded values, in HF row order.
             let back = q.dequantize(&Device::Cpu).unwrap();
@@ -220,6 +224,7 @@ fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
         (arch_key("attention.head_count"), Value::U32(HEADS as u32)),
         (arch_key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
         (arch_key("rope.freq_base"), Value::F32(50000.0)),
+        (arch_key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
         (arch_key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ("tokenizer.ggml.model".into(), Value::String(v.tokenizer_model.into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
@@ -243,7 +248,7 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn materialize(v: Variant) -> (tempfile::TempDir, std::path::PathBuf, TinyGguf) {
+pub(super) fn materialize(v: Variant) -> (tempfile::TempDir, std::path::PathBuf, TinyGguf) {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("tiny.gguf");
     let tiny = write_tiny_gguf(&gguf, v);
@@ -388,6 +393,11 @@ fn tokenizer_encodes_merges_and_specials_and_decodes_back() {
         ]
     );
     assert_eq!(tok.decode(chat.get_ids(), true).unwrap(), "user\nhello");
+    // Char offsets (SFT maps assistant spans through them) point back into the text.
+    let offsets: Vec<(usize, usize)> = chat.get_offsets().to_vec();
+    assert_eq!(offsets[0], (0, 12));
+    assert_eq!(offsets[6], (17, 22));
+    assert_eq!(offsets[7], (22, 32));
 
     let tc = read_json(&out.join("tokenizer_config.json"));
     assert_eq!(tc["bos_token"], "<|im_start|>");
