@@ -8,8 +8,9 @@ use candle_core::{DType, Device};
 
 use super::catalog::{ModelKind, ServableModel};
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
+use super::generate::GenEngineConfig;
 use super::registry::ModelLoader;
-use super::InferError;
+use super::{InferError, LoadedModel};
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
 
 pub struct CheckpointClassifier {
@@ -75,18 +76,23 @@ impl ClassifierBackend for CheckpointClassifier {
 pub struct CheckpointLoader {
     pub device: Device,
     pub engine: EngineConfig,
+    pub generation: GenEngineConfig,
 }
 
-impl ModelLoader<Engine> for CheckpointLoader {
-    fn load(&self, model: &ServableModel) -> Result<Engine, InferError> {
+impl ModelLoader<LoadedModel> for CheckpointLoader {
+    fn load(&self, model: &ServableModel) -> Result<LoadedModel, InferError> {
+        let span = tracing::info_span!("load_model", model = %model.name);
+        let _entered = span.enter();
         match model.kind {
             ModelKind::Classifier => {
-                let span = tracing::info_span!("load_model", model = %model.name);
-                let _entered = span.enter();
                 let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "classifier loaded");
                 Engine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::Classifier)
             }
+            ModelKind::Causal => Err(InferError::engine(
+                "serving causal language models needs the decoder, which is not built in yet",
+            )),
         }
     }
 }
