@@ -11,10 +11,12 @@
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
+//! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
 
 pub mod bert;
+pub mod chat_template;
 pub mod classifier;
 pub mod config;
 pub mod fused;
@@ -28,6 +30,7 @@ mod real_assets_tests;
 #[cfg(test)]
 mod tests;
 
+pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
