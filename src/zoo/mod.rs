@@ -11,6 +11,7 @@
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
+//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -20,6 +21,7 @@ pub mod classifier;
 pub mod config;
 pub mod decoder;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
 pub mod loader;
 pub mod testing;
@@ -34,6 +36,7 @@ pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
 pub use decoder::{
     CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
 };
+pub use gguf::materialize_gguf;
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 

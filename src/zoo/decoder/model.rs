@@ -338,16 +338,11 @@ impl Builder<'_> {
     }
 }
 
-/// A frozen quantized base (QLoRA). `TrainLinear::quantized` comes from the `gguf`
-/// workstream; until it is merged this reports QLoRA as unsupported.
+/// A frozen quantized base (QLoRA).
 fn quantized_linear(
     weight: &Tensor,
     bias: Option<Param>,
     kind: QuantKind,
 ) -> Result<TrainLinear, ZooError> {
-    let _ = (weight, bias);
-    Err(ZooError::Unsupported(format!(
-        "{} quantization (QLoRA) is not available in this build",
-        kind.as_str()
-    )))
+    TrainLinear::quantized(weight, bias, kind)
 }
