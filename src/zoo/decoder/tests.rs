@@ -434,7 +434,13 @@ fn qlora_trains_adapters_over_a_quantized_base() {
     let mut qlora = load(dir.path(), &spec, 0);
     let quantized = qlora.forward(&b, false).unwrap();
     // Q8_0 rounds weights and (in the matmul) activations to 8 bits: a small relative error.
-    let scale = dense.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = dense
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let rounding = max_abs_diff(&dense, &quantized) / scale;
     eprintln!("q8_0 base vs dense: max |Δ logit| / max |logit| = {rounding:e}");
     assert!(rounding > 0.0 && rounding < 0.05, "{rounding}");
