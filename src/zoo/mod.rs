@@ -10,6 +10,8 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
+//! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
+//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
 //! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
@@ -19,7 +21,9 @@ pub mod bert;
 pub mod chat_template;
 pub mod classifier;
 pub mod config;
+pub mod decoder;
 pub mod fused;
+pub mod gguf;
 pub mod linear;
 pub mod loader;
 pub mod testing;
@@ -32,6 +36,10 @@ mod tests;
 
 pub use chat_template::ChatTemplate;
 pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use decoder::{
+    CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
+};
+pub use gguf::materialize_gguf;
 pub use linear::TrainLinear;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 

@@ -15,6 +15,10 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+pub use super::decoder::tiny::{
+    tiny_decoder_vocab, write_tiny_decoder, TINY_CHAT_TEMPLATE, TINY_SPECIAL_TOKENS,
+};
+
 pub const TINY_HIDDEN: usize = 32;
 pub const TINY_LAYERS: usize = 2;
 pub const TINY_INTERMEDIATE: usize = 64;

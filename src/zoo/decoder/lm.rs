@@ -1,0 +1,267 @@
+//! `CausalLm`: the public face of the decoder for training (padded batches, autograd) and
+//! its trainable-parameter bookkeeping.
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::config::{DecoderConfig, DecoderSpec, DEFAULT_LORA_TARGETS};
+use super::kernels::{masked_softmax, CausalPrefix};
+use super::model::{layer_linears, Decoder, Layer};
+use crate::zoo::loader::Tuning;
+use crate::zoo::{EncodedBatch, NamedVar, ZooError};
+
+pub struct CausalLm {
+    pub(crate) decoder: Decoder,
+    pub(crate) tuning: Tuning,
+    pub(crate) vars: Vec<NamedVar>,
+}
+
+/// Where the real tokens of a right-padded `[B, T]` batch sit once packed as `[N, …]`.
+struct Packing {
+    /// Real length of each sequence.
+    lens: Vec<usize>,
+    /// Flat index `b·T + t` of each real token (None when nothing is padded).
+    rows: Option<Tensor>,
+    positions: Vec<usize>,
+    t: usize,
+}
+
+impl Packing {
+    fn new(attention_mask: &Tensor) -> Result<Self, ZooError> {
+        let mask = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let t = mask.first().map_or(0, Vec::len);
+        let (mut lens, mut rows, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, row) in mask.iter().enumerate() {
+            let len = row.iter().take_while(|&&m| m != 0).count();
+            if len == 0 || row[len..].iter().any(|&m| m != 0) {
+                return Err(ZooError::Unsupported(
+                    "the decoder takes right-padded batches with at least one token per row".into(),
+                ));
+            }
+            lens.push(len);
+            rows.extend((0..len).map(|i| (b * t + i) as u32));
+            positions.extend(0..len);
+        }
+        let n = rows.len();
+        let rows = if n == mask.len() * t {
+            None
+        } else {
+            Some(Tensor::from_vec(rows, n, attention_mask.device())?)
+        };
+        Ok(Self {
+            lens,
+            rows,
+            positions,
+            t,
+        })
+    }
+
+    /// `[B·T, …]` → packed `[N, …]`.
+    fn select(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        match &self.rows {
+            Some(rows) => Ok(x.index_select(rows, 0)?),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// Packed `[N, W]` → `[B, T, W]`, zeros at padding (differentiable).
+    fn pad(&self, packed: &Tensor) -> Result<Tensor, ZooError> {
+        let (b, width) = (self.lens.len(), packed.dim(1)?);
+        let full = match &self.rows {
+            Some(rows) => Tensor::zeros((b * self.t, width), packed.dtype(), packed.device())?
+                .index_add(rows, packed, 0)?,
+            None => packed.clone(),
+        };
+        Ok(full.reshape((b, self.t, width))?)
+    }
+}
+
+impl CausalLm {
+    pub fn from_pretrained(
+        dir: &Path,
+        spec: &DecoderSpec,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, ZooError> {
+        let (cfg, _) = DecoderConfig::from_dir(dir)?;
+        let tuning = match &spec.lora {
+            Some(l) if l.rank > 0 => Tuning::Lora {
+                rank: l.rank,
+                alpha: l.alpha,
+                dropout: l.dropout,
+                targets: if l.target_modules.is_empty() {
+                    DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    l.target_modules.clone()
+                },
+            },
+            _ if spec.quantize.is_some() => {
+                return Err(ZooError::Config(
+                    "quantization (QLoRA) needs LoRA: set lora_rank > 0".into(),
+                ))
+            }
+            _ => Tuning::Full,
+        };
+        let (decoder, vars) = Decoder::load(dir, &cfg, &tuning, spec.quantize, device, seed)?;
+        Ok(Self {
+            decoder,
+            tuning,
+            vars,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.decoder.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.decoder.device
+    }
+
+    /// Training/eval forward of a right-padded batch: hidden states after the final norm,
+    /// `[B, T, H]` f32 (zeros at padding positions). `train` enables LoRA dropout.
+    pub fn hidden_states(&self, batch: &EncodedBatch, train: bool) -> Result<Tensor, ZooError> {
+        let (_, t) = batch.input_ids.dims2()?;
+        if t > self.decoder.cfg.max_position_embeddings {
+            return Err(ZooError::Unsupported(format!(
+                "sequence of {t} tokens exceeds max_position_embeddings {}",
+                self.decoder.cfg.max_position_embeddings
+            )));
+        }
+        let packing = Packing::new(&batch.attention_mask)?;
+        let ids = packing.select(&batch.input_ids.flatten_all()?)?;
+        let tables = self.decoder.rotary_tables(&packing.positions)?;
+        let mut x = self.decoder.embed(&ids)?;
+        for layer in &self.decoder.layers {
+            x = self.layer_forward(layer, &x, &packing, &tables, train)?;
+        }
+        packing.pad(&self.decoder.final_norm(&x)?)
+    }
+
+    fn layer_forward(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        packing: &Packing,
+        tables: &[Tensor; 4],
+        train: bool,
+    ) -> Result<Tensor, ZooError> {
+        let c = &self.decoder.cfg;
+        let (b, t, d) = (packing.lens.len(), packing.t, c.head_dim);
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        let group = heads / kv_heads;
+        let qkv = self.decoder.qkv(l, x, tables, train)?;
+        // [N, h, d] → [B, h, T, d]
+        let to_batch = |y: &Tensor, h: usize| -> Result<Tensor, ZooError> {
+            let padded = packing.pad(&y.reshape((y.dim(0)?, h * d))?)?;
+            Ok(padded
+                .reshape((b, t, h, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        // Query heads of one key/value group are adjacent (transformers' repeat_kv), so
+        // grouping them as [B, kv, group·T, d] shares K/V without copying them.
+        let q = to_batch(&qkv.q, heads)?.reshape((b, kv_heads, group * t, d))?;
+        let k = to_batch(&qkv.k, kv_heads)?;
+        let v = to_batch(&qkv.v, kv_heads)?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, heads, t, t))?;
+        let mask = CausalPrefix {
+            key_len: packing.lens.clone(),
+            offset: 0,
+        };
+        let probs = masked_softmax(&scores, &mask)?.reshape((b, kv_heads, group * t, t))?;
+        let context = probs
+            .matmul(&v)?
+            .reshape((b, heads, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, heads * d))?;
+        let context = packing.select(&context)?;
+        self.decoder.finish_layer(l, x, &context, train)
+    }
+
+    /// `lm_head` on selected rows: `[N, H]` → `[N, V]` f32.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ZooError> {
+        self.decoder.lm_head.forward(hidden, false)
+    }
+
+    /// Full logits `[B, T, V]` (tests, parity).
+    pub fn forward(&self, batch: &EncodedBatch, train: bool) -> Result<Tensor, ZooError> {
+        let hidden = self.hidden_states(batch, train)?;
+        let (b, t, h) = hidden.dims3()?;
+        let logits = self.lm_head(&hidden.reshape((b * t, h))?)?;
+        Ok(logits.reshape((b, t, ()))?)
+    }
+
+    pub fn trainable_vars(&self) -> Vec<NamedVar> {
+        self.vars.clone()
+    }
+
+    /// Snapshot copies of the trainable tensors (the optimizer updates vars in place).
+    pub fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, ZooError> {
+        self.vars
+            .iter()
+            .map(|nv| Ok((nv.name.clone(), nv.var.as_tensor().copy()?)))
+            .collect()
+    }
+
+    pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), ZooError> {
+        for nv in &self.vars {
+            let t = tensors
+                .get(&nv.name)
+                .ok_or_else(|| ZooError::MissingTensor(nv.name.clone()))?;
+            if t.dims() != nv.var.dims() {
+                return Err(ZooError::Config(format!(
+                    "tensor `{}` has shape {:?}, the model expects {:?}",
+                    nv.name,
+                    t.dims(),
+                    nv.var.dims()
+                )));
+            }
+            nv.var
+                .set(&t.to_dtype(nv.var.dtype())?.to_device(nv.var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Folds every adapter into its base weight (serving); LoRA vars are dropped.
+    pub fn merge_lora(&mut self) -> Result<(), ZooError> {
+        for l in &mut self.decoder.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
+                lin.merge()?;
+            }
+        }
+        self.decoder.lm_head.merge()?;
+        self.vars
+            .retain(|nv| !nv.name.contains(".lora_A.") && !nv.name.contains(".lora_B."));
+        Ok(())
+    }
+
+    /// Bytes of every parameter (f32; tied embeddings counted once).
+    pub fn parameter_bytes(&self) -> usize {
+        let d = &self.decoder;
+        let mut bytes = 4 * (d.embed.tensor().elem_count() + d.norm.tensor().elem_count());
+        for l in &d.layers {
+            bytes += 4 * (l.input_norm.tensor().elem_count() + l.post_norm.tensor().elem_count());
+            bytes += layer_linears(l)
+                .iter()
+                .map(|(_, lin)| lin.parameter_bytes())
+                .sum::<usize>();
+        }
+        let head = d.lm_head.parameter_bytes();
+        if d.cfg.tie_word_embeddings {
+            bytes += head.saturating_sub(4 * d.embed.tensor().elem_count());
+        } else {
+            bytes += head;
+        }
+        bytes
+    }
+}

@@ -1,0 +1,29 @@
+//! The differentiable Llama/Qwen2 decoder (`CausalLm`) for SFT, its KV-cached inference
+//! path and its Hugging Face / PEFT exports.
+//!
+//! - [`config`]: `config.json` parsing (transformers 4.x and 5.x), `DecoderSpec`, `QuantKind`.
+//! - `kernels`: RMSNorm, rotary embeddings and masked softmax with analytic backward.
+//! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
+//! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
+//! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
+//! - `export`: merged Hugging Face directory and PEFT adapter exports.
+//! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
+
+mod cache;
+pub mod config;
+mod export;
+mod kernels;
+mod lm;
+mod model;
+pub mod tiny;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_export;
+#[cfg(test)]
+mod tests_infer;
+
+pub use cache::{KvCache, SeqChunk};
+pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
+pub use lm::CausalLm;
