@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 
 use super::catalog::{ModelKind, ServableModel};
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
-use super::generate::GenEngineConfig;
+use super::generate::{CausalLmBackend, GenEngine, GenEngineConfig, LmBackend};
 use super::registry::ModelLoader;
 use super::{InferError, LoadedModel};
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
@@ -90,9 +90,24 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
                 Engine::spawn(&model.name, Box::new(backend), self.engine)
                     .map(LoadedModel::Classifier)
             }
-            ModelKind::Causal => Err(InferError::engine(
-                "serving causal language models needs the decoder, which is not built in yet",
-            )),
+            ModelKind::Causal => {
+                let backend = load_causal(&model.dir, &self.device)?;
+                tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
+                GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
+            }
         }
     }
+}
+
+/// A causal model directory: a plain Hugging Face directory (base model, merged export)
+/// loads here; a fine-tuning checkpoint (`meta.json`) needs `train::load_lm_checkpoint`
+/// (workstream `sft`), whose `LoadedLm` maps field by field onto `CausalLmParts`.
+fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
+    if dir.join("meta.json").exists() {
+        return Err(InferError::engine(format!(
+            "`{}` is a fine-tuning checkpoint; loading those for generation needs train::load_lm_checkpoint",
+            dir.display()
+        )));
+    }
+    CausalLmBackend::load_dir(dir, device)
 }

@@ -73,7 +73,7 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let mut open = self.open.lock().expect("gate lock");
         while !*open {
             open = self.changed.wait(open).expect("gate lock");

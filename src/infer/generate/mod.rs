@@ -9,10 +9,12 @@
 //! - `text.rs`: incremental detokenization and stop strings (never emits broken UTF-8 or
 //!   any part of a stop string).
 //! - `sequence.rs`: one choice being generated (pure state: cache, tokens, sampler, text).
+//! - `causal.rs`: [`CausalLmBackend`], the real backend over `zoo::decoder::CausalLm`.
 //! - `engine.rs`: [`GenEngine`], one model on its own OS thread with continuous batching.
 //! - `stream.rs`: [`GenerationStream`], the async receiving end a request holds.
 //! - The types below cross into `api`: requests, events and the collected answer.
 
+mod causal;
 mod engine;
 mod sampling;
 mod sequence;
@@ -20,12 +22,15 @@ mod stream;
 mod text;
 
 #[cfg(test)]
+mod causal_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
 use serde_json::Value;
 
+pub use causal::{CausalLmBackend, CausalLmParts};
 pub use engine::{GenEngine, GenEngineConfig};
 pub use stream::GenerationStream;
 pub(crate) use stream::KeepAlive;
