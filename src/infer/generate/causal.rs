@@ -138,10 +138,7 @@ impl LmBackend for CausalLmBackend {
     fn step(&mut self, chunks: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>, InferError> {
         let mut seqs: Vec<SeqChunk<'_>> = chunks
             .iter_mut()
-            .map(|(tokens, cache)| SeqChunk {
-                tokens,
-                cache: &mut **cache,
-            })
+            .map(|(tokens, cache)| SeqChunk { tokens, cache })
             .collect();
         self.model
             .forward_cached(&mut seqs)
