@@ -12,13 +12,13 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiJson};
 use super::generation::{
-    common_params, done_event, error_event, invalid, json_event, sse_response, token_bytes,
-    token_limit, EventSender, Fields, Streaming, UsageWire,
+    common_params, done_event, error_event, invalid, json_event, logprobs_wire, sse_response,
+    token_limit, ChoiceLogprobs, EventSender, Fields, Streaming, UsageWire,
 };
 use super::wire::unix_now;
 use super::AppState;
 use crate::domain::ids::random_base62;
-use crate::infer::{Generation, GenerationEvent, GenerationParams, GenerationStream, TokenLogprob};
+use crate::infer::{Generation, GenerationEvent, GenerationParams, GenerationStream};
 
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/chat/completions")];
 
@@ -214,51 +214,6 @@ fn unsupported_features(fields: &Fields) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-#[derive(Debug, Serialize)]
-pub struct TopLogprobWire {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LogprobWire {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-    pub top_logprobs: Vec<TopLogprobWire>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ChoiceLogprobs {
-    pub content: Vec<LogprobWire>,
-    pub refusal: Option<String>,
-}
-
-fn logprobs_wire(tokens: Vec<TokenLogprob>) -> ChoiceLogprobs {
-    let content = tokens
-        .into_iter()
-        .map(|t| LogprobWire {
-            bytes: token_bytes(&t.token),
-            top_logprobs: t
-                .top
-                .into_iter()
-                .map(|alt| TopLogprobWire {
-                    bytes: token_bytes(&alt.token),
-                    token: alt.token,
-                    logprob: alt.logprob,
-                })
-                .collect(),
-            token: t.token,
-            logprob: t.logprob,
-        })
-        .collect();
-    ChoiceLogprobs {
-        content,
-        refusal: None,
-    }
 }
 
 #[derive(Debug, Serialize)]

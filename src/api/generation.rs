@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiError;
-use crate::infer::{GenerationParams, InferError, Usage};
+use crate::infer::{GenerationParams, InferError, TokenLogprob, Usage};
 
 /// Most choices per request (each one is a sequence in the model's batch).
 pub const MAX_N: i64 = 8;
@@ -195,8 +195,54 @@ impl From<Usage> for UsageWire {
 }
 
 /// The UTF-8 bytes of a token, as OpenAI reports them next to logprobs.
-pub fn token_bytes(token: &str) -> Vec<u8> {
+fn token_bytes(token: &str) -> Vec<u8> {
     token.as_bytes().to_vec()
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopLogprobWire {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogprobWire {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobWire>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<LogprobWire>,
+    pub refusal: Option<String>,
+}
+
+/// Chat's logprobs shape (`content` entries with the UTF-8 bytes of each token).
+pub fn logprobs_wire(tokens: Vec<TokenLogprob>) -> ChoiceLogprobs {
+    let content = tokens
+        .into_iter()
+        .map(|t| LogprobWire {
+            bytes: token_bytes(&t.token),
+            top_logprobs: t
+                .top
+                .into_iter()
+                .map(|alt| TopLogprobWire {
+                    bytes: token_bytes(&alt.token),
+                    token: alt.token,
+                    logprob: alt.logprob,
+                })
+                .collect(),
+            token: t.token,
+            logprob: t.logprob,
+        })
+        .collect();
+    ChoiceLogprobs {
+        content,
+        refusal: None,
+    }
 }
 
 /// `data: {"error": …}`: the SDK raises it as an `APIError` mid-stream.
