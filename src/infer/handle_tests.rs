@@ -54,7 +54,8 @@ fn write_fixture(root: &Path, lora: bool) -> PathBuf {
         task: TASK_SEQUENCE_CLASSIFICATION.into(),
         base_model_dir: base,
         labels: labels(),
-        spec,
+        spec: Some(spec),
+        lm: None,
         max_seq_len: MAX_SEQ_LEN,
         seed: 11,
     };

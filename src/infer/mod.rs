@@ -291,7 +291,7 @@ fn export_blocking(
     if format == crate::train::ExportFormat::Adapter {
         let meta = crate::train::checkpoint::read_meta(checkpoint_dir)
             .map_err(|e| InferError::engine(format!("reading checkpoint: {e}")))?;
-        if meta.spec.lora.is_none_or(|lora| lora.rank == 0) {
+        if !meta.has_lora() {
             return Err(InferError::invalid(
                 "format",
                 "this model is a full fine-tune and has no LoRA adapter; download the merged model instead",

@@ -240,6 +240,8 @@ mod tests {
             valid_loss,
             valid_accuracy: None,
             valid_f1: None,
+            full_valid_loss: None,
+            full_valid_accuracy: None,
             learning_rate: 1e-3,
             tokens_seen: 100,
         }

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
+use crate::domain::hyperparams::LoraSettings;
 use crate::zoo::ClassifierSpec;
 
 pub const TRAINABLE_FILE: &str = "trainable.safetensors";
@@ -22,19 +23,74 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const META_FILE: &str = "meta.json";
 pub const TASK_SEQUENCE_CLASSIFICATION: &str = "sequence_classification";
+pub const TASK_CAUSAL_LM: &str = "causal_lm";
 
 /// What model a checkpoint holds; enough to rebuild it without the job.
+///
+/// `labels` + `spec` describe a classifier (`task` = [`TASK_SEQUENCE_CLASSIFICATION`]),
+/// `lm` a decoder (`task` = [`TASK_CAUSAL_LM`]); the other side is left out of the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     pub task: String,
     pub base_model_dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
-    pub spec: ClassifierSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ClassifierSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmSpec>,
     pub max_seq_len: usize,
     pub seed: u64,
 }
 
-/// One row of the results CSV.
+/// How a causal-LM checkpoint's trainable tensors sit on its base model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LmSpec {
+    /// `None`: full fine-tuning (every weight is in `trainable.safetensors`).
+    pub lora: Option<LoraSettings>,
+    /// `"q4_0"` / `"q8_0"`: QLoRA over a quantized frozen base.
+    pub quantize: Option<String>,
+}
+
+impl CheckpointMeta {
+    /// The classifier spec of a classification checkpoint.
+    pub fn classifier_spec(&self, dir: &Path) -> Result<&ClassifierSpec, TrainError> {
+        match (&self.spec, self.task.as_str()) {
+            (Some(spec), TASK_SEQUENCE_CLASSIFICATION) => Ok(spec),
+            _ => Err(TrainError::checkpoint(
+                dir,
+                format!("a `{}` checkpoint is not a classifier", self.task),
+            )),
+        }
+    }
+
+    /// Whether the checkpoint holds LoRA adapters (and so can be exported as one).
+    pub fn has_lora(&self) -> bool {
+        let lora = match (&self.spec, &self.lm) {
+            (Some(spec), _) => spec.lora.as_ref(),
+            (None, Some(lm)) => lm.lora.as_ref(),
+            (None, None) => None,
+        };
+        lora.is_some_and(|l| l.rank > 0)
+    }
+
+    /// The decoder spec of a causal-LM checkpoint.
+    pub fn lm_spec(&self, dir: &Path) -> Result<&LmSpec, TrainError> {
+        match (&self.lm, self.task.as_str()) {
+            (Some(spec), TASK_CAUSAL_LM) => Ok(spec),
+            _ => Err(TrainError::checkpoint(
+                dir,
+                format!(
+                    "a `{}` checkpoint is not a causal language model",
+                    self.task
+                ),
+            )),
+        }
+    }
+}
+
+/// One row of the results CSV. For SFT the accuracies are mean token accuracies,
+/// `valid_*` is one validation batch and `full_valid_*` the whole validation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub step: usize,
@@ -43,6 +99,26 @@ pub struct MetricsRow {
     pub valid_loss: Option<f64>,
     pub valid_accuracy: Option<f64>,
     pub valid_f1: Option<f64>,
+    #[serde(default)]
+    pub full_valid_loss: Option<f64>,
+    #[serde(default)]
+    pub full_valid_accuracy: Option<f64>,
+}
+
+impl MetricsRow {
+    /// A row with the train metrics and no evaluation yet.
+    pub fn train_only(step: usize, train_loss: f64, train_accuracy: f64) -> Self {
+        Self {
+            step,
+            train_loss,
+            train_accuracy,
+            valid_loss: None,
+            valid_accuracy: None,
+            valid_f1: None,
+            full_valid_loss: None,
+            full_valid_accuracy: None,
+        }
+    }
 }
 
 /// A checkpoint this job has written (kept in the state so a resumed job can list them all).
@@ -66,6 +142,11 @@ pub struct TrainState {
     /// Non-padding tokens trained on so far.
     pub tokens_seen: u64,
     pub checkpoints: Vec<CheckpointRecord>,
+    /// SFT: the full validation before the first step (the base model's numbers).
+    #[serde(default)]
+    pub initial_valid_loss: Option<f64>,
+    #[serde(default)]
+    pub initial_valid_accuracy: Option<f64>,
 }
 
 pub fn checkpoints_root(work_dir: &Path) -> PathBuf {
@@ -209,7 +290,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
 
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, TrainError> {
     let meta: CheckpointMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
-    if meta.task != TASK_SEQUENCE_CLASSIFICATION {
+    if meta.task != TASK_SEQUENCE_CLASSIFICATION && meta.task != TASK_CAUSAL_LM {
         return Err(TrainError::checkpoint(
             dir,
             format!("unsupported task `{}`", meta.task),
@@ -244,11 +325,12 @@ mod tests {
             task: TASK_SEQUENCE_CLASSIFICATION.into(),
             base_model_dir: PathBuf::from("/base"),
             labels: vec!["a".into(), "b".into()],
-            spec: ClassifierSpec {
+            spec: Some(ClassifierSpec {
                 num_labels: 2,
                 lora: None,
                 classifier_dropout: None,
-            },
+            }),
+            lm: None,
             max_seq_len: 32,
             seed: 1,
         };
@@ -295,6 +377,23 @@ mod tests {
         assert_eq!(read_meta(&second).expect("meta").labels, vec!["a", "b"]);
         let w = read_tensors(&second, TRAINABLE_FILE, &Device::Cpu).expect("tensors");
         assert_eq!(w["w"].to_vec1::<f32>().expect("w"), vec![10.0]);
+    }
+
+    #[test]
+    fn classification_meta_without_lm_fields_still_loads() {
+        // meta.json as written before causal-LM checkpoints existed.
+        let old = r#"{"task":"sequence_classification","base_model_dir":"/base",
+            "labels":["a","b"],"spec":{"num_labels":2,"lora":null,"classifier_dropout":null},
+            "max_seq_len":32,"seed":1}"#;
+        let meta: CheckpointMeta = serde_json::from_str(old).expect("old meta");
+        let dir = Path::new("/ckpt");
+        assert_eq!(meta.classifier_spec(dir).expect("spec").num_labels, 2);
+        assert!(meta.lm_spec(dir).is_err());
+        let row: MetricsRow = serde_json::from_str(
+            r#"{"step":1,"train_loss":0.5,"train_accuracy":0.5,"valid_loss":null,"valid_accuracy":null,"valid_f1":null}"#,
+        )
+        .expect("old row");
+        assert_eq!(row.full_valid_loss, None);
     }
 
     #[test]

@@ -101,17 +101,18 @@ fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> Classif
 }
 
 /// Records everything; `script[i]` answers the i-th control poll (Continue after).
+/// Shared with the SFT tests.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     script: Vec<Control>,
     polls: usize,
-    steps: Vec<StepMetrics>,
-    checkpoints: Vec<SavedCheckpoint>,
-    events: Vec<String>,
+    pub(crate) steps: Vec<StepMetrics>,
+    pub(crate) checkpoints: Vec<SavedCheckpoint>,
+    pub(crate) events: Vec<String>,
 }
 
 impl Recorder {
-    fn scripted(at_poll: usize, control: Control) -> Self {
+    pub(crate) fn scripted(at_poll: usize, control: Control) -> Self {
         let mut script = vec![Control::Continue; at_poll];
         script.push(control);
         Self {
@@ -142,18 +143,28 @@ impl TrainObserver for Recorder {
     }
 }
 
-fn completed(outcome: TrainOutcome) -> TrainSummary {
+pub(crate) fn completed(outcome: TrainOutcome) -> TrainSummary {
     match outcome {
         TrainOutcome::Completed(summary) => summary,
         other => panic!("expected completion, got {other:?}"),
     }
 }
 
-fn trainable(dir: &Path) -> HashMap<String, Tensor> {
+pub(crate) fn trainable(dir: &Path) -> HashMap<String, Tensor> {
     checkpoint::read_tensors(dir, TRAINABLE_FILE, &Device::Cpu).expect("trainable")
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// Both checkpoints hold the same tensors, within 1e-6.
+pub(crate) fn assert_same_trainables(a: &Path, b: &Path) {
+    let (a, b) = (trainable(a), trainable(b));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let diff = max_abs_diff(t, &b[name]);
+        assert!(diff <= 1e-6, "{name} differs by {diff}");
+    }
+}
+
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .expect("sub")
         .abs()
@@ -361,13 +372,10 @@ fn pause_then_resume_equals_uninterrupted_run() {
         resumed.results_csv.lines().count(),
         expected.results_csv.lines().count()
     );
-    let a = trainable(&checkpoint::step_dir(&straight_job.work_dir, 9));
-    let b = trainable(&checkpoint::step_dir(&paused_job.work_dir, 9));
-    assert_eq!(a.len(), b.len());
-    for (name, t) in &a {
-        let diff = max_abs_diff(t, &b[name]);
-        assert!(diff <= 1e-6, "{name} differs by {diff}");
-    }
+    assert_same_trainables(
+        &checkpoint::step_dir(&straight_job.work_dir, 9),
+        &checkpoint::step_dir(&paused_job.work_dir, 9),
+    );
     for (x, y) in straight.steps[4..].iter().zip(&second.steps) {
         assert!((x.train_loss - y.train_loss).abs() < 1e-6 && x.learning_rate == y.learning_rate);
     }
@@ -459,11 +467,7 @@ fn accumulated_micro_batches_equal_the_full_batch() {
     let params = model
         .trainable_vars()
         .into_iter()
-        .map(|v| OptimParam {
-            name: v.name,
-            var: v.var,
-            weight_decay: v.weight_decay,
-        })
+        .map(OptimParam::from)
         .collect();
     let opt = AdamW::new(params, AdamWConfig::default()).expect("opt");
     let pad = tokenizer.pad_id();

@@ -100,20 +100,25 @@ pub fn sequential_batches(n_examples: usize, batch_size: usize) -> Vec<Vec<usize
         .collect()
 }
 
-pub fn make_batch(
-    examples: &[EncodedExample],
-    indices: &[usize],
-    pad_id: u32,
-    device: &Device,
-) -> Result<LabeledBatch, TrainError> {
-    let picked: Vec<&EncodedExample> = indices
+/// The examples at `indices` (a batch), in that order.
+pub fn pick<'a, T>(examples: &'a [T], indices: &[usize]) -> Result<Vec<&'a T>, TrainError> {
+    indices
         .iter()
         .map(|&i| {
             examples
                 .get(i)
                 .ok_or_else(|| TrainError::InvalidData(format!("batch index {i} out of range")))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+pub fn make_batch(
+    examples: &[EncodedExample],
+    indices: &[usize],
+    pad_id: u32,
+    device: &Device,
+) -> Result<LabeledBatch, TrainError> {
+    let picked = pick(examples, indices)?;
     let seqs: Vec<&[u32]> = picked.iter().map(|e| e.ids.as_slice()).collect();
     let inputs = collate(&seqs, pad_id, device)?;
     let label_ids: Vec<usize> = picked.iter().map(|e| e.label).collect();

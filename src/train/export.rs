@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::checkpoint::{self, TRAINABLE_FILE};
+use super::checkpoint::{self, TASK_CAUSAL_LM, TRAINABLE_FILE};
 use super::TrainError;
 use crate::zoo::{SequenceClassifier, TextTokenizer};
 
@@ -25,15 +25,16 @@ pub fn load_classifier_checkpoint(
     device: &Device,
 ) -> Result<(SequenceClassifier, TextTokenizer, Vec<String>, usize), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    let model =
-        SequenceClassifier::from_pretrained(&meta.base_model_dir, &meta.spec, device, meta.seed)?;
+    let spec = meta.classifier_spec(dir)?;
+    let model = SequenceClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
     let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
     model.load_trainable(&tensors)?;
     let tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
     Ok((model, tokenizer, meta.labels, meta.max_seq_len))
 }
 
-/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`.
+/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`
+/// (classifier or causal LM, by `meta.json`'s task).
 /// `base_model_id` is what `adapter_config.json` names as the base model.
 pub fn export_checkpoint(
     dir: &Path,
@@ -42,6 +43,9 @@ pub fn export_checkpoint(
     out_dir: &Path,
 ) -> Result<(), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
+    if meta.task == TASK_CAUSAL_LM {
+        return super::sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir);
+    }
     let (mut model, _tokenizer, labels, _) = load_classifier_checkpoint(dir, &Device::Cpu)?;
     match format {
         ExportFormat::Merged => {
@@ -49,7 +53,7 @@ pub fn export_checkpoint(
             model.export_merged(&meta.base_model_dir, &labels, out_dir)?;
         }
         ExportFormat::Adapter => {
-            if meta.spec.lora.is_none() {
+            if meta.classifier_spec(dir)?.lora.is_none() {
                 return Err(TrainError::checkpoint(
                     dir,
                     "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",

@@ -2,7 +2,9 @@
 //! the `jobs` worker runs this on its own OS thread and listens through [`TrainObserver`].
 //!
 //! # Layout
-//! - `classify.rs`: the sequence-classification training loop (`run_classification`).
+//! - `runner.rs`: the task-independent loop (accumulation, clipping, evaluation points,
+//!   best model, early stopping, checkpoints, exact resume, pause/cancel).
+//! - `classify.rs`: sequence classification as a runner task (`run_classification`).
 //! - `data.rs`: tokenization once, seeded per-epoch batch order, collation.
 //! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
 //! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
@@ -15,7 +17,7 @@
 pub mod checkpoint;
 mod classify;
 #[cfg(test)]
-mod classify_tests;
+pub(crate) mod classify_tests;
 pub mod data;
 mod error;
 pub mod evaluate;
@@ -23,11 +25,14 @@ mod export;
 pub mod metrics;
 mod observer;
 pub mod optim;
+mod runner;
 pub mod schedule;
+pub mod sft;
 mod summary;
 
 pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSummary};
 pub use error::TrainError;
 pub use export::{export_checkpoint, load_classifier_checkpoint, ExportFormat};
 pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
-pub use summary::{results_csv, RESULTS_CSV_HEADER};
+pub use sft::{load_lm_checkpoint, run_sft, LoadedLm, SftExamples, SftJob};
+pub use summary::{results_csv, sft_results_csv, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER};

@@ -36,6 +36,11 @@ pub enum Control {
 
 /// Reported after every optimizer step. `step` is 1-based; `epoch` is the 1-based epoch
 /// the step belongs to; the `valid_*` fields are set only on steps with an evaluation.
+///
+/// Classification: accuracies are over examples and `valid_*` covers the whole
+/// validation set. Causal LM (SFT): accuracies are mean token accuracies (OpenAI's
+/// `train_mean_token_accuracy`, `valid_mean_token_accuracy`), `valid_*` is one
+/// validation batch and `full_valid_*` the whole validation set (at epoch ends).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
     pub step: usize,
@@ -46,6 +51,8 @@ pub struct StepMetrics {
     pub valid_loss: Option<f64>,
     pub valid_accuracy: Option<f64>,
     pub valid_f1: Option<f64>,
+    pub full_valid_loss: Option<f64>,
+    pub full_valid_accuracy: Option<f64>,
     pub learning_rate: f64,
     pub tokens_seen: u64,
 }

@@ -29,6 +29,16 @@ pub struct OptimParam {
     pub weight_decay: bool,
 }
 
+impl From<crate::zoo::NamedVar> for OptimParam {
+    fn from(v: crate::zoo::NamedVar) -> Self {
+        Self {
+            name: v.name,
+            var: v.var,
+            weight_decay: v.weight_decay,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
     pub beta1: f64,

@@ -1,0 +1,423 @@
+//! The task-independent training loop shared by classification and SFT.
+//!
+//! One optimizer step = `gradient_accumulation_steps` micro-batches (fewer at an epoch's
+//! end), each mean loss weighted by its share of the step's units (examples for
+//! classification, labelled tokens for SFT) so the accumulated gradient equals the
+//! gradient of the mean loss over the whole step. Per step: control poll, forward (train
+//! mode), backward, accumulate, clip, LR from the schedule, AdamW. Evaluations and
+//! checkpoints follow at epoch ends, every `eval_steps` / `save_steps`, and whenever a
+//! new best model appears. A task ([`TrainTask`]) supplies the model, its loss and its
+//! evaluations; [`Trainer`] owns the optimizer, schedule, state and checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::checkpoint::{
+    self, CheckpointContents, CheckpointMeta, CheckpointRecord, MetricsRow, TrainState,
+    OPTIMIZER_FILE, TRAINABLE_FILE,
+};
+use super::evaluate::scalar;
+use super::optim::{AdamW, AdamWConfig, Gradients, OptimParam};
+use super::schedule::LrSchedule;
+use super::summary::{checkpoint_metrics, BestMetric, MetricNames};
+use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver};
+use crate::domain::hyperparams::TrainingConfig;
+use crate::zoo::NamedVar;
+
+/// One micro-batch's forward pass in train mode.
+pub(crate) struct MicroBatch {
+    /// Mean loss over the micro-batch's units (differentiable).
+    pub loss: Tensor,
+    /// Examples (classification) or labelled tokens (SFT) the mean is over.
+    pub units: usize,
+    /// Units predicted right (arg-max).
+    pub correct: usize,
+    /// Non-padding input tokens.
+    pub tokens: u64,
+}
+
+/// Which evaluations are due after a step.
+pub(crate) struct EvalPoint {
+    pub step: usize,
+    pub epoch_end: bool,
+    /// `eval_steps` divides `step`.
+    pub eval_due: bool,
+    /// A checkpoint will be written (epoch end, `save_steps`, last step).
+    pub regular_save: bool,
+}
+
+pub(crate) trait TrainTask {
+    fn n_train(&self) -> usize;
+    /// The units the micro-batch `indices` adds to its step's mean loss.
+    fn units(&self, indices: &[usize]) -> Result<usize, TrainError>;
+    fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
+    /// Fills the `valid_*` / `full_valid_*` cells of `row` that are due at `at`.
+    fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
+    fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError>;
+    fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError>;
+}
+
+pub(crate) enum LoopEnd {
+    Finished,
+    Stopped,
+    Cancelled,
+}
+
+/// What a [`Trainer`] is built from.
+pub(crate) struct TrainerSetup<'a> {
+    pub config: &'a TrainingConfig,
+    pub work_dir: &'a Path,
+    pub device: &'a Device,
+    pub vars: Vec<NamedVar>,
+    pub n_train: usize,
+    pub meta: CheckpointMeta,
+    pub best: Option<BestMetric>,
+    pub names: MetricNames,
+}
+
+pub(crate) struct Trainer<'a> {
+    pub config: &'a TrainingConfig,
+    pub work_dir: &'a Path,
+    pub device: &'a Device,
+    optimizer: AdamW,
+    schedule: LrSchedule,
+    meta: CheckpointMeta,
+    best: Option<BestMetric>,
+    names: MetricNames,
+    pub state: TrainState,
+    last_saved_step: Option<usize>,
+}
+
+/// Steps of a whole run: `n_epochs` × ceil(batches / accumulation).
+pub(crate) fn total_steps(config: &TrainingConfig, n_train: usize) -> usize {
+    let n_batches = n_train.div_ceil(config.batch_size.max(1));
+    config.n_epochs * n_batches.div_ceil(config.gradient_accumulation_steps.max(1))
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(setup: TrainerSetup<'a>) -> Result<Self, TrainError> {
+        let cfg = setup.config;
+        let params = setup.vars.into_iter().map(OptimParam::from).collect();
+        let optimizer = AdamW::new(
+            params,
+            AdamWConfig {
+                weight_decay: cfg.weight_decay,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let schedule = LrSchedule::new(
+            cfg.lr_scheduler,
+            cfg.learning_rate,
+            cfg.warmup_ratio,
+            total_steps(cfg, setup.n_train),
+        );
+        Ok(Self {
+            config: cfg,
+            work_dir: setup.work_dir,
+            device: setup.device,
+            optimizer,
+            schedule,
+            meta: setup.meta,
+            best: setup.best,
+            names: setup.names,
+            state: TrainState::default(),
+            last_saved_step: None,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.schedule.total_steps
+    }
+
+    /// Continues from the newest checkpoint that still has optimizer state, if any.
+    pub fn resume(
+        &mut self,
+        task: &dyn TrainTask,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let Some((step, dir)) = checkpoint::latest_resumable(self.work_dir)? else {
+            return Ok(());
+        };
+        let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
+        task.load_trainable(&tensors)?;
+        self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
+        self.state = checkpoint::read_state(&dir)?;
+        if self.state.step != step || self.optimizer.step_count() != step {
+            return Err(TrainError::checkpoint(
+                &dir,
+                "step in state.json, optimizer and directory name differ",
+            ));
+        }
+        self.last_saved_step = Some(step);
+        observer.on_event(EventLevel::Info, format!("Resuming from step {step}"));
+        Ok(())
+    }
+
+    pub fn run(
+        &mut self,
+        task: &dyn TrainTask,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<LoopEnd, TrainError> {
+        let cfg = self.config;
+        let accumulation = cfg.gradient_accumulation_steps.max(1);
+        while self.state.epoch < cfg.n_epochs {
+            let batches = super::data::epoch_batches(
+                task.n_train(),
+                cfg.batch_size,
+                cfg.seed,
+                self.state.epoch,
+            );
+            while self.state.batch_in_epoch < batches.len() {
+                match observer.control() {
+                    Control::Continue => {}
+                    Control::Cancel => return Ok(LoopEnd::Cancelled),
+                    Control::Pause | Control::Shutdown => {
+                        if self.state.step > 0 && self.last_saved_step != Some(self.state.step) {
+                            let epoch_end = self.state.batch_in_epoch == 0;
+                            self.save(task, epoch_end, observer)?;
+                        }
+                        return Ok(LoopEnd::Stopped);
+                    }
+                }
+                let start = self.state.batch_in_epoch;
+                let group = &batches[start..(start + accumulation).min(batches.len())];
+                let lr = self.schedule.lr_at(self.state.step);
+                let result = self.optimizer_step(task, group, lr)?;
+                let epoch_of_step = self.state.epoch + 1;
+                self.state.step += 1;
+                self.state.tokens_seen += result.tokens;
+                self.state.batch_in_epoch += group.len();
+                let epoch_end = self.state.batch_in_epoch == batches.len();
+                if epoch_end {
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                }
+                let done = StepDone {
+                    result,
+                    lr,
+                    epoch_of_step,
+                    epoch_end,
+                };
+                if self.after_step(task, &done, observer)? {
+                    return Ok(LoopEnd::Finished);
+                }
+                if epoch_end {
+                    // `batches` belongs to the finished epoch; the next one reshuffles.
+                    break;
+                }
+            }
+        }
+        Ok(LoopEnd::Finished)
+    }
+
+    fn optimizer_step(
+        &mut self,
+        task: &dyn TrainTask,
+        group: &[Vec<usize>],
+        lr: f64,
+    ) -> Result<StepResult, TrainError> {
+        let mut total_units = 0;
+        for indices in group {
+            total_units += task.units(indices)?;
+        }
+        if total_units == 0 {
+            return Err(TrainError::InvalidData(
+                "an optimizer step had nothing to train on".into(),
+            ));
+        }
+        let mut grads: Option<Gradients> = None;
+        let (mut loss_sum, mut correct, mut tokens) = (0f64, 0usize, 0u64);
+        for indices in group {
+            let out = task.forward_train(indices)?;
+            let share = out.units as f64 / total_units as f64;
+            let store = (&out.loss * share)?.backward()?;
+            match grads.as_mut() {
+                Some(acc) => self.optimizer.accumulate(acc, &store)?,
+                None => grads = Some(self.optimizer.gradients(&store)),
+            }
+            loss_sum += scalar(&out.loss)? * out.units as f64;
+            correct += out.correct;
+            tokens += out.tokens;
+        }
+        let Some(mut grads) = grads else {
+            return Err(TrainError::InvalidData(
+                "an optimizer step had no batches".into(),
+            ));
+        };
+        grads.clip_global_norm(self.config.max_grad_norm)?;
+        self.optimizer.step(&grads, lr)?;
+        Ok(StepResult {
+            loss: loss_sum / total_units as f64,
+            accuracy: correct as f64 / total_units as f64,
+            tokens,
+        })
+    }
+
+    /// Evaluation, metrics, best-model tracking and checkpoints after a step. Returns
+    /// true when early stopping ends training.
+    fn after_step(
+        &mut self,
+        task: &dyn TrainTask,
+        done: &StepDone,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<bool, TrainError> {
+        let cfg = self.config;
+        let step = self.state.step;
+        let hits = |every: Option<usize>| every.is_some_and(|n| n > 0 && step.is_multiple_of(n));
+        let at = EvalPoint {
+            step,
+            epoch_end: done.epoch_end,
+            eval_due: hits(cfg.eval_steps),
+            regular_save: done.epoch_end || hits(cfg.save_steps) || step == self.total_steps(),
+        };
+        let mut row = MetricsRow::train_only(step, done.result.loss, done.result.accuracy);
+        task.evaluate(&at, &mut row)?;
+        let (compared, improved) = self.compare_best(&row, at.regular_save);
+        let patience = cfg.early_stopping_patience;
+        let stop_early = compared
+            && patience.is_some_and(|p| p > 0 && self.state.evals_without_improvement >= p);
+        observer.on_step(&StepMetrics {
+            step,
+            total_steps: self.total_steps(),
+            epoch: done.epoch_of_step,
+            train_loss: row.train_loss,
+            train_accuracy: row.train_accuracy,
+            valid_loss: row.valid_loss,
+            valid_accuracy: row.valid_accuracy,
+            valid_f1: row.valid_f1,
+            full_valid_loss: row.full_valid_loss,
+            full_valid_accuracy: row.full_valid_accuracy,
+            learning_rate: done.lr,
+            tokens_seen: self.state.tokens_seen,
+        });
+        self.state.history.push(row);
+        if improved {
+            self.state.best_step = Some(step);
+        }
+        if at.regular_save || improved || stop_early {
+            self.save(task, done.epoch_end, observer)?;
+        }
+        if stop_early {
+            observer.on_event(
+                EventLevel::Info,
+                format!(
+                    "Early stopping at step {step}: no improvement in {} evaluations",
+                    self.state.evals_without_improvement
+                ),
+            );
+        }
+        Ok(stop_early)
+    }
+
+    /// Updates the best metric and the no-improvement counter. Returns (compared, improved).
+    /// Validation metrics are compared whenever the step computed them; train metrics only
+    /// at regular save points (one step's train loss is too noisy to pick a model by).
+    fn compare_best(&mut self, row: &MetricsRow, regular_save: bool) -> (bool, bool) {
+        let Some(best) = &self.best else {
+            return (false, false);
+        };
+        if best.is_train_metric() && !regular_save {
+            return (false, false);
+        }
+        let Some(value) = best.value(row) else {
+            return (false, false);
+        };
+        let improved = self
+            .state
+            .best_metric
+            .is_none_or(|b| best.is_better(value, b));
+        if improved {
+            self.state.best_metric = Some(value);
+            self.state.evals_without_improvement = 0;
+        } else {
+            self.state.evals_without_improvement += 1;
+        }
+        (true, improved)
+    }
+
+    fn save(
+        &mut self,
+        task: &dyn TrainTask,
+        epoch_end: bool,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let step = self.state.step;
+        self.state.checkpoints.retain(|c| c.step != step);
+        self.state
+            .checkpoints
+            .push(CheckpointRecord { step, epoch_end });
+        if self.best.is_none() {
+            // Without a metric the newest checkpoint is the best one.
+            self.state.best_step = Some(step);
+        }
+        let trainable = task.trainable_tensors()?;
+        let optimizer = self.optimizer.state_tensors()?;
+        let contents = CheckpointContents {
+            trainable: &trainable,
+            optimizer: &optimizer,
+            state: &self.state,
+            meta: &self.meta,
+        };
+        let dir = checkpoint::write_checkpoint(self.work_dir, &contents)?;
+        checkpoint::prune_optimizer_states(self.work_dir, &dir)?;
+        self.last_saved_step = Some(step);
+        let metrics = checkpoint_metrics(&self.state.history, step, self.names);
+        observer.on_checkpoint(&SavedCheckpoint {
+            step,
+            dir,
+            metrics,
+            epoch_end,
+        });
+        Ok(())
+    }
+
+    /// The best checkpoint (the newest one without a metric): its step and directory.
+    pub fn best_checkpoint(&self) -> Result<(usize, PathBuf), TrainError> {
+        let step = self
+            .state
+            .best_step
+            .or_else(|| self.state.checkpoints.last().map(|c| c.step))
+            .ok_or_else(|| {
+                TrainError::InvalidData("training finished without a checkpoint".into())
+            })?;
+        Ok((step, checkpoint::step_dir(self.work_dir, step)))
+    }
+
+    /// Loads the best checkpoint's weights into the task's model; returns its step and dir.
+    pub fn load_best(&self, task: &dyn TrainTask) -> Result<(usize, PathBuf), TrainError> {
+        let (step, dir) = self.best_checkpoint()?;
+        let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
+        task.load_trainable(&tensors)?;
+        Ok((step, dir))
+    }
+
+    /// Every checkpoint this job wrote, with its metrics.
+    pub fn saved_checkpoints(&self) -> Vec<SavedCheckpoint> {
+        self.state
+            .checkpoints
+            .iter()
+            .map(|c| SavedCheckpoint {
+                step: c.step,
+                dir: checkpoint::step_dir(self.work_dir, c.step),
+                metrics: checkpoint_metrics(&self.state.history, c.step, self.names),
+                epoch_end: c.epoch_end,
+            })
+            .collect()
+    }
+}
+
+/// Results of one optimizer step's forward/backward passes.
+struct StepResult {
+    loss: f64,
+    accuracy: f64,
+    tokens: u64,
+}
+
+struct StepDone {
+    result: StepResult,
+    lr: f64,
+    epoch_of_step: usize,
+    epoch_end: bool,
+}

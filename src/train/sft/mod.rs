@@ -1,0 +1,25 @@
+//! Supervised fine-tuning of decoders on chat and prompt/completion data.
+//!
+//! - `prepare.rs`: chat template rendering, tokenization, trained-token masks, truncation.
+//! - `batch.rs`: right-padded batches, next-token targets, the masked loss on `lm_head`
+//!   rows.
+//! - `run.rs`: `run_sft`, the decoder as a task of the shared training loop.
+//! - `load.rs`: `load_lm_checkpoint` (checkpoints and plain base model directories).
+//! - `export.rs`: merged HF directory / PEFT adapter of a `causal_lm` checkpoint.
+
+pub mod batch;
+pub(crate) mod export;
+mod load;
+pub mod prepare;
+mod run;
+
+#[cfg(test)]
+mod tests_data;
+#[cfg(test)]
+mod tests_export;
+#[cfg(test)]
+mod tests_train;
+
+pub use load::{load_lm_checkpoint, LoadedLm};
+pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
+pub use run::{run_sft, LmEvaluation, SftJob};

@@ -1,0 +1,350 @@
+//! `run_sft`: the decoder as a [`TrainTask`] for the shared loop in `runner.rs`.
+//!
+//! Loss = mean cross-entropy over the trained tokens of the whole optimizer step (the
+//! runner weights each micro-batch by its share of them). Evaluation follows OpenAI's
+//! metrics: `valid_*` on ONE validation batch (rotating through the set) every
+//! `eval_steps` and at save points, `full_valid_*` on the whole set at each epoch end,
+//! plus one full validation before the first step ("validation loss before").
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use super::super::checkpoint::{CheckpointMeta, LmSpec, MetricsRow, TASK_CAUSAL_LM};
+use super::super::data::sequential_batches;
+use super::super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use super::super::summary::{sft_results_csv, BestMetric, MetricNames};
+use super::super::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
+use super::batch::{make_lm_batch, masked_next_token_loss};
+use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
+use crate::domain::hyperparams::TrainingConfig;
+use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
+
+pub struct SftJob {
+    pub base_model_dir: PathBuf,
+    pub train: SftExamples,
+    pub valid: Option<SftExamples>,
+    pub config: TrainingConfig,
+    /// `checkpoints/step-N/` live here.
+    pub work_dir: PathBuf,
+    pub device: Device,
+}
+
+/// Loss and mean token accuracy over a set of examples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LmEvaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub n_targets: usize,
+}
+
+pub(crate) struct SftTask<'a> {
+    job: &'a SftJob,
+    pub(crate) model: CausalLm,
+    pub(crate) train: Vec<SftExample>,
+    pub(crate) valid: Option<Vec<SftExample>>,
+    valid_batches: Vec<Vec<usize>>,
+    pad_id: u32,
+}
+
+/// LoRA / QLoRA / full fine-tuning from the job's hyperparameters.
+pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
+    let quantize = match lm.quantize.as_deref() {
+        None => None,
+        Some(name) => Some(QuantKind::parse(name).ok_or_else(|| {
+            TrainError::InvalidData(format!("`quantize` must be `q4_0` or `q8_0`, got `{name}`"))
+        })?),
+    };
+    Ok(DecoderSpec {
+        lora: lm.lora.clone().filter(|l| l.rank > 0),
+        quantize,
+    })
+}
+
+fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
+    LmSpec {
+        lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
+        quantize: cfg.quantize.clone(),
+    }
+}
+
+fn report_preparation(
+    split: &str,
+    set: &PreparedSet,
+    max_seq_len: usize,
+    observer: &mut dyn TrainObserver,
+) {
+    if set.truncated > 0 {
+        observer.on_event(
+            EventLevel::Warn,
+            format!(
+                "{} {split} examples were longer than max_seq_len ({max_seq_len}) tokens and were truncated",
+                set.truncated
+            ),
+        );
+    }
+    if set.dropped > 0 {
+        observer.on_event(
+            EventLevel::Warn,
+            format!(
+                "{} {split} examples had no trainable assistant or completion tokens within max_seq_len and were skipped",
+                set.dropped
+            ),
+        );
+    }
+}
+
+impl<'a> SftTask<'a> {
+    fn prepare(job: &'a SftJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        if cfg.batch_size == 0 || cfg.n_epochs == 0 || cfg.max_seq_len < 2 {
+            return Err(TrainError::InvalidData(
+                "`batch_size` and `n_epochs` must be at least 1 and `max_seq_len` at least 2"
+                    .into(),
+            ));
+        }
+        let (model_config, _) = DecoderConfig::from_dir(&job.base_model_dir)?;
+        let tokenizer = SftTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?;
+        let train = tokenizer.prepare(&job.train, cfg.max_seq_len)?;
+        report_preparation("training", &train, cfg.max_seq_len, observer);
+        if train.examples.is_empty() {
+            return Err(TrainError::InvalidData(
+                "no training example has a trainable token (assistant message with weight 1 or a completion) within max_seq_len".into(),
+            ));
+        }
+        let valid = match &job.valid {
+            Some(valid) if !valid.is_empty() => {
+                let set = tokenizer
+                    .prepare(valid, cfg.max_seq_len)
+                    .map_err(|e| match e {
+                        TrainError::InvalidData(m) => {
+                            TrainError::InvalidData(format!("Validation file: {m}"))
+                        }
+                        other => other,
+                    })?;
+                report_preparation("validation", &set, cfg.max_seq_len, observer);
+                Some(set.examples).filter(|v| !v.is_empty())
+            }
+            _ => None,
+        };
+        let spec = decoder_spec(&lm_spec(cfg))?;
+        let model = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let valid_batches = valid
+            .as_ref()
+            .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
+        Ok(Self {
+            job,
+            model,
+            train: train.examples,
+            valid,
+            valid_batches,
+            pad_id: tokenizer.pad_id(),
+        })
+    }
+
+    /// Token-weighted loss and accuracy over `batches` of `examples`, in eval mode.
+    pub(crate) fn evaluate_batches(
+        &self,
+        examples: &[SftExample],
+        batches: &[Vec<usize>],
+    ) -> Result<LmEvaluation, TrainError> {
+        let (mut loss_sum, mut correct, mut n) = (0f64, 0usize, 0usize);
+        for indices in batches {
+            let batch = make_lm_batch(examples, indices, self.pad_id, &self.job.device)?;
+            let hidden = self.model.hidden_states(&batch.inputs, false)?;
+            let out = masked_next_token_loss(&hidden, |x| self.model.lm_head(x), &batch.targets)?;
+            loss_sum += out.loss_sum()?;
+            correct += out.correct;
+            n += out.n_targets;
+        }
+        Ok(LmEvaluation {
+            loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
+            accuracy: if n == 0 {
+                0.0
+            } else {
+                correct as f64 / n as f64
+            },
+            n_targets: n,
+        })
+    }
+
+    /// The whole validation set (None without one).
+    pub(crate) fn full_validation(&self) -> Result<Option<LmEvaluation>, TrainError> {
+        match &self.valid {
+            Some(valid) => Ok(Some(self.evaluate_batches(valid, &self.valid_batches)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl TrainTask for SftTask<'_> {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
+        indices
+            .iter()
+            .map(|&i| {
+                self.train
+                    .get(i)
+                    .map(SftExample::n_targets)
+                    .ok_or_else(|| TrainError::InvalidData(format!("batch index {i} out of range")))
+            })
+            .sum()
+    }
+
+    fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {
+        let batch = make_lm_batch(&self.train, indices, self.pad_id, &self.job.device)?;
+        let hidden = self.model.hidden_states(&batch.inputs, true)?;
+        let out = masked_next_token_loss(&hidden, |x| self.model.lm_head(x), &batch.targets)?;
+        Ok(MicroBatch {
+            loss: out.loss,
+            units: out.n_targets,
+            correct: out.correct,
+            tokens: batch.inputs.n_tokens as u64,
+        })
+    }
+
+    fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError> {
+        let Some(valid) = self.valid.as_deref() else {
+            return Ok(());
+        };
+        if at.eval_due || at.regular_save {
+            // Batch k of the validation set at the k-th evaluation interval: a resumed
+            // run evaluates the same batches as an uninterrupted one.
+            let every = self.job.config.eval_steps.unwrap_or(1).max(1);
+            let k = (at.step / every) % self.valid_batches.len().max(1);
+            if let Some(indices) = self.valid_batches.get(k) {
+                let eval = self.evaluate_batches(valid, std::slice::from_ref(indices))?;
+                row.valid_loss = Some(eval.loss);
+                row.valid_accuracy = Some(eval.accuracy);
+            }
+        }
+        if at.epoch_end {
+            let eval = self.evaluate_batches(valid, &self.valid_batches)?;
+            row.full_valid_loss = Some(eval.loss);
+            row.full_valid_accuracy = Some(eval.accuracy);
+        }
+        Ok(())
+    }
+
+    fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        Ok(self.model.trainable_tensors()?)
+    }
+
+    fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        Ok(self.model.load_trainable(tensors)?)
+    }
+}
+
+/// Fine-tunes a decoder on chat or prompt/completion examples; resumes from the newest
+/// complete checkpoint in `work_dir` (exact: step, optimizer, data order).
+pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
+    let task = SftTask::prepare(job, observer)?;
+    let cfg = &job.config;
+    let best = BestMetric::resolve_lm(
+        cfg.metric_for_best_model.as_deref(),
+        task.valid.is_some(),
+        observer,
+    );
+    let meta = CheckpointMeta {
+        task: TASK_CAUSAL_LM.to_string(),
+        base_model_dir: job.base_model_dir.clone(),
+        labels: Vec::new(),
+        spec: None,
+        lm: Some(lm_spec(cfg)),
+        max_seq_len: cfg.max_seq_len,
+        seed: cfg.seed,
+    };
+    let mut trainer = Trainer::new(TrainerSetup {
+        config: cfg,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        vars: task.model.trainable_vars(),
+        n_train: task.train.len(),
+        meta,
+        best,
+        names: MetricNames::Sft,
+    })?;
+    trainer.resume(&task, observer)?;
+    if trainer.state.step == 0 {
+        if let Some(before) = task.full_validation()? {
+            trainer.state.initial_valid_loss = Some(before.loss);
+            trainer.state.initial_valid_accuracy = Some(before.accuracy);
+            observer.on_event(
+                EventLevel::Info,
+                format!(
+                    "Before training: full validation loss={:.4}, full validation mean token accuracy={:.4}",
+                    before.loss, before.accuracy
+                ),
+            );
+        }
+    }
+    match trainer.run(&task, observer)? {
+        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
+        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
+            step: trainer.state.step,
+        }),
+        LoopEnd::Finished => Ok(TrainOutcome::Completed(summarize(
+            &trainer, &task, observer,
+        )?)),
+    }
+}
+
+/// Results CSV, checkpoints and a report: data counts, validation before training and
+/// of the best checkpoint (taken from its epoch-end full validation when it has one).
+fn summarize(
+    trainer: &Trainer,
+    task: &SftTask,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError> {
+    let (best_step, best_dir) = trainer.best_checkpoint()?;
+    let recorded = trainer
+        .state
+        .history
+        .iter()
+        .find(|r| r.step == best_step)
+        .and_then(|r| Some((r.full_valid_loss?, r.full_valid_accuracy?)));
+    let after = match (recorded, &task.valid) {
+        (Some(pair), _) => Some(pair),
+        (None, Some(_)) => {
+            trainer.load_best(task)?;
+            task.full_validation()?.map(|e| (e.loss, e.accuracy))
+        }
+        (None, None) => None,
+    };
+    let state = &trainer.state;
+    let mut report = json!({
+        "task": TASK_CAUSAL_LM,
+        "best_step": best_step,
+        "train_examples": task.train.len(),
+        "train_target_tokens": task.train.iter().map(SftExample::n_targets).sum::<usize>(),
+        "valid_examples": task.valid.as_ref().map_or(0, Vec::len),
+        "trained_tokens": state.tokens_seen,
+        "initial_full_valid_loss": state.initial_valid_loss,
+        "initial_full_valid_mean_token_accuracy": state.initial_valid_accuracy,
+        "full_valid_loss": null,
+        "full_valid_mean_token_accuracy": null,
+    });
+    if let Some((loss, accuracy)) = after {
+        report["full_valid_loss"] = json!(loss);
+        report["full_valid_mean_token_accuracy"] = json!(accuracy);
+        observer.on_event(
+            EventLevel::Info,
+            format!(
+                "Best checkpoint: step {best_step} (full validation loss {loss:.4}, mean token accuracy {accuracy:.4})"
+            ),
+        );
+    }
+    Ok(TrainSummary {
+        best_step,
+        best_checkpoint: best_dir,
+        trained_tokens: state.tokens_seen,
+        results_csv: sft_results_csv(&state.history),
+        report,
+        checkpoints: trainer.saved_checkpoints(),
+    })
+}
