@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 
 use super::catalog::{ModelKind, ServableModel};
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
-use super::generate::{CausalLmBackend, GenEngine, GenEngineConfig, LmBackend};
+use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
 use super::registry::ModelLoader;
 use super::{InferError, LoadedModel};
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
@@ -99,15 +99,19 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
     }
 }
 
-/// A causal model directory: a plain Hugging Face directory (base model, merged export)
-/// loads here; a fine-tuning checkpoint (`meta.json`) needs `train::load_lm_checkpoint`
-/// (workstream `sft`), whose `LoadedLm` maps field by field onto `CausalLmParts`.
+/// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
+/// plain Hugging Face directory (base model, merged export), via `train`.
 fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
-    if dir.join("meta.json").exists() {
-        return Err(InferError::engine(format!(
-            "`{}` is a fine-tuning checkpoint; loading those for generation needs train::load_lm_checkpoint",
-            dir.display()
-        )));
-    }
-    CausalLmBackend::load_dir(dir, device)
+    let loaded = crate::train::load_lm_checkpoint(dir, device).map_err(|e| {
+        InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
+    })?;
+    // The context is the model's, not the (shorter) sequence length it was tuned with.
+    let context_len = loaded.model.config().max_position_embeddings;
+    CausalLmBackend::new(CausalLmParts {
+        model: loaded.model,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+        eos_token_ids: loaded.eos_token_ids,
+        context_len,
+    })
 }

@@ -62,8 +62,8 @@ impl CausalLmBackend {
 
     /// A plain Hugging Face model directory (a base model or a merged export): weights,
     /// `tokenizer.json`, the chat template and eos tokens from `tokenizer_config.json`.
-    /// Fine-tuning checkpoints (with `meta.json`) load through
-    /// `train::load_lm_checkpoint`, whose result maps onto [`CausalLmParts`].
+    /// The served path (`CheckpointLoader`) goes through `train::load_lm_checkpoint`,
+    /// which also takes fine-tuning checkpoints; this stays for tests and tools.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self, InferError> {
         let fail = |e: &dyn std::fmt::Display| {
             InferError::engine(format!("loading `{}`: {e}", dir.display()))

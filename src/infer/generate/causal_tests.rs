@@ -236,3 +236,124 @@ async fn the_handle_serves_a_causal_model_directory() {
         other => panic!("expected a 400, got {other:?}"),
     }
 }
+
+fn sft_example(question: &str, answer: &str) -> crate::domain::dataset::ChatExample {
+    use crate::domain::dataset::{ChatMessage, ChatRole};
+    let message = |role, content: &str| ChatMessage {
+        role,
+        content: content.to_string(),
+        name: None,
+        weight: None,
+        tool_calls: None,
+        tool_call_id: None,
+        function_call: None,
+    };
+    crate::domain::dataset::ChatExample {
+        messages: vec![
+            message(ChatRole::User, question),
+            message(ChatRole::Assistant, answer),
+        ],
+        tools: None,
+    }
+}
+
+/// A LoRA SFT checkpoint is served through the checkpoint loader (adapters merged), and
+/// its greedy chat answer equals full forwards of `train::load_lm_checkpoint`'s model.
+#[tokio::test]
+async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
+    use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
+    use crate::train::{run_sft, SftExamples, SftJob, TrainOutcome};
+    let root = tempfile::tempdir().expect("tmp");
+    let base = write_model(root.path(), DecoderArch::Llama);
+    let config = TrainingConfig {
+        n_epochs: 2,
+        batch_size: 2,
+        learning_rate_multiplier: 1.0,
+        learning_rate: 1e-2,
+        lr_scheduler: LrScheduler::Linear,
+        warmup_ratio: 0.0,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        gradient_accumulation_steps: 1,
+        max_seq_len: 64,
+        eval_steps: None,
+        save_steps: None,
+        early_stopping_patience: None,
+        metric_for_best_model: None,
+        lora: LoraSettings {
+            rank: 4,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: Vec::new(),
+        },
+        quantize: None,
+        seed: 1,
+    };
+    let job = SftJob {
+        base_model_dir: base.clone(),
+        train: SftExamples::Chat(vec![
+            sft_example("Capital of France?", "Paris."),
+            sft_example("Colour of grass?", "Green."),
+            sft_example("Two plus two?", "Four."),
+            sft_example("Opposite of up?", "Down."),
+        ]),
+        valid: None,
+        config,
+        work_dir: root.path().join("job"),
+        device: Device::Cpu,
+    };
+    let mut observer = crate::train::classify_tests::Recorder::default();
+    let summary = match run_sft(&job, &mut observer).expect("sft") {
+        TrainOutcome::Completed(summary) => summary,
+        _ => panic!("training did not complete"),
+    };
+    let checkpoint = summary.best_checkpoint;
+
+    let loaded = crate::train::load_lm_checkpoint(&checkpoint, &Device::Cpu).expect("load");
+    let messages = vec![json!({"role": "user", "content": "Capital of France?"})];
+    let template = loaded.template.as_ref().expect("template");
+    let prompt = template.render(&messages, None, true).expect("render");
+    let prompt_ids = loaded
+        .tokenizer
+        .encode(prompt.as_str(), false)
+        .expect("encode")
+        .get_ids()
+        .to_vec();
+    let mut ids = prompt_ids.clone();
+    let mut generated = Vec::new();
+    for _ in 0..MAX_NEW {
+        let batch = collate(&[ids.as_slice()], 0, &Device::Cpu).expect("batch");
+        let logits = loaded.model.forward(&batch, false).expect("forward");
+        let last: Vec<f32> = logits
+            .i((0, ids.len() - 1))
+            .and_then(|row| row.to_vec1())
+            .expect("row");
+        let next = argmax(&last);
+        if loaded.eos_token_ids.contains(&next) {
+            break;
+        }
+        generated.push(next);
+        ids.push(next);
+    }
+    let expected = loaded.tokenizer.decode(&generated, true).expect("decode");
+    assert!(!generated.is_empty(), "the reference stopped at once");
+
+    let catalog = crate::infer::test_support::MapCatalog::with_kind(
+        &[("ft:tiny:temper::abcd1234", checkpoint)],
+        crate::infer::ModelKind::Causal,
+    );
+    let handle = crate::infer::InferenceHandle::new(
+        catalog,
+        1 << 30,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let out = handle
+        .chat("ft:tiny:temper::abcd1234", messages, None, greedy(MAX_NEW))
+        .await
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("generated");
+    assert_eq!(out.usage.prompt_tokens, prompt_ids.len());
+    assert_eq!(out.choices[0].text, expected);
+}
