@@ -8,19 +8,21 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::infer::generate::fake::{FakeLm, GREEDY_TEXT, GREEDY_TOKENS};
+use crate::infer::generate::fake::{FakeLm, FakeStats, GREEDY_TEXT, GREEDY_TOKENS};
 use crate::infer::{
     GenEngine, GenEngineConfig, InferenceHandle, LmBackend, LoadedModel, ModelCatalog, ModelKind,
     ModelLoader, ServableModel,
 };
 
 const MODEL: &str = "ft:fake-lm:temper::abcd1234";
+/// A fake that never stops on its own (no stop token, a huge context).
+const ENDLESS: &str = "ft:endless:temper::abcd1234";
 
 struct FakeCatalog;
 
 impl ModelCatalog for FakeCatalog {
     fn resolve(&self, model: &str) -> BoxFuture<'_, Result<Option<ServableModel>, String>> {
-        let found = (model == MODEL).then(|| ServableModel {
+        let found = [MODEL, ENDLESS].contains(&model).then(|| ServableModel {
             name: model.to_string(),
             dir: "/nonexistent".into(),
             kind: ModelKind::Causal,
@@ -29,12 +31,25 @@ impl ModelCatalog for FakeCatalog {
     }
 }
 
-struct FakeLoader;
+/// Serves the fake; `endless_stats` sees the steps of the endless one.
+#[derive(Default)]
+struct FakeLoader {
+    endless_stats: Arc<FakeStats>,
+}
 
 impl ModelLoader<LoadedModel> for FakeLoader {
     fn load(&self, model: &ServableModel) -> Result<LoadedModel, InferError> {
-        GenEngine::spawn(&model.name, FakeLm::default(), GenEngineConfig::default())
-            .map(LoadedModel::Generator)
+        let fake = if model.name == ENDLESS {
+            FakeLm {
+                context_len: 10_000_000,
+                stop_tokens: Vec::new(),
+                stats: self.endless_stats.clone(),
+                gate: None,
+            }
+        } else {
+            FakeLm::default()
+        };
+        GenEngine::spawn(&model.name, fake, GenEngineConfig::default()).map(LoadedModel::Generator)
     }
 }
 
@@ -81,10 +96,14 @@ impl Inference for HandleInference {
 }
 
 async fn lm_harness() -> Harness {
+    lm_harness_with(Arc::new(FakeLoader::default())).await
+}
+
+async fn lm_harness_with(loader: Arc<FakeLoader>) -> Harness {
     let mut h = harness(&[], 1 << 20).await;
     let handle = InferenceHandle::with_loader(
         Arc::new(FakeCatalog),
-        Arc::new(FakeLoader),
+        loader,
         1 << 30,
         tokio_util::sync::CancellationToken::new(),
     );
@@ -459,4 +478,43 @@ async fn bad_generation_requests_are_400s_naming_the_param() {
         let reply = h.call(Method::POST, "/v1/completions", Some(body)).await;
         assert_envelope(&reply, StatusCode::BAD_REQUEST, Some(param));
     }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_stops_its_generation() {
+    let loader = Arc::new(FakeLoader::default());
+    let stats = loader.endless_stats.clone();
+    let h = lm_harness_with(loader).await;
+    let request = Request::post("/v1/chat/completions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"model": ENDLESS, "messages": user_hi(), "stream": true}).to_string(),
+        ))
+        .expect("request");
+    let response = router(h.state.clone())
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let first = futures::StreamExt::next(&mut body)
+        .await
+        .expect("a first event")
+        .expect("bytes");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    drop(body);
+    // Without the disconnect reaching the engine this would run for 10 million steps.
+    let mut last = stats.steps();
+    let mut still = 0;
+    for _ in 0..2000 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let now = stats.steps();
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 20 {
+            break;
+        }
+    }
+    assert!(still >= 20, "the engine kept stepping ({last} steps)");
+    assert!(last < 1_000_000, "{last}");
 }
