@@ -44,7 +44,7 @@ impl ModelLoader<LoadedModel> for FakeLoader {
                 context_len: 10_000_000,
                 stop_tokens: Vec::new(),
                 stats: self.endless_stats.clone(),
-                gate: None,
+                ..FakeLm::default()
             }
         } else {
             FakeLm::default()

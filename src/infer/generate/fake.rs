@@ -103,6 +103,8 @@ pub(crate) struct FakeLm {
     pub(crate) stop_tokens: Vec<u32>,
     pub(crate) stats: Arc<FakeStats>,
     pub(crate) gate: Option<Arc<Gate>>,
+    /// The `step` call (1-based) that fails, to test error handling.
+    pub(crate) fail_at_step: Option<usize>,
 }
 
 impl Default for FakeLm {
@@ -112,6 +114,7 @@ impl Default for FakeLm {
             stop_tokens: vec![EOS],
             stats: Arc::new(FakeStats::default()),
             gate: None,
+            fail_at_step: None,
         }
     }
 }
@@ -184,7 +187,10 @@ impl LmBackend for FakeLm {
         if let Some(gate) = &self.gate {
             gate.wait();
         }
-        self.stats.steps.fetch_add(1, Ordering::SeqCst);
+        let step = self.stats.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_at_step == Some(step) {
+            return Err(InferError::engine("fake step failure"));
+        }
         self.stats
             .chunk_lengths
             .lock()

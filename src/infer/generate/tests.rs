@@ -355,3 +355,22 @@ async fn a_full_queue_answers_overloaded() {
     let later = run(&engine, text("Hello", greedy())).await;
     assert_eq!(later.choices[0].text, GREEDY_TEXT);
 }
+
+#[tokio::test]
+async fn a_failed_step_fails_the_running_requests_and_the_engine_goes_on() {
+    let fake = FakeLm {
+        fail_at_step: Some(3),
+        ..FakeLm::default()
+    };
+    let engine = engine(fake);
+    let mut stream = engine.generate(text("Hello", greedy())).await.expect("ok");
+    let mut error = None;
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            error = Some(e);
+        }
+    }
+    assert_eq!(error, Some(InferError::engine("fake step failure")));
+    let out = run(&engine, text("Hello", greedy())).await;
+    assert_eq!(out.choices[0].text, GREEDY_TEXT);
+}
