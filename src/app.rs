@@ -14,7 +14,8 @@ use crate::api::{self, ApiSettings, AppState, ArtifactFormat, ExportRequest, Inf
 use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::infer::{
-    ClassPrediction, InferError, InferenceHandle, ModelCatalog, ModelKind, ServableModel,
+    ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, ModelCatalog,
+    ModelKind, ServableModel,
 };
 use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
@@ -145,6 +146,27 @@ impl Inference for InferenceService {
                 )
                 .await
         })
+    }
+
+    fn chat(
+        &self,
+        model: String,
+        messages: Vec<serde_json::Value>,
+        tools: Option<serde_json::Value>,
+        params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
+        let handle = self.0.clone();
+        Box::pin(async move { handle.chat(&model, messages, tools, params).await })
+    }
+
+    fn complete(
+        &self,
+        model: String,
+        prompt: String,
+        params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
+        let handle = self.0.clone();
+        Box::pin(async move { handle.complete(&model, prompt, params).await })
     }
 
     fn evict(&self, model: &str) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
-use crate::infer::{ClassPrediction, InferError};
+use crate::infer::{ClassPrediction, GenerationParams, GenerationStream, InferError};
 
 /// Which artifact `GET …/download` exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,24 @@ pub trait Inference: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>>;
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>>;
+
+    /// Starts a chat completion (`InferenceHandle::chat`): the stream is returned once
+    /// the prompt is accepted, so prompt errors come back before any response starts.
+    fn chat(
+        &self,
+        model: String,
+        messages: Vec<serde_json::Value>,
+        tools: Option<serde_json::Value>,
+        params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>>;
+
+    /// Starts a text completion (`InferenceHandle::complete`).
+    fn complete(
+        &self,
+        model: String,
+        prompt: String,
+        params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>>;
 
     /// Drops a loaded model (after `DELETE /v1/models/{id}`).
     fn evict(&self, model: &str);

@@ -1,12 +1,12 @@
-//! The HTTP layer: OpenAI's files, fine-tuning and models routes plus
-//! `/v1/classifications`, over axum.
+//! The HTTP layer: OpenAI's files, fine-tuning, models, chat completions and completions
+//! routes plus `/v1/classifications`, over axum.
 //!
 //! # Layout
 //! - `error.rs`: the one `ApiError` (OpenAI envelope) and `ApiJson`/`ApiQuery` extractors.
 //! - `middleware.rs`: bearer-key auth and request ids.
 //! - `inference.rs`: the narrow `Inference` trait handlers call (app wires `infer`).
 //! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`, `download.rs`), `models.rs`,
-//!   `classify.rs`:
+//!   `classify.rs`, `chat.rs`, `completions.rs` (+ `generation.rs`, what the two share):
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
@@ -14,10 +14,13 @@
 //! Layer order (outermost first): request id, trace, body limit, then routes; auth is a
 //! route layer on `/v1` so unknown paths still get the 404 envelope.
 
+mod chat;
 mod classify;
+mod completions;
 mod download;
 pub mod error;
 mod files;
+mod generation;
 pub mod inference;
 mod job_request;
 mod job_wire;
@@ -84,6 +87,8 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
     all.extend(classify::ROUTES.iter().cloned());
+    all.extend(chat::ROUTES.iter().cloned());
+    all.extend(completions::ROUTES.iter().cloned());
     all
 }
 
@@ -100,6 +105,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(models::router())
         .merge(classify::router())
+        .merge(chat::router())
+        .merge(completions::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_api_key,

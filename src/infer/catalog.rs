@@ -10,6 +10,8 @@ use futures::future::BoxFuture;
 pub enum ModelKind {
     /// A sequence classifier checkpoint (`train::load_classifier_checkpoint`).
     Classifier,
+    /// A causal language model (SFT checkpoint or base model dir) served for generation.
+    Causal,
 }
 
 /// A model the catalog says can be served.

@@ -8,8 +8,9 @@ use candle_core::{DType, Device};
 
 use super::catalog::{ModelKind, ServableModel};
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
+use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
 use super::registry::ModelLoader;
-use super::InferError;
+use super::{InferError, LoadedModel};
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
 
 pub struct CheckpointClassifier {
@@ -75,18 +76,42 @@ impl ClassifierBackend for CheckpointClassifier {
 pub struct CheckpointLoader {
     pub device: Device,
     pub engine: EngineConfig,
+    pub generation: GenEngineConfig,
 }
 
-impl ModelLoader<Engine> for CheckpointLoader {
-    fn load(&self, model: &ServableModel) -> Result<Engine, InferError> {
+impl ModelLoader<LoadedModel> for CheckpointLoader {
+    fn load(&self, model: &ServableModel) -> Result<LoadedModel, InferError> {
+        let span = tracing::info_span!("load_model", model = %model.name);
+        let _entered = span.enter();
         match model.kind {
             ModelKind::Classifier => {
-                let span = tracing::info_span!("load_model", model = %model.name);
-                let _entered = span.enter();
                 let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "classifier loaded");
                 Engine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::Classifier)
+            }
+            ModelKind::Causal => {
+                let backend = load_causal(&model.dir, &self.device)?;
+                tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
+                GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
         }
     }
+}
+
+/// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
+/// plain Hugging Face directory (base model, merged export), via `train`.
+fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
+    let loaded = crate::train::load_lm_checkpoint(dir, device).map_err(|e| {
+        InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
+    })?;
+    // The context is the model's, not the (shorter) sequence length it was tuned with.
+    let context_len = loaded.model.config().max_position_embeddings;
+    CausalLmBackend::new(CausalLmParts {
+        model: loaded.model,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+        eos_token_ids: loaded.eos_token_ids,
+        context_len,
+    })
 }

@@ -6,12 +6,15 @@
 //!   byte budget with LRU eviction, names resolved through [`ModelCatalog`].
 //! - [`engine`]: one model on its own OS thread, batched forwards, 429 on a full queue.
 //! - [`classifier`]: the real backend (training checkpoint → merged classifier).
+//! - [`generate`]: text generation (one thread per language model, continuous batching,
+//!   sampling, stop strings, streaming) behind `chat` / `complete`.
 //! - [`catalog`], [`error`]: the narrow types shared with `app` and `api`.
 
 pub mod catalog;
 pub mod classifier;
 pub mod engine;
 mod error;
+pub mod generate;
 pub mod registry;
 
 #[cfg(test)]
@@ -34,6 +37,11 @@ pub use catalog::{ModelCatalog, ModelKind, ServableModel};
 pub use classifier::{CheckpointClassifier, CheckpointLoader};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
 pub use error::InferError;
+pub use generate::{
+    Choice, FinishReason, GenEngine, GenEngineConfig, Generation, GenerationEvent,
+    GenerationParams, GenerationRequest, GenerationStream, LmBackend, Prompt, TokenLogprob,
+    TopLogprob, Usage,
+};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
 
 /// How long a failed load is reported before the next request tries again.
@@ -46,7 +54,23 @@ pub struct InferOptions {
     pub cache_bytes: usize,
     pub device: Device,
     pub engine: EngineConfig,
+    pub generation: GenEngineConfig,
     pub failure_ttl: Duration,
+}
+
+/// A loaded model of either kind: what the registry caches and evicts.
+pub enum LoadedModel {
+    Classifier(Engine),
+    Generator(GenEngine),
+}
+
+impl Servable for LoadedModel {
+    fn parameter_bytes(&self) -> usize {
+        match self {
+            LoadedModel::Classifier(engine) => engine.parameter_bytes(),
+            LoadedModel::Generator(engine) => engine.parameter_bytes(),
+        }
+    }
 }
 
 impl InferOptions {
@@ -55,6 +79,7 @@ impl InferOptions {
             cache_bytes,
             device: Device::Cpu,
             engine: EngineConfig::default(),
+            generation: GenEngineConfig::default(),
             failure_ttl: DEFAULT_FAILURE_TTL,
         }
     }
@@ -63,7 +88,7 @@ impl InferOptions {
 /// The async face of inference; cheap to clone (one registry behind an `Arc`).
 #[derive(Clone)]
 pub struct InferenceHandle {
-    registry: Arc<ModelRegistry<Engine>>,
+    registry: Arc<ModelRegistry<LoadedModel>>,
 }
 
 impl InferenceHandle {
@@ -84,6 +109,7 @@ impl InferenceHandle {
         let loader = CheckpointLoader {
             device: options.device.clone(),
             engine: options.engine,
+            generation: options.generation,
         };
         let registry = ModelRegistry::new(
             catalog,
@@ -95,10 +121,11 @@ impl InferenceHandle {
     }
 
     /// Any loader: `api` tests serve fake engines (`Engine::spawn` over a fake
-    /// [`ClassifierBackend`]) through the real registry this way.
+    /// [`ClassifierBackend`], `GenEngine::spawn` over a fake [`LmBackend`]) through the
+    /// real registry this way.
     pub fn with_loader(
         catalog: Arc<dyn ModelCatalog>,
-        loader: Arc<dyn ModelLoader<Engine>>,
+        loader: Arc<dyn ModelLoader<LoadedModel>>,
         cache_bytes: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -106,12 +133,12 @@ impl InferenceHandle {
         Self::from_registry(registry, shutdown)
     }
 
-    fn from_registry(registry: ModelRegistry<Engine>, shutdown: CancellationToken) -> Self {
+    fn from_registry(registry: ModelRegistry<LoadedModel>, shutdown: CancellationToken) -> Self {
         let registry = Arc::new(registry);
         // At shutdown every engine is dropped (joining its thread) and later requests are
         // refused. The watcher holds only a weak reference, so dropping every handle
         // still frees the engines when the token is never cancelled (tests).
-        let weak: Weak<ModelRegistry<Engine>> = Arc::downgrade(&registry);
+        let weak: Weak<ModelRegistry<LoadedModel>> = Arc::downgrade(&registry);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 shutdown.cancelled().await;
@@ -132,13 +159,67 @@ impl InferenceHandle {
         inputs: Vec<String>,
     ) -> Result<Vec<ClassPrediction>, InferError> {
         validate_inputs(&inputs)?;
-        let engine = self.registry.get(model).await?;
-        let answer = engine.classify(inputs).await;
-        // If the model was evicted meanwhile, this request holds the last reference and
-        // dropping it joins the engine thread: do that off the runtime.
-        if let Some(last) = Arc::into_inner(engine) {
-            drop(tokio::task::spawn_blocking(move || drop(last)));
-        }
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::Classifier(engine) => engine.classify(inputs).await,
+            LoadedModel::Generator(_) => Err(InferError::invalid(
+                "model",
+                format!("`{model}` is a text generation model; use /v1/chat/completions or /v1/completions"),
+            )),
+        };
+        release_off_runtime(loaded);
+        answer
+    }
+
+    /// Starts a chat completion: `messages` go through the model's chat template. The
+    /// stream yields deltas as they are generated; `GenerationStream::collect` waits for
+    /// the whole answer. Prompt errors (too long…) are returned here, before any event.
+    pub async fn chat(
+        &self,
+        model: &str,
+        messages: Vec<serde_json::Value>,
+        tools: Option<serde_json::Value>,
+        params: GenerationParams,
+    ) -> Result<GenerationStream, InferError> {
+        let request = GenerationRequest {
+            prompt: Prompt::Chat { messages, tools },
+            params,
+        };
+        self.generate(model, request).await
+    }
+
+    /// Starts a text completion of `prompt` (tokenized as is, no template).
+    pub async fn complete(
+        &self,
+        model: &str,
+        prompt: String,
+        params: GenerationParams,
+    ) -> Result<GenerationStream, InferError> {
+        let request = GenerationRequest {
+            prompt: Prompt::Text(prompt),
+            params,
+        };
+        self.generate(model, request).await
+    }
+
+    async fn generate(
+        &self,
+        model: &str,
+        request: GenerationRequest,
+    ) -> Result<GenerationStream, InferError> {
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::Generator(engine) => {
+                // The stream keeps the model loaded until it ends, even if evicted.
+                let keep_alive: generate::KeepAlive = loaded.clone();
+                engine.generate_keeping(request, Some(keep_alive)).await
+            }
+            LoadedModel::Classifier(_) => Err(InferError::invalid(
+                "model",
+                format!("`{model}` is a classification model; use /v1/classifications"),
+            )),
+        };
+        release_off_runtime(loaded);
         answer
     }
 
@@ -171,6 +252,14 @@ impl InferenceHandle {
     /// Summed parameter bytes of the loaded models.
     pub fn cached_bytes(&self) -> usize {
         self.registry.used_bytes()
+    }
+}
+
+/// If the model was evicted meanwhile, `loaded` may be the last reference, and dropping
+/// it joins the engine thread: do that off the runtime.
+fn release_off_runtime(loaded: Arc<LoadedModel>) {
+    if let Some(last) = Arc::into_inner(loaded) {
+        drop(tokio::task::spawn_blocking(move || drop(last)));
     }
 }
 

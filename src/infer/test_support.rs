@@ -18,13 +18,17 @@ pub struct MapCatalog {
 
 impl MapCatalog {
     pub fn with(names: &[(&str, PathBuf)]) -> Arc<Self> {
+        Self::with_kind(names, ModelKind::Classifier)
+    }
+
+    pub fn with_kind(names: &[(&str, PathBuf)], kind: ModelKind) -> Arc<Self> {
         let models = names
             .iter()
             .map(|(name, dir)| {
                 let model = ServableModel {
                     name: name.to_string(),
                     dir: dir.clone(),
-                    kind: ModelKind::Classifier,
+                    kind,
                 };
                 (name.to_string(), model)
             })

@@ -66,5 +66,5 @@ fn every_route_is_in_the_spec_and_the_reverse() {
         not_served.is_empty(),
         "spec routes the router does not serve: {not_served:?}"
     );
-    assert_eq!(served.len(), 19);
+    assert_eq!(served.len(), 21);
 }

@@ -12,9 +12,10 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::config::ApiKey;
-use crate::infer::{ClassPrediction, InferError};
+use crate::infer::{ClassPrediction, GenerationParams, GenerationStream, InferError};
 use crate::store::ModelRow;
 
+mod generation;
 mod jobs;
 
 /// Records evictions; classifies everything as `pos` unless the model is unknown.
@@ -46,6 +47,25 @@ impl Inference for StubInference {
 
     fn export(&self, _request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
         Box::pin(async { Err(InferError::Engine("not in handler tests".into())) })
+    }
+
+    fn chat(
+        &self,
+        model: String,
+        _messages: Vec<Value>,
+        _tools: Option<Value>,
+        _params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
+        Box::pin(async move { Err(InferError::ModelNotFound(model)) })
+    }
+
+    fn complete(
+        &self,
+        model: String,
+        _prompt: String,
+        _params: GenerationParams,
+    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
+        Box::pin(async move { Err(InferError::ModelNotFound(model)) })
     }
 
     fn evict(&self, model: &str) {

@@ -420,3 +420,42 @@ fn batch_of_two_equals_two_batches_of_one() {
         0.0
     );
 }
+
+#[test]
+fn qlora_trains_adapters_over_a_quantized_base() {
+    let dir = tiny(DecoderArch::Qwen2);
+    let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| encode(dir.path(), p)).collect();
+    let b = batch_of(&seqs);
+    let dense = load(dir.path(), &full_spec(), 0)
+        .forward(&b, false)
+        .unwrap();
+    let mut spec = lora_spec();
+    spec.quantize = Some(QuantKind::Q8_0);
+    let mut qlora = load(dir.path(), &spec, 0);
+    let quantized = qlora.forward(&b, false).unwrap();
+    // Q8_0 rounds weights and (in the matmul) activations to 8 bits: a small relative error.
+    let scale = dense
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let rounding = max_abs_diff(&dense, &quantized) / scale;
+    eprintln!("q8_0 base vs dense: max |Δ logit| / max |logit| = {rounding:e}");
+    assert!(rounding > 0.0 && rounding < 0.05, "{rounding}");
+    perturb_lora(&qlora);
+    assert_every_var_gets_a_gradient(&qlora, 28);
+    let unmerged = qlora.forward(&b, false).unwrap();
+    qlora.merge_lora().unwrap();
+    let merged = qlora.forward(&b, false).unwrap();
+    // Merging dequantizes, so the result is the unmerged model up to activation rounding.
+    let d = max_abs_diff(&merged, &unmerged) / scale;
+    eprintln!("q8_0 merged vs unmerged: max |Δ| / max |logit| = {d:e}");
+    assert!(d < 0.05, "{d}");
+    let full_qlora = DecoderSpec {
+        lora: None,
+        quantize: Some(QuantKind::Q4_0),
+    };
+    assert!(CausalLm::from_pretrained(dir.path(), &full_qlora, &Device::Cpu, 0).is_err());
+}

@@ -120,3 +120,38 @@ fn adapter_export_has_peft_names_shapes_and_config() {
     let full = load(dir.path(), &full_spec(), 0);
     assert!(full.export_adapter("x", out.path()).is_err());
 }
+
+/// Manual cross-check with transformers (not CI): writes merged Llama and Qwen2 dirs,
+/// their adapters and our logits under `$TEMPER_DECODER_EXPORT`, for a Python script to
+/// load with `AutoModelForCausalLM` / `PeftModel` and compare.
+#[test]
+#[ignore = "writes files for a manual transformers comparison"]
+fn write_exports_for_a_transformers_cross_check() {
+    let Ok(root) = std::env::var("TEMPER_DECODER_EXPORT") else {
+        return;
+    };
+    let root = std::path::PathBuf::from(root);
+    for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+        let base = root.join(format!("{}-base", arch.model_type()));
+        crate::zoo::testing::write_tiny_decoder(&base, arch, 7).unwrap();
+        let seqs: Vec<Vec<u32>> = PROMPTS.iter().map(|p| encode(&base, p)).collect();
+        let model = load(&base, &lora_spec(), 0);
+        perturb_lora(&model);
+        let logits = model.forward(&batch_of(&seqs), false).unwrap();
+        model
+            .export_merged(&base, &root.join(format!("{}-merged", arch.model_type())))
+            .unwrap();
+        model
+            .export_adapter(
+                base.to_str().unwrap(),
+                &root.join(format!("{}-adapter", arch.model_type())),
+            )
+            .unwrap();
+        let dump = serde_json::json!({"ids": seqs, "logits": logits.to_vec3::<f32>().unwrap()});
+        std::fs::write(
+            root.join(format!("{}-logits.json", arch.model_type())),
+            dump.to_string(),
+        )
+        .unwrap();
+    }
+}

@@ -186,3 +186,87 @@ fn fused_kernels_match_composed_ops_forward_and_backward() {
     assert!(max_abs_diff(&fused, &composed) < 1e-6);
     assert!(max_abs_diff(&grad_of(&fused, &s), &grad_of(&composed, &s)) < 1e-5);
 }
+
+/// Step and decode timings on the real SmolLM2-135M (materialized from the GGUF asset);
+/// prints numbers, asserts only that the loss is finite. Run by hand:
+/// `TEMPER_ASSETS=/work/assets cargo test --lib decoder::tests_infer::real -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing on the real model, by hand"]
+fn real_smollm2_lora_step_and_decode_timings() {
+    let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
+        return;
+    };
+    let gguf = std::path::PathBuf::from(assets).join("models/SmolLM2-135M-Instruct.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("smollm2");
+    crate::zoo::materialize_gguf(&gguf, &base).unwrap();
+    let mut spec = lora_spec();
+    if let Some(l) = spec.lora.as_mut() {
+        (l.rank, l.alpha) = (8, 16.0);
+    }
+    let model = load(&base, &spec, 0);
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|i| {
+            (0..128 - 16 * i)
+                .map(|t| (t * 37 + i * 11) as u32 % 40000 + 100)
+                .collect()
+        })
+        .collect();
+    let b = batch_of(&seqs);
+    let n_tokens: usize = seqs.iter().map(Vec::len).sum();
+    for step in 0..3 {
+        let start = std::time::Instant::now();
+        let hidden = model.hidden_states(&b, true).unwrap();
+        let (bs, t, h) = hidden.dims3().unwrap();
+        let logits = model
+            .lm_head(&hidden.reshape((bs * t, h)).unwrap())
+            .unwrap();
+        let loss = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .neg()
+            .unwrap();
+        let fwd = start.elapsed();
+        let _grads = loss.backward().unwrap();
+        let total = start.elapsed();
+        let value = loss.to_scalar::<f32>().unwrap();
+        assert!(value.is_finite());
+        eprintln!(
+            "step {step}: fwd {:.2}s, fwd+bwd {:.2}s, {:.0} tokens/s (no optimizer)",
+            fwd.as_secs_f64(),
+            total.as_secs_f64(),
+            n_tokens as f64 / total.as_secs_f64()
+        );
+    }
+    let mut merged = load(&base, &full_spec(), 0);
+    merged.merge_lora().unwrap();
+    let prompt = &seqs[0][..64];
+    let mut caches: Vec<KvCache> = (0..4).map(|_| merged.new_cache()).collect();
+    let mut chunks: Vec<SeqChunk> = caches
+        .iter_mut()
+        .map(|cache| SeqChunk {
+            tokens: prompt,
+            cache,
+        })
+        .collect();
+    merged.forward_cached(&mut chunks).unwrap();
+    let start = std::time::Instant::now();
+    let steps = 32;
+    for _ in 0..steps {
+        let mut chunks: Vec<SeqChunk> = caches
+            .iter_mut()
+            .map(|cache| SeqChunk {
+                tokens: &[42],
+                cache,
+            })
+            .collect();
+        merged.forward_cached(&mut chunks).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "decode: 4 sequences × {steps} steps, {:.1} tokens/s ({:.1} ms/step)",
+        4.0 * steps as f64 / secs,
+        1000.0 * secs / steps as f64
+    );
+}

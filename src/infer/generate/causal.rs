@@ -1,0 +1,155 @@
+//! The real language model behind a generation engine: `zoo::decoder::CausalLm` (LoRA
+//! already merged) with its tokenizer and chat template. Each request's `KvCache` is
+//! created here and owned by the request; `step` runs every chunk through
+//! `forward_cached` together.
+
+use std::path::Path;
+
+use candle_core::Device;
+use serde_json::Value;
+
+use super::LmBackend;
+use crate::infer::InferError;
+use crate::zoo::chat_template::special_token;
+use crate::zoo::decoder::{CausalLm, DecoderSpec, KvCache, SeqChunk};
+use crate::zoo::ChatTemplate;
+
+/// What a loaded decoder brings (the fields of `train::sft::LoadedLm`).
+pub struct CausalLmParts {
+    /// Merged: no LoRA branches left.
+    pub model: CausalLm,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Generation stops at any of these (eos ids and the template's end-of-turn token).
+    pub eos_token_ids: Vec<u32>,
+    /// Most tokens per sequence; capped by the model's position embeddings.
+    pub context_len: usize,
+}
+
+pub struct CausalLmBackend {
+    model: CausalLm,
+    tokenizer: tokenizers::Tokenizer,
+    template: Option<ChatTemplate>,
+    stop_ids: Vec<u32>,
+    context_len: usize,
+}
+
+impl CausalLmBackend {
+    pub fn new(parts: CausalLmParts) -> Result<Self, InferError> {
+        let CausalLmParts {
+            model,
+            mut tokenizer,
+            template,
+            eos_token_ids,
+            context_len,
+        } = parts;
+        // Prompts are never padded nor cut by the tokenizer: the engine checks lengths.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| InferError::engine(format!("tokenizer: {e}")))?;
+        let context_len = context_len
+            .min(model.config().max_position_embeddings)
+            .max(2);
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            stop_ids: eos_token_ids,
+            context_len,
+        })
+    }
+
+    /// A plain Hugging Face model directory (a base model or a merged export): weights,
+    /// `tokenizer.json`, the chat template and eos tokens from `tokenizer_config.json`.
+    /// The served path (`CheckpointLoader`) goes through `train::load_lm_checkpoint`,
+    /// which also takes fine-tuning checkpoints; this stays for tests and tools.
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self, InferError> {
+        let fail = |e: &dyn std::fmt::Display| {
+            InferError::engine(format!("loading `{}`: {e}", dir.display()))
+        };
+        let spec = DecoderSpec {
+            lora: None,
+            quantize: None,
+        };
+        let model = CausalLm::from_pretrained(dir, &spec, device, 0).map_err(|e| fail(&e))?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| fail(&e))?;
+        let template = ChatTemplate::from_dir(dir).map_err(|e| fail(&e))?;
+        let mut eos_token_ids = model.config().eos_token_ids.clone();
+        let config_path = dir.join("tokenizer_config.json");
+        if config_path.exists() {
+            let text = std::fs::read(&config_path).map_err(|e| fail(&e))?;
+            let config: Value = serde_json::from_slice(&text).map_err(|e| fail(&e))?;
+            let eos = special_token(&config, "eos_token").and_then(|t| tokenizer.token_to_id(&t));
+            if let Some(id) = eos.filter(|id| !eos_token_ids.contains(id)) {
+                eos_token_ids.push(id);
+            }
+        }
+        let context_len = model.config().max_position_embeddings;
+        Self::new(CausalLmParts {
+            model,
+            tokenizer,
+            template,
+            eos_token_ids,
+            context_len,
+        })
+    }
+}
+
+impl LmBackend for CausalLmBackend {
+    type Cache = KvCache;
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| InferError::engine(format!("tokenizing: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| InferError::engine(format!("detokenizing: {e}")))
+    }
+
+    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            InferError::invalid(
+                "messages",
+                "This model has no chat template; use /v1/completions with a raw prompt.",
+            )
+        })?;
+        // A template refusing the conversation (roles out of order…) is the caller's to fix.
+        template
+            .render(messages, tools, true)
+            .map_err(|e| InferError::invalid("messages", e.to_string()))
+    }
+
+    fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    fn new_cache(&self) -> KvCache {
+        self.model.new_cache()
+    }
+
+    fn step(&mut self, chunks: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>, InferError> {
+        let mut seqs: Vec<SeqChunk<'_>> = chunks
+            .iter_mut()
+            .map(|(tokens, cache)| SeqChunk { tokens, cache })
+            .collect();
+        self.model
+            .forward_cached(&mut seqs)
+            .map_err(|e| InferError::engine(format!("decoder forward: {e}")))
+    }
+
+    fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    fn parameter_bytes(&self) -> usize {
+        self.model.parameter_bytes()
+    }
+}

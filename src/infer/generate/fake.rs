@@ -1,0 +1,222 @@
+//! A deterministic stand-in for a language model (engine and API tests): a 16-token
+//! vocabulary, a tokenizer by longest byte match, and logits from a fixed table keyed
+//! by the last token, where one "next" token stands out so greedy decoding follows a
+//! known path: `Hello` → ` world` → `!` → ` ST` → `OP` → ` and` → `é` (two byte
+//! tokens) → ` more` → `<eos>`. Any other last token leads to `Hello`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde_json::Value;
+
+use super::LmBackend;
+use crate::infer::InferError;
+
+pub(crate) const EOS: u32 = 0;
+const UNK: u32 = 15;
+pub(crate) const VOCAB_SIZE: usize = 16;
+/// The logit of the table's "next" token; the others lie in 0..=1.
+const NEXT_LOGIT: f32 = 4.0;
+
+/// The greedy continuation of `Hello`, and its token count with the final eos.
+pub(crate) const GREEDY_TEXT: &str = " world! STOP andé more";
+pub(crate) const GREEDY_TOKENS: usize = 9;
+
+fn token_bytes(id: u32) -> &'static [u8] {
+    match id {
+        1 => b"Hello",
+        2 => b" world",
+        3 => b"!",
+        4 => b" ST",
+        5 => b"OP",
+        6 => b" and",
+        7 => &[0xC3],
+        8 => &[0xA9],
+        9 => b" more",
+        10 => b"a",
+        11 => b"b",
+        12 => b"c",
+        13 => b" ",
+        14 => b":",
+        _ => b"",
+    }
+}
+
+fn next_token(last: u32) -> u32 {
+    match last {
+        1..=8 => last + 1,
+        9 => EOS,
+        _ => 1,
+    }
+}
+
+/// The logits after `last`: a fixed pattern in 0..=1 with `next_token(last)` at 4.
+pub(crate) fn logits_after(last: u32) -> Vec<f32> {
+    let mut row: Vec<f32> = (0..VOCAB_SIZE as u32)
+        .map(|v| ((v * 7 + last * 3) % 5) as f32 * 0.25)
+        .collect();
+    row[next_token(last) as usize] = NEXT_LOGIT;
+    row
+}
+
+/// Holds every `step` until opened (closed gates let a test queue requests while the
+/// engine is mid-step).
+#[derive(Default)]
+pub(crate) struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub(crate) fn open(&self) {
+        *self.open.lock().expect("gate lock") = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn wait(&self) {
+        let mut open = self.open.lock().expect("gate lock");
+        while !*open {
+            open = self.changed.wait(open).expect("gate lock");
+        }
+    }
+}
+
+/// What the fake saw: the chunk lengths of every `step` call.
+#[derive(Default)]
+pub(crate) struct FakeStats {
+    pub(crate) steps: AtomicUsize,
+    pub(crate) chunk_lengths: Mutex<Vec<Vec<usize>>>,
+}
+
+impl FakeStats {
+    pub(crate) fn steps(&self) -> usize {
+        self.steps.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn chunk_lengths(&self) -> Vec<Vec<usize>> {
+        self.chunk_lengths.lock().expect("stats lock").clone()
+    }
+}
+
+pub(crate) struct FakeLm {
+    pub(crate) context_len: usize,
+    pub(crate) stop_tokens: Vec<u32>,
+    pub(crate) stats: Arc<FakeStats>,
+    pub(crate) gate: Option<Arc<Gate>>,
+    /// The `step` call (1-based) that fails, to test error handling.
+    pub(crate) fail_at_step: Option<usize>,
+}
+
+impl Default for FakeLm {
+    fn default() -> Self {
+        Self {
+            context_len: 64,
+            stop_tokens: vec![EOS],
+            stats: Arc::new(FakeStats::default()),
+            gate: None,
+            fail_at_step: None,
+        }
+    }
+}
+
+impl LmBackend for FakeLm {
+    /// The tokens seen so far.
+    type Cache = Vec<u32>;
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+        let bytes = text.as_bytes();
+        let mut ids = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let best = (1..UNK)
+                .filter(|&id| bytes[at..].starts_with(token_bytes(id)))
+                .max_by_key(|&id| token_bytes(id).len());
+            match best {
+                Some(id) => {
+                    ids.push(id);
+                    at += token_bytes(id).len();
+                }
+                None => {
+                    ids.push(UNK);
+                    at += 1;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| token_bytes(id))
+            .copied()
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `role: content` lines, then `assistant:`.
+    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
+        if tools.is_some() {
+            return Err(InferError::invalid(
+                "tools",
+                "the fake has no tool template",
+            ));
+        }
+        let mut text = String::new();
+        for message in messages {
+            let role = message["role"].as_str().unwrap_or("?");
+            let content = message["content"].as_str().unwrap_or("");
+            text.push_str(&format!("{role}: {content}\n"));
+        }
+        text.push_str("assistant:");
+        Ok(text)
+    }
+
+    fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    fn new_cache(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    fn step(
+        &mut self,
+        chunks: &mut [(&[u32], &mut Vec<u32>)],
+    ) -> Result<Vec<Vec<f32>>, InferError> {
+        if let Some(gate) = &self.gate {
+            gate.wait();
+        }
+        let step = self.stats.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_at_step == Some(step) {
+            return Err(InferError::engine("fake step failure"));
+        }
+        self.stats
+            .chunk_lengths
+            .lock()
+            .expect("stats lock")
+            .push(chunks.iter().map(|(tokens, _)| tokens.len()).collect());
+        chunks
+            .iter_mut()
+            .map(|(tokens, cache)| {
+                cache.extend_from_slice(tokens);
+                if cache.len() > self.context_len {
+                    return Err(InferError::engine("fake context overflow"));
+                }
+                let last = cache
+                    .last()
+                    .copied()
+                    .ok_or_else(|| InferError::engine("empty chunk"))?;
+                Ok(logits_after(last))
+            })
+            .collect()
+    }
+
+    fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    fn parameter_bytes(&self) -> usize {
+        1000
+    }
+}

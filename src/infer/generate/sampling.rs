@@ -1,0 +1,192 @@
+//! Choosing the next token: greedy argmax at temperature 0, otherwise a draw from the
+//! temperature-scaled softmax restricted to the top-p nucleus, with one seeded `StdRng`
+//! per choice so the same seed gives the same text. Logprobs are the log-softmax of the
+//! raw logits (before temperature), as OpenAI reports them.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Temperatures below this are greedy: dividing by ~0 only overflows.
+const GREEDY_BELOW: f32 = 1e-5;
+
+pub(crate) struct Sampler {
+    temperature: f32,
+    top_p: f32,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub(crate) fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
+        Self {
+            temperature,
+            top_p,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next token id for `logits` (one per vocabulary entry, not empty).
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.temperature < GREEDY_BELOW {
+            return argmax(logits);
+        }
+        let probs = softmax(logits, self.temperature);
+        let candidates: Vec<(usize, f64)> = if self.top_p >= 1.0 {
+            probs.into_iter().enumerate().collect()
+        } else {
+            nucleus(probs, f64::from(self.top_p))
+        };
+        let total: f64 = candidates.iter().map(|(_, p)| p).sum();
+        let mut target = self.rng.random::<f64>() * total;
+        for &(id, p) in &candidates {
+            if target < p {
+                return id as u32;
+            }
+            target -= p;
+        }
+        // Rounding left `target` a hair above the sum: the last candidate it is.
+        candidates.last().map_or(0, |&(id, _)| id as u32)
+    }
+}
+
+/// The first index of the largest logit (NaN never wins).
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Softmax of `logits / temperature` in f64.
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
+    let t = f64::from(temperature);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits
+        .iter()
+        .map(|&l| {
+            let e = ((f64::from(l) - f64::from(max)) / t).exp();
+            if e.is_nan() {
+                0.0
+            } else {
+                e
+            }
+        })
+        .collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// The smallest set of most probable tokens whose mass reaches `top_p` (at least one),
+/// most probable first; ties keep the lower id first, like `argmax`.
+fn nucleus(probs: Vec<f64>, top_p: f64) -> Vec<(usize, f64)> {
+    let mut ranked: Vec<(usize, f64)> = probs.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut mass = 0.0;
+    let mut keep = 0;
+    for &(_, p) in &ranked {
+        keep += 1;
+        mass += p;
+        if mass >= top_p {
+            break;
+        }
+    }
+    ranked.truncate(keep.max(1));
+    ranked
+}
+
+/// Log-softmax of the raw logits, in f64 for the normalizer.
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = f64::from(logits.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    let log_total = logits
+        .iter()
+        .map(|&l| (f64::from(l) - max).exp())
+        .sum::<f64>()
+        .ln();
+    logits
+        .iter()
+        .map(|&l| (f64::from(l) - max - log_total) as f32)
+        .collect()
+}
+
+/// The `k` most likely ids with their logprobs, most likely first (ties: lower id first).
+pub(crate) fn top_k(logprobs: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut ranked: Vec<(u32, f32)> = logprobs
+        .iter()
+        .enumerate()
+        .map(|(id, &lp)| (id as u32, lp))
+        .collect();
+    let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let k = k.min(ranked.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < ranked.len() {
+        ranked.select_nth_unstable_by(k - 1, by_rank);
+        ranked.truncate(k);
+    }
+    ranked.sort_by(by_rank);
+    ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_largest_logit() {
+        let mut sampler = Sampler::new(0.0, 1.0, 1);
+        assert_eq!(sampler.sample(&[0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 0.0]), 1);
+    }
+
+    #[test]
+    fn log_softmax_matches_the_closed_form() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0]);
+        let z = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        for (i, l) in [1.0f64, 2.0, 3.0].iter().enumerate() {
+            assert!((f64::from(lp[i]) - (l - z)).abs() < 1e-6, "{lp:?}");
+        }
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_bounded() {
+        let lp = [-3.0, -0.5, -2.0, -0.5, -9.0];
+        assert_eq!(top_k(&lp, 3), vec![(1, -0.5), (3, -0.5), (2, -2.0)]);
+        assert_eq!(top_k(&lp, 9).len(), 5);
+        assert!(top_k(&lp, 0).is_empty());
+    }
+
+    #[test]
+    fn nucleus_keeps_the_smallest_prefix_reaching_top_p() {
+        let kept = nucleus(vec![0.1, 0.5, 0.3, 0.1], 0.75);
+        let ids: Vec<usize> = kept.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(nucleus(vec![0.1, 0.5, 0.4], 1e-9).len(), 1);
+    }
+
+    #[test]
+    fn draws_follow_the_distribution_and_the_seed() {
+        // p = softmax([0, ln 3]) = [0.25, 0.75]: 4000 draws land near 3000 on id 1.
+        let logits = [0.0, 3f32.ln()];
+        let mut sampler = Sampler::new(1.0, 1.0, 42);
+        let ones = (0..4000).filter(|_| sampler.sample(&logits) == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones}");
+        let draws = |seed| {
+            let mut s = Sampler::new(1.0, 1.0, seed);
+            (0..64).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+    }
+
+    #[test]
+    fn low_temperature_sharpens() {
+        // At T = 0.1 the 0.25/0.75 split becomes 3^10 : 1, so id 1 nearly always wins.
+        let logits = [0.0, 3f32.ln()];
+        let mut sampler = Sampler::new(0.1, 1.0, 3);
+        let ones = (0..1000).filter(|_| sampler.sample(&logits) == 1).count();
+        assert!(ones >= 995, "{ones}");
+    }
+}
