@@ -3,6 +3,7 @@
 //! API on the given listener until `shutdown` is cancelled; then running jobs checkpoint
 //! and go back to `queued` before it returns.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,13 +12,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSettings, AppState, ArtifactFormat, ExportRequest, Inference};
+use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, ModelCatalog,
     ModelKind, ServableModel,
 };
-use crate::jobs::{JobsContext, WorkerPool};
+use crate::jobs::{JobsContext, WorkerPool, CAUSAL_LM_KIND, CLASSIFIER_KIND};
 use crate::store::Store;
 use crate::train::ExportFormat;
 
@@ -49,6 +51,7 @@ pub async fn run(
     let catalog = Arc::new(StoreCatalog {
         store: store.clone(),
         blobs: blobs.clone(),
+        models_dir: config.storage.models_dir.clone(),
     });
     let inference = InferenceHandle::new(
         catalog,
@@ -87,10 +90,35 @@ pub async fn run(
     served
 }
 
-/// Resolves servable model names through the `models` table.
+/// Resolves servable model names: fine-tuned models and checkpoints through the `models`
+/// table, then base decoders from the models dir (served as they are, for comparison).
 struct StoreCatalog {
     store: Store,
     blobs: Blobs,
+    models_dir: PathBuf,
+}
+
+impl StoreCatalog {
+    /// A base decoder by id, its GGUF converted on a blocking thread the first time.
+    /// Encoders are not servable without a trained head.
+    async fn base_decoder(&self, id: &str) -> Result<Option<ServableModel>, String> {
+        let Some(base) = basemodels::resolve(&self.models_dir, id)
+            .filter(|base| base.kind == BaseModelKind::Decoder)
+        else {
+            return Ok(None);
+        };
+        let cache_root = self.blobs.root().join("cache");
+        let name = base.id.clone();
+        let dir = tokio::task::spawn_blocking(move || base.prepare(&cache_root))
+            .await
+            .map_err(|e| format!("preparing base model `{name}`: {e}"))?
+            .map_err(|e| format!("preparing base model `{name}`: {e}"))?;
+        Ok(Some(ServableModel {
+            name,
+            dir,
+            kind: ModelKind::Causal,
+        }))
+    }
 }
 
 impl ModelCatalog for StoreCatalog {
@@ -102,16 +130,18 @@ impl ModelCatalog for StoreCatalog {
                 .get_model(&name)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(row.and_then(|row| {
-                let kind = match row.kind.as_str() {
-                    "classifier" => ModelKind::Classifier,
-                    _ => return None,
-                };
-                Some(ServableModel {
-                    name: row.id,
-                    dir: self.blobs.path(&row.artifact_dir),
-                    kind,
-                })
+            let Some(row) = row else {
+                return self.base_decoder(&name).await;
+            };
+            let kind = match row.kind.as_str() {
+                CLASSIFIER_KIND => ModelKind::Classifier,
+                CAUSAL_LM_KIND => ModelKind::Causal,
+                _ => return Ok(None),
+            };
+            Ok(Some(ServableModel {
+                name: row.id,
+                dir: self.blobs.path(&row.artifact_dir),
+                kind,
             }))
         })
     }
@@ -171,5 +201,75 @@ impl Inference for InferenceService {
 
     fn evict(&self, model: &str) {
         self.0.evict(model);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::ModelRow;
+
+    async fn catalog() -> (tempfile::TempDir, StoreCatalog) {
+        let tmp = tempfile::tempdir().unwrap();
+        let catalog = StoreCatalog {
+            store: Store::open_in_memory().await.unwrap(),
+            blobs: Blobs::new(tmp.path().join("data")).unwrap(),
+            models_dir: tmp.path().join("models"),
+        };
+        (tmp, catalog)
+    }
+
+    #[tokio::test]
+    async fn model_rows_map_to_their_engine_and_unknown_kinds_are_not_served() {
+        let (_tmp, catalog) = catalog().await;
+        for (id, kind) in [
+            ("ft:a", CAUSAL_LM_KIND),
+            ("ft:b", CLASSIFIER_KIND),
+            ("ft:c", "x"),
+        ] {
+            let row = ModelRow {
+                id: id.into(),
+                created_at: 0,
+                owned_by: "temper".into(),
+                job_id: None,
+                base_model: None,
+                kind: kind.into(),
+                artifact_dir: format!("models/{id}"),
+                step: None,
+                is_checkpoint: false,
+            };
+            catalog.store.insert_model(&row).await.unwrap();
+        }
+        let kind = |m: Option<ServableModel>| m.map(|m| m.kind);
+        assert_eq!(
+            kind(catalog.resolve("ft:a").await.unwrap()),
+            Some(ModelKind::Causal)
+        );
+        assert_eq!(
+            kind(catalog.resolve("ft:b").await.unwrap()),
+            Some(ModelKind::Classifier)
+        );
+        assert_eq!(catalog.resolve("ft:c").await.unwrap(), None);
+        assert_eq!(catalog.resolve("nobody/nothing").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn base_decoders_are_served_from_the_models_dir_and_encoders_are_not() {
+        let (tmp, catalog) = catalog().await;
+        let models = tmp.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::zoo::gguf::tests::write_tiny_gguf(
+            &models.join("tiny-chat.gguf"),
+            crate::zoo::gguf::tests::LLAMA,
+        );
+        crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
+
+        let served = catalog.resolve("tiny-chat").await.unwrap().unwrap();
+        assert_eq!(served.kind, ModelKind::Causal);
+        assert_eq!(served.name, "tiny-chat");
+        assert!(served.dir.starts_with(tmp.path().join("data/cache/gguf")));
+        assert!(served.dir.join("model.safetensors").exists());
+        assert_eq!(catalog.resolve("org/bert").await.unwrap(), None);
     }
 }

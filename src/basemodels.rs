@@ -52,19 +52,23 @@ impl BaseModel {
             .join("gguf")
             .join(format!("{name}-{len}-{mtime}"))
     }
+
+    /// The Hugging Face directory to train or serve from, converting a GGUF file into
+    /// [`BaseModel::local_dir`] the first time (blocking: seconds for a small model).
+    /// The conversion is atomic, so concurrent callers and crashes are safe.
+    pub fn prepare(&self, cache_root: &Path) -> Result<PathBuf, crate::zoo::ZooError> {
+        let dir = self.local_dir(cache_root);
+        if let Some(gguf) = &self.gguf {
+            crate::zoo::gguf::materialize_gguf(gguf, &dir)?;
+        }
+        Ok(dir)
+    }
 }
 
-const ENCODER_TYPES: [&str; 6] = [
-    "bert",
-    "distilbert",
-    "roberta",
-    "xlm-roberta",
-    "electra",
-    "mpnet",
-];
-const DECODER_TYPES: [&str; 9] = [
-    "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "smollm3", "gpt2",
-];
+/// The `model_type`s our own differentiable models implement (`zoo::config`,
+/// `zoo::decoder::config`); any other directory is not offered as a base model.
+const ENCODER_TYPES: [&str; 2] = ["bert", "distilbert"];
+const DECODER_TYPES: [&str; 2] = ["llama", "qwen2"];
 
 /// Finds a base model by id, or `None` when it is neither in `models_dir` nor in the hf-hub
 /// cache, or its directory lacks a file training needs.

@@ -119,12 +119,9 @@ fn check_model_fits_task(
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
 /// dir's cache once (on a blocking thread: it dequantizes every tensor).
 async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBuf, JobFailure> {
-    let dir = base.local_dir(&data_root.join("cache"));
-    let Some(gguf) = base.gguf.clone() else {
-        return Ok(dir);
-    };
-    let out = dir.clone();
-    tokio::task::spawn_blocking(move || crate::zoo::gguf::materialize_gguf(&gguf, &out))
+    let cache_root = data_root.join("cache");
+    let prepared = base.clone();
+    tokio::task::spawn_blocking(move || prepared.prepare(&cache_root))
         .await
         .map_err(|e| JobFailure::internal(format!("internal error: GGUF conversion: {e}")))?
         .map_err(|e| {
@@ -133,8 +130,7 @@ async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBu
                 format!("The GGUF model `{}` could not be read: {e}", base.id),
                 Some("model"),
             )
-        })?;
-    Ok(dir)
+        })
 }
 
 /// Runs classification fine-tuning jobs.

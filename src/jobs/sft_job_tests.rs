@@ -136,3 +136,41 @@ async fn prompt_completion_jobs_train_and_data_must_fit_the_model() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_gguf_base_model_is_converted_once_and_trained_with_qlora() {
+    let h = harness().await;
+    let models = h.dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let gguf = models.join("tiny-chat.gguf");
+    crate::zoo::gguf::tests::write_tiny_gguf(&gguf, crate::zoo::gguf::tests::LLAMA);
+    let hyper = json!({"n_epochs": 1, "batch_size": 4, "lora_rank": 4, "quantize": "q8_0"});
+    let (id, processed) = run_job(&h, "tiny-chat", &chat_lines(12), hyper).await;
+    assert_eq!(processed, Processed::Succeeded(id.clone()));
+    assert_eq!(metric_steps(&h.ctx, &id).await, vec![1, 2, 3]);
+    let row = job(&h.ctx, &id).await;
+    assert!(row.fine_tuned_model.unwrap().starts_with("ft:tiny-chat:"));
+
+    // The conversion lives in the data dir's cache, complete, and a second job reuses it.
+    let converted: Vec<_> = std::fs::read_dir(h.ctx.blobs.root().join("cache/gguf"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(converted.len(), 1, "{converted:?}");
+    assert!(converted[0].join("model.safetensors").exists());
+    assert!(converted[0].join("tokenizer.json").exists());
+    let before = std::fs::metadata(converted[0].join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (id, processed) = run_job(&h, "tiny-chat", &chat_lines(12), json!({"n_epochs": 1})).await;
+    assert_eq!(processed, Processed::Succeeded(id));
+    let after = std::fs::metadata(converted[0].join("model.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        before, after,
+        "the converted directory was reused, not rewritten"
+    );
+}

@@ -14,7 +14,7 @@ pub struct ModelRow {
     /// The job that produced it.
     pub job_id: Option<String>,
     pub base_model: Option<String>,
-    /// What it serves as, e.g. `classifier` or `causal`.
+    /// What it serves as: `classifier` or `causal_lm`.
     pub kind: String,
     /// Weights directory, relative to the data dir.
     pub artifact_dir: String,

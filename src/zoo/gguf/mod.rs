@@ -12,8 +12,9 @@ pub mod tokenizer;
 mod decoder_tests;
 #[cfg(test)]
 mod real_tests;
+/// The tiny GGUF writer is shared with the jobs and catalog tests.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::io::BufReader;

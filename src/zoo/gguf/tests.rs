@@ -69,13 +69,13 @@ fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
 }
 
 /// What a tiny GGUF holds: the HF-order weights, and how to write the file.
-pub(super) struct TinyGguf {
+pub(crate) struct TinyGguf {
     /// transformers name → f32 values as materialization must reproduce them.
     pub(super) expected: HashMap<String, Tensor>,
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Variant {
+pub(crate) struct Variant {
     pub(super) arch: &'static str,
     pub(super) tied: bool,
     pub(super) tokenizer_model: &'static str,
@@ -83,14 +83,14 @@ pub(super) struct Variant {
     pub(super) all_f32: bool,
 }
 
-pub(super) const LLAMA: Variant = Variant {
+pub(crate) const LLAMA: Variant = Variant {
     arch: "llama",
     tied: true,
     tokenizer_model: "gpt2",
     all_f32: false,
 };
 
-pub(super) fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
+pub(crate) fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
     let mut rng = StdRng::seed_from_u64(7);
     let vocab = vocab();
     // (gguf name, tensor as written, storage type, expected HF tensor)
