@@ -4,7 +4,9 @@
 //!     cargo run --example write_tiny_models -- <models-dir>
 //!
 //! gives `<models-dir>/test-org/tiny-llama` (a 2-layer Llama with a byte-level BPE
-//! tokenizer and a ChatML template) and `<models-dir>/test-org/tiny-bert`.
+//! tokenizer and a ChatML template), `test-org/tiny-qwen2` (the same with Qwen2's biases
+//! and tied embeddings) and `<models-dir>/test-org/tiny-bert`. Seed 7 throughout: the
+//! greedy fixture (`scripts/make_greedy_fixture.py`) is computed on these exact weights.
 
 use std::path::PathBuf;
 
@@ -16,9 +18,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: write_tiny_models <models-dir>");
     };
     write_tiny_decoder(&dir.join("test-org/tiny-llama"), DecoderArch::Llama, 7)?;
+    write_tiny_decoder(&dir.join("test-org/tiny-qwen2"), DecoderArch::Qwen2, 7)?;
     write_tiny_bert(&dir.join("test-org/tiny-bert"), 7)?;
     println!(
-        "wrote test-org/tiny-llama and test-org/tiny-bert under {}",
+        "wrote test-org/tiny-llama, test-org/tiny-qwen2 and test-org/tiny-bert under {}",
         dir.display()
     );
     Ok(())

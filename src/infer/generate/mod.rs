@@ -26,6 +26,8 @@ mod causal_tests;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
 mod real_tests;
 #[cfg(test)]
 mod tests;
