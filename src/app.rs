@@ -147,8 +147,8 @@ impl ModelCatalog for StoreCatalog {
     }
 }
 
-/// The API's view of `InferenceHandle`.
-struct InferenceService(InferenceHandle);
+/// The API's view of `InferenceHandle` (also what the API's generation tests serve through).
+pub(crate) struct InferenceService(pub(crate) InferenceHandle);
 
 impl Inference for InferenceService {
     fn classify(

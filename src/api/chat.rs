@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiJson};
 use super::generation::{
-    common_params, done_event, error_event, invalid, json_event, logprobs_wire, sse_response,
-    token_limit, ChoiceLogprobs, EventSender, Fields, Streaming, UsageWire,
+    common_params, forward_events, invalid, json_event, logprobs_wire, sse_response, token_limit,
+    ChoiceLogprobs, EventSender, Fields, Streaming, UsageWire,
 };
 use super::wire::unix_now;
 use super::AppState;
@@ -355,7 +355,7 @@ impl ChunkHeader {
 }
 
 /// Feeds the SSE response: a role chunk per choice, the events, then `[DONE]`.
-async fn stream_chunks(mut stream: GenerationStream, header: ChunkHeader, events: EventSender) {
+async fn stream_chunks(stream: GenerationStream, header: ChunkHeader, events: EventSender) {
     for index in 0..stream.n() {
         let role = ChunkChoice {
             index,
@@ -375,22 +375,12 @@ async fn stream_chunks(mut stream: GenerationStream, header: ChunkHeader, events
         }
     }
     let logprobs = stream.logprobs();
-    while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(event) => match header.event_chunk(event, logprobs) {
-                Some(chunk) => json_event(&chunk),
-                None => continue,
-            },
-            Err(error) => {
-                let _ = events.send(Ok(error_event(error))).await;
-                return;
-            }
-        };
-        if events.send(Ok(event)).await.is_err() {
-            return;
-        }
-    }
-    let _ = events.send(Ok(done_event())).await;
+    forward_events(stream, &events, |event| {
+        header
+            .event_chunk(event, logprobs)
+            .map(|chunk| json_event(&chunk))
+    })
+    .await;
 }
 
 async fn create(

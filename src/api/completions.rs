@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use super::chat::SYSTEM_FINGERPRINT;
 use super::error::{ApiError, ApiJson};
 use super::generation::{
-    common_params, done_event, error_event, invalid, json_event, sse_response, token_limit,
-    EventSender, Fields, Streaming, UsageWire,
+    common_params, forward_events, invalid, json_event, sse_response, token_limit, EventSender,
+    Fields, Streaming, UsageWire,
 };
 use super::wire::unix_now;
 use super::AppState;
@@ -197,7 +197,7 @@ fn whole_response(header: &Header, generation: Generation) -> TextCompletion<'_>
 
 /// Feeds the SSE response: a chunk per event, the usage chunk if asked, `[DONE]`.
 async fn stream_chunks(
-    mut stream: GenerationStream,
+    stream: GenerationStream,
     header: Header,
     include_usage: bool,
     events: EventSender,
@@ -205,48 +205,36 @@ async fn stream_chunks(
     let logprobs = stream.logprobs();
     let mut offsets = vec![0usize; stream.n()];
     let usage_field = |usage: Option<UsageWire>| include_usage.then_some(usage);
-    while let Some(item) = stream.next().await {
-        let chunk = match item {
-            Ok(GenerationEvent::Delta {
-                choice,
+    forward_events(stream, &events, |event| match event {
+        GenerationEvent::Delta {
+            choice,
+            text,
+            logprobs: tokens,
+        } => {
+            let offset = offsets.get_mut(choice)?;
+            let choice = CompletionChoice {
                 text,
-                logprobs: tokens,
-            }) => {
-                let offset = match offsets.get_mut(choice) {
-                    Some(offset) => offset,
-                    None => continue,
-                };
-                let choice = CompletionChoice {
-                    text,
-                    index: choice,
-                    logprobs: logprobs.then(|| logprobs_wire(tokens, offset)),
-                    finish_reason: None,
-                };
-                json_event(&header.object(vec![choice], usage_field(None)))
-            }
-            Ok(GenerationEvent::Finished { choice, reason }) => {
-                let choice = CompletionChoice {
-                    text: String::new(),
-                    index: choice,
-                    logprobs: None,
-                    finish_reason: Some(reason.as_str()),
-                };
-                json_event(&header.object(vec![choice], usage_field(None)))
-            }
-            Ok(GenerationEvent::Usage(usage)) if include_usage => {
-                json_event(&header.object(Vec::new(), Some(Some(usage.into()))))
-            }
-            Ok(GenerationEvent::Usage(_)) => continue,
-            Err(error) => {
-                let _ = events.send(Ok(error_event(error))).await;
-                return;
-            }
-        };
-        if events.send(Ok(chunk)).await.is_err() {
-            return;
+                index: choice,
+                logprobs: logprobs.then(|| logprobs_wire(tokens, offset)),
+                finish_reason: None,
+            };
+            Some(json_event(&header.object(vec![choice], usage_field(None))))
         }
-    }
-    let _ = events.send(Ok(done_event())).await;
+        GenerationEvent::Finished { choice, reason } => {
+            let choice = CompletionChoice {
+                text: String::new(),
+                index: choice,
+                logprobs: None,
+                finish_reason: Some(reason.as_str()),
+            };
+            Some(json_event(&header.object(vec![choice], usage_field(None))))
+        }
+        GenerationEvent::Usage(usage) if include_usage => Some(json_event(
+            &header.object(Vec::new(), Some(Some(usage.into()))),
+        )),
+        GenerationEvent::Usage(_) => None,
+    })
+    .await;
 }
 
 async fn create(

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiError;
-use crate::infer::{GenerationParams, InferError, TokenLogprob, Usage};
+use crate::infer::{
+    GenerationEvent, GenerationParams, GenerationStream, InferError, TokenLogprob, Usage,
+};
 
 /// Most choices per request (each one is a sequence in the model's batch).
 pub const MAX_N: i64 = 8;
@@ -273,6 +275,31 @@ pub fn done_event() -> Event {
 /// disconnects the body (and receiver) is dropped, `send` fails and the task ends,
 /// which drops the generation stream and frees the sequences.
 pub type EventSender = mpsc::Sender<Result<Event, Infallible>>;
+
+/// Sends one SSE event per generation event (`None` skips it), an error event if the
+/// generation fails midway, and `[DONE]` at the end; stops quietly when the client is gone.
+pub async fn forward_events(
+    mut stream: GenerationStream,
+    events: &EventSender,
+    mut to_event: impl FnMut(GenerationEvent) -> Option<Event>,
+) {
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => match to_event(event) {
+                Some(event) => event,
+                None => continue,
+            },
+            Err(error) => {
+                let _ = events.send(Ok(error_event(error))).await;
+                return;
+            }
+        };
+        if events.send(Ok(event)).await.is_err() {
+            return;
+        }
+    }
+    let _ = events.send(Ok(done_event())).await;
+}
 
 /// Starts `produce` on its own task and answers with the SSE response it feeds.
 pub fn sse_response<F, Fut>(produce: F) -> Response

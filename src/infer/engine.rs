@@ -136,16 +136,7 @@ impl Engine {
                 ),
             ));
         }
-        let wanted = u32::try_from(texts.len())
-            .map_err(|_| InferError::invalid("input", "`input` has too many items"))?;
-        let permits = match self.queue_permits.clone().try_acquire_many_owned(wanted) {
-            Ok(permits) => permits,
-            Err(TryAcquireError::NoPermits) => {
-                tracing::warn!(model = %self.name, "engine queue full");
-                return Err(InferError::Overloaded);
-            }
-            Err(TryAcquireError::Closed) => return Err(InferError::engine("engine stopped")),
-        };
+        let permits = admit(&self.queue_permits, texts.len(), &self.name, "input")?;
         let (reply, answer) = oneshot::channel();
         let command = ClassifyCommand {
             texts,
@@ -365,4 +356,25 @@ pub(crate) fn prediction(labels: &[String], logits: &[f32]) -> Result<ClassPredi
         score: probs[best],
         scores: labels.iter().cloned().zip(probs).collect(),
     })
+}
+
+/// Takes `wanted` places in an engine's bounded queue, or answers 429 at once: a full
+/// queue must push back on clients, not grow without bound. Shared by the classification
+/// and generation engines; `param` names the request field that counts the places.
+pub(crate) fn admit(
+    queue: &Arc<Semaphore>,
+    wanted: usize,
+    model: &str,
+    param: &str,
+) -> Result<OwnedSemaphorePermit, InferError> {
+    let wanted = u32::try_from(wanted)
+        .map_err(|_| InferError::invalid(param, format!("`{param}` is too large")))?;
+    match queue.clone().try_acquire_many_owned(wanted) {
+        Ok(permits) => Ok(permits),
+        Err(TryAcquireError::NoPermits) => {
+            tracing::warn!(model = %model, "engine queue full");
+            Err(InferError::Overloaded)
+        }
+        Err(TryAcquireError::Closed) => Err(InferError::engine("engine stopped")),
+    }
 }

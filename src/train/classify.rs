@@ -2,10 +2,9 @@
 //! loop in `runner.rs` (cross-entropy over examples; the whole validation set at every
 //! evaluation point).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use super::checkpoint::{CheckpointMeta, MetricsRow, TASK_SEQUENCE_CLASSIFICATION};
 use super::data::{encode_examples, make_batch, EncodedExample};
@@ -84,7 +83,7 @@ pub fn run_classification(
         best,
         names: MetricNames::Classification,
     })?;
-    trainer.resume(&task, observer)?;
+    trainer.resume(observer)?;
     match trainer.run(&task, observer)? {
         LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
         LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
@@ -209,13 +208,5 @@ impl TrainTask for ClassifyTask<'_> {
             row.valid_f1 = Some(evaluation.macro_f1);
         }
         Ok(())
-    }
-
-    fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        Ok(self.model.trainable_tensors()?)
-    }
-
-    fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-        Ok(self.model.load_trainable(tensors)?)
     }
 }

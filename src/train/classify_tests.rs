@@ -9,6 +9,7 @@ use super::checkpoint::{self, TRAINABLE_FILE};
 use super::*;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
+pub(crate) use crate::zoo::test_tensors::max_abs_diff;
 
 const POSITIVE: [&str; 8] = [
     "good movie",
@@ -164,17 +165,60 @@ pub(crate) fn assert_same_trainables(a: &Path, b: &Path) {
     }
 }
 
-pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .expect("sub")
-        .abs()
-        .expect("abs")
-        .flatten_all()
-        .expect("flat")
-        .max(0)
-        .expect("max")
-        .to_scalar()
-        .expect("scalar")
+/// Both runs of a pause/resume comparison, for the task-specific checks.
+pub(crate) struct PauseResume {
+    pub(crate) straight: Recorder,
+    pub(crate) second: Recorder,
+    pub(crate) expected: TrainSummary,
+    pub(crate) resumed: TrainSummary,
+}
+
+/// Runs `straight` through, and `paused` with a pause after step `pause_at` and then again
+/// to the end; checks what must hold for every task: the pause lands at `pause_at` with
+/// its checkpoint, the second run resumes there, the two final checkpoints hold the same
+/// tensors, and the remaining steps have the same losses (1e-6) and learning rates.
+pub(crate) fn pause_then_resume<J>(
+    straight: (&J, &Path),
+    paused: (&J, &Path),
+    total_steps: usize,
+    pause_at: usize,
+    run: impl Fn(&J, &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError>,
+) -> PauseResume {
+    let mut straight_rec = Recorder::default();
+    let expected = completed(run(straight.0, &mut straight_rec).expect("straight"));
+    assert_eq!(straight_rec.steps.len(), total_steps);
+
+    let mut first = Recorder::scripted(pause_at, Control::Pause);
+    match run(paused.0, &mut first).expect("first half") {
+        TrainOutcome::Stopped { step } => assert_eq!(step, pause_at),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert_eq!(first.checkpoints.last().map(|c| c.step), Some(pause_at));
+    let mut second = Recorder::default();
+    let resumed = completed(run(paused.0, &mut second).expect("second half"));
+    let resuming = format!("Resuming from step {pause_at}");
+    assert!(second.events.contains(&resuming), "{:?}", second.events);
+    assert_eq!(second.steps.first().map(|s| s.step), Some(pause_at + 1));
+    assert_eq!(first.steps.len() + second.steps.len(), total_steps);
+    assert_same_trainables(
+        &checkpoint::step_dir(straight.1, total_steps),
+        &checkpoint::step_dir(paused.1, total_steps),
+    );
+    for (x, y) in straight_rec.steps[pause_at..].iter().zip(&second.steps) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert_eq!(x.learning_rate, y.learning_rate);
+        assert_eq!(x.valid_loss.is_some(), y.valid_loss.is_some());
+    }
+    assert_eq!(
+        resumed.results_csv.lines().count(),
+        expected.results_csv.lines().count()
+    );
+    PauseResume {
+        straight: straight_rec,
+        second,
+        expected,
+        resumed,
+    }
 }
 
 fn accuracy(report: &serde_json::Value) -> f64 {
@@ -347,39 +391,16 @@ fn resumable_config() -> TrainingConfig {
 fn pause_then_resume_equals_uninterrupted_run() {
     let fx = fixture();
     // 16 examples / batch 3 = 6 batches; accumulation 2 → 3 steps per epoch, 9 in all.
-    let straight_job = job(&fx, "straight", resumable_config(), true);
-    let mut straight = Recorder::default();
-    let expected = completed(run_classification(&straight_job, &mut straight).expect("straight"));
-    assert_eq!(straight.steps.len(), 9);
-
-    let paused_job = job(&fx, "paused", resumable_config(), true);
-    let mut first = Recorder::scripted(4, Control::Pause);
-    match run_classification(&paused_job, &mut first).expect("first half") {
-        TrainOutcome::Stopped { step } => assert_eq!(step, 4),
-        other => panic!("expected Stopped, got {other:?}"),
-    }
-    assert_eq!(first.checkpoints.last().map(|c| c.step), Some(4));
-    let mut second = Recorder::default();
-    let resumed = completed(run_classification(&paused_job, &mut second).expect("second half"));
-    assert!(
-        second.events.iter().any(|e| e == "Resuming from step 4"),
-        "{:?}",
-        second.events
+    let straight = job(&fx, "straight", resumable_config(), true);
+    let paused = job(&fx, "paused", resumable_config(), true);
+    let runs = pause_then_resume(
+        (&straight, &straight.work_dir),
+        (&paused, &paused.work_dir),
+        9,
+        4,
+        run_classification,
     );
-    assert_eq!(second.steps.first().map(|s| s.step), Some(5));
-    assert_eq!(first.steps.len() + second.steps.len(), 9);
-    assert_eq!(
-        resumed.results_csv.lines().count(),
-        expected.results_csv.lines().count()
-    );
-    assert_same_trainables(
-        &checkpoint::step_dir(&straight_job.work_dir, 9),
-        &checkpoint::step_dir(&paused_job.work_dir, 9),
-    );
-    for (x, y) in straight.steps[4..].iter().zip(&second.steps) {
-        assert!((x.train_loss - y.train_loss).abs() < 1e-6 && x.learning_rate == y.learning_rate);
-    }
-    assert_eq!(resumed.trained_tokens, expected.trained_tokens);
+    assert_eq!(runs.resumed.trained_tokens, runs.expected.trained_tokens);
 }
 
 #[test]

@@ -9,7 +9,6 @@
 //! new best model appears. A task ([`TrainTask`]) supplies the model, its loss and its
 //! evaluations; [`Trainer`] owns the optimizer, schedule, state and checkpoints.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -24,7 +23,7 @@ use super::schedule::LrSchedule;
 use super::summary::{checkpoint_metrics, BestMetric, MetricNames};
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver};
 use crate::domain::hyperparams::TrainingConfig;
-use crate::zoo::NamedVar;
+use crate::zoo::params::{self, NamedVar};
 
 /// One micro-batch's forward pass in train mode.
 pub(crate) struct MicroBatch {
@@ -55,8 +54,6 @@ pub(crate) trait TrainTask {
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
     /// Fills the `valid_*` / `full_valid_*` cells of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
-    fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError>;
-    fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError>;
 }
 
 pub(crate) enum LoopEnd {
@@ -81,6 +78,9 @@ pub(crate) struct Trainer<'a> {
     pub config: &'a TrainingConfig,
     pub work_dir: &'a Path,
     pub device: &'a Device,
+    /// The model's trainable vars (shared with the optimizer): checkpoints snapshot them,
+    /// resume and `load_best` set them.
+    vars: Vec<NamedVar>,
     optimizer: AdamW,
     schedule: LrSchedule,
     meta: CheckpointMeta,
@@ -99,7 +99,8 @@ pub(crate) fn total_steps(config: &TrainingConfig, n_train: usize) -> usize {
 impl<'a> Trainer<'a> {
     pub fn new(setup: TrainerSetup<'a>) -> Result<Self, TrainError> {
         let cfg = setup.config;
-        let params = setup.vars.into_iter().map(OptimParam::from).collect();
+        let vars = setup.vars;
+        let params = vars.iter().cloned().map(OptimParam::from).collect();
         let optimizer = AdamW::new(
             params,
             AdamWConfig {
@@ -114,6 +115,7 @@ impl<'a> Trainer<'a> {
             total_steps(cfg, setup.n_train),
         );
         Ok(Self {
+            vars,
             config: cfg,
             work_dir: setup.work_dir,
             device: setup.device,
@@ -132,16 +134,12 @@ impl<'a> Trainer<'a> {
     }
 
     /// Continues from the newest checkpoint that still has optimizer state, if any.
-    pub fn resume(
-        &mut self,
-        task: &dyn TrainTask,
-        observer: &mut dyn TrainObserver,
-    ) -> Result<(), TrainError> {
+    pub fn resume(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
         let Some((step, dir)) = checkpoint::latest_resumable(self.work_dir)? else {
             return Ok(());
         };
         let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
-        task.load_trainable(&tensors)?;
+        params::load_into(&self.vars, &tensors)?;
         self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
         self.state = checkpoint::read_state(&dir)?;
         if self.state.step != step || self.optimizer.step_count() != step {
@@ -176,7 +174,7 @@ impl<'a> Trainer<'a> {
                     Control::Pause | Control::Shutdown => {
                         if self.state.step > 0 && self.last_saved_step != Some(self.state.step) {
                             let epoch_end = self.state.batch_in_epoch == 0;
-                            self.save(task, epoch_end, observer)?;
+                            self.save(epoch_end, observer)?;
                         }
                         return Ok(LoopEnd::Stopped);
                     }
@@ -297,7 +295,7 @@ impl<'a> Trainer<'a> {
             self.state.best_step = Some(step);
         }
         if at.regular_save || improved || stop_early {
-            self.save(task, done.epoch_end, observer)?;
+            self.save(done.epoch_end, observer)?;
         }
         if stop_early {
             observer.on_event(
@@ -339,7 +337,6 @@ impl<'a> Trainer<'a> {
 
     fn save(
         &mut self,
-        task: &dyn TrainTask,
         epoch_end: bool,
         observer: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
@@ -352,7 +349,7 @@ impl<'a> Trainer<'a> {
             // Without a metric the newest checkpoint is the best one.
             self.state.best_step = Some(step);
         }
-        let trainable = task.trainable_tensors()?;
+        let trainable = params::snapshot(&self.vars)?;
         let optimizer = self.optimizer.state_tensors()?;
         let contents = CheckpointContents {
             trainable: &trainable,
@@ -385,11 +382,11 @@ impl<'a> Trainer<'a> {
         Ok((step, checkpoint::step_dir(self.work_dir, step)))
     }
 
-    /// Loads the best checkpoint's weights into the task's model; returns its step and dir.
-    pub fn load_best(&self, task: &dyn TrainTask) -> Result<(usize, PathBuf), TrainError> {
+    /// Loads the best checkpoint's weights into the model; returns its step and dir.
+    pub fn load_best(&self) -> Result<(usize, PathBuf), TrainError> {
         let (step, dir) = self.best_checkpoint()?;
         let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
-        task.load_trainable(&tensors)?;
+        params::load_into(&self.vars, &tensors)?;
         Ok((step, dir))
     }
 

@@ -199,7 +199,7 @@ pub(crate) fn build_summary(
     task: &ClassifyTask,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary, TrainError> {
-    let (best_step, best_dir) = trainer.load_best(task)?;
+    let (best_step, best_dir) = trainer.load_best()?;
     let (split, examples) = match task.valid.as_deref() {
         Some(valid) => ("validation", valid),
         None => ("train", task.train.as_slice()),

@@ -3,14 +3,16 @@
 //! `DistilBertForSequenceClassification` ([CLS] → pre_classifier → ReLU → dropout →
 //! classifier), with checkpoint I/O and Hugging Face / PEFT exports.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use rand::Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::bert::{dropout, put_linear, Encoder, ParamBuilder, Tuning};
 use super::config::{EncoderArch, EncoderConfig};
+use super::export::{copy_present, save_safetensors, write_json, write_peft_adapter, PeftAdapter};
 use super::linear::{Param, TrainLinear};
+use super::params::{self, NamedVar};
 use super::{EncodedBatch, ZooError};
 use crate::domain::hyperparams::LoraSettings;
 
@@ -21,15 +23,6 @@ pub struct ClassifierSpec {
     pub lora: Option<LoraSettings>,
     /// Overrides the config's classifier dropout.
     pub classifier_dropout: Option<f64>,
-}
-
-/// A trainable tensor with its checkpoint name.
-#[derive(Debug, Clone)]
-pub struct NamedVar {
-    pub name: String,
-    pub var: Var,
-    /// False for biases and LayerNorm weights.
-    pub weight_decay: bool,
 }
 
 /// Tokenizer files an exported directory carries over from the base model.
@@ -170,29 +163,11 @@ impl SequenceClassifier {
 
     /// Snapshot copies of the trainable tensors (the optimizer updates vars in place).
     pub fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, ZooError> {
-        self.vars
-            .iter()
-            .map(|nv| Ok((nv.name.clone(), nv.var.as_tensor().copy()?)))
-            .collect()
+        params::snapshot(&self.vars)
     }
 
     pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), ZooError> {
-        for nv in &self.vars {
-            let t = tensors
-                .get(&nv.name)
-                .ok_or_else(|| ZooError::MissingTensor(nv.name.clone()))?;
-            if t.dims() != nv.var.dims() {
-                return Err(ZooError::Config(format!(
-                    "tensor `{}` has shape {:?}, the model expects {:?}",
-                    nv.name,
-                    t.dims(),
-                    nv.var.dims()
-                )));
-            }
-            let t = t.to_dtype(nv.var.dtype())?.to_device(nv.var.device())?;
-            nv.var.set(&t)?;
-        }
-        Ok(())
+        params::load_into(&self.vars, tensors)
     }
 
     /// Folds every adapter into its base weight; afterwards only the head is trainable.
@@ -255,60 +230,22 @@ impl SequenceClassifier {
         config.insert("label2id".into(), label2id.into());
         config.insert("num_labels".into(), labels.len().into());
         config.insert("problem_type".into(), "single_label_classification".into());
-        std::fs::write(
-            out_dir.join("config.json"),
-            serde_json::to_string_pretty(&serde_json::Value::Object(config))?,
+        write_json(
+            &out_dir.join("config.json"),
+            &serde_json::Value::Object(config),
         )?;
         save_safetensors(&self.merged_tensors()?, &out_dir.join("model.safetensors"))?;
-        for name in TOKENIZER_FILES {
-            let src = base_dir.join(name);
-            if src.exists() {
-                std::fs::copy(&src, out_dir.join(name))?;
-            }
-        }
-        Ok(())
+        copy_present(base_dir, out_dir, &TOKENIZER_FILES)
     }
 
     /// PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
     pub fn export_adapter(&self, base_model_id: &str, out_dir: &Path) -> Result<(), ZooError> {
-        let Tuning::Lora {
-            rank,
-            alpha,
-            dropout,
-            targets,
-        } = &self.tuning
-        else {
-            return Err(ZooError::Unsupported(
-                "adapter export needs a LoRA model".into(),
-            ));
+        let adapter = PeftAdapter {
+            task_type: "SEQ_CLS",
+            base_model_id,
+            modules_to_save: Some(&self.modules_to_save),
         };
-        if !self.vars.iter().any(|nv| nv.name.contains(".lora_A.")) {
-            return Err(ZooError::Unsupported(
-                "the adapters were merged into the base".into(),
-            ));
-        }
-        std::fs::create_dir_all(out_dir)?;
-        let config = serde_json::json!({
-            "peft_type": "LORA",
-            "task_type": "SEQ_CLS",
-            "r": rank,
-            "lora_alpha": alpha,
-            "lora_dropout": dropout,
-            "target_modules": targets,
-            "base_model_name_or_path": base_model_id,
-            "modules_to_save": self.modules_to_save,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-        });
-        std::fs::write(
-            out_dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&config)?,
-        )?;
-        save_safetensors(
-            &self.trainable_tensors()?,
-            &out_dir.join("adapter_model.safetensors"),
-        )
+        write_peft_adapter(&self.tuning, &self.vars, &adapter, out_dir)
     }
 
     pub fn parameter_bytes(&self) -> usize {
@@ -316,15 +253,4 @@ impl SequenceClassifier {
             + self.pre_head.parameter_bytes()
             + self.classifier.parameter_bytes()
     }
-}
-
-/// Writes safetensors with `{"format": "pt"}` metadata, which transformers expects.
-fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), ZooError> {
-    let contiguous: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
-        .collect::<Result<_, ZooError>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(contiguous, Some(metadata), path)
-        .map_err(|e| ZooError::Io(std::io::Error::other(e.to_string())))
 }

@@ -9,7 +9,12 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+/// The f32 data of a contiguous tensor's storage; the kernels here and in
+/// `decoder::kernels` are only called on contiguous inputs.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -17,8 +22,26 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::
     }
 }
 
-fn uses_fused_kernels(x: &Tensor) -> bool {
+/// The fused kernels are CPU f32 code; other devices and dtypes use composed candle ops.
+pub(crate) fn uses_fused_kernels(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Splits the output of a norm's backward kernel, `[rows + n_params, hidden]`: the input
+/// gradient in `x`'s shape, then one `[hidden]` row per parameter gradient. One pass
+/// computes them all, so they come packed in one tensor.
+pub(crate) fn unpack_norm_grads(
+    packed: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    n_params: usize,
+) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    let rows = x.elem_count() / weight.elem_count();
+    let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+    let params = (0..n_params)
+        .map(|i| packed.narrow(0, rows + i, 1)?.reshape(weight.shape()))
+        .collect::<candle_core::Result<_>>()?;
+    Ok((dx, params))
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -171,17 +194,14 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let hidden = weight.elem_count();
-        let rows = x.elem_count() / hidden;
-        // One pass produces all three gradients, packed as [rows + 2, hidden]: dx, dw, db.
         let packed = x.apply_op3_no_bwd(
             &grad.contiguous()?,
             weight,
             &LayerNormGrad { eps: self.eps },
         )?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows, 1)?.reshape(weight.shape())?;
-        let db = packed.narrow(0, rows + 1, 1)?.reshape(weight.shape())?;
+        let (dx, params) = unpack_norm_grads(&packed, x, weight, 2)?;
+        let [dw, db] = <[Tensor; 2]>::try_from(params)
+            .map_err(|_| candle_core::Error::Msg("layer norm: two parameter gradients".into()))?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -245,28 +265,8 @@ impl CustomOp3 for LayerNormGrad {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
-
-    fn wave(shape: &[usize], scale: f32, phase: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|i| ((i as f32) * 0.37 + phase).sin() * scale)
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::zoo::test_tensors::{max_abs_diff, wave};
+    use candle_core::{Var, D};
 
     #[test]
     fn fused_gelu_matches_candle_forward_and_gradient() {
@@ -275,9 +275,9 @@ mod tests {
         let fused = gelu_erf(x.as_tensor()).unwrap();
         let reference = x.as_tensor().gelu_erf().unwrap();
         assert!(
-            max_diff(&fused, &reference) < 2e-6,
+            max_abs_diff(&fused, &reference) < 2e-6,
             "forward {}",
-            max_diff(&fused, &reference)
+            max_abs_diff(&fused, &reference)
         );
         let grad = |y: &Tensor| {
             (y * &weights)
@@ -288,7 +288,7 @@ mod tests {
                 .unwrap()
         };
         let (g_fused, g_ref) = (grad(&fused), grad(&reference));
-        let d = max_diff(
+        let d = max_abs_diff(
             g_fused.get(x.as_tensor()).unwrap(),
             g_ref.get(x.as_tensor()).unwrap(),
         );
@@ -313,7 +313,7 @@ mod tests {
         let weights = wave(&[3, 5, 32], 1.0, 3.0);
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12).unwrap();
         let reference = composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-12);
-        assert!(max_diff(&fused, &reference) < 1e-5);
+        assert!(max_abs_diff(&fused, &reference) < 1e-5);
         let grad = |y: &Tensor| {
             (y * &weights)
                 .unwrap()
@@ -324,7 +324,7 @@ mod tests {
         };
         let (g_fused, g_ref) = (grad(&fused), grad(&reference));
         for (name, var) in [("x", &x), ("weight", &w), ("bias", &b)] {
-            let d = max_diff(
+            let d = max_abs_diff(
                 g_fused.get(var.as_tensor()).unwrap(),
                 g_ref.get(var.as_tensor()).unwrap(),
             );

@@ -391,6 +391,7 @@ mod quant_tests;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::zoo::test_tensors::max_abs_diff;
     use candle_core::Device;
     use rand::SeedableRng;
 
@@ -418,14 +419,7 @@ mod tests {
             .broadcast_add(&b)
             .unwrap();
         let plain_grads = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let diff = (gx - plain_grads.get(x.as_tensor()).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(gx, plain_grads.get(x.as_tensor()).unwrap());
         assert!(diff < 1e-6, "input gradient differs by {diff}");
         let dy = (y - plain).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(dy.to_scalar::<f32>().unwrap(), 0.0);

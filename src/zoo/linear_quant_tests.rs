@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::zoo::test_tensors::{max_abs, max_abs_diff};
 
 fn uniform(shape: (usize, usize), seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -15,19 +16,6 @@ fn uniform(shape: (usize, usize), seed: u64) -> Tensor {
         .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
 }
 
 /// max |a - b| / max |b|.

@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::bert::LayerNormW;
-use super::classifier::NamedVar;
 use super::config::EncoderArch;
 use super::linear::{LoraAdapter, Param, TrainLinear};
+use super::params::NamedVar;
 use super::ZooError;
 
 /// Which tensors train: everything (full fine-tuning) or LoRA adapters on `targets`.

@@ -22,25 +22,30 @@ pub mod chat_template;
 pub mod classifier;
 pub mod config;
 pub mod decoder;
+pub mod export;
 pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod loader;
+pub mod params;
 pub mod testing;
 pub mod tokenizer;
 
 #[cfg(test)]
 mod real_assets_tests;
 #[cfg(test)]
+pub(crate) mod test_tensors;
+#[cfg(test)]
 mod tests;
 
 pub use chat_template::ChatTemplate;
-pub use classifier::{ClassifierSpec, NamedVar, SequenceClassifier};
+pub use classifier::{ClassifierSpec, SequenceClassifier};
 pub use decoder::{
     CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
 };
 pub use gguf::materialize_gguf;
 pub use linear::TrainLinear;
+pub use params::NamedVar;
 pub use tokenizer::{collate, EncodedBatch, TextTokenizer};
 
 /// Errors from model loading, tokenization, forward passes and exports.

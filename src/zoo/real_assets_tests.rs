@@ -3,6 +3,7 @@
 //! `TEMPER_ASSETS`; a bare `cargo test` without it skips these with a note on stderr.
 #![allow(clippy::unwrap_used)]
 
+use crate::zoo::test_tensors::max_abs_diff;
 use candle_core::{DType, Device, D};
 use candle_nn::VarBuilder;
 use std::path::PathBuf;
@@ -82,16 +83,10 @@ fn real_minilm_matches_candle_transformers_and_ignores_baked_in_padding() {
         .unwrap()
         .unsqueeze(2)
         .unwrap();
-    let diff = (ours.broadcast_mul(&mask).unwrap() - theirs.broadcast_mul(&mask).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(
+        &ours.broadcast_mul(&mask).unwrap(),
+        &theirs.broadcast_mul(&mask).unwrap(),
+    );
     eprintln!("real MiniLM-L6 parity max |Δ| = {diff}");
     assert!(diff < 1e-4, "max |Δ| = {diff}");
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use super::testing::{write_tiny_bert, write_tiny_bert_with, TinyBertStyle};
 use super::*;
 use crate::domain::hyperparams::LoraSettings;
+use crate::zoo::test_tensors::max_abs_diff;
 
 fn full_spec(num_labels: usize) -> ClassifierSpec {
     ClassifierSpec {
@@ -37,19 +38,6 @@ fn batch(dir: &Path, texts: &[&str]) -> EncodedBatch {
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t, 64).unwrap()).collect();
     let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     collate(&refs, tok.pad_id(), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Max |Δ| over real tokens only: our encoder leaves padding positions at zero (it never

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::*;
+use crate::app::InferenceService;
 use crate::infer::generate::fake::{FakeLm, FakeStats, GREEDY_TEXT, GREEDY_TOKENS};
 use crate::infer::{
     GenEngine, GenEngineConfig, InferenceHandle, LmBackend, LoadedModel, ModelCatalog, ModelKind,
@@ -53,48 +54,6 @@ impl ModelLoader<LoadedModel> for FakeLoader {
     }
 }
 
-/// The API's view of a real `InferenceHandle` (as `app.rs` wires it).
-struct HandleInference(InferenceHandle);
-
-impl Inference for HandleInference {
-    fn classify(
-        &self,
-        _model: String,
-        _inputs: Vec<String>,
-    ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
-        Box::pin(async { Err(InferError::Engine("not in generation tests".into())) })
-    }
-
-    fn export(&self, _request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
-        Box::pin(async { Err(InferError::Engine("not in generation tests".into())) })
-    }
-
-    fn chat(
-        &self,
-        model: String,
-        messages: Vec<Value>,
-        tools: Option<Value>,
-        params: GenerationParams,
-    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
-        let handle = self.0.clone();
-        Box::pin(async move { handle.chat(&model, messages, tools, params).await })
-    }
-
-    fn complete(
-        &self,
-        model: String,
-        prompt: String,
-        params: GenerationParams,
-    ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
-        let handle = self.0.clone();
-        Box::pin(async move { handle.complete(&model, prompt, params).await })
-    }
-
-    fn evict(&self, model: &str) {
-        self.0.evict(model);
-    }
-}
-
 async fn lm_harness() -> Harness {
     lm_harness_with(Arc::new(FakeLoader::default())).await
 }
@@ -107,7 +66,7 @@ async fn lm_harness_with(loader: Arc<FakeLoader>) -> Harness {
         1 << 30,
         tokio_util::sync::CancellationToken::new(),
     );
-    h.state.inference = Arc::new(HandleInference(handle));
+    h.state.inference = Arc::new(InferenceService(handle));
     h
 }
 
@@ -153,13 +112,10 @@ fn sse_chunks(reply: &Reply) -> Vec<Value> {
 async fn chat_completions_answer_in_openai_shape() {
     let h = lm_harness().await;
     let reply = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/chat/completions",
-            Some(
-                json!({"model": MODEL, "messages": user_hi(), "temperature": 0,
+            json!({"model": MODEL, "messages": user_hi(), "temperature": 0,
                 "user": "u-1", "store": false, "metadata": {"a": "b"}}),
-            ),
         )
         .await;
     assert_eq!(
@@ -197,7 +153,7 @@ async fn chat_limits_stops_choices_and_logprobs() {
         for (k, v) in extra.as_object().expect("object") {
             body[k] = v.clone();
         }
-        h.call(Method::POST, "/v1/chat/completions", Some(body))
+        h.post("/v1/chat/completions", body)
     };
     let short = call(json!({"max_completion_tokens": 2})).await.json();
     assert_eq!(short["choices"][0]["message"]["content"], "Hello world");
@@ -226,13 +182,10 @@ async fn chat_limits_stops_choices_and_logprobs() {
 async fn chat_streams_chunks_with_usage_then_done() {
     let h = lm_harness().await;
     let reply = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/chat/completions",
-            Some(
-                json!({"model": MODEL, "messages": user_hi(), "temperature": 0,
+            json!({"model": MODEL, "messages": user_hi(), "temperature": 0,
                 "stream": true, "stream_options": {"include_usage": true}}),
-            ),
         )
         .await;
     let chunks = sse_chunks(&reply);
@@ -275,13 +228,10 @@ async fn chat_streams_chunks_with_usage_then_done() {
 async fn streams_without_include_usage_carry_no_usage_key() {
     let h = lm_harness().await;
     let reply = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/chat/completions",
-            Some(
-                json!({"model": MODEL, "messages": user_hi(), "stream": true,
+            json!({"model": MODEL, "messages": user_hi(), "stream": true,
                 "max_tokens": 3, "n": 2, "seed": 3}),
-            ),
         )
         .await;
     let chunks = sse_chunks(&reply);
@@ -301,10 +251,9 @@ async fn streams_without_include_usage_carry_no_usage_key() {
 async fn completions_answer_text_completion_objects() {
     let h = lm_harness().await;
     let body = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/completions",
-            Some(json!({"model": MODEL, "prompt": "Hello", "temperature": 0})),
+            json!({"model": MODEL, "prompt": "Hello", "temperature": 0}),
         )
         .await
         .json();
@@ -320,11 +269,10 @@ async fn completions_answer_text_completion_objects() {
             "total_tokens": GREEDY_TOKENS + 1})
     );
     let with_logprobs = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/completions",
-            Some(json!({"model": MODEL, "prompt": "Hello", "temperature": 0,
-                "max_tokens": 2, "logprobs": 1})),
+            json!({"model": MODEL, "prompt": "Hello", "temperature": 0,
+                "max_tokens": 2, "logprobs": 1}),
         )
         .await
         .json();
@@ -350,13 +298,10 @@ async fn completions_answer_text_completion_objects() {
 async fn completions_stream_with_usage() {
     let h = lm_harness().await;
     let reply = h
-        .call(
-            Method::POST,
+        .post(
             "/v1/completions",
-            Some(
-                json!({"model": MODEL, "prompt": "Hello", "temperature": 0, "max_tokens": 4,
+            json!({"model": MODEL, "prompt": "Hello", "temperature": 0, "max_tokens": 4,
                 "stream": true, "stream_options": {"include_usage": true}}),
-            ),
         )
         .await;
     let chunks = sse_chunks(&reply);
@@ -396,11 +341,7 @@ async fn unknown_models_and_long_prompts_are_client_errors() {
     // The fake's context is 64 tokens; "Hello " is 2.
     let long = "Hello ".repeat(40);
     let reply = h
-        .call(
-            Method::POST,
-            "/v1/completions",
-            Some(json!({"model": MODEL, "prompt": long})),
-        )
+        .post("/v1/completions", json!({"model": MODEL, "prompt": long}))
         .await;
     let error = assert_envelope(&reply, StatusCode::BAD_REQUEST, Some("prompt"));
     assert!(error["message"]

@@ -144,6 +144,10 @@ impl Harness {
         }
     }
 
+    async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.call(Method::POST, uri, Some(body)).await
+    }
+
     async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
         let builder = Request::builder().method(method).uri(uri);
         let request = match body {

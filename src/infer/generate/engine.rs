@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use rand::Rng;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 
 use super::sequence::{Sequence, SequenceSpec};
@@ -157,15 +157,7 @@ impl GenEngine {
                 format!("`n` must be between 1 and {limit}, got {n}"),
             ));
         }
-        let wanted = u32::try_from(n).map_err(|_| InferError::invalid("n", "`n` is too large"))?;
-        let permits = match self.queue_permits.clone().try_acquire_many_owned(wanted) {
-            Ok(permits) => permits,
-            Err(TryAcquireError::NoPermits) => {
-                tracing::warn!(model = %self.name, "generation queue full");
-                return Err(InferError::Overloaded);
-            }
-            Err(TryAcquireError::Closed) => return Err(InferError::engine("engine stopped")),
-        };
+        let permits = crate::infer::engine::admit(&self.queue_permits, n, &self.name, "n")?;
         let (messages, receiver) = mpsc::unbounded_channel();
         let command = GenerateCommand {
             request,

@@ -6,10 +6,9 @@
 //! `eval_steps` and at save points, `full_valid_*` on the whole set at each epoch end,
 //! plus one full validation before the first step ("validation loss before").
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde_json::json;
 
 use super::super::checkpoint::{CheckpointMeta, LmSpec, MetricsRow, TASK_CAUSAL_LM};
@@ -230,14 +229,6 @@ impl TrainTask for SftTask<'_> {
         }
         Ok(())
     }
-
-    fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
-        Ok(self.model.trainable_tensors()?)
-    }
-
-    fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-        Ok(self.model.load_trainable(tensors)?)
-    }
 }
 
 /// Fine-tunes a decoder on chat or prompt/completion examples; resumes from the newest
@@ -269,7 +260,7 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         best,
         names: MetricNames::Sft,
     })?;
-    trainer.resume(&task, observer)?;
+    trainer.resume(observer)?;
     if trainer.state.step == 0 {
         if let Some(before) = task.full_validation()? {
             trainer.state.initial_valid_loss = Some(before.loss);
@@ -311,7 +302,7 @@ fn summarize(
     let after = match (recorded, &task.valid) {
         (Some(pair), _) => Some(pair),
         (None, Some(_)) => {
-            trainer.load_best(task)?;
+            trainer.load_best()?;
             task.full_validation()?.map(|e| (e.loss, e.accuracy))
         }
         (None, None) => None,

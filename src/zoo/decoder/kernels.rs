@@ -7,22 +7,12 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fused decoder kernels take contiguous inputs"),
-    }
-}
-
-fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
+use crate::zoo::fused::{contiguous_f32, unpack_norm_grads, uses_fused_kernels};
 
 /// RMSNorm over the last dimension, in f32: `x / sqrt(mean(x²) + eps) · weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
-    if fused(&x) {
+    if uses_fused_kernels(&x) {
         return x
             .contiguous()?
             .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 });
@@ -71,14 +61,11 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let hidden = weight.elem_count();
-        let rows = x.elem_count() / hidden;
-        // One pass gives both gradients, packed as [rows + 1, hidden]: dx, then dw.
         let packed =
             x.apply_op3_no_bwd(&grad.contiguous()?, weight, &RmsNormGrad { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, rows, 1)?.reshape(weight.shape())?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, mut params) = unpack_norm_grads(&packed, x, weight, 1)?;
+        let dw = params.pop();
+        Ok((Some(dx), dw))
     }
 }
 
@@ -133,7 +120,7 @@ impl CustomOp3 for RmsNormGrad {
 /// Rotary embeddings in transformers' `rotate_half` convention on packed rows:
 /// `x [N, heads, d]`, `cos`/`sin [N, d/2]` (each row's own position).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    if fused(x) {
+    if uses_fused_kernels(x) {
         return x.contiguous()?.apply_op3(cos, sin, Rope { inverse: false });
     }
     let d = x.dim(D::Minus1)?;
@@ -238,7 +225,7 @@ pub fn masked_softmax(scores: &Tensor, mask: &CausalPrefix) -> candle_core::Resu
             mask.key_len
         );
     }
-    if fused(scores) {
+    if uses_fused_kernels(scores) {
         return scores
             .contiguous()?
             .apply_op1(MaskedSoftmax { mask: mask.clone() });

@@ -199,29 +199,11 @@ impl CausalLm {
 
     /// Snapshot copies of the trainable tensors (the optimizer updates vars in place).
     pub fn trainable_tensors(&self) -> Result<HashMap<String, Tensor>, ZooError> {
-        self.vars
-            .iter()
-            .map(|nv| Ok((nv.name.clone(), nv.var.as_tensor().copy()?)))
-            .collect()
+        crate::zoo::params::snapshot(&self.vars)
     }
 
     pub fn load_trainable(&self, tensors: &HashMap<String, Tensor>) -> Result<(), ZooError> {
-        for nv in &self.vars {
-            let t = tensors
-                .get(&nv.name)
-                .ok_or_else(|| ZooError::MissingTensor(nv.name.clone()))?;
-            if t.dims() != nv.var.dims() {
-                return Err(ZooError::Config(format!(
-                    "tensor `{}` has shape {:?}, the model expects {:?}",
-                    nv.name,
-                    t.dims(),
-                    nv.var.dims()
-                )));
-            }
-            nv.var
-                .set(&t.to_dtype(nv.var.dtype())?.to_device(nv.var.device())?)?;
-        }
-        Ok(())
+        crate::zoo::params::load_into(&self.vars, tensors)
     }
 
     /// Folds every adapter into its base weight (serving); LoRA vars are dropped.

@@ -3,6 +3,7 @@
 
 use super::config::RopeScaling;
 use super::*;
+pub(super) use crate::zoo::test_tensors::{max_abs, max_abs_diff, wave};
 use crate::zoo::testing::{write_tiny_decoder, TINY_SPECIAL_TOKENS};
 
 #[test]
@@ -140,28 +141,6 @@ pub(super) fn lora_spec() -> DecoderSpec {
 
 pub(super) fn load(dir: &Path, spec: &DecoderSpec, seed: u64) -> CausalLm {
     CausalLm::from_pretrained(dir, spec, &Device::Cpu, seed).unwrap()
-}
-
-pub(super) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// A deterministic, non-trivial tensor of `shape` (values in ±scale).
-pub(super) fn wave(shape: &[usize], scale: f32, phase: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i as f32) * 0.731 + phase).sin() * scale)
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
 /// Gives every LoRA B a non-zero value, so adapters change the output.
@@ -434,13 +413,7 @@ fn qlora_trains_adapters_over_a_quantized_base() {
     let mut qlora = load(dir.path(), &spec, 0);
     let quantized = qlora.forward(&b, false).unwrap();
     // Q8_0 rounds weights and (in the matmul) activations to 8 bits: a small relative error.
-    let scale = dense
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&dense);
     let rounding = max_abs_diff(&dense, &quantized) / scale;
     eprintln!("q8_0 base vs dense: max |Δ logit| / max |logit| = {rounding:e}");
     assert!(rounding > 0.0 && rounding < 0.05, "{rounding}");

@@ -11,6 +11,7 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 
 use super::tests::{materialize, vocab, Variant, LLAMA};
 use crate::domain::hyperparams::LoraSettings;
+pub(super) use crate::zoo::test_tensors::{max_abs, max_abs_diff};
 use crate::zoo::{collate, CausalLm, DecoderSpec, QuantKind};
 
 /// `CausalLm`'s logits at the last position of `ids`.
@@ -30,17 +31,6 @@ pub(super) fn gguf_reference_last_logits(gguf: &Path, ids: &[u32]) -> Tensor {
         .unsqueeze(0)
         .unwrap();
     model.forward(&input, 0).unwrap().squeeze(0).unwrap()
-}
-
-pub(super) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 pub(super) fn argmax(t: &Tensor) -> u32 {
@@ -126,13 +116,7 @@ fn qlora_on_a_materialized_base_stays_close_and_trains_its_adapters() {
         // including the first layer's, which only arrives through the quantized layers.
         for v in vars.iter().filter(|v| v.name.contains("lora_B")) {
             let g = grads.get(v.var.as_tensor()).unwrap();
-            let g = g
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let g = max_abs(g);
             assert!(g > 0.0, "{} has no gradient", v.name);
         }
     }

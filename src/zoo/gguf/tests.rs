@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::tensors::{hf_name, permute_rows, unpermute_rows};
 use super::*;
+use crate::zoo::test_tensors::max_abs_diff;
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -272,14 +273,7 @@ fn llama_tensors_come_back_in_hf_order_with_hf_names() {
         let t = &got[name];
         assert_eq!(t.dtype(), candle_core::DType::F32, "{name}");
         assert_eq!(t.dims(), expected.dims(), "{name}");
-        let diff = (t - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(t, expected);
         assert_eq!(diff, 0.0, "{name} differs by {diff}");
     }
     assert_eq!(
