@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from common import emit, peak_rss_mb_self
-from sft_common import (SFT_RECIPE, WARMUP_MESSAGES, add_sft_flags, answer_accuracy, generation_cases, read_chat,
+from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, long_generation_fields, long_messages, add_sft_flags, answer_accuracy, generation_cases, read_chat,
                         sarcasm_paths, sft_recipe_of, targets_of)
 
 
@@ -166,6 +166,26 @@ def generate(model, tokenizer, messages, max_new_tokens, stop_ids):
     return tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
 
 
+@torch.no_grad()
+def generate_batch(model, tokenizer, conversations, max_new_tokens, stop_ids):
+    """One left-padded greedy generate() over all conversations: (new tokens, seconds), the
+    tokens of each row counted up to and including its stop token."""
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = stop_ids[0]
+    batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True)
+    start = time.perf_counter()
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                         eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+    seconds = time.perf_counter() - start
+    tokens = 0
+    for row in out[:, batch.input_ids.shape[1]:].tolist():
+        ends = [i for i, t in enumerate(row) if t in stop_ids]
+        tokens += ends[0] + 1 if ends else len(row)
+    return tokens, seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_sft_flags(parser)
@@ -219,6 +239,10 @@ def main():
         text, n, seconds = generate(model, tokenizer, messages, args.max_new_tokens, stop_ids)
         answers.append(text)
         gen_tokens, gen_seconds = gen_tokens + n, gen_seconds + seconds
+    prompts = long_messages()
+    _, single_tokens, single_seconds = generate(model, tokenizer, prompts[0], LONG_MAX_TOKENS, stop_ids)
+    batch_tokens, batch_seconds = generate_batch(model, tokenizer, prompts, LONG_MAX_TOKENS, stop_ids)
+    long = long_generation_fields(single_tokens, single_seconds, batch_tokens, batch_seconds)
     last = losses[-10:]
     emit({
         "impl": "transformers+peft", "torch": torch.__version__,
@@ -241,6 +265,7 @@ def main():
         "generate_requests_per_s": round(len(cases) / gen_seconds, 2) if gen_seconds else None,
         "answer_accuracy": answer_accuracy([e for _, e in cases], answers),
         "answers_sample": answers[:5],
+        **long,
         "peak_rss_mb": round(peak_rss_mb_self(), 1),
         # The 1-minute load average before and after: on a shared machine, other processes
         # steal cores from torch's threads and these numbers say how much.

@@ -48,6 +48,8 @@ print(json.dumps({
     "train_samples_per_s_ratio": ratio("train_samples_per_s"),
     "generate_tokens_per_s_ratio": ratio("generate_tokens_per_s"),
     "generate_requests_per_s_ratio": ratio("generate_requests_per_s"),
+    "long_single_tokens_per_s_ratio": ratio("long_single_tokens_per_s"),
+    "long_batch_tokens_per_s_ratio": ratio("long_batch_tokens_per_s"),
     "peak_rss_ratio": ratio("peak_rss_mb"),
     "trained_tokens_ratio": ratio("trained_tokens"),
     "valid_loss_before_delta": delta("valid_loss_before"),

@@ -38,6 +38,9 @@ Generation: one untimed warm-up request (it loads the fine-tuned model), then th
 temperature=0). `generate_tokens` = summed usage.completion_tokens; `generate_tokens_per_s` =
 that / summed request wall time (HTTP included); `answer_accuracy` = exact match of the
 stripped answer with the expected "0"/"1".
+Long generation (sft_common.LONG_PROMPTS, max_tokens 64, temperature 0): the first prompt
+alone, then all eight as concurrent requests; tokens = summed usage.completion_tokens, seconds
+= wall time from the first request to the last reply.
 `peak_rss_mb`: VmHWM of the server (/proc/PID/status), the started one or --pid; null otherwise.
 """
 import argparse
@@ -48,12 +51,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from openai import OpenAI
 
 from classification import TERMINAL, peak_rss_mb, start_server
 from common import emit
-from sft_common import (SFT_RECIPE, WARMUP_MESSAGES, add_sft_flags, answer_accuracy, generation_cases, read_chat,
+from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, long_generation_fields, long_messages, add_sft_flags, answer_accuracy, generation_cases, read_chat,
                         sarcasm_paths, sft_recipe_of, targets_of, write_chat)
 
 VALID_KEYS = ("full_valid_loss", "valid_loss")
@@ -145,6 +149,16 @@ def chat(client, model, messages, max_tokens):
     return reply.choices[0].message.content or "", tokens, seconds
 
 
+def long_generation(client, model):
+    prompts = long_messages()
+    _, single_tokens, single_seconds = chat(client, model, prompts[0], LONG_MAX_TOKENS)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        replies = list(pool.map(lambda m: chat(client, model, m, LONG_MAX_TOKENS), prompts))
+    batch_seconds = time.perf_counter() - start
+    return long_generation_fields(single_tokens, single_seconds, sum(n for _, n, _ in replies), batch_seconds)
+
+
 def fine_tune(client, args, train_path, valid_path):
     with open(train_path, "rb") as f:
         training_file = client.files.create(file=("sarcasm_chat_train.jsonl", f), purpose="fine-tune")
@@ -217,6 +231,7 @@ def main():
             text, n, seconds = chat(client, job.fine_tuned_model, messages, args.max_new_tokens)
             answers.append(text)
             gen_tokens, gen_seconds = gen_tokens + n, gen_seconds + seconds
+        long = long_generation(client, job.fine_tuned_model)
         peak_rss = peak_rss_mb(pid) if pid else None
         rounded = lambda x, n=4: round(x, n) if isinstance(x, (int, float)) else None  # noqa: E731
         emit({
@@ -239,6 +254,7 @@ def main():
             "generate_requests_per_s": round(len(cases) / gen_seconds, 2) if gen_seconds else None,
             "answer_accuracy": answer_accuracy([e for _, e in cases], answers),
             "answers_sample": answers[:5],
+            **long,
             "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
             "loadavg_1m_end": os.getloadavg()[0],
             "recipe": sft_recipe_of(args),

@@ -102,3 +102,35 @@ def answer_accuracy(expected, generated):
 # Warm-up request before the timed generation (both sides): loads the model in temper and
 # warms torch's kernels, so the timed prompts measure generation alone.
 WARMUP_MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+# The long-generation phase (both sides, after the answer prompts): open-ended prompts whose
+# answers run to the token limit, so decoding, not prefill or request overhead, is measured.
+# "single": the first prompt alone; "batch": all of them at once (temper: concurrent
+# requests, continuous batching; reference: one left-padded generate() call).
+LONG_PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a bicycle stays upright, step by step.",
+    "Describe a busy market in a coastal town on a summer morning.",
+    "Give advice to someone starting to learn the piano as an adult.",
+    "Write a letter from a cat to its owner about the new dog.",
+    "Explain why the sky is blue to a ten-year-old.",
+    "Describe the plot of an imaginary science fiction film.",
+    "List the steps to bake bread at home, with tips for each.",
+]
+LONG_MAX_TOKENS = 64
+
+
+def long_messages():
+    return [[{"role": "user", "content": p}] for p in LONG_PROMPTS]
+
+
+def long_generation_fields(single_tokens, single_seconds, batch_tokens, batch_seconds):
+    per_s = lambda tokens, seconds: round(tokens / seconds, 1) if seconds else None  # noqa: E731
+    return {
+        "long_max_tokens": LONG_MAX_TOKENS, "long_batch_size": len(LONG_PROMPTS),
+        "long_single_tokens": single_tokens, "long_single_seconds": round(single_seconds, 3),
+        "long_single_tokens_per_s": per_s(single_tokens, single_seconds),
+        "long_batch_tokens": batch_tokens, "long_batch_seconds": round(batch_seconds, 3),
+        "long_batch_tokens_per_s": per_s(batch_tokens, batch_seconds),
+    }
