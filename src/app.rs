@@ -107,9 +107,9 @@ impl StoreCatalog {
         else {
             return Ok(None);
         };
-        let cache_root = self.blobs.root().join("cache");
         let name = base.id.clone();
-        let dir = tokio::task::spawn_blocking(move || base.prepare(&cache_root))
+        let dir = base
+            .prepare_in_data_dir(self.blobs.root())
             .await
             .map_err(|e| format!("preparing base model `{name}`: {e}"))?
             .map_err(|e| format!("preparing base model `{name}`: {e}"))?;

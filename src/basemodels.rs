@@ -63,6 +63,18 @@ impl BaseModel {
         }
         Ok(dir)
     }
+
+    /// [`BaseModel::prepare`] on a blocking thread, under `<data_root>/cache`: how both the
+    /// jobs and the serving catalog get a base model's directory. The outer error is a
+    /// conversion that panicked.
+    pub async fn prepare_in_data_dir(
+        &self,
+        data_root: &Path,
+    ) -> Result<Result<PathBuf, crate::zoo::ZooError>, tokio::task::JoinError> {
+        let cache_root = data_root.join("cache");
+        let model = self.clone();
+        tokio::task::spawn_blocking(move || model.prepare(&cache_root)).await
+    }
 }
 
 /// The `model_type`s our own differentiable models implement (`zoo::config`,

@@ -119,9 +119,7 @@ fn check_model_fits_task(
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
 /// dir's cache once (on a blocking thread: it dequantizes every tensor).
 async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBuf, JobFailure> {
-    let cache_root = data_root.join("cache");
-    let prepared = base.clone();
-    tokio::task::spawn_blocking(move || prepared.prepare(&cache_root))
+    base.prepare_in_data_dir(data_root)
         .await
         .map_err(|e| JobFailure::internal(format!("internal error: GGUF conversion: {e}")))?
         .map_err(|e| {
