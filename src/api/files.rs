@@ -1,12 +1,13 @@
 //! `/v1/files`: upload (multipart, streamed to disk), list, retrieve, content, delete.
 
 use axum::body::Body;
-use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Path, State};
-use axum::http::{header, Method};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 
@@ -14,7 +15,7 @@ use super::error::{ApiError, ApiJson, ApiQuery};
 use super::wire::{page_limit, unix_now, HasId, ListResponse};
 use super::AppState;
 use crate::blobs::Blobs;
-use crate::domain::dataset::validate_upload;
+use crate::domain::dataset::{self, ScanError};
 use crate::domain::ids::new_file_id;
 use crate::store::{FileRow, SortOrder};
 
@@ -110,11 +111,19 @@ async fn create_file(
             e.body_text()
         ))
     })?;
+    // hyper drops this handler when its client disconnects; the upload runs in a task of its
+    // own so that it always ends by recording the file or by removing what it wrote.
+    let upload = tokio::spawn(receive_and_store(state, multipart));
+    let row = upload.await.map_err(ApiError::internal)??;
+    Ok(ApiJson(row.into()))
+}
+
+async fn receive_and_store(state: AppState, multipart: Multipart) -> Result<FileRow, ApiError> {
     let id = new_file_id();
     let rel = Blobs::file_rel(&id);
     // Nothing of a failed upload stays on disk.
     match store_upload(&state, id, &rel, multipart).await {
-        Ok(row) => Ok(ApiJson(row.into())),
+        Ok(row) => Ok(row),
         Err(error) => {
             discard_blob(&state, &rel).await;
             Err(error)
@@ -195,21 +204,61 @@ async fn receive_upload(
     })
 }
 
+/// Streams the file's bytes to `rel`. A body that breaks off is the client's doing, told
+/// apart from a failure to write.
 async fn stream_field(
     state: &AppState,
     rel: &str,
     field: Field<'_>,
     limit: u64,
 ) -> Result<u64, ApiError> {
-    Ok(state.blobs.stream_to_file(rel, field, limit).await?)
+    let mut body_error = None;
+    let chunks = field.map(|chunk| {
+        chunk.map_err(|error| {
+            let cause = std::io::Error::other(error.body_text());
+            body_error = Some(error);
+            cause
+        })
+    });
+    let streamed = state.blobs.stream_to_file(rel, chunks, limit).await;
+    match (streamed, body_error) {
+        (Ok(bytes), _) => Ok(bytes),
+        (Err(_), Some(error)) => Err(multipart_error(error, limit)),
+        (Err(error), None) => Err(error.into()),
+    }
 }
 
-/// A multipart error: 413 when the body limit cut it off, else 400.
-fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
-    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::too_large(limit);
+/// A multipart error: 413 when the body limit cut it off, else 400 (the client's error).
+fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
+    match error.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(limit),
+        // What axum answers when the body itself failed to arrive: the client disconnected,
+        // or sent less than its Content-Length.
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::info!(cause = %error_chain(&error), "upload aborted: the request body broke off");
+            ApiError::bad_request(
+                "The request body ended before the upload was complete (the client sent less \
+                 than its Content-Length, or disconnected).",
+            )
+            .with_param("file")
+        }
+        _ => {
+            tracing::debug!(cause = %error_chain(&error), "invalid multipart body");
+            ApiError::bad_request(format!("Invalid multipart body: {}.", error.body_text()))
+        }
     }
-    ApiError::bad_request(format!("Invalid multipart body: {}", error.body_text()))
+}
+
+/// `error: its source: …`, for the log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn discard_blob(state: &AppState, rel: &str) {
@@ -218,29 +267,36 @@ async fn discard_blob(state: &AppState, rel: &str) {
     }
 }
 
-/// Parses a `fine-tune` upload: `processed` with its format, or `error` with the first bad
-/// example's line-numbered message.
+/// Checks a `fine-tune` upload, streaming it from disk in bounded memory on a blocking thread:
+/// `processed` with its format, or `error` with the first bad example's line-numbered message.
 async fn validate_training_file(
     state: &AppState,
     rel: &str,
     row: &mut FileRow,
 ) -> Result<(), ApiError> {
     let path = state.blobs.path(rel);
-    let verdict = tokio::task::spawn_blocking(move || {
-        std::fs::read(path).map(|bytes| validate_upload(&bytes))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let verdict = tokio::task::spawn_blocking(move || dataset::validate_training_file(&path))
+        .await
+        .map_err(ApiError::internal)?;
     match verdict {
-        Ok((format, count)) => {
-            row.format = Some(format.as_str().to_string());
-            row.n_examples = Some(i64::try_from(count).unwrap_or(i64::MAX));
+        Ok(summary) => {
+            tracing::info!(
+                file_id = %row.id,
+                format = summary.format.as_str(),
+                examples = summary.examples,
+                duplicates = summary.duplicates,
+                conflicting_duplicates = summary.conflicting_duplicates,
+                labels = summary.labels.len(),
+                "training file validated"
+            );
+            row.format = Some(summary.format.as_str().to_string());
+            row.n_examples = Some(i64::try_from(summary.examples).unwrap_or(i64::MAX));
         }
-        Err(error) => {
+        Err(ScanError::Invalid(error)) => {
             row.status = "error".to_string();
             row.status_details = Some(error.message);
         }
+        Err(ScanError::Io(error)) => return Err(ApiError::internal(error)),
     }
     Ok(())
 }

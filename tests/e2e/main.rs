@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link instead of many): the real server on port 0
 //! driven over HTTP.
 
+mod binary;
 mod chat;
 mod common;
 mod errors;
@@ -8,3 +9,4 @@ mod files;
 mod fine_tune;
 mod lifecycle;
 mod openapi;
+mod uploads;

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{json_type, jsonl_objects, DatasetError, ExampleAt};
+use super::lines::collect_objects;
+use super::{json_type, DatasetError, ExampleAt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,12 +82,7 @@ const EXAMPLE_KEYS: [&str; 4] = ["messages", "tools", "parallel_tool_calls", "fu
 
 /// Parses a chat file; the first bad example or message is the error.
 pub fn parse_chat(bytes: &[u8]) -> Result<Vec<ChatExample>, DatasetError> {
-    jsonl_objects(bytes)
-        .map(|record| {
-            let (at, object) = record?;
-            chat_example(at, &object, "")
-        })
-        .collect()
+    collect_objects(bytes, |at, object| chat_example(at, object, ""))
 }
 
 /// Checks one `{"messages", "tools"?}` object. `within` names where the object sits inside

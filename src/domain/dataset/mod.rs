@@ -1,29 +1,46 @@
 //! Training files: which format a file is in, and parsing each format into examples.
 //!
-//! Everything here works on the bytes of an uploaded file; nothing reads disk. Errors name the
+//! Files are read one record at a time from any reader (a file on disk, or bytes in memory),
+//! so validating an upload takes the same bounded memory for any size (see `summary.rs` for
+//! the bound). Errors name the
 //! first bad example the way OpenAI does (`Invalid file format. Example 3, message 2: …`), with
 //! the physical line number in the file kept in [`DatasetError::line`] and added to the message
 //! when it differs from the example number (CSV headers, blank lines, multi-line CSV records).
 //!
 //! # Layout
-//! - `mod.rs`: shared types, the JSONL line reader, format detection, upload validation.
+//! - `mod.rs`: shared types, format detection.
+//! - `lines.rs`: the JSONL line reader and the per-record size limit.
+//! - `csv_source.rs`: the CSV record reader, with physical line numbers.
+//! - `summary.rs`: one streaming pass over a whole file (upload validation), bounded state.
 //! - `classification.rs`: `{"text","label"}` JSONL and `text,label` CSV.
 //! - `chat.rs`: `{"messages": […]}` chat examples and the message checks shared with DPO.
 //! - `other.rs`: prompt/completion, preference (DPO) and token-tagging files.
 
 mod chat;
 mod classification;
+mod csv_source;
+mod lines;
 mod other;
+mod summary;
 
 pub use chat::{parse_chat, ChatExample, ChatMessage, ChatRole};
 pub use classification::{label_set, parse_classification, ClassificationData, LabeledText};
+pub use lines::{ScanError, MAX_RECORD_BYTES};
 pub use other::{
     parse_preference, parse_prompt_completion, parse_token_tags, PreferenceExample,
     PromptCompletion, TokenTagsExample,
 };
+pub use summary::{
+    scan, validate_training_file, FileSummary, DUPLICATE_TRACKING_LIMIT, MAX_LABELS,
+    MAX_LABEL_BYTES,
+};
+
+use std::io::{BufReader, Read, Seek};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use lines::{parse_object, JsonlLines};
 
 use super::hyperparams::TaskKind;
 
@@ -119,48 +136,6 @@ impl ExampleAt {
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-pub(crate) fn strip_bom(bytes: &[u8]) -> &[u8] {
-    bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes)
-}
-
-/// Non-blank lines of a JSONL file with their 1-based physical line numbers. Handles a BOM,
-/// CRLF line ends and blank lines (skipped, but counted for line numbers).
-pub(crate) fn non_blank_lines(bytes: &[u8]) -> impl Iterator<Item = (ExampleAt, &[u8])> {
-    strip_bom(bytes)
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(index, line)| (index + 1, line.trim_ascii()))
-        .filter(|(_, line)| !line.is_empty())
-        .enumerate()
-        .map(|(index, (line, text))| {
-            let at = ExampleAt {
-                example: index + 1,
-                line,
-            };
-            (at, text)
-        })
-}
-
-/// Parses one JSONL line into an object, or names the example that is not one.
-pub(crate) fn parse_object(at: ExampleAt, text: &[u8]) -> Result<Map<String, Value>, DatasetError> {
-    let value: Value = serde_json::from_slice(text)
-        .map_err(|e| at.error(format_args!(" is not valid JSON: {e}.")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(at.error(format_args!(
-            " must be a JSON object, got {}.",
-            json_type(&other)
-        ))),
-    }
-}
-
-/// Every line of a JSONL file as an object; stops at the first line that is not one.
-pub(crate) fn jsonl_objects(
-    bytes: &[u8],
-) -> impl Iterator<Item = Result<(ExampleAt, Map<String, Value>), DatasetError>> + '_ {
-    non_blank_lines(bytes).map(|(at, text)| parse_object(at, text).map(|map| (at, map)))
-}
-
 /// `a string`, `an array`… for error messages.
 pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
@@ -173,25 +148,38 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// True when the first non-blank line looks like JSON rather than a CSV header.
-pub(crate) fn looks_like_jsonl(bytes: &[u8]) -> bool {
-    non_blank_lines(bytes)
-        .next()
-        .is_some_and(|(_, text)| text.starts_with(b"{") || text.starts_with(b"["))
-}
-
 /// Decides the format from the first record. A record that only has some of a format's keys is
 /// still given that format, so that parsing names the missing key instead of calling the whole
 /// file unrecognisable.
 pub fn detect_format(bytes: &[u8]) -> Result<DataFormat, DatasetError> {
-    let Some((at, text)) = non_blank_lines(bytes).next() else {
-        return Err(empty_file());
+    detect(std::io::Cursor::new(bytes))
+        .map(|detected| detected.format)
+        .map_err(ScanError::into_dataset_error)
+}
+
+/// A file's format, and whether it is a CSV file (classification only).
+struct Detected {
+    format: DataFormat,
+    csv: bool,
+}
+
+/// Reads the first record of `reader` (from its start) to decide the file's format.
+fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
+    reader.rewind()?;
+    let mut lines = JsonlLines::new(BufReader::new(&mut reader));
+    let Some((at, text)) = lines.next_line()? else {
+        return Err(empty_file().into());
     };
-    if !looks_like_jsonl(bytes) {
-        return if classification::csv_has_text_label_header(bytes) {
-            Ok(DataFormat::Classification)
+    if !(text.starts_with(b"{") || text.starts_with(b"[")) {
+        drop(lines);
+        reader.rewind()?;
+        return if classification::csv_has_text_label_header(reader)? {
+            Ok(Detected {
+                format: DataFormat::Classification,
+                csv: true,
+            })
         } else {
-            Err(unexpected_format(at.line))
+            Err(unexpected_format(at.line).into())
         };
     }
     let record = parse_object(at, text)?;
@@ -212,9 +200,9 @@ pub fn detect_format(bytes: &[u8]) -> Result<DataFormat, DatasetError> {
     } else if has("text") || has("label") {
         DataFormat::Classification
     } else {
-        return Err(unexpected_format(at.line));
+        return Err(unexpected_format(at.line).into());
     };
-    Ok(format)
+    Ok(Detected { format, csv: false })
 }
 
 fn unexpected_format(line: usize) -> DatasetError {
@@ -224,28 +212,19 @@ fn unexpected_format(line: usize) -> DatasetError {
     }
 }
 
-fn empty_file() -> DatasetError {
+pub(crate) fn empty_file() -> DatasetError {
     DatasetError {
         line: 0,
         message: "Invalid file format. The file contains no examples.".to_string(),
     }
 }
 
-/// Checks a file uploaded with purpose `fine-tune`: its format and the number of examples, or
-/// the first error. The minimum number of examples is checked when a job starts, not here.
+/// Checks an in-memory training file: its format and the number of examples, or the first
+/// error. The minimum number of examples is checked when a job starts, not here.
 pub fn validate_upload(bytes: &[u8]) -> Result<(DataFormat, usize), DatasetError> {
-    let format = detect_format(bytes)?;
-    let count = match format {
-        DataFormat::Classification => parse_classification(bytes)?.examples.len(),
-        DataFormat::Chat => parse_chat(bytes)?.len(),
-        DataFormat::PromptCompletion => parse_prompt_completion(bytes)?.len(),
-        DataFormat::Preference => parse_preference(bytes)?.len(),
-        DataFormat::TokenTags => parse_token_tags(bytes)?.len(),
-    };
-    if count == 0 {
-        return Err(empty_file());
-    }
-    Ok((format, count))
+    scan(std::io::Cursor::new(bytes))
+        .map(|summary| (summary.format, summary.examples))
+        .map_err(ScanError::into_dataset_error)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chat::{chat_example, chat_message, ChatExample, ChatMessage, ChatRole};
-use super::{json_type, jsonl_objects, DatasetError, ExampleAt};
+use super::lines::collect_objects;
+use super::{json_type, DatasetError, ExampleAt};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptCompletion {
@@ -67,32 +68,29 @@ fn required_string(
 /// Parses a `{"prompt","completion"}` file. An empty prompt is allowed, an empty completion
 /// (nothing to learn) is not.
 pub fn parse_prompt_completion(bytes: &[u8]) -> Result<Vec<PromptCompletion>, DatasetError> {
-    jsonl_objects(bytes)
-        .map(|record| {
-            let (at, object) = record?;
-            let prompt = required_string(at, &object, "prompt")?;
-            let completion = required_string(at, &object, "completion")?;
-            reject_extra_keys(at, &object, &["prompt", "completion"])?;
-            if completion.is_empty() {
-                return Err(at.error(": 'completion' is empty."));
-            }
-            Ok(PromptCompletion { prompt, completion })
-        })
-        .collect()
+    collect_objects(bytes, prompt_completion)
+}
+
+pub(super) fn prompt_completion(
+    at: ExampleAt,
+    object: &Map<String, Value>,
+) -> Result<PromptCompletion, DatasetError> {
+    let prompt = required_string(at, object, "prompt")?;
+    let completion = required_string(at, object, "completion")?;
+    reject_extra_keys(at, object, &["prompt", "completion"])?;
+    if completion.is_empty() {
+        return Err(at.error(": 'completion' is empty."));
+    }
+    Ok(PromptCompletion { prompt, completion })
 }
 
 /// Parses a DPO file. Both spellings of the outputs are accepted: OpenAI's guide says
 /// `preferred_output`, its API spec `preferred_completion`.
 pub fn parse_preference(bytes: &[u8]) -> Result<Vec<PreferenceExample>, DatasetError> {
-    jsonl_objects(bytes)
-        .map(|record| {
-            let (at, object) = record?;
-            preference_example(at, &object)
-        })
-        .collect()
+    collect_objects(bytes, preference_example)
 }
 
-fn preference_example(
+pub(super) fn preference_example(
     at: ExampleAt,
     object: &Map<String, Value>,
 ) -> Result<PreferenceExample, DatasetError> {
@@ -158,25 +156,27 @@ fn preference_output(
 
 /// Parses a `{"tokens": [...], "tags": [...]}` file; both lists must have the same length.
 pub fn parse_token_tags(bytes: &[u8]) -> Result<Vec<TokenTagsExample>, DatasetError> {
-    jsonl_objects(bytes)
-        .map(|record| {
-            let (at, object) = record?;
-            let tokens = string_list(at, &object, "tokens", false)?;
-            let tags = string_list(at, &object, "tags", true)?;
-            reject_extra_keys(at, &object, &["tokens", "tags"])?;
-            if tokens.is_empty() {
-                return Err(at.error(": 'tokens' is empty."));
-            }
-            if tokens.len() != tags.len() {
-                return Err(at.error(format_args!(
-                    " has {} token(s) but {} tag(s); they must match one to one.",
-                    tokens.len(),
-                    tags.len()
-                )));
-            }
-            Ok(TokenTagsExample { tokens, tags })
-        })
-        .collect()
+    collect_objects(bytes, token_tags_example)
+}
+
+pub(super) fn token_tags_example(
+    at: ExampleAt,
+    object: &Map<String, Value>,
+) -> Result<TokenTagsExample, DatasetError> {
+    let tokens = string_list(at, object, "tokens", false)?;
+    let tags = string_list(at, object, "tags", true)?;
+    reject_extra_keys(at, object, &["tokens", "tags"])?;
+    if tokens.is_empty() {
+        return Err(at.error(": 'tokens' is empty."));
+    }
+    if tokens.len() != tags.len() {
+        return Err(at.error(format_args!(
+            " has {} token(s) but {} tag(s); they must match one to one.",
+            tokens.len(),
+            tags.len()
+        )));
+    }
+    Ok(TokenTagsExample { tokens, tags })
 }
 
 fn string_list(

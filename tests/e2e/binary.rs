@@ -1,0 +1,115 @@
+//! `BinaryServer`: the real `temper serve` binary as a child process on port 0 over a temp
+//! data dir, for what an in-process server cannot show: the process's own memory
+//! (`/proc/<pid>/status`) and its log.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+pub struct BinaryServer {
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Child,
+    _root: TempDir,
+}
+
+impl BinaryServer {
+    /// Starts `temper serve --port 0` with an empty models dir, `extra_args` appended, and
+    /// waits for its `listening on` line.
+    pub async fn spawn(extra_args: &[&str]) -> BinaryServer {
+        let root = tempfile::tempdir().expect("temp dir");
+        let data_dir = root.path().join("data");
+        let models_dir = root.path().join("models");
+        std::fs::create_dir_all(&models_dir).expect("models dir");
+        let log_path = root.path().join("server.log");
+        let log = File::create(&log_path).expect("log file");
+        // `TEMPER_TEST_BIN` runs another build (to measure it before a change).
+        let binary = std::env::var_os("TEMPER_TEST_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_temper")),
+            PathBuf::from,
+        );
+        let child = Command::new(binary)
+            .arg("serve")
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--models-dir")
+            .arg(&models_dir)
+            .args(extra_args)
+            .env("RUST_LOG", "temper=debug,tower_http=info")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("temper binary starts");
+        let mut server = BinaryServer {
+            base_url: String::new(),
+            data_dir,
+            log_path,
+            child,
+            _root: root,
+        };
+        for _ in 0..600 {
+            let log = server.log();
+            if let Some(at) = log.find("listening on http://") {
+                let rest = &log[at + "listening on ".len()..];
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                server.base_url = rest[..end].to_string();
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("temper exited with {status}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("temper never said where it listens:\n{}", server.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// `host:port`, for raw sockets.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`: the peak resident set).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    /// Entries of a directory under the data dir (`files`, `tmp`).
+    pub fn entries(&self, dir: &str) -> Vec<String> {
+        std::fs::read_dir(self.data_dir.join(dir))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
