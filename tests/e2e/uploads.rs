@@ -289,3 +289,41 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing_and_no_server_error
     assert_nothing_left(&server).await;
     assert_logged_without_errors(&server, "upload aborted").await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_during_validation_still_gets_its_file_recorded() {
+    let server = BinaryServer::spawn(&[]).await;
+    let mut body = open_multipart(&jsonl(500_000));
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let mut socket = TcpStream::connect(server.address()).await.expect("connect");
+    socket
+        .write_all(request_head(body.len()).as_bytes())
+        .await
+        .expect("head");
+    socket.write_all(&body).await.expect("body");
+    // The whole request is sent; the client goes away before the reply.
+    drop(socket);
+    // The upload finishes anyway: a file and its row, never a file without one.
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let (_, files) = get(&client, &server.url("/v1/files")).await;
+        let ids: Vec<&str> = files["data"]
+            .as_array()
+            .map(|data| data.iter().filter_map(|f| f["id"].as_str()).collect())
+            .unwrap_or_default();
+        if ids.len() == 1 && server.entries("files") == ids {
+            assert_eq!(files["data"][0]["status"], "processed", "{files}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows {files}, files {:?}:\n{}",
+            server.entries("files"),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.entries("tmp").is_empty());
+    assert!(server.log().contains("examples=500000"), "{}", server.log());
+}
