@@ -249,13 +249,16 @@ fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
     }
 }
 
-/// `error: its source: …`, for the log.
+/// `error: its source: …`, for the log (wrappers that repeat their source's text are skipped).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
