@@ -3,6 +3,7 @@
 
 mod chat;
 mod common;
+mod disk;
 mod errors;
 mod files;
 mod fine_tune;
