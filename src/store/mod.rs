@@ -32,6 +32,8 @@ pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 pub use sessions::PageCap;
 
+/// Connections of a file database's pool.
+const MAX_CONNECTIONS: u32 = 8;
 /// How long a connection waits on SQLite's single writer lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,12 +106,18 @@ impl Store {
     /// write that returned is durable, and no connection goes back to the pool while inside
     /// a transaction (see `sessions`).
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::open_with_page_cap(path, PageCap::default()).await
+        Store::open_with_page_cap(path, PageCap::default(), MAX_CONNECTIONS).await
     }
 
-    /// `open`, with the database capped at `cap`'s page count on every connection: a fault
-    /// injection seam that makes writes fail with a real `SQLITE_FULL`, as on a full disk.
-    pub async fn open_with_page_cap(path: &Path, cap: PageCap) -> Result<Store, StoreError> {
+    /// `open` with at most `max_connections`, and the database capped at `cap`'s page count
+    /// on every connection: a fault injection seam that makes writes fail with a real
+    /// `SQLITE_FULL`, as on a full disk (one connection makes the pool's reuse of a
+    /// connection deterministic).
+    pub async fn open_with_page_cap(
+        path: &Path,
+        cap: PageCap,
+        max_connections: u32,
+    ) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -117,11 +125,14 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = sessions::pool_options(8, cap).connect_with(options).await?;
+        let pool = sessions::pool_options(max_connections, cap)
+            .connect_with(options)
+            .await?;
         Store::from_pool(pool).await
     }
 
-    /// A private in-memory database (one connection, so every query sees the same data).
+    /// A private in-memory database (one connection, so every query sees the same data; it
+    /// is never closed on release, which would drop the data, so it is for tests only).
     pub async fn open_in_memory() -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
         let pool = sqlx::sqlite::SqlitePoolOptions::new()

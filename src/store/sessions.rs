@@ -17,7 +17,7 @@
 //! held. This covers every `pool.begin()` call site, present and future, with no change to
 //! them; the pool opens a fresh connection on demand.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use sqlx::sqlite::SqlitePoolOptions;
@@ -36,7 +36,7 @@ pub struct PageCap {
     /// 0: no cap, and no pragma is issued at all.
     pages: Arc<AtomicU32>,
     /// Whether a cap was ever set, so the pragma is also issued to lift it.
-    used: Arc<std::sync::atomic::AtomicBool>,
+    used: Arc<AtomicBool>,
 }
 
 impl PageCap {

@@ -19,7 +19,7 @@ impl FullDisk {
         let mut h = harness(&[], 1 << 20).await;
         let dir = tempfile::tempdir().expect("tmp");
         let cap = PageCap::default();
-        h.state.store = Store::open_with_page_cap(&dir.path().join("temper.db"), cap.clone())
+        h.state.store = Store::open_with_page_cap(&dir.path().join("temper.db"), cap.clone(), 1)
             .await
             .expect("store");
         h.state.blobs = Blobs::new(dir.path().join("data"))

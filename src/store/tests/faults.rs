@@ -19,7 +19,9 @@ async fn page_count(store: &Store) -> u32 {
 
 async fn capped_store(path: &Path) -> (Store, PageCap) {
     let cap = PageCap::default();
-    let store = Store::open_with_page_cap(path, cap.clone()).await.unwrap();
+    let store = Store::open_with_page_cap(path, cap.clone(), 1)
+        .await
+        .unwrap();
     (store, cap)
 }
 
