@@ -40,6 +40,7 @@ class Server:
         self.log_path = log_path
         self.port = free_port()
         self.proc = None
+        self.early_replies = 0
 
     def start(self):
         log = open(self.log_path, "a")
@@ -75,7 +76,12 @@ class Server:
     def request(self, method, path, body=None, headers=None, timeout=60):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered (e.g. 507) before reading the whole body and closed
+                # the connection; its reply is still there to read.
+                self.early_replies += 1
             response = conn.getresponse()
             data = response.read()
             try:
@@ -256,6 +262,7 @@ def main():
         result["sweep_logged"] = log_count(log_path, "swept crash leftovers")
         result["database_is_locked_in_log"] = log_count(log_path, "database is locked")
         result["panics_in_log"] = log_count(log_path, "panicked")
+        result["replies_before_the_body_was_read"] = server.early_replies
     finally:
         server.stop()
         subprocess.run(["umount", mount], check=False)
