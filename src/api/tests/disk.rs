@@ -145,7 +145,7 @@ async fn an_upload_on_a_full_disk_is_507_keeps_nothing_and_recovers_when_space_i
         disk.h.state.blobs.faults().clear();
         let id = file_id(&disk.upload("c.txt").await);
         assert!(disk.reserve_present());
-        assert_eq!(disk.on_disk("files"), [id.clone()]);
+        assert_eq!(disk.on_disk("files"), std::slice::from_ref(&id));
         assert_eq!(disk.durable_file_ids().await, [id]);
     }
 }
@@ -165,7 +165,7 @@ async fn an_upload_whose_row_cannot_be_written_is_507_and_its_blob_removed() {
 
     disk.cap.lift();
     let id = file_id(&disk.upload("b.txt").await);
-    assert_eq!(disk.durable_file_ids().await, [id.clone()]);
+    assert_eq!(disk.durable_file_ids().await, std::slice::from_ref(&id));
     assert_eq!(disk.on_disk("files"), [id]);
     assert!(disk.reserve_present());
 }
@@ -197,7 +197,7 @@ async fn no_upload_is_acknowledged_unless_its_row_is_committed() {
     );
 
     let id = file_id(&disk.upload("a.txt").await);
-    assert_eq!(disk.durable_file_ids().await, [id.clone()]);
+    assert_eq!(disk.durable_file_ids().await, std::slice::from_ref(&id));
     // And the store still writes, with nothing holding SQLite's write lock.
     let other = Store::open(&disk.dir.path().join("temper.db"))
         .await
@@ -235,8 +235,8 @@ async fn files_can_be_deleted_while_the_disk_is_full() {
         deleted.json(),
         json!({"id": first, "object": "file", "deleted": true})
     );
-    assert_eq!(disk.on_disk("files"), [second.clone()]);
-    assert_eq!(disk.durable_file_ids().await, [second.clone()]);
+    assert_eq!(disk.on_disk("files"), std::slice::from_ref(&second));
+    assert_eq!(disk.durable_file_ids().await, std::slice::from_ref(&second));
     let listed = disk.h.call(Method::GET, "/v1/files", None).await.json();
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(1));
 
