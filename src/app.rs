@@ -3,8 +3,10 @@
 //! API on the given listener until `shutdown` is cancelled; then running jobs checkpoint
 //! and go back to `queued` before it returns.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -35,7 +37,24 @@ pub async fn run(
     let store = Store::open(&config.database_path())
         .await
         .context("opening the database")?;
-    let blobs = Blobs::new(data_dir.clone()).context("preparing the data dir")?;
+    let blobs = Blobs::new(data_dir.clone())
+        .context("preparing the data dir")?
+        .with_reserve(config.storage.disk_reserve_bytes);
+    if !blobs.reserve().arm().await {
+        tracing::warn!(
+            bytes = config.storage.disk_reserve_bytes,
+            "the data disk has no room for its space reserve; uploads get 507 until it has"
+        );
+    }
+    // Before serving, so no upload of this process can be in flight; then periodically.
+    let grace = config.storage.leftover_grace();
+    sweep_leftovers(&store, &blobs, grace, true).await;
+    tokio::spawn(sweep_periodically(
+        store.clone(),
+        blobs.clone(),
+        grace,
+        shutdown.clone(),
+    ));
     let pool = Arc::new(WorkerPool::spawn(
         JobsContext {
             store: store.clone(),
@@ -88,6 +107,48 @@ pub async fn run(
     store.close().await;
     tracing::info!("shut down");
     served
+}
+
+/// Removes crash leftovers older than `grace` (partial writes in `tmp/`, file blobs whose
+/// row was never committed) and logs what went; `always_log` also logs an empty sweep.
+async fn sweep_leftovers(store: &Store, blobs: &Blobs, grace: Duration, always_log: bool) {
+    let known: HashSet<String> = match store.file_ids().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(error) => {
+            tracing::warn!(%error, "could not list files; crash leftovers not swept");
+            return;
+        }
+    };
+    match blobs.sweep_leftovers(known, grace).await {
+        Ok(report) if always_log || report.partial_writes + report.orphan_files > 0 => {
+            tracing::info!(
+                partial_writes = report.partial_writes,
+                orphan_files = report.orphan_files,
+                bytes = report.bytes,
+                grace_secs = grace.as_secs(),
+                "swept crash leftovers"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not sweep crash leftovers"),
+    }
+}
+
+/// Sweeps again every `grace` (at least a minute) until shutdown, so leftovers too young at
+/// start-up go too.
+async fn sweep_periodically(
+    store: Store,
+    blobs: Blobs,
+    grace: Duration,
+    shutdown: CancellationToken,
+) {
+    let interval = grace.max(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => sweep_leftovers(&store, &blobs, grace, false).await,
+        }
+    }
 }
 
 /// Resolves servable model names: fine-tuned models and checkpoints through the `models`

@@ -3,9 +3,18 @@
 //! to a tmp file on the same filesystem, is fsynced and then renamed into place (and the
 //! directory fsynced), so readers never see a partial file, even after a crash.
 //!
+//! A full disk is survivable: a reserve file (`reserve`) is released when a write hits
+//! `ENOSPC`, so deletes and the database can proceed, and uploads are refused until space
+//! is back (see `reserve`). Crash leftovers (partial uploads, files without rows) are swept
+//! (see `sweep`). `BlobFaults` injects I/O errors at the write, fsync and rename points.
+//!
 //! The interface is deliberately small (write, stream, read, open, remove) so an object
 //! store can implement it later; paths handed out by `path`/`job_dir` are for the local
 //! trainer and inference engines, which need real directories.
+
+mod faults;
+mod reserve;
+mod sweep;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -17,6 +26,10 @@ use tokio::fs;
 use tokio::io::AsyncWriteExt;
 
 use crate::domain::ids::random_base62;
+
+pub use faults::{BlobFaults, BlobOp};
+pub use reserve::SpaceReserve;
+pub use sweep::SweepReport;
 
 const FILES_DIR: &str = "files";
 const JOBS_DIR: &str = "jobs";
@@ -34,22 +47,84 @@ pub enum BlobError {
     Io(#[from] io::Error),
 }
 
+impl BlobError {
+    /// True when the disk is full (`ENOSPC`/`EDQUOT`, real or injected).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, BlobError::Io(error) if is_storage_full(error))
+    }
+
+    /// The error a write refused up front on a full disk carries.
+    fn storage_full() -> BlobError {
+        BlobError::Io(io::Error::from(io::ErrorKind::StorageFull))
+    }
+}
+
+/// True for an I/O error that means "no space left" (`ENOSPC`, or a quota's `EDQUOT`).
+pub fn is_storage_full(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::StorageFull
+        || error.kind() == io::ErrorKind::QuotaExceeded
+        || error.raw_os_error() == Some(libc::ENOSPC)
+}
+
 /// The data directory. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Blobs {
     root: Arc<PathBuf>,
+    reserve: Arc<SpaceReserve>,
+    faults: Arc<BlobFaults>,
 }
 
 impl Blobs {
     /// Uses `root` as the data dir, creating it and `files/`, `jobs/`, `tmp/` if needed.
+    /// No space reserve (see `with_reserve`) and no injected faults.
     pub fn new(root: impl Into<PathBuf>) -> Result<Blobs, BlobError> {
         let root = root.into();
         for dir in [FILES_DIR, JOBS_DIR, TMP_DIR] {
             std::fs::create_dir_all(root.join(dir))?;
         }
+        let faults = Arc::new(BlobFaults::default());
         Ok(Blobs {
+            reserve: Arc::new(SpaceReserve::new(&root, 0, faults.clone())),
             root: Arc::new(root),
+            faults,
         })
+    }
+
+    /// Keeps a reserve of `bytes` in the data dir (0: none). Call `arm_reserve` to create it.
+    pub fn with_reserve(mut self, bytes: u64) -> Blobs {
+        self.reserve = Arc::new(SpaceReserve::new(&self.root, bytes, self.faults.clone()));
+        self
+    }
+
+    /// The fault injector every write, fsync and rename of these blobs consults.
+    pub fn faults(&self) -> &BlobFaults {
+        &self.faults
+    }
+
+    /// The full-disk reserve.
+    pub fn reserve(&self) -> &SpaceReserve {
+        &self.reserve
+    }
+
+    /// Refuses a new upload with a storage-full error while the reserve is released and
+    /// space has not come back (re-creating the reserve when it has).
+    pub async fn ensure_space(&self) -> Result<(), BlobError> {
+        if self.reserve.arm().await {
+            Ok(())
+        } else {
+            Err(BlobError::storage_full())
+        }
+    }
+
+    /// Passes `error` through, releasing the reserve first when it says the disk is full,
+    /// so that deletes and the database can still write.
+    async fn note<T>(&self, result: Result<T, BlobError>) -> Result<T, BlobError> {
+        if let Err(error) = &result {
+            if error.is_storage_full() {
+                self.reserve.release().await;
+            }
+        }
+        result
     }
 
     pub fn root(&self) -> &Path {
@@ -83,11 +158,18 @@ impl Blobs {
 
     /// Writes `bytes` to `rel` atomically: tmp file, fsync, rename, fsync of the directory.
     pub async fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let result = self.write_atomic_inner(rel, bytes).await;
+        self.note(result).await
+    }
+
+    async fn write_atomic_inner(&self, rel: &str, bytes: &[u8]) -> Result<(), BlobError> {
         let target = self.checked(rel)?;
         let tmp = self.tmp_path();
         let written = async {
             let mut file = fs::File::create(&tmp).await?;
+            self.faults.check(BlobOp::Write)?;
             file.write_all(bytes).await?;
+            self.faults.check(BlobOp::Sync)?;
             file.sync_all().await?;
             Ok::<(), io::Error>(())
         }
@@ -103,6 +185,20 @@ impl Blobs {
     /// the byte count. Past `limit` bytes it stops with `TooLarge`; on any error the tmp
     /// file is removed and `rel` is untouched. On success the file appears atomically.
     pub async fn stream_to_file<S, E>(
+        &self,
+        rel: &str,
+        chunks: S,
+        limit: u64,
+    ) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let result = self.stream_to_file_inner(rel, chunks, limit).await;
+        self.note(result).await
+    }
+
+    async fn stream_to_file_inner<S, E>(
         &self,
         rel: &str,
         mut chunks: S,
@@ -123,8 +219,10 @@ impl Blobs {
                 if total > limit {
                     return Err(BlobError::TooLarge { limit });
                 }
+                self.faults.check(BlobOp::Write)?;
                 file.write_all(&chunk).await?;
             }
+            self.faults.check(BlobOp::Sync)?;
             file.sync_all().await?;
             Ok::<u64, BlobError>(total)
         }
@@ -185,21 +283,32 @@ impl Blobs {
             .join(format!("{}.part", random_base62(16)))
     }
 
-    /// Renames a complete, fsynced tmp file onto `target` and makes the rename durable.
+    /// Renames a complete, fsynced tmp file onto `target` and makes the rename durable. When
+    /// the directory cannot be fsynced after the rename, `target` is removed again: a write
+    /// reported as failed leaves no bytes behind.
     async fn publish(&self, tmp: &Path, target: &Path) -> Result<(), BlobError> {
         let renamed = async {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).await?;
             }
-            fs::rename(tmp, target).await?;
+            self.faults.check(BlobOp::Rename)?;
+            fs::rename(tmp, target).await
+        }
+        .await;
+        if let Err(error) = renamed {
+            discard(tmp).await;
+            return Err(error.into());
+        }
+        let synced = async {
             if let Some(parent) = target.parent() {
+                self.faults.check(BlobOp::SyncDir)?;
                 sync_dir(parent).await?;
             }
             Ok::<(), io::Error>(())
         }
         .await;
-        if let Err(error) = renamed {
-            discard(tmp).await;
+        if let Err(error) = synced {
+            discard(target).await;
             return Err(error.into());
         }
         Ok(())
@@ -217,7 +326,7 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Best-effort removal of a tmp file after a failure (the original error matters more).
+/// Best-effort removal of a file after a failure (the original error matters more).
 async fn discard(tmp: &Path) {
     if let Err(error) = fs::remove_file(tmp).await {
         if error.kind() != io::ErrorKind::NotFound {
@@ -225,6 +334,10 @@ async fn discard(tmp: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fault_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

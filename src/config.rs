@@ -14,6 +14,10 @@ use clap::{Args, Parser, Subcommand};
 
 /// OpenAI's per-file limit: 512 MB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+/// 64 MiB held back in the data dir for working out of a full disk.
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+/// 15 minutes untouched before a crash leftover is swept.
+pub const DEFAULT_LEFTOVER_GRACE_SECS: u64 = 15 * 60;
 /// 2 GiB of loaded inference engines before the least recently used is dropped.
 pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
 
@@ -85,6 +89,22 @@ pub struct StorageConfig {
     /// Directory of base models laid out as `<org>/<name>/` Hugging Face directories.
     #[arg(long, env = "TEMPER_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
+    /// Bytes kept in a reserve file (`space-reserve`) in the data dir. When a write hits a
+    /// full disk the reserve is released so deletes and the database can still proceed
+    /// (uploads get 507 meanwhile); it is re-created once the disk has room for it twice.
+    /// 0 disables it.
+    #[arg(long, env = "TEMPER_DISK_RESERVE_BYTES", default_value_t = DEFAULT_DISK_RESERVE_BYTES)]
+    pub disk_reserve_bytes: u64,
+    /// Seconds a crash leftover (a partial upload in `tmp/`, a file blob without a row) must
+    /// stay untouched before it is swept, at start-up and then at this interval.
+    #[arg(long, env = "TEMPER_LEFTOVER_GRACE_SECS", default_value_t = DEFAULT_LEFTOVER_GRACE_SECS)]
+    pub leftover_grace_secs: u64,
+}
+
+impl StorageConfig {
+    pub fn leftover_grace(&self) -> Duration {
+        Duration::from_secs(self.leftover_grace_secs)
+    }
 }
 
 impl Default for StorageConfig {
@@ -92,6 +112,8 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./temper-data"),
             models_dir: PathBuf::from("./models"),
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE_BYTES,
+            leftover_grace_secs: DEFAULT_LEFTOVER_GRACE_SECS,
         }
     }
 }
@@ -214,6 +236,8 @@ mod tests {
         assert_eq!(config.server.port, 8080);
         assert_eq!(config.server.max_upload_bytes, 512 * 1024 * 1024);
         assert_eq!(config.storage.data_dir, PathBuf::from("./temper-data"));
+        assert_eq!(config.storage.disk_reserve_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.storage.leftover_grace(), Duration::from_secs(900));
         assert_eq!(config.workers.devices, vec!["cpu".to_string()]);
         assert!(config.server.api_keys.is_empty());
         assert_eq!(

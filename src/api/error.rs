@@ -103,6 +103,20 @@ impl ApiError {
         }
     }
 
+    /// 507 `insufficient_storage`: the server's disk is full. `cause` is logged, never sent.
+    pub fn insufficient_storage(cause: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(%cause, "request refused: the data disk is full");
+        ApiError {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            kind: "server_error",
+            param: None,
+            code: Some("insufficient_storage".to_string()),
+            message: "The server's disk is full, so this request could not be stored. Free space \
+                      (for example with DELETE /v1/files/{file_id}) and retry."
+                .to_string(),
+        }
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
@@ -140,6 +154,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound => ApiError::not_found("No such object."),
             StoreError::Conflict(what) => ApiError::bad_request(format!("Conflict: {what}.")),
+            full if full.is_storage_full() => ApiError::insufficient_storage(full),
             other => ApiError::internal(other),
         }
     }
@@ -149,6 +164,7 @@ impl From<BlobError> for ApiError {
     fn from(error: BlobError) -> ApiError {
         match error {
             BlobError::TooLarge { limit } => ApiError::too_large(limit),
+            full if full.is_storage_full() => ApiError::insufficient_storage(full),
             other => ApiError::internal(other),
         }
     }

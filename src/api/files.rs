@@ -17,7 +17,7 @@ use super::AppState;
 use crate::blobs::Blobs;
 use crate::domain::dataset::{self, ScanError};
 use crate::domain::ids::new_file_id;
-use crate::store::{FileRow, SortOrder};
+use crate::store::{FileRow, SortOrder, StoreError};
 
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/files"),
@@ -138,6 +138,9 @@ async fn store_upload(
     rel: &str,
     multipart: Multipart,
 ) -> Result<FileRow, ApiError> {
+    // 507 up front while the disk is full (its reserve released), so the space left is for
+    // deletes.
+    state.blobs.ensure_space().await?;
     let upload = receive_upload(state, rel, multipart).await?;
     let mut row = FileRow {
         id,
@@ -153,8 +156,21 @@ async fn store_upload(
     if row.purpose == "fine-tune" {
         validate_training_file(state, rel, &mut row).await?;
     }
-    state.store.insert_file(&row).await?;
+    // Acknowledged only once the row is committed (and fsynced): if it cannot be, the
+    // caller removes the blob and the client gets the error.
+    if let Err(error) = state.store.insert_file(&row).await {
+        return Err(store_write_failed(state, error).await);
+    }
     Ok(row)
+}
+
+/// The API error for a failed store write; on a full disk the space reserve is released
+/// first, so deletes can still free space.
+async fn store_write_failed(state: &AppState, error: StoreError) -> ApiError {
+    if error.is_storage_full() {
+        state.blobs.reserve().release().await;
+    }
+    error.into()
 }
 
 /// Streams the `file` field to `rel` and reads `purpose`, in whichever order they come.
@@ -384,10 +400,19 @@ async fn delete_file(
         ))
         .with_param("id"));
     }
-    if !state.store.delete_file(&row.id).await? {
+    let deleted = match state.store.delete_file(&row.id).await {
+        // On a full disk the reserve's space lets the deletion commit.
+        Err(error) if error.is_storage_full() && state.blobs.reserve().release().await => {
+            state.store.delete_file(&row.id).await?
+        }
+        result => result?,
+    };
+    if !deleted {
         return Err(no_such_file(&id));
     }
     state.blobs.remove(&Blobs::file_rel(&row.id)).await?;
+    // The space just freed may be enough to put the reserve back (and take uploads again).
+    state.blobs.reserve().arm().await;
     Ok(ApiJson(FileDeleted {
         id: row.id,
         object: "file",

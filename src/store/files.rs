@@ -127,6 +127,13 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Every file id, for the start-up sweep of blobs that have no row.
+    pub async fn file_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM files")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// True when an unfinished job (any non-terminal status) uses the file for training or
     /// validation, so deleting it would break the job.
     pub async fn file_in_use(&self, id: &str) -> Result<bool, StoreError> {

@@ -14,13 +14,14 @@ mod files;
 mod jobs;
 mod models;
 mod queue;
+mod sessions;
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 pub use checkpoints::CheckpointRow;
@@ -29,7 +30,10 @@ pub use files::{FileRow, SortOrder};
 pub use jobs::JobRow;
 pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
+pub use sessions::PageCap;
 
+/// Connections of a file database's pool.
+const MAX_CONNECTIONS: u32 = 8;
 /// How long a connection waits on SQLite's single writer lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +51,27 @@ pub enum StoreError {
     #[error("invalid JSON column: {0}")]
     Json(#[from] serde_json::Error),
 }
+
+impl StoreError {
+    /// True when the write failed because the disk (or the database's page cap) is full:
+    /// SQLite's `SQLITE_FULL` (which its unix VFS returns for `ENOSPC`), or an I/O error
+    /// of kind `StorageFull`.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                // Extended result codes keep the primary code in their low byte.
+                db.code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == SQLITE_FULL)
+            }
+            StoreError::Database(sqlx::Error::Io(io)) => crate::blobs::is_storage_full(io),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's primary result code for "database or disk is full".
+const SQLITE_FULL: i32 = 13;
 
 /// One page of a cursor list. `has_more` is true when rows exist past the last one returned
 /// (the store fetches `limit + 1` to know), matching OpenAI's list envelope.
@@ -77,25 +102,40 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` in WAL mode with foreign keys
-    /// on, and applies pending migrations.
+    /// on, and applies pending migrations. Commits are fsynced (`synchronous = FULL`), so a
+    /// write that returned is durable, and no connection goes back to the pool while inside
+    /// a transaction (see `sessions`).
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with_page_cap(path, PageCap::default(), MAX_CONNECTIONS).await
+    }
+
+    /// `open` with at most `max_connections`, and the database capped at `cap`'s page count
+    /// on every connection: a fault injection seam that makes writes fail with a real
+    /// `SQLITE_FULL`, as on a full disk (one connection makes the pool's reuse of a
+    /// connection deterministic).
+    pub async fn open_with_page_cap(
+        path: &Path,
+        cap: PageCap,
+        max_connections: u32,
+    ) -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = sessions::pool_options(max_connections, cap)
             .connect_with(options)
             .await?;
         Store::from_pool(pool).await
     }
 
-    /// A private in-memory database (one connection, so every query sees the same data).
+    /// A private in-memory database (one connection, so every query sees the same data; it
+    /// is never closed on release, which would drop the data, so it is for tests only).
     pub async fn open_in_memory() -> Result<Store, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
             .await?;

@@ -72,6 +72,9 @@ impl TestServer {
             storage: StorageConfig {
                 data_dir: data_dir.clone(),
                 models_dir: root.path().join("models"),
+                // A small reserve keeps every server start cheap.
+                disk_reserve_bytes: 1024 * 1024,
+                ..StorageConfig::default()
             },
             workers: WorkerConfig {
                 worker_lease_secs: 2,

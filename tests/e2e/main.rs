@@ -4,6 +4,7 @@
 mod binary;
 mod chat;
 mod common;
+mod disk;
 mod errors;
 mod files;
 mod fine_tune;

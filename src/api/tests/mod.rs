@@ -15,6 +15,7 @@ use crate::config::ApiKey;
 use crate::infer::{ClassPrediction, GenerationParams, GenerationStream, InferError};
 use crate::store::ModelRow;
 
+mod disk;
 mod generation;
 mod jobs;
 

@@ -4,7 +4,7 @@ use super::{create, store};
 use crate::domain::job::JobStatus;
 use crate::store::{FileRow, SortOrder, StoreError};
 
-fn file(id: &str, purpose: &str, now: i64) -> FileRow {
+pub(super) fn file(id: &str, purpose: &str, now: i64) -> FileRow {
     FileRow {
         id: id.to_string(),
         bytes: 1234,

@@ -2,6 +2,7 @@
 //! target dir), migrated by `Store::from_pool` exactly as production opens it.
 #![allow(clippy::unwrap_used)]
 
+mod faults;
 mod files;
 mod jobs;
 mod queue;
