@@ -262,3 +262,19 @@ impl JobRunner for StepRunner {
         })
     }
 }
+
+/// A run stuck in one long step that writes nothing: it only stops when its control flag
+/// says so, as the trainer's per-micro-batch poll does.
+pub struct LongStepRunner;
+
+impl JobRunner for LongStepRunner {
+    fn run(&self, run: RunContext) -> BoxFuture<'static, Result<RunOutcome, JobFailure>> {
+        Box::pin(async move {
+            if !start(&run).await? {
+                return Ok(RunOutcome::Superseded);
+            }
+            run.control.raised_to(ControlSignal::Cancel).await;
+            Ok(RunOutcome::Cancelled)
+        })
+    }
+}

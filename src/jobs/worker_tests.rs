@@ -323,12 +323,10 @@ async fn a_cancel_reaches_the_running_job_at_once_through_the_pools_wake() {
     let h = long_lease_harness().await;
     let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
     let beat_now = Arc::new(tokio::sync::Notify::new());
-    let w = worker(&h, slow(1_000_000)).beat_on(beat_now.clone());
+    // In a step that writes nothing until it ends: only the control flag can stop it.
+    let w = worker(&h, LongStepRunner).beat_on(beat_now.clone());
     let run = tokio::spawn(async move { w.process_next().await.unwrap() });
-    wait_until("3 steps", || async {
-        metric_steps(&h.ctx, &id).await.len() >= 3
-    })
-    .await;
+    wait_for_status(&h.ctx, &id, JobStatus::Running).await;
     control(&h, &id, ControlAction::Cancel).await;
     // What `WorkerPool::wake` does after the api's cancel.
     beat_now.notify_waiters();
