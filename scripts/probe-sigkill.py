@@ -129,7 +129,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--examples", type=int, default=240)
+    parser.add_argument("--examples", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--save-steps", type=int, default=25)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -149,7 +151,7 @@ def main():
     job = post_json(server.url, "/v1/fine_tuning/jobs", {
         "model": MODEL, "training_file": file_id,
         "method": {"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": 2, "save_steps": 7}}}})
+            "n_epochs": args.epochs, "batch_size": 2, "save_steps": args.save_steps}}}})
     job_id = job["id"]
     kills = []
     for _ in range(args.kills):
@@ -207,9 +209,11 @@ def main():
         "server_starts": server.starts,
         "job_status": state["status"],
         "job_error": state.get("error"),
-        "attempts_events": sum("stopped responding" in e["message"] for e in events),
-        "checkpoints_listed": listed_steps,
-        "checkpoints_on_disk": on_disk,
+        "lease_lost_events": sum("stopped responding" in e["message"] for e in events),
+        "checkpoints_listed": len(listed_steps),
+        "checkpoints_on_disk": len(on_disk),
+        "dirs_without_row": sorted(set(on_disk) - set(listed_steps)),
+        "rows_without_dir": sorted(set(listed_steps) - set(on_disk)),
         "held": {
             "job_succeeded": state["status"] == "succeeded",
             "every_checkpoint_dir_listed": set(on_disk) <= set(listed_steps),
