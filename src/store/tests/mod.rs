@@ -4,6 +4,7 @@
 
 mod files;
 mod jobs;
+mod leased;
 mod queue;
 mod records;
 
