@@ -16,7 +16,6 @@ use super::wire::{page_limit, unix_now, ListResponse};
 use super::{download, AppState};
 use crate::basemodels;
 use crate::domain::ids::new_job_id;
-use crate::domain::job::JobStatus;
 use crate::store::{ControlAction, ControlOutcome, EventRow, JobRow};
 
 pub const ROUTES: &[(Method, &str)] = &[
@@ -216,9 +215,9 @@ async fn control(
     };
     match outcome {
         ControlOutcome::Applied(job) => {
-            if job.status == JobStatus::Queued {
-                (state.wake_workers)();
-            }
+            // Idle workers claim a resumed job; a running job's worker reads the cancel
+            // or pause at once.
+            (state.wake_workers)();
             Ok(ApiJson((*job).into()))
         }
         ControlOutcome::NotAllowed(status) => Err(ApiError::bad_request(format!(

@@ -7,11 +7,13 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{unix_now, JobsContext};
 use crate::domain::job::JobStatus;
+use crate::store::Lease;
 use crate::train::Control;
 
 /// Ordered by strength: a stronger signal replaces a weaker one, never the reverse.
@@ -64,9 +66,16 @@ impl ControlSignal {
     }
 }
 
-/// Shared between the worker, its heartbeat task and the training thread.
+/// Shared between the worker, its heartbeat task, the progress writer and the training
+/// thread. Async code can wait for a signal (`raised_to`); the trainer polls `get`.
 #[derive(Debug, Clone, Default)]
-pub struct ControlFlag(Arc<AtomicU8>);
+pub struct ControlFlag(Arc<FlagState>);
+
+#[derive(Debug, Default)]
+struct FlagState {
+    signal: AtomicU8,
+    changed: Notify,
+}
 
 impl ControlFlag {
     pub fn new() -> ControlFlag {
@@ -74,22 +83,39 @@ impl ControlFlag {
     }
 
     pub fn get(&self) -> ControlSignal {
-        ControlSignal::from_u8(self.0.load(Ordering::Acquire))
+        ControlSignal::from_u8(self.0.signal.load(Ordering::Acquire))
     }
 
     /// Raises the flag to `signal` unless a stronger one is already set.
     pub fn raise(&self, signal: ControlSignal) {
-        self.0.fetch_max(signal as u8, Ordering::AcqRel);
+        let before = self.0.signal.fetch_max(signal as u8, Ordering::AcqRel);
+        if before < signal as u8 {
+            self.0.changed.notify_waiters();
+        }
+    }
+
+    /// Resolves once the flag is at least `at_least` (at once if it already is).
+    pub async fn raised_to(&self, at_least: ControlSignal) {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.get() >= at_least {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
 /// Extends the lease every third of it until `done` is cancelled, raising `flag` from the
-/// row's status, and raises `Shutdown` when the process stops. A store error is logged and
-/// retried at the next beat: the lease only lapses after three missed beats.
+/// row's status, and raises `Shutdown` when the process stops. `beat_now` (notified by the
+/// api after a cancel or pause) makes it beat at once, so a cancel reaches the trainer
+/// within its current micro-batch instead of a third of a lease later. A store error is
+/// logged and retried at the next beat: the lease only lapses after three missed beats.
 pub(crate) async fn heartbeat_loop(
     ctx: JobsContext,
-    job_id: String,
-    owner: String,
+    lease: Lease,
     flag: ControlFlag,
     stop: HeartbeatStop,
 ) {
@@ -98,26 +124,36 @@ pub(crate) async fn heartbeat_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the claim itself just set the lease
     loop {
+        let woken = stop.beat_now.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         tokio::select! {
             _ = stop.done.cancelled() => return,
             _ = stop.shutdown.cancelled(), if flag.get() < ControlSignal::Shutdown => {
                 flag.raise(ControlSignal::Shutdown);
+                continue;
             }
-            _ = ticker.tick() => {
-                match ctx.store.heartbeat(&job_id, &owner, unix_now(), ctx.lease_secs()).await {
-                    Ok(status) => flag.raise(ControlSignal::from_heartbeat(status)),
-                    Err(error) => warn!(%job_id, %error, "heartbeat failed; retrying next beat"),
-                }
-            }
+            _ = ticker.tick() => {}
+            _ = &mut woken => {}
+        }
+        let Lease { job_id, owner } = &lease;
+        match ctx
+            .store
+            .heartbeat(job_id, owner, unix_now(), ctx.lease_secs())
+            .await
+        {
+            Ok(status) => flag.raise(ControlSignal::from_heartbeat(status)),
+            Err(error) => warn!(%job_id, %error, "heartbeat failed; retrying next beat"),
         }
     }
 }
 
-/// The two tokens that end a heartbeat loop's duties: `done` when the run finished,
-/// `shutdown` for the process.
+/// What steers a heartbeat loop besides its ticker: `done` when the run finished,
+/// `shutdown` for the process, `beat_now` to beat at once.
 pub(crate) struct HeartbeatStop {
     pub done: CancellationToken,
     pub shutdown: CancellationToken,
+    pub beat_now: Arc<Notify>,
 }
 
 #[cfg(test)]
@@ -158,5 +194,21 @@ mod tests {
         assert_eq!(S::LeaseLost.to_train_control(), Control::Cancel);
         assert_eq!(S::Shutdown.to_train_control(), Control::Shutdown);
         assert_eq!(S::Pause.to_train_control(), Control::Pause);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_signal_wakes_on_the_raise() {
+        let flag = ControlFlag::new();
+        let waiter = tokio::spawn({
+            let flag = flag.clone();
+            async move { flag.raised_to(ControlSignal::Cancel).await }
+        });
+        flag.raise(ControlSignal::Pause);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a pause is weaker than a cancel");
+        flag.raise(ControlSignal::Cancel);
+        waiter.await.expect("woken");
+        // Already raised: returns at once.
+        flag.raised_to(ControlSignal::Pause).await;
     }
 }

@@ -22,7 +22,7 @@ use crate::basemodels::{self, BaseModel, BaseModelKind};
 use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
 use crate::domain::job::JobStatus;
 use crate::domain::model_name::{fine_tuned_name, ORG};
-use crate::store::{EventRow, JobRow, Store};
+use crate::store::{EventRow, JobRow, Lease, Store};
 use crate::train::{
     checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
     TrainObserver, TrainOutcome,
@@ -145,11 +145,12 @@ impl JobRunner for FineTuneRunner {
 async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let job = &run.job;
     let store = &run.ctx.store;
+    let lease = &run.lease;
     let Some(data) = validation_phase(&run).await? else {
         return Ok(RunOutcome::Superseded);
     };
     let task = data.data.task();
-    let config = resolve_hyperparameters(store, job, task, data.data.n_train()).await?;
+    let config = resolve_hyperparameters(store, lease, job, task, data.data.n_train()).await?;
     let base = basemodels::resolve(&run.ctx.models_dir, &job.model).ok_or_else(|| {
         JobFailure::fatal(
             "invalid_model",
@@ -168,25 +169,30 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         // Not started yet: the job simply goes back to the queue.
         return Ok(RunOutcome::Stopped { step: 0 });
     }
+    let started = match resume_from {
+        Some((step, _)) => format!("Resuming fine-tuning job from step {step}"),
+        None => "Fine-tuning job started".to_string(),
+    };
+    // The status and its event in one fenced transaction: a cancel is either before both
+    // (nothing written) or after both.
+    let event = EventRow::info(&job.id, started, unix_now());
     if !store
-        .transition(
-            &job.id,
+        .leased_transition(
+            lease,
             &[JobStatus::Queued],
             JobStatus::Running,
+            Some(&event),
             unix_now(),
         )
         .await?
     {
         return Ok(RunOutcome::Superseded);
     }
-    let started = match resume_from {
-        Some((step, _)) => format!("Resuming fine-tuning job from step {step}"),
-        None => "Fine-tuning job started".to_string(),
-    };
-    info_event(store, &job.id, started).await?;
     let target = ProgressTarget {
         store: store.clone(),
         blobs: run.ctx.blobs.clone(),
+        lease: lease.clone(),
+        control: run.control.clone(),
         job_id: job.id.clone(),
         base_model: job.model.clone(),
         final_model: final_model_name(job),
@@ -209,21 +215,27 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
 }
 
 /// Reads and checks the files; a job still in `validating_files` also gets the validation
-/// events and moves to `queued`. `None` when that move lost a race (paused or cancelled).
+/// events and moves to `queued`. `None` when that move lost a race (paused or cancelled),
+/// or when a cancel arrived while the files were being read: validation stops there.
 async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, JobFailure> {
     let job = &run.job;
     let store = &run.ctx.store;
+    let lease = &run.lease;
     let validating = job.status == JobStatus::ValidatingFiles;
     if validating {
         let message = validating_message(&job.training_file, job.validation_file.as_deref());
-        info_event(store, &job.id, message).await?;
+        leased_event(store, lease, EventRow::info(&job.id, message, unix_now())).await?;
     }
-    let data = load_and_validate(
+    let loaded = load_and_validate(
         &run.ctx.blobs,
         &job.training_file,
         job.validation_file.as_deref(),
-    )
-    .await?;
+    );
+    let data = tokio::select! {
+        biased;
+        _ = run.control.raised_to(ControlSignal::Cancel) => return Ok(None),
+        data = loaded => data?,
+    };
     if !validating {
         return Ok(Some(data));
     }
@@ -233,36 +245,33 @@ async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, Job
             data.duplicates
         );
         let event = EventRow::message(&job.id, "warn", message, unix_now());
-        store.insert_event(&event).await?;
+        leased_event(store, lease, event).await?;
     }
+    let validated = EventRow::info(
+        &job.id,
+        "Files validated, moving job to queued state",
+        unix_now(),
+    );
     let moved = store
-        .transition(
-            &job.id,
+        .leased_transition(
+            lease,
             &[JobStatus::ValidatingFiles],
             JobStatus::Queued,
+            Some(&validated),
             unix_now(),
         )
         .await?;
-    if !moved {
-        return Ok(None);
-    }
-    info_event(
-        store,
-        &job.id,
-        "Files validated, moving job to queued state",
-    )
-    .await?;
-    Ok(Some(data))
+    Ok(moved.then_some(data))
 }
 
-async fn info_event(
-    store: &Store,
-    job_id: &str,
-    message: impl Into<String>,
-) -> Result<(), JobFailure> {
-    Ok(store
-        .insert_event(&EventRow::info(job_id, message, unix_now()))
-        .await?)
+/// Appends an event to the leased job; `Superseded` when the fence refused it (the job was
+/// cancelled or taken over), which ends the run without another write.
+async fn leased_event(store: &Store, lease: &Lease, event: EventRow) -> Result<(), JobFailure> {
+    if store.leased_event(lease, &event).await? {
+        Ok(())
+    } else {
+        Err(JobFailure::Superseded)
+    }
 }
 
 /// `ft:{base}:temper:{suffix}:{id8}`, id8 taken from the job id so it is stable across
@@ -282,6 +291,7 @@ fn final_model_name(job: &JobRow) -> String {
 /// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`).
 async fn resolve_hyperparameters(
     store: &Store,
+    lease: &Lease,
     job: &JobRow,
     task: TaskKind,
     n_examples: usize,
@@ -319,14 +329,12 @@ async fn resolve_hyperparameters(
     if let Value::Object(supervised) = supervised {
         supervised.insert("hyperparameters".into(), Value::Object(resolved));
     }
-    store
-        .set_hyperparameters(
-            &job.id,
-            &core,
-            &Value::Object(method),
-            Some(task_name(task)),
-        )
+    let recorded = store
+        .leased_hyperparameters(lease, &core, &Value::Object(method), Some(task_name(task)))
         .await?;
+    if !recorded {
+        return Err(JobFailure::Superseded);
+    }
     Ok(config)
 }
 
@@ -397,9 +405,26 @@ fn train_failure(error: TrainError) -> JobFailure {
             format!("The job failed due to an invalid training file. {message}"),
             Some("training_file"),
         ),
+        TrainError::Write { what, source } => write_failure(&what, &source),
         TrainError::Io(e) => JobFailure::Retryable(format!("training io error: {e}")),
         other => JobFailure::internal(format!("Training failed: {other}")),
     }
+}
+
+/// A write the job could not make (`what`: "checkpoint step-30", "result file …"): a full
+/// disk pauses the job, any other I/O error fails it, both in plain words.
+pub(crate) fn write_failure(what: &str, error: &std::io::Error) -> JobFailure {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    ) {
+        return JobFailure::OutOfSpace(format!("No space left on device while writing {what}"));
+    }
+    JobFailure::internal(format!(
+        "An I/O error stopped the job while writing {what}: {}",
+        checkpoint::plain_io_error(error)
+    ))
 }
 
 #[cfg(test)]

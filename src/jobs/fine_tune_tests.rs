@@ -18,7 +18,7 @@ use crate::blobs::Blobs;
 use crate::domain::job::JobStatus;
 use crate::train::RESULTS_CSV_HEADER;
 
-const MODEL: &str = "test-org/tiny-bert";
+pub(super) const MODEL: &str = "test-org/tiny-bert";
 
 const POSITIVE: [&str; 5] = [
     "great movie, amazing acting",
@@ -35,7 +35,7 @@ const NEGATIVE: [&str; 5] = [
     "i would never recommend it",
 ];
 
-fn jsonl(rows: &[(&str, &str)]) -> Vec<u8> {
+pub(super) fn jsonl(rows: &[(&str, &str)]) -> Vec<u8> {
     rows.iter()
         .map(|(text, label)| json!({"text": text, "label": label}).to_string() + "\n")
         .collect::<String>()
@@ -43,7 +43,7 @@ fn jsonl(rows: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// `n` examples alternating positive/negative.
-fn examples(n: usize) -> Vec<(&'static str, &'static str)> {
+pub(super) fn examples(n: usize) -> Vec<(&'static str, &'static str)> {
     (0..n)
         .map(|i| {
             if i % 2 == 0 {
@@ -55,17 +55,22 @@ fn examples(n: usize) -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-fn write_model(h: &Harness) {
+pub(super) fn write_model(h: &Harness) {
     crate::zoo::testing::write_tiny_bert(&h.dir.path().join("models").join(MODEL), 7).unwrap();
 }
 
 /// 2 epochs of batches of 4, `"auto"` learning rate multiplier.
-fn two_epochs() -> Value {
+pub(super) fn two_epochs() -> Value {
     json!({"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": "auto"})
 }
 
 /// Uploads files and creates a job with these hyperparameters.
-async fn job_with(h: &Harness, train: &[u8], valid: Option<&[u8]>, hyper: Value) -> String {
+pub(super) async fn job_with(
+    h: &Harness,
+    train: &[u8],
+    valid: Option<&[u8]>,
+    hyper: Value,
+) -> String {
     upload(&h.ctx, "file-train", train).await;
     let method = json!({"type": "supervised", "supervised": {"hyperparameters": hyper}});
     let id = create_job(&h.ctx, MODEL, "file-train", method).await;
@@ -80,7 +85,7 @@ async fn job_with(h: &Harness, train: &[u8], valid: Option<&[u8]>, hyper: Value)
     id
 }
 
-fn worker(h: &Harness, runner: impl JobRunner) -> Worker {
+pub(super) fn worker(h: &Harness, runner: impl JobRunner) -> Worker {
     Worker::new(
         h.ctx.clone(),
         Arc::new(runner),
@@ -90,7 +95,7 @@ fn worker(h: &Harness, runner: impl JobRunner) -> Worker {
 }
 
 /// Asserts `expected` appear in `messages` in this order (other messages may sit between).
-fn assert_in_order(messages: &[String], expected: &[&str]) {
+pub(super) fn assert_in_order(messages: &[String], expected: &[&str]) {
     let mut rest = messages.iter();
     for want in expected {
         assert!(
@@ -319,8 +324,28 @@ async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
     );
     let orphan = job(&h.ctx, &id).await;
     assert_eq!(orphan.status, JobStatus::Running);
-    assert_eq!(orphan.lease_owner.as_deref(), Some(first.owner()));
+    assert!(orphan.lease_owner.unwrap().starts_with(first.owner()));
     drop(first);
+    // The kill landed between the newest checkpoint's rename and its row: that directory
+    // (the one the job resumes from) has no checkpoint or model row.
+    let work_dir = h.ctx.blobs.job_dir(&id);
+    let (unlisted, _) = crate::train::checkpoint::latest_resumable(&work_dir)
+        .unwrap()
+        .unwrap();
+    for table in ["fine_tuning_checkpoints", "models"] {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {} = ?",
+            match table {
+                "models" => "step",
+                _ => "step_number",
+            }
+        );
+        sqlx::query(&sql)
+            .bind(unlisted as i64)
+            .execute(h.ctx.store.pool())
+            .await
+            .unwrap();
+    }
 
     // The "next process": a new store handle and pool on the same files.
     let ctx = context_in(&h.dir).await;
@@ -357,4 +382,25 @@ async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
     seen.sort_unstable();
     seen.dedup();
     assert_eq!(seen.len(), total, "one checkpoint row per step");
+    // The directory without a row was reconciled when the job resumed: listed, servable.
+    assert_eq!(resumed, unlisted as u64);
+    let row = ctx
+        .store
+        .get_checkpoint_by_step(&id, unlisted as i64)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("checkpoint step-{unlisted} was never listed"));
+    let model = ctx
+        .store
+        .get_model(&row.fine_tuned_model_checkpoint)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(model.step, Some(unlisted as i64));
+    assert!(ctx
+        .blobs
+        .path(&model.artifact_dir)
+        .join("trainable.safetensors")
+        .is_file());
+    assert_eq!(row.metrics["step"], unlisted as u64);
 }

@@ -5,9 +5,12 @@
 //! - `pool.rs`: [`WorkerPool`]: one worker task per device slot plus the periodic
 //!   `requeue_expired` task, all stopped by one `CancellationToken`.
 //! - `worker.rs`: [`Worker`]: claim one job, run it under a heartbeat, settle the outcome
-//!   (succeeded / failed / retried / paused / released / cancelled).
+//!   (succeeded / failed / retried / paused / released / cancelled). Every write to the
+//!   job names the claim's `Lease` and is refused once the lease lapsed or the job was
+//!   cancelled (`Store::leased_*`), so a stale worker never writes into a job another runs.
 //! - `control.rs`: [`ControlFlag`] (what the trainer should do next) and the heartbeat task
-//!   that extends the lease and turns the row's status into that flag.
+//!   that extends the lease and turns the row's status into that flag; `WorkerPool::wake`
+//!   (called by the api after a cancel or pause) makes it beat at once.
 //! - `runner.rs`: the [`JobRunner`] trait, [`RunOutcome`] and [`JobFailure`].
 //! - `fine_tune.rs`: [`FineTuneRunner`], the real runner (validation phase, start, training
 //!   thread, completion).
@@ -17,7 +20,8 @@
 //!
 //! Shutdown flows from the pool's token: workers stop claiming, the heartbeat task sets
 //! the flag to `Shutdown`, the trainer checkpoints and the worker releases the job to
-//! `queued`; `WorkerPool::join` waits for all of it.
+//! `queued` (a clean hand-back: the attempt is given back, only lost leases and failed runs
+//! count towards `max_attempts`); `WorkerPool::join` waits for all of it.
 
 mod control;
 mod fine_tune;
@@ -30,6 +34,8 @@ mod worker;
 
 #[cfg(test)]
 mod fine_tune_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod sft_job_tests;
 #[cfg(test)]

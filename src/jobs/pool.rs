@@ -21,6 +21,9 @@ pub struct WorkerPool {
     /// Notified by the api after creating or resuming a job, and by the requeue task after
     /// it put jobs back; idle workers wait on it (or on the poll interval).
     wake: Arc<Notify>,
+    /// Notified with `wake`: every running job's heartbeat beats at once, so a cancel or
+    /// pause the api just wrote reaches its trainer now rather than a third of a lease later.
+    beat_now: Arc<Notify>,
     tracker: TaskTracker,
 }
 
@@ -37,10 +40,12 @@ impl WorkerPool {
         shutdown: CancellationToken,
     ) -> WorkerPool {
         let wake = Arc::new(Notify::new());
+        let beat_now = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
         tracker.spawn(requeue_loop(ctx.clone(), wake.clone(), shutdown.clone()));
         for device in &ctx.devices {
-            let worker = Worker::new(ctx.clone(), runner.clone(), device, shutdown.clone());
+            let worker = Worker::new(ctx.clone(), runner.clone(), device, shutdown.clone())
+                .beat_on(beat_now.clone());
             tracker.spawn(worker_loop(
                 worker,
                 ctx.poll_interval,
@@ -49,12 +54,18 @@ impl WorkerPool {
             ));
         }
         tracker.close();
-        WorkerPool { wake, tracker }
+        WorkerPool {
+            wake,
+            beat_now,
+            tracker,
+        }
     }
 
-    /// Nudges idle workers to look for work now.
+    /// Nudges idle workers to look for work now, and running jobs to read their row now
+    /// (the api calls this after every create, cancel, pause and resume).
     pub fn wake(&self) {
         self.wake.notify_waiters();
+        self.beat_now.notify_waiters();
     }
 
     /// Waits for every worker (after the shutdown token was cancelled: running jobs are

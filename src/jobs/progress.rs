@@ -2,7 +2,9 @@
 //! [`ForwardingObserver`] on its own OS thread; every callback becomes a [`Progress`]
 //! message on a bounded channel (`blocking_send`: a slow database slows training down
 //! instead of growing a queue), and [`write_progress`] turns the messages into events,
-//! progress columns, checkpoint rows and model rows.
+//! progress columns, checkpoint rows and model rows, each fenced by the job's lease. The
+//! first refused write (the job was cancelled or another worker owns it) raises the
+//! control flag, so the trainer stops within its step, and nothing more is written.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,12 +13,13 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{unix_now, ControlFlag};
+use super::{unix_now, ControlFlag, ControlSignal};
 use crate::blobs::Blobs;
 use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_checkpoint_id;
+use crate::domain::job::JobStatus;
 use crate::domain::model_name::{checkpoint_name, ORG};
-use crate::store::{CheckpointRow, EventRow, ModelRow, Store, StoreError};
+use crate::store::{CheckpointRow, EventRow, Lease, ModelRow, Store, StoreError};
 use crate::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
 /// Room for a burst of steps while the database is busy.
@@ -66,6 +69,10 @@ impl TrainObserver for ForwardingObserver {
     fn control(&mut self) -> Control {
         self.control.get().to_train_control()
     }
+
+    fn cancel_requested(&mut self) -> bool {
+        self.control.get().to_train_control() == Control::Cancel
+    }
 }
 
 /// What the writer needs to name and place rows.
@@ -73,6 +80,10 @@ impl TrainObserver for ForwardingObserver {
 pub struct ProgressTarget {
     pub store: Store,
     pub blobs: Blobs,
+    /// Every row written names it.
+    pub lease: Lease,
+    /// Raised when a fenced write is refused.
+    pub control: ControlFlag,
     pub job_id: String,
     pub base_model: String,
     /// The final model's name; checkpoints are `<final>:ckpt-step-N`.
@@ -86,11 +97,28 @@ impl ProgressTarget {
     fn is_lm(&self) -> bool {
         self.task != TaskKind::SequenceClassification
     }
+
+    /// After a refused write: a cancelled job the lease still names stops as cancelled,
+    /// anything else (lease lapsed, re-claimed, finished) as a lost lease.
+    pub async fn stop_refused(&self) {
+        let cancelled = match self.store.get_job(&self.job_id).await {
+            Ok(Some(job)) => {
+                job.status == JobStatus::Cancelled
+                    && job.lease_owner.as_deref() == Some(self.lease.owner.as_str())
+            }
+            _ => false,
+        };
+        self.control.raise(if cancelled {
+            ControlSignal::Cancel
+        } else {
+            ControlSignal::LeaseLost
+        });
+    }
 }
 
 /// Drains `rx` until the training thread drops its sender. Store errors are logged and the
 /// first one is returned at the end (the channel is always drained, so the training thread
-/// never blocks on a dead writer).
+/// never blocks on a dead writer). After a refused write the rest is dropped unwritten.
 pub async fn write_progress(
     target: ProgressTarget,
     mut rx: mpsc::Receiver<Progress>,
@@ -98,11 +126,15 @@ pub async fn write_progress(
     let started = Instant::now();
     let mut first_step: Option<usize> = None;
     let mut first_error = None;
+    let mut fenced_out = false;
     while let Some(progress) = rx.recv().await {
+        if fenced_out {
+            continue;
+        }
         let result = match progress {
             Progress::Event(level, message) => {
                 let event = EventRow::message(&target.job_id, level.as_str(), message, unix_now());
-                target.store.insert_event(&event).await
+                target.store.leased_event(&target.lease, &event).await
             }
             Progress::Step(metrics) => {
                 let first = *first_step.get_or_insert(metrics.step.saturating_sub(1));
@@ -110,9 +142,16 @@ pub async fn write_progress(
             }
             Progress::Checkpoint(checkpoint) => write_checkpoint(&target, &checkpoint).await,
         };
-        if let Err(error) = result {
-            warn!(job_id = %target.job_id, %error, "writing training progress failed");
-            first_error.get_or_insert(error);
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                fenced_out = true;
+                target.stop_refused().await;
+            }
+            Err(error) => {
+                warn!(job_id = %target.job_id, %error, "writing training progress failed");
+                first_error.get_or_insert(error);
+            }
         }
     }
     first_error.map_or(Ok(()), Err)
@@ -142,7 +181,7 @@ async fn write_step(
     target: &ProgressTarget,
     metrics: &StepMetrics,
     estimated_finish: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let data = if target.is_lm() {
         // OpenAI's names for chat fine-tuning metrics.
         json!({
@@ -170,20 +209,22 @@ async fn write_step(
     };
     let now = unix_now();
     let event = EventRow::metrics(&target.job_id, step_message(metrics), data, now);
-    target.store.insert_event(&event).await?;
+    if !target.store.leased_event(&target.lease, &event).await? {
+        return Ok(false);
+    }
     let tokens = i64::try_from(metrics.tokens_seen).unwrap_or(i64::MAX);
     target
         .store
-        .set_progress(&target.job_id, Some(estimated_finish), Some(tokens))
+        .leased_progress(&target.lease, Some(estimated_finish), Some(tokens))
         .await
 }
 
 /// A checkpoint row plus its servable model row, in one transaction. A row that already
-/// exists (a resumed job saving the same step again) is kept.
+/// exists (a resumed job announcing the checkpoints on disk again) is kept.
 async fn write_checkpoint(
     target: &ProgressTarget,
     checkpoint: &SavedCheckpoint,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let name = checkpoint_name(&target.final_model, checkpoint.step);
     let artifact_dir = relative_to_root(&target.blobs, &checkpoint.dir);
     let step = i64::try_from(checkpoint.step).unwrap_or(i64::MAX);
@@ -206,10 +247,10 @@ async fn write_checkpoint(
     let model = model_row(target, name, artifact_dir, step, true);
     match target
         .store
-        .insert_checkpoint_with_model(&row, &model)
+        .leased_checkpoint(&target.lease, Some(&row), &model)
         .await
     {
-        Err(StoreError::Conflict(_)) => Ok(()),
+        Err(StoreError::Conflict(_)) => Ok(true),
         other => other,
     }
 }

@@ -2,9 +2,10 @@
 //! serves `fine-tune-results` files), the classification report (or the chat training report)
 //! and the final model row.
 
+use super::fine_tune::write_failure;
 use super::progress::{model_row, relative_to_root, ProgressTarget};
 use super::{unix_now, JobFailure};
-use crate::blobs::Blobs;
+use crate::blobs::{BlobError, Blobs};
 use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_file_id;
 use crate::store::{FileRow, StoreError};
@@ -40,9 +41,14 @@ pub async fn record_completion(
         step,
         false,
     );
-    match target.store.insert_model(&model).await {
+    match target
+        .store
+        .leased_checkpoint(&target.lease, None, &model)
+        .await
+    {
         // A resumed job that had already written its model row before stopping.
-        Ok(()) | Err(StoreError::Conflict(_)) => {}
+        Ok(true) | Err(StoreError::Conflict(_)) => {}
+        Ok(false) => return Err(JobFailure::Superseded),
         Err(error) => return Err(error.into()),
     }
     Ok(vec![csv_id, report_id])
@@ -58,7 +64,10 @@ async fn write_result_file(
         .blobs
         .write_atomic(&Blobs::file_rel(&id), bytes)
         .await
-        .map_err(|e| JobFailure::Retryable(format!("writing {filename} failed: {e}")))?;
+        .map_err(|e| match e {
+            BlobError::Io(io) => write_failure(&format!("result file {filename}"), &io),
+            other => JobFailure::Retryable(format!("writing {filename} failed: {other}")),
+        })?;
     let row = FileRow {
         id: id.clone(),
         bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),

@@ -5,15 +5,15 @@ use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::{ControlFlag, JobsContext};
-use crate::store::JobRow;
+use crate::store::{JobRow, Lease};
 
 /// What a runner gets for one claimed job.
 #[derive(Debug, Clone)]
 pub struct RunContext {
     /// The row as claimed (status `validating_files` or `queued`).
     pub job: JobRow,
-    /// The lease owner; every lease-guarded write names it.
-    pub owner: String,
+    /// This claim's lease; every write to the job names it (`Store::leased_*`).
+    pub lease: Lease,
     /// `cpu`, `cuda:0`, …
     pub device: String,
     /// Read once per training step; raised by the heartbeat and by shutdown.
@@ -48,6 +48,15 @@ pub enum JobFailure {
     /// used up.
     #[error("{0}")]
     Retryable(String),
+    /// The disk is full: the job is paused at its last checkpoint (a retry would only hit
+    /// the full disk again) with an event saying what could not be written; the user frees
+    /// space and resumes it.
+    #[error("{0}")]
+    OutOfSpace(String),
+    /// A fenced write was refused: the job was cancelled or its lease went to another
+    /// worker. Nothing more may be written.
+    #[error("the job was cancelled or taken over by another worker")]
+    Superseded,
     /// Permanent (bad data, unknown model, device missing): the job fails with this
     /// OpenAI-shaped error.
     #[error("{message}")]
@@ -80,8 +89,11 @@ impl JobFailure {
                 message,
                 param,
             } => json!({"code": code, "message": message, "param": param}),
-            JobFailure::Retryable(message) => {
+            JobFailure::Retryable(message) | JobFailure::OutOfSpace(message) => {
                 json!({"code": "server_error", "message": message, "param": null})
+            }
+            JobFailure::Superseded => {
+                json!({"code": "server_error", "message": self.to_string(), "param": null})
             }
         }
     }
@@ -97,4 +109,59 @@ impl From<crate::store::StoreError> for JobFailure {
 /// and never block the async runtime (training belongs on its own OS thread).
 pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, run: RunContext) -> BoxFuture<'static, Result<RunOutcome, JobFailure>>;
+}
+
+/// `text` with every absolute path cut to its last component (`/srv/data/jobs/…/model.safetensors`
+/// → `model.safetensors`): job errors and events are read by API clients, who must not learn
+/// the server's layout. A safety net for messages built from library errors (I/O, candle,
+/// GGUF), which often name the file they failed on.
+pub(crate) fn without_paths(text: &str) -> String {
+    const OPENERS: &[char] = &['`', '\'', '"', '(', '[', '{', '<'];
+    const CLOSERS: &[char] = &['`', '\'', '"', ')', ']', '}', '>', ',', ';', ':', '.'];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let token_len = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (token, after) = rest.split_at(token_len);
+        let lead = token.len() - token.trim_start_matches(OPENERS).len();
+        let core = token[lead..].trim_end_matches(CLOSERS);
+        if core.starts_with('/') && core.matches('/').count() >= 2 {
+            let name = core
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            out.push_str(&token[..lead]);
+            out.push_str(name);
+            out.push_str(&token[lead + core.len()..]);
+        } else {
+            out.push_str(token);
+        }
+        let space_len = after.len() - after.trim_start().len();
+        out.push_str(&after[..space_len]);
+        rest = &after[space_len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths_are_cut_to_their_last_component() {
+        assert_eq!(
+            without_paths(
+                "cannot open `/tmp/.tmpX/models/org/m/model.safetensors`: No such file (os error 2)"
+            ),
+            "cannot open `model.safetensors`: No such file (os error 2)"
+        );
+        assert_eq!(
+            without_paths("io error at /srv/data/jobs/ftjob-1/checkpoints/step-30/, retry"),
+            "io error at step-30, retry"
+        );
+        // Words with one slash, ratios and URLs-like text without a leading slash stay.
+        let kept = "loss 1/2 and/or model org/name at step 3";
+        assert_eq!(without_paths(kept), kept);
+    }
 }

@@ -135,20 +135,27 @@ pub async fn wait_for_status(ctx: &JobsContext, id: &str, status: JobStatus) {
     .await;
 }
 
-/// What fakes do first: the worker's own moves to `running`.
+/// What fakes do first: the worker's own (fenced) moves to `running`.
 async fn start(run: &RunContext) -> Result<bool, JobFailure> {
     let store = &run.ctx.store;
     let now = unix_now();
     store
-        .transition(
-            &run.job.id,
+        .leased_transition(
+            &run.lease,
             &[JobStatus::ValidatingFiles],
             JobStatus::Queued,
+            None,
             now,
         )
         .await?;
     Ok(store
-        .transition(&run.job.id, &[JobStatus::Queued], JobStatus::Running, now)
+        .leased_transition(
+            &run.lease,
+            &[JobStatus::Queued],
+            JobStatus::Running,
+            None,
+            now,
+        )
         .await?)
 }
 
@@ -201,9 +208,10 @@ impl JobRunner for PanicRunner {
     }
 }
 
-/// A slow "trainer": `total` steps of `step_time`, each with a metrics event, polling the
-/// control flag before every step like the real one. Progress is saved in the job's work
-/// dir on pause/shutdown, so a resumed run continues where it stopped.
+/// A slow "trainer": `total` steps of `step_time`, each with a fenced metrics event (its
+/// data names the lease owner), polling the control flag before every step like the real
+/// one and stopping when a write is refused. Progress is saved in the job's work dir on
+/// pause/shutdown, so a resumed run continues where it stopped.
 pub struct StepRunner {
     pub total: u64,
     pub step_time: Duration,
@@ -239,16 +247,34 @@ impl JobRunner for StepRunner {
                 }
                 tokio::time::sleep(step_time).await;
                 step += 1;
-                let data = json!({"step": step, "total_steps": total});
+                let data = json!({"step": step, "total_steps": total, "owner": run.lease.owner});
                 let event = EventRow::metrics(
                     &run.job.id,
                     format!("Step {step}/{total}"),
                     data,
                     unix_now(),
                 );
-                run.ctx.store.insert_event(&event).await?;
+                if !run.ctx.store.leased_event(&run.lease, &event).await? {
+                    return Err(JobFailure::Superseded);
+                }
             }
             Ok(succeeded(&run.job.id))
+        })
+    }
+}
+
+/// A run stuck in one long step that writes nothing: it only stops when its control flag
+/// says so, as the trainer's per-micro-batch poll does.
+pub struct LongStepRunner;
+
+impl JobRunner for LongStepRunner {
+    fn run(&self, run: RunContext) -> BoxFuture<'static, Result<RunOutcome, JobFailure>> {
+        Box::pin(async move {
+            if !start(&run).await? {
+                return Ok(RunOutcome::Superseded);
+            }
+            run.control.raised_to(ControlSignal::Cancel).await;
+            Ok(RunOutcome::Cancelled)
         })
     }
 }

@@ -1,23 +1,26 @@
 //! One worker: claim a job, run it under a heartbeat, settle the outcome in the store.
 //! The worker never crashes on a job's error: failures, panics and lost leases all end
-//! in a settled row (or, for a lost lease, in writing nothing).
+//! in a settled row (or, for a lost lease or a cancel, in writing nothing). Every write is
+//! fenced by the claim's [`Lease`]: a worker that lost its job writes nothing into it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use super::control::{heartbeat_loop, HeartbeatStop};
+use super::runner::without_paths;
 use super::{
     unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, JobsContext, RunContext,
     RunOutcome,
 };
 use crate::domain::ids::random_base62;
 use crate::domain::job::JobStatus;
-use crate::store::{EventRow, JobRow, StoreError};
+use crate::store::{EventRow, Handback, JobRow, Lease, StoreError};
 
 /// What `process_next` did; every variant but `Idle` names the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +42,13 @@ pub enum Processed {
 pub struct Worker {
     ctx: JobsContext,
     runner: Arc<dyn JobRunner>,
-    /// Lease owner name, unique per worker and process.
+    /// Worker name, unique per worker and process; each claim's lease owner extends it.
     owner: String,
     device: String,
     /// Process shutdown: a running job checkpoints and goes back to `queued`.
     shutdown: CancellationToken,
+    /// Notified after a user's cancel or pause: the running job's heartbeat beats at once.
+    beat_now: Arc<Notify>,
 }
 
 impl Worker {
@@ -64,7 +69,15 @@ impl Worker {
             owner,
             device: device.to_string(),
             shutdown,
+            beat_now: Arc::new(Notify::new()),
         }
+    }
+
+    /// Beats the running job's heartbeat whenever `beat_now` is notified (the pool shares
+    /// one between its workers and `WorkerPool::wake`).
+    pub fn beat_on(mut self, beat_now: Arc<Notify>) -> Worker {
+        self.beat_now = beat_now;
+        self
     }
 
     pub fn owner(&self) -> &str {
@@ -74,35 +87,44 @@ impl Worker {
     /// Claims and runs at most one job. Errors are store failures while claiming or
     /// settling; the job's own failures are settled into its row.
     pub async fn process_next(&self) -> Result<Processed, StoreError> {
+        // A fresh owner per claim: writes from an earlier claim of the same job by this
+        // worker are fenced out too.
+        let owner = format!("{}.{}", self.owner, random_base62(6));
         let claimed = self
             .ctx
             .store
-            .claim_next(&self.owner, unix_now(), self.ctx.lease_secs())
+            .claim_next(&owner, unix_now(), self.ctx.lease_secs())
             .await?;
         match claimed {
             None => Ok(Processed::Idle),
-            Some(job) => self.run_claimed(job).await,
+            Some(job) => {
+                let lease = Lease {
+                    job_id: job.id.clone(),
+                    owner,
+                };
+                self.run_claimed(job, lease).await
+            }
         }
     }
 
     #[instrument(skip_all, fields(job_id = %job.id, device = %self.device))]
-    async fn run_claimed(&self, job: JobRow) -> Result<Processed, StoreError> {
+    async fn run_claimed(&self, job: JobRow, lease: Lease) -> Result<Processed, StoreError> {
         info!(attempt = job.attempts, "claimed job");
         let flag = ControlFlag::new();
         let done = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.ctx.clone(),
-            job.id.clone(),
-            self.owner.clone(),
+            lease.clone(),
             flag.clone(),
             HeartbeatStop {
                 done: done.clone(),
                 shutdown: self.shutdown.clone(),
+                beat_now: self.beat_now.clone(),
             },
         ));
         let run = RunContext {
             job: job.clone(),
-            owner: self.owner.clone(),
+            lease: lease.clone(),
             device: self.device.clone(),
             control: flag.clone(),
             ctx: self.ctx.clone(),
@@ -120,17 +142,44 @@ impl Worker {
         if let Err(error) = heartbeat.await {
             warn!(%error, "heartbeat task ended abnormally");
         }
-        self.settle(&job, result, flag.get()).await
+        let settler = Settler {
+            ctx: &self.ctx,
+            job: &job,
+            lease: &lease,
+        };
+        settler.settle(result, flag.get()).await
+    }
+}
+
+/// Writes a finished run's outcome, every write fenced by the claim's lease.
+struct Settler<'a> {
+    ctx: &'a JobsContext,
+    job: &'a JobRow,
+    lease: &'a Lease,
+}
+
+impl Settler<'_> {
+    fn id(&self) -> String {
+        self.job.id.clone()
     }
 
-    #[instrument(skip_all, fields(job_id = %job.id))]
+    /// `applied` → `done`, otherwise the job moved on without us.
+    fn fenced(&self, applied: bool, done: Processed) -> Processed {
+        if applied {
+            done
+        } else {
+            info!("a fenced write was refused; the job moved on without this worker");
+            Processed::Abandoned(self.id())
+        }
+    }
+
+    #[instrument(skip_all, fields(job_id = %self.job.id))]
     async fn settle(
         &self,
-        job: &JobRow,
         result: Result<RunOutcome, JobFailure>,
         signal: ControlSignal,
     ) -> Result<Processed, StoreError> {
-        let id = job.id.clone();
+        let id = self.id();
         if signal == ControlSignal::LeaseLost {
             warn!("lease lost; leaving the job to its new owner");
             return Ok(Processed::Abandoned(id));
@@ -143,67 +192,101 @@ impl Worker {
                 result_files,
             }) => {
                 let now = unix_now();
-                let applied = store
-                    .finish_succeeded(&id, &fine_tuned_model, trained_tokens, &result_files, now)
-                    .await?;
-                if !applied {
-                    return Ok(Processed::Abandoned(id));
-                }
                 let created = format!("New fine-tuned model created: {fine_tuned_model}");
-                store
-                    .insert_event(&EventRow::info(&id, created, now))
+                let events = [
+                    EventRow::info(&id, created, now),
+                    EventRow::info(&id, "The job has successfully completed", now),
+                ];
+                let applied = store
+                    .finish_succeeded(
+                        self.lease,
+                        &fine_tuned_model,
+                        trained_tokens,
+                        &result_files,
+                        &events,
+                        now,
+                    )
                     .await?;
-                let completed = "The job has successfully completed";
-                store
-                    .insert_event(&EventRow::info(&id, completed, now))
-                    .await?;
-                Ok(Processed::Succeeded(id))
+                Ok(self.fenced(applied, Processed::Succeeded(id)))
             }
-            Ok(RunOutcome::Stopped { step }) => self.release_stopped(&id, step, signal).await,
-            Ok(RunOutcome::Cancelled) => {
-                let event = EventRow::info(&id, "Fine-tuning job cancelled", unix_now());
-                store.insert_event(&event).await?;
-                Ok(Processed::Cancelled(id))
-            }
-            Ok(RunOutcome::Superseded) => Ok(Processed::Abandoned(id)),
-            Err(JobFailure::Retryable(message)) => self.retry_or_fail(job, message).await,
-            Err(failure) => self.fail(&id, &failure).await,
+            Ok(RunOutcome::Stopped { step }) => self.release_stopped(step, signal).await,
+            // The api wrote the status and the one "cancelled" event; nothing to add.
+            Ok(RunOutcome::Cancelled) => Ok(Processed::Cancelled(id)),
+            Ok(RunOutcome::Superseded) | Err(JobFailure::Superseded) => self.moved_on().await,
+            Err(JobFailure::OutOfSpace(message)) => self.pause_out_of_space(&message).await,
+            Err(JobFailure::Retryable(message)) => self.retry_or_fail(&message).await,
+            Err(failure) => self.fail(&failure).await,
         }
     }
 
+    /// A fenced write was refused: `Cancelled` when the user cancelled the job this worker
+    /// still holds, `Abandoned` otherwise (paused meanwhile, or another worker's now).
+    async fn moved_on(&self) -> Result<Processed, StoreError> {
+        let row = self.ctx.store.get_job(&self.job.id).await?;
+        let cancelled = row.is_some_and(|row| {
+            row.status == JobStatus::Cancelled
+                && row.lease_owner.as_deref() == Some(self.lease.owner.as_str())
+        });
+        Ok(if cancelled {
+            Processed::Cancelled(self.id())
+        } else {
+            Processed::Abandoned(self.id())
+        })
+    }
+
     /// Pause completes to `paused`; shutdown (or a runner that stopped on its own) goes
-    /// back to `queued`, or to `paused` when a pause arrived meanwhile.
+    /// back to `queued`, or to `paused` when a pause arrived meanwhile. Both are clean
+    /// hand-backs: the claim does not count as a failed attempt.
     async fn release_stopped(
         &self,
-        id: &str,
         step: usize,
         signal: ControlSignal,
     ) -> Result<Processed, StoreError> {
         let store = &self.ctx.store;
+        let id = self.id();
         if signal != ControlSignal::Pause
-            && store.release(id, &self.owner, JobStatus::Queued).await?
+            && store
+                .release(self.lease, JobStatus::Queued, Handback::Clean, None)
+                .await?
         {
             info!(step, "released to the queue");
-            return Ok(Processed::Requeued(id.to_string()));
+            return Ok(Processed::Requeued(id));
         }
-        if store.release(id, &self.owner, JobStatus::Paused).await? {
-            let message = format!("Fine-tuning job paused at step {step}");
-            store
-                .insert_event(&EventRow::info(id, message, unix_now()))
-                .await?;
-            return Ok(Processed::Paused(id.to_string()));
-        }
-        Ok(Processed::Abandoned(id.to_string()))
+        let message = format!("Fine-tuning job paused at step {step}");
+        let event = EventRow::info(&id, message, unix_now());
+        let applied = store
+            .release(self.lease, JobStatus::Paused, Handback::Clean, Some(&event))
+            .await?;
+        Ok(self.fenced(applied, Processed::Paused(id)))
     }
 
-    async fn retry_or_fail(&self, job: &JobRow, message: String) -> Result<Processed, StoreError> {
-        let id = job.id.clone();
-        if job.attempts >= i64::from(self.ctx.max_attempts) {
+    /// A full disk pauses the job (its last checkpoint is intact; retrying would only hit
+    /// the full disk again) with an error event that says what could not be written.
+    async fn pause_out_of_space(&self, message: &str) -> Result<Processed, StoreError> {
+        let id = self.id();
+        warn!(%message, "out of disk space; pausing the job");
+        let text = format!(
+            "{}. The job is paused at its last checkpoint: free space on the server, then resume it.",
+            without_paths(message)
+        );
+        let event = EventRow::message(&id, "error", text, unix_now());
+        let applied = self
+            .ctx
+            .store
+            .release(self.lease, JobStatus::Paused, Handback::Clean, Some(&event))
+            .await?;
+        Ok(self.fenced(applied, Processed::Paused(id)))
+    }
+
+    async fn retry_or_fail(&self, message: &str) -> Result<Processed, StoreError> {
+        let id = self.id();
+        let attempts = self.job.attempts;
+        let message = without_paths(message);
+        if attempts >= i64::from(self.ctx.max_attempts) {
             let failure = JobFailure::internal(format!(
-                "The job failed after {} attempts: {message}",
-                job.attempts
+                "The job failed after {attempts} attempts: {message}"
             ));
-            return self.fail(&id, &failure).await;
+            return self.fail(&failure).await;
         }
         let store = &self.ctx.store;
         let current = store.get_job(&id).await?.map(|row| row.status);
@@ -211,28 +294,29 @@ impl Worker {
             Some(JobStatus::ValidatingFiles) => JobStatus::ValidatingFiles,
             _ => JobStatus::Queued,
         };
-        if !store.release(&id, &self.owner, back_to).await? {
-            return Ok(Processed::Abandoned(id));
-        }
-        warn!(%message, "attempt failed; job requeued");
-        let text = format!("Attempt {} failed, retrying: {message}", job.attempts);
-        store
-            .insert_event(&EventRow::message(&id, "warn", text, unix_now()))
+        warn!(%message, "attempt failed; requeueing the job");
+        let text = format!("Attempt {attempts} failed, retrying: {message}");
+        let event = EventRow::message(&id, "warn", text, unix_now());
+        let applied = store
+            .release(self.lease, back_to, Handback::Failed, Some(&event))
             .await?;
-        Ok(Processed::Retried(id))
+        Ok(self.fenced(applied, Processed::Retried(id)))
     }
 
-    async fn fail(&self, id: &str, failure: &JobFailure) -> Result<Processed, StoreError> {
-        let store = &self.ctx.store;
-        let error = failure.error_object();
-        if !store.finish_failed(id, &error, unix_now()).await? {
-            return Ok(Processed::Abandoned(id.to_string()));
-        }
-        warn!(%failure, "job failed");
-        let mut event = EventRow::message(id, "error", failure.to_string(), unix_now());
+    async fn fail(&self, failure: &JobFailure) -> Result<Processed, StoreError> {
+        let id = self.id();
+        let mut error = failure.error_object();
+        let message = without_paths(error["message"].as_str().unwrap_or_default());
+        error["message"] = message.clone().into();
+        warn!(%message, "job failed");
+        let mut event = EventRow::message(&id, "error", message, unix_now());
         event.data = Some(json!({"error_code": error["code"], "error_param": error["param"]}));
-        store.insert_event(&event).await?;
-        Ok(Processed::Failed(id.to_string()))
+        let applied = self
+            .ctx
+            .store
+            .leased_fail(self.lease, &error, &event, unix_now())
+            .await?;
+        Ok(self.fenced(applied, Processed::Failed(id)))
     }
 }
 

@@ -31,8 +31,14 @@ fn slow(total: u64) -> StepRunner {
     }
 }
 
+/// What the api does on `/cancel`, `/pause`, `/resume` (same event texts).
 async fn control(h: &Harness, id: &str, action: ControlAction) {
-    let event = EventRow::info(id, format!("{action:?} requested"), unix_now());
+    let message = match action {
+        ControlAction::Cancel => "Fine-tuning job cancelled",
+        ControlAction::Pause => "Fine-tuning job pause requested",
+        ControlAction::Resume => "Fine-tuning job resumed",
+    };
+    let event = EventRow::info(id, message, unix_now());
     h.ctx
         .store
         .request_control(id, action, &event, unix_now())
@@ -183,10 +189,7 @@ async fn cancel_mid_run_stops_at_the_next_step() {
     assert!(steps_at_stop < 10_000);
     let row = job(&h.ctx, &id).await;
     assert_eq!(row.status, JobStatus::Cancelled);
-    assert_eq!(
-        messages(&h.ctx, &id).await.pop().unwrap(),
-        "Fine-tuning job cancelled"
-    );
+    assert_cancelled_last_and_once(&h, &id).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         metric_steps(&h.ctx, &id).await.len(),
@@ -294,4 +297,128 @@ async fn shutdown_releases_a_running_job_to_the_queue() {
         saved.parse::<usize>().unwrap(),
         metric_steps(&h.ctx, &id).await.len()
     );
+}
+
+/// Exactly one "cancelled" event (the api's), and nothing after it.
+async fn assert_cancelled_last_and_once(h: &Harness, id: &str) {
+    let messages = messages(&h.ctx, id).await;
+    let cancelled: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.as_str() == "Fine-tuning job cancelled")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(cancelled, vec![messages.len() - 1], "{messages:#?}");
+}
+
+/// A context whose heartbeat would not beat for 20 minutes: only a wake can bring news.
+async fn long_lease_harness() -> Harness {
+    let mut h = harness().await;
+    h.ctx.lease = Duration::from_secs(3600);
+    h
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_running_job_at_once_through_the_pools_wake() {
+    let h = long_lease_harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let beat_now = Arc::new(tokio::sync::Notify::new());
+    // In a step that writes nothing until it ends: only the control flag can stop it.
+    let w = worker(&h, LongStepRunner).beat_on(beat_now.clone());
+    let run = tokio::spawn(async move { w.process_next().await.unwrap() });
+    wait_for_status(&h.ctx, &id, JobStatus::Running).await;
+    control(&h, &id, ControlAction::Cancel).await;
+    // What `WorkerPool::wake` does after the api's cancel.
+    beat_now.notify_waiters();
+    // Without the wake the next beat is 20 minutes away: this would time out.
+    let processed = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the cancel reached the worker")
+        .unwrap();
+    assert_eq!(processed, Processed::Cancelled(id.clone()));
+    assert_cancelled_last_and_once(&h, &id).await;
+}
+
+#[tokio::test]
+async fn clean_restarts_are_not_failed_attempts_only_a_lost_lease_is() {
+    let h = harness().await; // max_attempts 3
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    // Four clean restarts: shutdown mid-run, the job checkpoints and is handed back.
+    for restart in 1..=4u64 {
+        let shutdown = CancellationToken::new();
+        let w = Worker::new(
+            h.ctx.clone(),
+            Arc::new(slow(10_000)),
+            "cpu",
+            shutdown.clone(),
+        );
+        let run = tokio::spawn(async move { w.process_next().await.unwrap() });
+        wait_until("a step of this run", || async {
+            metric_steps(&h.ctx, &id).await.len() as u64 > restart
+        })
+        .await;
+        shutdown.cancel();
+        assert_eq!(run.await.unwrap(), Processed::Requeued(id.clone()));
+    }
+    assert_eq!(job(&h.ctx, &id).await.attempts, 0);
+    // Then one crash: claimed by a worker whose lease lapsed long ago.
+    let claimed = h
+        .ctx
+        .store
+        .claim_next("crashed-worker", unix_now() - 100, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(id.clone()));
+    assert_eq!(requeue_once(&h.ctx).await.unwrap(), 1);
+    let row = job(&h.ctx, &id).await;
+    assert_eq!((row.status, row.attempts), (JobStatus::Queued, 1));
+    assert_eq!(row.error, None);
+    // And the job still finishes.
+    let w = worker(&h, slow(10));
+    assert_eq!(
+        w.process_next().await.unwrap(),
+        Processed::Succeeded(id.clone())
+    );
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_lapsed_is_fenced_out_and_stops() {
+    let h = long_lease_harness().await;
+    let id = create_job(&h.ctx, "m", "file-t", Value::Null).await;
+    let old = worker(&h, slow(1_000_000));
+    let old_run = tokio::spawn(async move { old.process_next().await.unwrap() });
+    wait_until("2 steps", || async {
+        metric_steps(&h.ctx, &id).await.len() >= 2
+    })
+    .await;
+    let old_owner = job(&h.ctx, &id).await.lease_owner.unwrap();
+    // The old worker stalls past its lease (its heartbeat is 20 minutes away): the lease is
+    // made to lapse, the requeue task recovers the job and a second worker claims it.
+    sqlx::query("UPDATE fine_tuning_jobs SET lease_expires_at = ? WHERE id = ?")
+        .bind(unix_now() - 10)
+        .bind(&id)
+        .execute(h.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(requeue_once(&h.ctx).await.unwrap(), 1);
+    let new = worker(&h, slow(40));
+    let new_run = tokio::spawn(async move { new.process_next().await.unwrap() });
+    // The old worker's next write is refused and it stops without writing anything.
+    assert_eq!(old_run.await.unwrap(), Processed::Abandoned(id.clone()));
+    assert_eq!(new_run.await.unwrap(), Processed::Succeeded(id.clone()));
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.status, JobStatus::Succeeded);
+    // After the requeue every step event is the new worker's, once per step.
+    let events = events(&h.ctx, &id).await;
+    let requeued = events
+        .iter()
+        .position(|e| e.message.contains("stopped responding"))
+        .unwrap();
+    let owners: Vec<&str> = events[requeued..]
+        .iter()
+        .filter_map(|e| e.data.as_ref()?["owner"].as_str())
+        .collect();
+    assert!(!owners.is_empty());
+    assert!(owners.iter().all(|o| *o != old_owner), "{owners:?}");
+    assert_eq!(owners.len(), 40);
 }

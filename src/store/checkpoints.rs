@@ -40,11 +40,12 @@ impl FromRow<'_, SqliteRow> for CheckpointRow {
 const CHECKPOINT_COLUMNS: &str =
     "id, job_id, created_at, step_number, fine_tuned_model_checkpoint, metrics, artifact_dir";
 
-const INSERT_CHECKPOINT: &str = "INSERT INTO fine_tuning_checkpoints (id, job_id, created_at, \
+pub(super) const INSERT_CHECKPOINT: &str =
+    "INSERT INTO fine_tuning_checkpoints (id, job_id, created_at, \
      step_number, fine_tuned_model_checkpoint, metrics, artifact_dir) \
      VALUES (?, ?, ?, ?, ?, ?, ?)";
 
-fn bind_checkpoint<'q>(
+pub(super) fn bind_checkpoint<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     checkpoint: &'q CheckpointRow,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {

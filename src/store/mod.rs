@@ -1,6 +1,6 @@
 //! The only module with SQL. `Store` wraps an `SqlitePool`; each file groups the queries of
 //! one table (`jobs` and `queue` share the job table: rows and their lifecycle vs the
-//! leased-row queue). State changes are compare-and-set: an `UPDATE … WHERE status IN (…)`
+//! leased-row queue; `leased` the worker's writes fenced by its lease). State changes are compare-and-set: an `UPDATE … WHERE status IN (…)`
 //! that reports whether a row changed, so concurrent cancel/finish races settle in the
 //! database. Timestamps are unix seconds chosen by the caller (`now`), which keeps tests
 //! deterministic.
@@ -12,6 +12,7 @@ mod checkpoints;
 mod events;
 mod files;
 mod jobs;
+mod leased;
 mod models;
 mod queue;
 mod sessions;
@@ -28,6 +29,7 @@ pub use checkpoints::CheckpointRow;
 pub use events::EventRow;
 pub use files::{FileRow, SortOrder};
 pub use jobs::JobRow;
+pub use leased::{Handback, Lease};
 pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 pub use sessions::PageCap;

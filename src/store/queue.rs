@@ -1,5 +1,6 @@
-//! The job table as a durable queue: leased rows (claim, heartbeat, requeue of orphans,
-//! release), the terminal writes, and the user's cancel/pause/resume requests. Every state
+//! The job table as a durable queue: leased rows (claim, heartbeat, requeue of orphans),
+//! the user's cancel/pause/resume requests and an unfenced `finish_failed`. What a worker
+//! writes while it holds a lease (release, finish, events, progress) is in `leased.rs`. Every state
 //! change is a compare-and-set so races settle in the database: a `finish_succeeded` after
 //! a cancel changes nothing and returns false.
 
@@ -155,58 +156,6 @@ impl Store {
         ids.extend(requeued);
         ids.extend(paused);
         Ok(ids)
-    }
-
-    /// Gives the job back: clears the lease held by `owner` and moves the status to `to`.
-    /// `to = Paused` applies from `pausing` (pause completed), `to = Queued` from `running`
-    /// or `queued` (shutdown), `to = ValidatingFiles` from itself (drop the lease only).
-    /// Returns false when `owner` no longer holds the job or its status does not fit.
-    pub async fn release(&self, id: &str, owner: &str, to: JobStatus) -> Result<bool, StoreError> {
-        let from: &[JobStatus] = match to {
-            JobStatus::Paused => &[JobStatus::Pausing, JobStatus::Paused],
-            JobStatus::Queued => &[JobStatus::Running, JobStatus::Queued],
-            JobStatus::ValidatingFiles => &[JobStatus::ValidatingFiles],
-            _ => &[],
-        };
-        let sql = format!(
-            "UPDATE fine_tuning_jobs SET status = ?1, estimated_finish = NULL, \
-               lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ?2 AND lease_owner = ?3 AND status IN ({})",
-            status_list(from)
-        );
-        let result = sqlx::query(&sql)
-            .bind(to.as_str())
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() > 0)
-    }
-
-    /// `running` → `succeeded` with the model name, token count and result files; clears
-    /// the lease. False when the job is no longer running (e.g. cancelled first).
-    pub async fn finish_succeeded(
-        &self,
-        id: &str,
-        fine_tuned_model: &str,
-        trained_tokens: i64,
-        result_files: &[String],
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE fine_tuning_jobs SET status = 'succeeded', fine_tuned_model = ?1, \
-               trained_tokens = ?2, result_files = ?3, finished_at = ?4, updated_at = ?4, \
-               estimated_finish = NULL, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ?5 AND status = 'running'",
-        )
-        .bind(fine_tuned_model)
-        .bind(trained_tokens)
-        .bind(serde_json::to_string(result_files)?)
-        .bind(now)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() > 0)
     }
 
     /// Any non-terminal state → `failed` with `error` (`{code, message, param}`); clears the

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -169,13 +169,12 @@ pub struct CheckpointContents<'a> {
     pub meta: &'a CheckpointMeta,
 }
 
-fn fsync_file(path: &Path) -> Result<(), TrainError> {
-    fs::File::open(path)?.sync_all()?;
-    Ok(())
+fn fsync_file(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.sync_all()
 }
 
 /// Directories can be fsynced on Unix (makes a rename durable); elsewhere this is a no-op.
-fn fsync_dir(path: &Path) -> Result<(), TrainError> {
+fn fsync_dir(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     fs::File::open(path)?.sync_all()?;
     #[cfg(not(unix))]
@@ -183,18 +182,56 @@ fn fsync_dir(path: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
     let mut file = fs::File::create(path)?;
     file.write_all(&serde_json::to_vec_pretty(value)?)?;
-    file.sync_all()?;
-    Ok(())
+    file.sync_all()
 }
 
-/// Writes `step-N/` atomically and returns its path.
+/// The I/O error under a candle error (safetensors wraps the one it hit), so a full disk
+/// stays recognisable as one.
+fn io_error_of(error: candle_core::Error) -> io::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            return match io.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        source = current.source();
+    }
+    io::Error::other(error.to_string())
+}
+
+fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> io::Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(io_error_of)?;
+    fsync_file(path)
+}
+
+/// An I/O error in plain words, without the `(os error N)` suffix.
+pub fn plain_io_error(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Writes `step-N/` atomically and returns its path. Any I/O error is a
+/// [`TrainError::Write`] naming `checkpoint step-N` (never the path).
 pub fn write_checkpoint(
     work_dir: &Path,
     contents: &CheckpointContents,
 ) -> Result<PathBuf, TrainError> {
+    let step = contents.state.step;
+    write_step_dir(work_dir, contents).map_err(|source| TrainError::Write {
+        what: format!("checkpoint step-{step}"),
+        source,
+    })
+}
+
+fn write_step_dir(work_dir: &Path, contents: &CheckpointContents) -> io::Result<PathBuf> {
     let root = checkpoints_root(work_dir);
     fs::create_dir_all(&root)?;
     let step = contents.state.step;
@@ -204,12 +241,10 @@ pub fn write_checkpoint(
         fs::remove_dir_all(&tmp_dir)?;
     }
     fs::create_dir_all(&tmp_dir)?;
-    let trainable = tmp_dir.join(TRAINABLE_FILE);
-    candle_core::safetensors::save(contents.trainable, &trainable)?;
-    fsync_file(&trainable)?;
-    let optimizer = tmp_dir.join(OPTIMIZER_FILE);
-    candle_core::safetensors::save(contents.optimizer, &optimizer)?;
-    fsync_file(&optimizer)?;
+    save_tensors(contents.trainable, &tmp_dir.join(TRAINABLE_FILE))?;
+    #[cfg(test)]
+    faults::check(work_dir)?;
+    save_tensors(contents.optimizer, &tmp_dir.join(OPTIMIZER_FILE))?;
     write_json(&tmp_dir.join(META_FILE), contents.meta)?;
     write_json(&tmp_dir.join(STATE_FILE), contents.state)?;
     fsync_dir(&tmp_dir)?;
@@ -229,6 +264,41 @@ pub fn write_checkpoint(
         fs::remove_dir_all(&displaced)?;
     }
     Ok(final_dir)
+}
+
+/// Fault injection for tests: every checkpoint written under a registered work dir fails
+/// with the registered OS error after its first file, as on a disk that just filled up.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::io;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAULTS: Mutex<Vec<(PathBuf, i32)>> = Mutex::new(Vec::new());
+
+    /// From now on, checkpoint writes under `work_dir` fail with `os_error` (e.g. ENOSPC).
+    pub fn fail_writes_in(work_dir: &Path, os_error: i32) {
+        if let Ok(mut faults) = FAULTS.lock() {
+            faults.push((work_dir.to_path_buf(), os_error));
+        }
+    }
+
+    /// The disk has space again.
+    pub fn clear(work_dir: &Path) {
+        if let Ok(mut faults) = FAULTS.lock() {
+            faults.retain(|(dir, _)| dir != work_dir);
+        }
+    }
+
+    pub(super) fn check(work_dir: &Path) -> io::Result<()> {
+        let faults = FAULTS
+            .lock()
+            .map_err(|_| io::Error::other("fault table poisoned"))?;
+        match faults.iter().find(|(dir, _)| dir == work_dir) {
+            Some((_, code)) => Err(io::Error::from_raw_os_error(*code)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Complete checkpoints (`step-N/` with a `state.json`), oldest first.

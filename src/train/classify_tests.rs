@@ -44,7 +44,7 @@ fn toy_examples() -> Vec<LabeledText> {
         .collect()
 }
 
-fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConfig {
+pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConfig {
     TrainingConfig {
         n_epochs,
         batch_size: 4,
@@ -71,13 +71,13 @@ fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConf
     }
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     base: PathBuf,
     root: PathBuf,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = dir.path().join("base");
     crate::zoo::testing::write_tiny_bert(&base, 3).expect("tiny bert");
@@ -89,7 +89,12 @@ fn fixture() -> Fixture {
     }
 }
 
-fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> ClassificationJob {
+pub(crate) fn job(
+    fx: &Fixture,
+    work: &str,
+    config: TrainingConfig,
+    valid: bool,
+) -> ClassificationJob {
     ClassificationJob {
         base_model_dir: fx.base.clone(),
         train: toy_examples(),

@@ -16,6 +16,13 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    /// Writing `what` (e.g. `checkpoint step-30`) failed; a full disk is told apart from
+    /// other I/O errors by `source.kind()`.
+    #[error("writing {what} failed: {source}")]
+    Write {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("model error: {0}")]
     Zoo(#[from] ZooError),
     #[error("invalid json: {0}")]
@@ -23,9 +30,15 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// Names the checkpoint by its directory (`step-30`), never by its absolute path: the
+    /// message can reach a job's error, which API clients read.
     pub(crate) fn checkpoint(path: &std::path::Path, message: impl Into<String>) -> Self {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Self::InvalidCheckpoint {
-            path: path.display().to_string(),
+            path: name,
             message: message.into(),
         }
     }

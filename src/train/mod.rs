@@ -26,6 +26,8 @@ pub mod metrics;
 mod observer;
 pub mod optim;
 mod runner;
+#[cfg(test)]
+mod runner_tests;
 pub mod schedule;
 pub mod sft;
 mod summary;

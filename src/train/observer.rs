@@ -22,7 +22,8 @@ impl EventLevel {
     }
 }
 
-/// What the trainer should do next; polled once per optimizer step.
+/// What the trainer should do next; polled once per optimizer step (and a cancel within
+/// it, through `TrainObserver::cancel_requested`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Continue,
@@ -73,4 +74,10 @@ pub trait TrainObserver {
     /// Called after the checkpoint directory is durable on disk.
     fn on_checkpoint(&mut self, checkpoint: &SavedCheckpoint);
     fn control(&mut self) -> Control;
+    /// Whether a cancel has arrived; polled within a step (before every micro-batch, after
+    /// the evaluation, before a checkpoint), so a cancel never waits for the step to end.
+    /// `control` stays the once-per-step poll for pause and shutdown.
+    fn cancel_requested(&mut self) -> bool {
+        false
+    }
 }

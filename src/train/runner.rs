@@ -4,7 +4,9 @@
 //! end), each mean loss weighted by its share of the step's units (examples for
 //! classification, labelled tokens for SFT) so the accumulated gradient equals the
 //! gradient of the mean loss over the whole step. Per step: control poll, forward (train
-//! mode), backward, accumulate, clip, LR from the schedule, AdamW. Evaluations and
+//! mode), backward, accumulate, clip, LR from the schedule, AdamW. A cancel is polled before
+//! every micro-batch and again before the step is reported or checkpointed, so it takes
+//! effect within the current step: no step, event or checkpoint of training follows it. Evaluations and
 //! checkpoints follow at epoch ends, every `eval_steps` / `save_steps`, and whenever a
 //! new best model appears. A task ([`TrainTask`]) supplies the model, its loss and its
 //! evaluations; [`Trainer`] owns the optimizer, schedule, state and checkpoints.
@@ -150,6 +152,14 @@ impl<'a> Trainer<'a> {
         }
         self.last_saved_step = Some(step);
         observer.on_event(EventLevel::Info, format!("Resuming from step {step}"));
+        // Re-announce every checkpoint on disk: a process killed between a checkpoint's
+        // rename and its row leaves a directory without a row, and the caller writes the
+        // rows it lacks (the ones it has are kept).
+        for saved in self.saved_checkpoints() {
+            if saved.dir.is_dir() {
+                observer.on_checkpoint(&saved);
+            }
+        }
         Ok(())
     }
 
@@ -182,7 +192,9 @@ impl<'a> Trainer<'a> {
                 let start = self.state.batch_in_epoch;
                 let group = &batches[start..(start + accumulation).min(batches.len())];
                 let lr = self.schedule.lr_at(self.state.step);
-                let result = self.optimizer_step(task, group, lr)?;
+                let Some(result) = self.optimizer_step(task, group, lr, observer)? else {
+                    return Ok(LoopEnd::Cancelled);
+                };
                 let epoch_of_step = self.state.epoch + 1;
                 self.state.step += 1;
                 self.state.tokens_seen += result.tokens;
@@ -198,8 +210,10 @@ impl<'a> Trainer<'a> {
                     epoch_of_step,
                     epoch_end,
                 };
-                if self.after_step(task, &done, observer)? {
-                    return Ok(LoopEnd::Finished);
+                match self.after_step(task, &done, observer)? {
+                    AfterStep::Continue => {}
+                    AfterStep::StopEarly => return Ok(LoopEnd::Finished),
+                    AfterStep::Cancelled => return Ok(LoopEnd::Cancelled),
                 }
                 if epoch_end {
                     // `batches` belongs to the finished epoch; the next one reshuffles.
@@ -210,12 +224,15 @@ impl<'a> Trainer<'a> {
         Ok(LoopEnd::Finished)
     }
 
+    /// One optimizer step over `group`; `None` when a cancel arrived before one of its
+    /// micro-batches (the weights are left as they were).
     fn optimizer_step(
         &mut self,
         task: &dyn TrainTask,
         group: &[Vec<usize>],
         lr: f64,
-    ) -> Result<StepResult, TrainError> {
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Option<StepResult>, TrainError> {
         let mut total_units = 0;
         for indices in group {
             total_units += task.units(indices)?;
@@ -228,6 +245,9 @@ impl<'a> Trainer<'a> {
         let mut grads: Option<Gradients> = None;
         let (mut loss_sum, mut correct, mut tokens) = (0f64, 0usize, 0u64);
         for indices in group {
+            if observer.cancel_requested() {
+                return Ok(None);
+            }
             let out = task.forward_train(indices)?;
             let share = out.units as f64 / total_units as f64;
             let store = (&out.loss * share)?.backward()?;
@@ -244,23 +264,26 @@ impl<'a> Trainer<'a> {
                 "an optimizer step had no batches".into(),
             ));
         };
+        if observer.cancel_requested() {
+            return Ok(None);
+        }
         grads.clip_global_norm(self.config.max_grad_norm)?;
         self.optimizer.step(&grads, lr)?;
-        Ok(StepResult {
+        Ok(Some(StepResult {
             loss: loss_sum / total_units as f64,
             accuracy: correct as f64 / total_units as f64,
             tokens,
-        })
+        }))
     }
 
-    /// Evaluation, metrics, best-model tracking and checkpoints after a step. Returns
-    /// true when early stopping ends training.
+    /// Evaluation, metrics, best-model tracking and checkpoints after a step. A cancel that
+    /// arrived during the step or its evaluation ends it unreported and unsaved.
     fn after_step(
         &mut self,
         task: &dyn TrainTask,
         done: &StepDone,
         observer: &mut dyn TrainObserver,
-    ) -> Result<bool, TrainError> {
+    ) -> Result<AfterStep, TrainError> {
         let cfg = self.config;
         let step = self.state.step;
         let hits = |every: Option<usize>| every.is_some_and(|n| n > 0 && step.is_multiple_of(n));
@@ -272,6 +295,9 @@ impl<'a> Trainer<'a> {
         };
         let mut row = MetricsRow::train_only(step, done.result.loss, done.result.accuracy);
         task.evaluate(&at, &mut row)?;
+        if observer.cancel_requested() {
+            return Ok(AfterStep::Cancelled);
+        }
         let (compared, improved) = self.compare_best(&row, at.regular_save);
         let patience = cfg.early_stopping_patience;
         let stop_early = compared
@@ -295,6 +321,9 @@ impl<'a> Trainer<'a> {
             self.state.best_step = Some(step);
         }
         if at.regular_save || improved || stop_early {
+            if observer.cancel_requested() {
+                return Ok(AfterStep::Cancelled);
+            }
             self.save(done.epoch_end, observer)?;
         }
         if stop_early {
@@ -306,7 +335,11 @@ impl<'a> Trainer<'a> {
                 ),
             );
         }
-        Ok(stop_early)
+        Ok(if stop_early {
+            AfterStep::StopEarly
+        } else {
+            AfterStep::Continue
+        })
     }
 
     /// Updates the best metric and the no-improvement counter. Returns (compared, improved).
@@ -403,6 +436,14 @@ impl<'a> Trainer<'a> {
             })
             .collect()
     }
+}
+
+/// How training goes on after a step.
+enum AfterStep {
+    Continue,
+    /// Early stopping: training is finished.
+    StopEarly,
+    Cancelled,
 }
 
 /// Results of one optimizer step's forward/backward passes.

@@ -39,6 +39,22 @@ async fn cancel_running_job() {
     let (_, after) = server.get(&format!("/v1/fine_tuning/jobs/{id}")).await;
     assert_eq!(after["status"], "cancelled", "{after}");
     assert_eq!(after["fine_tuned_model"], serde_json::Value::Null);
+    // Exactly one "cancelled" event, and nothing of training after it.
+    let (_, events) = server
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=1000"))
+        .await;
+    let messages: Vec<&str> = events["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(messages[0], "Fine-tuning job cancelled", "{messages:#?}");
+    let cancelled = messages
+        .iter()
+        .filter(|m| **m == "Fine-tuning job cancelled")
+        .count();
+    assert_eq!(cancelled, 1, "{messages:#?}");
     let (status, body) = server
         .post(&format!("/v1/fine_tuning/jobs/{id}/resume"), json!({}))
         .await;
@@ -97,6 +113,7 @@ async fn shutdown_checkpoints_and_the_next_server_finishes_the_job() {
         .expect("store");
     let row = store.get_job(&id).await.expect("query").expect("job");
     assert_eq!(row.status, JobStatus::Queued, "released on shutdown");
+    assert_eq!(row.attempts, 0, "a clean hand-back is not a failed attempt");
     store.close().await;
     let server = TestServer::start(root, TestOptions::default()).await;
     let done = server.wait_for_status(&id, "succeeded").await;

@@ -3,7 +3,7 @@ use sqlx::SqlitePool;
 
 use super::{create, store};
 use crate::domain::job::JobStatus;
-use crate::store::{EventRow, JobRow, StoreError};
+use crate::store::{EventRow, JobRow, Lease, StoreError};
 
 fn ids(rows: &[JobRow]) -> Vec<&str> {
     rows.iter().map(|j| j.id.as_str()).collect()
@@ -150,16 +150,21 @@ async fn transition_is_compare_and_set(pool: SqlitePool) {
 async fn set_hyperparameters_and_progress_update_the_row(pool: SqlitePool) {
     let store = store(pool).await;
     create(&store, "ftjob-1", 100).await;
+    store.claim_next("w1", 100, 30).await.unwrap().unwrap();
+    let lease = Lease {
+        job_id: "ftjob-1".to_string(),
+        owner: "w1".to_string(),
+    };
     let hyper = json!({"batch_size": 8, "learning_rate_multiplier": 1.8, "n_epochs": 3});
     let method = json!({"type": "supervised", "supervised": {"hyperparameters": hyper.clone()}});
-    store
-        .set_hyperparameters("ftjob-1", &hyper, &method, Some("classification"))
+    assert!(store
+        .leased_hyperparameters(&lease, &hyper, &method, Some("classification"))
         .await
-        .unwrap();
-    store
-        .set_progress("ftjob-1", Some(500), Some(12_345))
+        .unwrap());
+    assert!(store
+        .leased_progress(&lease, Some(500), Some(12_345))
         .await
-        .unwrap();
+        .unwrap());
     let job = store.get_job("ftjob-1").await.unwrap().unwrap();
     assert_eq!(job.hyperparameters, hyper);
     assert_eq!(job.method, method);
@@ -168,20 +173,23 @@ async fn set_hyperparameters_and_progress_update_the_row(pool: SqlitePool) {
         (job.estimated_finish, job.trained_tokens),
         (Some(500), Some(12_345))
     );
-    store
-        .set_progress("ftjob-1", None, Some(20_000))
+    assert!(store
+        .leased_progress(&lease, None, Some(20_000))
         .await
-        .unwrap();
+        .unwrap());
     let job = store.get_job("ftjob-1").await.unwrap().unwrap();
     assert_eq!(
         (job.estimated_finish, job.trained_tokens),
         (None, Some(20_000))
     );
 
-    let missing = store.set_progress("ftjob-x", None, None).await;
-    assert!(matches!(missing, Err(StoreError::NotFound)));
-    let missing = store
-        .set_hyperparameters("ftjob-x", &hyper, &method, None)
-        .await;
-    assert!(matches!(missing, Err(StoreError::NotFound)));
+    let missing = Lease {
+        job_id: "ftjob-x".to_string(),
+        owner: "w1".to_string(),
+    };
+    assert!(!store.leased_progress(&missing, None, None).await.unwrap());
+    assert!(!store
+        .leased_hyperparameters(&missing, &hyper, &method, None)
+        .await
+        .unwrap());
 }

@@ -5,6 +5,7 @@
 mod faults;
 mod files;
 mod jobs;
+mod leased;
 mod queue;
 mod records;
 

@@ -3,16 +3,16 @@ use sqlx::SqlitePool;
 
 use super::{create, store};
 use crate::domain::job::JobStatus;
-use crate::store::{ControlAction, ControlOutcome, EventRow, Store, StoreError};
+use crate::store::{ControlAction, ControlOutcome, EventRow, Handback, Lease, Store, StoreError};
 
-const LEASE: i64 = 30;
+pub(super) const LEASE: i64 = 30;
 
 async fn status(store: &Store, id: &str) -> JobStatus {
     store.get_job(id).await.unwrap().unwrap().status
 }
 
 /// Claims `id` for `owner` and moves it to running, as a worker does.
-async fn start(store: &Store, owner: &str, now: i64) -> String {
+pub(super) async fn start(store: &Store, owner: &str, now: i64) -> String {
     let job = store.claim_next(owner, now, LEASE).await.unwrap().unwrap();
     let from = [JobStatus::ValidatingFiles, JobStatus::Queued];
     assert!(store
@@ -144,6 +144,13 @@ async fn requeue_expired_requeues_fails_and_pauses(pool: SqlitePool) {
     assert_eq!(status(&store, &healthy).await, JobStatus::Queued);
 }
 
+pub(super) fn lease(id: &str, owner: &str) -> Lease {
+    Lease {
+        job_id: id.to_string(),
+        owner: owner.to_string(),
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn release_hands_the_job_back(pool: SqlitePool) {
     let store = store(pool).await;
@@ -151,24 +158,19 @@ async fn release_hands_the_job_back(pool: SqlitePool) {
     create(&store, "ftjob-2", 100).await;
     let shutdown = start(&store, "w1", 100).await;
     let paused = start(&store, "w2", 100).await;
+    let clean = Handback::Clean;
 
     assert!(!store
-        .release(&shutdown, "w2", JobStatus::Queued)
+        .release(&lease(&shutdown, "w2"), JobStatus::Queued, clean, None)
         .await
         .unwrap());
-    assert!(
-        !store
-            .release(&shutdown, "w1", JobStatus::Paused)
-            .await
-            .unwrap(),
-        "not pausing"
-    );
     assert!(store
-        .release(&shutdown, "w1", JobStatus::Queued)
+        .release(&lease(&shutdown, "w1"), JobStatus::Queued, clean, None)
         .await
         .unwrap());
     let job = store.get_job(&shutdown).await.unwrap().unwrap();
     assert_eq!((job.status, job.lease_owner), (JobStatus::Queued, None));
+    assert_eq!(job.attempts, 0, "a clean hand-back gives the attempt back");
 
     let pause = EventRow::info(&paused, "Pausing", 101);
     store
@@ -176,13 +178,18 @@ async fn release_hands_the_job_back(pool: SqlitePool) {
         .await
         .unwrap();
     assert_eq!(status(&store, &paused).await, JobStatus::Pausing);
+    let done = EventRow::info(&paused, "Fine-tuning job paused at step 3", 102);
     assert!(store
-        .release(&paused, "w2", JobStatus::Paused)
+        .release(&lease(&paused, "w2"), JobStatus::Paused, clean, Some(&done))
         .await
         .unwrap());
     assert_eq!(status(&store, &paused).await, JobStatus::Paused);
+    assert_eq!(
+        store.list_events(&paused, None, 1).await.unwrap().data[0].message,
+        "Fine-tuning job paused at step 3"
+    );
     assert!(!store
-        .release(&paused, "w2", JobStatus::Succeeded)
+        .release(&lease(&paused, "w2"), JobStatus::Succeeded, clean, None)
         .await
         .unwrap());
     // The released job is claimable at once.
@@ -190,6 +197,7 @@ async fn release_hands_the_job_back(pool: SqlitePool) {
     assert_eq!(next.id, shutdown);
 }
 
+/// The succeeded transition and its closing events are one commit; a cancel first wins.
 #[sqlx::test(migrations = false)]
 async fn finish_succeeded_only_from_running(pool: SqlitePool) {
     let store = store(pool).await;
@@ -197,8 +205,20 @@ async fn finish_succeeded_only_from_running(pool: SqlitePool) {
     create(&store, "ftjob-2", 100).await;
     let won = start(&store, "w1", 100).await;
     let files = vec!["file-results".to_string(), "file-report".to_string()];
+    let closing = [EventRow::info(
+        &won,
+        "The job has successfully completed",
+        150,
+    )];
     assert!(store
-        .finish_succeeded(&won, "ft:m:temper::abcd1234", 999, &files, 150)
+        .finish_succeeded(
+            &lease(&won, "w1"),
+            "ft:m:temper::abcd1234",
+            999,
+            &files,
+            &closing,
+            150
+        )
         .await
         .unwrap());
     let job = store.get_job(&won).await.unwrap().unwrap();
@@ -213,6 +233,10 @@ async fn finish_succeeded_only_from_running(pool: SqlitePool) {
     );
     assert_eq!(job.result_files, files);
     assert_eq!(job.lease_owner, None);
+    assert_eq!(
+        store.list_events(&won, None, 1).await.unwrap().data[0].message,
+        "The job has successfully completed"
+    );
 
     // A cancel that lands first wins; the late success changes nothing.
     let lost = start(&store, "w2", 100).await;
@@ -221,14 +245,19 @@ async fn finish_succeeded_only_from_running(pool: SqlitePool) {
         .request_control(&lost, ControlAction::Cancel, &cancel, 140)
         .await
         .unwrap();
+    let late = [EventRow::info(&lost, "late", 150)];
     assert!(!store
-        .finish_succeeded(&lost, "ft:x", 1, &files, 150)
+        .finish_succeeded(&lease(&lost, "w2"), "ft:x", 1, &files, &late, 150)
         .await
         .unwrap());
     let job = store.get_job(&lost).await.unwrap().unwrap();
     assert_eq!(
         (job.status, job.fine_tuned_model, job.finished_at),
         (JobStatus::Cancelled, None, Some(140))
+    );
+    assert_eq!(
+        store.list_events(&lost, None, 1).await.unwrap().data[0].message,
+        "Cancelled"
     );
 }
 

@@ -31,6 +31,16 @@ fn model(id: &str, job_id: Option<&str>, step: Option<i64>) -> ModelRow {
     }
 }
 
+/// A checkpoint row of `job_id` at `step` (shared with the lease tests).
+pub(super) fn checkpoint_row(job_id: &str, step: i64) -> CheckpointRow {
+    checkpoint(job_id, step)
+}
+
+/// A servable checkpoint model row named `id`.
+pub(super) fn model_row(id: &str) -> ModelRow {
+    model(id, Some("ftjob-1"), Some(1))
+}
+
 #[sqlx::test(migrations = false)]
 async fn list_events_is_newest_first_and_pages_by_last_id(pool: SqlitePool) {
     let store = store(pool).await;
