@@ -42,3 +42,17 @@ fn keep_freed_memory_for_reuse() {
         }
     }
 }
+
+/// Hands the free memory of every malloc arena back to the OS (`malloc_trim(0)`: the top
+/// of each heap and the free pages inside it). [`keep_freed_memory_for_reuse`] stops glibc
+/// from trimming on its own (training reuses freed blocks every step), so code that frees
+/// large amounts for good, a generation engine whose sequences ended, calls this; without
+/// it the pages of abandoned generations stayed resident for the life of the process.
+/// A no-op on other platforms.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the OS; it locks each arena itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -6,5 +6,6 @@ mod common;
 mod errors;
 mod files;
 mod fine_tune;
+mod generation_limits;
 mod lifecycle;
 mod openapi;
