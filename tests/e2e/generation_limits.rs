@@ -60,14 +60,14 @@ async fn token_limits_beyond_the_context_are_400s_before_any_stream() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// A random Llama with a KV cache big enough to measure (8 layers × 8 kv heads × 32 dims:
-/// 16 KiB per token) whose greedy text never ends: the rows of the special tokens and of
+/// A random Llama with a KV cache big enough to measure (2 layers × 16 kv heads × 64
+/// dims: 16 KiB per token) but little compute per token, whose greedy text never ends: the rows of the special tokens and of
 /// every token that is not plain ASCII are zero in `lm_head`, so their logit (0) always
 /// loses to the best of the others, and every token is one visible delta.
 fn write_soak_decoder(dir: &Path) {
     temper::zoo::testing::write_tiny_decoder(dir, temper::zoo::decoder::DecoderArch::Llama, 7)
         .expect("tiny decoder");
-    let (hidden, layers, heads, head_dim, inter) = (256usize, 8usize, 8usize, 32usize, 512usize);
+    let (hidden, layers, heads, head_dim, inter) = (64usize, 2usize, 16usize, 64usize, 128usize);
     let config_path = dir.join("config.json");
     let mut config: Value =
         serde_json::from_slice(&std::fs::read(&config_path).expect("config")).expect("json");
@@ -110,15 +110,18 @@ fn write_soak_decoder(dir: &Path) {
         let p = |m: &str| format!("model.layers.{i}.{m}");
         put(p("input_layernorm.weight"), 1, hidden, 1.0, 0.2);
         put(p("post_attention_layernorm.weight"), 1, hidden, 1.0, 0.2);
-        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+        let width = heads * head_dim;
+        for m in ["q_proj", "k_proj", "v_proj"] {
             put(
                 p(&format!("self_attn.{m}.weight")),
-                hidden,
+                width,
                 hidden,
                 0.0,
                 scale,
             );
         }
+        let o_scale = 2.0 / (width as f32).sqrt();
+        put(p("self_attn.o_proj.weight"), hidden, width, 0.0, o_scale);
         put(p("mlp.gate_proj.weight"), inter, hidden, 0.0, scale);
         put(p("mlp.up_proj.weight"), inter, hidden, 0.0, scale);
         let down = 2.0 / (inter as f32).sqrt();
@@ -276,23 +279,27 @@ async fn rss_returns_to_its_baseline_after_50_abandoned_long_generations() {
     let server = ServerProcess::start(root.path()).await;
     let url = format!("{}/v1/chat/completions", server.base_url);
     let client = reqwest::Client::new();
-    // Warm up: load the model and run one short streamed generation.
+    // Warm up: load the model and run a round of short generations, 5 at a time as
+    // below, so the baseline is a server that has served (threads and pools started).
     let mut warm = long_chat(true);
     warm["max_tokens"] = json!(16);
-    let reply = client.post(&url).json(&warm).send().await.expect("warm-up");
-    assert_eq!(reply.status(), 200);
-    let _ = reply.bytes().await.expect("warm-up body");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let round = (0..5).map(|_| async {
+        let reply = client.post(&url).json(&warm).send().await.expect("warm-up");
+        assert_eq!(reply.status(), 200);
+        reply.bytes().await.expect("warm-up body")
+    });
+    futures::future::join_all(round).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = server.rss_bytes();
     let mut peak = baseline;
-    // 40 streamed, 5 at a time, each abandoned after 600 tokens (~10 MiB of cache each),
+    // 40 streamed, 5 at a time, each abandoned after 400 tokens (~8 MiB of cache each),
     // then 10 non-streaming ones abandoned while they run.
     for _ in 0..8 {
-        let round = (0..5).map(|_| abandon_streamed(&client, &url, 600));
+        let round = (0..5).map(|_| abandon_streamed(&client, &url, 400));
         futures::future::join_all(round).await;
         peak = peak.max(server.rss_bytes());
     }
-    let round = (0..10).map(|_| abandon_waiting(&url, Duration::from_millis(1500)));
+    let round = (0..10).map(|_| abandon_waiting(&url, Duration::from_millis(1000)));
     futures::future::join_all(round).await;
     peak = peak.max(server.rss_bytes());
     // The server goes idle (no generation left running) and gives the memory back.
