@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -116,9 +117,12 @@ def abandon_stream(host, port, body, events):
             seen += 1
             if line.strip() == b"data: [DONE]":
                 break
-    reply.fp.close()
-    connection.sock and connection.sock.close()
-    connection.close()
+    # Hang up the way a client that goes away does: the socket closes under the response.
+    try:
+        connection.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    connection.sock.close()
     return {"status": 200, "events": seen}
 
 
