@@ -25,7 +25,12 @@ pub fn tune_for_cpu_training() {
 /// faults and kernel zeroing of memory it just gave back. Measured on MiniLM-L6 full
 /// fine-tuning (2 cores): 4–6 s of system time per 8 steps, and 20–40 % lower throughput.
 /// Raising the mmap threshold to its maximum and never trimming keeps freed blocks in the
-/// heap for the next step. A no-op on other platforms.
+/// heap for the next step. The price is a heap that never shrinks by itself, which the
+/// server cannot afford after generations (the KV caches of 50 abandoned ones stayed
+/// resident): whoever frees a lot for good calls [`release_free_memory`], as the
+/// generation engine does when sequences end. Measured with the soak test
+/// (`tests/e2e/generation_limits.rs`) and `examples/train_speed`: training keeps its
+/// speed, RSS returns to its baseline. A no-op on other platforms.
 fn keep_freed_memory_for_reuse() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
