@@ -72,9 +72,9 @@ pub async fn run(
         blobs: blobs.clone(),
         models_dir: config.storage.models_dir.clone(),
     });
-    let inference = InferenceHandle::new(
+    let inference = InferenceHandle::with_options(
         catalog,
-        config.inference.infer_cache_bytes,
+        crate::infer::InferOptions::from_config(&config.inference),
         shutdown.clone(),
     );
     // Weak: the router must not keep the pool alive, so `join` below can take it back.

@@ -168,12 +168,20 @@ pub struct InferenceConfig {
     /// Bytes of model weights kept loaded for inference (least recently used evicted first).
     #[arg(long, env = "TEMPER_INFER_CACHE_BYTES", default_value_t = DEFAULT_INFER_CACHE_BYTES)]
     pub infer_cache_bytes: usize,
+    /// Bytes of KV cache each served language model may hold for its running sequences.
+    /// A request reserves its worst case (prompt + `max_tokens` tokens for every choice)
+    /// when it starts; one that does not fit waits in the model's queue (429 once that is
+    /// full), one that can never fit is a 400. Default: 1 GiB per model, but at least one
+    /// sequence of the model's whole context and at most 16 of them.
+    #[arg(long, env = "TEMPER_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<usize>,
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
         InferenceConfig {
             infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
+            kv_cache_bytes: None,
         }
     }
 }
@@ -240,6 +248,7 @@ mod tests {
         assert_eq!(config.storage.leftover_grace(), Duration::from_secs(900));
         assert_eq!(config.workers.devices, vec!["cpu".to_string()]);
         assert!(config.server.api_keys.is_empty());
+        assert_eq!(config.inference.kv_cache_bytes, None);
         assert_eq!(
             config.database_path(),
             PathBuf::from("./temper-data/temper.db")
@@ -257,11 +266,14 @@ mod tests {
             "cuda:0,cuda:1",
             "--port",
             "0",
+            "--kv-cache-bytes",
+            "1048576",
         ]);
         let keys: Vec<&str> = config.server.api_keys.iter().map(ApiKey::expose).collect();
         assert_eq!(keys, ["sk-one", "sk-two", "sk-three"]);
         assert_eq!(config.workers.devices, ["cuda:0", "cuda:1"]);
         assert_eq!(config.server.port, 0);
+        assert_eq!(config.inference.kv_cache_bytes, Some(1 << 20));
     }
 
     #[test]

@@ -25,7 +25,12 @@ pub fn tune_for_cpu_training() {
 /// faults and kernel zeroing of memory it just gave back. Measured on MiniLM-L6 full
 /// fine-tuning (2 cores): 4–6 s of system time per 8 steps, and 20–40 % lower throughput.
 /// Raising the mmap threshold to its maximum and never trimming keeps freed blocks in the
-/// heap for the next step. A no-op on other platforms.
+/// heap for the next step. The price is a heap that never shrinks by itself, which the
+/// server cannot afford after generations (the KV caches of 50 abandoned ones stayed
+/// resident): whoever frees a lot for good calls [`release_free_memory`], as the
+/// generation engine does when sequences end. Measured with the soak test
+/// (`tests/e2e/generation_limits.rs`) and `examples/train_speed`: training keeps its
+/// speed, RSS returns to its baseline. A no-op on other platforms.
 fn keep_freed_memory_for_reuse() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -40,5 +45,19 @@ fn keep_freed_memory_for_reuse() {
             libc::mallopt(M_TRIM_THRESHOLD, libc::c_int::MAX);
             libc::mallopt(M_TOP_PAD, 512 * 1024 * 1024);
         }
+    }
+}
+
+/// Hands the free memory of every malloc arena back to the OS (`malloc_trim(0)`: the top
+/// of each heap and the free pages inside it). [`keep_freed_memory_for_reuse`] stops glibc
+/// from trimming on its own (training reuses freed blocks every step), so code that frees
+/// large amounts for good, a generation engine whose sequences ended, calls this; without
+/// it the pages of abandoned generations stayed resident for the life of the process.
+/// A no-op on other platforms.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the OS; it locks each arena itself.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiJson};
 use super::generation::{
-    common_params, forward_events, invalid, json_event, logprobs_wire, sse_response, token_limit,
-    ChoiceLogprobs, EventSender, Fields, Streaming, UsageWire,
+    common_params, forward_events, generation_error, invalid, json_event, logprobs_wire,
+    sse_response, token_limit, ChoiceLogprobs, EventSender, Fields, Streaming, UsageWire,
 };
 use super::wire::unix_now;
 use super::AppState;
@@ -54,11 +54,12 @@ pub fn parse(fields: &Fields) -> Result<ValidChat, ApiError> {
     let model = fields.model()?;
     let messages = messages(fields)?;
     unsupported_features(fields)?;
-    let max_tokens = match token_limit(fields, "max_completion_tokens")? {
-        Some(limit) => Some(limit),
-        None => token_limit(fields, "max_tokens")?,
+    let (max_tokens, max_tokens_param) = match token_limit(fields, "max_completion_tokens")? {
+        Some(limit) => (Some(limit), "max_completion_tokens"),
+        None => (token_limit(fields, "max_tokens")?, "max_tokens"),
     };
     let (mut params, streaming) = common_params(fields, max_tokens)?;
+    params.max_tokens_param = max_tokens_param;
     let logprobs = fields.get::<bool>("logprobs")?.unwrap_or(false);
     let top = fields.get::<i64>("top_logprobs")?;
     match top {
@@ -396,9 +397,10 @@ async fn create(
             None,
             request.params,
         )
-        .await?;
+        .await
+        .map_err(generation_error)?;
     if !request.streaming.stream {
-        let generation = stream.collect().await?;
+        let generation = stream.collect().await.map_err(generation_error)?;
         return Ok(ApiJson(completion_wire(request.model, generation)).into_response());
     }
     let header = ChunkHeader {
@@ -452,6 +454,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(chat.params.max_tokens, Some(4));
+        assert_eq!(chat.params.max_tokens_param, "max_completion_tokens");
         assert_eq!(chat.params.logprobs, Some(3));
         let plain = parse_json(
             json!({"model": "m", "messages": [{"role": "user", "content": "x"}],

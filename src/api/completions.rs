@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use super::chat::SYSTEM_FINGERPRINT;
 use super::error::{ApiError, ApiJson};
 use super::generation::{
-    common_params, forward_events, invalid, json_event, sse_response, token_limit, EventSender,
-    Fields, Streaming, UsageWire,
+    common_params, forward_events, generation_error, invalid, json_event, sse_response,
+    token_limit, EventSender, Fields, Streaming, UsageWire,
 };
 use super::wire::unix_now;
 use super::AppState;
@@ -245,10 +245,11 @@ async fn create(
     let stream = state
         .inference
         .complete(request.model.clone(), request.prompt, request.params)
-        .await?;
+        .await
+        .map_err(generation_error)?;
     let header = Header::new(request.model);
     if !request.streaming.stream {
-        let generation = stream.collect().await?;
+        let generation = stream.collect().await.map_err(generation_error)?;
         return Ok(ApiJson(whole_response(&header, generation)).into_response());
     }
     let include_usage = request.streaming.include_usage;

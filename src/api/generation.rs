@@ -59,6 +59,17 @@ pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message).with_param(param)
 }
 
+/// A generation error on the wire: prompt + completion beyond the context is OpenAI's
+/// 400 `context_length_exceeded`; the rest maps as every inference error does.
+pub fn generation_error(error: InferError) -> ApiError {
+    match error {
+        InferError::ContextLengthExceeded { param, message } => {
+            invalid(&param, message).with_code("context_length_exceeded")
+        }
+        other => ApiError::from(other),
+    }
+}
+
 /// Streaming switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Streaming {
@@ -118,11 +129,13 @@ pub fn common_params(
         // Any 64-bit seed is fine; negative seeds wrap to distinct u64 values.
         seed: fields.get::<i64>("seed")?.map(|s| s as u64),
         logprobs: None,
+        ..GenerationParams::default()
     };
     Ok((params, streaming(fields)?))
 }
 
-/// `max_tokens`-style limits: absent, or at least 1.
+/// `max_tokens`-style limits: absent, or at least 1 (any larger value is accepted here
+/// and checked against the model's context by the engine).
 pub fn token_limit(fields: &Fields, name: &str) -> Result<Option<usize>, ApiError> {
     match fields.get::<i64>(name)? {
         None => Ok(None),
@@ -249,7 +262,7 @@ pub fn logprobs_wire(tokens: Vec<TokenLogprob>) -> ChoiceLogprobs {
 
 /// `data: {"error": …}`: the SDK raises it as an `APIError` mid-stream.
 pub fn error_event(error: InferError) -> Event {
-    let error = ApiError::from(error);
+    let error = generation_error(error);
     let body = serde_json::json!({"error": {
         "message": error.message,
         "type": error.kind,

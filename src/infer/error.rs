@@ -1,5 +1,6 @@
 //! The inference layer's error; `api` maps it to HTTP in one place
-//! (`ModelNotFound` → 404, `Overloaded` → 429, `InvalidRequest` → 400, `Engine` → 500).
+//! (`ModelNotFound` → 404, `Overloaded` → 429, `InvalidRequest` → 400, `Engine` → 500;
+//! `ContextLengthExceeded` → 400 with its code, mapped by `api::generation`).
 
 /// Errors from resolving, loading and running a served model.
 ///
@@ -16,6 +17,10 @@ pub enum InferError {
     /// The request cannot be served as given; `param` names the offending field.
     #[error("{message}")]
     InvalidRequest { param: String, message: String },
+    /// Prompt + completion exceed the model's context: a 400 with OpenAI's code
+    /// `context_length_exceeded`; `param` names the prompt or the token limit.
+    #[error("{message}")]
+    ContextLengthExceeded { param: String, message: String },
     /// Loading or running the model failed; detail for the logs, not for clients.
     #[error("inference engine error: {0}")]
     Engine(String),

@@ -83,6 +83,13 @@ impl InferOptions {
             failure_ttl: DEFAULT_FAILURE_TTL,
         }
     }
+
+    /// CPU engines with the `inference` section's budgets.
+    pub fn from_config(config: &crate::config::InferenceConfig) -> Self {
+        let mut options = Self::cpu(config.infer_cache_bytes);
+        options.generation.kv_cache_bytes = config.kv_cache_bytes;
+        options
+    }
 }
 
 /// The async face of inference; cheap to clone (one registry behind an `Arc`).

@@ -8,6 +8,7 @@ mod disk;
 mod errors;
 mod files;
 mod fine_tune;
+mod generation_limits;
 mod lifecycle;
 mod openapi;
 mod uploads;

@@ -459,3 +459,55 @@ async fn a_client_that_disconnects_mid_stream_stops_its_generation() {
     assert!(still >= 20, "the engine kept stepping ({last} steps)");
     assert!(last < 1_000_000, "{last}");
 }
+
+#[tokio::test]
+async fn token_limits_beyond_the_context_are_400s_before_any_stream_starts() {
+    let h = lm_harness().await;
+    let prompt = chat_prompt_tokens();
+    let huge: u64 = 1_000_000_000_000;
+    for (stream, field) in [
+        (false, "max_tokens"),
+        (true, "max_tokens"),
+        (true, "max_completion_tokens"),
+    ] {
+        let mut body = json!({"model": MODEL, "messages": user_hi(), "stream": stream});
+        body[field] = json!(huge);
+        let reply = h.post("/v1/chat/completions", body).await;
+        // A JSON envelope, not an SSE stream that breaks later.
+        let error = assert_envelope(&reply, StatusCode::BAD_REQUEST, Some(field));
+        assert_eq!(error["code"], "context_length_exceeded");
+        assert_eq!(
+            error["message"],
+            format!(
+                "This model's maximum context length is 64 tokens. However, you requested \
+                 {} tokens ({prompt} in the messages, {huge} in the completion). Please \
+                 reduce the length of the messages or completion.",
+                huge + prompt as u64
+            )
+        );
+    }
+    for stream in [false, true] {
+        let reply = h
+            .post(
+                "/v1/completions",
+                json!({"model": MODEL, "prompt": "Hello", "max_tokens": 100_000, "stream": stream}),
+            )
+            .await;
+        let error = assert_envelope(&reply, StatusCode::BAD_REQUEST, Some("max_tokens"));
+        assert_eq!(error["code"], "context_length_exceeded");
+        assert_eq!(
+            error["message"],
+            "This model's maximum context length is 64 tokens. However, you requested \
+             100001 tokens (1 in your prompt, 100000 in the completion). Please reduce the \
+             length of your prompt or completion."
+        );
+    }
+    // Exactly the context is fine: 1 prompt token + 63.
+    let reply = h
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "Hello", "max_tokens": 63, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}

@@ -131,8 +131,12 @@ impl LmBackend for CausalLmBackend {
         &self.stop_ids
     }
 
-    fn new_cache(&self) -> KvCache {
-        self.model.new_cache()
+    fn new_cache(&self, max_tokens: usize) -> KvCache {
+        self.model.new_cache_for(max_tokens)
+    }
+
+    fn kv_cache_bytes(&self, tokens: usize) -> usize {
+        self.model.kv_cache_bytes(tokens)
     }
 
     fn step(&mut self, chunks: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>, InferError> {

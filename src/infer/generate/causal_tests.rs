@@ -116,8 +116,11 @@ impl LmBackend for Gated {
     fn stop_token_ids(&self) -> &[u32] {
         self.inner.stop_token_ids()
     }
-    fn new_cache(&self) -> Self::Cache {
-        self.inner.new_cache()
+    fn new_cache(&self, max_tokens: usize) -> Self::Cache {
+        self.inner.new_cache(max_tokens)
+    }
+    fn kv_cache_bytes(&self, tokens: usize) -> usize {
+        self.inner.kv_cache_bytes(tokens)
     }
     fn step(
         &mut self,

@@ -1,31 +1,34 @@
 //! `GenEngine`: one language model on its own OS thread, with continuous batching.
 //!
-//! Each loop iteration the thread (1) takes every newly queued request, (2) drops the
-//! requests whose client went away, (3) admits waiting requests while the batch has
-//! room (rendering and tokenizing their prompt; each choice becomes a sequence whose
-//! first chunk is the whole prompt), and (4) makes ONE `step` call over every running
-//! sequence: new ones prefill, the others feed their last token. Then every sequence
-//! samples, and its events go to its request's channel. Long generations therefore
-//! never hold back new requests for more than one step.
+//! Each loop iteration the thread (1) takes every newly queued request, rendering and
+//! tokenizing its prompt and checking it against the context and the KV budget
+//! (`admission`: a request that can never run is answered with a 400 at once), (2) drops
+//! the requests whose client went away, (3) starts waiting requests, oldest first, while
+//! the batch has room and their worst-case caches fit in what the running ones left of
+//! the KV budget (each choice becomes a sequence whose first chunk is the whole prompt),
+//! and (4) makes ONE `step` call over every running sequence: new ones prefill, the
+//! others feed their last token. Then every sequence samples, and its events go to its
+//! request's channel. Long generations therefore never hold back new requests for more
+//! than one step.
 //!
 //! The caches live in the sequences (owned by the request), never in the model, and are
-//! freed as soon as a sequence finishes or its client disconnects. Dropping the
-//! `GenEngine` closes the command channel; the thread finishes what is running (streams
-//! keep the engine alive, so by then no client is left) and is joined.
+//! freed as soon as a sequence finishes or its client disconnects; the freed memory is
+//! then handed back to the OS (`runtime::release_free_memory`) once enough was freed or
+//! the engine goes idle. Dropping the `GenEngine` closes the command channel; the thread
+//! finishes what is running (streams keep the engine alive, so by then no client is
+//! left) and is joined.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rand::Rng;
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tracing::Span;
 
-use super::sequence::{Sequence, SequenceSpec};
-use super::stream::{EngineMessage, KeepAlive, MessageSender};
-use super::{GenerationEvent, GenerationRequest, GenerationStream, LmBackend, Prompt, Usage};
+use super::admission::{default_kv_budget, Limits};
+use super::stream::{EngineMessage, KeepAlive};
+use super::worker::{GenerateCommand, Worker};
+use super::{GenerationRequest, GenerationStream, LmBackend};
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
 
@@ -35,6 +38,9 @@ pub struct GenEngineConfig {
     pub max_batch_sequences: usize,
     /// Most sequences running or waiting; beyond it requests get `Overloaded` (429).
     pub max_queued_sequences: usize,
+    /// Bytes of KV cache the running sequences may hold together, each reserved at its
+    /// worst case (prompt + max new tokens); `None`: `admission::default_kv_budget`.
+    pub kv_cache_bytes: Option<usize>,
 }
 
 impl Default for GenEngineConfig {
@@ -42,18 +48,9 @@ impl Default for GenEngineConfig {
         Self {
             max_batch_sequences: 16,
             max_queued_sequences: 256,
+            kv_cache_bytes: None,
         }
     }
-}
-
-struct GenerateCommand {
-    request: GenerationRequest,
-    /// The caller's span, entered while the engine works on this request.
-    span: Span,
-    /// Events for the caller; closed when its `GenerationStream` is dropped.
-    messages: MessageSender,
-    /// One per choice; returned to the engine's semaphore when the request ends.
-    permits: OwnedSemaphorePermit,
 }
 
 pub struct GenEngine {
@@ -66,6 +63,7 @@ pub struct GenEngine {
     queue_permits: Arc<Semaphore>,
     config: GenEngineConfig,
     context_len: usize,
+    kv_budget_bytes: usize,
     parameter_bytes: usize,
     /// Sequences the thread is running (written by the thread after each iteration).
     running: Arc<AtomicUsize>,
@@ -80,22 +78,25 @@ impl GenEngine {
         backend: B,
         config: GenEngineConfig,
     ) -> Result<Self, InferError> {
+        let max_batch = config.max_batch_sequences.max(1);
+        let context_len = backend.context_len();
+        let kv_budget_bytes = config
+            .kv_cache_bytes
+            .unwrap_or_else(|| default_kv_budget(backend.kv_cache_bytes(context_len), max_batch));
         let config = GenEngineConfig {
-            max_batch_sequences: config.max_batch_sequences.max(1),
+            max_batch_sequences: max_batch,
             max_queued_sequences: config.max_queued_sequences.clamp(1, Semaphore::MAX_PERMITS),
+            kv_cache_bytes: Some(kv_budget_bytes),
         };
+        tracing::info!(model = %name, context_len, kv_budget_bytes, "generation engine started");
         let (sender, receiver) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicUsize::new(0));
-        let context_len = backend.context_len();
         let parameter_bytes = backend.parameter_bytes();
-        let worker = Worker {
-            backend,
-            commands: receiver,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            max_batch: config.max_batch_sequences,
-            running_gauge: running.clone(),
+        let limits = Limits {
+            context_len,
+            kv_budget_bytes,
         };
+        let worker = Worker::new(backend, receiver, max_batch, limits, running.clone());
         let thread = std::thread::Builder::new()
             .name(thread_name(name))
             .spawn(move || worker.run())
@@ -106,6 +107,7 @@ impl GenEngine {
             queue_permits: Arc::new(Semaphore::new(config.max_queued_sequences)),
             config,
             context_len,
+            kv_budget_bytes,
             parameter_bytes,
             running,
             thread: Some(thread),
@@ -118,6 +120,11 @@ impl GenEngine {
 
     pub fn parameter_bytes(&self) -> usize {
         self.parameter_bytes
+    }
+
+    /// Bytes of KV cache the running sequences may hold together.
+    pub fn kv_budget_bytes(&self) -> usize {
+        self.kv_budget_bytes
     }
 
     /// Sequences being generated right now.
@@ -182,254 +189,5 @@ impl Drop for GenEngine {
                 tracing::error!(model = %self.name, "generation engine thread panicked");
             }
         }
-    }
-}
-
-/// A request being generated: its sequences (one per unfinished choice) and channel.
-struct Running<C> {
-    messages: MessageSender,
-    span: Span,
-    /// Released just before the final event, so a client that got its answer can
-    /// queue again at once.
-    permits: Option<OwnedSemaphorePermit>,
-    prompt_tokens: usize,
-    sequences: Vec<Sequence<C>>,
-    /// Tokens sampled by choices that already finished.
-    finished_tokens: usize,
-    /// Set when the request is over (answered or failed) and can be dropped.
-    done: bool,
-}
-
-impl<C> Running<C> {
-    fn send(&self, event: GenerationEvent) {
-        // A closed channel means the client left; the next iteration drops the request.
-        let _ = self.messages.send(EngineMessage::Event(event));
-    }
-
-    fn fail(&mut self, error: InferError) {
-        let _ = self.messages.send(EngineMessage::Failed(error));
-        self.done = true;
-    }
-}
-
-struct Worker<B: LmBackend> {
-    backend: B,
-    /// From `GenEngine::submit`; closed when the engine is dropped.
-    commands: mpsc::UnboundedReceiver<GenerateCommand>,
-    /// Accepted requests waiting for room in the batch, oldest first.
-    waiting: VecDeque<GenerateCommand>,
-    running: Vec<Running<B::Cache>>,
-    max_batch: usize,
-    running_gauge: Arc<AtomicUsize>,
-}
-
-impl<B: LmBackend> Worker<B> {
-    fn run(mut self) {
-        let mut open = true;
-        loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
-                if !open {
-                    return;
-                }
-                match self.commands.blocking_recv() {
-                    Some(command) => self.waiting.push_back(command),
-                    None => return,
-                }
-            }
-            while open {
-                match self.commands.try_recv() {
-                    Ok(command) => self.waiting.push_back(command),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open = false,
-                }
-            }
-            self.running.retain(|r| !r.messages.is_closed());
-            self.admit();
-            if !self.running.is_empty() {
-                self.step();
-            }
-            let sequences = self.running.iter().map(|r| r.sequences.len()).sum();
-            self.running_gauge.store(sequences, Ordering::SeqCst);
-        }
-    }
-
-    fn running_sequences(&self) -> usize {
-        self.running.iter().map(|r| r.sequences.len()).sum()
-    }
-
-    /// Starts waiting requests, oldest first, while the batch has room; a request that
-    /// alone exceeds the batch still starts when nothing else runs.
-    fn admit(&mut self) {
-        while let Some(next) = self.waiting.front() {
-            let running = self.running_sequences();
-            if running > 0 && running + next.request.params.n > self.max_batch {
-                break;
-            }
-            let Some(command) = self.waiting.pop_front() else {
-                break;
-            };
-            if command.messages.is_closed() {
-                continue;
-            }
-            if let Some(running) = self.start(command) {
-                self.running.push(running);
-            }
-        }
-    }
-
-    /// Renders and tokenizes the prompt and creates one sequence per choice; a prompt
-    /// the model cannot take is answered with an error here.
-    fn start(&mut self, command: GenerateCommand) -> Option<Running<B::Cache>> {
-        let GenerateCommand {
-            request,
-            span,
-            messages,
-            permits,
-        } = command;
-        let _entered = span.enter();
-        let prompt = match self.prompt_ids(&request.prompt) {
-            Ok(ids) => ids,
-            Err(error) => {
-                let _ = messages.send(EngineMessage::Failed(error));
-                return None;
-            }
-        };
-        let params = &request.params;
-        let room = self.backend.context_len() - prompt.len();
-        let max_new = params.max_tokens.map_or(room, |m| m.min(room)).max(1);
-        let seed = params.seed.unwrap_or_else(|| rand::rng().random());
-        let sequences = (0..params.n)
-            .map(|choice| {
-                let spec = SequenceSpec {
-                    choice,
-                    prompt: prompt.clone(),
-                    max_new,
-                    temperature: params.temperature,
-                    top_p: params.top_p,
-                    seed: seed.wrapping_add(choice as u64),
-                    stop: &params.stop,
-                    logprobs: params.logprobs,
-                };
-                Sequence::new(spec, self.backend.new_cache())
-            })
-            .collect();
-        let prompt_tokens = prompt.len();
-        let _ = messages.send(EngineMessage::Started { prompt_tokens });
-        drop(_entered);
-        Some(Running {
-            messages,
-            span,
-            permits: Some(permits),
-            prompt_tokens,
-            sequences,
-            finished_tokens: 0,
-            done: false,
-        })
-    }
-
-    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
-        let param = prompt.param();
-        let text = match prompt {
-            Prompt::Chat { messages, tools } => {
-                self.backend.render_chat(messages, tools.as_ref())?
-            }
-            Prompt::Text(text) => text.clone(),
-        };
-        let ids = self.backend.encode(&text)?;
-        if ids.is_empty() {
-            return Err(InferError::invalid(
-                param,
-                format!("`{param}` must not be empty"),
-            ));
-        }
-        let context = self.backend.context_len();
-        if ids.len() >= context {
-            return Err(InferError::invalid(
-                param,
-                format!(
-                    "This model's maximum context length is {context} tokens. However, your \
-                     {param} resulted in {} tokens, leaving no room for the completion.",
-                    ids.len()
-                ),
-            ));
-        }
-        Ok(ids)
-    }
-
-    /// One forward step over every running sequence, then sampling and events.
-    fn step(&mut self) {
-        let mut chunks: Vec<(&[u32], &mut B::Cache)> = Vec::new();
-        for running in &mut self.running {
-            for sequence in &mut running.sequences {
-                chunks.push((sequence.pending.as_slice(), &mut sequence.cache));
-            }
-        }
-        let count = chunks.len();
-        let _step_span = tracing::debug_span!("generate_step", sequences = count).entered();
-        let outcome = self.backend.step(&mut chunks);
-        drop(chunks);
-        let rows = match outcome {
-            Ok(rows) if rows.len() == count => rows,
-            Ok(rows) => {
-                let error = InferError::engine(format!(
-                    "backend returned {} rows for {count} sequences",
-                    rows.len()
-                ));
-                self.fail_all(error)
-            }
-            Err(error) => self.fail_all(error),
-        };
-        let mut rows = rows.into_iter();
-        for running in &mut self.running {
-            if running.done {
-                continue;
-            }
-            let _entered = running.span.clone().entered();
-            let mut failure = None;
-            for sequence in &mut running.sequences {
-                let Some(row) = rows.next() else { break };
-                match sequence.advance(&row, &self.backend) {
-                    Ok(events) => {
-                        for event in events {
-                            // A closed channel means the client left; the next
-                            // iteration drops the request.
-                            let _ = running.messages.send(EngineMessage::Event(event));
-                        }
-                    }
-                    Err(error) => failure = Some(error),
-                }
-            }
-            if let Some(error) = failure {
-                running.fail(error);
-                continue;
-            }
-            running.sequences.retain(|s| {
-                if s.finished.is_some() {
-                    running.finished_tokens += s.sampled;
-                }
-                s.finished.is_none()
-            });
-            if running.sequences.is_empty() {
-                let completion_tokens = running.finished_tokens;
-                drop(running.permits.take());
-                running.send(GenerationEvent::Usage(Usage {
-                    prompt_tokens: running.prompt_tokens,
-                    completion_tokens,
-                    total_tokens: running.prompt_tokens + completion_tokens,
-                }));
-                running.done = true;
-            }
-        }
-        self.running.retain(|r| !r.done);
-    }
-
-    /// A failed forward fails every running request (their caches may be half
-    /// written); returns no rows so the step ends.
-    fn fail_all(&mut self, error: InferError) -> Vec<Vec<f32>> {
-        tracing::error!(%error, "generation step failed");
-        for running in &mut self.running {
-            running.fail(error.clone());
-        }
-        Vec::new()
     }
 }

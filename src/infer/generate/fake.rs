@@ -81,20 +81,43 @@ impl Gate {
     }
 }
 
-/// What the fake saw: the chunk lengths of every `step` call.
+/// What the fake saw: the chunk lengths of every `step` call, and the caches alive.
 #[derive(Default)]
 pub(crate) struct FakeStats {
     pub(crate) steps: AtomicUsize,
     pub(crate) chunk_lengths: Mutex<Vec<Vec<usize>>>,
+    /// Caches created and not dropped yet (each one a sequence's KV memory).
+    pub(crate) live_caches: AtomicUsize,
 }
 
 impl FakeStats {
+    pub(crate) fn live_caches(&self) -> usize {
+        self.live_caches.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn steps(&self) -> usize {
         self.steps.load(Ordering::SeqCst)
     }
 
     pub(crate) fn chunk_lengths(&self) -> Vec<Vec<usize>> {
         self.chunk_lengths.lock().expect("stats lock").clone()
+    }
+}
+
+/// Bytes the fake reports per cached token (what admission reserves).
+pub(crate) const KV_BYTES_PER_TOKEN: usize = 100;
+
+/// A sequence's cache: the tokens seen so far, the most it was created for, and a
+/// count of live caches that its drop decrements.
+pub(crate) struct FakeCache {
+    tokens: Vec<u32>,
+    max_tokens: usize,
+    stats: Arc<FakeStats>,
+}
+
+impl Drop for FakeCache {
+    fn drop(&mut self) {
+        self.stats.live_caches.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -120,8 +143,7 @@ impl Default for FakeLm {
 }
 
 impl LmBackend for FakeLm {
-    /// The tokens seen so far.
-    type Cache = Vec<u32>;
+    type Cache = FakeCache;
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
         let bytes = text.as_bytes();
@@ -176,13 +198,22 @@ impl LmBackend for FakeLm {
         &self.stop_tokens
     }
 
-    fn new_cache(&self) -> Vec<u32> {
-        Vec::new()
+    fn new_cache(&self, max_tokens: usize) -> FakeCache {
+        self.stats.live_caches.fetch_add(1, Ordering::SeqCst);
+        FakeCache {
+            tokens: Vec::new(),
+            max_tokens,
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn kv_cache_bytes(&self, tokens: usize) -> usize {
+        tokens.saturating_mul(KV_BYTES_PER_TOKEN)
     }
 
     fn step(
         &mut self,
-        chunks: &mut [(&[u32], &mut Vec<u32>)],
+        chunks: &mut [(&[u32], &mut FakeCache)],
     ) -> Result<Vec<Vec<f32>>, InferError> {
         if let Some(gate) = &self.gate {
             gate.wait();
@@ -199,11 +230,16 @@ impl LmBackend for FakeLm {
         chunks
             .iter_mut()
             .map(|(tokens, cache)| {
-                cache.extend_from_slice(tokens);
-                if cache.len() > self.context_len {
+                cache.tokens.extend_from_slice(tokens);
+                if cache.tokens.len() > self.context_len {
                     return Err(InferError::engine("fake context overflow"));
                 }
+                // A sequence outgrowing its reservation would break the KV budget.
+                if cache.tokens.len() > cache.max_tokens {
+                    return Err(InferError::engine("fake cache beyond its reservation"));
+                }
                 let last = cache
+                    .tokens
                     .last()
                     .copied()
                     .ok_or_else(|| InferError::engine("empty chunk"))?;

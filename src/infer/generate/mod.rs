@@ -8,19 +8,26 @@
 //!   log-softmax and top-k logprobs.
 //! - `text.rs`: incremental detokenization and stop strings (never emits broken UTF-8 or
 //!   any part of a stop string).
+//! - `admission.rs`: what a request may take of the context and of the engine's KV-cache
+//!   byte budget (checked before it is accepted, reserved while it runs).
 //! - `sequence.rs`: one choice being generated (pure state: cache, tokens, sampler, text).
 //! - `causal.rs`: [`CausalLmBackend`], the real backend over `zoo::decoder::CausalLm`.
-//! - `engine.rs`: [`GenEngine`], one model on its own OS thread with continuous batching.
+//! - `engine.rs`: [`GenEngine`], one model on its own OS thread with continuous batching;
+//!   `worker.rs`: that thread's loop.
 //! - `stream.rs`: [`GenerationStream`], the async receiving end a request holds.
 //! - The types below cross into `api`: requests, events and the collected answer.
 
+mod admission;
 mod causal;
 mod engine;
 mod sampling;
 mod sequence;
 mod stream;
 mod text;
+mod worker;
 
+#[cfg(test)]
+mod budget_tests;
 #[cfg(test)]
 mod causal_tests;
 #[cfg(test)]
@@ -56,7 +63,11 @@ pub trait LmBackend: Send + 'static {
     fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError>;
     /// Tokens that end a sequence (eos, end-of-turn…).
     fn stop_token_ids(&self) -> &[u32];
-    fn new_cache(&self) -> Self::Cache;
+    /// An empty cache for a sequence that will hold at most `max_tokens` tokens.
+    fn new_cache(&self, max_tokens: usize) -> Self::Cache;
+    /// Most bytes a cache from `new_cache(tokens)` holds: what admission reserves of the
+    /// engine's KV budget for one sequence.
+    fn kv_cache_bytes(&self, tokens: usize) -> usize;
     /// Appends each chunk's tokens to its cache and returns the logits of each chunk's
     /// last token, in chunk order. All chunks go through the model together.
     fn step(
@@ -95,6 +106,9 @@ impl Prompt {
 pub struct GenerationParams {
     /// Most generated tokens per choice; `None`: until the context is full.
     pub max_tokens: Option<usize>,
+    /// The request field `max_tokens` came from (`max_tokens`, or chat's
+    /// `max_completion_tokens`), named by limit errors.
+    pub max_tokens_param: &'static str,
     /// 0 = greedy (argmax).
     pub temperature: f32,
     /// Nucleus mass in (0, 1]; 1 = the whole distribution.
@@ -113,6 +127,7 @@ impl Default for GenerationParams {
     fn default() -> Self {
         Self {
             max_tokens: None,
+            max_tokens_param: "max_tokens",
             temperature: 1.0,
             top_p: 1.0,
             n: 1,

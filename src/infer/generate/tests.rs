@@ -154,13 +154,13 @@ async fn max_tokens_and_the_context_end_with_length() {
     assert_eq!(out.usage.total_tokens, 5);
     let too_long = short.generate(text("Hello Hello Hello", greedy())).await;
     match too_long {
-        Err(InferError::InvalidRequest { param, message }) => {
+        Err(InferError::ContextLengthExceeded { param, message }) => {
             assert_eq!(param, "prompt");
             assert!(
                 message.contains("maximum context length is 5 tokens"),
                 "{message}"
             );
-            assert!(message.contains("resulted in 5 tokens"), "{message}");
+            assert!(message.contains("(5 in your prompt, 1 in the"), "{message}");
         }
         other => panic!("expected a 400, got {:?}", other.map(|_| ())),
     }
@@ -339,6 +339,7 @@ async fn a_full_queue_answers_overloaded() {
     let config = GenEngineConfig {
         max_batch_sequences: 4,
         max_queued_sequences: 2,
+        ..GenEngineConfig::default()
     };
     let engine = GenEngine::spawn("fake", fake, config).expect("spawn");
     let params = GenerationParams { n: 2, ..greedy() };

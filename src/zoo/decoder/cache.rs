@@ -9,10 +9,16 @@ use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
 use crate::zoo::ZooError;
 
-/// Keys and values of one sequence, per layer `[1, n_kv_heads, len, head_dim]`.
-#[derive(Debug, Clone, Default)]
+/// Tokens a cache grows by. Each growth copies the cache once (so a sequence of `t`
+/// tokens is copied `t / 256` times instead of once per token, which fragmented the heap
+/// by gigabytes on long generations) and leaves at most 255 tokens of unused room.
+pub const KV_CACHE_CHUNK_TOKENS: usize = 256;
+
+/// Keys and values of one sequence, per layer `[1, n_kv_heads, capacity, head_dim]`,
+/// grown in chunks (candle-nn's cache) and never beyond what it was created for.
+#[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
 }
 
@@ -26,28 +32,24 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Bytes held by the cached keys and values.
+    /// Bytes allocated for keys and values (capacity, used or not).
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
+            .flat_map(|layer| [layer.k_cache().all_data(), layer.v_cache().all_data()])
             .flatten()
-            .map(|(k, v)| 4 * (k.elem_count() + v.elem_count()))
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum()
     }
 
-    /// Appends `k`/`v` `[new, kv, d]` to layer `i`; returns the full `[kv, len, d]` tensors.
+    /// Appends `k`/`v` `[new, kv, d]` to layer `i`; returns the full `[kv, len, d]` views.
     fn append(&mut self, i: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor), ZooError> {
         let (k, v) = (
             k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?,
             v.transpose(0, 1)?.unsqueeze(0)?.contiguous()?,
         );
-        let entry = match self.layers[i].take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        let full = (entry.0.squeeze(0)?, entry.1.squeeze(0)?);
-        self.layers[i] = Some(entry);
-        Ok(full)
+        let (k, v) = self.layers[i].append(&k, &v)?;
+        Ok((k.squeeze(0)?, v.squeeze(0)?))
     }
 }
 
@@ -58,11 +60,35 @@ pub struct SeqChunk<'a> {
 }
 
 impl CausalLm {
+    /// A cache for a sequence of up to the model's whole context.
     pub fn new_cache(&self) -> KvCache {
+        self.new_cache_for(self.decoder.cfg.max_position_embeddings)
+    }
+
+    /// A cache for a sequence of up to `max_tokens` tokens: it allocates
+    /// `min(max_tokens, KV_CACHE_CHUNK_TOKENS)` tokens of room at first and grows by as
+    /// much, so it never holds more than [`CausalLm::kv_cache_bytes`]`(max_tokens)`.
+    pub fn new_cache_for(&self, max_tokens: usize) -> KvCache {
+        let chunk = max_tokens.clamp(1, KV_CACHE_CHUNK_TOKENS);
         KvCache {
-            layers: vec![None; self.decoder.layers.len()],
+            layers: (0..self.decoder.layers.len())
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, chunk))
+                .collect(),
             len: 0,
         }
+    }
+
+    /// Most bytes a cache made by `new_cache_for(tokens)` allocates once it holds
+    /// `tokens` tokens (f32 keys and values of every layer, room rounded up to a chunk).
+    pub fn kv_cache_bytes(&self, tokens: usize) -> usize {
+        let c = &self.decoder.cfg;
+        let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+        let room = if tokens <= KV_CACHE_CHUNK_TOKENS {
+            tokens
+        } else {
+            tokens.div_ceil(KV_CACHE_CHUNK_TOKENS) * KV_CACHE_CHUNK_TOKENS
+        };
+        per_token.saturating_mul(room)
     }
 
     /// Appends each chunk's tokens at positions `cache.len()..` and returns the logits

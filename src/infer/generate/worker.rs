@@ -1,0 +1,355 @@
+//! The engine thread's loop (see `engine.rs` for the order of one iteration): intake
+//! with admission, the waiting and running requests, one batched step at a time, and
+//! handing the memory of ended sequences back to the OS.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::Rng;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Span;
+
+use super::admission::{grant, Grant, Limits};
+use super::sequence::{Sequence, SequenceSpec};
+use super::stream::{EngineMessage, MessageSender};
+use super::{GenerationEvent, GenerationRequest, LmBackend, Prompt, Usage};
+use crate::infer::InferError;
+
+/// Freed cache bytes after which memory is handed back to the OS even while other
+/// sequences run (an idle engine always hands it back).
+const TRIM_AFTER_FREED_BYTES: usize = 64 << 20;
+
+pub(super) struct GenerateCommand {
+    pub(super) request: GenerationRequest,
+    /// The caller's span, entered while the engine works on this request.
+    pub(super) span: Span,
+    /// Events for the caller; closed when its `GenerationStream` is dropped.
+    pub(super) messages: MessageSender,
+    /// One per choice; returned to the engine's semaphore when the request ends.
+    pub(super) permits: OwnedSemaphorePermit,
+}
+
+/// A request whose prompt was accepted, waiting for room in the batch and the budget.
+struct Waiting {
+    command: GenerateCommand,
+    prompt: Vec<u32>,
+    grant: Grant,
+}
+
+/// A request being generated: its sequences (one per unfinished choice) and channel.
+struct Running<C> {
+    messages: MessageSender,
+    span: Span,
+    /// Released just before the final event, so a client that got its answer can
+    /// queue again at once.
+    permits: Option<OwnedSemaphorePermit>,
+    prompt_tokens: usize,
+    /// KV bytes held for this request's sequences until it is dropped.
+    reserved_bytes: usize,
+    sequences: Vec<Sequence<C>>,
+    /// Tokens sampled by choices that already finished.
+    finished_tokens: usize,
+    /// Set when the request is over (answered or failed) and can be dropped.
+    done: bool,
+}
+
+impl<C> Running<C> {
+    fn send(&self, event: GenerationEvent) {
+        // A closed channel means the client left; the next iteration drops the request.
+        let _ = self.messages.send(EngineMessage::Event(event));
+    }
+
+    fn fail(&mut self, error: InferError) {
+        let _ = self.messages.send(EngineMessage::Failed(error));
+        self.done = true;
+    }
+}
+
+pub(super) struct Worker<B: LmBackend> {
+    backend: B,
+    /// From `GenEngine::submit`; closed when the engine is dropped.
+    commands: mpsc::UnboundedReceiver<GenerateCommand>,
+    /// Accepted requests waiting for room in the batch or the budget, oldest first.
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running<B::Cache>>,
+    max_batch: usize,
+    limits: Limits,
+    /// Reserved bytes of requests dropped since memory was last handed back.
+    freed_since_trim: usize,
+    running_gauge: Arc<AtomicUsize>,
+}
+
+impl<B: LmBackend> Worker<B> {
+    pub(super) fn new(
+        backend: B,
+        commands: mpsc::UnboundedReceiver<GenerateCommand>,
+        max_batch: usize,
+        limits: Limits,
+        running_gauge: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            backend,
+            commands,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            max_batch,
+            limits,
+            freed_since_trim: 0,
+            running_gauge,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut open = true;
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match self.commands.blocking_recv() {
+                    Some(command) => self.intake(command),
+                    None => return,
+                }
+            }
+            while open {
+                match self.commands.try_recv() {
+                    Ok(command) => self.intake(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.reap();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+                self.reap();
+            }
+            self.running_gauge
+                .store(self.running_sequences(), Ordering::SeqCst);
+        }
+    }
+
+    /// Tokenizes a new request and checks what it asks for; a request that can never
+    /// run is answered with its 400 here, the others wait their turn.
+    fn intake(&mut self, command: GenerateCommand) {
+        let entered = command.span.clone().entered();
+        let request = &command.request;
+        let accepted = self.prompt_ids(&request.prompt).and_then(|prompt| {
+            let granted = grant(
+                &request.prompt,
+                prompt.len(),
+                &request.params,
+                self.limits,
+                |tokens| self.backend.kv_cache_bytes(tokens),
+            )?;
+            Ok((prompt, granted))
+        });
+        drop(entered);
+        match accepted {
+            Ok((prompt, grant)) => self.waiting.push_back(Waiting {
+                command,
+                prompt,
+                grant,
+            }),
+            Err(error) => {
+                let _ = command.messages.send(EngineMessage::Failed(error));
+            }
+        }
+    }
+
+    /// Drops finished requests and those whose client went away (their caches are
+    /// freed with them), then hands freed memory back to the OS when enough was freed
+    /// or nothing runs any more: without it glibc keeps the pages of abandoned
+    /// generations.
+    fn reap(&mut self) {
+        let mut freed = 0;
+        self.running.retain(|r| {
+            let keep = !r.done && !r.messages.is_closed();
+            if !keep {
+                freed += r.reserved_bytes;
+            }
+            keep
+        });
+        self.waiting.retain(|w| !w.command.messages.is_closed());
+        self.freed_since_trim = self.freed_since_trim.saturating_add(freed);
+        let idle = self.running.is_empty();
+        if self.freed_since_trim >= TRIM_AFTER_FREED_BYTES || (idle && self.freed_since_trim > 0) {
+            crate::runtime::release_free_memory();
+            self.freed_since_trim = 0;
+        }
+    }
+
+    fn reserved_bytes(&self) -> usize {
+        self.running.iter().map(|r| r.reserved_bytes).sum()
+    }
+
+    fn running_sequences(&self) -> usize {
+        self.running.iter().map(|r| r.sequences.len()).sum()
+    }
+
+    /// Starts waiting requests, oldest first, while the batch has room and their
+    /// reservations fit in the KV budget; a request that alone exceeds the batch still
+    /// starts when nothing else runs (no request exceeds the budget: `intake` refused it).
+    fn admit(&mut self) {
+        while let Some(next) = self.waiting.front() {
+            let running = self.running_sequences();
+            let n = next.command.request.params.n;
+            let batch_full = running > 0 && running + n > self.max_batch;
+            let reserved = self.reserved_bytes() + next.grant.reserved_bytes;
+            if batch_full || reserved > self.limits.kv_budget_bytes {
+                break;
+            }
+            let Some(waiting) = self.waiting.pop_front() else {
+                break;
+            };
+            if waiting.command.messages.is_closed() {
+                continue;
+            }
+            let running = self.start(waiting);
+            self.running.push(running);
+        }
+    }
+
+    /// Creates one sequence per choice, each with a cache for its granted tokens.
+    fn start(&mut self, waiting: Waiting) -> Running<B::Cache> {
+        let Waiting {
+            command,
+            prompt,
+            grant,
+        } = waiting;
+        let GenerateCommand {
+            request,
+            span,
+            messages,
+            permits,
+        } = command;
+        let _entered = span.enter();
+        let params = &request.params;
+        let max_new = grant.max_new;
+        let seed = params.seed.unwrap_or_else(|| rand::rng().random());
+        let sequences = (0..params.n)
+            .map(|choice| {
+                let spec = SequenceSpec {
+                    choice,
+                    prompt: prompt.clone(),
+                    max_new,
+                    temperature: params.temperature,
+                    top_p: params.top_p,
+                    seed: seed.wrapping_add(choice as u64),
+                    stop: &params.stop,
+                    logprobs: params.logprobs,
+                };
+                Sequence::new(spec, self.backend.new_cache(grant.cache_tokens))
+            })
+            .collect();
+        let prompt_tokens = prompt.len();
+        let _ = messages.send(EngineMessage::Started { prompt_tokens });
+        drop(_entered);
+        Running {
+            messages,
+            span,
+            permits: Some(permits),
+            prompt_tokens,
+            reserved_bytes: grant.reserved_bytes,
+            sequences,
+            finished_tokens: 0,
+            done: false,
+        }
+    }
+
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
+        let param = prompt.param();
+        let text = match prompt {
+            Prompt::Chat { messages, tools } => {
+                self.backend.render_chat(messages, tools.as_ref())?
+            }
+            Prompt::Text(text) => text.clone(),
+        };
+        let ids = self.backend.encode(&text)?;
+        if ids.is_empty() {
+            return Err(InferError::invalid(
+                param,
+                format!("`{param}` must not be empty"),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// One forward step over every running sequence, then sampling and events.
+    fn step(&mut self) {
+        let mut chunks: Vec<(&[u32], &mut B::Cache)> = Vec::new();
+        for running in &mut self.running {
+            for sequence in &mut running.sequences {
+                chunks.push((sequence.pending.as_slice(), &mut sequence.cache));
+            }
+        }
+        let count = chunks.len();
+        let _step_span = tracing::debug_span!("generate_step", sequences = count).entered();
+        let outcome = self.backend.step(&mut chunks);
+        drop(chunks);
+        let rows = match outcome {
+            Ok(rows) if rows.len() == count => rows,
+            Ok(rows) => {
+                let error = InferError::engine(format!(
+                    "backend returned {} rows for {count} sequences",
+                    rows.len()
+                ));
+                self.fail_all(error)
+            }
+            Err(error) => self.fail_all(error),
+        };
+        let mut rows = rows.into_iter();
+        for running in &mut self.running {
+            if running.done {
+                continue;
+            }
+            let _entered = running.span.clone().entered();
+            let mut failure = None;
+            for sequence in &mut running.sequences {
+                let Some(row) = rows.next() else { break };
+                match sequence.advance(&row, &self.backend) {
+                    Ok(events) => {
+                        for event in events {
+                            // A closed channel means the client left; the next
+                            // iteration drops the request.
+                            let _ = running.messages.send(EngineMessage::Event(event));
+                        }
+                    }
+                    Err(error) => failure = Some(error),
+                }
+            }
+            if let Some(error) = failure {
+                running.fail(error);
+                continue;
+            }
+            running.sequences.retain(|s| {
+                if s.finished.is_some() {
+                    running.finished_tokens += s.sampled;
+                }
+                s.finished.is_none()
+            });
+            if running.sequences.is_empty() {
+                let completion_tokens = running.finished_tokens;
+                drop(running.permits.take());
+                running.send(GenerationEvent::Usage(Usage {
+                    prompt_tokens: running.prompt_tokens,
+                    completion_tokens,
+                    total_tokens: running.prompt_tokens + completion_tokens,
+                }));
+                running.done = true;
+            }
+        }
+    }
+
+    /// A failed forward fails every running request (their caches may be half
+    /// written); returns no rows so the step ends.
+    fn fail_all(&mut self, error: InferError) -> Vec<Vec<f32>> {
+        tracing::error!(%error, "generation step failed");
+        for running in &mut self.running {
+            running.fail(error.clone());
+        }
+        Vec::new()
+    }
+}
