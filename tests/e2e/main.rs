@@ -8,3 +8,4 @@ mod files;
 mod fine_tune;
 mod lifecycle;
 mod openapi;
+mod startup;
