@@ -34,7 +34,8 @@ pub fn parse_checkpoint_step(name: &str) -> Option<(&str, usize)> {
 /// The canonical form of a model id a client sent (job `model`, inference `model`,
 /// `/v1/models/{id}`): whitespace around the id and around each `/` trimmed, runs of `/`
 /// collapsed to one, and leading and trailing `/` removed, so `" bars//tiny-llama/ "` and
-/// `bars / tiny-llama` are `bars/tiny-llama` and never a second model. Case is kept (ids name directories on a case-sensitive disk).
+/// `bars / tiny-llama` are `bars/tiny-llama` and never a second model. Case is kept (ids
+/// name directories on a case-sensitive disk).
 /// An id that is nothing but slashes and spaces normalises to `""`, which callers refuse.
 pub fn normalize_model_id(raw: &str) -> String {
     raw.split('/')

@@ -259,6 +259,32 @@ async fn a_truncated_upload_is_a_400_and_leaves_nothing_behind() {
     assert_eq!(list["data"], json!([]));
 }
 
+/// A client that stops sending mid-upload and half-closes its socket (as one that gives
+/// up does) reads a 400 `incomplete_request_body`; it was a 500 and an error in the log.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_upload_gets_a_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::spawn().await;
+    let address = server.base_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut request = b"POST /v1/files HTTP/1.1\r\nHost: temper\r\n\
+        Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 10000000\r\n\r\n\
+        --B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
+        --B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n"
+        .to_vec();
+    request.extend(sentiment_jsonl(2000));
+    socket.write_all(&request).await.expect("send");
+    socket.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).await.expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"code\":\"incomplete_request_body\""), "{reply}");
+    let (_, list) = server.get("/v1/files").await;
+    assert_eq!(list["data"], json!([]));
+}
+
 /// A JSON body over the limit is 413 `request_too_large` (it was a 400) over real HTTP.
 #[tokio::test]
 async fn oversized_json_bodies_are_413_over_real_http() {
