@@ -14,6 +14,7 @@ The spec is OpenAPI 3.1 with OpenAI's 3.0 leftovers, converted before use (see
 PyYAML only.
 """
 
+import copy
 import json
 import sys
 import time
@@ -31,6 +32,14 @@ DECODER = "test-org/tiny-llama"
 # for `POST /fine_tuning/jobs/{id}/pause` answers `"status": "paused"`, an enum value its
 # `FineTuningJob` schema omits; `pausing` is the step before it.
 STATUS_EXTENSIONS = ["pausing", "paused"]
+
+# OpenAI's spec has no schema for streamed text completions: they are
+# `CreateCompletionResponse` objects with the two differences OpenAI documents for streams
+# (`stream_options.include_usage`: "All other chunks will also include a usage field, but
+# with a null value"; `finish_reason` is null until a choice's last chunk). This derived
+# schema allows exactly those; `check_completion_stream` requires each choice's last chunk
+# to carry a real `finish_reason`.
+COMPLETION_CHUNK = "CompletionStreamChunk"
 
 
 def convert_openapi_30(node):
@@ -66,6 +75,12 @@ class Spec:
         self.components = convert_openapi_30(document["components"])
         status = self.components["schemas"]["FineTuningJob"]["properties"]["status"]
         status["enum"] = status["enum"] + STATUS_EXTENSIONS
+        schemas = self.components["schemas"]
+        chunk = copy.deepcopy(schemas["CreateCompletionResponse"])
+        choice = chunk["properties"]["choices"]["items"]["properties"]
+        choice["finish_reason"] = {"anyOf": [choice["finish_reason"], {"type": "null"}]}
+        chunk["properties"]["usage"] = {"anyOf": [chunk["properties"]["usage"], {"type": "null"}]}
+        schemas[COMPLETION_CHUNK] = chunk
         self.failures = []
         self.checked = {}
 
@@ -274,13 +289,20 @@ def generations(client, spec):
         client.json("POST", "/v1/completions", dict(prompt, logprobs=2, n=2)),
         "completion (logprobs, n=2)",
     )
-    # OpenAI streams completions as `CreateCompletionResponse` objects (its spec has no
-    # separate chunk schema); the usage-only last chunk has `choices: []`.
     chunks = client.stream(
-        "/v1/completions", dict(prompt, logprobs=1, stream=True, stream_options={"include_usage": True})
+        "/v1/completions",
+        dict(prompt, logprobs=1, n=2, stream=True, stream_options={"include_usage": True}),
     )
+    last_reason = {}
     for i, chunk in enumerate(chunks):
-        spec.check("CreateCompletionResponse", chunk, f"completion chunk {i}")
+        spec.check(COMPLETION_CHUNK, chunk, f"completion chunk {i}")
+        for choice in chunk["choices"]:
+            last_reason[choice["index"]] = choice["finish_reason"]
+    if sorted(last_reason) != [0, 1] or any(r not in ("stop", "length") for r in last_reason.values()):
+        spec.failures.append(f"completion stream: last finish_reason per choice {last_reason}")
+    if chunks[-1]["choices"] != [] or not isinstance(chunks[-1].get("usage"), dict):
+        spec.failures.append(f"completion stream: no usage-only last chunk: {chunks[-1]}")
+    spec.check("CreateCompletionResponse", dict(chunks[-1], choices=[]), "completion usage chunk")
 
 
 def errors(client, spec):
