@@ -280,7 +280,10 @@ async fn a_client_that_hangs_up_mid_upload_gets_a_400() {
     let mut reply = String::new();
     socket.read_to_string(&mut reply).await.expect("reply");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
-    assert!(reply.contains("\"code\":\"incomplete_request_body\""), "{reply}");
+    assert!(
+        reply.contains("\"code\":\"incomplete_request_body\""),
+        "{reply}"
+    );
     let (_, list) = server.get("/v1/files").await;
     assert_eq!(list["data"], json!([]));
 }
