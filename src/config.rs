@@ -32,9 +32,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Shown under `temper serve --help`: what configures logging.
+pub const SERVE_AFTER_HELP: &str = "\
+Logging:
+  Logs go to stderr, one line per event, without colours unless stderr is a terminal
+  (NO_COLOR=1 turns them off there too). RUST_LOG filters them, with tracing's syntax
+  (default `temper=info,tower_http=info`): `RUST_LOG=debug` for everything,
+  `RUST_LOG=temper=debug,tower_http=warn` to quieten the per-request lines. A log line
+  that cannot be written (a full disk) is dropped and counted; requests are still served.
+
+The service documents itself at GET /openapi.yaml.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service and its worker pool.
+    #[command(after_help = SERVE_AFTER_HELP)]
     Serve(Config),
 }
 
@@ -54,7 +66,7 @@ pub struct Config {
 /// The HTTP listener and what it accepts.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on. Anything but loopback without --api-key logs a warning.
     #[arg(long, env = "TEMPER_HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one).
@@ -86,7 +98,10 @@ pub struct StorageConfig {
     /// Directory holding the SQLite database (`temper.db`) and every blob.
     #[arg(long, env = "TEMPER_DATA_DIR", default_value = "./temper-data")]
     pub data_dir: PathBuf,
-    /// Directory of base models laid out as `<org>/<name>/` Hugging Face directories.
+    /// Directory of base models: Hugging Face directories at `<org>/<name>/` (model
+    /// `<org>/<name>`) and GGUF files, `<name>.gguf` (model `<name>`) or `<org>/<name>.gguf`
+    /// (model `<org>/<name>`). `serve` logs the models it finds here at start-up. Models in
+    /// the hf-hub cache (HF_HOME) are found too.
     #[arg(long, env = "TEMPER_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
     /// Bytes kept in a reserve file (`space-reserve`) in the data dir. When a write hits a
@@ -282,6 +297,25 @@ mod tests {
         let text = format!("{config:?}");
         assert!(!text.contains("sk-secret-value"), "{text}");
         assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn serve_help_documents_rust_log_and_gguf_models() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let serve = command
+            .find_subcommand_mut("serve")
+            .expect("serve subcommand");
+        let help = serve.render_long_help().to_string();
+        for needle in [
+            "RUST_LOG",
+            "NO_COLOR",
+            "<name>.gguf",
+            "<org>/<name>.gguf",
+            "stderr",
+        ] {
+            assert!(help.contains(needle), "`{needle}` missing from:\n{help}");
+        }
     }
 
     #[test]

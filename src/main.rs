@@ -20,16 +20,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: temper::config::Config) -> anyhow::Result<()> {
-    temper::telemetry::init_tracing();
+    let log_stats = temper::telemetry::init_tracing();
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .with_context(|| format!("binding {address}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    tracing::info!("listening on http://{local}");
+    temper::telemetry::log_startup(&config, local);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    temper::app::run(config, listener, shutdown).await
+    let served = temper::app::run(config, listener, shutdown).await;
+    if log_stats.dropped() > 0 {
+        tracing::warn!(
+            dropped = log_stats.dropped(),
+            "log lines were dropped because the log output failed"
+        );
+    }
+    served
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM; running jobs then checkpoint and requeue.

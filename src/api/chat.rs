@@ -23,7 +23,7 @@ use crate::infer::{Generation, GenerationEvent, GenerationParams, GenerationStre
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/chat/completions")];
 
 /// Alternatives per token, as OpenAI.
-const MAX_TOP_LOGPROBS: i64 = 20;
+pub const MAX_TOP_LOGPROBS: i64 = 20;
 /// Reported as `system_fingerprint`: the serving stack, not a model revision.
 pub const SYSTEM_FINGERPRINT: &str = "fp_temper";
 
@@ -118,7 +118,10 @@ fn message(i: usize, item: &Value) -> Result<Value, ApiError> {
                 format!(
                     "`messages[{i}].role` must be one of {}, got {}.",
                     ROLES.join(", "),
-                    other.map_or("nothing".to_string(), |r| format!("`{r}`"))
+                    other.map_or("nothing".to_string(), |r| format!(
+                        "`{}`",
+                        super::error::echo(r)
+                    ))
                 ),
             ))
         }

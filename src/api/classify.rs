@@ -10,12 +10,15 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::domain::ids::random_base62;
+use crate::domain::model_name::normalize_model_id;
 use crate::infer::ClassPrediction;
 
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/classifications")];
 
-/// Inputs per request; larger batches should be split by the client.
-const MAX_INPUTS: usize = 2048;
+/// Inputs per request; larger batches should be split by the client. The engine admits at
+/// most this many texts at once (`EngineConfig::max_queued_texts`, checked by a test), so a
+/// larger request could never be served.
+pub const MAX_INPUTS: usize = 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/classifications", post(classify))
@@ -53,13 +56,14 @@ pub struct Classification {
 
 fn validate(body: ClassifyBody) -> Result<ValidClassify, ApiError> {
     let model = match body.model {
-        Some(Value::String(model)) if !model.is_empty() => model,
-        _ => {
-            return Err(
-                ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
-            )
-        }
+        Some(Value::String(model)) => normalize_model_id(&model),
+        _ => String::new(),
     };
+    if model.is_empty() {
+        return Err(
+            ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
+        );
+    }
     let bad_input = || {
         ApiError::bad_request(format!(
             "`input` must be a string or a list of 1 to {MAX_INPUTS} strings."
@@ -133,9 +137,30 @@ mod tests {
     }
 
     #[test]
+    fn the_input_limit_is_what_the_engine_admits() {
+        assert_eq!(
+            MAX_INPUTS,
+            crate::infer::EngineConfig::default().max_queued_texts
+        );
+        let inputs = vec![json!("x"); MAX_INPUTS];
+        assert!(validate(body(json!({"model": "m", "input": inputs}))).is_ok());
+        let inputs = vec![json!("x"); MAX_INPUTS + 1];
+        let err = validate(body(json!({"model": "m", "input": inputs}))).expect_err("1025");
+        assert_eq!(err.param.as_deref(), Some("input"));
+        assert!(err.message.contains("1 to 1024"), "{}", err.message);
+    }
+
+    #[test]
+    fn model_ids_are_normalised() {
+        let valid = validate(body(json!({"model": " org//m/ ", "input": "x"}))).expect("valid");
+        assert_eq!(valid.model, "org/m");
+    }
+
+    #[test]
     fn bad_requests_name_their_param() {
         for (input, param) in [
             (json!({"input": "x"}), "model"),
+            (json!({"model": " / ", "input": "x"}), "model"),
             (json!({"model": "m"}), "input"),
             (json!({"model": "m", "input": []}), "input"),
             (json!({"model": "m", "input": [1]}), "input"),

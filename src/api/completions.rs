@@ -27,7 +27,7 @@ pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/completions")];
 /// OpenAI's default for this endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
 /// Alternatives per token, as OpenAI's legacy `logprobs` integer.
-const MAX_LOGPROBS: i64 = 5;
+pub const MAX_LOGPROBS: i64 = 5;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/completions", post(create))

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::{ApiError, ApiQuery};
+use super::error::{echo, ApiError, ApiQuery};
 use super::inference::{ArtifactFormat, ExportRequest};
 use super::jobs::existing_job;
 use super::AppState;
@@ -38,7 +38,8 @@ pub async fn download(
         None => ArtifactFormat::Merged,
         Some(text) => ArtifactFormat::parse(text).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "`format` must be `merged` or `adapter`, got `{text}`."
+                "`format` must be `merged` or `adapter`, got `{}`.",
+                echo(text)
             ))
             .with_param("format")
         })?,
@@ -107,7 +108,12 @@ fn tar_response(dir: PathBuf, name: String) -> Response {
         };
         let result = write_tar(&dir, &archive_root, &mut writer);
         if let Err(error) = result {
-            tracing::warn!(%error, "tar export failed");
+            // A client that hangs up mid-download is routine, not a failure of ours.
+            if error.kind() == io::ErrorKind::BrokenPipe {
+                tracing::info!(%error, "download ended early");
+            } else {
+                tracing::warn!(%error, "tar export failed");
+            }
             // The receiver may be gone already (client hung up); nothing else to do.
             let _ = sender.blocking_send(Err(error));
         }

@@ -2,11 +2,16 @@
 //! `{"error":{"message","type","param","code"}}`, and every layer error maps to it here.
 //!
 //! Status choices, with the SDK's retry rule in mind (it retries 408/409/429/5xx and sends
-//! no idempotency key): 400 for bad input and for permanent conflicts (never 409), 401 for
-//! a missing or wrong key, 404 for missing objects, 413 for uploads over the limit, 429
-//! when an engine is saturated, 500 for our own failures, with a generic message (the cause
-//! is logged, never sent).
+//! no idempotency key): 400 for bad input, for permanent conflicts (never 409) and for a
+//! request body that ended early (a client that went away is not our failure), 401 for a
+//! missing or wrong key, 404 for missing objects, 413 for uploads and JSON bodies over
+//! their limit, 429 (with `Retry-After`) when an engine is saturated, 500 for our own
+//! failures, with a generic message (the cause is logged, never sent).
+//!
+//! Messages never echo more than [`ECHO_CHARS`] characters of a value the client sent:
+//! [`echo`] for one value, [`shorten_quoted`] for text (serde's) that quotes values.
 
+use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode};
@@ -21,6 +26,52 @@ use crate::store::StoreError;
 
 const GENERIC_SERVER_MESSAGE: &str =
     "The server had an error while processing your request. Sorry about that!";
+
+/// Characters of a client's value an error message repeats; the rest becomes `…`.
+pub const ECHO_CHARS: usize = 64;
+
+/// Seconds a client should wait after a 429 (`Retry-After`): an engine frees its queue
+/// within one batch, so a second is enough and keeps the SDK's backoff short.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// `value` as an error message may repeat it: at most [`ECHO_CHARS`] characters, then `…`.
+pub fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_string(),
+    }
+}
+
+/// `text` with every double-quoted run longer than [`ECHO_CHARS`] cut to that many
+/// characters and `…`: serde's messages quote the offending value (`invalid type: string
+/// "…"`), which may be megabytes long.
+pub fn shorten_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(4 * ECHO_CHARS));
+    let mut quoted: Option<usize> = None;
+    for c in text.chars() {
+        match (c, quoted) {
+            ('"', Some(_)) => {
+                quoted = None;
+                out.push(c);
+            }
+            ('"', None) => {
+                quoted = Some(0);
+                out.push(c);
+            }
+            (_, Some(n)) if n < ECHO_CHARS => {
+                quoted = Some(n + 1);
+                out.push(c);
+            }
+            (_, Some(n)) if n == ECHO_CHARS => {
+                quoted = Some(n + 1);
+                out.push('…');
+            }
+            (_, Some(_)) => {}
+            (_, None) => out.push(c),
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -82,10 +133,29 @@ impl ApiError {
         .with_param("file")
     }
 
+    /// 413 `request_too_large`: a JSON body over `limit` bytes.
+    pub fn request_too_large(limit: usize) -> ApiError {
+        ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+        .with_code("request_too_large")
+    }
+
+    /// 429 `rate_limit_exceeded`; the response carries `Retry-After`.
+    pub fn overloaded() -> ApiError {
+        ApiError::client(
+            StatusCode::TOO_MANY_REQUESTS,
+            "The model is overloaded with requests; retry shortly.",
+        )
+        .with_code("rate_limit_exceeded")
+    }
+
     /// 404 `model_not_found` with OpenAI's text.
     pub fn model_not_found(model: &str) -> ApiError {
         ApiError::not_found(format!(
-            "The model `{model}` does not exist or you do not have access to it."
+            "The model `{}` does not exist or you do not have access to it.",
+            echo(model)
         ))
         .with_code("model_not_found")
         .with_param("model")
@@ -139,6 +209,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(RETRY_AFTER_SECS));
+        }
         if self.status.is_server_error() {
             // A 5xx may follow a write that happened; the SDK must not retry blindly.
             response
@@ -165,20 +240,40 @@ impl From<BlobError> for ApiError {
         match error {
             BlobError::TooLarge { limit } => ApiError::too_large(limit),
             full if full.is_storage_full() => ApiError::insufficient_storage(full),
+            BlobError::Io(io) => match request_body_error(&io) {
+                Some(body) => body_read_error(body),
+                None => ApiError::internal(BlobError::Io(io)),
+            },
             other => ApiError::internal(other),
         }
     }
+}
+
+/// The client's body failing mid-stream (a disconnect, a truncated multipart body) as it
+/// reaches the blob writer: an `io::Error` wrapping the multipart error.
+fn request_body_error(error: &std::io::Error) -> Option<&MultipartError> {
+    error.get_ref()?.downcast_ref::<MultipartError>()
+}
+
+/// A request body that could not be read: the client's doing (it hung up, or sent fewer
+/// bytes than it announced), so a 400 (413 when a body limit cut it), never a 500.
+fn body_read_error(error: &MultipartError) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, error.body_text())
+            .with_code("request_too_large");
+    }
+    ApiError::bad_request(format!(
+        "The request body ended before it was complete ({}).",
+        error.body_text()
+    ))
+    .with_code("incomplete_request_body")
 }
 
 impl From<InferError> for ApiError {
     fn from(error: InferError) -> ApiError {
         match error {
             InferError::ModelNotFound(model) => ApiError::model_not_found(&model),
-            InferError::Overloaded => ApiError::client(
-                StatusCode::TOO_MANY_REQUESTS,
-                "The model is overloaded with requests; retry shortly.",
-            )
-            .with_code("rate_limit_exceeded"),
+            InferError::Overloaded => ApiError::overloaded(),
             InferError::InvalidRequest { param, message } => {
                 ApiError::bad_request(message).with_param(param)
             }
@@ -188,8 +283,11 @@ impl From<InferError> for ApiError {
 }
 
 impl From<HyperparamError> for ApiError {
+    /// The param is the client's key (`Unknown hyperparameter `…``), so it is echoed short.
     fn from(error: HyperparamError) -> ApiError {
-        ApiError::bad_request(error.message).with_param(error.param)
+        let param = echo(&error.param);
+        let message = error.message.replace(&error.param, &param);
+        ApiError::bad_request(message).with_param(param)
     }
 }
 
@@ -203,13 +301,16 @@ impl From<DatasetError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::request_too_large(super::JSON_BODY_LIMIT_BYTES);
+        }
         let message = match &rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 "Expected a request body with `Content-Type: application/json`.".to_string()
             }
             other => format!(
                 "We could not parse the JSON body of your request. ({})",
-                other.body_text()
+                shorten_quoted(&other.body_text())
             ),
         };
         ApiError::bad_request(message)
@@ -236,7 +337,7 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
         ApiError::bad_request(format!(
             "Invalid query parameters: {}",
-            rejection.body_text()
+            shorten_quoted(&rejection.body_text())
         ))
     }
 }
@@ -281,6 +382,40 @@ mod tests {
         assert!(no_retry);
     }
 
+    #[test]
+    fn echoes_keep_a_short_prefix() {
+        let exact = "a".repeat(ECHO_CHARS);
+        assert_eq!(echo(&exact), exact);
+        assert_eq!(echo(&"a".repeat(500)), format!("{exact}…"));
+        let accents = "é".repeat(100);
+        assert_eq!(echo(&accents), format!("{}…", "é".repeat(ECHO_CHARS)));
+        let serde = format!(
+            "invalid type: string \"{}\", expected f64",
+            "z".repeat(10_000)
+        );
+        assert_eq!(
+            shorten_quoted(&serde),
+            format!(
+                "invalid type: string \"{}…\", expected f64",
+                "z".repeat(ECHO_CHARS)
+            )
+        );
+        assert_eq!(shorten_quoted("a \"short\" one"), "a \"short\" one");
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_carry_retry_after() {
+        let response = ApiError::overloaded().into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let (_, body, no_retry) = body_of(InferError::Overloaded.into()).await;
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert!(!no_retry);
+    }
+
     #[tokio::test]
     async fn layer_errors_map_to_statuses() {
         let hyper = HyperparamError {
@@ -290,6 +425,18 @@ mod tests {
         let (status, body, _) = body_of(hyper.into()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["param"], "n_epochs");
+        let key = "k".repeat(1000);
+        let unknown = HyperparamError {
+            param: key.clone(),
+            message: format!("Unknown hyperparameter `{key}`"),
+        };
+        let (_, body, _) = body_of(unknown.into()).await;
+        let short = format!("{}…", "k".repeat(ECHO_CHARS));
+        assert_eq!(body["error"]["param"], short.as_str());
+        assert_eq!(
+            body["error"]["message"],
+            format!("Unknown hyperparameter `{short}`")
+        );
         let (status, _, _) = body_of(BlobError::TooLarge { limit: 10 }.into()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         let (status, body, _) = body_of(StoreError::Conflict("model".into()).into()).await;

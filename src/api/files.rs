@@ -11,8 +11,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 
-use super::error::{ApiError, ApiJson, ApiQuery};
-use super::wire::{page_limit, unix_now, HasId, ListResponse};
+use super::error::{echo, ApiError, ApiJson, ApiQuery};
+use super::wire::{page_limit, unix_now, HasId, ListResponse, FILES_PAGE};
 use super::AppState;
 use crate::blobs::Blobs;
 use crate::domain::dataset::{self, ScanError};
@@ -44,17 +44,20 @@ pub fn router() -> Router<AppState> {
         .route("/v1/files/{id}/content", get(file_content))
 }
 
-/// OpenAI's `file` object.
+/// OpenAI's `file` object. OpenAI's spec types `expires_at` and `status_details` as
+/// integer and string (not nullable), so they are left out when there is none.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FileObject {
     pub id: String,
     pub object: String,
     pub bytes: i64,
     pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
     pub filename: String,
     pub purpose: String,
     pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_details: Option<String>,
 }
 
@@ -82,7 +85,7 @@ impl HasId for FileObject {
 
 /// The 404 OpenAI answers for a missing file.
 pub fn no_such_file(id: &str) -> ApiError {
-    ApiError::not_found(format!("No such File object: {id}")).with_param("id")
+    ApiError::not_found(format!("No such File object: {}", echo(id))).with_param("id")
 }
 
 /// The file row, or 404 naming `id`.
@@ -208,7 +211,8 @@ async fn receive_upload(
     })?;
     if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::bad_request(format!(
-            "'{purpose}' is not one of {} - 'purpose'",
+            "'{}' is not one of {} - 'purpose'",
+            echo(&purpose),
             UPLOAD_PURPOSES.map(|p| format!("'{p}'")).join(", ")
         ))
         .with_param("purpose"));
@@ -332,13 +336,14 @@ async fn list_files(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListFilesQuery>,
 ) -> Result<ApiJson<ListResponse<FileObject>>, ApiError> {
-    let limit = page_limit(query.limit, 10_000, 10_000)?;
+    let limit = page_limit(query.limit, FILES_PAGE)?;
     let order = match query.order.as_deref() {
         None | Some("desc") => SortOrder::Desc,
         Some("asc") => SortOrder::Asc,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "`order` must be `asc` or `desc`, got `{other}`."
+                "`order` must be `asc` or `desc`, got `{}`.",
+                echo(other)
             ))
             .with_param("order"))
         }

@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::error::shorten_quoted;
 use super::ApiError;
+use crate::domain::model_name::normalize_model_id;
 use crate::infer::{
     GenerationEvent, GenerationParams, GenerationStream, InferError, TokenLogprob, Usage,
 };
@@ -35,8 +37,11 @@ impl Fields {
             Some(value) => serde_json::from_value(value.clone())
                 .map(Some)
                 .map_err(|e| {
-                    ApiError::bad_request(format!("Invalid type for `{name}`: {e}."))
-                        .with_param(name)
+                    ApiError::bad_request(format!(
+                        "Invalid type for `{name}`: {}.",
+                        shorten_quoted(&e.to_string())
+                    ))
+                    .with_param(name)
                 }),
         }
     }
@@ -45,13 +50,18 @@ impl Fields {
         self.0.get(name).filter(|v| !v.is_null())
     }
 
+    /// The `model`, normalised (`normalize_model_id`) so one model has one id.
     pub fn model(&self) -> Result<String, ApiError> {
-        match self.get::<String>("model")? {
-            Some(model) if !model.is_empty() => Ok(model),
-            _ => {
-                Err(ApiError::bad_request("you must provide a model parameter").with_param("model"))
-            }
+        let model = self
+            .get::<String>("model")?
+            .map(|m| normalize_model_id(&m))
+            .unwrap_or_default();
+        if model.is_empty() {
+            return Err(
+                ApiError::bad_request("you must provide a model parameter").with_param("model")
+            );
         }
+        Ok(model)
     }
 }
 

@@ -5,15 +5,16 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::error::echo;
 use super::ApiError;
 use crate::domain::hyperparams::HyperparamRequest;
-use crate::domain::model_name::validate_suffix;
+use crate::domain::model_name::{normalize_model_id, validate_suffix};
 
 /// OpenAI's seed range.
-const MAX_SEED: i64 = 2_147_483_647;
-const MAX_METADATA_PAIRS: usize = 16;
-const MAX_METADATA_KEY_CHARS: usize = 64;
-const MAX_METADATA_VALUE_CHARS: usize = 512;
+pub const MAX_SEED: i64 = 2_147_483_647;
+pub const MAX_METADATA_PAIRS: usize = 16;
+pub const MAX_METADATA_KEY_CHARS: usize = 64;
+pub const MAX_METADATA_VALUE_CHARS: usize = 512;
 /// OpenAI's three knobs, echoed in the legacy `hyperparameters` object.
 const LEGACY_KEYS: [&str; 3] = ["batch_size", "learning_rate_multiplier", "n_epochs"];
 
@@ -113,7 +114,7 @@ fn parse_metadata(value: Option<Value>) -> Result<Option<Value>, ApiError> {
         let Some(text) = value.as_str() else {
             return Err(invalid(
                 "metadata",
-                format!("`metadata.{key}` must be a string."),
+                format!("`metadata.{}` must be a string.", echo(key)),
             ));
         };
         if key.chars().count() > MAX_METADATA_KEY_CHARS
@@ -158,7 +159,10 @@ fn method_hyperparameters(
         Some(other) => {
             return Err(invalid(
                 "method.type",
-                format!("`method.type` must be `supervised` or `dpo`, got {other}."),
+                format!(
+                    "`method.type` must be `supervised` or `dpo`, got {}.",
+                    echo(&other.to_string())
+                ),
             ))
         }
     };
@@ -201,8 +205,20 @@ fn legacy_echo(hyper: &Map<String, Value>) -> Value {
     Value::Object(echo)
 }
 
+/// The job's base model, normalised (`normalize_model_id`) so one model has one id.
+fn parse_model(value: Option<Value>) -> Result<String, ApiError> {
+    let model = normalize_model_id(&required_string(value, "model")?);
+    if model.is_empty() {
+        return Err(invalid(
+            "model",
+            "`model` must name a model, not only slashes.",
+        ));
+    }
+    Ok(model)
+}
+
 pub fn parse_create(body: CreateJobBody) -> Result<ValidJobRequest, ApiError> {
-    let model = required_string(body.model, "model")?;
+    let model = parse_model(body.model)?;
     let training_file = required_string(body.training_file, "training_file")?;
     let validation_file = optional_string(body.validation_file, "validation_file")?;
     let suffix = optional_string(body.suffix, "suffix")?;
@@ -340,6 +356,35 @@ mod tests {
             assert_eq!(err.param.as_deref(), Some(param), "{input}");
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn model_ids_are_normalised_and_bad_values_echo_a_short_prefix() {
+        let valid = parse_create(body(
+            json!({"model": " test-org//tiny-llama/ ", "training_file": "file-a"}),
+        ))
+        .expect("valid");
+        assert_eq!(valid.model, "test-org/tiny-llama");
+        let err = parse_create(body(json!({"model": "//", "training_file": "f"})))
+            .expect_err("only slashes");
+        assert_eq!(err.param.as_deref(), Some("model"));
+
+        let long_key = "k".repeat(10_000);
+        let mut metadata = Map::new();
+        metadata.insert(long_key, json!(1));
+        let err = parse_create(body(
+            json!({"model": "m", "training_file": "f", "metadata": metadata}),
+        ))
+        .expect_err("non-string value");
+        assert_eq!(
+            err.message,
+            format!("`metadata.{}…` must be a string.", "k".repeat(64))
+        );
+        let err = parse_create(body(json!({"model": "m", "training_file": "f",
+            "method": {"type": "x".repeat(10_000)}})))
+        .expect_err("bad type");
+        assert!(err.message.len() < 200, "{}", err.message);
+        assert!(err.message.ends_with("…."), "{}", err.message);
     }
 
     #[test]

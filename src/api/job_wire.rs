@@ -64,7 +64,11 @@ impl From<JobRow> for JobObject {
             error: failed.then(|| error_object(row.error)),
             fine_tuned_model: row.fine_tuned_model,
             finished_at: row.finished_at,
-            hyperparameters: row.hyperparameters,
+            // OpenAI's spec types it as an object; DPO jobs store none.
+            hyperparameters: match row.hyperparameters {
+                Value::Null => json!({}),
+                other => other,
+            },
             model: row.model,
             organization_id: ORGANIZATION_ID.to_string(),
             result_files: row.result_files,
@@ -92,7 +96,8 @@ pub struct EventObject {
     pub message: String,
     #[serde(rename = "type")]
     pub kind: String,
-    pub data: Option<Value>,
+    /// Always an object (OpenAI's spec types it so): `{}` for message events.
+    pub data: Value,
 }
 
 impl HasId for EventObject {
@@ -110,7 +115,7 @@ impl From<EventRow> for EventObject {
             level: row.level,
             message: row.message,
             kind: row.kind,
-            data: row.data,
+            data: row.data.unwrap_or_else(|| json!({})),
         }
     }
 }
@@ -159,6 +164,17 @@ mod tests {
     }
 
     #[test]
+    fn message_events_carry_an_empty_data_object() {
+        let event = EventObject::from(EventRow::info("ftjob-1", "Created", 100));
+        let wire = serde_json::to_value(&event).expect("json");
+        assert_eq!(wire["data"], json!({}));
+        assert_eq!(wire["type"], "message");
+        let metrics = EventRow::metrics("ftjob-1", "Step 1", json!({"step": 1}), 100);
+        let wire = serde_json::to_value(EventObject::from(metrics)).expect("json");
+        assert_eq!(wire["data"], json!({"step": 1}));
+    }
+
+    #[test]
     fn error_is_null_unless_failed_and_complete_when_failed() {
         let ok = JobObject::from(job(JobStatus::Running));
         assert_eq!(ok.error, None);
@@ -174,5 +190,6 @@ mod tests {
         assert_eq!(text["integrations"], Value::Null);
         assert_eq!(text["seed"], 7);
         assert_eq!(text["organization_id"], ORGANIZATION_ID);
+        assert_eq!(text["hyperparameters"], json!({}));
     }
 }

@@ -9,10 +9,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use super::error::{ApiError, ApiJson, ApiQuery};
+use super::error::{echo, ApiError, ApiJson, ApiQuery};
 use super::job_request::{parse_create, CreateJobBody, ValidJobRequest};
 use super::job_wire::{CheckpointObject, EventObject, JobObject};
-use super::wire::{page_limit, unix_now, ListResponse};
+use super::wire::{
+    page_limit, unix_now, ListResponse, PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, JOBS_PAGE,
+};
 use super::{download, AppState};
 use crate::basemodels;
 use crate::domain::ids::new_job_id;
@@ -49,7 +51,7 @@ pub fn router() -> Router<AppState> {
 }
 
 pub fn no_such_job(id: &str) -> ApiError {
-    ApiError::not_found(format!("No such FineTuningJob object: {id}")).with_param("id")
+    ApiError::not_found(format!("No such FineTuningJob object: {}", echo(id))).with_param("id")
 }
 
 /// The job row, or 404 naming `id`.
@@ -93,7 +95,8 @@ fn job_row(id: String, request: ValidJobRequest, now: i64) -> JobRow {
 fn check_base_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     if model.starts_with("ft:") {
         return Err(ApiError::bad_request(format!(
-            "Model {model} is a fine-tuned model; continuing fine-tuning from a fine-tuned model is not supported yet. Use its base model."
+            "Model {} is a fine-tuned model; continuing fine-tuning from a fine-tuned model is not supported yet. Use its base model.",
+            echo(model)
         ))
         .with_param("model")
         .with_code("model_not_available"));
@@ -107,7 +110,9 @@ fn check_base_model(state: &AppState, model: &str) -> Result<(), ApiError> {
 /// The file exists, has purpose `fine-tune` and parsed at upload.
 async fn check_file(state: &AppState, id: &str, param: &str) -> Result<(), ApiError> {
     let Some(file) = state.store.get_file(id).await? else {
-        return Err(ApiError::not_found(format!("No such File object: {id}")).with_param(param));
+        return Err(
+            ApiError::not_found(format!("No such File object: {}", echo(id))).with_param(param),
+        );
     };
     if file.purpose != "fine-tune" {
         return Err(ApiError::bad_request(format!(
@@ -132,7 +137,7 @@ async fn list_jobs(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
 ) -> Result<ApiJson<ListResponse<JobObject>>, ApiError> {
-    let limit = parse_limit(query.get("limit"), 20)?;
+    let limit = parse_limit(query.get("limit"), JOBS_PAGE)?;
     let filters: Vec<(&str, &str)> = query
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?, v.as_str())))
@@ -155,16 +160,16 @@ async fn list_jobs(
     Ok(ApiJson(ListResponse::new(data, page.has_more)))
 }
 
-fn parse_limit(text: Option<&String>, default: i64) -> Result<i64, ApiError> {
+fn parse_limit(text: Option<&String>, page: PageLimits) -> Result<i64, ApiError> {
     let limit = text
         .map(|t| {
             t.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(format!("`limit` must be an integer, got `{t}`."))
+                ApiError::bad_request(format!("`limit` must be an integer, got `{}`.", echo(t)))
                     .with_param("limit")
             })
         })
         .transpose()?;
-    page_limit(limit, default, 100)
+    page_limit(limit, page)
 }
 
 async fn retrieve_job(
@@ -221,7 +226,8 @@ async fn control(
             Ok(ApiJson((*job).into()))
         }
         ControlOutcome::NotAllowed(status) => Err(ApiError::bad_request(format!(
-            "Cannot {verb} job {id}: its status is `{status}`."
+            "Cannot {verb} job {}: its status is `{status}`.",
+            echo(&id)
         ))
         .with_param("id")
         .with_code("invalid_job_state")),
@@ -239,7 +245,7 @@ async fn list_events(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<ApiJson<ListResponse<EventObject>>, ApiError> {
-    let limit = page_limit(query.limit, 20, 1000)?;
+    let limit = page_limit(query.limit, EVENTS_PAGE)?;
     existing_job(&state, &id).await?;
     let page = state
         .store
@@ -254,7 +260,7 @@ async fn list_checkpoints(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<ApiJson<ListResponse<CheckpointObject>>, ApiError> {
-    let limit = page_limit(query.limit, 10, 100)?;
+    let limit = page_limit(query.limit, CHECKPOINTS_PAGE)?;
     existing_job(&state, &id).await?;
     let page = state
         .store

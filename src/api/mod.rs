@@ -10,9 +10,11 @@
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
+//! - [`limits`]: every number `openapi.yaml` states, re-exported from where it is enforced.
 //!
 //! Layer order (outermost first): request id, trace, body limit, then routes; auth is a
-//! route layer on `/v1` so unknown paths still get the 404 envelope.
+//! route layer on `/v1` so unknown paths still get the 404 envelope. `/health` and
+//! `/openapi.yaml` (the committed contract, embedded at build time) need no key.
 
 mod chat;
 mod classify;
@@ -35,7 +37,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Method;
+use axum::http::{header, Method};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -73,8 +76,26 @@ pub struct ApiSettings {
     pub models_dir: PathBuf,
 }
 
-/// JSON bodies (job creation, classification batches) are far smaller than uploads.
-const JSON_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+/// JSON bodies (job creation, classification batches) are far smaller than uploads; a
+/// larger one is a 413 `request_too_large`.
+pub const JSON_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The numbers `openapi.yaml` states (page sizes, list lengths, ranges), re-exported from
+/// the code that enforces them so the e2e suite can compare the two.
+pub mod limits {
+    pub use super::chat::MAX_TOP_LOGPROBS as CHAT_MAX_TOP_LOGPROBS;
+    pub use super::classify::MAX_INPUTS as CLASSIFY_MAX_INPUTS;
+    pub use super::completions::MAX_LOGPROBS as COMPLETION_MAX_LOGPROBS;
+    pub use super::generation::{MAX_N, MAX_STOP};
+    pub use super::job_request::{
+        MAX_METADATA_KEY_CHARS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_CHARS, MAX_SEED,
+    };
+    pub use super::wire::{PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, FILES_PAGE, JOBS_PAGE};
+    pub use crate::domain::model_name::MAX_SUFFIX_LEN;
+}
+
+/// The contract, as committed; served at `GET /openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 /// Multipart framing around the file; the file itself is limited by `max_upload_bytes`.
 const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
@@ -82,7 +103,7 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
 /// Every route we serve, as `(method, path)` in axum's syntax; `openapi.yaml` must list the
 /// same set (checked by the e2e suite).
 pub fn routes() -> Vec<(Method, &'static str)> {
-    let mut all = vec![(Method::GET, "/health")];
+    let mut all = vec![(Method::GET, "/health"), (Method::GET, "/openapi.yaml")];
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
@@ -113,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/openapi.yaml", get(openapi_document))
         .merge(v1)
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT_BYTES))
@@ -130,6 +152,14 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+async fn openapi_document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
+}
+
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("Invalid URL ({method} {}).", uri.path())).with_code("unknown_url")
+    ApiError::not_found(format!(
+        "Invalid URL ({method} {}).",
+        error::echo(uri.path())
+    ))
+    .with_code("unknown_url")
 }

@@ -8,9 +8,10 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{echo, ApiError, ApiJson};
 use super::AppState;
 use crate::basemodels::{self, BaseModel};
+use crate::domain::model_name::normalize_model_id;
 use crate::store::ModelRow;
 
 pub const ROUTES: &[(Method, &str)] = &[
@@ -85,9 +86,10 @@ async fn list_models(State(state): State<AppState>) -> Result<ApiJson<ModelList>
     }))
 }
 
-/// The wildcard capture, without the leading `/` some routers keep.
+/// The wildcard capture as a model id: normalised (`normalize_model_id`), which also drops
+/// the leading `/` some routers keep, so `/v1/models/org/m/` is model `org/m`.
 fn model_id(raw: String) -> String {
-    raw.strip_prefix('/').map(str::to_string).unwrap_or(raw)
+    normalize_model_id(&raw)
 }
 
 async fn retrieve_model(
@@ -124,7 +126,8 @@ async fn delete_model(
     let Some(row) = state.store.get_model(&id).await? else {
         if basemodels::resolve(&state.settings.models_dir, &id).is_some() {
             return Err(ApiError::bad_request(format!(
-                "Model {id} is a base model; only fine-tuned models can be deleted."
+                "Model {} is a base model; only fine-tuned models can be deleted.",
+                echo(&id)
             ))
             .with_param("model"));
         }

@@ -34,8 +34,38 @@ impl<T: HasId> ListResponse<T> {
     }
 }
 
+/// The `limit` query parameter of one list endpoint: `1..=max`, `default` when absent.
+/// `openapi.yaml` states the same numbers (checked by the e2e suite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    pub default: i64,
+    pub max: i64,
+}
+
+/// `GET /v1/files`: OpenAI's default and maximum.
+pub const FILES_PAGE: PageLimits = PageLimits {
+    default: 10_000,
+    max: 10_000,
+};
+/// `GET /v1/fine_tuning/jobs`.
+pub const JOBS_PAGE: PageLimits = PageLimits {
+    default: 20,
+    max: 100,
+};
+/// `GET /v1/fine_tuning/jobs/{id}/events`.
+pub const EVENTS_PAGE: PageLimits = PageLimits {
+    default: 20,
+    max: 1000,
+};
+/// `GET /v1/fine_tuning/jobs/{id}/checkpoints`.
+pub const CHECKPOINTS_PAGE: PageLimits = PageLimits {
+    default: 10,
+    max: 100,
+};
+
 /// Checks a `limit` query parameter against `1..=max`, defaulting to `default`.
-pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+pub fn page_limit(limit: Option<i64>, page: PageLimits) -> Result<i64, ApiError> {
+    let PageLimits { default, max } = page;
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -60,10 +90,10 @@ mod tests {
 
     #[test]
     fn limits_default_and_reject_out_of_range() {
-        assert_eq!(page_limit(None, 20, 100).expect("default"), 20);
-        assert_eq!(page_limit(Some(100), 20, 100).expect("max"), 100);
-        let err = page_limit(Some(0), 20, 100).expect_err("zero");
+        assert_eq!(page_limit(None, JOBS_PAGE).expect("default"), 20);
+        assert_eq!(page_limit(Some(100), JOBS_PAGE).expect("max"), 100);
+        let err = page_limit(Some(0), JOBS_PAGE).expect_err("zero");
         assert_eq!(err.param.as_deref(), Some("limit"));
-        assert!(page_limit(Some(101), 20, 100).is_err());
+        assert!(page_limit(Some(101), JOBS_PAGE).is_err());
     }
 }

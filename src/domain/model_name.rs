@@ -1,5 +1,6 @@
 //! Names of fine-tuned models and checkpoints, in OpenAI's shapes:
-//! `ft:{base}:{org}:{suffix}:{id8}` and `{model}:ckpt-step-{step}`.
+//! `ft:{base}:{org}:{suffix}:{id8}` and `{model}:ckpt-step-{step}`, and the one rule by
+//! which every model id that comes in over the API is normalised.
 
 /// The organisation slug in every fine-tuned model name (OpenAI uses the org's slug or
 /// `personal`).
@@ -28,6 +29,20 @@ pub fn parse_checkpoint_step(name: &str) -> Option<(&str, usize)> {
         return None;
     }
     Some((model, step.parse().ok()?))
+}
+
+/// The canonical form of a model id a client sent (job `model`, inference `model`,
+/// `/v1/models/{id}`): whitespace around the id and around each `/` trimmed, runs of `/`
+/// collapsed to one, and leading and trailing `/` removed, so `" bars//tiny-llama/ "` and
+/// `bars / tiny-llama` are `bars/tiny-llama` and never a second model. Case is kept (ids
+/// name directories on a case-sensitive disk).
+/// An id that is nothing but slashes and spaces normalises to `""`, which callers refuse.
+pub fn normalize_model_id(raw: &str) -> String {
+    raw.split('/')
+        .map(str::trim)
+        .filter(|segment| !segment.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A rejected `suffix`, shaped like the other request-parameter errors.
@@ -104,6 +119,28 @@ mod tests {
         ];
         for name in cases {
             assert_eq!(parse_checkpoint_step(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn model_ids_are_normalised_to_one_spelling() {
+        let cases = [
+            ("bars/tiny-llama", "bars/tiny-llama"),
+            ("bars/tiny-llama/", "bars/tiny-llama"),
+            ("/bars/tiny-llama", "bars/tiny-llama"),
+            ("bars//tiny-llama", "bars/tiny-llama"),
+            ("  bars/tiny-llama/ \n", "bars/tiny-llama"),
+            ("bars / tiny-llama", "bars/tiny-llama"),
+            ("SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"),
+            ("Org/Model", "Org/Model"),
+            (
+                "ft:bars/tiny-llama:temper::Ab12Cd34:ckpt-step-3",
+                "ft:bars/tiny-llama:temper::Ab12Cd34:ckpt-step-3",
+            ),
+            (" / // ", ""),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(normalize_model_id(raw), expected, "{raw:?}");
         }
     }
 

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::common::{
-    assert_envelope, job_body, sentiment_jsonl, TestOptions, TestServer, BASE_MODEL,
+    assert_envelope, job_body, sentiment_jsonl, TestOptions, TestServer, BASE_MODEL, DECODER_MODEL,
 };
 
 #[tokio::test]
@@ -184,4 +184,121 @@ async fn api_keys_are_enforced() {
     assert_eq!(assert_envelope(&body, None)["code"], "invalid_api_key");
     let (status, _) = server.get("/health").await;
     assert_eq!(status, 200);
+}
+
+/// `bars/tiny-llama/`, `bars//tiny-llama` and ` bars/tiny-llama ` are the model
+/// `bars/tiny-llama` for job creation, inference and `/v1/models/{id}`: never a second one.
+#[tokio::test]
+async fn model_ids_are_normalised_end_to_end() {
+    let server = TestServer::spawn().await;
+    let train = server.upload_ok("train.jsonl", sentiment_jsonl(12)).await;
+    let job = server
+        .create_job(
+            json!({"model": format!("{BASE_MODEL}/"), "training_file": train,
+            "hyperparameters": {"n_epochs": 1}}),
+        )
+        .await;
+    assert_eq!(job["model"], BASE_MODEL);
+    let id = job["id"].as_str().expect("id");
+    let (status, _) = server
+        .post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+
+    for spelling in [
+        format!("{DECODER_MODEL}/"),
+        DECODER_MODEL.replace('/', "//"),
+        format!(" {DECODER_MODEL} "),
+    ] {
+        let (status, reply) = server
+            .post(
+                "/v1/chat/completions",
+                json!({"model": spelling, "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{spelling:?}: {reply}");
+        assert_eq!(reply["model"], DECODER_MODEL, "{spelling:?}");
+    }
+    let (status, model) = server.get(&format!("/v1/models/{DECODER_MODEL}/")).await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["id"], DECODER_MODEL);
+    let (_, models) = server.get("/v1/models").await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, [BASE_MODEL, DECODER_MODEL], "{models}");
+}
+
+/// A multipart body that ends before its closing boundary is the client's error: 400,
+/// nothing stored.
+#[tokio::test]
+async fn a_truncated_upload_is_a_400_and_leaves_nothing_behind() {
+    let server = TestServer::spawn().await;
+    let body = "--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
+                --B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n\
+                {\"text\": \"a\", \"label\": \"x\"}\n";
+    let (status, reply) = server
+        .send(
+            server
+                .client
+                .post(server.url("/v1/files"))
+                .header("content-type", "multipart/form-data; boundary=B")
+                .body(body),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(
+        assert_envelope(&reply, None)["code"],
+        "incomplete_request_body"
+    );
+    let (_, list) = server.get("/v1/files").await;
+    assert_eq!(list["data"], json!([]));
+}
+
+/// A client that stops sending mid-upload and half-closes its socket (as one that gives
+/// up does) reads a 400 `incomplete_request_body`; it was a 500 and an error in the log.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_upload_gets_a_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::spawn().await;
+    let address = server.base_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let mut request = b"POST /v1/files HTTP/1.1\r\nHost: temper\r\n\
+        Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 10000000\r\n\r\n\
+        --B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n\
+        --B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n"
+        .to_vec();
+    request.extend(sentiment_jsonl(2000));
+    socket.write_all(&request).await.expect("send");
+    socket.shutdown().await.expect("half-close");
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).await.expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.contains("\"code\":\"incomplete_request_body\""),
+        "{reply}"
+    );
+    let (_, list) = server.get("/v1/files").await;
+    assert_eq!(list["data"], json!([]));
+}
+
+/// A JSON body over the limit is 413 `request_too_large` (it was a 400) over real HTTP.
+#[tokio::test]
+async fn oversized_json_bodies_are_413_over_real_http() {
+    let server = TestServer::spawn().await;
+    let padding = "x".repeat(temper::api::JSON_BODY_LIMIT_BYTES);
+    let (status, reply) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": DECODER_MODEL, "messages": [{"role": "user", "content": padding}]}),
+        )
+        .await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(assert_envelope(&reply, None)["code"], "request_too_large");
 }

@@ -11,4 +11,5 @@ mod fine_tune;
 mod generation_limits;
 mod lifecycle;
 mod openapi;
+mod startup;
 mod uploads;

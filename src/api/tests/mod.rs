@@ -17,9 +17,13 @@ use crate::store::ModelRow;
 
 mod disk;
 mod generation;
+mod hardening;
 mod jobs;
 
-/// Records evictions; classifies everything as `pos` unless the model is unknown.
+/// A model whose engine the stub reports as saturated (429).
+const BUSY_MODEL: &str = "ft:test-org/tiny:temper::busy0000";
+
+/// Records evictions; classifies everything as `pos` unless the model is unknown or busy.
 #[derive(Default)]
 struct StubInference {
     evicted: Mutex<Vec<String>>,
@@ -32,6 +36,9 @@ impl Inference for StubInference {
         inputs: Vec<String>,
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
         Box::pin(async move {
+            if model == BUSY_MODEL {
+                return Err(InferError::Overloaded);
+            }
             if model != "ft:test-org/tiny:temper::abcd1234" {
                 return Err(InferError::ModelNotFound(model));
             }
@@ -113,6 +120,7 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
 struct Reply {
     status: StatusCode,
     request_id: Option<String>,
+    headers: axum::http::HeaderMap,
     body: Vec<u8>,
 }
 
@@ -134,6 +142,7 @@ impl Harness {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body")
@@ -141,6 +150,7 @@ impl Harness {
         Reply {
             status,
             request_id,
+            headers,
             body,
         }
     }
