@@ -11,7 +11,6 @@
 //! Messages never echo more than [`ECHO_CHARS`] characters of a value the client sent:
 //! [`echo`] for one value, [`shorten_quoted`] for text (serde's) that quotes values.
 
-use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode};
@@ -240,33 +239,9 @@ impl From<BlobError> for ApiError {
         match error {
             BlobError::TooLarge { limit } => ApiError::too_large(limit),
             full if full.is_storage_full() => ApiError::insufficient_storage(full),
-            BlobError::Io(io) => match request_body_error(&io) {
-                Some(body) => body_read_error(body),
-                None => ApiError::internal(BlobError::Io(io)),
-            },
             other => ApiError::internal(other),
         }
     }
-}
-
-/// The client's body failing mid-stream (a disconnect, a truncated multipart body) as it
-/// reaches the blob writer: an `io::Error` wrapping the multipart error.
-fn request_body_error(error: &std::io::Error) -> Option<&MultipartError> {
-    error.get_ref()?.downcast_ref::<MultipartError>()
-}
-
-/// A request body that could not be read: the client's doing (it hung up, or sent fewer
-/// bytes than it announced), so a 400 (413 when a body limit cut it), never a 500.
-fn body_read_error(error: &MultipartError) -> ApiError {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::client(StatusCode::PAYLOAD_TOO_LARGE, error.body_text())
-            .with_code("request_too_large");
-    }
-    ApiError::bad_request(format!(
-        "The request body ended before it was complete ({}).",
-        error.body_text()
-    ))
-    .with_code("incomplete_request_body")
 }
 
 impl From<InferError> for ApiError {

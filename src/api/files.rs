@@ -261,10 +261,12 @@ fn multipart_error(error: MultipartError, limit: u64) -> ApiError {
                  than its Content-Length, or disconnected).",
             )
             .with_param("file")
+            .with_code("incomplete_request_body")
         }
         _ => {
             tracing::debug!(cause = %error_chain(&error), "invalid multipart body");
             ApiError::bad_request(format!("Invalid multipart body: {}.", error.body_text()))
+                .with_code("invalid_multipart_body")
         }
     }
 }

@@ -253,7 +253,7 @@ async fn a_truncated_upload_is_a_400_and_leaves_nothing_behind() {
     assert_eq!(status, 400, "{reply}");
     assert_eq!(
         assert_envelope(&reply, None)["code"],
-        "incomplete_request_body"
+        "invalid_multipart_body"
     );
     let (_, list) = server.get("/v1/files").await;
     assert_eq!(list["data"], json!([]));

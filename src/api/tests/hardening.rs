@@ -210,7 +210,7 @@ async fn a_body_that_ends_mid_upload_is_a_400_not_a_500() {
     assert!(
         error["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("The request body ended before it was complete")),
+            .is_some_and(|m| m.starts_with("The request body ended before the upload was complete")),
         "{error}"
     );
     assert_eq!(
