@@ -17,8 +17,11 @@ ASSETS=$(cd "${1:-assets}" && pwd)
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release/temper"
 TINY="$TARGET_DIR/release/examples/write_tiny_models"
-# Fresh with the sources: cargo does nothing when both are up to date.
-cargo build --release --locked --bin temper --example write_tiny_models
+# Fresh with the sources; each is a no-op after the README's commands: the binary is what
+# `cargo run --release` built, the example what `cargo test --release --all-targets` built
+# (built apart, because an example also unifies the dev-dependencies' features).
+cargo build --release --locked --bin temper
+cargo build --release --locked --example write_tiny_models
 OPENAI_PINNED="${OPENAI_PINNED:-3.54.0}"
 OPENAI_LATEST="${OPENAI_LATEST:-}"
 if [ -z "$OPENAI_LATEST" ]; then

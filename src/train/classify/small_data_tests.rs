@@ -135,6 +135,7 @@ fn auto_steps_learn_sixty_tickets_on_the_tiny_encoder() {
         old_config(Some(3e-3)),
     );
     eprintln!("tiny encoder, train accuracy: auto {learned:.3}, old recipe {before:.3}");
+    // Measured (seeded, CPU): auto 0.933, the old recipe 0.333 (one class for everything).
     assert!(learned >= 0.9, "auto: train accuracy {learned}");
     assert!(before < 0.7, "the old recipe: train accuracy {before}");
 }
