@@ -7,7 +7,7 @@ recipe that bench/sft.py sends to temper. Prints one JSON line on stdout.
          --lora-alpha 16 --lora-dropout 0 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
          --seed 0 --gen-prompts 20 --max-new-tokens 32]
 
-Model: `AutoModelForCausalLM.from_pretrained(ASSETS/models, gguf_file="SmolLM2-135M-Instruct.gguf")`
+Model: `AutoModelForCausalLM.from_pretrained(ASSETS/models, gguf_file="HuggingFaceTB/SmolLM2-135M-Instruct.gguf")`
 dequantizes the Q4_1 GGUF to f32 (the same weights temper dequantizes); the tokenizer and chat
 template come from the same file.
 

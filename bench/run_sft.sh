@@ -7,7 +7,7 @@
 #
 # Environment: ASSETS (default ./assets; fetched with --llm), TEMPER (default
 # target/release/temper, built by `cargo build --release` beforehand), TEMPER_BASE_URL (use a
-# running temper instead; its --models-dir must hold SmolLM2-135M-Instruct.gguf) with
+# running temper instead; its --models-dir must hold HuggingFaceTB/SmolLM2-135M-Instruct.gguf) with
 # TEMPER_PID (its pid, for the peak RSS), THREADS (torch threads for the reference; default
 # torch's choice = physical cores). Needs scripts/bench-env.sh once (and `pip install gguf`
 # into .venv-bench: transformers reads GGUF files through it).

@@ -8,7 +8,8 @@ on stdout with the same keys as bench/reference_sft.py.
          --lora-alpha 16 --lora-dropout 0 --targets ... --seed 0 --gen-prompts 20 --max-new-tokens 32]
 
 Without --base-url it starts `TEMPER serve` on a free loopback port with a fresh --data-dir
-and --models-dir ASSETS/models (the model id is the GGUF's file stem, SmolLM2-135M-Instruct),
+and --models-dir ASSETS/models (the model id is the GGUF's path without `.gguf`,
+HuggingFaceTB/SmolLM2-135M-Instruct),
 and stops it at the end (see bench/classification.py, whose helpers it reuses).
 
 Flow: files.create(chat_train.jsonl), files.create(chat_valid.jsonl), then

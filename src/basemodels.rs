@@ -64,6 +64,24 @@ impl BaseModel {
         Ok(dir)
     }
 
+    /// `message` with this model's paths on the server (its directory or GGUF file, and
+    /// `prepared_dir`, where it was converted to) replaced by its id: such messages reach
+    /// users, to whom an absolute server path says nothing they can act on.
+    pub fn redact_paths(&self, message: &str, prepared_dir: Option<&Path>) -> String {
+        let named = format!("`{}`", self.id);
+        let mut paths: Vec<String> = [Some(self.dir.as_path()), self.gguf.as_deref(), prepared_dir]
+            .into_iter()
+            .flatten()
+            .map(|path| path.display().to_string())
+            .filter(|path| !path.is_empty())
+            .collect();
+        // Longest first, so a path is replaced whole before any of its prefixes.
+        paths.sort_by_key(|path| std::cmp::Reverse(path.len()));
+        paths
+            .iter()
+            .fold(message.to_string(), |text, path| text.replace(path, &named))
+    }
+
     /// [`BaseModel::prepare`] on a blocking thread, under `<data_root>/cache`: how both the
     /// jobs and the serving catalog get a base model's directory. The outer error is a
     /// conversion that panicked.
@@ -138,6 +156,61 @@ pub fn list(models_dir: &Path) -> Vec<BaseModel> {
     }
     found.sort_by(|a, b| a.id.cmp(&b.id));
     found
+}
+
+/// How many ids a "model not found" message lists before it says how many more there are.
+const LISTED_IDS: usize = 8;
+
+/// The id in `ids` a user most likely meant by `wanted`: the same name under another org (or
+/// none: `SmolLM2-135M-Instruct` for `HuggingFaceTB/SmolLM2-135M-Instruct` and back), else the
+/// most similar id (Jaro-Winkler, case-insensitive) when it is similar enough to be a typo.
+pub fn closest_id<'a>(wanted: &str, ids: &'a [String]) -> Option<&'a str> {
+    let wanted = wanted.trim().to_lowercase();
+    let name_of = |id: &str| id.rsplit('/').next().unwrap_or(id).to_string();
+    let wanted_name = name_of(&wanted);
+    if let Some(same_name) = ids
+        .iter()
+        .find(|id| name_of(&id.to_lowercase()) == wanted_name)
+    {
+        return Some(same_name);
+    }
+    ids.iter()
+        .map(|id| (strsim::jaro_winkler(&wanted, &id.to_lowercase()), id))
+        .filter(|(similarity, _)| *similarity >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, id)| id.as_str())
+}
+
+/// The sentence a "model not found" error ends with: the closest id, then the base models
+/// that do exist (ids only: never a server path), or how to add one when there are none.
+/// `kind` keeps the list to the models the caller can use (decoders for chat).
+pub fn not_found_hint(models_dir: &Path, wanted: &str, kind: Option<BaseModelKind>) -> String {
+    let ids: Vec<String> = list(models_dir)
+        .into_iter()
+        .filter(|m| kind.is_none_or(|k| m.kind == k))
+        .map(|m| m.id)
+        .collect();
+    if ids.is_empty() {
+        return " No base models are installed: put Hugging Face directories (`<org>/<name>/`) or GGUF files in the models directory (`--models-dir`).".to_string();
+    }
+    let mut hint = String::new();
+    if let Some(closest) = closest_id(wanted, &ids) {
+        hint.push_str(&format!(" Did you mean `{closest}`?"));
+    }
+    let listed: Vec<String> = ids
+        .iter()
+        .take(LISTED_IDS)
+        .map(|id| format!("`{id}`"))
+        .collect();
+    hint.push_str(&format!(" Base models available: {}", listed.join(", ")));
+    if ids.len() > LISTED_IDS {
+        hint.push_str(&format!(
+            " and {} more (GET /v1/models)",
+            ids.len() - LISTED_IDS
+        ));
+    }
+    hint.push('.');
+    hint
 }
 
 /// `org/name` as a relative path, refusing anything that could leave the models dir.
@@ -351,6 +424,67 @@ mod tests {
         assert_eq!(
             dir_model.map(|m| m.local_dir(&cache)),
             Some(tmp.path().join("acme/Chat-2M.gguf"))
+        );
+    }
+
+    #[test]
+    fn not_found_names_the_closest_id_and_the_models_that_exist() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("HuggingFaceTB")).expect("org");
+        std::fs::write(
+            tmp.path().join("HuggingFaceTB/SmolLM2-135M-Instruct.gguf"),
+            b"GGUF",
+        )
+        .expect("gguf");
+        write_model(
+            &tmp.path().join("sentence-transformers/all-MiniLM-L6-v2"),
+            "bert",
+            "model.safetensors",
+        );
+        let ids: Vec<String> = list(tmp.path()).into_iter().map(|m| m.id).collect();
+        assert_eq!(
+            closest_id("SmolLM2-135M-Instruct", &ids),
+            Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+        );
+        assert_eq!(
+            closest_id("sentence-transformers/all-MiniLM-L6-v3", &ids),
+            Some("sentence-transformers/all-MiniLM-L6-v2")
+        );
+        assert_eq!(closest_id("gpt-4o-mini", &ids), None);
+
+        let hint = not_found_hint(tmp.path(), "SmolLM2-135M-Instruct", None);
+        assert_eq!(
+            hint,
+            " Did you mean `HuggingFaceTB/SmolLM2-135M-Instruct`? Base models available: `HuggingFaceTB/SmolLM2-135M-Instruct`, `sentence-transformers/all-MiniLM-L6-v2`."
+        );
+        let decoders = not_found_hint(tmp.path(), "gpt-4o-mini", Some(BaseModelKind::Decoder));
+        assert_eq!(
+            decoders,
+            " Base models available: `HuggingFaceTB/SmolLM2-135M-Instruct`."
+        );
+        let root = tmp.path().to_string_lossy().to_string();
+        assert!(!hint.contains(&root), "{hint}");
+        let empty = tempfile::tempdir().expect("tmp");
+        let none = not_found_hint(empty.path(), "x/y", None);
+        assert!(none.contains("No base models are installed"), "{none}");
+        assert!(!none.contains(&empty.path().to_string_lossy().to_string()));
+    }
+
+    #[test]
+    fn server_paths_in_messages_become_the_model_id() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("acme")).expect("org");
+        std::fs::write(tmp.path().join("acme/Chat-2M.gguf"), b"GGUF").expect("gguf");
+        let model = resolve(tmp.path(), "acme/Chat-2M").expect("gguf model");
+        let converted = model.local_dir(&tmp.path().join("cache"));
+        let message = format!(
+            "reading {}/config.json: missing; converting {}: bad magic",
+            converted.display(),
+            tmp.path().join("acme/Chat-2M.gguf").display()
+        );
+        assert_eq!(
+            model.redact_paths(&message, Some(&converted)),
+            "reading `acme/Chat-2M`/config.json: missing; converting `acme/Chat-2M`: bad magic"
         );
     }
 

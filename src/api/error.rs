@@ -160,6 +160,14 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// [`ApiError::model_not_found`] followed by `hint` (`basemodels::not_found_hint`: the
+    /// closest model id and the ids that exist).
+    pub fn model_not_found_with_hint(model: &str, hint: &str) -> ApiError {
+        let mut error = ApiError::model_not_found(model);
+        error.message.push_str(hint);
+        error
+    }
+
     /// 500 with a generic message; `cause` is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "request failed");
@@ -248,6 +256,9 @@ impl From<InferError> for ApiError {
     fn from(error: InferError) -> ApiError {
         match error {
             InferError::ModelNotFound(model) => ApiError::model_not_found(&model),
+            InferError::ModelNotFoundWithHint { model, hint } => {
+                ApiError::model_not_found_with_hint(&model, &hint)
+            }
             InferError::Overloaded => ApiError::overloaded(),
             InferError::InvalidRequest { param, message } => {
                 ApiError::bad_request(message).with_param(param)

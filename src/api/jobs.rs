@@ -103,7 +103,10 @@ fn check_base_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     }
     match basemodels::resolve(&state.settings.models_dir, model) {
         Some(_) => Ok(()),
-        None => Err(ApiError::model_not_found(model)),
+        None => Err(ApiError::model_not_found_with_hint(
+            model,
+            &basemodels::not_found_hint(&state.settings.models_dir, model, None),
+        )),
     }
 }
 

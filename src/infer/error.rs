@@ -11,6 +11,10 @@ pub enum InferError {
     /// The catalog does not know this model name.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// `ModelNotFound` with what does exist: `hint` names the closest id and the ids
+    /// available (`basemodels::not_found_hint`), added where the models dir is known.
+    #[error("The model `{model}` does not exist or you do not have access to it.{hint}")]
+    ModelNotFoundWithHint { model: String, hint: String },
     /// The model's queue is full; the client should retry later.
     #[error("The model is overloaded with requests; retry later.")]
     Overloaded,

@@ -119,16 +119,37 @@ fn check_model_fits_task(
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
 /// dir's cache once (on a blocking thread: it dequantizes every tensor).
 async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBuf, JobFailure> {
+    let converted = base.local_dir(&data_root.join("cache"));
     base.prepare_in_data_dir(data_root)
         .await
         .map_err(|e| JobFailure::internal(format!("internal error: GGUF conversion: {e}")))?
         .map_err(|e| {
+            let detail = base.redact_paths(&e.to_string(), Some(&converted));
             JobFailure::fatal(
                 "invalid_model",
-                format!("The GGUF model `{}` could not be read: {e}", base.id),
+                format!("The GGUF model `{}` could not be read: {detail}", base.id),
                 Some("model"),
             )
         })
+}
+
+/// `failure` with the base model's server paths replaced by its id (`BaseModel::redact_paths`):
+/// a model that fails to load is named as the user named it.
+fn naming_the_model(failure: JobFailure, base: &BaseModel, model_dir: &Path) -> JobFailure {
+    match failure {
+        JobFailure::Retryable(message) => {
+            JobFailure::Retryable(base.redact_paths(&message, Some(model_dir)))
+        }
+        JobFailure::Fatal {
+            code,
+            message,
+            param,
+        } => JobFailure::Fatal {
+            code,
+            message: base.redact_paths(&message, Some(model_dir)),
+            param,
+        },
+    }
 }
 
 /// Runs classification fine-tuning jobs.
@@ -150,12 +171,20 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         return Ok(RunOutcome::Superseded);
     };
     let task = data.data.task();
-    let config = resolve_hyperparameters(store, lease, job, task, data.data.n_train()).await?;
+    let (config, auto_choices) =
+        resolve_hyperparameters(store, lease, job, task, data.data.n_train()).await?;
+    if job.status == JobStatus::ValidatingFiles {
+        // Once per job (its first claim): what each "auto" became and why.
+        for choice in auto_choices {
+            leased_event(store, lease, EventRow::info(&job.id, choice, unix_now())).await?;
+        }
+    }
     let base = basemodels::resolve(&run.ctx.models_dir, &job.model).ok_or_else(|| {
+        let hint = basemodels::not_found_hint(&run.ctx.models_dir, &job.model, None);
         JobFailure::fatal(
             "invalid_model",
             format!(
-                "The model `{}` does not exist or is not available.",
+                "The model `{}` does not exist or is not available.{hint}",
                 job.model
             ),
             Some("model"),
@@ -199,8 +228,11 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         task,
     };
     let base_model_dir = prepare_base_model(&base, run.ctx.blobs.root()).await?;
-    let training = Training::new(data.data, base_model_dir, config, work_dir, device);
-    match train_on_thread(training, target.clone(), run.control.clone()).await? {
+    let training = Training::new(data.data, base_model_dir.clone(), config, work_dir, device);
+    let outcome = train_on_thread(training, target.clone(), run.control.clone())
+        .await
+        .map_err(|failure| naming_the_model(failure, &base, &base_model_dir))?;
+    match outcome {
         TrainOutcome::Completed(summary) => {
             let result_files = record_completion(&target, &summary).await?;
             Ok(RunOutcome::Succeeded {
@@ -288,14 +320,15 @@ fn final_model_name(job: &JobRow) -> String {
 }
 
 /// Resolves `"auto"` for this dataset and stores the numbers, so the job shows what it
-/// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`).
+/// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`); also
+/// returns a sentence per `"auto"` saying what it became and why.
 async fn resolve_hyperparameters(
     store: &Store,
     lease: &Lease,
     job: &JobRow,
     task: TaskKind,
     n_examples: usize,
-) -> Result<TrainingConfig, JobFailure> {
+) -> Result<(TrainingConfig, Vec<String>), JobFailure> {
     let requested = job
         .method
         .pointer("/supervised/hyperparameters")
@@ -306,7 +339,7 @@ async fn resolve_hyperparameters(
     let request = HyperparamRequest::parse(&requested)
         .map_err(|e| JobFailure::fatal("invalid_hyperparameters", e.message, Some(&e.param)))?;
     let seed = u64::try_from(job.seed).unwrap_or(job.seed.unsigned_abs());
-    let config = request.resolve(task, n_examples, seed);
+    let (config, auto_choices) = request.resolve_explained(task, n_examples, seed);
     let core = json!({
         "batch_size": config.batch_size,
         "learning_rate_multiplier": config.learning_rate_multiplier,
@@ -335,7 +368,7 @@ async fn resolve_hyperparameters(
     if !recorded {
         return Err(JobFailure::Superseded);
     }
-    Ok(config)
+    Ok((config, auto_choices))
 }
 
 /// `cpu` or `cuda:N`. Without the `cuda` feature candle refuses CUDA at runtime, which

@@ -404,3 +404,51 @@ async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
         .is_file());
     assert_eq!(row.metrics["step"], unlisted as u64);
 }
+
+#[tokio::test]
+async fn auto_hyperparameters_are_explained_in_the_events() {
+    let h = harness().await;
+    write_model(&h);
+    // One epoch keeps it short; batch size and learning rate are "auto".
+    let id = job_with(&h, &jsonl(&examples(10)), None, json!({"n_epochs": 1})).await;
+    assert_eq!(
+        worker(&h, FineTuneRunner).process_next().await.unwrap(),
+        Processed::Succeeded(id.clone())
+    );
+    assert_eq!(
+        job(&h.ctx, &id).await.hyperparameters,
+        json!({"batch_size": 1, "learning_rate_multiplier": 1.0, "n_epochs": 1})
+    );
+    assert_in_order(
+        &messages(&h.ctx, &id).await,
+        &[
+            "Files validated, moving job to queued state",
+            "batch_size=auto → 1 for 10 examples: text classification's usual 16 would make only 1 optimizer steps in 1 epochs",
+            "learning_rate=auto → 2e-5: the text classification recipe's 2e-5 for full fine-tuning",
+            "Fine-tuning job started",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_base_model_that_fails_to_load_is_named_by_its_id_not_its_path() {
+    let h = harness().await;
+    let dir = h.dir.path().join("models").join(MODEL);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"not safetensors").unwrap();
+    std::fs::write(dir.join("tokenizer.json"), b"{}").unwrap();
+    let id = job_with(&h, &jsonl(&examples(10)), None, two_epochs()).await;
+    assert_eq!(
+        worker(&h, FineTuneRunner).process_next().await.unwrap(),
+        Processed::Failed(id.clone())
+    );
+    let error = job(&h.ctx, &id).await.error.unwrap();
+    let text = error["message"].as_str().unwrap();
+    let root = h.dir.path().display().to_string();
+    assert!(text.contains(&format!("`{MODEL}`")), "{text}");
+    assert!(!text.contains(&root), "{text}");
+    for message in messages(&h.ctx, &id).await {
+        assert!(!message.contains(&root), "{message}");
+    }
+}

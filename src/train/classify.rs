@@ -16,6 +16,9 @@ use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
+#[cfg(test)]
+mod small_data_tests;
+
 pub struct ClassificationJob {
     pub base_model_dir: PathBuf,
     pub train: Vec<LabeledText>,
@@ -83,6 +86,10 @@ pub fn run_classification(
         best,
         names: MetricNames::Classification,
     })?;
+    if let Some(head_lr) = cfg.head_learning_rate {
+        let head_scale = head_lr / cfg.learning_rate;
+        trainer.scale_learning_rates(|name| if is_new_head(name) { head_scale } else { 1.0 });
+    }
     trainer.resume(observer)?;
     match trainer.run(&task, observer)? {
         LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
@@ -93,6 +100,14 @@ pub fn run_classification(
             &trainer, &task, observer,
         )?)),
     }
+}
+
+/// The head `SequenceClassifier` makes from scratch on top of the encoder (`classifier`, and
+/// DistilBERT's `pre_classifier`; PEFT's `base_model.model.` prefix under LoRA): what
+/// `TrainingConfig::head_learning_rate` applies to.
+fn is_new_head(name: &str) -> bool {
+    let name = name.strip_prefix("base_model.model.").unwrap_or(name);
+    name.starts_with("classifier.") || name.starts_with("pre_classifier.")
 }
 
 fn validate(job: &ClassificationJob) -> Result<(), TrainError> {

@@ -70,6 +70,8 @@ enum Moments {
 struct Slot {
     param: OptimParam,
     moments: Moments,
+    /// This parameter's learning rate over the step's (`AdamW::scale_learning_rates`).
+    lr_scale: f64,
 }
 
 /// Gradients of the optimizer's parameters, in its parameter order. Kept apart from the
@@ -114,7 +116,11 @@ impl AdamW {
             .into_iter()
             .map(|param| {
                 let moments = zero_moments(&param.var)?;
-                Ok(Slot { param, moments })
+                Ok(Slot {
+                    param,
+                    moments,
+                    lr_scale: 1.0,
+                })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
@@ -122,6 +128,14 @@ impl AdamW {
             step: 0,
             config,
         })
+    }
+
+    /// Gives each parameter `scale(name)` times the step's learning rate (a classification
+    /// head made from scratch learning faster than the pretrained encoder under it).
+    pub fn scale_learning_rates(&mut self, scale: impl Fn(&str) -> f64) {
+        for slot in &mut self.slots {
+            slot.lr_scale = scale(&slot.param.name);
+        }
     }
 
     /// Optimizer steps taken so far (the `t` of the bias correction).
@@ -160,6 +174,7 @@ impl AdamW {
         let cfg = self.config;
         for (slot, grad) in self.slots.iter_mut().zip(&grads.grads) {
             let Some(grad) = grad else { continue };
+            let lr = lr * slot.lr_scale;
             let wd = if slot.param.weight_decay {
                 cfg.weight_decay
             } else {

@@ -131,6 +131,11 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Per-parameter learning rates: `scale(name)` times the schedule's (`AdamW::scale_learning_rates`).
+    pub fn scale_learning_rates(&mut self, scale: impl Fn(&str) -> f64) {
+        self.optimizer.scale_learning_rates(scale);
+    }
+
     pub fn total_steps(&self) -> usize {
         self.schedule.total_steps
     }

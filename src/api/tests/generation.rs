@@ -66,7 +66,10 @@ async fn lm_harness_with(loader: Arc<FakeLoader>) -> Harness {
         1 << 30,
         tokio_util::sync::CancellationToken::new(),
     );
-    h.state.inference = Arc::new(InferenceService(handle));
+    h.state.inference = Arc::new(InferenceService {
+        handle,
+        models_dir: h.state.settings.models_dir.clone(),
+    });
     h
 }
 
@@ -337,6 +340,12 @@ async fn unknown_models_and_long_prompts_are_client_errors() {
         let reply = h.call(Method::POST, uri, Some(body)).await;
         let error = assert_envelope(&reply, StatusCode::NOT_FOUND, Some("model"));
         assert_eq!(error["code"], "model_not_found");
+        // The harness's models dir holds only an encoder: no base model to chat with.
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("No base models are installed"),
+            "{message}"
+        );
     }
     // The fake's context is 64 tokens; "Hello " is 2.
     let long = "Hello ".repeat(40);

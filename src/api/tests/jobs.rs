@@ -27,9 +27,20 @@ async fn job_creation_checks_model_and_files() {
         .clone();
     let unknown_model =
         create_job(&h, json!({"model": "nobody/none", "training_file": train})).await;
+    let error = assert_envelope(&unknown_model, StatusCode::NOT_FOUND, Some("model"));
+    assert_eq!(error["code"], "model_not_found");
     assert_eq!(
-        assert_envelope(&unknown_model, StatusCode::NOT_FOUND, Some("model"))["code"],
-        "model_not_found"
+        error["message"],
+        "The model `nobody/none` does not exist or you do not have access to it. Base models available: `test-org/tiny`."
+    );
+    // Without its org, a model's name still finds it.
+    let no_org = create_job(&h, json!({"model": "tiny", "training_file": train})).await;
+    let message = assert_envelope(&no_org, StatusCode::NOT_FOUND, Some("model"))["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("Did you mean `test-org/tiny`?")),
+        "{message}"
     );
     let unknown_file = create_job(
         &h,

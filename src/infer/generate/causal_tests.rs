@@ -273,6 +273,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
         batch_size: 2,
         learning_rate_multiplier: 1.0,
         learning_rate: 1e-2,
+        head_learning_rate: None,
         lr_scheduler: LrScheduler::Linear,
         warmup_ratio: 0.0,
         weight_decay: 0.0,

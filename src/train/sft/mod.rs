@@ -18,6 +18,8 @@ mod tests_data;
 #[cfg(test)]
 mod tests_export;
 #[cfg(test)]
+mod tests_small_data;
+#[cfg(test)]
 mod tests_train;
 
 pub use load::{load_lm_checkpoint, LoadedLm};

@@ -46,6 +46,23 @@ pub(crate) struct SftTask<'a> {
     pub(crate) valid: Option<Vec<SftExample>>,
     valid_batches: Vec<Vec<usize>>,
     pad_id: u32,
+    /// `max_seq_len`, at most the model's context ([`fit_to_context`]).
+    max_seq_len: usize,
+}
+
+/// `max_seq_len` cut to the model's context (`max_position_embeddings`), saying so: positions
+/// past it have no rotary angles, and the default 512 is longer than a small model's context.
+fn fit_to_context(max_seq_len: usize, context: usize, observer: &mut dyn TrainObserver) -> usize {
+    if max_seq_len <= context {
+        return max_seq_len;
+    }
+    observer.on_event(
+        EventLevel::Warn,
+        format!(
+            "max_seq_len={max_seq_len} is longer than the model's context of {context} tokens (max_position_embeddings); training with max_seq_len={context}"
+        ),
+    );
+    context
 }
 
 /// LoRA / QLoRA / full fine-tuning from the job's hyperparameters.
@@ -105,9 +122,14 @@ impl<'a> SftTask<'a> {
             ));
         }
         let (model_config, _) = DecoderConfig::from_dir(&job.base_model_dir)?;
+        let max_seq_len = fit_to_context(
+            cfg.max_seq_len,
+            model_config.max_position_embeddings,
+            observer,
+        );
         let tokenizer = SftTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?;
-        let train = tokenizer.prepare(&job.train, cfg.max_seq_len)?;
-        report_preparation("training", &train, cfg.max_seq_len, observer);
+        let train = tokenizer.prepare(&job.train, max_seq_len)?;
+        report_preparation("training", &train, max_seq_len, observer);
         if train.examples.is_empty() {
             return Err(TrainError::InvalidData(
                 "no training example has a trainable token (assistant message with weight 1 or a completion) within max_seq_len".into(),
@@ -115,15 +137,13 @@ impl<'a> SftTask<'a> {
         }
         let valid = match &job.valid {
             Some(valid) if !valid.is_empty() => {
-                let set = tokenizer
-                    .prepare(valid, cfg.max_seq_len)
-                    .map_err(|e| match e {
-                        TrainError::InvalidData(m) => {
-                            TrainError::InvalidData(format!("Validation file: {m}"))
-                        }
-                        other => other,
-                    })?;
-                report_preparation("validation", &set, cfg.max_seq_len, observer);
+                let set = tokenizer.prepare(valid, max_seq_len).map_err(|e| match e {
+                    TrainError::InvalidData(m) => {
+                        TrainError::InvalidData(format!("Validation file: {m}"))
+                    }
+                    other => other,
+                })?;
+                report_preparation("validation", &set, max_seq_len, observer);
                 Some(set.examples).filter(|v| !v.is_empty())
             }
             _ => None,
@@ -140,6 +160,7 @@ impl<'a> SftTask<'a> {
             valid,
             valid_batches,
             pad_id: tokenizer.pad_id(),
+            max_seq_len,
         })
     }
 
@@ -247,7 +268,7 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         labels: Vec::new(),
         spec: None,
         lm: Some(lm_spec(cfg)),
-        max_seq_len: cfg.max_seq_len,
+        max_seq_len: task.max_seq_len,
         seed: cfg.seed,
     };
     let mut trainer = Trainer::new(TrainerSetup {

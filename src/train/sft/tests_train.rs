@@ -49,6 +49,7 @@ pub(super) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
         batch_size: 4,
         learning_rate_multiplier: 1.0,
         learning_rate,
+        head_learning_rate: None,
         lr_scheduler: LrScheduler::Linear,
         warmup_ratio: 0.0,
         weight_decay: 0.01,

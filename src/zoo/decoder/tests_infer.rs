@@ -196,7 +196,8 @@ fn real_smollm2_lora_step_and_decode_timings() {
     let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
         return;
     };
-    let gguf = std::path::PathBuf::from(assets).join("models/SmolLM2-135M-Instruct.gguf");
+    let gguf =
+        std::path::PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("smollm2");
     crate::zoo::materialize_gguf(&gguf, &base).unwrap();

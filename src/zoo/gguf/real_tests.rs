@@ -17,7 +17,7 @@ pub(crate) fn smollm2_gguf() -> Option<PathBuf> {
         eprintln!("TEMPER_ASSETS unset: skipping a real-GGUF test (scripts/test.sh sets it)");
         return None;
     };
-    let path = PathBuf::from(assets).join("models/SmolLM2-135M-Instruct.gguf");
+    let path = PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
     assert!(path.exists(), "TEMPER_ASSETS set but {path:?} is missing");
     Some(path)
 }
