@@ -149,6 +149,10 @@ fn naming_the_model(failure: JobFailure, base: &BaseModel, model_dir: &Path) -> 
             message: base.redact_paths(&message, Some(model_dir)),
             param,
         },
+        JobFailure::OutOfSpace(message) => {
+            JobFailure::OutOfSpace(base.redact_paths(&message, Some(model_dir)))
+        }
+        JobFailure::Superseded => JobFailure::Superseded,
     }
 }
 
