@@ -206,11 +206,11 @@ async fn a_body_that_ends_mid_upload_is_a_400_not_a_500() {
     let h = harness(&[], 1 << 20).await;
     let reply = h.send(truncated_upload()).await;
     let error = assert_envelope(&reply, StatusCode::BAD_REQUEST, None);
-    assert_eq!(error["code"], "incomplete_request_body", "{error}");
+    assert_eq!(error["code"], "invalid_multipart_body", "{error}");
     assert!(
         error["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("The request body ended before the upload was complete")),
+            .is_some_and(|m| m.contains("incomplete data")),
         "{error}"
     );
     assert_eq!(
