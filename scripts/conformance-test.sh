@@ -16,8 +16,9 @@ SPEC=$(scripts/fetch-openai-spec.sh "$ASSETS")
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release/temper"
 TINY="$TARGET_DIR/release/examples/write_tiny_models"
-[ -x "$BIN" ] || cargo build --release --locked --bin temper
-[ -x "$TINY" ] || cargo build --release --locked --example write_tiny_models
+# Always through cargo (a no-op when fresh), so a stale binary is never the one tested.
+cargo build --release --locked --bin temper
+cargo build --release --locked --example write_tiny_models
 VENV="$ASSETS/.venv-conformance"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import jsonschema, yaml' 2>/dev/null; then
   python3 -m venv "$VENV"
