@@ -263,6 +263,9 @@ impl From<InferError> for ApiError {
             InferError::InvalidRequest { param, message } => {
                 ApiError::bad_request(message).with_param(param)
             }
+            InferError::ContextLengthExceeded { param, message } => ApiError::bad_request(message)
+                .with_param(param)
+                .with_code("context_length_exceeded"),
             other => ApiError::internal(other),
         }
     }

@@ -69,15 +69,10 @@ pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message).with_param(param)
 }
 
-/// A generation error on the wire: prompt + completion beyond the context is OpenAI's
-/// 400 `context_length_exceeded`; the rest maps as every inference error does.
+/// A generation error on the wire, mapped as every inference error is (prompt + completion
+/// beyond the context is OpenAI's 400 `context_length_exceeded`).
 pub fn generation_error(error: InferError) -> ApiError {
-    match error {
-        InferError::ContextLengthExceeded { param, message } => {
-            invalid(&param, message).with_code("context_length_exceeded")
-        }
-        other => ApiError::from(other),
-    }
+    ApiError::from(error)
 }
 
 /// Streaming switches.

@@ -1,6 +1,6 @@
 //! The inference layer's error; `api` maps it to HTTP in one place
-//! (`ModelNotFound` → 404, `Overloaded` → 429, `InvalidRequest` → 400, `Engine` → 500;
-//! `ContextLengthExceeded` → 400 with its code, mapped by `api::generation`).
+//! (`ModelNotFound` → 404, `Overloaded` → 429, `InvalidRequest` → 400, `Engine` → 500,
+//! `ContextLengthExceeded` → 400 with the code `context_length_exceeded`).
 
 /// Errors from resolving, loading and running a served model.
 ///
