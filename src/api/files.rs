@@ -121,16 +121,27 @@ async fn create_file(
     Ok(ApiJson(row.into()))
 }
 
-async fn receive_and_store(state: AppState, multipart: Multipart) -> Result<FileRow, ApiError> {
+async fn receive_and_store(state: AppState, mut multipart: Multipart) -> Result<FileRow, ApiError> {
     let id = new_file_id();
     let rel = Blobs::file_rel(&id);
     // Nothing of a failed upload stays on disk.
-    match store_upload(&state, id, &rel, multipart).await {
+    match store_upload(&state, id, &rel, &mut multipart).await {
         Ok(row) => Ok(row),
         Err(error) => {
             discard_blob(&state, &rel).await;
+            drain(multipart).await;
             Err(error)
         }
+    }
+}
+
+/// Reads what is left of a refused upload's body (bounded by the upload limit) without
+/// keeping it. Clients that send the whole body before they read a reply (Python's
+/// http.client, httpx and so the OpenAI SDK) would otherwise meet a broken connection
+/// instead of the error, e.g. the 507 a full disk answers before reading anything.
+async fn drain(mut multipart: Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
     }
 }
 
@@ -139,7 +150,7 @@ async fn store_upload(
     state: &AppState,
     id: String,
     rel: &str,
-    multipart: Multipart,
+    multipart: &mut Multipart,
 ) -> Result<FileRow, ApiError> {
     // 507 up front while the disk is full (its reserve released), so the space left is for
     // deletes.
@@ -180,7 +191,7 @@ async fn store_write_failed(state: &AppState, error: StoreError) -> ApiError {
 async fn receive_upload(
     state: &AppState,
     rel: &str,
-    mut multipart: Multipart,
+    multipart: &mut Multipart,
 ) -> Result<Upload, ApiError> {
     let limit = state.settings.max_upload_bytes;
     let mut file: Option<(String, u64)> = None;

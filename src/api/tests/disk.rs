@@ -16,7 +16,11 @@ struct FullDisk {
 
 impl FullDisk {
     async fn new() -> FullDisk {
-        let mut h = harness(&[], 1 << 20).await;
+        FullDisk::with_upload_limit(1 << 20).await
+    }
+
+    async fn with_upload_limit(max_upload_bytes: u64) -> FullDisk {
+        let mut h = harness(&[], max_upload_bytes).await;
         let dir = tempfile::tempdir().expect("tmp");
         let cap = PageCap::default();
         h.state.store = Store::open_with_page_cap(&dir.path().join("temper.db"), cap.clone(), 1)
@@ -274,4 +278,51 @@ async fn full_disk_errors_of_both_layers_map_to_507_and_others_stay_500() {
     for (error, status) in cases {
         assert_eq!(error.status, status, "{error:?}");
     }
+}
+
+/// A client that sends its whole body before it reads the reply (Python's http.client,
+/// httpx and so the OpenAI SDK) reads the 507 of a full disk, not a broken connection: the
+/// refused body is read to its end first. Over a real socket, with a body larger than the
+/// socket buffers.
+#[tokio::test]
+async fn a_client_that_sends_its_whole_body_first_reads_the_507() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let disk = FullDisk::with_upload_limit(64 << 20).await;
+    disk.h
+        .state
+        .blobs
+        .faults()
+        .fail(BlobOp::Write, libc::ENOSPC);
+    disk.h.state.blobs.faults().pin_free_space(0);
+    assert_insufficient_storage(&disk.upload("a.txt").await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let app = router(disk.h.state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut body = b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nuser_data\r\n\
+        --B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n\r\n"
+        .to_vec();
+    body.extend(std::iter::repeat_n(b'x', 24 << 20));
+    body.extend(b"\r\n--B--\r\n");
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: temper\r\nContent-Type: multipart/form-data; \
+         boundary=B\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket
+        .write_all(&body)
+        .await
+        .expect("the whole body is taken");
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).await.expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 507"), "{reply}");
+    assert!(reply.contains("insufficient_storage"), "{reply}");
+    assert!(disk.on_disk("tmp").is_empty());
 }
