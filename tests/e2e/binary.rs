@@ -3,7 +3,7 @@
 //! (`/proc/<pid>/status`) and its log.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -21,10 +21,19 @@ impl BinaryServer {
     /// Starts `temper serve --port 0` with an empty models dir, `extra_args` appended, and
     /// waits for its `listening on` line.
     pub async fn spawn(extra_args: &[&str]) -> BinaryServer {
+        BinaryServer::spawn_with_models(|_| {}, extra_args).await
+    }
+
+    /// `spawn`, with `write_models` filling the models dir before the server starts.
+    pub async fn spawn_with_models(
+        write_models: impl FnOnce(&Path),
+        extra_args: &[&str],
+    ) -> BinaryServer {
         let root = tempfile::tempdir().expect("temp dir");
         let data_dir = root.path().join("data");
         let models_dir = root.path().join("models");
         std::fs::create_dir_all(&models_dir).expect("models dir");
+        write_models(&models_dir);
         let log_path = root.path().join("server.log");
         let log = File::create(&log_path).expect("log file");
         // `TEMPER_TEST_BIN` runs another build (to measure it before a change).
@@ -92,6 +101,18 @@ impl BinaryServer {
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    /// User + system CPU ticks of the whole process (unchanged between two reads: idle).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("/proc/<pid>/stat");
+        // Fields after the command name, which may itself hold spaces: utime and stime are
+        // the 12th and 13th.
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
     }
 
     /// Entries of a directory under the data dir (`files`, `tmp`).

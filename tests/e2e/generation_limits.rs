@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
@@ -13,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::binary::BinaryServer;
 use crate::common::{assert_envelope, TestServer, DECODER_MODEL};
 
 #[tokio::test]
@@ -153,84 +153,6 @@ fn write_soak_decoder(dir: &Path) {
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).expect("save");
 }
 
-/// `temper serve` as a child process on port 0; killed on drop.
-struct ServerProcess {
-    child: Child,
-    base_url: String,
-}
-
-impl ServerProcess {
-    async fn start(root: &Path) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_temper"))
-            .args(["serve", "--port", "0", "--data-dir"])
-            .arg(root.join("data"))
-            .arg("--models-dir")
-            .arg(root.join("models"))
-            .env("RUST_LOG", "temper=info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn temper");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (found, mut address) = tokio::sync::mpsc::unbounded_channel();
-        for pipe in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let found = found.clone();
-            // Reads the log until the end, so the child never blocks on a full pipe.
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(at) = line.find("listening on http://") {
-                        let url: String = line[at + "listening on ".len()..]
-                            .chars()
-                            .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                            .collect();
-                        let _ = found.send(url);
-                    }
-                }
-            });
-        }
-        let base_url = tokio::time::timeout(Duration::from_secs(60), address.recv())
-            .await
-            .expect("the server logs its address")
-            .expect("address");
-        ServerProcess { child, base_url }
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib * 1024
-    }
-
-    /// User + system CPU ticks of the whole process.
-    fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("/proc stat");
-        let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
-            .split_whitespace()
-            .collect();
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const SOAK_MODEL: &str = "test-org/soak-llama";
 
 fn long_chat(stream: bool) -> Value {
@@ -277,9 +199,9 @@ async fn rss_returns_to_its_baseline_after_50_abandoned_long_generations() {
         eprintln!("skipped: needs /proc");
         return;
     }
-    let root = tempfile::tempdir().expect("tmp");
-    write_soak_decoder(&root.path().join("models").join(SOAK_MODEL));
-    let server = ServerProcess::start(root.path()).await;
+    let server =
+        BinaryServer::spawn_with_models(|models| write_soak_decoder(&models.join(SOAK_MODEL)), &[])
+            .await;
     let url = format!("{}/v1/chat/completions", server.base_url);
     let client = reqwest::Client::new();
     // Warm up: load the model and run a round of short generations, 5 at a time as
@@ -293,32 +215,32 @@ async fn rss_returns_to_its_baseline_after_50_abandoned_long_generations() {
     });
     futures::future::join_all(round).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let baseline = server.rss_bytes();
+    let baseline = server.status_kib("VmRSS") * 1024;
     let mut peak = baseline;
     // 40 streamed, 5 at a time, each abandoned after 400 tokens (~8 MiB of cache each),
     // then 10 non-streaming ones abandoned while they run.
     for _ in 0..8 {
         let round = (0..5).map(|_| abandon_streamed(&client, &url, 400));
         futures::future::join_all(round).await;
-        peak = peak.max(server.rss_bytes());
+        peak = peak.max(server.status_kib("VmRSS") * 1024);
     }
     let round = (0..10).map(|_| abandon_waiting(&url, Duration::from_millis(1000)));
     futures::future::join_all(round).await;
-    peak = peak.max(server.rss_bytes());
+    peak = peak.max(server.status_kib("VmRSS") * 1024);
     // The server goes idle (no generation left running) and gives the memory back.
     let mut last_ticks = server.cpu_ticks();
     let mut settled = None;
     for _ in 0..120 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let ticks = server.cpu_ticks();
-        let rss = server.rss_bytes();
+        let rss = server.status_kib("VmRSS") * 1024;
         if ticks == last_ticks && rss <= baseline + baseline / 10 {
             settled = Some(rss);
             break;
         }
         last_ticks = ticks;
     }
-    let now = server.rss_bytes();
+    let now = server.status_kib("VmRSS") * 1024;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
         "soak: baseline {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
