@@ -79,7 +79,13 @@ async fn write_result_file(
         format: None,
         n_examples: None,
     };
-    target.store.insert_file(&row).await?;
+    if !target.store.leased_file(&target.lease, &row).await? {
+        // The lease lapsed (or the job was cancelled): the file is no one's.
+        if let Err(error) = target.blobs.remove(&Blobs::file_rel(&id)).await {
+            tracing::warn!(%error, file_id = %id, "could not remove an unrecorded result file");
+        }
+        return Err(JobFailure::Superseded);
+    }
     Ok(id)
 }
 

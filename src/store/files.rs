@@ -34,13 +34,16 @@ pub enum SortOrder {
 const FILE_COLUMNS: &str =
     "id, bytes, created_at, filename, purpose, status, status_details, format, n_examples";
 
-impl Store {
-    /// Inserts a file row; `Conflict` when the id exists.
-    pub async fn insert_file(&self, file: &FileRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO files (id, bytes, created_at, filename, purpose, status, \
-             status_details, format, n_examples) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+pub(super) const INSERT_FILE: &str =
+    "INSERT INTO files (id, bytes, created_at, filename, purpose, status, \
+     status_details, format, n_examples) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Binds `file` to [`INSERT_FILE`]'s nine values, in order.
+pub(super) fn bind_file<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    file: &'q FileRow,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
         .bind(&file.id)
         .bind(file.bytes)
         .bind(file.created_at)
@@ -50,9 +53,15 @@ impl Store {
         .bind(&file.status_details)
         .bind(&file.format)
         .bind(file.n_examples)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| on_unique_violation(e, "file"))?;
+}
+
+impl Store {
+    /// Inserts a file row; `Conflict` when the id exists.
+    pub async fn insert_file(&self, file: &FileRow) -> Result<(), StoreError> {
+        bind_file(sqlx::query(INSERT_FILE), file)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| on_unique_violation(e, "file"))?;
         Ok(())
     }
 

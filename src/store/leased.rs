@@ -13,9 +13,10 @@ use serde_json::Value;
 
 use super::checkpoints::{bind_checkpoint, INSERT_CHECKPOINT};
 use super::events::{bind_event, INSERT_EVENT};
+use super::files::{bind_file, INSERT_FILE};
 use super::jobs::status_list;
 use super::models::{bind_model, INSERT_MODEL};
-use super::{on_unique_violation, CheckpointRow, EventRow, ModelRow, Store, StoreError};
+use super::{on_unique_violation, CheckpointRow, EventRow, FileRow, ModelRow, Store, StoreError};
 use crate::domain::job::JobStatus;
 
 /// A worker's claim on one job; every fenced write names it.
@@ -184,6 +185,22 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| on_unique_violation(e, "model"))?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Inserts a result file's row (purpose `fine-tune-results`) if the lease holds, so a
+    /// worker whose lease lapsed leaves no file row beside the job another worker runs.
+    pub async fn leased_file(&self, lease: &Lease, file: &FileRow) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !check_fence(&mut tx, lease).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        bind_file(sqlx::query(INSERT_FILE), file)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| on_unique_violation(e, "file"))?;
         tx.commit().await?;
         Ok(true)
     }

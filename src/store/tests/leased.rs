@@ -86,6 +86,9 @@ async fn a_lapsed_lease_fences_every_write_of_its_worker(pool: SqlitePool) {
         .leased_checkpoint(&old, Some(&ckpt), &model)
         .await
         .unwrap());
+    let results = super::files::file("file-results", "fine-tune-results", 202);
+    assert!(!store.leased_file(&old, &results).await.unwrap());
+    assert!(store.get_file("file-results").await.unwrap().is_none());
     let error = json!({"code": "server_error", "message": "x", "param": null});
     let failed = EventRow::info("ftjob-1", "failed", 203);
     assert!(!store.leased_fail(&old, &error, &failed, 203).await.unwrap());
@@ -120,6 +123,8 @@ async fn a_lapsed_lease_fences_every_write_of_its_worker(pool: SqlitePool) {
         .leased_checkpoint(&new, Some(&ckpt), &model)
         .await
         .unwrap());
+    assert!(store.leased_file(&new, &results).await.unwrap());
+    assert!(store.get_file("file-results").await.unwrap().is_some());
     let closing = [EventRow::info("ftjob-1", "done", 300)];
     assert!(store
         .finish_succeeded(&new, "ft:m", 10, &[], &closing, 300)
