@@ -23,23 +23,14 @@ use crate::domain::hyperparams::HyperparamError;
 use crate::infer::InferError;
 use crate::store::StoreError;
 
+pub use crate::domain::{echo, ECHO_CHARS};
+
 const GENERIC_SERVER_MESSAGE: &str =
     "The server had an error while processing your request. Sorry about that!";
-
-/// Characters of a client's value an error message repeats; the rest becomes `…`.
-pub const ECHO_CHARS: usize = 64;
 
 /// Seconds a client should wait after a 429 (`Retry-After`): an engine frees its queue
 /// within one batch, so a second is enough and keeps the SDK's backoff short.
 pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// `value` as an error message may repeat it: at most [`ECHO_CHARS`] characters, then `…`.
-pub fn echo(value: &str) -> String {
-    match value.char_indices().nth(ECHO_CHARS) {
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-        None => value.to_string(),
-    }
-}
 
 /// `text` with every double-quoted run longer than [`ECHO_CHARS`] cut to that many
 /// characters and `…`: serde's messages quote the offending value (`invalid type: string

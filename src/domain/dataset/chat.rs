@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::lines::collect_objects;
 use super::{json_type, DatasetError, ExampleAt};
+use crate::domain::echo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,14 +152,14 @@ pub(super) fn chat_message(
         .keys()
         .find(|key| !MESSAGE_KEYS.contains(&key.as_str()))
     {
-        return Err(fail(format!("unrecognized key '{key}'.")));
+        return Err(fail(format!("unrecognized key '{}'.", echo(key))));
     }
     let role = match object.get("role") {
         None => return Err(at.error(format_args!("{place} is missing key 'role'."))),
         Some(role) => role
             .as_str()
             .and_then(ChatRole::parse)
-            .ok_or_else(|| fail(format!("unrecognized role {role} (expected one of system, developer, user, assistant, tool, function).")))?,
+            .ok_or_else(|| fail(format!("unrecognized role {} (expected one of system, developer, user, assistant, tool, function).", echo(&role.to_string()))))?,
     };
     let is_assistant = role == ChatRole::Assistant;
     let calls_tools = object.contains_key("tool_calls") || object.contains_key("function_call");
@@ -187,7 +188,12 @@ pub(super) fn chat_message(
         Some(weight) => match weight.as_u64() {
             Some(0) => Some(0),
             Some(1) => Some(1),
-            _ => return Err(fail(format!("'weight' must be 0 or 1, got {weight}."))),
+            _ => {
+                return Err(fail(format!(
+                    "'weight' must be 0 or 1, got {}.",
+                    echo(&weight.to_string())
+                )))
+            }
         },
     };
     let optional_string = |key: &str| match object.get(key) {
@@ -243,7 +249,8 @@ fn text_parts(parts: &[Value]) -> Result<String, String> {
             }
             (Some(other), _) => {
                 return Err(format!(
-                    "content part {number} has type '{other}'; only 'text' parts are supported."
+                    "content part {number} has type '{}'; only 'text' parts are supported.",
+                    echo(other)
                 ))
             }
             (None, _) => return Err(format!("content part {number} is missing key 'type'.")),

@@ -12,6 +12,7 @@ use super::csv_source::CsvSource;
 use super::lines::{first_line_is_json, for_each_object, ScanError};
 use super::summary::{ClassificationTally, MAX_LABEL_BYTES};
 use super::{json_type, DatasetError, ExampleAt};
+use crate::domain::echo;
 
 /// One training example. Integer labels are kept as their decimal string (`1` → `"1"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +105,8 @@ fn labeled_text_from_json(
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(other) => {
             return Err(at.error(format_args!(
-                ": 'label' must be a string or an integer, got {other}."
+                ": 'label' must be a string or an integer, got {}.",
+                echo(&other.to_string())
             )))
         }
     };

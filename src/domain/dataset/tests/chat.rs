@@ -125,3 +125,28 @@ fn line_number_is_added_when_it_differs_from_the_example_number() {
         "Invalid file format. Example 2 (line 4) is missing an assistant message."
     );
 }
+
+/// A bad value of any size is repeated at most 64 characters long (then `…`), so a hostile
+/// file cannot make a huge error message.
+#[test]
+fn bad_values_are_echoed_short() {
+    let long_role = "r".repeat(10_000);
+    let long_key = "k".repeat(10_000);
+    let good = json!({"messages": [{"role": "user", "content": "hi"},
+                                   {"role": "assistant", "content": "yo"}]});
+    for bad in [
+        json!({"messages": [{"role": long_role, "content": "hi"}]}),
+        json!({"messages": [{"role": "user", "content": "hi", long_key.clone(): 1}]}),
+        json!({"messages": [{"role": "user", "content": [{"type": long_key, "text": "x"}]}]}),
+    ] {
+        let file = format!("{good}\n{bad}\n");
+        let error = parse_chat(file.as_bytes()).expect_err("rejected");
+        assert_eq!(error.line, 2);
+        assert!(
+            error.message.contains("rrrrrrrr…") || error.message.contains("kkkkkkkk…"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.len() < 400, "{} bytes", error.message.len());
+    }
+}

@@ -203,3 +203,17 @@ fn label_set_is_sorted_and_numeric_when_all_integers() {
     );
     assert!(label_set(&[]).is_empty());
 }
+
+#[test]
+fn a_huge_bad_label_is_echoed_short() {
+    let label = serde_json::json!({"nested": "x".repeat(10_000)});
+    let file = format!("{{\"text\": \"a\", \"label\": {label}}}\n");
+    let error = parse_classification(file.as_bytes()).expect_err("rejected");
+    assert!(
+        error.message.contains("must be a string or an integer"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.ends_with("…."), "{}", error.message);
+    assert!(error.message.len() < 300, "{} bytes", error.message.len());
+}
