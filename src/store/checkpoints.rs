@@ -5,8 +5,7 @@ use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 
-use super::models::{bind_model, INSERT_MODEL};
-use super::{json_column, on_unique_violation, ModelRow, Page, Store, StoreError};
+use super::{json_column, on_unique_violation, Page, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointRow {
@@ -66,25 +65,6 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(|e| on_unique_violation(e, "checkpoint"))?;
-        Ok(())
-    }
-
-    /// Inserts the checkpoint and its servable model row in one transaction.
-    pub async fn insert_checkpoint_with_model(
-        &self,
-        checkpoint: &CheckpointRow,
-        model: &ModelRow,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        bind_checkpoint(sqlx::query(INSERT_CHECKPOINT), checkpoint)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| on_unique_violation(e, "checkpoint"))?;
-        bind_model(sqlx::query(INSERT_MODEL), model)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| on_unique_violation(e, "model"))?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 use serde_json::json;
 use sqlx::SqlitePool;
 
+use super::queue::{lease, start};
 use super::{create, store};
 use crate::store::{CheckpointRow, EventRow, ModelRow, StoreError};
 
@@ -125,12 +126,14 @@ async fn checkpoints_list_newest_first_and_find_by_step(pool: SqlitePool) {
 async fn checkpoint_with_model_is_one_transaction(pool: SqlitePool) {
     let store = store(pool).await;
     create(&store, "ftjob-1", 100).await;
+    start(&store, "w", 100).await;
+    let held = lease("ftjob-1", "w");
     let ckpt = checkpoint("ftjob-1", 10);
     let servable = model(&ckpt.fine_tuned_model_checkpoint, Some("ftjob-1"), Some(10));
-    store
-        .insert_checkpoint_with_model(&ckpt, &servable)
+    assert!(store
+        .leased_checkpoint(&held, Some(&ckpt), &servable)
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(
         store.get_model(&servable.id).await.unwrap(),
         Some(servable.clone())
@@ -139,7 +142,9 @@ async fn checkpoint_with_model_is_one_transaction(pool: SqlitePool) {
     // The model name is taken, so the second checkpoint must not be kept either.
     let mut second = checkpoint("ftjob-1", 20);
     second.id = "ftckpt_other".into();
-    let clash = store.insert_checkpoint_with_model(&second, &servable).await;
+    let clash = store
+        .leased_checkpoint(&held, Some(&second), &servable)
+        .await;
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     assert_eq!(
         store.get_checkpoint_by_step("ftjob-1", 20).await.unwrap(),
