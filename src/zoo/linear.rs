@@ -122,6 +122,30 @@ impl LoraAdapter {
     }
 }
 
+/// How a forward pass runs a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Training: LoRA dropout on.
+    Train,
+    /// Evaluation: adapters applied, no dropout.
+    Eval,
+    /// The frozen base alone: adapters skipped and the input detached, so the pass records
+    /// no gradient. With LoRA this is the model before fine-tuning (DPO's reference model)
+    /// without a second copy of the weights.
+    BaseOnly,
+}
+
+impl Pass {
+    /// `Train` or `Eval`.
+    pub fn training(train: bool) -> Self {
+        if train {
+            Pass::Train
+        } else {
+            Pass::Eval
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainLinear {
     base: LinearBase,
@@ -219,6 +243,18 @@ impl TrainLinear {
 
     /// `x [.., in] -> [.., out]`; dropout on the LoRA input only when `train`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ZooError> {
+        self.forward_pass(x, Pass::training(train))
+    }
+
+    /// `x [.., in] -> [.., out]` in the given [`Pass`].
+    pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
+        let detached;
+        let x = if pass == Pass::BaseOnly {
+            detached = x.detach();
+            &detached
+        } else {
+            x
+        };
         let dims = x.dims().to_vec();
         let in_dim = *dims
             .last()
@@ -226,9 +262,13 @@ impl TrainLinear {
         let rows = x.elem_count() / in_dim.max(1);
         // 2-D matmuls are what gemm is fastest at; reshape of a contiguous input is free.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut out = self.base_forward(&x2)?;
-        if let Some(lora) = &self.lora {
-            let lora_in = if train && lora.dropout > 0.0 {
+        let mut out = match pass {
+            // A trainable base is detached too: nothing of this pass reaches a gradient.
+            Pass::BaseOnly => self.detached_base_forward(&x2)?,
+            Pass::Train | Pass::Eval => self.base_forward(&x2)?,
+        };
+        if let Some(lora) = self.lora.as_ref().filter(|_| pass != Pass::BaseOnly) {
+            let lora_in = if pass == Pass::Train && lora.dropout > 0.0 {
                 candle_nn::ops::dropout(&x2, lora.dropout as f32)?
             } else {
                 x2.clone()
@@ -269,6 +309,18 @@ impl TrainLinear {
             output: out,
             weight: GradWeight::Dense(w.clone()),
         })?)
+    }
+
+    /// The base on detached weights (`x2` is already detached): a graph-free result.
+    fn detached_base_forward(&self, x2: &Tensor) -> Result<Tensor, ZooError> {
+        let mut out = match &self.base {
+            LinearBase::Dense(weight) => x2.matmul(&weight.tensor().detach().t()?)?,
+            LinearBase::Quantized(q) => q.matmul.forward(&x2.contiguous()?)?,
+        };
+        if let Some(b) = &self.bias {
+            out = out.broadcast_add(&b.tensor().detach())?;
+        }
+        Ok(out)
     }
 
     /// `QMatMul` on the detached input (CPU: activations re-quantized to Q8 per call), the
@@ -423,6 +475,50 @@ mod tests {
         assert!(diff < 1e-6, "input gradient differs by {diff}");
         let dy = (y - plain).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(dy.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn base_only_pass_skips_the_adapter_and_records_no_gradient() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let lora = LoraAdapter::new(4, 3, 2, 4.0, 0.5, &mut rng, &Device::Cpu).unwrap();
+        // A "trained" adapter: B no longer zero, so it changes the output.
+        lora.b.set(&ramp((3, 2), 0.2)).unwrap();
+        let (a, b) = (lora.a.clone(), lora.b.clone());
+        let weight = Var::from_tensor(&ramp((3, 4), 0.1)).unwrap();
+        let bias = Var::from_tensor(&ramp((1, 3), 0.05).squeeze(0).unwrap()).unwrap();
+        // Trainable base and bias too: the pass must not reach them either.
+        let lin = TrainLinear::new(
+            Param::Trainable(weight.clone()),
+            Some(Param::Trainable(bias.clone())),
+        )
+        .with_lora(lora);
+        let x = Var::from_tensor(&ramp((5, 4), 0.7)).unwrap();
+        let base = x
+            .as_tensor()
+            .matmul(&weight.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(bias.as_tensor())
+            .unwrap();
+        let off = lin.forward_pass(x.as_tensor(), Pass::BaseOnly).unwrap();
+        assert_eq!(max_abs_diff(&off, &base), 0.0);
+        assert!(!off.track_op(), "the base-only pass builds no graph");
+        let on = lin.forward_pass(x.as_tensor(), Pass::Eval).unwrap();
+        assert!(
+            max_abs_diff(&on, &base) > 1e-2,
+            "the adapter does change the output"
+        );
+        // Reference and adapted outputs in one loss: only the adapted one has gradients.
+        let loss = (on.sum_all().unwrap() + off.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(a.as_tensor()).is_some());
+        assert!(grads.get(b.as_tensor()).is_some());
+        let off_only = off.sum_all().unwrap();
+        assert!(!off_only.track_op());
+        assert!(off_only.backward().unwrap().get(b.as_tensor()).is_none());
+        // The x gradient comes from the adapted pass alone: Wᵀ-sum plus the adapter's.
+        let gx = grads.get(x.as_tensor()).unwrap();
+        let on_grads = on.sum_all().unwrap().backward().unwrap();
+        assert_eq!(max_abs_diff(gx, on_grads.get(x.as_tensor()).unwrap()), 0.0);
     }
 
     #[test]

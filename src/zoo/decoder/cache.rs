@@ -7,6 +7,7 @@ use candle_core::Tensor;
 
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
+use crate::zoo::linear::Pass;
 use crate::zoo::ZooError;
 
 /// Tokens a cache grows by. Each growth copies the cache once (so a sequence of `t`
@@ -128,9 +129,9 @@ impl CausalLm {
         let n = ids.len();
         let tables = dec.rotary_tables(&positions)?;
         let ids = Tensor::from_vec(ids, n, &dec.device)?;
-        let mut x = dec.embed(&ids)?.detach();
+        let mut x = dec.embed(&ids, Pass::Eval)?.detach();
         for (li, layer) in dec.layers.iter().enumerate() {
-            let qkv = dec.qkv(layer, &x, &tables, false)?;
+            let qkv = dec.qkv(layer, &x, &tables, Pass::Eval)?;
             let mut contexts = Vec::with_capacity(chunks.len());
             let mut row = 0;
             for chunk in chunks.iter_mut() {
@@ -165,7 +166,7 @@ impl CausalLm {
                 row += len;
             }
             let context = Tensor::cat(&contexts, 0)?;
-            x = dec.finish_layer(layer, &x, &context, false)?.detach();
+            x = dec.finish_layer(layer, &x, &context, Pass::Eval)?.detach();
         }
         let mut last_rows = Vec::with_capacity(chunks.len());
         let mut row = 0;
@@ -175,7 +176,7 @@ impl CausalLm {
             chunk.cache.len += chunk.tokens.len();
         }
         let last_rows = Tensor::from_vec(last_rows, chunks.len(), &dec.device)?;
-        let last = dec.final_norm(&x.index_select(&last_rows, 0)?)?;
+        let last = dec.final_norm(&x.index_select(&last_rows, 0)?, Pass::Eval)?;
         Ok(self.lm_head(&last)?.detach().to_vec2::<f32>()?)
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use super::config::{DecoderConfig, DecoderSpec, DEFAULT_LORA_TARGETS};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
+use crate::zoo::linear::Pass;
 use crate::zoo::loader::Tuning;
 use crate::zoo::{EncodedBatch, NamedVar, ZooError};
 
@@ -122,6 +123,12 @@ impl CausalLm {
     /// Training/eval forward of a right-padded batch: hidden states after the final norm,
     /// `[B, T, H]` f32 (zeros at padding positions). `train` enables LoRA dropout.
     pub fn hidden_states(&self, batch: &EncodedBatch, train: bool) -> Result<Tensor, ZooError> {
+        self.hidden_states_in(batch, Pass::training(train))
+    }
+
+    /// [`Self::hidden_states`] in the given pass; [`Pass::BaseOnly`] runs the frozen base
+    /// with every adapter off and records no gradient (DPO's reference model under LoRA).
+    pub fn hidden_states_in(&self, batch: &EncodedBatch, pass: Pass) -> Result<Tensor, ZooError> {
         let (_, t) = batch.input_ids.dims2()?;
         if t > self.decoder.cfg.max_position_embeddings {
             return Err(ZooError::Unsupported(format!(
@@ -132,11 +139,11 @@ impl CausalLm {
         let packing = Packing::new(&batch.attention_mask)?;
         let ids = packing.select(&batch.input_ids.flatten_all()?)?;
         let tables = self.decoder.rotary_tables(&packing.positions)?;
-        let mut x = self.decoder.embed(&ids)?;
+        let mut x = self.decoder.embed(&ids, pass)?;
         for layer in &self.decoder.layers {
-            x = self.layer_forward(layer, &x, &packing, &tables, train)?;
+            x = self.layer_forward(layer, &x, &packing, &tables, pass)?;
         }
-        packing.pad(&self.decoder.final_norm(&x)?)
+        packing.pad(&self.decoder.final_norm(&x, pass)?)
     }
 
     fn layer_forward(
@@ -145,13 +152,13 @@ impl CausalLm {
         x: &Tensor,
         packing: &Packing,
         tables: &[Tensor; 4],
-        train: bool,
+        pass: Pass,
     ) -> Result<Tensor, ZooError> {
         let c = &self.decoder.cfg;
         let (b, t, d) = (packing.lens.len(), packing.t, c.head_dim);
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         let group = heads / kv_heads;
-        let qkv = self.decoder.qkv(l, x, tables, train)?;
+        let qkv = self.decoder.qkv(l, x, tables, pass)?;
         // [N, h, d] → [B, h, T, d]
         let to_batch = |y: &Tensor, h: usize| -> Result<Tensor, ZooError> {
             let padded = packing.pad(&y.reshape((y.dim(0)?, h * d))?)?;
@@ -177,12 +184,34 @@ impl CausalLm {
             .transpose(1, 2)?
             .reshape((b * t, heads * d))?;
         let context = packing.select(&context)?;
-        self.decoder.finish_layer(l, x, &context, train)
+        self.decoder.finish_layer(l, x, &context, pass)
     }
 
     /// `lm_head` on selected rows: `[N, H]` → `[N, V]` f32.
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ZooError> {
         self.decoder.lm_head.forward(hidden, false)
+    }
+
+    /// `lm_head` in the given pass (an adapter on `lm_head` is skipped by `BaseOnly`).
+    pub fn lm_head_in(&self, hidden: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
+        self.decoder.lm_head.forward_pass(hidden, pass)
+    }
+
+    /// Whether the base weights are frozen (LoRA / QLoRA), so that a [`Pass::BaseOnly`]
+    /// pass is the model as it was loaded, however far the adapters have trained.
+    pub fn base_is_frozen(&self) -> bool {
+        matches!(self.tuning, Tuning::Lora { .. })
+    }
+
+    /// A frozen copy of the current weights, adapters folded in, with nothing trainable:
+    /// DPO's reference model under full fine-tuning (taken before the first step). Tied
+    /// embeddings stay one tensor.
+    pub fn frozen_copy(&self) -> Result<Self, ZooError> {
+        Ok(Self {
+            decoder: self.decoder.frozen_copy()?,
+            tuning: Tuning::Full,
+            vars: Vec::new(),
+        })
     }
 
     /// Full logits `[B, T, V]` (tests, parity).

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use super::config::{DecoderConfig, QuantKind};
 use super::kernels::{rms_norm, rope};
-use crate::zoo::linear::{LoraAdapter, Param, TrainLinear};
+use crate::zoo::linear::{LoraAdapter, Param, Pass, TrainLinear};
 use crate::zoo::loader::{safetensors_files, Tuning};
 use crate::zoo::{NamedVar, ZooError};
 
@@ -82,8 +82,8 @@ impl Decoder {
         Ok([t(q_cos)?, t(q_sin)?, t(cos)?, t(sin)?])
     }
 
-    pub fn embed(&self, ids: &Tensor) -> Result<Tensor, ZooError> {
-        Ok(self.embed.tensor().index_select(ids, 0)?)
+    pub fn embed(&self, ids: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
+        Ok(param_in(&self.embed, pass).index_select(ids, 0)?)
     }
 
     /// Normed input → projections → rotary, on packed rows `x [N, H]`.
@@ -92,20 +92,20 @@ impl Decoder {
         l: &Layer,
         x: &Tensor,
         tables: &[Tensor; 4],
-        train: bool,
+        pass: Pass,
     ) -> Result<Qkv, ZooError> {
         let c = &self.cfg;
         let n = x.dim(0)?;
         let d = c.head_dim;
-        let xn = rms_norm(x, l.input_norm.tensor(), c.rms_norm_eps)?;
+        let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
         let q =
-            l.q.forward(&xn, train)?
+            l.q.forward_pass(&xn, pass)?
                 .reshape((n, c.num_attention_heads, d))?;
         let k =
-            l.k.forward(&xn, train)?
+            l.k.forward_pass(&xn, pass)?
                 .reshape((n, c.num_key_value_heads, d))?;
         let v =
-            l.v.forward(&xn, train)?
+            l.v.forward_pass(&xn, pass)?
                 .reshape((n, c.num_key_value_heads, d))?;
         Ok(Qkv {
             q: rope(&q, &tables[0], &tables[1])?,
@@ -120,18 +120,22 @@ impl Decoder {
         l: &Layer,
         x: &Tensor,
         context: &Tensor,
-        train: bool,
+        pass: Pass,
     ) -> Result<Tensor, ZooError> {
-        let x = (x + l.o.forward(context, train)?)?;
-        let xn = rms_norm(&x, l.post_norm.tensor(), self.cfg.rms_norm_eps)?;
-        let gate = l.gate.forward(&xn, train)?;
-        let up = l.up.forward(&xn, train)?;
+        let x = (x + l.o.forward_pass(context, pass)?)?;
+        let xn = rms_norm(&x, &param_in(&l.post_norm, pass), self.cfg.rms_norm_eps)?;
+        let gate = l.gate.forward_pass(&xn, pass)?;
+        let up = l.up.forward_pass(&xn, pass)?;
         let inner = (candle_nn::ops::silu(&gate)? * up)?;
-        Ok((x + l.down.forward(&inner, train)?)?)
+        Ok((x + l.down.forward_pass(&inner, pass)?)?)
     }
 
-    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, ZooError> {
-        Ok(rms_norm(x, self.norm.tensor(), self.cfg.rms_norm_eps)?)
+    pub fn final_norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
+        Ok(rms_norm(
+            x,
+            &param_in(&self.norm, pass),
+            self.cfg.rms_norm_eps,
+        )?)
     }
 
     /// Every tensor under its HF name, adapters folded in; `lm_head.weight` only when it
@@ -162,6 +166,52 @@ impl Decoder {
             out.insert("lm_head.weight".to_string(), self.lm_head.merged_weight()?);
         }
         Ok((out, tied))
+    }
+
+    /// A copy of the current weights, adapters folded in, every tensor frozen (tied
+    /// embeddings stay one tensor).
+    pub fn frozen_copy(&self) -> Result<Self, ZooError> {
+        let freeze = |p: &Param| -> Result<Param, ZooError> {
+            Ok(Param::Frozen(p.tensor().detach().copy()?))
+        };
+        let frozen_linear = |lin: &TrainLinear| -> Result<TrainLinear, ZooError> {
+            let weight = Param::Frozen(lin.merged_weight()?.detach().copy()?);
+            Ok(TrainLinear::new(
+                weight,
+                lin.bias().map(freeze).transpose()?,
+            ))
+        };
+        let embed = freeze(&self.embed)?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(Layer {
+                input_norm: freeze(&l.input_norm)?,
+                q: frozen_linear(&l.q)?,
+                k: frozen_linear(&l.k)?,
+                v: frozen_linear(&l.v)?,
+                o: frozen_linear(&l.o)?,
+                post_norm: freeze(&l.post_norm)?,
+                gate: frozen_linear(&l.gate)?,
+                up: frozen_linear(&l.up)?,
+                down: frozen_linear(&l.down)?,
+            });
+        }
+        let mut cfg = self.cfg.clone();
+        let lm_head = if cfg.tie_word_embeddings && self.lm_head.lora().is_none() {
+            TrainLinear::new(embed.clone(), None)
+        } else {
+            cfg.tie_word_embeddings = false;
+            frozen_linear(&self.lm_head)?
+        };
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm: freeze(&self.norm)?,
+            lm_head,
+            inv_freq: self.inv_freq.clone(),
+            device: self.device.clone(),
+        })
     }
 
     pub fn load(
@@ -230,6 +280,15 @@ impl Decoder {
             device: device.clone(),
         };
         Ok((decoder, b.vars))
+    }
+}
+
+/// A parameter's tensor as a pass uses it: detached in a [`Pass::BaseOnly`] pass, so a
+/// trainable embedding or norm does not pull that pass into the gradient either.
+fn param_in(param: &Param, pass: Pass) -> Tensor {
+    match pass {
+        Pass::BaseOnly => param.tensor().detach(),
+        Pass::Train | Pass::Eval => param.tensor().clone(),
     }
 }
 
