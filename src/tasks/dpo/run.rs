@@ -1,0 +1,345 @@
+//! `run_dpo`: preference tuning as a [`TrainTask`] on the shared runner (schedules,
+//! accumulation, clipping, eval/save steps, early stopping, best checkpoint, exact resume,
+//! pause/cancel all come from it).
+//!
+//! A unit is a pair: the step's loss is the mean DPO loss over its pairs and the runner's
+//! accuracy (right / units) is the reward accuracy. Validation covers the whole validation
+//! set at every evaluation point, as TRL evaluates, and the best checkpoint is the one with
+//! the lowest `valid_loss`. The checkpoint holds a causal LM like an SFT checkpoint (over
+//! the job's starting model), so the result is served, exported and downloaded as one.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use serde_json::json;
+
+use super::loss::RewardMeans;
+use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
+use super::reference::DpoModels;
+use crate::domain::dataset::PreferenceExample;
+use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
+use crate::train::data::sequential_batches;
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::BestMetric;
+use crate::train::{
+    results_csv, EventLevel, MetricNames, Metrics, MetricsRow, TrainError, TrainObserver,
+    TrainOutcome, TrainSummary,
+};
+use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
+
+/// TRL's and OpenAI's names (`rewards/chosen` → `train_rewards_chosen`, …).
+pub const DPO_METRICS: MetricNames = MetricNames {
+    train: &[
+        "train_loss",
+        "train_rewards_chosen",
+        "train_rewards_rejected",
+        "train_reward_accuracy",
+        "train_reward_margin",
+    ],
+    valid: &[
+        "valid_loss",
+        "valid_rewards_chosen",
+        "valid_rewards_rejected",
+        "valid_reward_accuracy",
+        "valid_reward_margin",
+    ],
+    train_accuracy: Some("train_reward_accuracy"),
+    default_best: "valid_loss",
+    aliases: &[
+        ("train_accuracy", "train_reward_accuracy"),
+        ("valid_accuracy", "valid_reward_accuracy"),
+        ("full_valid_loss", "valid_loss"),
+    ],
+};
+
+pub struct DpoJob {
+    /// The starting model: a base model directory, or the merged directory of a temper
+    /// fine-tuned model (SFT then DPO). It is also the reference model.
+    pub base_model_dir: PathBuf,
+    pub train: Vec<PreferenceExample>,
+    pub valid: Option<Vec<PreferenceExample>>,
+    pub config: TrainingConfig,
+    pub beta: f64,
+    /// `checkpoints/step-N/` live here.
+    pub work_dir: PathBuf,
+    pub device: Device,
+}
+
+pub(crate) struct DpoTask {
+    pub(crate) models: DpoModels,
+    pub(crate) train: Vec<PreferencePair>,
+    pub(crate) valid: Option<Vec<PreferencePair>>,
+    valid_batches: Vec<Vec<usize>>,
+    pad_id: u32,
+    max_seq_len: usize,
+    truncated_train: usize,
+}
+
+fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
+    LmSpec {
+        lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
+        quantize: cfg.quantize.clone(),
+    }
+}
+
+fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
+    let quantize = match lm.quantize.as_deref() {
+        None => None,
+        Some(name) => Some(QuantKind::parse(name).ok_or_else(|| {
+            TrainError::InvalidData(format!("`quantize` must be `q4_0` or `q8_0`, got `{name}`"))
+        })?),
+    };
+    Ok(DecoderSpec {
+        lora: lm.lora.clone().filter(|l| l.rank > 0),
+        quantize,
+    })
+}
+
+fn report_truncation(
+    split: &str,
+    set: &PreparedPairs,
+    max_length: usize,
+    observer: &mut dyn TrainObserver,
+) {
+    if set.truncated > 0 {
+        observer.on_event(
+            EventLevel::Warn,
+            format!(
+                "{} {split} pairs were longer than max_seq_len ({max_length}) tokens: their prompts were cut from the left (then their outputs from the right)",
+                set.truncated
+            ),
+        );
+    }
+}
+
+impl DpoTask {
+    pub(crate) fn prepare(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        if cfg.batch_size == 0 || cfg.n_epochs == 0 || cfg.max_seq_len < 2 {
+            return Err(TrainError::InvalidData(
+                "`batch_size` and `n_epochs` must be at least 1 and `max_seq_len` at least 2"
+                    .into(),
+            ));
+        }
+        if !(job.beta.is_finite() && job.beta > 0.0) {
+            return Err(TrainError::InvalidData(format!(
+                "`beta` must be a positive number, got {}",
+                job.beta
+            )));
+        }
+        let (model_config, _) = DecoderConfig::from_dir(&job.base_model_dir)?;
+        let context = model_config.max_position_embeddings;
+        let max_seq_len = if cfg.max_seq_len > context {
+            observer.on_event(
+                EventLevel::Warn,
+                format!(
+                    "max_seq_len={} is longer than the model's context of {context} tokens (max_position_embeddings); training with max_seq_len={context}",
+                    cfg.max_seq_len
+                ),
+            );
+            context
+        } else {
+            cfg.max_seq_len
+        };
+        let tokenizer =
+            PreferenceTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?;
+        let train = tokenizer.prepare(&job.train, max_seq_len)?;
+        report_truncation("training", &train, max_seq_len, observer);
+        if train.pairs.is_empty() {
+            return Err(TrainError::InvalidData(
+                "the training file has no preference pairs".into(),
+            ));
+        }
+        let valid = match &job.valid {
+            Some(valid) if !valid.is_empty() => {
+                let set = tokenizer
+                    .prepare(valid, max_seq_len)
+                    .map_err(|e| match e {
+                        TrainError::InvalidData(m) => {
+                            TrainError::InvalidData(format!("Validation file: {m}"))
+                        }
+                        other => other,
+                    })?;
+                report_truncation("validation", &set, max_seq_len, observer);
+                Some(set.pairs)
+            }
+            _ => None,
+        };
+        let spec = decoder_spec(&lm_spec(cfg))?;
+        let policy = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let models = DpoModels::new(policy, job.beta)?;
+        let valid_batches = valid
+            .as_ref()
+            .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
+        Ok(Self {
+            models,
+            truncated_train: train.truncated,
+            train: train.pairs,
+            valid,
+            valid_batches,
+            pad_id: tokenizer.pad_id(),
+            max_seq_len,
+        })
+    }
+
+    /// Reward metrics over the whole validation set (None without one).
+    pub(crate) fn validation(&self) -> Result<Option<RewardMeans>, TrainError> {
+        let Some(valid) = &self.valid else {
+            return Ok(None);
+        };
+        let totals = self
+            .models
+            .evaluate(valid, &self.valid_batches, self.pad_id)?;
+        Ok(totals.means())
+    }
+}
+
+impl TrainTask for DpoTask {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
+        Ok(indices.len())
+    }
+
+    fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {
+        let out = self
+            .models
+            .batch_loss(&self.train, indices, self.pad_id, true)?;
+        let totals = out.loss.totals;
+        let mut extra = Metrics::default();
+        if let Some(means) = totals.means() {
+            extra.set("train_rewards_chosen", means.rewards_chosen);
+            extra.set("train_rewards_rejected", means.rewards_rejected);
+            extra.set("train_reward_margin", means.reward_margin);
+        }
+        Ok(MicroBatch {
+            loss: out.loss.loss,
+            units: totals.pairs,
+            correct: totals.correct,
+            tokens: out.tokens as u64,
+            extra,
+        })
+    }
+
+    fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError> {
+        if !(at.eval_due || at.regular_save || at.epoch_end) {
+            return Ok(());
+        }
+        if let Some(means) = self.validation()? {
+            for (name, value) in means.named("valid") {
+                row.set(&name, value);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tunes a chat decoder on preference pairs; resumes from the newest complete checkpoint
+/// in `work_dir` (exact: step, optimizer, data order).
+pub fn run_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
+    let task = DpoTask::prepare(job, observer)?;
+    let cfg = &job.config;
+    let best = BestMetric::resolve(
+        cfg.metric_for_best_model.as_deref(),
+        &DPO_METRICS,
+        task.valid.is_some(),
+        observer,
+    );
+    let meta = CheckpointMeta {
+        task: CheckpointTask::CausalLm { lm: lm_spec(cfg) },
+        base_model_dir: job.base_model_dir.clone(),
+        max_seq_len: task.max_seq_len,
+        seed: cfg.seed,
+    };
+    let mut trainer = Trainer::new(TrainerSetup {
+        config: cfg,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        vars: task.models.policy.trainable_vars(),
+        n_train: task.train.len(),
+        meta,
+        best,
+        names: &DPO_METRICS,
+    })?;
+    trainer.resume(observer)?;
+    match trainer.run(&task, observer)? {
+        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
+        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
+            step: trainer.state.step,
+        }),
+        LoopEnd::Finished => Ok(TrainOutcome::Completed(summarize(
+            &trainer, &task, job, observer,
+        )?)),
+    }
+}
+
+/// Results CSV, checkpoints and a report: pair counts, `beta` and the best checkpoint's
+/// validation rewards.
+fn summarize(
+    trainer: &Trainer,
+    task: &DpoTask,
+    job: &DpoJob,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError> {
+    let (best_step, best_dir) = trainer.best_checkpoint()?;
+    let state = &trainer.state;
+    let recorded = state
+        .history
+        .iter()
+        .find(|r| r.step == best_step)
+        .filter(|r| r.get("valid_loss").is_some())
+        .map(|r| {
+            DPO_METRICS
+                .valid
+                .iter()
+                .map(|name| (name.to_string(), r.get(name).unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+        });
+    let valid = match (recorded, &task.valid) {
+        (Some(values), _) => Some(values),
+        (None, Some(_)) => {
+            trainer.load_best()?;
+            task.validation()?.map(|m| m.named("valid"))
+        }
+        (None, None) => None,
+    };
+    let mut report = json!({
+        "task": "dpo",
+        "beta": job.beta,
+        "best_step": best_step,
+        "train_pairs": task.train.len(),
+        "truncated_train_pairs": task.truncated_train,
+        "valid_pairs": task.valid.as_ref().map_or(0, Vec::len),
+        "trained_tokens": state.tokens_seen,
+        "reference": match task.models.reference {
+            super::Reference::AdaptersOff => "policy with adapters disabled",
+            super::Reference::FrozenCopy(_) => "frozen copy of the starting model",
+        },
+    });
+    if let Some(values) = &valid {
+        for (name, value) in values {
+            report[name.as_str()] = json!(value);
+        }
+        let get = |n: &str| values.iter().find(|(k, _)| k == n).map_or(f64::NAN, |(_, v)| *v);
+        observer.on_event(
+            EventLevel::Info,
+            format!(
+                "Best checkpoint: step {best_step} (validation loss {:.4}, reward accuracy {:.4}, reward margin {:.4})",
+                get("valid_loss"),
+                get("valid_reward_accuracy"),
+                get("valid_reward_margin")
+            ),
+        );
+    }
+    Ok(TrainSummary {
+        best_step,
+        best_checkpoint: best_dir,
+        trained_tokens: state.tokens_seen,
+        results_csv: results_csv(&state.history, &DPO_METRICS),
+        report,
+        checkpoints: trainer.saved_checkpoints(),
+    })
+}
