@@ -6,6 +6,7 @@ pub mod hyperparams;
 pub mod ids;
 pub mod job;
 pub mod model_name;
+pub mod task;
 
 /// Characters of a client's value an error message repeats; the rest becomes `…`.
 pub const ECHO_CHARS: usize = 64;

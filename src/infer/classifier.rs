@@ -6,11 +6,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use super::catalog::{ModelKind, ServableModel};
+use super::catalog::ServableModel;
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
 use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
 use super::registry::ModelLoader;
 use super::{InferError, LoadedModel};
+use crate::domain::task::ServedKind;
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
 
 pub struct CheckpointClassifier {
@@ -84,17 +85,25 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
         let span = tracing::info_span!("load_model", model = %model.name);
         let _entered = span.enter();
         match model.kind {
-            ModelKind::Classifier => {
+            ServedKind::Classifier => {
                 let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "classifier loaded");
                 Engine::spawn(&model.name, Box::new(backend), self.engine)
                     .map(LoadedModel::Classifier)
             }
-            ModelKind::Causal => {
+            ServedKind::CausalLm => {
                 let backend = load_causal(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
+            ServedKind::TokenClassifier | ServedKind::QuestionAnswerer => Err(InferError::invalid(
+                "model",
+                format!(
+                    "The model `{}` is a {} model, which this version of temper cannot serve.",
+                    model.name,
+                    model.kind.as_str()
+                ),
+            )),
         }
     }
 }

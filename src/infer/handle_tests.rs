@@ -12,7 +12,7 @@ use super::test_support::MapCatalog;
 use super::{ClassPrediction, InferError, InferenceHandle};
 use crate::domain::hyperparams::LoraSettings;
 use crate::train::checkpoint::{
-    write_checkpoint, CheckpointContents, CheckpointMeta, TrainState, TASK_SEQUENCE_CLASSIFICATION,
+    write_checkpoint, CheckpointContents, CheckpointMeta, CheckpointTask, TrainState,
 };
 use crate::train::ExportFormat;
 use crate::zoo::{collate, ClassifierSpec, SequenceClassifier};
@@ -51,11 +51,11 @@ fn write_fixture(root: &Path, lora: bool) -> PathBuf {
     }
     let work = root.join(if lora { "job-lora" } else { "job-full" });
     let meta = CheckpointMeta {
-        task: TASK_SEQUENCE_CLASSIFICATION.into(),
+        task: CheckpointTask::SequenceClassification {
+            labels: labels(),
+            spec,
+        },
         base_model_dir: base,
-        labels: labels(),
-        spec: Some(spec),
-        lm: None,
         max_seq_len: MAX_SEQ_LEN,
         seed: 11,
     };

@@ -19,9 +19,10 @@ use super::validate::{load_and_validate, validating_message, TrainingData, Valid
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
 use crate::basemodels::{self, BaseModel, BaseModelKind};
-use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
+use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
 use crate::domain::job::JobStatus;
 use crate::domain::model_name::{fine_tuned_name, ORG};
+use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
 use crate::train::{
     checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
@@ -83,26 +84,25 @@ impl Training {
     }
 }
 
-/// Task names stored on the job row.
-fn task_name(task: TaskKind) -> &'static str {
-    match task {
-        TaskKind::SequenceClassification => "classification",
-        TaskKind::ChatCompletion => "chat",
-        TaskKind::PromptCompletion => "completion",
-    }
-}
-
-/// Encoders classify; decoders learn chat and prompt/completion data.
-fn check_model_fits_task(
+/// Encoders fine-tune for encoder tasks, decoders for decoder tasks; a task without a
+/// trainer in this build fails here rather than training something else.
+pub(super) fn check_model_fits_task(
     model: &str,
     kind: BaseModelKind,
-    task: TaskKind,
+    task: Task,
 ) -> Result<(), JobFailure> {
-    let fits = match task {
-        TaskKind::SequenceClassification => kind == BaseModelKind::Encoder,
-        TaskKind::ChatCompletion | TaskKind::PromptCompletion => kind == BaseModelKind::Decoder,
+    if let Some(message) = task.trainer_missing() {
+        return Err(JobFailure::fatal(
+            "invalid_training_file",
+            message,
+            Some("training_file"),
+        ));
+    }
+    let architecture = match kind {
+        BaseModelKind::Encoder => Architecture::Encoder,
+        BaseModelKind::Decoder => Architecture::Decoder,
     };
-    if fits {
+    if task.architecture() == architecture {
         return Ok(());
     }
     let message = match kind {
@@ -110,7 +110,8 @@ fn check_model_fits_task(
             "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data); chat and prompt/completion data need a decoder model."
         ),
         BaseModelKind::Decoder => format!(
-            "The model `{model}` cannot be fine-tuned for text classification; use an encoder (BERT-family) model, or chat / prompt-completion data."
+            "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            task.label()
         ),
     };
     Err(JobFailure::fatal("invalid_model", message, Some("model")))
@@ -330,7 +331,7 @@ async fn resolve_hyperparameters(
     store: &Store,
     lease: &Lease,
     job: &JobRow,
-    task: TaskKind,
+    task: Task,
     n_examples: usize,
 ) -> Result<(TrainingConfig, Vec<String>), JobFailure> {
     let requested = job
@@ -367,7 +368,12 @@ async fn resolve_hyperparameters(
         supervised.insert("hyperparameters".into(), Value::Object(resolved));
     }
     let recorded = store
-        .leased_hyperparameters(lease, &core, &Value::Object(method), Some(task_name(task)))
+        .leased_hyperparameters(
+            lease,
+            &core,
+            &Value::Object(method),
+            Some(task.stored_name()),
+        )
         .await?;
     if !recorded {
         return Err(JobFailure::Superseded);

@@ -452,3 +452,36 @@ async fn a_base_model_that_fails_to_load_is_named_by_its_id_not_its_path() {
         assert!(!message.contains(&root), "{message}");
     }
 }
+
+#[test]
+fn tasks_need_their_architecture_and_a_trainer() {
+    use super::fine_tune::check_model_fits_task;
+    use crate::basemodels::BaseModelKind;
+    use crate::domain::task::Task;
+
+    assert!(
+        check_model_fits_task("bert", BaseModelKind::Encoder, Task::SequenceClassification).is_ok()
+    );
+    assert!(check_model_fits_task("smol", BaseModelKind::Decoder, Task::CompletionSft).is_ok());
+    let wrong = check_model_fits_task("smol", BaseModelKind::Decoder, Task::SequenceClassification)
+        .expect_err("decoder for classification");
+    assert_eq!(
+        wrong,
+        JobFailure::fatal(
+            "invalid_model",
+            "The model `smol` cannot be fine-tuned for text classification; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            Some("model"),
+        )
+    );
+    // A task with no trainer yet fails by name instead of training as another task.
+    let missing = check_model_fits_task("smol", BaseModelKind::Decoder, Task::Dpo)
+        .expect_err("no DPO trainer");
+    assert_eq!(
+        missing,
+        JobFailure::fatal(
+            "invalid_training_file",
+            "Fine-tuning for preference (DPO) is not available in this version of temper.",
+            Some("training_file"),
+        )
+    );
+}

@@ -52,7 +52,6 @@ use crate::store::Store;
 pub use control::{ControlFlag, ControlSignal};
 pub use fine_tune::FineTuneRunner;
 pub use pool::WorkerPool;
-pub use progress::{CAUSAL_LM_KIND, CLASSIFIER_KIND};
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use worker::{Processed, Worker};
 

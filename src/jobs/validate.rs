@@ -9,7 +9,7 @@ use crate::domain::dataset::{
     detect_format, label_set, parse_chat, parse_classification, parse_prompt_completion,
     ChatExample, DataFormat, DatasetError, LabeledText, PromptCompletion,
 };
-use crate::domain::hyperparams::TaskKind;
+use crate::domain::task::Task;
 
 use super::JobFailure;
 
@@ -44,11 +44,12 @@ impl TrainingData {
         }
     }
 
-    pub fn task(&self) -> TaskKind {
+    /// The task this data trains (DESIGN.md decision 7: the task comes from the data).
+    pub fn task(&self) -> Task {
         match self {
-            TrainingData::Classification { .. } => TaskKind::SequenceClassification,
-            TrainingData::Chat { .. } => TaskKind::ChatCompletion,
-            TrainingData::PromptCompletion { .. } => TaskKind::PromptCompletion,
+            TrainingData::Classification { .. } => Task::SequenceClassification,
+            TrainingData::Chat { .. } => Task::ChatSft,
+            TrainingData::PromptCompletion { .. } => Task::CompletionSft,
         }
     }
 }

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
-use super::checkpoint::{CheckpointMeta, MetricsRow, TASK_SEQUENCE_CLASSIFICATION};
+use super::checkpoint::{CheckpointMeta, CheckpointTask};
 use super::data::{encode_examples, make_batch, EncodedExample};
 use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
+use super::named_metrics::{MetricNames, Metrics, MetricsRow};
 use super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use super::summary::{build_summary, BestMetric, MetricNames};
+use super::summary::{build_summary, BestMetric};
 use super::{SavedCheckpoint, TrainError, TrainObserver};
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
@@ -18,6 +19,22 @@ use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
 #[cfg(test)]
 mod small_data_tests;
+
+/// Accuracy over examples; every evaluation covers the whole validation set, so the
+/// `full_valid_*` names OpenAI uses for chat models mean the `valid_*` values here.
+pub const CLASSIFICATION_METRICS: MetricNames = MetricNames {
+    train: &["train_loss", "train_accuracy"],
+    valid: &["valid_loss", "valid_accuracy", "valid_f1"],
+    train_accuracy: Some("train_accuracy"),
+    default_best: "valid_accuracy",
+    aliases: &[
+        ("full_valid_loss", "valid_loss"),
+        ("full_valid_accuracy", "valid_accuracy"),
+        ("train_mean_token_accuracy", "train_accuracy"),
+        ("valid_mean_token_accuracy", "valid_accuracy"),
+        ("full_valid_mean_token_accuracy", "valid_accuracy"),
+    ],
+};
 
 pub struct ClassificationJob {
     pub base_model_dir: PathBuf,
@@ -64,15 +81,16 @@ pub fn run_classification(
     let cfg = &job.config;
     let best = BestMetric::resolve(
         cfg.metric_for_best_model.as_deref(),
+        &CLASSIFICATION_METRICS,
         task.valid.is_some(),
         observer,
     );
     let meta = CheckpointMeta {
-        task: TASK_SEQUENCE_CLASSIFICATION.to_string(),
+        task: CheckpointTask::SequenceClassification {
+            labels: job.labels.clone(),
+            spec: task.spec.clone(),
+        },
         base_model_dir: job.base_model_dir.clone(),
-        labels: job.labels.clone(),
-        spec: Some(task.spec.clone()),
-        lm: None,
         max_seq_len: cfg.max_seq_len,
         seed: cfg.seed,
     };
@@ -84,7 +102,7 @@ pub fn run_classification(
         n_train: task.train.len(),
         meta,
         best,
-        names: MetricNames::Classification,
+        names: &CLASSIFICATION_METRICS,
     })?;
     if let Some(head_lr) = cfg.head_learning_rate {
         let head_scale = head_lr / cfg.learning_rate;
@@ -208,6 +226,7 @@ impl TrainTask for ClassifyTask<'_> {
             units: batch.len(),
             correct,
             tokens: batch.inputs.n_tokens as u64,
+            extra: Metrics::default(),
         })
     }
 
@@ -218,9 +237,9 @@ impl TrainTask for ClassifyTask<'_> {
         };
         if at.epoch_end || at.eval_due || at.regular_save {
             let evaluation = self.evaluate_set(valid)?;
-            row.valid_loss = Some(evaluation.loss);
-            row.valid_accuracy = Some(evaluation.accuracy);
-            row.valid_f1 = Some(evaluation.macro_f1);
+            row.set("valid_loss", evaluation.loss);
+            row.set("valid_accuracy", evaluation.accuracy);
+            row.set("valid_f1", evaluation.macro_f1);
         }
         Ok(())
     }

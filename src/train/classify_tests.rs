@@ -211,9 +211,15 @@ pub(crate) fn pause_then_resume<J>(
         &checkpoint::step_dir(paused.1, total_steps),
     );
     for (x, y) in straight_rec.steps[pause_at..].iter().zip(&second.steps) {
-        assert!((x.train_loss - y.train_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert!(
+            (x.train_loss() - y.train_loss()).abs() < 1e-6,
+            "{x:?} vs {y:?}"
+        );
         assert_eq!(x.learning_rate, y.learning_rate);
-        assert_eq!(x.valid_loss.is_some(), y.valid_loss.is_some());
+        assert_eq!(
+            x.value("valid_loss").is_some(),
+            y.value("valid_loss").is_some()
+        );
     }
     assert_eq!(
         resumed.results_csv.lines().count(),
@@ -252,11 +258,11 @@ fn full_finetune_memorises_toy_set() {
         .map(|(r, c)| cm[r][c].as_u64().expect("cell"))
         .sum();
     assert_eq!(total, 16);
-    let first_loss = rec.steps[0].train_loss;
+    let first_loss = rec.steps[0].train_loss();
     assert!(
-        rec.steps[119].train_loss < first_loss * 0.5,
+        rec.steps[119].train_loss() < first_loss * 0.5,
         "loss {first_loss} → {}",
-        rec.steps[119].train_loss
+        rec.steps[119].train_loss()
     );
     // Without validation the last checkpoint (one per epoch) is the best.
     assert_eq!(summary.checkpoints.len(), 30);
@@ -303,7 +309,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
         .iter()
         .rev()
         .take(4)
-        .map(|s| s.train_accuracy)
+        .map(|s| s.value("train_accuracy").expect("train accuracy"))
         .sum::<f64>()
         / 4.0;
     assert!(
@@ -320,7 +326,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
     assert_eq!(
         rec.steps
             .iter()
-            .filter(|s| s.valid_accuracy.is_some())
+            .filter(|s| s.value("valid_accuracy").is_some())
             .count(),
         30
     );

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::checkpoint::{self, TASK_CAUSAL_LM, TRAINABLE_FILE};
+use super::checkpoint::{self, CheckpointTask, TRAINABLE_FILE};
 use super::TrainError;
 use crate::zoo::{SequenceClassifier, TextTokenizer};
 
@@ -25,12 +25,12 @@ pub fn load_classifier_checkpoint(
     device: &Device,
 ) -> Result<(SequenceClassifier, TextTokenizer, Vec<String>, usize), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    let spec = meta.classifier_spec(dir)?;
+    let (labels, spec) = meta.classifier(dir)?;
     let model = SequenceClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
     let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
     model.load_trainable(&tensors)?;
     let tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
-    Ok((model, tokenizer, meta.labels, meta.max_seq_len))
+    Ok((model, tokenizer, labels.to_vec(), meta.max_seq_len))
 }
 
 /// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`
@@ -43,7 +43,7 @@ pub fn export_checkpoint(
     out_dir: &Path,
 ) -> Result<(), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    if meta.task == TASK_CAUSAL_LM {
+    if let CheckpointTask::CausalLm { .. } = meta.task {
         return super::sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir);
     }
     let (mut model, _tokenizer, labels, _) = load_classifier_checkpoint(dir, &Device::Cpu)?;

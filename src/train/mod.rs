@@ -9,6 +9,7 @@
 //! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
 //! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
 //! - `evaluate.rs`, `metrics.rs`: loss, accuracy, F1, confusion, sklearn-like report.
+//! - `named_metrics.rs`: metrics as named values; each task declares its `MetricNames`.
 //! - `checkpoint.rs`: atomic `checkpoints/step-N/` dirs, resume pick, optimizer pruning.
 //! - `summary.rs`: best-model choice, results CSV, final report.
 //! - `export.rs`: checkpoint → servable model, merged HF dir or PEFT adapter.
@@ -23,6 +24,7 @@ mod error;
 pub mod evaluate;
 mod export;
 pub mod metrics;
+pub mod named_metrics;
 mod observer;
 pub mod optim;
 mod runner;
@@ -32,9 +34,13 @@ pub mod schedule;
 pub mod sft;
 mod summary;
 
-pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSummary};
+pub use classify::{
+    run_classification, ClassificationJob, TrainOutcome, TrainSummary, CLASSIFICATION_METRICS,
+};
 pub use error::TrainError;
 pub use export::{export_checkpoint, load_classifier_checkpoint, ExportFormat};
+pub use named_metrics::{MetricNames, Metrics, MetricsRow};
 pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+pub use sft::SFT_METRICS;
 pub use sft::{load_lm_checkpoint, run_sft, LoadedLm, SftExamples, SftJob};
-pub use summary::{results_csv, sft_results_csv, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER};
+pub use summary::{results_csv, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER};

@@ -217,7 +217,7 @@ async fn the_handle_serves_a_causal_model_directory() {
     let expected = alone(&direct, chat_request()).await;
     let catalog = crate::infer::test_support::MapCatalog::with_kind(
         &[("tiny-lm", dir.clone())],
-        crate::infer::ModelKind::Causal,
+        crate::infer::ServedKind::CausalLm,
     );
     let handle = crate::infer::InferenceHandle::new(
         catalog,
@@ -344,7 +344,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
 
     let catalog = crate::infer::test_support::MapCatalog::with_kind(
         &[("ft:tiny:temper::abcd1234", checkpoint)],
-        crate::infer::ModelKind::Causal,
+        crate::infer::ServedKind::CausalLm,
     );
     let handle = crate::infer::InferenceHandle::new(
         catalog,

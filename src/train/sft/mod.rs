@@ -24,4 +24,4 @@ mod tests_train;
 
 pub use load::{load_lm_checkpoint, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
-pub use run::{run_sft, LmEvaluation, SftJob};
+pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};
