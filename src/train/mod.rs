@@ -27,12 +27,12 @@ pub mod metrics;
 pub mod named_metrics;
 mod observer;
 pub mod optim;
-mod runner;
+pub(crate) mod runner;
 #[cfg(test)]
 mod runner_tests;
 pub mod schedule;
 pub mod sft;
-mod summary;
+pub(crate) mod summary;
 
 pub use classify::{
     run_classification, ClassificationJob, TrainOutcome, TrainSummary, CLASSIFICATION_METRICS,

@@ -114,7 +114,10 @@ fn report_truncation(
 }
 
 impl DpoTask {
-    pub(crate) fn prepare(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
+    pub(crate) fn prepare(
+        job: &DpoJob,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Self, TrainError> {
         let cfg = &job.config;
         if cfg.batch_size == 0 || cfg.n_epochs == 0 || cfg.max_seq_len < 2 {
             return Err(TrainError::InvalidData(
@@ -153,14 +156,12 @@ impl DpoTask {
         }
         let valid = match &job.valid {
             Some(valid) if !valid.is_empty() => {
-                let set = tokenizer
-                    .prepare(valid, max_seq_len)
-                    .map_err(|e| match e {
-                        TrainError::InvalidData(m) => {
-                            TrainError::InvalidData(format!("Validation file: {m}"))
-                        }
-                        other => other,
-                    })?;
+                let set = tokenizer.prepare(valid, max_seq_len).map_err(|e| match e {
+                    TrainError::InvalidData(m) => {
+                        TrainError::InvalidData(format!("Validation file: {m}"))
+                    }
+                    other => other,
+                })?;
                 report_truncation("validation", &set, max_seq_len, observer);
                 Some(set.pairs)
             }
@@ -323,7 +324,12 @@ fn summarize(
         for (name, value) in values {
             report[name.as_str()] = json!(value);
         }
-        let get = |n: &str| values.iter().find(|(k, _)| k == n).map_or(f64::NAN, |(_, v)| *v);
+        let get = |n: &str| {
+            values
+                .iter()
+                .find(|(k, _)| k == n)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
         observer.on_event(
             EventLevel::Info,
             format!(
