@@ -24,10 +24,9 @@ use crate::domain::job::JobStatus;
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
-use crate::train::{
-    checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
-    TrainObserver, TrainOutcome,
-};
+use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
+use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
 
 /// One job's trainer input, by task.
 enum Training {
