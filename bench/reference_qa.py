@@ -54,11 +54,15 @@ def windows(tokenizer, rows, args):
                      return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)
 
 
-def train_features(tokenizer, rows, args):
+def features(tokenizer, rows, args):
+    """(model inputs with start/end positions, [(row index, offsets with None outside the
+    context)]) per window. The validation windows carry positions too, so that Trainer's
+    evaluation loop (which calls compute_metrics only when labels are present) scores them."""
     enc = windows(tokenizer, rows, args)
-    features = []
+    inputs, meta = [], []
     for i, offsets in enumerate(enc["offset_mapping"]):
-        row = rows[enc["overflow_to_sample_mapping"][i]]
+        row_index = enc["overflow_to_sample_mapping"][i]
+        row = rows[row_index]
         sequence_ids = enc.sequence_ids(i)
         start_position = end_position = 0  # CLS
         if row["answers"]["answer_start"]:
@@ -75,23 +79,11 @@ def train_features(tokenizer, rows, args):
                 while end_position >= first and offsets[end_position][1] >= end_char:
                     end_position -= 1
                 end_position += 1
-        features.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
-                         "token_type_ids": enc["token_type_ids"][i],
-                         "start_positions": start_position, "end_positions": end_position})
-    return features
-
-
-def eval_features(tokenizer, rows, args):
-    """(model inputs, [(row index, offsets with None outside the context)]) per window."""
-    enc = windows(tokenizer, rows, args)
-    features, meta = [], []
-    for i, offsets in enumerate(enc["offset_mapping"]):
-        sequence_ids = enc.sequence_ids(i)
-        features.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
-                         "token_type_ids": enc["token_type_ids"][i]})
-        meta.append((enc["overflow_to_sample_mapping"][i],
-                     [o if sequence_ids[k] == 1 else None for k, o in enumerate(offsets)]))
-    return features, meta
+        inputs.append({"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+                       "token_type_ids": enc["token_type_ids"][i],
+                       "start_positions": start_position, "end_positions": end_position})
+        meta.append((row_index, [o if sequence_ids[k] == 1 else None for k, o in enumerate(offsets)]))
+    return inputs, meta
 
 
 def answers_of(rows, meta, start_logits, end_logits, max_answer_length):
@@ -136,8 +128,8 @@ def main():
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
-    train_set = train_features(tokenizer, train, args)
-    valid_set, valid_meta = eval_features(tokenizer, valid, args)
+    train_set, _ = features(tokenizer, train, args)
+    valid_set, valid_meta = features(tokenizer, valid, args)
     train_tokens = sum(len(f["input_ids"]) for f in train_set)
 
     def compute_metrics(prediction):
