@@ -91,6 +91,12 @@ def main():
     with contextlib.redirect_stdout(sys.stderr):
         tokenizer = AutoTokenizer.from_pretrained(models_dir, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(models_dir, gguf_file=gguf, dtype=torch.float32)
+    # transformers marks a model loaded from GGUF as "quantized with GGUF" although its weights
+    # are plain f32 after dequantization, and Trainer (hence DPOTrainer) refuses to train a
+    # quantized model. Drop the marker: nothing in the model depends on it.
+    model.hf_quantizer, model.is_quantized = None, False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
