@@ -34,6 +34,7 @@ Measured:
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -125,6 +126,7 @@ def main():
         before = rewards(trainer.evaluate())
         trainer.train()
         after = rewards(trainer.evaluate())
+    shutil.rmtree(out_dir, ignore_errors=True)
     train_tokens = sum(2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
                        for row in trainer.train_dataset) * args.epochs
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
