@@ -15,7 +15,7 @@ pub const ORGANIZATION_ID: &str = "org-temper";
 /// OpenAI's `FineTuneMethod` echo, `{"type", "<type>": {"hyperparameters": {…}}}`: the
 /// user's knobs (temper's extra keys included), OpenAI's three as `"auto"` until the job
 /// resolves them and as the numbers it trains with after, and DPO's `beta` likewise.
-pub fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
+fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
     let mut hyperparameters = requested_knobs(spec);
     hyperparameters.extend(openai_knobs(spec, resolved));
     if let Method::Dpo { beta, .. } = &spec.method {
@@ -37,7 +37,7 @@ pub fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -
 /// The deprecated top-level `hyperparameters`: OpenAI's three knobs for supervised jobs.
 /// OpenAI returns `null` for DPO jobs, but its spec types the field as an object, so
 /// typed clients get `{}`.
-pub fn legacy_hyperparameters(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
+fn legacy_hyperparameters(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
     match spec.method {
         Method::Supervised { .. } => Value::Object(openai_knobs(spec, resolved)),
         Method::Dpo { .. } => json!({}),
