@@ -157,7 +157,11 @@ async fn batched_results_equal_one_at_a_time_and_the_unmerged_model() {
         .expect("batched");
     // Reference: the checkpoint as training left it (LoRA not merged), one text at a time.
     let (model, tokenizer, _, max_len) =
-        crate::train::load_classifier_checkpoint(&fx.lora_ckpt, &Device::Cpu).expect("load");
+        crate::tasks::sequence_classification::load_classifier_checkpoint(
+            &fx.lora_ckpt,
+            &Device::Cpu,
+        )
+        .expect("load");
     for (text, from_batch) in texts.iter().zip(&batched) {
         let single = fx
             .handle

@@ -306,6 +306,6 @@ fn export_blocking(
             ));
         }
     }
-    crate::train::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
+    crate::tasks::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
         .map_err(|e| InferError::engine(format!("export: {e}")))
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
@@ -19,15 +18,15 @@ use super::validate::{load_and_validate, validating_message, TrainingData, Valid
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
 use crate::basemodels::{self, BaseModel, BaseModelKind};
-use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
+use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::ResolvedHyperparameters;
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
-use crate::train::{
-    checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
-    TrainObserver, TrainOutcome,
-};
+use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
+use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
 
 /// One job's trainer input, by task.
 enum Training {
@@ -267,6 +266,7 @@ async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, Job
         &run.ctx.blobs,
         &job.training_file,
         job.validation_file.as_deref(),
+        &job.spec.method,
     );
     let data = tokio::select! {
         biased;
@@ -324,9 +324,9 @@ fn final_model_name(job: &JobRow) -> String {
     fine_tuned_name(&job.model, ORG, job.suffix.as_deref(), &id8)
 }
 
-/// Resolves `"auto"` for this dataset and stores the numbers, so the job shows what it
-/// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`); also
-/// returns a sentence per `"auto"` saying what it became and why.
+/// Resolves `"auto"` for this dataset and records the numbers (typed, on the job row: the
+/// job object shows them); also returns a sentence per `"auto"` saying what it became and
+/// why.
 async fn resolve_hyperparameters(
     store: &Store,
     lease: &Lease,
@@ -334,46 +334,21 @@ async fn resolve_hyperparameters(
     task: Task,
     n_examples: usize,
 ) -> Result<(TrainingConfig, Vec<String>), JobFailure> {
-    let requested = job
-        .method
-        .pointer("/supervised/hyperparameters")
-        .and_then(Value::as_object)
-        .or_else(|| job.hyperparameters.as_object())
-        .cloned()
-        .unwrap_or_default();
-    let request = HyperparamRequest::parse(&requested)
-        .map_err(|e| JobFailure::fatal("invalid_hyperparameters", e.message, Some(&e.param)))?;
     let seed = u64::try_from(job.seed).unwrap_or(job.seed.unsigned_abs());
-    let (config, auto_choices) = request.resolve_explained(task, n_examples, seed);
-    let core = json!({
-        "batch_size": config.batch_size,
-        "learning_rate_multiplier": config.learning_rate_multiplier,
-        "n_epochs": config.n_epochs,
+    let method = &job.spec.method;
+    let (config, mut auto_choices) = method
+        .hyperparameters()
+        .resolve_explained(task, n_examples, seed);
+    let beta = method.resolved_beta().map(|(beta, why)| {
+        auto_choices.extend(why);
+        beta
     });
-    let mut resolved: Map<String, Value> = requested;
-    if let Value::Object(core_map) = &core {
-        resolved.extend(core_map.clone());
-    }
-    let mut method = match &job.method {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
+    let resolved = ResolvedHyperparameters {
+        config: config.clone(),
+        beta,
     };
-    method
-        .entry("type")
-        .or_insert_with(|| Value::from("supervised"));
-    let supervised = method
-        .entry("supervised")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(supervised) = supervised {
-        supervised.insert("hyperparameters".into(), Value::Object(resolved));
-    }
     let recorded = store
-        .leased_hyperparameters(
-            lease,
-            &core,
-            &Value::Object(method),
-            Some(task.stored_name()),
-        )
+        .leased_hyperparameters(lease, &resolved, Some(task.stored_name()))
         .await?;
     if !recorded {
         return Err(JobFailure::Superseded);

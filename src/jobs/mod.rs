@@ -35,6 +35,8 @@ mod worker;
 #[cfg(test)]
 mod fine_tune_tests;
 #[cfg(test)]
+mod method_tests;
+#[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
 mod sft_job_tests;

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use super::JobFailure;
 use crate::store::{ModelRow, Store};
-use crate::train::{export_checkpoint, ExportFormat};
+use crate::tasks::export_checkpoint;
+use crate::train::ExportFormat;
 
 /// The directory, inside the job's work dir, holding the merged starting model.
 pub const START_MODEL_DIR: &str = "start-model";

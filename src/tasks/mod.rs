@@ -1,6 +1,46 @@
-//! tasks: one folder per task (data preparation, head, `TrainTask`, metric names, report,
-//! serving backend, checkpoint variant).
+//! tasks: one folder per fine-tuning task, each with its data preparation, model head
+//! (on a `zoo` body), [`crate::train::runner`] task, metric names, report, export and
+//! checkpoint variant. `train/` keeps the generic core (runner, optimizer, schedules,
+//! checkpoint I/O, named metrics, summaries); like `train`, nothing here imports
+//! tokio/sqlx/axum. Adding a task means adding a folder here, a `domain::task::Task`
+//! variant and a `train::checkpoint::CheckpointTask` variant.
 //!
-//! - [`dpo`]: preference tuning of chat decoders (Rafailov et al.'s sigmoid loss).
+//! # Layout
+//! - `sequence_classification/`: text → label (`Task::SequenceClassification`).
+//! - `sft/`: supervised fine-tuning of decoders; chat and prompt/completion data share it
+//!   (`Task::ChatSft`, `Task::CompletionSft`: only the data preparation differs).
+//! - `dpo/`: preference tuning of chat decoders (`Task::Dpo`); its checkpoints hold a
+//!   causal LM like SFT's, served and exported the same way.
+
+use std::path::Path;
+
+use crate::train::checkpoint::{self, CheckpointTask};
+use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
+pub mod sequence_classification;
+pub mod sft;
+
+/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`, by the
+/// task in its `meta.json`. `base_model_id` is what `adapter_config.json` names as the base
+/// model.
+pub fn export_checkpoint(
+    dir: &Path,
+    format: ExportFormat,
+    base_model_id: &str,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    match checkpoint::read_meta(dir)?.task {
+        CheckpointTask::SequenceClassification { .. } => {
+            sequence_classification::export_classifier_checkpoint(
+                dir,
+                format,
+                base_model_id,
+                out_dir,
+            )
+        }
+        CheckpointTask::CausalLm { .. } => {
+            sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir)
+        }
+    }
+}

@@ -1,21 +1,45 @@
-//! Choosing the best model and summarising a finished run: results CSV, checkpoint
-//! metrics and the classification report of the best checkpoint.
+//! Choosing the best model and summarising a finished run: its outcome, results CSV and
+//! checkpoint metrics, all driven by the task's metric names.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::classify::{ClassifyTask, TrainSummary, CLASSIFICATION_METRICS};
 use super::named_metrics::{MetricNames, MetricsRow};
-use super::runner::Trainer;
-use super::{EventLevel, TrainError, TrainObserver};
+use super::{EventLevel, SavedCheckpoint, TrainObserver};
 
-/// The results CSV of sequence classification (what [`CLASSIFICATION_METRICS`] declares).
+/// The results CSV of sequence classification (what `CLASSIFICATION_METRICS` declares).
 pub const RESULTS_CSV_HEADER: &str =
     "step,train_loss,train_accuracy,valid_loss,valid_accuracy,valid_f1";
 
 /// OpenAI's results CSV for chat / prompt-completion fine-tunes.
 pub const SFT_RESULTS_CSV_HEADER: &str = "step,train_loss,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,full_valid_loss,full_valid_mean_token_accuracy";
+
+#[derive(Debug)]
+pub enum TrainOutcome {
+    Completed(TrainSummary),
+    /// Paused or shut down after saving a checkpoint at `step` (no checkpoint at step 0:
+    /// a job stopped before its first step simply starts over).
+    Stopped {
+        step: usize,
+    },
+    Cancelled,
+}
+
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub best_step: usize,
+    pub best_checkpoint: PathBuf,
+    /// Non-padding tokens over all steps trained (every epoch counts).
+    pub trained_tokens: u64,
+    /// `step,<the task's metrics…>` (`results_csv`).
+    pub results_csv: String,
+    /// The task's report of the best checkpoint (classification report + confusion
+    /// matrix, SFT training report, …).
+    pub report: serde_json::Value,
+    pub checkpoints: Vec<SavedCheckpoint>,
+}
 
 /// The metric that picks the best checkpoint (`metric_for_best_model`), one of the task's
 /// declared names.
@@ -117,48 +141,12 @@ pub fn checkpoint_metrics(history: &[MetricsRow], step: usize, names: &MetricNam
     Value::Object(metrics)
 }
 
-/// Loads the best checkpoint's weights into the task's model and reports on the
-/// validation set (the training set when there is none).
-pub(crate) fn build_summary(
-    trainer: &Trainer,
-    task: &ClassifyTask,
-    observer: &mut dyn TrainObserver,
-) -> Result<TrainSummary, TrainError> {
-    let (best_step, best_dir) = trainer.load_best()?;
-    let (split, examples) = match task.valid.as_deref() {
-        Some(valid) => ("validation", valid),
-        None => ("train", task.train.as_slice()),
-    };
-    let evaluation = task.evaluate_set(examples)?;
-    let mut report = evaluation.confusion.report(&task.job.labels);
-    if let Value::Object(map) = &mut report {
-        map.insert("split".into(), json!(split));
-        map.insert("loss".into(), json!(evaluation.loss));
-        map.insert("macro_f1".into(), json!(evaluation.macro_f1));
-        map.insert("step".into(), json!(best_step));
-    }
-    observer.on_event(
-        EventLevel::Info,
-        format!(
-            "Best checkpoint: step {best_step} ({split} accuracy {:.4})",
-            evaluation.accuracy
-        ),
-    );
-    Ok(TrainSummary {
-        best_step,
-        best_checkpoint: best_dir,
-        trained_tokens: trainer.state.tokens_seen,
-        results_csv: results_csv(&trainer.state.history, &CLASSIFICATION_METRICS),
-        report,
-        checkpoints: trainer.saved_checkpoints(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::sft::SFT_METRICS;
-    use crate::train::{Control, SavedCheckpoint, StepMetrics};
+    use crate::tasks::sequence_classification::CLASSIFICATION_METRICS;
+    use crate::tasks::sft::SFT_METRICS;
+    use crate::train::{Control, StepMetrics};
 
     fn row(step: usize, valid: Option<f64>) -> MetricsRow {
         let mut row = MetricsRow::new(step);

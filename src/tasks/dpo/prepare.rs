@@ -21,7 +21,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::domain::dataset::{ChatMessage, PreferenceExample};
-use crate::train::sft::SftTokenizer;
+use crate::tasks::sft::SftTokenizer;
 use crate::train::TrainError;
 
 /// Prompt then completion tokens; only `ids[n_prompt..]` is scored.

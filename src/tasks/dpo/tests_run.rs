@@ -8,8 +8,9 @@ use super::run::{run_dpo, DpoJob, DPO_METRICS};
 use super::tests_prepare::{message, tiny_decoder};
 use crate::domain::dataset::{ChatExample, ChatRole, PreferenceExample};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
-use crate::train::classify_tests::{completed, pause_then_resume, Recorder};
-use crate::train::{load_lm_checkpoint, TrainError};
+use crate::tasks::sequence_classification::tests::{completed, pause_then_resume, Recorder};
+use crate::tasks::sft::load_lm_checkpoint;
+use crate::train::TrainError;
 use crate::zoo::decoder::DecoderArch;
 
 /// Questions and their short answers; every rejected answer is the same evasion, which a

@@ -1,24 +1,22 @@
 //! Sequence-classification fine-tuning: the classifier as a [`TrainTask`] for the shared
-//! loop in `runner.rs` (cross-entropy over examples; the whole validation set at every
+//! loop in `train::runner` (cross-entropy over examples; the whole validation set at every
 //! evaluation point).
 
 use std::path::PathBuf;
 
 use candle_core::Device;
 
-use super::checkpoint::{CheckpointMeta, CheckpointTask};
 use super::data::{encode_examples, make_batch, EncodedExample};
 use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
-use super::named_metrics::{MetricNames, Metrics, MetricsRow};
-use super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use super::summary::{build_summary, BestMetric};
-use super::{SavedCheckpoint, TrainError, TrainObserver};
+use super::report::build_summary;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::BestMetric;
+use crate::train::{TrainError, TrainObserver, TrainOutcome};
 use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
-
-#[cfg(test)]
-mod small_data_tests;
 
 /// Accuracy over examples; every evaluation covers the whole validation set, so the
 /// `full_valid_*` names OpenAI uses for chat models mean the `valid_*` values here.
@@ -46,30 +44,6 @@ pub struct ClassificationJob {
     /// `checkpoints/step-N/` live here.
     pub work_dir: PathBuf,
     pub device: Device,
-}
-
-#[derive(Debug)]
-pub enum TrainOutcome {
-    Completed(TrainSummary),
-    /// Paused or shut down after saving a checkpoint at `step` (no checkpoint at step 0:
-    /// a job stopped before its first step simply starts over).
-    Stopped {
-        step: usize,
-    },
-    Cancelled,
-}
-
-#[derive(Debug)]
-pub struct TrainSummary {
-    pub best_step: usize,
-    pub best_checkpoint: PathBuf,
-    /// Non-padding tokens over all steps trained (every epoch counts).
-    pub trained_tokens: u64,
-    /// `step,train_loss,train_accuracy,valid_loss,valid_accuracy,valid_f1`.
-    pub results_csv: String,
-    /// Classification report + confusion matrix of the best checkpoint.
-    pub report: serde_json::Value,
-    pub checkpoints: Vec<SavedCheckpoint>,
 }
 
 pub fn run_classification(

@@ -11,15 +11,15 @@ use std::path::PathBuf;
 use candle_core::Device;
 use serde_json::json;
 
-use super::super::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
-use super::super::data::sequential_batches;
-use super::super::named_metrics::{MetricNames, Metrics, MetricsRow};
-use super::super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use super::super::summary::{results_csv, BestMetric};
-use super::super::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
+use crate::train::data::sequential_batches;
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::{results_csv, BestMetric};
+use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
 
 /// OpenAI's names for chat / prompt-completion fine-tuning metrics: mean token accuracies,

@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{self, TRAINABLE_FILE};
 use super::*;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
+use crate::tasks::export_checkpoint;
+use crate::train::checkpoint::{self, TRAINABLE_FILE};
+use crate::train::{
+    Control, EventLevel, ExportFormat, SavedCheckpoint, StepMetrics, TrainError, TrainObserver,
+    TrainOutcome, TrainSummary, RESULTS_CSV_HEADER,
+};
 pub(crate) use crate::zoo::test_tensors::max_abs_diff;
 
 const POSITIVE: [&str; 8] = [
@@ -483,7 +488,7 @@ fn early_stopping_ends_a_plateau() {
 fn accumulated_micro_batches_equal_the_full_batch() {
     use super::data::{encode_examples, make_batch};
     use super::evaluate::forward_batch;
-    use super::optim::{AdamW, AdamWConfig, OptimParam};
+    use crate::train::optim::{AdamW, AdamWConfig, OptimParam};
     use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
     let fx = fixture();

@@ -12,7 +12,7 @@ use super::{run_sft, SftJob};
 use crate::domain::dataset::{ChatExample, ChatRole};
 use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
 use crate::domain::task::Task;
-use crate::train::classify_tests::{completed, Recorder};
+use crate::tasks::sequence_classification::tests::{completed, Recorder};
 use crate::zoo::decoder::DecoderArch;
 
 const QUESTIONS: [(&str, &str); 20] = [

@@ -10,10 +10,10 @@ use super::tests_data::{message, two_turn_chat};
 use super::{load_lm_checkpoint, run_sft, SftJob};
 use crate::domain::dataset::{ChatExample, ChatRole, PromptCompletion};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
-use crate::train::classify_tests::{
+use crate::tasks::sequence_classification::tests::{
     completed, max_abs_diff, pause_then_resume, trainable, Recorder,
 };
+use crate::train::checkpoint::{self, TRAINABLE_FILE};
 use crate::train::evaluate::scalar;
 use crate::train::SFT_RESULTS_CSV_HEADER;
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};

@@ -11,7 +11,7 @@ use super::{run_classification, ClassificationJob};
 use crate::domain::dataset::{label_set, LabeledText};
 use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
 use crate::domain::task::Task;
-use crate::train::classify_tests::{completed, Recorder};
+use crate::tasks::sequence_classification::tests::{completed, Recorder};
 
 const TEMPLATES: [(&str, [&str; 4]); 3] = [
     (
