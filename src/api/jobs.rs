@@ -18,6 +18,8 @@ use super::wire::{
 use super::{download, AppState};
 use crate::basemodels;
 use crate::domain::ids::new_job_id;
+use crate::domain::job_spec::Method as JobMethod;
+use crate::domain::task::ServedKind;
 use crate::store::{ControlAction, ControlOutcome, EventRow, JobRow};
 
 pub const ROUTES: &[(Method, &str)] = &[
@@ -68,7 +70,7 @@ async fn create_job(
     ApiJson(body): ApiJson<CreateJobBody>,
 ) -> Result<ApiJson<JobObject>, ApiError> {
     let request = parse_create(body)?;
-    check_base_model(&state, &request.model)?;
+    check_base_model(&state, &request.model, &request.spec.method).await?;
     check_file(&state, &request.training_file, "training_file").await?;
     if let Some(validation) = &request.validation_file {
         check_file(&state, validation, "validation_file").await?;
@@ -91,14 +93,13 @@ fn job_row(id: String, request: ValidJobRequest, now: i64) -> JobRow {
     }
 }
 
-fn check_base_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+async fn check_base_model(
+    state: &AppState,
+    model: &str,
+    method: &JobMethod,
+) -> Result<(), ApiError> {
     if model.starts_with("ft:") {
-        return Err(ApiError::bad_request(format!(
-            "Model {} is a fine-tuned model; continuing fine-tuning from a fine-tuned model is not supported yet. Use its base model.",
-            echo(model)
-        ))
-        .with_param("model")
-        .with_code("model_not_available"));
+        return check_fine_tuned_start(state, model, method).await;
     }
     match basemodels::resolve(&state.settings.models_dir, model) {
         Some(_) => Ok(()),
@@ -107,6 +108,36 @@ fn check_base_model(state: &AppState, model: &str) -> Result<(), ApiError> {
             &basemodels::not_found_hint(&state.settings.models_dir, model, None),
         )),
     }
+}
+
+/// A DPO job may start from a chat model this server fine-tuned (SFT then DPO, the path
+/// OpenAI recommends); supervised jobs start from base models.
+async fn check_fine_tuned_start(
+    state: &AppState,
+    model: &str,
+    method: &JobMethod,
+) -> Result<(), ApiError> {
+    if !matches!(method, JobMethod::Dpo { .. }) {
+        return Err(ApiError::bad_request(format!(
+            "Model {} is a fine-tuned model; continuing supervised fine-tuning from a fine-tuned model is not supported yet (a `dpo` job can start from one). Use its base model.",
+            echo(model)
+        ))
+        .with_param("model")
+        .with_code("model_not_available"));
+    }
+    let Some(row) = state.store.get_model(model).await? else {
+        return Err(ApiError::model_not_found(model));
+    };
+    if ServedKind::from_stored(&row.kind) != Some(ServedKind::CausalLm) {
+        return Err(ApiError::bad_request(format!(
+            "Model {} is a {} model; DPO tunes chat models.",
+            echo(model),
+            row.kind
+        ))
+        .with_param("model")
+        .with_code("invalid_model"));
+    }
+    Ok(())
 }
 
 /// The file exists, has purpose `fine-tune` and parsed at upload.

@@ -123,7 +123,7 @@ fn bad(param: &str, message: impl Into<String>) -> HyperparamError {
     }
 }
 
-const METRICS_FOR_BEST: [&str; 8] = [
+const METRICS_FOR_BEST: &[&str] = &[
     "valid_accuracy",
     "valid_f1",
     "valid_loss",
@@ -132,6 +132,11 @@ const METRICS_FOR_BEST: [&str; 8] = [
     "full_valid_mean_token_accuracy",
     "train_loss",
     "train_mean_token_accuracy",
+    // DPO (tasks/dpo): TRL's reward metrics.
+    "valid_reward_accuracy",
+    "valid_reward_margin",
+    "train_reward_accuracy",
+    "train_reward_margin",
 ];
 
 fn int_in(param: &str, value: &Value, min: u64, max: u64) -> Result<usize, HyperparamError> {

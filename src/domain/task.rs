@@ -123,8 +123,8 @@ impl Task {
     /// rather than training something else.
     pub fn trainer_missing(self) -> Option<String> {
         match self {
-            Task::SequenceClassification | Task::ChatSft | Task::CompletionSft => None,
-            Task::TokenClassification | Task::QuestionAnswering | Task::Dpo => Some(format!(
+            Task::SequenceClassification | Task::ChatSft | Task::CompletionSft | Task::Dpo => None,
+            Task::TokenClassification | Task::QuestionAnswering => Some(format!(
                 "Fine-tuning for {} is not available in this version of temper.",
                 self.label()
             )),
@@ -200,9 +200,6 @@ mod tests {
             DefaultsKey::EncoderFineTune
         );
         assert_eq!(Task::ChatSft.trainer_missing(), None);
-        assert_eq!(
-            Task::Dpo.trainer_missing().as_deref(),
-            Some("Fine-tuning for preference (DPO) is not available in this version of temper.")
-        );
+        assert_eq!(Task::Dpo.trainer_missing(), None);
     }
 }

@@ -14,16 +14,18 @@ use super::progress::{
     write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
 };
 use super::results::record_completion;
+use super::start_model::StartModel;
 use super::validate::{load_and_validate, validating_message, TrainingData, ValidatedData};
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
-use crate::basemodels::{self, BaseModel, BaseModelKind};
+use crate::basemodels::{BaseModel, BaseModelKind};
 use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job::JobStatus;
-use crate::domain::job_spec::ResolvedHyperparameters;
+use crate::domain::job_spec::{ResolvedHyperparameters, AUTO_DPO_BETA};
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
+use crate::tasks::dpo::{run_dpo, DpoJob};
 use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
 use crate::tasks::sft::{run_sft, SftExamples, SftJob};
 use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
@@ -32,16 +34,25 @@ use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
 enum Training {
     Classification(ClassificationJob),
     Sft(SftJob),
+    Dpo(DpoJob),
+}
+
+/// The resolved numbers a trainer runs with.
+struct TrainSettings {
+    config: TrainingConfig,
+    /// DPO's `beta` (`None` for supervised jobs).
+    beta: Option<f64>,
 }
 
 impl Training {
     fn new(
         data: TrainingData,
         base_model_dir: PathBuf,
-        config: TrainingConfig,
+        settings: TrainSettings,
         work_dir: PathBuf,
         device: Device,
     ) -> Self {
+        let TrainSettings { config, beta } = settings;
         match data {
             TrainingData::Classification {
                 train,
@@ -72,6 +83,15 @@ impl Training {
                 work_dir,
                 device,
             }),
+            TrainingData::Preference { train, valid } => Training::Dpo(DpoJob {
+                base_model_dir,
+                train,
+                valid,
+                config,
+                beta: beta.unwrap_or(AUTO_DPO_BETA),
+                work_dir,
+                device,
+            }),
         }
     }
 
@@ -79,6 +99,7 @@ impl Training {
         match self {
             Training::Classification(job) => run_classification(job, observer),
             Training::Sft(job) => run_sft(job, observer),
+            Training::Dpo(job) => run_dpo(job, observer),
         }
     }
 }
@@ -118,7 +139,10 @@ pub(super) fn check_model_fits_task(
 
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
 /// dir's cache once (on a blocking thread: it dequantizes every tensor).
-async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBuf, JobFailure> {
+pub(super) async fn prepare_base_model(
+    base: &BaseModel,
+    data_root: &Path,
+) -> Result<PathBuf, JobFailure> {
     let converted = base.local_dir(&data_root.join("cache"));
     base.prepare_in_data_dir(data_root)
         .await
@@ -135,7 +159,11 @@ async fn prepare_base_model(base: &BaseModel, data_root: &Path) -> Result<PathBu
 
 /// `failure` with the base model's server paths replaced by its id (`BaseModel::redact_paths`):
 /// a model that fails to load is named as the user named it.
-fn naming_the_model(failure: JobFailure, base: &BaseModel, model_dir: &Path) -> JobFailure {
+pub(super) fn naming_the_model(
+    failure: JobFailure,
+    base: &BaseModel,
+    model_dir: &Path,
+) -> JobFailure {
     match failure {
         JobFailure::Retryable(message) => {
             JobFailure::Retryable(base.redact_paths(&message, Some(model_dir)))
@@ -183,18 +211,8 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
             leased_event(store, lease, EventRow::info(&job.id, choice, unix_now())).await?;
         }
     }
-    let base = basemodels::resolve(&run.ctx.models_dir, &job.model).ok_or_else(|| {
-        let hint = basemodels::not_found_hint(&run.ctx.models_dir, &job.model, None);
-        JobFailure::fatal(
-            "invalid_model",
-            format!(
-                "The model `{}` does not exist or is not available.{hint}",
-                job.model
-            ),
-            Some("model"),
-        )
-    })?;
-    check_model_fits_task(&job.model, base.kind, task)?;
+    let start = StartModel::resolve(&run.ctx, &job.model).await?;
+    check_model_fits_task(&job.model, start.kind(), task)?;
     let device = open_device(&run.device)?;
     let work_dir = run.ctx.blobs.job_dir(&job.id);
     let resume_from = checkpoint::latest_resumable(&work_dir).ok().flatten();
@@ -228,14 +246,21 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         control: run.control.clone(),
         job_id: job.id.clone(),
         base_model: job.model.clone(),
-        final_model: final_model_name(job),
+        final_model: final_model_name(job, start.base_name(&job.model)),
         task,
     };
-    let base_model_dir = prepare_base_model(&base, run.ctx.blobs.root()).await?;
-    let training = Training::new(data.data, base_model_dir.clone(), config, work_dir, device);
+    let base_model_dir = start.prepare(run.ctx.blobs.root(), &work_dir).await?;
+    let beta = job.spec.method.resolved_beta().map(|(beta, _)| beta);
+    let training = Training::new(
+        data.data,
+        base_model_dir.clone(),
+        TrainSettings { config, beta },
+        work_dir,
+        device,
+    );
     let outcome = train_on_thread(training, target.clone(), run.control.clone())
         .await
-        .map_err(|failure| naming_the_model(failure, &base, &base_model_dir))?;
+        .map_err(|failure| start.name_failure(failure, &base_model_dir))?;
     match outcome {
         TrainOutcome::Completed(summary) => {
             let result_files = record_completion(&target, &summary).await?;
@@ -312,8 +337,8 @@ async fn leased_event(store: &Store, lease: &Lease, event: EventRow) -> Result<(
 }
 
 /// `ft:{base}:temper:{suffix}:{id8}`, id8 taken from the job id so it is stable across
-/// restarts of the same job.
-fn final_model_name(job: &JobRow) -> String {
+/// restarts of the same job; `base` is the job's base model (a fine-tuned start's own base).
+fn final_model_name(job: &JobRow, base: &str) -> String {
     let id8: String = job
         .id
         .strip_prefix("ftjob-")
@@ -321,7 +346,7 @@ fn final_model_name(job: &JobRow) -> String {
         .chars()
         .take(8)
         .collect();
-    fine_tuned_name(&job.model, ORG, job.suffix.as_deref(), &id8)
+    fine_tuned_name(base, ORG, job.suffix.as_deref(), &id8)
 }
 
 /// Resolves `"auto"` for this dataset and records the numbers (typed, on the job row: the
@@ -475,13 +500,18 @@ mod tests {
             0,
         );
         assert_eq!(
-            final_model_name(&job),
+            final_model_name(&job, &job.model),
             "ft:test-org/tiny-bert:temper::AbCdEfGh"
         );
         job.suffix = Some("sent".into());
         assert_eq!(
-            final_model_name(&job),
+            final_model_name(&job, &job.model),
             "ft:test-org/tiny-bert:temper:sent:AbCdEfGh"
+        );
+        // A job starting from a fine-tuned model is named after that model's base.
+        assert_eq!(
+            final_model_name(&job, "test-org/base"),
+            "ft:test-org/base:temper:sent:AbCdEfGh"
         );
     }
 }

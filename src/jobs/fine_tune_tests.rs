@@ -464,15 +464,13 @@ fn tasks_need_their_architecture_and_a_trainer() {
             Some("model"),
         )
     );
-    // A task with no trainer yet fails by name instead of training as another task.
-    let missing = check_model_fits_task("smol", BaseModelKind::Decoder, Task::Dpo)
-        .expect_err("no DPO trainer");
-    assert_eq!(
-        missing,
-        JobFailure::fatal(
-            "invalid_training_file",
-            "Fine-tuning for preference (DPO) is not available in this version of temper.",
-            Some("training_file"),
-        )
+    // DPO tunes decoders; preference data on an encoder names the model.
+    assert!(check_model_fits_task("smol", BaseModelKind::Decoder, Task::Dpo).is_ok());
+    let encoder = check_model_fits_task("bert", BaseModelKind::Encoder, Task::Dpo)
+        .expect_err("DPO on an encoder");
+    assert!(
+        matches!(&encoder, JobFailure::Fatal { code, param, .. }
+            if code == "invalid_model" && param.as_deref() == Some("model")),
+        "{encoder:?}"
     );
 }

@@ -49,7 +49,7 @@ fn preference_lines(n: usize) -> Vec<u8> {
 }
 
 /// Runs one job on the tiny decoder (a real model, so a job that is not refused trains).
-async fn run_job(train: &[u8], method: Value) -> Value {
+async fn process(train: &[u8], method: Value) -> (Harness, String, Processed) {
     let h = harness().await;
     let dir = h.dir.path().join("models").join(DECODER);
     crate::zoo::testing::write_tiny_decoder(&dir, DecoderArch::Llama, 3).unwrap();
@@ -62,10 +62,28 @@ async fn run_job(train: &[u8], method: Value) -> Value {
         CancellationToken::new(),
     );
     let processed = worker.process_next().await.unwrap();
+    (h, id, processed)
+}
+
+/// Runs a job that must fail; returns its error.
+async fn run_job(train: &[u8], method: Value) -> Value {
+    let (h, id, processed) = process(train, method).await;
     assert_eq!(processed, Processed::Failed(id.clone()));
     let row = job(&h.ctx, &id).await;
     assert_eq!(row.resolved, None, "nothing was resolved for a refused job");
     row.error.unwrap()
+}
+
+/// The JSON report among a finished job's result files (the CSV comes first).
+async fn report_of(h: &Harness, row: &crate::store::JobRow) -> Value {
+    let id = &row.result_files[1];
+    let bytes = h
+        .ctx
+        .blobs
+        .read(&crate::blobs::Blobs::file_rel(id))
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// One short LoRA epoch: what a job that is not refused trains with.
@@ -102,12 +120,34 @@ async fn a_supervised_job_on_preference_data_fails_naming_dpo() {
 }
 
 #[tokio::test]
-async fn a_dpo_job_on_preference_data_is_checked_then_refused_until_dpo_is_wired() {
-    let method = json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}});
-    let error = run_job(&preference_lines(12), method.clone()).await;
-    assert_eq!(error["code"], "unsupported_method", "{error}");
-    assert_eq!(error["param"], "method");
+async fn a_dpo_job_on_preference_data_trains_with_its_beta() {
+    let method = json!({"type": "dpo", "dpo": {"hyperparameters": {
+        "beta": 0.2, "n_epochs": 1, "batch_size": 4, "lora_rank": 4}}});
+    let (h, id, processed) = process(&preference_lines(12), method.clone()).await;
+    assert_eq!(processed, Processed::Succeeded(id.clone()));
+    let row = job(&h.ctx, &id).await;
+    assert_eq!(row.resolved.as_ref().and_then(|r| r.beta), Some(0.2));
+    assert_eq!(row.task.as_deref(), Some("dpo"));
+    // 12 pairs / batch 4: three steps, each with the reward metrics.
+    assert_eq!(metric_steps(&h.ctx, &id).await, vec![1, 2, 3]);
+    let metrics: Vec<Value> = events(&h.ctx, &id)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "metrics")
+        .filter_map(|e| e.data)
+        .collect();
+    assert!(
+        metrics.iter().all(
+            |m| m["train_reward_accuracy"].is_number() && m["train_rewards_chosen"].is_number()
+        ),
+        "{metrics:?}"
+    );
+    let report = report_of(&h, &row).await;
+    assert_eq!(report["task"], "dpo");
+    assert_eq!(report["beta"], 0.2);
+    assert_eq!(report["train_pairs"], 12);
 
+    let method = json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}});
     // A bad pair is reported first, with its example number.
     let mut broken = preference_lines(11);
     broken.extend_from_slice(

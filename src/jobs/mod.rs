@@ -29,6 +29,7 @@ mod pool;
 mod progress;
 mod results;
 mod runner;
+mod start_model;
 mod validate;
 mod worker;
 

@@ -212,11 +212,11 @@ async fn write_checkpoint(
         created_at: now,
         step_number: step,
         fine_tuned_model_checkpoint: name.clone(),
-        // Chat trainers report their own full-validation numbers; encoder tasks evaluate
-        // the whole validation set every time.
-        metrics: match target.task.architecture() {
-            Architecture::Decoder => checkpoint.metrics.clone(),
-            Architecture::Encoder => checkpoint_metrics(&checkpoint.metrics),
+        // SFT trainers report their own full-validation numbers; encoder tasks and DPO
+        // evaluate the whole validation set every time.
+        metrics: match (target.task.architecture(), target.task) {
+            (_, Task::Dpo) | (Architecture::Encoder, _) => checkpoint_metrics(&checkpoint.metrics),
+            (Architecture::Decoder, _) => checkpoint.metrics.clone(),
         },
         artifact_dir: artifact_dir.clone(),
     };

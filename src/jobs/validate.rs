@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use crate::blobs::Blobs;
 use crate::domain::dataset::{
     detect_format, label_set, parse_chat, parse_classification, parse_preference,
-    parse_prompt_completion, ChatExample, DataFormat, DatasetError, LabeledText, PromptCompletion,
+    parse_prompt_completion, ChatExample, DataFormat, DatasetError, LabeledText, PreferenceExample,
+    PromptCompletion,
 };
 use crate::domain::job_spec::Method;
 use crate::domain::task::Task;
@@ -34,6 +35,10 @@ pub enum TrainingData {
         train: Vec<PromptCompletion>,
         valid: Option<Vec<PromptCompletion>>,
     },
+    Preference {
+        train: Vec<PreferenceExample>,
+        valid: Option<Vec<PreferenceExample>>,
+    },
 }
 
 impl TrainingData {
@@ -42,6 +47,7 @@ impl TrainingData {
             TrainingData::Classification { train, .. } => train.len(),
             TrainingData::Chat { train, .. } => train.len(),
             TrainingData::PromptCompletion { train, .. } => train.len(),
+            TrainingData::Preference { train, .. } => train.len(),
         }
     }
 
@@ -51,6 +57,7 @@ impl TrainingData {
             TrainingData::Classification { .. } => Task::SequenceClassification,
             TrainingData::Chat { .. } => Task::ChatSft,
             TrainingData::PromptCompletion { .. } => Task::CompletionSft,
+            TrainingData::Preference { .. } => Task::Dpo,
         }
     }
 }
@@ -194,7 +201,15 @@ pub async fn load_and_validate(
                 .transpose()?;
             (TrainingData::PromptCompletion { train, valid }, duplicates)
         }
-        DataFormat::Preference => return Err(dpo_not_trainable_yet(&train_bytes, valid)),
+        DataFormat::Preference => {
+            let train = parse_preference(&train_bytes)
+                .map_err(|e| Which::Training.failure(e.message))?;
+            let duplicates = count_duplicates(&train);
+            let valid = valid
+                .map(|bytes| parse_preference(bytes).map_err(|e| Which::Validation.failure(e.message)))
+                .transpose()?;
+            (TrainingData::Preference { train, valid }, duplicates)
+        }
         other => {
             return Err(Which::Training.failure(format!(
                 "Input file {training_file} is in the {} format, which supervised fine-tuning does not use; expected chat messages, prompt/completion pairs or text/label examples.",
@@ -213,22 +228,6 @@ pub async fn load_and_validate(
         ));
     }
     Ok(ValidatedData { data, duplicates })
-}
-
-/// A `dpo` job on valid preference pairs: the files are checked (so their errors come
-/// first, with line numbers), then the job fails because no DPO trainer is wired in yet.
-fn dpo_not_trainable_yet(train_bytes: &[u8], valid: Option<&[u8]>) -> JobFailure {
-    if let Err(e) = parse_preference(train_bytes) {
-        return Which::Training.failure(e.message);
-    }
-    if let Some(Err(e)) = valid.map(parse_preference) {
-        return Which::Validation.failure(e.message);
-    }
-    JobFailure::fatal(
-        "unsupported_method",
-        "Fine-tuning with method 'dpo' is not available in this temper build yet: the preference data is valid, but no DPO trainer is wired in.",
-        Some("method"),
-    )
 }
 
 fn classification(

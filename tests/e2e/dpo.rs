@@ -53,22 +53,38 @@ fn tar_names(bytes: &[u8]) -> Vec<String> {
     names
 }
 
-async fn greedy_reply(server: &TestServer, model: &str) -> String {
+async fn greedy_reply(server: &TestServer, model: &str) -> (String, Vec<f64>) {
     let (status, reply) = server
         .post(
             "/v1/chat/completions",
             json!({"model": model, "messages": [
                 {"role": "system", "content": "Answer with a colour."},
                 {"role": "user", "content": "item 99?"}],
-                "max_tokens": 4, "temperature": 0}),
+                "max_tokens": 4, "temperature": 0, "logprobs": true}),
         )
         .await;
     assert_eq!(status, 200, "{model}: {reply}");
     assert_eq!(reply["object"], "chat.completion");
-    reply["choices"][0]["message"]["content"]
+    let choice = &reply["choices"][0];
+    let text = choice["message"]["content"]
         .as_str()
         .expect("content")
-        .to_string()
+        .to_string();
+    let logprobs = choice["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs")
+        .iter()
+        .map(|t| t["logprob"].as_f64().expect("logprob"))
+        .collect();
+    (text, logprobs)
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[tokio::test]
@@ -92,7 +108,10 @@ async fn dpo_job_raises_reward_accuracy_and_serves_a_chat_model() {
     assert_eq!(job["method"]["type"], "dpo", "{job}");
     let id = job["id"].as_str().expect("id").to_string();
     let done = server.wait_for_status(&id, "succeeded").await;
-    assert_eq!(done["method"]["dpo"]["hyperparameters"]["beta"], 0.5, "{done}");
+    assert_eq!(
+        done["method"]["dpo"]["hyperparameters"]["beta"], 0.5,
+        "{done}"
+    );
     assert_eq!(done["method"]["dpo"]["hyperparameters"]["n_epochs"], 3);
     let model = done["fine_tuned_model"]
         .as_str()
@@ -113,7 +132,10 @@ async fn dpo_job_raises_reward_accuracy_and_serves_a_chat_model() {
     // Step 1 runs the policy before any update: it is the reference, so the loss is
     // ln 2 and no pair is won yet.
     let first_loss = first["train_loss"].as_f64().expect("train_loss");
-    assert!((first_loss - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
+    assert!(
+        (first_loss - std::f64::consts::LN_2).abs() < 1e-5,
+        "{first}"
+    );
     assert_eq!(first["train_reward_accuracy"], 0.0, "{first}");
     assert_eq!(first["train_rewards_chosen"], 0.0, "{first}");
     let last = &metrics[metrics.len() - 1]["data"];
@@ -135,10 +157,12 @@ async fn dpo_job_raises_reward_accuracy_and_serves_a_chat_model() {
         .await;
     let checkpoints = checkpoints["data"].as_array().expect("checkpoints").clone();
     assert!(!checkpoints.is_empty());
-    assert!(
-        checkpoints[0]["metrics"]["valid_reward_accuracy"].is_number(),
-        "{}",
-        checkpoints[0]
+    // DPO validates on the whole set: OpenAI's `full_valid_loss` is that loss.
+    let metrics = &checkpoints[0]["metrics"];
+    assert!(metrics["valid_reward_accuracy"].is_number(), "{metrics}");
+    assert_eq!(
+        metrics["full_valid_loss"], metrics["valid_loss"],
+        "{metrics}"
     );
 
     // Served like an SFT result.
@@ -182,10 +206,13 @@ async fn dpo_starts_from_a_fine_tuned_model() {
         .to_string();
     let base_reply = greedy_reply(&server, DECODER_MODEL).await;
     let sft_reply = greedy_reply(&server, &sft_model).await;
-    assert_ne!(sft_reply, base_reply, "SFT changed the model");
+    assert!(
+        base_reply.1.len() != sft_reply.1.len() || max_diff(&base_reply.1, &sft_reply.1) > 1e-2,
+        "SFT changed the model: {base_reply:?} vs {sft_reply:?}"
+    );
 
     // DPO from the SFT model with a learning rate too small to move it: the result answers
-    // as the SFT model does, so it started from the SFT weights, not the base.
+    // as the SFT model does, with the same log-probs, so it started from the SFT weights.
     let prefs = server
         .upload_ok("prefs.jsonl", preference_jsonl(12, 0))
         .await;
@@ -207,7 +234,12 @@ async fn dpo_starts_from_a_fine_tuned_model() {
         dpo_model.starts_with(&format!("ft:{DECODER_MODEL}:temper:dpo:")),
         "named after the original base: {dpo_model}"
     );
-    assert_eq!(greedy_reply(&server, &dpo_model).await, sft_reply);
+    let dpo_reply = greedy_reply(&server, &dpo_model).await;
+    assert_eq!(dpo_reply.0, sft_reply.0);
+    assert!(
+        max_diff(&dpo_reply.1, &sft_reply.1) < 1e-3,
+        "{dpo_reply:?} vs {sft_reply:?}"
+    );
 }
 
 #[tokio::test]
@@ -229,8 +261,10 @@ async fn dpo_mismatches_fail_clearly() {
 
     // Preference data on an encoder.
     let job = server
-        .create_job(json!({"model": "test-org/tiny-bert", "training_file": prefs,
-                           "method": {"type": "dpo"}}))
+        .create_job(
+            json!({"model": "test-org/tiny-bert", "training_file": prefs,
+                           "method": {"type": "dpo"}}),
+        )
         .await;
     let id = job["id"].as_str().expect("id").to_string();
     let failed = server.wait_for_status(&id, "failed").await;

@@ -5,6 +5,7 @@ mod binary;
 mod chat;
 mod common;
 mod disk;
+mod dpo;
 mod errors;
 mod files;
 mod fine_tune;

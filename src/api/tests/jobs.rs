@@ -83,6 +83,15 @@ async fn job_creation_checks_model_and_files() {
     )
     .await;
     assert_envelope(&fine_tuned, StatusCode::BAD_REQUEST, Some("model"));
+    // A dpo job may start from a fine-tuned model, but only one that exists.
+    let unknown = create_job(
+        &h,
+        json!({"model": "ft:test-org/tiny:temper::zzzz0000", "training_file": train,
+               "method": {"type": "dpo"}}),
+    )
+    .await;
+    let error = assert_envelope(&unknown, StatusCode::NOT_FOUND, Some("model"));
+    assert_eq!(error["code"], "model_not_found");
     let malformed = h
         .send(
             Request::post("/v1/fine_tuning/jobs")
