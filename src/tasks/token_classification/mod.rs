@@ -1,0 +1,21 @@
+//! Token classification (NER): transformers' `run_ner.py` recipe on our encoder.
+//!
+//! - [`align`]: words → sub-words through the tokenizer's word ids, the word's tag on its
+//!   first sub-word and nothing (transformers' `-100`) on the others, truncation, dynamic
+//!   padding.
+//! - [`head`]: `TokenClassifier`, the encoder plus `BertForTokenClassification`'s head
+//!   (dropout + one linear per token), its masked cross-entropy, checkpoints and exports.
+//! - [`metrics`]: seqeval's default-mode entity precision/recall/F1, token accuracy and the
+//!   per-entity-type report.
+//! - [`pipeline`]: serving, as transformers' token-classification pipeline post-processes
+//!   (`aggregation` `none` / `simple`, character offsets into the raw text).
+
+pub mod align;
+pub mod head;
+pub mod metrics;
+pub mod pipeline;
+
+pub use align::{AlignOptions, AlignedExample, TagAligner};
+pub use head::{token_cross_entropy, TokenClassifier, TokenClassifierSpec, TokenLoss};
+pub use metrics::{EntityScores, TagMetrics};
+pub use pipeline::{Aggregation, TokenEntity};
