@@ -89,7 +89,10 @@ mod tests {
         let aligner = TagAligner::new(tokenizer.inner(), &labels, options).unwrap();
         let sentences = [
             (vec!["Paris", "is", "nice"], vec!["B-LOC", "O", "O"]),
-            (vec!["the", "new", "york", "film"], vec!["O", "B-LOC", "I-LOC", "O"]),
+            (
+                vec!["the", "new", "york", "film"],
+                vec!["O", "B-LOC", "I-LOC", "O"],
+            ),
             (vec!["good"], vec!["O"]),
         ];
         let examples: Vec<AlignedExample> = sentences
@@ -126,8 +129,8 @@ mod tests {
         let mut gold = Vec::new();
         let mut predicted = Vec::new();
         for example in &examples {
-            let batch = collate_tagged(std::slice::from_ref(example), &[0], 0, &Device::Cpu)
-                .unwrap();
+            let batch =
+                collate_tagged(std::slice::from_ref(example), &[0], 0, &Device::Cpu).unwrap();
             let logits = model.forward(&batch.inputs, false).unwrap();
             let out = token_cross_entropy(&logits, &batch.labels).unwrap();
             let names = |ids: &[u32]| -> Vec<String> {

@@ -135,3 +135,50 @@ fn undefined_ratios_are_zero() {
     assert!(empty.per_type.is_empty());
     assert_eq!(empty.report()["macro_avg"]["f1-score"], json!(0.0));
 }
+
+/// `scripts/seqeval_fixture.py`: 200 seeded random sentences (IOB2, IOB1-style and BIOES
+/// tags mixed) scored by Python's `seqeval` 1.2.2 (default mode, `zero_division=0`).
+#[test]
+fn matches_python_seqeval_on_the_committed_fixture() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("testdata/seqeval_fixture.json"))
+            .expect("fixture is JSON");
+    let sequences = |key: &str| -> Vec<Vec<String>> {
+        serde_json::from_value(fixture[key].clone()).expect("lists of tags")
+    };
+    let metrics = TagMetrics::compute(&sequences("gold"), &sequences("predicted"));
+    let number = |value: &serde_json::Value| value.as_f64().expect("a number");
+    assert!(close(
+        metrics.micro.precision,
+        number(&fixture["precision"])
+    ));
+    assert!(close(metrics.micro.recall, number(&fixture["recall"])));
+    assert!(close(metrics.micro.f1, number(&fixture["f1"])));
+    assert!(close(metrics.accuracy, number(&fixture["accuracy"])));
+    let theirs = &fixture["report"];
+    let ours = metrics.report();
+    assert_eq!(metrics.per_type.len(), 3);
+    for (kind, row) in ours["per_type"].as_object().expect("per type") {
+        for field in ["precision", "recall", "f1-score", "support"] {
+            assert!(
+                close(number(&row[field]), number(&theirs[kind][field])),
+                "{kind} {field}"
+            );
+        }
+    }
+    for (ours_key, theirs_key) in [
+        ("micro_avg", "micro avg"),
+        ("macro_avg", "macro avg"),
+        ("weighted_avg", "weighted avg"),
+    ] {
+        for field in ["precision", "recall", "f1-score", "support"] {
+            assert!(
+                close(
+                    number(&ours[ours_key][field]),
+                    number(&theirs[theirs_key][field])
+                ),
+                "{ours_key} {field}"
+            );
+        }
+    }
+}

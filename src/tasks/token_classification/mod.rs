@@ -5,12 +5,14 @@
 //!   padding.
 //! - [`head`]: `TokenClassifier`, the encoder plus `BertForTokenClassification`'s head
 //!   (dropout + one linear per token), its masked cross-entropy, checkpoints and exports.
+//! - [`evaluate`]: loss and metrics over a split, in eval mode.
 //! - [`metrics`]: seqeval's default-mode entity precision/recall/F1, token accuracy and the
 //!   per-entity-type report.
 //! - [`pipeline`]: serving, as transformers' token-classification pipeline post-processes
 //!   (`aggregation` `none` / `simple`, character offsets into the raw text).
 
 pub mod align;
+pub mod evaluate;
 pub mod head;
 pub mod metrics;
 pub mod pipeline;
