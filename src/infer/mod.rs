@@ -33,7 +33,8 @@ use std::time::Duration;
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{ModelCatalog, ModelKind, ServableModel};
+pub use crate::domain::task::ServedKind;
+pub use catalog::{ModelCatalog, ServableModel};
 pub use classifier::{CheckpointClassifier, CheckpointLoader};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
 pub use error::InferError;
@@ -305,6 +306,6 @@ fn export_blocking(
             ));
         }
     }
-    crate::train::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
+    crate::tasks::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
         .map_err(|e| InferError::engine(format!("export: {e}")))
 }

@@ -1,5 +1,54 @@
-//! tasks: one folder per training task (see lib.rs for the layout): its data preparation,
-//! head, metrics, serving post-processing and exports, on the generic core in `train` and the
-//! model bodies in `zoo`. No tokio, sqlx or axum here.
+//! tasks: one folder per fine-tuning task, each with its data preparation, model head
+//! (on a `zoo` body), [`crate::train::runner`] task, metric names, report, export and
+//! checkpoint variant. `train/` keeps the generic core (runner, optimizer, schedules,
+//! checkpoint I/O, named metrics, summaries); like `train`, nothing here imports
+//! tokio/sqlx/axum. Adding a task means adding a folder here, a `domain::task::Task`
+//! variant and a `train::checkpoint::CheckpointTask` variant.
+//!
+//! # Layout
+//! - `sequence_classification/`: text → label (`Task::SequenceClassification`).
+//! - `sft/`: supervised fine-tuning of decoders; chat and prompt/completion data share it
+//!   (`Task::ChatSft`, `Task::CompletionSft`: only the data preparation differs).
+//! - `token_classification/`: tagged words → one label per token, NER
+//!   (`Task::TokenClassification`).
 
+use std::path::Path;
+
+use crate::train::checkpoint::{self, CheckpointTask};
+use crate::train::{ExportFormat, TrainError};
+
+pub mod sequence_classification;
+pub mod sft;
 pub mod token_classification;
+
+/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`, by the
+/// task in its `meta.json`. `base_model_id` is what `adapter_config.json` names as the base
+/// model.
+pub fn export_checkpoint(
+    dir: &Path,
+    format: ExportFormat,
+    base_model_id: &str,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    match checkpoint::read_meta(dir)?.task {
+        CheckpointTask::SequenceClassification { .. } => {
+            sequence_classification::export_classifier_checkpoint(
+                dir,
+                format,
+                base_model_id,
+                out_dir,
+            )
+        }
+        CheckpointTask::CausalLm { .. } => {
+            sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir)
+        }
+        CheckpointTask::TokenClassification { .. } => {
+            token_classification::export::export_token_checkpoint(
+                dir,
+                format,
+                base_model_id,
+                out_dir,
+            )
+        }
+    }
+}

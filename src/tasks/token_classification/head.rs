@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use serde::{Deserialize, Serialize};
 
-use crate::domain::hyperparams::LoraSettings;
 use crate::train::TrainError;
 use crate::zoo::bert::{dropout, put_linear, Encoder, ParamBuilder, Tuning};
 use crate::zoo::classifier::{default_targets, new_head_linear, TOKENIZER_FILES};
@@ -19,17 +17,12 @@ use crate::zoo::export::{
     copy_present, save_safetensors, write_json, write_peft_adapter, PeftAdapter,
 };
 use crate::zoo::params::{self, NamedVar};
-use crate::zoo::{EncodedBatch, TrainLinear, ZooError};
+use crate::zoo::{ClassifierSpec, EncodedBatch, TrainLinear, ZooError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TokenClassifierSpec {
-    pub num_labels: usize,
-    /// `Some` with rank > 0: LoRA; `None`: full fine-tuning.
-    pub lora: Option<LoraSettings>,
-    /// Overrides the dropout before the classifier (transformers: BERT's
-    /// `classifier_dropout`, else `hidden_dropout_prob`; DistilBERT's `dropout`).
-    pub classifier_dropout: Option<f64>,
-}
+/// The token classifier's spec: the same fields as the sequence classifier's (label count,
+/// LoRA or full, dropout before the classifier: transformers' BERT `classifier_dropout`, else
+/// `hidden_dropout_prob`; DistilBERT's `dropout`).
+pub type TokenClassifierSpec = ClassifierSpec;
 
 pub struct TokenClassifier {
     encoder: Encoder,

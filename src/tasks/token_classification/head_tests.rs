@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::*;
+use crate::domain::hyperparams::LoraSettings;
 use crate::zoo::test_tensors::max_abs_diff;
 use crate::zoo::testing::{write_tiny_bert, write_tiny_distilbert};
 use crate::zoo::{collate, TextTokenizer};
