@@ -73,14 +73,15 @@ impl DataFormat {
         }
     }
 
-    /// The task a supervised job on this format trains; `None` for formats no trainer takes
-    /// yet (preference pairs, token tags).
+    /// The task a supervised job on this format trains; `None` for formats no supervised
+    /// trainer takes (preference pairs).
     pub fn task_kind(self) -> Option<Task> {
         match self {
             DataFormat::Classification => Some(Task::SequenceClassification),
             DataFormat::Chat => Some(Task::ChatSft),
             DataFormat::PromptCompletion => Some(Task::CompletionSft),
-            DataFormat::Preference | DataFormat::TokenTags => None,
+            DataFormat::TokenTags => Some(Task::TokenClassification),
+            DataFormat::Preference => None,
         }
     }
 }
