@@ -124,6 +124,10 @@ fn bad(param: &str, message: impl Into<String>) -> HyperparamError {
 }
 
 const METRICS_FOR_BEST: &[&str] = &[
+    "valid_entity_f1",
+    "valid_entity_precision",
+    "valid_entity_recall",
+    "valid_token_accuracy",
     "valid_accuracy",
     "valid_f1",
     "valid_loss",

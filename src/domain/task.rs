@@ -123,8 +123,12 @@ impl Task {
     /// rather than training something else.
     pub fn trainer_missing(self) -> Option<String> {
         match self {
-            Task::SequenceClassification | Task::ChatSft | Task::CompletionSft | Task::Dpo => None,
-            Task::TokenClassification | Task::QuestionAnswering => Some(format!(
+            Task::SequenceClassification
+            | Task::TokenClassification
+            | Task::ChatSft
+            | Task::CompletionSft
+            | Task::Dpo => None,
+            Task::QuestionAnswering => Some(format!(
                 "Fine-tuning for {} is not available in this version of temper.",
                 self.label()
             )),

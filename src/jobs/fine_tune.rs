@@ -28,6 +28,7 @@ use crate::store::{EventRow, JobRow, Lease, Store};
 use crate::tasks::dpo::{run_dpo, DpoJob};
 use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
 use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+use crate::tasks::token_classification::{run_token_classification, TokenClassificationJob};
 use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
 
 /// One job's trainer input, by task.
@@ -35,6 +36,7 @@ enum Training {
     Classification(ClassificationJob),
     Sft(SftJob),
     Dpo(DpoJob),
+    TokenClassification(TokenClassificationJob),
 }
 
 /// The resolved numbers a trainer runs with.
@@ -59,6 +61,20 @@ impl Training {
                 valid,
                 labels,
             } => Training::Classification(ClassificationJob {
+                base_model_dir,
+                train,
+                valid,
+                labels,
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::TokenClassification {
+                train,
+                valid,
+                labels,
+                iob1: _,
+            } => Training::TokenClassification(TokenClassificationJob {
                 base_model_dir,
                 train,
                 valid,
@@ -100,6 +116,7 @@ impl Training {
             Training::Classification(job) => run_classification(job, observer),
             Training::Sft(job) => run_sft(job, observer),
             Training::Dpo(job) => run_dpo(job, observer),
+            Training::TokenClassification(job) => run_token_classification(job, observer),
         }
     }
 }
@@ -127,7 +144,7 @@ pub(super) fn check_model_fits_task(
     }
     let message = match kind {
         BaseModelKind::Encoder => format!(
-            "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data); chat and prompt/completion data need a decoder model."
+            "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data) or token classification (tokens/tags data); chat and prompt/completion data need a decoder model."
         ),
         BaseModelKind::Decoder => format!(
             "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
@@ -300,6 +317,14 @@ async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, Job
     };
     if !validating {
         return Ok(Some(data));
+    }
+    if let TrainingData::TokenClassification {
+        iob1: Some(finding),
+        ..
+    } = &data.data
+    {
+        let event = EventRow::message(&job.id, "warn", finding.message(), unix_now());
+        leased_event(store, lease, event).await?;
     }
     if data.duplicates > 0 {
         let message = format!(

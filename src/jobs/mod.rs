@@ -38,6 +38,8 @@ mod fine_tune_tests;
 #[cfg(test)]
 mod method_tests;
 #[cfg(test)]
+mod ner_job_tests;
+#[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
 mod sft_job_tests;

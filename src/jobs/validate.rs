@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use crate::blobs::Blobs;
 use crate::domain::dataset::{
     detect_format, label_set, parse_chat, parse_classification, parse_preference,
-    parse_prompt_completion, ChatExample, DataFormat, DatasetError, LabeledText, PreferenceExample,
-    PromptCompletion,
+    parse_prompt_completion, parse_token_tags, tag_label_set, ChatExample, DataFormat,
+    DatasetError, Iob1Finding, LabeledText, PreferenceExample, PromptCompletion, TokenTagsExample,
 };
 use crate::domain::job_spec::Method;
 use crate::domain::task::Task;
@@ -39,6 +39,14 @@ pub enum TrainingData {
         train: Vec<PreferenceExample>,
         valid: Option<Vec<PreferenceExample>>,
     },
+    TokenClassification {
+        train: Vec<TokenTagsExample>,
+        valid: Option<Vec<TokenTagsExample>>,
+        /// Tags of both files, `tag_label_set`'s order; label id = index.
+        labels: Vec<String>,
+        /// Entities opened by `I-` in the training file (IOB1 data), for an event.
+        iob1: Option<Iob1Finding>,
+    },
 }
 
 impl TrainingData {
@@ -48,6 +56,7 @@ impl TrainingData {
             TrainingData::Chat { train, .. } => train.len(),
             TrainingData::PromptCompletion { train, .. } => train.len(),
             TrainingData::Preference { train, .. } => train.len(),
+            TrainingData::TokenClassification { train, .. } => train.len(),
         }
     }
 
@@ -58,6 +67,7 @@ impl TrainingData {
             TrainingData::Chat { .. } => Task::ChatSft,
             TrainingData::PromptCompletion { .. } => Task::CompletionSft,
             TrainingData::Preference { .. } => Task::Dpo,
+            TrainingData::TokenClassification { .. } => Task::TokenClassification,
         }
     }
 }
@@ -202,20 +212,17 @@ pub async fn load_and_validate(
             (TrainingData::PromptCompletion { train, valid }, duplicates)
         }
         DataFormat::Preference => {
-            let train = parse_preference(&train_bytes)
-                .map_err(|e| Which::Training.failure(e.message))?;
+            let train =
+                parse_preference(&train_bytes).map_err(|e| Which::Training.failure(e.message))?;
             let duplicates = count_duplicates(&train);
             let valid = valid
-                .map(|bytes| parse_preference(bytes).map_err(|e| Which::Validation.failure(e.message)))
+                .map(|bytes| {
+                    parse_preference(bytes).map_err(|e| Which::Validation.failure(e.message))
+                })
                 .transpose()?;
             (TrainingData::Preference { train, valid }, duplicates)
         }
-        other => {
-            return Err(Which::Training.failure(format!(
-                "Input file {training_file} is in the {} format, which supervised fine-tuning does not use; expected chat messages, prompt/completion pairs or text/label examples.",
-                other.as_str()
-            )))
-        }
+        DataFormat::TokenTags => token_classification(&train_bytes, valid)?,
     };
     if data.n_train() < MIN_EXAMPLES {
         return Err(JobFailure::fatal(
@@ -259,6 +266,31 @@ fn classification(
         labels,
     };
     Ok((data, parsed.duplicates))
+}
+
+/// Tagged sentences (JSONL or CoNLL); the label set comes from both files, so a tag seen
+/// only in validation still has an output.
+fn token_classification(
+    train_bytes: &[u8],
+    valid: Option<&[u8]>,
+) -> Result<(TrainingData, usize), JobFailure> {
+    let train = parse_token_tags(train_bytes).map_err(|e| Which::Training.failure(e.message))?;
+    let valid = valid
+        .map(|bytes| {
+            parse_token_tags(bytes)
+                .map(|data| data.examples)
+                .map_err(|e| Which::Validation.failure(e.message))
+        })
+        .transpose()?;
+    let labels = tag_label_set(train.examples.iter().chain(valid.iter().flatten()));
+    let duplicates = count_duplicates(&train.examples);
+    let data = TrainingData::TokenClassification {
+        train: train.examples,
+        valid,
+        labels,
+        iob1: train.iob1,
+    };
+    Ok((data, duplicates))
 }
 
 /// Examples equal to an earlier one (compared by their JSON form).

@@ -11,6 +11,8 @@
 //!   (`Task::ChatSft`, `Task::CompletionSft`: only the data preparation differs).
 //! - `dpo/`: preference tuning of chat decoders (`Task::Dpo`); its checkpoints hold a
 //!   causal LM like SFT's, served and exported the same way.
+//! - `token_classification/`: tagged words → one label per token, NER
+//!   (`Task::TokenClassification`).
 
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use crate::train::{ExportFormat, TrainError};
 pub mod dpo;
 pub mod sequence_classification;
 pub mod sft;
+pub mod token_classification;
 
 /// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`, by the
 /// task in its `meta.json`. `base_model_id` is what `adapter_config.json` names as the base
@@ -41,6 +44,14 @@ pub fn export_checkpoint(
         }
         CheckpointTask::CausalLm { .. } => {
             sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir)
+        }
+        CheckpointTask::TokenClassification { .. } => {
+            token_classification::export::export_token_checkpoint(
+                dir,
+                format,
+                base_model_id,
+                out_dir,
+            )
         }
     }
 }

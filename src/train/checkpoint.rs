@@ -49,6 +49,12 @@ pub enum CheckpointTask {
     },
     /// A decoder (chat / completion SFT).
     CausalLm { lm: LmSpec },
+    /// An encoder with a per-token head (`tasks::token_classification`); label id = index in
+    /// `labels`.
+    TokenClassification {
+        labels: Vec<String>,
+        spec: ClassifierSpec,
+    },
 }
 
 impl CheckpointTask {
@@ -57,11 +63,16 @@ impl CheckpointTask {
         match self {
             CheckpointTask::SequenceClassification { .. } => "sequence_classification",
             CheckpointTask::CausalLm { .. } => "causal_lm",
+            CheckpointTask::TokenClassification { .. } => "token_classification",
         }
     }
 
     /// Every tag this build reads.
-    pub const NAMES: [&'static str; 2] = ["sequence_classification", "causal_lm"];
+    pub const NAMES: [&'static str; 3] = [
+        "sequence_classification",
+        "causal_lm",
+        "token_classification",
+    ];
 }
 
 /// How a causal-LM checkpoint's trainable tensors sit on its base model.
@@ -93,7 +104,8 @@ impl CheckpointMeta {
     /// Whether the checkpoint holds LoRA adapters (and so can be exported as one).
     pub fn has_lora(&self) -> bool {
         let lora = match &self.task {
-            CheckpointTask::SequenceClassification { spec, .. } => spec.lora.as_ref(),
+            CheckpointTask::SequenceClassification { spec, .. }
+            | CheckpointTask::TokenClassification { spec, .. } => spec.lora.as_ref(),
             CheckpointTask::CausalLm { lm } => lm.lora.as_ref(),
         };
         lora.is_some_and(|l| l.rank > 0)

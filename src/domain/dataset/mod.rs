@@ -14,7 +14,8 @@
 //! - `summary.rs`: one streaming pass over a whole file (upload validation), bounded state.
 //! - `classification.rs`: `{"text","label"}` JSONL and `text,label` CSV.
 //! - `chat.rs`: `{"messages": […]}` chat examples and the message checks shared with DPO.
-//! - `other.rs`: prompt/completion, preference (DPO) and token-tagging files.
+//! - `other.rs`: prompt/completion and preference (DPO) files.
+//! - `token_tags.rs`: token classification, `{"tokens","tags"}` JSONL and CoNLL text.
 
 mod chat;
 mod classification;
@@ -22,17 +23,18 @@ mod csv_source;
 mod lines;
 mod other;
 mod summary;
+mod token_tags;
 
 pub use chat::{parse_chat, ChatExample, ChatMessage, ChatRole};
 pub use classification::{label_set, parse_classification, ClassificationData, LabeledText};
 pub use lines::{ScanError, MAX_RECORD_BYTES};
-pub use other::{
-    parse_preference, parse_prompt_completion, parse_token_tags, PreferenceExample,
-    PromptCompletion, TokenTagsExample,
-};
+pub use other::{parse_preference, parse_prompt_completion, PreferenceExample, PromptCompletion};
 pub use summary::{
     scan, validate_training_file, FileSummary, DUPLICATE_TRACKING_LIMIT, MAX_LABELS,
     MAX_LABEL_BYTES,
+};
+pub use token_tags::{
+    parse_token_tags, tag_label_set, Iob1Finding, Iob1Tally, TokenTagsData, TokenTagsExample,
 };
 
 use std::io::{BufReader, Read, Seek};
@@ -56,7 +58,7 @@ pub enum DataFormat {
     PromptCompletion,
     /// `{"input","preferred_output","non_preferred_output"}` (OpenAI DPO).
     Preference,
-    /// `{"tokens","tags"}` (token classification).
+    /// `{"tokens","tags"}` JSONL or CoNLL text (token classification).
     TokenTags,
 }
 
@@ -71,14 +73,15 @@ impl DataFormat {
         }
     }
 
-    /// The task a supervised job on this format trains; `None` for formats no trainer takes
-    /// yet (preference pairs, token tags).
+    /// The task a supervised job on this format trains; `None` for formats no supervised
+    /// trainer takes (preference pairs).
     pub fn task_kind(self) -> Option<Task> {
         match self {
             DataFormat::Classification => Some(Task::SequenceClassification),
             DataFormat::Chat => Some(Task::ChatSft),
             DataFormat::PromptCompletion => Some(Task::CompletionSft),
-            DataFormat::Preference | DataFormat::TokenTags => None,
+            DataFormat::TokenTags => Some(Task::TokenClassification),
+            DataFormat::Preference => None,
         }
     }
 }
@@ -100,7 +103,7 @@ pub struct DatasetError {
 pub const UNEXPECTED_FORMAT: &str = "Unexpected file format, expected either text/label \
 classification examples (JSONL, or CSV with a `text,label` header), chat messages, \
 prompt/completion pairs, preference pairs (input/preferred_output/non_preferred_output) or \
-token tags (tokens/tags).";
+token tags (tokens/tags JSONL, or CoNLL `token<TAB>tag` lines).";
 
 /// Where an example sits in its file: its 1-based number among the examples and its 1-based
 /// physical line.
@@ -157,10 +160,12 @@ pub fn detect_format(bytes: &[u8]) -> Result<DataFormat, DatasetError> {
         .map_err(ScanError::into_dataset_error)
 }
 
-/// A file's format, and whether it is a CSV file (classification only).
+/// A file's format, and whether it is a CSV file (classification only) or CoNLL text (token
+/// tags only).
 struct Detected {
     format: DataFormat,
     csv: bool,
+    conll: bool,
 }
 
 /// Reads the first record of `reader` (from its start) to decide the file's format.
@@ -171,12 +176,20 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
         return Err(empty_file().into());
     };
     if !(text.starts_with(b"{") || text.starts_with(b"[")) {
+        if token_tags::looks_like_conll(text) {
+            return Ok(Detected {
+                format: DataFormat::TokenTags,
+                csv: false,
+                conll: true,
+            });
+        }
         drop(lines);
         reader.rewind()?;
         return if classification::csv_has_text_label_header(reader)? {
             Ok(Detected {
                 format: DataFormat::Classification,
                 csv: true,
+                conll: false,
             })
         } else {
             Err(unexpected_format(at.line).into())
@@ -202,7 +215,11 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
     } else {
         return Err(unexpected_format(at.line).into());
     };
-    Ok(Detected { format, csv: false })
+    Ok(Detected {
+        format,
+        csv: false,
+        conll: false,
+    })
 }
 
 fn unexpected_format(line: usize) -> DatasetError {

@@ -1,5 +1,5 @@
-//! The smaller formats: legacy prompt/completion pairs, preference pairs for DPO and
-//! token-tagging examples.
+//! The smaller formats: legacy prompt/completion pairs and preference pairs for DPO
+//! (token-tagging examples are in `token_tags.rs`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -20,13 +20,6 @@ pub struct PreferenceExample {
     pub input: ChatExample,
     pub preferred: ChatMessage,
     pub non_preferred: ChatMessage,
-}
-
-/// Token classification: one tag per token (integer tags are kept as strings).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenTagsExample {
-    pub tokens: Vec<String>,
-    pub tags: Vec<String>,
 }
 
 fn reject_extra_keys(
@@ -152,56 +145,4 @@ fn preference_output(
         )));
     }
     Ok(message)
-}
-
-/// Parses a `{"tokens": [...], "tags": [...]}` file; both lists must have the same length.
-pub fn parse_token_tags(bytes: &[u8]) -> Result<Vec<TokenTagsExample>, DatasetError> {
-    collect_objects(bytes, token_tags_example)
-}
-
-pub(super) fn token_tags_example(
-    at: ExampleAt,
-    object: &Map<String, Value>,
-) -> Result<TokenTagsExample, DatasetError> {
-    let tokens = string_list(at, object, "tokens", false)?;
-    let tags = string_list(at, object, "tags", true)?;
-    reject_extra_keys(at, object, &["tokens", "tags"])?;
-    if tokens.is_empty() {
-        return Err(at.error(": 'tokens' is empty."));
-    }
-    if tokens.len() != tags.len() {
-        return Err(at.error(format_args!(
-            " has {} token(s) but {} tag(s); they must match one to one.",
-            tokens.len(),
-            tags.len()
-        )));
-    }
-    Ok(TokenTagsExample { tokens, tags })
-}
-
-fn string_list(
-    at: ExampleAt,
-    object: &Map<String, Value>,
-    key: &str,
-    integers_allowed: bool,
-) -> Result<Vec<String>, DatasetError> {
-    let bad = || {
-        let what = if integers_allowed {
-            "strings or integers"
-        } else {
-            "strings"
-        };
-        at.error(format_args!(": '{key}' must be a list of {what}."))
-    };
-    let Value::Array(items) = required(at, object, key)? else {
-        return Err(bad());
-    };
-    items
-        .iter()
-        .map(|item| match item {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) if integers_allowed && (n.is_i64() || n.is_u64()) => Ok(n.to_string()),
-            _ => Err(bad()),
-        })
-        .collect()
 }

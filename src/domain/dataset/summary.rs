@@ -5,7 +5,8 @@
 //! - one record: at most [`super::MAX_RECORD_BYTES`] (4 MiB) and its parsed JSON (≤ ~64 MiB);
 //! - duplicate detection: 8-byte fingerprints of at most [`DUPLICATE_TRACKING_LIMIT`] distinct
 //!   examples per table, two tables for classification (≈ 19 MiB each when full);
-//! - classification labels: at most [`MAX_LABELS`] of at most [`MAX_LABEL_BYTES`] (≤ 10 MiB).
+//! - classification labels (token tags): at most [`MAX_LABELS`] of at most [`MAX_LABEL_BYTES`]
+//!   (≤ 10 MiB); one CoNLL sentence at most [`super::MAX_RECORD_BYTES`], like a JSONL line.
 //!
 //! That is under 150 MB in the worst case; the e2e suite holds a real upload to 200 MB.
 
@@ -22,7 +23,8 @@ use serde_json::{Map, Value};
 use super::chat::chat_example;
 use super::classification::{for_each_labeled_text, sorted_labels, LabeledText};
 use super::lines::{for_each_object, ScanError};
-use super::other::{preference_example, prompt_completion, token_tags_example};
+use super::other::{preference_example, prompt_completion};
+use super::token_tags::{for_each_token_tags, sorted_tags};
 use super::{detect, empty_file, DataFormat, DatasetError, ExampleAt};
 
 /// Distinct examples remembered for duplicate counting. Past this many, later examples are
@@ -48,7 +50,8 @@ pub struct FileSummary {
     pub duplicates: usize,
     /// Classification only: examples whose text came earlier with another label.
     pub conflicting_duplicates: usize,
-    /// Classification only: the distinct labels, in [`super::label_set`]'s order.
+    /// Classification: the distinct labels, in [`super::label_set`]'s order; token tags: the
+    /// distinct tags, in [`super::tag_label_set`]'s order.
     pub labels: Vec<String>,
 }
 
@@ -92,7 +95,16 @@ pub fn scan<R: Read + Seek>(mut reader: R) -> Result<FileSummary, ScanError> {
             (summary.examples, summary.duplicates) = count_jsonl(buffered, preference_example)?;
         }
         DataFormat::TokenTags => {
-            (summary.examples, summary.duplicates) = count_jsonl(buffered, token_tags_example)?;
+            let mut seen = Fingerprints::default();
+            let mut labels = HashSet::new();
+            for_each_token_tags(buffered, detected.conll, |at, example| {
+                summary.examples += 1;
+                if seen.insert(seen.of_json(&example)) {
+                    summary.duplicates += 1;
+                }
+                add_tags(&mut labels, at, example.tags)
+            })?;
+            summary.labels = sorted_tags(labels.into_iter().collect());
         }
     }
     if summary.examples == 0 {
@@ -118,6 +130,34 @@ fn count_jsonl<R: BufRead, T: Serialize>(
         Ok(())
     })?;
     Ok((examples, duplicates))
+}
+
+/// Adds a token-classification example's tags to `labels`; fails past [`MAX_LABELS`] distinct
+/// tags (the head has one output per tag).
+fn add_tags(
+    labels: &mut HashSet<String>,
+    at: ExampleAt,
+    tags: Vec<String>,
+) -> Result<(), DatasetError> {
+    for tag in tags {
+        if labels.contains(&tag) {
+            continue;
+        }
+        if labels.len() == MAX_LABELS {
+            return Err(at.error(format_args!(
+                " brings tag number {}; a token classification file may have at most \
+                 {MAX_LABELS} distinct tags.",
+                MAX_LABELS + 1
+            )));
+        }
+        if tag.len() > MAX_LABEL_BYTES {
+            return Err(at.error(format_args!(
+                " has a tag longer than {MAX_LABEL_BYTES} bytes."
+            )));
+        }
+        labels.insert(tag);
+    }
+    Ok(())
 }
 
 /// Duplicate and label bookkeeping for classification examples, in bounded memory.

@@ -114,7 +114,11 @@ fn formats_map_to_tasks_and_names() {
             Some(Task::CompletionSft),
         ),
         (DataFormat::Preference, "preference", None),
-        (DataFormat::TokenTags, "token_tags", None),
+        (
+            DataFormat::TokenTags,
+            "token_tags",
+            Some(Task::TokenClassification),
+        ),
     ];
     for (format, name, task) in cases {
         assert_eq!(format.as_str(), name);

@@ -5,6 +5,7 @@ mod classification;
 mod detection;
 mod other;
 mod streaming;
+mod token_tags;
 
 use super::DatasetError;
 

@@ -1,9 +1,7 @@
 use serde_json::json;
 
 use super::assert_error;
-use crate::domain::dataset::{
-    parse_preference, parse_prompt_completion, parse_token_tags, PromptCompletion,
-};
+use crate::domain::dataset::{parse_preference, parse_prompt_completion, PromptCompletion};
 
 fn jsonl(lines: &[serde_json::Value]) -> String {
     lines.iter().map(|line| format!("{line}\n")).collect()
@@ -144,38 +142,5 @@ fn preference_errors() {
     for (bad, fragment) in cases {
         let file = jsonl(&[preference(), bad]);
         assert_error(parse_preference(file.as_bytes()), 2, fragment);
-    }
-}
-
-#[test]
-fn token_tags() {
-    let file = jsonl(&[json!({"tokens": ["Paris", "is", "nice"], "tags": ["B-LOC", 0, "O"]})]);
-    let examples = parse_token_tags(file.as_bytes()).expect("valid file");
-    assert_eq!(examples[0].tokens, ["Paris", "is", "nice"]);
-    assert_eq!(examples[0].tags, ["B-LOC", "0", "O"]);
-
-    let good = json!({"tokens": ["a"], "tags": ["O"]});
-    let cases = [
-        (
-            json!({"tokens": ["a", "b"], "tags": ["O"]}),
-            "Example 2 has 2 token(s) but 1 tag(s)",
-        ),
-        (
-            json!({"tokens": [], "tags": []}),
-            "Example 2: 'tokens' is empty.",
-        ),
-        (
-            json!({"tokens": [1], "tags": ["O"]}),
-            "Example 2: 'tokens' must be a list of strings.",
-        ),
-        (
-            json!({"tokens": ["a"], "tags": "O"}),
-            "Example 2: 'tags' must be a list of strings or integers.",
-        ),
-        (json!({"tokens": ["a"]}), "Example 2 is missing key 'tags'."),
-    ];
-    for (bad, fragment) in cases {
-        let file = jsonl(&[good.clone(), bad]);
-        assert_error(parse_token_tags(file.as_bytes()), 2, fragment);
     }
 }

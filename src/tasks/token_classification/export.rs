@@ -1,0 +1,76 @@
+//! A token-classification checkpoint back into a model: for serving and for the user's
+//! downloads (merged Hugging Face directory that `AutoModelForTokenClassification` loads with
+//! `id2label`, or a PEFT `TOKEN_CLS` adapter).
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::head::TokenClassifier;
+use crate::train::checkpoint::{self, CheckpointTask, TRAINABLE_FILE};
+use crate::train::{ExportFormat, TrainError};
+use crate::zoo::TextTokenizer;
+
+/// A token classifier rebuilt from a checkpoint, with what serving it needs.
+pub struct LoadedTokenClassifier {
+    pub model: TokenClassifier,
+    pub tokenizer: TextTokenizer,
+    /// Label names, id = index.
+    pub labels: Vec<String>,
+    pub max_seq_len: usize,
+}
+
+/// Rebuilds the token classifier a checkpoint holds from its `meta.json` (base model,
+/// labels, spec) and `trainable.safetensors`.
+pub fn load_token_checkpoint(
+    dir: &Path,
+    device: &Device,
+) -> Result<LoadedTokenClassifier, TrainError> {
+    let meta = checkpoint::read_meta(dir)?;
+    let CheckpointTask::TokenClassification { labels, spec } = &meta.task else {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!(
+                "a `{}` checkpoint is not a token classifier",
+                meta.task.name()
+            ),
+        ));
+    };
+    let model = TokenClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
+    model.load_trainable(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
+    Ok(LoadedTokenClassifier {
+        model,
+        tokenizer: TextTokenizer::from_dir(&meta.base_model_dir)?,
+        labels: labels.clone(),
+        max_seq_len: meta.max_seq_len,
+    })
+}
+
+/// Writes a token-classification checkpoint as a merged HF directory or a PEFT adapter.
+pub(crate) fn export_token_checkpoint(
+    dir: &Path,
+    format: ExportFormat,
+    base_model_id: &str,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    let meta = checkpoint::read_meta(dir)?;
+    let mut loaded = load_token_checkpoint(dir, &Device::Cpu)?;
+    match format {
+        ExportFormat::Merged => {
+            loaded.model.merge_lora()?;
+            loaded
+                .model
+                .export_merged(&meta.base_model_dir, &loaded.labels, out_dir)?;
+        }
+        ExportFormat::Adapter => {
+            if !meta.has_lora() {
+                return Err(TrainError::checkpoint(
+                    dir,
+                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
+                ));
+            }
+            loaded.model.export_adapter(base_model_id, out_dir)?;
+        }
+    }
+    Ok(())
+}

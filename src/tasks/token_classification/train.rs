@@ -1,0 +1,265 @@
+//! Token-classification fine-tuning: the [`TokenClassifier`] as a [`TrainTask`] for the
+//! shared loop in `train::runner` (cross-entropy over the labelled sub-words; the whole
+//! validation set, seqeval metrics included, at every evaluation point), and the final
+//! per-entity-type report.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use serde_json::{json, Value};
+
+use super::align::{collate_tagged, AlignOptions, AlignedExample, TagAligner};
+use super::evaluate::{evaluate_tags, TagEvaluation, TaggedSet};
+use super::head::{token_cross_entropy, TokenClassifier};
+use crate::domain::dataset::TokenTagsExample;
+use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::{results_csv, BestMetric};
+use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
+use crate::zoo::{ClassifierSpec, TextTokenizer};
+
+/// Token accuracy over labelled sub-words while training; entity precision/recall/F1
+/// (seqeval, micro) and token accuracy over the validation set. The best checkpoint is the
+/// one with the highest `valid_entity_f1` (transformers' `run_ner` reports the same
+/// `overall_f1`).
+pub const TOKEN_CLASSIFICATION_METRICS: MetricNames = MetricNames {
+    train: &["train_loss", "train_token_accuracy"],
+    valid: &[
+        "valid_loss",
+        "valid_entity_precision",
+        "valid_entity_recall",
+        "valid_entity_f1",
+        "valid_token_accuracy",
+    ],
+    train_accuracy: Some("train_token_accuracy"),
+    default_best: "valid_entity_f1",
+    aliases: &[
+        ("full_valid_loss", "valid_loss"),
+        ("valid_f1", "valid_entity_f1"),
+        ("valid_accuracy", "valid_token_accuracy"),
+    ],
+};
+
+pub struct TokenClassificationJob {
+    pub base_model_dir: PathBuf,
+    pub train: Vec<TokenTagsExample>,
+    pub valid: Option<Vec<TokenTagsExample>>,
+    /// Label id = index (`domain::dataset::tag_label_set` over train + validation).
+    pub labels: Vec<String>,
+    pub config: TrainingConfig,
+    /// `checkpoints/step-N/` live here.
+    pub work_dir: PathBuf,
+    pub device: Device,
+}
+
+pub fn run_token_classification(
+    job: &TokenClassificationJob,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, TrainError> {
+    if job.train.is_empty() || job.labels.is_empty() {
+        return Err(TrainError::InvalidData(
+            "the training file has no tagged sentences".into(),
+        ));
+    }
+    if job.config.batch_size == 0 || job.config.n_epochs == 0 {
+        return Err(TrainError::InvalidData(
+            "`batch_size` and `n_epochs` must be at least 1".into(),
+        ));
+    }
+    let task = TagTask::prepare(job)?;
+    let cfg = &job.config;
+    let best = BestMetric::resolve(
+        cfg.metric_for_best_model.as_deref(),
+        &TOKEN_CLASSIFICATION_METRICS,
+        task.valid.is_some(),
+        observer,
+    );
+    let meta = CheckpointMeta {
+        task: CheckpointTask::TokenClassification {
+            labels: job.labels.clone(),
+            spec: task.spec.clone(),
+        },
+        base_model_dir: job.base_model_dir.clone(),
+        max_seq_len: cfg.max_seq_len,
+        seed: cfg.seed,
+    };
+    let mut trainer = Trainer::new(TrainerSetup {
+        config: cfg,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        vars: task.model.trainable_vars(),
+        n_train: task.train.len(),
+        meta,
+        best,
+        names: &TOKEN_CLASSIFICATION_METRICS,
+    })?;
+    if let Some(head_lr) = cfg.head_learning_rate {
+        let head_scale = head_lr / cfg.learning_rate;
+        trainer.scale_learning_rates(|name| {
+            let name = name.strip_prefix("base_model.model.").unwrap_or(name);
+            if name.starts_with("classifier.") {
+                head_scale
+            } else {
+                1.0
+            }
+        });
+    }
+    trainer.resume(observer)?;
+    match trainer.run(&task, observer)? {
+        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
+        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
+            step: trainer.state.step,
+        }),
+        LoopEnd::Finished => Ok(TrainOutcome::Completed(build_summary(
+            &trainer, &task, observer,
+        )?)),
+    }
+}
+
+/// The model, its tokenized data and how to train and evaluate it.
+struct TagTask<'a> {
+    job: &'a TokenClassificationJob,
+    model: TokenClassifier,
+    spec: ClassifierSpec,
+    train: Vec<AlignedExample>,
+    valid: Option<Vec<AlignedExample>>,
+    pad_id: u32,
+}
+
+impl<'a> TagTask<'a> {
+    fn prepare(job: &'a TokenClassificationJob) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
+        let options = AlignOptions {
+            max_seq_len: cfg.max_seq_len,
+            label_all_tokens: false,
+        };
+        let aligner = TagAligner::new(tokenizer.inner(), &job.labels, options)?;
+        let align_all = |examples: &[TokenTagsExample]| {
+            examples
+                .iter()
+                .enumerate()
+                .map(|(i, example)| aligner.align(i + 1, example))
+                .collect::<Result<Vec<_>, TrainError>>()
+        };
+        let train = align_all(&job.train)?;
+        let valid = match job.valid.as_deref() {
+            Some(valid) if !valid.is_empty() => Some(align_all(valid)?),
+            _ => None,
+        };
+        let spec = ClassifierSpec {
+            num_labels: job.labels.len(),
+            lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
+            classifier_dropout: None,
+        };
+        let model =
+            TokenClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        Ok(Self {
+            job,
+            model,
+            spec,
+            train,
+            valid,
+            pad_id: tokenizer.pad_id(),
+        })
+    }
+
+    fn evaluate_set(&self, examples: &[AlignedExample]) -> Result<TagEvaluation, TrainError> {
+        let set = TaggedSet {
+            examples,
+            batch_size: self.job.config.batch_size,
+            pad_id: self.pad_id,
+        };
+        evaluate_tags(&self.model, &set, &self.job.labels, &self.job.device)
+    }
+}
+
+impl TrainTask for TagTask<'_> {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    /// Labelled sub-words: the step's mean loss is over tokens, as transformers' loss.
+    fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
+        indices
+            .iter()
+            .map(|&i| {
+                self.train
+                    .get(i)
+                    .map(AlignedExample::labelled)
+                    .ok_or_else(|| {
+                        TrainError::InvalidData(format!("example index {i} is out of range"))
+                    })
+            })
+            .sum()
+    }
+
+    fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {
+        let batch = collate_tagged(&self.train, indices, self.pad_id, &self.job.device)?;
+        let logits = self.model.forward(&batch.inputs, true)?;
+        let out = token_cross_entropy(&logits, &batch.labels)?;
+        Ok(MicroBatch {
+            units: out.positions.len(),
+            correct: out.correct(),
+            loss: out.loss,
+            tokens: batch.inputs.n_tokens as u64,
+            extra: Metrics::default(),
+        })
+    }
+
+    /// The whole validation set at every evaluation point.
+    fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError> {
+        let Some(valid) = self.valid.as_deref() else {
+            return Ok(());
+        };
+        if at.epoch_end || at.eval_due || at.regular_save {
+            let evaluation = self.evaluate_set(valid)?;
+            let micro = evaluation.metrics.micro;
+            row.set("valid_loss", evaluation.loss);
+            row.set("valid_entity_precision", micro.precision);
+            row.set("valid_entity_recall", micro.recall);
+            row.set("valid_entity_f1", micro.f1);
+            row.set("valid_token_accuracy", evaluation.metrics.accuracy);
+        }
+        Ok(())
+    }
+}
+
+/// Loads the best checkpoint's weights and reports per entity type on the validation set
+/// (the training set when there is none).
+fn build_summary(
+    trainer: &Trainer,
+    task: &TagTask,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError> {
+    let (best_step, best_dir) = trainer.load_best()?;
+    let (split, examples) = match task.valid.as_deref() {
+        Some(valid) => ("validation", valid),
+        None => ("train", task.train.as_slice()),
+    };
+    let evaluation = task.evaluate_set(examples)?;
+    let mut report = evaluation.metrics.report();
+    if let Value::Object(map) = &mut report {
+        map.insert("labels".into(), json!(task.job.labels));
+        map.insert("split".into(), json!(split));
+        map.insert("loss".into(), json!(evaluation.loss));
+        map.insert("step".into(), json!(best_step));
+    }
+    observer.on_event(
+        EventLevel::Info,
+        format!(
+            "Best checkpoint: step {best_step} ({split} entity F1 {:.4}, token accuracy {:.4})",
+            evaluation.metrics.micro.f1, evaluation.metrics.accuracy
+        ),
+    );
+    Ok(TrainSummary {
+        best_step,
+        best_checkpoint: best_dir,
+        trained_tokens: trainer.state.tokens_seen,
+        results_csv: results_csv(&trainer.state.history, &TOKEN_CLASSIFICATION_METRICS),
+        report,
+        checkpoints: trainer.saved_checkpoints(),
+    })
+}
