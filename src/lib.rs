@@ -30,6 +30,7 @@ pub mod infer;
 pub mod jobs;
 pub mod runtime;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod train;
 pub mod zoo;

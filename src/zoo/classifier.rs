@@ -26,7 +26,7 @@ pub struct ClassifierSpec {
 }
 
 /// Tokenizer files an exported directory carries over from the base model.
-const TOKENIZER_FILES: [&str; 4] = [
+pub(crate) const TOKENIZER_FILES: [&str; 4] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.txt",
@@ -46,7 +46,7 @@ pub struct SequenceClassifier {
 }
 
 /// PEFT's defaults for sequence classification.
-fn default_targets(arch: EncoderArch) -> Vec<String> {
+pub(crate) fn default_targets(arch: EncoderArch) -> Vec<String> {
     let names: &[&str] = match arch {
         EncoderArch::Bert => &["query", "value"],
         EncoderArch::DistilBert => &["q_lin", "v_lin"],
@@ -55,7 +55,7 @@ fn default_targets(arch: EncoderArch) -> Vec<String> {
 }
 
 /// A new head linear: weight ~ N(0, std) from the seeded RNG, zero bias, always trainable.
-fn new_head_linear(
+pub(crate) fn new_head_linear(
     pb: &mut ParamBuilder,
     hf_module: &str,
     in_dim: usize,

@@ -23,6 +23,7 @@ use super::chat::chat_example;
 use super::classification::{for_each_labeled_text, sorted_labels, LabeledText};
 use super::lines::{for_each_object, ScanError};
 use super::other::{preference_example, prompt_completion, token_tags_example};
+use super::squad::for_each_qa_example;
 use super::{detect, empty_file, DataFormat, DatasetError, ExampleAt};
 
 /// Distinct examples remembered for duplicate counting. Past this many, later examples are
@@ -93,6 +94,16 @@ pub fn scan<R: Read + Seek>(mut reader: R) -> Result<FileSummary, ScanError> {
         }
         DataFormat::TokenTags => {
             (summary.examples, summary.duplicates) = count_jsonl(buffered, token_tags_example)?;
+        }
+        DataFormat::QuestionAnswering => {
+            let mut seen = Fingerprints::default();
+            for_each_qa_example(buffered, |example| {
+                summary.examples += 1;
+                if seen.insert(seen.of_json(&example)) {
+                    summary.duplicates += 1;
+                }
+                Ok(())
+            })?;
         }
     }
     if summary.examples == 0 {
