@@ -10,11 +10,10 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 use temper::domain::dataset::{label_set, parse_classification};
-use temper::domain::hyperparams::{HyperparamRequest, TaskKind};
-use temper::train::{
-    run_classification, ClassificationJob, Control, EventLevel, SavedCheckpoint, StepMetrics,
-    TrainObserver,
-};
+use temper::domain::hyperparams::HyperparamRequest;
+use temper::domain::task::Task;
+use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
+use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
 #[derive(Default)]
 struct Timings {
@@ -25,7 +24,7 @@ struct Timings {
 impl TrainObserver for Timings {
     fn on_event(&mut self, _level: EventLevel, _message: String) {}
     fn on_step(&mut self, metrics: &StepMetrics) {
-        self.losses.push(metrics.train_loss);
+        self.losses.push(metrics.train_loss());
         self.tokens = metrics.tokens_seen;
     }
     fn on_checkpoint(&mut self, _checkpoint: &SavedCheckpoint) {}
@@ -57,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         train,
         valid: None,
         labels,
-        config: request.resolve(TaskKind::SequenceClassification, limit, 42),
+        config: request.resolve(Task::SequenceClassification, limit, 42),
         work_dir: work_dir.path().to_path_buf(),
         device: Device::Cpu,
     };

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv-bench (git-ignored) with the Python side of the benchmarks: the official
-# openai SDK that drives temper, and the reference stack (CPU PyTorch, transformers, peft).
+# openai SDK that drives temper, and the reference stack (CPU PyTorch, transformers, peft,
+# TRL for the DPO reference, datasets which TRL's trainers take their data as, seqeval for the
+# NER reference's entity-level F1).
 #
 #   scripts/bench-env.sh          # idempotent; re-running only installs what is missing
 #
@@ -28,6 +30,12 @@ PACKAGES=(
   openai==3.54.0
   httpx==0.28.1
   gguf==0.19.0
+  trl==1.16.0
+  datasets==5.2.0
+  pandas==3.1.1
+  pyarrow==26.0.1
+  seqeval==1.2.2
+  scikit-learn==1.9.1
 )
 
 [ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
@@ -42,4 +50,4 @@ else
   fi
   "$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"
 fi
-"$PY" -c "import torch, transformers, openai, peft, accelerate, gguf; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__)"
+"$PY" -c "import torch, transformers, openai, peft, accelerate, gguf, trl, datasets, seqeval; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__, '| trl', trl.__version__, '| datasets', datasets.__version__)"

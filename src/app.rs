@@ -19,9 +19,9 @@ use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, ModelCatalog,
-    ModelKind, ServableModel,
+    QaPrediction, QaQuestion, ServableModel, ServedKind,
 };
-use crate::jobs::{JobsContext, WorkerPool, CAUSAL_LM_KIND, CLASSIFIER_KIND};
+use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
 use crate::train::ExportFormat;
 
@@ -180,7 +180,7 @@ impl StoreCatalog {
         Ok(Some(ServableModel {
             name,
             dir,
-            kind: ModelKind::Causal,
+            kind: ServedKind::CausalLm,
         }))
     }
 }
@@ -197,10 +197,9 @@ impl ModelCatalog for StoreCatalog {
             let Some(row) = row else {
                 return self.base_decoder(&name).await;
             };
-            let kind = match row.kind.as_str() {
-                CLASSIFIER_KIND => ModelKind::Classifier,
-                CAUSAL_LM_KIND => ModelKind::Causal,
-                _ => return Ok(None),
+            // A kind this build does not serve (a row from a newer version) is no model.
+            let Some(kind) = ServedKind::from_stored(&row.kind) else {
+                return Ok(None);
             };
             Ok(Some(ServableModel {
                 name: row.id,
@@ -237,6 +236,15 @@ impl Inference for InferenceService {
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
         let handle = self.handle.clone();
         Box::pin(async move { handle.classify(&model, inputs).await })
+    }
+
+    fn answer_questions(
+        &self,
+        model: String,
+        questions: Vec<QaQuestion>,
+    ) -> BoxFuture<'static, Result<Vec<QaPrediction>, InferError>> {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.answer_questions(&model, questions).await })
     }
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
@@ -311,9 +319,10 @@ mod tests {
     async fn model_rows_map_to_their_engine_and_unknown_kinds_are_not_served() {
         let (_tmp, catalog) = catalog().await;
         for (id, kind) in [
-            ("ft:a", CAUSAL_LM_KIND),
-            ("ft:b", CLASSIFIER_KIND),
+            ("ft:a", ServedKind::CausalLm.as_str()),
+            ("ft:b", ServedKind::Classifier.as_str()),
             ("ft:c", "x"),
+            ("ft:d", ServedKind::TokenClassifier.as_str()),
         ] {
             let row = ModelRow {
                 id: id.into(),
@@ -331,13 +340,17 @@ mod tests {
         let kind = |m: Option<ServableModel>| m.map(|m| m.kind);
         assert_eq!(
             kind(catalog.resolve("ft:a").await.unwrap()),
-            Some(ModelKind::Causal)
+            Some(ServedKind::CausalLm)
         );
         assert_eq!(
             kind(catalog.resolve("ft:b").await.unwrap()),
-            Some(ModelKind::Classifier)
+            Some(ServedKind::Classifier)
         );
         assert_eq!(catalog.resolve("ft:c").await.unwrap(), None);
+        assert_eq!(
+            kind(catalog.resolve("ft:d").await.unwrap()),
+            Some(ServedKind::TokenClassifier)
+        );
         assert_eq!(catalog.resolve("nobody/nothing").await.unwrap(), None);
     }
 
@@ -353,7 +366,7 @@ mod tests {
         crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
 
         let served = catalog.resolve("tiny-chat").await.unwrap().unwrap();
-        assert_eq!(served.kind, ModelKind::Causal);
+        assert_eq!(served.kind, ServedKind::CausalLm);
         assert_eq!(served.name, "tiny-chat");
         assert!(served.dir.starts_with(tmp.path().join("data/cache/gguf")));
         assert!(served.dir.join("model.safetensors").exists());

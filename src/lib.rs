@@ -9,16 +9,18 @@
 //!             jobs: worker pool, one worker per device slot
 //!                    │ training runs on its own OS thread, reports over channels
 //!                    ▼
-//!             train: synchronous candle code, models from zoo
+//!             tasks/<name>: one folder per task (data, head, metric names, report,
+//!                    │ export) on train: the synchronous candle core; models from zoo
 //!                    │ checkpoints, metrics, artifacts
 //!                    ▼
 //!             blobs + store.models ──► infer: registry (LRU by bytes) of loaded
 //!                                        engines, one OS thread each ──► HTTP
 //! ```
 //!
-//! Dependency rules: `domain` is used by all; `train` and `zoo` never import tokio, sqlx
-//! or axum; `store` never imports axum or candle; `api` never imports candle, `zoo` or
-//! `train`. `app` is the composition root and the only module that knows every other.
+//! Dependency rules: `domain` is used by all; `train`, `tasks` and `zoo` never import
+//! tokio, sqlx or axum; `store` never imports axum or candle; `api` never imports candle,
+//! `zoo`, `train` or `tasks`. `app` is the composition root and the only module that knows
+//! every other.
 
 pub mod api;
 pub mod app;

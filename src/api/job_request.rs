@@ -3,11 +3,12 @@
 
 use rand::Rng;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::error::echo;
 use super::ApiError;
-use crate::domain::hyperparams::HyperparamRequest;
+use crate::domain::hyperparams::HyperparamError;
+use crate::domain::job_spec::{JobSpec, SpecError};
 use crate::domain::model_name::{normalize_model_id, validate_suffix};
 
 /// OpenAI's seed range.
@@ -15,8 +16,6 @@ pub const MAX_SEED: i64 = 2_147_483_647;
 pub const MAX_METADATA_PAIRS: usize = 16;
 pub const MAX_METADATA_KEY_CHARS: usize = 64;
 pub const MAX_METADATA_VALUE_CHARS: usize = 512;
-/// OpenAI's three knobs, echoed in the legacy `hyperparameters` object.
-const LEGACY_KEYS: [&str; 3] = ["batch_size", "learning_rate_multiplier", "n_epochs"];
 
 /// The wire body. Loosely typed on purpose: type errors become 400s naming the param
 /// instead of serde's generic message.
@@ -42,12 +41,20 @@ pub struct ValidJobRequest {
     pub suffix: Option<String>,
     pub seed: i64,
     pub metadata: Option<Value>,
-    /// `FineTuneMethod` echo: `{"type", "<type>": {"hyperparameters": {…}}}`.
-    pub method: Value,
-    /// Legacy `{batch_size, learning_rate_multiplier, n_epochs}` ("auto" until resolved);
-    /// `null` for DPO, as OpenAI returns it.
-    pub hyperparameters: Value,
-    pub hyperparams: HyperparamRequest,
+    /// `method` and the deprecated `hyperparameters`, typed.
+    pub spec: JobSpec,
+}
+
+impl From<SpecError> for ApiError {
+    /// A 400 naming the param, echoed short like a bad hyperparameter's (it may be a
+    /// client's unknown key).
+    fn from(error: SpecError) -> ApiError {
+        HyperparamError {
+            param: error.param,
+            message: error.message,
+        }
+        .into()
+    }
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -131,80 +138,6 @@ fn parse_metadata(value: Option<Value>) -> Result<Option<Value>, ApiError> {
     Ok(Some(Value::Object(map)))
 }
 
-fn object_or_empty(value: Option<&Value>, param: &str) -> Result<Map<String, Value>, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(map)) => Ok(map.clone()),
-        Some(_) => Err(invalid(param, format!("`{param}` must be an object."))),
-    }
-}
-
-/// The method type and its merged hyperparameters (method's keys over the deprecated
-/// top-level object).
-fn method_hyperparameters(
-    method: Option<&Value>,
-    legacy: Option<&Value>,
-) -> Result<(String, Map<String, Value>), ApiError> {
-    let mut merged = object_or_empty(legacy, "hyperparameters")?;
-    let method = object_or_empty(method, "method")?;
-    let kind = match method.get("type") {
-        None | Some(Value::Null) => "supervised".to_string(),
-        Some(Value::String(kind)) if kind == "supervised" || kind == "dpo" => kind.clone(),
-        Some(Value::String(kind)) if kind == "reinforcement" => {
-            return Err(invalid(
-                "method.type",
-                "Reinforcement fine-tuning is not supported by temper.",
-            ))
-        }
-        Some(other) => {
-            return Err(invalid(
-                "method.type",
-                format!(
-                    "`method.type` must be `supervised` or `dpo`, got {}.",
-                    echo(&other.to_string())
-                ),
-            ))
-        }
-    };
-    let section = object_or_empty(method.get(&kind), &format!("method.{kind}"))?;
-    let hyper = object_or_empty(
-        section.get("hyperparameters"),
-        &format!("method.{kind}.hyperparameters"),
-    )?;
-    merged.extend(hyper);
-    Ok((kind, merged))
-}
-
-/// DPO's `beta` ("auto" or 0–2) is not a trainer knob yet; it is checked and echoed.
-fn take_beta(hyper: &mut Map<String, Value>) -> Result<Option<Value>, ApiError> {
-    let Some(beta) = hyper.remove("beta") else {
-        return Ok(None);
-    };
-    let ok =
-        beta.as_str() == Some("auto") || beta.as_f64().is_some_and(|b| (0.0..=2.0).contains(&b));
-    if !ok {
-        return Err(invalid(
-            "beta",
-            "`beta` must be \"auto\" or a number between 0 and 2.",
-        ));
-    }
-    Ok(Some(beta))
-}
-
-/// `"auto"` for every legacy knob the user left unset, else the value they gave.
-fn legacy_echo(hyper: &Map<String, Value>) -> Value {
-    let mut echo = Map::new();
-    for key in LEGACY_KEYS {
-        let value = hyper
-            .get(key)
-            .filter(|v| !v.is_null())
-            .cloned()
-            .unwrap_or_else(|| json!("auto"));
-        echo.insert(key.to_string(), value);
-    }
-    Value::Object(echo)
-}
-
 /// The job's base model, normalised (`normalize_model_id`) so one model has one id.
 fn parse_model(value: Option<Value>) -> Result<String, ApiError> {
     let model = normalize_model_id(&required_string(value, "model")?);
@@ -237,26 +170,7 @@ pub fn parse_create(body: CreateJobBody) -> Result<ValidJobRequest, ApiError> {
             "Integrations (Weights & Biases) are not supported by temper.",
         ));
     }
-    let (kind, mut hyper) =
-        method_hyperparameters(body.method.as_ref(), body.hyperparameters.as_ref())?;
-    let beta = take_beta(&mut hyper)?;
-    let hyperparams = HyperparamRequest::parse(&hyper)?;
-    let mut echoed = hyper.clone();
-    for (key, value) in legacy_echo(&hyper).as_object().into_iter().flatten() {
-        echoed.insert(key.clone(), value.clone());
-    }
-    if let Some(beta) = beta {
-        echoed.insert("beta".to_string(), beta);
-    }
-    let hyperparameters = if kind == "supervised" {
-        legacy_echo(&hyper)
-    } else {
-        Value::Null
-    };
-    let mut method = Map::new();
-    method.insert("type".to_string(), json!(kind));
-    method.insert(kind.clone(), json!({ "hyperparameters": echoed }));
-    let method = Value::Object(method);
+    let spec = JobSpec::parse(body.method.as_ref(), body.hyperparameters.as_ref())?;
     Ok(ValidJobRequest {
         model,
         training_file,
@@ -264,35 +178,33 @@ pub fn parse_create(body: CreateJobBody) -> Result<ValidJobRequest, ApiError> {
         suffix,
         seed,
         metadata,
-        method,
-        hyperparameters,
-        hyperparams,
+        spec,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Map};
+
     use super::*;
+    use crate::domain::hyperparams::HyperparamRequest;
+    use crate::domain::job_spec::Method;
 
     fn body(value: Value) -> CreateJobBody {
         serde_json::from_value(value).expect("body shape")
     }
 
     #[test]
-    fn minimal_request_gets_auto_hyperparameters_and_a_seed() {
+    fn minimal_request_is_supervised_with_auto_hyperparameters_and_a_seed() {
         let valid = parse_create(body(json!({"model": "org/m", "training_file": "file-a"})))
             .expect("valid");
         assert_eq!(
-            valid.hyperparameters,
-            json!({"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"})
-        );
-        assert_eq!(valid.method["type"], "supervised");
-        assert_eq!(
-            valid.method["supervised"]["hyperparameters"]["n_epochs"],
-            "auto"
+            valid.spec.method,
+            Method::Supervised {
+                hyperparameters: HyperparamRequest::default()
+            }
         );
         assert!((0..=MAX_SEED).contains(&valid.seed));
-        assert_eq!(valid.hyperparams, HyperparamRequest::default());
     }
 
     #[test]
@@ -304,14 +216,10 @@ mod tests {
         })))
         .expect("valid");
         assert_eq!(valid.seed, 42);
-        assert_eq!(valid.hyperparams.n_epochs, Some(3));
-        assert_eq!(valid.hyperparams.batch_size, Some(4));
-        assert_eq!(valid.hyperparams.lora_rank, Some(8));
-        assert_eq!(valid.hyperparameters["n_epochs"], 3);
-        assert_eq!(
-            valid.method["supervised"]["hyperparameters"]["lora_rank"],
-            8
-        );
+        let hyperparams = valid.spec.method.hyperparameters();
+        assert_eq!(hyperparams.n_epochs, Some(3));
+        assert_eq!(hyperparams.batch_size, Some(4));
+        assert_eq!(hyperparams.lora_rank, Some(8));
     }
 
     #[test]
@@ -348,6 +256,16 @@ mod tests {
             (
                 json!({"model": "m", "training_file": "f", "method": {"type": "dpo",
                 "dpo": {"hyperparameters": {"beta": 5}}}}),
+                "beta",
+            ),
+            (
+                json!({"model": "m", "training_file": "f", "method": {"type": "dpo",
+                "dpo": {"hyperparameters": {"beta": 0}}}}),
+                "beta",
+            ),
+            (
+                json!({"model": "m", "training_file": "f", "method": {"type": "supervised",
+                "supervised": {"hyperparameters": {"beta": 0.1}}}}),
                 "beta",
             ),
         ];
@@ -398,11 +316,30 @@ mod tests {
     }
 
     #[test]
-    fn dpo_has_null_legacy_hyperparameters_and_echoes_beta() {
+    fn a_dpo_request_is_a_typed_dpo_spec_with_its_beta() {
         let valid = parse_create(body(json!({"model": "m", "training_file": "f",
-            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}})))
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 2}}}})))
         .expect("valid");
-        assert_eq!(valid.hyperparameters, Value::Null);
-        assert_eq!(valid.method["dpo"]["hyperparameters"]["beta"], 0.1);
+        let Method::Dpo {
+            hyperparameters,
+            beta,
+        } = &valid.spec.method
+        else {
+            panic!("dpo expected: {:?}", valid.spec);
+        };
+        assert_eq!(*beta, Some(0.1));
+        assert_eq!(hyperparameters.n_epochs, Some(2));
+    }
+
+    #[test]
+    fn an_unknown_hyperparameter_key_is_echoed_short() {
+        let key = "k".repeat(200);
+        let mut hyper = Map::new();
+        hyper.insert(key, json!(1));
+        let err = parse_create(body(json!({"model": "m", "training_file": "f",
+            "method": {"type": "dpo", "dpo": {"hyperparameters": hyper}}})))
+        .expect_err("unknown key");
+        assert_eq!(err.param, Some(format!("{}…", "k".repeat(64))));
+        assert!(err.message.len() < 200, "{}", err.message);
     }
 }

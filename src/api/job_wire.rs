@@ -2,14 +2,91 @@
 //! `fine_tuning.job.checkpoint`, exactly as OpenAI returns them.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::wire::HasId;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::{JobSpec, Method, ResolvedHyperparameters};
 use crate::store::{CheckpointRow, EventRow, JobRow};
 
 /// temper has one organisation.
 pub const ORGANIZATION_ID: &str = "org-temper";
+
+/// OpenAI's `FineTuneMethod` echo, `{"type", "<type>": {"hyperparameters": {…}}}`: the
+/// user's knobs (temper's extra keys included), OpenAI's three as `"auto"` until the job
+/// resolves them and as the numbers it trains with after, and DPO's `beta` likewise.
+fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
+    let mut hyperparameters = requested_knobs(spec);
+    hyperparameters.extend(openai_knobs(spec, resolved));
+    if let Method::Dpo { beta, .. } = &spec.method {
+        let beta = resolved.and_then(|r| r.beta).or(*beta);
+        hyperparameters.insert(
+            "beta".into(),
+            beta.map_or_else(|| json!("auto"), |b| json!(b)),
+        );
+    }
+    let mut method = Map::new();
+    method.insert("type".into(), json!(spec.method.name()));
+    method.insert(
+        spec.method.name().into(),
+        json!({ "hyperparameters": hyperparameters }),
+    );
+    Value::Object(method)
+}
+
+/// The deprecated top-level `hyperparameters`: OpenAI's three knobs for supervised jobs.
+/// OpenAI returns `null` for DPO jobs, but its spec types the field as an object, so
+/// typed clients get `{}`.
+fn legacy_hyperparameters(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
+    match spec.method {
+        Method::Supervised { .. } => Value::Object(openai_knobs(spec, resolved)),
+        Method::Dpo { .. } => json!({}),
+    }
+}
+
+/// Every knob the user set, under its request key.
+fn requested_knobs(spec: &JobSpec) -> Map<String, Value> {
+    match serde_json::to_value(spec.method.hyperparameters()) {
+        Ok(Value::Object(mut knobs)) => {
+            knobs.retain(|_, value| !value.is_null());
+            knobs
+        }
+        // A struct of plain fields always serializes to an object.
+        _ => Map::new(),
+    }
+}
+
+/// `batch_size`, `learning_rate_multiplier`, `n_epochs`: resolved, requested or `"auto"`.
+fn openai_knobs(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Map<String, Value> {
+    let requested = spec.method.hyperparameters();
+    let resolved = resolved.map(|r| &r.config);
+    let knob = |resolved: Option<Value>, requested: Option<Value>| {
+        resolved.or(requested).unwrap_or_else(|| json!("auto"))
+    };
+    let mut knobs = Map::new();
+    knobs.insert(
+        "batch_size".into(),
+        knob(
+            resolved.map(|c| json!(c.batch_size)),
+            requested.batch_size.map(|b| json!(b)),
+        ),
+    );
+    knobs.insert(
+        "learning_rate_multiplier".into(),
+        knob(
+            resolved.map(|c| json!(c.learning_rate_multiplier)),
+            requested.learning_rate_multiplier.map(|m| json!(m)),
+        ),
+    );
+    knobs.insert(
+        "n_epochs".into(),
+        knob(
+            resolved.map(|c| json!(c.n_epochs)),
+            requested.n_epochs.map(|n| json!(n)),
+        ),
+    );
+    knobs
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobObject {
@@ -64,11 +141,7 @@ impl From<JobRow> for JobObject {
             error: failed.then(|| error_object(row.error)),
             fine_tuned_model: row.fine_tuned_model,
             finished_at: row.finished_at,
-            // OpenAI's spec types it as an object; DPO jobs store none.
-            hyperparameters: match row.hyperparameters {
-                Value::Null => json!({}),
-                other => other,
-            },
+            hyperparameters: legacy_hyperparameters(&row.spec, row.resolved.as_ref()),
             model: row.model,
             organization_id: ORGANIZATION_ID.to_string(),
             result_files: row.result_files,
@@ -79,7 +152,7 @@ impl From<JobRow> for JobObject {
             integrations: None,
             seed: row.seed,
             estimated_finish: if running { row.estimated_finish } else { None },
-            method: row.method,
+            method: method_echo(&row.spec, row.resolved.as_ref()),
             metadata: row.metadata,
             user_provided_suffix: row.suffix,
             id: row.id,
@@ -154,6 +227,8 @@ impl From<CheckpointRow> for CheckpointObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::hyperparams::HyperparamRequest;
+    use crate::domain::task::Task;
 
     fn job(status: JobStatus) -> JobRow {
         let mut row = JobRow::new("ftjob-1".into(), "org/m".into(), "file-1".into(), 7, 100);
@@ -190,6 +265,91 @@ mod tests {
         assert_eq!(text["integrations"], Value::Null);
         assert_eq!(text["seed"], 7);
         assert_eq!(text["organization_id"], ORGANIZATION_ID);
-        assert_eq!(text["hyperparameters"], json!({}));
+        assert_eq!(
+            text["hyperparameters"],
+            json!({"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"})
+        );
+    }
+
+    fn spec(method: Value) -> JobSpec {
+        JobSpec::parse(Some(&method), None).expect("valid method")
+    }
+
+    /// What the worker records: 8 × 3 epochs at multiplier 1.8, and DPO's beta.
+    fn resolved(beta: Option<f64>) -> ResolvedHyperparameters {
+        let mut config = HyperparamRequest::default().resolve(Task::SequenceClassification, 20, 1);
+        config.batch_size = 8;
+        config.n_epochs = 3;
+        config.learning_rate_multiplier = 1.8;
+        ResolvedHyperparameters { config, beta }
+    }
+
+    fn wire(spec: JobSpec, resolved: Option<ResolvedHyperparameters>) -> Value {
+        let mut row = job(JobStatus::Queued);
+        row.spec = spec;
+        row.resolved = resolved;
+        serde_json::to_value(JobObject::from(row)).expect("json")
+    }
+
+    #[test]
+    fn supervised_echo_shows_auto_then_the_resolved_numbers_and_keeps_extras() {
+        let supervised = spec(
+            json!({"type": "supervised", "supervised": {"hyperparameters":
+            {"n_epochs": 3, "lora_rank": 8, "lr_scheduler": "cosine"}}}),
+        );
+        let before = wire(supervised.clone(), None);
+        assert_eq!(
+            before["method"],
+            json!({"type": "supervised", "supervised": {"hyperparameters": {
+                "batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 3,
+                "lora_rank": 8, "lr_scheduler": "cosine"}}})
+        );
+        assert_eq!(
+            before["hyperparameters"],
+            json!({"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 3})
+        );
+        let after = wire(supervised, Some(resolved(None)));
+        assert_eq!(
+            after["method"],
+            json!({"type": "supervised", "supervised": {"hyperparameters": {
+                "batch_size": 8, "learning_rate_multiplier": 1.8, "n_epochs": 3,
+                "lora_rank": 8, "lr_scheduler": "cosine"}}})
+        );
+        assert_eq!(
+            after["hyperparameters"],
+            json!({"batch_size": 8, "learning_rate_multiplier": 1.8, "n_epochs": 3})
+        );
+        let minimal = wire(JobSpec::default(), None);
+        assert_eq!(
+            minimal["method"],
+            json!({"type": "supervised", "supervised": {"hyperparameters": {
+                "batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}}})
+        );
+    }
+
+    #[test]
+    fn dpo_echo_has_beta_under_dpo_and_an_empty_legacy_object() {
+        let auto_beta = spec(json!({"type": "dpo", "dpo": {"hyperparameters": {"lora_rank": 4}}}));
+        let before = wire(auto_beta.clone(), None);
+        assert_eq!(
+            before["method"],
+            json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto",
+                "batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto",
+                "lora_rank": 4}}})
+        );
+        assert_eq!(before["hyperparameters"], json!({}));
+        let after = wire(auto_beta, Some(resolved(Some(0.1))));
+        assert_eq!(
+            after["method"],
+            json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1,
+                "batch_size": 8, "learning_rate_multiplier": 1.8, "n_epochs": 3,
+                "lora_rank": 4}}})
+        );
+        assert_eq!(after["hyperparameters"], json!({}));
+        let given = spec(json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5}}}));
+        assert_eq!(
+            wire(given, None)["method"]["dpo"]["hyperparameters"]["beta"],
+            json!(0.5)
+        );
     }
 }

@@ -86,8 +86,7 @@ fn job_row(id: String, request: ValidJobRequest, now: i64) -> JobRow {
         validation_file: request.validation_file,
         suffix: request.suffix,
         metadata: request.metadata,
-        method: request.method,
-        hyperparameters: request.hyperparameters,
+        spec: request.spec,
         ..JobRow::new(id, request.model, request.training_file, request.seed, now)
     }
 }

@@ -8,14 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The task a job trains, decided by the format of its training file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    SequenceClassification,
-    ChatCompletion,
-    PromptCompletion,
-}
+use super::task::{DefaultsKey, Task};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,8 +123,9 @@ fn bad(param: &str, message: impl Into<String>) -> HyperparamError {
     }
 }
 
-const METRICS_FOR_BEST: [&str; 8] = [
+const METRICS_FOR_BEST: [&str; 9] = [
     "valid_accuracy",
+    "valid_exact_match",
     "valid_f1",
     "valid_loss",
     "valid_mean_token_accuracy",
@@ -288,10 +282,22 @@ struct TaskDefaults {
     max_seq_len: usize,
 }
 
-fn defaults(task: TaskKind) -> TaskDefaults {
-    match task {
+fn defaults(task: Task) -> TaskDefaults {
+    if task == Task::QuestionAnswering {
+        // run_qa's recipe: windows of 384 tokens.
+        let encoder = defaults_for(DefaultsKey::EncoderFineTune);
+        return TaskDefaults {
+            max_seq_len: 384,
+            ..encoder
+        };
+    }
+    defaults_for(task.defaults_key())
+}
+
+fn defaults_for(key: DefaultsKey) -> TaskDefaults {
+    match key {
         // BERT recipe: full fine-tuning, lr 2e-5, batch 16, 128 tokens.
-        TaskKind::SequenceClassification => TaskDefaults {
+        DefaultsKey::EncoderFineTune => TaskDefaults {
             full_lr: 2e-5,
             lora_lr: 5e-4,
             lora_rank: 0,
@@ -300,7 +306,7 @@ fn defaults(task: TaskKind) -> TaskDefaults {
             max_seq_len: 128,
         },
         // Decoder SFT: LoRA r=8, α=16, lr 2e-4 (peft's usual recipe).
-        TaskKind::ChatCompletion | TaskKind::PromptCompletion => TaskDefaults {
+        DefaultsKey::DecoderLora => TaskDefaults {
             full_lr: 2e-5,
             lora_lr: 2e-4,
             lora_rank: 8,
@@ -355,17 +361,9 @@ fn auto_batch_size(default: usize, n: usize, n_epochs: usize, accumulation: usiz
         .unwrap_or(1)
 }
 
-fn task_label(task: TaskKind) -> &'static str {
-    match task {
-        TaskKind::SequenceClassification => "text classification",
-        TaskKind::ChatCompletion => "chat",
-        TaskKind::PromptCompletion => "prompt/completion",
-    }
-}
-
 impl HyperparamRequest {
     /// Replaces every `"auto"` with the number the job will use.
-    pub fn resolve(&self, task: TaskKind, n_examples: usize, seed: u64) -> TrainingConfig {
+    pub fn resolve(&self, task: Task, n_examples: usize, seed: u64) -> TrainingConfig {
         self.resolve_explained(task, n_examples, seed).0
     }
 
@@ -373,7 +371,7 @@ impl HyperparamRequest {
     /// became and why (the job's events show them).
     pub fn resolve_explained(
         &self,
-        task: TaskKind,
+        task: Task,
         n_examples: usize,
         seed: u64,
     ) -> (TrainingConfig, Vec<String>) {
@@ -391,14 +389,14 @@ impl HyperparamRequest {
             why.push(if batch < d.batch_size {
                 format!(
                     "batch_size=auto → {batch} for {n} examples: {}'s usual {} would make only {default_steps} optimizer steps in {cookbook_epochs} epochs, too few to learn from; {batch} makes {} (at least {MIN_AUTO_STEPS} where the data allows)",
-                    task_label(task),
+                    task.label(),
                     d.batch_size,
                     cookbook_epochs * steps_per_epoch(n, batch, accumulation),
                 )
             } else {
                 format!(
                     "batch_size=auto → {batch} for {n} examples: {}'s usual batch, already {default_steps} optimizer steps in {cookbook_epochs} epochs",
-                    task_label(task)
+                    task.label()
                 )
             });
             batch
@@ -425,7 +423,7 @@ impl HyperparamRequest {
             epochs
         });
         let learning_rate = self.learning_rate.unwrap_or(base_lr * multiplier);
-        let head_learning_rate = (task == TaskKind::SequenceClassification
+        let head_learning_rate = (task == Task::SequenceClassification
             && self.learning_rate.is_none())
         .then(|| (AUTO_HEAD_LEARNING_RATE * multiplier).max(learning_rate));
         if self.learning_rate.is_none() {
@@ -436,7 +434,7 @@ impl HyperparamRequest {
             };
             let mut sentence = format!(
                 "learning_rate=auto → {learning_rate:e}: the {} recipe's {base_lr:e} for {tuning}, times learning_rate_multiplier {multiplier}",
-                task_label(task)
+                task.label()
             );
             if let Some(head) = head_learning_rate {
                 sentence.push_str(&format!(

@@ -1,11 +1,13 @@
-//! Pure types and rules: ids, the job state machine, hyperparameters, dataset formats and
-//! their validation, model names. No IO happens here.
+//! Pure types and rules: ids, the job state machine, a job's typed spec (method and
+//! hyperparameters), hyperparameters, dataset formats and their validation, model names. No IO happens here.
 
 pub mod dataset;
 pub mod hyperparams;
 pub mod ids;
 pub mod job;
+pub mod job_spec;
 pub mod model_name;
+pub mod task;
 
 /// Characters of a client's value an error message repeats; the rest becomes `…`.
 pub const ECHO_CHARS: usize = 64;

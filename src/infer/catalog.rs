@@ -5,14 +5,7 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
-/// Which engine a model needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// A sequence classifier checkpoint (`train::load_classifier_checkpoint`).
-    Classifier,
-    /// A causal language model (SFT checkpoint or base model dir) served for generation.
-    Causal,
-}
+use crate::domain::task::ServedKind;
 
 /// A model the catalog says can be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +13,8 @@ pub struct ServableModel {
     pub name: String,
     /// Absolute checkpoint directory.
     pub dir: PathBuf,
-    pub kind: ModelKind,
+    /// Which engine the model needs (from the task it was trained for).
+    pub kind: ServedKind,
 }
 
 /// Resolves model names. `Ok(None)` means "no such model" (→ `InferError::ModelNotFound`);

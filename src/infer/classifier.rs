@@ -1,16 +1,18 @@
 //! The real classifier behind an engine: a training checkpoint rebuilt by
-//! `train::load_classifier_checkpoint`, with LoRA folded into the base weights (one
+//! `tasks::sequence_classification::load_classifier_checkpoint`, with LoRA folded into the base weights (one
 //! matmul per projection instead of three) and the base model's tokenizer.
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use super::catalog::{ModelKind, ServableModel};
+use super::catalog::ServableModel;
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
 use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
+use super::question_answering::QaEngine;
 use super::registry::ModelLoader;
 use super::{InferError, LoadedModel};
+use crate::domain::task::ServedKind;
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
 
 pub struct CheckpointClassifier {
@@ -26,9 +28,10 @@ pub struct CheckpointClassifier {
 impl CheckpointClassifier {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, InferError> {
         let (mut model, tokenizer, labels, max_seq_len) =
-            crate::train::load_classifier_checkpoint(dir, device).map_err(|e| {
-                InferError::engine(format!("loading checkpoint `{}`: {e}", dir.display()))
-            })?;
+            crate::tasks::sequence_classification::load_classifier_checkpoint(dir, device)
+                .map_err(|e| {
+                    InferError::engine(format!("loading checkpoint `{}`: {e}", dir.display()))
+                })?;
         model.merge_lora().map_err(InferError::engine)?;
         let max_seq_len = max_seq_len
             .min(model.config().max_position_embeddings)
@@ -84,17 +87,38 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
         let span = tracing::info_span!("load_model", model = %model.name);
         let _entered = span.enter();
         match model.kind {
-            ModelKind::Classifier => {
+            ServedKind::Classifier => {
                 let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "classifier loaded");
                 Engine::spawn(&model.name, Box::new(backend), self.engine)
                     .map(LoadedModel::Classifier)
             }
-            ModelKind::Causal => {
+            ServedKind::CausalLm => {
                 let backend = load_causal(&model.dir, &self.device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
+            ServedKind::QuestionAnswerer => {
+                let backend =
+                    crate::tasks::question_answering::load_qa_server(&model.dir, &self.device)
+                        .map_err(|e| {
+                            InferError::engine(format!(
+                                "loading checkpoint `{}`: {e}",
+                                model.dir.display()
+                            ))
+                        })?;
+                tracing::info!(bytes = backend.parameter_bytes(), "QA model loaded");
+                QaEngine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::QuestionAnswerer)
+            }
+            ServedKind::TokenClassifier => Err(InferError::invalid(
+                "model",
+                format!(
+                    "The model `{}` is a {} model, which this version of temper cannot serve.",
+                    model.name,
+                    model.kind.as_str()
+                ),
+            )),
         }
     }
 }
@@ -102,7 +126,7 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
 /// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
 /// plain Hugging Face directory (base model, merged export), via `train`.
 fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
-    let loaded = crate::train::load_lm_checkpoint(dir, device).map_err(|e| {
+    let loaded = crate::tasks::sft::load_lm_checkpoint(dir, device).map_err(|e| {
         InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
     })?;
     // The context is the model's, not the (shorter) sequence length it was tuned with.

@@ -12,7 +12,7 @@ use super::test_support::MapCatalog;
 use super::{ClassPrediction, InferError, InferenceHandle};
 use crate::domain::hyperparams::LoraSettings;
 use crate::train::checkpoint::{
-    write_checkpoint, CheckpointContents, CheckpointMeta, TrainState, TASK_SEQUENCE_CLASSIFICATION,
+    write_checkpoint, CheckpointContents, CheckpointMeta, CheckpointTask, TrainState,
 };
 use crate::train::ExportFormat;
 use crate::zoo::{collate, ClassifierSpec, SequenceClassifier};
@@ -51,11 +51,11 @@ fn write_fixture(root: &Path, lora: bool) -> PathBuf {
     }
     let work = root.join(if lora { "job-lora" } else { "job-full" });
     let meta = CheckpointMeta {
-        task: TASK_SEQUENCE_CLASSIFICATION.into(),
+        task: CheckpointTask::SequenceClassification {
+            labels: labels(),
+            spec,
+        },
         base_model_dir: base,
-        labels: labels(),
-        spec: Some(spec),
-        lm: None,
         max_seq_len: MAX_SEQ_LEN,
         seed: 11,
     };
@@ -157,7 +157,11 @@ async fn batched_results_equal_one_at_a_time_and_the_unmerged_model() {
         .expect("batched");
     // Reference: the checkpoint as training left it (LoRA not merged), one text at a time.
     let (model, tokenizer, _, max_len) =
-        crate::train::load_classifier_checkpoint(&fx.lora_ckpt, &Device::Cpu).expect("load");
+        crate::tasks::sequence_classification::load_classifier_checkpoint(
+            &fx.lora_ckpt,
+            &Device::Cpu,
+        )
+        .expect("load");
     for (text, from_batch) in texts.iter().zip(&batched) {
         let single = fx
             .handle

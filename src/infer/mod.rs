@@ -15,6 +15,7 @@ pub mod classifier;
 pub mod engine;
 mod error;
 pub mod generate;
+pub mod question_answering;
 pub mod registry;
 
 #[cfg(test)]
@@ -33,7 +34,8 @@ use std::time::Duration;
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
-pub use catalog::{ModelCatalog, ModelKind, ServableModel};
+pub use crate::domain::task::ServedKind;
+pub use catalog::{ModelCatalog, ServableModel};
 pub use classifier::{CheckpointClassifier, CheckpointLoader};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
 pub use error::InferError;
@@ -42,6 +44,7 @@ pub use generate::{
     GenerationParams, GenerationRequest, GenerationStream, LmBackend, Prompt, TokenLogprob,
     TopLogprob, Usage,
 };
+pub use question_answering::{QaBackend, QaEngine, QaPrediction, QaQuestion};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
 
 /// How long a failed load is reported before the next request tries again.
@@ -62,6 +65,7 @@ pub struct InferOptions {
 pub enum LoadedModel {
     Classifier(Engine),
     Generator(GenEngine),
+    QuestionAnswerer(QaEngine),
 }
 
 impl Servable for LoadedModel {
@@ -69,6 +73,7 @@ impl Servable for LoadedModel {
         match self {
             LoadedModel::Classifier(engine) => engine.parameter_bytes(),
             LoadedModel::Generator(engine) => engine.parameter_bytes(),
+            LoadedModel::QuestionAnswerer(engine) => engine.parameter_bytes(),
         }
     }
 }
@@ -173,6 +178,32 @@ impl InferenceHandle {
                 "model",
                 format!("`{model}` is a text generation model; use /v1/chat/completions or /v1/completions"),
             )),
+            LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
+        };
+        release_off_runtime(loaded);
+        answer
+    }
+
+    /// Answers each question from its context with `model`, an extractive QA model: the
+    /// best span (character offsets) and its score; "" when the model says the context has
+    /// no answer. Any other kind of model is not found here (404 `model_not_found`).
+    pub async fn answer_questions(
+        &self,
+        model: &str,
+        questions: Vec<QaQuestion>,
+    ) -> Result<Vec<QaPrediction>, InferError> {
+        if questions.is_empty() {
+            return Err(InferError::invalid(
+                "input",
+                "`input` must contain at least one question",
+            ));
+        }
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::QuestionAnswerer(engine) => engine.answer(questions).await,
+            LoadedModel::Classifier(_) | LoadedModel::Generator(_) => {
+                Err(InferError::ModelNotFound(model.to_string()))
+            }
         };
         release_off_runtime(loaded);
         answer
@@ -225,6 +256,7 @@ impl InferenceHandle {
                 "model",
                 format!("`{model}` is a classification model; use /v1/classifications"),
             )),
+            LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
         };
         release_off_runtime(loaded);
         answer
@@ -260,6 +292,14 @@ impl InferenceHandle {
     pub fn cached_bytes(&self) -> usize {
         self.registry.used_bytes()
     }
+}
+
+/// A question-answering model asked for something else.
+fn wrong_kind_qa(model: &str) -> InferError {
+    InferError::invalid(
+        "model",
+        format!("`{model}` is a question-answering model; use /v1/question_answering"),
+    )
 }
 
 /// If the model was evicted meanwhile, `loaded` may be the last reference, and dropping
@@ -305,6 +345,6 @@ fn export_blocking(
             ));
         }
     }
-    crate::train::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
+    crate::tasks::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
         .map_err(|e| InferError::engine(format!("export: {e}")))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{ModelCatalog, ModelKind, ServableModel};
+use super::{ModelCatalog, ServableModel, ServedKind};
 
 /// Name `catalog-down` answers a lookup error; other unknown names are `None`.
 #[derive(Default)]
@@ -18,10 +18,10 @@ pub struct MapCatalog {
 
 impl MapCatalog {
     pub fn with(names: &[(&str, PathBuf)]) -> Arc<Self> {
-        Self::with_kind(names, ModelKind::Classifier)
+        Self::with_kind(names, ServedKind::Classifier)
     }
 
-    pub fn with_kind(names: &[(&str, PathBuf)], kind: ModelKind) -> Arc<Self> {
+    pub fn with_kind(names: &[(&str, PathBuf)], kind: ServedKind) -> Arc<Self> {
         let models = names
             .iter()
             .map(|(name, dir)| {

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use futures::future::BoxFuture;
-use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::instrument;
 
@@ -19,19 +18,22 @@ use super::validate::{load_and_validate, validating_message, TrainingData, Valid
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
 use crate::basemodels::{self, BaseModel, BaseModelKind};
-use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
+use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::ResolvedHyperparameters;
 use crate::domain::model_name::{fine_tuned_name, ORG};
+use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
-use crate::train::{
-    checkpoint, run_classification, run_sft, ClassificationJob, SftExamples, SftJob, TrainError,
-    TrainObserver, TrainOutcome,
-};
+use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
+use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
+use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
 
 /// One job's trainer input, by task.
 enum Training {
     Classification(ClassificationJob),
     Sft(SftJob),
+    QuestionAnswering(QuestionAnsweringJob),
 }
 
 impl Training {
@@ -72,6 +74,19 @@ impl Training {
                 work_dir,
                 device,
             }),
+            TrainingData::QuestionAnswering { train, valid } => {
+                Training::QuestionAnswering(QuestionAnsweringJob {
+                    base_model_dir,
+                    train,
+                    valid,
+                    // run_qa's defaults.
+                    doc_stride: 128,
+                    max_answer_length: 30,
+                    config,
+                    work_dir,
+                    device,
+                })
+            }
         }
     }
 
@@ -79,30 +94,30 @@ impl Training {
         match self {
             Training::Classification(job) => run_classification(job, observer),
             Training::Sft(job) => run_sft(job, observer),
+            Training::QuestionAnswering(job) => run_question_answering(job, observer),
         }
     }
 }
 
-/// Task names stored on the job row.
-fn task_name(task: TaskKind) -> &'static str {
-    match task {
-        TaskKind::SequenceClassification => "classification",
-        TaskKind::ChatCompletion => "chat",
-        TaskKind::PromptCompletion => "completion",
-    }
-}
-
-/// Encoders classify; decoders learn chat and prompt/completion data.
-fn check_model_fits_task(
+/// Encoders fine-tune for encoder tasks, decoders for decoder tasks; a task without a
+/// trainer in this build fails here rather than training something else.
+pub(super) fn check_model_fits_task(
     model: &str,
     kind: BaseModelKind,
-    task: TaskKind,
+    task: Task,
 ) -> Result<(), JobFailure> {
-    let fits = match task {
-        TaskKind::SequenceClassification => kind == BaseModelKind::Encoder,
-        TaskKind::ChatCompletion | TaskKind::PromptCompletion => kind == BaseModelKind::Decoder,
+    if let Some(message) = task.trainer_missing() {
+        return Err(JobFailure::fatal(
+            "invalid_training_file",
+            message,
+            Some("training_file"),
+        ));
+    }
+    let architecture = match kind {
+        BaseModelKind::Encoder => Architecture::Encoder,
+        BaseModelKind::Decoder => Architecture::Decoder,
     };
-    if fits {
+    if task.architecture() == architecture {
         return Ok(());
     }
     let message = match kind {
@@ -110,7 +125,8 @@ fn check_model_fits_task(
             "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data); chat and prompt/completion data need a decoder model."
         ),
         BaseModelKind::Decoder => format!(
-            "The model `{model}` cannot be fine-tuned for text classification; use an encoder (BERT-family) model, or chat / prompt-completion data."
+            "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            task.label()
         ),
     };
     Err(JobFailure::fatal("invalid_model", message, Some("model")))
@@ -266,6 +282,7 @@ async fn validation_phase(run: &RunContext) -> Result<Option<ValidatedData>, Job
         &run.ctx.blobs,
         &job.training_file,
         job.validation_file.as_deref(),
+        &job.spec.method,
     );
     let data = tokio::select! {
         biased;
@@ -323,51 +340,31 @@ fn final_model_name(job: &JobRow) -> String {
     fine_tuned_name(&job.model, ORG, job.suffix.as_deref(), &id8)
 }
 
-/// Resolves `"auto"` for this dataset and stores the numbers, so the job shows what it
-/// trains with (in `hyperparameters` and in `method.supervised.hyperparameters`); also
-/// returns a sentence per `"auto"` saying what it became and why.
+/// Resolves `"auto"` for this dataset and records the numbers (typed, on the job row: the
+/// job object shows them); also returns a sentence per `"auto"` saying what it became and
+/// why.
 async fn resolve_hyperparameters(
     store: &Store,
     lease: &Lease,
     job: &JobRow,
-    task: TaskKind,
+    task: Task,
     n_examples: usize,
 ) -> Result<(TrainingConfig, Vec<String>), JobFailure> {
-    let requested = job
-        .method
-        .pointer("/supervised/hyperparameters")
-        .and_then(Value::as_object)
-        .or_else(|| job.hyperparameters.as_object())
-        .cloned()
-        .unwrap_or_default();
-    let request = HyperparamRequest::parse(&requested)
-        .map_err(|e| JobFailure::fatal("invalid_hyperparameters", e.message, Some(&e.param)))?;
     let seed = u64::try_from(job.seed).unwrap_or(job.seed.unsigned_abs());
-    let (config, auto_choices) = request.resolve_explained(task, n_examples, seed);
-    let core = json!({
-        "batch_size": config.batch_size,
-        "learning_rate_multiplier": config.learning_rate_multiplier,
-        "n_epochs": config.n_epochs,
+    let method = &job.spec.method;
+    let (config, mut auto_choices) = method
+        .hyperparameters()
+        .resolve_explained(task, n_examples, seed);
+    let beta = method.resolved_beta().map(|(beta, why)| {
+        auto_choices.extend(why);
+        beta
     });
-    let mut resolved: Map<String, Value> = requested;
-    if let Value::Object(core_map) = &core {
-        resolved.extend(core_map.clone());
-    }
-    let mut method = match &job.method {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
+    let resolved = ResolvedHyperparameters {
+        config: config.clone(),
+        beta,
     };
-    method
-        .entry("type")
-        .or_insert_with(|| Value::from("supervised"));
-    let supervised = method
-        .entry("supervised")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(supervised) = supervised {
-        supervised.insert("hyperparameters".into(), Value::Object(resolved));
-    }
     let recorded = store
-        .leased_hyperparameters(lease, &core, &Value::Object(method), Some(task_name(task)))
+        .leased_hyperparameters(lease, &resolved, Some(task.stored_name()))
         .await?;
     if !recorded {
         return Err(JobFailure::Superseded);

@@ -121,14 +121,8 @@ async fn a_classification_job_trains_and_records_everything() {
     let id8 = &id["ftjob-".len().."ftjob-".len() + 8];
     let model = format!("ft:{MODEL}:temper::{id8}");
     assert_eq!(row.fine_tuned_model.as_deref(), Some(model.as_str()));
-    assert_eq!(
-        row.hyperparameters,
-        json!({"batch_size": 4, "learning_rate_multiplier": 1.0, "n_epochs": 2})
-    );
-    assert_eq!(
-        row.method["supervised"]["hyperparameters"]["learning_rate_multiplier"],
-        json!(1.0)
-    );
+    assert_eq!(resolved_knobs(&row), (4, 1.0, 2));
+    assert_eq!(row.resolved.as_ref().unwrap().beta, None);
     assert_eq!(row.task.as_deref(), Some("classification"));
     assert!(row.trained_tokens.unwrap() > 0);
 
@@ -415,10 +409,7 @@ async fn auto_hyperparameters_are_explained_in_the_events() {
         worker(&h, FineTuneRunner).process_next().await.unwrap(),
         Processed::Succeeded(id.clone())
     );
-    assert_eq!(
-        job(&h.ctx, &id).await.hyperparameters,
-        json!({"batch_size": 1, "learning_rate_multiplier": 1.0, "n_epochs": 1})
-    );
+    assert_eq!(resolved_knobs(&job(&h.ctx, &id).await), (1, 1.0, 1));
     assert_in_order(
         &messages(&h.ctx, &id).await,
         &[
@@ -451,4 +442,37 @@ async fn a_base_model_that_fails_to_load_is_named_by_its_id_not_its_path() {
     for message in messages(&h.ctx, &id).await {
         assert!(!message.contains(&root), "{message}");
     }
+}
+
+#[test]
+fn tasks_need_their_architecture_and_a_trainer() {
+    use super::fine_tune::check_model_fits_task;
+    use crate::basemodels::BaseModelKind;
+    use crate::domain::task::Task;
+
+    assert!(
+        check_model_fits_task("bert", BaseModelKind::Encoder, Task::SequenceClassification).is_ok()
+    );
+    assert!(check_model_fits_task("smol", BaseModelKind::Decoder, Task::CompletionSft).is_ok());
+    let wrong = check_model_fits_task("smol", BaseModelKind::Decoder, Task::SequenceClassification)
+        .expect_err("decoder for classification");
+    assert_eq!(
+        wrong,
+        JobFailure::fatal(
+            "invalid_model",
+            "The model `smol` cannot be fine-tuned for text classification; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            Some("model"),
+        )
+    );
+    // A task with no trainer yet fails by name instead of training as another task.
+    let missing = check_model_fits_task("smol", BaseModelKind::Decoder, Task::Dpo)
+        .expect_err("no DPO trainer");
+    assert_eq!(
+        missing,
+        JobFailure::fatal(
+            "invalid_training_file",
+            "Fine-tuning for preference (DPO) is not available in this version of temper.",
+            Some("training_file"),
+        )
+    );
 }

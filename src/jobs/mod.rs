@@ -35,6 +35,8 @@ mod worker;
 #[cfg(test)]
 mod fine_tune_tests;
 #[cfg(test)]
+mod method_tests;
+#[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
 mod sft_job_tests;
@@ -52,7 +54,6 @@ use crate::store::Store;
 pub use control::{ControlFlag, ControlSignal};
 pub use fine_tune::FineTuneRunner;
 pub use pool::WorkerPool;
-pub use progress::{CAUSAL_LM_KIND, CLASSIFIER_KIND};
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use worker::{Processed, Worker};
 

@@ -15,20 +15,15 @@ use tracing::warn;
 
 use super::{unix_now, ControlFlag, ControlSignal};
 use crate::blobs::Blobs;
-use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_checkpoint_id;
 use crate::domain::job::JobStatus;
 use crate::domain::model_name::{checkpoint_name, ORG};
+use crate::domain::task::{Architecture, Task};
 use crate::store::{CheckpointRow, EventRow, Lease, ModelRow, Store, StoreError};
 use crate::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
 /// Room for a burst of steps while the database is busy.
 pub const PROGRESS_CHANNEL_CAPACITY: usize = 64;
-
-/// Kind of every model row a classification job writes (what `infer` serves it as).
-pub const CLASSIFIER_KIND: &str = "classifier";
-/// `models.kind` of chat / completion models (served by `/v1/chat/completions`).
-pub const CAUSAL_LM_KIND: &str = "causal_lm";
 
 #[derive(Debug)]
 pub enum Progress {
@@ -88,16 +83,11 @@ pub struct ProgressTarget {
     pub base_model: String,
     /// The final model's name; checkpoints are `<final>:ckpt-step-N`.
     pub final_model: String,
-    /// Decides the metric names (`train_accuracy` vs `train_mean_token_accuracy`) and the
-    /// kind of the model rows.
-    pub task: TaskKind,
+    /// Decides the checkpoint metrics and the kind of the model rows.
+    pub task: Task,
 }
 
 impl ProgressTarget {
-    fn is_lm(&self) -> bool {
-        self.task != TaskKind::SequenceClassification
-    }
-
     /// After a refused write: a cancelled job the lease still names stops as cancelled,
     /// anything else (lease lapsed, re-claimed, finished) as a lost lease.
     pub async fn stop_refused(&self) {
@@ -169,9 +159,11 @@ fn estimate_finish(started: Instant, first_step: usize, metrics: &StepMetrics) -
 pub fn step_message(metrics: &StepMetrics) -> String {
     let mut message = format!(
         "Step {}/{}: training loss={:.4}",
-        metrics.step, metrics.total_steps, metrics.train_loss
+        metrics.step,
+        metrics.total_steps,
+        metrics.train_loss()
     );
-    if let Some(valid_loss) = metrics.valid_loss {
+    if let Some(valid_loss) = metrics.value("valid_loss") {
         message.push_str(&format!(", validation loss={valid_loss:.4}"));
     }
     message
@@ -182,31 +174,16 @@ async fn write_step(
     metrics: &StepMetrics,
     estimated_finish: i64,
 ) -> Result<bool, StoreError> {
-    let data = if target.is_lm() {
-        // OpenAI's names for chat fine-tuning metrics.
-        json!({
-            "step": metrics.step,
-            "train_loss": metrics.train_loss,
-            "train_mean_token_accuracy": metrics.train_accuracy,
-            "valid_loss": metrics.valid_loss,
-            "valid_mean_token_accuracy": metrics.valid_accuracy,
-            "full_valid_loss": metrics.full_valid_loss,
-            "full_valid_mean_token_accuracy": metrics.full_valid_accuracy,
-            "total_steps": metrics.total_steps,
-            "learning_rate": metrics.learning_rate,
-        })
-    } else {
-        json!({
-            "step": metrics.step,
-            "train_loss": metrics.train_loss,
-            "train_accuracy": metrics.train_accuracy,
-            "valid_loss": metrics.valid_loss,
-            "valid_accuracy": metrics.valid_accuracy,
-            "valid_f1": metrics.valid_f1,
-            "total_steps": metrics.total_steps,
-            "learning_rate": metrics.learning_rate,
-        })
-    };
+    // `{"step", <every metric the task declares, null when not computed>, "total_steps",
+    // "learning_rate"}`: OpenAI's names for chat models, transformers' for classifiers.
+    let mut data = serde_json::Map::new();
+    data.insert("step".into(), json!(metrics.step));
+    for (name, value) in &metrics.metrics {
+        data.insert((*name).into(), json!(value));
+    }
+    data.insert("total_steps".into(), json!(metrics.total_steps));
+    data.insert("learning_rate".into(), json!(metrics.learning_rate));
+    let data = Value::Object(data);
     let now = unix_now();
     let event = EventRow::metrics(&target.job_id, step_message(metrics), data, now);
     if !target.store.leased_event(&target.lease, &event).await? {
@@ -235,12 +212,11 @@ async fn write_checkpoint(
         created_at: now,
         step_number: step,
         fine_tuned_model_checkpoint: name.clone(),
-        // Chat trainers report their own full-validation numbers; the classifier's
-        // validation set is always the full one.
-        metrics: if target.is_lm() {
-            checkpoint.metrics.clone()
-        } else {
-            checkpoint_metrics(&checkpoint.metrics)
+        // Chat trainers report their own full-validation numbers; encoder tasks evaluate
+        // the whole validation set every time.
+        metrics: match target.task.architecture() {
+            Architecture::Decoder => checkpoint.metrics.clone(),
+            Architecture::Encoder => checkpoint_metrics(&checkpoint.metrics),
         },
         artifact_dir: artifact_dir.clone(),
     };
@@ -285,12 +261,7 @@ pub fn model_row(
         owned_by: ORG.to_string(),
         job_id: Some(target.job_id.clone()),
         base_model: Some(target.base_model.clone()),
-        kind: if target.is_lm() {
-            CAUSAL_LM_KIND
-        } else {
-            CLASSIFIER_KIND
-        }
-        .to_string(),
+        kind: target.task.served_as().as_str().to_string(),
         artifact_dir,
         step: Some(step),
         is_checkpoint,
@@ -314,13 +285,11 @@ mod tests {
             step,
             total_steps: 20,
             epoch: 1,
-            train_loss: 0.61234,
-            train_accuracy: 0.5,
-            valid_loss,
-            valid_accuracy: None,
-            valid_f1: None,
-            full_valid_loss: None,
-            full_valid_accuracy: None,
+            metrics: vec![
+                ("train_loss", Some(0.61234)),
+                ("train_accuracy", Some(0.5)),
+                ("valid_loss", valid_loss),
+            ],
             learning_rate: 1e-3,
             tokens_seen: 100,
         }

@@ -6,16 +6,27 @@ use super::fine_tune::write_failure;
 use super::progress::{model_row, relative_to_root, ProgressTarget};
 use super::{unix_now, JobFailure};
 use crate::blobs::{BlobError, Blobs};
-use crate::domain::hyperparams::TaskKind;
 use crate::domain::ids::new_file_id;
+use crate::domain::task::Task;
 use crate::store::{FileRow, StoreError};
 use crate::train::TrainSummary;
 
 pub const RESULTS_PURPOSE: &str = "fine-tune-results";
 pub const RESULTS_CSV_FILENAME: &str = "step_metrics.csv";
 pub const REPORT_FILENAME: &str = "classification_report.json";
+/// Question answering: the official SQuAD script's scores of the best checkpoint.
+pub const QA_REPORT_FILENAME: &str = "squad_report.json";
 /// Chat / completion jobs: token counts, truncation and the best step's metrics.
 pub const LM_REPORT_FILENAME: &str = "training_report.json";
+
+/// The name of a task's report file.
+pub fn report_filename(task: Task) -> &'static str {
+    match task {
+        Task::SequenceClassification | Task::TokenClassification => REPORT_FILENAME,
+        Task::QuestionAnswering => QA_REPORT_FILENAME,
+        Task::ChatSft | Task::CompletionSft | Task::Dpo => LM_REPORT_FILENAME,
+    }
+}
 
 /// Writes both result files and the final model row; returns the result file ids
 /// (CSV first, as OpenAI lists it).
@@ -27,10 +38,7 @@ pub async fn record_completion(
     let csv_id = write_result_file(target, RESULTS_CSV_FILENAME, csv.as_bytes()).await?;
     let report = serde_json::to_vec_pretty(&summary.report)
         .map_err(|e| JobFailure::internal(format!("encoding the report failed: {e}")))?;
-    let report_name = match target.task {
-        TaskKind::SequenceClassification => REPORT_FILENAME,
-        TaskKind::ChatCompletion | TaskKind::PromptCompletion => LM_REPORT_FILENAME,
-    };
+    let report_name = report_filename(target.task);
     let report_id = write_result_file(target, report_name, &report).await?;
     let artifact_dir = relative_to_root(&target.blobs, &summary.best_checkpoint);
     let step = i64::try_from(summary.best_step).unwrap_or(i64::MAX);

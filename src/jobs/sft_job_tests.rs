@@ -71,10 +71,7 @@ async fn a_chat_job_trains_with_lm_metric_names_and_causal_model_rows() {
     let row = job(&h.ctx, &id).await;
     assert_eq!(row.task.as_deref(), Some("chat"));
     // "auto" resolved with the decoder defaults.
-    assert_eq!(
-        row.hyperparameters,
-        json!({"batch_size": 4, "learning_rate_multiplier": 1.0, "n_epochs": 1})
-    );
+    assert_eq!(resolved_knobs(&row), (4, 1.0, 1));
     assert_eq!(metric_steps(&h.ctx, &id).await, vec![1, 2, 3]);
     let metrics: Vec<Value> = events(&h.ctx, &id)
         .await

@@ -13,6 +13,7 @@ use super::{unix_now, ControlSignal, JobFailure, JobRunner, JobsContext, RunCont
 use crate::blobs::Blobs;
 use crate::domain::ids::new_job_id;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::JobSpec;
 use crate::store::{EventRow, JobRow, Store};
 
 pub struct Harness {
@@ -52,7 +53,8 @@ pub async fn upload(ctx: &JobsContext, id: &str, bytes: &[u8]) {
         .expect("upload");
 }
 
-/// A job in `validating_files` with its `Created fine-tuning job` event.
+/// A job in `validating_files` with its `Created fine-tuning job` event; `method` is the
+/// request's `method` object, parsed as the API parses it.
 pub async fn create_job(
     ctx: &JobsContext,
     model: &str,
@@ -67,7 +69,7 @@ pub async fn create_job(
         42,
         unix_now(),
     );
-    job.method = method;
+    job.spec = JobSpec::parse(Some(&method), None).expect("a valid method");
     let event = EventRow::info(&id, format!("Created fine-tuning job: {id}"), unix_now());
     ctx.store
         .create_job(&job, &event)
@@ -103,6 +105,21 @@ pub async fn metric_steps(ctx: &JobsContext, id: &str) -> Vec<u64> {
         .filter(|e| e.kind == "metrics")
         .filter_map(|e| e.data.and_then(|d| d["step"].as_u64()))
         .collect()
+}
+
+/// OpenAI's three knobs as the worker resolved them: `(batch_size,
+/// learning_rate_multiplier, n_epochs)`.
+pub fn resolved_knobs(job: &JobRow) -> (usize, f64, usize) {
+    let config = &job
+        .resolved
+        .as_ref()
+        .expect("resolved hyperparameters")
+        .config;
+    (
+        config.batch_size,
+        config.learning_rate_multiplier,
+        config.n_epochs,
+    )
 }
 
 pub async fn job(ctx: &JobsContext, id: &str) -> JobRow {

@@ -6,10 +6,12 @@ use std::collections::HashSet;
 
 use crate::blobs::Blobs;
 use crate::domain::dataset::{
-    detect_format, label_set, parse_chat, parse_classification, parse_prompt_completion,
-    ChatExample, DataFormat, DatasetError, LabeledText, PromptCompletion,
+    detect_format, label_set, parse_chat, parse_classification, parse_preference,
+    parse_prompt_completion, parse_squad, ChatExample, DataFormat, DatasetError, LabeledText,
+    PromptCompletion, QaExample,
 };
-use crate::domain::hyperparams::TaskKind;
+use crate::domain::job_spec::Method;
+use crate::domain::task::Task;
 
 use super::JobFailure;
 
@@ -33,6 +35,10 @@ pub enum TrainingData {
         train: Vec<PromptCompletion>,
         valid: Option<Vec<PromptCompletion>>,
     },
+    QuestionAnswering {
+        train: Vec<QaExample>,
+        valid: Option<Vec<QaExample>>,
+    },
 }
 
 impl TrainingData {
@@ -41,14 +47,17 @@ impl TrainingData {
             TrainingData::Classification { train, .. } => train.len(),
             TrainingData::Chat { train, .. } => train.len(),
             TrainingData::PromptCompletion { train, .. } => train.len(),
+            TrainingData::QuestionAnswering { train, .. } => train.len(),
         }
     }
 
-    pub fn task(&self) -> TaskKind {
+    /// The task this data trains (DESIGN.md decision 7: the task comes from the data).
+    pub fn task(&self) -> Task {
         match self {
-            TrainingData::Classification { .. } => TaskKind::SequenceClassification,
-            TrainingData::Chat { .. } => TaskKind::ChatCompletion,
-            TrainingData::PromptCompletion { .. } => TaskKind::PromptCompletion,
+            TrainingData::Classification { .. } => Task::SequenceClassification,
+            TrainingData::Chat { .. } => Task::ChatSft,
+            TrainingData::PromptCompletion { .. } => Task::CompletionSft,
+            TrainingData::QuestionAnswering { .. } => Task::QuestionAnswering,
         }
     }
 }
@@ -113,15 +122,49 @@ pub fn validating_message(training_file: &str, validation_file: Option<&str>) ->
     }
 }
 
-/// Reads and checks both files: a supported format, at least [`MIN_EXAMPLES`] training
-/// examples, a validation file in the training file's format.
+/// The name OpenAI gives a training file's format in its method-mismatch errors
+/// (`fine-tune-chat` is observed; the others follow it).
+fn openai_format_name(format: DataFormat) -> &'static str {
+    match format {
+        DataFormat::Classification => "fine-tune-classification",
+        DataFormat::Chat => "fine-tune-chat",
+        DataFormat::PromptCompletion => "fine-tune-completion",
+        DataFormat::Preference => "fine-tune-preference",
+        DataFormat::TokenTags => "fine-tune-token-classification",
+        DataFormat::QuestionAnswering => "fine-tune-question-answering",
+    }
+}
+
+/// Preference pairs train only with `dpo`, and `dpo` trains only on preference pairs; any
+/// other pairing fails the job as OpenAI does (`invalid_training_file`).
+fn check_format_fits_method(
+    format: DataFormat,
+    method: &Method,
+    training_file: &str,
+) -> Result<(), JobFailure> {
+    let expected = match (method, format) {
+        (Method::Supervised { .. }, DataFormat::Preference) => "dpo",
+        (Method::Dpo { .. }, format) if format != DataFormat::Preference => "supervised",
+        _ => return Ok(()),
+    };
+    Err(Which::Training.failure(format!(
+        "Input file {training_file} is in the {} format, but the specified fine-tuning job is not using '{expected}' as the training method (provided method={}).",
+        openai_format_name(format),
+        method.name()
+    )))
+}
+
+/// Reads and checks both files: a supported format that fits the job's method, at least
+/// [`MIN_EXAMPLES`] training examples, a validation file in the training file's format.
 pub async fn load_and_validate(
     blobs: &Blobs,
     training_file: &str,
     validation_file: Option<&str>,
+    method: &Method,
 ) -> Result<ValidatedData, JobFailure> {
     let train_bytes = read_file(blobs, training_file, Which::Training).await?;
     let format = file_format(&train_bytes, Which::Training)?;
+    check_format_fits_method(format, method, training_file)?;
     let valid_bytes = match validation_file {
         Some(id) => {
             let bytes = read_file(blobs, id, Which::Validation).await?;
@@ -159,6 +202,15 @@ pub async fn load_and_validate(
                 .transpose()?;
             (TrainingData::PromptCompletion { train, valid }, duplicates)
         }
+        DataFormat::QuestionAnswering => {
+            let train = parse_squad(&train_bytes).map_err(|e| Which::Training.failure(e.message))?;
+            let duplicates = count_duplicates(&train);
+            let valid = valid
+                .map(|bytes| parse_squad(bytes).map_err(|e| Which::Validation.failure(e.message)))
+                .transpose()?;
+            (TrainingData::QuestionAnswering { train, valid }, duplicates)
+        }
+        DataFormat::Preference => return Err(dpo_not_trainable_yet(&train_bytes, valid)),
         other => {
             return Err(Which::Training.failure(format!(
                 "Input file {training_file} is in the {} format, which supervised fine-tuning does not use; expected chat messages, prompt/completion pairs or text/label examples.",
@@ -177,6 +229,22 @@ pub async fn load_and_validate(
         ));
     }
     Ok(ValidatedData { data, duplicates })
+}
+
+/// A `dpo` job on valid preference pairs: the files are checked (so their errors come
+/// first, with line numbers), then the job fails because no DPO trainer is wired in yet.
+fn dpo_not_trainable_yet(train_bytes: &[u8], valid: Option<&[u8]>) -> JobFailure {
+    if let Err(e) = parse_preference(train_bytes) {
+        return Which::Training.failure(e.message);
+    }
+    if let Some(Err(e)) = valid.map(parse_preference) {
+        return Which::Validation.failure(e.message);
+    }
+    JobFailure::fatal(
+        "unsupported_method",
+        "Fine-tuning with method 'dpo' is not available in this temper build yet: the preference data is valid, but no DPO trainer is wired in.",
+        Some("method"),
+    )
 }
 
 fn classification(

@@ -2,6 +2,7 @@
 //! status transitions and the values the worker fills in. The lease-based queue lives in
 //! `queue.rs`.
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
@@ -11,6 +12,7 @@ use super::{
     json_column, on_unique_violation, optional_json_column, EventRow, Page, Store, StoreError,
 };
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::{JobSpec, ResolvedHyperparameters};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
@@ -25,11 +27,10 @@ pub struct JobRow {
     pub seed: i64,
     /// `map<string,string>` as sent, or None.
     pub metadata: Option<Value>,
-    /// `FineTuneMethod` echo (hyperparameters resolved once training starts).
-    pub method: Value,
-    /// Legacy `{batch_size, learning_rate_multiplier, n_epochs}`; `Value::Null` for methods
-    /// that have none.
-    pub hyperparameters: Value,
+    /// The method and hyperparameters as requested, typed (written once, at creation).
+    pub spec: JobSpec,
+    /// What every `"auto"` became, once the worker resolved them.
+    pub resolved: Option<ResolvedHyperparameters>,
     pub status: JobStatus,
     /// `{code, message, param}` when failed.
     pub error: Option<Value>,
@@ -63,8 +64,8 @@ impl JobRow {
             suffix: None,
             seed,
             metadata: None,
-            method: Value::Null,
-            hyperparameters: Value::Null,
+            spec: JobSpec::default(),
+            resolved: None,
             status: JobStatus::ValidatingFiles,
             error: None,
             fine_tuned_model: None,
@@ -91,6 +92,34 @@ pub(super) fn status_column(row: &SqliteRow, column: &str) -> Result<JobStatus, 
     })
 }
 
+/// A nullable TEXT column holding the JSON of a `T`.
+fn typed_column<T: DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let decode = |source: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source,
+    };
+    optional_json_column(row, column)?
+        .map(|json| serde_json::from_value(json).map_err(|e| decode(Box::new(e))))
+        .transpose()
+}
+
+/// The row's spec; a row made before specs were stored has it parsed from its `method`
+/// echo (and legacy `hyperparameters`) columns, as the worker then read them.
+fn spec_column(row: &SqliteRow) -> Result<JobSpec, sqlx::Error> {
+    if let Some(spec) = typed_column(row, "spec")? {
+        return Ok(spec);
+    }
+    let method = json_column(row, "method")?;
+    let hyperparameters = json_column(row, "hyperparameters")?;
+    JobSpec::from_legacy_echo(&method, &hyperparameters).map_err(|e| sqlx::Error::ColumnDecode {
+        index: "method".to_string(),
+        source: Box::new(e),
+    })
+}
+
 impl FromRow<'_, SqliteRow> for JobRow {
     fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
         let result_files: Vec<String> = serde_json::from_value(json_column(row, "result_files")?)
@@ -107,8 +136,8 @@ impl FromRow<'_, SqliteRow> for JobRow {
             suffix: row.try_get("suffix")?,
             seed: row.try_get("seed")?,
             metadata: optional_json_column(row, "metadata")?,
-            method: json_column(row, "method")?,
-            hyperparameters: json_column(row, "hyperparameters")?,
+            spec: spec_column(row)?,
+            resolved: typed_column(row, "resolved")?,
             status: status_column(row, "status")?,
             error: optional_json_column(row, "error")?,
             fine_tuned_model: row.try_get("fine_tuned_model")?,
@@ -127,11 +156,12 @@ impl FromRow<'_, SqliteRow> for JobRow {
 }
 
 /// Every column of `JobRow`, for `SELECT` and `RETURNING` (never `*`: the table also has
-/// `seq`, which is internal).
+/// `seq`, which is internal). `method` and `hyperparameters` are read only for rows made
+/// before `spec` existed.
 pub(super) const JOB_COLUMNS: &str = "id, created_at, model, training_file, validation_file, \
-     suffix, seed, metadata, method, hyperparameters, status, error, fine_tuned_model, \
-     finished_at, started_at, estimated_finish, trained_tokens, result_files, task, \
-     lease_owner, lease_expires_at, attempts, updated_at";
+     suffix, seed, metadata, spec, resolved, method, hyperparameters, status, error, \
+     fine_tuned_model, finished_at, started_at, estimated_finish, trained_tokens, \
+     result_files, task, lease_owner, lease_expires_at, attempts, updated_at";
 
 /// `status IN (…)` for a fixed set of states (values come from `JobStatus::as_str`, never
 /// from users, so formatting them into SQL is safe).
@@ -151,10 +181,12 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO fine_tuning_jobs (id, created_at, model, training_file, \
-             validation_file, suffix, seed, metadata, method, hyperparameters, status, error, \
-             fine_tuned_model, finished_at, started_at, estimated_finish, trained_tokens, \
-             result_files, task, lease_owner, lease_expires_at, attempts, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             validation_file, suffix, seed, metadata, spec, resolved, method, hyperparameters, \
+             status, error, fine_tuned_model, finished_at, started_at, estimated_finish, \
+             trained_tokens, result_files, task, lease_owner, lease_expires_at, attempts, \
+             updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'null', 'null', ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+             ?, ?, ?, ?)",
         )
         .bind(&job.id)
         .bind(job.created_at)
@@ -164,8 +196,13 @@ impl Store {
         .bind(&job.suffix)
         .bind(job.seed)
         .bind(job.metadata.as_ref().map(Value::to_string))
-        .bind(job.method.to_string())
-        .bind(job.hyperparameters.to_string())
+        .bind(serde_json::to_string(&job.spec)?)
+        .bind(
+            job.resolved
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+        )
         .bind(job.status.as_str())
         .bind(job.error.as_ref().map(Value::to_string))
         .bind(&job.fine_tuned_model)

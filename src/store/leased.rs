@@ -18,6 +18,7 @@ use super::jobs::status_list;
 use super::models::{bind_model, INSERT_MODEL};
 use super::{on_unique_violation, CheckpointRow, EventRow, FileRow, ModelRow, Store, StoreError};
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::ResolvedHyperparameters;
 
 /// A worker's claim on one job; every fenced write names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,22 +140,19 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Records the resolved hyperparameters, method echo and task if the lease holds.
+    /// Records the resolved hyperparameters and the task if the lease holds.
     pub async fn leased_hyperparameters(
         &self,
         lease: &Lease,
-        hyperparameters: &Value,
-        method: &Value,
+        resolved: &ResolvedHyperparameters,
         task: Option<&str>,
     ) -> Result<bool, StoreError> {
         let result = sqlx::query(&format!(
-            "UPDATE fine_tuning_jobs SET hyperparameters = ?3, method = ?4, task = ?5 \
-             WHERE {HELD}"
+            "UPDATE fine_tuning_jobs SET resolved = ?3, task = ?4 WHERE {HELD}"
         ))
         .bind(&lease.job_id)
         .bind(&lease.owner)
-        .bind(hyperparameters.to_string())
-        .bind(method.to_string())
+        .bind(serde_json::to_string(resolved)?)
         .bind(task)
         .execute(&self.pool)
         .await?;

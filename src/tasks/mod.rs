@@ -1,5 +1,48 @@
-//! tasks: one folder per task — its data preparation, head, metric names, report and
-//! serving pieces — on the generic trainer core (`train`) and model bodies (`zoo`).
-//! No tokio, sqlx or axum here.
+//! tasks: one folder per fine-tuning task, each with its data preparation, model head
+//! (on a `zoo` body), [`crate::train::runner`] task, metric names, report, export and
+//! checkpoint variant. `train/` keeps the generic core (runner, optimizer, schedules,
+//! checkpoint I/O, named metrics, summaries); like `train`, nothing here imports
+//! tokio/sqlx/axum. Adding a task means adding a folder here, a `domain::task::Task`
+//! variant and a `train::checkpoint::CheckpointTask` variant.
+//!
+//! # Layout
+//! - `sequence_classification/`: text → label (`Task::SequenceClassification`).
+//! - `sft/`: supervised fine-tuning of decoders; chat and prompt/completion data share it
+//!   (`Task::ChatSft`, `Task::CompletionSft`: only the data preparation differs).
+//! - `question_answering/`: extractive QA, SQuAD v1/v2 (`Task::QuestionAnswering`).
+
+use std::path::Path;
+
+use crate::train::checkpoint::{self, CheckpointTask};
+use crate::train::{ExportFormat, TrainError};
 
 pub mod question_answering;
+pub mod sequence_classification;
+pub mod sft;
+
+/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`, by the
+/// task in its `meta.json`. `base_model_id` is what `adapter_config.json` names as the base
+/// model.
+pub fn export_checkpoint(
+    dir: &Path,
+    format: ExportFormat,
+    base_model_id: &str,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    match checkpoint::read_meta(dir)?.task {
+        CheckpointTask::SequenceClassification { .. } => {
+            sequence_classification::export_classifier_checkpoint(
+                dir,
+                format,
+                base_model_id,
+                out_dir,
+            )
+        }
+        CheckpointTask::CausalLm { .. } => {
+            sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir)
+        }
+        CheckpointTask::QuestionAnswering { .. } => {
+            question_answering::export_qa_checkpoint(dir, format, base_model_id, out_dir)
+        }
+    }
+}

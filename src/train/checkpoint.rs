@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use super::named_metrics::MetricsRow;
 use super::TrainError;
 use crate::domain::hyperparams::LoraSettings;
 use crate::zoo::ClassifierSpec;
@@ -22,25 +23,56 @@ pub const TRAINABLE_FILE: &str = "trainable.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const META_FILE: &str = "meta.json";
-pub const TASK_SEQUENCE_CLASSIFICATION: &str = "sequence_classification";
-pub const TASK_CAUSAL_LM: &str = "causal_lm";
 
-/// What model a checkpoint holds; enough to rebuild it without the job.
-///
-/// `labels` + `spec` describe a classifier (`task` = [`TASK_SEQUENCE_CLASSIFICATION`]),
-/// `lm` a decoder (`task` = [`TASK_CAUSAL_LM`]); the other side is left out of the file.
+/// What model a checkpoint holds; enough to rebuild it without the job. In `meta.json`
+/// the task's parts sit beside the common fields, tagged by `task`
+/// (`{"task": "sequence_classification", "labels": […], "spec": {…}, "base_model_dir": …}`),
+/// the layout the string-tagged meta of earlier versions had.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
-    pub task: String,
+    #[serde(flatten)]
+    pub task: CheckpointTask,
     pub base_model_dir: PathBuf,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub labels: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<ClassifierSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lm: Option<LmSpec>,
     pub max_seq_len: usize,
     pub seed: u64,
+}
+
+/// The task a checkpoint was trained for, with what rebuilding its model needs. A new
+/// task adds its variant here (token classification: labels + its spec; QA: its spec).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum CheckpointTask {
+    /// An encoder with a sequence-classification head; label id = index in `labels`.
+    SequenceClassification {
+        labels: Vec<String>,
+        spec: ClassifierSpec,
+    },
+    /// A decoder (chat / completion SFT).
+    CausalLm { lm: LmSpec },
+    /// An encoder with an extractive-QA head (`qa_outputs`), and how it cuts contexts into
+    /// windows (`max_seq_len` above, `doc_stride`) and picks answers.
+    QuestionAnswering {
+        lora: Option<LoraSettings>,
+        doc_stride: usize,
+        max_answer_length: usize,
+        /// Trained with unanswerable questions: may answer "" (SQuAD v2).
+        allow_no_answer: bool,
+    },
+}
+
+impl CheckpointTask {
+    /// The `task` tag in `meta.json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckpointTask::SequenceClassification { .. } => "sequence_classification",
+            CheckpointTask::CausalLm { .. } => "causal_lm",
+            CheckpointTask::QuestionAnswering { .. } => "question_answering",
+        }
+    }
+
+    /// Every tag this build reads.
+    pub const NAMES: [&'static str; 3] =
+        ["sequence_classification", "causal_lm", "question_answering"];
 }
 
 /// How a causal-LM checkpoint's trainable tensors sit on its base model.
@@ -53,70 +85,43 @@ pub struct LmSpec {
 }
 
 impl CheckpointMeta {
-    /// The classifier spec of a classification checkpoint.
-    pub fn classifier_spec(&self, dir: &Path) -> Result<&ClassifierSpec, TrainError> {
-        match (&self.spec, self.task.as_str()) {
-            (Some(spec), TASK_SEQUENCE_CLASSIFICATION) => Ok(spec),
-            _ => Err(TrainError::checkpoint(
+    /// The labels and spec of a sequence-classification checkpoint.
+    pub fn classifier(&self, dir: &Path) -> Result<(&[String], &ClassifierSpec), TrainError> {
+        match &self.task {
+            CheckpointTask::SequenceClassification { labels, spec } => Ok((labels, spec)),
+            other => Err(TrainError::checkpoint(
                 dir,
-                format!("a `{}` checkpoint is not a classifier", self.task),
+                format!("a `{}` checkpoint is not a classifier", other.name()),
             )),
         }
     }
 
+    /// The classifier spec of a classification checkpoint.
+    pub fn classifier_spec(&self, dir: &Path) -> Result<&ClassifierSpec, TrainError> {
+        Ok(self.classifier(dir)?.1)
+    }
+
     /// Whether the checkpoint holds LoRA adapters (and so can be exported as one).
     pub fn has_lora(&self) -> bool {
-        let lora = match (&self.spec, &self.lm) {
-            (Some(spec), _) => spec.lora.as_ref(),
-            (None, Some(lm)) => lm.lora.as_ref(),
-            (None, None) => None,
+        let lora = match &self.task {
+            CheckpointTask::SequenceClassification { spec, .. } => spec.lora.as_ref(),
+            CheckpointTask::CausalLm { lm } => lm.lora.as_ref(),
+            CheckpointTask::QuestionAnswering { lora, .. } => lora.as_ref(),
         };
         lora.is_some_and(|l| l.rank > 0)
     }
 
     /// The decoder spec of a causal-LM checkpoint.
     pub fn lm_spec(&self, dir: &Path) -> Result<&LmSpec, TrainError> {
-        match (&self.lm, self.task.as_str()) {
-            (Some(spec), TASK_CAUSAL_LM) => Ok(spec),
-            _ => Err(TrainError::checkpoint(
+        match &self.task {
+            CheckpointTask::CausalLm { lm } => Ok(lm),
+            other => Err(TrainError::checkpoint(
                 dir,
                 format!(
                     "a `{}` checkpoint is not a causal language model",
-                    self.task
+                    other.name()
                 ),
             )),
-        }
-    }
-}
-
-/// One row of the results CSV. For SFT the accuracies are mean token accuracies,
-/// `valid_*` is one validation batch and `full_valid_*` the whole validation set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRow {
-    pub step: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub valid_loss: Option<f64>,
-    pub valid_accuracy: Option<f64>,
-    pub valid_f1: Option<f64>,
-    #[serde(default)]
-    pub full_valid_loss: Option<f64>,
-    #[serde(default)]
-    pub full_valid_accuracy: Option<f64>,
-}
-
-impl MetricsRow {
-    /// A row with the train metrics and no evaluation yet.
-    pub fn train_only(step: usize, train_loss: f64, train_accuracy: f64) -> Self {
-        Self {
-            step,
-            train_loss,
-            train_accuracy,
-            valid_loss: None,
-            valid_accuracy: None,
-            valid_f1: None,
-            full_valid_loss: None,
-            full_valid_accuracy: None,
         }
     }
 }
@@ -359,14 +364,18 @@ pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
 }
 
 pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, TrainError> {
-    let meta: CheckpointMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
-    if meta.task != TASK_SEQUENCE_CLASSIFICATION && meta.task != TASK_CAUSAL_LM {
+    let value: serde_json::Value = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
+    let task = value
+        .get("task")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if !CheckpointTask::NAMES.contains(&task) {
         return Err(TrainError::checkpoint(
             dir,
-            format!("unsupported task `{}`", meta.task),
+            format!("unsupported task `{task}`"),
         ));
     }
-    Ok(meta)
+    Ok(serde_json::from_value(value)?)
 }
 
 pub fn read_tensors(
@@ -378,100 +387,4 @@ pub fn read_tensors(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn contents_for(step: usize) -> (HashMap<String, Tensor>, TrainState, CheckpointMeta) {
-        let mut tensors = HashMap::new();
-        tensors.insert(
-            "w".to_string(),
-            Tensor::new(&[step as f32], &Device::Cpu).expect("t"),
-        );
-        let state = TrainState {
-            step,
-            ..TrainState::default()
-        };
-        let meta = CheckpointMeta {
-            task: TASK_SEQUENCE_CLASSIFICATION.into(),
-            base_model_dir: PathBuf::from("/base"),
-            labels: vec!["a".into(), "b".into()],
-            spec: Some(ClassifierSpec {
-                num_labels: 2,
-                lora: None,
-                classifier_dropout: None,
-            }),
-            lm: None,
-            max_seq_len: 32,
-            seed: 1,
-        };
-        (tensors, state, meta)
-    }
-
-    fn write(work: &Path, step: usize) -> PathBuf {
-        let (tensors, state, meta) = contents_for(step);
-        let contents = CheckpointContents {
-            trainable: &tensors,
-            optimizer: &tensors,
-            state: &state,
-            meta: &meta,
-        };
-        write_checkpoint(work, &contents).expect("write")
-    }
-
-    #[test]
-    fn write_list_prune_and_resume_pick() {
-        let work = tempfile::tempdir().expect("tempdir");
-        assert_eq!(latest_resumable(work.path()).expect("none"), None);
-        let first = write(work.path(), 2);
-        let second = write(work.path(), 10);
-        // A half-written checkpoint is never listed.
-        fs::create_dir_all(checkpoints_root(work.path()).join("step-20.tmp")).expect("tmp");
-        let steps: Vec<usize> = list_checkpoints(work.path())
-            .expect("list")
-            .iter()
-            .map(|c| c.0)
-            .collect();
-        assert_eq!(steps, vec![2, 10]);
-        prune_optimizer_states(work.path(), &second).expect("prune");
-        assert!(!first.join(OPTIMIZER_FILE).exists());
-        assert!(
-            first.join(TRAINABLE_FILE).exists(),
-            "older checkpoints stay servable"
-        );
-        assert!(!checkpoints_root(work.path()).join("step-20.tmp").exists());
-        assert_eq!(
-            latest_resumable(work.path()).expect("latest"),
-            Some((10, second.clone()))
-        );
-        assert_eq!(read_state(&second).expect("state").step, 10);
-        assert_eq!(read_meta(&second).expect("meta").labels, vec!["a", "b"]);
-        let w = read_tensors(&second, TRAINABLE_FILE, &Device::Cpu).expect("tensors");
-        assert_eq!(w["w"].to_vec1::<f32>().expect("w"), vec![10.0]);
-    }
-
-    #[test]
-    fn classification_meta_without_lm_fields_still_loads() {
-        // meta.json as written before causal-LM checkpoints existed.
-        let old = r#"{"task":"sequence_classification","base_model_dir":"/base",
-            "labels":["a","b"],"spec":{"num_labels":2,"lora":null,"classifier_dropout":null},
-            "max_seq_len":32,"seed":1}"#;
-        let meta: CheckpointMeta = serde_json::from_str(old).expect("old meta");
-        let dir = Path::new("/ckpt");
-        assert_eq!(meta.classifier_spec(dir).expect("spec").num_labels, 2);
-        assert!(meta.lm_spec(dir).is_err());
-        let row: MetricsRow = serde_json::from_str(
-            r#"{"step":1,"train_loss":0.5,"train_accuracy":0.5,"valid_loss":null,"valid_accuracy":null,"valid_f1":null}"#,
-        )
-        .expect("old row");
-        assert_eq!(row.full_valid_loss, None);
-    }
-
-    #[test]
-    fn rewriting_a_step_replaces_it() {
-        let work = tempfile::tempdir().expect("tempdir");
-        write(work.path(), 3);
-        let again = write(work.path(), 3);
-        assert_eq!(list_checkpoints(work.path()).expect("list").len(), 1);
-        assert!(again.join(OPTIMIZER_FILE).exists());
-    }
-}
+mod tests;

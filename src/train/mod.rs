@@ -1,40 +1,40 @@
-//! train: synchronous fine-tuning on candle, models from `zoo`. No tokio/sqlx/axum here:
-//! the `jobs` worker runs this on its own OS thread and listens through [`TrainObserver`].
+//! train: the task-independent core of synchronous fine-tuning on candle. No
+//! tokio/sqlx/axum here: the `jobs` worker runs a task's trainer (`crate::tasks`) on its
+//! own OS thread and listens through [`TrainObserver`].
 //!
 //! # Layout
 //! - `runner.rs`: the task-independent loop (accumulation, clipping, evaluation points,
-//!   best model, early stopping, checkpoints, exact resume, pause/cancel).
-//! - `classify.rs`: sequence classification as a runner task (`run_classification`).
-//! - `data.rs`: tokenization once, seeded per-epoch batch order, collation.
+//!   best model, early stopping, checkpoints, exact resume, pause/cancel) over a
+//!   `TrainTask` that a task folder under `src/tasks/` implements.
+//! - `data.rs`: seeded per-epoch batch order, sequential batches.
 //! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
 //! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
-//! - `evaluate.rs`, `metrics.rs`: loss, accuracy, F1, confusion, sklearn-like report.
-//! - `checkpoint.rs`: atomic `checkpoints/step-N/` dirs, resume pick, optimizer pruning.
-//! - `summary.rs`: best-model choice, results CSV, final report.
-//! - `export.rs`: checkpoint → servable model, merged HF dir or PEFT adapter.
+//! - `named_metrics.rs`: metrics as named values; each task declares its `MetricNames`.
+//! - `summary.rs`: best-model choice, results CSV, checkpoint metrics, `TrainOutcome`.
+//! - `evaluate.rs`: helpers every task's evaluation uses.
+//! - `checkpoint.rs`: atomic `checkpoints/step-N/` dirs, the task enum of `meta.json`,
+//!   resume pick, optimizer pruning.
+//! - `export.rs`: the download formats (`ExportFormat`).
 //! - `observer.rs`: `TrainObserver`, `Control`, `StepMetrics`, `SavedCheckpoint`.
 
 pub mod checkpoint;
-mod classify;
-#[cfg(test)]
-pub(crate) mod classify_tests;
 pub mod data;
 mod error;
 pub mod evaluate;
 mod export;
-pub mod metrics;
+pub mod named_metrics;
 mod observer;
 pub mod optim;
-mod runner;
+pub(crate) mod runner;
 #[cfg(test)]
 mod runner_tests;
 pub mod schedule;
-pub mod sft;
-mod summary;
+pub(crate) mod summary;
 
-pub use classify::{run_classification, ClassificationJob, TrainOutcome, TrainSummary};
 pub use error::TrainError;
-pub use export::{export_checkpoint, load_classifier_checkpoint, ExportFormat};
+pub use export::ExportFormat;
+pub use named_metrics::{MetricNames, Metrics, MetricsRow};
 pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
-pub use sft::{load_lm_checkpoint, run_sft, LoadedLm, SftExamples, SftJob};
-pub use summary::{results_csv, sft_results_csv, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER};
+pub use summary::{
+    results_csv, TrainOutcome, TrainSummary, RESULTS_CSV_HEADER, SFT_RESULTS_CSV_HEADER,
+};

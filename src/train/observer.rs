@@ -36,26 +36,35 @@ pub enum Control {
 }
 
 /// Reported after every optimizer step. `step` is 1-based; `epoch` is the 1-based epoch
-/// the step belongs to; the `valid_*` fields are set only on steps with an evaluation.
+/// the step belongs to. `metrics` holds every metric the task declares, in order, with
+/// `None` for one the step did not compute (validation metrics outside evaluations).
 ///
 /// Classification: accuracies are over examples and `valid_*` covers the whole
-/// validation set. Causal LM (SFT): accuracies are mean token accuracies (OpenAI's
-/// `train_mean_token_accuracy`, `valid_mean_token_accuracy`), `valid_*` is one
-/// validation batch and `full_valid_*` the whole validation set (at epoch ends).
+/// validation set. Causal LM (SFT): OpenAI's `train_mean_token_accuracy`, `valid_*` on one
+/// validation batch and `full_valid_*` on the whole validation set (at epoch ends).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
     pub step: usize,
     pub total_steps: usize,
     pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub valid_loss: Option<f64>,
-    pub valid_accuracy: Option<f64>,
-    pub valid_f1: Option<f64>,
-    pub full_valid_loss: Option<f64>,
-    pub full_valid_accuracy: Option<f64>,
+    pub metrics: Vec<(&'static str, Option<f64>)>,
     pub learning_rate: f64,
     pub tokens_seen: u64,
+}
+
+impl StepMetrics {
+    /// The runner reports `train_loss` at every step.
+    pub fn train_loss(&self) -> f64 {
+        self.value("train_loss").unwrap_or(f64::NAN)
+    }
+
+    /// The value of metric `name` at this step.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v)
+    }
 }
 
 /// A checkpoint directory that is complete and durable on disk.
@@ -63,7 +72,7 @@ pub struct StepMetrics {
 pub struct SavedCheckpoint {
     pub step: usize,
     pub dir: PathBuf,
-    /// `{"step", "train_loss", "train_accuracy", "valid_loss"?, "valid_accuracy"?, "valid_f1"?}`.
+    /// `{"step", <the task's metrics computed at that step>…}`.
     pub metrics: serde_json::Value,
     pub epoch_end: bool,
 }

@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::checkpoint::{
-    self, CheckpointContents, CheckpointMeta, CheckpointRecord, MetricsRow, TrainState,
-    OPTIMIZER_FILE, TRAINABLE_FILE,
+    self, CheckpointContents, CheckpointMeta, CheckpointRecord, TrainState, OPTIMIZER_FILE,
+    TRAINABLE_FILE,
 };
 use super::evaluate::scalar;
+use super::named_metrics::{MetricNames, Metrics, MetricsRow};
 use super::optim::{AdamW, AdamWConfig, Gradients, OptimParam};
 use super::schedule::LrSchedule;
-use super::summary::{checkpoint_metrics, BestMetric, MetricNames};
+use super::summary::{checkpoint_metrics, BestMetric};
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver};
 use crate::domain::hyperparams::TrainingConfig;
 use crate::zoo::params::{self, NamedVar};
@@ -37,6 +38,9 @@ pub(crate) struct MicroBatch {
     pub correct: usize,
     /// Non-padding input tokens.
     pub tokens: u64,
+    /// More train metrics, each a mean over the micro-batch's units; the step reports
+    /// their unit-weighted mean (e.g. DPO's rewards).
+    pub extra: Metrics,
 }
 
 /// Which evaluations are due after a step.
@@ -54,7 +58,7 @@ pub(crate) trait TrainTask {
     /// The units the micro-batch `indices` adds to its step's mean loss.
     fn units(&self, indices: &[usize]) -> Result<usize, TrainError>;
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
-    /// Fills the `valid_*` / `full_valid_*` cells of `row` that are due at `at`.
+    /// Fills the validation metrics of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
 }
 
@@ -73,7 +77,7 @@ pub(crate) struct TrainerSetup<'a> {
     pub n_train: usize,
     pub meta: CheckpointMeta,
     pub best: Option<BestMetric>,
-    pub names: MetricNames,
+    pub names: &'static MetricNames,
 }
 
 pub(crate) struct Trainer<'a> {
@@ -87,7 +91,7 @@ pub(crate) struct Trainer<'a> {
     schedule: LrSchedule,
     meta: CheckpointMeta,
     best: Option<BestMetric>,
-    names: MetricNames,
+    names: &'static MetricNames,
     pub state: TrainState,
     last_saved_step: Option<usize>,
 }
@@ -249,6 +253,7 @@ impl<'a> Trainer<'a> {
         }
         let mut grads: Option<Gradients> = None;
         let (mut loss_sum, mut correct, mut tokens) = (0f64, 0usize, 0u64);
+        let mut extra_sums = Metrics::default();
         for indices in group {
             if observer.cancel_requested() {
                 return Ok(None);
@@ -263,6 +268,10 @@ impl<'a> Trainer<'a> {
             loss_sum += scalar(&out.loss)? * out.units as f64;
             correct += out.correct;
             tokens += out.tokens;
+            for (name, mean) in out.extra.iter() {
+                let sum = extra_sums.get(name).unwrap_or(0.0);
+                extra_sums.set(name, sum + mean * out.units as f64);
+            }
         }
         let Some(mut grads) = grads else {
             return Err(TrainError::InvalidData(
@@ -274,9 +283,14 @@ impl<'a> Trainer<'a> {
         }
         grads.clip_global_norm(self.config.max_grad_norm)?;
         self.optimizer.step(&grads, lr)?;
+        let mut extra = Metrics::default();
+        for (name, sum) in extra_sums.iter() {
+            extra.set(name, sum / total_units as f64);
+        }
         Ok(Some(StepResult {
             loss: loss_sum / total_units as f64,
             accuracy: correct as f64 / total_units as f64,
+            extra,
             tokens,
         }))
     }
@@ -298,7 +312,14 @@ impl<'a> Trainer<'a> {
             eval_due: hits(cfg.eval_steps),
             regular_save: done.epoch_end || hits(cfg.save_steps) || step == self.total_steps(),
         };
-        let mut row = MetricsRow::train_only(step, done.result.loss, done.result.accuracy);
+        let mut row = MetricsRow::new(step);
+        row.set("train_loss", done.result.loss);
+        if let Some(name) = self.names.train_accuracy {
+            row.set(name, done.result.accuracy);
+        }
+        for (name, value) in done.result.extra.iter() {
+            row.set(name, value);
+        }
         task.evaluate(&at, &mut row)?;
         if observer.cancel_requested() {
             return Ok(AfterStep::Cancelled);
@@ -311,13 +332,11 @@ impl<'a> Trainer<'a> {
             step,
             total_steps: self.total_steps(),
             epoch: done.epoch_of_step,
-            train_loss: row.train_loss,
-            train_accuracy: row.train_accuracy,
-            valid_loss: row.valid_loss,
-            valid_accuracy: row.valid_accuracy,
-            valid_f1: row.valid_f1,
-            full_valid_loss: row.full_valid_loss,
-            full_valid_accuracy: row.full_valid_accuracy,
+            metrics: self
+                .names
+                .columns()
+                .map(|name| (name, row.get(name)))
+                .collect(),
             learning_rate: done.lr,
             tokens_seen: self.state.tokens_seen,
         });
@@ -455,6 +474,7 @@ enum AfterStep {
 struct StepResult {
     loss: f64,
     accuracy: f64,
+    extra: Metrics,
     tokens: u64,
 }
 

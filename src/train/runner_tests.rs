@@ -2,12 +2,10 @@
 //! next micro-batch, or after the evaluation, and never with a report or checkpoint after.
 
 use super::checkpoint;
-use super::classify_tests::{config, fixture, job, Recorder};
-use super::{
-    run_classification, Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver,
-    TrainOutcome,
-};
+use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver, TrainOutcome};
 use crate::domain::hyperparams::TrainingConfig;
+use crate::tasks::sequence_classification::run_classification;
+use crate::tasks::sequence_classification::tests::{config, fixture, job, Recorder};
 
 /// Never pauses; a cancel "arrives" at the `at`-th poll of `cancel_requested` (1-based).
 struct CancelAt {

@@ -9,6 +9,7 @@ use crate::common::{
     assert_envelope, job_body, sentiment_jsonl, TestOptions, TestServer, BASE_MODEL,
 };
 use temper::domain::job::JobStatus;
+use temper::domain::job_spec::JobSpec;
 use temper::store::{EventRow, JobRow, Store};
 
 fn unix_now() -> i64 {
@@ -134,8 +135,11 @@ async fn restart_requeues_and_finishes_an_orphaned_job() {
     let id = "ftjob-orphanedorphanedorphaned".to_string();
     let hyper = json!({"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": "auto"});
     let orphan = JobRow {
-        method: json!({"type": "supervised", "supervised": {"hyperparameters": hyper}}),
-        hyperparameters: hyper.clone(),
+        spec: JobSpec::parse(
+            Some(&json!({"type": "supervised", "supervised": {"hyperparameters": hyper}})),
+            None,
+        )
+        .expect("valid method"),
         status: JobStatus::Running,
         started_at: Some(now - 60),
         lease_owner: Some("worker-that-died".to_string()),

@@ -86,8 +86,6 @@ fn job_row(id: &str, note_len: usize) -> JobRow {
         1,
         10,
     );
-    job.method = json!({"type": "supervised"});
-    job.hyperparameters = json!({});
     job.metadata = Some(json!({"note": "x".repeat(note_len)}));
     job
 }

@@ -11,8 +11,8 @@ use super::*;
 use crate::app::InferenceService;
 use crate::infer::generate::fake::{FakeLm, FakeStats, GREEDY_TEXT, GREEDY_TOKENS};
 use crate::infer::{
-    GenEngine, GenEngineConfig, InferenceHandle, LmBackend, LoadedModel, ModelCatalog, ModelKind,
-    ModelLoader, ServableModel,
+    GenEngine, GenEngineConfig, InferenceHandle, LmBackend, LoadedModel, ModelCatalog, ModelLoader,
+    ServableModel, ServedKind,
 };
 
 const MODEL: &str = "ft:fake-lm:temper::abcd1234";
@@ -26,7 +26,7 @@ impl ModelCatalog for FakeCatalog {
         let found = [MODEL, ENDLESS].contains(&model).then(|| ServableModel {
             name: model.to_string(),
             dir: "/nonexistent".into(),
-            kind: ModelKind::Causal,
+            kind: ServedKind::CausalLm,
         });
         Box::pin(async move { Ok(found) })
     }

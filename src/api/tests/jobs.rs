@@ -5,6 +5,8 @@ use axum::http::{header, Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::{assert_envelope, harness, labelled_jsonl, Harness, Reply};
+use crate::domain::hyperparams::HyperparamRequest;
+use crate::domain::job_spec::Method as FineTuneMethod;
 
 async fn create_job(h: &Harness, body: Value) -> Reply {
     h.call(Method::POST, "/v1/fine_tuning/jobs", Some(body))
@@ -194,4 +196,67 @@ async fn jobs_follow_the_lifecycle_and_list_their_events() {
         .call(Method::POST, "/v1/fine_tuning/jobs/ftjob-none/cancel", None)
         .await;
     assert_envelope(&missing, StatusCode::NOT_FOUND, Some("id"));
+}
+
+#[tokio::test]
+async fn a_dpo_job_is_stored_typed_and_echoed_as_openai_does() {
+    let h = harness(&[], 1 << 20).await;
+    let train = h
+        .upload("fine-tune", "t.jsonl", &labelled_jsonl(12))
+        .await
+        .json()["id"]
+        .clone();
+    let created = create_job(
+        &h,
+        json!({"model": "test-org/tiny", "training_file": train,
+               "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "lora_rank": 4}}}}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK);
+    let job = created.json();
+    assert_eq!(
+        job["method"],
+        json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "batch_size": "auto",
+            "learning_rate_multiplier": "auto", "n_epochs": 2, "lora_rank": 4}}})
+    );
+    assert_eq!(job["hyperparameters"], json!({}));
+    let id = job["id"].as_str().expect("id");
+    let row = h
+        .state
+        .store
+        .get_job(id)
+        .await
+        .expect("store")
+        .expect("row");
+    assert_eq!(
+        row.spec.method,
+        FineTuneMethod::Dpo {
+            hyperparameters: HyperparamRequest {
+                n_epochs: Some(2),
+                lora_rank: Some(4),
+                ..HyperparamRequest::default()
+            },
+            beta: None,
+        }
+    );
+    // Retrieval echoes the same object.
+    let retrieved = h
+        .call(Method::GET, &format!("/v1/fine_tuning/jobs/{id}"), None)
+        .await
+        .json();
+    assert_eq!(retrieved["method"], job["method"]);
+
+    for beta in [json!(0), json!(3), json!("high")] {
+        let bad = create_job(
+            &h,
+            json!({"model": "test-org/tiny", "training_file": train,
+                   "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}}}),
+        )
+        .await;
+        let error = assert_envelope(&bad, StatusCode::BAD_REQUEST, Some("beta"));
+        assert_eq!(
+            error["message"],
+            "`beta` must be \"auto\" or a number greater than 0 and at most 2."
+        );
+    }
 }

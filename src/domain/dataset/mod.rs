@@ -45,7 +45,7 @@ use serde_json::Value;
 
 use lines::{parse_object, JsonlLines};
 
-use super::hyperparams::TaskKind;
+use super::task::Task;
 
 /// The shape of a training file, decided from its first record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,12 +79,13 @@ impl DataFormat {
 
     /// The task a supervised job on this format trains; `None` for formats no trainer takes
     /// yet (preference pairs, token tags).
-    pub fn task_kind(self) -> Option<TaskKind> {
+    pub fn task_kind(self) -> Option<Task> {
         match self {
-            DataFormat::Classification => Some(TaskKind::SequenceClassification),
-            DataFormat::Chat => Some(TaskKind::ChatCompletion),
-            DataFormat::PromptCompletion => Some(TaskKind::PromptCompletion),
-            DataFormat::Preference | DataFormat::TokenTags | DataFormat::QuestionAnswering => None,
+            DataFormat::Classification => Some(Task::SequenceClassification),
+            DataFormat::Chat => Some(Task::ChatSft),
+            DataFormat::PromptCompletion => Some(Task::CompletionSft),
+            DataFormat::QuestionAnswering => Some(Task::QuestionAnswering),
+            DataFormat::Preference | DataFormat::TokenTags => None,
         }
     }
 }

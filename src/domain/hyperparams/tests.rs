@@ -14,7 +14,7 @@ fn auto_values_stay_unset_and_resolve_to_task_defaults() {
     )
     .expect("valid");
     assert_eq!(req, HyperparamRequest::default());
-    let cfg = req.resolve(TaskKind::SequenceClassification, 4000, 7);
+    let cfg = req.resolve(Task::SequenceClassification, 4000, 7);
     assert_eq!(cfg.n_epochs, 3);
     assert_eq!(cfg.batch_size, 16);
     assert_eq!(cfg.learning_rate, 2e-5);
@@ -27,11 +27,11 @@ fn auto_values_stay_unset_and_resolve_to_task_defaults() {
 fn multiplier_scales_the_default_learning_rate_and_absolute_lr_wins() {
     let cfg = parse(json!({"learning_rate_multiplier": 2.0, "lora_rank": 8}))
         .expect("valid")
-        .resolve(TaskKind::ChatCompletion, 100, 0);
+        .resolve(Task::ChatSft, 100, 0);
     assert!((cfg.learning_rate - 4e-4).abs() < 1e-12);
     let cfg = parse(json!({"learning_rate_multiplier": 2.0, "learning_rate": 1e-3}))
         .expect("valid")
-        .resolve(TaskKind::ChatCompletion, 100, 0);
+        .resolve(Task::ChatSft, 100, 0);
     assert_eq!(cfg.learning_rate, 1e-3);
 }
 
@@ -74,7 +74,7 @@ fn auto_on_small_data_takes_enough_steps_and_says_why() {
     // The README's 60 labelled tickets: batch 1 (OpenAI's ~0.2% of the examples), 3
     // epochs, 180 steps; the encoder at 2e-5, the new head at 1e-3.
     let (cfg, why) =
-        HyperparamRequest::default().resolve_explained(TaskKind::SequenceClassification, 60, 0);
+        HyperparamRequest::default().resolve_explained(Task::SequenceClassification, 60, 0);
     assert_eq!((cfg.batch_size, cfg.n_epochs), (1, 3));
     assert_eq!(cfg.learning_rate, 2e-5);
     assert_eq!(cfg.head_learning_rate, Some(1e-3));
@@ -98,7 +98,7 @@ fn auto_on_small_data_takes_enough_steps_and_says_why() {
     );
 
     // The README's 20 chats: 5 epochs (at least 100 example passes) of batch 1.
-    let cfg = HyperparamRequest::default().resolve(TaskKind::ChatCompletion, 20, 0);
+    let cfg = HyperparamRequest::default().resolve(Task::ChatSft, 20, 0);
     assert_eq!(
         (cfg.batch_size, cfg.n_epochs, cfg.head_learning_rate),
         (1, 5, None)
@@ -107,7 +107,7 @@ fn auto_on_small_data_takes_enough_steps_and_says_why() {
     // A batch the user fixed: the epochs rise instead, to at most 25.
     let (cfg, why) = parse(json!({"batch_size": 16}))
         .expect("valid")
-        .resolve_explained(TaskKind::SequenceClassification, 60, 0);
+        .resolve_explained(Task::SequenceClassification, 60, 0);
     assert_eq!(cfg.n_epochs, 25);
     assert_eq!(
         why[0],
@@ -117,10 +117,10 @@ fn auto_on_small_data_takes_enough_steps_and_says_why() {
     // An explicit learning rate is every tensor's, as in transformers' Trainer.
     let cfg = parse(json!({"learning_rate": 5e-5}))
         .expect("valid")
-        .resolve(TaskKind::SequenceClassification, 60, 0);
+        .resolve(Task::SequenceClassification, 60, 0);
     assert_eq!(cfg.head_learning_rate, None);
 
     // Large sets keep the recipe: 4,000 examples, batch 16, 3 epochs.
-    let cfg = HyperparamRequest::default().resolve(TaskKind::SequenceClassification, 4000, 0);
+    let cfg = HyperparamRequest::default().resolve(Task::SequenceClassification, 4000, 0);
     assert_eq!((cfg.batch_size, cfg.n_epochs), (16, 3));
 }

@@ -14,7 +14,7 @@ use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec, KvCache, SeqChunk};
 use crate::zoo::ChatTemplate;
 
-/// What a loaded decoder brings (the fields of `train::sft::LoadedLm`).
+/// What a loaded decoder brings (the fields of `tasks::sft::LoadedLm`).
 pub struct CausalLmParts {
     /// Merged: no LoRA branches left.
     pub model: CausalLm,
@@ -62,7 +62,7 @@ impl CausalLmBackend {
 
     /// A plain Hugging Face model directory (a base model or a merged export): weights,
     /// `tokenizer.json`, the chat template and eos tokens from `tokenizer_config.json`.
-    /// The served path (`CheckpointLoader`) goes through `train::load_lm_checkpoint`,
+    /// The served path (`CheckpointLoader`) goes through `tasks::sft::load_lm_checkpoint`,
     /// which also takes fine-tuning checkpoints; this stays for tests and tools.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self, InferError> {
         let fail = |e: &dyn std::fmt::Display| {

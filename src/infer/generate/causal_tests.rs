@@ -217,7 +217,7 @@ async fn the_handle_serves_a_causal_model_directory() {
     let expected = alone(&direct, chat_request()).await;
     let catalog = crate::infer::test_support::MapCatalog::with_kind(
         &[("tiny-lm", dir.clone())],
-        crate::infer::ModelKind::Causal,
+        crate::infer::ServedKind::CausalLm,
     );
     let handle = crate::infer::InferenceHandle::new(
         catalog,
@@ -261,11 +261,12 @@ fn sft_example(question: &str, answer: &str) -> crate::domain::dataset::ChatExam
 }
 
 /// A LoRA SFT checkpoint is served through the checkpoint loader (adapters merged), and
-/// its greedy chat answer equals full forwards of `train::load_lm_checkpoint`'s model.
+/// its greedy chat answer equals full forwards of `tasks::sft::load_lm_checkpoint`'s model.
 #[tokio::test]
 async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
     use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
-    use crate::train::{run_sft, SftExamples, SftJob, TrainOutcome};
+    use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+    use crate::train::TrainOutcome;
     let root = tempfile::tempdir().expect("tmp");
     let base = write_model(root.path(), DecoderArch::Llama);
     let config = TrainingConfig {
@@ -306,14 +307,14 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
         work_dir: root.path().join("job"),
         device: Device::Cpu,
     };
-    let mut observer = crate::train::classify_tests::Recorder::default();
+    let mut observer = crate::tasks::sequence_classification::tests::Recorder::default();
     let summary = match run_sft(&job, &mut observer).expect("sft") {
         TrainOutcome::Completed(summary) => summary,
         _ => panic!("training did not complete"),
     };
     let checkpoint = summary.best_checkpoint;
 
-    let loaded = crate::train::load_lm_checkpoint(&checkpoint, &Device::Cpu).expect("load");
+    let loaded = crate::tasks::sft::load_lm_checkpoint(&checkpoint, &Device::Cpu).expect("load");
     let messages = vec![json!({"role": "user", "content": "Capital of France?"})];
     let template = loaded.template.as_ref().expect("template");
     let prompt = template.render(&messages, None, true).expect("render");
@@ -344,7 +345,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
 
     let catalog = crate::infer::test_support::MapCatalog::with_kind(
         &[("ft:tiny:temper::abcd1234", checkpoint)],
-        crate::infer::ModelKind::Causal,
+        crate::infer::ServedKind::CausalLm,
     );
     let handle = crate::infer::InferenceHandle::new(
         catalog,

@@ -1,8 +1,11 @@
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
 use super::{create, store};
+use crate::domain::hyperparams::HyperparamRequest;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::{JobSpec, Method, ResolvedHyperparameters};
+use crate::domain::task::Task;
 use crate::store::{EventRow, JobRow, Lease, StoreError};
 
 fn ids(rows: &[JobRow]) -> Vec<&str> {
@@ -16,12 +19,24 @@ async fn create_job_writes_the_job_and_its_event(pool: SqlitePool) {
     job.validation_file = Some("file-v".into());
     job.suffix = Some("mine".into());
     job.metadata = Some(json!({"team": "search", "n": 3}));
-    job.method = json!({"type": "supervised", "supervised": {"hyperparameters": {}}});
-    job.hyperparameters = json!({"batch_size": "auto"});
+    job.spec = JobSpec {
+        method: Method::Dpo {
+            hyperparameters: HyperparamRequest {
+                n_epochs: Some(2),
+                lora_rank: Some(4),
+                target_modules: Some(vec!["q_proj".into()]),
+                ..HyperparamRequest::default()
+            },
+            beta: Some(0.25),
+        },
+    };
     let event = EventRow::info("ftjob-1", "Created fine-tuning job: ftjob-1", 100);
     store.create_job(&job, &event).await.unwrap();
 
+    // The typed spec round-trips; listing decodes it too.
     assert_eq!(store.get_job("ftjob-1").await.unwrap(), Some(job.clone()));
+    let listed = store.list_jobs(None, 10, None).await.unwrap().data;
+    assert_eq!(listed, vec![job.clone()]);
     let events = store.list_events("ftjob-1", None, 10).await.unwrap();
     assert_eq!(events.data, vec![event]);
     assert_eq!(store.get_job("ftjob-none").await.unwrap(), None);
@@ -155,10 +170,12 @@ async fn set_hyperparameters_and_progress_update_the_row(pool: SqlitePool) {
         job_id: "ftjob-1".to_string(),
         owner: "w1".to_string(),
     };
-    let hyper = json!({"batch_size": 8, "learning_rate_multiplier": 1.8, "n_epochs": 3});
-    let method = json!({"type": "supervised", "supervised": {"hyperparameters": hyper.clone()}});
+    let resolved = ResolvedHyperparameters {
+        config: HyperparamRequest::default().resolve(Task::SequenceClassification, 40, 42),
+        beta: Some(0.1),
+    };
     assert!(store
-        .leased_hyperparameters(&lease, &hyper, &method, Some("classification"))
+        .leased_hyperparameters(&lease, &resolved, Some("classification"))
         .await
         .unwrap());
     assert!(store
@@ -166,8 +183,8 @@ async fn set_hyperparameters_and_progress_update_the_row(pool: SqlitePool) {
         .await
         .unwrap());
     let job = store.get_job("ftjob-1").await.unwrap().unwrap();
-    assert_eq!(job.hyperparameters, hyper);
-    assert_eq!(job.method, method);
+    assert_eq!(job.resolved.as_ref(), Some(&resolved));
+    assert_eq!(job.spec, JobSpec::default(), "the spec is never rewritten");
     assert_eq!(job.task.as_deref(), Some("classification"));
     assert_eq!(
         (job.estimated_finish, job.trained_tokens),
@@ -189,7 +206,66 @@ async fn set_hyperparameters_and_progress_update_the_row(pool: SqlitePool) {
     };
     assert!(!store.leased_progress(&missing, None, None).await.unwrap());
     assert!(!store
-        .leased_hyperparameters(&missing, &hyper, &method, None)
+        .leased_hyperparameters(&missing, &resolved, None)
         .await
         .unwrap());
+}
+
+/// A row as the code before `spec` wrote it: only the `method` / `hyperparameters` echo.
+async fn insert_legacy_row(store: &crate::store::Store, id: &str, method: &Value, hyper: &Value) {
+    sqlx::query(
+        "INSERT INTO fine_tuning_jobs (id, created_at, model, training_file, seed, method, \
+         hyperparameters, status, updated_at) VALUES (?, 100, 'org/base', 'file-t', 7, ?, ?, \
+         'queued', 100)",
+    )
+    .bind(id)
+    .bind(method.to_string())
+    .bind(hyper.to_string())
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn rows_made_before_specs_get_theirs_from_the_method_echo(pool: SqlitePool) {
+    let store = store(pool).await;
+    // Created, not resolved yet: "auto" and an extra key.
+    let method = json!({"type": "supervised", "supervised": {"hyperparameters":
+        {"n_epochs": 4, "batch_size": "auto", "learning_rate_multiplier": "auto", "lora_rank": 8}}});
+    let legacy = json!({"n_epochs": 4, "batch_size": "auto", "learning_rate_multiplier": "auto"});
+    insert_legacy_row(&store, "ftjob-old", &method, &legacy).await;
+    // A DPO row (legacy object null) whose worker had resolved "auto" into the echo.
+    let dpo = json!({"type": "dpo", "dpo": {"hyperparameters":
+        {"beta": 0.3, "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 1.0}}});
+    insert_legacy_row(&store, "ftjob-old-dpo", &dpo, &Value::Null).await;
+
+    let job = store.get_job("ftjob-old").await.unwrap().unwrap();
+    assert_eq!(
+        job.spec.method,
+        Method::Supervised {
+            hyperparameters: HyperparamRequest {
+                n_epochs: Some(4),
+                lora_rank: Some(8),
+                ..HyperparamRequest::default()
+            }
+        }
+    );
+    assert_eq!(job.resolved, None);
+    let job = store.get_job("ftjob-old-dpo").await.unwrap().unwrap();
+    assert_eq!(
+        job.spec.method,
+        Method::Dpo {
+            hyperparameters: HyperparamRequest {
+                n_epochs: Some(2),
+                batch_size: Some(8),
+                learning_rate_multiplier: Some(1.0),
+                ..HyperparamRequest::default()
+            },
+            beta: Some(0.3),
+        }
+    );
+    // The queue's RETURNING decodes the same columns.
+    let claimed = store.claim_next("w1", 100, 30).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "ftjob-old");
+    assert_eq!(claimed.spec.method.hyperparameters().lora_rank, Some(8));
 }

@@ -6,7 +6,10 @@ use sqlx::SqlitePool;
 use super::queue::{lease, start, LEASE};
 use super::records::{checkpoint_row, model_row};
 use super::{create, store};
+use crate::domain::hyperparams::HyperparamRequest;
 use crate::domain::job::JobStatus;
+use crate::domain::job_spec::ResolvedHyperparameters;
+use crate::domain::task::Task;
 use crate::store::{ControlAction, EventRow, Handback, Store};
 
 async fn status(store: &Store, id: &str) -> JobStatus {
@@ -67,13 +70,17 @@ async fn a_lapsed_lease_fences_every_write_of_its_worker(pool: SqlitePool) {
     let new = lease("ftjob-1", "new");
 
     let stale = EventRow::info("ftjob-1", "step 2 from the old worker", 201);
+    let resolved = ResolvedHyperparameters {
+        config: HyperparamRequest::default().resolve(Task::SequenceClassification, 10, 1),
+        beta: None,
+    };
     assert!(!store.leased_event(&old, &stale).await.unwrap());
     assert!(!store
         .leased_progress(&old, Some(999), Some(5))
         .await
         .unwrap());
     assert!(!store
-        .leased_hyperparameters(&old, &json!({"n_epochs": 9}), &json!({}), None)
+        .leased_hyperparameters(&old, &resolved, None)
         .await
         .unwrap());
     assert!(!store

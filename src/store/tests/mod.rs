@@ -9,7 +9,6 @@ mod leased;
 mod queue;
 mod records;
 
-use serde_json::json;
 use sqlx::SqlitePool;
 
 use super::{EventRow, JobRow, Store};
@@ -20,15 +19,13 @@ pub(super) async fn store(pool: SqlitePool) -> Store {
 
 /// A job named `id` in `validating_files` created at `now`, with its creation event.
 pub(super) async fn create(store: &Store, id: &str, now: i64) -> JobRow {
-    let mut job = JobRow::new(
+    let job = JobRow::new(
         id.to_string(),
         "org/base".to_string(),
         "file-train".to_string(),
         42,
         now,
     );
-    job.method = json!({"type": "supervised"});
-    job.hyperparameters = json!({"n_epochs": "auto"});
     let event = EventRow::info(id, format!("Created fine-tuning job: {id}"), now);
     store.create_job(&job, &event).await.expect("create job");
     job

@@ -63,6 +63,9 @@ pub fn squad_version(examples: &[QaExample]) -> SquadVersion {
     }
 }
 
+/// One window's start and end logits, trimmed to its length.
+pub type WindowScores = (Vec<f32>, Vec<f32>);
+
 /// A model's results on a set of questions.
 #[derive(Debug, Clone)]
 pub struct QaEvaluation {
@@ -82,7 +85,7 @@ pub fn window_logits(
     batch_size: usize,
     pad_id: u32,
     device: &Device,
-) -> Result<(Vec<(Vec<f32>, Vec<f32>)>, f64), ZooError> {
+) -> Result<(Vec<WindowScores>, f64), ZooError> {
     let mut logits = Vec::with_capacity(windows.len());
     let mut loss_sum = 0.0;
     let indices: Vec<usize> = (0..windows.len()).collect();
@@ -112,7 +115,7 @@ pub fn answers(
     contexts: &[&str],
     windows: &[QaWindow],
     example_of: &[usize],
-    logits: &[(Vec<f32>, Vec<f32>)],
+    logits: &[WindowScores],
     settings: &AnswerSettings,
 ) -> Vec<QaPrediction> {
     let mut per_example: Vec<Vec<WindowLogits>> = vec![Vec::new(); contexts.len()];

@@ -171,7 +171,9 @@ fn minilm_windows_and_labels_match_the_python_tokenizer() {
         first_context,
         [(0, 5), (184, 191), (355, 359), (521, 525), (692, 693)]
     );
-    let cases: [(&str, usize, [(usize, usize); 5]); 3] = [
+    // Answer text, its answer_start, and each window's label.
+    type Case = (&'static str, usize, [(usize, usize); 5]);
+    let cases: [Case; 3] = [
         (
             "Denver Broncos",
             177,

@@ -100,18 +100,18 @@ fn a_later_line_in_another_format_is_an_error() {
 
 #[test]
 fn formats_map_to_tasks_and_names() {
-    use crate::domain::hyperparams::TaskKind;
+    use crate::domain::task::Task;
     let cases = [
         (
             DataFormat::Classification,
             "classification",
-            Some(TaskKind::SequenceClassification),
+            Some(Task::SequenceClassification),
         ),
-        (DataFormat::Chat, "chat", Some(TaskKind::ChatCompletion)),
+        (DataFormat::Chat, "chat", Some(Task::ChatSft)),
         (
             DataFormat::PromptCompletion,
             "prompt_completion",
-            Some(TaskKind::PromptCompletion),
+            Some(Task::CompletionSft),
         ),
         (DataFormat::Preference, "preference", None),
         (DataFormat::TokenTags, "token_tags", None),

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::super::checkpoint::{self, META_FILE};
-use super::super::{ExportFormat, TrainError};
 use super::load::{load_unmerged, Unmerged};
+use crate::train::checkpoint::{self, META_FILE};
+use crate::train::{ExportFormat, TrainError};
 
 /// `export_checkpoint` for `causal_lm` checkpoints.
 pub(crate) fn export_lm_checkpoint(

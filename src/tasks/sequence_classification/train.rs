@@ -1,23 +1,38 @@
 //! Sequence-classification fine-tuning: the classifier as a [`TrainTask`] for the shared
-//! loop in `runner.rs` (cross-entropy over examples; the whole validation set at every
+//! loop in `train::runner` (cross-entropy over examples; the whole validation set at every
 //! evaluation point).
 
 use std::path::PathBuf;
 
 use candle_core::Device;
 
-use super::checkpoint::{CheckpointMeta, MetricsRow, TASK_SEQUENCE_CLASSIFICATION};
 use super::data::{encode_examples, make_batch, EncodedExample};
 use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
-use super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use super::summary::{build_summary, BestMetric, MetricNames};
-use super::{SavedCheckpoint, TrainError, TrainObserver};
+use super::report::build_summary;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::BestMetric;
+use crate::train::{TrainError, TrainObserver, TrainOutcome};
 use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
-#[cfg(test)]
-mod small_data_tests;
+/// Accuracy over examples; every evaluation covers the whole validation set, so the
+/// `full_valid_*` names OpenAI uses for chat models mean the `valid_*` values here.
+pub const CLASSIFICATION_METRICS: MetricNames = MetricNames {
+    train: &["train_loss", "train_accuracy"],
+    valid: &["valid_loss", "valid_accuracy", "valid_f1"],
+    train_accuracy: Some("train_accuracy"),
+    default_best: "valid_accuracy",
+    aliases: &[
+        ("full_valid_loss", "valid_loss"),
+        ("full_valid_accuracy", "valid_accuracy"),
+        ("train_mean_token_accuracy", "train_accuracy"),
+        ("valid_mean_token_accuracy", "valid_accuracy"),
+        ("full_valid_mean_token_accuracy", "valid_accuracy"),
+    ],
+};
 
 pub struct ClassificationJob {
     pub base_model_dir: PathBuf,
@@ -31,30 +46,6 @@ pub struct ClassificationJob {
     pub device: Device,
 }
 
-#[derive(Debug)]
-pub enum TrainOutcome {
-    Completed(TrainSummary),
-    /// Paused or shut down after saving a checkpoint at `step` (no checkpoint at step 0:
-    /// a job stopped before its first step simply starts over).
-    Stopped {
-        step: usize,
-    },
-    Cancelled,
-}
-
-#[derive(Debug)]
-pub struct TrainSummary {
-    pub best_step: usize,
-    pub best_checkpoint: PathBuf,
-    /// Non-padding tokens over all steps trained (every epoch counts).
-    pub trained_tokens: u64,
-    /// `step,train_loss,train_accuracy,valid_loss,valid_accuracy,valid_f1`.
-    pub results_csv: String,
-    /// Classification report + confusion matrix of the best checkpoint.
-    pub report: serde_json::Value,
-    pub checkpoints: Vec<SavedCheckpoint>,
-}
-
 pub fn run_classification(
     job: &ClassificationJob,
     observer: &mut dyn TrainObserver,
@@ -64,15 +55,16 @@ pub fn run_classification(
     let cfg = &job.config;
     let best = BestMetric::resolve(
         cfg.metric_for_best_model.as_deref(),
+        &CLASSIFICATION_METRICS,
         task.valid.is_some(),
         observer,
     );
     let meta = CheckpointMeta {
-        task: TASK_SEQUENCE_CLASSIFICATION.to_string(),
+        task: CheckpointTask::SequenceClassification {
+            labels: job.labels.clone(),
+            spec: task.spec.clone(),
+        },
         base_model_dir: job.base_model_dir.clone(),
-        labels: job.labels.clone(),
-        spec: Some(task.spec.clone()),
-        lm: None,
         max_seq_len: cfg.max_seq_len,
         seed: cfg.seed,
     };
@@ -84,7 +76,7 @@ pub fn run_classification(
         n_train: task.train.len(),
         meta,
         best,
-        names: MetricNames::Classification,
+        names: &CLASSIFICATION_METRICS,
     })?;
     if let Some(head_lr) = cfg.head_learning_rate {
         let head_scale = head_lr / cfg.learning_rate;
@@ -208,6 +200,7 @@ impl TrainTask for ClassifyTask<'_> {
             units: batch.len(),
             correct,
             tokens: batch.inputs.n_tokens as u64,
+            extra: Metrics::default(),
         })
     }
 
@@ -218,9 +211,9 @@ impl TrainTask for ClassifyTask<'_> {
         };
         if at.epoch_end || at.eval_due || at.regular_save {
             let evaluation = self.evaluate_set(valid)?;
-            row.valid_loss = Some(evaluation.loss);
-            row.valid_accuracy = Some(evaluation.accuracy);
-            row.valid_f1 = Some(evaluation.macro_f1);
+            row.set("valid_loss", evaluation.loss);
+            row.set("valid_accuracy", evaluation.accuracy);
+            row.set("valid_f1", evaluation.macro_f1);
         }
         Ok(())
     }

@@ -11,15 +11,35 @@ use std::path::PathBuf;
 use candle_core::Device;
 use serde_json::json;
 
-use super::super::checkpoint::{CheckpointMeta, LmSpec, MetricsRow, TASK_CAUSAL_LM};
-use super::super::data::sequential_batches;
-use super::super::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use super::super::summary::{sft_results_csv, BestMetric, MetricNames};
-use super::super::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
+use crate::train::data::sequential_batches;
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::{results_csv, BestMetric};
+use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
+
+/// OpenAI's names for chat / prompt-completion fine-tuning metrics: mean token accuracies,
+/// `valid_*` on one validation batch, `full_valid_*` on the whole set (epoch ends).
+pub const SFT_METRICS: MetricNames = MetricNames {
+    train: &["train_loss", "train_mean_token_accuracy"],
+    valid: &[
+        "valid_loss",
+        "valid_mean_token_accuracy",
+        "full_valid_loss",
+        "full_valid_mean_token_accuracy",
+    ],
+    train_accuracy: Some("train_mean_token_accuracy"),
+    default_best: "full_valid_loss",
+    aliases: &[
+        ("train_accuracy", "train_mean_token_accuracy"),
+        ("valid_accuracy", "valid_mean_token_accuracy"),
+        ("full_valid_accuracy", "full_valid_mean_token_accuracy"),
+    ],
+};
 
 pub struct SftJob {
     pub base_model_dir: PathBuf,
@@ -225,6 +245,7 @@ impl TrainTask for SftTask<'_> {
             units: out.n_targets,
             correct: out.correct,
             tokens: batch.inputs.n_tokens as u64,
+            extra: Metrics::default(),
         })
     }
 
@@ -239,14 +260,14 @@ impl TrainTask for SftTask<'_> {
             let k = (at.step / every) % self.valid_batches.len().max(1);
             if let Some(indices) = self.valid_batches.get(k) {
                 let eval = self.evaluate_batches(valid, std::slice::from_ref(indices))?;
-                row.valid_loss = Some(eval.loss);
-                row.valid_accuracy = Some(eval.accuracy);
+                row.set("valid_loss", eval.loss);
+                row.set("valid_mean_token_accuracy", eval.accuracy);
             }
         }
         if at.epoch_end {
             let eval = self.evaluate_batches(valid, &self.valid_batches)?;
-            row.full_valid_loss = Some(eval.loss);
-            row.full_valid_accuracy = Some(eval.accuracy);
+            row.set("full_valid_loss", eval.loss);
+            row.set("full_valid_mean_token_accuracy", eval.accuracy);
         }
         Ok(())
     }
@@ -257,17 +278,15 @@ impl TrainTask for SftTask<'_> {
 pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
     let task = SftTask::prepare(job, observer)?;
     let cfg = &job.config;
-    let best = BestMetric::resolve_lm(
+    let best = BestMetric::resolve(
         cfg.metric_for_best_model.as_deref(),
+        &SFT_METRICS,
         task.valid.is_some(),
         observer,
     );
     let meta = CheckpointMeta {
-        task: TASK_CAUSAL_LM.to_string(),
+        task: CheckpointTask::CausalLm { lm: lm_spec(cfg) },
         base_model_dir: job.base_model_dir.clone(),
-        labels: Vec::new(),
-        spec: None,
-        lm: Some(lm_spec(cfg)),
         max_seq_len: task.max_seq_len,
         seed: cfg.seed,
     };
@@ -279,7 +298,7 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         n_train: task.train.len(),
         meta,
         best,
-        names: MetricNames::Sft,
+        names: &SFT_METRICS,
     })?;
     trainer.resume(observer)?;
     if trainer.state.step == 0 {
@@ -319,7 +338,12 @@ fn summarize(
         .history
         .iter()
         .find(|r| r.step == best_step)
-        .and_then(|r| Some((r.full_valid_loss?, r.full_valid_accuracy?)));
+        .and_then(|r| {
+            Some((
+                r.get("full_valid_loss")?,
+                r.get("full_valid_mean_token_accuracy")?,
+            ))
+        });
     let after = match (recorded, &task.valid) {
         (Some(pair), _) => Some(pair),
         (None, Some(_)) => {
@@ -330,7 +354,7 @@ fn summarize(
     };
     let state = &trainer.state;
     let mut report = json!({
-        "task": TASK_CAUSAL_LM,
+        "task": "causal_lm",
         "best_step": best_step,
         "train_examples": task.train.len(),
         "train_target_tokens": task.train.iter().map(SftExample::n_targets).sum::<usize>(),
@@ -355,7 +379,7 @@ fn summarize(
         best_step,
         best_checkpoint: best_dir,
         trained_tokens: state.tokens_seen,
-        results_csv: sft_results_csv(&state.history),
+        results_csv: results_csv(&state.history, &SFT_METRICS),
         report,
         checkpoints: trainer.saved_checkpoints(),
     })

@@ -5,8 +5,9 @@ use candle_core::Device;
 
 use super::tests_train::{config, fixture, job};
 use super::{load_lm_checkpoint, run_sft};
-use crate::train::classify_tests::{completed, max_abs_diff, Recorder};
-use crate::train::{export_checkpoint, ExportFormat};
+use crate::tasks::export_checkpoint;
+use crate::tasks::sequence_classification::tests::{completed, max_abs_diff, Recorder};
+use crate::train::ExportFormat;
 
 #[test]
 fn merged_export_reloads_to_the_trained_logits() {

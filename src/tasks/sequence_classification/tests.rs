@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{self, TRAINABLE_FILE};
 use super::*;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
+use crate::tasks::export_checkpoint;
+use crate::train::checkpoint::{self, TRAINABLE_FILE};
+use crate::train::{
+    Control, EventLevel, ExportFormat, SavedCheckpoint, StepMetrics, TrainError, TrainObserver,
+    TrainOutcome, TrainSummary, RESULTS_CSV_HEADER,
+};
 pub(crate) use crate::zoo::test_tensors::max_abs_diff;
 
 const POSITIVE: [&str; 8] = [
@@ -211,9 +216,15 @@ pub(crate) fn pause_then_resume<J>(
         &checkpoint::step_dir(paused.1, total_steps),
     );
     for (x, y) in straight_rec.steps[pause_at..].iter().zip(&second.steps) {
-        assert!((x.train_loss - y.train_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert!(
+            (x.train_loss() - y.train_loss()).abs() < 1e-6,
+            "{x:?} vs {y:?}"
+        );
         assert_eq!(x.learning_rate, y.learning_rate);
-        assert_eq!(x.valid_loss.is_some(), y.valid_loss.is_some());
+        assert_eq!(
+            x.value("valid_loss").is_some(),
+            y.value("valid_loss").is_some()
+        );
     }
     assert_eq!(
         resumed.results_csv.lines().count(),
@@ -252,11 +263,11 @@ fn full_finetune_memorises_toy_set() {
         .map(|(r, c)| cm[r][c].as_u64().expect("cell"))
         .sum();
     assert_eq!(total, 16);
-    let first_loss = rec.steps[0].train_loss;
+    let first_loss = rec.steps[0].train_loss();
     assert!(
-        rec.steps[119].train_loss < first_loss * 0.5,
+        rec.steps[119].train_loss() < first_loss * 0.5,
         "loss {first_loss} → {}",
-        rec.steps[119].train_loss
+        rec.steps[119].train_loss()
     );
     // Without validation the last checkpoint (one per epoch) is the best.
     assert_eq!(summary.checkpoints.len(), 30);
@@ -303,7 +314,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
         .iter()
         .rev()
         .take(4)
-        .map(|s| s.train_accuracy)
+        .map(|s| s.value("train_accuracy").expect("train accuracy"))
         .sum::<f64>()
         / 4.0;
     assert!(
@@ -320,7 +331,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
     assert_eq!(
         rec.steps
             .iter()
-            .filter(|s| s.valid_accuracy.is_some())
+            .filter(|s| s.value("valid_accuracy").is_some())
             .count(),
         30
     );
@@ -477,7 +488,7 @@ fn early_stopping_ends_a_plateau() {
 fn accumulated_micro_batches_equal_the_full_batch() {
     use super::data::{encode_examples, make_batch};
     use super::evaluate::forward_batch;
-    use super::optim::{AdamW, AdamWConfig, OptimParam};
+    use crate::train::optim::{AdamW, AdamWConfig, OptimParam};
     use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
     let fx = fixture();

@@ -10,8 +10,9 @@ use super::prepare::SftExamples;
 use super::tests_data::message;
 use super::{run_sft, SftJob};
 use crate::domain::dataset::{ChatExample, ChatRole};
-use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
-use crate::train::classify_tests::{completed, Recorder};
+use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
+use crate::domain::task::Task;
+use crate::tasks::sequence_classification::tests::{completed, Recorder};
 use crate::zoo::decoder::DecoderArch;
 
 const QUESTIONS: [(&str, &str); 20] = [
@@ -79,7 +80,7 @@ fn auto_config(learning_rate: Option<f64>) -> TrainingConfig {
         learning_rate,
         ..HyperparamRequest::default()
     };
-    request.resolve(TaskKind::ChatCompletion, 20, 3)
+    request.resolve(Task::ChatSft, 20, 3)
 }
 
 /// What `"auto"` used to resolve to for 20 chats: batch 4, 5 epochs (25 steps).

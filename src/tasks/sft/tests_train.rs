@@ -10,10 +10,10 @@ use super::tests_data::{message, two_turn_chat};
 use super::{load_lm_checkpoint, run_sft, SftJob};
 use crate::domain::dataset::{ChatExample, ChatRole, PromptCompletion};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
-use crate::train::classify_tests::{
+use crate::tasks::sequence_classification::tests::{
     completed, max_abs_diff, pause_then_resume, trainable, Recorder,
 };
+use crate::train::checkpoint::{self, TRAINABLE_FILE};
 use crate::train::evaluate::scalar;
 use crate::train::SFT_RESULTS_CSV_HEADER;
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
@@ -176,7 +176,7 @@ fn last_epoch_loss(rec: &Recorder, per_epoch: usize) -> f64 {
         .iter()
         .rev()
         .take(per_epoch)
-        .map(|s| s.train_loss)
+        .map(|s| s.train_loss())
         .collect();
     last.iter().sum::<f64>() / last.len() as f64
 }
@@ -189,11 +189,16 @@ fn lora_and_full_fine_tuning_lower_the_loss() {
         let mut rec = Recorder::default();
         let summary = completed(run_sft(&job, &mut rec).expect("train"));
         assert_eq!(rec.steps.len(), 30, "15 epochs × 2 batches");
-        let first = rec.steps[0].train_loss;
+        let first = rec.steps[0].train_loss();
         let last = last_epoch_loss(&rec, 2);
         eprintln!("{name}: train loss {first:.4} → {last:.4}");
         assert!(last < 0.15 * first, "{name}: loss {first} → {last}");
-        assert!(rec.steps[29].train_accuracy > rec.steps[0].train_accuracy);
+        let accuracy = |i: usize| {
+            rec.steps[i]
+                .value("train_mean_token_accuracy")
+                .expect("accuracy")
+        };
+        assert!(accuracy(29) > accuracy(0));
         assert_eq!(summary.best_step, 30, "no validation: the last checkpoint");
         let names: Vec<String> = trainable(&summary.best_checkpoint).into_keys().collect();
         if rank > 0 {
@@ -237,7 +242,7 @@ fn metrics_csv_and_validation_before_training() {
     assert_eq!(
         rec.steps
             .iter()
-            .filter(|s| s.full_valid_loss.is_some())
+            .filter(|s| s.value("full_valid_loss").is_some())
             .count(),
         3
     );
@@ -248,7 +253,7 @@ fn metrics_csv_and_validation_before_training() {
     let best = rec
         .steps
         .iter()
-        .filter_map(|s| s.full_valid_loss.map(|l| (s.step, l)))
+        .filter_map(|s| s.value("full_valid_loss").map(|l| (s.step, l)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .expect("full validations");
     assert_eq!(summary.best_step, best.0);
@@ -388,7 +393,7 @@ fn qwen2_with_tied_embeddings_trains_too() {
     let job = job(&fx, "qwen2", config(8, 1e-2, 15), false);
     let mut rec = Recorder::default();
     completed(run_sft(&job, &mut rec).expect("train"));
-    let (first, last) = (rec.steps[0].train_loss, last_epoch_loss(&rec, 2));
+    let (first, last) = (rec.steps[0].train_loss(), last_epoch_loss(&rec, 2));
     eprintln!("qwen2 lora: train loss {first:.4} → {last:.4}");
     assert!(last < 0.25 * first, "loss {first} → {last}");
 }

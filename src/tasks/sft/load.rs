@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::super::checkpoint::{self, META_FILE, TRAINABLE_FILE};
-use super::super::TrainError;
 use super::run::decoder_spec;
+use crate::train::checkpoint::{self, META_FILE, TRAINABLE_FILE};
+use crate::train::TrainError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec};
 use crate::zoo::{ChatTemplate, TextTokenizer};

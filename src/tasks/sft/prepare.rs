@@ -18,8 +18,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::super::TrainError;
 use crate::domain::dataset::{ChatExample, ChatMessage, PromptCompletion};
+use crate::train::TrainError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::{ChatTemplate, TextTokenizer};
 

@@ -9,8 +9,9 @@ use candle_core::Device;
 
 use super::{run_classification, ClassificationJob};
 use crate::domain::dataset::{label_set, LabeledText};
-use crate::domain::hyperparams::{HyperparamRequest, TaskKind, TrainingConfig};
-use crate::train::classify_tests::{completed, Recorder};
+use crate::domain::hyperparams::{HyperparamRequest, TrainingConfig};
+use crate::domain::task::Task;
+use crate::tasks::sequence_classification::tests::{completed, Recorder};
 
 const TEMPLATES: [(&str, [&str; 4]); 3] = [
     (
@@ -92,7 +93,7 @@ fn final_valid_accuracy(
         .steps
         .iter()
         .rev()
-        .find_map(|s| s.valid_accuracy)
+        .find_map(|s| s.value("valid_accuracy"))
         .expect("an epoch-end evaluation")
 }
 
@@ -102,7 +103,7 @@ fn auto_config(learning_rate: Option<f64>) -> TrainingConfig {
         learning_rate,
         ..HyperparamRequest::default()
     };
-    request.resolve(TaskKind::SequenceClassification, 60, 42)
+    request.resolve(Task::SequenceClassification, 60, 42)
 }
 
 /// What `"auto"` used to resolve to for 60 tickets: batch 16, 3 epochs (12 steps), one

@@ -7,10 +7,10 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::super::data::pick;
-use super::super::evaluate::scalar;
-use super::super::TrainError;
 use super::prepare::SftExample;
+use crate::train::data::pick;
+use crate::train::evaluate::scalar;
+use crate::train::TrainError;
 use crate::zoo::{collate, EncodedBatch, ZooError};
 
 /// Next-token targets of a right-padded `[B, T]` batch, flattened to `B * T` positions:

@@ -1,4 +1,8 @@
-//! Supervised fine-tuning of decoders on chat and prompt/completion data.
+//! Supervised fine-tuning of decoders on chat and prompt/completion data: one folder for
+//! both `Task::ChatSft` and `Task::CompletionSft`, which differ only in how `prepare.rs`
+//! renders an example (chat template vs prompt + completion); training, metrics
+//! (`SFT_METRICS`, OpenAI's names), checkpoints (`CheckpointTask::CausalLm`), export and
+//! serving (`/v1/chat/completions`, `/v1/completions`) are the same.
 //!
 //! - `prepare.rs`: chat template rendering, tokenization, trained-token masks, truncation.
 //! - `batch.rs`: right-padded batches, next-token targets, the masked loss on `lm_head`
@@ -24,4 +28,4 @@ mod tests_train;
 
 pub use load::{load_lm_checkpoint, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
-pub use run::{run_sft, LmEvaluation, SftJob};
+pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};

@@ -1,0 +1,123 @@
+"""Unit tests of the benchmark helpers whose arithmetic the numbers depend on: the split
+builders (answer location, CoNLL parsing, DPO rows), the scoring shared by both sides, the
+pace from events, and the comparison line.
+
+    .venv-bench/bin/python -m unittest discover -s bench -p 'test_*.py'
+"""
+import math
+import os
+import pathlib
+import sys
+import tempfile
+import unittest
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import make_splits  # noqa: E402
+from compare import compare  # noqa: E402
+from ner_common import score, tags_from_entities, words_as_text  # noqa: E402
+from qa_common import compute_f1, squad_v2_scores  # noqa: E402
+from task_driver import has_validation, pure_training_pace, validation_value  # noqa: E402
+
+
+class SplitBuilders(unittest.TestCase):
+    def test_answer_found_as_whole_tokens_before_inside_a_word(self):
+        context = "majority of the major parts"
+        self.assertEqual(make_splits.locate_answer("major", context), (16, "major"))
+
+    def test_answer_with_spaces_the_context_tokenised_in(self):
+        context = "In 1466 , perhaps 40 , 000 people died"
+        self.assertEqual(make_splits.locate_answer("40,000", context), (18, "40 , 000"))
+
+    def test_answer_falls_back_to_a_substring_and_is_none_when_absent(self):
+        self.assertEqual(make_splits.locate_answer("ajor", "the major part"), (5, "ajor"))
+        self.assertIsNone(make_splits.locate_answer("minor", "the major part"))
+
+    def test_conll_sentences_end_at_whitespace_only_lines(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ner.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("Empire\tB-facility\nState\tI-facility\n\t\n.\tO\n\t\n")
+            self.assertEqual(make_splits.load_conll(path),
+                             [(("Empire", "State"), ("B-facility", "I-facility")), ((".",), ("O",))])
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("ok\tO\nbroken line\n")
+            with self.assertRaises(SystemExit) as raised:
+                make_splits.load_conll(path)
+            self.assertIn(":2:", str(raised.exception))
+
+    def test_dpo_row_prefers_the_correct_label(self):
+        row = make_splits.dpo_row("headline", "1", "system prompt")
+        self.assertEqual(row["input"]["messages"][1], {"role": "user", "content": "headline"})
+        self.assertEqual(row["preferred_output"], [{"role": "assistant", "content": "1"}])
+        self.assertEqual(row["non_preferred_output"], [{"role": "assistant", "content": "0"}])
+
+
+class Scoring(unittest.TestCase):
+    def test_squad_v2_normalisation_f1_and_splits(self):
+        rows = [
+            {"id": "a", "answers": {"text": ["the Eiffel Tower"], "answer_start": [0]}},
+            {"id": "b", "answers": {"text": ["in Paris, France"], "answer_start": [0]}},
+            {"id": "c", "answers": {"text": [], "answer_start": []}},
+            {"id": "d", "answers": {"text": [], "answer_start": []}},
+        ]
+        predictions = {"a": "Eiffel tower!", "b": "Paris", "c": "", "d": "somewhere"}
+        # b: gold tokens in/paris/france, predicted paris: P 1, R 1/3, F1 0.5
+        self.assertAlmostEqual(compute_f1("in Paris, France", "Paris"), 0.5)
+        scores = squad_v2_scores(rows, predictions)
+        self.assertEqual((scores["exact"], scores["f1"]), (50.0, 62.5))
+        self.assertEqual((scores["HasAns_exact"], scores["HasAns_f1"], scores["HasAns_total"]), (50.0, 75.0, 2))
+        self.assertEqual((scores["NoAns_exact"], scores["NoAns_total"]), (50.0, 2))
+
+    def test_word_tags_come_from_the_first_sub_word(self):
+        text, spans = words_as_text(["@paulwalk", "Empire", "State"])
+        self.assertEqual((text, spans), ("@paulwalk Empire State", [(0, 9), (10, 16), (17, 22)]))
+        entities = [{"entity": "B-person", "start": 0, "end": 1}, {"entity": "I-other", "start": 1, "end": 9},
+                    {"entity": "B-facility", "start": 10, "end": 13}, {"entity": "I-facility", "start": 13, "end": 16}]
+        self.assertEqual(tags_from_entities(spans, entities), ["B-person", "B-facility", "O"])
+
+    def test_entity_scores_are_exact_span_matches(self):
+        gold = [["B-person", "I-person", "O", "B-geo-loc"]]
+        predicted = [["B-person", "O", "O", "B-geo-loc"]]  # the person span is cut short: wrong
+        scores = score(gold, predicted)
+        self.assertEqual((scores["entity_precision"], scores["entity_recall"], scores["entity_f1"]), (0.5, 0.5, 0.5))
+        self.assertEqual(scores["token_accuracy"], 0.75)
+        self.assertEqual(scores["per_type"]["geo-loc"]["f1"], 1.0)
+        self.assertEqual(scores["per_type"]["person"]["support"], 1)
+
+
+class Pace(unittest.TestCase):
+    def test_intervals_touching_evaluation_are_left_out(self):
+        # 2 epochs of 4 steps; step 0 and the epoch ends (4, 8) carry validation metrics.
+        times = {0: 10, 1: 11, 2: 12, 3: 13, 4: 20, 5: 21, 6: 22, 7: 23, 8: 30}
+        steps = {s: (t, {"step": s, "total_steps": 8, "tokens_seen": 100 * s,
+                         "valid_loss": 0.5 if s in (0, 4, 8) else None}) for s, t in times.items()}
+        # timed: 1->2, 2->3, 5->6, 6->7: 4 steps, 4 s, 400 tokens
+        self.assertEqual(pure_training_pace(steps, 2), (4, 4, 400, 8))
+
+    def test_full_validation_values_win(self):
+        data = {"valid_loss": 0.6, "full_valid_loss": 0.5, "train_loss": 0.1}
+        self.assertEqual(validation_value(data, "loss"), 0.5)
+        self.assertTrue(has_validation({"valid_reward_accuracy": 0.0}))
+        self.assertFalse(has_validation({"train_loss": 0.1, "valid_loss": None}))
+
+
+class Comparison(unittest.TestCase):
+    def test_ratios_deltas_and_quality(self):
+        temper = {"train_tokens_per_s": 300.0, "train_samples_per_s": 6.0, "peak_rss_mb": 1000.0,
+                  "valid_loss_after": 0.4, "valid_reward_accuracy_after": 0.8}
+        reference = {"train_tokens_per_s": 100.0, "train_samples_per_s": 2.0, "peak_rss_mb": 2000.0,
+                     "valid_loss_after": 0.5, "valid_reward_accuracy_after": 0.8}
+        line = compare("dpo", temper, reference)
+        self.assertEqual((line["train_tokens_per_s_ratio"], line["peak_rss_ratio"]), (3.0, 0.5))
+        self.assertTrue(math.isclose(line["valid_loss_after_delta"], -0.1))
+        self.assertTrue(line["quality_no_worse"])
+        worse = compare("dpo", dict(temper, valid_reward_accuracy_after=0.7), reference)
+        self.assertFalse(worse["quality_no_worse"])
+        self.assertIsNone(compare("ner", {}, {})["quality_no_worse"])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,28 @@
+//! Sequence classification (`AutoModelForSequenceClassification`): text → one label, an
+//! encoder from `zoo` with a classification head.
+//!
+//! # Layout
+//! - `train.rs`: the classifier as a runner task (`run_classification`) and its metric
+//!   names (`CLASSIFICATION_METRICS`).
+//! - `data.rs`: tokenization once, labelled batches padded per batch.
+//! - `evaluate.rs`, `metrics.rs`: loss, accuracy, macro F1, confusion, sklearn-like report.
+//! - `report.rs`: the best checkpoint's classification report (`classification_report.json`).
+//! - `export.rs`: checkpoint → served classifier, merged HF dir or PEFT adapter.
+//!
+//! Served by `infer::classifier` (`/v1/classifications`); checkpoint variant
+//! `CheckpointTask::SequenceClassification`.
+
+pub mod data;
+pub mod evaluate;
+mod export;
+pub mod metrics;
+mod report;
+#[cfg(test)]
+mod small_data_tests;
+#[cfg(test)]
+pub(crate) mod tests;
+mod train;
+
+pub(crate) use export::export_classifier_checkpoint;
+pub use export::load_classifier_checkpoint;
+pub use train::{run_classification, ClassificationJob, CLASSIFICATION_METRICS};
