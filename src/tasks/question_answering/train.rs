@@ -70,7 +70,7 @@ pub fn run_question_answering(
     let meta = CheckpointMeta {
         task: CheckpointTask::QuestionAnswering {
             lora: task.spec.lora.clone(),
-            doc_stride: job.doc_stride,
+            doc_stride: task.tokenizer.settings().doc_stride,
             max_answer_length: job.max_answer_length,
             allow_no_answer: task.answers.allow_no_answer,
         },
