@@ -19,7 +19,7 @@ use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, ModelCatalog,
-    ServableModel, ServedKind,
+    QaPrediction, QaQuestion, ServableModel, ServedKind,
 };
 use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
@@ -236,6 +236,15 @@ impl Inference for InferenceService {
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
         let handle = self.handle.clone();
         Box::pin(async move { handle.classify(&model, inputs).await })
+    }
+
+    fn answer_questions(
+        &self,
+        model: String,
+        questions: Vec<QaQuestion>,
+    ) -> BoxFuture<'static, Result<Vec<QaPrediction>, InferError>> {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.answer_questions(&model, questions).await })
     }
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {

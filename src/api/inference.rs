@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
-use crate::infer::{ClassPrediction, GenerationParams, GenerationStream, InferError};
+use crate::infer::{
+    ClassPrediction, GenerationParams, GenerationStream, InferError, QaPrediction, QaQuestion,
+};
 
 /// Which artifact `GET …/download` exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,16 @@ pub trait Inference: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>>;
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>>;
+
+    /// Answers questions with an extractive QA model (`InferenceHandle::answer_questions`).
+    /// Without an implementation no model answers: every model is not found.
+    fn answer_questions(
+        &self,
+        model: String,
+        _questions: Vec<QaQuestion>,
+    ) -> BoxFuture<'static, Result<Vec<QaPrediction>, InferError>> {
+        Box::pin(async move { Err(InferError::ModelNotFound(model)) })
+    }
 
     /// Starts a chat completion (`InferenceHandle::chat`): the stream is returned once
     /// the prompt is accepted, so prompt errors come back before any response starts.

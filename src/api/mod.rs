@@ -29,6 +29,7 @@ mod job_wire;
 mod jobs;
 mod middleware;
 mod models;
+mod question_answering;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -90,6 +91,7 @@ pub mod limits {
     pub use super::job_request::{
         MAX_METADATA_KEY_CHARS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_CHARS, MAX_SEED,
     };
+    pub use super::question_answering::MAX_QUESTIONS as QA_MAX_QUESTIONS;
     pub use super::wire::{PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, FILES_PAGE, JOBS_PAGE};
     pub use crate::domain::model_name::MAX_SUFFIX_LEN;
 }
@@ -108,6 +110,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
     all.extend(classify::ROUTES.iter().cloned());
+    all.extend(question_answering::ROUTES.iter().cloned());
     all.extend(chat::ROUTES.iter().cloned());
     all.extend(completions::ROUTES.iter().cloned());
     all
@@ -126,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(models::router())
         .merge(classify::router())
+        .merge(question_answering::router())
         .merge(chat::router())
         .merge(completions::router())
         .route_layer(axum::middleware::from_fn_with_state(

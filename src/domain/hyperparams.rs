@@ -129,6 +129,7 @@ const METRICS_FOR_BEST: &[&str] = &[
     "valid_entity_recall",
     "valid_token_accuracy",
     "valid_accuracy",
+    "valid_exact_match",
     "valid_f1",
     "valid_loss",
     "valid_mean_token_accuracy",
@@ -291,7 +292,19 @@ struct TaskDefaults {
 }
 
 fn defaults(task: Task) -> TaskDefaults {
-    match task.defaults_key() {
+    if task == Task::QuestionAnswering {
+        // run_qa's recipe: windows of 384 tokens.
+        let encoder = defaults_for(DefaultsKey::EncoderFineTune);
+        return TaskDefaults {
+            max_seq_len: 384,
+            ..encoder
+        };
+    }
+    defaults_for(task.defaults_key())
+}
+
+fn defaults_for(key: DefaultsKey) -> TaskDefaults {
+    match key {
         // BERT recipe: full fine-tuning, lr 2e-5, batch 16, 128 tokens.
         DefaultsKey::EncoderFineTune => TaskDefaults {
             full_lr: 2e-5,

@@ -5,8 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A fine-tuning task. Every task has a folder under `src/tasks/`; one without a trainer
-/// yet is refused at the job's start with [`Task::trainer_missing`].
+/// A fine-tuning task. Every task has a folder under `src/tasks/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
@@ -118,22 +117,6 @@ impl Task {
             Architecture::Decoder => DefaultsKey::DecoderLora,
         }
     }
-
-    /// `Some(message)` for a task this build cannot train yet: the job fails with it
-    /// rather than training something else.
-    pub fn trainer_missing(self) -> Option<String> {
-        match self {
-            Task::SequenceClassification
-            | Task::TokenClassification
-            | Task::ChatSft
-            | Task::CompletionSft
-            | Task::Dpo => None,
-            Task::QuestionAnswering => Some(format!(
-                "Fine-tuning for {} is not available in this version of temper.",
-                self.label()
-            )),
-        }
-    }
 }
 
 impl ServedKind {
@@ -203,7 +186,5 @@ mod tests {
             Task::SequenceClassification.defaults_key(),
             DefaultsKey::EncoderFineTune
         );
-        assert_eq!(Task::ChatSft.trainer_missing(), None);
-        assert_eq!(Task::Dpo.trainer_missing(), None);
     }
 }

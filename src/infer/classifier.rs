@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 use super::catalog::ServableModel;
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
 use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
+use super::question_answering::QaEngine;
 use super::registry::ModelLoader;
 use super::{InferError, LoadedModel};
 use crate::domain::task::ServedKind;
@@ -97,7 +98,20 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
-            ServedKind::TokenClassifier | ServedKind::QuestionAnswerer => Err(InferError::invalid(
+            ServedKind::QuestionAnswerer => {
+                let backend =
+                    crate::tasks::question_answering::load_qa_server(&model.dir, &self.device)
+                        .map_err(|e| {
+                            InferError::engine(format!(
+                                "loading checkpoint `{}`: {e}",
+                                model.dir.display()
+                            ))
+                        })?;
+                tracing::info!(bytes = backend.parameter_bytes(), "QA model loaded");
+                QaEngine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::QuestionAnswerer)
+            }
+            ServedKind::TokenClassifier => Err(InferError::invalid(
                 "model",
                 format!(
                     "The model `{}` is a {} model, which this version of temper cannot serve.",

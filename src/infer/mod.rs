@@ -15,6 +15,7 @@ pub mod classifier;
 pub mod engine;
 mod error;
 pub mod generate;
+pub mod question_answering;
 pub mod registry;
 
 #[cfg(test)]
@@ -43,6 +44,7 @@ pub use generate::{
     GenerationParams, GenerationRequest, GenerationStream, LmBackend, Prompt, TokenLogprob,
     TopLogprob, Usage,
 };
+pub use question_answering::{QaBackend, QaEngine, QaPrediction, QaQuestion};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
 
 /// How long a failed load is reported before the next request tries again.
@@ -63,6 +65,7 @@ pub struct InferOptions {
 pub enum LoadedModel {
     Classifier(Engine),
     Generator(GenEngine),
+    QuestionAnswerer(QaEngine),
 }
 
 impl Servable for LoadedModel {
@@ -70,6 +73,7 @@ impl Servable for LoadedModel {
         match self {
             LoadedModel::Classifier(engine) => engine.parameter_bytes(),
             LoadedModel::Generator(engine) => engine.parameter_bytes(),
+            LoadedModel::QuestionAnswerer(engine) => engine.parameter_bytes(),
         }
     }
 }
@@ -174,6 +178,32 @@ impl InferenceHandle {
                 "model",
                 format!("`{model}` is a text generation model; use /v1/chat/completions or /v1/completions"),
             )),
+            LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
+        };
+        release_off_runtime(loaded);
+        answer
+    }
+
+    /// Answers each question from its context with `model`, an extractive QA model: the
+    /// best span (character offsets) and its score; "" when the model says the context has
+    /// no answer. Any other kind of model is not found here (404 `model_not_found`).
+    pub async fn answer_questions(
+        &self,
+        model: &str,
+        questions: Vec<QaQuestion>,
+    ) -> Result<Vec<QaPrediction>, InferError> {
+        if questions.is_empty() {
+            return Err(InferError::invalid(
+                "input",
+                "`input` must contain at least one question",
+            ));
+        }
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::QuestionAnswerer(engine) => engine.answer(questions).await,
+            LoadedModel::Classifier(_) | LoadedModel::Generator(_) => {
+                Err(InferError::ModelNotFound(model.to_string()))
+            }
         };
         release_off_runtime(loaded);
         answer
@@ -226,6 +256,7 @@ impl InferenceHandle {
                 "model",
                 format!("`{model}` is a classification model; use /v1/classifications"),
             )),
+            LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
         };
         release_off_runtime(loaded);
         answer
@@ -261,6 +292,14 @@ impl InferenceHandle {
     pub fn cached_bytes(&self) -> usize {
         self.registry.used_bytes()
     }
+}
+
+/// A question-answering model asked for something else.
+fn wrong_kind_qa(model: &str) -> InferError {
+    InferError::invalid(
+        "model",
+        format!("`{model}` is a question-answering model; use /v1/question_answering"),
+    )
 }
 
 /// If the model was evicted meanwhile, `loaded` may be the last reference, and dropping

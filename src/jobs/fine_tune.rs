@@ -26,6 +26,7 @@ use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::domain::task::{Architecture, Task};
 use crate::store::{EventRow, JobRow, Lease, Store};
 use crate::tasks::dpo::{run_dpo, DpoJob};
+use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
 use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
 use crate::tasks::sft::{run_sft, SftExamples, SftJob};
 use crate::tasks::token_classification::{run_token_classification, TokenClassificationJob};
@@ -37,6 +38,7 @@ enum Training {
     Sft(SftJob),
     Dpo(DpoJob),
     TokenClassification(TokenClassificationJob),
+    QuestionAnswering(QuestionAnsweringJob),
 }
 
 /// The resolved numbers a trainer runs with.
@@ -108,6 +110,19 @@ impl Training {
                 work_dir,
                 device,
             }),
+            TrainingData::QuestionAnswering { train, valid } => {
+                Training::QuestionAnswering(QuestionAnsweringJob {
+                    base_model_dir,
+                    train,
+                    valid,
+                    // run_qa's defaults.
+                    doc_stride: 128,
+                    max_answer_length: 30,
+                    config,
+                    work_dir,
+                    device,
+                })
+            }
         }
     }
 
@@ -117,24 +132,17 @@ impl Training {
             Training::Sft(job) => run_sft(job, observer),
             Training::Dpo(job) => run_dpo(job, observer),
             Training::TokenClassification(job) => run_token_classification(job, observer),
+            Training::QuestionAnswering(job) => run_question_answering(job, observer),
         }
     }
 }
 
-/// Encoders fine-tune for encoder tasks, decoders for decoder tasks; a task without a
-/// trainer in this build fails here rather than training something else.
+/// Encoders fine-tune for encoder tasks, decoders for decoder tasks.
 pub(super) fn check_model_fits_task(
     model: &str,
     kind: BaseModelKind,
     task: Task,
 ) -> Result<(), JobFailure> {
-    if let Some(message) = task.trainer_missing() {
-        return Err(JobFailure::fatal(
-            "invalid_training_file",
-            message,
-            Some("training_file"),
-        ));
-    }
     let architecture = match kind {
         BaseModelKind::Encoder => Architecture::Encoder,
         BaseModelKind::Decoder => Architecture::Decoder,

@@ -14,15 +14,16 @@ use crate::train::TrainSummary;
 pub const RESULTS_PURPOSE: &str = "fine-tune-results";
 pub const RESULTS_CSV_FILENAME: &str = "step_metrics.csv";
 pub const REPORT_FILENAME: &str = "classification_report.json";
+/// Question answering: the official SQuAD script's scores of the best checkpoint.
+pub const QA_REPORT_FILENAME: &str = "squad_report.json";
 /// Chat / completion jobs: token counts, truncation and the best step's metrics.
 pub const LM_REPORT_FILENAME: &str = "training_report.json";
 
 /// The name of a task's report file.
 pub fn report_filename(task: Task) -> &'static str {
     match task {
-        Task::SequenceClassification | Task::TokenClassification | Task::QuestionAnswering => {
-            REPORT_FILENAME
-        }
+        Task::SequenceClassification | Task::TokenClassification => REPORT_FILENAME,
+        Task::QuestionAnswering => QA_REPORT_FILENAME,
         Task::ChatSft | Task::CompletionSft | Task::Dpo => LM_REPORT_FILENAME,
     }
 }

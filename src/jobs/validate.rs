@@ -7,8 +7,9 @@ use std::collections::HashSet;
 use crate::blobs::Blobs;
 use crate::domain::dataset::{
     detect_format, label_set, parse_chat, parse_classification, parse_preference,
-    parse_prompt_completion, parse_token_tags, tag_label_set, ChatExample, DataFormat,
-    DatasetError, Iob1Finding, LabeledText, PreferenceExample, PromptCompletion, TokenTagsExample,
+    parse_prompt_completion, parse_squad, parse_token_tags, tag_label_set, ChatExample, DataFormat,
+    DatasetError, Iob1Finding, LabeledText, PreferenceExample, PromptCompletion, QaExample,
+    TokenTagsExample,
 };
 use crate::domain::job_spec::Method;
 use crate::domain::task::Task;
@@ -47,6 +48,10 @@ pub enum TrainingData {
         /// Entities opened by `I-` in the training file (IOB1 data), for an event.
         iob1: Option<Iob1Finding>,
     },
+    QuestionAnswering {
+        train: Vec<QaExample>,
+        valid: Option<Vec<QaExample>>,
+    },
 }
 
 impl TrainingData {
@@ -57,6 +62,7 @@ impl TrainingData {
             TrainingData::PromptCompletion { train, .. } => train.len(),
             TrainingData::Preference { train, .. } => train.len(),
             TrainingData::TokenClassification { train, .. } => train.len(),
+            TrainingData::QuestionAnswering { train, .. } => train.len(),
         }
     }
 
@@ -68,6 +74,7 @@ impl TrainingData {
             TrainingData::PromptCompletion { .. } => Task::CompletionSft,
             TrainingData::Preference { .. } => Task::Dpo,
             TrainingData::TokenClassification { .. } => Task::TokenClassification,
+            TrainingData::QuestionAnswering { .. } => Task::QuestionAnswering,
         }
     }
 }
@@ -141,6 +148,7 @@ fn openai_format_name(format: DataFormat) -> &'static str {
         DataFormat::PromptCompletion => "fine-tune-completion",
         DataFormat::Preference => "fine-tune-preference",
         DataFormat::TokenTags => "fine-tune-token-classification",
+        DataFormat::QuestionAnswering => "fine-tune-question-answering",
     }
 }
 
@@ -221,6 +229,15 @@ pub async fn load_and_validate(
                 })
                 .transpose()?;
             (TrainingData::Preference { train, valid }, duplicates)
+        }
+        DataFormat::QuestionAnswering => {
+            let train =
+                parse_squad(&train_bytes).map_err(|e| Which::Training.failure(e.message))?;
+            let duplicates = count_duplicates(&train);
+            let valid = valid
+                .map(|bytes| parse_squad(bytes).map_err(|e| Which::Validation.failure(e.message)))
+                .transpose()?;
+            (TrainingData::QuestionAnswering { train, valid }, duplicates)
         }
         DataFormat::TokenTags => token_classification(&train_bytes, valid)?,
     };

@@ -13,6 +13,7 @@
 //!   causal LM like SFT's, served and exported the same way.
 //! - `token_classification/`: tagged words → one label per token, NER
 //!   (`Task::TokenClassification`).
+//! - `question_answering/`: extractive QA, SQuAD v1/v2 (`Task::QuestionAnswering`).
 
 use std::path::Path;
 
@@ -20,6 +21,7 @@ use crate::train::checkpoint::{self, CheckpointTask};
 use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
+pub mod question_answering;
 pub mod sequence_classification;
 pub mod sft;
 pub mod token_classification;
@@ -52,6 +54,9 @@ pub fn export_checkpoint(
                 base_model_id,
                 out_dir,
             )
+        }
+        CheckpointTask::QuestionAnswering { .. } => {
+            question_answering::export_qa_checkpoint(dir, format, base_model_id, out_dir)
         }
     }
 }

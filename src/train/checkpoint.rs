@@ -55,6 +55,15 @@ pub enum CheckpointTask {
         labels: Vec<String>,
         spec: ClassifierSpec,
     },
+    /// An encoder with an extractive-QA head (`qa_outputs`), and how it cuts contexts into
+    /// windows (`max_seq_len` above, `doc_stride`) and picks answers.
+    QuestionAnswering {
+        lora: Option<LoraSettings>,
+        doc_stride: usize,
+        max_answer_length: usize,
+        /// Trained with unanswerable questions: may answer "" (SQuAD v2).
+        allow_no_answer: bool,
+    },
 }
 
 impl CheckpointTask {
@@ -64,14 +73,16 @@ impl CheckpointTask {
             CheckpointTask::SequenceClassification { .. } => "sequence_classification",
             CheckpointTask::CausalLm { .. } => "causal_lm",
             CheckpointTask::TokenClassification { .. } => "token_classification",
+            CheckpointTask::QuestionAnswering { .. } => "question_answering",
         }
     }
 
     /// Every tag this build reads.
-    pub const NAMES: [&'static str; 3] = [
+    pub const NAMES: [&'static str; 4] = [
         "sequence_classification",
         "causal_lm",
         "token_classification",
+        "question_answering",
     ];
 }
 
@@ -107,6 +118,7 @@ impl CheckpointMeta {
             CheckpointTask::SequenceClassification { spec, .. }
             | CheckpointTask::TokenClassification { spec, .. } => spec.lora.as_ref(),
             CheckpointTask::CausalLm { lm } => lm.lora.as_ref(),
+            CheckpointTask::QuestionAnswering { lora, .. } => lora.as_ref(),
         };
         lora.is_some_and(|l| l.rank > 0)
     }

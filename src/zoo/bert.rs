@@ -173,6 +173,19 @@ impl Encoder {
         attention_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor, ZooError> {
+        self.forward_with_token_types(input_ids, None, attention_mask, train)
+    }
+
+    /// [`Self::forward`] with BERT's segment ids (`token_type_ids`, `[B, T]` u32: 1 for a
+    /// pair's second text, as question answering needs); `None` means all zero. Ignored by
+    /// DistilBERT, which has no segment embeddings.
+    pub fn forward_with_token_types(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, ZooError> {
         let (b, t) = input_ids.dims2()?;
         let h = self.cfg.hidden_size;
         if t > self.cfg.max_position_embeddings {
@@ -188,9 +201,14 @@ impl Encoder {
             .tensor()
             .index_select(&ids, 0)?
             .add(&self.pos_emb.tensor().index_select(&packing.positions, 0)?)?;
-        if let Some(types) = &self.type_emb {
+        match (&self.type_emb, token_type_ids) {
+            (Some(types), Some(type_ids)) => {
+                let packed = type_ids.flatten_all()?.index_select(&packing.rows, 0)?;
+                x = x.add(&types.tensor().index_select(&packed, 0)?)?;
+            }
             // token_type_ids are all zero for single-sentence classification.
-            x = x.broadcast_add(&types.tensor().narrow(0, 0, 1)?)?;
+            (Some(types), None) => x = x.broadcast_add(&types.tensor().narrow(0, 0, 1)?)?,
+            (None, _) => {}
         }
         let mut x = dropout(&self.emb_ln.forward(&x)?, self.cfg.hidden_dropout, train)?;
         // Additive mask [B, 1, 1, T]: 0 for real tokens, f32::MIN for padding (as transformers).

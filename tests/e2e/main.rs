@@ -12,5 +12,6 @@ mod fine_tune;
 mod generation_limits;
 mod lifecycle;
 mod openapi;
+mod question_answering;
 mod startup;
 mod uploads;

@@ -16,12 +16,14 @@
 //! - `chat.rs`: `{"messages": […]}` chat examples and the message checks shared with DPO.
 //! - `other.rs`: prompt/completion and preference (DPO) files.
 //! - `token_tags.rs`: token classification, `{"tokens","tags"}` JSONL and CoNLL text.
+//! - `squad.rs`: extractive question answering (SQuAD JSONL and nested JSON, v1 and v2).
 
 mod chat;
 mod classification;
 mod csv_source;
 mod lines;
 mod other;
+mod squad;
 mod summary;
 mod token_tags;
 
@@ -29,6 +31,7 @@ pub use chat::{parse_chat, ChatExample, ChatMessage, ChatRole};
 pub use classification::{label_set, parse_classification, ClassificationData, LabeledText};
 pub use lines::{ScanError, MAX_RECORD_BYTES};
 pub use other::{parse_preference, parse_prompt_completion, PreferenceExample, PromptCompletion};
+pub use squad::{parse_squad, QaAnswer, QaExample};
 pub use summary::{
     scan, validate_training_file, FileSummary, DUPLICATE_TRACKING_LIMIT, MAX_LABELS,
     MAX_LABEL_BYTES,
@@ -60,6 +63,8 @@ pub enum DataFormat {
     Preference,
     /// `{"tokens","tags"}` JSONL or CoNLL text (token classification).
     TokenTags,
+    /// `{"context","question","answers"}` JSONL or a nested SQuAD JSON file (extractive QA).
+    QuestionAnswering,
 }
 
 impl DataFormat {
@@ -70,6 +75,7 @@ impl DataFormat {
             DataFormat::PromptCompletion => "prompt_completion",
             DataFormat::Preference => "preference",
             DataFormat::TokenTags => "token_tags",
+            DataFormat::QuestionAnswering => "question_answering",
         }
     }
 
@@ -81,6 +87,7 @@ impl DataFormat {
             DataFormat::Chat => Some(Task::ChatSft),
             DataFormat::PromptCompletion => Some(Task::CompletionSft),
             DataFormat::TokenTags => Some(Task::TokenClassification),
+            DataFormat::QuestionAnswering => Some(Task::QuestionAnswering),
             DataFormat::Preference => None,
         }
     }
@@ -102,8 +109,9 @@ pub struct DatasetError {
 /// Message for a file whose first record matches none of our formats.
 pub const UNEXPECTED_FORMAT: &str = "Unexpected file format, expected either text/label \
 classification examples (JSONL, or CSV with a `text,label` header), chat messages, \
-prompt/completion pairs, preference pairs (input/preferred_output/non_preferred_output) or \
-token tags (tokens/tags JSONL, or CoNLL `token<TAB>tag` lines).";
+prompt/completion pairs, preference pairs (input/preferred_output/non_preferred_output), \
+token tags (tokens/tags JSONL, or CoNLL `token<TAB>tag` lines) or extractive QA \
+(context/question/answers, or a SQuAD JSON file).";
 
 /// Where an example sits in its file: its 1-based number among the examples and its 1-based
 /// physical line.
@@ -171,6 +179,15 @@ struct Detected {
 /// Reads the first record of `reader` (from its start) to decide the file's format.
 fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
     reader.rewind()?;
+    // A nested SQuAD file is one JSON document (SQuAD's train set: a 40 MB line), not JSONL.
+    if squad::is_nested_squad(BufReader::new(&mut reader))? {
+        return Ok(Detected {
+            format: DataFormat::QuestionAnswering,
+            csv: false,
+            conll: false,
+        });
+    }
+    reader.rewind()?;
     let mut lines = JsonlLines::new(BufReader::new(&mut reader));
     let Some((at, text)) = lines.next_line()? else {
         return Err(empty_file().into());
@@ -208,6 +225,8 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
         DataFormat::Preference
     } else if has("tokens") || has("tags") {
         DataFormat::TokenTags
+    } else if has("question") || has("context") || has("answers") {
+        DataFormat::QuestionAnswering
     } else if has("prompt") || has("completion") {
         DataFormat::PromptCompletion
     } else if has("text") || has("label") {

@@ -24,6 +24,7 @@ use super::chat::chat_example;
 use super::classification::{for_each_labeled_text, sorted_labels, LabeledText};
 use super::lines::{for_each_object, ScanError};
 use super::other::{preference_example, prompt_completion};
+use super::squad::for_each_qa_example;
 use super::token_tags::{for_each_token_tags, sorted_tags};
 use super::{detect, empty_file, DataFormat, DatasetError, ExampleAt};
 
@@ -105,6 +106,16 @@ pub fn scan<R: Read + Seek>(mut reader: R) -> Result<FileSummary, ScanError> {
                 add_tags(&mut labels, at, example.tags)
             })?;
             summary.labels = sorted_tags(labels.into_iter().collect());
+        }
+        DataFormat::QuestionAnswering => {
+            let mut seen = Fingerprints::default();
+            for_each_qa_example(buffered, |example| {
+                summary.examples += 1;
+                if seen.insert(seen.of_json(&example)) {
+                    summary.duplicates += 1;
+                }
+                Ok(())
+            })?;
         }
     }
     if summary.examples == 0 {

@@ -4,6 +4,7 @@ mod chat;
 mod classification;
 mod detection;
 mod other;
+mod squad;
 mod streaming;
 mod token_tags;
 

@@ -1,0 +1,227 @@
+//! Extractive QA fine-tuning: the QA model as a [`TrainTask`] for the shared loop in
+//! `train::runner`. As run_qa, training covers windows (a long context gives several),
+//! each labelled with its answer's tokens or CLS; every evaluation runs the whole
+//! validation set, aggregates windows into answers and scores them with SQuAD's EM/F1.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+
+use super::evaluate::{evaluate, labelled_windows, LabelledWindows, QaEvaluation};
+use super::head::{collate_windows, QaModelSpec, QuestionAnsweringModel};
+use super::postprocess::AnswerSettings;
+use super::report::build_summary;
+use super::windows::{QaTokenizer, QaWindow, WindowSettings};
+use crate::domain::dataset::QaExample;
+use crate::domain::hyperparams::TrainingConfig;
+use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
+use crate::train::summary::BestMetric;
+use crate::train::{TrainError, TrainObserver, TrainOutcome};
+use crate::zoo::config::EncoderConfig;
+use crate::zoo::TextTokenizer;
+
+/// SQuAD's exact match and F1 (percentages, as the official script reports them).
+pub const QA_METRICS: MetricNames = MetricNames {
+    train: &["train_loss"],
+    valid: &["valid_loss", "valid_exact_match", "valid_f1"],
+    train_accuracy: None,
+    default_best: "valid_f1",
+    aliases: &[
+        ("exact_match", "valid_exact_match"),
+        ("f1", "valid_f1"),
+        ("full_valid_loss", "valid_loss"),
+    ],
+};
+
+pub struct QuestionAnsweringJob {
+    pub base_model_dir: PathBuf,
+    pub train: Vec<QaExample>,
+    pub valid: Option<Vec<QaExample>>,
+    pub config: TrainingConfig,
+    /// Context tokens shared by consecutive windows (run_qa's `doc_stride`), at most a
+    /// third of a window.
+    pub doc_stride: usize,
+    /// Longest answer, in tokens, evaluation and serving may pick.
+    pub max_answer_length: usize,
+    /// `checkpoints/step-N/` live here.
+    pub work_dir: PathBuf,
+    pub device: Device,
+}
+
+pub fn run_question_answering(
+    job: &QuestionAnsweringJob,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainOutcome, TrainError> {
+    if job.train.is_empty() {
+        return Err(TrainError::InvalidData(
+            "the training file has no examples".into(),
+        ));
+    }
+    let task = QaTask::prepare(job)?;
+    let cfg = &job.config;
+    let best = BestMetric::resolve(
+        cfg.metric_for_best_model.as_deref(),
+        &QA_METRICS,
+        task.valid.is_some(),
+        observer,
+    );
+    let meta = CheckpointMeta {
+        task: CheckpointTask::QuestionAnswering {
+            lora: task.spec.lora.clone(),
+            doc_stride: task.tokenizer.settings().doc_stride,
+            max_answer_length: job.max_answer_length,
+            allow_no_answer: task.answers.allow_no_answer,
+        },
+        base_model_dir: job.base_model_dir.clone(),
+        max_seq_len: task.tokenizer.settings().max_seq_len,
+        seed: cfg.seed,
+    };
+    let mut trainer = Trainer::new(TrainerSetup {
+        config: cfg,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        vars: task.model.trainable_vars(),
+        n_train: task.train.len(),
+        meta,
+        best,
+        names: &QA_METRICS,
+    })?;
+    trainer.resume(observer)?;
+    match trainer.run(&task, observer)? {
+        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
+        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
+            step: trainer.state.step,
+        }),
+        LoopEnd::Finished => Ok(TrainOutcome::Completed(build_summary(
+            &trainer, &task, observer,
+        )?)),
+    }
+}
+
+/// The model, the windows of both sets and how to train and evaluate.
+pub(crate) struct QaTask<'a> {
+    pub(crate) job: &'a QuestionAnsweringJob,
+    pub(crate) model: QuestionAnsweringModel,
+    spec: QaModelSpec,
+    tokenizer: QaTokenizer,
+    pub(crate) answers: AnswerSettings,
+    pub(crate) train: LabelledWindows,
+    /// The validation questions and their windows.
+    pub(crate) valid: Option<(&'a [QaExample], LabelledWindows)>,
+    pad_id: u32,
+}
+
+/// run_qa trains a model for v2 data (`--version_2_with_negative`) when the data has
+/// unanswerable questions; here the data says so.
+fn has_unanswerable(job: &QuestionAnsweringJob) -> bool {
+    let mut all = job.train.iter().chain(job.valid.iter().flatten());
+    all.any(|example| !example.is_answerable())
+}
+
+impl<'a> QaTask<'a> {
+    fn prepare(job: &'a QuestionAnsweringJob) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        let text_tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
+        // Windows fit the model's positions; the stride stays under a third of a window.
+        let (encoder, _) = EncoderConfig::from_dir(&job.base_model_dir)?;
+        let max_seq_len = cfg.max_seq_len.min(encoder.max_position_embeddings);
+        let settings = WindowSettings {
+            max_seq_len,
+            doc_stride: job.doc_stride.min(max_seq_len / 3),
+        };
+        let tokenizer = QaTokenizer::new(text_tokenizer.inner(), settings)?;
+        let invalid = |which: &str, e: crate::zoo::ZooError| {
+            TrainError::InvalidData(format!("{which} file, {e}"))
+        };
+        let train = labelled_windows(&tokenizer, &job.train).map_err(|e| invalid("training", e))?;
+        let valid = match job.valid.as_deref() {
+            Some(valid) if !valid.is_empty() => Some((
+                valid,
+                labelled_windows(&tokenizer, valid).map_err(|e| invalid("validation", e))?,
+            )),
+            _ => None,
+        };
+        let spec = QaModelSpec {
+            lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
+        };
+        let model = QuestionAnsweringModel::from_pretrained(
+            &job.base_model_dir,
+            &spec,
+            &job.device,
+            cfg.seed,
+        )?;
+        let answers = AnswerSettings {
+            max_answer_length: job.max_answer_length,
+            allow_no_answer: has_unanswerable(job),
+            ..AnswerSettings::default()
+        };
+        Ok(Self {
+            job,
+            model,
+            spec,
+            tokenizer,
+            answers,
+            train,
+            valid,
+            pad_id: text_tokenizer.pad_id(),
+        })
+    }
+
+    /// The model's loss, answers and scores on `examples`.
+    pub(crate) fn evaluate_set(
+        &self,
+        examples: &[QaExample],
+        windows: &LabelledWindows,
+    ) -> Result<QaEvaluation, TrainError> {
+        Ok(evaluate(
+            &self.model,
+            examples,
+            windows,
+            &self.answers,
+            self.job.config.batch_size,
+            self.pad_id,
+            &self.job.device,
+        )?)
+    }
+}
+
+impl TrainTask for QaTask<'_> {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
+        Ok(indices.len())
+    }
+
+    fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {
+        let windows: Vec<&QaWindow> = indices.iter().map(|&i| &self.train.windows[i]).collect();
+        let labels: Vec<_> = indices.iter().map(|&i| self.train.labels[i]).collect();
+        let batch = collate_windows(&windows, self.pad_id, &self.job.device)?;
+        let logits = self.model.forward(&batch, true)?;
+        let loss = QuestionAnsweringModel::loss(&logits, &batch, &labels)?;
+        Ok(MicroBatch {
+            loss,
+            units: indices.len(),
+            correct: 0,
+            tokens: batch.inputs.n_tokens as u64,
+            extra: Metrics::default(),
+        })
+    }
+
+    /// The whole validation set at every evaluation point.
+    fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError> {
+        let Some((examples, windows)) = &self.valid else {
+            return Ok(());
+        };
+        if at.epoch_end || at.eval_due || at.regular_save {
+            let evaluation = self.evaluate_set(examples, windows)?;
+            row.set("valid_loss", evaluation.loss);
+            row.set("valid_exact_match", evaluation.scores.all.exact);
+            row.set("valid_f1", evaluation.scores.all.f1);
+        }
+        Ok(())
+    }
+}
