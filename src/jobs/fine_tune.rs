@@ -15,152 +15,18 @@ use super::progress::{
 };
 use super::results::record_completion;
 use super::start_model::StartModel;
+use super::training::{check_model_fits_task, TrainSettings, Training};
 use super::validate::{load_and_validate, validating_message, TrainingData, ValidatedData};
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
-use crate::basemodels::{BaseModel, BaseModelKind};
+use crate::basemodels::BaseModel;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job::JobStatus;
-use crate::domain::job_spec::{ResolvedHyperparameters, AUTO_DPO_BETA};
+use crate::domain::job_spec::ResolvedHyperparameters;
 use crate::domain::model_name::{fine_tuned_name, ORG};
-use crate::domain::task::{Architecture, Task};
+use crate::domain::task::Task;
 use crate::store::{EventRow, JobRow, Lease, Store};
-use crate::tasks::dpo::{run_dpo, DpoJob};
-use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
-use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
-use crate::tasks::sft::{run_sft, SftExamples, SftJob};
-use crate::tasks::token_classification::{run_token_classification, TokenClassificationJob};
-use crate::train::{checkpoint, TrainError, TrainObserver, TrainOutcome};
-
-/// One job's trainer input, by task.
-enum Training {
-    Classification(ClassificationJob),
-    Sft(SftJob),
-    Dpo(DpoJob),
-    TokenClassification(TokenClassificationJob),
-    QuestionAnswering(QuestionAnsweringJob),
-}
-
-/// The resolved numbers a trainer runs with.
-struct TrainSettings {
-    config: TrainingConfig,
-    /// DPO's `beta` (`None` for supervised jobs).
-    beta: Option<f64>,
-}
-
-impl Training {
-    fn new(
-        data: TrainingData,
-        base_model_dir: PathBuf,
-        settings: TrainSettings,
-        work_dir: PathBuf,
-        device: Device,
-    ) -> Self {
-        let TrainSettings { config, beta } = settings;
-        match data {
-            TrainingData::Classification {
-                train,
-                valid,
-                labels,
-            } => Training::Classification(ClassificationJob {
-                base_model_dir,
-                train,
-                valid,
-                labels,
-                config,
-                work_dir,
-                device,
-            }),
-            TrainingData::TokenClassification {
-                train,
-                valid,
-                labels,
-                iob1: _,
-            } => Training::TokenClassification(TokenClassificationJob {
-                base_model_dir,
-                train,
-                valid,
-                labels,
-                config,
-                work_dir,
-                device,
-            }),
-            TrainingData::Chat { train, valid } => Training::Sft(SftJob {
-                base_model_dir,
-                train: SftExamples::Chat(train),
-                valid: valid.map(SftExamples::Chat),
-                config,
-                work_dir,
-                device,
-            }),
-            TrainingData::PromptCompletion { train, valid } => Training::Sft(SftJob {
-                base_model_dir,
-                train: SftExamples::PromptCompletion(train),
-                valid: valid.map(SftExamples::PromptCompletion),
-                config,
-                work_dir,
-                device,
-            }),
-            TrainingData::Preference { train, valid } => Training::Dpo(DpoJob {
-                base_model_dir,
-                train,
-                valid,
-                config,
-                beta: beta.unwrap_or(AUTO_DPO_BETA),
-                work_dir,
-                device,
-            }),
-            TrainingData::QuestionAnswering { train, valid } => {
-                Training::QuestionAnswering(QuestionAnsweringJob {
-                    base_model_dir,
-                    train,
-                    valid,
-                    // run_qa's defaults.
-                    doc_stride: 128,
-                    max_answer_length: 30,
-                    config,
-                    work_dir,
-                    device,
-                })
-            }
-        }
-    }
-
-    fn run(&self, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
-        match self {
-            Training::Classification(job) => run_classification(job, observer),
-            Training::Sft(job) => run_sft(job, observer),
-            Training::Dpo(job) => run_dpo(job, observer),
-            Training::TokenClassification(job) => run_token_classification(job, observer),
-            Training::QuestionAnswering(job) => run_question_answering(job, observer),
-        }
-    }
-}
-
-/// Encoders fine-tune for encoder tasks, decoders for decoder tasks.
-pub(super) fn check_model_fits_task(
-    model: &str,
-    kind: BaseModelKind,
-    task: Task,
-) -> Result<(), JobFailure> {
-    let architecture = match kind {
-        BaseModelKind::Encoder => Architecture::Encoder,
-        BaseModelKind::Decoder => Architecture::Decoder,
-    };
-    if task.architecture() == architecture {
-        return Ok(());
-    }
-    let message = match kind {
-        BaseModelKind::Encoder => format!(
-            "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data) or token classification (tokens/tags data); chat and prompt/completion data need a decoder model."
-        ),
-        BaseModelKind::Decoder => format!(
-            "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
-            task.label()
-        ),
-    };
-    Err(JobFailure::fatal("invalid_model", message, Some("model")))
-}
+use crate::train::{checkpoint, TrainError, TrainOutcome};
 
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
 /// dir's cache once (on a blocking thread: it dequantizes every tensor).

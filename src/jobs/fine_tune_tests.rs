@@ -446,7 +446,7 @@ async fn a_base_model_that_fails_to_load_is_named_by_its_id_not_its_path() {
 
 #[test]
 fn tasks_need_their_architecture_and_a_trainer() {
-    use super::fine_tune::check_model_fits_task;
+    use super::training::check_model_fits_task;
     use crate::basemodels::BaseModelKind;
     use crate::domain::task::Task;
 

@@ -14,6 +14,8 @@
 //! - `runner.rs`: the [`JobRunner`] trait, [`RunOutcome`] and [`JobFailure`].
 //! - `fine_tune.rs`: [`FineTuneRunner`], the real runner (validation phase, start, training
 //!   thread, completion).
+//! - `training.rs`: one job's trainer input by task (`src/tasks/<name>/`'s job structs)
+//!   and the base-model architecture check.
 //! - `progress.rs`: the bridge from the training thread's observer to the async writer of
 //!   events, progress, checkpoints and model rows.
 //! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
@@ -30,6 +32,7 @@ mod progress;
 mod results;
 mod runner;
 mod start_model;
+mod training;
 mod validate;
 mod worker;
 

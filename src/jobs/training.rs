@@ -1,0 +1,150 @@
+//! One job's trainer input, by task: the validated data, the resolved settings and the
+//! base model become the job struct of the task's trainer (`src/tasks/<name>/`), and the
+//! base model's architecture must fit the task.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+
+use super::validate::TrainingData;
+use super::JobFailure;
+use crate::basemodels::BaseModelKind;
+use crate::domain::hyperparams::TrainingConfig;
+use crate::domain::job_spec::AUTO_DPO_BETA;
+use crate::domain::task::{Architecture, Task};
+use crate::tasks::dpo::{run_dpo, DpoJob};
+use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
+use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
+use crate::tasks::sft::{run_sft, SftExamples, SftJob};
+use crate::tasks::token_classification::{run_token_classification, TokenClassificationJob};
+use crate::train::{TrainError, TrainObserver, TrainOutcome};
+
+/// One job's trainer input, by task.
+pub(super) enum Training {
+    Classification(ClassificationJob),
+    Sft(SftJob),
+    Dpo(DpoJob),
+    TokenClassification(TokenClassificationJob),
+    QuestionAnswering(QuestionAnsweringJob),
+}
+
+/// The resolved numbers a trainer runs with.
+pub(super) struct TrainSettings {
+    pub config: TrainingConfig,
+    /// DPO's `beta` (`None` for supervised jobs).
+    pub beta: Option<f64>,
+}
+
+impl Training {
+    pub(super) fn new(
+        data: TrainingData,
+        base_model_dir: PathBuf,
+        settings: TrainSettings,
+        work_dir: PathBuf,
+        device: Device,
+    ) -> Self {
+        let TrainSettings { config, beta } = settings;
+        match data {
+            TrainingData::Classification {
+                train,
+                valid,
+                labels,
+            } => Training::Classification(ClassificationJob {
+                base_model_dir,
+                train,
+                valid,
+                labels,
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::TokenClassification {
+                train,
+                valid,
+                labels,
+                iob1: _,
+            } => Training::TokenClassification(TokenClassificationJob {
+                base_model_dir,
+                train,
+                valid,
+                labels,
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::Chat { train, valid } => Training::Sft(SftJob {
+                base_model_dir,
+                train: SftExamples::Chat(train),
+                valid: valid.map(SftExamples::Chat),
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::PromptCompletion { train, valid } => Training::Sft(SftJob {
+                base_model_dir,
+                train: SftExamples::PromptCompletion(train),
+                valid: valid.map(SftExamples::PromptCompletion),
+                config,
+                work_dir,
+                device,
+            }),
+            TrainingData::Preference { train, valid } => Training::Dpo(DpoJob {
+                base_model_dir,
+                train,
+                valid,
+                config,
+                beta: beta.unwrap_or(AUTO_DPO_BETA),
+                work_dir,
+                device,
+            }),
+            TrainingData::QuestionAnswering { train, valid } => {
+                Training::QuestionAnswering(QuestionAnsweringJob {
+                    base_model_dir,
+                    train,
+                    valid,
+                    // run_qa's defaults.
+                    doc_stride: 128,
+                    max_answer_length: 30,
+                    config,
+                    work_dir,
+                    device,
+                })
+            }
+        }
+    }
+
+    pub(super) fn run(&self, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
+        match self {
+            Training::Classification(job) => run_classification(job, observer),
+            Training::Sft(job) => run_sft(job, observer),
+            Training::Dpo(job) => run_dpo(job, observer),
+            Training::TokenClassification(job) => run_token_classification(job, observer),
+            Training::QuestionAnswering(job) => run_question_answering(job, observer),
+        }
+    }
+}
+
+/// Encoders fine-tune for encoder tasks, decoders for decoder tasks.
+pub(super) fn check_model_fits_task(
+    model: &str,
+    kind: BaseModelKind,
+    task: Task,
+) -> Result<(), JobFailure> {
+    let architecture = match kind {
+        BaseModelKind::Encoder => Architecture::Encoder,
+        BaseModelKind::Decoder => Architecture::Decoder,
+    };
+    if task.architecture() == architecture {
+        return Ok(());
+    }
+    let message = match kind {
+        BaseModelKind::Encoder => format!(
+            "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data), token classification (tokens/tags data) or extractive question answering (SQuAD data); chat, prompt-completion and preference data need a decoder model."
+        ),
+        BaseModelKind::Decoder => format!(
+            "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            task.label()
+        ),
+    };
+    Err(JobFailure::fatal("invalid_model", message, Some("model")))
+}
