@@ -194,6 +194,28 @@ impl TestServer {
         }
     }
 
+    /// Polls the job's events until its first training step is reported (a `metrics`
+    /// event): `running` is set at the claim, before the trainer has taken any step.
+    pub async fn wait_for_first_step(&self, job_id: &str) {
+        let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+        loop {
+            let (status, events) = self
+                .get(&format!("/v1/fine_tuning/jobs/{job_id}/events?limit=100"))
+                .await;
+            assert_eq!(status, 200, "{events}");
+            let stepped = events["data"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["type"] == "metrics"));
+            if stepped {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("job {job_id} never reported a step: {events}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_for_status(&self, job_id: &str, wanted: &str) -> Value {
         let job = self
             .wait_for(job_id, |s| {

@@ -73,6 +73,8 @@ async fn pause_then_resume_to_success() {
         .await;
     let id = job["id"].as_str().expect("id");
     server.wait_for_status(id, "running").await;
+    // A pause before the first step pauses with nothing to checkpoint; this test wants one.
+    server.wait_for_first_step(id).await;
     let (status, pausing) = server
         .post(&format!("/v1/fine_tuning/jobs/{id}/pause"), json!({}))
         .await;
