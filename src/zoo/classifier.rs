@@ -174,8 +174,7 @@ impl SequenceClassifier {
     pub fn merge_lora(&mut self) -> Result<(), ZooError> {
         self.encoder.merge_lora()?;
         self.pre_head.merge()?;
-        self.vars
-            .retain(|nv| !nv.name.contains(".lora_A.") && !nv.name.contains(".lora_B."));
+        params::drop_adapters(&mut self.vars);
         Ok(())
     }
 

@@ -24,6 +24,12 @@ pub fn snapshot(vars: &[NamedVar]) -> Result<HashMap<String, Tensor>, ZooError> 
         .collect()
 }
 
+/// Drops the LoRA adapter vars (`….lora_A.…`, `….lora_B.…`): what stays trainable once
+/// every adapter has been merged into its base weight.
+pub fn drop_adapters(vars: &mut Vec<NamedVar>) {
+    vars.retain(|nv| !nv.name.contains(".lora_A.") && !nv.name.contains(".lora_B."));
+}
+
 /// Sets every var from `tensors` (a checkpoint), checking names and shapes; the values are
 /// converted to the var's dtype and device.
 pub fn load_into(vars: &[NamedVar], tensors: &HashMap<String, Tensor>) -> Result<(), ZooError> {

@@ -140,8 +140,7 @@ impl TokenClassifier {
     /// Folds every adapter into its base weight; afterwards only the head is trainable.
     pub fn merge_lora(&mut self) -> Result<(), ZooError> {
         self.encoder.merge_lora()?;
-        self.vars
-            .retain(|nv| !nv.name.contains(".lora_A.") && !nv.name.contains(".lora_B."));
+        params::drop_adapters(&mut self.vars);
         Ok(())
     }
 

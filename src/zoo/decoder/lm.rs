@@ -251,8 +251,7 @@ impl CausalLm {
             }
         }
         self.decoder.lm_head.merge()?;
-        self.vars
-            .retain(|nv| !nv.name.contains(".lora_A.") && !nv.name.contains(".lora_B."));
+        crate::zoo::params::drop_adapters(&mut self.vars);
         Ok(())
     }
 
