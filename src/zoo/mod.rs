@@ -12,7 +12,9 @@
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
-//! - [`classifier`]: `SequenceClassifier` (HF-style heads), checkpoints and exports.
+//! - [`encoder_head`]: `EncoderModel<H>`, the encoder plus one task head: loading, vars,
+//!   merging and the Hugging Face / PEFT exports every encoder task shares.
+//! - [`classifier`]: `SequenceClassifier`, the sequence-classification head on it.
 //! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
@@ -22,6 +24,7 @@ pub mod chat_template;
 pub mod classifier;
 pub mod config;
 pub mod decoder;
+pub mod encoder_head;
 pub mod export;
 pub mod fused;
 pub mod gguf;
@@ -32,6 +35,8 @@ pub mod testing;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod loader_tests;
+#[cfg(test)]
 mod real_assets_tests;
 #[cfg(test)]
 pub(crate) mod test_tensors;
@@ -39,10 +44,11 @@ pub(crate) mod test_tensors;
 mod tests;
 
 pub use chat_template::ChatTemplate;
-pub use classifier::{ClassifierSpec, SequenceClassifier};
+pub use classifier::{ClassifierSpec, SequenceClassifier, SequenceHead};
 pub use decoder::{
     CausalLm, DecoderArch, DecoderConfig, DecoderSpec, KvCache, QuantKind, SeqChunk,
 };
+pub use encoder_head::{EncoderHead, EncoderModel};
 pub use gguf::materialize_gguf;
 pub use linear::TrainLinear;
 pub use params::NamedVar;

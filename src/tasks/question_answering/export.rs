@@ -5,11 +5,12 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::head::{QaModelSpec, QuestionAnsweringModel};
+use super::head::{QaHead, QaModelSpec, QuestionAnsweringModel};
 use super::postprocess::AnswerSettings;
 use super::serve::QaServer;
 use super::windows::{QaTokenizer, WindowSettings};
-use crate::train::checkpoint::{self, CheckpointMeta, CheckpointTask, TRAINABLE_FILE};
+use crate::tasks::encoder_checkpoint::{export_encoder_model, rebuild_encoder_model};
+use crate::train::checkpoint::{self, CheckpointMeta, CheckpointTask};
 use crate::train::{ExportFormat, TrainError};
 use crate::zoo::TextTokenizer;
 
@@ -50,10 +51,7 @@ fn load_model(
 ) -> Result<(CheckpointMeta, QuestionAnsweringModel), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
     let (spec, _, _) = qa_settings(&meta, dir)?;
-    let model =
-        QuestionAnsweringModel::from_pretrained(&meta.base_model_dir, &spec, device, meta.seed)?;
-    let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
-    model.load_trainable(&tensors)?;
+    let model = rebuild_encoder_model::<QaHead>(dir, &meta, &spec, device)?;
     Ok((meta, model))
 }
 
@@ -81,21 +79,7 @@ pub(crate) fn export_qa_checkpoint(
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let (meta, mut model) = load_model(dir, &Device::Cpu)?;
-    match format {
-        ExportFormat::Merged => {
-            model.merge_lora()?;
-            model.export_merged(&meta.base_model_dir, out_dir)?;
-        }
-        ExportFormat::Adapter => {
-            if !meta.has_lora() {
-                return Err(TrainError::checkpoint(
-                    dir,
-                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
-                ));
-            }
-            model.export_adapter(base_model_id, out_dir)?;
-        }
-    }
-    Ok(())
+    let (meta, model) = load_model(dir, &Device::Cpu)?;
+    // QA's exported config carries transformers' default two labels, not label names.
+    export_encoder_model(model, dir, &meta, &[], format, base_model_id, out_dir)
 }

@@ -170,7 +170,7 @@ fn segment_ids_reach_the_encoder() {
     let b = batch(&[&windows[0]]);
     let inputs = &b.inputs;
     let with_types = model
-        .encoder
+        .encoder()
         .forward_with_token_types(
             &inputs.input_ids,
             Some(&b.token_type_ids),
@@ -180,7 +180,7 @@ fn segment_ids_reach_the_encoder() {
         .expect("forward");
     let zeros = b.token_type_ids.zeros_like().expect("zeros");
     let with_zeros = model
-        .encoder
+        .encoder()
         .forward_with_token_types(
             &inputs.input_ids,
             Some(&zeros),
@@ -189,7 +189,7 @@ fn segment_ids_reach_the_encoder() {
         )
         .expect("forward");
     let plain = model
-        .encoder
+        .encoder()
         .forward(&inputs.input_ids, &inputs.attention_mask, false)
         .expect("forward");
     let max_diff = |a: &Tensor, b: &Tensor| -> f32 {

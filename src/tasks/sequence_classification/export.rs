@@ -5,9 +5,10 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
+use crate::tasks::encoder_checkpoint::{export_encoder_model, rebuild_encoder_model};
+use crate::train::checkpoint;
 use crate::train::{ExportFormat, TrainError};
-use crate::zoo::{SequenceClassifier, TextTokenizer};
+use crate::zoo::{SequenceClassifier, SequenceHead, TextTokenizer};
 
 /// Rebuilds the classifier a checkpoint holds from its `meta.json` (base model, labels,
 /// spec) and `trainable.safetensors`. Returns the model, its tokenizer, the labels (id =
@@ -18,9 +19,7 @@ pub fn load_classifier_checkpoint(
 ) -> Result<(SequenceClassifier, TextTokenizer, Vec<String>, usize), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
     let (labels, spec) = meta.classifier(dir)?;
-    let model = SequenceClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
-    let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
-    model.load_trainable(&tensors)?;
+    let model = rebuild_encoder_model::<SequenceHead>(dir, &meta, spec, device)?;
     let tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
     Ok((model, tokenizer, labels.to_vec(), meta.max_seq_len))
 }
@@ -33,21 +32,6 @@ pub(crate) fn export_classifier_checkpoint(
     out_dir: &Path,
 ) -> Result<(), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    let (mut model, _tokenizer, labels, _) = load_classifier_checkpoint(dir, &Device::Cpu)?;
-    match format {
-        ExportFormat::Merged => {
-            model.merge_lora()?;
-            model.export_merged(&meta.base_model_dir, &labels, out_dir)?;
-        }
-        ExportFormat::Adapter => {
-            if meta.classifier_spec(dir)?.lora.is_none() {
-                return Err(TrainError::checkpoint(
-                    dir,
-                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
-                ));
-            }
-            model.export_adapter(base_model_id, out_dir)?;
-        }
-    }
-    Ok(())
+    let (model, _tokenizer, labels, _) = load_classifier_checkpoint(dir, &Device::Cpu)?;
+    export_encoder_model(model, dir, &meta, &labels, format, base_model_id, out_dir)
 }

@@ -21,6 +21,8 @@ mod report;
 mod small_data_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_lifecycle;
 mod train;
 
 pub(crate) use export::export_classifier_checkpoint;

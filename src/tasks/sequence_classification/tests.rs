@@ -37,7 +37,7 @@ const NEGATIVE: [&str; 8] = [
     "really boring and sad",
 ];
 
-fn toy_examples() -> Vec<LabeledText> {
+pub(crate) fn toy_examples() -> Vec<LabeledText> {
     let pos = POSITIVE.iter().map(|t| (t, "pos"));
     let neg = NEGATIVE.iter().map(|t| (t, "neg"));
     pos.zip(neg)
@@ -79,7 +79,7 @@ pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
 
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    base: PathBuf,
+    pub(crate) base: PathBuf,
     root: PathBuf,
 }
 
@@ -391,152 +391,4 @@ fn lora_memorises_and_leaves_the_base_untouched() {
     )
     .expect("merged export");
     assert!(fx.root.join("merged/config.json").exists());
-}
-
-fn resumable_config() -> TrainingConfig {
-    TrainingConfig {
-        batch_size: 3,
-        gradient_accumulation_steps: 2,
-        eval_steps: Some(2),
-        lr_scheduler: LrScheduler::Cosine,
-        warmup_ratio: 0.2,
-        ..config(4, 5e-3, 3)
-    }
-}
-
-#[test]
-fn pause_then_resume_equals_uninterrupted_run() {
-    let fx = fixture();
-    // 16 examples / batch 3 = 6 batches; accumulation 2 → 3 steps per epoch, 9 in all.
-    let straight = job(&fx, "straight", resumable_config(), true);
-    let paused = job(&fx, "paused", resumable_config(), true);
-    let runs = pause_then_resume(
-        (&straight, &straight.work_dir),
-        (&paused, &paused.work_dir),
-        9,
-        4,
-        run_classification,
-    );
-    assert_eq!(runs.resumed.trained_tokens, runs.expected.trained_tokens);
-}
-
-#[test]
-fn cancel_stops_within_one_step_without_saving() {
-    let fx = fixture();
-    let job = job(&fx, "cancel", config(4, 1e-2, 10), false);
-    let mut rec = Recorder::scripted(2, Control::Cancel);
-    assert!(matches!(
-        run_classification(&job, &mut rec).expect("run"),
-        TrainOutcome::Cancelled
-    ));
-    assert_eq!(rec.steps.len(), 2);
-    assert!(rec.checkpoints.is_empty());
-    assert!(checkpoint::list_checkpoints(&job.work_dir)
-        .expect("list")
-        .is_empty());
-}
-
-#[test]
-fn early_stopping_ends_a_plateau() {
-    let fx = fixture();
-    // Learning rate 0: the validation loss never improves after the first evaluation.
-    let cfg = TrainingConfig {
-        eval_steps: Some(1),
-        early_stopping_patience: Some(2),
-        metric_for_best_model: Some("valid_loss".into()),
-        ..config(4, 0.0, 5)
-    };
-    let job = job(&fx, "plateau", cfg, true);
-    let mut rec = Recorder::default();
-    let summary = completed(run_classification(&job, &mut rec).expect("run"));
-    assert_eq!(
-        rec.steps.len(),
-        3,
-        "best at step 1, two evaluations without improvement"
-    );
-    assert_eq!(summary.best_step, 1);
-    assert!(
-        rec.events
-            .iter()
-            .any(|e| e.starts_with("Early stopping at step 3")),
-        "{:?}",
-        rec.events
-    );
-    let lines: Vec<&str> = summary.results_csv.lines().collect();
-    assert_eq!(lines.len(), 4);
-    assert!(
-        lines.iter().skip(1).all(|l| !l.ends_with(",,,")),
-        "every step evaluated: {lines:?}"
-    );
-    for key in [
-        "per_class",
-        "accuracy",
-        "macro_avg",
-        "weighted_avg",
-        "confusion_matrix",
-        "labels",
-    ] {
-        assert!(summary.report.get(key).is_some(), "report lacks {key}");
-    }
-    assert_eq!(
-        summary.report["per_class"]["pos"]["support"].as_u64(),
-        Some(4)
-    );
-}
-
-#[test]
-fn accumulated_micro_batches_equal_the_full_batch() {
-    use super::data::{encode_examples, make_batch};
-    use super::evaluate::forward_batch;
-    use crate::train::optim::{AdamW, AdamWConfig, OptimParam};
-    use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
-
-    let fx = fixture();
-    let spec = ClassifierSpec {
-        num_labels: 2,
-        lora: None,
-        classifier_dropout: None,
-    };
-    let model =
-        SequenceClassifier::from_pretrained(&fx.base, &spec, &Device::Cpu, 5).expect("model");
-    let tokenizer = TextTokenizer::from_dir(&fx.base).expect("tokenizer");
-    let labels = vec!["neg".to_string(), "pos".to_string()];
-    let examples = encode_examples(&tokenizer, &toy_examples(), &labels, 32).expect("encode");
-    let params = model
-        .trainable_vars()
-        .into_iter()
-        .map(OptimParam::from)
-        .collect();
-    let opt = AdamW::new(params, AdamWConfig::default()).expect("opt");
-    let pad = tokenizer.pad_id();
-    let full = make_batch(&examples, &[0, 1, 2, 3, 4], pad, &Device::Cpu).expect("full");
-    let full_grads = opt.gradients(
-        &forward_batch(&model, &full, true)
-            .expect("fwd")
-            .loss
-            .backward()
-            .expect("bwd"),
-    );
-    // Unequal micro-batches (2 + 3), each weighted by its share of the examples.
-    let mut acc = None;
-    for (indices, share) in [(vec![0, 1], 0.4), (vec![2, 3, 4], 0.6)] {
-        let batch = make_batch(&examples, &indices, pad, &Device::Cpu).expect("micro");
-        let loss = (forward_batch(&model, &batch, true).expect("fwd").loss * share).expect("scale");
-        let store = loss.backward().expect("bwd");
-        match acc.as_mut() {
-            None => acc = Some(opt.gradients(&store)),
-            Some(acc) => opt.accumulate(acc, &store).expect("accumulate"),
-        }
-    }
-    let acc = acc.expect("grads");
-    let n = model.trainable_vars().len();
-    let mut checked = 0;
-    for i in 0..n {
-        if let (Some(a), Some(b)) = (full_grads.get(i), acc.get(i)) {
-            let diff = max_abs_diff(a, b);
-            assert!(diff < 1e-5, "parameter {i} gradient differs by {diff}");
-            checked += 1;
-        }
-    }
-    assert_eq!(checked, n, "every trainable tensor has a gradient");
 }

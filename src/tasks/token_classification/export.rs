@@ -6,8 +6,9 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::head::TokenClassifier;
-use crate::train::checkpoint::{self, CheckpointTask, TRAINABLE_FILE};
+use super::head::{TokenClassifier, TokenHead};
+use crate::tasks::encoder_checkpoint::{export_encoder_model, rebuild_encoder_model};
+use crate::train::checkpoint::{self, CheckpointTask};
 use crate::train::{ExportFormat, TrainError};
 use crate::zoo::TextTokenizer;
 
@@ -36,10 +37,8 @@ pub fn load_token_checkpoint(
             ),
         ));
     };
-    let model = TokenClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
-    model.load_trainable(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
     Ok(LoadedTokenClassifier {
-        model,
+        model: rebuild_encoder_model::<TokenHead>(dir, &meta, spec, device)?,
         tokenizer: TextTokenizer::from_dir(&meta.base_model_dir)?,
         labels: labels.clone(),
         max_seq_len: meta.max_seq_len,
@@ -54,23 +53,14 @@ pub(crate) fn export_token_checkpoint(
     out_dir: &Path,
 ) -> Result<(), TrainError> {
     let meta = checkpoint::read_meta(dir)?;
-    let mut loaded = load_token_checkpoint(dir, &Device::Cpu)?;
-    match format {
-        ExportFormat::Merged => {
-            loaded.model.merge_lora()?;
-            loaded
-                .model
-                .export_merged(&meta.base_model_dir, &loaded.labels, out_dir)?;
-        }
-        ExportFormat::Adapter => {
-            if !meta.has_lora() {
-                return Err(TrainError::checkpoint(
-                    dir,
-                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
-                ));
-            }
-            loaded.model.export_adapter(base_model_id, out_dir)?;
-        }
-    }
-    Ok(())
+    let loaded = load_token_checkpoint(dir, &Device::Cpu)?;
+    export_encoder_model(
+        loaded.model,
+        dir,
+        &meta,
+        &loaded.labels,
+        format,
+        base_model_id,
+        out_dir,
+    )
 }

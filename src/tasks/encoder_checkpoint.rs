@@ -1,0 +1,58 @@
+//! What the checkpoints of the three encoder tasks (sequence classification, token
+//! classification, extractive QA) share: rebuilding the [`EncoderModel`] from `meta.json`
+//! and `trainable.safetensors`, and writing it as a merged Hugging Face directory or a PEFT
+//! adapter. Each task's `export.rs` only picks its spec and labels out of the checkpoint.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::train::checkpoint::{self, CheckpointMeta, TRAINABLE_FILE};
+use crate::train::{ExportFormat, TrainError};
+use crate::zoo::{EncoderHead, EncoderModel};
+
+/// The base model `meta` names with the head `spec` describes, its trainable tensors
+/// loaded from the checkpoint in `dir`.
+pub(crate) fn rebuild_encoder_model<H: EncoderHead>(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    spec: &H::Spec,
+    device: &Device,
+) -> Result<EncoderModel<H>, TrainError> {
+    let model = EncoderModel::<H>::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
+    model.load_trainable(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
+    Ok(model)
+}
+
+/// Writes the model rebuilt from the checkpoint in `dir` as a merged HF directory (with
+/// `labels` as its `id2label`) or a PEFT adapter naming `base_model_id`.
+pub(crate) fn export_encoder_model<H: EncoderHead>(
+    mut model: EncoderModel<H>,
+    dir: &Path,
+    meta: &CheckpointMeta,
+    labels: &[String],
+    format: ExportFormat,
+    base_model_id: &str,
+    out_dir: &Path,
+) -> Result<(), TrainError> {
+    match format {
+        ExportFormat::Merged => {
+            model.merge_lora()?;
+            model.write_merged_dir(&meta.base_model_dir, labels, out_dir)?;
+        }
+        ExportFormat::Adapter => {
+            if !meta.has_lora() {
+                return Err(TrainError::checkpoint(
+                    dir,
+                    "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
+                ));
+            }
+            model.export_adapter(base_model_id, out_dir)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "encoder_checkpoint_tests.rs"]
+mod tests;
