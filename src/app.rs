@@ -247,6 +247,16 @@ impl Inference for InferenceService {
         Box::pin(async move { handle.answer_questions(&model, questions).await })
     }
 
+    fn classify_tokens(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+        aggregation: crate::infer::Aggregation,
+    ) -> BoxFuture<'static, Result<Vec<Vec<crate::infer::TokenEntity>>, InferError>> {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.classify_tokens(&model, inputs, aggregation).await })
+    }
+
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
         let handle = self.handle.clone();
         let format = match request.format {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use futures::future::BoxFuture;
 
 use crate::infer::{
-    ClassPrediction, GenerationParams, GenerationStream, InferError, QaPrediction, QaQuestion,
+    Aggregation, ClassPrediction, GenerationParams, GenerationStream, InferError, QaPrediction,
+    QaQuestion, TokenEntity,
 };
 
 /// Which artifact `GET …/download` exports.
@@ -62,6 +63,17 @@ pub trait Inference: Send + Sync + 'static {
         model: String,
         _questions: Vec<QaQuestion>,
     ) -> BoxFuture<'static, Result<Vec<QaPrediction>, InferError>> {
+        Box::pin(async move { Err(InferError::ModelNotFound(model)) })
+    }
+
+    /// The entities of each text with a token classifier (`InferenceHandle::classify_tokens`).
+    /// Without an implementation no model answers: every model is not found.
+    fn classify_tokens(
+        &self,
+        model: String,
+        _inputs: Vec<String>,
+        _aggregation: Aggregation,
+    ) -> BoxFuture<'static, Result<Vec<Vec<TokenEntity>>, InferError>> {
         Box::pin(async move { Err(InferError::ModelNotFound(model)) })
     }
 

@@ -32,6 +32,7 @@ mod models;
 mod question_answering;
 #[cfg(test)]
 mod tests;
+mod token_classification;
 mod wire;
 
 use std::path::PathBuf;
@@ -92,6 +93,7 @@ pub mod limits {
         MAX_METADATA_KEY_CHARS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE_CHARS, MAX_SEED,
     };
     pub use super::question_answering::MAX_QUESTIONS as QA_MAX_QUESTIONS;
+    pub use super::token_classification::MAX_INPUTS as TOKEN_CLASSIFY_MAX_INPUTS;
     pub use super::wire::{PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, FILES_PAGE, JOBS_PAGE};
     pub use crate::domain::model_name::MAX_SUFFIX_LEN;
 }
@@ -111,6 +113,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     all.extend(models::ROUTES.iter().cloned());
     all.extend(classify::ROUTES.iter().cloned());
     all.extend(question_answering::ROUTES.iter().cloned());
+    all.extend(token_classification::ROUTES.iter().cloned());
     all.extend(chat::ROUTES.iter().cloned());
     all.extend(completions::ROUTES.iter().cloned());
     all
@@ -130,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .merge(models::router())
         .merge(classify::router())
         .merge(question_answering::router())
+        .merge(token_classification::router())
         .merge(chat::router())
         .merge(completions::router())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -6,6 +6,7 @@ use std::task::Poll;
 
 use super::engine::{plan_batches, prediction, thread_name};
 use super::{ClassifierBackend, Engine, EngineConfig, InferError};
+use crate::tasks::serve::ServeError;
 
 /// Tokens = one id per word (its length); logits depend only on the sequence, so any
 /// batching must give the same answer as one text at a time.
@@ -45,21 +46,21 @@ impl ClassifierBackend for FakeBackend {
         &self.labels
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, ServeError> {
         if text == "untokenizable" {
-            return Err(InferError::engine("bad text"));
+            return Err(ServeError::failed("bad text"));
         }
         Ok(text.split_whitespace().map(|w| w.len() as u32).collect())
     }
 
-    fn logits(&mut self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferError> {
+    fn logits(&mut self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, ServeError> {
         if let Some((entered, release)) = &self.gate {
             entered.send(()).expect("test listens");
             release.recv().expect("test releases");
         }
         // A 14-letter word stands for a text the model cannot run (e.g. device OOM).
         if seqs.iter().any(|s| s.contains(&14)) {
-            return Err(InferError::engine("forward failed"));
+            return Err(ServeError::failed("forward failed"));
         }
         let lengths = seqs.iter().map(|s| s.len()).collect();
         self.batches.lock().expect("batches lock").push(lengths);

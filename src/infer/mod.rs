@@ -4,19 +4,25 @@
 //!   through the registry, runs exports off the runtime.
 //! - [`registry`]: model name → `Loading` / `Ready` / `Failed`, single-flight loads,
 //!   byte budget with LRU eviction, names resolved through [`ModelCatalog`].
-//! - [`engine`]: one model on its own OS thread, batched forwards, 429 on a full queue.
-//! - [`classifier`]: the real backend (training checkpoint → merged classifier).
+//! - [`batch`]: `BatchEngine`, one model on its own OS thread, batched forwards, 429 on a
+//!   full queue, generic over a task's serving backend (`tasks::serve::ServeBackend`,
+//!   implemented in `tasks/<task>/serve.rs`).
+//! - [`engine`], [`question_answering`], [`token_classification`]: the classification, QA
+//!   and NER engines, each a `BatchEngine` over its task's backend.
+//! - [`loader`]: catalog entry → the engine of its kind.
 //! - [`generate`]: text generation (one thread per language model, continuous batching,
 //!   sampling, stop strings, streaming) behind `chat` / `complete`.
 //! - [`catalog`], [`error`]: the narrow types shared with `app` and `api`.
 
+pub mod batch;
 pub mod catalog;
-pub mod classifier;
 pub mod engine;
 mod error;
 pub mod generate;
+pub mod loader;
 pub mod question_answering;
 pub mod registry;
+pub mod token_classification;
 
 #[cfg(test)]
 mod engine_tests;
@@ -35,8 +41,9 @@ use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::domain::task::ServedKind;
+pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
+pub use batch::BatchEngine;
 pub use catalog::{ModelCatalog, ServableModel};
-pub use classifier::{CheckpointClassifier, CheckpointLoader};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
 pub use error::InferError;
 pub use generate::{
@@ -44,8 +51,10 @@ pub use generate::{
     GenerationParams, GenerationRequest, GenerationStream, LmBackend, Prompt, TokenLogprob,
     TopLogprob, Usage,
 };
+pub use loader::CheckpointLoader;
 pub use question_answering::{QaBackend, QaEngine, QaPrediction, QaQuestion};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
+pub use token_classification::{Aggregation, TextToTag, TokenEngine, TokenEntity};
 
 /// How long a failed load is reported before the next request tries again.
 pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(5);
@@ -66,6 +75,7 @@ pub enum LoadedModel {
     Classifier(Engine),
     Generator(GenEngine),
     QuestionAnswerer(QaEngine),
+    TokenClassifier(TokenEngine),
 }
 
 impl Servable for LoadedModel {
@@ -74,6 +84,7 @@ impl Servable for LoadedModel {
             LoadedModel::Classifier(engine) => engine.parameter_bytes(),
             LoadedModel::Generator(engine) => engine.parameter_bytes(),
             LoadedModel::QuestionAnswerer(engine) => engine.parameter_bytes(),
+            LoadedModel::TokenClassifier(engine) => engine.parameter_bytes(),
         }
     }
 }
@@ -179,6 +190,35 @@ impl InferenceHandle {
                 format!("`{model}` is a text generation model; use /v1/chat/completions or /v1/completions"),
             )),
             LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
+            LoadedModel::TokenClassifier(_) => Err(wrong_kind_token(model)),
+        };
+        release_off_runtime(loaded);
+        answer
+    }
+
+    /// The entities of each text with `model`, a token classifier (NER), aggregated as
+    /// transformers' token-classification pipeline does; character offsets into the text.
+    /// Texts longer than the model's training length are truncated. Any other kind of
+    /// model is not found here (404 `model_not_found`).
+    pub async fn classify_tokens(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+        aggregation: Aggregation,
+    ) -> Result<Vec<Vec<TokenEntity>>, InferError> {
+        validate_inputs(&inputs)?;
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::TokenClassifier(engine) => {
+                let texts = inputs
+                    .into_iter()
+                    .map(|text| TextToTag { text, aggregation })
+                    .collect();
+                engine.tag(texts).await
+            }
+            LoadedModel::Classifier(_)
+            | LoadedModel::Generator(_)
+            | LoadedModel::QuestionAnswerer(_) => Err(InferError::ModelNotFound(model.to_string())),
         };
         release_off_runtime(loaded);
         answer
@@ -201,9 +241,9 @@ impl InferenceHandle {
         let loaded = self.registry.get(model).await?;
         let answer = match loaded.as_ref() {
             LoadedModel::QuestionAnswerer(engine) => engine.answer(questions).await,
-            LoadedModel::Classifier(_) | LoadedModel::Generator(_) => {
-                Err(InferError::ModelNotFound(model.to_string()))
-            }
+            LoadedModel::Classifier(_)
+            | LoadedModel::Generator(_)
+            | LoadedModel::TokenClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
         };
         release_off_runtime(loaded);
         answer
@@ -257,6 +297,7 @@ impl InferenceHandle {
                 format!("`{model}` is a classification model; use /v1/classifications"),
             )),
             LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
+            LoadedModel::TokenClassifier(_) => Err(wrong_kind_token(model)),
         };
         release_off_runtime(loaded);
         answer
@@ -299,6 +340,14 @@ fn wrong_kind_qa(model: &str) -> InferError {
     InferError::invalid(
         "model",
         format!("`{model}` is a question-answering model; use /v1/question_answering"),
+    )
+}
+
+/// A token-classification model asked for something else.
+fn wrong_kind_token(model: &str) -> InferError {
+    InferError::invalid(
+        "model",
+        format!("`{model}` is a token-classification model; use /v1/token_classifications"),
     )
 }
 

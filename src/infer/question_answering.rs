@@ -1,81 +1,18 @@
 //! `QaEngine`: one loaded extractive QA model on its own OS thread, behind an async
-//! `answer`. Like the classification engine: a bounded queue (429 when full), and each
-//! round drains what is queued (up to `max_batch_texts` questions), cuts every question's
-//! context into windows, runs them in batches of `max_batch_texts` windows and answers
-//! every request. Dropping the engine closes the queue and joins the thread.
+//! `answer`: the [`BatchEngine`] over the backend of `tasks::question_answering::serve`
+//! (each round windows every queued question, runs the windows in shared forward passes
+//! and answers every request).
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
-
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tracing::Span;
-
-use super::engine::{admit, thread_name, EngineConfig};
+use super::batch::BatchEngine;
+use super::engine::EngineConfig;
 use super::registry::Servable;
 use super::InferError;
-use crate::tasks::question_answering::serve::QaServer;
+use crate::tasks::question_answering::serve::QaServing;
+pub use crate::tasks::question_answering::serve::{QaBackend, QaQuestion};
 pub use crate::tasks::question_answering::QaPrediction;
-use crate::tasks::question_answering::QaWindow;
-
-/// One question about one context.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QaQuestion {
-    pub question: String,
-    pub context: String,
-}
-
-/// The model side of a QA engine; runs only on the engine thread.
-pub trait QaBackend: Send + 'static {
-    /// The windows of one question (several for a long context).
-    fn windows(&self, question: &str, context: &str) -> Result<Vec<QaWindow>, InferError>;
-    /// One answer per context, from its windows (`question_of[i]`: the context of window
-    /// `i`), `batch` windows per forward pass.
-    fn answer(
-        &mut self,
-        contexts: &[&str],
-        windows: &[QaWindow],
-        question_of: &[usize],
-        batch: usize,
-    ) -> Result<Vec<QaPrediction>, InferError>;
-    fn parameter_bytes(&self) -> usize;
-}
-
-impl QaBackend for QaServer {
-    fn windows(&self, question: &str, context: &str) -> Result<Vec<QaWindow>, InferError> {
-        QaServer::windows(self, question, context)
-            .map_err(|e| InferError::invalid("question", e.to_string()))
-    }
-
-    fn answer(
-        &mut self,
-        contexts: &[&str],
-        windows: &[QaWindow],
-        question_of: &[usize],
-        batch: usize,
-    ) -> Result<Vec<QaPrediction>, InferError> {
-        QaServer::answer(self, contexts, windows, question_of, batch).map_err(InferError::engine)
-    }
-
-    fn parameter_bytes(&self) -> usize {
-        QaServer::parameter_bytes(self)
-    }
-}
-
-struct QaCommand {
-    questions: Vec<QaQuestion>,
-    span: Span,
-    reply: oneshot::Sender<Result<Vec<QaPrediction>, InferError>>,
-    /// One per question; returned when the command is dropped after its reply.
-    permits: OwnedSemaphorePermit,
-}
 
 pub struct QaEngine {
-    name: String,
-    /// `Drop` takes it, which closes the channel and ends the thread's loop.
-    commands: Option<mpsc::Sender<QaCommand>>,
-    queue_permits: Arc<Semaphore>,
-    parameter_bytes: usize,
-    thread: Option<JoinHandle<()>>,
+    batch: BatchEngine<QaServing>,
 }
 
 impl QaEngine {
@@ -84,25 +21,8 @@ impl QaEngine {
         backend: Box<dyn QaBackend>,
         config: EngineConfig,
     ) -> Result<Self, InferError> {
-        let max_batch = config.max_batch_texts.max(1);
-        let max_queued = config.max_queued_texts.clamp(1, Semaphore::MAX_PERMITS);
-        let (sender, receiver) = mpsc::channel(max_queued);
-        let parameter_bytes = backend.parameter_bytes();
-        let worker = QaWorker {
-            backend,
-            receiver,
-            max_batch,
-        };
-        let thread = std::thread::Builder::new()
-            .name(thread_name(name))
-            .spawn(move || worker.run())
-            .map_err(|e| InferError::engine(format!("cannot start engine thread: {e}")))?;
         Ok(Self {
-            name: name.to_string(),
-            commands: Some(sender),
-            queue_permits: Arc::new(Semaphore::new(max_queued)),
-            parameter_bytes,
-            thread: Some(thread),
+            batch: BatchEngine::spawn(name, QaServing(backend), config)?,
         })
     }
 
@@ -111,147 +31,30 @@ impl QaEngine {
         &self,
         questions: Vec<QaQuestion>,
     ) -> Result<Vec<QaPrediction>, InferError> {
-        let permits = admit(&self.queue_permits, questions.len(), &self.name, "input")?;
-        let (reply, answer) = oneshot::channel();
-        let command = QaCommand {
-            questions,
-            span: Span::current(),
-            reply,
-            permits,
-        };
-        let Some(commands) = self.commands.as_ref() else {
-            return Err(InferError::engine("engine stopped"));
-        };
-        commands
-            .send(command)
-            .await
-            .map_err(|_| InferError::engine("engine thread stopped"))?;
-        answer
-            .await
-            .map_err(|_| InferError::engine("engine thread dropped the request"))?
+        self.batch.serve(questions).await
     }
 }
 
 impl Servable for QaEngine {
     fn parameter_bytes(&self) -> usize {
-        self.parameter_bytes
-    }
-}
-
-impl Drop for QaEngine {
-    fn drop(&mut self) {
-        drop(self.commands.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!(model = %self.name, "QA engine thread panicked");
-            }
-        }
-    }
-}
-
-struct QaWorker {
-    backend: Box<dyn QaBackend>,
-    receiver: mpsc::Receiver<QaCommand>,
-    max_batch: usize,
-}
-
-impl QaWorker {
-    fn run(mut self) {
-        while let Some(first) = self.receiver.blocking_recv() {
-            let mut queued = first.questions.len();
-            let mut round = vec![first];
-            while queued < self.max_batch {
-                match self.receiver.try_recv() {
-                    Ok(command) => {
-                        queued += command.questions.len();
-                        round.push(command);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.serve(round);
-        }
-    }
-
-    /// Windows every request's questions (a request whose question cannot be windowed
-    /// fails alone), answers all of them in shared forward passes, replies to each.
-    fn serve(&mut self, round: Vec<QaCommand>) {
-        let mut replies: Vec<Option<Result<Vec<QaPrediction>, InferError>>> =
-            (0..round.len()).map(|_| None).collect();
-        let mut contexts: Vec<&str> = Vec::new();
-        let mut windows: Vec<QaWindow> = Vec::new();
-        let mut question_of: Vec<usize> = Vec::new();
-        // For each request answered in this round: its index and its first question's slot.
-        let mut served: Vec<(usize, usize)> = Vec::new();
-        for (request, command) in round.iter().enumerate() {
-            let _entered = command.span.enter();
-            let mut mine = Vec::new();
-            let windowed: Result<(), InferError> = command.questions.iter().try_for_each(|q| {
-                mine.push(self.backend.windows(&q.question, &q.context)?);
-                Ok(())
-            });
-            if let Err(error) = windowed {
-                replies[request] = Some(Err(error));
-                continue;
-            }
-            served.push((request, contexts.len()));
-            for (question, question_windows) in command.questions.iter().zip(mine) {
-                let slot = contexts.len();
-                contexts.push(&question.context);
-                question_of.extend(std::iter::repeat_n(slot, question_windows.len()));
-                windows.extend(question_windows);
-            }
-        }
-        if !served.is_empty() {
-            let _span = tracing::debug_span!("qa_round", windows = windows.len()).entered();
-            match self
-                .backend
-                .answer(&contexts, &windows, &question_of, self.max_batch)
-            {
-                Ok(answers) => {
-                    for &(request, first) in &served {
-                        let n = round[request].questions.len();
-                        let mine = answers.get(first..first + n).map(<[_]>::to_vec);
-                        replies[request] =
-                            Some(mine.ok_or_else(|| InferError::engine("too few answers")));
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "QA forward failed");
-                    for &(request, _) in &served {
-                        replies[request] = Some(Err(error.clone()));
-                    }
-                }
-            }
-        }
-        for (command, reply) in round.into_iter().zip(replies) {
-            let QaCommand {
-                span,
-                reply: sender,
-                permits,
-                ..
-            } = command;
-            let _entered = span.enter();
-            let answer = reply.unwrap_or_else(|| Err(InferError::engine("question not answered")));
-            drop(permits);
-            // The caller may have gone away (client disconnected); nothing to do then.
-            let _ = sender.send(answer);
-        }
+        self.batch.parameter_bytes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tasks::question_answering::QaWindow;
+    use crate::tasks::serve::ServeError;
 
     /// Windows a question into one window per word of its context; answers with the
     /// context's first word and the number of windows seen in the round as the score.
     struct FakeBackend;
 
     impl QaBackend for FakeBackend {
-        fn windows(&self, question: &str, context: &str) -> Result<Vec<QaWindow>, InferError> {
+        fn windows(&self, question: &str, context: &str) -> Result<Vec<QaWindow>, ServeError> {
             if question == "bad" {
-                return Err(InferError::invalid("question", "too long"));
+                return Err(ServeError::invalid("question", "too long"));
             }
             Ok(context
                 .split_whitespace()
@@ -271,7 +74,7 @@ mod tests {
             windows: &[QaWindow],
             question_of: &[usize],
             _batch: usize,
-        ) -> Result<Vec<QaPrediction>, InferError> {
+        ) -> Result<Vec<QaPrediction>, ServeError> {
             assert_eq!(windows.len(), question_of.len());
             Ok(contexts
                 .iter()
@@ -318,13 +121,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_answers_overloaded() {
+    async fn more_questions_than_the_whole_queue_are_refused() {
         let config = EngineConfig {
             max_batch_texts: 4,
             max_queued_texts: 2,
         };
         let engine = QaEngine::spawn("fake", Box::new(FakeBackend), config).expect("engine");
         let three = vec![question("q", "a"); 3];
-        assert_eq!(engine.answer(three).await, Err(InferError::Overloaded));
+        // They could never be admitted, so this is the client's error (400), not a 429
+        // (the shared engine's full-queue 429 is tested in engine_tests).
+        let refused = engine.answer(three).await;
+        assert!(
+            matches!(refused, Err(InferError::InvalidRequest { ref param, .. }) if param == "input"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            engine
+                .answer(vec![question("q", "a b")])
+                .await
+                .expect("fits")
+                .len(),
+            1
+        );
     }
 }

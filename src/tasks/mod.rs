@@ -14,6 +14,8 @@
 //! - `token_classification/`: tagged words → one label per token, NER
 //!   (`Task::TokenClassification`).
 //! - `question_answering/`: extractive QA, SQuAD v1/v2 (`Task::QuestionAnswering`).
+//! - `serve.rs`: the tokio-free half of `infer`'s batched engine that each task's
+//!   `serve.rs` implements (its serving backend).
 
 use std::path::Path;
 
@@ -24,6 +26,7 @@ pub mod dpo;
 mod encoder_checkpoint;
 pub mod question_answering;
 pub mod sequence_classification;
+pub mod serve;
 pub mod sft;
 pub mod token_classification;
 

@@ -14,4 +14,5 @@ mod lifecycle;
 mod openapi;
 mod question_answering;
 mod startup;
+mod token_classification;
 mod uploads;

@@ -149,13 +149,13 @@ fn every_route_is_in_the_spec_and_the_reverse() {
         not_served.is_empty(),
         "spec routes the router does not serve: {not_served:?}"
     );
-    assert_eq!(served.len(), 23);
+    assert_eq!(served.len(), 24);
 }
 
 #[test]
 fn every_route_documents_the_errors_it_can_give() {
     let operations = operations(SPEC);
-    assert_eq!(operations.len(), 23);
+    assert_eq!(operations.len(), 24);
     for op in &operations {
         let responses = op.responses();
         let v1 = op.path.starts_with("/v1/");
@@ -223,6 +223,15 @@ fn the_spec_states_the_limits_the_server_enforces() {
     assert_eq!(
         number(inputs, "maxItems") as usize,
         limits::CLASSIFY_MAX_INPUTS
+    );
+    let tag = &op("POST", "/v1/token_classifications").lines;
+    let texts = tag
+        .iter()
+        .find(|l| l.contains("type: array"))
+        .expect("input list");
+    assert_eq!(
+        number(texts, "maxItems") as usize,
+        limits::TOKEN_CLASSIFY_MAX_INPUTS
     );
 
     let job = schema(SPEC, "CreateFineTuningJobRequest");

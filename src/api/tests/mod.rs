@@ -12,13 +12,16 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::config::ApiKey;
-use crate::infer::{ClassPrediction, GenerationParams, GenerationStream, InferError};
+use crate::infer::{
+    Aggregation, ClassPrediction, GenerationParams, GenerationStream, InferError, TokenEntity,
+};
 use crate::store::ModelRow;
 
 mod disk;
 mod generation;
 mod hardening;
 mod jobs;
+mod token_classification;
 
 /// A model whose engine the stub reports as saturated (429).
 const BUSY_MODEL: &str = "ft:test-org/tiny:temper::busy0000";
@@ -55,6 +58,41 @@ impl Inference for StubInference {
 
     fn export(&self, _request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>> {
         Box::pin(async { Err(InferError::Engine("not in handler tests".into())) })
+    }
+
+    /// `NER_MODEL` tags the first word of each text `LOC`, token by token or grouped.
+    fn classify_tokens(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+        aggregation: Aggregation,
+    ) -> BoxFuture<'static, Result<Vec<Vec<TokenEntity>>, InferError>> {
+        Box::pin(async move {
+            if model == BUSY_MODEL {
+                return Err(InferError::Overloaded);
+            }
+            if model != token_classification::NER_MODEL {
+                return Err(InferError::ModelNotFound(model));
+            }
+            Ok(inputs
+                .iter()
+                .map(|text| {
+                    let word = text.split(' ').next().unwrap_or_default();
+                    let (label, index) = match aggregation {
+                        Aggregation::Simple => ("LOC", None),
+                        Aggregation::None => ("B-LOC", Some(1)),
+                    };
+                    vec![TokenEntity {
+                        label: label.into(),
+                        score: 0.75,
+                        index,
+                        word: word.into(),
+                        start: 0,
+                        end: word.chars().count(),
+                    }]
+                })
+                .collect())
+        })
     }
 
     fn chat(

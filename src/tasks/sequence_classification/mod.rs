@@ -8,8 +8,10 @@
 //! - `evaluate.rs`, `metrics.rs`: loss, accuracy, macro F1, confusion, sklearn-like report.
 //! - `report.rs`: the best checkpoint's classification report (`classification_report.json`).
 //! - `export.rs`: checkpoint → served classifier, merged HF dir or PEFT adapter.
+//! - `serve.rs`: the serving backend (tokenize, batched logits, softmax) that `infer`'s
+//!   engine drives for `/v1/classifications`.
 //!
-//! Served by `infer::classifier` (`/v1/classifications`); checkpoint variant
+//! Checkpoint variant
 //! `CheckpointTask::SequenceClassification`.
 
 pub mod data;
@@ -17,6 +19,7 @@ pub mod evaluate;
 mod export;
 pub mod metrics;
 mod report;
+pub mod serve;
 #[cfg(test)]
 mod small_data_tests;
 #[cfg(test)]

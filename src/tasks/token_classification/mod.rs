@@ -12,6 +12,8 @@
 //! - [`export`]: checkpoints back into a model, merged HF directory or PEFT adapter.
 //! - [`pipeline`]: serving, as transformers' token-classification pipeline post-processes
 //!   (`aggregation` `none` / `simple`, character offsets into the raw text).
+//! - [`serve`]: the serving backend `infer`'s engine drives for
+//!   `POST /v1/token_classifications` (checkpoint → batched logits → entities).
 
 pub mod align;
 pub mod evaluate;
@@ -19,10 +21,12 @@ pub mod export;
 pub mod head;
 pub mod metrics;
 pub mod pipeline;
+pub mod serve;
 pub mod train;
 
 pub use align::{AlignOptions, AlignedExample, TagAligner};
 pub use head::{token_cross_entropy, TokenClassifier, TokenClassifierSpec, TokenLoss};
 pub use metrics::{EntityScores, TagMetrics};
 pub use pipeline::{Aggregation, TokenEntity};
+pub use serve::{TextToTag, TokenTagger};
 pub use train::{run_token_classification, TokenClassificationJob, TOKEN_CLASSIFICATION_METRICS};

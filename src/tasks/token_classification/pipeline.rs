@@ -3,9 +3,12 @@
 //!
 //! The raw text is tokenized as it is (the tokenizer's normalizer and pre-tokenizer split it
 //! into words, as they split every training word), with character offsets into the original
-//! text. Per sub-word token, special tokens skipped: the softmax scores and their arg-max.
+//! text; a text longer than the model takes is truncated to its first `max_len` tokens
+//! (special tokens included), so later words get no entities. Per sub-word token, special
+//! tokens skipped: the softmax scores and their arg-max.
 //! - `none`: one entity per token whose label is not `O`: `entity` (the label), `score`,
-//!   `word` (the token, `##` included; the text itself for an unknown token), `start`, `end`.
+//!   `index` (the token's position in the model's input, `[CLS]` = 0), `word` (the token,
+//!   `##` included; the text itself for an unknown token), `start`, `end`.
 //! - `simple`: consecutive tokens grouped as the pipeline's `group_entities` does (a `B-`
 //!   token or a change of type starts a group; a label without a `B-`/`I-` prefix continues
 //!   a group of the same label), `O` groups dropped; `entity_group` (the label after its
@@ -13,7 +16,7 @@
 //!   decoder, the first token's `start` and the last one's `end`.
 
 use serde::{Deserialize, Serialize};
-use tokenizers::{Decoder, Tokenizer};
+use tokenizers::{Decoder, Tokenizer, TruncationParams};
 
 /// How tokens become entities.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +35,8 @@ pub enum Aggregation {
 pub struct TokenEntity {
     pub label: String,
     pub score: f32,
+    /// `none` only: the token's position in the model's input (the pipeline's `index`).
+    pub index: Option<usize>,
     pub word: String,
     pub start: usize,
     pub end: usize,
@@ -39,9 +44,6 @@ pub struct TokenEntity {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PipelineError {
-    /// The text needs more tokens than the model takes.
-    #[error("the text is {tokens} tokens long; this model takes at most {max}")]
-    TooLong { tokens: usize, max: usize },
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     #[error("the model returned {got} logits for {tokens} tokens and {labels} labels")]
@@ -66,25 +68,28 @@ pub struct EncodedText {
 pub struct EntityTagger {
     tokenizer: Tokenizer,
     labels: Vec<String>,
-    max_len: usize,
     unk_id: Option<u32>,
 }
 
 impl EntityTagger {
     /// `labels`: the model's labels, id = index; `max_len`: the most tokens (special ones
-    /// included) the model takes.
+    /// included) the model takes; longer texts are truncated to it.
     pub fn new(tokenizer: &Tokenizer, labels: Vec<String>, max_len: usize) -> Self {
         let mut tokenizer = tokenizer.clone();
         tokenizer.with_padding(None);
-        // Disabling truncation cannot fail (only a stride longer than the length can).
-        let _ = tokenizer.with_truncation(None);
+        // Room for [CLS], one token and [SEP]. Only a stride at least as long as the
+        // length makes `with_truncation` fail, and the stride is 0 < max_len.
+        let max_len = max_len.max(3);
+        let _ = tokenizer.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..TruncationParams::default()
+        }));
         let unk_id = ["[UNK]", "<unk>"]
             .iter()
             .find_map(|token| tokenizer.token_to_id(token));
         Self {
             tokenizer,
             labels,
-            max_len,
             unk_id,
         }
     }
@@ -98,12 +103,6 @@ impl EntityTagger {
             .tokenizer
             .encode_char_offsets(text, true)
             .map_err(|e| PipelineError::Tokenizer(e.to_string()))?;
-        if encoding.len() > self.max_len {
-            return Err(PipelineError::TooLong {
-                tokens: encoding.len(),
-                max: self.max_len,
-            });
-        }
         Ok(EncodedText {
             ids: encoding.get_ids().to_vec(),
             tokens: encoding.get_tokens().to_vec(),
@@ -147,6 +146,7 @@ impl EntityTagger {
             tokens.push(TokenEntity {
                 label: self.labels[best].clone(),
                 score,
+                index: Some(i),
                 word,
                 start,
                 end,
@@ -202,6 +202,7 @@ impl EntityTagger {
         Ok(TokenEntity {
             label,
             score: score as f32,
+            index: None,
             word,
             start,
             end,

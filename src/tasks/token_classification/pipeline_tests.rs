@@ -65,6 +65,10 @@ fn none_gives_one_entity_per_non_o_token_with_character_offsets() {
         ]
     );
     assert!(entities.iter().all(|e| (e.score - score()).abs() < 1e-6));
+    // `index` is the token's place in the input ids, [CLS] = 0 (€ is the 9th token).
+    let indices: Vec<Option<usize>> = entities.iter().map(|e| e.index).collect();
+    let want = [1, 2, 3, 4, 5, 6, 8, 9].map(Some);
+    assert_eq!(indices, want);
 }
 
 #[test]
@@ -82,6 +86,7 @@ fn simple_groups_b_and_i_of_one_type_and_decodes_the_word() {
         .map(|e| (e.label.as_str(), e.word.as_str(), e.start, e.end))
         .collect();
     assert_eq!(got, [("LOC", "zurich", 0, 6), ("LOC", "€ nice", 10, 16)]);
+    assert!(entities.iter().all(|e| e.index.is_none()));
     let unsure = 2f32.exp() / (2f32.exp() + 2.0);
     let mean = (5.0 * score() + unsure) / 6.0;
     assert!((entities[0].score - mean).abs() < 1e-6);
@@ -94,6 +99,7 @@ fn grouping_follows_the_pipelines_rules() {
     let token = |label: &str, start: usize| TokenEntity {
         label: label.to_string(),
         score: 0.5,
+        index: Some(start + 1),
         word: format!("w{start}"),
         start,
         end: start + 1,
@@ -129,12 +135,19 @@ fn grouping_follows_the_pipelines_rules() {
 }
 
 #[test]
-fn long_texts_and_wrong_logit_shapes_are_errors() {
+fn long_texts_are_truncated_and_wrong_logit_shapes_are_errors() {
     let tagger = tagger(8);
-    assert_eq!(
-        tagger.encode(TEXT),
-        Err(PipelineError::TooLong { tokens: 11, max: 8 })
-    );
+    // [CLS] z ##u ##r ##i ##c ##h [SEP]: the first 6 tokens, the specials kept.
+    let truncated = tagger.encode(TEXT).unwrap();
+    assert_eq!(truncated.ids.len(), 8);
+    let entities = tagger
+        .entities(TEXT, &truncated, &logits(&CHOSEN[..8]), Aggregation::Simple)
+        .unwrap();
+    let got: Vec<(&str, &str, usize, usize)> = entities
+        .iter()
+        .map(|e| (e.label.as_str(), e.word.as_str(), e.start, e.end))
+        .collect();
+    assert_eq!(got, [("LOC", "zurich", 0, 6)]);
     let short = tagger.encode("nice").unwrap();
     assert_eq!(short.ids.len(), 3);
     assert_eq!(

@@ -1,0 +1,83 @@
+//! `CheckpointLoader`: a catalog entry → the engine of its kind, over the serving backend
+//! its task provides (`tasks/<task>/serve.rs`), on the configured device.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::catalog::ServableModel;
+use super::engine::{ClassifierBackend, Engine, EngineConfig};
+use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
+use super::question_answering::QaEngine;
+use super::registry::ModelLoader;
+use super::token_classification::{TokenEngine, TokenTagger};
+use super::{InferError, LoadedModel};
+use crate::domain::task::ServedKind;
+use crate::tasks::sequence_classification::serve::CheckpointClassifier;
+
+/// Loads catalog entries as engines on `device`.
+pub struct CheckpointLoader {
+    pub device: Device,
+    pub engine: EngineConfig,
+    pub generation: GenEngineConfig,
+}
+
+impl ModelLoader<LoadedModel> for CheckpointLoader {
+    fn load(&self, model: &ServableModel) -> Result<LoadedModel, InferError> {
+        let span = tracing::info_span!("load_model", model = %model.name);
+        let _entered = span.enter();
+        match model.kind {
+            ServedKind::Classifier => {
+                let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
+                tracing::info!(
+                    bytes = ClassifierBackend::parameter_bytes(&backend),
+                    "classifier loaded"
+                );
+                Engine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::Classifier)
+            }
+            ServedKind::CausalLm => {
+                let backend = load_causal(&model.dir, &self.device)?;
+                tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
+                GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
+            }
+            ServedKind::QuestionAnswerer => {
+                let backend =
+                    crate::tasks::question_answering::load_qa_server(&model.dir, &self.device)
+                        .map_err(|e| loading_failed(&model.dir, e))?;
+                tracing::info!(bytes = backend.parameter_bytes(), "QA model loaded");
+                QaEngine::spawn(&model.name, Box::new(backend), self.engine)
+                    .map(LoadedModel::QuestionAnswerer)
+            }
+            ServedKind::TokenClassifier => {
+                let backend = TokenTagger::load(&model.dir, &self.device)
+                    .map_err(|e| loading_failed(&model.dir, e))?;
+                let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
+                tracing::info!(bytes, "token classifier loaded");
+                TokenEngine::spawn(&model.name, backend, self.engine)
+                    .map(LoadedModel::TokenClassifier)
+            }
+        }
+    }
+}
+
+fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
+    InferError::engine(format!("loading checkpoint `{}`: {error}", dir.display()))
+}
+
+/// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
+/// plain Hugging Face directory (base model, merged export), via `train`.
+fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
+    let loaded = crate::tasks::sft::load_lm_checkpoint(dir, device).map_err(|e| {
+        InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
+    })?;
+    // The context is the model's, not the (shorter) sequence length it was tuned with.
+    let context_len = loaded.model.config().max_position_embeddings;
+    CausalLmBackend::new(CausalLmParts {
+        model: loaded.model,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+        eos_token_ids: loaded.eos_token_ids,
+        context_len,
+    })
+}
