@@ -18,6 +18,7 @@ use crate::store::ModelRow;
 mod disk;
 mod generation;
 mod hardening;
+mod job_knobs;
 mod jobs;
 
 /// A model whose engine the stub reports as saturated (429).
