@@ -14,10 +14,15 @@ pub const ORGANIZATION_ID: &str = "org-temper";
 
 /// OpenAI's `FineTuneMethod` echo, `{"type", "<type>": {"hyperparameters": {…}}}`: the
 /// user's knobs (temper's extra keys included), OpenAI's three as `"auto"` until the job
-/// resolves them and as the numbers it trains with after, and DPO's `beta` likewise.
+/// resolves them and as the numbers it trains with after, and DPO's `beta` likewise. Once
+/// resolved, the options of the job's task (`max_answer_length`, `label_all_tokens`…) show
+/// what it runs with; other tasks' options never appear.
 fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
     let mut hyperparameters = requested_knobs(spec);
     hyperparameters.extend(openai_knobs(spec, resolved));
+    if let Some(resolved) = resolved {
+        hyperparameters.extend(object_of(&resolved.config.task_options));
+    }
     if let Method::Dpo { beta, .. } = &spec.method {
         let beta = resolved.and_then(|r| r.beta).or(*beta);
         hyperparameters.insert(
@@ -46,7 +51,12 @@ fn legacy_hyperparameters(spec: &JobSpec, resolved: Option<&ResolvedHyperparamet
 
 /// Every knob the user set, under its request key.
 fn requested_knobs(spec: &JobSpec) -> Map<String, Value> {
-    match serde_json::to_value(spec.method.hyperparameters()) {
+    object_of(spec.method.hyperparameters())
+}
+
+/// A struct's fields that are set, by name.
+fn object_of(knobs: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(knobs) {
         Ok(Value::Object(mut knobs)) => {
             knobs.retain(|_, value| !value.is_null());
             knobs
@@ -350,6 +360,74 @@ mod tests {
         assert_eq!(
             wire(given, None)["method"]["dpo"]["hyperparameters"]["beta"],
             json!(0.5)
+        );
+    }
+
+    #[test]
+    fn a_resolved_job_echoes_the_options_of_its_own_task_only() {
+        let qa = spec(
+            json!({"type": "supervised", "supervised": {"hyperparameters":
+            {"doc_stride": 64}}}),
+        );
+        let config = qa
+            .method
+            .hyperparameters()
+            .resolve(Task::QuestionAnswering, 20, 1);
+        let before = wire(qa.clone(), None);
+        assert_eq!(
+            before["method"]["supervised"]["hyperparameters"]["doc_stride"],
+            64
+        );
+        assert!(before["method"]["supervised"]["hyperparameters"]
+            .get("max_answer_length")
+            .is_none());
+        let after = wire(qa, Some(ResolvedHyperparameters { config, beta: None }));
+        let echoed = &after["method"]["supervised"]["hyperparameters"];
+        assert_eq!(
+            (&echoed["doc_stride"], &echoed["max_answer_length"]),
+            (&json!(64), &json!(30))
+        );
+        assert!(echoed.get("label_all_tokens").is_none(), "{echoed}");
+        // OpenAI's legacy object keeps its three knobs.
+        let legacy: Vec<&String> = after["hyperparameters"]
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            legacy,
+            ["batch_size", "learning_rate_multiplier", "n_epochs"]
+        );
+
+        let ner = JobSpec::default();
+        let config = HyperparamRequest::default().resolve(Task::TokenClassification, 20, 1);
+        let echoed = wire(ner, Some(ResolvedHyperparameters { config, beta: None }));
+        assert_eq!(
+            echoed["method"]["supervised"]["hyperparameters"]["label_all_tokens"],
+            false
+        );
+
+        let classification = wire(JobSpec::default(), Some(resolved(None)));
+        let echoed = &classification["method"]["supervised"]["hyperparameters"];
+        for key in [
+            "doc_stride",
+            "max_answer_length",
+            "label_all_tokens",
+            "max_prompt_length",
+        ] {
+            assert!(echoed.get(key).is_none(), "{key}: {echoed}");
+        }
+
+        // A job resolved before the options existed still reads and echoes.
+        let mut stored = serde_json::to_value(resolved(None)).expect("json");
+        stored["config"]
+            .as_object_mut()
+            .expect("config")
+            .remove("task_options");
+        let old: ResolvedHyperparameters = serde_json::from_value(stored).expect("reads");
+        let echoed = wire(JobSpec::default(), Some(old));
+        assert_eq!(
+            echoed["method"]["supervised"]["hyperparameters"]["n_epochs"],
+            3
         );
     }
 }

@@ -17,10 +17,11 @@ use super::wire::{
 };
 use super::{download, AppState};
 use crate::basemodels;
+use crate::domain::dataset::DataFormat;
 use crate::domain::ids::new_job_id;
 use crate::domain::job_spec::Method as JobMethod;
 use crate::domain::task::ServedKind;
-use crate::store::{ControlAction, ControlOutcome, EventRow, JobRow};
+use crate::store::{ControlAction, ControlOutcome, EventRow, FileRow, JobRow};
 
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/fine_tuning/jobs"),
@@ -71,7 +72,13 @@ async fn create_job(
 ) -> Result<ApiJson<JobObject>, ApiError> {
     let request = parse_create(body)?;
     check_base_model(&state, &request.model, &request.spec.method).await?;
-    check_file(&state, &request.training_file, "training_file").await?;
+    let training = check_file(&state, &request.training_file, "training_file").await?;
+    // The data decides the task: a hyperparameter of another task is a 400 now, not an
+    // option the job would ignore.
+    let format = training.format.as_deref().and_then(DataFormat::from_stored);
+    if let Some(task) = format.and_then(|format| request.spec.task_on(format)) {
+        request.spec.check_task(task)?;
+    }
     if let Some(validation) = &request.validation_file {
         check_file(&state, validation, "validation_file").await?;
     }
@@ -140,8 +147,8 @@ async fn check_fine_tuned_start(
     Ok(())
 }
 
-/// The file exists, has purpose `fine-tune` and parsed at upload.
-async fn check_file(state: &AppState, id: &str, param: &str) -> Result<(), ApiError> {
+/// The file exists, has purpose `fine-tune` and parsed at upload; its row.
+async fn check_file(state: &AppState, id: &str, param: &str) -> Result<FileRow, ApiError> {
     let Some(file) = state.store.get_file(id).await? else {
         return Err(
             ApiError::not_found(format!("No such File object: {}", echo(id))).with_param(param),
@@ -163,7 +170,7 @@ async fn check_file(state: &AppState, id: &str, param: &str) -> Result<(), ApiEr
         .with_param(param)
         .with_code(format!("invalid_{param}")));
     }
-    Ok(())
+    Ok(file)
 }
 
 async fn list_jobs(

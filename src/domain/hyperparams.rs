@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 use super::task::{DefaultsKey, Task};
 
+mod task_options;
+pub use task_options::{TaskOptions, DEFAULT_DOC_STRIDE, DEFAULT_MAX_ANSWER_LENGTH};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
@@ -59,6 +62,10 @@ pub struct TrainingConfig {
     /// `q4_0` / `q8_0`: a frozen quantized base (QLoRA).
     pub quantize: Option<String>,
     pub seed: u64,
+    /// The options of the job's task (QA windows, NER labelling, DPO prompt length);
+    /// configs stored before they existed read as none given.
+    #[serde(default)]
+    pub task_options: TaskOptions,
 }
 
 /// A hyperparameter that is `"auto"` until the job starts.
@@ -106,6 +113,9 @@ pub struct HyperparamRequest {
     pub lora_dropout: Option<f64>,
     pub target_modules: Option<Vec<String>>,
     pub quantize: Option<String>,
+    /// Task-specific keys, under their own names in the request and its echo.
+    #[serde(flatten)]
+    pub task_options: TaskOptions,
 }
 
 /// A bad hyperparameter: `param` is the key as the user wrote it.
@@ -274,10 +284,21 @@ impl HyperparamRequest {
                         .ok_or_else(|| bad(k, "`quantize` must be `q4_0` or `q8_0`"))?;
                     req.quantize = Some(q.to_string());
                 }
+                _ if TaskOptions::is_key(k) => req.task_options.parse_key(k, value)?,
                 _ => return Err(bad(k, format!("Unknown hyperparameter `{k}`"))),
             }
         }
+        if let Some(max_seq_len) = req.max_seq_len {
+            req.task_options.check_lengths(max_seq_len)?;
+        }
         Ok(req)
+    }
+
+    /// Refuses an option of another task than `task` (the job would ignore it) and checks
+    /// the task's options against the `max_seq_len` the job will run with.
+    pub fn check_task(&self, task: Task) -> Result<(), HyperparamError> {
+        let max_seq_len = self.max_seq_len.unwrap_or(defaults(task).max_seq_len);
+        self.task_options.check_task(task, max_seq_len)
     }
 }
 
@@ -476,6 +497,7 @@ impl HyperparamRequest {
             },
             quantize: self.quantize.clone(),
             seed,
+            task_options: self.task_options.resolve(task),
         };
         (config, why)
     }

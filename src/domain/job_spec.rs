@@ -7,8 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::dataset::DataFormat;
 use super::echo;
 use super::hyperparams::{HyperparamError, HyperparamRequest, TrainingConfig};
+use super::task::Task;
 
 /// DPO's `beta` under `"auto"`: the default of Rafailov et al.'s paper and of TRL.
 pub const AUTO_DPO_BETA: f64 = 0.1;
@@ -165,6 +167,22 @@ fn parse_beta(beta: Option<Value>) -> Result<Option<f64>, SpecError> {
 }
 
 impl JobSpec {
+    /// The task a job of this spec trains on a training file of `format`: DPO for a `dpo`
+    /// job (other data fails it when it starts, with OpenAI's mismatch error), else the
+    /// format's task (`None`: preference data under `supervised`, which fails likewise).
+    pub fn task_on(&self, format: DataFormat) -> Option<Task> {
+        match self.method {
+            Method::Dpo { .. } => Some(Task::Dpo),
+            Method::Supervised { .. } => format.task_kind(),
+        }
+    }
+
+    /// Refuses a hyperparameter of another task than `task` (`doc_stride` on a
+    /// classification job…) and task options that do not fit `max_seq_len`.
+    pub fn check_task(&self, task: Task) -> Result<(), SpecError> {
+        Ok(self.method.hyperparameters().check_task(task)?)
+    }
+
     /// Parses a create request's `method` and its deprecated top-level `hyperparameters`
     /// (the method's keys win). Unknown keys and bad values are errors naming their param.
     pub fn parse(method: Option<&Value>, legacy: Option<&Value>) -> Result<JobSpec, SpecError> {

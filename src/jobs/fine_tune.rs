@@ -15,7 +15,7 @@ use super::progress::{
 };
 use super::results::record_completion;
 use super::start_model::StartModel;
-use super::training::{check_model_fits_task, TrainSettings, Training};
+use super::training::{check_model_fits_task, check_options_fit_task, TrainSettings, Training};
 use super::validate::{load_and_validate, validating_message, TrainingData, ValidatedData};
 use super::worker::panic_message;
 use super::{unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, RunContext, RunOutcome};
@@ -94,6 +94,7 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         return Ok(RunOutcome::Superseded);
     };
     let task = data.data.task();
+    check_options_fit_task(&job.spec, task)?;
     let (config, auto_choices) =
         resolve_hyperparameters(store, lease, job, task, data.data.n_train()).await?;
     if job.status == JobStatus::ValidatingFiles {

@@ -47,6 +47,8 @@ mod recovery_tests;
 #[cfg(test)]
 mod sft_job_tests;
 #[cfg(test)]
+mod task_option_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod worker_tests;

@@ -10,7 +10,7 @@ use super::validate::TrainingData;
 use super::JobFailure;
 use crate::basemodels::BaseModelKind;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::domain::job_spec::AUTO_DPO_BETA;
+use crate::domain::job_spec::{JobSpec, AUTO_DPO_BETA};
 use crate::domain::task::{Architecture, Task};
 use crate::tasks::dpo::{run_dpo, DpoJob};
 use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
@@ -102,9 +102,6 @@ impl Training {
                     base_model_dir,
                     train,
                     valid,
-                    // run_qa's defaults.
-                    doc_stride: 128,
-                    max_answer_length: 30,
                     config,
                     work_dir,
                     device,
@@ -122,6 +119,14 @@ impl Training {
             Training::QuestionAnswering(job) => run_question_answering(job, observer),
         }
     }
+}
+
+/// The job's hyperparameters fit its task (creation checks this when the training file's
+/// format is on record; a job whose file predates that is checked here, before it trains).
+pub(super) fn check_options_fit_task(spec: &JobSpec, task: Task) -> Result<(), JobFailure> {
+    spec.check_task(task).map_err(|error| {
+        JobFailure::fatal("invalid_hyperparameters", error.message, Some(&error.param))
+    })
 }
 
 /// Encoders fine-tune for encoder tasks, decoders for decoder tasks.

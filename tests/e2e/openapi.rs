@@ -278,7 +278,13 @@ fn the_spec_states_the_limits_the_server_enforces() {
 #[test]
 fn the_spec_states_the_hyperparameter_ranges_the_server_enforces() {
     let hyper = schema(SPEC, "Hyperparameters");
-    for name in ["n_epochs", "batch_size"] {
+    for name in [
+        "n_epochs",
+        "batch_size",
+        "doc_stride",
+        "max_answer_length",
+        "max_prompt_length",
+    ] {
         let line = property(&hyper, name);
         let (min, max) = (number(line, "minimum"), number(line, "maximum"));
         let parse = |value: i64| {

@@ -20,6 +20,7 @@ use crate::store::ModelRow;
 mod disk;
 mod generation;
 mod hardening;
+mod job_knobs;
 mod jobs;
 mod token_classification;
 

@@ -79,6 +79,20 @@ impl DataFormat {
         }
     }
 
+    /// The format a file row's `format` column names (`None`: not one this build writes).
+    pub fn from_stored(name: &str) -> Option<Self> {
+        [
+            DataFormat::Classification,
+            DataFormat::Chat,
+            DataFormat::PromptCompletion,
+            DataFormat::Preference,
+            DataFormat::TokenTags,
+            DataFormat::QuestionAnswering,
+        ]
+        .into_iter()
+        .find(|format| format.as_str() == name)
+    }
+
     /// The task a supervised job on this format trains; `None` for formats no supervised
     /// trainer takes (preference pairs).
     pub fn task_kind(self) -> Option<Task> {

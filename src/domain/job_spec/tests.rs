@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::domain::hyperparams::LrScheduler;
+use crate::domain::hyperparams::{LrScheduler, TaskOptions};
 
 fn parse(method: Value) -> Result<JobSpec, SpecError> {
     JobSpec::parse(Some(&method), None)
@@ -183,4 +183,45 @@ fn a_legacy_echo_reads_back_with_its_resolved_numbers() {
         json!({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": "auto"}}});
     let spec = JobSpec::from_legacy_echo(&method, &Value::Null).expect("readable");
     assert_eq!(spec.method.resolved_beta(), Some((0.1, None)));
+}
+
+#[test]
+fn the_data_decides_which_task_options_a_job_may_carry() {
+    let supervised = parse(
+        json!({"type": "supervised", "supervised": {"hyperparameters":
+        {"doc_stride": 64, "max_answer_length": 10}}}),
+    )
+    .expect("valid");
+    assert_eq!(
+        supervised.task_on(DataFormat::QuestionAnswering),
+        Some(Task::QuestionAnswering)
+    );
+    assert_eq!(supervised.task_on(DataFormat::Preference), None);
+    assert_eq!(supervised.check_task(Task::QuestionAnswering), Ok(()));
+    let err = supervised
+        .check_task(Task::SequenceClassification)
+        .expect_err("not a QA job");
+    assert_eq!(err.param, "doc_stride");
+
+    let dpo = parse(json!({"type": "dpo", "dpo": {"hyperparameters": {"max_prompt_length": 64}}}))
+        .expect("valid");
+    // A dpo job trains DPO whatever the file holds (other data fails it when it starts).
+    assert_eq!(dpo.task_on(DataFormat::Classification), Some(Task::Dpo));
+    assert_eq!(dpo.check_task(Task::Dpo), Ok(()));
+}
+
+#[test]
+fn a_spec_stored_before_the_task_options_reads_with_none_given() {
+    // A supervised spec as the previous version stored it.
+    let stored = json!({"method": {"type": "supervised", "hyperparameters": {
+        "n_epochs": 2, "batch_size": null, "learning_rate_multiplier": null,
+        "learning_rate": null, "lr_scheduler": null, "warmup_ratio": null,
+        "weight_decay": null, "max_grad_norm": null, "gradient_accumulation_steps": null,
+        "max_seq_len": null, "eval_steps": null, "save_steps": null,
+        "early_stopping_patience": null, "metric_for_best_model": null, "lora_rank": null,
+        "lora_alpha": null, "lora_dropout": null, "target_modules": null, "quantize": null}}});
+    let spec: JobSpec = serde_json::from_value(stored).expect("old spec reads");
+    let request = spec.method.hyperparameters();
+    assert_eq!(request.n_epochs, Some(2));
+    assert_eq!(request.task_options, TaskOptions::default());
 }

@@ -293,6 +293,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
         },
         quantize: None,
         seed: 1,
+        task_options: Default::default(),
     };
     let job = SftJob {
         base_model_dir: base.clone(),

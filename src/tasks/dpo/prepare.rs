@@ -10,6 +10,10 @@
 //! special tokens (the template writes them), and only completion tokens count in the
 //! log-probs.
 //!
+//! With `max_prompt_length`, a prompt first keeps only its last `max_prompt_length` tokens,
+//! as TRL's `tokenize_row` did while it had the option (`prompt_input_ids[-n:]`, removed
+//! in TRL 0.29; its default was 512, TRL 1.x has none and neither has temper unless asked).
+//!
 //! Truncation as TRL's `max_length` with `truncation_mode="keep_end"`: a sequence longer
 //! than `max_length` loses prompt tokens from the left first (one is kept, so the first
 //! completion token is still predicted from something), then completion tokens from the
@@ -70,6 +74,8 @@ pub struct PreparedPairs {
     pub pairs: Vec<PreferencePair>,
     /// Pairs with at least one sequence longer than `max_length`.
     pub truncated: usize,
+    /// Pairs whose prompt was longer than `max_prompt_length`.
+    pub prompts_cut: usize,
 }
 
 /// The prompt and both completions of a row, before truncation.
@@ -83,6 +89,8 @@ pub struct TokenizedRow {
 /// The chat template and tokenizer of the model being tuned (those SFT uses).
 pub struct PreferenceTokenizer {
     inner: SftTokenizer,
+    /// Prompt tokens kept (the prompt's end); `None`: only `max_length` cuts prompts.
+    max_prompt_length: Option<usize>,
 }
 
 impl PreferenceTokenizer {
@@ -93,7 +101,16 @@ impl PreferenceTokenizer {
                 "the base model has no chat template (`chat_template` in tokenizer_config.json or chat_template.jinja), which DPO needs to render the preference rows' conversations".into(),
             ));
         }
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            max_prompt_length: None,
+        })
+    }
+
+    /// Keeps at most the last `max_prompt_length` prompt tokens of every row.
+    pub fn with_max_prompt_length(mut self, max_prompt_length: Option<usize>) -> Self {
+        self.max_prompt_length = max_prompt_length;
+        self
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -167,13 +184,17 @@ impl PreferenceTokenizer {
         let mut prepared = PreparedPairs {
             pairs: Vec::with_capacity(examples.len()),
             truncated: 0,
+            prompts_cut: 0,
         };
         for (i, example) in examples.iter().enumerate() {
             let row = self.tokenize(example, i + 1)?;
+            let keep = self.max_prompt_length.unwrap_or(usize::MAX);
+            let prompt = &row.prompt[row.prompt.len().saturating_sub(keep)..];
+            prepared.prompts_cut += usize::from(prompt.len() < row.prompt.len());
             let (chosen, cut_chosen) =
-                PreferenceSequence::truncated(&row.prompt, &row.chosen, max_length);
+                PreferenceSequence::truncated(prompt, &row.chosen, max_length);
             let (rejected, cut_rejected) =
-                PreferenceSequence::truncated(&row.prompt, &row.rejected, max_length);
+                PreferenceSequence::truncated(prompt, &row.rejected, max_length);
             prepared.truncated += usize::from(cut_chosen || cut_rejected);
             prepared.pairs.push(PreferencePair { chosen, rejected });
         }

@@ -102,6 +102,15 @@ fn report_truncation(
     max_length: usize,
     observer: &mut dyn TrainObserver,
 ) {
+    if set.prompts_cut > 0 {
+        observer.on_event(
+            EventLevel::Info,
+            format!(
+                "{} {split} prompts were longer than max_prompt_length: each kept its last max_prompt_length tokens",
+                set.prompts_cut
+            ),
+        );
+    }
     if set.truncated > 0 {
         observer.on_event(
             EventLevel::Warn,
@@ -146,7 +155,8 @@ impl DpoTask {
             cfg.max_seq_len
         };
         let tokenizer =
-            PreferenceTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?;
+            PreferenceTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?
+                .with_max_prompt_length(cfg.task_options.max_prompt_length);
         let train = tokenizer.prepare(&job.train, max_seq_len)?;
         report_truncation("training", &train, max_seq_len, observer);
         if train.pairs.is_empty() {

@@ -183,3 +183,43 @@ fn a_model_without_chat_template_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("no chat template"), "{err}");
 }
+
+#[test]
+fn max_prompt_length_keeps_the_end_of_a_long_prompt_as_trl_did() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = tiny_decoder(dir.path(), DecoderArch::Llama);
+    let short = preference("Hi", "Yo.", "No.");
+    let long = preference("Tell me a long story about the sea, please.", "Yo.", "No.");
+    let plain = PreferenceTokenizer::from_dir(&base, &[]).expect("tokenizer");
+    let short_prompt = plain.tokenize(&short, 1).expect("row").prompt;
+    let full = plain.tokenize(&long, 2).expect("row");
+    assert!(full.prompt.len() > short_prompt.len());
+    // Without the option only max_length cuts, and 512 cuts nothing.
+    let uncut = plain
+        .prepare(&[short.clone(), long.clone()], 512)
+        .expect("prepare");
+    assert_eq!((uncut.prompts_cut, uncut.truncated), (0, 0));
+    assert_eq!(uncut.pairs[1].chosen.n_prompt, full.prompt.len());
+
+    let keep = short_prompt.len();
+    let capped = PreferenceTokenizer::from_dir(&base, &[])
+        .expect("tokenizer")
+        .with_max_prompt_length(Some(keep));
+    let prepared = capped.prepare(&[short, long], 512).expect("prepare");
+    // The short prompt fits; the long one keeps its last `keep` tokens (TRL's
+    // `prompt_input_ids[-max_prompt_length:]`), and both completions stay whole.
+    assert_eq!((prepared.prompts_cut, prepared.truncated), (1, 0));
+    assert_eq!(prepared.pairs[0].chosen.n_prompt, keep);
+    for side in [&prepared.pairs[1].chosen, &prepared.pairs[1].rejected] {
+        assert_eq!(side.n_prompt, keep);
+        assert_eq!(side.ids[..keep], full.prompt[full.prompt.len() - keep..]);
+    }
+    assert_eq!(
+        prepared.pairs[1].chosen.completion(),
+        full.chosen.as_slice()
+    );
+    assert_eq!(
+        prepared.pairs[1].rejected.completion(),
+        full.rejected.as_slice()
+    );
+}

@@ -4,7 +4,7 @@
 use candle_core::Device;
 
 use super::loss::DEFAULT_BETA;
-use super::run::{run_dpo, DpoJob, DPO_METRICS};
+use super::run::{run_dpo, DpoJob, DpoTask, DPO_METRICS};
 use super::tests_prepare::{message, tiny_decoder};
 use crate::domain::dataset::{ChatExample, ChatRole, PreferenceExample};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
@@ -74,6 +74,7 @@ fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConf
         },
         quantize: None,
         seed: 3,
+        task_options: Default::default(),
     }
 }
 
@@ -231,4 +232,40 @@ fn a_non_positive_beta_is_invalid_data() {
             Ok(_) => panic!("beta {beta} was accepted"),
         }
     }
+}
+
+#[test]
+fn max_prompt_length_from_the_job_settings_cuts_every_prompt_and_says_so() {
+    let fx = fixture();
+    let plain = DpoTask::prepare(
+        &job(&fx, "plain", config(8, 1e-3, 1), DEFAULT_BETA),
+        &mut Recorder::default(),
+    )
+    .expect("prepare");
+    let mut capped = config(8, 1e-3, 1);
+    capped.task_options.max_prompt_length = Some(6);
+    let mut rec = Recorder::default();
+    let cut = DpoTask::prepare(&job(&fx, "cut", capped, DEFAULT_BETA), &mut rec).expect("prepare");
+    assert_eq!(cut.train.len(), 8);
+    for (whole, kept) in plain.train.iter().zip(&cut.train) {
+        let prompt = &whole.chosen.ids[..whole.chosen.n_prompt];
+        assert!(prompt.len() > 6);
+        assert_eq!(kept.chosen.n_prompt, 6);
+        assert_eq!(kept.chosen.ids[..6], prompt[prompt.len() - 6..]);
+        assert_eq!(kept.chosen.completion(), whole.chosen.completion());
+        assert_eq!(kept.rejected.completion(), whole.rejected.completion());
+    }
+    assert!(
+        rec.events.iter().any(|e| e
+            == "8 training prompts were longer than max_prompt_length: each kept its last max_prompt_length tokens"),
+        "{:?}",
+        rec.events
+    );
+    assert!(
+        rec.events
+            .iter()
+            .any(|e| e.starts_with("4 validation prompts")),
+        "{:?}",
+        rec.events
+    );
 }

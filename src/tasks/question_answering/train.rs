@@ -39,12 +39,8 @@ pub struct QuestionAnsweringJob {
     pub base_model_dir: PathBuf,
     pub train: Vec<QaExample>,
     pub valid: Option<Vec<QaExample>>,
+    /// Its `task_options` hold run_qa's `doc_stride` and `max_answer_length`.
     pub config: TrainingConfig,
-    /// Context tokens shared by consecutive windows (run_qa's `doc_stride`), at most a
-    /// third of a window.
-    pub doc_stride: usize,
-    /// Longest answer, in tokens, evaluation and serving may pick.
-    pub max_answer_length: usize,
     /// `checkpoints/step-N/` live here.
     pub work_dir: PathBuf,
     pub device: Device,
@@ -71,7 +67,7 @@ pub fn run_question_answering(
         task: CheckpointTask::QuestionAnswering {
             lora: task.spec.lora.clone(),
             doc_stride: task.tokenizer.settings().doc_stride,
-            max_answer_length: job.max_answer_length,
+            max_answer_length: task.answers.max_answer_length,
             allow_no_answer: task.answers.allow_no_answer,
         },
         base_model_dir: job.base_model_dir.clone(),
@@ -124,12 +120,12 @@ impl<'a> QaTask<'a> {
     fn prepare(job: &'a QuestionAnsweringJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
         let text_tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
-        // Windows fit the model's positions; the stride stays under a third of a window.
+        // Windows fit the model's positions; a stride given is used as given.
         let (encoder, _) = EncoderConfig::from_dir(&job.base_model_dir)?;
         let max_seq_len = cfg.max_seq_len.min(encoder.max_position_embeddings);
         let settings = WindowSettings {
             max_seq_len,
-            doc_stride: job.doc_stride.min(max_seq_len / 3),
+            doc_stride: cfg.task_options.doc_stride_for(max_seq_len),
         };
         let tokenizer = QaTokenizer::new(text_tokenizer.inner(), settings)?;
         let invalid = |which: &str, e: crate::zoo::ZooError| {
@@ -153,7 +149,7 @@ impl<'a> QaTask<'a> {
             cfg.seed,
         )?;
         let answers = AnswerSettings {
-            max_answer_length: job.max_answer_length,
+            max_answer_length: cfg.task_options.max_answer_length(),
             allow_no_answer: has_unanswerable(job),
             ..AnswerSettings::default()
         };

@@ -74,6 +74,7 @@ pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
         },
         quantize: None,
         seed: 11,
+        task_options: Default::default(),
     }
 }
 

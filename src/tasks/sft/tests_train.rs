@@ -68,6 +68,7 @@ pub(super) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
         },
         quantize: None,
         seed: 3,
+        task_options: Default::default(),
     }
 }
 

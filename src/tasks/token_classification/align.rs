@@ -13,6 +13,7 @@ use candle_core::Device;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::domain::dataset::TokenTagsExample;
+use crate::domain::hyperparams::TrainingConfig;
 use crate::train::TrainError;
 use crate::zoo::{collate, EncodedBatch, ZooError};
 
@@ -22,6 +23,16 @@ pub struct AlignOptions {
     pub max_seq_len: usize,
     /// Label every sub-word, not only a word's first.
     pub label_all_tokens: bool,
+}
+
+impl AlignOptions {
+    /// What a job's settings ask for: its `max_seq_len` and `label_all_tokens`.
+    pub fn for_training(config: &TrainingConfig) -> Self {
+        Self {
+            max_seq_len: config.max_seq_len,
+            label_all_tokens: config.task_options.label_all_tokens(),
+        }
+    }
 }
 
 /// One sentence, tokenized: the token ids and, per token, its label id (`None`: not trained,

@@ -177,3 +177,66 @@ fn minilm_tokenizer_aligns_like_transformers() {
         [None, Some(2), Some(3), Some(0), Some(0), Some(1), None]
     );
 }
+
+#[test]
+fn the_jobs_label_all_tokens_changes_the_labelled_positions_of_a_training_batch() {
+    use crate::domain::hyperparams::HyperparamRequest;
+    use crate::domain::task::Task;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = tiny_tokenizer(dir.path());
+    let label_set = labels(&["O", "B-LOC", "I-LOC"]);
+    // `Paris` is p ##a ##r ##i ##s in the tiny vocabulary.
+    let examples = [
+        sentence(&["Paris", "is", "nice"], &["B-LOC", "O", "O"]),
+        sentence(&["nice"], &["O"]),
+    ];
+    let batch_for = |request: serde_json::Value| {
+        let request = HyperparamRequest::parse(request.as_object().unwrap()).unwrap();
+        let config = request.resolve(Task::TokenClassification, 2, 0);
+        let aligner =
+            TagAligner::new(&tokenizer, &label_set, AlignOptions::for_training(&config)).unwrap();
+        let aligned: Vec<AlignedExample> = examples
+            .iter()
+            .enumerate()
+            .map(|(i, example)| aligner.align(i + 1, example).unwrap())
+            .collect();
+        collate_tagged(&aligned, &[0, 1], 0, &Device::Cpu).unwrap()
+    };
+    let first_only = batch_for(serde_json::json!({"max_seq_len": 64}));
+    let every = batch_for(serde_json::json!({"max_seq_len": 64, "label_all_tokens": true}));
+    // Row 0 of the B × T labels: the four later sub-words of `Paris` get `I-LOC` only
+    // with label_all_tokens; row 1 (one word, one sub-word) is the same either way.
+    let none = None;
+    let width = first_only.labels.len() / 2;
+    assert_eq!(
+        first_only.labels[..width],
+        [
+            none,
+            Some(1),
+            none,
+            none,
+            none,
+            none,
+            Some(0),
+            Some(0),
+            none
+        ]
+    );
+    assert_eq!(
+        every.labels[..width],
+        [
+            none,
+            Some(1),
+            Some(2),
+            Some(2),
+            Some(2),
+            Some(2),
+            Some(0),
+            Some(0),
+            none
+        ]
+    );
+    assert_eq!(first_only.labels[width..], every.labels[width..]);
+    assert_eq!((first_only.labelled(), every.labelled()), (4, 8));
+}

@@ -132,10 +132,7 @@ impl<'a> TagTask<'a> {
     fn prepare(job: &'a TokenClassificationJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
         let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
-        let options = AlignOptions {
-            max_seq_len: cfg.max_seq_len,
-            label_all_tokens: false,
-        };
+        let options = AlignOptions::for_training(cfg);
         let aligner = TagAligner::new(tokenizer.inner(), &job.labels, options)?;
         let align_all = |examples: &[TokenTagsExample]| {
             examples
