@@ -157,11 +157,13 @@ class Recipes(unittest.TestCase):
 class Comparison(unittest.TestCase):
     def test_ratios_deltas_and_quality(self):
         temper = {"train_tokens_per_s": 300.0, "train_samples_per_s": 6.0, "peak_rss_mb": 1000.0,
-                  "valid_loss_after": 0.4, "valid_reward_accuracy_after": 0.8}
+                  "valid_loss_after": 0.4, "valid_reward_accuracy_before": 0.0, "valid_reward_accuracy_after": 0.8}
         reference = {"train_tokens_per_s": 100.0, "train_samples_per_s": 2.0, "peak_rss_mb": 2000.0,
-                     "valid_loss_after": 0.5, "valid_reward_accuracy_after": 0.8}
+                     "valid_loss_after": 0.5, "valid_reward_accuracy_before": 0.0, "valid_reward_accuracy_after": 0.8}
         line = compare("dpo", temper, reference)
-        self.assertEqual((line["train_tokens_per_s_ratio"], line["peak_rss_ratio"]), (3.0, 0.5))
+        self.assertEqual((line["train_tokens_per_s_ratio"], line["train_samples_per_s_ratio"], line["peak_rss_ratio"]),
+                         (3.0, 3.0, 0.5))
+        self.assertEqual(line["valid_reward_accuracy_before_delta"], 0.0)
         self.assertTrue(math.isclose(line["valid_loss_after_delta"], -0.1))
         self.assertTrue(line["quality_no_worse"])
         worse = compare("dpo", dict(temper, valid_reward_accuracy_after=0.7), reference)
