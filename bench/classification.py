@@ -46,7 +46,8 @@ import time
 import httpx
 from openai import OpenAI
 
-from common import RECIPE, accuracy_and_macro_f1, add_recipe_flags, emit, read_split, recipe_of, write_split
+from common import (RECIPE, accuracy_and_macro_f1, add_recipe_flags, emit, encoder_hyperparameters, read_split,
+                    recipe_of, write_split)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -165,10 +166,7 @@ def main():
         job = client.fine_tuning.jobs.create(
             model=RECIPE["model"], training_file=training_file.id, validation_file=validation_file.id,
             seed=args.seed, suffix="bench",
-            method={"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio,
-                "max_seq_len": args.max_seq_len}}})
+            method={"type": "supervised", "supervised": {"hyperparameters": encoder_hyperparameters(args)}})
         print(f"job {job.id} created", file=sys.stderr)
         while job.status not in TERMINAL:
             time.sleep(1)

@@ -1,6 +1,7 @@
 """Shared pieces of temper's benchmarks: the recipe and its flags, data loading, metrics."""
 import csv
 import json
+import os
 import resource
 
 # One recipe for both sides of the classification benchmark (flags override it).
@@ -16,26 +17,93 @@ RECIPE = {
 }
 
 
-def add_recipe_flags(parser):
-    """--epochs --lr --batch-size --max-seq-len --weight-decay --warmup-ratio --seed, with
-    RECIPE's values as defaults, plus --assets and --limit."""
-    parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh destination")
+# Every recipe key that can be a command-line flag: (flag, type, help). A recipe gets a flag for
+# each of its keys listed here (except those it declares fixed); the flag's default is the
+# recipe's value, and its dest is the key (learning_rate's is `lr`).
+FLAGS = {
+    "epochs": ("--epochs", int, None),
+    "learning_rate": ("--lr", float, None),
+    "warmup_ratio": ("--warmup-ratio", float, None),
+    "batch_size": ("--batch-size", int, None),
+    "beta": ("--beta", float, "DPO's beta (strength of the tie to the reference model)"),
+    "max_seq_len": ("--max-seq-len", int, None),
+    "doc_stride": ("--doc-stride", int, "tokens shared by consecutive windows of a long context"),
+    "max_answer_length": ("--max-answer-length", int, "longest answer span, in tokens"),
+    "weight_decay": ("--weight-decay", float, None),
+    "lora_rank": ("--lora-rank", int, None),
+    "lora_alpha": ("--lora-alpha", float, None),
+    "lora_dropout": ("--lora-dropout", float, None),
+    "targets": ("--targets", str, "LoRA target modules, PEFT names, comma-separated (e.g. q_proj,v_proj)"),
+    "seed": ("--seed", int, None),
+    "gen_prompts": ("--gen-prompts", int, "validation prompts answered by greedy generation"),
+    "max_new_tokens": ("--max-new-tokens", int, None),
+}
+
+
+def dest_of(key):
+    return "lr" if key == "learning_rate" else key
+
+
+def add_recipe_flags(parser, recipe=RECIPE, fixed=()):
+    """--assets, --limit, and a flag for each key of `recipe` that FLAGS knows and `fixed` does
+    not name, with the recipe's value as its default."""
+    parser.add_argument("--assets", default="assets",
+                        help="scripts/fetch-assets.sh destination (with --llm for the SmolLM2 benchmarks)")
     parser.add_argument("--limit", type=int, default=0,
-                        help="use only the first N train and first N test rows (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    parser.add_argument("--lr", type=float, default=RECIPE["learning_rate"])
-    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
-    parser.add_argument("--max-seq-len", type=int, default=RECIPE["max_seq_len"])
-    parser.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
-    parser.add_argument("--warmup-ratio", type=float, default=RECIPE["warmup_ratio"])
-    parser.add_argument("--seed", type=int, default=RECIPE["seed"])
+                        help="use only the first N training and first N validation/test examples (smoke runs)")
+    for key, value in recipe.items():
+        if key in FLAGS and key not in fixed:
+            flag, kind, help_text = FLAGS[key]
+            parser.add_argument(flag, dest=dest_of(key), type=kind, default=value, help=help_text)
 
 
-def recipe_of(args):
-    """The recipe actually used, echoed in the JSON line."""
-    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "weight_decay": args.weight_decay,
-            "warmup_ratio": args.warmup_ratio, "seed": args.seed}
+def targets_of(args):
+    """The --targets list (LoRA target modules)."""
+    return [t.strip() for t in args.targets.split(",") if t.strip()]
+
+
+def recipe_of(args, recipe=RECIPE):
+    """The recipe actually used, echoed in the JSON line: every key of `recipe` but the model,
+    a flag's value where there is one, `targets` as the `target_modules` list."""
+    used = {}
+    for key, value in recipe.items():
+        if key == "model":
+            continue
+        if key == "targets":
+            used["target_modules"] = targets_of(args)
+        else:
+            used[key] = getattr(args, dest_of(key), value)
+    return used
+
+
+def encoder_hyperparameters(args):
+    """method.supervised.hyperparameters of the encoder benchmarks (classification, NER, QA):
+    OpenAI's n_epochs and batch_size plus temper's learning_rate, weight_decay, warmup_ratio
+    and max_seq_len."""
+    return {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+            "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "max_seq_len": args.max_seq_len}
+
+
+def data_paths(assets, folder, names, fetch_flags=""):
+    """The split files assets/data/<folder>/<name>, or an exit saying how to fetch them."""
+    paths = tuple(os.path.join(assets, "data", folder, name) for name in names)
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} missing: run scripts/fetch-assets.sh {assets}{fetch_flags}")
+    return paths
+
+
+def read_jsonl(path, limit=0):
+    """The rows of a JSONL file (the first `limit` when it is not 0)."""
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_split(path, limit=0):

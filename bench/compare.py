@@ -15,8 +15,8 @@ RATIOS = {
 DELTAS = {
     "ner": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
     "qa": ("exact", "f1", "HasAns_f1", "NoAns_f1"),
-    "dpo": ("valid_loss_before", "valid_loss_after", "valid_reward_accuracy_after", "valid_reward_margin_after",
-            "answer_accuracy_before", "answer_accuracy_after"),
+    "dpo": ("valid_loss_before", "valid_loss_after", "valid_reward_accuracy_before", "valid_reward_accuracy_after",
+            "valid_reward_margin_after", "answer_accuracy_before", "answer_accuracy_after"),
 }
 # (key, True when higher is better): temper's quality is no worse when every one holds.
 QUALITY = {

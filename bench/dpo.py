@@ -29,9 +29,9 @@ import os
 import shutil
 import tempfile
 
-from common import emit
-from dpo_common import (DPO_RECIPE, add_dpo_flags, answer_accuracy, answer_cases, dpo_paths, dpo_recipe_of,
-                        dpo_targets, read_pairs, write_pairs)
+from common import emit, read_jsonl, write_jsonl
+from dpo_common import DPO_RECIPE, add_dpo_flags, answer_cases, dpo_recipe_of
+from sft_common import answer_accuracy, lora_hyperparameters, sarcasm_paths
 from task_driver import Service, add_service_flags, fine_tune, has_validation, training_timing, validation_value
 
 ANSWER_TOKENS = 8
@@ -39,13 +39,7 @@ VALID_NAMES = ("loss", "reward_accuracy", "reward_margin", "rewards_chosen", "re
 
 
 def hyperparameters_of(args):
-    hp = {"n_epochs": args.epochs, "batch_size": args.batch_size, "beta": args.beta,
-          "learning_rate_multiplier": "auto", "learning_rate": args.lr, "lr_scheduler": "linear",
-          "warmup_ratio": args.warmup_ratio, "max_seq_len": args.max_seq_len, "lora_rank": args.lora_rank,
-          "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout}
-    if dpo_targets(args) != DPO_RECIPE["targets"].split(","):
-        hp["target_modules"] = dpo_targets(args)
-    return hp
+    return {**lora_hyperparameters(args, DPO_RECIPE), "beta": args.beta}
 
 
 def answers(client, model, cases):
@@ -86,12 +80,12 @@ def main():
     add_service_flags(parser)
     args = parser.parse_args()
 
-    train_path, valid_path = dpo_paths(args.assets)
-    train, valid = read_pairs(train_path, args.limit), read_pairs(valid_path, args.limit)
+    train_path, valid_path = sarcasm_paths(args.assets, "dpo")
+    train, valid = read_jsonl(train_path, args.limit), read_jsonl(valid_path, args.limit)
     upload_dir = tempfile.mkdtemp(prefix="temper-bench-upload-")
     train_path, valid_path = os.path.join(upload_dir, "train.jsonl"), os.path.join(upload_dir, "valid.jsonl")
-    write_pairs(train_path, train)
-    write_pairs(valid_path, valid)
+    write_jsonl(train_path, train)
+    write_jsonl(valid_path, valid)
     cases = answer_cases(valid, args.gen_prompts)
     expected = [answer for _, answer in cases]
 

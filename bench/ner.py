@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 
-from common import emit
+from common import emit, encoder_hyperparameters
 from ner_common import (NER_RECIPE, add_ner_flags, label_list, ner_recipe_of, read_tagged, score, tags_from_entities,
                         wnut_paths, words_as_text, write_tagged)
 from task_driver import Service, add_service_flags, fine_tune, training_timing
@@ -58,11 +58,8 @@ def main():
 
     service, succeeded = Service(args), False
     try:
-        hyperparameters = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                           "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio,
-                           "max_seq_len": args.max_seq_len}
         job = fine_tune(service.client, NER_RECIPE["model"], train_path, valid_path, args.seed,
-                        {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+                        {"type": "supervised", "supervised": {"hyperparameters": encoder_hyperparameters(args)}},
                         ("wnut16_train.jsonl", "wnut16_valid.jsonl"))
         shutil.rmtree(upload_dir, ignore_errors=True)
         _, _, timing = training_timing(service.client, job, len(train), args.epochs, args.batch_size)

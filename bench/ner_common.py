@@ -8,8 +8,7 @@ into no sub-word, or one cut off by max_seq_len). The gold sequence is always th
 tweet. Entity-level precision/recall/F1 are seqeval's defaults (IOB2, exact span match,
 micro average over entity types); token accuracy is over all words.
 """
-import json
-import os
+from common import add_recipe_flags, data_paths, read_jsonl, recipe_of, write_jsonl
 
 NER_RECIPE = {
     "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -20,49 +19,29 @@ NER_RECIPE = {
     "weight_decay": 0.01,
     "warmup_ratio": 0.1,
     "seed": 42,
+    "label_all_tokens": False,  # not a flag: temper's default, and the reference labels first sub-words only
 }
 
 
 def add_ner_flags(parser):
-    parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh destination")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="use only the first N train and first N validation tweets (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=NER_RECIPE["epochs"])
-    parser.add_argument("--lr", type=float, default=NER_RECIPE["learning_rate"])
-    parser.add_argument("--batch-size", type=int, default=NER_RECIPE["batch_size"])
-    parser.add_argument("--max-seq-len", type=int, default=NER_RECIPE["max_seq_len"])
-    parser.add_argument("--weight-decay", type=float, default=NER_RECIPE["weight_decay"])
-    parser.add_argument("--warmup-ratio", type=float, default=NER_RECIPE["warmup_ratio"])
-    parser.add_argument("--seed", type=int, default=NER_RECIPE["seed"])
+    add_recipe_flags(parser, NER_RECIPE)
 
 
 def ner_recipe_of(args):
-    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "weight_decay": args.weight_decay,
-            "warmup_ratio": args.warmup_ratio, "seed": args.seed, "label_all_tokens": False}
+    return recipe_of(args, NER_RECIPE)
 
 
 def wnut_paths(assets):
-    data_dir = os.path.join(assets, "data", "wnut16")
-    paths = (os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "valid.jsonl"))
-    for path in paths:
-        if not os.path.exists(path):
-            raise SystemExit(f"{path} missing: run scripts/fetch-assets.sh {assets}")
-    return paths
+    return data_paths(assets, "wnut16", ("train.jsonl", "valid.jsonl"))
 
 
 def read_tagged(path, limit=0):
     """[(tokens, tags)] of a {"tokens", "tags"} JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    rows = rows[:limit] if limit else rows
-    return [(row["tokens"], row["tags"]) for row in rows]
+    return [(row["tokens"], row["tags"]) for row in read_jsonl(path, limit)]
 
 
 def write_tagged(path, sentences):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for tokens, tags in sentences:
-            f.write(json.dumps({"tokens": tokens, "tags": tags}, ensure_ascii=False) + "\n")
+    write_jsonl(path, ({"tokens": tokens, "tags": tags} for tokens, tags in sentences))
 
 
 def label_list(train, valid):

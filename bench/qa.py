@@ -11,8 +11,8 @@ line with the reference's keys.
 Flow: files.create(train.jsonl), files.create(valid.jsonl) (SQuAD-layout lines: temper detects
 extractive QA from the data); fine_tuning.jobs.create(model=MiniLM-L6, validation_file, seed,
 method.supervised.hyperparameters = n_epochs, batch_size and temper's learning_rate,
-weight_decay, warmup_ratio, max_seq_len, doc_stride, max_answer_length); poll to a terminal
-state. Then the validation questions go to /v1/question_answering as
+weight_decay, warmup_ratio, max_seq_len, and doc_stride / max_answer_length when they are not
+temper's defaults 128 / 30); poll to a terminal state. Then the validation questions go to /v1/question_answering as
 `{"model", "input": [{"question", "context"}, ...]}`, 16 a request; the `answer` of each row
 (empty when temper says unanswerable) is the prediction. Timing from the job's events
 (bench/task_driver.py): temper's batches are of windows, so `train_features_per_s` is the
@@ -26,9 +26,23 @@ import shutil
 import tempfile
 import time
 
-from common import emit
-from qa_common import QA_RECIPE, add_qa_flags, disfl_qa_paths, qa_recipe_of, read_squad, squad_v2_scores, write_squad
+from common import emit, encoder_hyperparameters, read_jsonl, write_jsonl
+from qa_common import QA_RECIPE, add_qa_flags, disfl_qa_paths, qa_recipe_of, squad_v2_scores
 from task_driver import Service, add_service_flags, fine_tune, training_timing
+
+# temper's own defaults for the QA window knobs: the driver sends a knob only when the recipe
+# differs from it, so a temper that predates the knobs runs the default recipe, and one that
+# lacks them refuses a non-default value instead of training with another one.
+TEMPER_QA_DEFAULTS = {"doc_stride": 128, "max_answer_length": 30}
+
+
+def hyperparameters_of(args):
+    """method.supervised.hyperparameters: the encoder keys, plus doc_stride and
+    max_answer_length when they are not temper's defaults."""
+    hp = encoder_hyperparameters(args)
+    hp.update({key: getattr(args, key) for key, default in TEMPER_QA_DEFAULTS.items()
+               if getattr(args, key) != default})
+    return hp
 
 
 def answer(service, model, rows, batch=16):
@@ -53,20 +67,16 @@ def main():
     args = parser.parse_args()
 
     train_path, valid_path = disfl_qa_paths(args.assets)
-    train, valid = read_squad(train_path, args.limit), read_squad(valid_path, args.limit)
+    train, valid = read_jsonl(train_path, args.limit), read_jsonl(valid_path, args.limit)
     upload_dir = tempfile.mkdtemp(prefix="temper-bench-upload-")
     train_path, valid_path = os.path.join(upload_dir, "train.jsonl"), os.path.join(upload_dir, "valid.jsonl")
-    write_squad(train_path, train)
-    write_squad(valid_path, valid)
+    write_jsonl(train_path, train)
+    write_jsonl(valid_path, valid)
 
     service, succeeded = Service(args), False
     try:
-        hyperparameters = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                           "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio,
-                           "max_seq_len": args.max_seq_len, "doc_stride": args.doc_stride,
-                           "max_answer_length": args.max_answer_length}
         job = fine_tune(service.client, QA_RECIPE["model"], train_path, valid_path, args.seed,
-                        {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+                        {"type": "supervised", "supervised": {"hyperparameters": hyperparameters_of(args)}},
                         ("disfl_qa_train.jsonl", "disfl_qa_valid.jsonl"))
         shutil.rmtree(upload_dir, ignore_errors=True)
         _, _, timing = training_timing(service.client, job, len(train), args.epochs, args.batch_size)

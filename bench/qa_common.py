@@ -8,10 +8,10 @@ reported in percent as that script prints it: `exact`, `f1`, `total`, and the `H
 `NoAns_*` splits. No null-score threshold search: a prediction is what each side answered.
 """
 import collections
-import json
-import os
 import re
 import string
+
+from common import add_recipe_flags, data_paths, recipe_of
 
 QA_RECIPE = {
     "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -28,47 +28,15 @@ QA_RECIPE = {
 
 
 def add_qa_flags(parser):
-    parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh destination")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="use only the first N train and first N validation questions (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=QA_RECIPE["epochs"])
-    parser.add_argument("--lr", type=float, default=QA_RECIPE["learning_rate"])
-    parser.add_argument("--batch-size", type=int, default=QA_RECIPE["batch_size"])
-    parser.add_argument("--max-seq-len", type=int, default=QA_RECIPE["max_seq_len"])
-    parser.add_argument("--doc-stride", type=int, default=QA_RECIPE["doc_stride"])
-    parser.add_argument("--max-answer-length", type=int, default=QA_RECIPE["max_answer_length"])
-    parser.add_argument("--weight-decay", type=float, default=QA_RECIPE["weight_decay"])
-    parser.add_argument("--warmup-ratio", type=float, default=QA_RECIPE["warmup_ratio"])
-    parser.add_argument("--seed", type=int, default=QA_RECIPE["seed"])
+    add_recipe_flags(parser, QA_RECIPE)
 
 
 def qa_recipe_of(args):
-    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "doc_stride": args.doc_stride,
-            "max_answer_length": args.max_answer_length, "weight_decay": args.weight_decay,
-            "warmup_ratio": args.warmup_ratio, "seed": args.seed}
+    return recipe_of(args, QA_RECIPE)
 
 
 def disfl_qa_paths(assets):
-    data_dir = os.path.join(assets, "data", "disfl_qa")
-    paths = (os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "valid.jsonl"))
-    for path in paths:
-        if not os.path.exists(path):
-            raise SystemExit(f"{path} missing: run scripts/fetch-assets.sh {assets}")
-    return paths
-
-
-def read_squad(path, limit=0):
-    """The rows of a SQuAD-layout JSONL file ({"id", "question", "context", "answers"})."""
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return rows[:limit] if limit else rows
-
-
-def write_squad(path, rows):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return data_paths(assets, "disfl_qa", ("train.jsonl", "valid.jsonl"))
 
 
 # --- the official SQuAD v2.0 evaluation (evaluate-v2.0.py), unchanged in substance ---

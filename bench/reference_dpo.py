@@ -37,14 +37,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 
 import torch
 
-from common import emit, peak_rss_mb_self
-from dpo_common import (DPO_RECIPE, add_dpo_flags, answer_accuracy, answer_cases, dpo_paths, dpo_recipe_of,
-                        dpo_targets, read_pairs)
+from common import emit, peak_rss_mb_self, read_jsonl, targets_of
+from dpo_common import DPO_RECIPE, add_dpo_flags, answer_cases, dpo_recipe_of
+from sft_common import answer_accuracy, sarcasm_paths
 from reference_classification import WallClock
 from reference_sft import generate
 
@@ -85,8 +84,8 @@ def main():
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    train_path, valid_path = dpo_paths(args.assets)
-    train_rows, valid_rows = read_pairs(train_path, args.limit), read_pairs(valid_path, args.limit)
+    train_path, valid_path = sarcasm_paths(args.assets, "dpo")
+    train_rows, valid_rows = read_jsonl(train_path, args.limit), read_jsonl(valid_path, args.limit)
     models_dir, gguf = os.path.join(args.assets, "models"), DPO_RECIPE["model"] + ".gguf"
     load_before = os.getloadavg()[0]
     with contextlib.redirect_stdout(sys.stderr):
@@ -116,7 +115,7 @@ def main():
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, dataloader_num_workers=0,
         eval_strategy="no", save_strategy="no", logging_steps=1, report_to=[], disable_tqdm=True)
     lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=dpo_targets(args), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets_of(args), bias="none", task_type="CAUSAL_LM")
     clock = WallClock()
     torch.manual_seed(args.seed)
     with contextlib.redirect_stdout(sys.stderr):

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
-from common import emit, peak_rss_mb_self
-from qa_common import QA_RECIPE, add_qa_flags, disfl_qa_paths, qa_recipe_of, read_squad, squad_v2_scores
+from common import emit, peak_rss_mb_self, read_jsonl
+from qa_common import QA_RECIPE, add_qa_flags, disfl_qa_paths, qa_recipe_of, squad_v2_scores
 from reference_classification import TimedTrainer, WallClock
 from reference_ner import Encoded
 
@@ -123,7 +123,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     train_path, valid_path = disfl_qa_paths(args.assets)
-    train, valid = read_squad(train_path, args.limit), read_squad(valid_path, args.limit)
+    train, valid = read_jsonl(train_path, args.limit), read_jsonl(valid_path, args.limit)
     model_dir = os.path.join(args.assets, "models", QA_RECIPE["model"])
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

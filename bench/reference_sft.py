@@ -51,9 +51,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from common import emit, peak_rss_mb_self
-from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, long_generation_fields, long_messages, add_sft_flags, answer_accuracy, generation_cases, read_chat,
-                        sarcasm_paths, sft_recipe_of, targets_of)
+from common import emit, peak_rss_mb_self, targets_of
+from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, add_sft_flags, answer_accuracy,
+                        generation_cases, long_generation_fields, long_messages, read_chat, sarcasm_paths,
+                        sft_recipe_of)
 
 
 def assistant_spans(tokenizer, messages):

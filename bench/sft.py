@@ -58,21 +58,16 @@ from openai import OpenAI
 
 from classification import TERMINAL, peak_rss_mb, start_server
 from common import emit
-from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, long_generation_fields, long_messages, add_sft_flags, answer_accuracy, generation_cases, read_chat,
-                        sarcasm_paths, sft_recipe_of, targets_of, write_chat)
+from sft_common import (LONG_MAX_TOKENS, SFT_RECIPE, WARMUP_MESSAGES, add_sft_flags, answer_accuracy,
+                        generation_cases, long_generation_fields, long_messages, lora_hyperparameters, read_chat,
+                        sarcasm_paths, sft_recipe_of, write_chat)
 
 VALID_KEYS = ("full_valid_loss", "valid_loss")
 
 
 def hyperparameters_of(args):
     """method.supervised.hyperparameters: OpenAI's keys plus temper's extra ones."""
-    hp = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate_multiplier": "auto",
-          "learning_rate": args.lr, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
-          "lora_dropout": args.lora_dropout, "max_seq_len": args.max_seq_len, "lr_scheduler": "linear",
-          "warmup_ratio": args.warmup_ratio}
-    if targets_of(args) != SFT_RECIPE["targets"].split(","):
-        hp["target_modules"] = targets_of(args)
-    return hp
+    return lora_hyperparameters(args, SFT_RECIPE)
 
 
 def metric_events(events):

@@ -1,7 +1,8 @@
 """Shared pieces of the chat SFT benchmark (bench/sft.py and bench/reference_sft.py): the
-recipe and its flags, the data, the generation prompts and the answer scoring."""
-import json
-import os
+recipe and its flags, the data, the generation prompts and the answer scoring; the LoRA
+recipe, hyperparameters, data and answer scoring are shared with the DPO benchmark
+(bench/dpo_common.py)."""
+from common import add_recipe_flags, data_paths, read_jsonl, recipe_of, targets_of, write_jsonl
 
 # One recipe for both sides (flags override it). temper's defaults for decoders are the same
 # LoRA numbers; max_grad_norm 1.0, weight decay 0 and AdamW (0.9, 0.999, 1e-8) are temper's
@@ -26,60 +27,45 @@ SFT_RECIPE = {
 }
 
 
+# The recipe keys of the LLM benchmarks that are fixed, not flags (temper's and the reference's
+# fixed choices, echoed in the JSON line).
+LLM_FIXED = ("lr_scheduler", "weight_decay", "max_grad_norm")
+
+
 def add_sft_flags(parser):
-    parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh --llm destination")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="use only the first N train and first N validation examples (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=SFT_RECIPE["epochs"])
-    parser.add_argument("--lr", type=float, default=SFT_RECIPE["learning_rate"])
-    parser.add_argument("--warmup-ratio", type=float, default=SFT_RECIPE["warmup_ratio"])
-    parser.add_argument("--batch-size", type=int, default=SFT_RECIPE["batch_size"])
-    parser.add_argument("--max-seq-len", type=int, default=SFT_RECIPE["max_seq_len"])
-    parser.add_argument("--lora-rank", type=int, default=SFT_RECIPE["lora_rank"])
-    parser.add_argument("--lora-alpha", type=float, default=SFT_RECIPE["lora_alpha"])
-    parser.add_argument("--lora-dropout", type=float, default=SFT_RECIPE["lora_dropout"])
-    parser.add_argument("--targets", default=SFT_RECIPE["targets"],
-                        help="LoRA target modules, PEFT names, comma-separated (e.g. q_proj,v_proj)")
-    parser.add_argument("--seed", type=int, default=SFT_RECIPE["seed"])
-    parser.add_argument("--gen-prompts", type=int, default=SFT_RECIPE["gen_prompts"],
-                        help="validation prompts answered by greedy generation after training")
-    parser.add_argument("--max-new-tokens", type=int, default=SFT_RECIPE["max_new_tokens"])
-
-
-def targets_of(args):
-    return [t.strip() for t in args.targets.split(",") if t.strip()]
+    add_recipe_flags(parser, SFT_RECIPE, LLM_FIXED)
 
 
 def sft_recipe_of(args):
     """The recipe actually used, echoed in the JSON line."""
-    return {"epochs": args.epochs, "learning_rate": args.lr, "lr_scheduler": "linear",
-            "warmup_ratio": args.warmup_ratio, "batch_size": args.batch_size, "max_seq_len": args.max_seq_len,
-            "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
-            "target_modules": targets_of(args), "weight_decay": SFT_RECIPE["weight_decay"],
-            "max_grad_norm": SFT_RECIPE["max_grad_norm"], "seed": args.seed,
-            "gen_prompts": args.gen_prompts, "max_new_tokens": args.max_new_tokens}
+    return recipe_of(args, SFT_RECIPE)
 
 
-def sarcasm_paths(assets):
-    data_dir = os.path.join(assets, "data", "sarcasm")
-    paths = (os.path.join(data_dir, "chat_train.jsonl"), os.path.join(data_dir, "chat_valid.jsonl"))
-    for path in paths:
-        if not os.path.exists(path):
-            raise SystemExit(f"{path} missing: run scripts/fetch-assets.sh {assets} --llm")
-    return paths
+def lora_hyperparameters(args, recipe):
+    """temper's hyperparameters shared by the LoRA jobs of the SFT and DPO benchmarks (OpenAI's
+    n_epochs, batch_size and learning_rate_multiplier "auto", plus temper's own keys);
+    target_modules only when --targets is not the recipe's (temper's default)."""
+    hp = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate_multiplier": "auto",
+          "learning_rate": args.lr, "lr_scheduler": recipe["lr_scheduler"], "warmup_ratio": args.warmup_ratio,
+          "max_seq_len": args.max_seq_len, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+          "lora_dropout": args.lora_dropout}
+    if targets_of(args) != recipe["targets"].split(","):
+        hp["target_modules"] = targets_of(args)
+    return hp
+
+
+def sarcasm_paths(assets, kind="chat"):
+    """assets/data/sarcasm/<kind>_{train,valid}.jsonl (kind "chat" or "dpo")."""
+    return data_paths(assets, "sarcasm", (f"{kind}_train.jsonl", f"{kind}_valid.jsonl"), " --llm")
 
 
 def read_chat(path, limit=0):
     """The `messages` lists of an OpenAI chat fine-tuning JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line)["messages"] for line in f if line.strip()]
-    return rows[:limit] if limit else rows
+    return [row["messages"] for row in read_jsonl(path, limit)]
 
 
 def write_chat(path, conversations):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for messages in conversations:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    write_jsonl(path, ({"messages": messages} for messages in conversations))
 
 
 def generation_cases(valid, n):

@@ -15,8 +15,16 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scripts"))
 
+import argparse  # noqa: E402
+
 import make_splits  # noqa: E402
+import qa  # noqa: E402
+from common import add_recipe_flags, recipe_of  # noqa: E402
 from compare import compare  # noqa: E402
+from dpo import hyperparameters_of as dpo_hyperparameters  # noqa: E402
+from dpo_common import DPO_RECIPE, add_dpo_flags, dpo_recipe_of  # noqa: E402
+from sft import hyperparameters_of as sft_hyperparameters  # noqa: E402
+from sft_common import add_sft_flags  # noqa: E402
 from ner_common import score, tags_from_entities, words_as_text  # noqa: E402
 from qa_common import compute_f1, squad_v2_scores  # noqa: E402
 from task_driver import has_validation, pure_training_pace, validation_value  # noqa: E402
@@ -104,14 +112,58 @@ class Pace(unittest.TestCase):
         self.assertFalse(has_validation({"train_loss": 0.1, "valid_loss": None}))
 
 
+def parse(add_flags, *argv):
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return parser.parse_args(argv)
+
+
+class Recipes(unittest.TestCase):
+    def test_flags_default_to_the_recipe_and_fixed_keys_have_none(self):
+        recipe = {"model": "m", "epochs": 3, "learning_rate": 1e-3, "weight_decay": 0.5, "targets": "a, b"}
+        args = parse(lambda p: add_recipe_flags(p, recipe, fixed=("weight_decay",)), "--lr", "0.25")
+        self.assertEqual((args.epochs, args.lr, args.limit), (3, 0.25, 0))
+        self.assertFalse(hasattr(args, "weight_decay"))
+        self.assertEqual(recipe_of(args, recipe),
+                         {"epochs": 3, "learning_rate": 0.25, "weight_decay": 0.5, "target_modules": ["a", "b"]})
+
+    def test_dpo_shares_the_sft_lora_recipe_with_its_own_lr_and_beta(self):
+        used = dpo_recipe_of(parse(add_dpo_flags))
+        self.assertEqual((used["learning_rate"], used["beta"], used["gen_prompts"]), (5e-5, 0.1, 50))
+        self.assertEqual((used["lora_rank"], used["lora_alpha"], used["batch_size"], used["max_grad_norm"]),
+                         (8, 16, 4, 1.0))
+        self.assertNotIn("max_new_tokens", used)
+        self.assertFalse(hasattr(parse(add_dpo_flags), "max_new_tokens"))
+
+    def test_lora_jobs_send_the_same_hyperparameters(self):
+        lora = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": "auto", "lr_scheduler": "linear",
+                "warmup_ratio": 0.0, "max_seq_len": 256, "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+        self.assertEqual(sft_hyperparameters(parse(add_sft_flags)), {**lora, "learning_rate": 2e-4})
+        self.assertEqual(dpo_hyperparameters(parse(add_dpo_flags, "--beta", "0.2")),
+                         {**lora, "learning_rate": DPO_RECIPE["learning_rate"], "beta": 0.2})
+        narrowed = dpo_hyperparameters(parse(add_dpo_flags, "--targets", "q_proj,v_proj"))
+        self.assertEqual(narrowed["target_modules"], ["q_proj", "v_proj"])
+
+    def test_qa_window_knobs_are_sent_only_when_not_temper_defaults(self):
+        encoder = {"n_epochs": 2, "batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01,
+                   "warmup_ratio": 0.1, "max_seq_len": 384}
+        self.assertEqual(qa.hyperparameters_of(parse(qa.add_qa_flags)), encoder)
+        self.assertEqual(qa.hyperparameters_of(parse(qa.add_qa_flags, "--doc-stride", "64")),
+                         {**encoder, "doc_stride": 64})
+        self.assertEqual(qa.hyperparameters_of(parse(qa.add_qa_flags, "--max-answer-length", "20")),
+                         {**encoder, "max_answer_length": 20})
+
+
 class Comparison(unittest.TestCase):
     def test_ratios_deltas_and_quality(self):
         temper = {"train_tokens_per_s": 300.0, "train_samples_per_s": 6.0, "peak_rss_mb": 1000.0,
-                  "valid_loss_after": 0.4, "valid_reward_accuracy_after": 0.8}
+                  "valid_loss_after": 0.4, "valid_reward_accuracy_before": 0.0, "valid_reward_accuracy_after": 0.8}
         reference = {"train_tokens_per_s": 100.0, "train_samples_per_s": 2.0, "peak_rss_mb": 2000.0,
-                     "valid_loss_after": 0.5, "valid_reward_accuracy_after": 0.8}
+                     "valid_loss_after": 0.5, "valid_reward_accuracy_before": 0.0, "valid_reward_accuracy_after": 0.8}
         line = compare("dpo", temper, reference)
-        self.assertEqual((line["train_tokens_per_s_ratio"], line["peak_rss_ratio"]), (3.0, 0.5))
+        self.assertEqual((line["train_tokens_per_s_ratio"], line["train_samples_per_s_ratio"], line["peak_rss_ratio"]),
+                         (3.0, 3.0, 0.5))
+        self.assertEqual(line["valid_reward_accuracy_before_delta"], 0.0)
         self.assertTrue(math.isclose(line["valid_loss_after_delta"], -0.1))
         self.assertTrue(line["quality_no_worse"])
         worse = compare("dpo", dict(temper, valid_reward_accuracy_after=0.7), reference)
