@@ -58,14 +58,23 @@ pub trait EncoderHead: Sized {
     /// The head's linears under transformers' module names, for merged exports.
     fn named_linears(&self) -> Vec<(&'static str, &TrainLinear)>;
 
-    /// The same linears, mutable, for merging adapters.
-    fn linears_mut(&mut self) -> Vec<&mut TrainLinear>;
+    /// Folds adapters on head linears into their weights. Only linears loaded from the
+    /// checkpoint can carry adapters (new head linears train in full), so by default none.
+    fn merge_lora(&mut self) -> Result<(), ZooError> {
+        Ok(())
+    }
 
-    /// PEFT `modules_to_save`: the head modules trained in full in LoRA mode.
-    fn modules_to_save(&self) -> Vec<String>;
+    /// PEFT `modules_to_save`: the head modules trained in full in LoRA mode; by default
+    /// every head linear.
+    fn modules_to_save(&self) -> Vec<String> {
+        let linears = self.named_linears();
+        linears.iter().map(|(name, _)| name.to_string()).collect()
+    }
 
-    /// `config.json` entries after `architectures` (labels, `problem_type`).
-    fn config_entries(labels: &[String]) -> Vec<(&'static str, serde_json::Value)>;
+    /// `config.json` entries after `architectures`; by default the label maps.
+    fn config_entries(labels: &[String]) -> Vec<(&'static str, serde_json::Value)> {
+        label_entries(labels)
+    }
 }
 
 /// The encoder, a task head, and the vars training updates.
@@ -200,9 +209,7 @@ impl<H: EncoderHead> EncoderModel<H> {
     /// Folds every adapter into its base weight; afterwards only the head is trainable.
     pub fn merge_lora(&mut self) -> Result<(), ZooError> {
         self.encoder.merge_lora()?;
-        for linear in self.head.linears_mut() {
-            linear.merge()?;
-        }
+        self.head.merge_lora()?;
         params::drop_adapters(&mut self.vars);
         Ok(())
     }

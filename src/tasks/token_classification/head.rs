@@ -12,7 +12,7 @@ use crate::domain::hyperparams::LoraSettings;
 use crate::train::TrainError;
 use crate::zoo::bert::{dropout, ParamBuilder};
 use crate::zoo::config::{EncoderArch, EncoderConfig};
-use crate::zoo::encoder_head::{check_num_labels, label_entries, new_head_linear};
+use crate::zoo::encoder_head::{check_num_labels, new_head_linear};
 use crate::zoo::{ClassifierSpec, EncodedBatch, EncoderHead, EncoderModel, TrainLinear, ZooError};
 
 /// The token classifier's spec: the same fields as the sequence classifier's (label count,
@@ -90,18 +90,6 @@ impl EncoderHead for TokenHead {
 
     fn named_linears(&self) -> Vec<(&'static str, &TrainLinear)> {
         vec![("classifier", &self.classifier)]
-    }
-
-    fn linears_mut(&mut self) -> Vec<&mut TrainLinear> {
-        vec![&mut self.classifier]
-    }
-
-    fn modules_to_save(&self) -> Vec<String> {
-        vec!["classifier".to_string()]
-    }
-
-    fn config_entries(labels: &[String]) -> Vec<(&'static str, serde_json::Value)> {
-        label_entries(labels)
     }
 }
 
