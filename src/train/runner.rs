@@ -60,6 +60,15 @@ pub(crate) trait TrainTask {
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
     /// Fills the validation metrics of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
+    /// Work before the first step of a run that starts from scratch (not on resume), e.g.
+    /// SFT's validation of the starting model, recorded in `state`.
+    fn before_first_step(
+        &self,
+        _state: &mut TrainState,
+        _observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 pub(crate) enum LoopEnd {
