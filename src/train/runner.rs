@@ -162,6 +162,10 @@ impl<'a> Trainer<'a> {
         params::load_into(&self.vars, &tensors)?;
         self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
         self.state = checkpoint::read_state(&dir)?;
+        // A job that started before the upgrade stored some metrics under older names.
+        for row in &mut self.state.history {
+            row.rename_aliases(self.names);
+        }
         if self.state.step != step || self.optimizer.step_count() != step {
             return Err(TrainError::checkpoint(
                 &dir,

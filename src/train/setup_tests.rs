@@ -15,6 +15,7 @@ use super::setup::{check_loop_settings, is_new_head, run_task, RunSetup};
 use super::{results_csv, Control, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
 use crate::tasks::sequence_classification::tests::Recorder;
+use crate::tasks::sft::SFT_METRICS;
 use crate::zoo::params::NamedVar;
 
 const TOY_METRICS: MetricNames = MetricNames {
@@ -297,4 +298,60 @@ fn loop_settings_below_one_are_refused() {
             "`batch_size` and `n_epochs` must be at least 1"
         );
     }
+}
+
+/// `state.json` of step 1 as the version before named metrics wrote it for an SFT job
+/// (fixed columns: `train_accuracy`, `valid_accuracy`, `valid_f1`, `full_valid_accuracy`).
+const PREVIOUS_VERSION_SFT_STATE: &str = r#"{"step":1,"epoch":1,"batch_in_epoch":0,"best_metric":null,"best_step":1,"evals_without_improvement":0,"history":[{"step":1,"train_loss":2.0,"train_accuracy":0.5,"valid_loss":1.5,"valid_accuracy":0.375,"valid_f1":null,"full_valid_loss":1.625,"full_valid_accuracy":0.25}],"tokens_seen":2,"checkpoints":[{"step":1,"epoch_end":true}],"initial_valid_loss":1.75,"initial_valid_accuracy":0.125}"#;
+
+#[test]
+fn an_sft_job_resumed_from_a_previous_version_checkpoint_reports_its_metrics_under_current_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(None, 3);
+    let mut paused = Recorder::scripted(1, Control::Pause);
+    let first = ToyTask::new();
+    let outcome = run_named(&first, &cfg, dir.path(), &SFT_METRICS, &mut paused).expect("run");
+    assert!(matches!(outcome, TrainOutcome::Stopped { step: 1 }));
+    let step_1 = checkpoint::step_dir(dir.path(), 1);
+    std::fs::write(step_1.join("state.json"), PREVIOUS_VERSION_SFT_STATE).expect("old state");
+
+    let mut resumed = Recorder::default();
+    let outcome = run_named(
+        &ToyTask::new(),
+        &cfg,
+        dir.path(),
+        &SFT_METRICS,
+        &mut resumed,
+    )
+    .expect("resume");
+    let TrainOutcome::Completed(summary) = outcome else {
+        panic!("expected completion, got {outcome:?}");
+    };
+    let step_1_row = summary.results_csv.lines().nth(1).expect("row of step 1");
+    assert_eq!(step_1_row, "1,2,0.5,1.5,0.375,1.625,0.25");
+    // The re-announced checkpoint of step 1 carries the renamed metrics too.
+    let announced = resumed
+        .checkpoints
+        .iter()
+        .find(|c| c.step == 1)
+        .expect("step 1 re-announced");
+    assert_eq!(
+        announced.metrics,
+        json!({
+            "step": 1,
+            "train_loss": 2.0,
+            "train_mean_token_accuracy": 0.5,
+            "valid_loss": 1.5,
+            "valid_mean_token_accuracy": 0.375,
+            "full_valid_loss": 1.625,
+            "full_valid_mean_token_accuracy": 0.25
+        })
+    );
+    // And the checkpoints written after the resume store them under the current names.
+    let state = checkpoint::read_state(&checkpoint::step_dir(dir.path(), 3)).expect("state");
+    assert_eq!(
+        state.history[0].get("full_valid_mean_token_accuracy"),
+        Some(0.25)
+    );
+    assert_eq!(state.history[0].get("full_valid_accuracy"), None);
 }
