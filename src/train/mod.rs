@@ -6,6 +6,8 @@
 //! - `runner.rs`: the task-independent loop (accumulation, clipping, evaluation points,
 //!   best model, early stopping, checkpoints, exact resume, pause/cancel) over a
 //!   `TrainTask` that a task folder under `src/tasks/` implements.
+//! - `setup.rs`: what every task's run does around the loop (best metric, checkpoint
+//!   meta, the new head's learning rate, resume, outcome), written once.
 //! - `data.rs`: seeded per-epoch batch order, sequential batches.
 //! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
 //! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
@@ -29,6 +31,9 @@ pub(crate) mod runner;
 #[cfg(test)]
 mod runner_tests;
 pub mod schedule;
+pub(crate) mod setup;
+#[cfg(test)]
+mod setup_tests;
 pub(crate) mod summary;
 
 pub use error::TrainError;

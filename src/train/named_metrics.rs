@@ -103,6 +103,23 @@ impl MetricsRow {
     pub fn set(&mut self, name: &str, value: f64) {
         self.values.set(name, value);
     }
+
+    /// Moves each value stored under an alias of one of `names`' columns to that column,
+    /// unless the row already holds it. Rows of a job that started before the upgrade keep
+    /// SFT's accuracies under the fixed columns' names (`train_accuracy`, `valid_accuracy`,
+    /// `full_valid_accuracy`): renamed, its results CSV and checkpoint metrics show them.
+    pub fn rename_aliases(&mut self, names: &MetricNames) {
+        let stored: Vec<(String, f64)> = std::mem::take(&mut self.values).0;
+        for (name, value) in &stored {
+            let declared = names.columns().any(|column| column == name);
+            let current = names.resolve(name).filter(|_| !declared);
+            let target = match current {
+                Some(column) if !stored.iter().any(|(n, _)| n == column) => column,
+                _ => name.as_str(),
+            };
+            self.values.set(target, *value);
+        }
+    }
 }
 
 impl Serialize for MetricsRow {
@@ -206,5 +223,46 @@ mod tests {
             vec![("train_loss", 0.5), ("train_accuracy", 0.75)]
         );
         assert!(serde_json::from_str::<MetricsRow>(r#"{"train_loss":0.5}"#).is_err());
+    }
+
+    #[test]
+    fn an_sft_row_of_the_previous_version_is_renamed_to_the_current_columns() {
+        // A history row of an SFT job's `state.json` as the fixed-column version wrote it.
+        let mut row: MetricsRow = serde_json::from_str(
+            r#"{"step":6,"train_loss":1.25,"train_accuracy":0.5,"valid_loss":1.5,"valid_accuracy":0.375,"valid_f1":null,"full_valid_loss":1.625,"full_valid_accuracy":0.25}"#,
+        )
+        .expect("old row");
+        row.rename_aliases(&crate::tasks::sft::SFT_METRICS);
+        assert_eq!(
+            serde_json::to_string(&row).expect("serialize"),
+            r#"{"step":6,"train_loss":1.25,"train_mean_token_accuracy":0.5,"valid_loss":1.5,"valid_mean_token_accuracy":0.375,"full_valid_loss":1.625,"full_valid_mean_token_accuracy":0.25}"#
+        );
+    }
+
+    #[test]
+    fn declared_names_and_names_already_present_are_kept() {
+        let mut row = MetricsRow::new(2);
+        row.set("valid_loss", 0.5);
+        row.set("full_valid_loss", 0.25);
+        row.set("valid_f1", 0.75);
+        row.set("unknown", 1.0);
+        // `full_valid_loss` is an alias of `valid_loss`, which the row already has.
+        row.rename_aliases(&NAMES);
+        assert_eq!(
+            row.values.iter().collect::<Vec<_>>(),
+            vec![
+                ("valid_loss", 0.5),
+                ("full_valid_loss", 0.25),
+                ("valid_f1", 0.75),
+                ("unknown", 1.0)
+            ]
+        );
+        let mut old = MetricsRow::new(3);
+        old.set("full_valid_loss", 0.25);
+        old.rename_aliases(&NAMES);
+        assert_eq!(
+            old.values.iter().collect::<Vec<_>>(),
+            vec![("valid_loss", 0.25)]
+        );
     }
 }

@@ -60,6 +60,15 @@ pub(crate) trait TrainTask {
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
     /// Fills the validation metrics of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
+    /// Work before the first step of a run that starts from scratch (not on resume), e.g.
+    /// SFT's validation of the starting model, recorded in `state`.
+    fn before_first_step(
+        &self,
+        _state: &mut TrainState,
+        _observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 pub(crate) enum LoopEnd {
@@ -153,6 +162,10 @@ impl<'a> Trainer<'a> {
         params::load_into(&self.vars, &tensors)?;
         self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
         self.state = checkpoint::read_state(&dir)?;
+        // A job that started before the upgrade stored some metrics under older names.
+        for row in &mut self.state.history {
+            row.rename_aliases(self.names);
+        }
         if self.state.step != step || self.optimizer.step_count() != step {
             return Err(TrainError::checkpoint(
                 &dir,

@@ -18,15 +18,16 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
+use crate::tasks::sft::{decoder_spec, fit_to_context, lm_spec};
+use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
-use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use crate::train::summary::BestMetric;
+use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{
     results_csv, EventLevel, MetricNames, Metrics, MetricsRow, TrainError, TrainObserver,
     TrainOutcome, TrainSummary,
 };
-use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
+use crate::zoo::decoder::{CausalLm, DecoderConfig};
 
 /// TRL's and OpenAI's names (`rewards/chosen` → `train_rewards_chosen`, …).
 pub const DPO_METRICS: MetricNames = MetricNames {
@@ -76,26 +77,6 @@ pub(crate) struct DpoTask {
     truncated_train: usize,
 }
 
-fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
-    LmSpec {
-        lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
-        quantize: cfg.quantize.clone(),
-    }
-}
-
-fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
-    let quantize = match lm.quantize.as_deref() {
-        None => None,
-        Some(name) => Some(QuantKind::parse(name).ok_or_else(|| {
-            TrainError::InvalidData(format!("`quantize` must be `q4_0` or `q8_0`, got `{name}`"))
-        })?),
-    };
-    Ok(DecoderSpec {
-        lora: lm.lora.clone().filter(|l| l.rank > 0),
-        quantize,
-    })
-}
-
 fn report_truncation(
     split: &str,
     set: &PreparedPairs,
@@ -128,10 +109,10 @@ impl DpoTask {
         observer: &mut dyn TrainObserver,
     ) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        if cfg.batch_size == 0 || cfg.n_epochs == 0 || cfg.max_seq_len < 2 {
+        check_loop_settings(cfg)?;
+        if cfg.max_seq_len < 2 {
             return Err(TrainError::InvalidData(
-                "`batch_size` and `n_epochs` must be at least 1 and `max_seq_len` at least 2"
-                    .into(),
+                "`max_seq_len` must be at least 2".into(),
             ));
         }
         if !(job.beta.is_finite() && job.beta > 0.0) {
@@ -141,19 +122,11 @@ impl DpoTask {
             )));
         }
         let (model_config, _) = DecoderConfig::from_dir(&job.base_model_dir)?;
-        let context = model_config.max_position_embeddings;
-        let max_seq_len = if cfg.max_seq_len > context {
-            observer.on_event(
-                EventLevel::Warn,
-                format!(
-                    "max_seq_len={} is longer than the model's context of {context} tokens (max_position_embeddings); training with max_seq_len={context}",
-                    cfg.max_seq_len
-                ),
-            );
-            context
-        } else {
-            cfg.max_seq_len
-        };
+        let max_seq_len = fit_to_context(
+            cfg.max_seq_len,
+            model_config.max_position_embeddings,
+            observer,
+        );
         let tokenizer =
             PreferenceTokenizer::from_dir(&job.base_model_dir, &model_config.eos_token_ids)?
                 .with_max_prompt_length(cfg.task_options.max_prompt_length);
@@ -252,39 +225,23 @@ impl TrainTask for DpoTask {
 /// in `work_dir` (exact: step, optimizer, data order).
 pub fn run_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
     let task = DpoTask::prepare(job, observer)?;
-    let cfg = &job.config;
-    let best = BestMetric::resolve(
-        cfg.metric_for_best_model.as_deref(),
-        &DPO_METRICS,
-        task.valid.is_some(),
-        observer,
-    );
-    let meta = CheckpointMeta {
-        task: CheckpointTask::CausalLm { lm: lm_spec(cfg) },
-        base_model_dir: job.base_model_dir.clone(),
-        max_seq_len: task.max_seq_len,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(TrainerSetup {
-        config: cfg,
+    let setup = RunSetup {
+        config: &job.config,
         work_dir: &job.work_dir,
         device: &job.device,
-        vars: task.models.policy.trainable_vars(),
-        n_train: task.train.len(),
-        meta,
-        best,
         names: &DPO_METRICS,
-    })?;
-    trainer.resume(observer)?;
-    match trainer.run(&task, observer)? {
-        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
-        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
-            step: trainer.state.step,
-        }),
-        LoopEnd::Finished => Ok(TrainOutcome::Completed(summarize(
-            &trainer, &task, job, observer,
-        )?)),
-    }
+        checkpoint: CheckpointTask::CausalLm {
+            lm: lm_spec(&job.config),
+        },
+        base_model_dir: job.base_model_dir.clone(),
+        max_seq_len: task.max_seq_len,
+        new_head: &[],
+        vars: task.models.policy.trainable_vars(),
+        has_valid: task.valid.is_some(),
+    };
+    run_task(setup, &task, observer, |trainer, observer| {
+        summarize(trainer, &task, job, observer)
+    })
 }
 
 /// Results CSV, checkpoints and a report: pair counts, `beta` and the best checkpoint's

@@ -14,10 +14,10 @@ use super::report::build_summary;
 use super::windows::{QaTokenizer, QaWindow, WindowSettings};
 use crate::domain::dataset::QaExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use crate::train::summary::BestMetric;
+use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
 use crate::zoo::config::EncoderConfig;
 use crate::zoo::TextTokenizer;
@@ -55,45 +55,30 @@ pub fn run_question_answering(
             "the training file has no examples".into(),
         ));
     }
+    check_loop_settings(&job.config)?;
     let task = QaTask::prepare(job)?;
-    let cfg = &job.config;
-    let best = BestMetric::resolve(
-        cfg.metric_for_best_model.as_deref(),
-        &QA_METRICS,
-        task.valid.is_some(),
-        observer,
-    );
-    let meta = CheckpointMeta {
-        task: CheckpointTask::QuestionAnswering {
+    let settings = task.tokenizer.settings();
+    let setup = RunSetup {
+        config: &job.config,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        names: &QA_METRICS,
+        checkpoint: CheckpointTask::QuestionAnswering {
             lora: task.spec.lora.clone(),
-            doc_stride: task.tokenizer.settings().doc_stride,
+            doc_stride: settings.doc_stride,
             max_answer_length: task.answers.max_answer_length,
             allow_no_answer: task.answers.allow_no_answer,
         },
         base_model_dir: job.base_model_dir.clone(),
-        max_seq_len: task.tokenizer.settings().max_seq_len,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(TrainerSetup {
-        config: cfg,
-        work_dir: &job.work_dir,
-        device: &job.device,
+        max_seq_len: settings.max_seq_len,
+        // `qa_outputs` is made from scratch on top of the encoder.
+        new_head: &["qa_outputs."],
         vars: task.model.trainable_vars(),
-        n_train: task.train.len(),
-        meta,
-        best,
-        names: &QA_METRICS,
-    })?;
-    trainer.resume(observer)?;
-    match trainer.run(&task, observer)? {
-        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
-        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
-            step: trainer.state.step,
-        }),
-        LoopEnd::Finished => Ok(TrainOutcome::Completed(build_summary(
-            &trainer, &task, observer,
-        )?)),
-    }
+        has_valid: task.valid.is_some(),
+    };
+    run_task(setup, &task, observer, |trainer, observer| {
+        build_summary(trainer, &task, observer)
+    })
 }
 
 /// The model, the windows of both sets and how to train and evaluate.

@@ -11,10 +11,10 @@ use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
 use super::report::build_summary;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use crate::train::summary::BestMetric;
+use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
 use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
 
@@ -52,55 +52,29 @@ pub fn run_classification(
 ) -> Result<TrainOutcome, TrainError> {
     validate(job)?;
     let task = ClassifyTask::prepare(job)?;
-    let cfg = &job.config;
-    let best = BestMetric::resolve(
-        cfg.metric_for_best_model.as_deref(),
-        &CLASSIFICATION_METRICS,
-        task.valid.is_some(),
-        observer,
-    );
-    let meta = CheckpointMeta {
-        task: CheckpointTask::SequenceClassification {
+    let setup = RunSetup {
+        config: &job.config,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        names: &CLASSIFICATION_METRICS,
+        checkpoint: CheckpointTask::SequenceClassification {
             labels: job.labels.clone(),
             spec: task.spec.clone(),
         },
         base_model_dir: job.base_model_dir.clone(),
-        max_seq_len: cfg.max_seq_len,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(TrainerSetup {
-        config: cfg,
-        work_dir: &job.work_dir,
-        device: &job.device,
+        max_seq_len: job.config.max_seq_len,
+        new_head: &NEW_HEAD,
         vars: task.model.trainable_vars(),
-        n_train: task.train.len(),
-        meta,
-        best,
-        names: &CLASSIFICATION_METRICS,
-    })?;
-    if let Some(head_lr) = cfg.head_learning_rate {
-        let head_scale = head_lr / cfg.learning_rate;
-        trainer.scale_learning_rates(|name| if is_new_head(name) { head_scale } else { 1.0 });
-    }
-    trainer.resume(observer)?;
-    match trainer.run(&task, observer)? {
-        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
-        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
-            step: trainer.state.step,
-        }),
-        LoopEnd::Finished => Ok(TrainOutcome::Completed(build_summary(
-            &trainer, &task, observer,
-        )?)),
-    }
+        has_valid: task.valid.is_some(),
+    };
+    run_task(setup, &task, observer, |trainer, observer| {
+        build_summary(trainer, &task, observer)
+    })
 }
 
 /// The head `SequenceClassifier` makes from scratch on top of the encoder (`classifier`, and
-/// DistilBERT's `pre_classifier`; PEFT's `base_model.model.` prefix under LoRA): what
-/// `TrainingConfig::head_learning_rate` applies to.
-fn is_new_head(name: &str) -> bool {
-    let name = name.strip_prefix("base_model.model.").unwrap_or(name);
-    name.starts_with("classifier.") || name.starts_with("pre_classifier.")
-}
+/// DistilBERT's `pre_classifier`): what `TrainingConfig::head_learning_rate` applies to.
+const NEW_HEAD: [&str; 2] = ["classifier.", "pre_classifier."];
 
 fn validate(job: &ClassificationJob) -> Result<(), TrainError> {
     if job.train.is_empty() {
@@ -114,12 +88,7 @@ fn validate(job: &ClassificationJob) -> Result<(), TrainError> {
             job.labels.len()
         )));
     }
-    if job.config.batch_size == 0 || job.config.n_epochs == 0 {
-        return Err(TrainError::InvalidData(
-            "`batch_size` and `n_epochs` must be at least 1".into(),
-        ));
-    }
-    Ok(())
+    check_loop_settings(&job.config)
 }
 
 /// The classifier, its tokenized data and how to train and evaluate it.

@@ -28,4 +28,6 @@ mod tests_train;
 
 pub use load::{load_lm_checkpoint, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
+/// Shared with DPO, which trains the same causal LMs.
+pub(crate) use run::{decoder_spec, fit_to_context, lm_spec};
 pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};

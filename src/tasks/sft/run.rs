@@ -14,11 +14,12 @@ use serde_json::json;
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
+use crate::train::checkpoint::{CheckpointTask, LmSpec, TrainState};
 use crate::train::data::sequential_batches;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use crate::train::summary::{results_csv, BestMetric};
+use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
+use crate::train::summary::results_csv;
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
 
@@ -72,7 +73,11 @@ pub(crate) struct SftTask<'a> {
 
 /// `max_seq_len` cut to the model's context (`max_position_embeddings`), saying so: positions
 /// past it have no rotary angles, and the default 512 is longer than a small model's context.
-fn fit_to_context(max_seq_len: usize, context: usize, observer: &mut dyn TrainObserver) -> usize {
+pub(crate) fn fit_to_context(
+    max_seq_len: usize,
+    context: usize,
+    observer: &mut dyn TrainObserver,
+) -> usize {
     if max_seq_len <= context {
         return max_seq_len;
     }
@@ -99,7 +104,8 @@ pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
     })
 }
 
-fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
+/// What a causal-LM checkpoint records of the job's LoRA / QLoRA settings.
+pub(crate) fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
     LmSpec {
         lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
         quantize: cfg.quantize.clone(),
@@ -135,10 +141,10 @@ fn report_preparation(
 impl<'a> SftTask<'a> {
     fn prepare(job: &'a SftJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        if cfg.batch_size == 0 || cfg.n_epochs == 0 || cfg.max_seq_len < 2 {
+        check_loop_settings(cfg)?;
+        if cfg.max_seq_len < 2 {
             return Err(TrainError::InvalidData(
-                "`batch_size` and `n_epochs` must be at least 1 and `max_seq_len` at least 2"
-                    .into(),
+                "`max_seq_len` must be at least 2".into(),
             ));
         }
         let (model_config, _) = DecoderConfig::from_dir(&job.base_model_dir)?;
@@ -271,40 +277,16 @@ impl TrainTask for SftTask<'_> {
         }
         Ok(())
     }
-}
 
-/// Fine-tunes a decoder on chat or prompt/completion examples; resumes from the newest
-/// complete checkpoint in `work_dir` (exact: step, optimizer, data order).
-pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
-    let task = SftTask::prepare(job, observer)?;
-    let cfg = &job.config;
-    let best = BestMetric::resolve(
-        cfg.metric_for_best_model.as_deref(),
-        &SFT_METRICS,
-        task.valid.is_some(),
-        observer,
-    );
-    let meta = CheckpointMeta {
-        task: CheckpointTask::CausalLm { lm: lm_spec(cfg) },
-        base_model_dir: job.base_model_dir.clone(),
-        max_seq_len: task.max_seq_len,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(TrainerSetup {
-        config: cfg,
-        work_dir: &job.work_dir,
-        device: &job.device,
-        vars: task.model.trainable_vars(),
-        n_train: task.train.len(),
-        meta,
-        best,
-        names: &SFT_METRICS,
-    })?;
-    trainer.resume(observer)?;
-    if trainer.state.step == 0 {
-        if let Some(before) = task.full_validation()? {
-            trainer.state.initial_valid_loss = Some(before.loss);
-            trainer.state.initial_valid_accuracy = Some(before.accuracy);
+    /// "Validation loss before": the starting model on the whole validation set.
+    fn before_first_step(
+        &self,
+        state: &mut TrainState,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        if let Some(before) = self.full_validation()? {
+            state.initial_valid_loss = Some(before.loss);
+            state.initial_valid_accuracy = Some(before.accuracy);
             observer.on_event(
                 EventLevel::Info,
                 format!(
@@ -313,16 +295,31 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
                 ),
             );
         }
+        Ok(())
     }
-    match trainer.run(&task, observer)? {
-        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
-        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
-            step: trainer.state.step,
-        }),
-        LoopEnd::Finished => Ok(TrainOutcome::Completed(summarize(
-            &trainer, &task, observer,
-        )?)),
-    }
+}
+
+/// Fine-tunes a decoder on chat or prompt/completion examples; resumes from the newest
+/// complete checkpoint in `work_dir` (exact: step, optimizer, data order).
+pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome, TrainError> {
+    let task = SftTask::prepare(job, observer)?;
+    let setup = RunSetup {
+        config: &job.config,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        names: &SFT_METRICS,
+        checkpoint: CheckpointTask::CausalLm {
+            lm: lm_spec(&job.config),
+        },
+        base_model_dir: job.base_model_dir.clone(),
+        max_seq_len: task.max_seq_len,
+        new_head: &[],
+        vars: task.model.trainable_vars(),
+        has_valid: task.valid.is_some(),
+    };
+    run_task(setup, &task, observer, |trainer, observer| {
+        summarize(trainer, &task, observer)
+    })
 }
 
 /// Results CSV, checkpoints and a report: data counts, validation before training and

@@ -13,10 +13,11 @@ use super::evaluate::{evaluate_tags, TagEvaluation, TaggedSet};
 use super::head::{token_cross_entropy, TokenClassifier};
 use crate::domain::dataset::TokenTagsExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::runner::{EvalPoint, LoopEnd, MicroBatch, TrainTask, Trainer, TrainerSetup};
-use crate::train::summary::{results_csv, BestMetric};
+use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
+use crate::train::summary::results_csv;
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::zoo::{ClassifierSpec, TextTokenizer};
 
@@ -63,59 +64,27 @@ pub fn run_token_classification(
             "the training file has no tagged sentences".into(),
         ));
     }
-    if job.config.batch_size == 0 || job.config.n_epochs == 0 {
-        return Err(TrainError::InvalidData(
-            "`batch_size` and `n_epochs` must be at least 1".into(),
-        ));
-    }
+    check_loop_settings(&job.config)?;
     let task = TagTask::prepare(job)?;
-    let cfg = &job.config;
-    let best = BestMetric::resolve(
-        cfg.metric_for_best_model.as_deref(),
-        &TOKEN_CLASSIFICATION_METRICS,
-        task.valid.is_some(),
-        observer,
-    );
-    let meta = CheckpointMeta {
-        task: CheckpointTask::TokenClassification {
+    let setup = RunSetup {
+        config: &job.config,
+        work_dir: &job.work_dir,
+        device: &job.device,
+        names: &TOKEN_CLASSIFICATION_METRICS,
+        checkpoint: CheckpointTask::TokenClassification {
             labels: job.labels.clone(),
             spec: task.spec.clone(),
         },
         base_model_dir: job.base_model_dir.clone(),
-        max_seq_len: cfg.max_seq_len,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(TrainerSetup {
-        config: cfg,
-        work_dir: &job.work_dir,
-        device: &job.device,
+        max_seq_len: job.config.max_seq_len,
+        // The per-token `classifier` is made from scratch on top of the encoder.
+        new_head: &["classifier."],
         vars: task.model.trainable_vars(),
-        n_train: task.train.len(),
-        meta,
-        best,
-        names: &TOKEN_CLASSIFICATION_METRICS,
-    })?;
-    if let Some(head_lr) = cfg.head_learning_rate {
-        let head_scale = head_lr / cfg.learning_rate;
-        trainer.scale_learning_rates(|name| {
-            let name = name.strip_prefix("base_model.model.").unwrap_or(name);
-            if name.starts_with("classifier.") {
-                head_scale
-            } else {
-                1.0
-            }
-        });
-    }
-    trainer.resume(observer)?;
-    match trainer.run(&task, observer)? {
-        LoopEnd::Cancelled => Ok(TrainOutcome::Cancelled),
-        LoopEnd::Stopped => Ok(TrainOutcome::Stopped {
-            step: trainer.state.step,
-        }),
-        LoopEnd::Finished => Ok(TrainOutcome::Completed(build_summary(
-            &trainer, &task, observer,
-        )?)),
-    }
+        has_valid: task.valid.is_some(),
+    };
+    run_task(setup, &task, observer, |trainer, observer| {
+        build_summary(trainer, &task, observer)
+    })
 }
 
 /// The model, its tokenized data and how to train and evaluate it.
