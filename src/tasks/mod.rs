@@ -21,6 +21,7 @@ use crate::train::checkpoint::{self, CheckpointTask};
 use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
+pub mod parity_models;
 pub mod question_answering;
 pub mod sequence_classification;
 pub mod sft;

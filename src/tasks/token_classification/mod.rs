@@ -26,3 +26,7 @@ pub use head::{token_cross_entropy, TokenClassifier, TokenClassifierSpec, TokenL
 pub use metrics::{EntityScores, TagMetrics};
 pub use pipeline::{Aggregation, TokenEntity};
 pub use train::{run_token_classification, TokenClassificationJob, TOKEN_CLASSIFICATION_METRICS};
+
+#[cfg(test)]
+#[path = "fixture_tests.rs"]
+mod fixture_tests;
