@@ -24,6 +24,7 @@ use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
 mod encoder_checkpoint;
+pub mod parity_models;
 pub mod question_answering;
 pub mod sequence_classification;
 pub mod serve;

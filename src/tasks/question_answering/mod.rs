@@ -36,3 +36,7 @@ pub use head::{collate_windows, QaBatch, QaModelSpec, QuestionAnsweringModel, Sp
 pub use metrics::{squad_scores, ScoredQuestion, SplitScores, SquadScores, SquadVersion};
 pub use postprocess::{best_answer, AnswerSettings, QaPrediction, WindowLogits};
 pub use windows::{span_label, QaTokenizer, QaWindow, SpanLabel, WindowSettings};
+
+#[cfg(test)]
+#[path = "fixture_tests.rs"]
+mod fixture_tests;

@@ -30,3 +30,7 @@ pub use metrics::{EntityScores, TagMetrics};
 pub use pipeline::{Aggregation, TokenEntity};
 pub use serve::{TextToTag, TokenTagger};
 pub use train::{run_token_classification, TokenClassificationJob, TOKEN_CLASSIFICATION_METRICS};
+
+#[cfg(test)]
+#[path = "fixture_tests.rs"]
+mod fixture_tests;
