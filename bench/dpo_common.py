@@ -23,3 +23,11 @@ def dpo_recipe_of(args):
 def answer_cases(pairs, n):
     """(prompt messages, preferred answer) of the first n pairs."""
     return [(row["input"]["messages"], row["preferred_output"][0]["content"]) for row in pairs[:n]]
+
+
+def equal_eval_batch(n_pairs, most=16):
+    """The largest evaluation batch of at most `most` pairs that splits n_pairs into equal
+    batches. TRL's DPOTrainer averages each evaluation metric (rewards/accuracies, margins, ...)
+    over batches unweighted, so unequal batches (100 pairs as 6 x 16 + 4) weigh the last pairs
+    more; with equal batches its numbers are means over pairs, as temper's are."""
+    return max(size for size in range(1, most + 1) if n_pairs % size == 0) if n_pairs else 1

@@ -22,7 +22,9 @@ set back: bf16=False (f32 as temper), gradient_checkpointing=False, use_cpu=True
 Measured:
 - `valid_loss_before/after`, `valid_reward_accuracy_before/after`, `valid_reward_margin_*`,
   `valid_rewards_chosen/rejected_*`: DPOTrainer.evaluate() on the validation pairs before and
-  after training (TRL's eval_loss and eval_rewards/*). Before training the policy is the
+  after training (TRL's eval_loss and eval_rewards/*), in equal batches (equal_eval_batch: TRL
+  averages these metrics over batches unweighted, so that makes them means over pairs, as
+  temper's are). Before training the policy is the
   reference, so the loss is ln 2 and every reward 0 (accuracy 0: TRL counts chosen > rejected).
 - `answer_accuracy_before/after`: greedy answers of the base model and of the merged tuned
   model to the first --gen-prompts validation prompts, exact match with the preferred answer.
@@ -42,7 +44,7 @@ import warnings
 import torch
 
 from common import emit, peak_rss_mb_self, read_jsonl, targets_of
-from dpo_common import DPO_RECIPE, add_dpo_flags, answer_cases, dpo_recipe_of
+from dpo_common import DPO_RECIPE, add_dpo_flags, answer_cases, dpo_recipe_of, equal_eval_batch
 from sft_common import answer_accuracy, sarcasm_paths
 from reference_classification import WallClock
 from reference_sft import generate
@@ -107,7 +109,8 @@ def main():
     out_dir = tempfile.mkdtemp(prefix="temper-reference-dpo-")
     config = DPOConfig(
         output_dir=out_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=16, learning_rate=args.lr, lr_scheduler_type="linear",
+        per_device_eval_batch_size=equal_eval_batch(len(valid_rows)),
+        learning_rate=args.lr, lr_scheduler_type="linear",
         warmup_steps=args.warmup_ratio,  # transformers 5: a float below 1 is a ratio
         weight_decay=DPO_RECIPE["weight_decay"], max_grad_norm=DPO_RECIPE["max_grad_norm"],
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, beta=args.beta, loss_type=["sigmoid"],

@@ -22,7 +22,7 @@ import qa  # noqa: E402
 from common import add_recipe_flags, recipe_of  # noqa: E402
 from compare import compare  # noqa: E402
 from dpo import hyperparameters_of as dpo_hyperparameters  # noqa: E402
-from dpo_common import DPO_RECIPE, add_dpo_flags, dpo_recipe_of  # noqa: E402
+from dpo_common import DPO_RECIPE, add_dpo_flags, dpo_recipe_of, equal_eval_batch  # noqa: E402
 from sft import hyperparameters_of as sft_hyperparameters  # noqa: E402
 from sft_common import add_sft_flags  # noqa: E402
 from ner_common import score, tags_from_entities, words_as_text  # noqa: E402
@@ -134,6 +134,10 @@ class Recipes(unittest.TestCase):
                          (8, 16, 4, 1.0))
         self.assertNotIn("max_new_tokens", used)
         self.assertFalse(hasattr(parse(add_dpo_flags), "max_new_tokens"))
+
+    def test_dpo_evaluation_batches_are_equal(self):
+        # 100 pairs as 16s would be 6 x 16 + 4, and TRL averages batch means unweighted.
+        self.assertEqual([equal_eval_batch(n) for n in (100, 96, 97, 12, 0)], [10, 16, 1, 12, 1])
 
     def test_lora_jobs_send_the_same_hyperparameters(self):
         lora = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": "auto", "lr_scheduler": "linear",
