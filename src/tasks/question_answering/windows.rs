@@ -140,8 +140,16 @@ impl QaTokenizer {
             )));
         }
         let encoding = self.encode_pair(question, context)?;
+        // The post-processor gives the context its segment id (1 for BERT) in the first
+        // window only: the overflowing windows keep the id the context was encoded with
+        // (0). transformers' windows all carry the template's id, so copy it over.
+        let context_type_id = encoding
+            .get_sequence_ids()
+            .iter()
+            .position(|sequence| *sequence == Some(1))
+            .and_then(|first| encoding.get_type_ids().get(first).copied());
         let windows = std::iter::once(&encoding).chain(encoding.get_overflowing());
-        Ok(windows.map(|e| self.window(e)).collect())
+        Ok(windows.map(|e| self.window(e, context_type_id)).collect())
     }
 
     /// What `Tokenizer::encode_char_offsets((question, context), true)` with `OnlySecond`
@@ -172,17 +180,27 @@ impl QaTokenizer {
             .map_err(tokenizer_error)
     }
 
-    fn window(&self, encoding: &Encoding) -> QaWindow {
+    fn window(&self, encoding: &Encoding, context_type_id: Option<u32>) -> QaWindow {
         let input_ids = encoding.get_ids().to_vec();
+        let sequence_ids = encoding.get_sequence_ids();
+        let type_ids = encoding
+            .get_type_ids()
+            .iter()
+            .zip(&sequence_ids)
+            .map(|(&type_id, sequence)| match (sequence, context_type_id) {
+                (Some(1), Some(context)) => context,
+                _ => type_id,
+            })
+            .collect();
         // run_qa: the CLS token's index, or 0 for tokenizers without one.
         let cls_index = self
             .cls_id
             .and_then(|cls| input_ids.iter().position(|&id| id == cls))
             .unwrap_or(0);
         QaWindow {
-            type_ids: encoding.get_type_ids().to_vec(),
+            type_ids,
             offsets: encoding.get_offsets().to_vec(),
-            sequence_ids: encoding.get_sequence_ids(),
+            sequence_ids,
             cls_index,
             input_ids,
         }

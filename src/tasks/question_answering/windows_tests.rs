@@ -61,6 +61,13 @@ fn a_long_context_becomes_overlapping_windows_with_offsets_and_segments() {
     let mut type_ids = vec![0; 7];
     type_ids.extend([1; 9]);
     assert_eq!(first.type_ids, type_ids);
+    // Every window's context and final [SEP] carry segment 1, as transformers' windows do
+    // (the post-processor alone gives the overflowing windows segment 0).
+    for window in &windows[1..] {
+        let mut expected = vec![0; 7];
+        expected.resize(window.len(), 1);
+        assert_eq!(window.type_ids, expected);
+    }
     // The question's offsets are in the stripped question ("what" = 0..4).
     assert_eq!(first.offsets[1], (0, 4));
     assert_eq!(first.context_span(1), None);
