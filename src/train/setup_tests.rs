@@ -130,6 +130,7 @@ fn config(head_learning_rate: Option<f64>, n_epochs: usize) -> TrainingConfig {
             target_modules: Vec::new(),
         },
         quantize: None,
+        task_options: Default::default(),
         seed: 5,
     }
 }
