@@ -104,11 +104,6 @@ async fn a_qa_jobs_stride_and_answer_length_reach_its_windows_checkpoint_and_ser
     // Both strides cut this context into 2 windows; the second one starts where the stride
     // says, so the windows differ.
     assert_ne!(windows, auto.windows(QUESTION, CONTEXT).unwrap());
-    assert!(
-        windows.len() > auto_windows,
-        "{} vs {auto_windows}",
-        windows.len()
-    );
 
     // Its answers are at most one token long, as trained.
     let question_of = vec![0; windows.len()];
