@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiJson};
+use super::wire::{required_model, text_inputs, EmptyText};
 use super::AppState;
 use crate::domain::ids::random_base62;
-use crate::domain::model_name::normalize_model_id;
 use crate::infer::ClassPrediction;
 
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/classifications")];
@@ -55,32 +55,8 @@ pub struct Classification {
 }
 
 fn validate(body: ClassifyBody) -> Result<ValidClassify, ApiError> {
-    let model = match body.model {
-        Some(Value::String(model)) => normalize_model_id(&model),
-        _ => String::new(),
-    };
-    if model.is_empty() {
-        return Err(
-            ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
-        );
-    }
-    let bad_input = || {
-        ApiError::bad_request(format!(
-            "`input` must be a string or a list of 1 to {MAX_INPUTS} strings."
-        ))
-        .with_param("input")
-    };
-    let inputs = match body.input {
-        Some(Value::String(text)) => vec![text],
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_INPUTS => items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text),
-                _ => Err(bad_input()),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        _ => return Err(bad_input()),
-    };
+    let model = required_model(body.model.as_ref())?;
+    let inputs = text_inputs(body.input, MAX_INPUTS, EmptyText::Allowed)?;
     Ok(ValidClassify { model, inputs })
 }
 

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, ApiJson};
+use super::wire::required_model;
 use super::AppState;
 use crate::domain::ids::random_base62;
-use crate::domain::model_name::normalize_model_id;
 use crate::infer::{QaPrediction, QaQuestion};
 
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/question_answering")];
@@ -75,15 +75,7 @@ fn pair(object: &Map<String, Value>, at: usize) -> Result<QaQuestion, ApiError> 
 }
 
 fn validate(body: QuestionAnsweringBody) -> Result<ValidQuestions, ApiError> {
-    let model = match &body.model {
-        Some(Value::String(model)) => normalize_model_id(model),
-        _ => String::new(),
-    };
-    if model.is_empty() {
-        return Err(
-            ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
-        );
-    }
+    let model = required_model(body.model.as_ref())?;
     let questions = match (&body.input, &body.question, &body.context) {
         (None, Some(_), _) | (None, _, Some(_)) => vec![QaQuestion {
             question: non_empty_text(body.question.as_ref(), "question")?,

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiJson};
+use super::wire::{required_model, text_inputs, EmptyText};
 use super::AppState;
 use crate::domain::ids::random_base62;
-use crate::domain::model_name::normalize_model_id;
 use crate::infer::{Aggregation, TokenEntity};
 
 pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/token_classifications")];
@@ -72,35 +72,8 @@ pub struct Entity {
 }
 
 fn validate(body: TokenClassificationBody) -> Result<ValidTokenClassification, ApiError> {
-    let model = match &body.model {
-        Some(Value::String(model)) => normalize_model_id(model),
-        _ => String::new(),
-    };
-    if model.is_empty() {
-        return Err(
-            ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
-        );
-    }
-    let bad_input = || {
-        ApiError::bad_request(format!(
-            "`input` must be a non-empty string or a list of 1 to {MAX_INPUTS} non-empty strings."
-        ))
-        .with_param("input")
-    };
-    let inputs = match body.input {
-        Some(Value::String(text)) => vec![text],
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_INPUTS => items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text),
-                _ => Err(bad_input()),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        _ => return Err(bad_input()),
-    };
-    if inputs.iter().any(String::is_empty) {
-        return Err(bad_input());
-    }
+    let model = required_model(body.model.as_ref())?;
+    let inputs = text_inputs(body.input, MAX_INPUTS, EmptyText::Refused)?;
     let aggregation = match body.aggregation {
         None | Some(Value::Null) => Aggregation::default(),
         Some(value) => serde_json::from_value(value).map_err(|_| {

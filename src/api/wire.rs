@@ -3,8 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::ApiError;
+use crate::domain::model_name::normalize_model_id;
 
 /// `{"object":"list","data":[…],"has_more",…,"first_id","last_id"}`. The SDK pages with
 /// `after = data[-1].id`, so `first_id`/`last_id` are informative only.
@@ -96,4 +98,64 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("limit"));
         assert!(page_limit(Some(101), JOBS_PAGE).is_err());
     }
+}
+
+/// The `model` of an inference request, normalised (`normalize_model_id`); a 400 on
+/// `model` when it is missing, not a string or empty.
+pub fn required_model(model: Option<&Value>) -> Result<String, ApiError> {
+    let model = match model {
+        Some(Value::String(model)) => normalize_model_id(model),
+        _ => String::new(),
+    };
+    if model.is_empty() {
+        return Err(
+            ApiError::bad_request("`model` must be a non-empty string.").with_param("model")
+        );
+    }
+    Ok(model)
+}
+
+/// Whether an `input` text may be the empty string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyText {
+    Allowed,
+    Refused,
+}
+
+/// The `input` of a text endpoint: one string or a list of 1 to `max` strings; a 400 on
+/// `input` otherwise.
+pub fn text_inputs(
+    input: Option<Value>,
+    max: usize,
+    empty: EmptyText,
+) -> Result<Vec<String>, ApiError> {
+    let strings = match empty {
+        EmptyText::Allowed => "strings",
+        EmptyText::Refused => "non-empty strings",
+    };
+    let a_string = match empty {
+        EmptyText::Allowed => "a string",
+        EmptyText::Refused => "a non-empty string",
+    };
+    let bad_input = || {
+        ApiError::bad_request(format!(
+            "`input` must be {a_string} or a list of 1 to {max} {strings}."
+        ))
+        .with_param("input")
+    };
+    let inputs = match input {
+        Some(Value::String(text)) => vec![text],
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= max => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(bad_input()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(bad_input()),
+    };
+    if empty == EmptyText::Refused && inputs.iter().any(String::is_empty) {
+        return Err(bad_input());
+    }
+    Ok(inputs)
 }
