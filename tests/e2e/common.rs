@@ -225,6 +225,33 @@ impl TestServer {
         assert_eq!(job["status"], wanted, "{job}");
         job
     }
+
+    /// Creates a job and waits for it to succeed: the finished job and its model's id.
+    pub async fn fine_tune_to_success(&self, body: Value) -> (Value, String) {
+        let job = self.create_job(body).await;
+        let id = job["id"].as_str().expect("id");
+        let done = self.wait_for_status(id, "succeeded").await;
+        let model = done["fine_tuned_model"]
+            .as_str()
+            .expect("model")
+            .to_string();
+        (done, model)
+    }
+
+    /// The `data` of the job's `metrics` events (the first 100 events, newest first).
+    pub async fn metrics_data(&self, job_id: &str) -> Vec<Value> {
+        let (status, events) = self
+            .get(&format!("/v1/fine_tuning/jobs/{job_id}/events?limit=100"))
+            .await;
+        assert_eq!(status, 200, "{events}");
+        events["data"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == "metrics")
+            .map(|e| e["data"].clone())
+            .collect()
+    }
 }
 
 impl Drop for TestServer {

@@ -53,30 +53,15 @@ async fn question_answering_end_to_end() {
         .await;
     let (_, file) = server.get(&format!("/v1/files/{train}")).await;
     assert_eq!(file["status"], "processed", "{file}");
-    let job = server
-        .create_job(json!({
+    let (done, model) = server
+        .fine_tune_to_success(json!({
             "model": BASE_MODEL, "training_file": train, "validation_file": valid, "suffix": "qa",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},
         }))
         .await;
-    let id = job["id"].as_str().expect("id").to_string();
-    let done = server.wait_for_status(&id, "succeeded").await;
-    let model = done["fine_tuned_model"]
-        .as_str()
-        .expect("model")
-        .to_string();
-
-    let (_, events) = server
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await;
-    let metrics: Vec<&Value> = events["data"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["type"] == "metrics")
-        .map(|e| &e["data"])
-        .collect();
+    let id = done["id"].as_str().expect("id").to_string();
+    let metrics = server.metrics_data(&id).await;
     let evaluated = metrics
         .iter()
         .find(|m| m["valid_f1"].is_number())

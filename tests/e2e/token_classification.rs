@@ -53,34 +53,21 @@ async fn token_classification_end_to_end() {
     let server = TestServer::spawn().await;
     let train = server.upload_ok("train.txt", conll(16)).await;
     let valid = server.upload_ok("valid.jsonl", jsonl(4)).await;
-    let job = server
-        .create_job(json!({
+    let (done, model) = server
+        .fine_tune_to_success(json!({
             "model": BASE_MODEL, "training_file": train, "validation_file": valid, "suffix": "ner",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},
         }))
         .await;
-    let id = job["id"].as_str().expect("id").to_string();
-    let done = server.wait_for_status(&id, "succeeded").await;
-    let model = done["fine_tuned_model"]
-        .as_str()
-        .expect("model")
-        .to_string();
-
-    let (_, events) = server
-        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-        .await;
-    let evaluated: Vec<&Value> = events["data"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["type"] == "metrics" && e["data"]["valid_entity_f1"].is_number())
-        .map(|e| &e["data"])
+    let id = done["id"].as_str().expect("id").to_string();
+    let evaluated: Vec<Value> = server
+        .metrics_data(&id)
+        .await
+        .into_iter()
+        .filter(|data| data["valid_entity_f1"].is_number())
         .collect();
-    assert!(
-        !evaluated.is_empty(),
-        "a metrics event with entity F1: {events}"
-    );
+    assert!(!evaluated.is_empty(), "no metrics event has entity F1");
     for name in [
         "valid_entity_precision",
         "valid_entity_recall",
