@@ -232,8 +232,24 @@ pub fn write_parity_models(root: &Path) -> Result<Vec<ParityModel>, ZooError> {
     Ok(models)
 }
 
+/// What loading `model` back needs: the LoRA settings of its adapter (`None` for a merged
+/// directory) and the safetensors file holding its trained weights.
+pub fn exported_weights(
+    root: &Path,
+    model: &ParityModel,
+) -> Result<(Option<LoraSettings>, PathBuf), ZooError> {
+    Ok(match &model.adapter_dir {
+        Some(adapter) => {
+            let adapter = root.join(adapter);
+            let lora = adapter_lora(&adapter)?;
+            (Some(lora), adapter.join("adapter_model.safetensors"))
+        }
+        None => (None, root.join(&model.model_dir).join("model.safetensors")),
+    })
+}
+
 /// The LoRA settings an exported `adapter_config.json` records, to load the adapter back.
-pub fn adapter_lora(adapter_dir: &Path) -> Result<LoraSettings, ZooError> {
+fn adapter_lora(adapter_dir: &Path) -> Result<LoraSettings, ZooError> {
     #[derive(Deserialize)]
     struct AdapterConfig {
         r: usize,

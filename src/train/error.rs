@@ -42,4 +42,28 @@ impl TrainError {
             message: message.into(),
         }
     }
+
+    /// A data error found in the validation file says so; other errors pass unchanged.
+    pub(crate) fn in_validation_file(self) -> Self {
+        match self {
+            Self::InvalidData(message) => Self::InvalidData(format!("Validation file: {message}")),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainError;
+
+    #[test]
+    fn only_data_errors_are_named_as_the_validation_files() {
+        let data = TrainError::InvalidData("Example 3: no assistant message".into());
+        assert_eq!(
+            data.in_validation_file().to_string(),
+            "Validation file: Example 3: no assistant message"
+        );
+        let io = TrainError::Io(std::io::Error::other("disk"));
+        assert_eq!(io.in_validation_file().to_string(), "io error: disk");
+    }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::evaluate::{answers, window_logits};
 use super::{AnswerSettings, QaModelSpec, QaTokenizer, QaWindow, QuestionAnsweringModel};
 use super::{QaPrediction, WindowSettings};
-use crate::tasks::parity_models::{adapter_lora, write_parity_models, ParityModel, ParityTask};
+use crate::tasks::parity_models::{exported_weights, write_parity_models, ParityModel, ParityTask};
 use crate::zoo::TextTokenizer;
 
 const FIXTURE: &str = include_str!("../../../tests/fixtures/qa_tiny.json");
@@ -75,14 +75,7 @@ fn fixture() -> Fixture {
 /// every weight must come from the files), and its tokenizer.
 fn load(root: &Path, model: &ParityModel) -> (QuestionAnsweringModel, TextTokenizer) {
     let model_dir = root.join(&model.model_dir);
-    let (lora, weights) = match &model.adapter_dir {
-        Some(adapter) => {
-            let adapter = root.join(adapter);
-            let lora = adapter_lora(&adapter).expect("adapter config");
-            (Some(lora), adapter.join("adapter_model.safetensors"))
-        }
-        None => (None, model_dir.join("model.safetensors")),
-    };
+    let (lora, weights) = exported_weights(root, model).expect("exported weights");
     let spec = QaModelSpec { lora };
     let qa =
         QuestionAnsweringModel::from_pretrained(&model_dir, &spec, &Device::Cpu, 1).expect("model");

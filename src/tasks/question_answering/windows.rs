@@ -123,11 +123,11 @@ impl QaTokenizer {
     /// `doc_stride` (the tokenizers crate would panic; transformers raises).
     pub fn windows(&self, question: &str, context: &str) -> Result<Vec<QaWindow>, ZooError> {
         let question = question.trim_start();
-        let question_tokens = self
+        let question = self
             .inner
             .encode_char_offsets(question, false)
-            .map_err(|e| ZooError::Tokenizer(e.to_string()))?
-            .len();
+            .map_err(|e| ZooError::Tokenizer(e.to_string()))?;
+        let question_tokens = question.len();
         let budget = self
             .settings
             .max_seq_len
@@ -153,13 +153,10 @@ impl QaTokenizer {
     }
 
     /// What `Tokenizer::encode_char_offsets((question, context), true)` with `OnlySecond`
-    /// truncation computes, minus its early exit (see the module docs).
-    fn encode_pair(&self, question: &str, context: &str) -> Result<Encoding, ZooError> {
+    /// truncation computes, minus its early exit (see the module docs), for a question
+    /// already encoded (`windows` needs its length first).
+    fn encode_pair(&self, question: Encoding, context: &str) -> Result<Encoding, ZooError> {
         let tokenizer_error = |e: tokenizers::Error| ZooError::Tokenizer(e.to_string());
-        let question = self
-            .inner
-            .encode_char_offsets(question, false)
-            .map_err(tokenizer_error)?;
         let context = self
             .inner
             .encode_char_offsets(context, false)

@@ -163,12 +163,9 @@ impl<'a> SftTask<'a> {
         }
         let valid = match &job.valid {
             Some(valid) if !valid.is_empty() => {
-                let set = tokenizer.prepare(valid, max_seq_len).map_err(|e| match e {
-                    TrainError::InvalidData(m) => {
-                        TrainError::InvalidData(format!("Validation file: {m}"))
-                    }
-                    other => other,
-                })?;
+                let set = tokenizer
+                    .prepare(valid, max_seq_len)
+                    .map_err(TrainError::in_validation_file)?;
                 report_preparation("validation", &set, max_seq_len, observer);
                 Some(set.examples).filter(|v| !v.is_empty())
             }

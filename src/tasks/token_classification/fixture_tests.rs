@@ -17,7 +17,7 @@ use super::pipeline::{Aggregation, EntityTagger, TokenEntity};
 use super::{AlignOptions, TagAligner, TokenClassifier, TokenClassifierSpec};
 use crate::domain::dataset::TokenTagsExample;
 use crate::tasks::parity_models::{
-    adapter_lora, write_parity_models, ParityModel, ParityTask, PARITY_LABELS,
+    exported_weights, write_parity_models, ParityModel, ParityTask, PARITY_LABELS,
 };
 use crate::zoo::{collate, TextTokenizer};
 
@@ -85,14 +85,7 @@ fn fixture() -> Fixture {
 /// different seed than the writer's: every weight must come from the files.
 fn load(root: &Path, model: &ParityModel) -> (TokenClassifier, TextTokenizer) {
     let model_dir = root.join(&model.model_dir);
-    let (lora, weights) = match &model.adapter_dir {
-        Some(adapter) => {
-            let adapter = root.join(adapter);
-            let lora = adapter_lora(&adapter).expect("adapter config");
-            (Some(lora), adapter.join("adapter_model.safetensors"))
-        }
-        None => (None, model_dir.join("model.safetensors")),
-    };
+    let (lora, weights) = exported_weights(root, model).expect("exported weights");
     let spec = TokenClassifierSpec {
         num_labels: PARITY_LABELS.len(),
         lora,
