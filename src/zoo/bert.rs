@@ -1,8 +1,9 @@
 //! The differentiable BERT-family encoder (BERT, MiniLM, DistilBERT) and its loader.
 //!
-//! Only ops with a backward: LayerNorm from primitive ops in f32, composed
-//! `candle_nn::ops::softmax`, explicit batched attention `[B, H, T, d]` with an additive
-//! padding mask, `gelu_erf`, and `candle_nn::ops::dropout` in train mode only.
+//! Only ops with a backward: LayerNorm and `gelu_erf` (fused on CPU, composed elsewhere),
+//! batched attention `[B, H, T, d]` with an additive padding mask (`attention.rs`: one op
+//! that recomputes its probabilities in the backward on CPU), and `candle_nn::ops::dropout`
+//! in train mode only.
 
 use candle_core::{DType, Tensor, D};
 use std::collections::HashMap;
@@ -39,6 +40,11 @@ impl LayerNormW {
         Ok(normed
             .broadcast_mul(self.weight.tensor())?
             .broadcast_add(self.bias.tensor())?)
+    }
+
+    fn freeze(&mut self) {
+        self.weight.freeze();
+        self.bias.freeze();
     }
 }
 
@@ -242,10 +248,14 @@ impl Encoder {
         let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
         let k = split(l.k.forward(x, train)?)?;
         let v = split(l.v.forward(x, train)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let probs = dropout(&probs, self.cfg.attention_dropout, train)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+        let attention_dropout = if train {
+            self.cfg.attention_dropout
+        } else {
+            0.0
+        };
+        let context = super::attention::attention(&q, &k, &v, mask, attention_dropout)?
+            .transpose(1, 2)?
+            .reshape((b * t, h))?;
         let context = context.index_select(&packing.rows, 0)?;
         let mut attn = l.attn_out.forward(&context, train)?;
         if self.cfg.arch == EncoderArch::Bert {
@@ -321,6 +331,33 @@ impl Encoder {
                 &mut l.ffn_out,
             ] {
                 lin.merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges every adapter and freezes every parameter, for inference (see
+    /// [`Param::freeze`]).
+    pub fn freeze(&mut self) -> Result<(), ZooError> {
+        for param in [&mut self.word_emb, &mut self.pos_emb]
+            .into_iter()
+            .chain(self.type_emb.as_mut())
+        {
+            param.freeze();
+        }
+        self.emb_ln.freeze();
+        for l in &mut self.layers {
+            l.attn_ln.freeze();
+            l.out_ln.freeze();
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.attn_out,
+                &mut l.ffn_in,
+                &mut l.ffn_out,
+            ] {
+                lin.freeze()?;
             }
         }
         Ok(())

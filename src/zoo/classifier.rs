@@ -94,6 +94,10 @@ impl EncoderHead for SequenceHead {
         vec![(pre, &self.pre_head), ("classifier", &self.classifier)]
     }
 
+    fn linears_mut(&mut self) -> Vec<&mut TrainLinear> {
+        vec![&mut self.pre_head, &mut self.classifier]
+    }
+
     /// BERT's pooler comes from the checkpoint and may carry an adapter.
     fn merge_lora(&mut self) -> Result<(), ZooError> {
         self.pre_head.merge()

@@ -58,6 +58,9 @@ pub trait EncoderHead: Sized {
     /// The head's linears under transformers' module names, for merged exports.
     fn named_linears(&self) -> Vec<(&'static str, &TrainLinear)>;
 
+    /// The same linears, to freeze them for inference.
+    fn linears_mut(&mut self) -> Vec<&mut TrainLinear>;
+
     /// Folds adapters on head linears into their weights. Only linears loaded from the
     /// checkpoint can carry adapters (new head linears train in full), so by default none.
     fn merge_lora(&mut self) -> Result<(), ZooError> {
@@ -211,6 +214,18 @@ impl<H: EncoderHead> EncoderModel<H> {
         self.encoder.merge_lora()?;
         self.head.merge_lora()?;
         params::drop_adapters(&mut self.vars);
+        Ok(())
+    }
+
+    /// The model for inference only: adapters merged, every parameter a plain tensor, so a
+    /// forward pass records no graph and frees each intermediate as soon as it is used.
+    /// Nothing is trainable afterwards.
+    pub fn freeze_for_inference(&mut self) -> Result<(), ZooError> {
+        self.encoder.freeze()?;
+        for linear in self.head.linears_mut() {
+            linear.freeze()?;
+        }
+        self.vars.clear();
         Ok(())
     }
 

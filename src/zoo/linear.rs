@@ -36,6 +36,14 @@ impl Param {
     pub fn is_trainable(&self) -> bool {
         matches!(self, Param::Trainable(_))
     }
+
+    /// Makes the value a plain tensor with no autograd history. Candle records every op
+    /// that touches a var or a tensor computed from one, so a model served with vars keeps
+    /// each request's whole forward graph alive until the output is dropped.
+    pub fn freeze(&mut self) {
+        let detached = self.tensor().detach();
+        *self = Param::Frozen(detached);
+    }
 }
 
 fn ggml_dtype(kind: QuantKind) -> GgmlDType {
@@ -344,8 +352,21 @@ impl TrainLinear {
     /// A quantized base is dequantized first, so the merged layer is dense f32.
     pub fn merge(&mut self) -> Result<(), ZooError> {
         if let Some(lora) = self.lora.take() {
-            let merged = (self.base_weight()? + lora.delta_weight()?)?;
+            // Detached: the sum of vars would otherwise carry the adapter's graph along.
+            let merged = (self.base_weight()? + lora.delta_weight()?)?.detach();
             self.base = LinearBase::Dense(Param::Frozen(merged));
+        }
+        Ok(())
+    }
+
+    /// Merges any adapter and freezes the weight and bias, for inference.
+    pub fn freeze(&mut self) -> Result<(), ZooError> {
+        self.merge()?;
+        if let LinearBase::Dense(weight) = &mut self.base {
+            weight.freeze();
+        }
+        if let Some(bias) = &mut self.bias {
+            bias.freeze();
         }
         Ok(())
     }

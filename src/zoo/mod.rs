@@ -19,6 +19,7 @@
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
 
+pub mod attention;
 pub mod bert;
 pub mod chat_template;
 pub mod classifier;

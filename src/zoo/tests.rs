@@ -416,3 +416,24 @@ fn distilbert_trains_every_tensor_and_lora_targets_q_and_v() {
     ));
     assert!(names.contains(&"base_model.model.pre_classifier.weight".to_string()));
 }
+
+#[test]
+fn a_model_frozen_for_inference_records_no_graph_and_gives_the_same_logits() {
+    for spec in [full_spec(3), lora_spec(3)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_bert(dir.path(), 6).unwrap();
+        let mut model =
+            SequenceClassifier::from_pretrained(dir.path(), &spec, &Device::Cpu, 7).unwrap();
+        perturb_lora_b(&model);
+        let b = batch(dir.path(), &TEXTS);
+        let trainable = model.forward(&b, false).unwrap();
+        // Ops on vars are recorded: each served request would keep its whole graph alive.
+        assert!(trainable.track_op());
+        model.freeze_for_inference().unwrap();
+        let frozen = model.forward(&b, false).unwrap();
+        assert!(!frozen.track_op());
+        assert!(model.trainable_vars().is_empty());
+        let diff = max_abs_diff(&trainable, &frozen);
+        assert!(diff < 1e-5, "max |Δ| = {diff}");
+    }
+}

@@ -59,7 +59,7 @@ fn load_model(
 /// model's tokenizer with the training windows, the training answer rules.
 pub fn load_qa_server(dir: &Path, device: &Device) -> Result<QaServer, TrainError> {
     let (meta, mut model) = load_model(dir, device)?;
-    model.merge_lora()?;
+    model.freeze_for_inference()?;
     let (_, windows, answers) = qa_settings(&meta, dir)?;
     let text_tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
     let tokenizer = QaTokenizer::new(text_tokenizer.inner(), windows)?;

@@ -111,6 +111,10 @@ impl EncoderHead for QaHead {
         vec![(HEAD, &self.qa_outputs)]
     }
 
+    fn linears_mut(&mut self) -> Vec<&mut TrainLinear> {
+        vec![&mut self.qa_outputs]
+    }
+
     /// transformers' default two labels (the head's outputs); QA data has no label names.
     fn config_entries(_labels: &[String]) -> Vec<(&'static str, serde_json::Value)> {
         vec![

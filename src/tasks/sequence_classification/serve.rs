@@ -112,7 +112,7 @@ impl CheckpointClassifier {
             .map_err(|e| {
             ServeError::failed(format!("loading checkpoint `{}`: {e}", dir.display()))
         })?;
-        model.merge_lora().map_err(ServeError::failed)?;
+        model.freeze_for_inference().map_err(ServeError::failed)?;
         let max_seq_len = max_seq_len
             .min(model.config().max_position_embeddings)
             .max(2);

@@ -91,6 +91,10 @@ impl EncoderHead for TokenHead {
     fn named_linears(&self) -> Vec<(&'static str, &TrainLinear)> {
         vec![("classifier", &self.classifier)]
     }
+
+    fn linears_mut(&mut self) -> Vec<&mut TrainLinear> {
+        vec![&mut self.classifier]
+    }
 }
 
 impl TokenClassifier {

@@ -44,7 +44,7 @@ impl TokenTagger {
     /// embeddings).
     pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
         let mut loaded = load_token_checkpoint(dir, device)?;
-        loaded.model.merge_lora()?;
+        loaded.model.freeze_for_inference()?;
         let max_len = loaded
             .max_seq_len
             .min(loaded.model.config().max_position_embeddings);
