@@ -171,6 +171,34 @@ fn lora_dpo_raises_reward_accuracy_and_keeps_the_lowest_validation_loss() {
 }
 
 #[test]
+fn qlora_dpo_learns_over_a_quantized_base_and_loads_for_serving() {
+    let fx = fixture();
+    let qlora = TrainingConfig {
+        quantize: Some("q4_0".into()),
+        ..config(8, 1e-3, 4)
+    };
+    let job = job(&fx, "qlora", qlora, DEFAULT_BETA);
+    let mut rec = Recorder::default();
+    let summary = completed(run_dpo(&job, &mut rec).expect("train"));
+    assert_eq!(rec.steps.len(), 8);
+    // The reference is the same quantized base with the adapters off: equal at the start.
+    assert!((rec.steps[0].train_loss() - std::f64::consts::LN_2).abs() < 1e-6);
+    let last = rec.steps.last().expect("steps");
+    assert_eq!(last.value("train_reward_accuracy"), Some(1.0), "{last:?}");
+    assert!(last.train_loss() < 0.3, "{last:?}");
+    assert!(last.value("valid_reward_margin").expect("margin") > 0.0);
+    assert_eq!(summary.report["reference"], "policy with adapters disabled");
+    let best = summary.best_checkpoint.clone();
+    let meta = crate::train::checkpoint::read_meta(&best).expect("meta");
+    assert_eq!(
+        meta.lm_spec(&best).expect("lm spec").quantize.as_deref(),
+        Some("q4_0")
+    );
+    // Served like any QLoRA result: the adapters merged over the dequantized base.
+    load_lm_checkpoint(&best, &Device::Cpu).expect("load");
+}
+
+#[test]
 fn full_fine_tuning_dpo_compares_with_a_frozen_copy() {
     let fx = fixture();
     let job = job(&fx, "full", config(0, 1e-3, 1), 0.1);
