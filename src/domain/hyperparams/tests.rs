@@ -1,7 +1,8 @@
 //! Parsing and resolving hyperparameters, `"auto"` on small data included.
 
 use super::*;
-use serde_json::json;
+use crate::domain::task::Task;
+use serde_json::{json, Value};
 
 fn parse(value: Value) -> Result<HyperparamRequest, HyperparamError> {
     HyperparamRequest::parse(value.as_object().expect("test input is an object"))
