@@ -57,7 +57,7 @@ async fn token_classification_end_to_end() {
         .fine_tune_to_success(json!({
             "model": BASE_MODEL, "training_file": train, "validation_file": valid, "suffix": "ner",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},
+                "n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 500}}},
         }))
         .await;
     let id = done["id"].as_str().expect("id").to_string();
@@ -68,6 +68,12 @@ async fn token_classification_end_to_end() {
         .filter(|data| data["valid_entity_f1"].is_number())
         .collect();
     assert!(!evaluated.is_empty(), "no metrics event has entity F1");
+    // 40 steps at 1e-2 (the default 2e-5 × 500) learn the four sentences' tags.
+    let last = evaluated
+        .iter()
+        .max_by_key(|data| data["step"].as_u64())
+        .expect("evaluations");
+    assert_eq!(last["valid_entity_f1"], 1.0, "{last}");
     for name in [
         "valid_entity_precision",
         "valid_entity_recall",
@@ -79,6 +85,17 @@ async fn token_classification_end_to_end() {
     }
 
     let texts = ["we liked the music and the story", "i love the good film"];
+    // (label, word) of each entity per text, as the training tags say.
+    let expected = |aggregation: &str| -> Vec<Vec<(&str, &str)>> {
+        if aggregation == "simple" {
+            vec![vec![("LOC", "music and")], vec![("LOC", "good")]]
+        } else {
+            vec![
+                vec![("B-LOC", "music"), ("I-LOC", "and")],
+                vec![("B-LOC", "good")],
+            ]
+        }
+    };
     for aggregation in ["simple", "none"] {
         let (status, reply) = server
             .post(
@@ -93,6 +110,7 @@ async fn token_classification_end_to_end() {
         assert_eq!(data.len(), 2);
         for (i, (item, text)) in data.iter().zip(texts).enumerate() {
             assert_eq!(item["index"], i);
+            let mut found = Vec::new();
             for entity in item["entities"].as_array().expect("entities") {
                 let label = if aggregation == "simple" {
                     entity["entity_group"].as_str().expect("entity_group")
@@ -104,7 +122,9 @@ async fn token_classification_end_to_end() {
                 assert_eq!(slice(text, entity), entity["word"], "{entity}");
                 let score = entity["score"].as_f64().expect("score");
                 assert!((0.0..=1.0).contains(&score), "{entity}");
+                found.push((label, entity["word"].as_str().expect("word")));
             }
+            assert_eq!(found, expected(aggregation)[i], "{reply}");
         }
     }
     // The default aggregation is `simple`.

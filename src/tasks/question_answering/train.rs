@@ -206,3 +206,7 @@ impl TrainTask for QaTask<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "train_tests.rs"]
+mod tests;

@@ -229,3 +229,7 @@ fn build_summary(
         checkpoints: trainer.saved_checkpoints(),
     })
 }
+
+#[cfg(test)]
+#[path = "train_tests.rs"]
+mod tests;
