@@ -129,7 +129,7 @@ class Recipes(unittest.TestCase):
 
     def test_dpo_shares_the_sft_lora_recipe_with_its_own_lr_and_beta(self):
         used = dpo_recipe_of(parse(add_dpo_flags))
-        self.assertEqual((used["learning_rate"], used["beta"], used["gen_prompts"]), (5e-5, 0.1, 50))
+        self.assertEqual((used["learning_rate"], used["beta"], used["gen_prompts"]), (5e-4, 0.1, 50))
         self.assertEqual((used["lora_rank"], used["lora_alpha"], used["batch_size"], used["max_grad_norm"]),
                          (8, 16, 4, 1.0))
         self.assertNotIn("max_new_tokens", used)

@@ -10,6 +10,8 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
+//! - [`attention`]: the encoder's attention as one op that recomputes its probabilities
+//!   in the backward instead of keeping `[B, H, T, T]` tensors for it.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`encoder_head`]: `EncoderModel<H>`, the encoder plus one task head: loading, vars,
