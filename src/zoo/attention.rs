@@ -105,6 +105,21 @@ impl FusedAttention {
         (self.chunk_floats / (heads * t * t).max(1)).max(1)
     }
 
+    /// This call's dropout multipliers for batch elements `start..start + len`; `None`
+    /// without dropout.
+    fn dropout_mask(
+        &self,
+        elements: (usize, usize),
+        dims: (usize, usize),
+        device: &Device,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if self.dropout > 0.0 {
+            dropout_scale(self.seed, self.dropout, elements, dims, device).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Softmax probabilities (before dropout) for batch elements `start..start + len`.
     fn probs(
         &self,
@@ -127,14 +142,7 @@ impl FusedAttention {
         for start in (0..b).step_by(chunk) {
             let len = chunk.min(b - start);
             let mut probs = self.probs(q, k, start, len)?;
-            if self.dropout > 0.0 {
-                let scale = dropout_scale(
-                    self.seed,
-                    self.dropout,
-                    (start, len),
-                    (heads, t),
-                    q.device(),
-                )?;
+            if let Some(scale) = self.dropout_mask((start, len), (heads, t), q.device())? {
                 probs = probs.mul(&scale)?;
             }
             outputs.push(probs.matmul(&v.narrow(0, start, len)?)?);
@@ -164,19 +172,13 @@ impl FusedAttention {
             let grad_c = grad.narrow(0, start, len)?;
             // d(probs after dropout) = grad·vᵀ; dropout scales it by the same mask.
             let mut d_probs = grad_c.matmul(&v_c.t()?)?;
-            let dropped = if self.dropout > 0.0 {
-                let scale = dropout_scale(
-                    self.seed,
-                    self.dropout,
-                    (start, len),
-                    (heads, t),
-                    q.device(),
-                )?;
-                d_probs = d_probs.mul(&scale)?;
-                probs.mul(&scale)?
-            } else {
-                probs.clone()
-            };
+            let dropped =
+                if let Some(scale) = self.dropout_mask((start, len), (heads, t), q.device())? {
+                    d_probs = d_probs.mul(&scale)?;
+                    probs.mul(&scale)?
+                } else {
+                    probs.clone()
+                };
             dv.push(dropped.t()?.matmul(&grad_c)?);
             // Softmax backward: dS = P ⊙ (dP − Σⱼ dPⱼ·Pⱼ).
             let row_dot = (&d_probs * &probs)?.sum_keepdim(D::Minus1)?;

@@ -111,6 +111,19 @@ struct Layer {
     out_ln: LayerNormW,
 }
 
+impl Layer {
+    fn linears_mut(&mut self) -> [&mut TrainLinear; 6] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.attn_out,
+            &mut self.ffn_in,
+            &mut self.ffn_out,
+        ]
+    }
+}
+
 pub struct Encoder {
     pub cfg: EncoderConfig,
     word_emb: Param,
@@ -322,14 +335,7 @@ impl Encoder {
 
     pub fn merge_lora(&mut self) -> Result<(), ZooError> {
         for l in &mut self.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.attn_out,
-                &mut l.ffn_in,
-                &mut l.ffn_out,
-            ] {
+            for lin in l.linears_mut() {
                 lin.merge()?;
             }
         }
@@ -349,14 +355,7 @@ impl Encoder {
         for l in &mut self.layers {
             l.attn_ln.freeze();
             l.out_ln.freeze();
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.attn_out,
-                &mut l.ffn_in,
-                &mut l.ffn_out,
-            ] {
+            for lin in l.linears_mut() {
                 lin.freeze()?;
             }
         }

@@ -4,9 +4,8 @@
 
 use super::*;
 use crate::domain::dataset::QaAnswer;
-use crate::domain::hyperparams::LrScheduler;
 use crate::tasks::sequence_classification::tests::{
-    completed, config, fixture, pause_then_resume, Fixture, Recorder,
+    completed, config, fixture, pause_then_resume, resumable_config, Fixture, Recorder,
 };
 
 /// Each context holds a place and people; `where` asks for the first, `who` for the
@@ -78,14 +77,7 @@ fn full_fine_tuning_learns_the_answer_span_and_keeps_the_best_f1() {
 #[test]
 fn pause_then_resume_equals_uninterrupted_run() {
     let fx = fixture();
-    let resumable = TrainingConfig {
-        batch_size: 3,
-        gradient_accumulation_steps: 2,
-        eval_steps: Some(2),
-        lr_scheduler: LrScheduler::Cosine,
-        warmup_ratio: 0.2,
-        ..config(4, 5e-3, 3)
-    };
+    let resumable = resumable_config();
     // 8 windows / batch 3 = 3 batches; accumulation 2 → 2 steps per epoch, 6 in all.
     let straight = qa_job(&fx, "straight", resumable.clone());
     let paused = qa_job(&fx, "paused", resumable);

@@ -78,6 +78,19 @@ pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
     }
 }
 
+/// Batch 3, accumulation 2, eval every 2 steps, cosine with warmup, LoRA r 4: every part of
+/// the loop state a resume must restore.
+pub(crate) fn resumable_config() -> TrainingConfig {
+    TrainingConfig {
+        batch_size: 3,
+        gradient_accumulation_steps: 2,
+        eval_steps: Some(2),
+        lr_scheduler: LrScheduler::Cosine,
+        warmup_ratio: 0.2,
+        ..config(4, 5e-3, 3)
+    }
+}
+
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     pub(crate) base: PathBuf,

@@ -4,23 +4,13 @@
 use candle_core::Device;
 
 use super::tests::{
-    completed, config, fixture, job, max_abs_diff, pause_then_resume, toy_examples, Recorder,
+    completed, config, fixture, job, max_abs_diff, pause_then_resume, resumable_config,
+    toy_examples, Recorder,
 };
 use super::*;
-use crate::domain::hyperparams::{LrScheduler, TrainingConfig};
+use crate::domain::hyperparams::TrainingConfig;
 use crate::train::checkpoint;
 use crate::train::{Control, TrainOutcome};
-
-fn resumable_config() -> TrainingConfig {
-    TrainingConfig {
-        batch_size: 3,
-        gradient_accumulation_steps: 2,
-        eval_steps: Some(2),
-        lr_scheduler: LrScheduler::Cosine,
-        warmup_ratio: 0.2,
-        ..config(4, 5e-3, 3)
-    }
-}
 
 #[test]
 fn pause_then_resume_equals_uninterrupted_run() {

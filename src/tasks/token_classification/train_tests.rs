@@ -4,9 +4,9 @@
 use candle_core::Device;
 
 use super::*;
-use crate::domain::hyperparams::{LrScheduler, TrainingConfig};
+use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::sequence_classification::tests::{
-    completed, config, fixture, pause_then_resume, Fixture, Recorder,
+    completed, config, fixture, pause_then_resume, resumable_config, Fixture, Recorder,
 };
 
 /// Every word of the tiny vocabulary is one token. `place` is a location and `people` a
@@ -86,14 +86,7 @@ fn full_fine_tuning_learns_the_entities_and_keeps_the_best_f1() {
 #[test]
 fn pause_then_resume_equals_uninterrupted_run() {
     let fx = fixture();
-    let resumable = TrainingConfig {
-        batch_size: 3,
-        gradient_accumulation_steps: 2,
-        eval_steps: Some(2),
-        lr_scheduler: LrScheduler::Cosine,
-        warmup_ratio: 0.2,
-        ..config(4, 5e-3, 3)
-    };
+    let resumable = resumable_config();
     // 8 sentences / batch 3 = 3 batches; accumulation 2 → 2 steps per epoch, 6 in all.
     let straight = tagging_job(&fx, "straight", resumable.clone());
     let paused = tagging_job(&fx, "paused", resumable);
