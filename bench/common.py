@@ -37,6 +37,12 @@ FLAGS = {
     "seed": ("--seed", int, None),
     "gen_prompts": ("--gen-prompts", int, "validation prompts answered by greedy generation"),
     "max_new_tokens": ("--max-new-tokens", int, None),
+    "image_size": ("--image-size", int, "square input side in pixels (the crop both sides train and predict on)"),
+    "head_hidden": ("--head-hidden", int, "width of the new head's hidden layer (0: one linear layer)"),
+    "head_dropout": ("--head-dropout", float, "dropout between the head's two layers"),
+    "unfreeze_epoch": ("--unfreeze-epoch", int, "epoch (1-based) at whose start the last backbone units unfreeze"),
+    "unfreeze_blocks": ("--unfreeze-blocks", int, "how many of the backbone's last units unfreeze then (0: none)"),
+    "backbone_lr_multiplier": ("--backbone-lr-multiplier", float, "the unfrozen units' lr = lr x this"),
 }
 
 

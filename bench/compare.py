@@ -1,8 +1,8 @@
-"""The comparison line of bench/run_{ner,qa,dpo}.sh: ratios temper ÷ reference for the
+"""The comparison line of bench/run_{ner,qa,dpo,image}.sh: ratios temper ÷ reference for the
 throughput and memory keys, deltas temper − reference for the quality keys, and whether
 temper's quality is no worse than the reference's.
 
-    .venv-bench/bin/python bench/compare.py ner|qa|dpo TEMPER_JSON REFERENCE_JSON
+    .venv-bench/bin/python bench/compare.py ner|qa|dpo|image TEMPER_JSON REFERENCE_JSON
 """
 import json
 import sys
@@ -11,20 +11,23 @@ RATIOS = {
     "ner": ("train_samples_per_s", "predict_samples_per_s", "peak_rss_mb"),
     "qa": ("train_samples_per_s", "train_features_per_s", "predict_samples_per_s", "peak_rss_mb"),
     "dpo": ("train_tokens_per_s", "train_samples_per_s", "peak_rss_mb"),
+    "image": ("train_samples_per_s", "predict_samples_per_s", "peak_rss_mb"),
 }
 DELTAS = {
     "ner": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
     "qa": ("exact", "f1", "HasAns_f1", "NoAns_f1"),
     "dpo": ("valid_loss_before", "valid_loss_after", "valid_reward_accuracy_before", "valid_reward_accuracy_after",
             "valid_reward_margin_after", "answer_accuracy_before", "answer_accuracy_after"),
+    "image": ("accuracy", "f1"),
 }
 # (key, True when higher is better): temper's quality is no worse when every one holds.
 QUALITY = {
     "ner": (("entity_f1", True),),
     "qa": (("exact", True), ("f1", True)),
     "dpo": (("valid_loss_after", False), ("valid_reward_accuracy_after", True)),
+    "image": (("accuracy", True),),
 }
-REFERENCE = {"ner": "transformers", "qa": "transformers", "dpo": "trl+peft"}
+REFERENCE = {"ner": "transformers", "qa": "transformers", "dpo": "trl+peft", "image": "timm"}
 
 
 def compare(task, t, r):

@@ -1,4 +1,4 @@
-"""What the temper-side drivers of the NER, QA and DPO benchmarks share: start (or reach) the
+"""What the temper-side drivers of the NER, QA, DPO and image benchmarks share: start (or reach) the
 service, upload the two files, create the job and wait for it, read its events, and measure
 the pure-training pace from the per-step metrics events as bench/classification.py does.
 
@@ -66,14 +66,16 @@ def add_service_flags(parser):
 
 
 def fine_tune(client, model, train_path, valid_path, seed, method, names):
-    """Uploads both files, creates the job with `method` and waits for it to succeed."""
+    """Uploads both files (only the training file when valid_path is None: a job without
+    validation), creates the job with `method` and waits for it to succeed."""
     with open(train_path, "rb") as f:
         training_file = client.files.create(file=(names[0], f), purpose="fine-tune")
-    with open(valid_path, "rb") as f:
-        validation_file = client.files.create(file=(names[1], f), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=model, training_file=training_file.id,
-                                         validation_file=validation_file.id, seed=seed, suffix="bench",
-                                         method=method)
+    validation = {}
+    if valid_path:
+        with open(valid_path, "rb") as f:
+            validation["validation_file"] = client.files.create(file=(names[1], f), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(model=model, training_file=training_file.id, seed=seed, suffix="bench",
+                                         method=method, **validation)
     print(f"job {job.id} created", file=sys.stderr)
     while job.status not in TERMINAL:
         time.sleep(1)

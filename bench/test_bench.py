@@ -1,6 +1,7 @@
 """Unit tests of the benchmark helpers whose arithmetic the numbers depend on: the split
 builders (answer location, CoNLL parsing, DPO rows), the scoring shared by both sides, the
-pace from events, and the comparison line.
+pace from events, the image recipe (flags, hyperparameters, unfreezing, --limit, data
+config), and the comparison line.
 
     .venv-bench/bin/python -m unittest discover -s bench -p 'test_*.py'
 """
@@ -17,6 +18,7 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 
 import argparse  # noqa: E402
 
+import image_common  # noqa: E402
 import make_splits  # noqa: E402
 import qa  # noqa: E402
 from common import add_recipe_flags, recipe_of  # noqa: E402
@@ -158,6 +160,90 @@ class Recipes(unittest.TestCase):
                          {**encoder, "max_answer_length": 20})
 
 
+class Images(unittest.TestCase):
+    def test_flags_default_to_the_recipe_and_the_fixed_choices_have_none(self):
+        args = parse(image_common.add_image_flags)
+        self.assertEqual((args.epochs, args.lr, args.batch_size, args.seed, args.image_size, args.augment),
+                         (2, 1e-3, 32, 42, 224, True))
+        self.assertEqual((args.head_hidden, args.head_dropout, args.unfreeze_epoch, args.unfreeze_blocks,
+                          args.backbone_lr_multiplier), (256, 0.5, 2, 2, 0.1))
+        self.assertFalse(hasattr(args, "weight_decay") or hasattr(args, "warmup_ratio"))
+        quick = parse(image_common.add_image_flags, "--image-size", "112", "--no-augment", "--limit", "200")
+        self.assertEqual((quick.image_size, quick.augment, quick.limit), (112, False, 200))
+        used = image_common.image_recipe_of(quick)
+        self.assertEqual((used["image_size"], used["augment"], used["optimizer"], used["weight_decay"],
+                          used["lr_scheduler"], used["warmup_ratio"]), (112, False, "adam", 0.0, "constant", 0.0))
+        self.assertNotIn("model", used)
+
+    def test_hyperparameters_carry_the_whole_recipe(self):
+        self.assertEqual(image_common.image_hyperparameters(parse(image_common.add_image_flags)), {
+            "n_epochs": 2, "batch_size": 32, "learning_rate_multiplier": "auto", "learning_rate": 1e-3,
+            "optimizer": "adam", "weight_decay": 0.0, "lr_scheduler": "constant", "warmup_ratio": 0.0,
+            "freeze_backbone": True, "head_hidden": 256, "head_dropout": 0.5,
+            "unfreeze_schedule": [{"epoch": 2, "blocks": 2}], "backbone_lr_multiplier": 0.1,
+            "image_size": 224, "augment": True})
+
+    def test_unfreeze_schedule_translation(self):
+        def schedule(*argv):
+            return image_common.unfreeze_schedule(parse(image_common.add_image_flags, *argv))
+
+        self.assertEqual(schedule("--unfreeze-epoch", "1", "--unfreeze-blocks", "3"), [{"epoch": 1, "blocks": 3}])
+        self.assertEqual(schedule("--unfreeze-blocks", "0"), [])
+        self.assertEqual(schedule("--epochs", "1"), [])  # epoch 2 never comes
+        default = schedule()
+        self.assertEqual([image_common.trainable_units_at(default, e) for e in (1, 2, 3)], [0, 2, 2])
+        stepped = [{"epoch": 2, "blocks": 1}, {"epoch": 3, "blocks": 4}]
+        self.assertEqual([image_common.trainable_units_at(stepped, e) for e in (1, 2, 3, 4)], [0, 1, 4, 4])
+
+    def test_units_are_temper_s_and_the_last_ones_unfreeze(self):
+        units = image_common.backbone_units(7)
+        self.assertEqual(len(units), 9)
+        self.assertEqual((units[0], units[1], units[-2], units[-1]),
+                         (["conv_stem", "bn1"], ["blocks.0"], ["blocks.6"], ["conv_head", "bn2"]))
+        self.assertEqual(image_common.last_units(units, 2), [["blocks.6"], ["conv_head", "bn2"]])
+        self.assertEqual(image_common.last_units(units, 0), [])
+        with self.assertRaises(SystemExit):
+            image_common.last_units(units, 10)
+
+    def test_limit_takes_turns_over_the_classes(self):
+        images = [(f"{label}/{i:05d}.png", label, b"") for label in ("b", "a", "c") for i in range(3)]
+        taken = image_common.class_balanced(images, 5)
+        self.assertEqual([name for name, _, _ in taken],
+                         ["a/00000.png", "a/00001.png", "b/00000.png", "b/00001.png", "c/00000.png"])
+        self.assertEqual(len(image_common.class_balanced(images[:4], 9)), 4)  # fewer than asked: all
+        self.assertEqual(image_common.class_balanced(images, 0), images)
+
+    def test_zip_round_trip_and_data_url(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "train.zip")
+            images = [("Coat/00001.png", "Coat", b"png-1"), ("Bag/00002.png", "Bag", b"png-2")]
+            image_common.write_image_zip(path, images)
+            self.assertEqual(image_common.read_image_zip(path), sorted(images))
+            self.assertEqual(image_common.read_image_zip(path, 1), [("Bag/00002.png", "Bag", b"png-2")])
+        self.assertEqual(image_common.image_input(b"\x89PNG"),
+                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw=="}})
+
+    def test_data_config_and_eval_resize(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                f.write('{"architecture": "efficientnet_lite0", "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], '
+                        '"std": [0.5, 0.5, 0.5], "crop_pct": 0.875, "interpolation": "bicubic"}}')
+            self.assertEqual(image_common.data_config(tmp), {"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.875,
+                                                             "interpolation": "bicubic"})
+        self.assertEqual([image_common.eval_resize(size, 0.875) for size in (224, 112, 64)], [256, 128, 73])
+
+    def test_scoring_and_epoch_means(self):
+        gold = ["Bag", "Bag", "Coat", "Coat"]
+        predicted = ["Bag", "Coat", "Coat", "Coat"]
+        scores = image_common.score(gold, predicted)
+        # Bag: P 1, R 1/2, F1 2/3; Coat: P 2/3, R 1, F1 0.8; macro 0.7333
+        self.assertEqual((scores["accuracy"], scores["f1"]), (0.75, 0.7333))
+        self.assertEqual(scores["per_class"]["Bag"], {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2})
+        self.assertEqual(image_common.score(["Bag"], ["Dress"])["per_class"]["Dress"]["support"], 0)
+        self.assertEqual(image_common.epoch_means({0: 9.0, 1: 2.0, 2: 4.0, 3: 1.0, 4: None}, 2), [3.0, 1.0])
+        self.assertEqual(image_common.epoch_means({}, 2), [])
+
+
 class Comparison(unittest.TestCase):
     def test_ratios_deltas_and_quality(self):
         temper = {"train_tokens_per_s": 300.0, "train_samples_per_s": 6.0, "peak_rss_mb": 1000.0,
@@ -173,6 +259,16 @@ class Comparison(unittest.TestCase):
         worse = compare("dpo", dict(temper, valid_reward_accuracy_after=0.7), reference)
         self.assertFalse(worse["quality_no_worse"])
         self.assertIsNone(compare("ner", {}, {})["quality_no_worse"])
+
+    def test_image_quality_is_test_accuracy(self):
+        reference = {"accuracy": 0.8, "f1": 0.79, "train_samples_per_s": 10.0, "predict_samples_per_s": 50.0,
+                     "peak_rss_mb": 1000.0}
+        line = compare("image", dict(reference, accuracy=0.8, f1=0.7, train_samples_per_s=20.0), reference)
+        self.assertEqual((line["comparison"], line["train_samples_per_s_ratio"], line["predict_samples_per_s_ratio"],
+                          line["peak_rss_ratio"], line["accuracy_delta"]), ("temper / timm", 2.0, 1.0, 1.0, 0.0))
+        self.assertTrue(math.isclose(line["f1_delta"], -0.09))
+        self.assertTrue(line["quality_no_worse"])  # a lower F1 alone does not count
+        self.assertFalse(compare("image", dict(reference, accuracy=0.79), reference)["quality_no_worse"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Creates .venv-bench (git-ignored) with the Python side of the benchmarks: the official
 # openai SDK that drives temper, and the reference stack (CPU PyTorch, transformers, peft,
 # TRL for the DPO reference, datasets which TRL's trainers take their data as, seqeval for the
-# NER reference's entity-level F1).
+# NER reference's entity-level F1, timm for the image-classification reference and the vision
+# parity fixtures: its ResNet / EfficientNet-Lite0 are the layouts temper's vision models load).
 #
 #   scripts/bench-env.sh          # idempotent; re-running only installs what is missing
 #
@@ -36,6 +37,11 @@ PACKAGES=(
   pyarrow==26.0.1
   seqeval==1.2.2
   scikit-learn==1.9.1
+  # timm 1.0.31 needs torchvision (its data transforms) and pillow; pinned here because timm
+  # leaves them open. torchvision 0.29.2 is the newest on PyPI and accepts torch>=2.14.
+  timm==1.0.31
+  torchvision==0.29.2
+  pillow==13.0.0
 )
 
 [ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
@@ -50,4 +56,4 @@ else
   fi
   "$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"
 fi
-"$PY" -c "import torch, transformers, openai, peft, accelerate, gguf, trl, datasets, seqeval; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__, '| trl', trl.__version__, '| datasets', datasets.__version__)"
+"$PY" -c "import torch, transformers, openai, peft, accelerate, gguf, trl, datasets, seqeval, timm; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__, '| trl', trl.__version__, '| datasets', datasets.__version__, '| timm', timm.__version__)"

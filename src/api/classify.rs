@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, ApiJson};
 use super::wire::{required_model, text_inputs, EmptyText};
 use super::AppState;
+use crate::domain::dataset::images::decode_image_payload;
 use crate::domain::ids::random_base62;
 use crate::infer::ClassPrediction;
 
@@ -34,7 +35,67 @@ pub struct ClassifyBody {
 #[derive(Debug, PartialEq)]
 struct ValidClassify {
     model: String,
-    inputs: Vec<String>,
+    inputs: ClassifyInputs,
+}
+
+/// Texts, or images given as OpenAI's `image_url` content parts (decoded to their bytes).
+#[derive(Debug, PartialEq)]
+enum ClassifyInputs {
+    Texts(Vec<String>),
+    Images(Vec<Vec<u8>>),
+}
+
+/// Whether `input` holds content parts (objects) rather than strings.
+fn is_image_input(input: &Option<Value>) -> bool {
+    match input {
+        Some(Value::Object(_)) => true,
+        Some(Value::Array(items)) => items.first().is_some_and(Value::is_object),
+        _ => false,
+    }
+}
+
+/// `{"type": "image_url", "image_url": {"url": "data:image/…;base64,…"}}` (or
+/// `"image_url": "data:…"`) → the image's bytes. temper never fetches: a web URL is refused.
+fn image_part(index: usize, part: &Value) -> Result<Vec<u8>, ApiError> {
+    let bad = |message: String| ApiError::bad_request(message).with_param("input");
+    let object = part.as_object().ok_or_else(|| {
+        bad(format!(
+            "`input[{index}]` must be an image_url content part like the others."
+        ))
+    })?;
+    if object.get("type").and_then(Value::as_str) != Some("image_url") {
+        return Err(bad(format!(
+            "`input[{index}]` must be {{\"type\": \"image_url\", \"image_url\": {{\"url\": \"data:image/png;base64,…\"}}}}."
+        )));
+    }
+    let url = match object.get("image_url") {
+        Some(Value::String(url)) => url.as_str(),
+        Some(Value::Object(inner)) => inner.get("url").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    };
+    if url.is_empty() {
+        return Err(bad(format!("`input[{index}].image_url.url` is missing.")));
+    }
+    decode_image_payload(url).map_err(|e| bad(format!("`input[{index}].image_url.url` {e}.")))
+}
+
+fn image_inputs(input: Option<Value>) -> Result<Vec<Vec<u8>>, ApiError> {
+    let parts = match input {
+        Some(Value::Array(items)) => items,
+        Some(part) => vec![part],
+        None => Vec::new(),
+    };
+    if parts.is_empty() || parts.len() > MAX_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "`input` must be a list of 1 to {MAX_INPUTS} image_url content parts."
+        ))
+        .with_param("input"));
+    }
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| image_part(i, part))
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,7 +117,11 @@ pub struct Classification {
 
 fn validate(body: ClassifyBody) -> Result<ValidClassify, ApiError> {
     let model = required_model(body.model.as_ref())?;
-    let inputs = text_inputs(body.input, MAX_INPUTS, EmptyText::Allowed)?;
+    let inputs = if is_image_input(&body.input) {
+        ClassifyInputs::Images(image_inputs(body.input)?)
+    } else {
+        ClassifyInputs::Texts(text_inputs(body.input, MAX_INPUTS, EmptyText::Allowed)?)
+    };
     Ok(ValidClassify { model, inputs })
 }
 
@@ -79,10 +144,11 @@ async fn classify(
     ApiJson(body): ApiJson<ClassifyBody>,
 ) -> Result<ApiJson<ClassificationResponse>, ApiError> {
     let request = validate(body)?;
-    let predictions = state
-        .inference
-        .classify(request.model.clone(), request.inputs)
-        .await?;
+    let model = request.model.clone();
+    let predictions = match request.inputs {
+        ClassifyInputs::Texts(texts) => state.inference.classify(model, texts).await?,
+        ClassifyInputs::Images(images) => state.inference.classify_images(model, images).await?,
+    };
     Ok(ApiJson(ClassificationResponse {
         id: format!("classif-{}", random_base62(24)),
         object: "list".to_string(),
@@ -106,10 +172,11 @@ mod tests {
 
     #[test]
     fn input_may_be_a_string_or_a_list() {
+        let texts = |v: &[&str]| ClassifyInputs::Texts(v.iter().map(|s| s.to_string()).collect());
         let one = validate(body(json!({"model": "m", "input": "hi"}))).expect("string");
-        assert_eq!(one.inputs, ["hi"]);
+        assert_eq!(one.inputs, texts(&["hi"]));
         let many = validate(body(json!({"model": "m", "input": ["a", "b"]}))).expect("list");
-        assert_eq!(many.inputs, ["a", "b"]);
+        assert_eq!(many.inputs, texts(&["a", "b"]));
     }
 
     #[test]
@@ -124,6 +191,42 @@ mod tests {
         let err = validate(body(json!({"model": "m", "input": inputs}))).expect_err("1025");
         assert_eq!(err.param.as_deref(), Some("input"));
         assert!(err.message.contains("1 to 1024"), "{}", err.message);
+    }
+
+    #[test]
+    fn image_url_parts_are_decoded_and_web_urls_refused() {
+        // "PNG" in base64 is "UE5H": the bytes are passed on undecoded as an image.
+        let part = |url: &str| json!({"type": "image_url", "image_url": {"url": url}});
+        let valid = validate(body(json!({"model": "m", "input": [
+            part("data:image/png;base64,UE5H"),
+            {"type": "image_url", "image_url": "UE5H"},
+        ]})))
+        .expect("images");
+        assert_eq!(
+            valid.inputs,
+            ClassifyInputs::Images(vec![b"PNG".to_vec(), b"PNG".to_vec()])
+        );
+        for (input, needle) in [
+            (
+                json!([part("https://example.com/cat.png")]),
+                "does not fetch",
+            ),
+            (
+                json!([part("data:image/png;base64,@@@")]),
+                "not valid base64",
+            ),
+            (json!([part("data:image/png,UE5H")]), "not base64"),
+            (json!([{"type": "text", "text": "x"}]), "input[0]"),
+            (
+                json!([part("data:image/png;base64,UE5H"), "text"]),
+                "input[1]",
+            ),
+            (json!([{"type": "image_url"}]), "input[0].image_url.url"),
+        ] {
+            let err = validate(body(json!({"model": "m", "input": input}))).expect_err("invalid");
+            assert_eq!(err.param.as_deref(), Some("input"));
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
+        }
     }
 
     #[test]

@@ -56,6 +56,16 @@ pub trait Inference: Send + Sync + 'static {
 
     fn export(&self, request: ExportRequest) -> BoxFuture<'static, Result<(), InferError>>;
 
+    /// Classifies images (each the file's bytes) with an image classifier
+    /// (`InferenceHandle::classify_images`). Without an implementation no model answers.
+    fn classify_images(
+        &self,
+        model: String,
+        _images: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<Vec<ClassPrediction>, InferError>> {
+        Box::pin(async move { Err(InferError::ModelNotFound(model)) })
+    }
+
     /// Answers questions with an extractive QA model (`InferenceHandle::answer_questions`).
     /// Without an implementation no model answers: every model is not found.
     fn answer_questions(

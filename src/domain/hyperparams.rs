@@ -6,9 +6,11 @@
 //! number of examples are known.
 
 use serde::{Deserialize, Serialize};
+mod image_options;
 mod parse;
 mod resolve;
 mod task_options;
+pub use image_options::{ImageOptions, OptimizerKind, UnfreezeStep};
 pub use parse::HyperparamError;
 use parse::{bad, int_in};
 pub use resolve::{auto_epochs, AUTO_HEAD_LEARNING_RATE, MIN_AUTO_STEPS};

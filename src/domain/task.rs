@@ -21,6 +21,8 @@ pub enum Task {
     CompletionSft,
     /// Preference pairs (OpenAI's `dpo` method).
     Dpo,
+    /// Image → one label, by transfer learning on a pretrained CNN (timm layout).
+    ImageClassification,
 }
 
 /// The base model family a task fine-tunes.
@@ -30,6 +32,8 @@ pub enum Architecture {
     Encoder,
     /// Causal language models.
     Decoder,
+    /// Convolutional image backbones in timm's layout.
+    Vision,
 }
 
 /// How a trained model is served; stored as the `kind` of its model rows.
@@ -43,6 +47,8 @@ pub enum ServedKind {
     QuestionAnswerer,
     /// `/v1/chat/completions` and `/v1/completions`.
     CausalLm,
+    /// `/v1/classifications` with image inputs.
+    ImageClassifier,
 }
 
 /// Which hyperparameter defaults a task starts from (`domain::hyperparams`).
@@ -52,15 +58,19 @@ pub enum DefaultsKey {
     EncoderFineTune,
     /// peft's decoder recipe: LoRA r=8, lr 2e-4, batch 4.
     DecoderLora,
+    /// The torchvision transfer-learning recipe: frozen backbone, new head, lr 1e-3,
+    /// batch 32.
+    ImageTransfer,
 }
 
-pub const ALL_TASKS: [Task; 6] = [
+pub const ALL_TASKS: [Task; 7] = [
     Task::SequenceClassification,
     Task::TokenClassification,
     Task::QuestionAnswering,
     Task::ChatSft,
     Task::CompletionSft,
     Task::Dpo,
+    Task::ImageClassification,
 ];
 
 impl Task {
@@ -73,6 +83,7 @@ impl Task {
             Task::ChatSft => "chat",
             Task::CompletionSft => "completion",
             Task::Dpo => "dpo",
+            Task::ImageClassification => "image_classification",
         }
     }
 
@@ -86,6 +97,7 @@ impl Task {
                 Architecture::Encoder
             }
             Task::ChatSft | Task::CompletionSft | Task::Dpo => Architecture::Decoder,
+            Task::ImageClassification => Architecture::Vision,
         }
     }
 
@@ -98,6 +110,7 @@ impl Task {
             Task::ChatSft => "chat",
             Task::CompletionSft => "prompt/completion",
             Task::Dpo => "preference (DPO)",
+            Task::ImageClassification => "image classification",
         }
     }
 
@@ -108,6 +121,7 @@ impl Task {
             Task::TokenClassification => ServedKind::TokenClassifier,
             Task::QuestionAnswering => ServedKind::QuestionAnswerer,
             Task::ChatSft | Task::CompletionSft | Task::Dpo => ServedKind::CausalLm,
+            Task::ImageClassification => ServedKind::ImageClassifier,
         }
     }
 
@@ -115,6 +129,7 @@ impl Task {
         match self.architecture() {
             Architecture::Encoder => DefaultsKey::EncoderFineTune,
             Architecture::Decoder => DefaultsKey::DecoderLora,
+            Architecture::Vision => DefaultsKey::ImageTransfer,
         }
     }
 }
@@ -127,6 +142,7 @@ impl ServedKind {
             ServedKind::TokenClassifier => "token_classifier",
             ServedKind::QuestionAnswerer => "question_answerer",
             ServedKind::CausalLm => "causal_lm",
+            ServedKind::ImageClassifier => "image_classifier",
         }
     }
 
@@ -137,6 +153,7 @@ impl ServedKind {
             ServedKind::TokenClassifier,
             ServedKind::QuestionAnswerer,
             ServedKind::CausalLm,
+            ServedKind::ImageClassifier,
         ]
         .into_iter()
         .find(|k| k.as_str() == kind)

@@ -8,6 +8,7 @@ use candle_core::Device;
 use super::catalog::ServableModel;
 use super::engine::{ClassifierBackend, Engine, EngineConfig};
 use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig, LmBackend};
+use super::image_classification::{ImageEngine, ImageServing};
 use super::question_answering::QaEngine;
 use super::registry::ModelLoader;
 use super::token_classification::{TokenEngine, TokenTagger};
@@ -56,6 +57,14 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
                 tracing::info!(bytes, "token classifier loaded");
                 TokenEngine::spawn(&model.name, backend, self.engine)
                     .map(LoadedModel::TokenClassifier)
+            }
+            ServedKind::ImageClassifier => {
+                let backend = ImageServing::load(&model.dir, &self.device)
+                    .map_err(|e| loading_failed(&model.dir, e))?;
+                let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
+                tracing::info!(bytes, "image classifier loaded");
+                ImageEngine::spawn(&model.name, backend, self.engine)
+                    .map(LoadedModel::ImageClassifier)
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod engine;
 mod error;
 pub mod generate;
+pub mod image_classification;
 pub mod loader;
 pub mod question_answering;
 pub mod registry;
@@ -51,6 +52,7 @@ pub use generate::{
     GenerationParams, GenerationRequest, GenerationStream, LmBackend, Prompt, TokenLogprob,
     TopLogprob, Usage,
 };
+pub use image_classification::ImageEngine;
 pub use loader::CheckpointLoader;
 pub use question_answering::{QaBackend, QaEngine, QaPrediction, QaQuestion};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
@@ -76,6 +78,7 @@ pub enum LoadedModel {
     Generator(GenEngine),
     QuestionAnswerer(QaEngine),
     TokenClassifier(TokenEngine),
+    ImageClassifier(ImageEngine),
 }
 
 impl Servable for LoadedModel {
@@ -85,6 +88,7 @@ impl Servable for LoadedModel {
             LoadedModel::Generator(engine) => engine.parameter_bytes(),
             LoadedModel::QuestionAnswerer(engine) => engine.parameter_bytes(),
             LoadedModel::TokenClassifier(engine) => engine.parameter_bytes(),
+            LoadedModel::ImageClassifier(engine) => engine.parameter_bytes(),
         }
     }
 }
@@ -191,6 +195,41 @@ impl InferenceHandle {
             )),
             LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
             LoadedModel::TokenClassifier(_) => Err(wrong_kind_token(model)),
+            LoadedModel::ImageClassifier(_) => Err(InferError::invalid(
+                "input",
+                format!("`{model}` classifies images; send each input as {{\"type\": \"image_url\", \"image_url\": {{\"url\": \"data:image/png;base64,…\"}}}}"),
+            )),
+        };
+        release_off_runtime(loaded);
+        answer
+    }
+
+    /// Classifies each image (the file's bytes) with `model`, an image classifier: the
+    /// same predictions as [`InferenceHandle::classify`] gives for texts.
+    pub async fn classify_images(
+        &self,
+        model: &str,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Vec<ClassPrediction>, InferError> {
+        if images.is_empty() {
+            return Err(InferError::invalid(
+                "input",
+                "`input` must contain at least one image",
+            ));
+        }
+        let loaded = self.registry.get(model).await?;
+        let answer = match loaded.as_ref() {
+            LoadedModel::ImageClassifier(engine) => engine.classify(images).await,
+            LoadedModel::Classifier(_) => Err(InferError::invalid(
+                "input",
+                format!("`{model}` classifies texts; send the inputs as strings"),
+            )),
+            LoadedModel::Generator(_)
+            | LoadedModel::QuestionAnswerer(_)
+            | LoadedModel::TokenClassifier(_) => Err(InferError::invalid(
+                "model",
+                format!("`{model}` is not an image classifier"),
+            )),
         };
         release_off_runtime(loaded);
         answer
@@ -218,7 +257,8 @@ impl InferenceHandle {
             }
             LoadedModel::Classifier(_)
             | LoadedModel::Generator(_)
-            | LoadedModel::QuestionAnswerer(_) => Err(InferError::ModelNotFound(model.to_string())),
+            | LoadedModel::QuestionAnswerer(_)
+            | LoadedModel::ImageClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
         };
         release_off_runtime(loaded);
         answer
@@ -243,7 +283,8 @@ impl InferenceHandle {
             LoadedModel::QuestionAnswerer(engine) => engine.answer(questions).await,
             LoadedModel::Classifier(_)
             | LoadedModel::Generator(_)
-            | LoadedModel::TokenClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
+            | LoadedModel::TokenClassifier(_)
+            | LoadedModel::ImageClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
         };
         release_off_runtime(loaded);
         answer
@@ -298,6 +339,10 @@ impl InferenceHandle {
             )),
             LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
             LoadedModel::TokenClassifier(_) => Err(wrong_kind_token(model)),
+            LoadedModel::ImageClassifier(_) => Err(InferError::invalid(
+                "model",
+                format!("`{model}` is an image classification model; use /v1/classifications"),
+            )),
         };
         release_off_runtime(loaded);
         answer

@@ -215,7 +215,9 @@ async fn write_checkpoint(
         // SFT trainers report their own full-validation numbers; encoder tasks and DPO
         // evaluate the whole validation set every time.
         metrics: match (target.task.architecture(), target.task) {
-            (_, Task::Dpo) | (Architecture::Encoder, _) => checkpoint_metrics(&checkpoint.metrics),
+            (_, Task::Dpo) | (Architecture::Encoder | Architecture::Vision, _) => {
+                checkpoint_metrics(&checkpoint.metrics)
+            }
             (Architecture::Decoder, _) => checkpoint.metrics.clone(),
         },
         artifact_dir: artifact_dir.clone(),

@@ -22,7 +22,9 @@ pub const LM_REPORT_FILENAME: &str = "training_report.json";
 /// The name of a task's report file.
 pub fn report_filename(task: Task) -> &'static str {
     match task {
-        Task::SequenceClassification | Task::TokenClassification => REPORT_FILENAME,
+        Task::SequenceClassification | Task::TokenClassification | Task::ImageClassification => {
+            REPORT_FILENAME
+        }
         Task::QuestionAnswering => QA_REPORT_FILENAME,
         Task::ChatSft | Task::CompletionSft | Task::Dpo => LM_REPORT_FILENAME,
     }

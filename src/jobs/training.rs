@@ -13,6 +13,7 @@ use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job_spec::{JobSpec, AUTO_DPO_BETA};
 use crate::domain::task::{Architecture, Task};
 use crate::tasks::dpo::{run_dpo, DpoJob};
+use crate::tasks::image_classification::{run_image_classification, ImageClassificationJob};
 use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
 use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
 use crate::tasks::sft::{run_sft, SftExamples, SftJob};
@@ -26,6 +27,7 @@ pub(super) enum Training {
     Dpo(DpoJob),
     TokenClassification(TokenClassificationJob),
     QuestionAnswering(QuestionAnsweringJob),
+    ImageClassification(ImageClassificationJob),
 }
 
 /// The resolved numbers a trainer runs with.
@@ -97,6 +99,19 @@ impl Training {
                 work_dir,
                 device,
             }),
+            TrainingData::Images {
+                train,
+                valid,
+                labels,
+            } => Training::ImageClassification(ImageClassificationJob {
+                base_model_dir,
+                train,
+                valid,
+                labels,
+                config,
+                work_dir,
+                device,
+            }),
             TrainingData::QuestionAnswering { train, valid } => {
                 Training::QuestionAnswering(QuestionAnsweringJob {
                     base_model_dir,
@@ -117,6 +132,7 @@ impl Training {
             Training::Dpo(job) => run_dpo(job, observer),
             Training::TokenClassification(job) => run_token_classification(job, observer),
             Training::QuestionAnswering(job) => run_question_answering(job, observer),
+            Training::ImageClassification(job) => run_image_classification(job, observer),
         }
     }
 }
@@ -138,16 +154,27 @@ pub(super) fn check_model_fits_task(
     let architecture = match kind {
         BaseModelKind::Encoder => Architecture::Encoder,
         BaseModelKind::Decoder => Architecture::Decoder,
+        BaseModelKind::Vision => Architecture::Vision,
     };
     if task.architecture() == architecture {
         return Ok(());
     }
     let message = match kind {
+        BaseModelKind::Encoder if task == Task::ImageClassification => format!(
+            "The model `{model}` is a text encoder; image classification needs an image model in timm's layout (e.g. `timm/efficientnet_lite0`)."
+        ),
+        BaseModelKind::Decoder if task == Task::ImageClassification => format!(
+            "The model `{model}` is a language model; image classification needs an image model in timm's layout (e.g. `timm/efficientnet_lite0`)."
+        ),
         BaseModelKind::Encoder => format!(
             "The model `{model}` is an encoder and can only be fine-tuned for text classification (text/label data), token classification (tokens/tags data) or extractive question answering (SQuAD data); chat, prompt-completion and preference data need a decoder model."
         ),
         BaseModelKind::Decoder => format!(
             "The model `{model}` cannot be fine-tuned for {}; use an encoder (BERT-family) model, or chat / prompt-completion data.",
+            task.label()
+        ),
+        BaseModelKind::Vision => format!(
+            "The model `{model}` is an image model and can only be fine-tuned for image classification (a zip or tar archive of class folders, or image/label JSONL); {} needs a text model.",
             task.label()
         ),
     };

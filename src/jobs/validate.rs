@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use crate::blobs::Blobs;
+use crate::domain::dataset::images::{image_container, read_images, LabeledImage};
 use crate::domain::dataset::{
     detect_format, label_set, parse_chat, parse_classification, parse_preference,
     parse_prompt_completion, parse_squad, parse_token_tags, tag_label_set, ChatExample, DataFormat,
@@ -52,6 +53,12 @@ pub enum TrainingData {
         train: Vec<QaExample>,
         valid: Option<Vec<QaExample>>,
     },
+    Images {
+        train: Vec<LabeledImage>,
+        valid: Option<Vec<LabeledImage>>,
+        /// The training file's classes, alphabetical (ImageFolder's order); class id = index.
+        labels: Vec<String>,
+    },
 }
 
 impl TrainingData {
@@ -63,6 +70,7 @@ impl TrainingData {
             TrainingData::Preference { train, .. } => train.len(),
             TrainingData::TokenClassification { train, .. } => train.len(),
             TrainingData::QuestionAnswering { train, .. } => train.len(),
+            TrainingData::Images { train, .. } => train.len(),
         }
     }
 
@@ -75,6 +83,7 @@ impl TrainingData {
             TrainingData::Preference { .. } => Task::Dpo,
             TrainingData::TokenClassification { .. } => Task::TokenClassification,
             TrainingData::QuestionAnswering { .. } => Task::QuestionAnswering,
+            TrainingData::Images { .. } => Task::ImageClassification,
         }
     }
 }
@@ -149,6 +158,7 @@ fn openai_format_name(format: DataFormat) -> &'static str {
         DataFormat::Preference => "fine-tune-preference",
         DataFormat::TokenTags => "fine-tune-token-classification",
         DataFormat::QuestionAnswering => "fine-tune-question-answering",
+        DataFormat::Images => "fine-tune-images",
     }
 }
 
@@ -240,6 +250,7 @@ pub async fn load_and_validate(
             (TrainingData::QuestionAnswering { train, valid }, duplicates)
         }
         DataFormat::TokenTags => token_classification(&train_bytes, valid)?,
+        DataFormat::Images => (images(&train_bytes, valid)?, 0),
     };
     if data.n_train() < MIN_EXAMPLES {
         return Err(JobFailure::fatal(
@@ -283,6 +294,47 @@ fn classification(
         labels,
     };
     Ok((data, parsed.duplicates))
+}
+
+/// Labelled images (an archive of class folders, or JSONL); every validation image's class
+/// must be one the training file has.
+fn images(train_bytes: &[u8], valid: Option<&[u8]>) -> Result<TrainingData, JobFailure> {
+    let read = |bytes: &[u8], which: Which| {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let container = image_container(&mut cursor).map_err(|e| which.failure(e))?;
+        read_images(cursor, container).map_err(|e| which.failure(e.into_dataset_error().message))
+    };
+    let train = read(train_bytes, Which::Training)?;
+    let labels: Vec<String> = train
+        .iter()
+        .map(|image| image.label.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if train.len() >= MIN_EXAMPLES && labels.len() < 2 {
+        return Err(Which::Training.failure(format!(
+            "Image classification needs at least 2 classes, found {}.",
+            labels.len()
+        )));
+    }
+    let valid = valid
+        .map(|bytes| read(bytes, Which::Validation))
+        .transpose()?;
+    if let Some(unknown) = valid
+        .iter()
+        .flatten()
+        .find(|image| labels.binary_search(&image.label).is_err())
+    {
+        return Err(Which::Validation.failure(unknown.at.error(format_args!(
+            " has class '{}', which does not appear in the training file.",
+            unknown.label
+        ))));
+    }
+    Ok(TrainingData::Images {
+        train,
+        valid,
+        labels,
+    })
 }
 
 /// Tagged sentences (JSONL or CoNLL); the label set comes from both files, so a tag seen

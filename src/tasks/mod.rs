@@ -14,6 +14,8 @@
 //! - `token_classification/`: tagged words → one label per token, NER
 //!   (`Task::TokenClassification`).
 //! - `question_answering/`: extractive QA, SQuAD v1/v2 (`Task::QuestionAnswering`).
+//! - `image_classification/`: transfer learning on a timm CNN, image → label
+//!   (`Task::ImageClassification`).
 //! - `serve.rs`: the tokio-free half of `infer`'s batched engine that each task's
 //!   `serve.rs` implements (its serving backend).
 
@@ -24,6 +26,7 @@ use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
 mod encoder_checkpoint;
+pub mod image_classification;
 pub mod parity_models;
 pub mod question_answering;
 pub mod sequence_classification;
@@ -62,6 +65,9 @@ pub fn export_checkpoint(
         }
         CheckpointTask::QuestionAnswering { .. } => {
             question_answering::export_qa_checkpoint(dir, format, base_model_id, out_dir)
+        }
+        CheckpointTask::ImageClassification { .. } => {
+            image_classification::export::export_image_checkpoint(dir, format, out_dir)
         }
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use super::named_metrics::MetricsRow;
 use super::TrainError;
 use crate::domain::hyperparams::LoraSettings;
+use crate::zoo::vision::{ImageClassifierSpec, ImagePrep};
 use crate::zoo::ClassifierSpec;
 
 pub const TRAINABLE_FILE: &str = "trainable.safetensors";
@@ -64,6 +65,13 @@ pub enum CheckpointTask {
         /// Trained with unanswerable questions: may answer "" (SQuAD v2).
         allow_no_answer: bool,
     },
+    /// A CNN backbone with a new classification head (`tasks::image_classification`);
+    /// class id = index in `labels`, images prepared by `prep`.
+    ImageClassification {
+        labels: Vec<String>,
+        spec: ImageClassifierSpec,
+        prep: ImagePrep,
+    },
 }
 
 impl CheckpointTask {
@@ -74,15 +82,17 @@ impl CheckpointTask {
             CheckpointTask::CausalLm { .. } => "causal_lm",
             CheckpointTask::TokenClassification { .. } => "token_classification",
             CheckpointTask::QuestionAnswering { .. } => "question_answering",
+            CheckpointTask::ImageClassification { .. } => "image_classification",
         }
     }
 
     /// Every tag this build reads.
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "sequence_classification",
         "causal_lm",
         "token_classification",
         "question_answering",
+        "image_classification",
     ];
 }
 
@@ -119,6 +129,7 @@ impl CheckpointMeta {
             | CheckpointTask::TokenClassification { spec, .. } => spec.lora.as_ref(),
             CheckpointTask::CausalLm { lm } => lm.lora.as_ref(),
             CheckpointTask::QuestionAnswering { lora, .. } => lora.as_ref(),
+            CheckpointTask::ImageClassification { .. } => None,
         };
         lora.is_some_and(|l| l.rank > 0)
     }

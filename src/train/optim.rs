@@ -45,6 +45,9 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// AdamW's decoupled decay (`p ← p·(1 − lr·wd)`); `false` is `torch.optim.Adam`'s L2
+    /// term, `wd·p` added to the gradient before the moments.
+    pub decoupled: bool,
 }
 
 impl Default for AdamWConfig {
@@ -56,6 +59,7 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            decoupled: true,
         }
     }
 }
@@ -72,6 +76,9 @@ struct Slot {
     moments: Moments,
     /// This parameter's learning rate over the step's (`AdamW::scale_learning_rates`).
     lr_scale: f64,
+    /// Steps this parameter took (it had a gradient): its bias correction, as torch keeps
+    /// `state["step"]` per parameter. A backbone unit unfrozen mid-run starts at 0.
+    steps: u64,
 }
 
 /// Gradients of the optimizer's parameters, in its parameter order. Kept apart from the
@@ -120,6 +127,7 @@ impl AdamW {
                     param,
                     moments,
                     lr_scale: 1.0,
+                    steps: 0,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -170,19 +178,28 @@ impl AdamW {
     /// (torch skips `p.grad is None` too) but the step counter advances.
     pub fn step(&mut self, grads: &Gradients, lr: f64) -> candle_core::Result<()> {
         self.step += 1;
-        let t = self.step as i32;
         let cfg = self.config;
         for (slot, grad) in self.slots.iter_mut().zip(&grads.grads) {
             let Some(grad) = grad else { continue };
+            slot.steps += 1;
+            let t = i32::try_from(slot.steps).unwrap_or(i32::MAX);
             let lr = lr * slot.lr_scale;
             let wd = if slot.param.weight_decay {
                 cfg.weight_decay
             } else {
                 0.0
             };
+            let coupled;
+            let grad = if cfg.decoupled || wd == 0.0 {
+                grad
+            } else {
+                coupled = (grad + (slot.param.var.as_tensor().detach() * wd)?)?;
+                &coupled
+            };
+            let decay = if cfg.decoupled { wd } else { 0.0 };
             let scalars = StepScalars {
                 lr: lr as f32,
-                decay_factor: (1.0 - lr * wd) as f32,
+                decay_factor: (1.0 - lr * decay) as f32,
                 beta1: cfg.beta1 as f32,
                 beta2: cfg.beta2 as f32,
                 bias_m: (1.0 / (1.0 - cfg.beta1.powi(t))) as f32,
@@ -215,6 +232,11 @@ impl AdamW {
             };
             out.insert(format!("{}.exp_avg", slot.param.name), m);
             out.insert(format!("{}.exp_avg_sq", slot.param.name), v);
+            let steps = i64::try_from(slot.steps).unwrap_or(i64::MAX);
+            out.insert(
+                format!("{}.step", slot.param.name),
+                Tensor::new(&[steps], &Device::Cpu)?,
+            );
         }
         Ok(out)
     }
@@ -258,22 +280,32 @@ impl AdamW {
                 t.to_dtype(DType::F32)
             };
             let (m, v) = (fetch("exp_avg")?, fetch("exp_avg_sq")?);
-            restored.push(match slot.moments {
-                Moments::Host { .. } => Moments::Host {
-                    m: m.flatten_all()?.to_vec1()?,
-                    v: v.flatten_all()?.to_vec1()?,
-                },
-                Moments::Device { .. } => {
-                    let device = slot.param.var.device();
-                    Moments::Device {
-                        m: m.to_device(device)?,
-                        v: v.to_device(device)?,
+            // States written before per-parameter steps: every parameter took every step.
+            let steps = match tensors.get(&format!("{}.step", slot.param.name)) {
+                Some(t) => t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?,
+                None => vec![step],
+            };
+            let steps = steps.first().copied().unwrap_or(step).max(0) as u64;
+            restored.push((
+                steps,
+                match slot.moments {
+                    Moments::Host { .. } => Moments::Host {
+                        m: m.flatten_all()?.to_vec1()?,
+                        v: v.flatten_all()?.to_vec1()?,
+                    },
+                    Moments::Device { .. } => {
+                        let device = slot.param.var.device();
+                        Moments::Device {
+                            m: m.to_device(device)?,
+                            v: v.to_device(device)?,
+                        }
                     }
-                }
-            });
+                },
+            ));
         }
-        for (slot, moments) in self.slots.iter_mut().zip(restored) {
+        for (slot, (steps, moments)) in self.slots.iter_mut().zip(restored) {
             slot.moments = moments;
+            slot.steps = steps;
         }
         self.step = usize::try_from(step)
             .map_err(|_| candle_core::Error::Msg("negative optimizer step".into()))?;

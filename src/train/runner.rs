@@ -11,6 +11,7 @@
 //! new best model appears. A task ([`TrainTask`]) supplies the model, its loss and its
 //! evaluations; [`Trainer`] owns the optimizer, schedule, state and checkpoints.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -25,7 +26,7 @@ use super::optim::{AdamW, AdamWConfig, Gradients, OptimParam};
 use super::schedule::LrSchedule;
 use super::summary::{checkpoint_metrics, BestMetric};
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver};
-use crate::domain::hyperparams::TrainingConfig;
+use crate::domain::hyperparams::{OptimizerKind, TrainingConfig};
 use crate::zoo::params::{self, NamedVar};
 
 /// One micro-batch's forward pass in train mode.
@@ -60,6 +61,9 @@ pub(crate) trait TrainTask {
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
     /// Fills the validation metrics of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
+    /// Called before the batches of `epoch` (0-based) run, also when a resumed run
+    /// continues inside it: what changes per epoch (an image backbone's unfrozen units).
+    fn begin_epoch(&self, _epoch: usize) {}
     /// Work before the first step of a run that starts from scratch (not on resume), e.g.
     /// SFT's validation of the starting model, recorded in `state`.
     fn before_first_step(
@@ -83,6 +87,7 @@ pub(crate) struct TrainerSetup<'a> {
     pub work_dir: &'a Path,
     pub device: &'a Device,
     pub vars: Vec<NamedVar>,
+    pub buffers: Vec<NamedVar>,
     pub n_train: usize,
     pub meta: CheckpointMeta,
     pub best: Option<BestMetric>,
@@ -96,6 +101,8 @@ pub(crate) struct Trainer<'a> {
     /// The model's trainable vars (shared with the optimizer): checkpoints snapshot them,
     /// resume and `load_best` set them.
     vars: Vec<NamedVar>,
+    /// State besides the trainable tensors that checkpoints keep (BatchNorm statistics).
+    buffers: Vec<NamedVar>,
     optimizer: AdamW,
     schedule: LrSchedule,
     meta: CheckpointMeta,
@@ -120,6 +127,7 @@ impl<'a> Trainer<'a> {
             params,
             AdamWConfig {
                 weight_decay: cfg.weight_decay,
+                decoupled: cfg.task_options.image.optimizer != Some(OptimizerKind::Adam),
                 ..AdamWConfig::default()
             },
         )?;
@@ -131,6 +139,7 @@ impl<'a> Trainer<'a> {
         );
         Ok(Self {
             vars,
+            buffers: setup.buffers,
             config: cfg,
             work_dir: setup.work_dir,
             device: setup.device,
@@ -159,7 +168,7 @@ impl<'a> Trainer<'a> {
             return Ok(());
         };
         let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
-        params::load_into(&self.vars, &tensors)?;
+        self.load_model_state(&tensors)?;
         self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
         self.state = checkpoint::read_state(&dir)?;
         // A job that started before the upgrade stored some metrics under older names.
@@ -193,6 +202,7 @@ impl<'a> Trainer<'a> {
         let cfg = self.config;
         let accumulation = cfg.gradient_accumulation_steps.max(1);
         while self.state.epoch < cfg.n_epochs {
+            task.begin_epoch(self.state.epoch);
             let batches = super::data::epoch_batches(
                 task.n_train(),
                 cfg.batch_size,
@@ -419,7 +429,8 @@ impl<'a> Trainer<'a> {
             // Without a metric the newest checkpoint is the best one.
             self.state.best_step = Some(step);
         }
-        let trainable = params::snapshot(&self.vars)?;
+        let mut trainable = params::snapshot(&self.vars)?;
+        trainable.extend(params::snapshot(&self.buffers)?);
         let optimizer = self.optimizer.state_tensors()?;
         let contents = CheckpointContents {
             trainable: &trainable,
@@ -456,8 +467,15 @@ impl<'a> Trainer<'a> {
     pub fn load_best(&self) -> Result<(usize, PathBuf), TrainError> {
         let (step, dir) = self.best_checkpoint()?;
         let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
-        params::load_into(&self.vars, &tensors)?;
+        self.load_model_state(&tensors)?;
         Ok((step, dir))
+    }
+
+    /// Sets the trainable tensors and the buffers from a checkpoint's tensors.
+    fn load_model_state(&self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        params::load_into(&self.vars, tensors)?;
+        params::load_into(&self.buffers, tensors)?;
+        Ok(())
     }
 
     /// Every checkpoint this job wrote, with its metrics.

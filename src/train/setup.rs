@@ -53,6 +53,12 @@ pub(crate) struct RunSetup<'a> {
     pub vars: Vec<NamedVar>,
     /// Whether the task has validation data (it decides the default best-model metric).
     pub has_valid: bool,
+    /// State the model changes outside the optimizer (BatchNorm running statistics):
+    /// checkpointed with the trainable tensors, restored on resume.
+    pub buffers: Vec<NamedVar>,
+    /// The learning rate of every pretrained tensor (not `new_head`) over the schedule's,
+    /// e.g. an image backbone unfrozen under a new head; 1 for the other tasks.
+    pub pretrained_lr_scale: f64,
 }
 
 /// Whether tensor `name` belongs to a head made from scratch, under any of `prefixes`.
@@ -91,19 +97,23 @@ where
         work_dir: setup.work_dir,
         device: setup.device,
         vars: setup.vars,
+        buffers: setup.buffers,
         n_train: task.n_train(),
         meta,
         best,
         names: setup.names,
     })?;
-    if let Some(head_lr) = cfg.head_learning_rate {
-        let head_scale = head_lr / cfg.learning_rate;
+    let head_scale = cfg
+        .head_learning_rate
+        .map_or(1.0, |head_lr| head_lr / cfg.learning_rate);
+    let pretrained_scale = setup.pretrained_lr_scale;
+    if head_scale != 1.0 || pretrained_scale != 1.0 {
         let prefixes = setup.new_head;
         trainer.scale_learning_rates(|name| {
             if is_new_head(name, prefixes) {
                 head_scale
             } else {
-                1.0
+                pretrained_scale
             }
         });
     }

@@ -169,6 +169,8 @@ fn run_named(
         new_head: &["classifier."],
         vars: task.vars.clone(),
         has_valid: false,
+        buffers: Vec::new(),
+        pretrained_lr_scale: 1.0,
     };
     run_task(setup, task, observer, |trainer, _observer| {
         let (best_step, best_checkpoint) = trainer.best_checkpoint()?;

@@ -20,6 +20,7 @@
 //! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
+//! - [`vision`]: CNN backbones (ResNet, EfficientNet-Lite) in timm's layout, `ImageClassifier`.
 
 pub mod attention;
 pub mod bert;
@@ -36,6 +37,7 @@ pub mod loader;
 pub mod params;
 pub mod testing;
 pub mod tokenizer;
+pub mod vision;
 
 #[cfg(test)]
 mod loader_tests;

@@ -21,6 +21,7 @@
 mod chat;
 mod classification;
 mod csv_source;
+pub mod images;
 mod lines;
 mod other;
 mod squad;
@@ -65,6 +66,9 @@ pub enum DataFormat {
     TokenTags,
     /// `{"context","question","answers"}` JSONL or a nested SQuAD JSON file (extractive QA).
     QuestionAnswering,
+    /// A zip or tar archive of class folders, or `{"image","label"}` JSONL (image
+    /// classification).
+    Images,
 }
 
 impl DataFormat {
@@ -76,6 +80,7 @@ impl DataFormat {
             DataFormat::Preference => "preference",
             DataFormat::TokenTags => "token_tags",
             DataFormat::QuestionAnswering => "question_answering",
+            DataFormat::Images => "images",
         }
     }
 
@@ -88,6 +93,7 @@ impl DataFormat {
             DataFormat::Preference,
             DataFormat::TokenTags,
             DataFormat::QuestionAnswering,
+            DataFormat::Images,
         ]
         .into_iter()
         .find(|format| format.as_str() == name)
@@ -102,6 +108,7 @@ impl DataFormat {
             DataFormat::PromptCompletion => Some(Task::CompletionSft),
             DataFormat::TokenTags => Some(Task::TokenClassification),
             DataFormat::QuestionAnswering => Some(Task::QuestionAnswering),
+            DataFormat::Images => Some(Task::ImageClassification),
             DataFormat::Preference => None,
         }
     }
@@ -124,13 +131,14 @@ pub struct DatasetError {
 pub const UNEXPECTED_FORMAT: &str = "Unexpected file format, expected either text/label \
 classification examples (JSONL, or CSV with a `text,label` header), chat messages, \
 prompt/completion pairs, preference pairs (input/preferred_output/non_preferred_output), \
-token tags (tokens/tags JSONL, or CoNLL `token<TAB>tag` lines) or extractive QA \
-(context/question/answers, or a SQuAD JSON file).";
+token tags (tokens/tags JSONL, or CoNLL `token<TAB>tag` lines), extractive QA \
+(context/question/answers, or a SQuAD JSON file) or labelled images (a zip or tar archive of \
+class folders, or image/label JSONL).";
 
 /// Where an example sits in its file: its 1-based number among the examples and its 1-based
 /// physical line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ExampleAt {
+pub struct ExampleAt {
     pub example: usize,
     pub line: usize,
 }
@@ -183,15 +191,24 @@ pub fn detect_format(bytes: &[u8]) -> Result<DataFormat, DatasetError> {
 }
 
 /// A file's format, and whether it is a CSV file (classification only) or CoNLL text (token
-/// tags only).
+/// tags only), or how its images are packed.
 struct Detected {
     format: DataFormat,
     csv: bool,
     conll: bool,
+    images: Option<images::ImageContainer>,
 }
 
 /// Reads the first record of `reader` (from its start) to decide the file's format.
 fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
+    if let Some(container) = images::archive_kind(&mut reader)? {
+        return Ok(Detected {
+            format: DataFormat::Images,
+            csv: false,
+            conll: false,
+            images: Some(container),
+        });
+    }
     reader.rewind()?;
     // A nested SQuAD file is one JSON document (SQuAD's train set: a 40 MB line), not JSONL.
     if squad::is_nested_squad(BufReader::new(&mut reader))? {
@@ -199,6 +216,7 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
             format: DataFormat::QuestionAnswering,
             csv: false,
             conll: false,
+            images: None,
         });
     }
     reader.rewind()?;
@@ -212,6 +230,7 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
                 format: DataFormat::TokenTags,
                 csv: false,
                 conll: true,
+                images: None,
             });
         }
         drop(lines);
@@ -221,6 +240,7 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
                 format: DataFormat::Classification,
                 csv: true,
                 conll: false,
+                images: None,
             })
         } else {
             Err(unexpected_format(at.line).into())
@@ -228,7 +248,14 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
     }
     let record = parse_object(at, text)?;
     let has = |key: &str| record.contains_key(key);
-    let format = if has("messages") {
+    let format = if images::is_image_record(&record) {
+        return Ok(Detected {
+            format: DataFormat::Images,
+            csv: false,
+            conll: false,
+            images: Some(images::ImageContainer::Jsonl),
+        });
+    } else if has("messages") {
         DataFormat::Chat
     } else if has("input")
         || has("preferred_output")
@@ -252,6 +279,7 @@ fn detect<R: Read + Seek>(mut reader: R) -> Result<Detected, ScanError> {
         format,
         csv: false,
         conll: false,
+        images: None,
     })
 }
 

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 
 use super::chat::chat_example;
 use super::classification::{for_each_labeled_text, sorted_labels, LabeledText};
+use super::images::{scan_images, ImageContainer};
 use super::lines::{for_each_object, ScanError};
 use super::other::{preference_example, prompt_completion};
 use super::squad::for_each_qa_example;
@@ -66,6 +67,18 @@ pub fn validate_training_file(path: &Path) -> Result<FileSummary, ScanError> {
 pub fn scan<R: Read + Seek>(mut reader: R) -> Result<FileSummary, ScanError> {
     let detected = detect(&mut reader)?;
     reader.rewind()?;
+    if detected.format == DataFormat::Images {
+        let container = detected.images.unwrap_or(ImageContainer::Jsonl);
+        let images = scan_images(reader, container)?;
+        // ImageFolder's class order (alphabetical), which timm's exports follow too.
+        return Ok(FileSummary {
+            format: DataFormat::Images,
+            examples: images.examples,
+            duplicates: 0,
+            conflicting_duplicates: 0,
+            labels: images.classes.into_keys().collect(),
+        });
+    }
     let buffered = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let mut summary = FileSummary {
         format: detected.format,
@@ -107,6 +120,8 @@ pub fn scan<R: Read + Seek>(mut reader: R) -> Result<FileSummary, ScanError> {
             })?;
             summary.labels = sorted_tags(labels.into_iter().collect());
         }
+        // Scanned above, before the text readers are set up.
+        DataFormat::Images => {}
         DataFormat::QuestionAnswering => {
             let mut seen = Fingerprints::default();
             for_each_qa_example(buffered, |example| {

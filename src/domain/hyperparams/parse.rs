@@ -67,7 +67,7 @@ pub(super) fn int_in(
     usize::try_from(n).map_err(|_| bad(param, format!("`{param}` is too large")))
 }
 
-fn float_in(
+pub(super) fn float_in(
     param: &str,
     value: &Value,
     min: f64,

@@ -46,6 +46,16 @@ fn defaults_for(key: DefaultsKey) -> TaskDefaults {
             batch_size: 4,
             max_seq_len: 512,
         },
+        // torchvision's transfer-learning recipe: a new head at lr 1e-3, batch 32, no LoRA;
+        // images have no sequence length (the field stays at 1, unused).
+        DefaultsKey::ImageTransfer => TaskDefaults {
+            full_lr: 1e-3,
+            lora_lr: 1e-3,
+            lora_rank: 0,
+            lora_alpha: 16.0,
+            batch_size: 32,
+            max_seq_len: 1,
+        },
     }
 }
 

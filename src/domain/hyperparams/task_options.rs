@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::super::task::Task;
+use super::image_options::{ImageOptions, IMAGE_KEYS};
 use super::{bad, int_in, HyperparamError};
 
 /// run_qa's `doc_stride`: context tokens shared by consecutive windows.
@@ -22,7 +23,7 @@ const MAX_TOKENS: u64 = 32768;
 /// Options of the task-specific recipes. Requested: `None` means not given. Resolved: the
 /// job's task's keys are set, the others are `None`; `doc_stride` and `max_prompt_length`
 /// stay `None` when not given (the window decides the first, the second is no cap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TaskOptions {
     /// Extractive QA: tokens of context shared by consecutive windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,9 @@ pub struct TaskOptions {
     /// `max_length`; unset here does the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prompt_length: Option<usize>,
+    /// Image classification: the transfer-learning recipe's knobs.
+    #[serde(flatten)]
+    pub image: ImageOptions,
 }
 
 /// Which task each option belongs to, under its request key.
@@ -54,6 +58,9 @@ fn data_of(task: Task) -> &'static str {
     match task {
         Task::QuestionAnswering => "extractive question answering (SQuAD data)",
         Task::TokenClassification => "token classification (tokens/tags data)",
+        Task::ImageClassification => {
+            "image classification (an archive of class folders, or image/label JSONL)"
+        }
         _ => "DPO (`method.type` `dpo` with preference data)",
     }
 }
@@ -61,7 +68,18 @@ fn data_of(task: Task) -> &'static str {
 impl TaskOptions {
     /// Whether `key` is one of these options.
     pub fn is_key(key: &str) -> bool {
-        OWNERS.iter().any(|(name, _)| *name == key)
+        OWNERS.iter().any(|(name, _)| *name == key) || IMAGE_KEYS.contains(&key)
+    }
+
+    /// The task that owns `key`.
+    fn owner(key: &str) -> Option<Task> {
+        if IMAGE_KEYS.contains(&key) {
+            return Some(Task::ImageClassification);
+        }
+        OWNERS
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, task)| *task)
     }
 
     /// Parses one option's value into `self`.
@@ -80,7 +98,7 @@ impl TaskOptions {
             "max_prompt_length" => {
                 self.max_prompt_length = Some(int_in(key, value, 1, MAX_TOKENS - 1)?)
             }
-            _ => return Err(bad(key, format!("Unknown hyperparameter `{key}`"))),
+            _ => return self.image.parse_key(key, value),
         }
         Ok(())
     }
@@ -91,7 +109,7 @@ impl TaskOptions {
             "max_answer_length" => self.max_answer_length.is_some(),
             "label_all_tokens" => self.label_all_tokens.is_some(),
             "max_prompt_length" => self.max_prompt_length.is_some(),
-            _ => false,
+            _ => self.image.given(key),
         }
     }
 
@@ -121,15 +139,16 @@ impl TaskOptions {
     /// Refuses an option of another task than `task`, then checks the lengths against the
     /// `max_seq_len` the job will run with.
     pub(super) fn check_task(&self, task: Task, max_seq_len: usize) -> Result<(), HyperparamError> {
-        if let Some((key, owner)) = OWNERS
-            .iter()
+        let keys = OWNERS.iter().map(|(key, _)| *key).chain(IMAGE_KEYS);
+        if let Some((key, owner)) = keys
+            .filter_map(|key| Some((key, Self::owner(key)?)))
             .find(|(key, owner)| *owner != task && self.given(key))
         {
             return Err(bad(
                 key,
                 format!(
                     "`{key}` is a hyperparameter of {}; this job's training data is {} data",
-                    data_of(*owner),
+                    data_of(owner),
                     task.label()
                 ),
             ));
@@ -155,6 +174,10 @@ impl TaskOptions {
             },
             Task::Dpo => TaskOptions {
                 max_prompt_length: self.max_prompt_length,
+                ..TaskOptions::default()
+            },
+            Task::ImageClassification => TaskOptions {
+                image: self.image.resolve(),
                 ..TaskOptions::default()
             },
             _ => TaskOptions::default(),

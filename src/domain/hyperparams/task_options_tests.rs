@@ -21,6 +21,7 @@ fn each_option_parses_under_its_own_key() {
             max_answer_length: Some(1),
             label_all_tokens: Some(true),
             max_prompt_length: Some(100),
+            image: Default::default(),
         }
     );
     // Stored and echoed flat, under the request's keys; unset keys are absent.

@@ -235,6 +235,8 @@ pub fn run_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         new_head: &[],
         vars: task.models.policy.trainable_vars(),
         has_valid: task.valid.is_some(),
+        buffers: Vec::new(),
+        pretrained_lr_scale: 1.0,
     };
     run_task(setup, &task, observer, |trainer, observer| {
         summarize(trainer, &task, job, observer)

@@ -66,6 +66,8 @@ pub fn run_classification(
         new_head: &NEW_HEAD,
         vars: task.model.trainable_vars(),
         has_valid: task.valid.is_some(),
+        buffers: Vec::new(),
+        pretrained_lr_scale: 1.0,
     };
     run_task(setup, &task, observer, |trainer, observer| {
         build_summary(trainer, &task, observer)

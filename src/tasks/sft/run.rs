@@ -313,6 +313,8 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         new_head: &[],
         vars: task.model.trainable_vars(),
         has_valid: task.valid.is_some(),
+        buffers: Vec::new(),
+        pretrained_lr_scale: 1.0,
     };
     run_task(setup, &task, observer, |trainer, observer| {
         summarize(trainer, &task, observer)

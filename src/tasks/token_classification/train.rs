@@ -81,6 +81,8 @@ pub fn run_token_classification(
         new_head: &["classifier."],
         vars: task.model.trainable_vars(),
         has_valid: task.valid.is_some(),
+        buffers: Vec::new(),
+        pretrained_lr_scale: 1.0,
     };
     run_task(setup, &task, observer, |trainer, observer| {
         build_summary(trainer, &task, observer)
