@@ -22,6 +22,9 @@ job's events (bench/task_driver.py: the pace over the step intervals that touch 
 `predict_samples_per_s` = test images / seconds of those requests (the data URLs are built
 before; the first request loads the model); `peak_rss_mb` = the server's VmHWM;
 `train_loss_epochs` = the mean `train_loss` of each epoch's step events.
+With --check-export the merged download (timm layout) is loaded with timm and compared with
+these answers (`export_label_agreement`, `export_max_prob_diff`, `n`, `loaded_with`,
+`export_data_config`; see bench/check_image_export.py), after the peak RSS is read.
 """
 import argparse
 import os
@@ -36,9 +39,9 @@ from task_driver import Service, add_service_flags, fine_tune, training_timing
 
 
 def classify(service, model, images, batch=32):
-    """The predicted label of each image, through /v1/classifications."""
+    """(the predicted label of each image, the /v1/classifications rows in input order)."""
     inputs = [image_input(png) for _, _, png in images]
-    predicted = []
+    predicted, all_rows = [], []
     for first in range(0, len(inputs), batch):
         part = inputs[first:first + batch]
         reply = service.post("/classifications", {"model": model, "input": part})
@@ -46,13 +49,16 @@ def classify(service, model, images, batch=32):
         if len(rows) != len(part):
             raise SystemExit(f"/v1/classifications answered {len(rows)} rows for {len(part)} images")
         predicted += [row["label"] for row in rows]
-    return predicted
+        all_rows += rows
+    return predicted, all_rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_image_flags(parser)
     add_service_flags(parser)
+    parser.add_argument("--check-export", action="store_true",
+                        help="also download the merged export and compare timm's predictions (bench/check_image_export.py)")
     args = parser.parse_args()
 
     train_path, test_path = fashion_mnist_paths(args.assets)
@@ -74,9 +80,14 @@ def main():
         per_epoch = max(timing["optimizer_steps"] // max(args.epochs, 1), 1)
         losses = epoch_means({s: data.get("train_loss") for s, (_, data) in steps.items()}, per_epoch)
         predict_start = time.perf_counter()
-        predicted = classify(service, job.fine_tuned_model, test)
+        predicted, rows = classify(service, job.fine_tuned_model, test)
         predict_seconds = time.perf_counter() - predict_start
         scores = score([label for _, label, _ in test], predicted)
+        peak_rss = service.peak_rss_mb()
+        export = {}
+        if args.check_export:
+            from check_image_export import check_image_export
+            export = check_image_export(service.base, args.api_key, job.id, test, rows, args.image_size)
         emit({
             "impl": "temper", "model": IMAGE_RECIPE["model"], "fine_tuned_model": job.fine_tuned_model,
             "classes": len({label for _, label, _ in train}),
@@ -84,8 +95,8 @@ def main():
             "train_examples": len(train), "test_examples": len(test), "epochs": args.epochs,
             **timing, "train_loss_epochs": losses,
             "predict_samples_per_s": round(len(test) / predict_seconds, 2),
-            "peak_rss_mb": service.peak_rss_mb(), "per_class": scores["per_class"],
-            "recipe": image_recipe_of(args),
+            "peak_rss_mb": peak_rss, "per_class": scores["per_class"],
+            "recipe": image_recipe_of(args), **export,
         })
         succeeded = True
     finally:

@@ -10,6 +10,7 @@ mod errors;
 mod files;
 mod fine_tune;
 mod generation_limits;
+mod image_classification;
 mod lifecycle;
 mod openapi;
 mod question_answering;
