@@ -28,11 +28,16 @@ bench/image.py) are decoded with PIL, grey -> RGB, and prepared with timm's eval
 input_size, interpolation, crop_pct, crop_mode, mean and std all from the exported file, not
 from timm's registry), then classified in eval mode. It prints one JSON line:
 `export_label_agreement` (share of identical labels), `export_max_prob_diff` (largest
-|p_temper - p_timm| over all labels and images), `n` (images) and `loaded_with`.
+|p_temper - p_timm| over all labels and images), `n` (images), `loaded_with`, the
+`export_data_config` used, and `create_model_error` for a two-layer head.
 temper resizes with the `image` crate's CatmullRom for "bicubic" and PIL with its own bicubic,
 so the pixels, hence the probabilities, differ slightly: agreement near 1.0 and a small
-max_prob_diff are expected, not float noise. bench/image.py --check-export runs the same check
-after its benchmark.
+max_prob_diff are expected, not float noise. To tell that apart from the model, the same
+images are also sent to temper and to timm already resized by PIL (timm's eval Resize, so
+temper's resize is the identity): `same_resize_label_agreement` and
+`same_resize_max_prob_diff` then differ only by the centre crop, the normalisation and the
+model, and should be float noise (about 1e-5). bench/image.py --check-export runs the same
+check after its benchmark.
 """
 import argparse
 import io
@@ -134,11 +139,28 @@ def timm_probabilities(model, transform, labels, images, batch=32):
     return out
 
 
-def check_image_export(base_url, api_key, job_id, images, temper_rows, image_size=0):
-    """The export check's keys for `images` (name, label, PNG) and temper's rows for them."""
+def pre_resized(images, resize):
+    """The images as PNGs already resized (grey -> RGB) by `resize`, timm's eval Resize step:
+    temper's own resize to the same size leaves them as they are, so only the centre crop,
+    the normalisation and the model can make temper and timm differ on them."""
+    from PIL import Image
+
+    out = []
+    for name, label, png in images:
+        buffer = io.BytesIO()
+        resize(Image.open(io.BytesIO(png)).convert("RGB")).save(buffer, "PNG")
+        out.append((name, label, buffer.getvalue()))
+    return out
+
+
+def check_image_export(base_url, api_key, job_id, images, temper_rows, image_size=0, classify_rows=None):
+    """The export check's keys for `images` (name, label, PNG) and temper's rows for them.
+    With classify_rows (images -> temper's rows) it also compares on pre-resized images
+    (`same_resize_*`; see pre_resized)."""
     import tempfile
 
     from timm.data import create_transform
+    from torchvision import transforms
 
     with tempfile.TemporaryDirectory(prefix="temper-export-") as dest:
         model_dir = download_merged(base_url, api_key, job_id, dest)
@@ -150,9 +172,15 @@ def check_image_export(base_url, api_key, job_id, images, temper_rows, image_siz
         if len(labels) != int(config["num_classes"]):
             raise SystemExit(f"config.json: {len(labels)} label_names for num_classes {config['num_classes']}")
         model, loaded_with, plain_error = load_export(model_dir)
-        probs = timm_probabilities(model, create_transform(**data_config, is_training=False), labels, images)
-    result = {**compare(temper_rows, probs), "n": len(images), "loaded_with": loaded_with,
-              "export_data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+        transform = create_transform(**data_config, is_training=False)
+        probs = timm_probabilities(model, transform, labels, images)
+        result = {**compare(temper_rows, probs), "n": len(images), "loaded_with": loaded_with,
+                  "export_data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}}
+        resize = transform.transforms[0]
+        if classify_rows and isinstance(resize, transforms.Resize):
+            same = pre_resized(images, resize)
+            agreement = compare(classify_rows(same), timm_probabilities(model, transform, labels, same))
+            result.update({key.replace("export_", "same_resize_"): value for key, value in agreement.items()})
     if plain_error:
         result["create_model_error"] = plain_error
     return result
@@ -176,8 +204,8 @@ def main():
     service = Service(argparse.Namespace(base_url=args.base_url, api_key=args.api_key, keep_data=False))
     job = service.client.fine_tuning.jobs.retrieve(args.job)
     images = read_image_zip(fashion_mnist_paths(args.assets)[1], args.limit)
-    _, rows = classify(service, job.fine_tuned_model, images)
-    result = check_image_export(service.base, args.api_key, job.id, images, rows, args.image_size)
+    rows_of = lambda some: classify(service, job.fine_tuned_model, some)[1]  # noqa: E731
+    result = check_image_export(service.base, args.api_key, job.id, images, rows_of(images), args.image_size, rows_of)
     emit({"job": job.id, "fine_tuned_model": job.fine_tuned_model, **result})
 
 

@@ -87,7 +87,8 @@ def main():
         export = {}
         if args.check_export:
             from check_image_export import check_image_export
-            export = check_image_export(service.base, args.api_key, job.id, test, rows, args.image_size)
+            export = check_image_export(service.base, args.api_key, job.id, test, rows, args.image_size,
+                                        lambda images: classify(service, job.fine_tuned_model, images)[1])
         emit({
             "impl": "temper", "model": IMAGE_RECIPE["model"], "fine_tuned_model": job.fine_tuned_model,
             "classes": len({label for _, label, _ in train}),
