@@ -14,7 +14,8 @@ layers; model.safetensors under timm's names) and loads it with timm on CPU PyTo
   ("loaded_with": "create_model"). The overlay's num_classes matters: without it the
   pretrained_cfg keeps the registry's 1000 classes, and timm, seeing 1000 != N, silently drops
   `classifier.*` from the file and leaves a random head. The loaded state_dict is therefore
-  compared with the file, tensor by tensor.
+  compared with the file, tensor by tensor. (`timm.create_model("local-dir:" + DIR,
+  pretrained=True)` reads config.json itself and loads such an export exactly too.)
 - a two-layer head (`head_hidden` H): create_model cannot load it (its head is one Linear, the
   file has `classifier.0.*` / `classifier.3.*`: a strict load fails on missing / unexpected
   keys, reported as `create_model_error`), so the model is created with num_classes=N, its

@@ -58,7 +58,8 @@ def main():
     add_image_flags(parser)
     add_service_flags(parser)
     parser.add_argument("--check-export", action="store_true",
-                        help="also download the merged export and compare timm's predictions (bench/check_image_export.py)")
+                        help="also download the merged export and compare timm's predictions "
+                             "(bench/check_image_export.py)")
     args = parser.parse_args()
 
     train_path, test_path = fashion_mnist_paths(args.assets)

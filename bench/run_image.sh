@@ -10,7 +10,9 @@
 # Environment: ASSETS (default ./assets), TEMPER (default target/release/temper, built by
 # `cargo build --release` beforehand), TEMPER_BASE_URL (use a running temper instead) with
 # TEMPER_PID (its pid, for the peak RSS), THREADS (torch threads for the reference; default
-# torch's choice = physical cores). Needs scripts/bench-env.sh once (timm, torchvision, pillow).
+# torch's choice = physical cores), CHECK_EXPORT=1 (temper side: also load the merged download
+# with timm and compare, bench/check_image_export.py). Needs scripts/bench-env.sh once (timm,
+# torchvision, pillow).
 # Results are also appended to bench/out/image.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ else
   [ -x "$TEMPER" ] || { echo "$TEMPER not found: run cargo build --release first" >&2; exit 1; }
   temper_args+=(--temper "$TEMPER")
 fi
+[ "${CHECK_EXPORT:-0}" = 1 ] && temper_args+=(--check-export)
 reference_args=(--assets "$ASSETS")
 [ -n "${THREADS:-}" ] && reference_args+=(--threads "$THREADS")
 

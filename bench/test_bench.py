@@ -1,7 +1,8 @@
 """Unit tests of the benchmark helpers whose arithmetic the numbers depend on: the split
 builders (answer location, CoNLL parsing, DPO rows), the scoring shared by both sides, the
 pace from events, the image recipe (flags, hyperparameters, unfreezing, --limit, data
-config), and the comparison line.
+config), the image export check's head layout and data config, the timm state-dict listing,
+and the comparison line.
 
     .venv-bench/bin/python -m unittest discover -s bench -p 'test_*.py'
 """
@@ -242,6 +243,42 @@ class Images(unittest.TestCase):
         self.assertEqual(image_common.score(["Bag"], ["Dress"])["per_class"]["Dress"]["support"], 0)
         self.assertEqual(image_common.epoch_means({0: 9.0, 1: 2.0, 2: 4.0, 3: 1.0, 4: None}, 2), [3.0, 1.0])
         self.assertEqual(image_common.epoch_means({}, 2), [])
+
+
+class ImageExport(unittest.TestCase):
+    def test_head_layout_follows_config_and_tensor_names(self):
+        from check_image_export import head_layout
+
+        names = {"conv_head.weight", "classifier.weight", "classifier.bias"}
+        self.assertEqual(head_layout({"pretrained_cfg": {"classifier": "classifier"}}, names), ("classifier", 0))
+        two = {"fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"}
+        self.assertEqual(head_layout({"head_hidden": 256, "pretrained_cfg": {"classifier": "fc"}}, two), ("fc", 256))
+        self.assertEqual(head_layout({}, names), ("classifier", 0))  # no pretrained_cfg: timm's usual name
+        with self.assertRaises(SystemExit):  # a two-layer head the file does not hold
+            head_layout({"head_hidden": 256, "pretrained_cfg": {"classifier": "classifier"}}, names)
+        with self.assertRaises(SystemExit):
+            head_layout({"pretrained_cfg": {"classifier": "fc"}}, names)
+
+    def test_eval_data_config_comes_from_the_exported_config(self):
+        from check_image_export import eval_data_config
+
+        cfg = {"input_size": [3, 64, 64], "interpolation": "bilinear", "crop_pct": 0.9, "crop_mode": "center",
+               "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "num_classes": 10}
+        data = eval_data_config({"architecture": "efficientnet_lite0", "pretrained_cfg": cfg})
+        self.assertEqual((tuple(data["input_size"]), data["interpolation"], data["crop_pct"], tuple(data["mean"]),
+                          tuple(data["std"])), ((3, 64, 64), "bilinear", 0.9, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)))
+
+    def test_state_dict_listing_round_trips(self):
+        import json
+
+        from make_vision_fixture import state_dicts_json
+
+        shapes = {"a": [["conv.weight", [2, 3, 1, 1]], ["bn.running_var", [2]]], "b": [["fc.bias", [10]]]}
+        text = state_dicts_json("1.0.31", shapes)
+        self.assertEqual(json.loads(text), {"made_by": "scripts/make_vision_fixture.py", "timm": "1.0.31",
+                                            "num_classes": 10, "models": shapes})
+        self.assertIn('\n      ["conv.weight", [2, 3, 1, 1]],\n', text)  # one pair a line
+        self.assertTrue(text.endswith("}\n"))
 
 
 class Comparison(unittest.TestCase):

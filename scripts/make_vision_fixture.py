@@ -52,6 +52,12 @@ Each directory holds:
   (one key: safetensors writes a metadata map in hash order, so one key keeps reruns
   byte-identical).
 
+And `timm_state_dicts.json` under OUT: for each of the real architectures temper loads
+(STATE_DICT_ARCHS: efficientnet_lite0, resnet18, resnet50), the [tensor name, shape] pairs of
+`timm.create_model(name, pretrained=False, num_classes=10).state_dict()`, in order, without
+`num_batches_tracked`, with the timm version and num_classes: what a full-size checkpoint in timm's layout
+holds (names and shapes only, no values), one pair a line.
+
 Stdout lists each model's structure (kernel, stride, padding, groups, BN eps/momentum, skip)
 and its tensor names, and the file sizes. Seeds: torch.manual_seed(20240521 + i) per model.
 Commit the output; rerun only to change the fixtures (the tensors differ across torch builds
@@ -159,6 +165,41 @@ def config(arch, model, size):
             "pretrained_cfg": cfg}
 
 
+STATE_DICT_ARCHS = ("efficientnet_lite0", "resnet18", "resnet50")
+STATE_DICT_CLASSES = 10
+
+
+def state_dict_shapes(model):
+    """[[tensor name, shape]] of the model's state_dict in order, without num_batches_tracked."""
+    return [[name, list(t.shape)] for name, t in model.state_dict().items()
+            if not name.endswith("num_batches_tracked")]
+
+
+def state_dicts_json(timm_version, shapes):
+    """timm_state_dicts.json's text: {"timm", "num_classes", "models": {arch: [[name, shape]]}},
+    one [name, shape] pair a line."""
+    lines = ["{", '  "made_by": "scripts/make_vision_fixture.py",', f'  "timm": {json.dumps(timm_version)},',
+             f'  "num_classes": {STATE_DICT_CLASSES},', '  "models": {']
+    for i, (arch, pairs) in enumerate(shapes.items()):
+        lines.append(f"    {json.dumps(arch)}: [")
+        lines += [f"      {json.dumps(pair)}{',' if j + 1 < len(pairs) else ''}" for j, pair in enumerate(pairs)]
+        lines.append("    ]" + ("," if i + 1 < len(shapes) else ""))
+    return "\n".join(lines + ["  }", "}", ""])
+
+
+def write_state_dicts(out):
+    shapes = {arch: state_dict_shapes(timm.create_model(arch, pretrained=False, num_classes=STATE_DICT_CLASSES))
+              for arch in STATE_DICT_ARCHS}
+    text = state_dicts_json(timm.__version__, shapes)
+    assert json.loads(text)["models"] == shapes
+    path = os.path.join(out, "timm_state_dicts.json")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    print(f"== {path}: " + ", ".join(f"{arch} {len(pairs)} tensors" for arch, pairs in shapes.items())
+          + f", {os.path.getsize(path)} B")
+    return os.path.getsize(path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="tests/fixtures/vision")
@@ -224,6 +265,7 @@ def main():
         print("   files " + ", ".join(f"{f} {n} B" for f, n in sizes.items()))
         print(describe(model))
         print("   tensors: " + " ".join(f"{k}{list(v.shape)}" for k, v in state.items()))
+    total += write_state_dicts(args.out)
     print(f"total {total} bytes")
 
 

@@ -9,7 +9,8 @@
 
 use candle_core::Tensor;
 
-use super::layers::{relu6, ConvBn, Weights};
+use super::layers::{ConvBn, Weights};
+use super::norm::Activation;
 use super::Role;
 use crate::zoo::params::NamedVar;
 use crate::zoo::ZooError;
@@ -82,14 +83,14 @@ impl EfficientNetLite {
     /// `[N, H, W, 3]` → `[N, H/32, W/32, 1280]`; `roles` has one entry per unit of
     /// [`efficientnet_units`].
     pub fn features(&self, x: &Tensor, roles: &[Role]) -> Result<Tensor, ZooError> {
-        let mut x = relu6(&self.stem.forward(x, roles[0])?)?;
+        let mut x = self.stem.forward(x, roles[0], Activation::Relu6)?;
         for (blocks, &role) in self.stages.iter().zip(&roles[1..]) {
             for block in blocks {
                 x = block.forward(&x, role)?;
             }
         }
         let head_role = roles[self.stages.len() + 1];
-        relu6(&self.head.forward(&x, head_role)?)
+        self.head.forward(&x, head_role, Activation::Relu6)
     }
 
     pub fn num_features(&self) -> Result<usize, ZooError> {
@@ -180,10 +181,12 @@ impl MbBlock {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(&h, role)?;
-            if i < last {
-                h = relu6(&h)?;
-            }
+            let act = if i < last {
+                Activation::Relu6
+            } else {
+                Activation::Identity
+            };
+            h = conv.forward(&h, role, act)?;
         }
         Ok(if self.residual { (h + x)? } else { h })
     }

@@ -175,3 +175,77 @@ fn only_the_training_units_and_the_head_get_gradients() {
         assert!(trained > 2, "{name}: {trained} tensors trained");
     }
 }
+
+/// timm's `state_dict()` of the real architectures with 10 classes (names and shapes,
+/// `scripts/make_vision_fixture.py`): random weights under exactly those names load, run,
+/// and come back out of `named_tensors` (what the download writes) as the same list, so
+/// `timm.create_model(arch, num_classes=10)` takes the export strictly.
+#[test]
+fn real_architectures_load_from_timm_names_and_export_them_back() {
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture_dir("timm_state_dicts.json")).unwrap())
+            .unwrap();
+    for (arch, units, features) in [
+        ("resnet18", 5, 512),
+        ("resnet50", 5, 2048),
+        ("efficientnet_lite0", 9, 1280),
+    ] {
+        let entries = listing["models"][arch].as_array().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = std::collections::HashMap::new();
+        let mut expected = Vec::new();
+        for entry in entries {
+            let name = entry[0].as_str().unwrap().to_string();
+            let shape: Vec<usize> = entry[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            // Variances must be positive; everything else small and random.
+            let t = if name.ends_with("running_var") {
+                Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap()
+            } else {
+                (Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).unwrap() * 0.05).unwrap()
+            };
+            expected.push((name.clone(), shape));
+            tensors.insert(name, t);
+        }
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let config = serde_json::json!({"architecture": arch, "num_classes": 10,
+            "pretrained_cfg": {"input_size": [3, 64, 64]}});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        assert_eq!(
+            ImageClassifier::count_units(dir.path()).unwrap(),
+            units,
+            "{arch}"
+        );
+        let spec = ImageClassifierSpec {
+            num_classes: 10,
+            head_hidden: 0,
+            head_dropout: 0.0,
+            trainable_units: 1,
+        };
+        let model = ImageClassifier::from_pretrained(dir.path(), &spec, &Device::Cpu, 1).unwrap();
+        let images = Tensor::randn(0f32, 1.0, (2, 64, 64, 3), &Device::Cpu).unwrap();
+        assert_eq!(
+            model.features(&images, 0, false).unwrap().dims(),
+            &[2, features],
+            "{arch}"
+        );
+        assert_eq!(
+            model.forward(&images, 1, true, 0).unwrap().dims(),
+            &[2, 10],
+            "{arch}"
+        );
+        let mut exported: Vec<(String, Vec<usize>)> = model
+            .named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| (name, t.dims().to_vec()))
+            .collect();
+        exported.sort();
+        expected.sort();
+        assert_eq!(exported, expected, "{arch}");
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 
 use super::conv::{conv2d, ConvSpec};
-use super::norm::BatchNorm;
+use super::norm::{Activation, BatchNorm};
 use super::Role;
 use crate::zoo::linear::Param;
 use crate::zoo::params::NamedVar;
@@ -145,8 +145,9 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
-    pub fn forward(&self, x: &Tensor, role: Role) -> Result<Tensor, ZooError> {
-        self.bn.forward(&self.conv.forward(x, role)?, role)
+    /// Convolution, BatchNorm, then `act`.
+    pub fn forward(&self, x: &Tensor, role: Role, act: Activation) -> Result<Tensor, ZooError> {
+        self.bn.forward(&self.conv.forward(x, role)?, role, act)
     }
 
     pub fn push_vars(&self, out: &mut Vec<NamedVar>) {
@@ -164,9 +165,4 @@ impl ConvBn {
         self.bn.weight.freeze();
         self.bn.bias.freeze();
     }
-}
-
-/// ReLU6, EfficientNet-Lite's activation.
-pub fn relu6(x: &Tensor) -> Result<Tensor, ZooError> {
-    Ok(x.clamp(0f32, 6f32)?)
 }

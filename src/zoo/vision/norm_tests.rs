@@ -37,7 +37,9 @@ fn training_mode_normalises_by_the_batch_and_matches_the_composed_gradients() {
     let x =
         Var::from_tensor(&Tensor::randn(0.3f32, 2.0, (2, 3, 4, 3), &Device::Cpu).unwrap()).unwrap();
     let probe = Tensor::randn(0f32, 1.0, (2, 3, 4, 3), &Device::Cpu).unwrap();
-    let y = bn.forward(x.as_tensor(), Role::Train).unwrap();
+    let y = bn
+        .forward(x.as_tensor(), Role::Train, Activation::Identity)
+        .unwrap();
     let grads = (&y * &probe)
         .unwrap()
         .sum_all()
@@ -79,7 +81,7 @@ fn training_mode_moves_the_running_statistics_like_pytorch() {
         .unwrap()
         .reshape((1, 2, 2, 1))
         .unwrap();
-    bn.forward(&x, Role::Train).unwrap();
+    bn.forward(&x, Role::Train, Activation::Identity).unwrap();
     let mean = bn.running_mean.as_tensor().to_vec1::<f32>().unwrap()[0];
     let var = bn.running_var.as_tensor().to_vec1::<f32>().unwrap()[0];
     assert!((mean - (0.9 * 0.5 + 0.1 * 3.0)).abs() < 1e-6, "{mean}");
@@ -93,7 +95,7 @@ fn evaluation_mode_applies_the_running_statistics_and_leaves_them_alone() {
         .unwrap()
         .reshape((1, 1, 2, 1))
         .unwrap();
-    let y = bn.forward(&x, Role::Frozen).unwrap();
+    let y = bn.forward(&x, Role::Frozen, Activation::Identity).unwrap();
     let expected: Vec<f32> = [1f32, 2.5]
         .iter()
         .map(|v| (v - 0.5) / (2f32 + 1e-5).sqrt() * 1.5 + 0.1)
@@ -114,6 +116,34 @@ fn training_mode_refuses_a_single_value_per_channel() {
         .unwrap()
         .reshape((1, 1, 1, 1))
         .unwrap();
-    let err = bn.forward(&x, Role::Train).unwrap_err().to_string();
+    let err = bn
+        .forward(&x, Role::Train, Activation::Identity)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at least 2 images"), "{err}");
+}
+
+#[test]
+fn the_fused_frozen_path_equals_the_composed_one_for_each_activation() {
+    let (bn, _, _) = layer(3);
+    let frozen = BatchNorm {
+        weight: Param::Frozen(bn.weight.tensor().detach()),
+        bias: Param::Frozen(bn.bias.tensor().detach()),
+        ..bn.clone()
+    };
+    let x = (Tensor::randn(0f32, 4.0, (2, 5, 3, 3), &Device::Cpu).unwrap() + 2.0).unwrap();
+    for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+        let fused = frozen.forward(&x, Role::Frozen, act).unwrap();
+        // A tracked input takes the composed path.
+        let tracked = Var::from_tensor(&x).unwrap();
+        let composed = frozen
+            .forward(tracked.as_tensor(), Role::Frozen, act)
+            .unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-6, "{act:?}");
+    }
+    let six = frozen
+        .forward(&(x * 100.0).unwrap(), Role::Frozen, Activation::Relu6)
+        .unwrap();
+    let max = six.max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(max, 6.0);
 }

@@ -57,8 +57,7 @@ impl ImagePrep {
         let resized = resize_shorter(image, self.resize_to, self.filter());
         let (w, h) = resized.dimensions();
         let size = self.size as u32;
-        let left = ((w.saturating_sub(size)) as f32 / 2.0).round() as u32;
-        let top = ((h.saturating_sub(size)) as f32 / 2.0).round() as u32;
+        let (left, top) = (centre_offset(w, size), centre_offset(h, size));
         let crop = imageops::crop_imm(&resized, left, top, size.min(w), size.min(h)).to_image();
         self.normalise(&fit(&crop, size, self.filter()))
     }
@@ -93,6 +92,18 @@ impl ImagePrep {
             return Ok(resize_shorter(&image, limit as usize, FilterType::Triangle));
         }
         Ok(image)
+    }
+}
+
+/// torchvision's `CenterCrop` offset, `int(round((size - crop) / 2))` with Python's
+/// round-half-to-even: a 9-pixel margin starts the crop at 4, not 5.
+fn centre_offset(size: u32, crop: u32) -> u32 {
+    let margin = size.saturating_sub(crop);
+    let half = margin / 2;
+    if margin % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
     }
 }
 
@@ -152,4 +163,18 @@ fn random_resized_crop(w: u32, h: u32, rng: &mut StdRng) -> (u32, u32, u32, u32)
     };
     let (cw, ch) = (cw.clamp(1, w), ch.clamp(1, h));
     ((w - cw) / 2, (h - ch) / 2, cw, ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centre_crops_round_half_to_even_like_torchvision() {
+        // Margins 9, 11, 10, 0: Python's round(4.5) = 4, round(5.5) = 6.
+        assert_eq!(centre_offset(73, 64), 4);
+        assert_eq!(centre_offset(75, 64), 6);
+        assert_eq!(centre_offset(74, 64), 5);
+        assert_eq!(centre_offset(64, 64), 0);
+    }
 }

@@ -8,6 +8,7 @@
 use candle_core::Tensor;
 
 use super::layers::{ConvBn, Weights};
+use super::norm::Activation;
 use super::pool::max_pool2d;
 use super::Role;
 use crate::zoo::params::NamedVar;
@@ -63,7 +64,7 @@ impl ResNet {
     /// `[N, H, W, 3]` → pooled-ready features `[N, H/32, W/32, C]`; `roles` has one entry
     /// per unit of [`resnet_units`].
     pub fn features(&self, x: &Tensor, roles: &[Role]) -> Result<Tensor, ZooError> {
-        let x = self.stem.forward(x, roles[0])?.relu()?;
+        let x = self.stem.forward(x, roles[0], Activation::Relu)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for (blocks, &role) in self.stages.iter().zip(&roles[1..]) {
             for block in blocks {
@@ -141,13 +142,15 @@ impl ResidualBlock {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(&h, role)?;
-            if i < last {
-                h = h.relu()?;
-            }
+            let act = if i < last {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            h = conv.forward(&h, role, act)?;
         }
         let shortcut = match &self.downsample {
-            Some(down) => down.forward(x, role)?,
+            Some(down) => down.forward(x, role, Activation::Identity)?,
             None => x.clone(),
         };
         Ok((h + shortcut)?.relu()?)
