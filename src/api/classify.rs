@@ -21,6 +21,11 @@ pub const ROUTES: &[(Method, &str)] = &[(Method::POST, "/v1/classifications")];
 /// larger request could never be served.
 pub const MAX_INPUTS: usize = 1024;
 
+/// Images per request: each is prepared (decoded, resized, normalised to floats at the
+/// model's size) before its round runs, so this bounds what one request holds in memory
+/// (64 × 224² × 3 floats ≈ 38 MB) the way the JSON body limit bounds its bytes.
+pub const MAX_IMAGE_INPUTS: usize = 64;
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/classifications", post(classify))
 }
@@ -85,9 +90,9 @@ fn image_inputs(input: Option<Value>) -> Result<Vec<Vec<u8>>, ApiError> {
         Some(part) => vec![part],
         None => Vec::new(),
     };
-    if parts.is_empty() || parts.len() > MAX_INPUTS {
+    if parts.is_empty() || parts.len() > MAX_IMAGE_INPUTS {
         return Err(ApiError::bad_request(format!(
-            "`input` must be a list of 1 to {MAX_INPUTS} image_url content parts."
+            "`input` must be a list of 1 to {MAX_IMAGE_INPUTS} image_url content parts; send more images in more requests."
         ))
         .with_param("input"));
     }

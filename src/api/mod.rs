@@ -86,6 +86,7 @@ pub const JSON_BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
 /// the code that enforces them so the e2e suite can compare the two.
 pub mod limits {
     pub use super::chat::MAX_TOP_LOGPROBS as CHAT_MAX_TOP_LOGPROBS;
+    pub use super::classify::MAX_IMAGE_INPUTS as CLASSIFY_MAX_IMAGE_INPUTS;
     pub use super::classify::MAX_INPUTS as CLASSIFY_MAX_INPUTS;
     pub use super::completions::MAX_LOGPROBS as COMPLETION_MAX_LOGPROBS;
     pub use super::generation::{MAX_N, MAX_STOP};

@@ -6,6 +6,7 @@
 //! - `runner.rs`: the task-independent loop (accumulation, clipping, evaluation points,
 //!   best model, early stopping, checkpoints, exact resume, pause/cancel) over a
 //!   `TrainTask` that a task folder under `src/tasks/` implements.
+//! - `task.rs`: `TrainTask`, what a task gives the loop (micro-batches, evaluations, hooks).
 //! - `setup.rs`: what every task's run does around the loop (best metric, checkpoint
 //!   meta, the new head's learning rate, resume, outcome), written once.
 //! - `data.rs`: seeded per-epoch batch order, sequential batches.
@@ -35,6 +36,7 @@ pub(crate) mod setup;
 #[cfg(test)]
 mod setup_tests;
 pub(crate) mod summary;
+mod task;
 
 pub use error::TrainError;
 pub use export::ExportFormat;

@@ -212,3 +212,78 @@ fn accumulation_sums_micro_batches() {
     let summed: Vec<f32> = acc.get(0).expect("grad").to_vec1().expect("vec");
     assert_eq!(summed, vec![0.75, -2.0]);
 }
+
+#[test]
+fn adam_adds_the_decay_to_the_gradient_where_adamw_decouples_it() {
+    // p = 1, g = 0.5, wd = 0.1, lr = 0.01, first step (m̂ = g', v̂ = g'²).
+    let coupled = var(&[1.0]);
+    let decoupled = var(&[1.0]);
+    let adam = AdamWConfig {
+        decoupled: false,
+        ..config(0.1)
+    };
+    let mut opt_adam = AdamW::new(vec![param("p", &coupled, true)], adam).expect("adam");
+    let mut opt_adamw = AdamW::new(vec![param("p", &decoupled, true)], config(0.1)).expect("adamw");
+    let store = grads_for(&[(&coupled, &[0.5]), (&decoupled, &[0.5])]);
+    opt_adam
+        .step(&opt_adam.gradients(&store), 0.01)
+        .expect("step");
+    opt_adamw
+        .step(&opt_adamw.gradients(&store), 0.01)
+        .expect("step");
+    // Adam: g' = 0.5 + 0.1·1 = 0.6, update lr·g'/|g'| = 0.01 → 0.99.
+    assert!(
+        (values(&coupled)[0] - 0.99).abs() < 1e-6,
+        "{:?}",
+        values(&coupled)
+    );
+    // AdamW: 1·(1 − 0.01·0.1) − 0.01 = 0.989.
+    assert!(
+        (values(&decoupled)[0] - 0.989).abs() < 1e-6,
+        "{:?}",
+        values(&decoupled)
+    );
+}
+
+#[test]
+fn a_parameter_that_starts_training_late_gets_its_own_first_step() {
+    // `late` has no gradient at step 1 (a frozen backbone unit), then one at step 2: its
+    // bias correction is a first step's (update = lr exactly), as torch's per-parameter
+    // `state["step"]` gives, not the third of a step that the global count would.
+    let early = var(&[0.0]);
+    let late = var(&[0.0]);
+    let mut opt = AdamW::new(
+        vec![param("early", &early, false), param("late", &late, false)],
+        config(0.0),
+    )
+    .expect("opt");
+    opt.step(&opt.gradients(&grads_for(&[(&early, &[1.0])])), 0.01)
+        .expect("step 1");
+    assert_eq!(values(&late), [0.0]);
+    opt.step(
+        &opt.gradients(&grads_for(&[(&early, &[1.0]), (&late, &[1.0])])),
+        0.01,
+    )
+    .expect("step 2");
+    assert!(
+        (values(&late)[0] + 0.01).abs() < 1e-7,
+        "{:?}",
+        values(&late)
+    );
+    // Saved and restored with the state: a resumed run keeps counting from there.
+    let state = opt.state_tensors().expect("state");
+    assert_eq!(state["late.step"].to_vec1::<i64>().expect("step"), [1]);
+    assert_eq!(state["early.step"].to_vec1::<i64>().expect("step"), [2]);
+    let mut restored = AdamW::new(
+        vec![param("early", &early, false), param("late", &late, false)],
+        config(0.0),
+    )
+    .expect("opt");
+    restored.load_state_tensors(&state).expect("load");
+    assert_eq!(
+        restored.state_tensors().expect("state")["late.step"]
+            .to_vec1::<i64>()
+            .expect("step"),
+        [1]
+    );
+}

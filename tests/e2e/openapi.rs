@@ -224,6 +224,14 @@ fn the_spec_states_the_limits_the_server_enforces() {
         number(inputs, "maxItems") as usize,
         limits::CLASSIFY_MAX_INPUTS
     );
+    let images = classify
+        .iter()
+        .find(|l| l.contains("type: array") && l.contains("ImageUrlPart"))
+        .expect("image list");
+    assert_eq!(
+        number(images, "maxItems") as usize,
+        limits::CLASSIFY_MAX_IMAGE_INPUTS
+    );
     let tag = &op("POST", "/v1/token_classifications").lines;
     let texts = tag
         .iter()

@@ -127,7 +127,11 @@ fn dense_conv(x: &Tensor, weight: &Tensor, geo: Geometry) -> Result<Tensor, ZooE
     if !x.track_op() && !weight.track_op() {
         return Ok(out);
     }
-    Ok(x.apply_op2(weight, DenseConvGrad { output: out, geo })?)
+    let op = DenseConvGrad {
+        output: std::sync::Mutex::new(Some(out)),
+        geo,
+    };
+    Ok(x.apply_op2(weight, op)?)
 }
 
 /// The patches `[N·Ho·Wo, k·k·C]`; a 1×1 stride-1 convolution's are the input itself.
@@ -237,8 +241,11 @@ impl CustomOp1 for Col2Im {
 /// "Output computed elsewhere": forward copies the precomputed convolution, backward
 /// computes the weight gradient (patches recomputed from the input rather than kept: 9×
 /// the activation for a 3×3 kernel) and the input gradient, each only when needed.
+///
+/// The op lives in the graph until the backward, so it gives the precomputed output up in
+/// its forward: holding it would keep every trainable convolution's output twice.
 struct DenseConvGrad {
-    output: Tensor,
+    output: std::sync::Mutex<Option<Tensor>>,
     geo: Geometry,
 }
 
@@ -254,11 +261,17 @@ impl CustomOp2 for DenseConvGrad {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.output.storage_and_layout();
+        let output = self
+            .output
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv2d-nhwc: poisoned output".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("conv2d-nhwc: forward ran twice".into()))?;
+        let (storage, layout) = output.storage_and_layout();
         match &*storage {
             candle_core::Storage::Cpu(s) => {
                 let data = contiguous_f32(s, layout)?;
-                Ok((CpuStorage::F32(data.to_vec()), self.output.shape().clone()))
+                Ok((CpuStorage::F32(data.to_vec()), output.shape().clone()))
             }
             _ => candle_core::bail!("conv2d-nhwc: the output is not on the cpu"),
         }

@@ -19,6 +19,7 @@ pub mod efficientnet;
 pub mod layers;
 pub mod model;
 pub mod norm;
+mod norm_train;
 pub mod pool;
 pub mod prep;
 pub mod resnet;
@@ -35,3 +36,6 @@ pub enum Role {
     /// Tracked weights, BatchNorm on batch statistics (running ones updated).
     Train,
 }
+
+#[cfg(test)]
+mod real_weights_tests;

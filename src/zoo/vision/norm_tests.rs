@@ -147,3 +147,52 @@ fn the_fused_frozen_path_equals_the_composed_one_for_each_activation() {
     let max = six.max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(max, 6.0);
 }
+
+#[test]
+fn training_mode_with_an_activation_matches_the_composed_gradients() {
+    for act in [Activation::Relu, Activation::Relu6] {
+        let (bn, weight, bias) = layer(3);
+        // Values spread past 0 and 6 after the affine, so both clamps matter.
+        let x = Var::from_tensor(&Tensor::randn(0.5f32, 3.0, (2, 4, 4, 3), &Device::Cpu).unwrap())
+            .unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 4, 4, 3), &Device::Cpu).unwrap();
+        let y = bn.forward(x.as_tensor(), Role::Train, act).unwrap();
+        let grads = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+
+        let (plain, _, _) = layer(3);
+        let composed = act
+            .forward(
+                &plain
+                    .forward(x.as_tensor(), Role::Train, Activation::Identity)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(max_abs_diff(&y, &composed) < 1e-5, "{act:?}");
+        let ref_grads = (&composed * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_abs_diff(
+            grads.get(x.as_tensor()).unwrap(),
+            ref_grads.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "{act:?}: input gradient differs by {d}");
+        for (ours, theirs) in [(&weight, &plain.weight), (&bias, &plain.bias)] {
+            let Param::Trainable(theirs) = theirs else {
+                panic!("trainable")
+            };
+            let d = max_abs_diff(
+                grads.get(ours.as_tensor()).unwrap(),
+                ref_grads.get(theirs.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "{act:?}: parameter gradient differs by {d}");
+        }
+    }
+}
