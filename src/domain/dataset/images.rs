@@ -8,7 +8,7 @@
 //! at upload, not found mid-training.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Cursor, Read, Seek};
+use std::io::{self, BufReader, Cursor, Read, Seek};
 use std::path::{Component, Path};
 
 use base64::Engine;
@@ -371,9 +371,6 @@ pub fn read_images<R: Read + Seek>(
 pub fn image_container<R: Read + Seek>(reader: &mut R) -> io::Result<ImageContainer> {
     Ok(archive_kind(reader)?.unwrap_or(ImageContainer::Jsonl))
 }
-
-#[allow(dead_code)]
-fn _assert_bufread<R: BufRead>(_: R) {}
 
 #[cfg(test)]
 #[path = "tests/images.rs"]
