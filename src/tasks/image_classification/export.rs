@@ -1,8 +1,10 @@
 //! An image-classification checkpoint as the user's artifact: the model in timm's layout
 //! (`config.json` with the new `num_classes` and `label_names`, `model.safetensors` with
 //! timm's names), which `timm.create_model(arch, pretrained=True,
-//! pretrained_cfg_overlay=dict(file=…), num_classes=…)` loads. A two-layer head is named as
-//! the recipe's `nn.Sequential` (`fc.0`, `fc.3`) and recorded as `head_hidden`.
+//! pretrained_cfg_overlay=dict(file=…, num_classes=N))` loads. A two-layer head is named as
+//! the recipe's `nn.Sequential` (`fc.0` / `fc.3` on a ResNet, `classifier.0` /
+//! `classifier.3` on an EfficientNet) and recorded as `head_hidden`: timm has no such head,
+//! so it loads after `model.classifier = nn.Sequential(…)` with `load_state_dict`.
 
 use std::collections::HashMap;
 use std::path::Path;
