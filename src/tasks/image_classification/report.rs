@@ -4,9 +4,10 @@
 use serde_json::{json, Value};
 
 use super::train::{ImageTask, IMAGE_METRICS};
+use crate::tasks::sequence_classification::report::best_checkpoint_report;
 use crate::train::runner::Trainer;
 use crate::train::summary::results_csv;
-use crate::train::{EventLevel, TrainError, TrainObserver, TrainSummary};
+use crate::train::{TrainError, TrainObserver, TrainSummary};
 
 pub(crate) fn build_summary(
     trainer: &Trainer,
@@ -19,21 +20,11 @@ pub(crate) fn build_summary(
         None => ("train", task.train.as_slice()),
     };
     let evaluation = task.evaluate_set(samples)?;
-    let mut report = evaluation.confusion.report(&task.job.labels);
+    let mut report =
+        best_checkpoint_report(&evaluation, &task.job.labels, split, best_step, observer);
     if let Value::Object(map) = &mut report {
-        map.insert("split".into(), json!(split));
-        map.insert("loss".into(), json!(evaluation.loss));
-        map.insert("macro_f1".into(), json!(evaluation.macro_f1));
-        map.insert("step".into(), json!(best_step));
         map.insert("image_size".into(), json!(task.prep.size));
     }
-    observer.on_event(
-        EventLevel::Info,
-        format!(
-            "Best checkpoint: step {best_step} ({split} accuracy {:.4})",
-            evaluation.accuracy
-        ),
-    );
     Ok(TrainSummary {
         best_step,
         best_checkpoint: best_dir,

@@ -15,6 +15,7 @@ use super::data::{batch_tensor, decode_samples, Sample};
 use super::report::build_summary;
 use crate::domain::dataset::images::LabeledImage;
 use crate::domain::hyperparams::{ImageOptions, TrainingConfig};
+use crate::tasks::sequence_classification::evaluate::Evaluation;
 use crate::tasks::sequence_classification::metrics::Confusion;
 use crate::train::checkpoint::{CheckpointTask, TrainState};
 use crate::train::data::sequential_batches;
@@ -87,14 +88,6 @@ pub(crate) struct ImageTask<'a> {
     pub(crate) valid: Option<Vec<Sample>>,
     /// The epoch being trained (0-based), set by the loop before its batches.
     epoch: Cell<usize>,
-}
-
-/// Loss, accuracy, macro F1 and confusion over a whole split.
-pub(crate) struct Evaluation {
-    pub loss: f64,
-    pub accuracy: f64,
-    pub macro_f1: f64,
-    pub confusion: Confusion,
 }
 
 impl<'a> ImageTask<'a> {
@@ -225,10 +218,7 @@ impl TrainTask for ImageTask<'_> {
             return Ok(());
         };
         if at.epoch_end || at.eval_due || at.regular_save {
-            let evaluation = self.evaluate_set(valid)?;
-            row.set("valid_loss", evaluation.loss);
-            row.set("valid_accuracy", evaluation.accuracy);
-            row.set("valid_f1", evaluation.macro_f1);
+            self.evaluate_set(valid)?.record_valid(row);
         }
         Ok(())
     }

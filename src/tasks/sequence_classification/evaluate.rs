@@ -7,6 +7,7 @@ use super::data::{make_batch, EncodedExample, LabeledBatch};
 use super::metrics::Confusion;
 use crate::train::data::sequential_batches;
 use crate::train::evaluate::scalar;
+use crate::train::named_metrics::MetricsRow;
 use crate::train::TrainError;
 use crate::zoo::SequenceClassifier;
 
@@ -40,6 +41,15 @@ pub struct Evaluation {
     pub accuracy: f64,
     pub macro_f1: f64,
     pub confusion: Confusion,
+}
+
+impl Evaluation {
+    /// The validation metrics every classifier reports (`CLASSIFICATION_METRICS`).
+    pub fn record_valid(&self, row: &mut MetricsRow) {
+        row.set("valid_loss", self.loss);
+        row.set("valid_accuracy", self.accuracy);
+        row.set("valid_f1", self.macro_f1);
+    }
 }
 
 pub struct EvalSet<'a> {

@@ -18,7 +18,7 @@ pub mod data;
 pub mod evaluate;
 mod export;
 pub mod metrics;
-mod report;
+pub(crate) mod report;
 pub mod serve;
 #[cfg(test)]
 mod small_data_tests;

@@ -3,10 +3,38 @@
 
 use serde_json::{json, Value};
 
+use super::evaluate::Evaluation;
 use super::train::{ClassifyTask, CLASSIFICATION_METRICS};
 use crate::train::runner::Trainer;
 use crate::train::summary::results_csv;
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainSummary};
+
+/// The sklearn-like report (with confusion matrix) of the best checkpoint's evaluation on
+/// `split`, and the event that names it: what every classifier's final report holds (text
+/// and image classification alike).
+pub(crate) fn best_checkpoint_report(
+    evaluation: &Evaluation,
+    labels: &[String],
+    split: &str,
+    best_step: usize,
+    observer: &mut dyn TrainObserver,
+) -> Value {
+    let mut report = evaluation.confusion.report(labels);
+    if let Value::Object(map) = &mut report {
+        map.insert("split".into(), json!(split));
+        map.insert("loss".into(), json!(evaluation.loss));
+        map.insert("macro_f1".into(), json!(evaluation.macro_f1));
+        map.insert("step".into(), json!(best_step));
+    }
+    observer.on_event(
+        EventLevel::Info,
+        format!(
+            "Best checkpoint: step {best_step} ({split} accuracy {:.4})",
+            evaluation.accuracy
+        ),
+    );
+    report
+}
 
 /// Loads the best checkpoint's weights into the task's model and reports on the
 /// validation set (the training set when there is none).
@@ -21,20 +49,7 @@ pub(crate) fn build_summary(
         None => ("train", task.train.as_slice()),
     };
     let evaluation = task.evaluate_set(examples)?;
-    let mut report = evaluation.confusion.report(&task.job.labels);
-    if let Value::Object(map) = &mut report {
-        map.insert("split".into(), json!(split));
-        map.insert("loss".into(), json!(evaluation.loss));
-        map.insert("macro_f1".into(), json!(evaluation.macro_f1));
-        map.insert("step".into(), json!(best_step));
-    }
-    observer.on_event(
-        EventLevel::Info,
-        format!(
-            "Best checkpoint: step {best_step} ({split} accuracy {:.4})",
-            evaluation.accuracy
-        ),
-    );
+    let report = best_checkpoint_report(&evaluation, &task.job.labels, split, best_step, observer);
     Ok(TrainSummary {
         best_step,
         best_checkpoint: best_dir,

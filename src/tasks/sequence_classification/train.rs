@@ -181,10 +181,7 @@ impl TrainTask for ClassifyTask<'_> {
             return Ok(());
         };
         if at.epoch_end || at.eval_due || at.regular_save {
-            let evaluation = self.evaluate_set(valid)?;
-            row.set("valid_loss", evaluation.loss);
-            row.set("valid_accuracy", evaluation.accuracy);
-            row.set("valid_f1", evaluation.macro_f1);
+            self.evaluate_set(valid)?.record_valid(row);
         }
         Ok(())
     }
