@@ -7,8 +7,10 @@
 
 use candle_core::{DType, Tensor, D};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::config::{EncoderArch, EncoderConfig, HiddenAct};
+use super::cpu::varlen_attention::Span;
 use super::linear::{Param, TrainLinear};
 pub use super::loader::{ParamBuilder, Tuning};
 use super::ZooError;
@@ -50,6 +52,9 @@ impl LayerNormW {
 
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor, ZooError> {
     if train && p > 0.0 {
+        if super::fused::uses_fused_kernels(x) {
+            return Ok(super::cpu::dropout::dropout(x, p as f32)?);
+        }
         Ok(candle_nn::ops::dropout(x, p as f32)?)
     } else {
         Ok(x.clone())
@@ -247,29 +252,28 @@ impl Encoder {
         packing: &Packing,
         train: bool,
     ) -> Result<Tensor, ZooError> {
-        let (b, _, _, t) = mask.dims4()?;
-        let h = self.cfg.hidden_size;
-        let heads = self.cfg.num_heads;
-        let d = self.cfg.head_dim();
-        let split = |y: Tensor| -> Result<Tensor, ZooError> {
-            let padded = packing.pad(&y, (b, t, h))?;
-            Ok(padded
-                .reshape((b, t, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
-        let k = split(l.k.forward(x, train)?)?;
-        let v = split(l.v.forward(x, train)?)?;
         let attention_dropout = if train {
             self.cfg.attention_dropout
         } else {
             0.0
         };
-        let context = super::attention::attention(&q, &k, &v, mask, attention_dropout)?
-            .transpose(1, 2)?
-            .reshape((b * t, h))?;
-        let context = context.index_select(&packing.rows, 0)?;
+        let context = if super::fused::uses_fused_kernels(x) {
+            let (q, k, v) = (
+                l.q.forward(x, train)?,
+                l.k.forward(x, train)?,
+                l.v.forward(x, train)?,
+            );
+            super::cpu::varlen_attention::varlen_attention(
+                &q,
+                &k,
+                &v,
+                &packing.spans,
+                self.cfg.num_heads,
+                attention_dropout as f32,
+            )?
+        } else {
+            self.padded_attention(l, x, mask, packing, attention_dropout, train)?
+        };
         let mut attn = l.attn_out.forward(&context, train)?;
         if self.cfg.arch == EncoderArch::Bert {
             attn = dropout(&attn, self.cfg.hidden_dropout, train)?;
@@ -287,6 +291,37 @@ impl Encoder {
             train,
         )?;
         l.out_ln.forward(&(out + x)?)
+    }
+
+    /// Attention on the padded `[B, heads, T, d]` layout with an additive mask, for devices
+    /// without the packed CPU kernel; returns the context as packed `[N, H]` rows.
+    fn padded_attention(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        mask: &Tensor,
+        packing: &Packing,
+        attention_dropout: f64,
+        train: bool,
+    ) -> Result<Tensor, ZooError> {
+        let (b, _, _, t) = mask.dims4()?;
+        let h = self.cfg.hidden_size;
+        let heads = self.cfg.num_heads;
+        let d = self.cfg.head_dim();
+        let split = |y: Tensor| -> Result<Tensor, ZooError> {
+            let padded = packing.pad(&y, (b, t, h))?;
+            Ok(padded
+                .reshape((b, t, heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
+        let k = split(l.k.forward(x, train)?)?;
+        let v = split(l.v.forward(x, train)?)?;
+        let context = super::attention::attention(&q, &k, &v, mask, attention_dropout)?
+            .transpose(1, 2)?
+            .reshape((b * t, h))?;
+        Ok(context.index_select(&packing.rows, 0)?)
     }
 
     /// Every tensor with the HF name transformers writes (`bert.`/`distilbert.` prefix),
@@ -387,6 +422,8 @@ struct Packing {
     rows: Tensor,
     /// Position `t` of each real token, for the position embeddings.
     positions: Tensor,
+    /// Each batch row's real tokens as one run of packed rows, for packed attention.
+    spans: Arc<[Span]>,
 }
 
 impl Packing {
@@ -394,19 +431,25 @@ impl Packing {
         let device = attention_mask.device();
         let mask = attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
         let t = mask.first().map_or(0, Vec::len);
-        let (mut rows, mut positions) = (Vec::new(), Vec::new());
+        let (mut rows, mut positions, mut spans) = (Vec::new(), Vec::new(), Vec::new());
         for (bi, row) in mask.iter().enumerate() {
+            let start = rows.len();
             for (ti, &m) in row.iter().enumerate() {
                 if m != 0 {
                     rows.push((bi * t + ti) as u32);
                     positions.push(ti as u32);
                 }
             }
+            spans.push(Span {
+                start,
+                len: rows.len() - start,
+            });
         }
         let n = rows.len();
         Ok(Self {
             rows: Tensor::from_vec(rows, n, device)?,
             positions: Tensor::from_vec(positions, n, device)?,
+            spans: spans.into(),
         })
     }
 

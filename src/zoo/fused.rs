@@ -8,6 +8,11 @@
 //! pass forward and one backward. Other devices keep the composed ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task of the element-wise kernels: large enough that rayon's
+/// fork/join costs little next to the work.
+const PARALLEL_CHUNK: usize = 1 << 14;
 
 /// The f32 data of a contiguous tensor's storage; the kernels here and in
 /// `decoder::kernels` are only called on contiguous inputs.
@@ -86,10 +91,14 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
-        let y = x
-            .iter()
-            .map(|&v| 0.5 * v * (1.0 + erf_and_gaussian(v * FRAC_1_SQRT_2).0))
-            .collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(x.par_chunks(PARALLEL_CHUNK))
+            .for_each(|(out, x)| {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = 0.5 * v * (1.0 + erf_and_gaussian(v * FRAC_1_SQRT_2).0);
+                }
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -114,14 +123,18 @@ impl CustomOp2 for GeluErfGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let dx = x
-            .iter()
-            .zip(g)
-            .map(|(&v, &g)| {
-                let (erf, gaussian) = erf_and_gaussian(v * FRAC_1_SQRT_2);
-                g * (0.5 * (1.0 + erf) + v * FRAC_1_SQRT_2PI * gaussian)
-            })
-            .collect();
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(
+                x.par_chunks(PARALLEL_CHUNK)
+                    .zip(g.par_chunks(PARALLEL_CHUNK)),
+            )
+            .for_each(|(out, (x, g))| {
+                for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
+                    let (erf, gaussian) = erf_and_gaussian(v * FRAC_1_SQRT_2);
+                    *o = g * (0.5 * (1.0 + erf) + v * FRAC_1_SQRT_2PI * gaussian);
+                }
+            });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -176,13 +189,19 @@ impl CustomOp3 for LayerNorm {
             contiguous_f32(s2, l2)?,
             contiguous_f32(s3, l3)?,
         );
+        let hidden = w.len();
+        let rows_per_task = (PARALLEL_CHUNK / hidden.max(1)).max(1) * hidden.max(1);
         let mut y = vec![0f32; x.len()];
-        for (row, out) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
-            let (mean, rstd) = row_stats(row, self.eps);
-            for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
-                *o = (v - mean) * rstd * w + b;
-            }
-        }
+        y.par_chunks_mut(rows_per_task)
+            .zip(x.par_chunks(rows_per_task))
+            .for_each(|(y, x)| {
+                for (row, out) in x.chunks_exact(hidden).zip(y.chunks_exact_mut(hidden)) {
+                    let (mean, rstd) = row_stats(row, self.eps);
+                    for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * w + b;
+                    }
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -234,6 +253,28 @@ impl CustomOp3 for LayerNormGrad {
         let mut out = vec![0f32; (rows + 2) * hidden];
         let (dx_all, sums) = out.split_at_mut(rows * hidden);
         let (dw, db) = sums.split_at_mut(hidden);
+        // Each task writes its rows' dx and returns its partial dw, db, summed below.
+        let rows_per_task = (PARALLEL_CHUNK / hidden.max(1)).max(1) * hidden.max(1);
+        let partials: Vec<Vec<f32>> = dx_all
+            .par_chunks_mut(rows_per_task)
+            .zip(x.par_chunks(rows_per_task).zip(g.par_chunks(rows_per_task)))
+            .map(|(dx, (x, g))| self.rows_backward(x, g, w, dx))
+            .collect();
+        for partial in partials {
+            let (pw, pb) = partial.split_at(hidden);
+            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, hidden))))
+    }
+}
+
+impl LayerNormGrad {
+    /// dx of some rows into `dx_all`; returns their `[dw | db]` contributions.
+    fn rows_backward(&self, x: &[f32], g: &[f32], w: &[f32], dx_all: &mut [f32]) -> Vec<f32> {
+        let hidden = w.len();
+        let mut sums = vec![0f32; 2 * hidden];
+        let (dw, db) = sums.split_at_mut(hidden);
         let mut normed = vec![0f32; hidden];
         for ((row, g_row), dx) in x
             .chunks_exact(hidden)
@@ -257,7 +298,7 @@ impl CustomOp3 for LayerNormGrad {
                 dx[i] = rstd * (g_row[i] * w[i] - mean_gw - normed[i] * mean_gw_xhat);
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 2, hidden))))
+        sums
     }
 }
 

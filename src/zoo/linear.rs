@@ -296,6 +296,16 @@ impl TrainLinear {
             LinearBase::Dense(weight) => weight,
             LinearBase::Quantized(q) => return self.quantized_forward(q, x2),
         };
+        if super::fused::uses_fused_kernels(x2) && super::fused::uses_fused_kernels(weight.tensor())
+        {
+            // One op whose backward computes only the gradients that are tracked: for a
+            // frozen weight that is the input's alone, as `FrozenLinearGrad` gives it.
+            return Ok(super::cpu::linear_op::linear(
+                x2,
+                weight.tensor(),
+                self.bias.as_ref().map(Param::tensor),
+            )?);
+        }
         let bias_trainable = self.bias.as_ref().is_some_and(Param::is_trainable);
         if weight.is_trainable() || bias_trainable {
             let mut out = x2.matmul(&weight.tensor().t()?)?;

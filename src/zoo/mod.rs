@@ -27,6 +27,7 @@ pub mod bert;
 pub mod chat_template;
 pub mod classifier;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod encoder_head;
 pub mod export;

@@ -1,0 +1,107 @@
+//! Inverted dropout in one parallel pass, its mask a pure function of a per-call seed and
+//! each element's index, so the backward regenerates the mask instead of keeping it.
+//!
+//! `candle_nn::ops::dropout` draws a uniform tensor from candle's RNG on one thread, then
+//! compares, converts and multiplies: four passes and two tensors kept for the backward.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::zoo::attention::mix;
+use crate::zoo::fused::contiguous_f32;
+
+/// Elements per parallel task: large enough that rayon's fork/join is noise.
+const CHUNK: usize = 1 << 14;
+
+/// `x · mask / (1 − p)` with each element dropped with probability `p` (0 ≤ p < 1).
+pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability {p} is not in [0, 1)");
+    }
+    x.contiguous()?.apply_op1(Dropout {
+        p,
+        seed: rand::random(),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+/// Whether element `index` of the call seeded `seed` is kept: the top 24 bits of a
+/// SplitMix64 hash as a uniform number in [0, 1).
+#[inline]
+pub(crate) fn kept(seed: u64, index: u64, p: f32) -> bool {
+    let uniform = (mix(seed ^ mix(index)) >> 40) as f32 / (1u64 << 24) as f32;
+    uniform >= p
+}
+
+impl Dropout {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let scale = 1.0 / (1.0 - self.p);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(chunk, (out, inp))| {
+                let first = (chunk * CHUNK) as u64;
+                for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
+                    *o = if kept(self.seed, first + i as u64, self.p) {
+                        v * scale
+                    } else {
+                        0.0
+                    };
+                }
+            });
+        y
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "fused-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.apply(contiguous_f32(s, l)?);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // The same mask and scale on the gradient: d(x·m·s)/dx = m·s.
+        grad.contiguous()?.apply_op1_no_bwd(self).map(Some)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn drops_about_p_scales_the_rest_and_the_gradient_follows_the_same_mask() {
+        let n = 100_000;
+        let x = Var::from_tensor(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let y = dropout(x.as_tensor(), 0.25).unwrap();
+        let values = y.to_vec1::<f32>().unwrap();
+        let dropped = values.iter().filter(|&&v| v == 0.0).count();
+        let fraction = dropped as f64 / n as f64;
+        assert!((fraction - 0.25).abs() < 0.01, "dropped {fraction}");
+        let scale = 1.0 / 0.75;
+        assert!(values.iter().all(|&v| v == 0.0 || (v - scale).abs() < 1e-6));
+        // d(sum(y))/dx is the mask times the scale: exactly y here, since x = 1.
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gx, values);
+    }
+
+    #[test]
+    fn a_probability_of_one_is_refused() {
+        let x = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(dropout(&x, 1.0).is_err());
+    }
+}

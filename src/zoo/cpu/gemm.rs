@@ -1,0 +1,243 @@
+//! A bounds-checked front to the `gemm` crate (the kernels candle's CPU matmul runs on) for
+//! the fused ops that multiply strided views in place: attention heads read straight out of
+//! the packed `[N, hidden]` projections, outputs written straight into their rows, bias
+//! rows accumulated into, with no copies and no zero-filled buffers in between.
+
+/// A read-only `rows × cols` matrix view: element `(r, c)` is `data[r·row_stride + c·col_stride]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous row-major matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, as a view of the same data.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Columns `start..start + len`.
+    pub fn columns(self, start: usize, len: usize) -> Self {
+        let offset = (start * self.col_stride).min(self.data.len());
+        Self {
+            data: &self.data[offset..],
+            cols: len,
+            ..self
+        }
+    }
+
+    /// One past the last element the view reads.
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// A row-major destination: row `r` starts at `r·row_stride`, its columns are adjacent.
+pub struct ViewMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> ViewMut<'a> {
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+        }
+    }
+}
+
+/// Whether one product may split over the rayon pool; products inside an already parallel
+/// loop run serially.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Pool,
+    Single,
+}
+
+/// `dst = (accumulate ? dst : 0) + scale · a · b`.
+pub fn matmul(
+    dst: ViewMut<'_>,
+    a: View<'_>,
+    b: View<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) -> candle_core::Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || dst.rows != m || dst.cols != n {
+        candle_core::bail!(
+            "gemm: [{m}, {k}] · [{}, {n}] into [{}, {}]",
+            b.rows,
+            dst.rows,
+            dst.cols
+        );
+    }
+    let dst_extent = if m == 0 || n == 0 {
+        0
+    } else {
+        (m - 1) * dst.row_stride + n
+    };
+    if a.extent() > a.data.len()
+        || b.extent() > b.data.len()
+        || dst_extent > dst.data.len()
+        || (m > 1 && dst.row_stride < n)
+    {
+        candle_core::bail!("gemm: a view reaches past its buffer or its rows overlap");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in dst.data.chunks_mut(dst.row_stride.max(1)).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let parallelism = match threads {
+        Threads::Pool if rayon::current_num_threads() > 1 => {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        }
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: every index gemm touches is `row·stride + col·stride` with row < rows and
+    // col < cols of its view, all of which were checked against the slices' lengths
+    // above; the destination is a distinct `&mut` borrow whose rows do not overlap, so
+    // gemm's parallel writes are disjoint; the strides fit in isize because they index
+    // allocated slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            1,
+            dst.row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn naive(a: View, b: View) -> Vec<f32> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for r in 0..a.rows {
+            for c in 0..b.cols {
+                out[r * b.cols + c] = (0..a.cols)
+                    .map(|i| {
+                        a.data[r * a.row_stride + i * a.col_stride]
+                            * b.data[i * b.row_stride + c * b.col_stride]
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn strided_products_match_the_naive_loop_and_accumulate() {
+        let a: Vec<f32> = (0..35).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+        let b: Vec<f32> = (0..30).map(|i| (i % 5) as f32 * 0.25 - 0.5).collect();
+        // a as [5, 7]; b as [6, 5] transposed = [5, 6]; a's columns 2..7 as [5, 5].
+        let av = View::rows(&a, 5, 7);
+        let bt = View::rows(&b, 6, 5).t();
+        let mut out = vec![1.0; 5 * 6];
+        matmul(
+            ViewMut::rows(&mut out, 5, 6),
+            av.columns(2, 5),
+            bt,
+            2.0,
+            true,
+            Threads::Pool,
+        )
+        .unwrap();
+        let expected = naive(av.columns(2, 5), bt);
+        for (o, e) in out.iter().zip(&expected) {
+            assert!((o - (1.0 + 2.0 * e)).abs() < 1e-5, "{o} vs 1 + 2·{e}");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_an_error() {
+        let a = vec![1.0f32; 12];
+        let mut out = vec![0.0; 9];
+        let err = matmul(
+            ViewMut::rows(&mut out, 3, 3),
+            View::rows(&a, 3, 4),
+            View::rows(&a, 3, 4),
+            1.0,
+            false,
+            Threads::Single,
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn a_view_past_its_buffer_is_an_error_not_a_read() {
+        let a = vec![1.0f32; 10];
+        let mut out = vec![0.0; 4];
+        let too_long = View {
+            data: &a,
+            rows: 2,
+            cols: 6,
+            row_stride: 6,
+            col_stride: 1,
+        };
+        let err = matmul(
+            ViewMut::rows(&mut out, 2, 2),
+            too_long,
+            View::rows(&a, 6, 2),
+            1.0,
+            false,
+            Threads::Single,
+        );
+        assert!(err.is_err());
+    }
+}
