@@ -15,10 +15,15 @@ use temper::domain::task::Task;
 use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
 use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
+const BATCH_SIZE: usize = 16;
+
 #[derive(Default)]
 struct Timings {
     losses: Vec<f64>,
     tokens: u64,
+    /// When each step ended, and the tokens seen by then: the steady pace leaves out model
+    /// loading, the first step's warm-up and the final save.
+    step_ends: Vec<(Instant, u64)>,
 }
 
 impl TrainObserver for Timings {
@@ -26,6 +31,7 @@ impl TrainObserver for Timings {
     fn on_step(&mut self, metrics: &StepMetrics) {
         self.losses.push(metrics.train_loss());
         self.tokens = metrics.tokens_seen;
+        self.step_ends.push((Instant::now(), metrics.tokens_seen));
     }
     fn on_checkpoint(&mut self, _checkpoint: &SavedCheckpoint) {}
     fn control(&mut self) -> Control {
@@ -45,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     train.truncate(limit);
     let labels = label_set(&train);
     let request = HyperparamRequest::parse(
-        serde_json::json!({"n_epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01,
+        serde_json::json!({"n_epochs": 1, "batch_size": BATCH_SIZE, "learning_rate": 5e-5, "weight_decay": 0.01,
                            "warmup_ratio": 0.1, "lora_rank": lora_rank})
         .as_object()
         .context("literal object")?,
@@ -64,11 +70,21 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     run_classification(&job, &mut timings)?;
     let seconds = start.elapsed().as_secs_f64();
+    let (steady_samples_per_s, steady_tokens_per_s) =
+        match (timings.step_ends.first(), timings.step_ends.last()) {
+            (Some(&(t0, k0)), Some(&(t1, k1))) if timings.step_ends.len() > 1 => {
+                let s = (t1 - t0).as_secs_f64();
+                let steps = (timings.step_ends.len() - 1) as f64;
+                (steps * BATCH_SIZE as f64 / s, (k1 - k0) as f64 / s)
+            }
+            _ => (0.0, 0.0),
+        };
     println!(
         "{}",
         serde_json::json!({
             "examples": limit, "lora_rank": lora_rank, "seconds": seconds,
-            "samples_per_s": limit as f64 / seconds, "tokens_per_s": timings.tokens as f64 / seconds,
+            "samples_per_s": limit as f64 / seconds,
+            "steady_samples_per_s": steady_samples_per_s, "steady_tokens_per_s": steady_tokens_per_s, "tokens_per_s": timings.tokens as f64 / seconds,
             "steps": timings.losses.len(), "first_loss": timings.losses.first(), "last_loss": timings.losses.last(),
         })
     );

@@ -194,12 +194,47 @@ fn clipping_scales_to_max_norm() {
     let norm = grads.clip_global_norm(1.0).expect("clip");
     assert!((norm - 5.0).abs() < 1e-6);
     assert!((grads.global_norm().expect("norm") - 1.0).abs() < 1e-5);
-    let clipped: Vec<f32> = grads.get(0).expect("grad a").to_vec1().expect("vec");
-    assert!((clipped[0] - 0.6).abs() < 1e-6);
+    assert!((grads.scale() - 0.2).abs() < 1e-6);
     // Below the threshold (and with clipping off) nothing changes.
     let mut grads = opt.gradients(&grads_for(&[(&a, &[3.0, 0.0]), (&b, &[4.0])]));
     assert!((grads.clip_global_norm(10.0).expect("clip") - 5.0).abs() < 1e-6);
     assert!((grads.clip_global_norm(0.0).expect("off") - 5.0).abs() < 1e-6);
+}
+
+/// A step on clipped gradients equals a step on gradients scaled beforehand, with
+/// decoupled (AdamW) and coupled (Adam's L2) weight decay.
+#[test]
+fn a_step_applies_the_clipping_factor() {
+    for decoupled in [true, false] {
+        let run = |values: (&[f32], &[f32]), max_norm: f64| {
+            let (a, b) = (var(&[0.5, -1.0]), var(&[2.0]));
+            let cfg = AdamWConfig {
+                decoupled,
+                ..config(0.1)
+            };
+            let mut opt =
+                AdamW::new(vec![param("a", &a, true), param("b", &b, true)], cfg).expect("opt");
+            let mut grads = opt.gradients(&grads_for(&[(&a, values.0), (&b, values.1)]));
+            grads.clip_global_norm(max_norm).expect("clip");
+            opt.step(&grads, 0.01).expect("step");
+            // Adam's first step does not see a gradient's scale; the second one does.
+            let grads = opt.gradients(&grads_for(&[(&a, &[0.1, 0.2]), (&b, &[0.3])]));
+            opt.step(&grads, 0.01).expect("second step");
+            let mut out: Vec<f32> = a.as_tensor().to_vec1().expect("a");
+            out.extend(b.as_tensor().to_vec1::<f32>().expect("b"));
+            out
+        };
+        let clipped = run((&[3.0, 0.0], &[4.0]), 1.0);
+        let prescaled = run((&[0.6, 0.0], &[0.8]), 0.0);
+        for (c, p) in clipped.iter().zip(&prescaled) {
+            assert!(
+                (c - p).abs() < 1e-6,
+                "decoupled {decoupled}: {clipped:?} vs {prescaled:?}"
+            );
+        }
+        let unclipped = run((&[3.0, 0.0], &[4.0]), 0.0);
+        assert_ne!(clipped, unclipped);
+    }
 }
 
 #[test]
