@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::config::{EncoderArch, EncoderConfig, HiddenAct};
-use super::cpu::varlen_attention::Span;
+use super::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
 use super::linear::{Param, TrainLinear};
 pub use super::loader::{ParamBuilder, Tuning};
 use super::ZooError;
@@ -263,14 +263,12 @@ impl Encoder {
                 l.k.forward(x, train)?,
                 l.v.forward(x, train)?,
             );
-            super::cpu::varlen_attention::varlen_attention(
-                &q,
-                &k,
-                &v,
-                &packing.spans,
+            let spec = AttentionSpec::encoder(
+                self.cfg.hidden_size,
                 self.cfg.num_heads,
                 attention_dropout as f32,
-            )?
+            );
+            varlen_attention(&q, &k, &v, &packing.spans, spec)?
         } else {
             self.padded_attention(l, x, mask, packing, attention_dropout, train)?
         };

@@ -276,14 +276,7 @@ impl TrainLinear {
             Pass::Train | Pass::Eval => self.base_forward(&x2)?,
         };
         if let Some(lora) = self.lora.as_ref().filter(|_| pass != Pass::BaseOnly) {
-            let lora_in = if pass == Pass::Train && lora.dropout > 0.0 {
-                candle_nn::ops::dropout(&x2, lora.dropout as f32)?
-            } else {
-                x2.clone()
-            };
-            let low = lora_in.matmul(&lora.a.as_tensor().t()?)?;
-            let up = low.matmul(&lora.b.as_tensor().t()?)?;
-            out = (out + (up * lora.scale)?)?;
+            out = lora_update(lora, &x2, out, pass)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
@@ -402,6 +395,36 @@ impl TrainLinear {
         }
         base + n * 4
     }
+}
+
+/// `base_out + scale · B(A(dropout(x2)))`. On CPU the scale goes on the `[rows, r]`
+/// low-rank activations and the up-projection accumulates into the base output in its
+/// own product, where the composed form scaled and added two `[rows, out]` tensors.
+fn lora_update(
+    lora: &LoraAdapter,
+    x2: &Tensor,
+    base_out: Tensor,
+    pass: Pass,
+) -> Result<Tensor, ZooError> {
+    let train_dropout = pass == Pass::Train && lora.dropout > 0.0;
+    if super::fused::uses_fused_kernels(x2) && super::fused::uses_fused_kernels(&base_out) {
+        use super::cpu::linear_op::{linear, linear_add};
+        let lora_in = if train_dropout {
+            super::cpu::dropout::dropout(x2, lora.dropout as f32)?
+        } else {
+            x2.clone()
+        };
+        let low = (linear(&lora_in, lora.a.as_tensor(), None)? * lora.scale)?;
+        return Ok(linear_add(&base_out, &low, lora.b.as_tensor())?);
+    }
+    let lora_in = if train_dropout {
+        candle_nn::ops::dropout(x2, lora.dropout as f32)?
+    } else {
+        x2.clone()
+    };
+    let low = lora_in.matmul(&lora.a.as_tensor().t()?)?;
+    let up = low.matmul(&lora.b.as_tensor().t()?)?;
+    Ok((base_out + (up * lora.scale)?)?)
 }
 
 /// The frozen weight a backward multiplies by.

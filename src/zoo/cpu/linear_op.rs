@@ -24,7 +24,22 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     }
 }
 
+/// `residual [rows, out] + x [rows, in] · weightᵀ` → `[rows, out]`: a LoRA update added to
+/// the base layer's output in the same pass as its product, and the residual's gradient
+/// passed through as is.
+pub fn linear_add(residual: &Tensor, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &residual.contiguous()?, LinearAdd)
+}
+
 struct Linear;
+
+/// What the product is added to: a bias row for every output row, or a whole matrix.
+enum Seed<'a> {
+    None,
+    Bias(&'a [f32]),
+    Matrix(&'a [f32]),
+}
 
 fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     let (out, in_dim) = w.shape().dims2()?;
@@ -38,24 +53,30 @@ fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
 fn forward(
     x: &[f32],
     w: &[f32],
-    bias: Option<&[f32]>,
+    seed: Seed,
     (rows, in_dim, out): (usize, usize, usize),
 ) -> candle_core::Result<Vec<f32>> {
-    let mut y = vec![0f32; rows * out];
-    if let Some(bias) = bias {
-        if bias.len() != out {
-            candle_core::bail!("linear: bias of {} for {out} outputs", bias.len());
+    let (mut y, accumulate) = match seed {
+        Seed::None => (vec![0f32; rows * out], false),
+        Seed::Bias(bias) => {
+            if bias.len() != out {
+                candle_core::bail!("linear: bias of {} for {out} outputs", bias.len());
+            }
+            (bias.repeat(rows), true)
         }
-        for row in y.chunks_exact_mut(out) {
-            row.copy_from_slice(bias);
+        Seed::Matrix(matrix) => {
+            if matrix.len() != rows * out {
+                candle_core::bail!("linear: {} values to add to [{rows}, {out}]", matrix.len());
+            }
+            (matrix.to_vec(), true)
         }
-    }
+    };
     matmul(
         ViewMut::rows(&mut y, rows, out),
         View::rows(x, rows, in_dim),
         View::rows(w, out, in_dim).t(),
         1.0,
-        bias.is_some(),
+        accumulate,
         Threads::Pool,
     )?;
     Ok(y)
@@ -74,7 +95,12 @@ impl CustomOp2 for Linear {
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = dims(xl, wl)?;
-        let y = forward(contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?, None, dims)?;
+        let y = forward(
+            contiguous_f32(xs, xl)?,
+            contiguous_f32(ws, wl)?,
+            Seed::None,
+            dims,
+        )?;
         Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
     }
 
@@ -108,7 +134,7 @@ impl CustomOp3 for Linear {
         let y = forward(
             contiguous_f32(xs, xl)?,
             contiguous_f32(ws, wl)?,
-            Some(contiguous_f32(bs, bl)?),
+            Seed::Bias(contiguous_f32(bs, bl)?),
             dims,
         )?;
         Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
@@ -129,6 +155,50 @@ impl CustomOp3 for Linear {
             None
         };
         Ok((input_grad(x, w, &grad)?, weight_grad(x, w, &grad)?, db))
+    }
+}
+
+struct LinearAdd;
+
+impl CustomOp3 for LinearAdd {
+    fn name(&self) -> &'static str {
+        "fused-linear-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = dims(xl, wl)?;
+        let y = forward(
+            contiguous_f32(xs, xl)?,
+            contiguous_f32(ws, wl)?,
+            Seed::Matrix(contiguous_f32(rs, rl)?),
+            dims,
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        residual: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let d_residual = residual.track_op().then(|| grad.clone());
+        Ok((
+            input_grad(x, w, &grad)?,
+            weight_grad(x, w, &grad)?,
+            d_residual,
+        ))
     }
 }
 
@@ -265,6 +335,35 @@ mod tests {
         };
         let (gf, gc) = (grads(&fused), grads(&composed));
         for (name, var) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let d = max_abs_diff(
+                gf.get(var.as_tensor()).unwrap(),
+                gc.get(var.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "{name} gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn linear_add_matches_the_sum_and_passes_the_residual_gradient_through() {
+        let residual = Var::from_tensor(&wave(&[6, 5], 1.0, 0.8)).unwrap();
+        let x = Var::from_tensor(&wave(&[6, 3], 1.3, 0.1)).unwrap();
+        let w = Var::from_tensor(&wave(&[5, 3], 0.6, 1.9)).unwrap();
+        let weights = wave(&[6, 5], 1.0, 1.2);
+        let fused = linear_add(residual.as_tensor(), x.as_tensor(), w.as_tensor()).unwrap();
+        let composed = (residual.as_tensor()
+            + x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap())
+        .unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-5);
+        let grads = |y: &Tensor| {
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (gf, gc) = (grads(&fused), grads(&composed));
+        for (name, var) in [("residual", &residual), ("x", &x), ("weight", &w)] {
             let d = max_abs_diff(
                 gf.get(var.as_tensor()).unwrap(),
                 gc.get(var.as_tensor()).unwrap(),

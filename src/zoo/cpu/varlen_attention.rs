@@ -29,21 +29,69 @@ pub struct Span {
 const MAX_LEN: usize = 1 << 20;
 const MAX_HEADS: usize = 1 << 12;
 
-/// `dropout(softmax(q·kᵀ/√d))·v` per sequence and head; `q`, `k`, `v` are `[N, hidden]`
-/// with heads side by side in the columns (as the projections write them), `spans` tile
-/// `0..N` in order. Returns `[N, hidden]`. `dropout` is the attention dropout probability
-/// in train mode and 0 otherwise.
+/// The shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention: query head `h` reads key/value head
+    /// `h / (heads / kv_heads)`, as transformers' `repeat_kv` pairs them).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// The factor on q·kᵀ (1/√d, or 1 where the queries already carry it).
+    pub scale: f32,
+    /// Each query sees only keys at or before its own position (decoders).
+    pub causal: bool,
+    /// Attention dropout probability in train mode, 0 otherwise.
+    pub dropout: f32,
+}
+
+impl AttentionSpec {
+    /// Bidirectional multi-head attention with the usual 1/√d scale (encoders).
+    pub fn encoder(hidden: usize, heads: usize, dropout: f32) -> Self {
+        let head_dim = hidden / heads.max(1);
+        Self {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            causal: false,
+            dropout,
+        }
+    }
+}
+
+/// `dropout(softmax(scale·q·kᵀ))·v` per sequence and head; `q` is `[N, heads·d]` and `k`,
+/// `v` are `[N, kv_heads·d]`, heads side by side in the columns (as the projections write
+/// them); `spans` tile `0..N` in order. Returns `[N, heads·d]`.
 pub fn varlen_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     spans: &Arc<[Span]>,
-    heads: usize,
-    dropout: f32,
+    spec: AttentionSpec,
 ) -> candle_core::Result<Tensor> {
     let (n, hidden) = q.dims2()?;
-    if heads == 0 || hidden % heads != 0 || heads >= MAX_HEADS {
-        candle_core::bail!("attention: {hidden} columns do not split into {heads} heads");
+    let AttentionSpec {
+        heads,
+        kv_heads,
+        head_dim,
+        dropout,
+        ..
+    } = spec;
+    if heads == 0
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || heads >= MAX_HEADS
+        || hidden != heads * head_dim
+        || k.dims2()? != (n, kv_heads * head_dim)
+        || v.dims2()? != (n, kv_heads * head_dim)
+    {
+        candle_core::bail!(
+            "attention: q [{n}, {hidden}], k {:?}, v {:?} do not fit {heads} query and {kv_heads} key/value heads of {head_dim}",
+            k.dims(),
+            v.dims()
+        );
     }
     let mut next = 0;
     for span in spans.iter() {
@@ -60,9 +108,7 @@ pub fn varlen_attention(
     }
     let op = VarlenAttention {
         spans: spans.clone(),
-        heads,
-        head_dim: hidden / heads,
-        dropout,
+        spec,
         seed: rand::random(),
     };
     q.contiguous()?
@@ -72,9 +118,7 @@ pub fn varlen_attention(
 #[derive(Clone)]
 struct VarlenAttention {
     spans: Arc<[Span]>,
-    heads: usize,
-    head_dim: usize,
-    dropout: f32,
+    spec: AttentionSpec,
     seed: u64,
 }
 
@@ -89,48 +133,69 @@ fn split_rows<'a>(mut data: &'a mut [f32], spans: &[Span], width: usize) -> Vec<
     blocks
 }
 
-/// Row-wise softmax of an `l × l` matrix, in place.
-fn softmax_rows(p: &mut [f32], l: usize) {
-    for row in p.chunks_exact_mut(l) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// Row-wise softmax of an `l × l` matrix, in place; `causal` zeroes each row's entries
+/// after its diagonal (their scores are never read).
+fn softmax_rows(p: &mut [f32], l: usize, causal: bool) {
+    for (i, row) in p.chunks_exact_mut(l).enumerate() {
+        let (seen, future) = row.split_at_mut(if causal { i + 1 } else { l });
+        future.fill(0.0);
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
-        for value in row.iter_mut() {
+        for value in seen.iter_mut() {
             *value = (*value - max).exp();
             sum += *value;
         }
         let inverse = 1.0 / sum;
-        row.iter_mut().for_each(|value| *value *= inverse);
+        seen.iter_mut().for_each(|value| *value *= inverse);
     }
 }
 
+/// Which of the packed inputs a buffer holds: queries are `heads` wide, keys and values
+/// `kv_heads`.
+#[derive(Clone, Copy)]
+enum Width {
+    Query,
+    KeyValue,
+}
+
 impl VarlenAttention {
-    fn hidden(&self) -> usize {
-        self.heads * self.head_dim
+    fn width(&self, which: Width) -> usize {
+        let heads = match which {
+            Width::Query => self.spec.heads,
+            Width::KeyValue => self.spec.kv_heads,
+        };
+        heads * self.spec.head_dim
     }
 
-    /// Head `h` of a span's rows (`[len, hidden]`) as a `[len, d]` view.
-    fn head<'a>(&self, rows: &'a [f32], len: usize, h: usize) -> View<'a> {
+    /// The key/value head query head `h` reads.
+    fn kv_head(&self, h: usize) -> usize {
+        h / (self.spec.heads / self.spec.kv_heads)
+    }
+
+    /// Head `h` of a span's rows (`[len, width]`) as a `[len, d]` view.
+    fn head<'a>(&self, rows: &'a [f32], len: usize, h: usize, which: Width) -> View<'a> {
         View {
-            data: &rows[h * self.head_dim..],
+            data: &rows[h * self.spec.head_dim..],
             rows: len,
-            cols: self.head_dim,
-            row_stride: self.hidden(),
+            cols: self.spec.head_dim,
+            row_stride: self.width(which),
             col_stride: 1,
         }
     }
 
-    fn head_mut<'a>(&self, rows: &'a mut [f32], len: usize, h: usize) -> ViewMut<'a> {
+    fn head_mut<'a>(&self, rows: &'a mut [f32], len: usize, h: usize, which: Width) -> ViewMut<'a> {
         ViewMut {
-            data: &mut rows[h * self.head_dim..],
+            data: &mut rows[h * self.spec.head_dim..],
             rows: len,
-            cols: self.head_dim,
-            row_stride: self.hidden(),
+            cols: self.spec.head_dim,
+            row_stride: self.width(which),
         }
     }
 
-    /// The rows of `span` in a packed `[N, hidden]` buffer.
-    fn rows<'a>(&self, data: &'a [f32], span: Span) -> &'a [f32] {
-        &data[span.start * self.hidden()..(span.start + span.len) * self.hidden()]
+    /// The rows of `span` in a packed `[N, width]` buffer.
+    fn rows<'a>(&self, data: &'a [f32], span: Span, which: Width) -> &'a [f32] {
+        let width = self.width(which);
+        &data[span.start * width..(span.start + span.len) * width]
     }
 
     /// The dropout multiplier (0 or 1/(1−p)) of query row `row` (packed index), head `h`,
@@ -138,8 +203,8 @@ impl VarlenAttention {
     #[inline]
     fn keep_scale(&self, row: usize, h: usize, j: usize) -> f32 {
         let key = ((row as u64) << 32) | ((h as u64) << 20) | j as u64;
-        if kept(self.seed, key, self.dropout) {
-            1.0 / (1.0 - self.dropout)
+        if kept(self.seed, key, self.spec.dropout) {
+            1.0 / (1.0 - self.spec.dropout)
         } else {
             0.0
         }
@@ -153,17 +218,18 @@ impl VarlenAttention {
         h: usize,
         probs: &mut [f32],
     ) -> candle_core::Result<()> {
-        let (rows_q, rows_k) = (self.rows(q, span), self.rows(k, span));
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let rows_q = self.rows(q, span, Width::Query);
+        let rows_k = self.rows(k, span, Width::KeyValue);
         matmul(
             ViewMut::rows(probs, span.len, span.len),
-            self.head(rows_q, span.len, h),
-            self.head(rows_k, span.len, h).t(),
-            scale,
+            self.head(rows_q, span.len, h, Width::Query),
+            self.head(rows_k, span.len, self.kv_head(h), Width::KeyValue)
+                .t(),
+            self.spec.scale,
             false,
             Threads::Single,
         )?;
-        softmax_rows(probs, span.len);
+        softmax_rows(probs, span.len, self.spec.causal);
         Ok(())
     }
 
@@ -178,21 +244,22 @@ impl VarlenAttention {
 
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> candle_core::Result<Vec<f32>> {
         let mut out = vec![0f32; q.len()];
-        let blocks = split_rows(&mut out, &self.spans, self.hidden());
+        let blocks = split_rows(&mut out, &self.spans, self.width(Width::Query));
         blocks
             .into_par_iter()
             .zip(self.spans.par_iter())
             .try_for_each(|(block, &span)| {
                 let mut probs = vec![0f32; span.len * span.len];
-                for h in 0..self.heads {
+                let v_rows = self.rows(v, span, Width::KeyValue);
+                for h in 0..self.spec.heads {
                     self.probabilities((q, k), span, h, &mut probs)?;
-                    if self.dropout > 0.0 {
+                    if self.spec.dropout > 0.0 {
                         self.apply_mask(&mut probs, span, h);
                     }
                     matmul(
-                        self.head_mut(block, span.len, h),
+                        self.head_mut(block, span.len, h, Width::Query),
                         View::rows(&probs, span.len, span.len),
-                        self.head(self.rows(v, span), span.len, h),
+                        self.head(v_rows, span.len, self.kv_head(h), Width::KeyValue),
                         1.0,
                         false,
                         Threads::Single,
@@ -203,95 +270,113 @@ impl VarlenAttention {
         Ok(out)
     }
 
-    /// `[dq; dk; dv]` stacked as `[3N, hidden]`, from the output gradient `g`.
+    /// `dq`, `dk`, `dv` flattened one after the other, from the output gradient `g`.
     fn backward(
         &self,
         (q, k, v): (&[f32], &[f32], &[f32]),
         g: &[f32],
     ) -> candle_core::Result<Vec<f32>> {
-        let size = q.len();
-        let mut packed = vec![0f32; 3 * size];
-        let (dq, rest) = packed.split_at_mut(size);
-        let (dk, dv) = rest.split_at_mut(size);
-        let hidden = self.hidden();
-        let blocks = split_rows(dq, &self.spans, hidden)
+        let mut packed = vec![0f32; q.len() + 2 * k.len()];
+        let (dq, rest) = packed.split_at_mut(q.len());
+        let (dk, dv) = rest.split_at_mut(k.len());
+        let (wq, wkv) = (self.width(Width::Query), self.width(Width::KeyValue));
+        let blocks = split_rows(dq, &self.spans, wq)
             .into_iter()
-            .zip(split_rows(dk, &self.spans, hidden))
-            .zip(split_rows(dv, &self.spans, hidden))
+            .zip(split_rows(dk, &self.spans, wkv))
+            .zip(split_rows(dv, &self.spans, wkv))
             .collect::<Vec<_>>();
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
         blocks
             .into_par_iter()
             .zip(self.spans.par_iter())
             .try_for_each(|(((dq, dk), dv), &span)| {
-                let len = span.len;
-                let mut probs = vec![0f32; len * len];
-                let mut d_probs = vec![0f32; len * len];
-                let mut dropped = if self.dropout > 0.0 {
-                    vec![0f32; len * len]
-                } else {
-                    Vec::new()
-                };
-                let (q_rows, k_rows) = (self.rows(q, span), self.rows(k, span));
-                let (v_rows, g_rows) = (self.rows(v, span), self.rows(g, span));
-                for h in 0..self.heads {
-                    self.probabilities((q, k), span, h, &mut probs)?;
-                    // d(dropped probs) = g·vᵀ.
-                    matmul(
-                        ViewMut::rows(&mut d_probs, len, len),
-                        self.head(g_rows, len, h),
-                        self.head(v_rows, len, h).t(),
-                        1.0,
-                        false,
-                        Threads::Single,
-                    )?;
-                    let used = if self.dropout > 0.0 {
-                        dropped.copy_from_slice(&probs);
-                        self.apply_mask(&mut dropped, span, h);
-                        self.apply_mask(&mut d_probs, span, h);
-                        &dropped
-                    } else {
-                        &probs
-                    };
-                    // dv = (dropped probs)ᵀ·g.
-                    matmul(
-                        self.head_mut(dv, len, h),
-                        View::rows(used, len, len).t(),
-                        self.head(g_rows, len, h),
-                        1.0,
-                        false,
-                        Threads::Single,
-                    )?;
-                    // Softmax backward: dS = P ⊙ (dP − Σⱼ dPⱼ·Pⱼ), in place of dP.
-                    for (dp_row, p_row) in
-                        d_probs.chunks_exact_mut(len).zip(probs.chunks_exact(len))
-                    {
-                        let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
-                        for (dp, &p) in dp_row.iter_mut().zip(p_row) {
-                            *dp = p * (*dp - dot);
-                        }
-                    }
-                    let d_scores = View::rows(&d_probs, len, len);
-                    matmul(
-                        self.head_mut(dq, len, h),
-                        d_scores,
-                        self.head(k_rows, len, h),
-                        scale,
-                        false,
-                        Threads::Single,
-                    )?;
-                    matmul(
-                        self.head_mut(dk, len, h),
-                        d_scores.t(),
-                        self.head(q_rows, len, h),
-                        scale,
-                        false,
-                        Threads::Single,
-                    )?;
-                }
-                Ok::<(), candle_core::Error>(())
+                self.span_backward((q, k, v), g, span, (dq, dk, dv))
             })?;
         Ok(packed)
+    }
+
+    /// One sequence's gradients, head by head, into its rows of dq, dk, dv.
+    fn span_backward(
+        &self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        g: &[f32],
+        span: Span,
+        (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    ) -> candle_core::Result<()> {
+        let len = span.len;
+        let dropout = self.spec.dropout > 0.0;
+        let mut probs = vec![0f32; len * len];
+        let mut d_probs = vec![0f32; len * len];
+        let mut dropped = if dropout {
+            vec![0f32; len * len]
+        } else {
+            Vec::new()
+        };
+        let (q_rows, g_rows) = (
+            self.rows(q, span, Width::Query),
+            self.rows(g, span, Width::Query),
+        );
+        let k_rows = self.rows(k, span, Width::KeyValue);
+        let v_rows = self.rows(v, span, Width::KeyValue);
+        let group = self.spec.heads / self.spec.kv_heads;
+        for h in 0..self.spec.heads {
+            let kv = self.kv_head(h);
+            // The first query head of a group writes its key/value head's gradient, the
+            // others add to it.
+            let accumulate = h % group != 0;
+            self.probabilities((q, k), span, h, &mut probs)?;
+            // d(dropped probs) = g·vᵀ.
+            matmul(
+                ViewMut::rows(&mut d_probs, len, len),
+                self.head(g_rows, len, h, Width::Query),
+                self.head(v_rows, len, kv, Width::KeyValue).t(),
+                1.0,
+                false,
+                Threads::Single,
+            )?;
+            let used = if dropout {
+                dropped.copy_from_slice(&probs);
+                self.apply_mask(&mut dropped, span, h);
+                self.apply_mask(&mut d_probs, span, h);
+                &dropped
+            } else {
+                &probs
+            };
+            // dv = (dropped probs)ᵀ·g.
+            matmul(
+                self.head_mut(dv, len, kv, Width::KeyValue),
+                View::rows(used, len, len).t(),
+                self.head(g_rows, len, h, Width::Query),
+                1.0,
+                accumulate,
+                Threads::Single,
+            )?;
+            // Softmax backward: dS = P ⊙ (dP − Σⱼ dPⱼ·Pⱼ), in place of dP (masked entries
+            // have P = 0, so their dS is 0).
+            for (dp_row, p_row) in d_probs.chunks_exact_mut(len).zip(probs.chunks_exact(len)) {
+                let dot: f32 = dp_row.iter().zip(p_row).map(|(a, b)| a * b).sum();
+                for (dp, &p) in dp_row.iter_mut().zip(p_row) {
+                    *dp = p * (*dp - dot);
+                }
+            }
+            let d_scores = View::rows(&d_probs, len, len);
+            matmul(
+                self.head_mut(dq, len, h, Width::Query),
+                d_scores,
+                self.head(k_rows, len, kv, Width::KeyValue),
+                self.spec.scale,
+                false,
+                Threads::Single,
+            )?;
+            matmul(
+                self.head_mut(dk, len, kv, Width::KeyValue),
+                d_scores.t(),
+                self.head(q_rows, len, h, Width::Query),
+                self.spec.scale,
+                accumulate,
+                Threads::Single,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -330,11 +415,11 @@ impl CustomOp3 for VarlenAttention {
             grad: grad.detach().contiguous()?,
         };
         let packed = q.detach().apply_op3_no_bwd(&k.detach(), &v.detach(), &op)?;
-        let n = q.dim(0)?;
+        let (nq, nkv) = (q.elem_count(), k.elem_count());
         Ok((
-            Some(packed.narrow(0, 0, n)?),
-            Some(packed.narrow(0, n, n)?),
-            Some(packed.narrow(0, 2 * n, n)?),
+            Some(packed.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(packed.narrow(0, nq, nkv)?.reshape(k.shape())?),
+            Some(packed.narrow(0, nq + nkv, nkv)?.reshape(v.shape())?),
         ))
     }
 }
@@ -371,8 +456,8 @@ impl CustomOp3 for VarlenAttentionGrad {
             ),
             contiguous_f32(grad, layout)?,
         )?;
-        let (n, hidden) = ql.shape().dims2()?;
-        Ok((CpuStorage::F32(packed), Shape::from((3 * n, hidden))))
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
     }
 }
 

@@ -4,10 +4,13 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::config::{DecoderConfig, DecoderSpec, DEFAULT_LORA_TARGETS};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
+use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
+use crate::zoo::fused::uses_fused_kernels;
 use crate::zoo::linear::Pass;
 use crate::zoo::loader::Tuning;
 use crate::zoo::{EncodedBatch, NamedVar, ZooError};
@@ -26,6 +29,8 @@ struct Packing {
     rows: Option<Tensor>,
     positions: Vec<usize>,
     t: usize,
+    /// Each sequence's run of packed rows, for packed attention.
+    spans: Arc<[Span]>,
 }
 
 impl Packing {
@@ -50,11 +55,20 @@ impl Packing {
         } else {
             Some(Tensor::from_vec(rows, n, attention_mask.device())?)
         };
+        let spans = lens
+            .iter()
+            .scan(0, |start, &len| {
+                let span = Span { start: *start, len };
+                *start += len;
+                Some(span)
+            })
+            .collect();
         Ok(Self {
             lens,
             rows,
             positions,
             t,
+            spans,
         })
     }
 
@@ -159,6 +173,27 @@ impl CausalLm {
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         let group = heads / kv_heads;
         let qkv = self.decoder.qkv(l, x, tables, pass)?;
+        if uses_fused_kernels(x) {
+            // Packed causal attention: no padding, no [B, h, T, d] copies. The queries
+            // carry the 1/√d scale already (the rotary tables fold it in).
+            let spec = AttentionSpec {
+                heads,
+                kv_heads,
+                head_dim: d,
+                scale: 1.0,
+                causal: true,
+                dropout: 0.0,
+            };
+            let n = x.dim(0)?;
+            let context = varlen_attention(
+                &qkv.q.reshape((n, heads * d))?,
+                &qkv.k.reshape((n, kv_heads * d))?,
+                &qkv.v.reshape((n, kv_heads * d))?,
+                &packing.spans,
+                spec,
+            )?;
+            return self.decoder.finish_layer(l, x, &context, pass);
+        }
         // [N, h, d] → [B, h, T, d]
         let to_batch = |y: &Tensor, h: usize| -> Result<Tensor, ZooError> {
             let padded = packing.pad(&y.reshape((y.dim(0)?, h * d))?)?;
