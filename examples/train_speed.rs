@@ -68,7 +68,8 @@ fn main() -> anyhow::Result<()> {
     };
     let mut timings = Timings::default();
     let start = Instant::now();
-    run_classification(&job, &mut timings)?;
+    // As the service runs a job: on a pool of its own (see `runtime::on_own_pool`).
+    temper::runtime::on_own_pool(|| run_classification(&job, &mut timings))?;
     let seconds = start.elapsed().as_secs_f64();
     let (steady_samples_per_s, steady_tokens_per_s) =
         match (timings.step_ends.first(), timings.step_ends.last()) {

@@ -314,9 +314,12 @@ async fn train_on_thread(
     std::thread::Builder::new()
         .name("temper-train".into())
         .spawn(move || {
-            let mut observer = ForwardingObserver { tx, control };
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| training.run(&mut observer)));
-            drop(observer);
+            let train = move || {
+                let mut observer = ForwardingObserver { tx, control };
+                training.run(&mut observer)
+            };
+            let result =
+                std::panic::catch_unwind(AssertUnwindSafe(|| crate::runtime::on_own_pool(train)));
             // Err only if the awaiting task was dropped (runtime shutting down): nobody is
             // left to tell.
             let _ = done_tx.send(result);
