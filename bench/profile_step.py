@@ -24,7 +24,7 @@ BY_FRAME = [
     ("attention (softmax, masks)", ["FusedAttention", "VarlenAttention", "softmax", "MaskedSoftmax",
                                     "__expf", "expf", "CausalPrefix"]),
     ("norms and activations", ["LayerNorm", "RmsNorm", "GeluErf", "gelu", "silu", "Rope", "erf"]),
-    ("dropout", ["Dropout", "dropout", "rand::"]),
+    ("dropout", ["Dropout", "dropout", "rand::", "xflowf", "with_errnof"]),
     ("optimizer (AdamW, clipping)", ["StepScalars", "AdamW", "InPlaceUpdate", "sum_of_squares",
                                      "global_norm"]),
     ("thread sync (spin, yield, sleep)", ["sched_yield", "__schedule", "finish_task_switch",
@@ -58,8 +58,21 @@ def read_samples(path):
     return samples
 
 
+# Frames that say nothing about the work: closures and iterator adapters inlined into
+# rayon's loops. The first frame below them that names a function decides.
+GENERIC = ["core::ops::function", "core::iter::", "rayon::iter", "Producer::fold_with",
+           "LocalKey", "from_iter", "rayon_core::"]
+
+
+def innermost_named(stack):
+    for frame in stack:
+        if not any(g in frame for g in GENERIC):
+            return frame
+    return stack[0] if stack else ""
+
+
 def category(stack):
-    inner = stack[0] if stack else ""
+    inner = innermost_named(stack)
     joined = " | ".join(stack)
     if "Trainer::save" in joined or "write_checkpoint" in joined:
         return "checkpoint writes"
@@ -68,6 +81,13 @@ def category(stack):
     for name, needles in BY_FRAME:
         if any(n in inner for n in needles):
             return name
+    if any(n in inner for n in ["num_cpus", "show_cpuinfo", "vsnprintf", "format_decode",
+                                "memchr", "seq_read", "get_num_physical"]):
+        return "thread count read from /proc/cpuinfo per matmul"
+    if "__rust_begin_short_backtrace" in inner:
+        # Nothing but the thread's entry is named: a parallel kernel loop inlined into a
+        # rayon task (GELU, LayerNorm, dropout, the AdamW update, attention rows).
+        return "fused kernels (inlined pool tasks)"
     if any(n in inner for n in ELEMENTWISE):
         if "backprop" in joined and ("Tensor::add" in joined or "or_insert" in joined):
             return "autograd: gradient accumulation"
