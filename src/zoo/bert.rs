@@ -1,9 +1,9 @@
 //! The differentiable BERT-family encoder (BERT, MiniLM, DistilBERT) and its loader.
 //!
 //! Only ops with a backward: LayerNorm and `gelu_erf` (fused on CPU, composed elsewhere),
-//! batched attention `[B, H, T, d]` with an additive padding mask (`attention.rs`: one op
-//! that recomputes its probabilities in the backward on CPU), and `candle_nn::ops::dropout`
-//! in train mode only.
+//! attention over the packed batch on CPU (`cpu/varlen_attention.rs`: one op that
+//! recomputes its probabilities in the backward) or batched `[B, H, T, d]` with an additive
+//! padding mask on other devices, and dropout in train mode only.
 
 use candle_core::{DType, Tensor, D};
 use std::collections::HashMap;
@@ -316,9 +316,10 @@ impl Encoder {
         let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
         let k = split(l.k.forward(x, train)?)?;
         let v = split(l.v.forward(x, train)?)?;
-        let context = super::attention::attention(&q, &k, &v, mask, attention_dropout)?
-            .transpose(1, 2)?
-            .reshape((b * t, h))?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = dropout(&probs, attention_dropout, attention_dropout > 0.0)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
         Ok(context.index_select(&packing.rows, 0)?)
     }
 

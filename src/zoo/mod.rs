@@ -10,8 +10,9 @@
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
 //! - [`bert`]: the differentiable BERT-family encoder.
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
-//! - [`attention`]: the encoder's attention as one op that recomputes its probabilities
-//!   in the backward instead of keeping `[B, H, T, T]` tensors for it.
+//! - [`cpu`]: CPU ops with analytic backward for the training step: a linear layer, attention
+//!   over the packed batch (encoders and causal grouped-query decoders), dropout, and the
+//!   bounds-checked `gemm` front they multiply with.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`encoder_head`]: `EncoderModel<H>`, the encoder plus one task head: loading, vars,
@@ -22,7 +23,6 @@
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
 //! - [`vision`]: CNN backbones (ResNet, EfficientNet-Lite) in timm's layout, `ImageClassifier`.
 
-pub mod attention;
 pub mod bert;
 pub mod chat_template;
 pub mod classifier;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::domain::dataset::images::LabeledImage;
 use crate::train::TrainError;
-use crate::zoo::attention::mix;
+use crate::zoo::cpu::dropout::mix;
 use crate::zoo::vision::ImagePrep;
 
 /// A decoded image and its class id.

@@ -24,7 +24,7 @@ use crate::train::named_metrics::{Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome};
-use crate::zoo::attention::mix;
+use crate::zoo::cpu::dropout::mix;
 use crate::zoo::vision::{ImageClassifier, ImageClassifierSpec, ImagePrep, VisionConfig};
 
 pub use crate::tasks::sequence_classification::CLASSIFICATION_METRICS as IMAGE_METRICS;

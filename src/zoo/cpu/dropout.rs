@@ -7,7 +7,6 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::zoo::attention::mix;
 use crate::zoo::fused::contiguous_f32;
 
 /// Elements per parallel task: large enough that rayon's fork/join is noise.
@@ -28,6 +27,13 @@ pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
 struct Dropout {
     p: f32,
     seed: u64,
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value for each counter.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Whether element `index` of the call seeded `seed` is kept: the top 24 bits of a

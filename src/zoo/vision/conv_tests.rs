@@ -11,7 +11,7 @@ fn seeded(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n as u64)
         .map(|i| {
-            let z = crate::zoo::attention::mix(seed ^ crate::zoo::attention::mix(i));
+            let z = crate::zoo::cpu::dropout::mix(seed ^ crate::zoo::cpu::dropout::mix(i));
             (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect();

@@ -17,7 +17,7 @@ use super::layers::{ConvBn, Weights};
 use super::pool::global_avg_pool;
 use super::resnet::{resnet_units, ResNet};
 use super::Role;
-use crate::zoo::attention::mix;
+use crate::zoo::cpu::dropout::mix;
 use crate::zoo::linear::{Param, Pass, TrainLinear};
 use crate::zoo::params::NamedVar;
 use crate::zoo::ZooError;
