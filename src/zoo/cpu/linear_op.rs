@@ -82,6 +82,17 @@ fn forward(
     Ok(y)
 }
 
+/// The forward of every variant: `x · Wᵀ` added to `seed`, as candle storage.
+fn product(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    seed: Seed,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let dims = dims(xl, wl)?;
+    let y = forward(contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?, seed, dims)?;
+    Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+}
+
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "fused-linear"
@@ -94,14 +105,7 @@ impl CustomOp2 for Linear {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = dims(xl, wl)?;
-        let y = forward(
-            contiguous_f32(xs, xl)?,
-            contiguous_f32(ws, wl)?,
-            Seed::None,
-            dims,
-        )?;
-        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+        product((xs, xl), (ws, wl), Seed::None)
     }
 
     fn bwd(
@@ -130,14 +134,7 @@ impl CustomOp3 for Linear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = dims(xl, wl)?;
-        let y = forward(
-            contiguous_f32(xs, xl)?,
-            contiguous_f32(ws, wl)?,
-            Seed::Bias(contiguous_f32(bs, bl)?),
-            dims,
-        )?;
-        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+        product((xs, xl), (ws, wl), Seed::Bias(contiguous_f32(bs, bl)?))
     }
 
     fn bwd(
@@ -174,14 +171,7 @@ impl CustomOp3 for LinearAdd {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = dims(xl, wl)?;
-        let y = forward(
-            contiguous_f32(xs, xl)?,
-            contiguous_f32(ws, wl)?,
-            Seed::Matrix(contiguous_f32(rs, rl)?),
-            dims,
-        )?;
-        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+        product((xs, xl), (ws, wl), Seed::Matrix(contiguous_f32(rs, rl)?))
     }
 
     fn bwd(
