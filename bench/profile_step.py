@@ -76,7 +76,10 @@ def category(stack):
     joined = " | ".join(stack)
     if "Trainer::save" in joined or "write_checkpoint" in joined:
         return "checkpoint writes"
-    if "::evaluate" in joined or "evaluate_batches" in joined:
+    # A training forward may run through an `evaluate` module's batch code (the
+    # classifier's does): only a stack without a training forward is a validation pass.
+    training = "forward_train" in joined or "backward" in joined or "AdamW" in joined
+    if ("::evaluate" in joined or "evaluate_batches" in joined) and not training:
         return "validation passes"
     for name, needles in BY_FRAME:
         if any(n in inner for n in needles):

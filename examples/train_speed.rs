@@ -80,9 +80,19 @@ fn main() -> anyhow::Result<()> {
             }
             _ => (0.0, 0.0),
         };
+    // The median step: robust to the bursts of contention a shared machine has, which move
+    // the mean by 10 % or more between identical runs.
+    let mut step_ms: Vec<f64> = timings
+        .step_ends
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
+        .collect();
+    step_ms.sort_by(f64::total_cmp);
+    let median_step_ms = step_ms.get(step_ms.len() / 2).copied().unwrap_or(0.0);
     println!(
         "{}",
         serde_json::json!({
+            "median_step_ms": median_step_ms,
             "examples": limit, "lora_rank": lora_rank, "seconds": seconds,
             "samples_per_s": limit as f64 / seconds,
             "steady_samples_per_s": steady_samples_per_s, "steady_tokens_per_s": steady_tokens_per_s, "tokens_per_s": timings.tokens as f64 / seconds,
