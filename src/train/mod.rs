@@ -25,6 +25,7 @@ pub mod data;
 mod error;
 pub mod evaluate;
 mod export;
+mod gradients;
 pub mod named_metrics;
 mod observer;
 pub mod optim;

@@ -9,16 +9,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use super::gradients::RowWiseUpdate;
+pub use super::gradients::{Grad, Gradients};
+use crate::zoo::cpu::embedding::RowGradients;
+
 /// Below this many elements a tensor is updated on the calling thread: rayon's fork/join
 /// costs more than it saves on biases and LayerNorm weights.
 const PARALLEL_MIN_ELEMS: usize = 1 << 16;
-const PARALLEL_CHUNK: usize = 1 << 14;
+pub(super) const PARALLEL_CHUNK: usize = 1 << 14;
 const STEP_KEY: &str = "__step__";
 
 /// One trainable tensor as the optimizer sees it.
@@ -28,6 +32,8 @@ pub struct OptimParam {
     pub var: Var,
     /// False for biases and norm weights (the no-decay group).
     pub weight_decay: bool,
+    /// An embedding table's row-gradient sink (its gradient is not in the backward's store).
+    pub row_grads: Option<Arc<RowGradients>>,
 }
 
 impl From<crate::zoo::NamedVar> for OptimParam {
@@ -36,6 +42,7 @@ impl From<crate::zoo::NamedVar> for OptimParam {
             name: v.name,
             var: v.var,
             weight_decay: v.weight_decay,
+            row_grads: v.row_grads,
         }
     }
 }
@@ -82,23 +89,13 @@ struct Slot {
     steps: u64,
 }
 
-/// Gradients of the optimizer's parameters, in its parameter order. Kept apart from the
-/// `GradStore` so the store (which also holds gradients of intermediate and frozen
-/// tensors) can be dropped right after backward.
-pub struct Gradients {
-    grads: Vec<Option<Tensor>>,
-    /// The clipping factor, applied as the optimizer reads each gradient rather than by
-    /// rewriting every gradient tensor (a pass and an allocation over all parameters).
-    scale: f64,
-}
-
 pub struct AdamW {
     slots: Vec<Slot>,
     step: usize,
     config: AdamWConfig,
 }
 
-struct StepScalars {
+pub(super) struct StepScalars {
     lr: f32,
     decay_factor: f32,
     beta1: f32,
@@ -113,7 +110,7 @@ struct StepScalars {
 impl StepScalars {
     /// θ ← θ(1 − lr·wd) − lr · m̂ / (√v̂ + ε), with m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ), on the
     /// gradient times the clipping factor.
-    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    pub(super) fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             let g = g * self.grad_scale;
             *m = self.beta1 * *m + (1.0 - self.beta1) * g;
@@ -159,23 +156,25 @@ impl AdamW {
         self.step
     }
 
-    /// Collects this optimizer's gradients out of a backward pass.
-    pub fn gradients(&self, store: &GradStore) -> Gradients {
+    /// Collects this optimizer's gradients out of a backward pass: the store's tensors, and
+    /// the rows embedding tables' lookups left in their sinks during it (which this drains,
+    /// so call it once after each backward).
+    pub fn gradients(&self, store: &GradStore) -> candle_core::Result<Gradients> {
         let grads = self
             .slots
             .iter()
-            .map(|s| store.get(s.param.var.as_tensor()).cloned())
-            .collect();
-        Gradients { grads, scale: 1.0 }
+            .map(|s| slot_gradient(s, store))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Gradients { grads, scale: 1.0 })
     }
 
     /// Adds a micro-batch's gradients into `acc` (gradient accumulation).
     pub fn accumulate(&self, acc: &mut Gradients, store: &GradStore) -> candle_core::Result<()> {
         for (slot, sum) in self.slots.iter().zip(acc.grads.iter_mut()) {
-            if let Some(g) = store.get(slot.param.var.as_tensor()) {
+            if let Some(g) = slot_gradient(slot, store)? {
                 *sum = Some(match sum.take() {
-                    Some(prev) => (prev + g)?.detach(),
-                    None => g.detach(),
+                    Some(prev) => prev.plus(&g)?,
+                    None => g,
                 });
             }
         }
@@ -197,8 +196,19 @@ impl AdamW {
             } else {
                 0.0
             };
-            let (coupled, mut grad_scale);
+            let (coupled, dense, mut grad_scale);
             grad_scale = grads.scale as f32;
+            let rows = match grad {
+                Grad::Rows(rows) if cfg.decoupled || wd == 0.0 => Some(rows),
+                _ => None,
+            };
+            let grad = match grad {
+                Grad::Dense(t) => t,
+                Grad::Rows(rows) => {
+                    dense = rows.to_dense(slot.param.var.device())?;
+                    &dense
+                }
+            };
             let grad = if cfg.decoupled || wd == 0.0 {
                 grad
             } else {
@@ -218,9 +228,19 @@ impl AdamW {
                 eps: cfg.eps as f32,
                 grad_scale,
             };
-            match &mut slot.moments {
-                Moments::Host { m, v } => host_step(&slot.param.var, grad, m, v, &scalars)?,
-                Moments::Device { m, v } => device_step(&slot.param.var, grad, m, v, &scalars)?,
+            match (&mut slot.moments, rows) {
+                (Moments::Host { m, v }, Some(rows)) if slot.param.var.is_contiguous() => {
+                    let update = RowWiseUpdate {
+                        scalars: &scalars,
+                        rows,
+                        moments: Mutex::new((m, v)),
+                    };
+                    slot.param.var.as_tensor().inplace_op1(&update)?
+                }
+                (Moments::Host { m, v }, _) => host_step(&slot.param.var, grad, m, v, &scalars)?,
+                (Moments::Device { m, v }, _) => {
+                    device_step(&slot.param.var, grad, m, v, &scalars)?
+                }
             }
         }
         Ok(())
@@ -322,6 +342,17 @@ impl AdamW {
         self.step = usize::try_from(step)
             .map_err(|_| candle_core::Error::Msg("negative optimizer step".into()))?;
         Ok(())
+    }
+}
+
+/// A slot's gradient from one backward pass: the store's tensor, or its sink's rows.
+fn slot_gradient(slot: &Slot, store: &GradStore) -> candle_core::Result<Option<Grad>> {
+    if let Some(g) = store.get(slot.param.var.as_tensor()) {
+        return Ok(Some(Grad::Dense(g.detach())));
+    }
+    match &slot.param.row_grads {
+        Some(sink) => Ok(sink.drain()?.map(Grad::Rows)),
+        None => Ok(None),
     }
 }
 
@@ -451,67 +482,6 @@ fn device_step(
     let theta = var.as_tensor().to_dtype(DType::F32)?;
     let next = ((theta * f64::from(s.decay_factor))? - (update * f64::from(s.lr))?)?;
     var.set(&next.to_dtype(var.dtype())?)
-}
-
-impl Gradients {
-    /// Square root of the sum of squares over every gradient (torch's total 2-norm), as the
-    /// optimizer will apply them (times [`Self::scale`]).
-    pub fn global_norm(&self) -> candle_core::Result<f64> {
-        let mut sum_sq = 0f64;
-        for g in self.grads.iter().flatten() {
-            sum_sq += sum_of_squares(g)?;
-        }
-        Ok(sum_sq.sqrt() * self.scale)
-    }
-
-    /// The factor [`Self::clip_global_norm`] chose (1 when it did not clip); the optimizer
-    /// multiplies each gradient by it as it reads it. [`Self::get`] gives the unscaled
-    /// gradients.
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-
-    /// Global-norm clipping like `torch.nn.utils.clip_grad_norm_`: when the norm exceeds
-    /// `max_norm`, every gradient is scaled by `max_norm / (norm + 1e-6)`. `max_norm <= 0`
-    /// disables clipping. Returns the norm before clipping.
-    pub fn clip_global_norm(&mut self, max_norm: f64) -> candle_core::Result<f64> {
-        let norm = self.global_norm()?;
-        if max_norm > 0.0 {
-            let coef = max_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                self.scale *= coef;
-            }
-        }
-        Ok(norm)
-    }
-
-    /// The gradient of parameter `index` (optimizer order), if it received one, before
-    /// clipping's [`Self::scale`].
-    pub fn get(&self, index: usize) -> Option<&Tensor> {
-        self.grads.get(index).and_then(Option::as_ref)
-    }
-}
-
-/// Σ g², in f64: one parallel pass over a CPU f32 gradient's data, composed tensor ops
-/// (a squared copy, then a sum) elsewhere.
-fn sum_of_squares(g: &Tensor) -> candle_core::Result<f64> {
-    if g.device().is_cpu() && g.dtype() == DType::F32 {
-        let g = g.contiguous()?;
-        let (storage, layout) = g.storage_and_layout();
-        if let candle_core::Storage::Cpu(cpu) = &*storage {
-            let data = crate::zoo::fused::contiguous_f32(cpu, layout)?;
-            return Ok(data
-                .par_chunks(PARALLEL_CHUNK)
-                .map(|chunk| {
-                    chunk
-                        .iter()
-                        .map(|&x| f64::from(x) * f64::from(x))
-                        .sum::<f64>()
-                })
-                .sum());
-        }
-    }
-    g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()
 }
 
 #[cfg(test)]

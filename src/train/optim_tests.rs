@@ -10,6 +10,7 @@ fn param(name: &str, v: &Var, weight_decay: bool) -> OptimParam {
         name: name.to_string(),
         var: v.clone(),
         weight_decay,
+        row_grads: None,
     }
 }
 
@@ -52,7 +53,7 @@ fn one_step_matches_hand_computation() {
     )
     .expect("opt");
     let store = grads_for(&[(&w, &[0.5, -0.1]), (&b, &[2.0, -4.0])]);
-    let grads = opt.gradients(&store);
+    let grads = opt.gradients(&store).expect("grads");
     opt.step(&grads, 0.1).expect("step");
     // At t = 1, m̂ = g and v̂ = g², so the update is lr · g / (|g| + eps) ≈ ±lr.
     let upd = |g: f64| 0.1 * g / (g.abs() + 1e-8);
@@ -88,7 +89,8 @@ fn matches_candle_nn_adamw_with_decay() {
     ];
     for g in &grad_seq {
         let store = grads_for(&[(&ours, g)]);
-        opt.step(&opt.gradients(&store), 0.01).expect("step");
+        opt.step(&opt.gradients(&store).expect("grads"), 0.01)
+            .expect("step");
         reference
             .step(&grads_for(&[(&theirs, g)]))
             .expect("reference step");
@@ -107,10 +109,17 @@ fn tensor_path_matches_fused_path() {
     let mut a = AdamW::new(vec![param("p", &fused, true)], config(0.1)).expect("a");
     let mut b = AdamW::new(vec![param("p", &tensor_path, true)], config(0.1)).expect("b");
     for g in [[0.5f32, -1.0, 0.25], [0.1, 0.2, -0.3]] {
-        a.step(&a.gradients(&grads_for(&[(&fused, &g)])), 0.05)
-            .expect("a step");
-        b.step(&b.gradients(&grads_for(&[(&tensor_path, &g)])), 0.05)
-            .expect("b step");
+        a.step(
+            &a.gradients(&grads_for(&[(&fused, &g)])).expect("grads"),
+            0.05,
+        )
+        .expect("a step");
+        b.step(
+            &b.gradients(&grads_for(&[(&tensor_path, &g)]))
+                .expect("grads"),
+            0.05,
+        )
+        .expect("b step");
     }
     for (x, y) in values(&fused).iter().zip(values(&tensor_path)) {
         assert!((x - y).abs() < 1e-6, "{x} vs {y}");
@@ -124,13 +133,18 @@ fn large_tensor_uses_parallel_path_identically() {
     let g: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
     let big = var(&init);
     let mut opt = AdamW::new(vec![param("big", &big, true)], config(0.01)).expect("opt");
-    opt.step(&opt.gradients(&grads_for(&[(&big, &g)])), 0.1)
-        .expect("step");
+    opt.step(
+        &opt.gradients(&grads_for(&[(&big, &g)])).expect("grads"),
+        0.1,
+    )
+    .expect("step");
     let small = var(&init[n - 3..]);
     let mut opt_small = AdamW::new(vec![param("s", &small, true)], config(0.01)).expect("opt");
     opt_small
         .step(
-            &opt_small.gradients(&grads_for(&[(&small, &g[n - 3..])])),
+            &opt_small
+                .gradients(&grads_for(&[(&small, &g[n - 3..])]))
+                .expect("grads"),
             0.1,
         )
         .expect("step");
@@ -145,8 +159,11 @@ fn saved_state_resumes_identically() {
     let straight = var(&[1.0, 2.0]);
     let mut opt = AdamW::new(vec![param("p", &straight, true)], config(0.01)).expect("opt");
     for g in &grad_seq[..2] {
-        opt.step(&opt.gradients(&grads_for(&[(&straight, g)])), 0.1)
-            .expect("step");
+        opt.step(
+            &opt.gradients(&grads_for(&[(&straight, g)])).expect("grads"),
+            0.1,
+        )
+        .expect("step");
     }
     opt.save(&path).expect("save");
     let resumed = var(&values(&straight));
@@ -154,13 +171,16 @@ fn saved_state_resumes_identically() {
     reloaded.load(&path).expect("load");
     assert_eq!(reloaded.step_count(), 2);
     opt.step(
-        &opt.gradients(&grads_for(&[(&straight, &grad_seq[2])])),
+        &opt.gradients(&grads_for(&[(&straight, &grad_seq[2])]))
+            .expect("grads"),
         0.1,
     )
     .expect("step");
     reloaded
         .step(
-            &reloaded.gradients(&grads_for(&[(&resumed, &grad_seq[2])])),
+            &reloaded
+                .gradients(&grads_for(&[(&resumed, &grad_seq[2])]))
+                .expect("grads"),
             0.1,
         )
         .expect("step");
@@ -190,13 +210,17 @@ fn clipping_scales_to_max_norm() {
         config(0.0),
     )
     .expect("opt");
-    let mut grads = opt.gradients(&grads_for(&[(&a, &[3.0, 0.0]), (&b, &[4.0])]));
+    let mut grads = opt
+        .gradients(&grads_for(&[(&a, &[3.0, 0.0]), (&b, &[4.0])]))
+        .expect("grads");
     let norm = grads.clip_global_norm(1.0).expect("clip");
     assert!((norm - 5.0).abs() < 1e-6);
     assert!((grads.global_norm().expect("norm") - 1.0).abs() < 1e-5);
     assert!((grads.scale() - 0.2).abs() < 1e-6);
     // Below the threshold (and with clipping off) nothing changes.
-    let mut grads = opt.gradients(&grads_for(&[(&a, &[3.0, 0.0]), (&b, &[4.0])]));
+    let mut grads = opt
+        .gradients(&grads_for(&[(&a, &[3.0, 0.0]), (&b, &[4.0])]))
+        .expect("grads");
     assert!((grads.clip_global_norm(10.0).expect("clip") - 5.0).abs() < 1e-6);
     assert!((grads.clip_global_norm(0.0).expect("off") - 5.0).abs() < 1e-6);
 }
@@ -214,11 +238,15 @@ fn a_step_applies_the_clipping_factor() {
             };
             let mut opt =
                 AdamW::new(vec![param("a", &a, true), param("b", &b, true)], cfg).expect("opt");
-            let mut grads = opt.gradients(&grads_for(&[(&a, values.0), (&b, values.1)]));
+            let mut grads = opt
+                .gradients(&grads_for(&[(&a, values.0), (&b, values.1)]))
+                .expect("grads");
             grads.clip_global_norm(max_norm).expect("clip");
             opt.step(&grads, 0.01).expect("step");
             // Adam's first step does not see a gradient's scale; the second one does.
-            let grads = opt.gradients(&grads_for(&[(&a, &[0.1, 0.2]), (&b, &[0.3])]));
+            let grads = opt
+                .gradients(&grads_for(&[(&a, &[0.1, 0.2]), (&b, &[0.3])]))
+                .expect("grads");
             opt.step(&grads, 0.01).expect("second step");
             let mut out: Vec<f32> = a.as_tensor().to_vec1().expect("a");
             out.extend(b.as_tensor().to_vec1::<f32>().expect("b"));
@@ -241,10 +269,18 @@ fn a_step_applies_the_clipping_factor() {
 fn accumulation_sums_micro_batches() {
     let a = var(&[1.0, 1.0]);
     let opt = AdamW::new(vec![param("a", &a, true)], config(0.0)).expect("opt");
-    let mut acc = opt.gradients(&grads_for(&[(&a, &[0.5, 1.0])]));
+    let mut acc = opt
+        .gradients(&grads_for(&[(&a, &[0.5, 1.0])]))
+        .expect("grads");
     opt.accumulate(&mut acc, &grads_for(&[(&a, &[0.25, -3.0])]))
         .expect("accumulate");
-    let summed: Vec<f32> = acc.get(0).expect("grad").to_vec1().expect("vec");
+    let summed: Vec<f32> = acc
+        .get(0)
+        .expect("grad")
+        .to_dense(&Device::Cpu)
+        .expect("dense")
+        .to_vec1()
+        .expect("vec");
     assert_eq!(summed, vec![0.75, -2.0]);
 }
 
@@ -261,10 +297,10 @@ fn adam_adds_the_decay_to_the_gradient_where_adamw_decouples_it() {
     let mut opt_adamw = AdamW::new(vec![param("p", &decoupled, true)], config(0.1)).expect("adamw");
     let store = grads_for(&[(&coupled, &[0.5]), (&decoupled, &[0.5])]);
     opt_adam
-        .step(&opt_adam.gradients(&store), 0.01)
+        .step(&opt_adam.gradients(&store).expect("grads"), 0.01)
         .expect("step");
     opt_adamw
-        .step(&opt_adamw.gradients(&store), 0.01)
+        .step(&opt_adamw.gradients(&store).expect("grads"), 0.01)
         .expect("step");
     // Adam: g' = 0.5 + 0.1·1 = 0.6, update lr·g'/|g'| = 0.01 → 0.99.
     assert!(
@@ -292,11 +328,16 @@ fn a_parameter_that_starts_training_late_gets_its_own_first_step() {
         config(0.0),
     )
     .expect("opt");
-    opt.step(&opt.gradients(&grads_for(&[(&early, &[1.0])])), 0.01)
-        .expect("step 1");
+    opt.step(
+        &opt.gradients(&grads_for(&[(&early, &[1.0])]))
+            .expect("grads"),
+        0.01,
+    )
+    .expect("step 1");
     assert_eq!(values(&late), [0.0]);
     opt.step(
-        &opt.gradients(&grads_for(&[(&early, &[1.0]), (&late, &[1.0])])),
+        &opt.gradients(&grads_for(&[(&early, &[1.0]), (&late, &[1.0])]))
+            .expect("grads"),
         0.01,
     )
     .expect("step 2");

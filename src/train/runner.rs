@@ -242,7 +242,7 @@ impl<'a> Trainer<'a> {
             let store = (&out.loss * share)?.backward()?;
             match grads.as_mut() {
                 Some(acc) => self.optimizer.accumulate(acc, &store)?,
-                None => grads = Some(self.optimizer.gradients(&store)),
+                None => grads = Some(self.optimizer.gradients(&store)?),
             }
             loss_sum += scalar(&out.loss)? * out.units as f64;
             correct += out.correct;

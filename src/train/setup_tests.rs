@@ -49,6 +49,7 @@ impl ToyTask {
                 name: name.to_string(),
                 var: Var::ones(2, DType::F32, &Device::Cpu).expect("var"),
                 weight_decay: true,
+                row_grads: None,
             })
             .collect();
         Self {

@@ -118,10 +118,9 @@ impl SequenceClassifier {
     /// Logits `[B, num_labels]` f32; dropout only when `train`.
     pub fn forward(&self, batch: &EncodedBatch, train: bool) -> Result<Tensor, ZooError> {
         let head = self.head();
-        let hidden = self
-            .encoder()
-            .forward(&batch.input_ids, &batch.attention_mask, train)?;
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let cls =
+            self.encoder()
+                .forward_first_tokens(&batch.input_ids, &batch.attention_mask, train)?;
         let pooled = head.pre_head.forward(&cls, train)?;
         let pooled = match head.arch {
             EncoderArch::Bert => pooled.tanh()?,

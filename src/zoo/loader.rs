@@ -8,9 +8,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::bert::LayerNormW;
 use super::config::EncoderArch;
+use super::cpu::embedding::RowGradients;
 use super::linear::{LoraAdapter, Param, TrainLinear};
 use super::params::NamedVar;
 use super::ZooError;
@@ -152,6 +154,7 @@ impl ParamBuilder {
             name,
             var: var.clone(),
             weight_decay: decay,
+            row_grads: None,
         });
         Ok(var)
     }
@@ -165,6 +168,25 @@ impl ParamBuilder {
         } else {
             Ok(Param::Frozen(tensor))
         }
+    }
+
+    /// An embedding table: [`Self::param`], and where it is trained with the CPU kernels,
+    /// the sink its lookups leave their gradient rows in (see `cpu::embedding`), which the
+    /// optimizer drains.
+    pub fn embedding_table(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(Param, Option<Arc<RowGradients>>), ZooError> {
+        let param = self.param(name, shape, true)?;
+        if !param.is_trainable() || !super::fused::uses_fused_kernels(param.tensor()) {
+            return Ok((param, None));
+        }
+        let sink = Arc::new(RowGradients::default());
+        if let Some(registered) = self.vars.last_mut() {
+            registered.row_grads = Some(Arc::clone(&sink));
+        }
+        Ok((param, Some(sink)))
     }
 
     pub fn layer_norm(
@@ -221,6 +243,7 @@ impl ParamBuilder {
                 name: format!("base_model.model.{hf_module}.{part}.weight"),
                 var: var.clone(),
                 weight_decay: true,
+                row_grads: None,
             });
         }
         Ok(linear.with_lora(adapter))

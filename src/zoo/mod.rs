@@ -24,6 +24,7 @@
 //! - [`vision`]: CNN backbones (ResNet, EfficientNet-Lite) in timm's layout, `ImageClassifier`.
 
 pub mod bert;
+mod bert_names;
 pub mod chat_template;
 pub mod classifier;
 pub mod config;
@@ -35,11 +36,14 @@ pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod loader;
+mod packing;
 pub mod params;
 pub mod testing;
 pub mod tokenizer;
 pub mod vision;
 
+#[cfg(test)]
+mod first_token_tests;
 #[cfg(test)]
 mod loader_tests;
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //! updates in place, snapshotted into checkpoints and loaded back on resume.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::cpu::embedding::RowGradients;
 use super::ZooError;
 
 /// A trainable tensor with its checkpoint name.
@@ -14,6 +17,28 @@ pub struct NamedVar {
     pub var: Var,
     /// False for biases and LayerNorm weights.
     pub weight_decay: bool,
+    /// Where an embedding table's lookups leave its gradient as rows (see
+    /// [`super::cpu::embedding`]); `None`: the gradient is the backward pass's tensor.
+    pub row_grads: Option<Arc<RowGradients>>,
+}
+
+impl NamedVar {
+    /// This var's gradient from a backward pass as a tensor: the store's, or the rows its
+    /// embedding lookups left in [`Self::row_grads`] during that pass, written into zeros
+    /// (taken from the sink: call it once per backward). The optimizer reads the rows
+    /// without the dense tensor; this is for inspecting gradients.
+    pub fn take_gradient(&self, store: &GradStore) -> Result<Option<Tensor>, ZooError> {
+        if let Some(g) = store.get(self.var.as_tensor()) {
+            return Ok(Some(g.clone()));
+        }
+        match &self.row_grads {
+            Some(sink) => Ok(sink
+                .drain()?
+                .map(|rows| rows.to_dense(self.var.device()))
+                .transpose()?),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Copies of the trainable tensors: the optimizer keeps updating the vars in place, so a

@@ -118,7 +118,7 @@ fn full_finetuning_gives_every_trainable_var_a_gradient() {
     let with_grad = vars
         .iter()
         .filter(|v| {
-            grads.get(v.var.as_tensor()).is_some_and(|g| {
+            v.take_gradient(&grads).unwrap().is_some_and(|g| {
                 g.abs()
                     .unwrap()
                     .sum_all()
@@ -388,7 +388,7 @@ fn distilbert_trains_every_tensor_and_lora_targets_q_and_v() {
     let with_grad = vars
         .iter()
         .filter(|v| {
-            grads.get(v.var.as_tensor()).is_some_and(|g| {
+            v.take_gradient(&grads).unwrap().is_some_and(|g| {
                 g.abs()
                     .unwrap()
                     .sum_all()

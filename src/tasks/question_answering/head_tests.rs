@@ -48,7 +48,7 @@ fn vars_with_gradient(model: &QuestionAnsweringModel, loss: &Tensor) -> usize {
         .trainable_vars()
         .iter()
         .filter(|v| {
-            grads.get(v.var.as_tensor()).is_some_and(|g| {
+            v.take_gradient(&grads).expect("gradient").is_some_and(|g| {
                 let sum = g.abs().and_then(|a| a.sum_all()).expect("sum");
                 sum.to_scalar::<f32>().expect("scalar") > 0.0
             })

@@ -51,7 +51,7 @@ fn gradient_count(model: &TokenClassifier, dir: &Path) -> (usize, usize) {
     let with_grad = vars
         .iter()
         .filter(|v| {
-            grads.get(v.var.as_tensor()).is_some_and(|g| {
+            v.take_gradient(&grads).unwrap().is_some_and(|g| {
                 g.abs()
                     .unwrap()
                     .sum_all()

@@ -1,9 +1,11 @@
 //! CPU f32 kernels that replace chains of candle ops in the training step: a linear layer,
-//! attention over a packed batch, and dropout, each one op with an analytic backward, on
+//! attention over a packed batch, dropout, and an embedding lookup with a row-sparse
+//! gradient, each one op with an analytic backward, on
 //! the rayon pool the matmuls already use. Callers check
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
 pub mod dropout;
+pub mod embedding;
 pub mod gemm;
 pub mod linear_op;
 pub mod varlen_attention;

@@ -325,6 +325,7 @@ impl Builder<'_> {
             name: name.to_string(),
             var: var.clone(),
             weight_decay: decay,
+            row_grads: None,
         });
         Ok(Param::Trainable(var))
     }
@@ -391,6 +392,7 @@ impl Builder<'_> {
                 name: format!("base_model.model.{module}.{part}.weight"),
                 var: var.clone(),
                 weight_decay: true,
+                row_grads: None,
             });
         }
         Ok(linear.with_lora(adapter))

@@ -132,6 +132,7 @@ impl Conv {
                 name: format!("{}.weight", self.name),
                 var: var.clone(),
                 weight_decay: true,
+                row_grads: None,
             });
         }
     }

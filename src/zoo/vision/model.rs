@@ -195,6 +195,7 @@ impl ImageClassifier {
                         name: format!("{name}.{suffix}"),
                         var: var.clone(),
                         weight_decay: decay,
+                        row_grads: None,
                     });
                 }
             }

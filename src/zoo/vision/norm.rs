@@ -110,6 +110,7 @@ impl BatchNorm {
                     name: format!("{}.{suffix}", self.name),
                     var: var.clone(),
                     weight_decay: false,
+                    row_grads: None,
                 });
             }
         }
@@ -125,6 +126,7 @@ impl BatchNorm {
                 name: format!("{}.{suffix}", self.name),
                 var: var.clone(),
                 weight_decay: false,
+                row_grads: None,
             });
         }
     }
