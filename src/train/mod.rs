@@ -11,6 +11,8 @@
 //!   meta, the new head's learning rate, resume, outcome), written once.
 //! - `data.rs`: seeded per-epoch batch order, sequential batches.
 //! - `optim.rs`: own AdamW (fused CPU update, savable state), clipping, accumulation.
+//! - `gradients.rs`: the gradients it steps on (tensors, or an embedding table's rows), their
+//!   norm and clipping, and the row-wise table update.
 //! - `schedule.rs`: warmup + linear/cosine/constant learning rates.
 //! - `named_metrics.rs`: metrics as named values; each task declares its `MetricNames`.
 //! - `summary.rs`: best-model choice, results CSV, checkpoint metrics, `TrainOutcome`.

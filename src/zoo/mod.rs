@@ -8,11 +8,13 @@
 //! - [`linear`]: `TrainLinear`, the one linear layer (frozen/trainable base + LoRA).
 //! - [`config`]: BERT / DistilBERT `config.json` parsing (transformers 4.x and 5.x).
 //! - [`loader`]: checkpoint files and names, frozen vs trainable vs LoRA parameters.
-//! - [`bert`]: the differentiable BERT-family encoder.
+//! - [`bert`]: the differentiable BERT-family encoder (`packing.rs`: its real tokens as
+//!   packed rows; `bert_names.rs`: its checkpoint module names).
 //! - [`fused`]: CPU kernels with analytic backward (GELU, LayerNorm) for the encoder.
 //! - [`cpu`]: CPU ops with analytic backward for the training step: a linear layer, attention
-//!   over the packed batch (encoders and causal grouped-query decoders), dropout, and the
-//!   bounds-checked `gemm` front they multiply with.
+//!   over the packed batch (encoders and causal grouped-query decoders), dropout, an
+//!   embedding lookup whose gradient is the rows it read, and the bounds-checked `gemm`
+//!   front they multiply with.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
 //! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
 //! - [`encoder_head`]: `EncoderModel<H>`, the encoder plus one task head: loading, vars,
