@@ -196,29 +196,8 @@ impl AdamW {
             } else {
                 0.0
             };
-            let (coupled, dense, mut grad_scale);
-            grad_scale = grads.scale as f32;
-            let rows = match grad {
-                Grad::Rows(rows) if cfg.decoupled || wd == 0.0 => Some(rows),
-                _ => None,
-            };
-            let grad = match grad {
-                Grad::Dense(t) => t,
-                Grad::Rows(rows) => {
-                    dense = rows.to_dense(slot.param.var.device())?;
-                    &dense
-                }
-            };
-            let grad = if cfg.decoupled || wd == 0.0 {
-                grad
-            } else {
-                // Adam's L2 term joins the clipped gradient, so clip first.
-                coupled = ((grad * grads.scale)? + (slot.param.var.as_tensor().detach() * wd)?)?;
-                grad_scale = 1.0;
-                &coupled
-            };
             let decay = if cfg.decoupled { wd } else { 0.0 };
-            let scalars = StepScalars {
+            let scalars = |grad_scale: f32| StepScalars {
                 lr: lr as f32,
                 decay_factor: (1.0 - lr * decay) as f32,
                 beta1: cfg.beta1 as f32,
@@ -228,19 +207,33 @@ impl AdamW {
                 eps: cfg.eps as f32,
                 grad_scale,
             };
-            match (&mut slot.moments, rows) {
-                (Moments::Host { m, v }, Some(rows)) if slot.param.var.is_contiguous() => {
+            // An embedding table's rows go straight into the row-wise update; the dense
+            // tensor is built only for the paths that need one.
+            if let (Grad::Rows(rows), Moments::Host { m, v }) = (grad, &mut slot.moments) {
+                if (cfg.decoupled || wd == 0.0) && slot.param.var.is_contiguous() {
+                    let scalars = scalars(grads.scale as f32);
                     let update = RowWiseUpdate {
                         scalars: &scalars,
                         rows,
                         moments: Mutex::new((m, v)),
                     };
-                    slot.param.var.as_tensor().inplace_op1(&update)?
+                    slot.param.var.as_tensor().inplace_op1(&update)?;
+                    continue;
                 }
-                (Moments::Host { m, v }, _) => host_step(&slot.param.var, grad, m, v, &scalars)?,
-                (Moments::Device { m, v }, _) => {
-                    device_step(&slot.param.var, grad, m, v, &scalars)?
-                }
+            }
+            let dense = grad.to_dense(slot.param.var.device())?;
+            let (grad, grad_scale) = if cfg.decoupled || wd == 0.0 {
+                (dense, grads.scale as f32)
+            } else {
+                // Adam's L2 term joins the clipped gradient, so clip first.
+                let coupled =
+                    ((dense * grads.scale)? + (slot.param.var.as_tensor().detach() * wd)?)?;
+                (coupled, 1.0)
+            };
+            let scalars = scalars(grad_scale);
+            match &mut slot.moments {
+                Moments::Host { m, v } => host_step(&slot.param.var, &grad, m, v, &scalars)?,
+                Moments::Device { m, v } => device_step(&slot.param.var, &grad, m, v, &scalars)?,
             }
         }
         Ok(())
