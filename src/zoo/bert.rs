@@ -198,7 +198,16 @@ impl Encoder {
         let (Some((last, before)), Some(first_rows)) =
             (self.layers.split_last(), packing.first_rows.as_ref())
         else {
-            let hidden = self.forward(input_ids, attention_mask, train)?;
+            let (b, t) = input_ids.dims2()?;
+            let (x, _) = self.run_layers(
+                &self.layers,
+                input_ids,
+                None,
+                attention_mask,
+                &packing,
+                train,
+            )?;
+            let hidden = packing.pad(&x, (b, t, self.cfg.hidden_size))?;
             return Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?);
         };
         let (x, mask) =
@@ -274,19 +283,9 @@ impl Encoder {
         let first = x.index_select(first_rows, 0)?;
         let q =
             (l.q.forward(&first, train)? * (1.0 / (d as f64).sqrt()))?.reshape((b, heads, 1, d))?;
-        let split = |y: Tensor| -> Result<Tensor, ZooError> {
-            Ok(packing
-                .pad(&y, (b, t, h))?
-                .reshape((b, t, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let k = split(l.k.forward(x, train)?)?;
-        let v = split(l.v.forward(x, train)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let probs = dropout(&probs, attention_dropout, attention_dropout > 0.0)?;
-        let context = probs.matmul(&v)?.reshape((b, h))?;
+        let k = self.padded_heads(packing, &l.k.forward(x, train)?, (b, t))?;
+        let v = self.padded_heads(packing, &l.v.forward(x, train)?, (b, t))?;
+        let context = masked_attention(&q, &k, &v, mask, attention_dropout)?.reshape((b, h))?;
         self.layer_tail(l, &context, &first, train)
     }
 
@@ -362,23 +361,30 @@ impl Encoder {
     ) -> Result<Tensor, ZooError> {
         let (b, _, _, t) = mask.dims4()?;
         let h = self.cfg.hidden_size;
-        let heads = self.cfg.num_heads;
         let d = self.cfg.head_dim();
-        let split = |y: Tensor| -> Result<Tensor, ZooError> {
-            let padded = packing.pad(&y, (b, t, h))?;
-            Ok(padded
-                .reshape((b, t, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
+        let split = |y: Tensor| self.padded_heads(packing, &y, (b, t));
         let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
         let k = split(l.k.forward(x, train)?)?;
         let v = split(l.v.forward(x, train)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let probs = dropout(&probs, attention_dropout, attention_dropout > 0.0)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+        let context = masked_attention(&q, &k, &v, mask, attention_dropout)?
+            .transpose(1, 2)?
+            .reshape((b * t, h))?;
         Ok(context.index_select(&packing.rows, 0)?)
+    }
+
+    /// Packed `[N, H]` rows → `[B, heads, T, d]` on the padded layout, zeros at padding.
+    fn padded_heads(
+        &self,
+        packing: &Packing,
+        packed: &Tensor,
+        (b, t): (usize, usize),
+    ) -> Result<Tensor, ZooError> {
+        let (heads, d) = (self.cfg.num_heads, self.cfg.head_dim());
+        Ok(packing
+            .pad(packed, (b, t, self.cfg.hidden_size))?
+            .reshape((b, t, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
     }
 
     /// Every tensor with the HF name transformers writes (`bert.`/`distilbert.` prefix),
@@ -472,6 +478,22 @@ impl Encoder {
         }
         bytes
     }
+}
+
+/// `softmax(q·kᵀ + mask)·v` over `[B, heads, T_q, d]` queries and `[B, heads, T, d]` keys
+/// and values (the additive `[B, 1, 1, T]` mask hides padding), with dropout on the
+/// probabilities: `[B, heads, T_q, d]`.
+fn masked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    attention_dropout: f64,
+) -> Result<Tensor, ZooError> {
+    let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = dropout(&probs, attention_dropout, attention_dropout > 0.0)?;
+    Ok(probs.matmul(v)?)
 }
 
 pub fn put_linear(
