@@ -8,6 +8,7 @@
 //! ([`RowGradients::drain`]) and updates the table with zero gradients elsewhere, exactly
 //! as it would with the dense one.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -31,26 +32,13 @@ impl SparseRows {
     /// each id's rows in the order they come (as `index_add` into zeros does, so the sums
     /// are the dense gradient's bit for bit).
     fn coalesce(ids: &[u32], grad: &[f32], width: usize, rows: usize) -> Self {
-        let mut slot_of = std::collections::HashMap::with_capacity(ids.len());
         let mut out = Self {
             ids: Vec::new(),
             values: Vec::new(),
             width,
             rows,
         };
-        for (&id, row) in ids.iter().zip(grad.chunks_exact(width.max(1))) {
-            match slot_of.get(&id) {
-                Some(&slot) => {
-                    let dst: &mut [f32] = &mut out.values[slot * width..(slot + 1) * width];
-                    dst.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
-                }
-                None => {
-                    slot_of.insert(id, out.ids.len());
-                    out.ids.push(id);
-                    out.values.extend_from_slice(row);
-                }
-            }
-        }
+        out.add_rows(HashMap::with_capacity(ids.len()), ids, grad);
         out
     }
 
@@ -66,18 +54,21 @@ impl SparseRows {
                 other.width
             );
         }
-        let mut slot_of: std::collections::HashMap<u32, usize> = self
+        let slot_of = self
             .ids
             .iter()
             .enumerate()
             .map(|(i, &id)| (id, i))
             .collect();
+        self.add_rows(slot_of, &other.ids, &other.values);
+        Ok(())
+    }
+
+    /// Adds each `values` row into the row of its id (`slot_of`: id → index in
+    /// `self.ids`), appending the ids not there yet, in order.
+    fn add_rows(&mut self, mut slot_of: HashMap<u32, usize>, ids: &[u32], values: &[f32]) {
         let width = self.width;
-        for (&id, row) in other
-            .ids
-            .iter()
-            .zip(other.values.chunks_exact(width.max(1)))
-        {
+        for (&id, row) in ids.iter().zip(values.chunks_exact(width.max(1))) {
             match slot_of.get(&id) {
                 Some(&slot) => self.values[slot * width..(slot + 1) * width]
                     .iter_mut()
@@ -90,7 +81,6 @@ impl SparseRows {
                 }
             }
         }
-        Ok(())
     }
 
     /// Σ g² over the rows (the dense gradient's, whose other entries are zero), in f64.
