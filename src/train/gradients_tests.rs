@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::train::optim::{AdamW, AdamWConfig, OptimParam};
+use crate::train::optim::{AdamW, AdamWConfig, Gradients, OptimParam};
 use crate::zoo::cpu::embedding::{lookup, RowGradients};
 
 const ROWS: usize = 9;
@@ -39,6 +39,17 @@ fn optimizer(var: &Var, sink: Option<Arc<RowGradients>>, decoupled: bool) -> Ada
     AdamW::new(vec![param], config).expect("opt")
 }
 
+/// Back-propagates `sum(out · w)` and collects the optimizer's gradients from it into
+/// `acc` (the first micro-batch's, then accumulated), as the trainer does.
+fn add_micro_batch(opt: &AdamW, acc: &mut Option<Gradients>, out: &Tensor, w: &Tensor) {
+    let loss = (out * w).expect("mul").sum_all().expect("sum");
+    let store = loss.backward().expect("bwd");
+    match acc.as_mut() {
+        None => *acc = Some(opt.gradients(&store).expect("grads")),
+        Some(acc) => opt.accumulate(acc, &store).expect("acc"),
+    }
+}
+
 /// Three steps of two micro-batches each (repeated ids within and across them, rows no
 /// batch touches), clipped to a norm the gradients exceed; returns the tables and norms.
 fn train(decoupled: bool) -> (Vec<f32>, Vec<f32>, Vec<(f64, f64)>) {
@@ -53,28 +64,10 @@ fn train(decoupled: bool) -> (Vec<f32>, Vec<f32>, Vec<(f64, f64)>) {
         for (i, ids) in pair.iter().enumerate() {
             let ids = Tensor::new(*ids, &Device::Cpu).expect("ids");
             let w = weights(ids.dim(0).expect("n"), step * 2 + i);
-            let out = lookup(sparse.as_tensor(), &ids, &sink).expect("lookup");
-            let store = (out * &w)
-                .expect("mul")
-                .sum_all()
-                .expect("sum")
-                .backward()
-                .expect("bwd");
-            match sparse_acc.as_mut() {
-                None => sparse_acc = Some(sparse_opt.gradients(&store).expect("grads")),
-                Some(acc) => sparse_opt.accumulate(acc, &store).expect("acc"),
-            }
-            let out = dense.as_tensor().index_select(&ids, 0).expect("select");
-            let store = (out * &w)
-                .expect("mul")
-                .sum_all()
-                .expect("sum")
-                .backward()
-                .expect("bwd");
-            match dense_acc.as_mut() {
-                None => dense_acc = Some(dense_opt.gradients(&store).expect("grads")),
-                Some(acc) => dense_opt.accumulate(acc, &store).expect("acc"),
-            }
+            let sparse_out = lookup(sparse.as_tensor(), &ids, &sink).expect("lookup");
+            add_micro_batch(&sparse_opt, &mut sparse_acc, &sparse_out, &w);
+            let dense_out = dense.as_tensor().index_select(&ids, 0).expect("select");
+            add_micro_batch(&dense_opt, &mut dense_acc, &dense_out, &w);
         }
         let (mut sparse_grads, mut dense_grads) = (sparse_acc.expect("s"), dense_acc.expect("d"));
         norms.push((

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use super::testing::{write_tiny_bert, write_tiny_distilbert};
 use super::tests::{batch, full_spec, lora_spec};
 use super::{ClassifierSpec, EncodedBatch, SequenceClassifier};
-use crate::zoo::test_tensors::max_abs_diff;
+use crate::zoo::test_tensors::{max_abs, max_abs_diff};
 
 /// Texts of different lengths, so the batch is padded and the spans differ.
 const TEXTS: [&str; 3] = [
@@ -68,13 +68,7 @@ fn check_values_and_gradients(dir: &std::path::Path, spec: &ClassifierSpec) {
             );
             continue;
         };
-        let scale = r
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(r);
         let diff = max_abs_diff(o, r);
         assert!(
             diff <= 1e-5 * scale.max(1.0),
