@@ -5,45 +5,13 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
 use super::optim::{StepScalars, PARALLEL_CHUNK};
 use crate::zoo::cpu::embedding::SparseRows;
 
-/// One parameter's gradient.
-#[derive(Debug, Clone)]
-pub enum Grad {
-    Dense(Tensor),
-    /// An embedding table's: the rows its lookups reached, zero elsewhere.
-    Rows(SparseRows),
-}
-
-impl Grad {
-    /// `self + other` (gradient accumulation).
-    pub fn plus(self, other: &Grad) -> candle_core::Result<Grad> {
-        Ok(match (self, other) {
-            (Grad::Dense(a), Grad::Dense(b)) => Grad::Dense((a + b)?.detach()),
-            (Grad::Rows(mut a), Grad::Rows(b)) => {
-                a.merge(b)?;
-                Grad::Rows(a)
-            }
-            (Grad::Dense(a), Grad::Rows(b)) => {
-                let b = b.to_dense(a.device())?;
-                Grad::Dense((a + b)?)
-            }
-            (Grad::Rows(a), Grad::Dense(b)) => Grad::Dense((a.to_dense(b.device())? + b)?),
-        })
-    }
-
-    /// The gradient as a tensor on `device` (rows written into zeros).
-    pub fn to_dense(&self, device: &Device) -> candle_core::Result<Tensor> {
-        match self {
-            Grad::Dense(t) => Ok(t.clone()),
-            Grad::Rows(rows) => rows.to_dense(device),
-        }
-    }
-}
+pub use crate::zoo::params::Grad;
 
 /// Gradients of the optimizer's parameters, in its parameter order. Kept apart from the
 /// `GradStore` so the store (which also holds gradients of intermediate and frozen

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::gradients::RowWiseUpdate;
 pub use super::gradients::{Grad, Gradients};
 use crate::zoo::cpu::embedding::RowGradients;
+use crate::zoo::params::take_gradient;
 
 /// Below this many elements a tensor is updated on the calling thread: rayon's fork/join
 /// costs more than it saves on biases and LayerNorm weights.
@@ -163,7 +164,7 @@ impl AdamW {
         let grads = self
             .slots
             .iter()
-            .map(|s| slot_gradient(s, store))
+            .map(|s| take_gradient(&s.param.var, s.param.row_grads.as_ref(), store))
             .collect::<candle_core::Result<_>>()?;
         Ok(Gradients { grads, scale: 1.0 })
     }
@@ -171,7 +172,7 @@ impl AdamW {
     /// Adds a micro-batch's gradients into `acc` (gradient accumulation).
     pub fn accumulate(&self, acc: &mut Gradients, store: &GradStore) -> candle_core::Result<()> {
         for (slot, sum) in self.slots.iter().zip(acc.grads.iter_mut()) {
-            if let Some(g) = slot_gradient(slot, store)? {
+            if let Some(g) = take_gradient(&slot.param.var, slot.param.row_grads.as_ref(), store)? {
                 *sum = Some(match sum.take() {
                     Some(prev) => prev.plus(&g)?,
                     None => g,
@@ -335,17 +336,6 @@ impl AdamW {
         self.step = usize::try_from(step)
             .map_err(|_| candle_core::Error::Msg("negative optimizer step".into()))?;
         Ok(())
-    }
-}
-
-/// A slot's gradient from one backward pass: the store's tensor, or its sink's rows.
-fn slot_gradient(slot: &Slot, store: &GradStore) -> candle_core::Result<Option<Grad>> {
-    if let Some(g) = store.get(slot.param.var.as_tensor()) {
-        return Ok(Some(Grad::Dense(g.detach())));
-    }
-    match &slot.param.row_grads {
-        Some(sink) => Ok(sink.drain()?.map(Grad::Rows)),
-        None => Ok(None),
     }
 }
 

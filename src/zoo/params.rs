@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
-use super::cpu::embedding::RowGradients;
+use super::cpu::embedding::{RowGradients, SparseRows};
 use super::ZooError;
 
 /// A trainable tensor with its checkpoint name.
@@ -23,20 +23,63 @@ pub struct NamedVar {
 }
 
 impl NamedVar {
-    /// This var's gradient from a backward pass as a tensor: the store's, or the rows its
-    /// embedding lookups left in [`Self::row_grads`] during that pass, written into zeros
-    /// (taken from the sink: call it once per backward). The optimizer reads the rows
-    /// without the dense tensor; this is for inspecting gradients.
+    /// This var's gradient from a backward pass as a tensor ([`take_gradient`], the rows
+    /// written into zeros). The optimizer reads the rows without the dense tensor; this is
+    /// for inspecting gradients.
     pub fn take_gradient(&self, store: &GradStore) -> Result<Option<Tensor>, ZooError> {
-        if let Some(g) = store.get(self.var.as_tensor()) {
-            return Ok(Some(g.clone()));
-        }
-        match &self.row_grads {
-            Some(sink) => Ok(sink
-                .drain()?
-                .map(|rows| rows.to_dense(self.var.device()))
-                .transpose()?),
-            None => Ok(None),
+        Ok(take_gradient(&self.var, self.row_grads.as_ref(), store)?
+            .map(|g| g.to_dense(self.var.device()))
+            .transpose()?)
+    }
+}
+
+/// `var`'s gradient from one backward pass: the store's tensor or, for an embedding table,
+/// the rows its lookups left in `row_grads` during that pass (taken from the sink: call it
+/// once per backward).
+pub fn take_gradient(
+    var: &Var,
+    row_grads: Option<&Arc<RowGradients>>,
+    store: &GradStore,
+) -> candle_core::Result<Option<Grad>> {
+    if let Some(g) = store.get(var.as_tensor()) {
+        return Ok(Some(Grad::Dense(g.detach())));
+    }
+    match row_grads {
+        Some(sink) => Ok(sink.drain()?.map(Grad::Rows)),
+        None => Ok(None),
+    }
+}
+
+/// One parameter's gradient.
+#[derive(Debug, Clone)]
+pub enum Grad {
+    Dense(Tensor),
+    /// An embedding table's: the rows its lookups reached, zero elsewhere.
+    Rows(SparseRows),
+}
+
+impl Grad {
+    /// `self + other` (gradient accumulation).
+    pub fn plus(self, other: &Grad) -> candle_core::Result<Grad> {
+        Ok(match (self, other) {
+            (Grad::Dense(a), Grad::Dense(b)) => Grad::Dense((a + b)?.detach()),
+            (Grad::Rows(mut a), Grad::Rows(b)) => {
+                a.merge(b)?;
+                Grad::Rows(a)
+            }
+            (Grad::Dense(a), Grad::Rows(b)) => {
+                let b = b.to_dense(a.device())?;
+                Grad::Dense((a + b)?)
+            }
+            (Grad::Rows(a), Grad::Dense(b)) => Grad::Dense((a.to_dense(b.device())? + b)?),
+        })
+    }
+
+    /// The gradient as a tensor on `device` (rows written into zeros).
+    pub fn to_dense(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Grad::Dense(t) => Ok(t.clone()),
+            Grad::Rows(rows) => rows.to_dense(device),
         }
     }
 }
