@@ -64,31 +64,67 @@ pub fn on_own_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 /// speed, RSS returns to its baseline. A no-op on other platforms.
 fn keep_freed_memory_for_reuse() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // Values from glibc's malloc.h; the libc crate does not export them all.
-        const M_TRIM_THRESHOLD: libc::c_int = -1;
-        const M_TOP_PAD: libc::c_int = -2;
-        const M_MMAP_THRESHOLD: libc::c_int = -3;
-        const MMAP_THRESHOLD_MAX: libc::c_int = 32 * 1024 * 1024;
-        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
-        unsafe {
-            libc::mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX);
-            libc::mallopt(M_TRIM_THRESHOLD, libc::c_int::MAX);
-            libc::mallopt(M_TOP_PAD, 512 * 1024 * 1024);
-        }
+    // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(glibc::M_MMAP_THRESHOLD, glibc::MMAP_THRESHOLD_MAX);
+        keep_heap_tops();
     }
 }
 
-/// Hands the free memory of every malloc arena back to the OS (`malloc_trim(0)`: the top
-/// of each heap and the free pages inside it). [`keep_freed_memory_for_reuse`] stops glibc
-/// from trimming on its own (training reuses freed blocks every step), so code that frees
-/// large amounts for good, a generation engine whose sequences ended, calls this; without
-/// it the pages of abandoned generations stayed resident for the life of the process.
+/// Values from glibc's malloc.h; the libc crate does not export them all.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod glibc {
+    pub const M_TRIM_THRESHOLD: libc::c_int = -1;
+    pub const M_TOP_PAD: libc::c_int = -2;
+    pub const M_MMAP_THRESHOLD: libc::c_int = -3;
+    pub const MMAP_THRESHOLD_MAX: libc::c_int = 32 * 1024 * 1024;
+    /// glibc's default trim threshold.
+    pub const DEFAULT_TRIM_THRESHOLD: libc::c_int = 128 * 1024;
+    /// Above the trim threshold and `M_TOP_PAD`'s 0, below the mmap threshold: a block
+    /// served from (and freed back into) the calling thread's heap.
+    pub const TRIM_PROBE_BYTES: usize = 256 * 1024;
+}
+
+/// The tuning of [`keep_freed_memory_for_reuse`] that stops glibc from shrinking heaps.
+///
+/// # Safety
+/// Only changes allocator parameters (always sound); `unsafe` as the FFI call is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe fn keep_heap_tops() {
+    libc::mallopt(glibc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    libc::mallopt(glibc::M_TOP_PAD, 512 * 1024 * 1024);
+}
+
+/// Hands the free memory of the malloc arenas back to the OS. [`keep_freed_memory_for_reuse`]
+/// stops glibc from trimming on its own (training reuses freed blocks every step), so code
+/// that frees large amounts for good, a generation engine whose sequences ended, calls this
+/// on the thread that freed them; without it the pages of abandoned generations stayed
+/// resident for the life of the process.
+///
+/// Two steps, because `malloc_trim(0)` alone misses the largest block: it releases the free
+/// pages inside every arena and the top of the main heap, but the top of a thread's own
+/// arena (where that thread's KV caches lived) shrinks only in `free`, when it exceeds
+/// `M_TRIM_THRESHOLD`, which the training tuning keeps at its maximum. Seen in the soak
+/// test (`tests/e2e/generation_limits.rs`) on a loaded machine: 15–51 MiB stayed resident
+/// in secondary arenas after every generation had ended, in half the runs. So the thresholds drop to glibc's defaults for one malloc and free on this thread,
+/// which trims its arena's top, and are set back. A free on another thread in that instant
+/// may trim its heap too, which costs it a few page faults, never correctness.
 /// A no-op on other platforms.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the OS; it locks each arena itself.
+    // SAFETY: malloc_trim only returns free memory to the OS and locks each arena itself;
+    // mallopt only changes parameters; the probe block is freed right after its malloc
+    // (a null one is a no-op for free).
     unsafe {
         libc::malloc_trim(0);
+        libc::mallopt(glibc::M_TRIM_THRESHOLD, glibc::DEFAULT_TRIM_THRESHOLD);
+        libc::mallopt(glibc::M_TOP_PAD, 0);
+        let probe = libc::malloc(glibc::TRIM_PROBE_BYTES);
+        // Written so the allocation is not optimised away.
+        if !probe.is_null() {
+            probe.cast::<u8>().write_volatile(1);
+        }
+        libc::free(probe);
+        keep_heap_tops();
     }
 }

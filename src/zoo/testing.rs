@@ -35,6 +35,9 @@ pub struct TinyBertStyle {
     pub legacy_layer_norm: bool,
     /// No pooler tensors (the head then creates a new one).
     pub without_pooler: bool,
+    /// The hidden and attention dropout probabilities of the config (0 by default: most
+    /// tests compare numbers that dropout would blur).
+    pub dropout: f64,
 }
 
 const WORDS: &str = "\
@@ -92,8 +95,8 @@ pub fn write_tiny_bert_with(dir: &Path, seed: u64, style: TinyBertStyle) -> anyh
         "num_attention_heads": 4,
         "intermediate_size": TINY_INTERMEDIATE,
         "max_position_embeddings": TINY_MAX_POSITION,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
+        "hidden_dropout_prob": style.dropout,
+        "attention_probs_dropout_prob": style.dropout,
         "pad_token_id": 0,
     });
     if style.transformers_v5 {

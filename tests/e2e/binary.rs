@@ -103,6 +103,40 @@ impl BinaryServer {
             .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
+    /// The process's largest resident mappings, `Rss KiB  range  name` per line, largest
+    /// first: what a memory assertion's failure message shows of where the bytes are.
+    pub fn largest_mappings(&self, count: usize) -> String {
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.child.id())).unwrap_or_default();
+        let mut mappings: Vec<(u64, String)> = Vec::new();
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                let kib = kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if let Some(last) = mappings.last_mut() {
+                    last.0 = kib;
+                }
+            } else if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                mappings.push((0, line.to_string()));
+            }
+        }
+        mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
+        mappings
+            .iter()
+            .take(count)
+            .map(|(kib, header)| format!("{kib:>8} KiB  {header}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// User + system CPU ticks of the whole process (unchanged between two reads: idle).
     pub fn cpu_ticks(&self) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))

@@ -254,9 +254,11 @@ async fn rss_returns_to_its_baseline_after_50_abandoned_long_generations() {
     );
     assert!(
         settled.is_some(),
-        "RSS stayed at {:.1} MiB, more than 10% above its baseline of {:.1} MiB (peak {:.1} MiB)",
+        "RSS stayed at {:.1} MiB, more than 10% above its baseline of {:.1} MiB (peak {:.1} MiB); \
+         largest mappings:\n{}",
         mib(now),
         mib(baseline),
-        mib(peak)
+        mib(peak),
+        server.largest_mappings(12)
     );
 }

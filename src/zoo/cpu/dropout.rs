@@ -4,6 +4,8 @@
 //! `candle_nn::ops::dropout` draws a uniform tensor from candle's RNG on one thread, then
 //! compares, converts and multiplies: four passes and two tensors kept for the backward.
 
+use std::cell::Cell;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -12,6 +14,32 @@ use crate::zoo::fused::contiguous_f32;
 /// Elements per parallel task: large enough that rayon's fork/join is noise.
 const CHUNK: usize = 1 << 14;
 
+thread_local! {
+    /// The seed stream of this thread's masks, `(base, masks drawn since)`, once
+    /// [`seed_dropout`] set one; before that every mask gets a fresh random seed.
+    static SEEDS: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+/// Makes every mask drawn on this thread from now on (dropout, attention dropout, LoRA
+/// dropout) a function of `seed` and its place in the sequence of draws, as
+/// `torch.manual_seed` does for the generator. The trainer seeds each micro-batch from the
+/// job's seed, its step and its place in the step: two runs of a job draw the same masks,
+/// and a run resumed from a checkpoint draws the masks the uninterrupted run drew.
+pub fn seed_dropout(seed: u64) {
+    SEEDS.with(|seeds| seeds.set(Some((seed, 0))));
+}
+
+/// The next mask's seed on this thread (see [`seed_dropout`]).
+pub(crate) fn next_seed() -> u64 {
+    SEEDS.with(|seeds| match seeds.get() {
+        Some((base, drawn)) => {
+            seeds.set(Some((base, drawn + 1)));
+            mix(base ^ mix(drawn))
+        }
+        None => rand::random(),
+    })
+}
+
 /// `x · mask / (1 − p)` with each element dropped with probability `p` (0 ≤ p < 1).
 pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
@@ -19,7 +47,7 @@ pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
     }
     x.contiguous()?.apply_op1(Dropout {
         p,
-        seed: rand::random(),
+        seed: next_seed(),
     })
 }
 
@@ -103,6 +131,25 @@ mod tests {
         let grads = y.sum_all().unwrap().backward().unwrap();
         let gx = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, values);
+    }
+
+    #[test]
+    fn a_seeded_thread_draws_the_same_masks_again_and_other_seeds_draw_others() {
+        let x = Tensor::ones(4096, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let draw_two = |seed: u64| {
+            seed_dropout(seed);
+            let first = dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap();
+            let second = dropout(&x, 0.5).unwrap().to_vec1::<f32>().unwrap();
+            (first, second)
+        };
+        let (a1, a2) = draw_two(7);
+        let (b1, b2) = draw_two(7);
+        assert_eq!((&a1, &a2), (&b1, &b2));
+        // Successive draws under one seed, and draws under another seed, differ.
+        let differing = |u: &[f32], v: &[f32]| u.iter().zip(v).filter(|(a, b)| a != b).count();
+        assert!(differing(&a1, &a2) > 1000, "{}", differing(&a1, &a2));
+        let (c1, _) = draw_two(8);
+        assert!(differing(&a1, &c1) > 1000, "{}", differing(&a1, &c1));
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn varlen_attention(
     let op = VarlenAttention {
         spans: spans.clone(),
         spec,
-        seed: rand::random(),
+        seed: super::dropout::next_seed(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
