@@ -233,10 +233,15 @@ impl<'a> Trainer<'a> {
         let mut grads: Option<Gradients> = None;
         let (mut loss_sum, mut correct, mut tokens) = (0f64, 0usize, 0u64);
         let mut extra_sums = Metrics::default();
-        for indices in group {
+        for (micro_batch, indices) in group.iter().enumerate() {
             if observer.cancel_requested() {
                 return Ok(None);
             }
+            crate::zoo::cpu::dropout::seed_dropout(dropout_seed(
+                self.config.seed,
+                self.state.step,
+                micro_batch,
+            ));
             let out = task.forward_train(indices)?;
             let share = out.units as f64 / total_units as f64;
             let store = (&out.loss * share)?.backward()?;
@@ -455,6 +460,14 @@ enum AfterStep {
     /// Early stopping: training is finished.
     StopEarly,
     Cancelled,
+}
+
+/// The dropout seed of micro-batch `micro_batch` of optimizer step `step` (counted from 0):
+/// a function of the job's seed and the position alone, so a resumed run draws the masks
+/// the uninterrupted one drew.
+fn dropout_seed(job_seed: u64, step: usize, micro_batch: usize) -> u64 {
+    use crate::zoo::cpu::dropout::mix;
+    mix(job_seed ^ mix(((step as u64) << 20) ^ micro_batch as u64))
 }
 
 /// Results of one optimizer step's forward/backward passes.

@@ -28,6 +28,48 @@ fn pause_then_resume_equals_uninterrupted_run() {
     assert_eq!(runs.resumed.trained_tokens, runs.expected.trained_tokens);
 }
 
+/// A fixture whose tiny BERT drops 10 % of its hidden and attention activations.
+fn fixture_with_dropout() -> super::tests::Fixture {
+    let fx = fixture();
+    let style = crate::zoo::testing::TinyBertStyle {
+        dropout: 0.1,
+        ..Default::default()
+    };
+    crate::zoo::testing::write_tiny_bert_with(&fx.base, 3, style).expect("tiny bert");
+    fx
+}
+
+#[test]
+fn with_dropout_a_resumed_run_draws_the_uninterrupted_runs_masks() {
+    let fx = fixture_with_dropout();
+    let straight = job(&fx, "straight", resumable_config(), true);
+    let paused = job(&fx, "paused", resumable_config(), true);
+    pause_then_resume(
+        (&straight, &straight.work_dir),
+        (&paused, &paused.work_dir),
+        9,
+        4,
+        run_classification,
+    );
+}
+
+#[test]
+fn with_dropout_two_runs_of_one_seed_have_the_same_losses() {
+    let fx = fixture_with_dropout();
+    let losses = |work: &str, seed: u64| {
+        let cfg = TrainingConfig {
+            seed,
+            ..resumable_config()
+        };
+        let mut rec = Recorder::default();
+        completed(run_classification(&job(&fx, work, cfg, false), &mut rec).expect("run"));
+        rec.steps.iter().map(|s| s.train_loss()).collect::<Vec<_>>()
+    };
+    let (first, again) = (losses("first", 11), losses("again", 11));
+    assert_eq!(first.len(), 9);
+    assert_eq!(first, again);
+}
+
 #[test]
 fn cancel_stops_within_one_step_without_saving() {
     let fx = fixture();
