@@ -106,8 +106,9 @@ unsafe fn keep_heap_tops() {
 /// arena (where that thread's KV caches lived) shrinks only in `free`, when it exceeds
 /// `M_TRIM_THRESHOLD`, which the training tuning keeps at its maximum. Seen in the soak
 /// test (`tests/e2e/generation_limits.rs`) on a loaded machine: 15–51 MiB stayed resident
-/// in secondary arenas after every generation had ended, in half the runs. So the thresholds drop to glibc's defaults for one malloc and free on this thread,
-/// which trims its arena's top, and are set back. A free on another thread in that instant
+/// in secondary arenas after every generation had ended, in half the runs. So the
+/// thresholds drop to glibc's defaults for one malloc and free on this thread, which trims
+/// its arena's top, and are set back. A free on another thread in that instant
 /// may trim its heap too, which costs it a few page faults, never correctness.
 /// A no-op on other platforms.
 pub fn release_free_memory() {
