@@ -17,7 +17,7 @@ use super::layers::{ConvBn, Weights};
 use super::pool::global_avg_pool;
 use super::resnet::{resnet_units, ResNet};
 use super::Role;
-use crate::zoo::cpu::dropout::mix;
+use crate::zoo::cpu::dropout::kept;
 use crate::zoo::linear::{Param, Pass, TrainLinear};
 use crate::zoo::params::NamedVar;
 use crate::zoo::ZooError;
@@ -330,15 +330,9 @@ fn torch_linear(
 /// resumed run draws exactly the masks the interrupted one would have.
 fn seeded_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor, ZooError> {
     let keep = 1.0 / (1.0 - p as f32);
+    // The CPU dropout kernel's mask function, so both draw the same masks from a seed.
     let mask: Vec<f32> = (0..x.elem_count() as u64)
-        .map(|i| {
-            let uniform = (mix(seed ^ mix(i)) >> 40) as f32 / (1u64 << 24) as f32;
-            if uniform < p as f32 {
-                0.0
-            } else {
-                keep
-            }
-        })
+        .map(|i| if kept(seed, i, p as f32) { keep } else { 0.0 })
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(DType::F32)?;
     Ok((x * mask)?)
