@@ -98,9 +98,14 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) fn fixture() -> Fixture {
+    fixture_with(crate::zoo::testing::TinyBertStyle::default())
+}
+
+/// [`fixture`] with its tiny BERT written in `style` (a dropout probability, …).
+pub(crate) fn fixture_with(style: crate::zoo::testing::TinyBertStyle) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = dir.path().join("base");
-    crate::zoo::testing::write_tiny_bert(&base, 3).expect("tiny bert");
+    crate::zoo::testing::write_tiny_bert_with(&base, 3, style).expect("tiny bert");
     let root = dir.path().to_path_buf();
     Fixture {
         _dir: dir,

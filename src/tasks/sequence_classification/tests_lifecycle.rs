@@ -30,13 +30,10 @@ fn pause_then_resume_equals_uninterrupted_run() {
 
 /// A fixture whose tiny BERT drops 10 % of its hidden and attention activations.
 fn fixture_with_dropout() -> super::tests::Fixture {
-    let fx = fixture();
-    let style = crate::zoo::testing::TinyBertStyle {
+    super::tests::fixture_with(crate::zoo::testing::TinyBertStyle {
         dropout: 0.1,
         ..Default::default()
-    };
-    crate::zoo::testing::write_tiny_bert_with(&fx.base, 3, style).expect("tiny bert");
-    fx
+    })
 }
 
 #[test]
