@@ -19,8 +19,12 @@ import re
 
 # (category, substrings of the innermost frame), first match wins.
 BY_FRAME = [
-    ("matmul: gemm kernels", ["gemm_f32::microkernel", "gemm_f64::microkernel"]),
-    ("matmul: operand packing", ["pack_operands", "vectorize::imp_fastcall", "gemm_common::pack"]),
+    # The gemm crate's, then OpenBLAS's (zoo::cpu::blas; its drivers sgemm_nn.. included).
+    ("matmul: gemm kernels", ["gemm_f32::microkernel", "gemm_f64::microkernel", "sgemm_kernel_",
+                              "sgemm_small_kernel", "sgemm_beta", "sgemm_nn", "sgemm_nt",
+                              "sgemm_tn", "sgemm_tt", "cblas_sgemm"]),
+    ("matmul: operand packing", ["pack_operands", "vectorize::imp_fastcall", "gemm_common::pack",
+                                 "sgemm_incopy", "sgemm_itcopy", "sgemm_oncopy", "sgemm_otcopy"]),
     ("attention (softmax, masks)", ["FusedAttention", "VarlenAttention", "softmax", "MaskedSoftmax",
                                     "__expf", "expf", "CausalPrefix"]),
     ("norms and activations", ["LayerNorm", "RmsNorm", "GeluErf", "gelu", "silu", "Rope", "erf"]),

@@ -57,3 +57,12 @@ else
   "$PY" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}"
 fi
 "$PY" -c "import torch, transformers, openai, peft, accelerate, gguf, trl, datasets, seqeval, timm; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'threads', torch.get_num_threads(), '| transformers', transformers.__version__, '| openai', openai.__version__, '| peft', peft.__version__, '| trl', trl.__version__, '| datasets', datasets.__version__, '| timm', timm.__version__)"
+# temper's side: its CPU matrix products run on OpenBLAS when the machine has it (README,
+# "Configuration"); the published figures are with it. Installed where apt-get can.
+if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0 >/dev/null
+  else
+    echo "warning: no libopenblas.so.0; temper's products will run on the gemm crate (apt-get install libopenblas0)" >&2
+  fi
+fi

@@ -25,6 +25,11 @@ pub fn tune_for_cpu_training() {
         let physical = num_cpus::get_physical().max(1);
         std::env::set_var("RAYON_NUM_THREADS", physical.to_string());
     }
+    if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+        // Read by OpenBLAS when it is loaded (`zoo::cpu::blas`): one thread, so that it
+        // does not start a pool of its own beside rayon's, which splits the products.
+        std::env::set_var("OPENBLAS_NUM_THREADS", "1");
+    }
 }
 
 /// Runs `work` as a task of a rayon pool of its own, one thread per core, so that the

@@ -153,6 +153,10 @@ pub fn init_tracing() -> LogStats {
 /// API key.
 pub fn log_startup(config: &Config, address: SocketAddr) {
     tracing::info!("listening on http://{address}");
+    tracing::info!(
+        "CPU matrix products on {}",
+        crate::zoo::cpu::blas::describe()
+    );
     log_base_models(&config.storage.models_dir);
     if exposed_without_key(address, config.server.api_keys.is_empty()) {
         tracing::warn!(

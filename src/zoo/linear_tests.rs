@@ -31,8 +31,9 @@ fn frozen_base_gives_the_plain_input_gradient_and_no_weight_gradient() {
     let plain_grads = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     let diff = max_abs_diff(gx, plain_grads.get(x.as_tensor()).unwrap());
     assert!(diff < 1e-6, "input gradient differs by {diff}");
-    let dy = (y - plain).unwrap().abs().unwrap().max_all().unwrap();
-    assert_eq!(dy.to_scalar::<f32>().unwrap(), 0.0);
+    // Within rounding: the fused layer may run on OpenBLAS, candle's matmul on gemm.
+    let dy = max_abs_diff(&y, &plain);
+    assert!(dy < 1e-6, "output differs by {dy}");
 }
 
 #[test]

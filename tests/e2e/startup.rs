@@ -84,6 +84,37 @@ async fn serve_logs_its_base_models_in_plain_text() {
     child.kill().await.expect("kill");
 }
 
+/// The log says which library the CPU matrix products run on: the gemm crate when
+/// `TEMPER_BLAS=off`, OpenBLAS by default where this machine has it.
+#[tokio::test]
+async fn serve_logs_which_library_runs_the_matrix_products() {
+    let root = tempfile::tempdir().expect("tmp");
+    let models = root.path().join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    let openblas_here = temper::zoo::cpu::blas::blas().is_some();
+    for (choice, expected) in [
+        ("off", "CPU matrix products on the gemm crate"),
+        (
+            "auto",
+            if openblas_here {
+                "CPU matrix products on OpenBLAS ("
+            } else {
+                "CPU matrix products on the gemm crate"
+            },
+        ),
+    ] {
+        let mut child = serve(&root.path().join("data"), &models, 0)
+            .env(temper::zoo::cpu::blas::BLAS_ENV, choice)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("temper serve");
+        let log = read_log_until(&mut child, "CPU matrix products on").await;
+        assert!(log.contains(expected), "TEMPER_BLAS={choice}: {log}");
+        child.kill().await.expect("kill");
+    }
+}
+
 /// stdout and stderr on `/dev/full` (every write fails with ENOSPC), every log level on:
 /// before, tracing-subscriber reported the failed write with `eprintln!`, which panicked
 /// in whatever was logging (the first log line killed `main`; later ones, each request).

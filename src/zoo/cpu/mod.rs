@@ -4,6 +4,7 @@
 //! the rayon pool the matmuls already use. Callers check
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
+pub mod blas;
 pub mod dropout;
 pub mod embedding;
 pub mod gemm;

@@ -1,0 +1,152 @@
+//! GFLOP/s of the fused ops' matrix products (`zoo::cpu::gemm`) on whichever library this
+//! process uses (`TEMPER_BLAS`: OpenBLAS where installed, `off` for the gemm crate), at the
+//! MiniLM training shapes and for one SmolLM2-135M decoding step. Prints one JSON line.
+//!
+//!     cargo run --release --example gemm_speed
+//!     TEMPER_BLAS=off cargo run --release --example gemm_speed
+
+use std::time::Instant;
+
+use temper::zoo::cpu::gemm::{matmul, Threads, View, ViewMut};
+
+/// A MiniLM-L6 batch of 16 Rotten Tomatoes snippets is about 432 tokens.
+const TOKENS: usize = 432;
+
+fn ramp(len: usize, period: usize) -> Vec<f32> {
+    (0..len).map(|i| (i % period) as f32 * 0.01).collect()
+}
+
+/// Best-of-`reps` GFLOP/s of `work`, which does `flops` floating-point operations.
+fn gflops(
+    flops: f64,
+    reps: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let start = Instant::now();
+        work()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(flops / best / 1e9)
+}
+
+/// A linear layer's three products: forward `x·Wᵀ`, input gradient `g·W`, weight gradient
+/// `gᵀ·x` (accumulated, as across micro-batches).
+fn training_shapes() -> anyhow::Result<serde_json::Value> {
+    let mut rows = serde_json::Map::new();
+    for (inp, out) in [(384usize, 384usize), (384, 1536), (1536, 384)] {
+        let (x, w, g) = (
+            ramp(TOKENS * inp, 13),
+            ramp(out * inp, 7),
+            ramp(TOKENS * out, 11),
+        );
+        let (mut y, mut dx, mut dw) = (
+            vec![0.0; TOKENS * out],
+            vec![0.0; TOKENS * inp],
+            vec![0.0; out * inp],
+        );
+        let flops = 2.0 * (TOKENS * inp * out) as f64;
+        let (xv, wv, gv) = (
+            View::rows(&x, TOKENS, inp),
+            View::rows(&w, out, inp),
+            View::rows(&g, TOKENS, out),
+        );
+        let forward = gflops(flops, 50, || {
+            Ok(matmul(
+                ViewMut::rows(&mut y, TOKENS, out),
+                xv,
+                wv.t(),
+                1.0,
+                false,
+                Threads::Pool,
+            )?)
+        })?;
+        let input_grad = gflops(flops, 50, || {
+            Ok(matmul(
+                ViewMut::rows(&mut dx, TOKENS, inp),
+                gv,
+                wv,
+                1.0,
+                false,
+                Threads::Pool,
+            )?)
+        })?;
+        let weight_grad = gflops(flops, 50, || {
+            Ok(matmul(
+                ViewMut::rows(&mut dw, out, inp),
+                gv.t(),
+                xv,
+                1.0,
+                true,
+                Threads::Pool,
+            )?)
+        })?;
+        rows.insert(
+            format!("{TOKENS}x{inp}·{inp}x{out}"),
+            serde_json::json!({"forward": round(forward), "input_grad": round(input_grad), "weight_grad": round(weight_grad)}),
+        );
+    }
+    Ok(rows.into())
+}
+
+/// Median milliseconds of one decoding step's linear products (30 layers of q, k, v, o,
+/// gate, up, down, then the tied LM head) for `m` sequences: the weights (540 MB) come
+/// from memory, as in serving.
+fn decode_step_ms(m: usize) -> anyhow::Result<f64> {
+    let layer = [
+        (576usize, 576usize),
+        (576, 192),
+        (576, 192),
+        (576, 576),
+        (576, 1536),
+        (576, 1536),
+        (1536, 576),
+    ];
+    let mut weights: Vec<(usize, usize, Vec<f32>)> = (0..30)
+        .flat_map(|_| layer.iter().map(|&(i, o)| (i, o, ramp(i * o, 7))))
+        .collect();
+    weights.push((576, 49152, ramp(576 * 49152, 7)));
+    let x = ramp(m * 1536, 13);
+    let mut y = vec![0.0; m * 49152];
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        let start = Instant::now();
+        for (inp, out, w) in &weights {
+            let dst = ViewMut::rows(&mut y[..m * out], m, *out);
+            matmul(
+                dst,
+                View::rows(&x[..m * inp], m, *inp),
+                View::rows(w, *out, *inp).t(),
+                1.0,
+                false,
+                Threads::Pool,
+            )?;
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(round(times[times.len() / 2]))
+}
+
+fn round(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn main() -> anyhow::Result<()> {
+    temper::runtime::tune_for_cpu_training();
+    let library = temper::zoo::cpu::blas::describe();
+    // Training runs its products on a pool of its own (runtime::on_own_pool); serving's
+    // decode calls them from its engine thread.
+    let training = temper::runtime::on_own_pool(training_shapes)?;
+    let decode: Vec<f64> = [1, 8]
+        .into_iter()
+        .map(decode_step_ms)
+        .collect::<anyhow::Result<_>>()?;
+    println!(
+        "{}",
+        serde_json::json!({"library": library, "threads": rayon::current_num_threads(),
+            "training_gflops": training, "decode_step_ms": {"1": decode[0], "8": decode[1]}})
+    );
+    Ok(())
+}
