@@ -3,8 +3,8 @@
 //!
 //! Why: at the MiniLM training shapes (432 × 384 · 384 × 1536 and the like, in the three
 //! orientations of a linear layer's forward and backward), the `gemm` crate reaches
-//! 105–150 GFLOP/s on this project's 2-core Zen 4 machines, Debian's OpenBLAS 0.3.21
-//! 95–100 GFLOP/s per core, that is ~190 on both (`examples/gemm_speed`). The library is
+//! 105–143 GFLOP/s on this project's 2-core Zen 4 machines, Debian's OpenBLAS 0.3.21
+//! 95–100 per core, 156–198 on both as split here (`examples/gemm_speed`). The library is
 //! loaded with `dlopen` rather than linked so that the binary builds and runs on a machine
 //! without it (the `gemm` crate then does every product), and so that a user can point
 //! temper at another build of it.
@@ -48,7 +48,7 @@ pub const BLAS_ENV: &str = "TEMPER_BLAS";
 pub struct Blas {
     _library: libloading::Library,
     sgemm: Sgemm,
-    /// What the library says it is, for the start-up log (`openblas_get_corename`).
+    /// For the start-up log: `OpenBLAS (<its kernels>)`, or the path of another library.
     pub name: String,
 }
 
@@ -133,7 +133,7 @@ pub fn blas() -> Option<&'static Blas> {
 /// Which kernels the products run on, for the start-up log.
 pub fn describe() -> String {
     match blas() {
-        Some(blas) => format!("OpenBLAS ({})", blas.name),
+        Some(blas) => blas.name.clone(),
         None => "the gemm crate".to_string(),
     }
 }
@@ -159,7 +159,7 @@ fn load(name: &str) -> Result<Blas, libloading::Error> {
                 if raw.is_null() {
                     name.to_string()
                 } else {
-                    CStr::from_ptr(raw).to_string_lossy().into_owned()
+                    format!("OpenBLAS ({})", CStr::from_ptr(raw).to_string_lossy())
                 }
             }
             Err(_) => name.to_string(),
@@ -325,7 +325,7 @@ mod tests {
     fn openblas_reports_its_kernels() {
         let Some(blas) = openblas() else { return };
         assert!(
-            !blas.name.is_empty() && blas.name != "libopenblas.so.0",
+            blas.name.starts_with("OpenBLAS (") && blas.name.len() > "OpenBLAS ()".len(),
             "{}",
             blas.name
         );
