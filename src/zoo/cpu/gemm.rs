@@ -198,9 +198,8 @@ pub(super) fn matmul_on(
 /// more in packing and waking than it saves.
 const MIN_SPLIT_MULTIPLY_ADDS: usize = 1 << 18;
 
-/// Row blocks are a multiple of this, the height of OpenBLAS's f32 micro-kernels on
-/// AVX-512, so no block ends in a ragged kernel call it did not need; column blocks a
-/// multiple of its width.
+/// Blocks are multiples of 16 rows or columns, the unroll of OpenBLAS's AVX-512 f32
+/// kernels, so that only the last block of a split can end in a partial kernel tile.
 const ROW_BLOCK: usize = 16;
 const COLUMN_BLOCK: usize = 16;
 
