@@ -61,7 +61,8 @@ fi
 # "Configuration"); the published figures are with it. Installed where apt-get can.
 if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0 >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0 >/dev/null; } \
+    || echo "warning: could not install libopenblas0; the products run on the gemm crate" >&2
   else
     echo "warning: no libopenblas.so.0; temper's products will run on the gemm crate (apt-get install libopenblas0)" >&2
   fi
