@@ -175,6 +175,7 @@ fn load(name: &str) -> Result<Blas, libloading::Error> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::gemm::tests::naive;
     use super::super::gemm::{matmul_on, split, Split, Threads, View, ViewMut};
     use super::*;
 
@@ -201,21 +202,6 @@ mod tests {
         } else {
             View::rows(data, rows, cols + 2).columns(0, cols)
         }
-    }
-
-    fn naive(a: View, b: View) -> Vec<f64> {
-        let mut out = vec![0.0; a.rows * b.cols];
-        for r in 0..a.rows {
-            for c in 0..b.cols {
-                out[r * b.cols + c] = (0..a.cols)
-                    .map(|i| {
-                        f64::from(a.data[r * a.row_stride + i * a.col_stride])
-                            * f64::from(b.data[i * b.row_stride + c * b.col_stride])
-                    })
-                    .sum();
-            }
-        }
-        out
     }
 
     #[test]

@@ -326,47 +326,37 @@ fn blas_products(
 /// How BLAS reads a view: row-major (adjacent columns) or the transpose of a row-major
 /// matrix (adjacent rows); `None` for any other layout, which the gemm crate handles.
 fn operand(view: View<'_>) -> Option<blas::Operand<'_>> {
-    let data = view.data;
-    if view.col_stride == 1 && (view.rows <= 1 || view.row_stride >= view.cols) {
-        let leading = if view.rows <= 1 {
-            view.cols
-        } else {
-            view.row_stride
-        };
-        Some(blas::Operand {
-            data,
-            transposed: false,
-            leading: leading.max(1),
-        })
-    } else if view.row_stride == 1 && (view.cols <= 1 || view.col_stride >= view.rows) {
-        let leading = if view.cols <= 1 {
-            view.rows
-        } else {
-            view.col_stride
-        };
-        Some(blas::Operand {
-            data,
-            transposed: true,
-            leading: leading.max(1),
-        })
-    } else {
-        None
-    }
+    // The leading dimension when `v` is row-major as BLAS requires (a single row's is its
+    // length, whatever its stride).
+    let row_major_leading = |v: View<'_>| {
+        let leading = if v.rows <= 1 { v.cols } else { v.row_stride };
+        (v.col_stride == 1 && leading >= v.cols).then_some(leading.max(1))
+    };
+    let (transposed, leading) = match row_major_leading(view) {
+        Some(leading) => (false, leading),
+        None => (true, row_major_leading(view.t())?),
+    };
+    Some(blas::Operand {
+        data: view.data,
+        transposed,
+        leading,
+    })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn naive(a: View, b: View) -> Vec<f32> {
+    /// `a · b` by the definition, in f64: the reference the products are checked against.
+    pub(in crate::zoo::cpu) fn naive(a: View, b: View) -> Vec<f64> {
         let mut out = vec![0.0; a.rows * b.cols];
         for r in 0..a.rows {
             for c in 0..b.cols {
                 out[r * b.cols + c] = (0..a.cols)
                     .map(|i| {
-                        a.data[r * a.row_stride + i * a.col_stride]
-                            * b.data[i * b.row_stride + c * b.col_stride]
+                        f64::from(a.data[r * a.row_stride + i * a.col_stride])
+                            * f64::from(b.data[i * b.row_stride + c * b.col_stride])
                     })
                     .sum();
             }
@@ -393,7 +383,10 @@ mod tests {
         .unwrap();
         let expected = naive(av.columns(2, 5), bt);
         for (o, e) in out.iter().zip(&expected) {
-            assert!((o - (1.0 + 2.0 * e)).abs() < 1e-5, "{o} vs 1 + 2·{e}");
+            assert!(
+                (f64::from(*o) - (1.0 + 2.0 * e)).abs() < 1e-5,
+                "{o} vs 1 + 2·{e}"
+            );
         }
     }
 
