@@ -12,7 +12,13 @@ use rayon::prelude::*;
 
 /// Elements per parallel task of the element-wise kernels: large enough that rayon's
 /// fork/join costs little next to the work.
-const PARALLEL_CHUNK: usize = 1 << 14;
+pub(crate) const PARALLEL_CHUNK: usize = 1 << 14;
+
+/// Elements per parallel task of a row-wise kernel over rows of `width`: whole rows, about
+/// [`PARALLEL_CHUNK`] elements.
+pub(crate) fn rows_per_task(width: usize) -> usize {
+    (PARALLEL_CHUNK / width.max(1)).max(1) * width.max(1)
+}
 
 /// The f32 data of a contiguous tensor's storage; the kernels here and in
 /// `decoder::kernels` are only called on contiguous inputs.
@@ -190,10 +196,10 @@ impl CustomOp3 for LayerNorm {
             contiguous_f32(s3, l3)?,
         );
         let hidden = w.len();
-        let rows_per_task = (PARALLEL_CHUNK / hidden.max(1)).max(1) * hidden.max(1);
+        let task = rows_per_task(hidden);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(rows_per_task)
-            .zip(x.par_chunks(rows_per_task))
+        y.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
             .for_each(|(y, x)| {
                 for (row, out) in x.chunks_exact(hidden).zip(y.chunks_exact_mut(hidden)) {
                     let (mean, rstd) = row_stats(row, self.eps);
@@ -254,10 +260,10 @@ impl CustomOp3 for LayerNormGrad {
         let (dx_all, sums) = out.split_at_mut(rows * hidden);
         let (dw, db) = sums.split_at_mut(hidden);
         // Each task writes its rows' dx and returns its partial dw, db, summed below.
-        let rows_per_task = (PARALLEL_CHUNK / hidden.max(1)).max(1) * hidden.max(1);
+        let task = rows_per_task(hidden);
         let partials: Vec<Vec<f32>> = dx_all
-            .par_chunks_mut(rows_per_task)
-            .zip(x.par_chunks(rows_per_task).zip(g.par_chunks(rows_per_task)))
+            .par_chunks_mut(task)
+            .zip(x.par_chunks(task).zip(g.par_chunks(task)))
             .map(|(dx, (x, g))| self.rows_backward(x, g, w, dx))
             .collect();
         for partial in partials {

@@ -7,7 +7,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
-use crate::zoo::fused::{contiguous_f32, unpack_norm_grads, uses_fused_kernels};
+use rayon::prelude::*;
+
+use crate::zoo::fused::{contiguous_f32, rows_per_task, unpack_norm_grads, uses_fused_kernels};
 
 /// RMSNorm over the last dimension, in f32: `x / sqrt(mean(x²) + eps) · weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -45,12 +47,17 @@ impl CustomOp2 for RmsNorm {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let mut y = vec![0f32; x.len()];
-        for (row, out) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
-            let r = inv_rms(row, self.eps);
-            for ((o, &v), &w) in out.iter_mut().zip(row).zip(w) {
-                *o = v * r * w;
-            }
-        }
+        let task = rows_per_task(w.len());
+        y.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(|(y, x)| {
+                for (row, out) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
+                    let r = inv_rms(row, self.eps);
+                    for ((o, &v), &w) in out.iter_mut().zip(row).zip(w) {
+                        *o = v * r * w;
+                    }
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -61,16 +68,26 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let packed =
-            x.apply_op3_no_bwd(&grad.contiguous()?, weight, &RmsNormGrad { eps: self.eps })?;
+        // A frozen weight (LoRA, QLoRA) needs no gradient: the kernel then skips the
+        // per-task sums of `dw` and the row stays zero.
+        let weight_grad = weight.track_op();
+        let packed = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            weight,
+            &RmsNormGrad {
+                eps: self.eps,
+                weight_grad,
+            },
+        )?;
         let (dx, mut params) = unpack_norm_grads(&packed, x, weight, 1)?;
-        let dw = params.pop();
+        let dw = params.pop().filter(|_| weight_grad);
         Ok((Some(dx), dw))
     }
 }
 
 struct RmsNormGrad {
     eps: f32,
+    weight_grad: bool,
 }
 
 impl CustomOp3 for RmsNormGrad {
@@ -96,6 +113,31 @@ impl CustomOp3 for RmsNormGrad {
         let rows = x.len() / h;
         let mut out = vec![0f32; (rows + 1) * h];
         let (dx_all, dw) = out.split_at_mut(rows * h);
+        // Each task writes its rows' dx and returns its share of dw, summed below in task
+        // order (the same sum on every run).
+        let task = rows_per_task(h);
+        let partials: Vec<Vec<f32>> = dx_all
+            .par_chunks_mut(task)
+            .zip(x.par_chunks(task).zip(g.par_chunks(task)))
+            .map(|(dx, (x, g))| self.rows_backward(x, g, w, dx))
+            .collect();
+        for partial in partials {
+            dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 1, h))))
+    }
+}
+
+impl RmsNormGrad {
+    /// dx of some rows into `dx_all`; returns their dw contribution (empty when the weight
+    /// takes no gradient).
+    fn rows_backward(&self, x: &[f32], g: &[f32], w: &[f32], dx_all: &mut [f32]) -> Vec<f32> {
+        let h = w.len();
+        let mut dw = if self.weight_grad {
+            vec![0f32; h]
+        } else {
+            Vec::new()
+        };
         for ((row, g_row), dx) in x
             .chunks_exact(h)
             .zip(g.chunks_exact(h))
@@ -103,17 +145,16 @@ impl CustomOp3 for RmsNormGrad {
         {
             let r = inv_rms(row, self.eps);
             // dL/dx_j = r·g_j·w_j − x_j·r³·mean(g·w·x)
-            let mut mean_gwx = 0f32;
-            for i in 0..h {
-                mean_gwx += g_row[i] * w[i] * row[i];
-                dw[i] += g_row[i] * row[i] * r;
+            let mean_gwx: f32 = (0..h).map(|i| g_row[i] * w[i] * row[i]).sum();
+            for (i, d) in dw.iter_mut().enumerate() {
+                *d += g_row[i] * row[i] * r;
             }
             let coef = r * r * r * mean_gwx / h as f32;
             for i in 0..h {
                 dx[i] = r * g_row[i] * w[i] - row[i] * coef;
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((rows + 1, h))))
+        dw
     }
 }
 
@@ -165,22 +206,31 @@ impl CustomOp3 for Rope {
         }
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut y = vec![0f32; x.len()];
-        for (row, (xr, yr)) in x
-            .chunks_exact(heads * d)
-            .zip(y.chunks_exact_mut(heads * d))
+        let width = heads * d;
+        let task = rows_per_task(width);
+        y.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
             .enumerate()
-        {
-            let (c, s) = (&cos[row * half..][..half], &sin[row * half..][..half]);
-            for (xh, yh) in xr.chunks_exact(d).zip(yr.chunks_exact_mut(d)) {
-                let (x1, x2) = xh.split_at(half);
-                let (y1, y2) = yh.split_at_mut(half);
-                for i in 0..half {
-                    let si = sign * s[i];
-                    y1[i] = x1[i] * c[i] - x2[i] * si;
-                    y2[i] = x2[i] * c[i] + x1[i] * si;
+            .for_each(|(index, (y, x))| {
+                let first_row = index * (task / width.max(1));
+                for (row, (xr, yr)) in x
+                    .chunks_exact(width)
+                    .zip(y.chunks_exact_mut(width))
+                    .enumerate()
+                {
+                    let at = (first_row + row) * half;
+                    let (c, s) = (&cos[at..][..half], &sin[at..][..half]);
+                    for (xh, yh) in xr.chunks_exact(d).zip(yr.chunks_exact_mut(d)) {
+                        let (x1, x2) = xh.split_at(half);
+                        let (y1, y2) = yh.split_at_mut(half);
+                        for i in 0..half {
+                            let si = sign * s[i];
+                            y1[i] = x1[i] * c[i] - x2[i] * si;
+                            y2[i] = x2[i] * c[i] + x1[i] * si;
+                        }
+                    }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

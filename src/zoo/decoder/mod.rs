@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `config.json` parsing (transformers 4.x and 5.x), `DecoderSpec`, `QuantKind`.
 //! - `kernels`: RMSNorm, rotary embeddings and masked softmax with analytic backward.
+//! - `swiglu`: the gated MLP's `silu(gate) · up` with analytic backward.
 //! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
 //! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
 //! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
@@ -15,6 +16,7 @@ mod export;
 mod kernels;
 mod lm;
 mod model;
+mod swiglu;
 pub mod tiny;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use super::config::{DecoderConfig, QuantKind};
 use super::kernels::{rms_norm, rope};
+use super::swiglu::swiglu;
 use crate::zoo::linear::{LoraAdapter, Param, Pass, TrainLinear};
 use crate::zoo::loader::{safetensors_files, Tuning};
 use crate::zoo::{NamedVar, ZooError};
@@ -126,7 +127,7 @@ impl Decoder {
         let xn = rms_norm(&x, &param_in(&l.post_norm, pass), self.cfg.rms_norm_eps)?;
         let gate = l.gate.forward_pass(&xn, pass)?;
         let up = l.up.forward_pass(&xn, pass)?;
-        let inner = (candle_nn::ops::silu(&gate)? * up)?;
+        let inner = swiglu(&gate, &up)?;
         Ok((x + l.down.forward_pass(&inner, pass)?)?)
     }
 

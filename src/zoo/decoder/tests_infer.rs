@@ -126,30 +126,50 @@ fn grad_of(y: &Tensor, x: &Var) -> Tensor {
 
 #[test]
 fn fused_kernels_match_composed_ops_forward_and_backward() {
-    // RMSNorm (input and weight gradients).
-    let x = Var::from_tensor(&wave(&[6, 32], 2.0, 0.1)).unwrap();
+    // RMSNorm (input and weight gradients), over more rows than one parallel task holds.
+    let x = Var::from_tensor(&wave(&[1200, 32], 2.0, 0.1)).unwrap();
     let w = Var::from_tensor(&(wave(&[32], 0.3, 1.0) + 1.0).unwrap()).unwrap();
     let fused = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
-    let ms = x
-        .as_tensor()
-        .sqr()
-        .unwrap()
-        .mean_keepdim(D::Minus1)
-        .unwrap();
-    let composed = x
-        .as_tensor()
-        .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
-        .unwrap()
-        .broadcast_mul(w.as_tensor())
-        .unwrap();
+    let composed_norm = |w: &Tensor| {
+        let ms = x
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .mean_keepdim(D::Minus1)
+            .unwrap();
+        x.as_tensor()
+            .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(w)
+            .unwrap()
+    };
+    let composed = composed_norm(w.as_tensor());
     assert!(max_abs_diff(&fused, &composed) < 1e-5);
     for v in [&x, &w] {
         let d = max_abs_diff(&grad_of(&fused, v), &grad_of(&composed, v));
-        assert!(d < 1e-4, "rms norm gradient differs by {d}");
+        assert!(d < 1e-3, "rms norm gradient differs by {d}");
     }
-    // Rotary embeddings (rotate_half form).
-    let q = Var::from_tensor(&wave(&[5, 3, 8], 1.0, 0.7)).unwrap();
-    let (cos, sin) = (wave(&[5, 4], 1.0, 0.2), wave(&[5, 4], 1.0, 1.9));
+    // A frozen weight gets no gradient and leaves the input's as it was.
+    let frozen = w.as_tensor().detach();
+    let fused = rms_norm(x.as_tensor(), &frozen, 1e-5).unwrap();
+    let grads = (&fused * wave(fused.dims(), 1.0, 2.0))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&frozen).is_none());
+    let d = max_abs_diff(
+        grads.get(x.as_tensor()).unwrap(),
+        &grad_of(&composed_norm(&frozen), &x),
+    );
+    assert!(
+        d < 1e-5,
+        "rms norm input gradient with a frozen weight differs by {d}"
+    );
+    // Rotary embeddings (rotate_half form), over more rows than one parallel task holds.
+    let q = Var::from_tensor(&wave(&[700, 3, 8], 1.0, 0.7)).unwrap();
+    let (cos, sin) = (wave(&[700, 4], 1.0, 0.2), wave(&[700, 4], 1.0, 1.9));
     let fused = rope(q.as_tensor(), &cos, &sin).unwrap();
     let (x1, x2) = (
         q.as_tensor().narrow(2, 0, 4).unwrap(),

@@ -1,0 +1,96 @@
+//! Trains SmolLM2-135M-Instruct with LoRA directly (no server) on the sarcasm chat split,
+//! with `bench/run_sft.sh`'s recipe, and prints one JSON line: the median step, tokens/s,
+//! the losses. A profiling aid for the decoder trainer; the user-facing benchmark goes
+//! through the service (bench/sft.py).
+//!
+//!     cargo run --release --example sft_speed -- assets 96
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use temper::domain::dataset::parse_chat;
+use temper::domain::hyperparams::HyperparamRequest;
+use temper::domain::task::Task;
+use temper::tasks::sft::{run_sft, SftExamples, SftJob};
+use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+
+#[derive(Default)]
+struct Timings {
+    losses: Vec<f64>,
+    /// When each step ended, and the tokens seen by then.
+    step_ends: Vec<(Instant, u64)>,
+}
+
+impl TrainObserver for Timings {
+    fn on_event(&mut self, _level: EventLevel, _message: String) {}
+    fn on_step(&mut self, metrics: &StepMetrics) {
+        self.losses.push(metrics.train_loss());
+        self.step_ends.push((Instant::now(), metrics.tokens_seen));
+    }
+    fn on_checkpoint(&mut self, _checkpoint: &SavedCheckpoint) {}
+    fn control(&mut self) -> Control {
+        Control::Continue
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    temper::runtime::tune_for_cpu_training();
+    let args: Vec<String> = std::env::args().collect();
+    let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
+    let limit: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(96);
+    let jsonl = std::fs::read(assets.join("data/sarcasm/chat_train.jsonl"))
+        .context("run scripts/fetch-assets.sh --llm first")?;
+    let mut train = parse_chat(&jsonl)?;
+    train.truncate(limit);
+    let request = HyperparamRequest::parse(
+        serde_json::json!({"n_epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "lr_scheduler": "linear",
+                           "warmup_ratio": 0.0, "max_seq_len": 256, "lora_rank": 8, "lora_alpha": 16,
+                           "lora_dropout": 0.0})
+        .as_object()
+        .context("literal object")?,
+    )?;
+    let work_dir = tempfile::tempdir()?;
+    let model_dir = work_dir.path().join("model");
+    temper::zoo::materialize_gguf(
+        &assets.join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf"),
+        &model_dir,
+    )?;
+    let job = SftJob {
+        base_model_dir: model_dir,
+        train: SftExamples::Chat(train),
+        valid: None,
+        config: request.resolve(Task::ChatSft, limit, 0),
+        work_dir: work_dir.path().join("run"),
+        device: Device::Cpu,
+    };
+    let mut timings = Timings::default();
+    let start = Instant::now();
+    temper::runtime::on_own_pool(|| run_sft(&job, &mut timings))?;
+    let seconds = start.elapsed().as_secs_f64();
+    // Pace between the first and the last step: model loading, the first step's warm-up
+    // and the final save left out. The median step is robust to a noisy machine.
+    let steady_tokens_per_s = match (timings.step_ends.first(), timings.step_ends.last()) {
+        (Some(&(t0, k0)), Some(&(t1, k1))) if timings.step_ends.len() > 1 => {
+            (k1 - k0) as f64 / (t1 - t0).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    let mut step_ms: Vec<f64> = timings
+        .step_ends
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
+        .collect();
+    step_ms.sort_by(f64::total_cmp);
+    let median_step_ms = step_ms.get(step_ms.len() / 2).copied().unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "median_step_ms": median_step_ms, "steady_tokens_per_s": steady_tokens_per_s,
+            "examples": limit, "seconds": seconds, "steps": timings.losses.len(),
+            "first_loss": timings.losses.first(), "last_loss": timings.losses.last(),
+        })
+    );
+    Ok(())
+}
