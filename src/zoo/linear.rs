@@ -11,11 +11,11 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, Var};
-use rand::rngs::StdRng;
-use rand::Rng;
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor, Var};
 
 pub use super::decoder::QuantKind;
+pub use super::lora::LoraAdapter;
+use super::lora::{fused_lora_forward, lora_update};
 use super::ZooError;
 
 /// A weight or bias that is either frozen (plain tensor, no gradient) or trainable.
@@ -84,50 +84,6 @@ pub enum LinearBase {
     Dense(Param),
     /// QLoRA: always frozen; quantized forward, dequantize-on-the-fly backward.
     Quantized(QuantizedWeight),
-}
-
-/// Low-rank adapter `scale · B(A(dropout(x)))`, PEFT layout: A `[r, in]`, B `[out, r]`.
-#[derive(Debug, Clone)]
-pub struct LoraAdapter {
-    pub a: Var,
-    pub b: Var,
-    pub scale: f64,
-    pub dropout: f64,
-}
-
-impl LoraAdapter {
-    /// A Kaiming-uniform (PEFT: `kaiming_uniform_(a=√5)`, bound 1/√in), B zeros, so a fresh
-    /// adapter leaves the base output unchanged. Seeded because candle's CPU RNG is not.
-    pub fn new(
-        in_dim: usize,
-        out_dim: usize,
-        rank: usize,
-        alpha: f64,
-        dropout: f64,
-        rng: &mut StdRng,
-        device: &candle_core::Device,
-    ) -> Result<Self, ZooError> {
-        if rank == 0 {
-            return Err(ZooError::Config("LoRA rank must be > 0".into()));
-        }
-        let bound = 1.0 / (in_dim as f32).sqrt();
-        let a_data: Vec<f32> = (0..rank * in_dim)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        let a = Var::from_tensor(&Tensor::from_vec(a_data, (rank, in_dim), device)?)?;
-        let b = Var::zeros((out_dim, rank), DType::F32, device)?;
-        Ok(Self {
-            a,
-            b,
-            scale: alpha / rank as f64,
-            dropout,
-        })
-    }
-
-    /// `scale · B · A`, shaped like the base weight.
-    pub fn delta_weight(&self) -> Result<Tensor, ZooError> {
-        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
-    }
 }
 
 /// How a forward pass runs a layer.
@@ -270,14 +226,24 @@ impl TrainLinear {
         let rows = x.elem_count() / in_dim.max(1);
         // 2-D matmuls are what gemm is fastest at; reshape of a contiguous input is free.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut out = match pass {
-            // A trainable base is detached too: nothing of this pass reaches a gradient.
-            Pass::BaseOnly => self.detached_base_forward(&x2)?,
-            Pass::Train | Pass::Eval => self.base_forward(&x2)?,
+        let fused = match (&self.lora, &self.base) {
+            (Some(lora), LinearBase::Dense(weight)) if pass != Pass::BaseOnly => {
+                fused_lora_forward(lora, &x2, weight, self.bias.as_ref(), pass)?
+            }
+            _ => None,
         };
-        if let Some(lora) = self.lora.as_ref().filter(|_| pass != Pass::BaseOnly) {
-            out = lora_update(lora, &x2, out, pass)?;
-        }
+        let out = match (fused, pass) {
+            (Some(out), _) => out,
+            // A trainable base is detached too: nothing of this pass reaches a gradient.
+            (None, Pass::BaseOnly) => self.detached_base_forward(&x2)?,
+            (None, Pass::Train | Pass::Eval) => {
+                let base = self.base_forward(&x2)?;
+                match &self.lora {
+                    Some(lora) => lora_update(lora, &x2, base, pass)?,
+                    None => base,
+                }
+            }
+        };
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_dim()?;
@@ -395,36 +361,6 @@ impl TrainLinear {
         }
         base + n * 4
     }
-}
-
-/// `base_out + scale · B(A(dropout(x2)))`. On CPU the scale goes on the `[rows, r]`
-/// low-rank activations and the up-projection accumulates into the base output in its
-/// own product, where the composed form scaled and added two `[rows, out]` tensors.
-fn lora_update(
-    lora: &LoraAdapter,
-    x2: &Tensor,
-    base_out: Tensor,
-    pass: Pass,
-) -> Result<Tensor, ZooError> {
-    let train_dropout = pass == Pass::Train && lora.dropout > 0.0;
-    if super::fused::uses_fused_kernels(x2) && super::fused::uses_fused_kernels(&base_out) {
-        use super::cpu::linear_op::{linear, linear_add};
-        let lora_in = if train_dropout {
-            super::cpu::dropout::dropout(x2, lora.dropout as f32)?
-        } else {
-            x2.clone()
-        };
-        let low = (linear(&lora_in, lora.a.as_tensor(), None)? * lora.scale)?;
-        return Ok(linear_add(&base_out, &low, lora.b.as_tensor())?);
-    }
-    let lora_in = if train_dropout {
-        candle_nn::ops::dropout(x2, lora.dropout as f32)?
-    } else {
-        x2.clone()
-    };
-    let low = lora_in.matmul(&lora.a.as_tensor().t()?)?;
-    let up = low.matmul(&lora.b.as_tensor().t()?)?;
-    Ok((base_out + (up * lora.scale)?)?)
 }
 
 /// The frozen weight a backward multiplies by.

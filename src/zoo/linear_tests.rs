@@ -3,6 +3,7 @@
 use super::*;
 use crate::zoo::test_tensors::max_abs_diff;
 use candle_core::Device;
+use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 fn ramp(shape: (usize, usize), step: f32) -> Tensor {

@@ -38,6 +38,7 @@ pub mod fused;
 pub mod gguf;
 pub mod linear;
 pub mod loader;
+mod lora;
 mod packing;
 pub mod params;
 pub mod testing;

@@ -1,4 +1,5 @@
 //! CPU f32 kernels that replace chains of candle ops in the training step: a linear layer,
+//! a LoRA layer over a frozen base,
 //! attention over a packed batch, dropout, and an embedding lookup with a row-sparse
 //! gradient, each one op with an analytic backward, on
 //! the rayon pool the matmuls already use. Callers check
@@ -9,4 +10,5 @@ pub mod dropout;
 pub mod embedding;
 pub mod gemm;
 pub mod linear_op;
+pub mod lora_linear;
 pub mod varlen_attention;
