@@ -1,6 +1,8 @@
 //! Process-wide tuning for training and inference on CPU. Call [`tune_for_cpu_training`]
 //! once at the start of `main`, before any tensor is created.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 /// Measured on MiniLM-L6 full fine-tuning with 2 cores (`examples/train_speed`, 128
 /// examples, release build): default settings 6.9 samples/s with 18.7 s of user CPU;
 /// element-wise pool off 12.8 samples/s with 8.9 s. candle runs element-wise ops on a
@@ -52,6 +54,58 @@ pub fn on_own_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     {
         Ok(pool) => pool.install(work),
         Err(_) => work(),
+    }
+}
+
+/// Runs `work` on this thread while the other threads of the current rayon pool stay awake,
+/// polling the pool for work, instead of going to sleep between its parallel products.
+///
+/// A training step alternates split matrix products with serial stretches (the graph walk,
+/// element-wise candle ops), and an idle rayon worker sleeps after a few dozen microseconds.
+/// Waking it again took longer than many of the products: on this project's 2-core VMs one
+/// SmolLM2 MLP product (216 × 576 × 1536) ran 2.1–2.3 ms back to back but 3.3–3.5 ms (median)
+/// after a serial pause of 0.2–1 ms, the driving thread doing most of the work alone. So for
+/// the length of a step the other threads poll with [`rayon::yield_now`], which runs any
+/// job the driver splits off at once. Outside a pool, or with one thread, `work` just runs.
+/// The price is a busy core while the step's serial parts run, for the step's length only.
+pub fn keep_pool_awake<R>(work: impl FnOnce() -> R) -> R {
+    keep_awake_counting(work, &AtomicUsize::new(0))
+}
+
+/// [`keep_pool_awake`], counting in `polling` the threads inside the polling loop.
+fn keep_awake_counting<R>(work: impl FnOnce() -> R, polling: &AtomicUsize) -> R {
+    let Some(driver) = rayon::current_thread_index() else {
+        return work();
+    };
+    if rayon::current_num_threads() < 2 {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    rayon::in_place_scope(|scope| {
+        // Set however `work` ends, a panic included, so the pollers always stop and the
+        // scope can close.
+        let _stop = StopOnDrop(&done);
+        scope.spawn_broadcast(|_, context| {
+            if context.index() == driver {
+                return;
+            }
+            polling.fetch_add(1, Ordering::SeqCst);
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+            polling.fetch_sub(1, Ordering::SeqCst);
+        });
+        work()
+    })
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -132,5 +186,66 @@ pub fn release_free_memory() {
         }
         libc::free(probe);
         keep_heap_tops();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{keep_awake_counting, keep_pool_awake};
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// Waits, yielding, for `polling` to reach `n`; a bounded number of tries, not a time.
+    fn reaches(polling: &AtomicUsize, n: usize) -> bool {
+        (0..10_000_000).any(|_| {
+            std::thread::yield_now();
+            polling.load(Ordering::SeqCst) == n
+        })
+    }
+
+    #[test]
+    fn the_other_threads_poll_while_the_work_runs_and_stop_after() {
+        let polling = AtomicUsize::new(0);
+        let seen = pool(3).install(|| keep_awake_counting(|| reaches(&polling, 2), &polling));
+        assert!(
+            seen,
+            "both other threads of the pool poll while the work runs"
+        );
+        assert_eq!(polling.load(Ordering::SeqCst), 0, "and none after it");
+    }
+
+    #[test]
+    fn a_panic_in_the_work_stops_the_pollers_and_reaches_the_caller() {
+        let polling = AtomicUsize::new(0);
+        let outcome = pool(2).install(|| {
+            std::panic::catch_unwind(|| {
+                keep_awake_counting(
+                    || {
+                        reaches(&polling, 1);
+                        panic!("step failed")
+                    },
+                    &polling,
+                )
+            })
+        });
+        assert!(outcome.is_err());
+        assert_eq!(polling.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn outside_a_pool_or_alone_the_work_just_runs() {
+        assert_eq!(keep_pool_awake(|| 7), 7);
+        assert_eq!(pool(1).install(|| keep_pool_awake(|| 8)), 8);
+        let joined = pool(2).install(|| keep_pool_awake(|| rayon::join(|| 1, || 2)));
+        assert_eq!(joined, (1, 2));
     }
 }

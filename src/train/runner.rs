@@ -180,7 +180,10 @@ impl<'a> Trainer<'a> {
                 let start = self.state.batch_in_epoch;
                 let group = &batches[start..(start + accumulation).min(batches.len())];
                 let lr = self.schedule.lr_at(self.state.step);
-                let Some(result) = self.optimizer_step(task, group, lr, observer)? else {
+                let stepped = crate::runtime::keep_pool_awake(|| {
+                    self.optimizer_step(task, group, lr, observer)
+                });
+                let Some(result) = stepped? else {
                     return Ok(LoopEnd::Cancelled);
                 };
                 let epoch_of_step = self.state.epoch + 1;
