@@ -1,6 +1,7 @@
 //! GFLOP/s of the fused ops' matrix products (`zoo::cpu::gemm`) on whichever library this
 //! process uses (`TEMPER_BLAS`: OpenBLAS where installed, `off` for the gemm crate), at the
-//! MiniLM training shapes and for one SmolLM2-135M decoding step. Prints one JSON line.
+//! MiniLM training shapes, for one SmolLM2 MLP product after a serial pause, and for one
+//! SmolLM2-135M decoding step. Prints one JSON line.
 //!
 //!     cargo run --release --example gemm_speed
 //!     TEMPER_BLAS=off cargo run --release --example gemm_speed
@@ -129,6 +130,42 @@ fn decode_step_ms(m: usize) -> anyhow::Result<f64> {
     Ok(round(times[times.len() / 2]))
 }
 
+/// Median milliseconds of one SmolLM2 MLP product (216 × 576 · 576 × 1536, an SFT
+/// micro-batch) run after `pause_us` of serial work, with the pool's other threads left to
+/// sleep or kept polling (`runtime::keep_pool_awake`), as a training step's products follow
+/// its serial stretches.
+fn product_after_pause_ms(pause_us: u128, awake: bool) -> anyhow::Result<f64> {
+    let (m, k, n) = (216, 576, 1536);
+    let (x, w) = (ramp(m * k, 13), ramp(n * k, 7));
+    let mut y = vec![0.0; m * n];
+    let mut run = || -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..101 {
+            let pause = Instant::now();
+            while pause.elapsed().as_micros() < pause_us {
+                std::hint::spin_loop();
+            }
+            let start = Instant::now();
+            matmul(
+                ViewMut::rows(&mut y, m, n),
+                View::rows(&x, m, k),
+                View::rows(&w, n, k).t(),
+                1.0,
+                false,
+                Threads::Pool,
+            )?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times[times.len() / 2] * 100.0).round() / 100.0)
+    };
+    if awake {
+        temper::runtime::keep_pool_awake(run)
+    } else {
+        run()
+    }
+}
+
 fn round(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
@@ -139,6 +176,15 @@ fn main() -> anyhow::Result<()> {
     // Training runs its products on a pool of its own (runtime::on_own_pool); serving's
     // decode calls them from its engine thread.
     let training = temper::runtime::on_own_pool(training_shapes)?;
+    let mut after_pause = serde_json::Map::new();
+    for pause_us in [0, 200, 1000] {
+        let asleep = temper::runtime::on_own_pool(|| product_after_pause_ms(pause_us, false))?;
+        let awake = temper::runtime::on_own_pool(|| product_after_pause_ms(pause_us, true))?;
+        after_pause.insert(
+            format!("{pause_us}us"),
+            serde_json::json!({"pool_asleep": asleep, "pool_awake": awake}),
+        );
+    }
     let decode: Vec<f64> = [1, 8]
         .into_iter()
         .map(decode_step_ms)
@@ -146,7 +192,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"library": library, "threads": rayon::current_num_threads(),
-            "training_gflops": training, "decode_step_ms": {"1": decode[0], "8": decode[1]}})
+            "training_gflops": training, "mlp_product_ms_after_pause": after_pause, "decode_step_ms": {"1": decode[0], "8": decode[1]}})
     );
     Ok(())
 }
