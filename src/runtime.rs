@@ -61,13 +61,16 @@ pub fn on_own_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 /// polling the pool for work, instead of going to sleep between its parallel products.
 ///
 /// A training step alternates split matrix products with serial stretches (the graph walk,
-/// element-wise candle ops), and an idle rayon worker sleeps after a few dozen microseconds.
-/// Waking it again took longer than many of the products: on this project's 2-core VMs one
-/// SmolLM2 MLP product (216 × 576 × 1536) ran 2.1–2.3 ms back to back but 3.3–3.5 ms (median)
-/// after a serial pause of 0.2–1 ms, the driving thread doing most of the work alone. So for
-/// the length of a step the other threads poll with [`rayon::yield_now`], which runs any
-/// job the driver splits off at once. Outside a pool, or with one thread, `work` just runs.
-/// The price is a busy core while the step's serial parts run, for the step's length only.
+/// element-wise candle ops), and an idle rayon worker sleeps after a few dozen microseconds;
+/// waking it again can take as long as a product. On this project's 2-core VMs one SmolLM2
+/// MLP product (216 × 576 · 576 × 1536, `examples/gemm_speed`) took a median 2.1–2.3 ms back
+/// to back, but 2.9–3.5 ms after 0.2–1 ms of serial work with the pool asleep, and 2.2–2.5 ms
+/// with it polling (the machine is noisy: one run in four reversed it). Over whole LoRA SFT
+/// steps (`examples/sft_speed`, alternated) polling won 8 pairs of 8, median steps 838–1076 ms
+/// against 985–1257. So for the length of a step the other threads poll with
+/// [`rayon::yield_now`], which runs any job the driver splits off at once. Outside a pool,
+/// or with one thread, `work` just runs. The price is a busy core while the step's serial
+/// parts run, for the step's length only.
 pub fn keep_pool_awake<R>(work: impl FnOnce() -> R) -> R {
     keep_awake_counting(work, &AtomicUsize::new(0))
 }
