@@ -70,9 +70,32 @@ pub fn on_own_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 /// against 985–1257. So for the length of a step the other threads poll with
 /// [`rayon::yield_now`], which runs any job the driver splits off at once. Outside a pool,
 /// or with one thread, `work` just runs. The price is a busy core while the step's serial
-/// parts run, for the step's length only.
+/// parts run, for the step's length only. One pool polls at a time: two training jobs
+/// sharing the cores (`--devices cpu,cpu`) would otherwise spin against each other's drivers.
 pub fn keep_pool_awake<R>(work: impl FnOnce() -> R) -> R {
-    keep_awake_counting(work, &AtomicUsize::new(0))
+    static POLLING_POOLS: AtomicUsize = AtomicUsize::new(0);
+    match claim_polling(&POLLING_POOLS) {
+        Some(_claim) => keep_awake_counting(work, &AtomicUsize::new(0)),
+        None => work(),
+    }
+}
+
+/// The right to poll, when no other pool holds it (`pools` counts the holders); given back
+/// when the claim drops, however the step ends.
+fn claim_polling(pools: &AtomicUsize) -> Option<ReleaseOnDrop<'_>> {
+    if pools.fetch_add(1, Ordering::SeqCst) > 0 {
+        pools.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    Some(ReleaseOnDrop(pools))
+}
+
+struct ReleaseOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// [`keep_pool_awake`], counting in `polling` the threads inside the polling loop.
@@ -198,7 +221,7 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::{keep_awake_counting, keep_pool_awake};
+    use super::{claim_polling, keep_awake_counting, keep_pool_awake};
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
@@ -250,5 +273,19 @@ mod tests {
         assert_eq!(pool(1).install(|| keep_pool_awake(|| 8)), 8);
         let joined = pool(2).install(|| keep_pool_awake(|| rayon::join(|| 1, || 2)));
         assert_eq!(joined, (1, 2));
+    }
+
+    #[test]
+    fn one_pool_polls_at_a_time() {
+        let pools = AtomicUsize::new(0);
+        let first = claim_polling(&pools);
+        assert!(first.is_some());
+        assert!(
+            claim_polling(&pools).is_none(),
+            "a second pool runs its step unpolled"
+        );
+        drop(first);
+        assert!(claim_polling(&pools).is_some(), "the claim is given back");
+        assert_eq!(pools.load(Ordering::SeqCst), 0);
     }
 }
