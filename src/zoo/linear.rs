@@ -224,8 +224,14 @@ impl TrainLinear {
             .last()
             .ok_or_else(|| ZooError::Unsupported("linear input must have rank >= 1".into()))?;
         let rows = x.elem_count() / in_dim.max(1);
-        // 2-D matmuls are what gemm is fastest at; reshape of a contiguous input is free.
-        let x2 = x.reshape((rows, in_dim))?;
+        // 2-D matmuls are what gemm is fastest at. A reshape costs nothing forward but is a
+        // graph node, whose backward candle runs as a zero-filled gradient plus an addition
+        // over the whole tensor, so an input that is already 2-D is used as it is.
+        let x2 = if dims.len() == 2 {
+            x.clone()
+        } else {
+            x.reshape((rows, in_dim))?
+        };
         let fused = match (&self.lora, &self.base) {
             (Some(lora), LinearBase::Dense(weight)) if pass != Pass::BaseOnly => {
                 fused_lora_forward(lora, &x2, weight, self.bias.as_ref(), pass)?
@@ -247,6 +253,9 @@ impl TrainLinear {
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_dim()?;
+        if out.dims() == out_dims.as_slice() {
+            return Ok(out);
+        }
         Ok(out.reshape(out_dims)?)
     }
 
