@@ -20,6 +20,28 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
     (PARALLEL_CHUNK / width.max(1)).max(1) * width.max(1)
 }
 
+/// The backward of a row-wise norm over rows of `width`, split over the pool: each task
+/// writes its rows' input gradient (`rows_backward(x, g, dx)`) and returns its share of the
+/// parameter gradients, added into `sums` in task order (the same sum on every run). A
+/// share may be shorter than `sums`: empty when the parameters take no gradient.
+pub(crate) fn norm_backward_rows(
+    (x, g): (&[f32], &[f32]),
+    dx_all: &mut [f32],
+    width: usize,
+    sums: &mut [f32],
+    rows_backward: impl Fn(&[f32], &[f32], &mut [f32]) -> Vec<f32> + Sync,
+) {
+    let task = rows_per_task(width);
+    let partials: Vec<Vec<f32>> = dx_all
+        .par_chunks_mut(task)
+        .zip(x.par_chunks(task).zip(g.par_chunks(task)))
+        .map(|(dx, (x, g))| rows_backward(x, g, dx))
+        .collect();
+    for partial in partials {
+        sums.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// The f32 data of a contiguous tensor's storage; the kernels here and in
 /// `decoder::kernels` are only called on contiguous inputs.
 pub(crate) fn contiguous_f32<'a>(
@@ -258,19 +280,10 @@ impl CustomOp3 for LayerNormGrad {
         let rows = x.len() / hidden;
         let mut out = vec![0f32; (rows + 2) * hidden];
         let (dx_all, sums) = out.split_at_mut(rows * hidden);
-        let (dw, db) = sums.split_at_mut(hidden);
-        // Each task writes its rows' dx and returns its partial dw, db, summed below.
-        let task = rows_per_task(hidden);
-        let partials: Vec<Vec<f32>> = dx_all
-            .par_chunks_mut(task)
-            .zip(x.par_chunks(task).zip(g.par_chunks(task)))
-            .map(|(dx, (x, g))| self.rows_backward(x, g, w, dx))
-            .collect();
-        for partial in partials {
-            let (pw, pb) = partial.split_at(hidden);
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
+        // `sums` is `[dw | db]`, as each task's partial is.
+        norm_backward_rows((x, g), dx_all, hidden, sums, |x, g, dx| {
+            self.rows_backward(x, g, w, dx)
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, hidden))))
     }
 }

@@ -9,7 +9,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 
 use rayon::prelude::*;
 
-use crate::zoo::fused::{contiguous_f32, rows_per_task, unpack_norm_grads, uses_fused_kernels};
+use crate::zoo::fused::{
+    contiguous_f32, norm_backward_rows, rows_per_task, unpack_norm_grads, uses_fused_kernels,
+};
 
 /// RMSNorm over the last dimension, in f32: `x / sqrt(mean(x²) + eps) · weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -113,17 +115,9 @@ impl CustomOp3 for RmsNormGrad {
         let rows = x.len() / h;
         let mut out = vec![0f32; (rows + 1) * h];
         let (dx_all, dw) = out.split_at_mut(rows * h);
-        // Each task writes its rows' dx and returns its share of dw, summed below in task
-        // order (the same sum on every run).
-        let task = rows_per_task(h);
-        let partials: Vec<Vec<f32>> = dx_all
-            .par_chunks_mut(task)
-            .zip(x.par_chunks(task).zip(g.par_chunks(task)))
-            .map(|(dx, (x, g))| self.rows_backward(x, g, w, dx))
-            .collect();
-        for partial in partials {
-            dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
-        }
+        norm_backward_rows((x, g), dx_all, h, dw, |x, g, dx| {
+            self.rows_backward(x, g, w, dx)
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows + 1, h))))
     }
 }
