@@ -17,6 +17,29 @@ fn ramp(len: usize, period: usize) -> Vec<f32> {
     (0..len).map(|i| (i % period) as f32 * 0.01).collect()
 }
 
+/// `y [m, out] = x [m, inp] · wᵀ` for `w [out, inp]`: a linear layer's forward product.
+fn forward_product(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (m, inp, out): (usize, usize, usize),
+) -> anyhow::Result<()> {
+    Ok(matmul(
+        ViewMut::rows(&mut y[..m * out], m, out),
+        View::rows(&x[..m * inp], m, inp),
+        View::rows(&w[..out * inp], out, inp).t(),
+        1.0,
+        false,
+        Threads::Pool,
+    )?)
+}
+
+/// The median of `times`, which it sorts.
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 /// Best-of-`reps` GFLOP/s of `work`, which does `flops` floating-point operations.
 fn gflops(
     flops: f64,
@@ -54,14 +77,7 @@ fn training_shapes() -> anyhow::Result<serde_json::Value> {
             View::rows(&g, TOKENS, out),
         );
         let forward = gflops(flops, 50, || {
-            Ok(matmul(
-                ViewMut::rows(&mut y, TOKENS, out),
-                xv,
-                wv.t(),
-                1.0,
-                false,
-                Threads::Pool,
-            )?)
+            forward_product(&mut y, &x, &w, (TOKENS, inp, out))
         })?;
         let input_grad = gflops(flops, 50, || {
             Ok(matmul(
@@ -114,20 +130,11 @@ fn decode_step_ms(m: usize) -> anyhow::Result<f64> {
     for _ in 0..21 {
         let start = Instant::now();
         for (inp, out, w) in &weights {
-            let dst = ViewMut::rows(&mut y[..m * out], m, *out);
-            matmul(
-                dst,
-                View::rows(&x[..m * inp], m, *inp),
-                View::rows(w, *out, *inp).t(),
-                1.0,
-                false,
-                Threads::Pool,
-            )?;
+            forward_product(&mut y, &x, w, (m, *inp, *out))?;
         }
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(round(times[times.len() / 2]))
+    Ok(round(median(&mut times)))
 }
 
 /// Median milliseconds of one SmolLM2 MLP product (216 × 576 · 576 × 1536, an SFT
@@ -146,18 +153,10 @@ fn product_after_pause_ms(pause_us: u128, awake: bool) -> anyhow::Result<f64> {
                 std::hint::spin_loop();
             }
             let start = Instant::now();
-            matmul(
-                ViewMut::rows(&mut y, m, n),
-                View::rows(&x, m, k),
-                View::rows(&w, n, k).t(),
-                1.0,
-                false,
-                Threads::Pool,
-            )?;
+            forward_product(&mut y, &x, &w, (m, k, n))?;
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
-        times.sort_by(f64::total_cmp);
-        Ok((times[times.len() / 2] * 100.0).round() / 100.0)
+        Ok((median(&mut times) * 100.0).round() / 100.0)
     };
     if awake {
         temper::runtime::keep_pool_awake(run)

@@ -14,26 +14,10 @@ use temper::domain::dataset::parse_chat;
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob};
-use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
-#[derive(Default)]
-struct Timings {
-    losses: Vec<f64>,
-    /// When each step ended, and the tokens seen by then.
-    step_ends: Vec<(Instant, u64)>,
-}
-
-impl TrainObserver for Timings {
-    fn on_event(&mut self, _level: EventLevel, _message: String) {}
-    fn on_step(&mut self, metrics: &StepMetrics) {
-        self.losses.push(metrics.train_loss());
-        self.step_ends.push((Instant::now(), metrics.tokens_seen));
-    }
-    fn on_checkpoint(&mut self, _checkpoint: &SavedCheckpoint) {}
-    fn control(&mut self) -> Control {
-        Control::Continue
-    }
-}
+#[path = "common/step_timings.rs"]
+mod step_timings;
+use step_timings::StepTimings;
 
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
@@ -65,30 +49,19 @@ fn main() -> anyhow::Result<()> {
         work_dir: work_dir.path().join("run"),
         device: Device::Cpu,
     };
-    let mut timings = Timings::default();
+    let mut timings = StepTimings::default();
     let start = Instant::now();
     temper::runtime::on_own_pool(|| run_sft(&job, &mut timings))?;
     let seconds = start.elapsed().as_secs_f64();
     // Pace between the first and the last step: model loading, the first step's warm-up
     // and the final save left out. The median step is robust to a noisy machine.
-    let steady_tokens_per_s = match (timings.step_ends.first(), timings.step_ends.last()) {
-        (Some(&(t0, k0)), Some(&(t1, k1))) if timings.step_ends.len() > 1 => {
-            (k1 - k0) as f64 / (t1 - t0).as_secs_f64()
-        }
-        _ => 0.0,
-    };
-    let mut step_ms: Vec<f64> = timings
-        .step_ends
-        .windows(2)
-        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
-        .collect();
-    step_ms.sort_by(f64::total_cmp);
-    let median_step_ms = step_ms.get(step_ms.len() / 2).copied().unwrap_or(0.0);
+    let (_, steady_tokens_per_s) = timings.steady_rates();
+    let median_step_ms = timings.median_step_ms();
     println!(
         "{}",
         serde_json::json!({
             "median_step_ms": median_step_ms, "steady_tokens_per_s": steady_tokens_per_s,
-            "examples": limit, "seconds": seconds, "steps": timings.losses.len(),
+            "examples": limit, "seconds": seconds, "steps": timings.losses.len(), "tokens": timings.tokens,
             "first_loss": timings.losses.first(), "last_loss": timings.losses.last(),
         })
     );

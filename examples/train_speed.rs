@@ -13,31 +13,12 @@ use temper::domain::dataset::{label_set, parse_classification};
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
-use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+
+#[path = "common/step_timings.rs"]
+mod step_timings;
+use step_timings::StepTimings;
 
 const BATCH_SIZE: usize = 16;
-
-#[derive(Default)]
-struct Timings {
-    losses: Vec<f64>,
-    tokens: u64,
-    /// When each step ended, and the tokens seen by then: the steady pace leaves out model
-    /// loading, the first step's warm-up and the final save.
-    step_ends: Vec<(Instant, u64)>,
-}
-
-impl TrainObserver for Timings {
-    fn on_event(&mut self, _level: EventLevel, _message: String) {}
-    fn on_step(&mut self, metrics: &StepMetrics) {
-        self.losses.push(metrics.train_loss());
-        self.tokens = metrics.tokens_seen;
-        self.step_ends.push((Instant::now(), metrics.tokens_seen));
-    }
-    fn on_checkpoint(&mut self, _checkpoint: &SavedCheckpoint) {}
-    fn control(&mut self) -> Control {
-        Control::Continue
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
@@ -66,29 +47,14 @@ fn main() -> anyhow::Result<()> {
         work_dir: work_dir.path().to_path_buf(),
         device: Device::Cpu,
     };
-    let mut timings = Timings::default();
+    let mut timings = StepTimings::default();
     let start = Instant::now();
     // As the service runs a job: on a pool of its own (see `runtime::on_own_pool`).
     temper::runtime::on_own_pool(|| run_classification(&job, &mut timings))?;
     let seconds = start.elapsed().as_secs_f64();
-    let (steady_samples_per_s, steady_tokens_per_s) =
-        match (timings.step_ends.first(), timings.step_ends.last()) {
-            (Some(&(t0, k0)), Some(&(t1, k1))) if timings.step_ends.len() > 1 => {
-                let s = (t1 - t0).as_secs_f64();
-                let steps = (timings.step_ends.len() - 1) as f64;
-                (steps * BATCH_SIZE as f64 / s, (k1 - k0) as f64 / s)
-            }
-            _ => (0.0, 0.0),
-        };
-    // The median step: robust to the bursts of contention a shared machine has, which move
-    // the mean by 10 % or more between identical runs.
-    let mut step_ms: Vec<f64> = timings
-        .step_ends
-        .windows(2)
-        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
-        .collect();
-    step_ms.sort_by(f64::total_cmp);
-    let median_step_ms = step_ms.get(step_ms.len() / 2).copied().unwrap_or(0.0);
+    let (steady_steps_per_s, steady_tokens_per_s) = timings.steady_rates();
+    let steady_samples_per_s = steady_steps_per_s * BATCH_SIZE as f64;
+    let median_step_ms = timings.median_step_ms();
     println!(
         "{}",
         serde_json::json!({
