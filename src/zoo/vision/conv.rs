@@ -34,18 +34,18 @@ impl ConvSpec {
 
 /// Input geometry `[n, h, w, c]` with the spec: what the kernels index by.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(super) struct Geometry {
     n: usize,
     h: usize,
     w: usize,
     c: usize,
-    ho: usize,
-    wo: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
     spec: ConvSpec,
 }
 
 impl Geometry {
-    fn of(x_dims: &[usize], spec: ConvSpec) -> Result<Self, ZooError> {
+    pub(super) fn of(x_dims: &[usize], spec: ConvSpec) -> Result<Self, ZooError> {
         let &[n, h, w, c] = x_dims else {
             return Err(ZooError::Unsupported(format!(
                 "a convolution takes [N, H, W, C] activations, got {x_dims:?}"
@@ -68,7 +68,7 @@ impl Geometry {
         })
     }
 
-    fn patch(&self) -> usize {
+    pub(super) fn patch(&self) -> usize {
         self.spec.kernel * self.spec.kernel * self.c
     }
 
@@ -79,8 +79,56 @@ impl Geometry {
             .filter(|&i| i < size)
     }
 
-    fn pointwise(&self) -> bool {
+    pub(super) fn pointwise(&self) -> bool {
         self.spec.kernel == 1 && self.spec.stride == 1 && self.spec.padding == 0
+    }
+
+    /// The patches of output row `row` (`n·Ho + oy`) into `out`, `[Wo, k·k·C]`, in the
+    /// order of a patch's `(ky, kx, c)`; padding positions are left as they are (zero).
+    pub(super) fn im2col_row(&self, x: &[f32], row: usize, out: &mut [f32]) {
+        let (k, c, patch) = (self.spec.kernel, self.c, self.patch());
+        let (n, oy) = (row / self.ho, row % self.ho);
+        for ox in 0..self.wo {
+            for ky in 0..k {
+                let Some(iy) = self.source(oy, ky, self.h) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let Some(ix) = self.source(ox, kx, self.w) else {
+                        continue;
+                    };
+                    let src = ((n * self.h + iy) * self.w + ix) * c;
+                    let dst = ox * patch + (ky * k + kx) * c;
+                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                }
+            }
+        }
+    }
+
+    /// The depthwise convolution of output row `row` (`n·Ho + oy`) with the kernel
+    /// `w_kkc` (`[k·k, C]`), added into `out` (`[Wo, C]`). (Tried and slower on this
+    /// machine: channel blocks summed in registers over all taps; and AVX2 through `pulp`.)
+    pub(super) fn depthwise_row(&self, x: &[f32], w_kkc: &[f32], row: usize, out: &mut [f32]) {
+        let (k, c) = (self.spec.kernel, self.c);
+        let (n, oy) = (row / self.ho, row % self.ho);
+        for ox in 0..self.wo {
+            let acc = &mut out[ox * c..(ox + 1) * c];
+            for ky in 0..k {
+                let Some(iy) = self.source(oy, ky, self.h) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let Some(ix) = self.source(ox, kx, self.w) else {
+                        continue;
+                    };
+                    let src = &x[((n * self.h + iy) * self.w + ix) * c..][..c];
+                    let wk = &w_kkc[(ky * k + kx) * c..][..c];
+                    for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(wk) {
+                        *a += v * wv;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -162,29 +210,12 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
         let g = self.geo;
-        let (k, patch) = (g.spec.kernel, g.patch());
+        let patch = g.patch();
         let mut cols = vec![0f32; g.n * g.ho * g.wo * patch];
         // One output row (n, oy) per task: Wo patches, each k·k runs of C channels.
         cols.par_chunks_mut(g.wo * patch)
             .enumerate()
-            .for_each(|(row, out)| {
-                let (n, oy) = (row / g.ho, row % g.ho);
-                for ox in 0..g.wo {
-                    for ky in 0..k {
-                        let Some(iy) = g.source(oy, ky, g.h) else {
-                            continue;
-                        };
-                        for kx in 0..k {
-                            let Some(ix) = g.source(ox, kx, g.w) else {
-                                continue;
-                            };
-                            let src = ((n * g.h + iy) * g.w + ix) * g.c;
-                            let dst = ox * patch + (ky * k + kx) * g.c;
-                            out[dst..dst + g.c].copy_from_slice(&x[src..src + g.c]);
-                        }
-                    }
-                }
-            });
+            .for_each(|(row, out)| g.im2col_row(x, row, out));
         Ok((
             CpuStorage::F32(cols),
             Shape::from((g.n * g.ho * g.wo, patch)),
@@ -333,31 +364,11 @@ impl CustomOp2 for DepthwiseConv {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let g = self.geo;
-        let (k, c) = (g.spec.kernel, g.c);
+        let c = g.c;
         let mut out = vec![0f32; g.n * g.ho * g.wo * c];
         out.par_chunks_mut(g.wo * c)
             .enumerate()
-            .for_each(|(row, out)| {
-                let (n, oy) = (row / g.ho, row % g.ho);
-                for ox in 0..g.wo {
-                    let acc = &mut out[ox * c..(ox + 1) * c];
-                    for ky in 0..k {
-                        let Some(iy) = g.source(oy, ky, g.h) else {
-                            continue;
-                        };
-                        for kx in 0..k {
-                            let Some(ix) = g.source(ox, kx, g.w) else {
-                                continue;
-                            };
-                            let src = &x[((n * g.h + iy) * g.w + ix) * c..][..c];
-                            let wk = &w[(ky * k + kx) * c..][..c];
-                            for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(wk) {
-                                *a += v * wv;
-                            }
-                        }
-                    }
-                }
-            });
+            .for_each(|(row, out)| g.depthwise_row(x, w, row, out));
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.ho, g.wo, c))))
     }
 

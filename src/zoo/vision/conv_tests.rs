@@ -81,16 +81,19 @@ fn dense_convolutions_match_candle_forward_and_backward() {
 
 #[test]
 fn depthwise_convolutions_match_candle_forward_and_backward() {
-    let depthwise = |kernel, stride| ConvSpec {
+    let depthwise = |channels, kernel, stride| ConvSpec {
         kernel,
         stride,
         padding: kernel / 2,
-        groups: 6,
+        groups: channels,
     };
-    check_against_candle(6, 6, 8, depthwise(3, 1));
-    check_against_candle(6, 6, 9, depthwise(3, 2));
-    check_against_candle(6, 6, 10, depthwise(5, 2));
-    check_against_candle(6, 6, 7, depthwise(5, 1));
+    check_against_candle(6, 6, 8, depthwise(6, 3, 1));
+    check_against_candle(6, 6, 9, depthwise(6, 3, 2));
+    check_against_candle(6, 6, 10, depthwise(6, 5, 2));
+    check_against_candle(6, 6, 7, depthwise(6, 5, 1));
+    // Two full register blocks of channels and a tail of five.
+    check_against_candle(37, 37, 8, depthwise(37, 3, 1));
+    check_against_candle(37, 37, 9, depthwise(37, 5, 2));
 }
 
 #[test]

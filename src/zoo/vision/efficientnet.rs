@@ -9,9 +9,11 @@
 
 use candle_core::Tensor;
 
+use super::frozen::{FoldedBlock, FoldedConvBn, FrozenPrefix};
 use super::layers::{ConvBn, Weights};
 use super::norm::Activation;
 use super::Role;
+use crate::zoo::fused::uses_fused_kernels;
 use crate::zoo::params::NamedVar;
 use crate::zoo::ZooError;
 
@@ -81,16 +83,67 @@ impl EfficientNetLite {
     }
 
     /// `[N, H, W, 3]` → `[N, H/32, W/32, 1280]`; `roles` has one entry per unit of
-    /// [`efficientnet_units`].
+    /// [`efficientnet_units`]. The leading frozen units of an untracked CPU f32 input run
+    /// folded, image by image ([`FrozenPrefix`]); the rest layer by layer.
     pub fn features(&self, x: &Tensor, roles: &[Role]) -> Result<Tensor, ZooError> {
-        let mut x = self.stem.forward(x, roles[0], Activation::Relu6)?;
-        for (blocks, &role) in self.stages.iter().zip(&roles[1..]) {
-            for block in blocks {
-                x = block.forward(&x, role)?;
-            }
+        let frozen = if x.track_op() || !uses_fused_kernels(x) {
+            0
+        } else {
+            roles.iter().take_while(|&&r| r == Role::Frozen).count()
+        };
+        let n_units = roles.len();
+        if frozen == 0 {
+            return self.run_units(x, roles, 0..n_units);
         }
-        let head_role = roles[self.stages.len() + 1];
-        self.head.forward(&x, head_role, Activation::Relu6)
+        let prefix = self.frozen_prefix(frozen)?.forward(x)?;
+        self.run_units(&prefix, roles, frozen..n_units)
+    }
+
+    /// `units` layer by layer, `x` being the first one's input.
+    pub(super) fn run_units(
+        &self,
+        x: &Tensor,
+        roles: &[Role],
+        units: std::ops::Range<usize>,
+    ) -> Result<Tensor, ZooError> {
+        let n_units = self.stages.len() + 2;
+        if roles.len() != n_units {
+            return Err(ZooError::Config(format!(
+                "{} unit roles for the {n_units} units of this EfficientNet-Lite",
+                roles.len()
+            )));
+        }
+        let mut x = x.clone();
+        for (unit, &role) in roles.iter().enumerate().take(units.end).skip(units.start) {
+            x = if unit == 0 {
+                self.stem.forward(&x, role, Activation::Relu6)?
+            } else if let Some(blocks) = self.stages.get(unit - 1) {
+                blocks
+                    .iter()
+                    .try_fold(x, |x, block| block.forward(&x, role))?
+            } else {
+                self.head.forward(&x, role, Activation::Relu6)?
+            };
+        }
+        Ok(x)
+    }
+
+    /// The first `units` units folded for evaluation mode.
+    pub(super) fn frozen_prefix(&self, units: usize) -> Result<FrozenPrefix, ZooError> {
+        let mut blocks = vec![FoldedBlock {
+            layers: vec![FoldedConvBn::fold(&self.stem, Activation::Relu6)?],
+            residual: false,
+        }];
+        for block in self.stages.iter().take(units - 1).flatten() {
+            blocks.push(block.folded()?);
+        }
+        if units == self.stages.len() + 2 {
+            blocks.push(FoldedBlock {
+                layers: vec![FoldedConvBn::fold(&self.head, Activation::Relu6)?],
+                residual: false,
+            });
+        }
+        Ok(FrozenPrefix { blocks })
     }
 
     pub fn num_features(&self) -> Result<usize, ZooError> {
@@ -177,17 +230,33 @@ impl MbBlock {
         })
     }
 
+    /// ReLU6 after every convolution but the last (the linear projection).
+    fn activation(&self, i: usize) -> Activation {
+        if i + 1 < self.convs.len() {
+            Activation::Relu6
+        } else {
+            Activation::Identity
+        }
+    }
+
     fn forward(&self, x: &Tensor, role: Role) -> Result<Tensor, ZooError> {
         let mut h = x.clone();
-        let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            let act = if i < last {
-                Activation::Relu6
-            } else {
-                Activation::Identity
-            };
-            h = conv.forward(&h, role, act)?;
+            h = conv.forward(&h, role, self.activation(i))?;
         }
         Ok(if self.residual { (h + x)? } else { h })
+    }
+
+    fn folded(&self) -> Result<FoldedBlock, ZooError> {
+        let layers = self
+            .convs
+            .iter()
+            .enumerate()
+            .map(|(i, conv)| FoldedConvBn::fold(conv, self.activation(i)))
+            .collect::<Result<_, _>>()?;
+        Ok(FoldedBlock {
+            layers,
+            residual: self.residual,
+        })
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`conv`]: dense and depthwise convolution with gradients only where needed.
 //! - [`norm`]: BatchNorm with running statistics, training and evaluation modes.
+//! - `frozen`: the leading frozen units, BatchNorm folded, run image by image.
 //! - [`pool`]: max pool and global average pool.
 //! - [`layers`]: conv + BatchNorm, the pretrained tensor map, ReLU6.
 //! - [`resnet`], [`efficientnet`]: the two families.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod conv;
 pub mod efficientnet;
+mod frozen;
 pub mod layers;
 pub mod model;
 pub mod norm;

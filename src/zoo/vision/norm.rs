@@ -53,10 +53,7 @@ impl BatchNorm {
         if role == Role::Train {
             return self.forward_batch_stats(x, act);
         }
-        let var = self.running_var.as_tensor().detach();
-        let scale = (self.weight.tensor().detach() / (var + self.eps)?.sqrt()?)?;
-        let shift =
-            (self.bias.tensor().detach() - (self.running_mean.as_tensor().detach() * &scale)?)?;
+        let (scale, shift) = self.eval_scale_shift()?;
         if x.track_op() || !crate::zoo::fused::uses_fused_kernels(x) {
             return act.forward(&x.broadcast_mul(&scale)?.broadcast_add(&shift)?);
         }
@@ -69,6 +66,15 @@ impl BatchNorm {
             act,
         };
         Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    }
+
+    /// Evaluation mode as one affine map per channel: `bn(x) = x·scale + shift`, detached.
+    pub fn eval_scale_shift(&self) -> Result<(Tensor, Tensor), ZooError> {
+        let var = self.running_var.as_tensor().detach();
+        let scale = (self.weight.tensor().detach() / (var + self.eps)?.sqrt()?)?;
+        let shift =
+            (self.bias.tensor().detach() - (self.running_mean.as_tensor().detach() * &scale)?)?;
+        Ok((scale, shift))
     }
 
     fn forward_batch_stats(&self, x: &Tensor, act: Activation) -> Result<Tensor, ZooError> {
