@@ -86,6 +86,7 @@ impl EfficientNetLite {
     /// [`efficientnet_units`]. The leading frozen units of an untracked CPU f32 input run
     /// folded, image by image ([`FrozenPrefix`]); the rest layer by layer.
     pub fn features(&self, x: &Tensor, roles: &[Role]) -> Result<Tensor, ZooError> {
+        self.check_roles(roles)?;
         let frozen = if x.track_op() || !uses_fused_kernels(x) {
             0
         } else {
@@ -106,13 +107,7 @@ impl EfficientNetLite {
         roles: &[Role],
         units: std::ops::Range<usize>,
     ) -> Result<Tensor, ZooError> {
-        let n_units = self.stages.len() + 2;
-        if roles.len() != n_units {
-            return Err(ZooError::Config(format!(
-                "{} unit roles for the {n_units} units of this EfficientNet-Lite",
-                roles.len()
-            )));
-        }
+        self.check_roles(roles)?;
         let mut x = x.clone();
         for (unit, &role) in roles.iter().enumerate().take(units.end).skip(units.start) {
             x = if unit == 0 {
@@ -126,6 +121,17 @@ impl EfficientNetLite {
             };
         }
         Ok(x)
+    }
+
+    fn check_roles(&self, roles: &[Role]) -> Result<(), ZooError> {
+        let n_units = self.stages.len() + 2;
+        if roles.len() != n_units {
+            return Err(ZooError::Config(format!(
+                "{} unit roles for the {n_units} units of this EfficientNet-Lite",
+                roles.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The first `units` units folded for evaluation mode.
