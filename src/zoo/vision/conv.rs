@@ -86,22 +86,15 @@ impl Geometry {
     /// The patches of output row `row` (`n·Ho + oy`) into `out`, `[Wo, k·k·C]`, in the
     /// order of a patch's `(ky, kx, c)`; padding positions are left as they are (zero).
     pub(super) fn im2col_row(&self, x: &[f32], row: usize, out: &mut [f32]) {
-        let (k, c, patch) = (self.spec.kernel, self.c, self.patch());
+        let (c, patch) = (self.c, self.patch());
         let (n, oy) = (row / self.ho, row % self.ho);
+        let image = n * self.h * self.w;
         for ox in 0..self.wo {
-            for ky in 0..k {
-                let Some(iy) = self.source(oy, ky, self.h) else {
-                    continue;
-                };
-                for kx in 0..k {
-                    let Some(ix) = self.source(ox, kx, self.w) else {
-                        continue;
-                    };
-                    let src = ((n * self.h + iy) * self.w + ix) * c;
-                    let dst = ox * patch + (ky * k + kx) * c;
-                    out[dst..dst + c].copy_from_slice(&x[src..src + c]);
-                }
-            }
+            self.for_each_tap(oy, ox, |tap, pixel| {
+                let src = (image + pixel) * c;
+                let dst = ox * patch + tap * c;
+                out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+            });
         }
     }
 
@@ -109,23 +102,34 @@ impl Geometry {
     /// `w_kkc` (`[k·k, C]`), added into `out` (`[Wo, C]`). (Tried and slower on this
     /// machine: channel blocks summed in registers over all taps; and AVX2 through `pulp`.)
     pub(super) fn depthwise_row(&self, x: &[f32], w_kkc: &[f32], row: usize, out: &mut [f32]) {
-        let (k, c) = (self.spec.kernel, self.c);
+        let c = self.c;
         let (n, oy) = (row / self.ho, row % self.ho);
+        let image = n * self.h * self.w;
         for ox in 0..self.wo {
             let acc = &mut out[ox * c..(ox + 1) * c];
-            for ky in 0..k {
-                let Some(iy) = self.source(oy, ky, self.h) else {
-                    continue;
-                };
-                for kx in 0..k {
-                    let Some(ix) = self.source(ox, kx, self.w) else {
-                        continue;
-                    };
-                    let src = &x[((n * self.h + iy) * self.w + ix) * c..][..c];
-                    let wk = &w_kkc[(ky * k + kx) * c..][..c];
-                    for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(wk) {
-                        *a += v * wv;
-                    }
+            self.for_each_tap(oy, ox, |tap, pixel| {
+                let src = &x[(image + pixel) * c..][..c];
+                let wk = &w_kkc[tap * c..][..c];
+                for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(wk) {
+                    *a += v * wv;
+                }
+            });
+        }
+    }
+
+    /// `visit(tap, pixel)` for each kernel tap (`ky·k + kx`) of output `(oy, ox)` that
+    /// falls inside the image, `pixel` being the tap's input position `iy·W + ix` within
+    /// its image: the one place that maps outputs to the inputs they read.
+    #[inline(always)]
+    fn for_each_tap(&self, oy: usize, ox: usize, mut visit: impl FnMut(usize, usize)) {
+        let k = self.spec.kernel;
+        for ky in 0..k {
+            let Some(iy) = self.source(oy, ky, self.h) else {
+                continue;
+            };
+            for kx in 0..k {
+                if let Some(ix) = self.source(ox, kx, self.w) {
+                    visit(ky * k + kx, iy * self.w + ix);
                 }
             }
         }
@@ -236,7 +240,7 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let cols = contiguous_f32(s, l)?;
         let g = self.geo;
-        let (k, patch) = (g.spec.kernel, g.patch());
+        let patch = g.patch();
         let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
         // Images are independent: one task each, so the sums never race.
         dx.par_chunks_mut(g.h * g.w * g.c)
@@ -245,23 +249,15 @@ impl CustomOp1 for Col2Im {
                 for oy in 0..g.ho {
                     for ox in 0..g.wo {
                         let base = ((n * g.ho + oy) * g.wo + ox) * patch;
-                        for ky in 0..k {
-                            let Some(iy) = g.source(oy, ky, g.h) else {
-                                continue;
-                            };
-                            for kx in 0..k {
-                                let Some(ix) = g.source(ox, kx, g.w) else {
-                                    continue;
-                                };
-                                let src = base + (ky * k + kx) * g.c;
-                                let dst = (iy * g.w + ix) * g.c;
-                                for (d, &v) in
-                                    image[dst..dst + g.c].iter_mut().zip(&cols[src..src + g.c])
-                                {
-                                    *d += v;
-                                }
+                        g.for_each_tap(oy, ox, |tap, pixel| {
+                            let src = base + tap * g.c;
+                            let dst = pixel * g.c;
+                            for (d, &v) in
+                                image[dst..dst + g.c].iter_mut().zip(&cols[src..src + g.c])
+                            {
+                                *d += v;
                             }
-                        }
+                        });
                     }
                 }
             });
@@ -475,23 +471,16 @@ impl CustomOp2 for DepthwiseWeightGrad {
                 || vec![0f32; k * k * c],
                 |mut acc, row| {
                     let (n, oy) = (row / g.ho, row % g.ho);
+                    let image = n * g.h * g.w;
                     for ox in 0..g.wo {
                         let go = &grad[((n * g.ho + oy) * g.wo + ox) * c..][..c];
-                        for ky in 0..k {
-                            let Some(iy) = g.source(oy, ky, g.h) else {
-                                continue;
-                            };
-                            for kx in 0..k {
-                                let Some(ix) = g.source(ox, kx, g.w) else {
-                                    continue;
-                                };
-                                let src = &x[((n * g.h + iy) * g.w + ix) * c..][..c];
-                                let a = &mut acc[(ky * k + kx) * c..][..c];
-                                for ((a, &v), &gv) in a.iter_mut().zip(src).zip(go) {
-                                    *a += v * gv;
-                                }
+                        g.for_each_tap(oy, ox, |tap, pixel| {
+                            let src = &x[(image + pixel) * c..][..c];
+                            let a = &mut acc[tap * c..][..c];
+                            for ((a, &v), &gv) in a.iter_mut().zip(src).zip(go) {
+                                *a += v * gv;
                             }
-                        }
+                        });
                     }
                     acc
                 },
