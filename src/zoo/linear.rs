@@ -299,6 +299,21 @@ impl TrainLinear {
 
     /// The base on detached weights (`x2` is already detached): a graph-free result.
     fn detached_base_forward(&self, x2: &Tensor) -> Result<Tensor, ZooError> {
+        if let LinearBase::Dense(weight) = &self.base {
+            if super::fused::uses_fused_kernels(x2)
+                && super::fused::uses_fused_kernels(weight.tensor())
+            {
+                // The product the training passes run (OpenBLAS where it is installed), so
+                // that this pass with the adapters off equals theirs with zero adapters to
+                // the bit: DPO's loss starts at exactly ln 2.
+                let bias = self.bias.as_ref().map(|b| b.tensor().detach());
+                return Ok(super::cpu::linear_op::linear(
+                    &x2.detach(),
+                    &weight.tensor().detach(),
+                    bias.as_ref(),
+                )?);
+            }
+        }
         let mut out = match &self.base {
             LinearBase::Dense(weight) => x2.matmul(&weight.tensor().detach().t()?)?,
             LinearBase::Quantized(q) => q.matmul.forward(&x2.contiguous()?)?,
