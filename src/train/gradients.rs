@@ -91,12 +91,21 @@ fn sum_of_squares(g: &Tensor) -> candle_core::Result<f64> {
 /// storage: every row takes the step (the moments decay and the decoupled weight decay
 /// applies to all of them, as with a dense gradient), the untouched ones with a zero
 /// gradient, which gives the dense update's numbers exactly.
+///
+/// A row that has never had a gradient has zero moments, and a zero gradient leaves them
+/// zero and adds nothing to the parameter (`0 / (√0 + ε) = 0`): its step is the decay
+/// alone, so its moments are neither read nor written. Most of a vocabulary is such rows
+/// (6,512 of MiniLM's 30,522 word pieces occur in the NER training split), and the full
+/// update reads and writes 28 bytes per element against the decay's 8.
 pub(super) struct RowWiseUpdate<'a> {
     pub scalars: &'a StepScalars,
     pub rows: &'a SparseRows,
-    /// The table's moments; the op's `&self` interface reaches them through the lock.
-    pub moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    /// The table's moments and which rows have non-zero ones; the op's `&self` interface
+    /// reaches them through the lock.
+    pub moments: Mutex<RowMoments<'a>>,
 }
+
+pub(super) type RowMoments<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [bool]);
 
 impl InplaceOp1 for RowWiseUpdate<'_> {
     fn name(&self) -> &'static str {
@@ -115,9 +124,14 @@ impl InplaceOp1 for RowWiseUpdate<'_> {
             .moments
             .lock()
             .map_err(|_| candle_core::Error::Msg("adamw: moments lock poisoned".into()))?;
-        let (m, v) = &mut *moments;
+        let (m, v, live) = &mut *moments;
         let (rows, width) = (self.rows.rows, self.rows.width);
-        if width == 0 || p.len() != rows * width || m.len() != p.len() || v.len() != p.len() {
+        if width == 0
+            || p.len() != rows * width
+            || m.len() != p.len()
+            || v.len() != p.len()
+            || live.len() != rows
+        {
             candle_core::bail!(
                 "adamw: a [{rows}, {width}] row gradient for a parameter of {}, moments of {}",
                 p.len(),
@@ -133,23 +147,30 @@ impl InplaceOp1 for RowWiseUpdate<'_> {
         p.par_chunks_mut(chunk)
             .zip(m.par_chunks_mut(chunk))
             .zip(v.par_chunks_mut(chunk))
+            .zip(live.par_chunks_mut(rows_per_task))
             .enumerate()
-            .for_each(|(task, ((p, m), v))| {
+            .for_each(|(task, (((p, m), v), live))| {
                 let rows = p
                     .chunks_mut(width)
                     .zip(m.chunks_mut(width))
-                    .zip(v.chunks_mut(width));
-                for (i, ((p, m), v)) in rows.enumerate() {
-                    let g = match slots.get(task * rows_per_task + i) {
+                    .zip(v.chunks_mut(width))
+                    .zip(live.iter_mut());
+                for (i, (((p, m), v), live)) in rows.enumerate() {
+                    let gradient = match slots.get(task * rows_per_task + i) {
                         Some(&slot) if slot != u32::MAX => {
                             let slot = slot as usize;
-                            values
-                                .get(slot * width..(slot + 1) * width)
-                                .unwrap_or(&zero)
+                            values.get(slot * width..(slot + 1) * width)
                         }
-                        _ => &zero,
+                        _ => None,
                     };
-                    s.update(p, g, m, v);
+                    match gradient {
+                        Some(g) => {
+                            *live = true;
+                            s.update(p, g, m, v);
+                        }
+                        None if *live => s.update(p, &zero, m, v),
+                        None => s.decay_only(p),
+                    }
                 }
             });
         Ok(())

@@ -88,6 +88,10 @@ struct Slot {
     /// Steps this parameter took (it had a gradient): its bias correction, as torch keeps
     /// `state["step"]` per parameter. A backbone unit unfrozen mid-run starts at 0.
     steps: u64,
+    /// For a table updated from gradient rows: which rows have non-zero moments, i.e. have
+    /// had a gradient (see [`RowWiseUpdate`]); `None` until the first row update, and
+    /// again after a state is loaded, then read off the moments.
+    rows_with_moments: Option<Vec<bool>>,
 }
 
 pub struct AdamW {
@@ -121,6 +125,13 @@ impl StepScalars {
             *p = *p * self.decay_factor - self.lr * (m_hat / (v_hat.sqrt() + self.eps));
         }
     }
+
+    /// [`Self::update`] for a zero gradient on zero moments: the decoupled decay alone.
+    pub(super) fn decay_only(&self, p: &mut [f32]) {
+        if self.decay_factor != 1.0 {
+            p.iter_mut().for_each(|p| *p *= self.decay_factor);
+        }
+    }
 }
 
 impl AdamW {
@@ -134,6 +145,7 @@ impl AdamW {
                     moments,
                     lr_scale: 1.0,
                     steps: 0,
+                    rows_with_moments: None,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -213,15 +225,20 @@ impl AdamW {
             if let (Grad::Rows(rows), Moments::Host { m, v }) = (grad, &mut slot.moments) {
                 if (cfg.decoupled || wd == 0.0) && slot.param.var.is_contiguous() {
                     let scalars = scalars(grads.scale as f32);
+                    let live = slot
+                        .rows_with_moments
+                        .get_or_insert_with(|| rows_with_moments(m, v, rows.width));
                     let update = RowWiseUpdate {
                         scalars: &scalars,
                         rows,
-                        moments: Mutex::new((m, v)),
+                        moments: Mutex::new((m, v, live)),
                     };
                     slot.param.var.as_tensor().inplace_op1(&update)?;
                     continue;
                 }
             }
+            // The dense update moves every row's moments: what the row path knew is stale.
+            slot.rows_with_moments = None;
             let dense = grad.to_dense(slot.param.var.device())?;
             let (grad, grad_scale) = if cfg.decoupled || wd == 0.0 {
                 (dense, grads.scale as f32)
@@ -332,11 +349,20 @@ impl AdamW {
         for (slot, (steps, moments)) in self.slots.iter_mut().zip(restored) {
             slot.moments = moments;
             slot.steps = steps;
+            slot.rows_with_moments = None;
         }
         self.step = usize::try_from(step)
             .map_err(|_| candle_core::Error::Msg("negative optimizer step".into()))?;
         Ok(())
     }
+}
+
+/// Per row of width `width`: whether its first or second moment has a non-zero entry.
+fn rows_with_moments(m: &[f32], v: &[f32], width: usize) -> Vec<bool> {
+    m.chunks(width.max(1))
+        .zip(v.chunks(width.max(1)))
+        .map(|(m, v)| m.iter().chain(v).any(|&x| x != 0.0))
+        .collect()
 }
 
 fn zero_moments(var: &Var) -> candle_core::Result<Moments> {
