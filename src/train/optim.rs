@@ -116,14 +116,7 @@ impl StepScalars {
     /// θ ← θ(1 − lr·wd) − lr · m̂ / (√v̂ + ε), with m̂ = m/(1−β1ᵗ), v̂ = v/(1−β2ᵗ), on the
     /// gradient times the clipping factor.
     pub(super) fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            let g = g * self.grad_scale;
-            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-            let m_hat = *m * self.bias_m;
-            let v_hat = *v * self.bias_v;
-            *p = *p * self.decay_factor - self.lr * (m_hat / (v_hat.sqrt() + self.eps));
-        }
+        adamw_update(self, p, g, m, v);
     }
 
     /// [`Self::update`] for a zero gradient on zero moments: the decoupled decay alone.
@@ -131,6 +124,19 @@ impl StepScalars {
         if self.decay_factor != 1.0 {
             p.iter_mut().for_each(|p| *p *= self.decay_factor);
         }
+    }
+}
+
+/// [`StepScalars::update`]'s loop, compiled for AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn adamw_update(s: &StepScalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * s.grad_scale;
+        *m = s.beta1 * *m + (1.0 - s.beta1) * g;
+        *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
+        let m_hat = *m * s.bias_m;
+        let v_hat = *v * s.bias_v;
+        *p = *p * s.decay_factor - s.lr * (m_hat / (v_hat.sqrt() + s.eps));
     }
 }
 

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::exp::exp;
+
 /// Elements per parallel task of the element-wise kernels: large enough that rayon's
 /// fork/join costs little next to the work.
 pub(crate) const PARALLEL_CHUNK: usize = 1 << 14;
@@ -81,10 +83,10 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-/// erf(z) and exp(−z²) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free apart
-/// from the sign so the loop vectorises; exp(−z²) is returned because the GELU derivative
-/// needs it too.
-#[inline]
+/// erf(z) and exp(−z²) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), branch-free and
+/// with the vectorisable `exp` so the loop vectorises; exp(−z²) is returned because the GELU
+/// derivative needs it too.
+#[inline(always)]
 fn erf_and_gaussian(z: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
@@ -97,8 +99,25 @@ fn erf_and_gaussian(z: f32) -> (f32, f32) {
     let a = z.abs();
     let t = 1.0 / (1.0 + P * a);
     let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
-    let gaussian = (-a * a).exp();
+    let gaussian = exp(-a * a);
     ((1.0 - poly * gaussian).copysign(z), gaussian)
+}
+
+/// `out = GELU(x)`, compiled for AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn gelu_chunk(out: &mut [f32], x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = 0.5 * v * (1.0 + erf_and_gaussian(v * FRAC_1_SQRT_2).0);
+    }
+}
+
+/// `out = g · GELU'(x)`, compiled for AVX2 as well.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn gelu_grad_chunk(out: &mut [f32], x: &[f32], g: &[f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
+        let (erf, gaussian) = erf_and_gaussian(v * FRAC_1_SQRT_2);
+        *o = g * (0.5 * (1.0 + erf) + v * FRAC_1_SQRT_2PI * gaussian);
+    }
 }
 
 /// GELU with the exact (erf) form, as BERT uses it.
@@ -122,11 +141,7 @@ impl CustomOp1 for GeluErf {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(PARALLEL_CHUNK)
             .zip(x.par_chunks(PARALLEL_CHUNK))
-            .for_each(|(out, x)| {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = 0.5 * v * (1.0 + erf_and_gaussian(v * FRAC_1_SQRT_2).0);
-                }
-            });
+            .for_each(|(out, x)| gelu_chunk(out, x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -157,12 +172,7 @@ impl CustomOp2 for GeluErfGrad {
                 x.par_chunks(PARALLEL_CHUNK)
                     .zip(g.par_chunks(PARALLEL_CHUNK)),
             )
-            .for_each(|(out, (x, g))| {
-                for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
-                    let (erf, gaussian) = erf_and_gaussian(v * FRAC_1_SQRT_2);
-                    *o = g * (0.5 * (1.0 + erf) + v * FRAC_1_SQRT_2PI * gaussian);
-                }
-            });
+            .for_each(|(out, (x, g))| gelu_grad_chunk(out, x, g));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

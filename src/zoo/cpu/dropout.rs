@@ -64,12 +64,40 @@ pub(crate) fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Whether element `index` of the call seeded `seed` is kept: the top 24 bits of a
-/// SplitMix64 hash as a uniform number in [0, 1).
-#[inline]
+/// A 32-bit integer hash with low bias (constants from Wellons' hash-prospector): shifts and 32-bit
+/// multiplies only, which vector units have (a 64-bit multiply has no SSE2 or AVX2 form, so
+/// SplitMix64 per element kept the mask loops scalar).
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x21f0_aaad);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x735a_2d97);
+    x ^ (x >> 15)
+}
+
+/// Whether element `index` of the call seeded `seed` is kept: the top 24 bits of a hash of
+/// the index and the seed (each 32-bit half mixed in by its own round) as a uniform number
+/// in [0, 1). Each round is a bijection, so one call's indices get distinct hashes.
+#[inline(always)]
 pub(crate) fn kept(seed: u64, index: u64, p: f32) -> bool {
-    let uniform = (mix(seed ^ mix(index)) >> 40) as f32 / (1u64 << 24) as f32;
+    let first = hash32(index as u32 ^ seed as u32);
+    let h = hash32(first ^ (index >> 32) as u32 ^ (seed >> 32) as u32);
+    let uniform = (h >> 8) as i32 as f32 / (1u32 << 24) as f32;
     uniform >= p
+}
+
+/// `out = x · mask · scale` for the elements `first..` of the call seeded `seed`, compiled
+/// for AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn masked_chunk(out: &mut [f32], x: &[f32], (seed, first, p): (u64, u64, f32), scale: f32) {
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = if kept(seed, first + i as u64, p) {
+            v * scale
+        } else {
+            0.0
+        };
+    }
 }
 
 impl Dropout {
@@ -81,13 +109,7 @@ impl Dropout {
             .enumerate()
             .for_each(|(chunk, (out, inp))| {
                 let first = (chunk * CHUNK) as u64;
-                for (i, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
-                    *o = if kept(self.seed, first + i as u64, self.p) {
-                        v * scale
-                    } else {
-                        0.0
-                    };
-                }
+                masked_chunk(out, inp, (self.seed, first, self.p), scale);
             });
         y
     }

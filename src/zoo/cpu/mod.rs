@@ -8,6 +8,7 @@
 pub mod blas;
 pub mod dropout;
 pub mod embedding;
+pub(crate) mod exp;
 pub mod gemm;
 pub mod linear_op;
 pub mod lora_linear;

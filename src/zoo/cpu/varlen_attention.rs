@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::dropout::kept;
+use super::exp::exp;
 use super::gemm::{matmul, Threads, View, ViewMut};
 use crate::zoo::fused::contiguous_f32;
 
@@ -134,19 +135,32 @@ fn split_rows<'a>(mut data: &'a mut [f32], spans: &[Span], width: usize) -> Vec<
 }
 
 /// Row-wise softmax of an `l × l` matrix, in place; `causal` zeroes each row's entries
-/// after its diagonal (their scores are never read).
+/// after its diagonal (their scores are never read). Compiled for AVX2 as well (see
+/// `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn softmax_rows(p: &mut [f32], l: usize, causal: bool) {
     for (i, row) in p.chunks_exact_mut(l).enumerate() {
         let (seen, future) = row.split_at_mut(if causal { i + 1 } else { l });
         future.fill(0.0);
         let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for value in seen.iter_mut() {
-            *value = (*value - max).exp();
-            sum += *value;
-        }
+        // The exponentials first, a loop that vectorises, then their sum in order.
+        seen.iter_mut().for_each(|value| *value = exp(*value - max));
+        let sum: f32 = seen.iter().sum();
         let inverse = 1.0 / sum;
         seen.iter_mut().for_each(|value| *value *= inverse);
+    }
+}
+
+/// `row[j] ·= mask(first_key | j) · scale` (see `VarlenAttention::keep_scale`), compiled for
+/// AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn mask_row(row: &mut [f32], (seed, first_key, p): (u64, u64, f32), scale: f32) {
+    for (j, value) in row.iter_mut().enumerate() {
+        *value *= if kept(seed, first_key | j as u64, p) {
+            scale
+        } else {
+            0.0
+        };
     }
 }
 
@@ -198,12 +212,20 @@ impl VarlenAttention {
         &data[span.start * width..(span.start + span.len) * width]
     }
 
+    /// The first mask key of query row `row` (packed index), head `h`: key `j` adds `j`.
+    fn mask_key(row: usize, h: usize) -> u64 {
+        ((row as u64) << 32) | ((h as u64) << 20)
+    }
+
     /// The dropout multiplier (0 or 1/(1−p)) of query row `row` (packed index), head `h`,
     /// key `j`: a pure function of the call's seed, so the backward sees the forward's mask.
-    #[inline]
+    #[cfg(test)]
     fn keep_scale(&self, row: usize, h: usize, j: usize) -> f32 {
-        let key = ((row as u64) << 32) | ((h as u64) << 20) | j as u64;
-        if kept(self.seed, key, self.spec.dropout) {
+        if kept(
+            self.seed,
+            Self::mask_key(row, h) | j as u64,
+            self.spec.dropout,
+        ) {
             1.0 / (1.0 - self.spec.dropout)
         } else {
             0.0
@@ -235,10 +257,10 @@ impl VarlenAttention {
 
     /// Multiplies `values` (`len²`, row `i` = query `span.start + i`) by head `h`'s mask.
     fn apply_mask(&self, values: &mut [f32], span: Span, h: usize) {
+        let p = self.spec.dropout;
         for (i, row) in values.chunks_exact_mut(span.len).enumerate() {
-            for (j, value) in row.iter_mut().enumerate() {
-                *value *= self.keep_scale(span.start + i, h, j);
-            }
+            let first_key = Self::mask_key(span.start + i, h);
+            mask_row(row, (self.seed, first_key, p), 1.0 / (1.0 - p));
         }
     }
 
