@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::optim::{StepScalars, PARALLEL_CHUNK};
 use crate::zoo::cpu::embedding::SparseRows;
+use crate::zoo::cpu::lanes::sum_lanes;
 
 pub use crate::zoo::params::Grad;
 
@@ -75,12 +76,7 @@ fn sum_of_squares(g: &Tensor) -> candle_core::Result<f64> {
             let data = crate::zoo::fused::contiguous_f32(cpu, layout)?;
             return Ok(data
                 .par_chunks(PARALLEL_CHUNK)
-                .map(|chunk| {
-                    chunk
-                        .iter()
-                        .map(|&x| f64::from(x) * f64::from(x))
-                        .sum::<f64>()
-                })
+                .map(|chunk| sum_lanes(chunk, |x| f64::from(x) * f64::from(x)))
                 .sum());
         }
     }

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 use super::cpu::exp::exp;
+use super::cpu::lanes::{sum2_lanes, sum_lanes};
 
 /// Elements per parallel task of the element-wise kernels: large enough that rayon's
 /// fork/join costs little next to the work.
@@ -199,13 +200,24 @@ struct LayerNorm {
     eps: f32,
 }
 
-/// Mean and 1/std of one row.
-#[inline]
+/// Mean and 1/std of one row (sums in lanes, so the callers' loops vectorise).
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum_lanes(row, |v| v) / n;
+    let var = sum_lanes(row, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of the rows of `x` into `y`, compiled for AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn layer_norm_rows(x: &[f32], y: &mut [f32], (w, b): (&[f32], &[f32]), eps: f32) {
+    for (row, out) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
+        let (mean, rstd) = row_stats(row, eps);
+        for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
+            *o = (v - mean) * rstd * w + b;
+        }
+    }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -232,14 +244,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(task)
             .zip(x.par_chunks(task))
-            .for_each(|(y, x)| {
-                for (row, out) in x.chunks_exact(hidden).zip(y.chunks_exact_mut(hidden)) {
-                    let (mean, rstd) = row_stats(row, self.eps);
-                    for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
-                        *o = (v - mean) * rstd * w + b;
-                    }
-                }
-            });
+            .for_each(|(y, x)| layer_norm_rows(x, y, (w, b), self.eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -301,33 +306,44 @@ impl CustomOp3 for LayerNormGrad {
 impl LayerNormGrad {
     /// dx of some rows into `dx_all`; returns their `[dw | db]` contributions.
     fn rows_backward(&self, x: &[f32], g: &[f32], w: &[f32], dx_all: &mut [f32]) -> Vec<f32> {
-        let hidden = w.len();
-        let mut sums = vec![0f32; 2 * hidden];
-        let (dw, db) = sums.split_at_mut(hidden);
-        let mut normed = vec![0f32; hidden];
-        for ((row, g_row), dx) in x
-            .chunks_exact(hidden)
-            .zip(g.chunks_exact(hidden))
-            .zip(dx_all.chunks_exact_mut(hidden))
-        {
-            let (mean, rstd) = row_stats(row, self.eps);
-            let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
-            for i in 0..hidden {
-                let xhat = (row[i] - mean) * rstd;
-                normed[i] = xhat;
-                let gw = g_row[i] * w[i];
-                mean_gw += gw;
-                mean_gw_xhat += gw * xhat;
-                dw[i] += g_row[i] * xhat;
-                db[i] += g_row[i];
-            }
-            mean_gw /= hidden as f32;
-            mean_gw_xhat /= hidden as f32;
-            for i in 0..hidden {
-                dx[i] = rstd * (g_row[i] * w[i] - mean_gw - normed[i] * mean_gw_xhat);
-            }
-        }
+        let mut sums = vec![0f32; 2 * w.len()];
+        layer_norm_rows_backward((x, g, w), dx_all, &mut sums, self.eps);
         sums
+    }
+}
+
+/// [`LayerNormGrad::rows_backward`]'s loops, compiled for AVX2 as well: `dx` of the rows
+/// of `x` into `dx_all`, their `[dw | db]` added into `sums`.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn layer_norm_rows_backward(
+    (x, g, w): (&[f32], &[f32], &[f32]),
+    dx_all: &mut [f32],
+    sums: &mut [f32],
+    eps: f32,
+) {
+    let hidden = w.len();
+    let (dw, db) = sums.split_at_mut(hidden);
+    let (mut normed, mut weighted) = (vec![0f32; hidden], vec![0f32; hidden]);
+    for ((row, g_row), dx) in x
+        .chunks_exact(hidden)
+        .zip(g.chunks_exact(hidden))
+        .zip(dx_all.chunks_exact_mut(hidden))
+    {
+        let (mean, rstd) = row_stats(row, eps);
+        let columns = normed.iter_mut().zip(weighted.iter_mut());
+        let params = dw.iter_mut().zip(db.iter_mut());
+        let inputs = row.iter().zip(g_row).zip(w);
+        for (((xhat, gw), (dw, db)), ((&v, &g), &w)) in columns.zip(params).zip(inputs) {
+            *xhat = (v - mean) * rstd;
+            *gw = g * w;
+            *dw += g * *xhat;
+            *db += g;
+        }
+        let mean_gw = sum_lanes(&weighted, |gw| gw) / hidden as f32;
+        let mean_gw_xhat = sum2_lanes(&weighted, &normed, |gw, xhat| gw * xhat) / hidden as f32;
+        for ((dx, &gw), &xhat) in dx.iter_mut().zip(&weighted).zip(&normed) {
+            *dx = rstd * (gw - mean_gw - xhat * mean_gw_xhat);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dropout;
 pub mod embedding;
 pub(crate) mod exp;
 pub mod gemm;
+pub(crate) mod lanes;
 pub mod linear_op;
 pub mod lora_linear;
 pub mod varlen_attention;
