@@ -31,6 +31,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // A device that cannot be opened would fail every job its worker claims: refuse to
+    // start instead.
+    for device in &config.workers.devices {
+        crate::jobs::device_by_name(device).map_err(|detail| {
+            anyhow::anyhow!("the worker device `{device}` cannot be used: {detail}")
+        })?;
+    }
     let data_dir = &config.storage.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;

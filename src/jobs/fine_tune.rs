@@ -284,20 +284,28 @@ async fn resolve_hyperparameters(
 /// `cpu` or `cuda:N`. Without the `cuda` feature candle refuses CUDA at runtime, which
 /// fails the job with a message saying so.
 fn open_device(name: &str) -> Result<Device, JobFailure> {
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let unavailable = |detail: String| {
+    device_by_name(name).map_err(|detail| {
         JobFailure::fatal(
             "device_unavailable",
             format!("The worker's device `{name}` is not available: {detail}"),
             None,
         )
-    };
+    })
+}
+
+/// The device a worker slot names (`cpu`, `cuda:N`), or why it cannot be opened: `serve`
+/// checks every slot with it before it starts, a job again when it runs.
+pub fn device_by_name(name: &str) -> Result<Device, String> {
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
     match name.strip_prefix("cuda:").map(str::parse::<usize>) {
-        Some(Ok(ordinal)) => Device::new_cuda(ordinal)
-            .map_err(|e| unavailable(format!("{e} (is temper built with the `cuda` feature?)"))),
-        _ => Err(unavailable("expected `cpu` or `cuda:N`".to_string())),
+        Some(Ok(_)) if !cfg!(feature = "cuda") => Err(
+            "this temper is built without CUDA; build it with `cargo build --release --features cuda`"
+                .to_string(),
+        ),
+        Some(Ok(ordinal)) => Device::new_cuda(ordinal).map_err(|e| e.to_string()),
+        _ => Err("expected `cpu` or `cuda:N`".to_string()),
     }
 }
 

@@ -60,7 +60,7 @@ use crate::blobs::Blobs;
 use crate::store::Store;
 
 pub use control::{ControlFlag, ControlSignal};
-pub use fine_tune::FineTuneRunner;
+pub use fine_tune::{device_by_name, FineTuneRunner};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use worker::{Processed, Worker};

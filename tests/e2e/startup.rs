@@ -176,3 +176,43 @@ async fn a_failing_log_output_never_stops_the_service() {
     assert!(child.try_wait().expect("status").is_none(), "temper died");
     child.kill().await.expect("kill");
 }
+
+#[tokio::test]
+async fn a_worker_device_that_cannot_be_opened_stops_serve_at_start_up() {
+    let root = tempfile::tempdir().expect("tmp");
+    for (devices, expected) in [
+        ("cpu,tpu:0", "expected `cpu` or `cuda:N`"),
+        // Without the feature the message says how to build for GPUs; with it on a machine
+        // without a driver, candle's error names what is missing.
+        (
+            "cuda:0",
+            if cfg!(feature = "cuda") {
+                "the worker device `cuda:0` cannot be used"
+            } else {
+                "--features cuda"
+            },
+        ),
+    ] {
+        let output = serve(&root.path().join("data"), root.path(), 0)
+            .arg("--devices")
+            .arg(devices)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        let output = tokio::time::timeout(JOB_TIMEOUT, output)
+            .await
+            .expect("serve exits")
+            .expect("run temper serve");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{devices}: serve kept running");
+        assert!(
+            stderr.contains("cannot be used") && stderr.contains(expected),
+            "{stderr}"
+        );
+        // Nothing was created for a server that never started.
+        assert!(
+            !root.path().join("data").exists(),
+            "{devices}: data dir created"
+        );
+    }
+}
