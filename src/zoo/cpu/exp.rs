@@ -65,6 +65,19 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
+/// Softmax of `values` in place: the exponentials first, a loop that vectorises, then their
+/// sum in order. The packed attention and the decoder's masked softmax both use it, so
+/// their probabilities agree value for value.
+#[inline(always)]
+pub(crate) fn softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    values
+        .iter_mut()
+        .for_each(|value| *value = exp(*value - max));
+    let inverse = 1.0 / values.iter().sum::<f32>();
+    values.iter_mut().for_each(|value| *value *= inverse);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

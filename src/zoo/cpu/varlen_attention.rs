@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::dropout::kept;
-use super::exp::exp;
+use super::exp::softmax_in_place;
 use super::gemm::{matmul, Threads, View, ViewMut};
 use crate::zoo::fused::contiguous_f32;
 
@@ -142,12 +142,7 @@ fn softmax_rows(p: &mut [f32], l: usize, causal: bool) {
     for (i, row) in p.chunks_exact_mut(l).enumerate() {
         let (seen, future) = row.split_at_mut(if causal { i + 1 } else { l });
         future.fill(0.0);
-        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // The exponentials first, a loop that vectorises, then their sum in order.
-        seen.iter_mut().for_each(|value| *value = exp(*value - max));
-        let sum: f32 = seen.iter().sum();
-        let inverse = 1.0 / sum;
-        seen.iter_mut().for_each(|value| *value *= inverse);
+        softmax_in_place(seen);
     }
 }
 

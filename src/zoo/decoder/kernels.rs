@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 
 use rayon::prelude::*;
 
-use crate::zoo::cpu::exp::exp;
+use crate::zoo::cpu::exp::softmax_in_place;
 
 use crate::zoo::fused::{
     contiguous_f32, norm_backward_rows, rows_per_task, unpack_norm_grads, uses_fused_kernels,
@@ -307,16 +307,9 @@ impl CustomOp1 for MaskedSoftmax {
             .enumerate()
         {
             let visible = self.mask.visible(r / (x * tq), r % tq);
-            let (row, out) = (&row[..visible], &mut out[..visible]);
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // The exponentials first, a loop that vectorises, then their sum in order: the
-            // packed attention's softmax, value for value.
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = exp(v - max);
-            }
-            let sum: f32 = out.iter().sum();
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
+            let out = &mut out[..visible];
+            out.copy_from_slice(&row[..visible]);
+            softmax_in_place(out);
         }
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
