@@ -304,9 +304,37 @@ pub fn device_by_name(name: &str) -> Result<Device, String> {
             "this temper is built without CUDA; build it with `cargo build --release --features cuda`"
                 .to_string(),
         ),
-        Some(Ok(ordinal)) => Device::new_cuda(ordinal).map_err(|e| e.to_string()),
+        Some(Ok(ordinal)) => Device::new_cuda(ordinal).map_err(|e| {
+            let detail = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+                other => other.to_string(),
+            };
+            explain_cuda_error(&detail)
+        }),
         _ => Err("expected `cpu` or `cuda:N`".to_string()),
     }
+}
+
+/// The driver's error with what it means for the user: the common ones are a machine with
+/// no NVIDIA driver (the toolkit's stub libcuda answers every call with
+/// CUDA_ERROR_STUB_LIBRARY) and an ordinal past the last GPU.
+fn explain_cuda_error(detail: &str) -> String {
+    let hint = if detail.contains("CUDA_ERROR_STUB_LIBRARY") {
+        "no NVIDIA driver is installed (libcuda.so.1 is the CUDA toolkit's stub); run where \
+         the driver is, or in Docker with `--gpus all`"
+    } else if detail.contains("CUDA_ERROR_NO_DEVICE")
+        || detail.contains("CUDA_ERROR_INVALID_DEVICE")
+    {
+        "no such GPU; `nvidia-smi -L` lists the ones this machine has, numbered from 0"
+    } else if detail.contains("CUDA_ERROR_INSUFFICIENT_DRIVER")
+        || detail.contains("UNSUPPORTED_PTX")
+    {
+        "the NVIDIA driver is older than the CUDA this temper was built with; update the \
+         driver or build with an older toolkit (see the README's GPU section)"
+    } else {
+        return detail.to_string();
+    };
+    format!("{hint} ({detail})")
 }
 
 /// Runs the trainer on its own OS thread (never on the async runtime) while an async task
@@ -399,6 +427,20 @@ mod tests {
             };
             assert!(message.contains("`cuda:0`"), "{message}");
         }
+    }
+
+    #[test]
+    fn driver_errors_say_what_to_do() {
+        let stub = explain_cuda_error(
+            r#"DriverError(CUDA_ERROR_STUB_LIBRARY, "<Failure when calling cuGetErrorString()>")"#,
+        );
+        assert!(stub.starts_with("no NVIDIA driver is installed"), "{stub}");
+        assert!(stub.contains("CUDA_ERROR_STUB_LIBRARY"), "{stub}");
+        let ordinal = explain_cuda_error("DriverError(CUDA_ERROR_INVALID_DEVICE, \"invalid\")");
+        assert!(ordinal.starts_with("no such GPU"), "{ordinal}");
+        let old = explain_cuda_error("DriverError(CUDA_ERROR_INSUFFICIENT_DRIVER, \"\")");
+        assert!(old.contains("older than the CUDA"), "{old}");
+        assert_eq!(explain_cuda_error("out of memory"), "out of memory");
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::train::{ExportFormat, TrainError};
 
 pub mod dpo;
 mod encoder_checkpoint;
+#[cfg(test)]
+mod generic_path_tests;
 pub mod image_classification;
 pub mod parity_models;
 pub mod question_answering;

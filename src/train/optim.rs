@@ -372,7 +372,7 @@ fn rows_with_moments(m: &[f32], v: &[f32], width: usize) -> Vec<bool> {
 }
 
 fn zero_moments(var: &Var) -> candle_core::Result<Moments> {
-    if var.device().is_cpu() && var.dtype() == DType::F32 {
+    if crate::zoo::fused::uses_fused_kernels(var.as_tensor()) {
         let n = var.elem_count();
         Ok(Moments::Host {
             m: vec![0.0; n],

@@ -58,9 +58,30 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
-/// The fused kernels are CPU f32 code; other devices and dtypes use composed candle ops.
+thread_local! {
+    /// Set while [`with_generic_ops`] runs its closure on this thread.
+    static GENERIC_OPS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The fused kernels are CPU f32 code; other devices and dtypes use composed candle ops
+/// (the device-generic path), as does the CPU inside [`with_generic_ops`].
 pub(crate) fn uses_fused_kernels(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    x.device().is_cpu() && x.dtype() == DType::F32 && !GENERIC_OPS_ONLY.with(|g| g.get())
+}
+
+/// Runs `f` with every op on its device-generic path, the composed candle ops a GPU runs,
+/// although the tensors are on the CPU: the way CI, which has no GPU, proves that path equal
+/// to the fused one. Models must be built inside `f` too, since some layers choose their
+/// path when they are loaded. Thread-local, so tests running beside it are unaffected.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC_OPS_ONLY.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GENERIC_OPS_ONLY.with(|g| g.replace(true)));
+    f()
 }
 
 /// Splits the output of a norm's backward kernel, `[rows + n_params, hidden]`: the input

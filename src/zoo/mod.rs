@@ -48,6 +48,8 @@ pub mod vision;
 #[cfg(test)]
 mod first_token_tests;
 #[cfg(test)]
+mod generic_ops_tests;
+#[cfg(test)]
 mod loader_tests;
 #[cfg(test)]
 mod real_assets_tests;

@@ -20,7 +20,7 @@
 mod admission;
 mod causal;
 mod engine;
-mod sampling;
+pub(crate) mod sampling;
 mod sequence;
 mod stream;
 mod text;

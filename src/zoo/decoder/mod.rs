@@ -13,10 +13,10 @@
 mod cache;
 pub mod config;
 mod export;
-mod kernels;
+pub(crate) mod kernels;
 mod lm;
 mod model;
-mod swiglu;
+pub(crate) mod swiglu;
 pub mod tiny;
 
 #[cfg(test)]
