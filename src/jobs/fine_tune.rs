@@ -387,6 +387,9 @@ fn train_failure(error: TrainError) -> JobFailure {
             format!("The job failed due to an invalid training file. {message}"),
             Some("training_file"),
         ),
+        TrainError::DoesNotFit(message) => {
+            JobFailure::fatal("insufficient_device_memory", message, None)
+        }
         TrainError::Write { what, source } => write_failure(&what, &source),
         TrainError::Io(e) => JobFailure::Retryable(format!("training io error: {e}")),
         other => JobFailure::internal(format!("Training failed: {other}")),
@@ -427,6 +430,16 @@ mod tests {
             };
             assert!(message.contains("`cuda:0`"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_job_over_its_device_memory_fails_as_the_users_to_fix() {
+        let failure = train_failure(TrainError::DoesNotFit("This job needs about 9 GiB".into()));
+        let JobFailure::Fatal { code, message, .. } = failure else {
+            panic!("not a fatal failure");
+        };
+        assert_eq!(code, "insufficient_device_memory");
+        assert_eq!(message, "This job needs about 9 GiB");
     }
 
     #[test]

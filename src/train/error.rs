@@ -12,6 +12,10 @@ pub enum TrainError {
     /// A checkpoint directory is incomplete or does not describe a model we can load.
     #[error("invalid checkpoint `{path}`: {message}")]
     InvalidCheckpoint { path: String, message: String },
+    /// The job's estimated peak memory is over what its device has; the message says what
+    /// would fit (`train::memory`).
+    #[error("{0}")]
+    DoesNotFit(String),
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("io error: {0}")]

@@ -28,6 +28,7 @@ mod error;
 pub mod evaluate;
 mod export;
 mod gradients;
+pub mod memory;
 pub mod named_metrics;
 mod observer;
 pub mod optim;

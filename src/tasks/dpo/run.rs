@@ -18,7 +18,7 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::sft::{decoder_spec, fit_to_context, lm_spec};
+use crate::tasks::sft::{check_memory, decoder_spec, fit_to_context, lm_spec};
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
@@ -148,6 +148,15 @@ impl DpoTask {
             _ => None,
         };
         let spec = decoder_spec(&lm_spec(cfg))?;
+        // A step reads both sequences of each pair, and every position of both goes
+        // through the LM head (the log-probs of the completion tokens).
+        let lengths: Vec<(usize, usize)> = train
+            .pairs
+            .iter()
+            .map(|p| (p.n_tokens(), p.n_tokens()))
+            .collect();
+        let placement = (&job.device, cfg.batch_size, spec.lora.is_none());
+        check_memory(&model_config, &spec, &lengths, placement, observer)?;
         let policy = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
         let models = DpoModels::new(policy, job.beta)?;
         let valid_batches = valid

@@ -16,11 +16,13 @@ use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 use crate::domain::hyperparams::TrainingConfig;
 use crate::train::checkpoint::{CheckpointTask, LmSpec, TrainState};
 use crate::train::data::sequential_batches;
+use crate::train::memory;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::summary::results_csv;
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
+use crate::zoo::decoder::config::lora_targets;
 use crate::zoo::decoder::{CausalLm, DecoderConfig, DecoderSpec, QuantKind};
 
 /// OpenAI's names for chat / prompt-completion fine-tuning metrics: mean token accuracies,
@@ -88,6 +90,50 @@ pub(crate) fn fit_to_context(
         ),
     );
     context
+}
+
+/// Fails the job before its model loads when its estimated peak memory is over what the
+/// device has (`train::memory`), saying what would fit; logs the estimate otherwise.
+/// `lengths`: each training example's (tokens, trained positions); `frozen_reference`: DPO's
+/// full fine-tuning, which holds a frozen copy of the starting weights.
+pub(crate) fn check_memory(
+    model_config: &DecoderConfig,
+    spec: &DecoderSpec,
+    lengths: &[(usize, usize)],
+    (device, batch_size, frozen_reference): (&Device, usize, bool),
+    observer: &mut dyn TrainObserver,
+) -> Result<(), TrainError> {
+    let Some(available) = memory::available_bytes(device) else {
+        return Ok(());
+    };
+    let tuning = match &spec.lora {
+        None => memory::Tuning::Full,
+        Some(lora) => memory::Tuning::Lora {
+            rank: lora.rank,
+            targets: lora_targets(lora),
+            quantize: spec.quantize,
+        },
+    };
+    let device_name = memory::device_name(device);
+    let query = memory::FitQuery {
+        config: model_config,
+        tuning,
+        batch_size,
+        step_of: &|n| memory::largest_step(lengths, n),
+        device: &device_name,
+        frozen_reference,
+        host: device.is_cpu(),
+    };
+    let estimate = memory::check_fits(&query, available).map_err(TrainError::DoesNotFit)?;
+    observer.on_event(
+        EventLevel::Info,
+        format!(
+            "Estimated peak memory {:.2} GiB of {:.2} GiB available on {device_name}",
+            estimate.total() as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64,
+        ),
+    );
+    Ok(())
 }
 
 /// LoRA / QLoRA / full fine-tuning from the job's hyperparameters.
@@ -172,6 +218,13 @@ impl<'a> SftTask<'a> {
             _ => None,
         };
         let spec = decoder_spec(&lm_spec(cfg))?;
+        let lengths: Vec<(usize, usize)> = train
+            .examples
+            .iter()
+            .map(|e| (e.ids.len(), e.n_targets()))
+            .collect();
+        let placement = (&job.device, cfg.batch_size, false);
+        check_memory(&model_config, &spec, &lengths, placement, observer)?;
         let model = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
         let valid_batches = valid
             .as_ref()

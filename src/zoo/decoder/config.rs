@@ -116,6 +116,15 @@ pub const DEFAULT_LORA_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The projections a LoRA run adapts: the ones named, or [`DEFAULT_LORA_TARGETS`].
+pub fn lora_targets(lora: &LoraSettings) -> Vec<String> {
+    if lora.target_modules.is_empty() {
+        DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect()
+    } else {
+        lora.target_modules.clone()
+    }
+}
+
 fn get_usize(obj: &Value, key: &str) -> Result<Option<usize>, ZooError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::config::{DecoderConfig, DecoderSpec, DEFAULT_LORA_TARGETS};
+use super::config::{lora_targets, DecoderConfig, DecoderSpec};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
 use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
@@ -105,11 +105,7 @@ impl CausalLm {
                 rank: l.rank,
                 alpha: l.alpha,
                 dropout: l.dropout,
-                targets: if l.target_modules.is_empty() {
-                    DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect()
-                } else {
-                    l.target_modules.clone()
-                },
+                targets: lora_targets(l),
             },
             _ if spec.quantize.is_some() => {
                 return Err(ZooError::Config(

@@ -1,0 +1,129 @@
+//! The memory estimate (`train::memory`) beside the measured peak of a real run: trains
+//! SmolLM2-135M-Instruct on the sarcasm chat split (no server) and prints one JSON line with
+//! the estimate's parts and the growth of the process's peak RSS over training (`VmHWM`,
+//! reset after the GGUF is materialized, minus the RSS before the job starts).
+//!
+//!     cargo run --release --example memory_estimate -- assets lora 4 64
+//!     cargo run --release --example memory_estimate -- assets full 4 64
+//!
+//! Arguments: assets dir, `lora` | `qlora` | `full`, batch size, examples (one epoch).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use temper::domain::dataset::parse_chat;
+use temper::domain::hyperparams::HyperparamRequest;
+use temper::domain::task::Task;
+use temper::tasks::sft::{run_sft, SftExamples, SftJob, SftTokenizer};
+use temper::train::memory::{estimate, largest_step, Tuning};
+use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+use temper::zoo::decoder::config::DEFAULT_LORA_TARGETS;
+use temper::zoo::decoder::{DecoderConfig, QuantKind};
+
+/// A `/proc/self/status` field in bytes.
+fn status_bytes(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} missing"))?;
+    let kib: u64 = line[field.len()..]
+        .split_whitespace()
+        .next()
+        .context("no value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+struct Quiet;
+impl TrainObserver for Quiet {
+    fn on_event(&mut self, _: EventLevel, message: String) {
+        eprintln!("{message}");
+    }
+    fn on_step(&mut self, _: &StepMetrics) {}
+    fn on_checkpoint(&mut self, _: &SavedCheckpoint) {}
+    fn control(&mut self) -> Control {
+        Control::Continue
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    temper::runtime::tune_for_cpu_training();
+    let args: Vec<String> = std::env::args().collect();
+    let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
+    let mode = args.get(2).map(String::as_str).unwrap_or("lora");
+    let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let jsonl = std::fs::read(assets.join("data/sarcasm/chat_train.jsonl"))
+        .context("run scripts/fetch-assets.sh --llm first")?;
+    let mut train = parse_chat(&jsonl)?;
+    train.truncate(limit);
+    let (rank, quantize) = match mode {
+        "full" => (0, None),
+        "qlora" => (8, Some("q4_0")),
+        _ => (8, None),
+    };
+    let mut hyperparameters = serde_json::json!({"n_epochs": 1, "batch_size": batch,
+        "learning_rate": 2e-4, "max_seq_len": 256, "lora_rank": rank, "lora_alpha": 16,
+        "lora_dropout": 0.0});
+    if let Some(kind) = quantize {
+        hyperparameters["quantize"] = kind.into();
+    }
+    let request = HyperparamRequest::parse(hyperparameters.as_object().context("literal object")?)?;
+    let work_dir = tempfile::tempdir()?;
+    let model_dir = work_dir.path().join("model");
+    temper::zoo::materialize_gguf(
+        &assets.join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf"),
+        &model_dir,
+    )?;
+    let (config, _) = DecoderConfig::from_dir(&model_dir)?;
+    let tokenizer = SftTokenizer::from_dir(&model_dir, &config.eos_token_ids)?;
+    let examples = SftExamples::Chat(train);
+    let prepared = tokenizer.prepare(&examples, 256)?;
+    let lengths: Vec<(usize, usize)> = prepared
+        .examples
+        .iter()
+        .map(|e| (e.ids.len(), e.n_targets()))
+        .collect();
+    let tuning = match mode {
+        "full" => Tuning::Full,
+        _ => Tuning::Lora {
+            rank,
+            targets: DEFAULT_LORA_TARGETS.iter().map(|t| t.to_string()).collect(),
+            quantize: quantize.map(|_| QuantKind::Q4_0),
+        },
+    };
+    let step = largest_step(&lengths, batch);
+    let parts = estimate(&config, &tuning, step, true);
+    let job = SftJob {
+        base_model_dir: model_dir,
+        train: examples,
+        valid: None,
+        config: request.resolve(Task::ChatSft, limit, 0),
+        work_dir: work_dir.path().join("run"),
+        device: Device::Cpu,
+    };
+    drop(tokenizer);
+    // Materializing the GGUF peaked above training: start the peak from here.
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
+    let before = status_bytes("VmRSS:")?;
+    temper::runtime::on_own_pool(|| run_sft(&job, &mut Quiet))?;
+    let peak = status_bytes("VmHWM:")?;
+    let measured = peak.saturating_sub(before);
+    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode, "batch_size": batch, "examples": limit,
+            "largest_step_tokens": step.tokens, "largest_step_trained_rows": step.trained_rows,
+            "estimate_mib": {"weights": mib(parts.weights), "optimizer": mib(parts.optimizer),
+                             "activations": mib(parts.activations), "loading": mib(parts.loading),
+                             "checkpoint": mib(parts.checkpoint), "total": mib(parts.total())},
+            "rss_before_mib": mib(before), "peak_rss_mib": mib(peak),
+            "measured_growth_mib": mib(measured),
+            "estimate_over_measured": (parts.total() as f64 / measured as f64 * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,264 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
+
+/// SmolLM2-135M's config.json.
+fn smollm2_135m() -> DecoderConfig {
+    DecoderConfig {
+        arch: DecoderArch::Llama,
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100000.0,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        rope_scaling: None,
+    }
+}
+
+fn default_targets() -> Vec<String> {
+    crate::zoo::decoder::config::DEFAULT_LORA_TARGETS
+        .iter()
+        .map(|t| t.to_string())
+        .collect()
+}
+
+fn elements(model: &CausalLm) -> u64 {
+    model
+        .trainable_vars()
+        .iter()
+        .map(|v| v.var.elem_count() as u64)
+        .sum()
+}
+
+#[test]
+fn the_counts_are_the_loaded_models_own() {
+    for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+        let dir = tempfile::tempdir().unwrap();
+        crate::zoo::testing::write_tiny_decoder(dir.path(), arch, 1).unwrap();
+        let (config, _) = DecoderConfig::from_dir(dir.path()).unwrap();
+        let device = Device::Cpu;
+        let full = DecoderSpec {
+            lora: None,
+            quantize: None,
+        };
+        let model = CausalLm::from_pretrained(dir.path(), &full, &device, 0).unwrap();
+        assert_eq!(parameter_count(&config), elements(&model), "{arch:?}");
+        let lora = DecoderSpec {
+            lora: Some(crate::domain::hyperparams::LoraSettings {
+                rank: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                target_modules: vec![],
+            }),
+            quantize: None,
+        };
+        let model = CausalLm::from_pretrained(dir.path(), &lora, &device, 0).unwrap();
+        assert_eq!(
+            adapter_count(&config, 4, &default_targets()),
+            elements(&model)
+        );
+    }
+}
+
+#[test]
+fn smollm2_135m_counts_and_parts_by_hand() {
+    let c = smollm2_135m();
+    // 49152·576 embeddings (tied head) + 30 layers of 3,538,944 projection weights and
+    // two norms, + the final norm: the published 134.5M.
+    assert_eq!(parameter_count(&c), 134_515_008);
+    // Rank 8 on the 7 projections: 8·(576+576 + 2·(576+192) + 576+576 + 3·(576+1536))·30.
+    let adapters = 8 * (1152 + 2 * 768 + 1152 + 3 * 2112) * 30;
+    assert_eq!(adapter_count(&c, 8, &default_targets()), adapters);
+    let step = StepShape {
+        tokens: 1000,
+        trained_rows: 400,
+    };
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: default_targets(),
+        quantize: None,
+    };
+    let host = estimate(&c, &lora, step, true);
+    assert_eq!(host.weights, 4 * (134_515_008 + adapters));
+    assert_eq!(host.optimizer, 12 * adapters);
+    // Per token and layer 9·576 + 3·192 + 3·1536 floats; the head 3·400·49152.
+    let per_token = 30 * (9 * 576 + 3 * 192 + 3 * 1536);
+    assert_eq!(host.activations, 4 * (1000 * per_token + 3 * 400 * 49152));
+    let full = estimate(&c, &Tuning::Full, step, false);
+    assert_eq!(full.weights, 4 * 134_515_008);
+    assert_eq!(full.optimizer, 12 * 134_515_008);
+    assert_eq!(full.activations, host.activations);
+    // Off the CPU, adapters are not fused with their base: each target's output is kept
+    // twice (as on the CPU over a quantized base).
+    let unfused = 30 * (576 + 192 + 192 + 576 + 2 * 1536 + 576);
+    let e = estimate(&c, &lora, step, false);
+    assert_eq!(e.activations - host.activations, 4 * 1000 * unfused);
+    // Q4_0 stores the projection matrices in 18 bytes per 32 weights.
+    let q4 = Tuning::Lora {
+        rank: 8,
+        targets: default_targets(),
+        quantize: Some(QuantKind::Q4_0),
+    };
+    let matrices = 30 * 3_538_944u64;
+    let others = 134_515_008 - matrices;
+    let expected = 4 * others + (matrices * 18).div_ceil(32) + 4 * adapters;
+    assert_eq!(estimate(&c, &q4, step, false).weights, expected);
+    // On a GPU the parts add up; on the CPU loading and checkpoints count too.
+    assert_eq!((e.loading, e.checkpoint), (0, 0));
+    assert_eq!(e.total(), e.weights + e.optimizer + e.activations);
+    assert_eq!(host.loading, 4 * 134_515_008);
+    assert_eq!(host.checkpoint, 8 * adapters);
+    assert_eq!(
+        host.total(),
+        host.weights + host.optimizer + host.activations
+    );
+    // Loading's mapped checkpoint outweighs a small step's activations.
+    let small = StepShape {
+        tokens: 100,
+        trained_rows: 10,
+    };
+    let host_small = estimate(&c, &lora, small, true);
+    assert_eq!(host_small.total(), host_small.weights + host_small.loading);
+    let host_full = estimate(&c, &Tuning::Full, small, true);
+    assert_eq!(host_full.checkpoint, 8 * 134_515_008);
+    assert_eq!(
+        host_full.total(),
+        host_full.weights + host_full.optimizer + host_full.checkpoint
+    );
+    let host_q4 = estimate(&c, &q4, step, true);
+    assert_eq!(host_q4.loading, 4 * 134_515_008);
+    assert_eq!(host_q4.activations, e.activations);
+}
+
+#[test]
+fn a_job_over_the_budget_is_told_what_would_fit() {
+    let c = smollm2_135m();
+    let long = |n: usize| StepShape {
+        tokens: 512 * n,
+        trained_rows: 256 * n,
+    };
+    let query = FitQuery {
+        config: &c,
+        tuning: Tuning::Full,
+        batch_size: 8,
+        step_of: &long,
+        device: "cpu",
+        frozen_reference: false,
+        host: true,
+    };
+    // The estimate and 15 % more fit; a byte less does not.
+    let with_margin = |need: u64| need + need * 3 / 20;
+    let need = estimate(&c, &Tuning::Full, long(8), true).total();
+    assert_eq!(check_fits(&query, with_margin(need)).unwrap().total(), need);
+    assert!(check_fits(&query, with_margin(need) - 1).is_err());
+    // Room for LoRA at the full batch: full fine-tuning fits at batch 6 (not 7).
+    let lora16 = Tuning::Lora {
+        rank: 16,
+        targets: default_targets(),
+        quantize: None,
+    };
+    let budget = with_margin(estimate(&c, &lora16, long(8), true).total());
+    let at = |batch| with_margin(estimate(&c, &Tuning::Full, long(batch), true).total());
+    assert!(at(6) <= budget && at(7) > budget);
+    let message = check_fits(&query, budget).unwrap_err();
+    assert!(message.starts_with("This job needs about "), "{message}");
+    assert!(message.contains("on `cpu`"), "{message}");
+    assert!(
+        message.contains("`batch_size` 6 (with `gradient_accumulation_steps` 2"),
+        "{message}"
+    );
+    assert!(
+        message.contains("or with LoRA (`lora_rank` 16)"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("the device has {} available.", gib(budget))),
+        "{message}"
+    );
+    // Short sequences, where the weights dominate: only a quantized base saves enough,
+    // and no smaller batch would (loading alone is over the budget).
+    let short = |n: usize| StepShape {
+        tokens: 32 * n,
+        trained_rows: 8 * n,
+    };
+    let qlora = Tuning::Lora {
+        rank: 16,
+        targets: default_targets(),
+        quantize: Some(QuantKind::Q4_0),
+    };
+    let tight = with_margin(estimate(&c, &qlora, short(8), true).total());
+    let lora_query = FitQuery {
+        tuning: Tuning::Lora {
+            rank: 8,
+            targets: default_targets(),
+            quantize: None,
+        },
+        step_of: &short,
+        ..query
+    };
+    let message = check_fits(&lora_query, tight).unwrap_err();
+    assert!(
+        message.ends_with("It would fit with QLoRA (`lora_rank` 16, `quantize` \"q4_0\")."),
+        "{message}"
+    );
+    // Nothing fits: the message still says what to change.
+    let message = check_fits(&lora_query, 1 << 20).unwrap_err();
+    assert!(message.ends_with("Shorter examples (`max_seq_len`) or a smaller model would."));
+}
+
+#[test]
+fn meminfo_fields_parse_and_the_cpu_reports_room() {
+    let sample =
+        "MemTotal:       24000000 kB\nMemFree:         100 kB\nMemAvailable:   12345678 kB\n";
+    assert_eq!(meminfo_kib(sample, "MemAvailable:"), Some(12_345_678));
+    assert_eq!(meminfo_kib(sample, "SwapTotal:"), None);
+    let total = meminfo_kib(
+        &std::fs::read_to_string("/proc/meminfo").unwrap(),
+        "MemTotal:",
+    )
+    .unwrap()
+        * 1024;
+    let available = available_bytes(&Device::Cpu).unwrap();
+    assert!(
+        available > 0 && available <= total,
+        "{available} of {total}"
+    );
+}
+
+#[test]
+fn dpo_full_fine_tuning_counts_its_frozen_reference() {
+    let c = smollm2_135m();
+    let step_of = |n: usize| StepShape {
+        tokens: 100 * n,
+        trained_rows: 100 * n,
+    };
+    let query = |tuning, frozen_reference| FitQuery {
+        config: &c,
+        tuning,
+        batch_size: 2,
+        step_of: &step_of,
+        device: "cpu",
+        frozen_reference,
+        host: true,
+    };
+    let plain = check_fits(&query(Tuning::Full, false), u64::MAX).unwrap();
+    let dpo = check_fits(&query(Tuning::Full, true), u64::MAX).unwrap();
+    assert_eq!(dpo.weights - plain.weights, 4 * 134_515_008);
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: default_targets(),
+        quantize: None,
+    };
+    let plain = check_fits(&query(lora.clone(), false), u64::MAX).unwrap();
+    assert_eq!(check_fits(&query(lora, true), u64::MAX).unwrap(), plain);
+}
