@@ -107,12 +107,21 @@ def token_stats(logits, labels):
     return ce.item(), hits.item(), keep.sum().item()
 
 
+# Where the reference runs: `cpu` (the default, beside temper on the same cores) or `cuda`
+# (scripts/gpu-check.sh, with --dtype bfloat16 for the mixed-precision comparison).
+DEVICE = "cpu"
+
+
+def to_device(tensors):
+    return tuple(t.to(DEVICE) for t in tensors)
+
+
 @torch.no_grad()
 def evaluate(model, data, pad_id, batch_size=16):
     model.eval()
     ce = hits = n = 0
     for start in range(0, len(data), batch_size):
-        input_ids, mask, labels = collate(data[start:start + batch_size], pad_id)
+        input_ids, mask, labels = to_device(collate(data[start:start + batch_size], pad_id))
         logits = model(input_ids=input_ids, attention_mask=mask).logits
         c, h, k = token_stats(logits, labels)
         ce, hits, n = ce + c, hits + h, n + k
@@ -141,7 +150,8 @@ def train(model, data, args, pad_id):
         order = torch.randperm(len(data), generator=order_rng).tolist()
         start = time.perf_counter()
         for first in range(0, len(order), args.batch_size):
-            input_ids, mask, labels = collate([data[i] for i in order[first:first + args.batch_size]], pad_id)
+            input_ids, mask, labels = to_device(
+                collate([data[i] for i in order[first:first + args.batch_size]], pad_id))
             out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, SFT_RECIPE["max_grad_norm"])
@@ -158,7 +168,7 @@ def train(model, data, args, pad_id):
 def generate(model, tokenizer, messages, max_new_tokens, stop_ids):
     """(answer text, new tokens incl. the stop token, seconds)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(DEVICE)
     start = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, use_cache=True, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
@@ -175,7 +185,7 @@ def generate_batch(model, tokenizer, conversations, max_new_tokens, stop_ids):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = stop_ids[0]
-    batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True)
+    batch = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(DEVICE)
     start = time.perf_counter()
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                          eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
@@ -191,9 +201,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_sft_flags(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the reference runs")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the model's dtype (LoRA adapters follow it, as peft makes them)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     warnings.filterwarnings("ignore")
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,7 +224,8 @@ def main():
     wall_start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         tokenizer = AutoTokenizer.from_pretrained(models_dir, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(models_dir, gguf_file=gguf, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(models_dir, gguf_file=gguf,
+                                                     dtype=getattr(torch, args.dtype)).to(DEVICE)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = sorted({i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
                                    tokenizer.convert_tokens_to_ids("<|endoftext|>"))
@@ -249,6 +265,9 @@ def main():
         "impl": "transformers+peft", "torch": torch.__version__,
         "transformers": __import__("transformers").__version__, "peft": __import__("peft").__version__,
         "threads": torch.get_num_threads(), "model": SFT_RECIPE["model"],
+        "device": args.device, "dtype": args.dtype,
+        "peak_gpu_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                        if args.device == "cuda" else None),
         "train_examples": len(train_data), "valid_examples": len(valid_data), "epochs": args.epochs,
         "optimizer_steps": steps, "trained_tokens": train_tokens, "truncated_examples": truncated,
         "trainable_params": trainable,

@@ -60,9 +60,11 @@ fn step(vars: Vec<NamedVar>, loss: &Tensor) -> StepOutcome {
             let grad = grads
                 .get(i)
                 .unwrap_or_else(|| panic!("{} has no gradient", nv.name))
-                .to_dense(&Device::Cpu)
+                .to_dense(nv.var.device())
+                .and_then(|g| g.to_device(&Device::Cpu))
                 .unwrap();
-            (nv.name.clone(), grad, nv.var.as_tensor().clone())
+            let value = nv.var.as_tensor().to_device(&Device::Cpu).unwrap();
+            (nv.name.clone(), grad, value)
         })
         .collect();
     StepOutcome {
@@ -73,7 +75,7 @@ fn step(vars: Vec<NamedVar>, loss: &Tensor) -> StepOutcome {
 
 /// Two right-padded sequences of unequal length, every next token trained but the first
 /// few of the longer one (a prompt).
-fn lm_batch() -> LmBatch {
+fn lm_batch(device: &Device) -> LmBatch {
     let seqs = [
         vec![1u32, 40, 41, 42, 43, 44, 45, 46, 47, 2],
         vec![1u32, 50, 51, 52, 2],
@@ -89,36 +91,30 @@ fn lm_batch() -> LmBatch {
     }
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     LmBatch {
-        inputs: collate(&refs, 0, &Device::Cpu).unwrap(),
+        inputs: collate(&refs, 0, device).unwrap(),
         targets: TokenTargets { targets, trained },
     }
 }
 
-fn decoder_step(dir: &std::path::Path, spec: &DecoderSpec) -> StepOutcome {
-    let model = CausalLm::from_pretrained(dir, spec, &Device::Cpu, 11).unwrap();
+fn decoder_step(dir: &std::path::Path, spec: &DecoderSpec, device: &Device) -> StepOutcome {
+    let model = CausalLm::from_pretrained(dir, spec, device, 11).unwrap();
     let vars = model.trainable_vars();
     perturb_adapters(&vars);
-    let batch = lm_batch();
+    let batch = lm_batch(device);
     let hidden = model.hidden_states(&batch.inputs, true).unwrap();
     let loss = masked_next_token_loss(&hidden, |h| model.lm_head(h), &batch.targets).unwrap();
     step(vars, &loss.loss)
 }
 
-fn classifier_step(base: &std::path::Path, spec: &ClassifierSpec) -> StepOutcome {
-    let model = SequenceClassifier::from_pretrained(base, spec, &Device::Cpu, 5).unwrap();
+fn classifier_step(base: &std::path::Path, spec: &ClassifierSpec, device: &Device) -> StepOutcome {
+    let model = SequenceClassifier::from_pretrained(base, spec, device, 5).unwrap();
     let vars = model.trainable_vars();
     perturb_adapters(&vars);
     let tokenizer = TextTokenizer::from_dir(base).unwrap();
     let labels = vec!["neg".to_string(), "pos".to_string()];
     let texts = crate::tasks::sequence_classification::tests::toy_examples();
     let examples = encode_examples(&tokenizer, &texts, &labels, 32).unwrap();
-    let batch = make_batch(
-        &examples,
-        &[0, 1, 2, 3, 4],
-        tokenizer.pad_id(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let batch = make_batch(&examples, &[0, 1, 2, 3, 4], tokenizer.pad_id(), device).unwrap();
     let loss = forward_batch(&model, &batch, true).unwrap().loss;
     step(vars, &loss)
 }
@@ -196,8 +192,8 @@ fn a_decoder_step_on_the_generic_path_equals_the_fused_one() {
                 lora: lora.clone(),
                 quantize: *quantize,
             };
-            let fused = decoder_step(dir.path(), &spec);
-            let generic = with_generic_ops(|| decoder_step(dir.path(), &spec));
+            let fused = decoder_step(dir.path(), &spec, &Device::Cpu);
+            let generic = with_generic_ops(|| decoder_step(dir.path(), &spec, &Device::Cpu));
             assert_same_step(&format!("{arch:?} {what}"), &fused, &generic, 1e-4);
         }
     }
@@ -212,8 +208,8 @@ fn a_bert_classifier_step_on_the_generic_path_equals_the_fused_one() {
             lora,
             classifier_dropout: Some(0.0),
         };
-        let fused = classifier_step(&fx.base, &spec);
-        let generic = with_generic_ops(|| classifier_step(&fx.base, &spec));
+        let fused = classifier_step(&fx.base, &spec, &Device::Cpu);
+        let generic = with_generic_ops(|| classifier_step(&fx.base, &spec, &Device::Cpu));
         assert_same_step(&format!("bert {what}"), &fused, &generic, 1e-4);
     }
 }
@@ -239,14 +235,18 @@ fn the_generic_switch_is_scoped_to_its_closure_and_thread() {
 /// Greedy decoding of two prompts advanced together through their KV caches: a prefill,
 /// then one token a step, each step's logits returned. Sampling runs on these host logits
 /// on every device (`infer::generate::sampling`), so equal logits mean equal samples.
-fn greedy_decode(dir: &std::path::Path, steps: usize) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+fn greedy_decode(
+    dir: &std::path::Path,
+    steps: usize,
+    device: &Device,
+) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     use crate::infer::generate::sampling::argmax;
     use crate::zoo::decoder::SeqChunk;
     let spec = DecoderSpec {
         lora: None,
         quantize: None,
     };
-    let model = CausalLm::from_pretrained(dir, &spec, &Device::Cpu, 11).unwrap();
+    let model = CausalLm::from_pretrained(dir, &spec, device, 11).unwrap();
     let mut seqs = vec![vec![1u32, 40, 41, 42, 43, 44], vec![1u32, 50, 51]];
     let mut caches = [model.new_cache(), model.new_cache()];
     let mut all_logits = Vec::new();
@@ -279,8 +279,9 @@ fn kv_cache_decoding_on_the_generic_path_equals_the_fused_one() {
     for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_decoder(dir.path(), arch, 7).unwrap();
-        let (fused_ids, fused_logits) = greedy_decode(dir.path(), 8);
-        let (generic_ids, generic_logits) = with_generic_ops(|| greedy_decode(dir.path(), 8));
+        let (fused_ids, fused_logits) = greedy_decode(dir.path(), 8, &Device::Cpu);
+        let (generic_ids, generic_logits) =
+            with_generic_ops(|| greedy_decode(dir.path(), 8, &Device::Cpu));
         assert_eq!(fused_ids, generic_ids, "{arch:?}");
         assert_eq!(fused_ids[1].len(), 3 + 8);
         let worst = fused_logits
@@ -290,5 +291,70 @@ fn kv_cache_decoding_on_the_generic_path_equals_the_fused_one() {
             .fold(0f32, f32::max);
         eprintln!("{arch:?} decode: max |Δ logit| {worst:e} over 8 steps");
         assert!(worst < 1e-4, "{arch:?}: logits differ by {worst}");
+    }
+}
+
+/// The same comparisons against a real GPU: `scripts/gpu-check.sh` runs them on a machine
+/// with one (`cargo test --features cuda -- --ignored on_cuda`).
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    fn gpu() -> Device {
+        Device::new_cuda(0).unwrap()
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_decoder_step_on_cuda_equals_the_fused_cpu_step() {
+        for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+            let dir = tempfile::tempdir().unwrap();
+            write_tiny_decoder(dir.path(), arch, 7).unwrap();
+            for (what, lora, quantize) in [
+                ("lora", lora(4), None),
+                ("full", None, None),
+                ("qlora q8_0", lora(4), Some(QuantKind::Q8_0)),
+            ] {
+                let spec = DecoderSpec { lora, quantize };
+                let cpu = decoder_step(dir.path(), &spec, &Device::Cpu);
+                let cuda = decoder_step(dir.path(), &spec, &gpu());
+                assert_same_step(&format!("cuda {arch:?} {what}"), &cpu, &cuda, 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_bert_classifier_step_on_cuda_equals_the_fused_cpu_step() {
+        let fx = crate::tasks::sequence_classification::tests::fixture();
+        for (what, lora) in [("lora", lora(4)), ("full", None)] {
+            let spec = ClassifierSpec {
+                num_labels: 2,
+                lora,
+                classifier_dropout: Some(0.0),
+            };
+            let cpu = classifier_step(&fx.base, &spec, &Device::Cpu);
+            let cuda = classifier_step(&fx.base, &spec, &gpu());
+            assert_same_step(&format!("cuda bert {what}"), &cpu, &cuda, 1e-3);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn kv_cache_decoding_on_cuda_equals_the_cpu() {
+        for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+            let dir = tempfile::tempdir().unwrap();
+            write_tiny_decoder(dir.path(), arch, 7).unwrap();
+            let (cpu_ids, cpu_logits) = greedy_decode(dir.path(), 8, &Device::Cpu);
+            let (cuda_ids, cuda_logits) = greedy_decode(dir.path(), 8, &gpu());
+            assert_eq!(cpu_ids, cuda_ids, "{arch:?}");
+            let worst = cpu_logits
+                .iter()
+                .zip(&cuda_logits)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+                .fold(0f32, f32::max);
+            eprintln!("cuda {arch:?} decode: max |Δ logit| {worst:e}");
+            assert!(worst < 1e-3, "{arch:?}: logits differ by {worst}");
+        }
     }
 }
