@@ -190,6 +190,26 @@ pub struct InferenceConfig {
     /// sequence of the model's whole context and at most 16 of them.
     #[arg(long, env = "TEMPER_KV_CACHE_BYTES")]
     pub kv_cache_bytes: Option<usize>,
+    /// Where fine-tuned models are served: `cpu` or `cuda:N`. Default: the first of
+    /// `--devices`. One device for now; image classifiers always serve on the CPU (their
+    /// convolution kernels are CPU code).
+    #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
+    pub serve_devices: Vec<String>,
+}
+
+impl InferenceConfig {
+    /// The one device models are served on: `--serve-devices`, else the first training
+    /// device, else the CPU. More than one is refused (`serve` checks this at start-up).
+    pub fn serve_device<'a>(&'a self, workers: &'a WorkerConfig) -> Result<&'a str, String> {
+        match self.serve_devices.as_slice() {
+            [] => Ok(workers.devices.first().map_or("cpu", String::as_str)),
+            [one] => Ok(one),
+            several => Err(format!(
+                "`--serve-devices {}`: serving on more than one device is not built yet; name one",
+                several.join(",")
+            )),
+        }
+    }
 }
 
 impl Default for InferenceConfig {
@@ -197,6 +217,7 @@ impl Default for InferenceConfig {
         InferenceConfig {
             infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
             kv_cache_bytes: None,
+            serve_devices: Vec::new(),
         }
     }
 }
@@ -287,6 +308,19 @@ mod tests {
         let keys: Vec<&str> = config.server.api_keys.iter().map(ApiKey::expose).collect();
         assert_eq!(keys, ["sk-one", "sk-two", "sk-three"]);
         assert_eq!(config.workers.devices, ["cuda:0", "cuda:1"]);
+        // Serving defaults to the first training device; one device may be named.
+        assert_eq!(config.inference.serve_device(&config.workers), Ok("cuda:0"));
+        let mut inference = config.inference.clone();
+        inference.serve_devices = vec!["cpu".into()];
+        assert_eq!(inference.serve_device(&config.workers), Ok("cpu"));
+        inference.serve_devices = vec!["cuda:0".into(), "cuda:1".into()];
+        let refused = inference
+            .serve_device(&config.workers)
+            .expect_err("two serving devices are refused");
+        assert!(refused.contains("more than one device"), "{refused}");
+        let named = parse(&["--serve-devices", "cuda:1"]);
+        assert_eq!(named.inference.serve_devices, ["cuda:1"]);
+        assert_eq!(named.inference.serve_device(&named.workers), Ok("cuda:1"));
         assert_eq!(config.server.port, 0);
         assert_eq!(config.inference.kv_cache_bytes, Some(1 << 20));
     }

@@ -59,7 +59,9 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
                     .map(LoadedModel::TokenClassifier)
             }
             ServedKind::ImageClassifier => {
-                let backend = ImageServing::load(&model.dir, &self.device)
+                // On the CPU whatever the serving device: the convolution, pooling and
+                // batch-norm kernels (zoo::vision) are CPU code.
+                let backend = ImageServing::load(&model.dir, &candle_core::Device::Cpu)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
                 tracing::info!(bytes, "image classifier loaded");

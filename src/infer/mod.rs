@@ -104,10 +104,11 @@ impl InferOptions {
         }
     }
 
-    /// CPU engines with the `inference` section's budgets.
-    pub fn from_config(config: &crate::config::InferenceConfig) -> Self {
+    /// Engines on `device` with the `inference` section's budgets.
+    pub fn from_config(config: &crate::config::InferenceConfig, device: Device) -> Self {
         let mut options = Self::cpu(config.infer_cache_bytes);
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
+        options.device = device;
         options
     }
 }

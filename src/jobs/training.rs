@@ -110,7 +110,9 @@ impl Training {
                 labels,
                 config,
                 work_dir,
-                device,
+                // The CPU whatever the worker's device: the convolution, pooling and
+                // batch-norm kernels (zoo::vision) have no GPU path yet.
+                device: Device::Cpu,
             }),
             TrainingData::QuestionAnswering { train, valid } => {
                 Training::QuestionAnswering(QuestionAnsweringJob {

@@ -200,10 +200,16 @@ async fn model_ids_are_normalised_end_to_end() {
         .await;
     assert_eq!(job["model"], BASE_MODEL);
     let id = job["id"].as_str().expect("id");
+    // Cancelled so it stops using the CPU; the tiny job may have finished already (it takes
+    // tens of milliseconds), and then the cancel is OpenAI's 400 for a finished job.
     let (status, _) = server
         .post(&format!("/v1/fine_tuning/jobs/{id}/cancel"), json!({}))
         .await;
-    assert_eq!(status, 200);
+    if status != 200 {
+        assert_eq!(status, 400);
+        let (_, job) = server.get(&format!("/v1/fine_tuning/jobs/{id}")).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
 
     for spelling in [
         format!("{DECODER_MODEL}/"),

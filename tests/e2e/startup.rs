@@ -180,22 +180,29 @@ async fn a_failing_log_output_never_stops_the_service() {
 #[tokio::test]
 async fn a_worker_device_that_cannot_be_opened_stops_serve_at_start_up() {
     let root = tempfile::tempdir().expect("tmp");
-    for (devices, expected) in [
-        ("cpu,tpu:0", "expected `cpu` or `cuda:N`"),
-        // Without the feature the message says how to build for GPUs; with it on a machine
-        // without a driver, candle's error names what is missing.
+    // Without the feature the message says how to build for GPUs; with it on a machine
+    // without a driver, that no driver is installed.
+    let no_cuda = if cfg!(feature = "cuda") {
+        "no NVIDIA driver"
+    } else {
+        "--features cuda"
+    };
+    for (args, expected) in [
         (
-            "cuda:0",
-            if cfg!(feature = "cuda") {
-                "the worker device `cuda:0` cannot be used"
-            } else {
-                "--features cuda"
-            },
+            &["--devices", "cpu,tpu:0"][..],
+            "expected `cpu` or `cuda:N`",
+        ),
+        (&["--devices", "cuda:0"], no_cuda),
+        // Serving defaults to the first training device, and is checked the same way.
+        (&["--devices", "cpu", "--serve-devices", "cuda:0"], no_cuda),
+        (
+            &["--serve-devices", "cpu,cpu"],
+            "serving on more than one device is not built yet",
         ),
     ] {
+        let devices = args.join(" ");
         let output = serve(&root.path().join("data"), root.path(), 0)
-            .arg("--devices")
-            .arg(devices)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output();

@@ -148,12 +148,15 @@ impl DpoTask {
             _ => None,
         };
         let spec = decoder_spec(&lm_spec(cfg))?;
-        // A step reads both sequences of each pair, and every position of both goes
-        // through the LM head (the log-probs of the completion tokens).
+        // A step reads both sequences of each pair; the completion positions of both go
+        // through the LM head (`completion_logps`).
         let lengths: Vec<(usize, usize)> = train
             .pairs
             .iter()
-            .map(|p| (p.n_tokens(), p.n_tokens()))
+            .map(|p| {
+                let completions = p.chosen.completion().len() + p.rejected.completion().len();
+                (p.n_tokens(), completions)
+            })
             .collect();
         let placement = (&job.device, cfg.batch_size, spec.lora.is_none());
         check_memory(&model_config, &spec, &lengths, placement, observer)?;

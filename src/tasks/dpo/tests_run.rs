@@ -297,3 +297,16 @@ fn max_prompt_length_from_the_job_settings_cuts_every_prompt_and_says_so() {
         rec.events
     );
 }
+
+#[test]
+fn a_dpo_job_that_cannot_fit_fails_before_loading() {
+    let fx = fixture();
+    crate::tasks::sft::tests_memory::inflate_config(&fx.base);
+    let job = job(&fx, "too-big", config(8, 1e-3, 1), DEFAULT_BETA);
+    let mut rec = Recorder::default();
+    let Err(TrainError::DoesNotFit(message)) = run_dpo(&job, &mut rec) else {
+        panic!("an over-sized DPO job must fail the memory check");
+    };
+    assert!(message.contains("on `cpu`"), "{message}");
+    assert!(rec.steps.is_empty() && !job.work_dir.exists());
+}

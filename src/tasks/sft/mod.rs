@@ -22,7 +22,7 @@ mod tests_data;
 #[cfg(test)]
 mod tests_export;
 #[cfg(test)]
-mod tests_memory;
+pub(crate) mod tests_memory;
 #[cfg(test)]
 mod tests_small_data;
 #[cfg(test)]

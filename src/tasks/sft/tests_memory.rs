@@ -10,7 +10,7 @@ use crate::train::TrainError;
 /// The tiny model's config.json made to describe a model no machine here can hold (a 2^40
 /// parameter decoder): the check reads only the config, so it fails before any weight is
 /// read, and the weights on disk stay the tiny ones.
-fn inflate_config(base: &std::path::Path) {
+pub(crate) fn inflate_config(base: &std::path::Path) {
     let path = base.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
