@@ -50,7 +50,7 @@ stage "serve --devices cuda:0 refused: $(grep -o 'cannot be used: [^(]*' "$work/
 server=$!
 address=""
 for _ in $(seq 1 100); do
-  address="$(grep -o 'listening on http://[0-9.:]*' "$work/serve.log" | head -1 | cut -d' ' -f3)"
+  address="$(grep -o 'listening on http://[0-9.:]*' "$work/serve.log" | head -1 | cut -d' ' -f3 || true)"
   [ -n "$address" ] && break
   sleep 0.2
 done

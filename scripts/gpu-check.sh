@@ -15,10 +15,91 @@
 #    6 · N · tokens/s ÷ the GPU's dense bf16 peak (N = the model's 134.5M parameters; LoRA
 #    skips the base's weight gradients, so this overstates the work, as is usual for LoRA).
 #
+# A lent GPU machine with no Rust and no network (the `device` tool's H200) takes the two
+# halves apart:
+#   scripts/gpu-check.sh pack       # here: the cuda temper and lib-test binaries, stripped
+#                                   # and xz-compressed into .gpu-check/ (about 26 MB)
+#   scripts/gpu-check.sh device     # there, with .gpu-check carried: step 2 against the
+#                                   # GPU with the CUDA libraries of its PyTorch, then
+#                                   # `serve --devices cuda:0` answering GET /v1/models
+#
 # Environment: GPU_PEAK_TFLOPS (dense bf16 peak; default 989, the H100/H200 SXM figure),
 # ASSETS (default ./assets), LIMIT (training examples, default 96), OUT (default bench/out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# xz through Python's lzma, which both machines have.
+xz_file() { python3 -c 'import lzma, shutil, sys
+with open(sys.argv[1], "rb") as src, lzma.open(sys.argv[2], "wb", preset=6) as dst: shutil.copyfileobj(src, dst)' "$1" "$2"; }
+unxz_file() { python3 -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1], "rb") as src, open(sys.argv[2], "wb") as dst: shutil.copyfileobj(src, dst)' "$1" "$2"; }
+
+if [ "${1:-}" = pack ]; then
+  # shellcheck source=scripts/cuda-toolchain.sh
+  source scripts/cuda-toolchain.sh
+  target="${CARGO_TARGET_DIR:-target}"
+  cargo build --release --locked --features cuda --bin temper
+  tests="$(cargo test --release --locked --features cuda --lib --no-run 2>&1 \
+    | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))/\1/p')"
+  [ -x "$tests" ] || { echo "gpu-check: no lib test binary" >&2; exit 1; }
+  mkdir -p .gpu-check
+  for pair in "$target/release/temper:temper" "$tests:temper-tests"; do
+    strip -o ".gpu-check/${pair##*:}" "${pair%%:*}"
+    xz_file ".gpu-check/${pair##*:}" ".gpu-check/${pair##*:}.xz"
+    rm ".gpu-check/${pair##*:}"
+  done
+  ls -l .gpu-check
+  echo "gpu-check: add /.gpu-check/ to .git/info/exclude, then run 'scripts/gpu-check.sh device' there with .gpu-check carried" >&2
+  exit 0
+fi
+
+if [ "${1:-}" = device ]; then
+  OUT=${OUT:-/tmp/gpu-check}
+  mkdir -p "$OUT" /tmp/gpu-check-bin
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  for name in temper temper-tests; do
+    unxz_file ".gpu-check/$name.xz" "/tmp/gpu-check-bin/$name"
+    chmod +x "/tmp/gpu-check-bin/$name"
+  done
+  # cudart, cublas, cublasLt, curand and nvrtc of CUDA 13: the ones PyPI's PyTorch brings.
+  libs="$(python3 - <<'PY'
+import glob, os, site
+dirs = set()
+for root in site.getsitepackages():
+    for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+PY
+)"
+  # PyTorch's wheels leave out curand; the toolkit beside nvcc has it.
+  if command -v nvcc >/dev/null; then
+    libs="$libs:$(dirname "$(command -v nvcc)")/../lib64"
+  fi
+  [ -d /usr/local/cuda/lib64 ] && libs="$libs:/usr/local/cuda/lib64"
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if ldd /tmp/gpu-check-bin/temper | grep 'not found'; then
+    echo "gpu-check: libraries missing (searched $libs)" >&2
+    exit 1
+  fi
+  # A failing test still lets the serve check run; the exit status says both.
+  tests_ok=true
+  /tmp/gpu-check-bin/temper-tests on_cuda --ignored --nocapture --test-threads 1 2>&1 \
+    | tee "$OUT/gpu-tests.log" || tests_ok=false
+  /tmp/gpu-check-bin/temper serve --devices cuda:0 --port 0 --data-dir /tmp/gpu-check-data \
+    --models-dir /tmp >"$OUT/serve.log" 2>&1 &
+  server=$!
+  address=""
+  for _ in $(seq 1 150); do
+    address="$(grep -o 'listening on http://[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d' ' -f3 || true)"
+    [ -n "$address" ] && break
+    sleep 0.2
+  done
+  code="$(curl -s -o /dev/null -w '%{http_code}' "$address/v1/models" || true)"
+  kill "$server" 2>/dev/null || true
+  echo "gpu-check: serve --devices cuda:0 answered GET /v1/models with $code" | tee -a "$OUT/gpu-tests.log"
+  [ "$code" = 200 ] && $tests_ok
+  exit
+fi
 ASSETS=${ASSETS:-assets}
 LIMIT=${LIMIT:-96}
 OUT=${OUT:-bench/out}
