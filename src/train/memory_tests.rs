@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::zoo::config::EncoderConfig;
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
 
 /// SmolLM2-135M's config.json.
@@ -261,4 +262,82 @@ fn dpo_full_fine_tuning_counts_its_frozen_reference() {
     };
     let plain = check_fits(&query(lora.clone(), false), u64::MAX).unwrap();
     assert_eq!(check_fits(&query(lora, true), u64::MAX).unwrap(), plain);
+}
+
+/// all-MiniLM-L6-v2's config.json.
+fn minilm_l6() -> EncoderConfig {
+    let text = r#"{"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384,
+        "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 12,
+        "vocab_size": 30522, "max_position_embeddings": 512, "type_vocab_size": 2,
+        "hidden_act": "gelu", "layer_norm_eps": 1e-12}"#;
+    EncoderConfig::from_json(text).unwrap().0
+}
+
+#[test]
+fn encoder_counts_match_minilm_and_the_loaded_tiny_models() {
+    // 22,565,376 in the body; with the pooler's 147,840 the published 22.7M.
+    assert_eq!(encoder_parameter_count(&minilm_l6()), 22_565_376);
+    for arch in ["bert", "distilbert"] {
+        let dir = tempfile::tempdir().unwrap();
+        if arch == "bert" {
+            crate::zoo::testing::write_tiny_bert(dir.path(), 1).unwrap();
+        } else {
+            crate::zoo::testing::write_tiny_distilbert(dir.path(), 1).unwrap();
+        }
+        let (config, _) = EncoderConfig::from_dir(dir.path()).unwrap();
+        let spec = crate::zoo::ClassifierSpec {
+            num_labels: 3,
+            lora: None,
+            classifier_dropout: None,
+        };
+        let model =
+            crate::zoo::SequenceClassifier::from_pretrained(dir.path(), &spec, &Device::Cpu, 0)
+                .unwrap();
+        let body: u64 = model
+            .trainable_vars()
+            .iter()
+            .filter(|v| !["classifier", "pooler"].iter().any(|h| v.name.contains(h)))
+            .map(|v| v.var.elem_count() as u64)
+            .sum();
+        assert_eq!(encoder_parameter_count(&config), body, "{arch}");
+    }
+}
+
+#[test]
+fn encoder_estimates_by_hand() {
+    let c = minilm_l6();
+    let step = StepShape {
+        tokens: 960,
+        trained_rows: 0,
+    };
+    let head = 384 * 384 + 384 + 385 * 2;
+    let params = 22_565_376 + head;
+    let full = estimate_encoder(&c, &Tuning::Full, 2, step, 60, true);
+    assert_eq!(full.weights, 4 * params);
+    assert_eq!(full.optimizer, 12 * params);
+    assert_eq!(full.loading, 4 * params);
+    assert_eq!(full.checkpoint, 8 * params);
+    // Per token and layer 14·384 + 2·1536 floats and 12 heads × the longest 60 keys.
+    assert_eq!(
+        full.activations,
+        4 * 960 * 6 * (14 * 384 + 2 * 1536 + 12 * 60)
+    );
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: vec!["query".into(), "value".into()],
+        quantize: None,
+    };
+    let adapters = 6 * 8 * 2 * (2 * 384);
+    let e = estimate_encoder(&c, &lora, 2, step, 60, false);
+    assert_eq!(e.weights, 4 * (params + adapters));
+    assert_eq!(e.optimizer, 12 * (adapters + head));
+    assert_eq!((e.loading, e.checkpoint), (0, 0));
+    // A name that is not an attention projection counts every dense layer it may match.
+    let dense = Tuning::Lora {
+        rank: 8,
+        targets: vec!["dense".into()],
+        quantize: None,
+    };
+    let e = estimate_encoder(&c, &dense, 2, step, 60, false);
+    assert_eq!(e.optimizer, 12 * (6 * 8 * (4 * 384 + 2 * 1536) + head));
 }

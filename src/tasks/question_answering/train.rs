@@ -129,6 +129,14 @@ impl<'a> QaTask<'a> {
         let spec = QaModelSpec {
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
         };
+        let lengths: Vec<usize> = train.windows.iter().map(|w| w.input_ids.len()).collect();
+        crate::train::memory::check_encoder_job(
+            &job.base_model_dir,
+            spec.lora.as_ref(),
+            2,
+            &lengths,
+            (&job.device, cfg.batch_size),
+        )?;
         let model = QuestionAnsweringModel::from_pretrained(
             &job.base_model_dir,
             &spec,

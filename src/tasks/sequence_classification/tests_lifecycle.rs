@@ -193,3 +193,26 @@ fn accumulated_micro_batches_equal_the_full_batch() {
     }
     assert_eq!(checked, n, "every trainable tensor has a gradient");
 }
+
+#[test]
+fn a_classification_job_that_cannot_fit_fails_before_loading() {
+    let fx = fixture();
+    // The tiny BERT's config made to describe one of 2^38 parameters: only the config is
+    // read before the check, so nothing else needs to change.
+    let path = fx.base.join("config.json");
+    let mut raw: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    raw["hidden_size"] = 65536.into();
+    raw["intermediate_size"] = 262144.into();
+    raw["num_hidden_layers"] = 24.into();
+    std::fs::write(&path, serde_json::to_vec(&raw).expect("json")).expect("write");
+    let job = job(&fx, "too-big", config(0, 1e-3, 1), false);
+    let Err(crate::train::TrainError::DoesNotFit(message)) =
+        run_classification(&job, &mut Recorder::default())
+    else {
+        panic!("an over-sized job must fail the memory check");
+    };
+    assert!(message.starts_with("This job needs about "), "{message}");
+    assert!(message.contains("on `cpu`"), "{message}");
+    assert!(!job.work_dir.exists(), "nothing was written");
+}

@@ -122,6 +122,14 @@ impl<'a> ClassifyTask<'a> {
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
             classifier_dropout: None,
         };
+        let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+        crate::train::memory::check_encoder_job(
+            &job.base_model_dir,
+            spec.lora.as_ref(),
+            spec.num_labels,
+            &lengths,
+            (&job.device, cfg.batch_size),
+        )?;
         let model =
             SequenceClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
         Ok(Self {
