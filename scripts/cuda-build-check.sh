@@ -56,7 +56,9 @@ for _ in $(seq 1 100); do
 done
 [ -n "$address" ] || { cat "$work/serve.log" >&2; exit 1; }
 for _ in $(seq 1 50); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' "$address/v1/models" || true)"
+  # Python rather than curl: CI's fresh machine is promised Python, not curl.
+  code="$(python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).status)' "$address/v1/models" 2>/dev/null || true)"
   [ "$code" = 200 ] && break
   sleep 0.2
 done

@@ -94,7 +94,8 @@ PY
     [ -n "$address" ] && break
     sleep 0.2
   done
-  code="$(curl -s -o /dev/null -w '%{http_code}' "$address/v1/models" || true)"
+  code="$(python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).status)' "$address/v1/models" 2>/dev/null || true)"
   kill "$server" 2>/dev/null || true
   echo "gpu-check: serve --devices cuda:0 answered GET /v1/models with $code" | tee -a "$OUT/gpu-tests.log"
   [ "$code" = 200 ] && $tests_ok

@@ -1,12 +1,13 @@
-//! Will a decoder fine-tuning job fit on its device? An estimate of its peak memory (the
+//! Will a fine-tuning job fit on its device? An estimate of its peak memory (the
 //! weights in their storage form, the trainable tensors' gradients and AdamW moments, the
 //! activations one step keeps for backward) against what the device has free, checked
 //! before the model loads, so a job that cannot fit fails at once with what would make it
 //! fit (a smaller batch, LoRA, QLoRA), never out of memory halfway through.
 //!
-//! The activation term counts the tensors each decoder layer saves per token on the fused
-//! path (see `ACTIVATION_FLOATS`); `examples/memory_estimate.rs` compares the whole estimate
-//! with the measured peak RSS of real SmolLM2 runs (the README's GPU section has the figures).
+//! Decoders (SFT, DPO) and encoders (classification, NER, QA) are estimated. The decoder's
+//! activation term counts the tensors each layer saves per token on the fused path (see
+//! `ACTIVATION_FLOATS`); `examples/memory_estimate.rs` compares the whole estimate with the
+//! measured peak RSS of real SmolLM2 runs (the README's GPU section has the figures).
 
 use candle_core::Device;
 
@@ -275,10 +276,7 @@ pub fn check_encoder_job(
         let step = largest_step(&pairs, batch);
         estimate_encoder(&config, &tuning, outputs, step, longest, device.is_cpu())
     };
-    let fits = |batch: usize| {
-        let total = need(batch).total();
-        total + total * 3 / 20 <= available
-    };
+    let fits = |batch: usize| within_margin(need(batch).total(), available);
     if fits(batch_size) {
         return Ok(());
     }
@@ -321,6 +319,11 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// Whether `need` and a 15 % margin (for what the estimate misses) fit in `available`.
+fn within_margin(need: u64, available: u64) -> bool {
+    need + need * 3 / 20 <= available
+}
+
 /// GiB with one decimal, for messages.
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -357,7 +360,7 @@ impl FitQuery<'_> {
 /// LoRA, QLoRA and full runs at batch 4 to 16; the README's GPU section has the runs. The
 /// GPU path is not measured yet.)
 pub fn check_fits(query: &FitQuery<'_>, available: u64) -> Result<MemoryEstimate, String> {
-    let fits_in = |need: &MemoryEstimate| need.total() + need.total() * 3 / 20 <= available;
+    let fits_in = |need: &MemoryEstimate| within_margin(need.total(), available);
     let need = query.need(&query.tuning, query.batch_size);
     if fits_in(&need) {
         return Ok(need);
