@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
-use temper::domain::dataset::parse_chat;
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob, SftTokenizer};
@@ -48,6 +47,10 @@ impl TrainObserver for Quiet {
     }
 }
 
+#[path = "common/smollm2_sarcasm.rs"]
+mod smollm2_sarcasm;
+use smollm2_sarcasm::{materialized_smollm2, sarcasm_chats};
+
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
     let args: Vec<String> = std::env::args().collect();
@@ -55,10 +58,7 @@ fn main() -> anyhow::Result<()> {
     let mode = args.get(2).map(String::as_str).unwrap_or("lora");
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let jsonl = std::fs::read(assets.join("data/sarcasm/chat_train.jsonl"))
-        .context("run scripts/fetch-assets.sh --llm first")?;
-    let mut train = parse_chat(&jsonl)?;
-    train.truncate(limit);
+    let train = sarcasm_chats(&assets, limit)?;
     let (rank, quantize) = match mode {
         "full" => (0, None),
         "qlora" => (8, Some("q4_0")),
@@ -72,11 +72,7 @@ fn main() -> anyhow::Result<()> {
     }
     let request = HyperparamRequest::parse(hyperparameters.as_object().context("literal object")?)?;
     let work_dir = tempfile::tempdir()?;
-    let model_dir = work_dir.path().join("model");
-    temper::zoo::materialize_gguf(
-        &assets.join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf"),
-        &model_dir,
-    )?;
+    let model_dir = materialized_smollm2(&assets, work_dir.path())?;
     let (config, _) = DecoderConfig::from_dir(&model_dir)?;
     let tokenizer = SftTokenizer::from_dir(&model_dir, &config.eos_token_ids)?;
     let examples = SftExamples::Chat(train);

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use temper::domain::dataset::parse_chat;
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob};
@@ -19,15 +18,16 @@ use temper::tasks::sft::{run_sft, SftExamples, SftJob};
 mod step_timings;
 use step_timings::StepTimings;
 
+#[path = "common/smollm2_sarcasm.rs"]
+mod smollm2_sarcasm;
+use smollm2_sarcasm::{materialized_smollm2, sarcasm_chats};
+
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
     let args: Vec<String> = std::env::args().collect();
     let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
     let limit: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(96);
-    let jsonl = std::fs::read(assets.join("data/sarcasm/chat_train.jsonl"))
-        .context("run scripts/fetch-assets.sh --llm first")?;
-    let mut train = parse_chat(&jsonl)?;
-    train.truncate(limit);
+    let train = sarcasm_chats(&assets, limit)?;
     let request = HyperparamRequest::parse(
         serde_json::json!({"n_epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "lr_scheduler": "linear",
                            "warmup_ratio": 0.0, "max_seq_len": 256, "lora_rank": 8, "lora_alpha": 16,
@@ -36,11 +36,7 @@ fn main() -> anyhow::Result<()> {
         .context("literal object")?,
     )?;
     let work_dir = tempfile::tempdir()?;
-    let model_dir = work_dir.path().join("model");
-    temper::zoo::materialize_gguf(
-        &assets.join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf"),
-        &model_dir,
-    )?;
+    let model_dir = materialized_smollm2(&assets, work_dir.path())?;
     let job = SftJob {
         base_model_dir: model_dir,
         train: SftExamples::Chat(train),

@@ -48,19 +48,7 @@ stage "serve --devices cuda:0 refused: $(grep -o 'cannot be used: [^(]*' "$work/
 "$bin" serve --devices cpu --port 0 --data-dir "$work/data" --models-dir "$work" \
   >"$work/serve.log" 2>&1 &
 server=$!
-address=""
-for _ in $(seq 1 100); do
-  address="$(grep -o 'listening on http://[0-9.:]*' "$work/serve.log" | head -1 | cut -d' ' -f3 || true)"
-  [ -n "$address" ] && break
-  sleep 0.2
-done
-[ -n "$address" ] || { cat "$work/serve.log" >&2; exit 1; }
-for _ in $(seq 1 50); do
-  # Python rather than curl: CI's fresh machine is promised Python, not curl.
-  code="$(python3 -c 'import sys, urllib.request
-print(urllib.request.urlopen(sys.argv[1], timeout=5).status)' "$address/v1/models" 2>/dev/null || true)"
-  [ "$code" = 200 ] && break
-  sleep 0.2
-done
+code="$(scripts/serve-probe.sh "$work/serve.log")"
+[ "$code" != none ] || { cat "$work/serve.log" >&2; exit 1; }
 [ "$code" = 200 ] || { echo "cuda-build-check: GET /v1/models answered $code" >&2; exit 1; }
 stage "serve --devices cpu answered GET /v1/models with 200"

@@ -88,14 +88,7 @@ PY
   /tmp/gpu-check-bin/temper serve --devices cuda:0 --port 0 --data-dir /tmp/gpu-check-data \
     --models-dir /tmp >"$OUT/serve.log" 2>&1 &
   server=$!
-  address=""
-  for _ in $(seq 1 150); do
-    address="$(grep -o 'listening on http://[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d' ' -f3 || true)"
-    [ -n "$address" ] && break
-    sleep 0.2
-  done
-  code="$(python3 -c 'import sys, urllib.request
-print(urllib.request.urlopen(sys.argv[1], timeout=5).status)' "$address/v1/models" 2>/dev/null || true)"
+  code="$(scripts/serve-probe.sh "$OUT/serve.log")"
   kill "$server" 2>/dev/null || true
   echo "gpu-check: serve --devices cuda:0 answered GET /v1/models with $code" | tee -a "$OUT/gpu-tests.log"
   [ "$code" = 200 ] && $tests_ok

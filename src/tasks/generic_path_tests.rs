@@ -177,30 +177,35 @@ fn assert_same_step(what: &str, fused: &StepOutcome, generic: &StepOutcome, grad
     );
 }
 
-#[test]
-fn a_decoder_step_on_the_generic_path_equals_the_fused_one() {
-    let cases = [
-        ("lora", lora(4), None),
-        ("full", None, None),
-        ("qlora q8_0", lora(4), Some(QuantKind::Q8_0)),
-    ];
+/// One LoRA, full and QLoRA step of tiny Llama and Qwen2 on the fused CPU kernels against
+/// the same step run by `other` (the generic path, or a GPU), to `tol`.
+fn compare_decoder_steps(
+    label: &str,
+    other: impl Fn(&std::path::Path, &DecoderSpec) -> StepOutcome,
+    tol: f32,
+) {
     for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_decoder(dir.path(), arch, 7).unwrap();
-        for (what, lora, quantize) in &cases {
-            let spec = DecoderSpec {
-                lora: lora.clone(),
-                quantize: *quantize,
-            };
+        for (what, lora, quantize) in [
+            ("lora", lora(4), None),
+            ("full", None, None),
+            ("qlora q8_0", lora(4), Some(QuantKind::Q8_0)),
+        ] {
+            let spec = DecoderSpec { lora, quantize };
             let fused = decoder_step(dir.path(), &spec, &Device::Cpu);
-            let generic = with_generic_ops(|| decoder_step(dir.path(), &spec, &Device::Cpu));
-            assert_same_step(&format!("{arch:?} {what}"), &fused, &generic, 1e-4);
+            let theirs = other(dir.path(), &spec);
+            assert_same_step(&format!("{label} {arch:?} {what}"), &fused, &theirs, tol);
         }
     }
 }
 
-#[test]
-fn a_bert_classifier_step_on_the_generic_path_equals_the_fused_one() {
+/// A LoRA and a full step of the tiny BERT classifier, the same way.
+fn compare_classifier_steps(
+    label: &str,
+    other: impl Fn(&std::path::Path, &ClassifierSpec) -> StepOutcome,
+    tol: f32,
+) {
     let fx = crate::tasks::sequence_classification::tests::fixture();
     for (what, lora) in [("lora", lora(4)), ("full", None)] {
         let spec = ClassifierSpec {
@@ -209,9 +214,25 @@ fn a_bert_classifier_step_on_the_generic_path_equals_the_fused_one() {
             classifier_dropout: Some(0.0),
         };
         let fused = classifier_step(&fx.base, &spec, &Device::Cpu);
-        let generic = with_generic_ops(|| classifier_step(&fx.base, &spec, &Device::Cpu));
-        assert_same_step(&format!("bert {what}"), &fused, &generic, 1e-4);
+        let theirs = other(&fx.base, &spec);
+        assert_same_step(&format!("{label} bert {what}"), &fused, &theirs, tol);
     }
+}
+
+#[test]
+fn a_decoder_step_on_the_generic_path_equals_the_fused_one() {
+    let generic = |dir: &std::path::Path, spec: &DecoderSpec| {
+        with_generic_ops(|| decoder_step(dir, spec, &Device::Cpu))
+    };
+    compare_decoder_steps("generic", generic, 1e-4);
+}
+
+#[test]
+fn a_bert_classifier_step_on_the_generic_path_equals_the_fused_one() {
+    let generic = |base: &std::path::Path, spec: &ClassifierSpec| {
+        with_generic_ops(|| classifier_step(base, spec, &Device::Cpu))
+    };
+    compare_classifier_steps("generic", generic, 1e-4);
 }
 
 #[test]
@@ -274,24 +295,34 @@ fn greedy_decode(
     (seqs, all_logits)
 }
 
-#[test]
-fn kv_cache_decoding_on_the_generic_path_equals_the_fused_one() {
+/// Greedy decoding of both tiny decoders on the fused CPU kernels against `other`: the same
+/// tokens, logits within `tol`.
+fn compare_decoding(
+    label: &str,
+    other: impl Fn(&std::path::Path) -> (Vec<Vec<u32>>, Vec<Vec<f32>>),
+    tol: f32,
+) {
     for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_decoder(dir.path(), arch, 7).unwrap();
         let (fused_ids, fused_logits) = greedy_decode(dir.path(), 8, &Device::Cpu);
-        let (generic_ids, generic_logits) =
-            with_generic_ops(|| greedy_decode(dir.path(), 8, &Device::Cpu));
-        assert_eq!(fused_ids, generic_ids, "{arch:?}");
+        let (their_ids, their_logits) = other(dir.path());
+        assert_eq!(fused_ids, their_ids, "{label} {arch:?}");
         assert_eq!(fused_ids[1].len(), 3 + 8);
         let worst = fused_logits
             .iter()
-            .zip(&generic_logits)
+            .zip(&their_logits)
             .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
             .fold(0f32, f32::max);
-        eprintln!("{arch:?} decode: max |Δ logit| {worst:e} over 8 steps");
-        assert!(worst < 1e-4, "{arch:?}: logits differ by {worst}");
+        eprintln!("{label} {arch:?} decode: max |Δ logit| {worst:e} over 8 steps");
+        assert!(worst < tol, "{label} {arch:?}: logits differ by {worst}");
     }
+}
+
+#[test]
+fn kv_cache_decoding_on_the_generic_path_equals_the_fused_one() {
+    let generic = |dir: &std::path::Path| with_generic_ops(|| greedy_decode(dir, 8, &Device::Cpu));
+    compare_decoding("generic", generic, 1e-4);
 }
 
 /// The same comparisons against a real GPU: `scripts/gpu-check.sh` runs them on a machine
@@ -307,54 +338,21 @@ mod on_cuda {
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn a_decoder_step_on_cuda_equals_the_fused_cpu_step() {
-        for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
-            let dir = tempfile::tempdir().unwrap();
-            write_tiny_decoder(dir.path(), arch, 7).unwrap();
-            for (what, lora, quantize) in [
-                ("lora", lora(4), None),
-                ("full", None, None),
-                ("qlora q8_0", lora(4), Some(QuantKind::Q8_0)),
-            ] {
-                let spec = DecoderSpec { lora, quantize };
-                let cpu = decoder_step(dir.path(), &spec, &Device::Cpu);
-                let cuda = decoder_step(dir.path(), &spec, &gpu());
-                assert_same_step(&format!("cuda {arch:?} {what}"), &cpu, &cuda, 1e-3);
-            }
-        }
+        let cuda = |dir: &std::path::Path, spec: &DecoderSpec| decoder_step(dir, spec, &gpu());
+        compare_decoder_steps("cuda", cuda, 1e-3);
     }
 
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn a_bert_classifier_step_on_cuda_equals_the_fused_cpu_step() {
-        let fx = crate::tasks::sequence_classification::tests::fixture();
-        for (what, lora) in [("lora", lora(4)), ("full", None)] {
-            let spec = ClassifierSpec {
-                num_labels: 2,
-                lora,
-                classifier_dropout: Some(0.0),
-            };
-            let cpu = classifier_step(&fx.base, &spec, &Device::Cpu);
-            let cuda = classifier_step(&fx.base, &spec, &gpu());
-            assert_same_step(&format!("cuda bert {what}"), &cpu, &cuda, 1e-3);
-        }
+        let cuda =
+            |base: &std::path::Path, spec: &ClassifierSpec| classifier_step(base, spec, &gpu());
+        compare_classifier_steps("cuda", cuda, 1e-3);
     }
 
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn kv_cache_decoding_on_cuda_equals_the_cpu() {
-        for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
-            let dir = tempfile::tempdir().unwrap();
-            write_tiny_decoder(dir.path(), arch, 7).unwrap();
-            let (cpu_ids, cpu_logits) = greedy_decode(dir.path(), 8, &Device::Cpu);
-            let (cuda_ids, cuda_logits) = greedy_decode(dir.path(), 8, &gpu());
-            assert_eq!(cpu_ids, cuda_ids, "{arch:?}");
-            let worst = cpu_logits
-                .iter()
-                .zip(&cuda_logits)
-                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-                .fold(0f32, f32::max);
-            eprintln!("cuda {arch:?} decode: max |Δ logit| {worst:e}");
-            assert!(worst < 1e-3, "{arch:?}: logits differ by {worst}");
-        }
+        compare_decoding("cuda", |dir| greedy_decode(dir, 8, &gpu()), 1e-3);
     }
 }

@@ -245,28 +245,25 @@ pub fn estimate_encoder(
 }
 
 /// Fails an encoder job before its model loads when its estimate and a 15 % margin are over
-/// what `device` has free. `lengths`: each training example's tokens.
+/// what `device` has free; `config` gives its batch size and LoRA settings, `lengths` each
+/// training example's tokens.
 pub fn check_encoder_job(
     base_model_dir: &std::path::Path,
-    lora: Option<&crate::domain::hyperparams::LoraSettings>,
+    config: &crate::domain::hyperparams::TrainingConfig,
     outputs: usize,
     lengths: &[usize],
-    (device, batch_size): (&Device, usize),
+    device: &Device,
 ) -> Result<(), crate::train::TrainError> {
+    let batch_size = config.batch_size;
     let Some(available) = available_bytes(device) else {
         return Ok(());
     };
-    let (config, _) = EncoderConfig::from_dir(base_model_dir)?;
-    let tuning = match lora.filter(|l| l.rank > 0) {
+    let (encoder, _) = EncoderConfig::from_dir(base_model_dir)?;
+    let tuning = match Some(&config.lora).filter(|l| l.rank > 0) {
         None => Tuning::Full,
         Some(l) => Tuning::Lora {
             rank: l.rank,
-            // PEFT's default for BERT-family encoders: query and value.
-            targets: if l.target_modules.is_empty() {
-                vec!["query".into(), "value".into()]
-            } else {
-                l.target_modules.clone()
-            },
+            targets: crate::zoo::encoder_head::encoder_lora_targets(encoder.arch, l),
             quantize: None,
         },
     };
@@ -274,7 +271,7 @@ pub fn check_encoder_job(
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let need = |batch: usize| {
         let step = largest_step(&pairs, batch);
-        estimate_encoder(&config, &tuning, outputs, step, longest, device.is_cpu())
+        estimate_encoder(&encoder, &tuning, outputs, step, longest, device.is_cpu())
     };
     let fits = |batch: usize| within_margin(need(batch).total(), available);
     if fits(batch_size) {

@@ -88,8 +88,12 @@ pub struct EncoderModel<H> {
     vars: Vec<NamedVar>,
 }
 
-/// PEFT's default LoRA targets for BERT-family encoders (its `query`/`value` mapping).
-fn default_targets(arch: EncoderArch) -> Vec<String> {
+/// The modules a LoRA run adapts: the ones named, or PEFT's default for BERT-family
+/// encoders (its `query`/`value` mapping).
+pub fn encoder_lora_targets(arch: EncoderArch, lora: &LoraSettings) -> Vec<String> {
+    if !lora.target_modules.is_empty() {
+        return lora.target_modules.clone();
+    }
     let names: &[&str] = match arch {
         EncoderArch::Bert => &["query", "value"],
         EncoderArch::DistilBert => &["q_lin", "v_lin"],
@@ -165,11 +169,7 @@ impl<H: EncoderHead> EncoderModel<H> {
                 rank: l.rank,
                 alpha: l.alpha,
                 dropout: l.dropout,
-                targets: if l.target_modules.is_empty() {
-                    default_targets(cfg.arch)
-                } else {
-                    l.target_modules.clone()
-                },
+                targets: encoder_lora_targets(cfg.arch, l),
             },
             _ => Tuning::Full,
         };

@@ -130,13 +130,8 @@ impl<'a> QaTask<'a> {
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
         };
         let lengths: Vec<usize> = train.windows.iter().map(|w| w.input_ids.len()).collect();
-        crate::train::memory::check_encoder_job(
-            &job.base_model_dir,
-            spec.lora.as_ref(),
-            2,
-            &lengths,
-            (&job.device, cfg.batch_size),
-        )?;
+        let (base, device) = (&job.base_model_dir, &job.device);
+        crate::train::memory::check_encoder_job(base, cfg, 2, &lengths, device)?;
         let model = QuestionAnsweringModel::from_pretrained(
             &job.base_model_dir,
             &spec,

@@ -123,13 +123,8 @@ impl<'a> TagTask<'a> {
             classifier_dropout: None,
         };
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
-        crate::train::memory::check_encoder_job(
-            &job.base_model_dir,
-            spec.lora.as_ref(),
-            spec.num_labels,
-            &lengths,
-            (&job.device, cfg.batch_size),
-        )?;
+        let (base, device) = (&job.base_model_dir, &job.device);
+        crate::train::memory::check_encoder_job(base, cfg, spec.num_labels, &lengths, device)?;
         let model =
             TokenClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
         Ok(Self {
