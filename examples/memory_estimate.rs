@@ -5,8 +5,10 @@
 //!
 //!     cargo run --release --example memory_estimate -- assets lora 4 64
 //!     cargo run --release --example memory_estimate -- assets full 4 64
+//!     cargo run --release --example memory_estimate -- assets lora 16 64 checkpointing
 //!
-//! Arguments: assets dir, `lora` | `qlora` | `full`, batch size, examples (one epoch).
+//! Arguments: assets dir, `lora` | `qlora` | `full`, batch size, examples (one epoch), and
+//! `checkpointing` to train with `gradient_checkpointing`.
 
 use std::path::PathBuf;
 
@@ -15,7 +17,7 @@ use candle_core::Device;
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob, SftTokenizer};
-use temper::train::memory::{estimate, largest_step, Tuning};
+use temper::train::memory::{estimate_with, largest_step, Tuning};
 use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use temper::zoo::decoder::config::DEFAULT_LORA_TARGETS;
 use temper::zoo::decoder::{DecoderConfig, QuantKind};
@@ -58,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     let mode = args.get(2).map(String::as_str).unwrap_or("lora");
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let checkpointing = args.get(5).is_some_and(|a| a == "checkpointing");
     let train = sarcasm_chats(&assets, limit)?;
     let (rank, quantize) = match mode {
         "full" => (0, None),
@@ -66,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut hyperparameters = serde_json::json!({"n_epochs": 1, "batch_size": batch,
         "learning_rate": 2e-4, "max_seq_len": 256, "lora_rank": rank, "lora_alpha": 16,
-        "lora_dropout": 0.0});
+        "lora_dropout": 0.0, "gradient_checkpointing": checkpointing});
     if let Some(kind) = quantize {
         hyperparameters["quantize"] = kind.into();
     }
@@ -91,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let step = largest_step(&lengths, batch);
-    let parts = estimate(&config, &tuning, step, true);
+    let parts = estimate_with(&config, &tuning, step, true, checkpointing);
     let job = SftJob {
         base_model_dir: model_dir,
         train: examples,
@@ -112,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "mode": mode, "batch_size": batch, "examples": limit,
+            "gradient_checkpointing": checkpointing,
             "largest_step_tokens": step.tokens, "largest_step_trained_rows": step.trained_rows,
             "estimate_mib": {"weights": mib(parts.weights), "optimizer": mib(parts.optimizer),
                              "activations": mib(parts.activations), "loading": mib(parts.loading),

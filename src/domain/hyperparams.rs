@@ -64,6 +64,10 @@ pub struct TrainingConfig {
     pub lora: LoraSettings,
     /// `q4_0` / `q8_0`: a frozen quantized base (QLoRA).
     pub quantize: Option<String>,
+    /// Recompute each transformer layer's activations in backward instead of keeping them
+    /// (text tasks); configs stored before the option read as off.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     pub seed: u64,
     /// The options of the job's task (QA windows, NER labelling, DPO prompt length);
     /// configs stored before they existed read as none given.
@@ -116,6 +120,7 @@ pub struct HyperparamRequest {
     pub lora_dropout: Option<f64>,
     pub target_modules: Option<Vec<String>>,
     pub quantize: Option<String>,
+    pub gradient_checkpointing: Option<bool>,
     /// Task-specific keys, under their own names in the request and its echo.
     #[serde(flatten)]
     pub task_options: TaskOptions,

@@ -133,6 +133,19 @@ fn quantized_bytes_per_weight(kind: QuantKind) -> f64 {
 /// The estimate of a decoder job's peak memory; `host`: on the CPU, where loading and
 /// checkpoints use the same memory as training (see [`MemoryEstimate`]).
 pub fn estimate(c: &DecoderConfig, tuning: &Tuning, step: StepShape, host: bool) -> MemoryEstimate {
+    estimate_with(c, tuning, step, host, false)
+}
+
+/// [`estimate`] of a job with or without `gradient_checkpointing`: with it, backward keeps
+/// each layer's output only (h floats per token and layer), plus the one layer being
+/// recomputed with all its activations and the copy of its input it differentiates.
+pub fn estimate_with(
+    c: &DecoderConfig,
+    tuning: &Tuning,
+    step: StepShape,
+    host: bool,
+    checkpointing: bool,
+) -> MemoryEstimate {
     let params = parameter_count(c);
     let (weights, trained) = match tuning {
         Tuning::Full => (4 * params, params),
@@ -159,7 +172,7 @@ pub fn estimate(c: &DecoderConfig, tuning: &Tuning, step: StepShape, host: bool)
         c.intermediate_size as u64,
     );
     let (fh, fkv, fi) = ACTIVATION_FLOATS;
-    let per_token = c.num_hidden_layers as u64 * (fh * h + fkv * kv + fi * i);
+    let per_layer = fh * h + fkv * kv + fi * i;
     // The head's logits, their softmax and their gradient, for the trained rows only.
     let head = 3 * step.trained_rows as u64 * c.vocab_size as u64;
     // Adapters over a base the fused LoRA kernel does not take (quantized, or any off the
@@ -174,7 +187,12 @@ pub fn estimate(c: &DecoderConfig, tuning: &Tuning, step: StepShape, host: bool)
             .sum(),
         _ => 0,
     };
-    let per_token = per_token + c.num_hidden_layers as u64 * unfused_outputs;
+    let layers = c.num_hidden_layers as u64;
+    let per_token = if checkpointing {
+        layers * h + h + per_layer + unfused_outputs
+    } else {
+        layers * (per_layer + unfused_outputs)
+    };
     MemoryEstimate {
         weights,
         optimizer: 4 * 3 * trained,
@@ -200,14 +218,15 @@ pub fn encoder_parameter_count(c: &EncoderConfig) -> u64 {
 /// plus a `[h, outputs]` head; per token and layer the tensors a layer keeps (q, k, v, the
 /// context, two residual sums and norm outputs, the output projections, the three dropout
 /// outputs: 14h; the feed-forward's input and activation: 2i) and one row of attention
-/// probabilities per head over the longest sequence.
+/// probabilities per head over the longest sequence. With `checkpointing`, backward keeps
+/// each layer's output (h per token and layer) and one recomputed layer's tensors.
 pub fn estimate_encoder(
     c: &EncoderConfig,
     tuning: &Tuning,
     outputs: usize,
     step: StepShape,
     longest: usize,
-    host: bool,
+    (host, checkpointing): (bool, bool),
 ) -> MemoryEstimate {
     let h = c.hidden_size as u64;
     let head = h * h + h + (h + 1) * outputs as u64;
@@ -233,8 +252,13 @@ pub fn estimate_encoder(
         Tuning::Full => 0,
         Tuning::Lora { .. } => trained - head,
     };
-    let per_token = c.num_layers as u64
-        * (14 * h + 2 * c.intermediate_size as u64 + (c.num_heads * longest) as u64);
+    let per_layer = 14 * h + 2 * c.intermediate_size as u64 + (c.num_heads * longest) as u64;
+    let layers = c.num_layers as u64;
+    let per_token = if checkpointing {
+        layers * h + h + per_layer
+    } else {
+        layers * per_layer
+    };
     MemoryEstimate {
         weights: 4 * (params + adapters),
         optimizer: 4 * 3 * trained,
@@ -271,7 +295,8 @@ pub fn check_encoder_job(
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let need = |batch: usize| {
         let step = largest_step(&pairs, batch);
-        estimate_encoder(&encoder, &tuning, outputs, step, longest, device.is_cpu())
+        let on = (device.is_cpu(), config.gradient_checkpointing);
+        estimate_encoder(&encoder, &tuning, outputs, step, longest, on)
     };
     let fits = |batch: usize| within_margin(need(batch).total(), available);
     if fits(batch_size) {
@@ -339,11 +364,18 @@ pub struct FitQuery<'a> {
     pub frozen_reference: bool,
     /// The device is the CPU (see [`estimate`]).
     pub host: bool,
+    /// `gradient_checkpointing` is on (see [`estimate_with`]).
+    pub checkpointing: bool,
 }
 
 impl FitQuery<'_> {
     fn need(&self, tuning: &Tuning, batch: usize) -> MemoryEstimate {
-        let mut need = estimate(self.config, tuning, (self.step_of)(batch), self.host);
+        self.need_with(tuning, batch, self.checkpointing)
+    }
+
+    fn need_with(&self, tuning: &Tuning, batch: usize, checkpointing: bool) -> MemoryEstimate {
+        let step = (self.step_of)(batch);
+        let mut need = estimate_with(self.config, tuning, step, self.host, checkpointing);
         if self.frozen_reference && *tuning == Tuning::Full {
             need.weights += 4 * parameter_count(self.config);
         }
@@ -372,6 +404,9 @@ pub fn check_fits(query: &FitQuery<'_>, available: u64) -> Result<MemoryEstimate
             "`batch_size` {batch} (with `gradient_accumulation_steps` {} to keep the effective batch)",
             query.batch_size.div_ceil(batch)
         ));
+    }
+    if !query.checkpointing && fits_in(&query.need_with(&query.tuning, query.batch_size, true)) {
+        ways.push("`gradient_checkpointing` true".into());
     }
     let lora = |quantize| Tuning::Lora {
         rank: 16,

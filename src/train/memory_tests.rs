@@ -156,6 +156,7 @@ fn a_job_over_the_budget_is_told_what_would_fit() {
         device: "cpu",
         frozen_reference: false,
         host: true,
+        checkpointing: false,
     };
     // The estimate and 15 % more fit; a byte less does not.
     let with_margin = |need: u64| need + need * 3 / 20;
@@ -251,6 +252,7 @@ fn dpo_full_fine_tuning_counts_its_frozen_reference() {
         device: "cpu",
         frozen_reference,
         host: true,
+        checkpointing: false,
     };
     let plain = check_fits(&query(Tuning::Full, false), u64::MAX).unwrap();
     let dpo = check_fits(&query(Tuning::Full, true), u64::MAX).unwrap();
@@ -312,7 +314,7 @@ fn encoder_estimates_by_hand() {
     };
     let head = 384 * 384 + 384 + 385 * 2;
     let params = 22_565_376 + head;
-    let full = estimate_encoder(&c, &Tuning::Full, 2, step, 60, true);
+    let full = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, false));
     assert_eq!(full.weights, 4 * params);
     assert_eq!(full.optimizer, 12 * params);
     assert_eq!(full.loading, 4 * params);
@@ -328,7 +330,7 @@ fn encoder_estimates_by_hand() {
         quantize: None,
     };
     let adapters = 6 * 8 * 2 * (2 * 384);
-    let e = estimate_encoder(&c, &lora, 2, step, 60, false);
+    let e = estimate_encoder(&c, &lora, 2, step, 60, (false, false));
     assert_eq!(e.weights, 4 * (params + adapters));
     assert_eq!(e.optimizer, 12 * (adapters + head));
     assert_eq!((e.loading, e.checkpoint), (0, 0));
@@ -338,6 +340,83 @@ fn encoder_estimates_by_hand() {
         targets: vec!["dense".into()],
         quantize: None,
     };
-    let e = estimate_encoder(&c, &dense, 2, step, 60, false);
+    let e = estimate_encoder(&c, &dense, 2, step, 60, (false, false));
     assert_eq!(e.optimizer, 12 * (6 * 8 * (4 * 384 + 2 * 1536) + head));
+}
+
+#[test]
+fn checkpointing_keeps_one_output_per_layer_and_one_layer_in_full() {
+    let c = smollm2_135m();
+    let step = StepShape {
+        tokens: 1000,
+        trained_rows: 32,
+    };
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: default_targets(),
+        quantize: None,
+    };
+    let plain = estimate_with(&c, &lora, step, true, false);
+    let ckpt = estimate_with(&c, &lora, step, true, true);
+    assert_eq!(plain, estimate(&c, &lora, step, true));
+    // Per token: 9·576 + 3·192 + 3·1536 floats a layer keeps; checkpointed, 30 layer outputs,
+    // the copy of the recomputed layer's input, and that one layer's tensors. The head's
+    // logits (3 × 32 rows × 49152) are kept either way.
+    let layer = 9 * 576 + 3 * 192 + 3 * 1536;
+    let head = 3 * 32 * 49152;
+    assert_eq!(plain.activations, 4 * (1000 * 30 * layer + head));
+    assert_eq!(
+        ckpt.activations,
+        4 * (1000 * (30 * 576 + 576 + layer) + head)
+    );
+    assert_eq!(
+        (ckpt.weights, ckpt.optimizer),
+        (plain.weights, plain.optimizer)
+    );
+
+    // A job that fits only with checkpointing is told so, and fits once it asks for it.
+    let step_of = |n: usize| StepShape {
+        tokens: 250 * n,
+        trained_rows: 8 * n,
+    };
+    let query = FitQuery {
+        config: &c,
+        tuning: lora.clone(),
+        batch_size: 16,
+        step_of: &step_of,
+        device: "cpu",
+        frozen_reference: false,
+        host: true,
+        checkpointing: false,
+    };
+    let need = |checkpointing| estimate_with(&c, &lora, step_of(16), true, checkpointing).total();
+    let budget = need(true) + need(true) * 3 / 20;
+    assert!(budget < need(false));
+    let message = check_fits(&query, budget).unwrap_err();
+    assert!(
+        message.contains("`gradient_checkpointing` true"),
+        "{message}"
+    );
+    let checkpointed = FitQuery {
+        checkpointing: true,
+        ..query
+    };
+    assert_eq!(
+        check_fits(&checkpointed, budget).unwrap().total(),
+        need(true)
+    );
+}
+
+#[test]
+fn a_checkpointed_encoder_keeps_one_output_per_layer_and_one_layer_in_full() {
+    let c = minilm_l6();
+    let step = StepShape {
+        tokens: 960,
+        trained_rows: 0,
+    };
+    let plain = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, false));
+    let ckpt = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, true));
+    let layer = 14 * 384 + 2 * 1536 + 12 * 60;
+    assert_eq!(plain.activations, 4 * 960 * 6 * layer);
+    assert_eq!(ckpt.activations, 4 * 960 * (6 * 384 + 384 + layer));
 }

@@ -247,7 +247,8 @@ impl<'a> Trainer<'a> {
             ));
             let out = task.forward_train(indices)?;
             let share = out.units as f64 / total_units as f64;
-            let store = (&out.loss * share)?.backward()?;
+            let mut store = (&out.loss * share)?.backward()?;
+            task.after_backward(&mut store)?;
             match grads.as_mut() {
                 Some(acc) => self.optimizer.accumulate(acc, &store)?,
                 None => grads = Some(self.optimizer.gradients(&store)?),

@@ -132,6 +132,7 @@ fn config(head_learning_rate: Option<f64>, n_epochs: usize) -> TrainingConfig {
         },
         quantize: None,
         task_options: Default::default(),
+        gradient_checkpointing: false,
         seed: 5,
     }
 }

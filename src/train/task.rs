@@ -1,6 +1,7 @@
 //! What a task gives the shared loop (`runner.rs`): its training micro-batches, its
 //! evaluations, and its hooks at the start of a run and of each epoch.
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use super::checkpoint::TrainState;
@@ -37,6 +38,12 @@ pub(crate) trait TrainTask {
     /// The units the micro-batch `indices` adds to its step's mean loss.
     fn units(&self, indices: &[usize]) -> Result<usize, TrainError>;
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError>;
+    /// Called after each micro-batch's backward, before the optimizer reads `store`:
+    /// gradients that reached the task another way go in (a checkpointed model's
+    /// recomputed layers, `zoo::recompute`).
+    fn after_backward(&self, _store: &mut GradStore) -> Result<(), TrainError> {
+        Ok(())
+    }
     /// Fills the validation metrics of `row` that are due at `at`.
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError>;
     /// Called before the batches of `epoch` (0-based) run, also when a resumed run

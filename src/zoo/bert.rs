@@ -10,13 +10,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::bert_names::names;
-use super::config::{EncoderArch, EncoderConfig, HiddenAct};
+use super::config::{EncoderArch, EncoderConfig};
 use super::cpu::embedding::{self, RowGradients};
-use super::cpu::varlen_attention::{varlen_attention, AttentionSpec};
 use super::linear::{Param, TrainLinear};
 pub use super::loader::{ParamBuilder, Tuning};
 use super::packing::Packing;
+use super::recompute::{checkpointed, RecomputedGradients, Segment};
 use super::ZooError;
+
+#[path = "bert_layer.rs"]
+mod layer;
 
 /// LayerNorm weights; the forward is composed from primitive ops (the fused one has no
 /// backward).
@@ -58,13 +61,14 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor, ZooError> {
         if super::fused::uses_fused_kernels(x) {
             return Ok(super::cpu::dropout::dropout(x, p as f32)?);
         }
-        Ok(candle_nn::ops::dropout(x, p as f32)?)
+        Ok(super::cpu::dropout::seeded_dropout_any_device(x, p as f32)?)
     } else {
         Ok(x.clone())
     }
 }
 
-struct Layer {
+#[derive(Clone)]
+pub(super) struct Layer {
     q: TrainLinear,
     k: TrainLinear,
     v: TrainLinear,
@@ -76,6 +80,29 @@ struct Layer {
 }
 
 impl Layer {
+    /// The trainable tensors the layer reads, for a recomputed layer's gradients.
+    fn trainable_tensors(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        for lin in [
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.attn_out,
+            &self.ffn_in,
+            &self.ffn_out,
+        ] {
+            out.extend(lin.trainable_tensors());
+        }
+        for ln in [&self.attn_ln, &self.out_ln] {
+            for p in [&ln.weight, &ln.bias] {
+                if p.is_trainable() {
+                    out.push(p.tensor().clone());
+                }
+            }
+        }
+        out
+    }
+
     fn linears_mut(&mut self) -> [&mut TrainLinear; 6] {
         [
             &mut self.q,
@@ -97,6 +124,9 @@ pub struct Encoder {
     type_emb: Option<Param>,
     emb_ln: LayerNormW,
     layers: Vec<Layer>,
+    /// Set by [`Self::enable_gradient_checkpointing`]: where recomputed layers leave their
+    /// parameters' gradients.
+    checkpointing: Option<Arc<RecomputedGradients>>,
 }
 
 impl Encoder {
@@ -140,7 +170,20 @@ impl Encoder {
             type_emb,
             emb_ln,
             layers,
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing: training passes keep each layer's input and output only and
+    /// recompute the layer in backward (`zoo::recompute`); the last layer of
+    /// [`Self::forward_first_tokens`], which runs on the [CLS] rows alone, is kept as it is.
+    pub fn enable_gradient_checkpointing(&mut self) {
+        self.checkpointing = Some(Arc::default());
+    }
+
+    /// The sink of the recomputed layers' parameter gradients, with checkpointing on.
+    pub fn recomputed_gradients(&self) -> Option<&Arc<RecomputedGradients>> {
+        self.checkpointing.as_ref()
     }
 
     /// `input_ids`, `attention_mask`: `[B, T]` u32 → last hidden state `[B, T, H]` f32
@@ -212,7 +255,7 @@ impl Encoder {
         };
         let (x, mask) =
             self.run_layers(before, input_ids, None, attention_mask, &packing, train)?;
-        self.first_token_layer(last, &x, &mask, first_rows, &packing, train)
+        last.forward_first_rows(&self.cfg, &x, &mask, first_rows, &packing, train)
     }
 
     /// Embeddings, then `layers`, over the packed real tokens: `[N, H]`, and the additive
@@ -252,139 +295,18 @@ impl Encoder {
         let mask = attention_mask.to_dtype(DType::F32)?;
         let mask = ((mask.affine(-1.0, 1.0)?) * f32::MIN as f64)?.reshape((b, 1, 1, t))?;
         for layer in layers {
-            x = self.layer_forward(layer, &x, &mask, packing, train)?;
+            x = match (&self.checkpointing, train) {
+                (Some(sink), true) => {
+                    let (cfg, l) = (self.cfg.clone(), layer.clone());
+                    let (mask, packing) = (mask.clone(), packing.clone());
+                    let segment: Segment =
+                        Arc::new(move |x| l.forward(&cfg, x, &mask, &packing, true));
+                    checkpointed(&x, segment, layer.trainable_tensors(), sink)?
+                }
+                _ => layer.forward(&self.cfg, &x, &mask, packing, train)?,
+            };
         }
         Ok((x, mask))
-    }
-
-    /// `l` for the rows `first_rows` of its output only (see [`Self::forward_first_tokens`]):
-    /// one query per sequence against its keys, on the padded layout, which at one query
-    /// row is a few thousand multiply-adds per head.
-    fn first_token_layer(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        mask: &Tensor,
-        first_rows: &Tensor,
-        packing: &Packing,
-        train: bool,
-    ) -> Result<Tensor, ZooError> {
-        let (b, _, _, t) = mask.dims4()?;
-        let (h, heads, d) = (
-            self.cfg.hidden_size,
-            self.cfg.num_heads,
-            self.cfg.head_dim(),
-        );
-        let attention_dropout = if train {
-            self.cfg.attention_dropout
-        } else {
-            0.0
-        };
-        let first = x.index_select(first_rows, 0)?;
-        let q =
-            (l.q.forward(&first, train)? * (1.0 / (d as f64).sqrt()))?.reshape((b, heads, 1, d))?;
-        let k = self.padded_heads(packing, &l.k.forward(x, train)?, (b, t))?;
-        let v = self.padded_heads(packing, &l.v.forward(x, train)?, (b, t))?;
-        let context = masked_attention(&q, &k, &v, mask, attention_dropout)?.reshape((b, h))?;
-        self.layer_tail(l, &context, &first, train)
-    }
-
-    fn layer_forward(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        mask: &Tensor,
-        packing: &Packing,
-        train: bool,
-    ) -> Result<Tensor, ZooError> {
-        let attention_dropout = if train {
-            self.cfg.attention_dropout
-        } else {
-            0.0
-        };
-        let context = if super::fused::uses_fused_kernels(x) {
-            let (q, k, v) = (
-                l.q.forward(x, train)?,
-                l.k.forward(x, train)?,
-                l.v.forward(x, train)?,
-            );
-            let spec = AttentionSpec::encoder(
-                self.cfg.hidden_size,
-                self.cfg.num_heads,
-                attention_dropout as f32,
-            );
-            varlen_attention(&q, &k, &v, &packing.spans, spec)?
-        } else {
-            self.padded_attention(l, x, mask, packing, attention_dropout, train)?
-        };
-        self.layer_tail(l, &context, x, train)
-    }
-
-    /// Everything after attention: output projection, residual and norm, feed-forward,
-    /// residual and norm.
-    fn layer_tail(
-        &self,
-        l: &Layer,
-        context: &Tensor,
-        x: &Tensor,
-        train: bool,
-    ) -> Result<Tensor, ZooError> {
-        let mut attn = l.attn_out.forward(context, train)?;
-        if self.cfg.arch == EncoderArch::Bert {
-            attn = dropout(&attn, self.cfg.hidden_dropout, train)?;
-        }
-        let x = l.attn_ln.forward(&(attn + x)?)?;
-        let inner = l.ffn_in.forward(&x, train)?;
-        let inner = match self.cfg.hidden_act {
-            HiddenAct::GeluErf => super::fused::gelu_erf(&inner)?,
-            HiddenAct::GeluTanh => inner.gelu()?,
-            HiddenAct::Relu => inner.relu()?,
-        };
-        let out = dropout(
-            &l.ffn_out.forward(&inner, train)?,
-            self.cfg.hidden_dropout,
-            train,
-        )?;
-        l.out_ln.forward(&(out + x)?)
-    }
-
-    /// Attention on the padded `[B, heads, T, d]` layout with an additive mask, for devices
-    /// without the packed CPU kernel; returns the context as packed `[N, H]` rows.
-    fn padded_attention(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        mask: &Tensor,
-        packing: &Packing,
-        attention_dropout: f64,
-        train: bool,
-    ) -> Result<Tensor, ZooError> {
-        let (b, _, _, t) = mask.dims4()?;
-        let h = self.cfg.hidden_size;
-        let d = self.cfg.head_dim();
-        let split = |y: Tensor| self.padded_heads(packing, &y, (b, t));
-        let q = split((l.q.forward(x, train)? * (1.0 / (d as f64).sqrt()))?)?;
-        let k = split(l.k.forward(x, train)?)?;
-        let v = split(l.v.forward(x, train)?)?;
-        let context = masked_attention(&q, &k, &v, mask, attention_dropout)?
-            .transpose(1, 2)?
-            .reshape((b * t, h))?;
-        Ok(context.index_select(&packing.rows, 0)?)
-    }
-
-    /// Packed `[N, H]` rows → `[B, heads, T, d]` on the padded layout, zeros at padding.
-    fn padded_heads(
-        &self,
-        packing: &Packing,
-        packed: &Tensor,
-        (b, t): (usize, usize),
-    ) -> Result<Tensor, ZooError> {
-        let (heads, d) = (self.cfg.num_heads, self.cfg.head_dim());
-        Ok(packing
-            .pad(packed, (b, t, self.cfg.hidden_size))?
-            .reshape((b, t, heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?)
     }
 
     /// Every tensor with the HF name transformers writes (`bert.`/`distilbert.` prefix),

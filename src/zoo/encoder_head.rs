@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 
@@ -186,6 +187,20 @@ impl<H: EncoderHead> EncoderModel<H> {
 
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
+    }
+
+    /// Gradient checkpointing of the encoder's layers (see `Encoder`'s).
+    pub fn enable_gradient_checkpointing(&mut self) {
+        self.encoder.enable_gradient_checkpointing();
+    }
+
+    /// Moves the gradients recomputed layers left during a backward into its `store`
+    /// (nothing without checkpointing).
+    pub fn drain_recomputed_gradients(&self, store: &mut GradStore) -> candle_core::Result<()> {
+        match self.encoder.recomputed_gradients() {
+            Some(sink) => sink.drain_into(store),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn head(&self) -> &H {

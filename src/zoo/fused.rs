@@ -66,7 +66,12 @@ thread_local! {
 /// The fused kernels are CPU f32 code; other devices and dtypes use composed candle ops
 /// (the device-generic path), as does the CPU inside [`with_generic_ops`].
 pub(crate) fn uses_fused_kernels(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !GENERIC_OPS_ONLY.with(|g| g.get())
+    x.device().is_cpu() && x.dtype() == DType::F32 && !generic_ops_only()
+}
+
+/// Whether this thread is inside [`with_generic_ops`].
+pub(crate) fn generic_ops_only() -> bool {
+    GENERIC_OPS_ONLY.with(|g| g.get())
 }
 
 /// Runs `f` with every op on its device-generic path, the composed candle ops a GPU runs,

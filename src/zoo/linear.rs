@@ -191,6 +191,25 @@ impl TrainLinear {
         self.lora.as_ref()
     }
 
+    /// The tensors of this layer a backward gives gradients to: a trainable weight and
+    /// bias, the adapter's A and B.
+    pub fn trainable_tensors(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        if let LinearBase::Dense(w) = &self.base {
+            if w.is_trainable() {
+                out.push(w.tensor().clone());
+            }
+        }
+        if let Some(b) = self.bias.as_ref().filter(|b| b.is_trainable()) {
+            out.push(b.tensor().clone());
+        }
+        if let Some(lora) = &self.lora {
+            out.push(lora.a.as_tensor().clone());
+            out.push(lora.b.as_tensor().clone());
+        }
+        out
+    }
+
     pub fn out_dim(&self) -> Result<usize, ZooError> {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().dim(0)?),

@@ -72,7 +72,7 @@ pub(super) fn lora_update(
         return Ok(linear_add(&base_out, &low, lora.b.as_tensor())?);
     }
     let lora_in = if train_dropout {
-        candle_nn::ops::dropout(x2, lora.dropout as f32)?
+        super::cpu::dropout::seeded_dropout_any_device(x2, lora.dropout as f32)?
     } else {
         x2.clone()
     };

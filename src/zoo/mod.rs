@@ -22,6 +22,7 @@
 //! - [`classifier`]: `SequenceClassifier`, the sequence-classification head on it.
 //! - [`chat_template`]: the model's Jinja chat template, rendered like transformers.
 //! - [`tokenizer`]: `TextTokenizer` and dynamic-padding `collate`.
+//! - [`recompute`]: gradient checkpointing (a layer recomputed in backward).
 //! - [`testing`]: tiny random models on disk for unit and integration tests.
 //! - [`vision`]: CNN backbones (ResNet, EfficientNet-Lite) in timm's layout, `ImageClassifier`.
 
@@ -41,6 +42,7 @@ pub mod loader;
 mod lora;
 mod packing;
 pub mod params;
+pub mod recompute;
 pub mod testing;
 pub mod tokenizer;
 pub mod vision;

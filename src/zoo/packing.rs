@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use super::cpu::varlen_attention::Span;
 use super::ZooError;
 
+#[derive(Clone)]
 pub(super) struct Packing {
     /// Flat index `b·T + t` of each real token, in order (u32, for index ops).
     pub rows: Tensor,

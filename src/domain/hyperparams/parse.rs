@@ -178,6 +178,12 @@ impl HyperparamRequest {
                         .ok_or_else(|| bad(k, "`quantize` must be `q4_0` or `q8_0`"))?;
                     req.quantize = Some(q.to_string());
                 }
+                "gradient_checkpointing" => {
+                    let flag = value
+                        .as_bool()
+                        .ok_or_else(|| bad(k, "`gradient_checkpointing` must be true or false"))?;
+                    req.gradient_checkpointing = Some(flag);
+                }
                 _ if TaskOptions::is_key(k) => req.task_options.parse_key(k, value)?,
                 _ => return Err(bad(k, format!("Unknown hyperparameter `{k}`"))),
             }
@@ -191,6 +197,12 @@ impl HyperparamRequest {
     /// Refuses an option of another task than `task` (the job would ignore it) and checks
     /// the task's options against the `max_seq_len` the job will run with.
     pub fn check_task(&self, task: Task) -> Result<(), HyperparamError> {
+        if task == Task::ImageClassification && self.gradient_checkpointing == Some(true) {
+            return Err(bad(
+                "gradient_checkpointing",
+                "`gradient_checkpointing` recomputes transformer layers (text tasks); image classification trains a CNN and does not take it",
+            ));
+        }
         let max_seq_len = self.max_seq_len.unwrap_or(defaults(task).max_seq_len);
         self.task_options.check_task(task, max_seq_len)
     }

@@ -208,6 +208,7 @@ impl HyperparamRequest {
                 target_modules: self.target_modules.clone().unwrap_or_default(),
             },
             quantize: self.quantize.clone(),
+            gradient_checkpointing: self.gradient_checkpointing.unwrap_or(false),
             seed,
             task_options: self.task_options.resolve(task),
         };

@@ -51,6 +51,10 @@ fn bad_values_name_their_param() {
         (json!({"target_modules": []}), "target_modules"),
         (json!({"quantize": "q2_k"}), "quantize"),
         (
+            json!({"gradient_checkpointing": "yes"}),
+            "gradient_checkpointing",
+        ),
+        (
             json!({"metric_for_best_model": "bleu"}),
             "metric_for_best_model",
         ),
@@ -124,4 +128,34 @@ fn auto_on_small_data_takes_enough_steps_and_says_why() {
     // Large sets keep the recipe: 4,000 examples, batch 16, 3 epochs.
     let cfg = HyperparamRequest::default().resolve(Task::SequenceClassification, 4000, 0);
     assert_eq!((cfg.batch_size, cfg.n_epochs), (16, 3));
+}
+
+#[test]
+fn gradient_checkpointing_is_off_unless_asked_and_refused_for_images() {
+    let off = parse(json!({}))
+        .expect("valid")
+        .resolve(Task::ChatSft, 100, 0);
+    assert!(!off.gradient_checkpointing);
+    let req = parse(json!({"gradient_checkpointing": true})).expect("valid");
+    for task in [
+        Task::ChatSft,
+        Task::Dpo,
+        Task::SequenceClassification,
+        Task::TokenClassification,
+        Task::QuestionAnswering,
+    ] {
+        assert!(req.check_task(task).is_ok(), "{task:?}");
+        assert!(req.resolve(task, 100, 0).gradient_checkpointing, "{task:?}");
+    }
+    let err = req
+        .check_task(Task::ImageClassification)
+        .expect_err("images take no checkpointing");
+    assert_eq!(err.param, "gradient_checkpointing");
+    assert!(
+        err.message.contains("image classification"),
+        "{}",
+        err.message
+    );
+    let off = parse(json!({"gradient_checkpointing": false})).expect("valid");
+    assert!(off.check_task(Task::ImageClassification).is_ok());
 }

@@ -292,6 +292,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
             target_modules: Vec::new(),
         },
         quantize: None,
+        gradient_checkpointing: false,
         seed: 1,
         task_options: Default::default(),
     };

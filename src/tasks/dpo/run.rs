@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::Device;
 use serde_json::json;
 
@@ -158,10 +159,18 @@ impl DpoTask {
                 (p.n_tokens(), completions)
             })
             .collect();
-        let placement = (&job.device, cfg.batch_size, spec.lora.is_none());
+        let placement = (
+            &job.device,
+            cfg.batch_size,
+            spec.lora.is_none(),
+            cfg.gradient_checkpointing,
+        );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
         let policy = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
-        let models = DpoModels::new(policy, job.beta)?;
+        let mut models = DpoModels::new(policy, job.beta)?;
+        if cfg.gradient_checkpointing {
+            models.policy.enable_gradient_checkpointing();
+        }
         let valid_batches = valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
@@ -195,6 +204,10 @@ impl TrainTask for DpoTask {
 
     fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
         Ok(indices.len())
+    }
+
+    fn after_backward(&self, store: &mut GradStore) -> Result<(), TrainError> {
+        Ok(self.models.policy.drain_recomputed_gradients(store)?)
     }
 
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {

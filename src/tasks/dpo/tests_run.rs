@@ -73,6 +73,7 @@ fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConf
             target_modules: Vec::new(),
         },
         quantize: None,
+        gradient_checkpointing: false,
         seed: 3,
         task_options: Default::default(),
     }

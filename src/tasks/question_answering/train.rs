@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::Device;
 
 use super::evaluate::{evaluate, labelled_windows, LabelledWindows, QaEvaluation};
@@ -132,12 +133,15 @@ impl<'a> QaTask<'a> {
         let lengths: Vec<usize> = train.windows.iter().map(|w| w.input_ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, 2, &lengths, device)?;
-        let model = QuestionAnsweringModel::from_pretrained(
+        let mut model = QuestionAnsweringModel::from_pretrained(
             &job.base_model_dir,
             &spec,
             &job.device,
             cfg.seed,
         )?;
+        if cfg.gradient_checkpointing {
+            model.enable_gradient_checkpointing();
+        }
         let answers = AnswerSettings {
             max_answer_length: cfg.task_options.max_answer_length(),
             allow_no_answer: has_unanswerable(job),
@@ -180,6 +184,10 @@ impl TrainTask for QaTask<'_> {
 
     fn units(&self, indices: &[usize]) -> Result<usize, TrainError> {
         Ok(indices.len())
+    }
+
+    fn after_backward(&self, store: &mut GradStore) -> Result<(), TrainError> {
+        Ok(self.model.drain_recomputed_gradients(store)?)
     }
 
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {

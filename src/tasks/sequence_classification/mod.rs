@@ -25,6 +25,8 @@ mod small_data_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
+mod tests_checkpointing;
+#[cfg(test)]
 mod tests_lifecycle;
 mod train;
 

@@ -73,6 +73,7 @@ pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
             target_modules: Vec::new(),
         },
         quantize: None,
+        gradient_checkpointing: false,
         seed: 11,
         task_options: Default::default(),
     }

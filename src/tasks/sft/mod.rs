@@ -18,6 +18,8 @@ pub mod prepare;
 mod run;
 
 #[cfg(test)]
+mod tests_checkpointing;
+#[cfg(test)]
 mod tests_data;
 #[cfg(test)]
 mod tests_export;

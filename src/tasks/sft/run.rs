@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::Device;
 use serde_json::json;
 
@@ -95,12 +96,13 @@ pub(crate) fn fit_to_context(
 /// Fails the job before its model loads when its estimated peak memory is over what the
 /// device has (`train::memory`), saying what would fit; logs the estimate otherwise.
 /// `lengths`: each training example's (tokens, trained positions); `frozen_reference`: DPO's
-/// full fine-tuning, which holds a frozen copy of the starting weights.
+/// full fine-tuning, which holds a frozen copy of the starting weights; `checkpointing`: the
+/// job's `gradient_checkpointing`.
 pub(crate) fn check_memory(
     model_config: &DecoderConfig,
     spec: &DecoderSpec,
     lengths: &[(usize, usize)],
-    (device, batch_size, frozen_reference): (&Device, usize, bool),
+    (device, batch_size, frozen_reference, checkpointing): (&Device, usize, bool, bool),
     observer: &mut dyn TrainObserver,
 ) -> Result<(), TrainError> {
     let Some(available) = memory::available_bytes(device) else {
@@ -123,6 +125,7 @@ pub(crate) fn check_memory(
         device: &device_name,
         frozen_reference,
         host: device.is_cpu(),
+        checkpointing,
     };
     let estimate = memory::check_fits(&query, available).map_err(TrainError::DoesNotFit)?;
     observer.on_event(
@@ -223,9 +226,18 @@ impl<'a> SftTask<'a> {
             .iter()
             .map(|e| (e.ids.len(), e.n_targets()))
             .collect();
-        let placement = (&job.device, cfg.batch_size, false);
+        let placement = (
+            &job.device,
+            cfg.batch_size,
+            false,
+            cfg.gradient_checkpointing,
+        );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let model = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let mut model =
+            CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        if cfg.gradient_checkpointing {
+            model.enable_gradient_checkpointing();
+        }
         let valid_batches = valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
@@ -303,6 +315,10 @@ impl TrainTask for SftTask<'_> {
             tokens: batch.inputs.n_tokens as u64,
             extra: Metrics::default(),
         })
+    }
+
+    fn after_backward(&self, store: &mut GradStore) -> Result<(), TrainError> {
+        Ok(self.model.drain_recomputed_gradients(store)?)
     }
 
     fn evaluate(&self, at: &EvalPoint, row: &mut MetricsRow) -> Result<(), TrainError> {

@@ -67,6 +67,7 @@ pub(super) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
             target_modules: Vec::new(),
         },
         quantize: None,
+        gradient_checkpointing: false,
         seed: 3,
         task_options: Default::default(),
     }

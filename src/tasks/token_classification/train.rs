@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::Device;
 use serde_json::{json, Value};
 
@@ -125,8 +126,11 @@ impl<'a> TagTask<'a> {
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, spec.num_labels, &lengths, device)?;
-        let model =
+        let mut model =
             TokenClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        if cfg.gradient_checkpointing {
+            model.enable_gradient_checkpointing();
+        }
         Ok(Self {
             job,
             model,
@@ -165,6 +169,10 @@ impl TrainTask for TagTask<'_> {
                     })
             })
             .sum()
+    }
+
+    fn after_backward(&self, store: &mut GradStore) -> Result<(), TrainError> {
+        Ok(self.model.drain_recomputed_gradients(store)?)
     }
 
     fn forward_train(&self, indices: &[usize]) -> Result<MicroBatch, TrainError> {

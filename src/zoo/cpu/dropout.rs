@@ -29,6 +29,25 @@ pub fn seed_dropout(seed: u64) {
     SEEDS.with(|seeds| seeds.set(Some((seed, 0))));
 }
 
+/// Where this thread's seed stream stands (`None`: unseeded), so that a recomputed layer
+/// (`zoo::recompute`) can draw the forward's masks again.
+pub(crate) fn stream_position() -> Option<(u64, u64)> {
+    SEEDS.with(Cell::get)
+}
+
+/// Puts this thread's seed stream back at a [`stream_position`].
+pub(crate) fn set_stream_position(position: Option<(u64, u64)>) {
+    SEEDS.with(|seeds| seeds.set(position));
+}
+
+/// Seeds this thread's stream from a random seed unless it is seeded already: masks drawn
+/// unseeded could not be drawn again.
+pub(crate) fn ensure_seeded() {
+    if stream_position().is_none() {
+        seed_dropout(rand::random());
+    }
+}
+
 /// The next mask's seed on this thread (see [`seed_dropout`]).
 pub(crate) fn next_seed() -> u64 {
     SEEDS.with(|seeds| match seeds.get() {
@@ -49,6 +68,25 @@ pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
         p,
         seed: next_seed(),
     })
+}
+
+/// [`dropout`] on any device and dtype: the same seeded mask (built on the host, then
+/// multiplied in with candle ops), so a layer recomputed for gradient checkpointing draws
+/// its forward's masks again off the CPU too, and the generic path drops what the fused
+/// one drops.
+pub fn seeded_dropout_any_device(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability {p} is not in [0, 1)");
+    }
+    let seed = next_seed();
+    let scale = 1.0 / (1.0 - p);
+    let n = x.elem_count();
+    let mask: Vec<f32> = (0..n as u64)
+        .into_par_iter()
+        .map(|i| if kept(seed, i, p) { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.contiguous()?.mul(&mask)
 }
 
 #[derive(Clone, Copy)]

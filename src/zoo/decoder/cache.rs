@@ -131,7 +131,7 @@ impl CausalLm {
         let ids = Tensor::from_vec(ids, n, &dec.device)?;
         let mut x = dec.embed(&ids, Pass::Eval)?.detach();
         for (li, layer) in dec.layers.iter().enumerate() {
-            let qkv = dec.qkv(layer, &x, &tables, Pass::Eval)?;
+            let qkv = layer.qkv(&dec.cfg, &x, &tables, Pass::Eval)?;
             let mut contexts = Vec::with_capacity(chunks.len());
             let mut row = 0;
             for chunk in chunks.iter_mut() {
@@ -166,7 +166,7 @@ impl CausalLm {
                 row += len;
             }
             let context = Tensor::cat(&contexts, 0)?;
-            x = dec.finish_layer(layer, &x, &context, Pass::Eval)?.detach();
+            x = layer.finish(&dec.cfg, &x, &context, Pass::Eval)?.detach();
         }
         let mut last_rows = Vec::with_capacity(chunks.len());
         let mut row = 0;

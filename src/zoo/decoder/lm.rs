@@ -1,6 +1,7 @@
 //! `CausalLm`: the public face of the decoder for training (padded batches, autograd) and
 //! its trainable-parameter bookkeeping.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,12 +14,16 @@ use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
 use crate::zoo::fused::uses_fused_kernels;
 use crate::zoo::linear::Pass;
 use crate::zoo::loader::Tuning;
+use crate::zoo::recompute::{checkpointed, RecomputedGradients, Segment};
 use crate::zoo::{EncodedBatch, NamedVar, ZooError};
 
 pub struct CausalLm {
     pub(crate) decoder: Decoder,
     pub(crate) tuning: Tuning,
     pub(crate) vars: Vec<NamedVar>,
+    /// Set by [`Self::enable_gradient_checkpointing`]: where the recomputed layers leave
+    /// their parameters' gradients.
+    checkpointing: Option<Arc<RecomputedGradients>>,
 }
 
 /// Where the real tokens of a right-padded `[B, T]` batch sit once packed as `[N, …]`.
@@ -119,7 +124,29 @@ impl CausalLm {
             decoder,
             tuning,
             vars,
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing: training passes keep each layer's input and output only,
+    /// and recompute the layer in backward (see `zoo::recompute`). After each backward the
+    /// trainer moves [`Self::recomputed_gradients`] into the store.
+    pub fn enable_gradient_checkpointing(&mut self) {
+        self.checkpointing = Some(Arc::default());
+    }
+
+    /// The sink of the recomputed layers' parameter gradients, with checkpointing on.
+    pub fn recomputed_gradients(&self) -> Option<&Arc<RecomputedGradients>> {
+        self.checkpointing.as_ref()
+    }
+
+    /// Moves the gradients recomputed layers left during a backward into its `store`
+    /// (nothing without checkpointing).
+    pub fn drain_recomputed_gradients(&self, store: &mut GradStore) -> candle_core::Result<()> {
+        match &self.checkpointing {
+            Some(sink) => sink.drain_into(store),
+            None => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -146,76 +173,24 @@ impl CausalLm {
                 self.decoder.cfg.max_position_embeddings
             )));
         }
-        let packing = Packing::new(&batch.attention_mask)?;
+        let packing = Arc::new(Packing::new(&batch.attention_mask)?);
         let ids = packing.select(&batch.input_ids.flatten_all()?)?;
-        let tables = self.decoder.rotary_tables(&packing.positions)?;
+        let tables = Arc::new(self.decoder.rotary_tables(&packing.positions)?);
         let mut x = self.decoder.embed(&ids, pass)?;
+        let cfg = Arc::new(self.decoder.cfg.clone());
         for layer in &self.decoder.layers {
-            x = self.layer_forward(layer, &x, &packing, &tables, pass)?;
+            x = match (&self.checkpointing, pass) {
+                (Some(sink), Pass::Train) => {
+                    let (cfg, l) = (Arc::clone(&cfg), layer.clone());
+                    let (packing, tables) = (Arc::clone(&packing), Arc::clone(&tables));
+                    let segment: Segment =
+                        Arc::new(move |x| layer_forward(&cfg, &l, x, &packing, &tables, pass));
+                    checkpointed(&x, segment, layer.trainable_tensors(), sink)?
+                }
+                _ => layer_forward(&cfg, layer, &x, &packing, &tables, pass)?,
+            };
         }
         packing.pad(&self.decoder.final_norm(&x, pass)?)
-    }
-
-    fn layer_forward(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        packing: &Packing,
-        tables: &[Tensor; 4],
-        pass: Pass,
-    ) -> Result<Tensor, ZooError> {
-        let c = &self.decoder.cfg;
-        let (b, t, d) = (packing.lens.len(), packing.t, c.head_dim);
-        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
-        let group = heads / kv_heads;
-        let qkv = self.decoder.qkv(l, x, tables, pass)?;
-        if uses_fused_kernels(x) {
-            // Packed causal attention: no padding, no [B, h, T, d] copies. The queries
-            // carry the 1/√d scale already (the rotary tables fold it in).
-            let spec = AttentionSpec {
-                heads,
-                kv_heads,
-                head_dim: d,
-                scale: 1.0,
-                causal: true,
-                dropout: 0.0,
-            };
-            let n = x.dim(0)?;
-            let context = varlen_attention(
-                &qkv.q.reshape((n, heads * d))?,
-                &qkv.k.reshape((n, kv_heads * d))?,
-                &qkv.v.reshape((n, kv_heads * d))?,
-                &packing.spans,
-                spec,
-            )?;
-            return self.decoder.finish_layer(l, x, &context, pass);
-        }
-        // [N, h, d] → [B, h, T, d]
-        let to_batch = |y: &Tensor, h: usize| -> Result<Tensor, ZooError> {
-            let padded = packing.pad(&y.reshape((y.dim(0)?, h * d))?)?;
-            Ok(padded
-                .reshape((b, t, h, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        // Query heads of one key/value group are adjacent (transformers' repeat_kv), so
-        // grouping them as [B, kv, group·T, d] shares K/V without copying them.
-        let q = to_batch(&qkv.q, heads)?.reshape((b, kv_heads, group * t, d))?;
-        let k = to_batch(&qkv.k, kv_heads)?;
-        let v = to_batch(&qkv.v, kv_heads)?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, heads, t, t))?;
-        let mask = CausalPrefix {
-            key_len: packing.lens.clone(),
-            offset: 0,
-        };
-        let probs = masked_softmax(&scores, &mask)?.reshape((b, kv_heads, group * t, t))?;
-        let context = probs
-            .matmul(&v)?
-            .reshape((b, heads, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, heads * d))?;
-        let context = packing.select(&context)?;
-        self.decoder.finish_layer(l, x, &context, pass)
     }
 
     /// `lm_head` on selected rows: `[N, H]` → `[N, V]` f32.
@@ -242,6 +217,7 @@ impl CausalLm {
             decoder: self.decoder.frozen_copy()?,
             tuning: Tuning::Full,
             vars: Vec::new(),
+            checkpointing: None,
         })
     }
 
@@ -305,4 +281,67 @@ impl CausalLm {
         }
         bytes
     }
+}
+
+/// One decoder layer on packed rows `x [N, H]`: attention over each sequence's rows (packed
+/// on the fused path, padded `[B, h, T, d]` on the generic one), then the MLP.
+fn layer_forward(
+    c: &DecoderConfig,
+    l: &Layer,
+    x: &Tensor,
+    packing: &Packing,
+    tables: &[Tensor; 4],
+    pass: Pass,
+) -> Result<Tensor, ZooError> {
+    let (b, t, d) = (packing.lens.len(), packing.t, c.head_dim);
+    let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+    let group = heads / kv_heads;
+    let qkv = l.qkv(c, x, tables, pass)?;
+    if uses_fused_kernels(x) {
+        // Packed causal attention: no padding, no [B, h, T, d] copies. The queries
+        // carry the 1/√d scale already (the rotary tables fold it in).
+        let spec = AttentionSpec {
+            heads,
+            kv_heads,
+            head_dim: d,
+            scale: 1.0,
+            causal: true,
+            dropout: 0.0,
+        };
+        let n = x.dim(0)?;
+        let context = varlen_attention(
+            &qkv.q.reshape((n, heads * d))?,
+            &qkv.k.reshape((n, kv_heads * d))?,
+            &qkv.v.reshape((n, kv_heads * d))?,
+            &packing.spans,
+            spec,
+        )?;
+        return l.finish(c, x, &context, pass);
+    }
+    // [N, h, d] → [B, h, T, d]
+    let to_batch = |y: &Tensor, h: usize| -> Result<Tensor, ZooError> {
+        let padded = packing.pad(&y.reshape((y.dim(0)?, h * d))?)?;
+        Ok(padded
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    };
+    // Query heads of one key/value group are adjacent (transformers' repeat_kv), so
+    // grouping them as [B, kv, group·T, d] shares K/V without copying them.
+    let q = to_batch(&qkv.q, heads)?.reshape((b, kv_heads, group * t, d))?;
+    let k = to_batch(&qkv.k, kv_heads)?;
+    let v = to_batch(&qkv.v, kv_heads)?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, heads, t, t))?;
+    let mask = CausalPrefix {
+        key_len: packing.lens.clone(),
+        offset: 0,
+    };
+    let probs = masked_softmax(&scores, &mask)?.reshape((b, kv_heads, group * t, t))?;
+    let context = probs
+        .matmul(&v)?
+        .reshape((b, heads, t, d))?
+        .transpose(1, 2)?
+        .reshape((b * t, heads * d))?;
+    let context = packing.select(&context)?;
+    l.finish(c, x, &context, pass)
 }

@@ -20,6 +20,7 @@ use crate::zoo::linear::{LoraAdapter, Param, Pass, TrainLinear};
 use crate::zoo::loader::{safetensors_files, Tuning};
 use crate::zoo::{NamedVar, ZooError};
 
+#[derive(Clone)]
 pub(crate) struct Layer {
     pub input_norm: Param,
     pub q: TrainLinear,
@@ -30,6 +31,68 @@ pub(crate) struct Layer {
     pub gate: TrainLinear,
     pub up: TrainLinear,
     pub down: TrainLinear,
+}
+
+impl Layer {
+    /// Normed input → projections → rotary, on packed rows `x [N, H]`.
+    pub fn qkv(
+        &self,
+        c: &DecoderConfig,
+        x: &Tensor,
+        tables: &[Tensor; 4],
+        pass: Pass,
+    ) -> Result<Qkv, ZooError> {
+        let l = self;
+        let n = x.dim(0)?;
+        let d = c.head_dim;
+        let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
+        let q =
+            l.q.forward_pass(&xn, pass)?
+                .reshape((n, c.num_attention_heads, d))?;
+        let k =
+            l.k.forward_pass(&xn, pass)?
+                .reshape((n, c.num_key_value_heads, d))?;
+        let v =
+            l.v.forward_pass(&xn, pass)?
+                .reshape((n, c.num_key_value_heads, d))?;
+        Ok(Qkv {
+            q: rope(&q, &tables[0], &tables[1])?,
+            k: rope(&k, &tables[2], &tables[3])?,
+            v,
+        })
+    }
+
+    /// Attention output projection, residual, then the SwiGLU MLP and its residual.
+    pub fn finish(
+        &self,
+        c: &DecoderConfig,
+        x: &Tensor,
+        context: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor, ZooError> {
+        let l = self;
+        let x = (x + l.o.forward_pass(context, pass)?)?;
+        let xn = rms_norm(&x, &param_in(&l.post_norm, pass), c.rms_norm_eps)?;
+        let gate = l.gate.forward_pass(&xn, pass)?;
+        let up = l.up.forward_pass(&xn, pass)?;
+        let inner = swiglu(&gate, &up)?;
+        Ok((x + l.down.forward_pass(&inner, pass)?)?)
+    }
+
+    /// The trainable tensors the layer reads (norm weights, trainable bases and biases,
+    /// adapters), whose gradients a recomputed layer hands on (`zoo::recompute`).
+    pub fn trainable_tensors(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        for p in [&self.input_norm, &self.post_norm] {
+            if p.is_trainable() {
+                out.push(p.tensor().clone());
+            }
+        }
+        for (_, lin) in layer_linears(self) {
+            out.extend(lin.trainable_tensors());
+        }
+        out
+    }
 }
 
 /// The 7 projections of a layer with their module names (relative to the layer).
@@ -85,50 +148,6 @@ impl Decoder {
 
     pub fn embed(&self, ids: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
         Ok(param_in(&self.embed, pass).index_select(ids, 0)?)
-    }
-
-    /// Normed input → projections → rotary, on packed rows `x [N, H]`.
-    pub fn qkv(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        tables: &[Tensor; 4],
-        pass: Pass,
-    ) -> Result<Qkv, ZooError> {
-        let c = &self.cfg;
-        let n = x.dim(0)?;
-        let d = c.head_dim;
-        let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
-        let q =
-            l.q.forward_pass(&xn, pass)?
-                .reshape((n, c.num_attention_heads, d))?;
-        let k =
-            l.k.forward_pass(&xn, pass)?
-                .reshape((n, c.num_key_value_heads, d))?;
-        let v =
-            l.v.forward_pass(&xn, pass)?
-                .reshape((n, c.num_key_value_heads, d))?;
-        Ok(Qkv {
-            q: rope(&q, &tables[0], &tables[1])?,
-            k: rope(&k, &tables[2], &tables[3])?,
-            v,
-        })
-    }
-
-    /// Attention output projection, residual, then the SwiGLU MLP and its residual.
-    pub fn finish_layer(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        context: &Tensor,
-        pass: Pass,
-    ) -> Result<Tensor, ZooError> {
-        let x = (x + l.o.forward_pass(context, pass)?)?;
-        let xn = rms_norm(&x, &param_in(&l.post_norm, pass), self.cfg.rms_norm_eps)?;
-        let gate = l.gate.forward_pass(&xn, pass)?;
-        let up = l.up.forward_pass(&xn, pass)?;
-        let inner = swiglu(&gate, &up)?;
-        Ok((x + l.down.forward_pass(&inner, pass)?)?)
     }
 
     pub fn final_norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
