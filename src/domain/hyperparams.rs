@@ -34,6 +34,25 @@ pub struct LoraSettings {
     pub target_modules: Vec<String>,
 }
 
+/// The floating-point format of a decoder job's matmuls (`precision`) or of its exported
+/// weights (`export_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "f32" => Some(Precision::F32),
+            "bf16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+}
+
 /// The numbers a trainer runs with; every `"auto"` is gone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingConfig {
@@ -68,6 +87,13 @@ pub struct TrainingConfig {
     /// (text tasks); configs stored before the option read as off.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Decoder jobs: `bf16` runs the projections' matmuls in bf16 over bf16 frozen weights
+    /// (f32 master copies of trained ones); `None`: bf16 on a GPU, f32 on the CPU.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// Decoder jobs: the dtype of the exported merged weights; `None`: f32.
+    #[serde(default)]
+    pub export_dtype: Option<Precision>,
     pub seed: u64,
     /// The options of the job's task (QA windows, NER labelling, DPO prompt length);
     /// configs stored before they existed read as none given.
@@ -121,6 +147,8 @@ pub struct HyperparamRequest {
     pub target_modules: Option<Vec<String>>,
     pub quantize: Option<String>,
     pub gradient_checkpointing: Option<bool>,
+    pub precision: Option<Precision>,
+    pub export_dtype: Option<Precision>,
     /// Task-specific keys, under their own names in the request and its echo.
     #[serde(flatten)]
     pub task_options: TaskOptions,

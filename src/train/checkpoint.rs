@@ -103,6 +103,9 @@ pub struct LmSpec {
     pub lora: Option<LoraSettings>,
     /// `"q4_0"` / `"q8_0"`: QLoRA over a quantized frozen base.
     pub quantize: Option<String>,
+    /// The job's `export_dtype`: the merged export's tensors (absent: f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dtype: Option<crate::domain::hyperparams::Precision>,
 }
 
 impl CheckpointMeta {

@@ -133,6 +133,8 @@ fn config(head_learning_rate: Option<f64>, n_epochs: usize) -> TrainingConfig {
         quantize: None,
         task_options: Default::default(),
         gradient_checkpointing: false,
+        precision: None,
+        export_dtype: None,
         seed: 5,
     }
 }
@@ -164,6 +166,7 @@ fn run_named(
             lm: LmSpec {
                 lora: None,
                 quantize: None,
+                export_dtype: None,
             },
         },
         base_model_dir: work_dir.join("base"),

@@ -8,10 +8,10 @@
 //! no backward at all; the same custom op re-attaches the input gradient, computed from a
 //! weight dequantized on the fly so no f32 copy of the base stays resident.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor, Var};
+use candle_core::{DType, Module, Tensor, Var};
 
 pub use super::decoder::QuantKind;
 pub use super::lora::LoraAdapter;
@@ -115,6 +115,10 @@ pub struct TrainLinear {
     base: LinearBase,
     bias: Option<Param>,
     lora: Option<LoraAdapter>,
+    /// Mixed precision: the dtype the base's matmul runs in (bf16), the input cast to it
+    /// and the output back; the weight is stored in it when frozen, and cast from its f32
+    /// master copy on every pass when trainable. `None`: the input's dtype.
+    compute_dtype: Option<DType>,
 }
 
 impl TrainLinear {
@@ -123,7 +127,17 @@ impl TrainLinear {
             base: LinearBase::Dense(weight),
             bias,
             lora: None,
+            compute_dtype: None,
         }
+    }
+
+    /// Runs the dense base's matmul in `dtype` (see [`TrainLinear`]'s `compute_dtype`); a
+    /// quantized base keeps its own kernels.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        if matches!(self.base, LinearBase::Dense(_)) {
+            self.compute_dtype = Some(dtype);
+        }
+        self
     }
 
     /// A frozen base quantized from `weight` (f32 `[out, in]`, `in` a multiple of 32, the
@@ -151,6 +165,7 @@ impl TrainLinear {
             }),
             bias,
             lora: None,
+            compute_dtype: None,
         })
     }
 
@@ -178,7 +193,7 @@ impl TrainLinear {
     /// The base weight's values as f32 `[out, in]` (dequantized for a quantized base).
     pub fn base_weight(&self) -> Result<Tensor, ZooError> {
         match &self.base {
-            LinearBase::Dense(w) => Ok(w.tensor().clone()),
+            LinearBase::Dense(w) => Ok(w.tensor().to_dtype(DType::F32)?),
             LinearBase::Quantized(q) => q.dequantize(),
         }
     }
@@ -283,6 +298,9 @@ impl TrainLinear {
             LinearBase::Dense(weight) => weight,
             LinearBase::Quantized(q) => return self.quantized_forward(q, x2),
         };
+        if let Some(dtype) = self.compute_dtype.filter(|d| *d != x2.dtype()) {
+            return self.autocast_forward(x2, weight, dtype);
+        }
         if super::fused::uses_fused_kernels(x2) && super::fused::uses_fused_kernels(weight.tensor())
         {
             // One op whose backward computes only the gradients that are tracked: for a
@@ -313,8 +331,48 @@ impl TrainLinear {
         Ok(x2.apply_op1(FrozenLinearGrad::new(out, GradWeight::Dense(w.clone())))?)
     }
 
+    /// `x·Wᵀ (+ b)` with the product in `dtype` (mixed precision): the input and a trainable
+    /// weight's master copy are cast to it (candle's cast is differentiable, so the f32 master
+    /// gets the gradient), a frozen weight is already stored in it and only the input's
+    /// gradient is attached, in bf16 too. The result and the f32 bias are added in the
+    /// input's dtype.
+    fn autocast_forward(
+        &self,
+        x2: &Tensor,
+        weight: &Param,
+        dtype: DType,
+    ) -> Result<Tensor, ZooError> {
+        let out = if weight.is_trainable() {
+            let w = weight.tensor().to_dtype(dtype)?;
+            x2.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(x2.dtype())?
+        } else {
+            let w = weight.tensor().to_dtype(dtype)?;
+            let out = x2
+                .detach()
+                .to_dtype(dtype)?
+                .matmul(&w.t()?)?
+                .to_dtype(x2.dtype())?;
+            if x2.track_op() {
+                x2.apply_op1(FrozenLinearGrad::new(out, GradWeight::Dense(w)))?
+            } else {
+                out
+            }
+        };
+        match &self.bias {
+            Some(b) => Ok(out.broadcast_add(b.tensor())?),
+            None => Ok(out),
+        }
+    }
+
     /// The base on detached weights (`x2` is already detached): a graph-free result.
     fn detached_base_forward(&self, x2: &Tensor) -> Result<Tensor, ZooError> {
+        if let (Some(dtype), LinearBase::Dense(weight)) = (self.compute_dtype, &self.base) {
+            if dtype != x2.dtype() {
+                let frozen = Param::Frozen(weight.tensor().detach());
+                let out = self.autocast_forward(&x2.detach(), &frozen, dtype)?;
+                return Ok(out.detach());
+            }
+        }
         if let LinearBase::Dense(weight) = &self.base {
             if super::fused::uses_fused_kernels(x2)
                 && super::fused::uses_fused_kernels(weight.tensor())
@@ -362,6 +420,7 @@ impl TrainLinear {
             // Detached: the sum of vars would otherwise carry the adapter's graph along.
             let merged = (self.base_weight()? + lora.delta_weight()?)?.detach();
             self.base = LinearBase::Dense(Param::Frozen(merged));
+            self.compute_dtype = None;
         }
         Ok(())
     }
@@ -390,7 +449,7 @@ impl TrainLinear {
     /// Resident bytes: f32 for dense tensors, the block storage for a quantized base.
     pub fn parameter_bytes(&self) -> usize {
         let base = match &self.base {
-            LinearBase::Dense(w) => w.tensor().elem_count() * 4,
+            LinearBase::Dense(w) => w.tensor().elem_count() * w.tensor().dtype().size_in_bytes(),
             LinearBase::Quantized(q) => q.qtensor.storage_size_in_bytes(),
         };
         let mut n = self.bias.as_ref().map_or(0, |b| b.tensor().elem_count());
@@ -401,89 +460,9 @@ impl TrainLinear {
     }
 }
 
-/// The frozen weight a backward multiplies by.
-enum GradWeight {
-    Dense(Tensor),
-    /// Dequantized only while the backward runs: one transient f32 weight at a time.
-    Quantized(Arc<QTensor>),
-}
-
-/// "Output computed elsewhere, gradient for the input only": forward returns a copy of the
-/// precomputed `x·Wᵀ (+ b)`, backward gives `grad_out · W` and never touches dW.
-struct FrozenLinearGrad {
-    /// Taken by the forward, so that the graph (which keeps the op until backward) does not
-    /// also keep a second copy of every frozen projection's output: measured on QLoRA
-    /// SmolLM2, 0.6 MB per token of the batch.
-    output: Mutex<Option<Tensor>>,
-    weight: GradWeight,
-}
-
-impl FrozenLinearGrad {
-    fn new(output: Tensor, weight: GradWeight) -> Self {
-        Self {
-            output: Mutex::new(Some(output)),
-            weight,
-        }
-    }
-
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        self.output
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("frozen-linear: poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-linear: forward ran twice".into()))
-    }
-}
-
-impl CustomOp1 for FrozenLinearGrad {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => {
-                let copy = s.try_clone(layout)?;
-                Ok((copy, output.shape().clone()))
-            }
-            _ => candle_core::bail!("frozen-linear: output is not on the cpu"),
-        }
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => {
-                let copy = s.try_clone(layout)?;
-                Ok((copy, output.shape().clone()))
-            }
-            _ => candle_core::bail!("frozen-linear: output is not on the gpu"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let grad_in = match &self.weight {
-            GradWeight::Dense(w) => grad_res.matmul(w)?,
-            GradWeight::Quantized(q) => grad_res.matmul(&q.dequantize(grad_res.device())?)?,
-        };
-        Ok(Some(grad_in.reshape(arg.shape())?))
-    }
-}
+#[path = "frozen_linear_grad.rs"]
+mod frozen_linear_grad;
+use frozen_linear_grad::{FrozenLinearGrad, GradWeight};
 
 #[cfg(test)]
 #[path = "linear_quant_tests.rs"]

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::resolve::defaults;
-use super::{HyperparamRequest, LrScheduler, TaskOptions};
+use super::{HyperparamRequest, LrScheduler, Precision, TaskOptions};
 use crate::domain::task::Task;
 
 /// A bad hyperparameter: `param` is the key as the user wrote it.
@@ -184,6 +184,16 @@ impl HyperparamRequest {
                         .ok_or_else(|| bad(k, "`gradient_checkpointing` must be true or false"))?;
                     req.gradient_checkpointing = Some(flag);
                 }
+                "precision" | "export_dtype" => {
+                    let dtype = value
+                        .as_str()
+                        .and_then(Precision::parse)
+                        .ok_or_else(|| bad(k, format!("`{k}` must be `f32` or `bf16`")))?;
+                    match k {
+                        "precision" => req.precision = Some(dtype),
+                        _ => req.export_dtype = Some(dtype),
+                    }
+                }
                 _ if TaskOptions::is_key(k) => req.task_options.parse_key(k, value)?,
                 _ => return Err(bad(k, format!("Unknown hyperparameter `{k}`"))),
             }
@@ -202,6 +212,18 @@ impl HyperparamRequest {
                 "gradient_checkpointing",
                 "`gradient_checkpointing` recomputes transformer layers (text tasks); image classification trains a CNN and does not take it",
             ));
+        }
+        let decoder = matches!(task, Task::ChatSft | Task::CompletionSft | Task::Dpo);
+        for (key, given) in [
+            ("precision", self.precision.is_some()),
+            ("export_dtype", self.export_dtype.is_some()),
+        ] {
+            if given && !decoder {
+                return Err(bad(
+                    key,
+                    format!("`{key}` applies to causal-LM jobs (chat, prompt/completion, DPO); this job's training data is {} data", task.label()),
+                ));
+            }
         }
         let max_seq_len = self.max_seq_len.unwrap_or(defaults(task).max_seq_len);
         self.task_options.check_task(task, max_seq_len)

@@ -209,6 +209,8 @@ impl HyperparamRequest {
             },
             quantize: self.quantize.clone(),
             gradient_checkpointing: self.gradient_checkpointing.unwrap_or(false),
+            precision: self.precision,
+            export_dtype: self.export_dtype,
             seed,
             task_options: self.task_options.resolve(task),
         };

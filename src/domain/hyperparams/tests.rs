@@ -54,6 +54,8 @@ fn bad_values_name_their_param() {
             json!({"gradient_checkpointing": "yes"}),
             "gradient_checkpointing",
         ),
+        (json!({"precision": "fp16"}), "precision"),
+        (json!({"export_dtype": 16}), "export_dtype"),
         (
             json!({"metric_for_best_model": "bleu"}),
             "metric_for_best_model",
@@ -158,4 +160,23 @@ fn gradient_checkpointing_is_off_unless_asked_and_refused_for_images() {
     );
     let off = parse(json!({"gradient_checkpointing": false})).expect("valid");
     assert!(off.check_task(Task::ImageClassification).is_ok());
+}
+
+#[test]
+fn precision_and_export_dtype_are_decoder_options() {
+    let req = parse(json!({"precision": "bf16", "export_dtype": "bf16"})).expect("valid");
+    for task in [Task::ChatSft, Task::CompletionSft, Task::Dpo] {
+        assert!(req.check_task(task).is_ok(), "{task:?}");
+        let cfg = req.resolve(task, 100, 0);
+        assert_eq!(cfg.precision, Some(Precision::Bf16));
+        assert_eq!(cfg.export_dtype, Some(Precision::Bf16));
+    }
+    for task in [Task::SequenceClassification, Task::ImageClassification] {
+        let err = req.check_task(task).expect_err("encoders train in f32");
+        assert_eq!(err.param, "precision");
+    }
+    let unset = parse(json!({}))
+        .expect("valid")
+        .resolve(Task::ChatSft, 100, 0);
+    assert_eq!((unset.precision, unset.export_dtype), (None, None));
 }

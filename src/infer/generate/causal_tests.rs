@@ -293,6 +293,8 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
         },
         quantize: None,
         gradient_checkpointing: false,
+        precision: None,
+        export_dtype: None,
         seed: 1,
         task_options: Default::default(),
     };

@@ -19,7 +19,7 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::sft::{check_memory, decoder_spec, fit_to_context, lm_spec};
+use crate::tasks::sft::{check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec};
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
@@ -166,7 +166,14 @@ impl DpoTask {
             cfg.gradient_checkpointing,
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let policy = CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let compute = compute_dtype(cfg, &job.device);
+        let policy = CausalLm::from_pretrained_in(
+            &job.base_model_dir,
+            &spec,
+            &job.device,
+            cfg.seed,
+            compute,
+        )?;
         let mut models = DpoModels::new(policy, job.beta)?;
         if cfg.gradient_checkpointing {
             models.policy.enable_gradient_checkpointing();

@@ -74,6 +74,8 @@ fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> TrainingConf
         },
         quantize: None,
         gradient_checkpointing: false,
+        precision: None,
+        export_dtype: None,
         seed: 3,
         task_options: Default::default(),
     }

@@ -74,6 +74,8 @@ pub(crate) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
         },
         quantize: None,
         gradient_checkpointing: false,
+        precision: None,
+        export_dtype: None,
         seed: 11,
         task_options: Default::default(),
     }

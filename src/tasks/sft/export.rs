@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::load::{load_unmerged, Unmerged};
-use crate::train::checkpoint::{self, META_FILE};
+use crate::domain::hyperparams::Precision;
+use crate::train::checkpoint::{self, LmSpec, META_FILE};
 use crate::train::{ExportFormat, TrainError};
 
 /// `export_checkpoint` for `causal_lm` checkpoints.
@@ -15,7 +16,18 @@ pub(crate) fn export_lm_checkpoint(
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let has_lora = dir.join(META_FILE).exists() && checkpoint::read_meta(dir)?.has_lora();
+    let meta = match dir.join(META_FILE).exists() {
+        true => Some(checkpoint::read_meta(dir)?),
+        false => None,
+    };
+    let has_lora = meta.as_ref().is_some_and(|m| m.has_lora());
+    let export_dtype = match meta.as_ref().map(|m| m.lm_spec(dir)).transpose()? {
+        Some(LmSpec {
+            export_dtype: Some(Precision::Bf16),
+            ..
+        }) => DType::BF16,
+        _ => DType::F32,
+    };
     let Unmerged {
         mut model,
         base_dir,
@@ -24,7 +36,7 @@ pub(crate) fn export_lm_checkpoint(
     match format {
         ExportFormat::Merged => {
             model.merge_lora()?;
-            model.export_merged(&base_dir, out_dir)?;
+            model.export_merged_as(&base_dir, out_dir, export_dtype)?;
         }
         ExportFormat::Adapter => {
             if !has_lora {

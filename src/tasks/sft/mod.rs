@@ -26,6 +26,8 @@ mod tests_export;
 #[cfg(test)]
 pub(crate) mod tests_memory;
 #[cfg(test)]
+mod tests_precision;
+#[cfg(test)]
 mod tests_small_data;
 #[cfg(test)]
 mod tests_train;
@@ -33,5 +35,5 @@ mod tests_train;
 pub use load::{load_lm_checkpoint, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 /// Shared with DPO, which trains the same causal LMs.
-pub(crate) use run::{check_memory, decoder_spec, fit_to_context, lm_spec};
+pub(crate) use run::{check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec};
 pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};

@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 
 use candle_core::backprop::GradStore;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde_json::json;
 
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
-use crate::domain::hyperparams::TrainingConfig;
+use crate::domain::hyperparams::{Precision, TrainingConfig};
 use crate::train::checkpoint::{CheckpointTask, LmSpec, TrainState};
 use crate::train::data::sequential_batches;
 use crate::train::memory;
@@ -153,11 +153,24 @@ pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
     })
 }
 
+/// The projections' matmul dtype of a decoder job: its `precision`, by default bf16 on a
+/// GPU (mixed precision) and f32 on the CPU.
+pub(crate) fn compute_dtype(cfg: &TrainingConfig, device: &Device) -> DType {
+    let on_gpu = !device.is_cpu();
+    match cfg.precision {
+        Some(Precision::Bf16) => DType::BF16,
+        Some(Precision::F32) => DType::F32,
+        None if on_gpu => DType::BF16,
+        None => DType::F32,
+    }
+}
+
 /// What a causal-LM checkpoint records of the job's LoRA / QLoRA settings.
 pub(crate) fn lm_spec(cfg: &TrainingConfig) -> LmSpec {
     LmSpec {
         lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
         quantize: cfg.quantize.clone(),
+        export_dtype: cfg.export_dtype,
     }
 }
 
@@ -233,8 +246,14 @@ impl<'a> SftTask<'a> {
             cfg.gradient_checkpointing,
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let mut model =
-            CausalLm::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let compute = compute_dtype(cfg, &job.device);
+        let mut model = CausalLm::from_pretrained_in(
+            &job.base_model_dir,
+            &spec,
+            &job.device,
+            cfg.seed,
+            compute,
+        )?;
         if cfg.gradient_checkpointing {
             model.enable_gradient_checkpointing();
         }

@@ -68,6 +68,8 @@ pub(super) fn config(lora_rank: usize, learning_rate: f64, n_epochs: usize) -> T
         },
         quantize: None,
         gradient_checkpointing: false,
+        precision: None,
+        export_dtype: None,
         seed: 3,
         task_options: Default::default(),
     }

@@ -1,7 +1,10 @@
 //! Exports: a merged Hugging Face directory that transformers (and `from_pretrained`)
 //! loads, and a PEFT adapter directory.
 
+use std::collections::HashMap;
 use std::path::Path;
+
+use candle_core::{DType, Tensor};
 
 use super::config::DecoderConfig;
 use super::lm::CausalLm;
@@ -28,18 +31,42 @@ impl CausalLm {
     /// adapters folded in, `lm_head` omitted when tied) and the base's tokenizer /
     /// chat-template / generation files.
     pub fn export_merged(&self, base_dir: &Path, out_dir: &Path) -> Result<(), ZooError> {
+        self.export_merged_as(base_dir, out_dir, DType::F32)
+    }
+
+    /// [`Self::export_merged`] with every tensor in `dtype` (f32 or bf16: the job's
+    /// `export_dtype`), which config.json names.
+    pub fn export_merged_as(
+        &self,
+        base_dir: &Path,
+        out_dir: &Path,
+        dtype: DType,
+    ) -> Result<(), ZooError> {
+        let dtype_name = match dtype {
+            DType::F32 => "float32",
+            DType::BF16 => "bfloat16",
+            other => {
+                return Err(ZooError::Unsupported(format!(
+                    "exporting weights as {other:?}"
+                )))
+            }
+        };
         std::fs::create_dir_all(out_dir)?;
         let (_, raw) = DecoderConfig::from_dir(base_dir)?;
         let serde_json::Value::Object(mut config) = raw else {
             return Err(ZooError::Config("config.json is not an object".into()));
         };
         let (tensors, tied) = self.decoder.merged_tensors()?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+            .collect::<Result<HashMap<String, Tensor>, ZooError>>()?;
         // transformers 5.x reads `dtype`, 4.x `torch_dtype`: keep whichever the base has.
         if config.contains_key("dtype") {
-            config.insert("dtype".into(), "float32".into());
+            config.insert("dtype".into(), dtype_name.into());
         }
         if config.contains_key("torch_dtype") || !config.contains_key("dtype") {
-            config.insert("torch_dtype".into(), "float32".into());
+            config.insert("torch_dtype".into(), dtype_name.into());
         }
         let tie = serde_json::Value::Bool(tied);
         match config.get_mut("text_config") {

@@ -104,6 +104,18 @@ impl CausalLm {
         device: &Device,
         seed: u64,
     ) -> Result<Self, ZooError> {
+        Self::from_pretrained_in(dir, spec, device, seed, DType::F32)
+    }
+
+    /// [`Self::from_pretrained`] with the projections' matmuls in `compute` (bf16: mixed
+    /// precision, see `Decoder::load`).
+    pub fn from_pretrained_in(
+        dir: &Path,
+        spec: &DecoderSpec,
+        device: &Device,
+        seed: u64,
+        compute: DType,
+    ) -> Result<Self, ZooError> {
         let (cfg, _) = DecoderConfig::from_dir(dir)?;
         let tuning = match &spec.lora {
             Some(l) if l.rank > 0 => Tuning::Lora {
@@ -119,7 +131,8 @@ impl CausalLm {
             }
             _ => Tuning::Full,
         };
-        let (decoder, vars) = Decoder::load(dir, &cfg, &tuning, spec.quantize, device, seed)?;
+        let modes = (&tuning, spec.quantize);
+        let (decoder, vars) = Decoder::load(dir, &cfg, modes, device, seed, compute)?;
         Ok(Self {
             decoder,
             tuning,

@@ -146,8 +146,11 @@ impl Decoder {
         Ok([t(q_cos)?, t(q_sin)?, t(cos)?, t(sin)?])
     }
 
+    /// The rows of `ids`, in f32 (a bf16 frozen table's rows are cast).
     pub fn embed(&self, ids: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
-        Ok(param_in(&self.embed, pass).index_select(ids, 0)?)
+        Ok(param_in(&self.embed, pass)
+            .index_select(ids, 0)?
+            .to_dtype(DType::F32)?)
     }
 
     pub fn final_norm(&self, x: &Tensor, pass: Pass) -> Result<Tensor, ZooError> {
@@ -164,7 +167,7 @@ impl Decoder {
         let mut out = HashMap::new();
         out.insert(
             "model.embed_tokens.weight".to_string(),
-            self.embed.tensor().clone(),
+            self.embed.tensor().to_dtype(DType::F32)?,
         );
         for (i, l) in self.layers.iter().enumerate() {
             let p = |m: &str| format!("model.layers.{i}.{m}");
@@ -234,13 +237,16 @@ impl Decoder {
         })
     }
 
+    /// `compute`: the projections' matmul dtype (f32, or bf16 for mixed precision, where
+    /// frozen matrices are stored in bf16 and trainable ones keep f32 masters); norms,
+    /// attention, embeddings' sums and the residual stream stay f32.
     pub fn load(
         dir: &Path,
         cfg: &DecoderConfig,
-        tuning: &Tuning,
-        quantize: Option<QuantKind>,
+        (tuning, quantize): (&Tuning, Option<QuantKind>),
         device: &Device,
         seed: u64,
+        compute: DType,
     ) -> Result<(Self, Vec<NamedVar>), ZooError> {
         let files = safetensors_files(dir)?;
         // SAFETY: the checkpoint files are not modified while the model loads; `get`
@@ -253,6 +259,7 @@ impl Decoder {
             rng: StdRng::seed_from_u64(seed),
             vars: Vec::new(),
             device: device.clone(),
+            compute,
         };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let (q_out, kv_out) = (
@@ -283,7 +290,8 @@ impl Decoder {
         let norm = b.param("model.norm.weight", &[h], false)?;
         let lm_head = if cfg.tie_word_embeddings || !b.vb.contains_tensor("lm_head.weight") {
             // Tied: the same tensor (the same Var in full fine-tuning) as the embeddings.
-            b.with_lora("lm_head", TrainLinear::new(embed.clone(), None), h, v)?
+            let head = TrainLinear::new(embed.clone(), None).with_compute_dtype(compute);
+            b.with_lora("lm_head", head, h, v)?
         } else {
             b.linear("lm_head", h, v, false, false)?
         };
@@ -321,6 +329,8 @@ struct Builder<'a> {
     rng: StdRng,
     vars: Vec<NamedVar>,
     device: Device,
+    /// See [`Decoder::load`].
+    compute: DType,
 }
 
 impl Builder<'_> {
@@ -338,7 +348,13 @@ impl Builder<'_> {
     fn param(&mut self, name: &str, shape: &[usize], decay: bool) -> Result<Param, ZooError> {
         let tensor = self.load(name, shape)?;
         if !self.full() {
-            return Ok(Param::Frozen(tensor));
+            // Frozen matrices (embeddings, projections) in the matmul dtype; norms in f32.
+            let dtype = if shape.len() == 2 {
+                self.compute
+            } else {
+                DType::F32
+            };
+            return Ok(Param::Frozen(tensor.to_dtype(dtype)?));
         }
         let var = candle_core::Var::from_tensor(&tensor)?;
         self.vars.push(NamedVar {
@@ -370,7 +386,8 @@ impl Builder<'_> {
                 let weight = self.load(&weight_name, &[out_dim, in_dim])?;
                 quantized_linear(&weight, bias, kind)?
             }
-            None => TrainLinear::new(self.param(&weight_name, &[out_dim, in_dim], true)?, bias),
+            None => TrainLinear::new(self.param(&weight_name, &[out_dim, in_dim], true)?, bias)
+                .with_compute_dtype(self.compute),
         };
         self.with_lora(module, linear, in_dim, out_dim)
     }
