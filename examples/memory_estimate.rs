@@ -17,7 +17,7 @@ use candle_core::Device;
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob, SftTokenizer};
-use temper::train::memory::{estimate_with, largest_step, Tuning};
+use temper::train::memory::{estimate_with, largest_step, RunMode, Tuning};
 use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use temper::zoo::decoder::config::DEFAULT_LORA_TARGETS;
 use temper::zoo::decoder::{DecoderConfig, QuantKind};
@@ -94,7 +94,12 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let step = largest_step(&lengths, batch);
-    let parts = estimate_with(&config, &tuning, step, true, checkpointing);
+    let run_mode = RunMode {
+        host: true,
+        checkpointing,
+        bf16: false,
+    };
+    let parts = estimate_with(&config, &tuning, step, run_mode);
     let job = SftJob {
         base_model_dir: model_dir,
         train: examples,

@@ -77,9 +77,15 @@ fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
 }
 
 /// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
-/// plain Hugging Face directory (base model, merged export), via `train`.
+/// plain Hugging Face directory (base model, merged export), via `train`; in bf16 on a GPU
+/// (its matrices stored and multiplied in bf16), in f32 on the CPU.
 fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
-    let loaded = crate::tasks::sft::load_lm_checkpoint(dir, device).map_err(|e| {
+    let compute = if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    };
+    let loaded = crate::tasks::sft::load_lm_checkpoint_in(dir, device, compute).map_err(|e| {
         InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
     })?;
     // The context is the model's, not the (shorter) sequence length it was tuned with.

@@ -88,16 +88,9 @@ fn projections(c: &DecoderConfig) -> [(&'static str, u64, u64); 7] {
 /// Parameters outside the projections' weight matrices: embeddings, LM head (untied),
 /// norms and attention biases.
 fn other_params(c: &DecoderConfig) -> u64 {
-    let (h, v, layers) = (
-        c.hidden_size as u64,
-        c.vocab_size as u64,
-        c.num_hidden_layers as u64,
-    );
+    let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
     let head = if c.tie_word_embeddings { 0 } else { v * h };
-    let q = (c.num_attention_heads * c.head_dim) as u64;
-    let kv = (c.num_key_value_heads * c.head_dim) as u64;
-    let bias = if c.attention_bias { q + 2 * kv } else { 0 };
-    v * h + head + h + layers * (2 * h + bias)
+    v * h + head + vector_params(c)
 }
 
 /// Every parameter of the model.
@@ -130,23 +123,62 @@ fn quantized_bytes_per_weight(kind: QuantKind) -> f64 {
     }
 }
 
-/// The estimate of a decoder job's peak memory; `host`: on the CPU, where loading and
-/// checkpoints use the same memory as training (see [`MemoryEstimate`]).
-pub fn estimate(c: &DecoderConfig, tuning: &Tuning, step: StepShape, host: bool) -> MemoryEstimate {
-    estimate_with(c, tuning, step, host, false)
+/// How a decoder job runs, as far as its memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunMode {
+    /// On the CPU, where loading and checkpoints use the same memory as training (see
+    /// [`MemoryEstimate`]).
+    pub host: bool,
+    /// `gradient_checkpointing`: backward keeps each layer's output only (h floats per token
+    /// and layer), plus the one layer being recomputed with all its activations and the copy
+    /// of its input it differentiates.
+    pub checkpointing: bool,
+    /// `precision: "bf16"`: frozen matrices stored in bf16; in full fine-tuning each step
+    /// also keeps the bf16 copy of every weight it multiplies by, for backward.
+    pub bf16: bool,
 }
 
-/// [`estimate`] of a job with or without `gradient_checkpointing`: with it, backward keeps
-/// each layer's output only (h floats per token and layer), plus the one layer being
-/// recomputed with all its activations and the copy of its input it differentiates.
+/// Norm weights and biases: the parameters that are not matrices (always f32).
+fn vector_params(c: &DecoderConfig) -> u64 {
+    let h = c.hidden_size as u64;
+    let q = (c.num_attention_heads * c.head_dim) as u64;
+    let kv = (c.num_key_value_heads * c.head_dim) as u64;
+    let bias = if c.attention_bias { q + 2 * kv } else { 0 };
+    h + c.num_hidden_layers as u64 * (2 * h + bias)
+}
+
+/// Bytes of every parameter frozen in the matmul dtype: matrices in bf16 or f32, vectors
+/// in f32 (a LoRA base, DPO's frozen reference).
+fn frozen_bytes(c: &DecoderConfig, bf16: bool) -> u64 {
+    let vectors = vector_params(c);
+    let matrices = parameter_count(c) - vectors;
+    (if bf16 { 2 } else { 4 }) * matrices + 4 * vectors
+}
+
+/// The estimate of a decoder job's peak memory in f32 with no checkpointing; `host`: on
+/// the CPU (see [`RunMode`]).
+pub fn estimate(c: &DecoderConfig, tuning: &Tuning, step: StepShape, host: bool) -> MemoryEstimate {
+    let mode = RunMode {
+        host,
+        ..RunMode::default()
+    };
+    estimate_with(c, tuning, step, mode)
+}
+
+/// [`estimate`] of a job run the way `mode` says.
 pub fn estimate_with(
     c: &DecoderConfig,
     tuning: &Tuning,
     step: StepShape,
-    host: bool,
-    checkpointing: bool,
+    mode: RunMode,
 ) -> MemoryEstimate {
+    let RunMode {
+        host,
+        checkpointing,
+        bf16,
+    } = mode;
     let params = parameter_count(c);
+    let matrix_bytes = if bf16 { 2 } else { 4 };
     let (weights, trained) = match tuning {
         Tuning::Full => (4 * params, params),
         Tuning::Lora {
@@ -155,16 +187,22 @@ pub fn estimate_with(
             quantize,
         } => {
             let adapters = adapter_count(c, *rank, targets);
-            let matrices = params - other_params(c);
+            let layer_matrices = params - other_params(c);
             let base = match quantize {
-                None => 4 * params,
+                None => frozen_bytes(c, bf16),
                 Some(kind) => {
-                    let blocks = matrices as f64 * quantized_bytes_per_weight(*kind);
-                    4 * other_params(c) + blocks.ceil() as u64
+                    let blocks = layer_matrices as f64 * quantized_bytes_per_weight(*kind);
+                    let tables = other_params(c) - vector_params(c);
+                    matrix_bytes * tables + 4 * vector_params(c) + blocks.ceil() as u64
                 }
             };
             (base + 4 * adapters, adapters)
         }
+    };
+    // Full fine-tuning in bf16 multiplies by bf16 casts of the f32 masters, kept for backward.
+    let weight_casts = match tuning {
+        Tuning::Full if bf16 => 2 * (params - vector_params(c)),
+        _ => 0,
     };
     let (h, kv, i) = (
         c.hidden_size as u64,
@@ -196,7 +234,7 @@ pub fn estimate_with(
     MemoryEstimate {
         weights,
         optimizer: 4 * 3 * trained,
-        activations: 4 * (step.tokens as u64 * per_token + head),
+        activations: 4 * (step.tokens as u64 * per_token + head) + weight_casts,
         loading: if host { 4 * params } else { 0 },
         checkpoint: if host { 4 * 2 * trained } else { 0 },
     }
@@ -362,22 +400,24 @@ pub struct FitQuery<'a> {
     pub device: &'a str,
     /// Full fine-tuning also holds a frozen copy of the starting weights (DPO's reference).
     pub frozen_reference: bool,
-    /// The device is the CPU (see [`estimate`]).
-    pub host: bool,
-    /// `gradient_checkpointing` is on (see [`estimate_with`]).
-    pub checkpointing: bool,
+    /// How the job runs: on the CPU or not, checkpointed, in bf16.
+    pub mode: RunMode,
 }
 
 impl FitQuery<'_> {
     fn need(&self, tuning: &Tuning, batch: usize) -> MemoryEstimate {
-        self.need_with(tuning, batch, self.checkpointing)
+        self.need_with(tuning, batch, self.mode.checkpointing)
     }
 
     fn need_with(&self, tuning: &Tuning, batch: usize, checkpointing: bool) -> MemoryEstimate {
         let step = (self.step_of)(batch);
-        let mut need = estimate_with(self.config, tuning, step, self.host, checkpointing);
+        let mode = RunMode {
+            checkpointing,
+            ..self.mode
+        };
+        let mut need = estimate_with(self.config, tuning, step, mode);
         if self.frozen_reference && *tuning == Tuning::Full {
-            need.weights += 4 * parameter_count(self.config);
+            need.weights += frozen_bytes(self.config, mode.bf16);
         }
         need
     }
@@ -405,7 +445,8 @@ pub fn check_fits(query: &FitQuery<'_>, available: u64) -> Result<MemoryEstimate
             query.batch_size.div_ceil(batch)
         ));
     }
-    if !query.checkpointing && fits_in(&query.need_with(&query.tuning, query.batch_size, true)) {
+    if !query.mode.checkpointing && fits_in(&query.need_with(&query.tuning, query.batch_size, true))
+    {
         ways.push("`gradient_checkpointing` true".into());
     }
     let lora = |quantize| Tuning::Lora {

@@ -155,8 +155,10 @@ fn a_job_over_the_budget_is_told_what_would_fit() {
         step_of: &long,
         device: "cpu",
         frozen_reference: false,
-        host: true,
-        checkpointing: false,
+        mode: RunMode {
+            host: true,
+            ..RunMode::default()
+        },
     };
     // The estimate and 15 % more fit; a byte less does not.
     let with_margin = |need: u64| need + need * 3 / 20;
@@ -251,8 +253,10 @@ fn dpo_full_fine_tuning_counts_its_frozen_reference() {
         step_of: &step_of,
         device: "cpu",
         frozen_reference,
-        host: true,
-        checkpointing: false,
+        mode: RunMode {
+            host: true,
+            ..RunMode::default()
+        },
     };
     let plain = check_fits(&query(Tuning::Full, false), u64::MAX).unwrap();
     let dpo = check_fits(&query(Tuning::Full, true), u64::MAX).unwrap();
@@ -356,8 +360,8 @@ fn checkpointing_keeps_one_output_per_layer_and_one_layer_in_full() {
         targets: default_targets(),
         quantize: None,
     };
-    let plain = estimate_with(&c, &lora, step, true, false);
-    let ckpt = estimate_with(&c, &lora, step, true, true);
+    let plain = estimate_with(&c, &lora, step, mode(false, false));
+    let ckpt = estimate_with(&c, &lora, step, mode(true, false));
     assert_eq!(plain, estimate(&c, &lora, step, true));
     // Per token: 9·576 + 3·192 + 3·1536 floats a layer keeps; checkpointed, 30 layer outputs,
     // the copy of the recomputed layer's input, and that one layer's tensors. The head's
@@ -386,10 +390,13 @@ fn checkpointing_keeps_one_output_per_layer_and_one_layer_in_full() {
         step_of: &step_of,
         device: "cpu",
         frozen_reference: false,
-        host: true,
-        checkpointing: false,
+        mode: RunMode {
+            host: true,
+            ..RunMode::default()
+        },
     };
-    let need = |checkpointing| estimate_with(&c, &lora, step_of(16), true, checkpointing).total();
+    let need =
+        |checkpointing| estimate_with(&c, &lora, step_of(16), mode(checkpointing, false)).total();
     let budget = need(true) + need(true) * 3 / 20;
     assert!(budget < need(false));
     let message = check_fits(&query, budget).unwrap_err();
@@ -398,7 +405,7 @@ fn checkpointing_keeps_one_output_per_layer_and_one_layer_in_full() {
         "{message}"
     );
     let checkpointed = FitQuery {
-        checkpointing: true,
+        mode: mode(true, false),
         ..query
     };
     assert_eq!(
@@ -419,4 +426,42 @@ fn a_checkpointed_encoder_keeps_one_output_per_layer_and_one_layer_in_full() {
     let layer = 14 * 384 + 2 * 1536 + 12 * 60;
     assert_eq!(plain.activations, 4 * 960 * 6 * layer);
     assert_eq!(ckpt.activations, 4 * 960 * (6 * 384 + 384 + layer));
+}
+
+/// A CPU run, checkpointed or not, in bf16 or not.
+fn mode(checkpointing: bool, bf16: bool) -> RunMode {
+    RunMode {
+        host: true,
+        checkpointing,
+        bf16,
+    }
+}
+
+#[test]
+fn bf16_halves_the_frozen_matrices_and_full_fine_tuning_keeps_bf16_casts() {
+    let c = smollm2_135m();
+    let step = StepShape {
+        tokens: 500,
+        trained_rows: 16,
+    };
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: default_targets(),
+        quantize: None,
+    };
+    let (f32_lora, bf16_lora) = (
+        estimate_with(&c, &lora, step, mode(false, false)),
+        estimate_with(&c, &lora, step, mode(false, true)),
+    );
+    // 134,515,008 parameters, of which 576 + 30·2·576 are norm weights (f32 either way).
+    let vectors = 576 + 30 * 2 * 576;
+    let matrices = 134_515_008 - vectors;
+    assert_eq!(f32_lora.weights - bf16_lora.weights, 2 * matrices);
+    assert_eq!(f32_lora.activations, bf16_lora.activations);
+    let (f32_full, bf16_full) = (
+        estimate_with(&c, &Tuning::Full, step, mode(false, false)),
+        estimate_with(&c, &Tuning::Full, step, mode(false, true)),
+    );
+    assert_eq!(f32_full.weights, bf16_full.weights, "f32 masters");
+    assert_eq!(bf16_full.activations - f32_full.activations, 2 * matrices);
 }

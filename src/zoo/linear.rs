@@ -131,6 +131,11 @@ impl TrainLinear {
         }
     }
 
+    /// The dtype the base's matmul runs in, when not the input's (mixed precision).
+    pub fn compute_dtype(&self) -> Option<DType> {
+        self.compute_dtype
+    }
+
     /// Runs the dense base's matmul in `dtype` (see [`TrainLinear`]'s `compute_dtype`); a
     /// quantized base keeps its own kernels.
     pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
@@ -413,14 +418,19 @@ impl TrainLinear {
         Ok(out)
     }
 
-    /// Fold the adapter into the base (`W + (α/r)·B·A`) and drop it; the result is frozen.
-    /// A quantized base is dequantized first, so the merged layer is dense f32.
+    /// Fold the adapter into the base (`W + (α/r)·B·A`) and drop it; the result is frozen,
+    /// in the matmul dtype (f32 unless mixed precision). A quantized base is dequantized
+    /// first, so the merged layer is dense f32.
     pub fn merge(&mut self) -> Result<(), ZooError> {
         if let Some(lora) = self.lora.take() {
             // Detached: the sum of vars would otherwise carry the adapter's graph along.
+            // Stored back in the matmul dtype: a bf16 base stays bf16 once merged.
             let merged = (self.base_weight()? + lora.delta_weight()?)?.detach();
+            let merged = match self.compute_dtype {
+                Some(dtype) => merged.to_dtype(dtype)?,
+                None => merged,
+            };
             self.base = LinearBase::Dense(Param::Frozen(merged));
-            self.compute_dtype = None;
         }
         Ok(())
     }

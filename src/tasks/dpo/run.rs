@@ -19,7 +19,9 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::sft::{check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec};
+use crate::tasks::sft::{
+    check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec, run_mode,
+};
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
@@ -163,7 +165,7 @@ impl DpoTask {
             &job.device,
             cfg.batch_size,
             spec.lora.is_none(),
-            cfg.gradient_checkpointing,
+            run_mode(cfg, &job.device),
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
         let compute = compute_dtype(cfg, &job.device);

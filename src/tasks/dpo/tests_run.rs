@@ -313,3 +313,36 @@ fn a_dpo_job_that_cannot_fit_fails_before_loading() {
     assert!(message.contains("on `cpu`"), "{message}");
     assert!(rec.steps.is_empty() && !job.work_dir.exists());
 }
+
+#[test]
+fn bf16_dpo_with_checkpointing_follows_the_f32_run() {
+    use crate::domain::hyperparams::Precision;
+    let fx = fixture();
+    for (name, rank, lr) in [("lora", 8, 1e-3), ("full", 0, 2e-4)] {
+        let losses = |mixed: bool| {
+            let mut cfg = config(rank, lr, 3);
+            if mixed {
+                cfg.precision = Some(Precision::Bf16);
+                cfg.gradient_checkpointing = true;
+            }
+            let work = format!("{name}-{mixed}");
+            let mut rec = Recorder::default();
+            completed(run_dpo(&job(&fx, &work, cfg, DEFAULT_BETA), &mut rec).expect("train"));
+            rec.steps.iter().map(|s| s.train_loss()).collect::<Vec<_>>()
+        };
+        let (plain, mixed) = (losses(false), losses(true));
+        // The reference is the starting policy in the same precision: ln 2 at the start.
+        assert!(
+            (mixed[0] - std::f64::consts::LN_2).abs() < 1e-5,
+            "{name}: {mixed:?}"
+        );
+        for (a, b) in plain.iter().zip(&mixed) {
+            assert!((a - b).abs() / a < 0.03, "{name}: {plain:?} vs {mixed:?}");
+        }
+        assert!(
+            mixed[mixed.len() - 1] < mixed[0],
+            "{name}: learns {mixed:?}"
+        );
+        assert_ne!(plain, mixed, "{name}: the mixed run ran in bf16");
+    }
+}

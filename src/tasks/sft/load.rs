@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::run::decoder_spec;
 use crate::train::checkpoint::{self, META_FILE, TRAINABLE_FILE};
@@ -32,20 +32,27 @@ pub(crate) struct Unmerged {
 }
 
 pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, TrainError> {
+    load_unmerged_in(dir, device, DType::F32)
+}
+
+/// [`load_unmerged`] with the projections' matmuls in `compute` (bf16: frozen matrices
+/// stored in bf16).
+fn load_unmerged_in(dir: &Path, device: &Device, compute: DType) -> Result<Unmerged, TrainError> {
     if !dir.join(META_FILE).exists() {
         let spec = DecoderSpec {
             lora: None,
             quantize: None,
         };
         return Ok(Unmerged {
-            model: CausalLm::from_pretrained(dir, &spec, device, 0)?,
+            model: CausalLm::from_pretrained_in(dir, &spec, device, 0, compute)?,
             base_dir: dir.to_path_buf(),
             max_seq_len: None,
         });
     }
     let meta = checkpoint::read_meta(dir)?;
     let spec = decoder_spec(meta.lm_spec(dir)?)?;
-    let model = CausalLm::from_pretrained(&meta.base_model_dir, &spec, device, meta.seed)?;
+    let model =
+        CausalLm::from_pretrained_in(&meta.base_model_dir, &spec, device, meta.seed, compute)?;
     let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
     model.load_trainable(&tensors)?;
     Ok(Unmerged {
@@ -58,13 +65,28 @@ pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, Tra
 /// Loads a `causal_lm` checkpoint (meta.json + trainable.safetensors over its base model)
 /// or, when `dir` has no meta.json, a base model directory as it is.
 pub fn load_lm_checkpoint(dir: &Path, device: &Device) -> Result<LoadedLm, TrainError> {
+    load_lm_checkpoint_in(dir, device, DType::F32)
+}
+
+/// [`load_lm_checkpoint`] for serving in `compute`: under bf16 every matrix (merged
+/// projections, the embeddings, a full fine-tune's weights) is stored and multiplied in bf16,
+/// norms and attention stay f32 — half the f32 model's bytes.
+pub fn load_lm_checkpoint_in(
+    dir: &Path,
+    device: &Device,
+    compute: DType,
+) -> Result<LoadedLm, TrainError> {
     let Unmerged {
         mut model,
         base_dir,
         max_seq_len,
         ..
-    } = load_unmerged(dir, device)?;
+    } = load_unmerged_in(dir, device, compute)?;
     model.merge_lora()?;
+    if compute != DType::F32 {
+        // A full fine-tune's weights are f32 trainable masters until frozen into `compute`.
+        model = model.frozen_for_serving(compute)?;
+    }
     let tokenizer = TextTokenizer::from_dir(&base_dir)?.inner().clone();
     let template = ChatTemplate::from_dir(&base_dir)?;
     let mut eos_token_ids = model.config().eos_token_ids.clone();

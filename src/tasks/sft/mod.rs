@@ -28,12 +28,16 @@ pub(crate) mod tests_memory;
 #[cfg(test)]
 mod tests_precision;
 #[cfg(test)]
+mod tests_serve_precision;
+#[cfg(test)]
 mod tests_small_data;
 #[cfg(test)]
 mod tests_train;
 
-pub use load::{load_lm_checkpoint, LoadedLm};
+pub use load::{load_lm_checkpoint, load_lm_checkpoint_in, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 /// Shared with DPO, which trains the same causal LMs.
-pub(crate) use run::{check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec};
+pub(crate) use run::{
+    check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec, run_mode,
+};
 pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};

@@ -96,13 +96,13 @@ pub(crate) fn fit_to_context(
 /// Fails the job before its model loads when its estimated peak memory is over what the
 /// device has (`train::memory`), saying what would fit; logs the estimate otherwise.
 /// `lengths`: each training example's (tokens, trained positions); `frozen_reference`: DPO's
-/// full fine-tuning, which holds a frozen copy of the starting weights; `checkpointing`: the
-/// job's `gradient_checkpointing`.
+/// full fine-tuning, which holds a frozen copy of the starting weights; `mode`: the job's
+/// `gradient_checkpointing` and `precision` (its `host` is set here from `device`).
 pub(crate) fn check_memory(
     model_config: &DecoderConfig,
     spec: &DecoderSpec,
     lengths: &[(usize, usize)],
-    (device, batch_size, frozen_reference, checkpointing): (&Device, usize, bool, bool),
+    (device, batch_size, frozen_reference, mode): (&Device, usize, bool, memory::RunMode),
     observer: &mut dyn TrainObserver,
 ) -> Result<(), TrainError> {
     let Some(available) = memory::available_bytes(device) else {
@@ -124,8 +124,10 @@ pub(crate) fn check_memory(
         step_of: &|n| memory::largest_step(lengths, n),
         device: &device_name,
         frozen_reference,
-        host: device.is_cpu(),
-        checkpointing,
+        mode: memory::RunMode {
+            host: device.is_cpu(),
+            ..mode
+        },
     };
     let estimate = memory::check_fits(&query, available).map_err(TrainError::DoesNotFit)?;
     observer.on_event(
@@ -162,6 +164,15 @@ pub(crate) fn compute_dtype(cfg: &TrainingConfig, device: &Device) -> DType {
         Some(Precision::F32) => DType::F32,
         None if on_gpu => DType::BF16,
         None => DType::F32,
+    }
+}
+
+/// The job's checkpointing and precision, for its memory check.
+pub(crate) fn run_mode(cfg: &TrainingConfig, device: &Device) -> memory::RunMode {
+    memory::RunMode {
+        host: device.is_cpu(),
+        checkpointing: cfg.gradient_checkpointing,
+        bf16: compute_dtype(cfg, device) == DType::BF16,
     }
 }
 
@@ -243,7 +254,7 @@ impl<'a> SftTask<'a> {
             &job.device,
             cfg.batch_size,
             false,
-            cfg.gradient_checkpointing,
+            run_mode(cfg, &job.device),
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
         let compute = compute_dtype(cfg, &job.device);

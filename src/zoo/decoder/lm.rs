@@ -234,6 +234,18 @@ impl CausalLm {
         })
     }
 
+    /// A frozen copy for serving with the projections in `compute`: [`Self::frozen_copy`]
+    /// with an untied embedding table stored in `compute` too (a tied one already is), so
+    /// under bf16 every matrix takes half the bytes.
+    pub fn frozen_for_serving(&self, compute: DType) -> Result<Self, ZooError> {
+        let mut copy = self.frozen_copy()?;
+        if !copy.decoder.cfg.tie_word_embeddings {
+            let table = copy.decoder.embed.tensor().to_dtype(compute)?;
+            copy.decoder.embed = crate::zoo::linear::Param::Frozen(table);
+        }
+        Ok(copy)
+    }
+
     /// Full logits `[B, T, V]` (tests, parity).
     pub fn forward(&self, batch: &EncodedBatch, train: bool) -> Result<Tensor, ZooError> {
         let hidden = self.hidden_states(batch, train)?;
@@ -275,12 +287,15 @@ impl CausalLm {
         Ok(())
     }
 
-    /// Bytes of every parameter (f32; tied embeddings counted once).
+    /// Bytes of every parameter in its dtype (tied embeddings counted once).
     pub fn parameter_bytes(&self) -> usize {
         let d = &self.decoder;
-        let mut bytes = 4 * (d.embed.tensor().elem_count() + d.norm.tensor().elem_count());
+        let size = |p: &crate::zoo::linear::Param| {
+            p.tensor().elem_count() * p.tensor().dtype().size_in_bytes()
+        };
+        let mut bytes = size(&d.embed) + size(&d.norm);
         for l in &d.layers {
-            bytes += 4 * (l.input_norm.tensor().elem_count() + l.post_norm.tensor().elem_count());
+            bytes += size(&l.input_norm) + size(&l.post_norm);
             bytes += layer_linears(l)
                 .iter()
                 .map(|(_, lin)| lin.parameter_bytes())
@@ -288,7 +303,7 @@ impl CausalLm {
         }
         let head = d.lm_head.parameter_bytes();
         if d.cfg.tie_word_embeddings {
-            bytes += head.saturating_sub(4 * d.embed.tensor().elem_count());
+            bytes += head.saturating_sub(size(&d.embed));
         } else {
             bytes += head;
         }

@@ -192,19 +192,31 @@ impl Decoder {
     }
 
     /// A copy of the current weights, adapters folded in, every tensor frozen (tied
-    /// embeddings stay one tensor).
+    /// embeddings stay one tensor); matrices in their layer's matmul dtype (bf16 under mixed
+    /// precision), norms as they are.
     pub fn frozen_copy(&self) -> Result<Self, ZooError> {
         let freeze = |p: &Param| -> Result<Param, ZooError> {
             Ok(Param::Frozen(p.tensor().detach().copy()?))
         };
+        // Each matrix in its layer's matmul dtype, stored so (a bf16 policy's reference is
+        // bf16 too, and computes exactly what the policy computes before its first step).
         let frozen_linear = |lin: &TrainLinear| -> Result<TrainLinear, ZooError> {
-            let weight = Param::Frozen(lin.merged_weight()?.detach().copy()?);
-            Ok(TrainLinear::new(
-                weight,
-                lin.bias().map(freeze).transpose()?,
-            ))
+            let merged = lin.merged_weight()?.detach();
+            let bias = lin.bias().map(freeze).transpose()?;
+            Ok(match lin.compute_dtype() {
+                Some(dtype) => {
+                    let weight = Param::Frozen(merged.to_dtype(dtype)?.copy()?);
+                    TrainLinear::new(weight, bias).with_compute_dtype(dtype)
+                }
+                None => TrainLinear::new(Param::Frozen(merged.copy()?), bias),
+            })
         };
-        let embed = freeze(&self.embed)?;
+        let tied = self.cfg.tie_word_embeddings && self.lm_head.lora().is_none();
+        // A tied table is the head's matrix too: stored in the head's matmul dtype.
+        let embed = match self.lm_head.compute_dtype().filter(|_| tied) {
+            Some(dtype) => Param::Frozen(self.embed.tensor().detach().to_dtype(dtype)?.copy()?),
+            None => freeze(&self.embed)?,
+        };
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             layers.push(Layer {
@@ -220,8 +232,12 @@ impl Decoder {
             });
         }
         let mut cfg = self.cfg.clone();
-        let lm_head = if cfg.tie_word_embeddings && self.lm_head.lora().is_none() {
-            TrainLinear::new(embed.clone(), None)
+        let lm_head = if tied {
+            let head = TrainLinear::new(embed.clone(), None);
+            match self.lm_head.compute_dtype() {
+                Some(dtype) => head.with_compute_dtype(dtype),
+                None => head,
+            }
         } else {
             cfg.tie_word_embeddings = false;
             frozen_linear(&self.lm_head)?
