@@ -8,14 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use super::checkpoint::{CheckpointMeta, CheckpointTask};
 use super::named_metrics::MetricNames;
 use super::runner::{LoopEnd, TrainTask, Trainer, TrainerSetup};
 use super::summary::BestMetric;
 use super::{TrainError, TrainObserver, TrainOutcome, TrainSummary};
-use crate::domain::hyperparams::TrainingConfig;
+use crate::domain::hyperparams::{Precision, TrainingConfig};
 use crate::zoo::params::NamedVar;
 
 /// PEFT names every tensor of a LoRA model under this prefix (`base_model.model.classifier.…`).
@@ -62,6 +62,17 @@ pub(crate) struct RunSetup<'a> {
 }
 
 /// Whether tensor `name` belongs to a head made from scratch, under any of `prefixes`.
+/// The matmul dtype of a text job: its `precision`, by default bf16 on a GPU (mixed
+/// precision) and f32 on the CPU.
+pub(crate) fn compute_dtype(cfg: &TrainingConfig, device: &Device) -> DType {
+    match cfg.precision {
+        Some(Precision::Bf16) => DType::BF16,
+        Some(Precision::F32) => DType::F32,
+        None if !device.is_cpu() => DType::BF16,
+        None => DType::F32,
+    }
+}
+
 pub(crate) fn is_new_head(name: &str, prefixes: &[&str]) -> bool {
     let name = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
     prefixes.iter().any(|prefix| name.starts_with(prefix))

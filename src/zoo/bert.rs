@@ -277,18 +277,28 @@ impl Encoder {
             )));
         }
         let ids = input_ids.flatten_all()?.index_select(&packing.rows, 0)?;
+        // Rows of a bf16 frozen table (mixed precision) are cast: the sums run in f32.
         let tokens = match &self.word_emb_grads {
             Some(sink) => embedding::lookup(self.word_emb.tensor(), &ids, sink)?,
             None => self.word_emb.tensor().index_select(&ids, 0)?,
-        };
-        let mut x = tokens.add(&self.pos_emb.tensor().index_select(&packing.positions, 0)?)?;
+        }
+        .to_dtype(DType::F32)?;
+        let positions = self.pos_emb.tensor().index_select(&packing.positions, 0)?;
+        let mut x = tokens.add(&positions.to_dtype(DType::F32)?)?;
         match (&self.type_emb, token_type_ids) {
             (Some(types), Some(type_ids)) => {
                 let packed = type_ids.flatten_all()?.index_select(&packing.rows, 0)?;
-                x = x.add(&types.tensor().index_select(&packed, 0)?)?;
+                x = x.add(
+                    &types
+                        .tensor()
+                        .index_select(&packed, 0)?
+                        .to_dtype(DType::F32)?,
+                )?;
             }
             // token_type_ids are all zero for single-sentence classification.
-            (Some(types), None) => x = x.broadcast_add(&types.tensor().narrow(0, 0, 1)?)?,
+            (Some(types), None) => {
+                x = x.broadcast_add(&types.tensor().narrow(0, 0, 1)?.to_dtype(DType::F32)?)?
+            }
             (None, _) => {}
         }
         let mut x = dropout(&self.emb_ln.forward(&x)?, self.cfg.hidden_dropout, train)?;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
 use super::bert::{put_linear, Encoder, ParamBuilder, Tuning};
@@ -164,6 +164,19 @@ impl<H: EncoderHead> EncoderModel<H> {
         device: &Device,
         seed: u64,
     ) -> Result<Self, ZooError> {
+        Self::from_pretrained_in(base_dir, spec, device, seed, DType::F32)
+    }
+
+    /// [`Self::from_pretrained`] with the linears' matmuls in `compute` (bf16: mixed
+    /// precision, frozen matrices stored in bf16; LayerNorm, attention and the head's loss
+    /// stay f32).
+    pub fn from_pretrained_in(
+        base_dir: &Path,
+        spec: &H::Spec,
+        device: &Device,
+        seed: u64,
+        compute: DType,
+    ) -> Result<Self, ZooError> {
         let (cfg, _) = EncoderConfig::from_dir(base_dir)?;
         let tuning = match H::lora(spec) {
             Some(l) if l.rank > 0 => Tuning::Lora {
@@ -174,7 +187,8 @@ impl<H: EncoderHead> EncoderModel<H> {
             },
             _ => Tuning::Full,
         };
-        let mut pb = ParamBuilder::new(base_dir, cfg.arch, tuning.clone(), device, seed)?;
+        let mut pb = ParamBuilder::new(base_dir, cfg.arch, tuning.clone(), device, seed)?
+            .with_compute_dtype(compute);
         let encoder = Encoder::load(&cfg, &mut pb)?;
         let head = H::build(&cfg, spec, &mut pb)?;
         Ok(Self {

@@ -67,9 +67,18 @@ pub struct ParamBuilder {
     pub rng: StdRng,
     pub vars: Vec<NamedVar>,
     pub device: Device,
+    /// The linears' matmul dtype; bf16 (mixed precision) also stores frozen matrices in
+    /// bf16. Trainable tensors and vectors stay f32.
+    compute: DType,
 }
 
 impl ParamBuilder {
+    /// Builds the linears to multiply in `compute` (see the field).
+    pub fn with_compute_dtype(mut self, compute: DType) -> Self {
+        self.compute = compute;
+        self
+    }
+
     pub fn new(
         dir: &Path,
         arch: EncoderArch,
@@ -101,6 +110,7 @@ impl ParamBuilder {
             rng: StdRng::seed_from_u64(seed),
             vars: Vec::new(),
             device: device.clone(),
+            compute: DType::F32,
         })
     }
 
@@ -165,6 +175,8 @@ impl ParamBuilder {
         if self.is_full() {
             let hf_name = format!("{}{name}", self.hf_prefix);
             Ok(Param::Trainable(self.register(&hf_name, &tensor, decay)?))
+        } else if shape.len() == 2 {
+            Ok(Param::Frozen(tensor.to_dtype(self.compute)?))
         } else {
             Ok(Param::Frozen(tensor))
         }
@@ -211,7 +223,7 @@ impl ParamBuilder {
     ) -> Result<TrainLinear, ZooError> {
         let weight = self.param(&format!("{module}.weight"), &[out_dim, in_dim], true)?;
         let bias = self.param(&format!("{module}.bias"), &[out_dim], false)?;
-        let linear = TrainLinear::new(weight, Some(bias));
+        let linear = TrainLinear::new(weight, Some(bias)).with_compute_dtype(self.compute);
         let Tuning::Lora {
             rank,
             alpha,

@@ -213,17 +213,18 @@ impl HyperparamRequest {
                 "`gradient_checkpointing` recomputes transformer layers (text tasks); image classification trains a CNN and does not take it",
             ));
         }
+        if task == Task::ImageClassification && self.precision.is_some() {
+            return Err(bad(
+                "precision",
+                "`precision` applies to transformer jobs (text tasks); image classification trains its CNN in f32",
+            ));
+        }
         let decoder = matches!(task, Task::ChatSft | Task::CompletionSft | Task::Dpo);
-        for (key, given) in [
-            ("precision", self.precision.is_some()),
-            ("export_dtype", self.export_dtype.is_some()),
-        ] {
-            if given && !decoder {
-                return Err(bad(
-                    key,
-                    format!("`{key}` applies to causal-LM jobs (chat, prompt/completion, DPO); this job's training data is {} data", task.label()),
-                ));
-            }
+        if self.export_dtype.is_some() && !decoder {
+            return Err(bad(
+                "export_dtype",
+                format!("`export_dtype` applies to causal-LM jobs (chat, prompt/completion, DPO); this job's training data is {} data", task.label()),
+            ));
         }
         let max_seq_len = self.max_seq_len.unwrap_or(defaults(task).max_seq_len);
         self.task_options.check_task(task, max_seq_len)

@@ -163,7 +163,7 @@ fn gradient_checkpointing_is_off_unless_asked_and_refused_for_images() {
 }
 
 #[test]
-fn precision_and_export_dtype_are_decoder_options() {
+fn precision_is_for_text_jobs_and_export_dtype_for_causal_lms() {
     let req = parse(json!({"precision": "bf16", "export_dtype": "bf16"})).expect("valid");
     for task in [Task::ChatSft, Task::CompletionSft, Task::Dpo] {
         assert!(req.check_task(task).is_ok(), "{task:?}");
@@ -171,9 +171,22 @@ fn precision_and_export_dtype_are_decoder_options() {
         assert_eq!(cfg.precision, Some(Precision::Bf16));
         assert_eq!(cfg.export_dtype, Some(Precision::Bf16));
     }
-    for task in [Task::SequenceClassification, Task::ImageClassification] {
-        let err = req.check_task(task).expect_err("encoders train in f32");
-        assert_eq!(err.param, "precision");
+    let err = req
+        .check_task(Task::ImageClassification)
+        .expect_err("CNNs train in f32");
+    assert_eq!(err.param, "precision");
+    // Encoders take `precision`, not `export_dtype`.
+    let err = req
+        .check_task(Task::SequenceClassification)
+        .expect_err("no bf16 encoder export");
+    assert_eq!(err.param, "export_dtype");
+    let encoder = parse(json!({"precision": "bf16"})).expect("valid");
+    for task in [
+        Task::SequenceClassification,
+        Task::TokenClassification,
+        Task::QuestionAnswering,
+    ] {
+        assert!(encoder.check_task(task).is_ok(), "{task:?}");
     }
     let unset = parse(json!({}))
         .expect("valid")

@@ -19,13 +19,11 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::sft::{
-    check_memory, compute_dtype, decoder_spec, fit_to_context, lm_spec, run_mode,
-};
+use crate::tasks::sft::{check_memory, decoder_spec, fit_to_context, lm_spec, run_mode};
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
-use crate::train::setup::{check_loop_settings, run_task, RunSetup};
+use crate::train::setup::{check_loop_settings, compute_dtype, run_task, RunSetup};
 use crate::train::{
     results_csv, EventLevel, MetricNames, Metrics, MetricsRow, TrainError, TrainObserver,
     TrainOutcome, TrainSummary,

@@ -133,11 +133,12 @@ impl<'a> QaTask<'a> {
         let lengths: Vec<usize> = train.windows.iter().map(|w| w.input_ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, 2, &lengths, device)?;
-        let mut model = QuestionAnsweringModel::from_pretrained(
+        let mut model = QuestionAnsweringModel::from_pretrained_in(
             &job.base_model_dir,
             &spec,
             &job.device,
             cfg.seed,
+            crate::train::setup::compute_dtype(cfg, &job.device),
         )?;
         if cfg.gradient_checkpointing {
             model.enable_gradient_checkpointing();

@@ -28,6 +28,8 @@ pub(crate) mod tests;
 mod tests_checkpointing;
 #[cfg(test)]
 mod tests_lifecycle;
+#[cfg(test)]
+mod tests_precision;
 mod train;
 
 pub(crate) use export::export_classifier_checkpoint;

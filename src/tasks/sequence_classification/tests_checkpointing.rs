@@ -59,3 +59,29 @@ fn a_checkpointed_encoder_job_trains_exactly_like_the_plain_one() {
 fn a_checkpointed_encoder_job_on_the_generic_path_trains_exactly_like_the_plain_one() {
     assert_checkpointing_changes_nothing(true);
 }
+
+/// On a GPU (`scripts/gpu-check.sh`): the checkpointed job there trains the CPU's model.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_checkpointed_encoder_job_on_cuda_trains_like_the_cpu() {
+        let fx = fixture_with(TinyBertStyle::default());
+        let run = |device: candle_core::Device, checkpointing: bool| {
+            let mut cfg = config(4, 5e-3, 2);
+            cfg.gradient_checkpointing = checkpointing;
+            let mut job = job(&fx, &format!("{device:?}-{checkpointing}"), cfg, false);
+            job.device = device;
+            let mut rec = Recorder::default();
+            completed(run_classification(&job, &mut rec).expect("run"));
+            rec.steps.iter().map(|s| s.train_loss()).collect::<Vec<_>>()
+        };
+        let cpu = run(candle_core::Device::Cpu, false);
+        let cuda = run(candle_core::Device::new_cuda(0).expect("cuda:0"), true);
+        for (a, b) in cpu.iter().zip(&cuda) {
+            assert!((a - b).abs() < 1e-3, "{cpu:?} vs {cuda:?}");
+        }
+    }
+}

@@ -14,13 +14,13 @@ use serde_json::json;
 
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
-use crate::domain::hyperparams::{Precision, TrainingConfig};
+use crate::domain::hyperparams::TrainingConfig;
 use crate::train::checkpoint::{CheckpointTask, LmSpec, TrainState};
 use crate::train::data::sequential_batches;
 use crate::train::memory;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
-use crate::train::setup::{check_loop_settings, run_task, RunSetup};
+use crate::train::setup::{check_loop_settings, compute_dtype, run_task, RunSetup};
 use crate::train::summary::results_csv;
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome, TrainSummary};
 use crate::zoo::decoder::config::lora_targets;
@@ -153,18 +153,6 @@ pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
         lora: lm.lora.clone().filter(|l| l.rank > 0),
         quantize,
     })
-}
-
-/// The projections' matmul dtype of a decoder job: its `precision`, by default bf16 on a
-/// GPU (mixed precision) and f32 on the CPU.
-pub(crate) fn compute_dtype(cfg: &TrainingConfig, device: &Device) -> DType {
-    let on_gpu = !device.is_cpu();
-    match cfg.precision {
-        Some(Precision::Bf16) => DType::BF16,
-        Some(Precision::F32) => DType::F32,
-        None if on_gpu => DType::BF16,
-        None => DType::F32,
-    }
 }
 
 /// The job's checkpointing and precision, for its memory check.

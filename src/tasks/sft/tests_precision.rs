@@ -148,3 +148,41 @@ fn bf16_on_the_generic_path_a_gpu_runs_follows_the_f32_curve_too() {
     }
     assert_ne!(f32_run, bf16_generic);
 }
+
+/// On a GPU (`scripts/gpu-check.sh`: `--features cuda -- --ignored on_cuda`): a job left at
+/// its default precision runs in bf16 there, checkpointed, and follows the f32 CPU run.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_default_precision_checkpointed_job_on_cuda_follows_the_f32_cpu_run() {
+        let gpu = Device::new_cuda(0).expect("cuda:0");
+        let fx = fixture();
+        for (name, rank, lr) in [("lora", 8, 1e-2), ("full", 0, 3e-3)] {
+            let cpu_losses = {
+                let mut rec = Recorder::default();
+                let cfg = config(rank, lr, 3);
+                completed(
+                    run_sft(&job(&fx, &format!("{name}-cpu"), cfg, false), &mut rec).expect("cpu"),
+                );
+                rec.steps.iter().map(|s| s.train_loss()).collect::<Vec<_>>()
+            };
+            let mut cfg = config(rank, lr, 3);
+            cfg.gradient_checkpointing = true;
+            let mut cuda_job = job(&fx, &format!("{name}-cuda"), cfg, false);
+            cuda_job.device = gpu.clone();
+            let mut rec = Recorder::default();
+            completed(run_sft(&cuda_job, &mut rec).expect("cuda"));
+            let cuda_losses: Vec<f64> = rec.steps.iter().map(|s| s.train_loss()).collect();
+            for (a, b) in cpu_losses.iter().zip(&cuda_losses) {
+                assert!(
+                    (a - b).abs() / a < 0.03,
+                    "{name}: {cpu_losses:?} vs {cuda_losses:?}"
+                );
+            }
+            assert_ne!(cpu_losses, cuda_losses, "{name}: the GPU ran bf16");
+        }
+    }
+}

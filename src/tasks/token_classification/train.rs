@@ -126,8 +126,14 @@ impl<'a> TagTask<'a> {
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, spec.num_labels, &lengths, device)?;
-        let mut model =
-            TokenClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+        let compute = crate::train::setup::compute_dtype(cfg, &job.device);
+        let mut model = TokenClassifier::from_pretrained_in(
+            &job.base_model_dir,
+            &spec,
+            &job.device,
+            cfg.seed,
+            compute,
+        )?;
         if cfg.gradient_checkpointing {
             model.enable_gradient_checkpointing();
         }
