@@ -38,13 +38,16 @@ pub async fn run(
             anyhow::anyhow!("the worker device `{device}` cannot be used: {detail}")
         })?;
     }
-    let serve_name = config
+    let serve_names = config
         .inference
-        .serve_device(&config.workers)
-        .map_err(|detail| anyhow::anyhow!("the serving device cannot be used: {detail}"))?;
-    let serve_device = crate::jobs::device_by_name(serve_name).map_err(|detail| {
-        anyhow::anyhow!("the serving device `{serve_name}` cannot be used: {detail}")
-    })?;
+        .serve_devices(&config.workers)
+        .map_err(|detail| anyhow::anyhow!("the serving devices cannot be used: {detail}"))?;
+    let mut serve_devices = Vec::with_capacity(serve_names.len());
+    for name in serve_names {
+        serve_devices.push(crate::jobs::device_by_name(name).map_err(|detail| {
+            anyhow::anyhow!("the serving device `{name}` cannot be used: {detail}")
+        })?);
+    }
     let data_dir = &config.storage.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
@@ -88,7 +91,7 @@ pub async fn run(
     });
     let inference = InferenceHandle::with_options(
         catalog,
-        crate::infer::InferOptions::from_config(&config.inference, serve_device),
+        crate::infer::InferOptions::from_config(&config.inference, serve_devices),
         shutdown.clone(),
     );
     // Weak: the router must not keep the pool alive, so `join` below can take it back.

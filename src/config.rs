@@ -180,7 +180,8 @@ impl Default for WorkerConfig {
 /// The inference engine cache.
 #[derive(Debug, Clone, Args)]
 pub struct InferenceConfig {
-    /// Bytes of model weights kept loaded for inference (least recently used evicted first).
+    /// Bytes of model weights kept loaded for inference on each serving device (least
+    /// recently used evicted first).
     #[arg(long, env = "TEMPER_INFER_CACHE_BYTES", default_value_t = DEFAULT_INFER_CACHE_BYTES)]
     pub infer_cache_bytes: usize,
     /// Bytes of KV cache each served language model may hold for its running sequences.
@@ -190,25 +191,29 @@ pub struct InferenceConfig {
     /// sequence of the model's whole context and at most 16 of them.
     #[arg(long, env = "TEMPER_KV_CACHE_BYTES")]
     pub kv_cache_bytes: Option<usize>,
-    /// Where fine-tuned models are served: `cpu` or `cuda:N`. Default: the first of
-    /// `--devices`. One device for now; image classifiers always serve on the CPU (their
-    /// convolution kernels are CPU code).
+    /// Where fine-tuned models are served: `cpu`, `cuda:N`, or several (`cuda:0,cuda:1`),
+    /// each with its own `--infer-cache-bytes` budget; a model is loaded onto the device
+    /// with the most budget free. Default: the first of `--devices`. Image classifiers
+    /// always run on the CPU (their convolution kernels are CPU code).
     #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
     pub serve_devices: Vec<String>,
 }
 
 impl InferenceConfig {
-    /// The one device models are served on: `--serve-devices`, else the first training
-    /// device, else the CPU. More than one is refused (`serve` checks this at start-up).
-    pub fn serve_device<'a>(&'a self, workers: &'a WorkerConfig) -> Result<&'a str, String> {
-        match self.serve_devices.as_slice() {
-            [] => Ok(workers.devices.first().map_or("cpu", String::as_str)),
-            [one] => Ok(one),
-            several => Err(format!(
-                "`--serve-devices {}`: serving on more than one device is not built yet; name one",
-                several.join(",")
-            )),
+    /// The devices models are served on: `--serve-devices`, else the first training
+    /// device, else the CPU. A device named twice is refused.
+    pub fn serve_devices<'a>(&'a self, workers: &'a WorkerConfig) -> Result<Vec<&'a str>, String> {
+        if self.serve_devices.is_empty() {
+            return Ok(vec![workers.devices.first().map_or("cpu", String::as_str)]);
         }
+        let mut seen: Vec<&str> = Vec::new();
+        for name in &self.serve_devices {
+            if seen.contains(&name.as_str()) {
+                return Err(format!("`--serve-devices` names `{name}` twice"));
+            }
+            seen.push(name);
+        }
+        Ok(seen)
     }
 }
 
@@ -308,19 +313,29 @@ mod tests {
         let keys: Vec<&str> = config.server.api_keys.iter().map(ApiKey::expose).collect();
         assert_eq!(keys, ["sk-one", "sk-two", "sk-three"]);
         assert_eq!(config.workers.devices, ["cuda:0", "cuda:1"]);
-        // Serving defaults to the first training device; one device may be named.
-        assert_eq!(config.inference.serve_device(&config.workers), Ok("cuda:0"));
+        // Serving defaults to the first training device; one or several may be named.
+        let serve = |i: &InferenceConfig, w| i.serve_devices(w).map(|d| d.join(","));
+        assert_eq!(
+            serve(&config.inference, &config.workers).as_deref(),
+            Ok("cuda:0")
+        );
         let mut inference = config.inference.clone();
         inference.serve_devices = vec!["cpu".into()];
-        assert_eq!(inference.serve_device(&config.workers), Ok("cpu"));
+        assert_eq!(serve(&inference, &config.workers).as_deref(), Ok("cpu"));
         inference.serve_devices = vec!["cuda:0".into(), "cuda:1".into()];
-        let refused = inference
-            .serve_device(&config.workers)
-            .expect_err("two serving devices are refused");
-        assert!(refused.contains("more than one device"), "{refused}");
-        let named = parse(&["--serve-devices", "cuda:1"]);
-        assert_eq!(named.inference.serve_devices, ["cuda:1"]);
-        assert_eq!(named.inference.serve_device(&named.workers), Ok("cuda:1"));
+        assert_eq!(
+            serve(&inference, &config.workers).as_deref(),
+            Ok("cuda:0,cuda:1")
+        );
+        inference.serve_devices = vec!["cuda:1".into(), "cuda:1".into()];
+        let refused = serve(&inference, &config.workers).expect_err("a device named twice");
+        assert!(refused.contains("twice"), "{refused}");
+        let named = parse(&["--serve-devices", "cuda:1,cuda:0"]);
+        assert_eq!(named.inference.serve_devices, ["cuda:1", "cuda:0"]);
+        assert_eq!(
+            serve(&named.inference, &named.workers).as_deref(),
+            Ok("cuda:1,cuda:0")
+        );
         assert_eq!(config.server.port, 0);
         assert_eq!(config.inference.kv_cache_bytes, Some(1 << 20));
     }

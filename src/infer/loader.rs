@@ -16,20 +16,36 @@ use super::{InferError, LoadedModel};
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 
-/// Loads catalog entries as engines on `device`.
+/// Loads catalog entries as engines on the serving devices (the registry picks one).
 pub struct CheckpointLoader {
-    pub device: Device,
+    /// One per budget of the registry, in the same order (at least one).
+    pub devices: Vec<Device>,
     pub engine: EngineConfig,
     pub generation: GenEngineConfig,
 }
 
 impl ModelLoader<LoadedModel> for CheckpointLoader {
     fn load(&self, model: &ServableModel) -> Result<LoadedModel, InferError> {
-        let span = tracing::info_span!("load_model", model = %model.name);
+        self.load_on(model, 0)
+    }
+
+    fn load_on(&self, model: &ServableModel, slot: usize) -> Result<LoadedModel, InferError> {
+        let device = self
+            .devices
+            .get(slot)
+            .ok_or_else(|| InferError::engine(format!("no serving device {slot}")))?;
+        let span =
+            tracing::info_span!("load_model", model = %model.name, device = ?device.location());
         let _entered = span.enter();
+        self.load_onto(model, device)
+    }
+}
+
+impl CheckpointLoader {
+    fn load_onto(&self, model: &ServableModel, device: &Device) -> Result<LoadedModel, InferError> {
         match model.kind {
             ServedKind::Classifier => {
-                let backend = CheckpointClassifier::load(&model.dir, &self.device)?;
+                let backend = CheckpointClassifier::load(&model.dir, device)?;
                 tracing::info!(
                     bytes = ClassifierBackend::parameter_bytes(&backend),
                     "classifier loaded"
@@ -38,20 +54,19 @@ impl ModelLoader<LoadedModel> for CheckpointLoader {
                     .map(LoadedModel::Classifier)
             }
             ServedKind::CausalLm => {
-                let backend = load_causal(&model.dir, &self.device)?;
+                let backend = load_causal(&model.dir, device)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
             ServedKind::QuestionAnswerer => {
-                let backend =
-                    crate::tasks::question_answering::load_qa_server(&model.dir, &self.device)
-                        .map_err(|e| loading_failed(&model.dir, e))?;
+                let backend = crate::tasks::question_answering::load_qa_server(&model.dir, device)
+                    .map_err(|e| loading_failed(&model.dir, e))?;
                 tracing::info!(bytes = backend.parameter_bytes(), "QA model loaded");
                 QaEngine::spawn(&model.name, Box::new(backend), self.engine)
                     .map(LoadedModel::QuestionAnswerer)
             }
             ServedKind::TokenClassifier => {
-                let backend = TokenTagger::load(&model.dir, &self.device)
+                let backend = TokenTagger::load(&model.dir, device)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
                 tracing::info!(bytes, "token classifier loaded");

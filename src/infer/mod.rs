@@ -30,6 +30,8 @@ mod engine_tests;
 #[cfg(test)]
 mod handle_tests;
 #[cfg(test)]
+mod registry_devices_tests;
+#[cfg(test)]
 mod registry_tests;
 #[cfg(test)]
 mod test_support;
@@ -64,9 +66,11 @@ pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(5);
 /// Settings of the inference side.
 #[derive(Debug, Clone)]
 pub struct InferOptions {
-    /// Budget for the summed parameter bytes of loaded models (LRU eviction beyond).
+    /// Budget for the summed parameter bytes of the models loaded on each serving device
+    /// (LRU eviction beyond).
     pub cache_bytes: usize,
-    pub device: Device,
+    /// The serving devices; a new model goes to the one with the most budget free.
+    pub devices: Vec<Device>,
     pub engine: EngineConfig,
     pub generation: GenEngineConfig,
     pub failure_ttl: Duration,
@@ -97,18 +101,20 @@ impl InferOptions {
     pub fn cpu(cache_bytes: usize) -> Self {
         Self {
             cache_bytes,
-            device: Device::Cpu,
+            devices: vec![Device::Cpu],
             engine: EngineConfig::default(),
             generation: GenEngineConfig::default(),
             failure_ttl: DEFAULT_FAILURE_TTL,
         }
     }
 
-    /// Engines on `device` with the `inference` section's budgets.
-    pub fn from_config(config: &crate::config::InferenceConfig, device: Device) -> Self {
+    /// Engines on `devices` (at least one) with the `inference` section's budgets.
+    pub fn from_config(config: &crate::config::InferenceConfig, devices: Vec<Device>) -> Self {
         let mut options = Self::cpu(config.infer_cache_bytes);
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
-        options.device = device;
+        if !devices.is_empty() {
+            options.devices = devices;
+        }
         options
     }
 }
@@ -134,17 +140,14 @@ impl InferenceHandle {
         options: InferOptions,
         shutdown: CancellationToken,
     ) -> Self {
+        let budgets = vec![options.cache_bytes; options.devices.len().max(1)];
         let loader = CheckpointLoader {
-            device: options.device.clone(),
+            devices: options.devices,
             engine: options.engine,
             generation: options.generation,
         };
-        let registry = ModelRegistry::new(
-            catalog,
-            Arc::new(loader),
-            options.cache_bytes,
-            options.failure_ttl,
-        );
+        let registry =
+            ModelRegistry::with_budgets(catalog, Arc::new(loader), budgets, options.failure_ttl);
         Self::from_registry(registry, shutdown)
     }
 

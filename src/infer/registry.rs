@@ -1,5 +1,5 @@
-//! `ModelRegistry`: model name → loaded model, with single-flight loads, a byte budget
-//! and least-recently-used eviction.
+//! `ModelRegistry`: model name → loaded model, with single-flight loads, a byte budget per
+//! serving device and least-recently-used eviction within each device.
 //!
 //! The async shell ([`ModelRegistry`]) only moves work around: it asks the pure
 //! [`RegistryState`] what to do, spawns loads and waits on them. Every decision (what is
@@ -25,6 +25,13 @@ pub trait Servable: Send + Sync + 'static {
 /// files and build tensors for seconds), never on the async runtime.
 pub trait ModelLoader<M>: Send + Sync + 'static {
     fn load(&self, model: &ServableModel) -> Result<M, InferError>;
+
+    /// Loads onto serving device `slot` (the index of its budget in the registry); a
+    /// loader that serves on one device loads as [`Self::load`] does.
+    fn load_on(&self, model: &ServableModel, slot: usize) -> Result<M, InferError> {
+        let _one_device = slot;
+        self.load(model)
+    }
 }
 
 /// The outcome of one load, shared by every request that waited on it.
@@ -48,6 +55,8 @@ enum EntryState<M> {
 
 struct Entry<M> {
     state: EntryState<M>,
+    /// The serving device (budget index) the model is loaded on, or loading onto.
+    slot: usize,
     /// `parameter_bytes` once `Ready`, 0 otherwise.
     bytes: usize,
     /// Logical clock of the last use; the smallest is evicted first.
@@ -60,9 +69,11 @@ pub(crate) enum Lookup<M> {
     Failed(Arc<InferError>),
     /// Wait for a load that is already running.
     Wait(watch::Receiver<Option<LoadOutcome<M>>>),
-    /// This request must start the load: it got the only sender.
+    /// This request must start the load, onto serving device `slot`: it got the only
+    /// sender.
     Start {
         generation: u64,
+        slot: usize,
         done: watch::Sender<Option<LoadOutcome<M>>>,
     },
     Closed,
@@ -71,7 +82,8 @@ pub(crate) enum Lookup<M> {
 /// The registry's bookkeeping, free of IO and async.
 pub(crate) struct RegistryState<M> {
     entries: HashMap<String, Entry<M>>,
-    capacity_bytes: usize,
+    /// One budget per serving device.
+    capacity_bytes: Vec<usize>,
     failure_ttl: Duration,
     clock: u64,
     next_generation: u64,
@@ -80,7 +92,16 @@ pub(crate) struct RegistryState<M> {
 }
 
 impl<M: Servable> RegistryState<M> {
+    #[cfg(test)]
     pub(crate) fn new(capacity_bytes: usize, failure_ttl: Duration) -> Self {
+        Self::with_budgets(vec![capacity_bytes], failure_ttl)
+    }
+
+    /// One serving device per budget (at least one).
+    pub(crate) fn with_budgets(mut capacity_bytes: Vec<usize>, failure_ttl: Duration) -> Self {
+        if capacity_bytes.is_empty() {
+            capacity_bytes.push(0);
+        }
         Self {
             entries: HashMap::new(),
             capacity_bytes,
@@ -124,6 +145,7 @@ impl<M: Servable> RegistryState<M> {
         }
         self.next_generation += 1;
         let generation = self.next_generation;
+        let slot = self.place();
         let (sender, receiver) = watch::channel(None);
         let state = EntryState::Loading {
             generation,
@@ -133,14 +155,39 @@ impl<M: Servable> RegistryState<M> {
             name.to_string(),
             Entry {
                 state,
+                slot,
                 bytes: 0,
                 last_used: tick,
             },
         );
         Lookup::Start {
             generation,
+            slot,
             done: sender,
         }
+    }
+
+    /// The serving device a new model goes to: the one with the most of its budget free,
+    /// counting models still loading there as one more, the lowest index on a tie.
+    fn place(&self) -> usize {
+        let free = |slot: usize| -> (i128, usize) {
+            let on_slot = self.entries.values().filter(|e| e.slot == slot);
+            let loading = on_slot
+                .clone()
+                .filter(|e| matches!(e.state, EntryState::Loading { .. }))
+                .count();
+            let used: usize = on_slot.map(|e| e.bytes).sum();
+            (self.capacity_bytes[slot] as i128 - used as i128, loading)
+        };
+        (0..self.capacity_bytes.len())
+            .max_by(|&a, &b| {
+                let ((free_a, loading_a), (free_b, loading_b)) = (free(a), free(b));
+                free_a
+                    .cmp(&free_b)
+                    .then(loading_b.cmp(&loading_a))
+                    .then(b.cmp(&a))
+            })
+            .unwrap_or(0)
     }
 
     /// Records the outcome of load `generation` and returns the models that no longer
@@ -166,15 +213,17 @@ impl<M: Servable> RegistryState<M> {
         match outcome {
             Ok(model) => {
                 let tick = self.tick();
+                let slot = self.entries.get(name).map_or(0, |e| e.slot);
                 self.entries.insert(
                     name.to_string(),
                     Entry {
                         state: EntryState::Ready(model.clone()),
+                        slot,
                         bytes: model.parameter_bytes(),
                         last_used: tick,
                     },
                 );
-                self.evict_to_fit(name)
+                self.evict_to_fit(name, slot)
             }
             // An unknown name is not remembered: the model may be created a moment later.
             Err(error) if matches!(**error, InferError::ModelNotFound(_)) => {
@@ -198,16 +247,31 @@ impl<M: Servable> RegistryState<M> {
         self.entries.values().map(|e| e.bytes).sum()
     }
 
-    /// Evicts least-recently-used ready models (never `keep`) until the budget holds.
-    /// A single model larger than the whole budget stays: refusing it would make it
-    /// unservable, and the operator sized the budget for the models they serve.
-    fn evict_to_fit(&mut self, keep: &str) -> Vec<Arc<M>> {
+    /// Bytes of the models loaded on serving device `slot`.
+    pub(crate) fn used_bytes_on(&self, slot: usize) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.slot == slot)
+            .map(|e| e.bytes)
+            .sum()
+    }
+
+    /// The serving device `name` is loaded on or loading onto.
+    pub(crate) fn slot_of(&self, name: &str) -> Option<usize> {
+        self.entries.get(name).map(|e| e.slot)
+    }
+
+    /// Evicts least-recently-used ready models of device `slot` (never `keep`) until its
+    /// budget holds. A single model larger than the whole budget stays: refusing it would
+    /// make it unservable, and the operator sized the budget for the models they serve.
+    fn evict_to_fit(&mut self, keep: &str, slot: usize) -> Vec<Arc<M>> {
         let mut evicted = Vec::new();
-        while self.used_bytes() > self.capacity_bytes {
+        let capacity = self.capacity_bytes.get(slot).copied().unwrap_or(0);
+        while self.used_bytes_on(slot) > capacity {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(name, e)| name.as_str() != keep && e.bytes > 0)
+                .filter(|(name, e)| name.as_str() != keep && e.bytes > 0 && e.slot == slot)
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(name, _)| name.clone());
             let Some(victim) = victim else { break };
@@ -270,10 +334,22 @@ impl<M: Servable> ModelRegistry<M> {
         capacity_bytes: usize,
         failure_ttl: Duration,
     ) -> Self {
+        Self::with_budgets(catalog, loader, vec![capacity_bytes], failure_ttl)
+    }
+
+    /// One serving device per entry of `capacity_bytes`, each with that budget: a new
+    /// model is loaded (`ModelLoader::load_on`) onto the device with the most room.
+    pub fn with_budgets(
+        catalog: Arc<dyn ModelCatalog>,
+        loader: Arc<dyn ModelLoader<M>>,
+        capacity_bytes: Vec<usize>,
+        failure_ttl: Duration,
+    ) -> Self {
+        let state = RegistryState::with_budgets(capacity_bytes, failure_ttl);
         Self {
             catalog,
             loader,
-            state: Arc::new(Mutex::new(RegistryState::new(capacity_bytes, failure_ttl))),
+            state: Arc::new(Mutex::new(state)),
         }
     }
 
@@ -291,9 +367,13 @@ impl<M: Servable> ModelRegistry<M> {
             Lookup::Failed(error) => return Err((*error).clone()),
             Lookup::Closed => return Err(InferError::engine("inference is shutting down")),
             Lookup::Wait(done) => done,
-            Lookup::Start { generation, done } => {
+            Lookup::Start {
+                generation,
+                slot,
+                done,
+            } => {
                 let receiver = done.subscribe();
-                self.spawn_load(name.to_string(), generation, done);
+                self.spawn_load(name.to_string(), (generation, slot), done);
                 receiver
             }
         };
@@ -311,14 +391,14 @@ impl<M: Servable> ModelRegistry<M> {
     fn spawn_load(
         &self,
         name: String,
-        generation: u64,
+        (generation, slot): (u64, usize),
         done: watch::Sender<Option<LoadOutcome<M>>>,
     ) {
         let catalog = self.catalog.clone();
         let loader = self.loader.clone();
         let state = self.state.clone();
         tokio::spawn(async move {
-            let outcome = resolve_and_load(catalog, loader, &name).await;
+            let outcome = resolve_and_load(catalog, loader, &name, slot).await;
             if let Err(error) = &outcome {
                 tracing::warn!(model = %name, %error, "model load failed");
             }
@@ -352,6 +432,11 @@ impl<M: Servable> ModelRegistry<M> {
     pub fn is_loaded(&self, name: &str) -> bool {
         self.lock().is_ready(name)
     }
+
+    /// The serving device (budget index) `name` is loaded on or loading onto.
+    pub fn device_slot(&self, name: &str) -> Option<usize> {
+        self.lock().slot_of(name)
+    }
 }
 
 /// A poisoned lock means a panic mid-update of plain maps; the maps stay usable
@@ -366,13 +451,14 @@ async fn resolve_and_load<M: Servable>(
     catalog: Arc<dyn ModelCatalog>,
     loader: Arc<dyn ModelLoader<M>>,
     name: &str,
+    slot: usize,
 ) -> Result<M, InferError> {
     let model = catalog
         .resolve(name)
         .await
         .map_err(|e| InferError::engine(format!("model catalog: {e}")))?
         .ok_or_else(|| InferError::ModelNotFound(name.to_string()))?;
-    tokio::task::spawn_blocking(move || loader.load(&model))
+    tokio::task::spawn_blocking(move || loader.load_on(&model, slot))
         .await
         .map_err(|e| InferError::engine(format!("model load panicked: {e}")))?
 }

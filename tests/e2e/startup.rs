@@ -197,7 +197,7 @@ async fn a_worker_device_that_cannot_be_opened_stops_serve_at_start_up() {
         (&["--devices", "cpu", "--serve-devices", "cuda:0"], no_cuda),
         (
             &["--serve-devices", "cpu,cpu"],
-            "serving on more than one device is not built yet",
+            "`--serve-devices` names `cpu` twice",
         ),
     ] {
         let devices = args.join(" ");
