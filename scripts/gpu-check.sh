@@ -143,6 +143,6 @@ print(json.dumps({
     "reference_mfu": mfu(reference["train_tokens_per_s"]),
     "temper_valid_loss_after": temper.get("valid_loss_after"),
     "reference_valid_loss_after": reference.get("valid_loss_after"),
-    "temper_precision": "f32", "reference_dtype": reference.get("dtype"),
+    "temper_precision": "bf16 (the default on a GPU)", "reference_dtype": reference.get("dtype"),
 }))
 PY

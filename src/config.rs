@@ -193,8 +193,7 @@ pub struct InferenceConfig {
     pub kv_cache_bytes: Option<usize>,
     /// Where fine-tuned models are served: `cpu`, `cuda:N`, or several (`cuda:0,cuda:1`),
     /// each with its own `--infer-cache-bytes` budget; a model is loaded onto the device
-    /// with the most budget free. Default: the first of `--devices`. Image classifiers
-    /// always run on the CPU (their convolution kernels are CPU code).
+    /// with the most budget free. Default: the first of `--devices`.
     #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
     pub serve_devices: Vec<String>,
 }

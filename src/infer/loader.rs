@@ -74,9 +74,7 @@ impl CheckpointLoader {
                     .map(LoadedModel::TokenClassifier)
             }
             ServedKind::ImageClassifier => {
-                // On the CPU whatever the serving device: the convolution, pooling and
-                // batch-norm kernels (zoo::vision) are CPU code.
-                let backend = ImageServing::load(&model.dir, &candle_core::Device::Cpu)
+                let backend = ImageServing::load(&model.dir, device)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
                 tracing::info!(bytes, "image classifier loaded");

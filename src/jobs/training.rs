@@ -110,9 +110,7 @@ impl Training {
                 labels,
                 config,
                 work_dir,
-                // The CPU whatever the worker's device: the convolution, pooling and
-                // batch-norm kernels (zoo::vision) have no GPU path yet.
-                device: Device::Cpu,
+                device,
             }),
             TrainingData::QuestionAnswering { train, valid } => {
                 Training::QuestionAnswering(QuestionAnsweringJob {

@@ -252,3 +252,31 @@ fn the_export_is_timm_layout_and_serving_agrees_with_the_checkpoint() {
     let refused = serving.prepare(&b"not an image".to_vec()).unwrap_err();
     assert!(refused.to_string().contains("is not a png"), "{refused}");
 }
+
+/// On a GPU (`scripts/gpu-check.sh`): the whole backbone fine-tunes there on the composed
+/// vision ops and learns what the CPU run learns.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_whole_backbone_fine_tunes_on_cuda() {
+        let root = tempfile::tempdir().unwrap();
+        let options = ImageOptions {
+            freeze_backbone: Some(false),
+            ..ImageOptions::default()
+        };
+        let mut job = job(
+            root.path(),
+            "cuda",
+            image_config(config(0, 1e-2, 8), options),
+        );
+        job.device = Device::new_cuda(0).unwrap();
+        let mut rec = Recorder::default();
+        let summary = completed(run_image_classification(&job, &mut rec).unwrap());
+        let last = rec.steps.last().unwrap();
+        assert_eq!(last.value("valid_accuracy"), Some(1.0), "{last:?}");
+        assert!(trainable(&summary.best_checkpoint).contains_key("conv_stem.weight"));
+    }
+}

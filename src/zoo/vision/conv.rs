@@ -140,6 +140,9 @@ impl Geometry {
 /// → `[N, Ho, Wo, C_out]`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, spec: ConvSpec) -> Result<Tensor, ZooError> {
     let geo = Geometry::of(x.dims(), spec)?;
+    if !crate::zoo::fused::uses_fused_kernels(x) {
+        return super::generic::conv2d(x, weight, spec);
+    }
     let x = x.contiguous()?;
     if spec.groups == 1 {
         return dense_conv(&x, weight, geo);

@@ -1,4 +1,4 @@
-//! vision: CNN backbones in timm's layout, built for transfer learning on CPU.
+//! vision: CNN backbones in timm's layout, built for transfer learning.
 //!
 //! Activations are channels-last (`[N, H, W, C]`) throughout: a 1×1 convolution is one
 //! matmul and the per-channel loops run over contiguous memory. Weights keep timm's
@@ -6,6 +6,7 @@
 //!
 //! - [`conv`]: dense and depthwise convolution with gradients only where needed.
 //! - [`norm`]: BatchNorm with running statistics, training and evaluation modes.
+//! - `generic`: the same ops from candle ops, for GPUs (and the CPU's generic path).
 //! - `frozen`: the leading frozen units, BatchNorm folded, run image by image.
 //! - [`pool`]: max pool and global average pool.
 //! - [`layers`]: conv + BatchNorm, the pretrained tensor map, ReLU6.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod conv;
 pub mod efficientnet;
 mod frozen;
+mod generic;
 pub mod layers;
 pub mod model;
 pub mod norm;

@@ -86,15 +86,17 @@ impl BatchNorm {
             ));
         }
         let x2 = x.contiguous()?.reshape((rows, channels))?;
-        let stats = batch_stats(&x2.detach())?;
-        let m = MOMENTUM;
         let unbiased = rows as f64 / (rows - 1) as f64;
+        if !crate::zoo::fused::uses_fused_kernels(x) {
+            let params = (self.weight.tensor(), self.bias.tensor());
+            let (y, mean, var) = super::generic::batch_norm_train(&x2, params, self.eps, act)?;
+            self.update_running(&mean, &var, unbiased)?;
+            return Ok(y.reshape(x.shape())?);
+        }
+        let stats = batch_stats(&x2.detach())?;
         let mean = Tensor::from_slice(&stats.mean, channels, x.device())?;
         let var = Tensor::from_slice(&stats.var, channels, x.device())?;
-        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
-        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?;
-        self.running_mean.set(&new_mean)?;
-        self.running_var.set(&new_var)?;
+        self.update_running(&mean, &var, unbiased)?;
         let op = BnActTrain {
             mean: stats.mean,
             rstd: stats
@@ -106,6 +108,17 @@ impl BatchNorm {
         };
         let y = x2.apply_op3(self.weight.tensor(), self.bias.tensor(), op)?;
         Ok(y.reshape(x.shape())?)
+    }
+
+    /// `running = (1 − m)·running + m·batch`, the variance made unbiased by `unbiased`
+    /// (`rows / (rows − 1)`) as PyTorch's running variance is.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, unbiased: f64) -> Result<(), ZooError> {
+        let m = MOMENTUM;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * unbiased))?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(())
     }
 
     /// Weight and bias, when trainable (no weight decay on either, as for LayerNorm).

@@ -27,6 +27,9 @@ pub fn max_pool2d(
             "max pool {kernel}x{kernel} (padding {padding}) does not fit a {h}x{w} input"
         )));
     }
+    if !crate::zoo::fused::uses_fused_kernels(x) {
+        return super::generic::max_pool2d(x, kernel, stride, padding);
+    }
     let pool = MaxPool {
         dims: [n, h, w, c],
         kernel,
