@@ -133,8 +133,8 @@ pub struct RunMode {
     /// [`MemoryEstimate`]).
     pub host: bool,
     /// `gradient_checkpointing`: backward keeps each layer's output only (h floats per token
-    /// and layer), plus the one layer being recomputed with all its activations and the copy
-    /// of its input it differentiates.
+    /// and layer), plus the one layer being recomputed with its activations, their
+    /// gradients and the copy of its input it differentiates (see [`estimate_with`]).
     pub checkpointing: bool,
     /// `precision: "bf16"`: frozen matrices stored in bf16; in full fine-tuning each step
     /// also keeps the bf16 copy of every weight it multiplies by, for backward.
@@ -230,7 +230,13 @@ pub fn estimate_with(
     };
     let layers = c.num_hidden_layers as u64;
     let per_token = if checkpointing {
-        layers * h + h + per_layer + unfused_outputs
+        // Each layer's output, and in backward the recomputed layer's activations and their
+        // gradients (the inner backward's store) beside the copy of its input; a LoRA
+        // model's first layer reads frozen embeddings, so nothing attaches it to the graph
+        // for recomputation and it keeps its activations.
+        let plain_first = if *tuning == Tuning::Full { 0 } else { 1 };
+        let layer = per_layer + unfused_outputs;
+        layers * h + h + (2 + plain_first) * layer
     } else {
         layers * (per_layer + unfused_outputs)
     };

@@ -364,14 +364,15 @@ fn checkpointing_keeps_one_output_per_layer_and_one_layer_in_full() {
     let ckpt = estimate_with(&c, &lora, step, mode(true, false));
     assert_eq!(plain, estimate(&c, &lora, step, true));
     // Per token: 9·576 + 3·192 + 3·1536 floats a layer keeps; checkpointed, 30 layer outputs,
-    // the copy of the recomputed layer's input, and that one layer's tensors. The head's
-    // logits (3 × 32 rows × 49152) are kept either way.
+    // the copy of the recomputed layer's input, that layer's tensors and their gradients,
+    // and (LoRA: frozen embeddings) the first layer's tensors. The head's logits (3 × 32
+    // rows × 49152) are kept either way.
     let layer = 9 * 576 + 3 * 192 + 3 * 1536;
     let head = 3 * 32 * 49152;
     assert_eq!(plain.activations, 4 * (1000 * 30 * layer + head));
     assert_eq!(
         ckpt.activations,
-        4 * (1000 * (30 * 576 + 576 + layer) + head)
+        4 * (1000 * (30 * 576 + 576 + 3 * layer) + head)
     );
     assert_eq!(
         (ckpt.weights, ckpt.optimizer),
@@ -425,7 +426,7 @@ fn a_checkpointed_encoder_keeps_one_output_per_layer_and_one_layer_in_full() {
     let ckpt = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, true));
     let layer = 14 * 384 + 2 * 1536 + 12 * 60;
     assert_eq!(plain.activations, 4 * 960 * 6 * layer);
-    assert_eq!(ckpt.activations, 4 * 960 * (6 * 384 + 384 + layer));
+    assert_eq!(ckpt.activations, 4 * 960 * (6 * 384 + 384 + 2 * layer));
 }
 
 /// A CPU run, checkpointed or not, in bf16 or not.

@@ -1,0 +1,125 @@
+//! The encoder memory estimate (`train::memory::estimate_encoder`) beside the measured peak
+//! of a real run: fine-tunes MiniLM-L6 for sequence classification on the Rotten Tomatoes
+//! split (no server) and prints one JSON line with the estimate's parts and the growth of
+//! the process's peak RSS over the job (`VmHWM` reset before it, minus the RSS then).
+//!
+//!     cargo run --release --example encoder_memory -- assets full 32 512
+//!     cargo run --release --example encoder_memory -- assets lora 32 512 checkpointing
+//!
+//! Arguments: assets dir, `full` | `lora`, batch size, examples (one epoch), and
+//! `checkpointing` to train with `gradient_checkpointing`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use temper::domain::dataset::{label_set, parse_classification};
+use temper::domain::hyperparams::HyperparamRequest;
+use temper::domain::task::Task;
+use temper::tasks::sequence_classification::data::encode_examples;
+use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
+use temper::train::memory::{estimate_encoder, largest_step, Tuning};
+use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
+use temper::zoo::config::EncoderConfig;
+use temper::zoo::TextTokenizer;
+
+/// A `/proc/self/status` field in bytes.
+fn status_bytes(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} missing"))?;
+    let kib: u64 = line[field.len()..]
+        .split_whitespace()
+        .next()
+        .context("no value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+struct Quiet;
+impl TrainObserver for Quiet {
+    fn on_event(&mut self, _: EventLevel, _: String) {}
+    fn on_step(&mut self, _: &StepMetrics) {}
+    fn on_checkpoint(&mut self, _: &SavedCheckpoint) {}
+    fn control(&mut self) -> Control {
+        Control::Continue
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    temper::runtime::tune_for_cpu_training();
+    let args: Vec<String> = std::env::args().collect();
+    let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
+    let mode = args.get(2).map(String::as_str).unwrap_or("full");
+    let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(32);
+    let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(512);
+    let checkpointing = args.get(5).is_some_and(|a| a == "checkpointing");
+    let rank = if mode == "lora" { 8 } else { 0 };
+    let csv = std::fs::read(assets.join("data/rotten_tomatoes/train.csv"))
+        .context("run scripts/fetch-assets.sh first")?;
+    let mut train = parse_classification(&csv)?.examples;
+    train.truncate(limit);
+    let labels = label_set(&train);
+    let request = HyperparamRequest::parse(
+        serde_json::json!({"n_epochs": 1, "batch_size": batch, "learning_rate": 5e-5,
+                           "lora_rank": rank, "gradient_checkpointing": checkpointing})
+        .as_object()
+        .context("literal object")?,
+    )?;
+    let config = request.resolve(Task::SequenceClassification, limit, 42);
+    let base = assets.join("models/sentence-transformers/all-MiniLM-L6-v2");
+    let (encoder, _) = EncoderConfig::from_dir(&base)?;
+    let tokenizer = TextTokenizer::from_dir(&base)?;
+    let encoded = encode_examples(&tokenizer, &train, &labels, config.max_seq_len)?;
+    let pairs: Vec<(usize, usize)> = encoded.iter().map(|e| (e.ids.len(), 0)).collect();
+    let longest = pairs.iter().map(|p| p.0).max().unwrap_or(0);
+    let step = largest_step(&pairs, batch);
+    let tuning = match rank {
+        0 => Tuning::Full,
+        _ => Tuning::Lora {
+            rank,
+            targets: temper::zoo::encoder_head::encoder_lora_targets(encoder.arch, &config.lora),
+            quantize: None,
+        },
+    };
+    let parts = estimate_encoder(
+        &encoder,
+        &tuning,
+        labels.len(),
+        step,
+        longest,
+        (true, checkpointing),
+    );
+    let work_dir = tempfile::tempdir()?;
+    let job = ClassificationJob {
+        base_model_dir: base,
+        train,
+        valid: None,
+        labels,
+        config,
+        work_dir: work_dir.path().to_path_buf(),
+        device: Device::Cpu,
+    };
+    drop((tokenizer, encoded));
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
+    let before = status_bytes("VmRSS:")?;
+    temper::runtime::on_own_pool(|| run_classification(&job, &mut Quiet))?;
+    let measured = status_bytes("VmHWM:")?.saturating_sub(before);
+    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode, "batch_size": batch, "examples": limit,
+            "gradient_checkpointing": checkpointing,
+            "largest_step_tokens": step.tokens, "longest": longest,
+            "estimate_mib": {"weights": mib(parts.weights), "optimizer": mib(parts.optimizer),
+                             "activations": mib(parts.activations), "loading": mib(parts.loading),
+                             "checkpoint": mib(parts.checkpoint), "total": mib(parts.total())},
+            "measured_growth_mib": mib(measured),
+            "estimate_over_measured": (parts.total() as f64 / measured as f64 * 1000.0).round() / 1000.0,
+        })
+    );
+    Ok(())
+}
