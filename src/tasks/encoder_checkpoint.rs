@@ -5,21 +5,40 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::train::checkpoint::{self, CheckpointMeta, TRAINABLE_FILE};
 use crate::train::{ExportFormat, TrainError};
 use crate::zoo::{EncoderHead, EncoderModel};
 
 /// The base model `meta` names with the head `spec` describes, its trainable tensors
-/// loaded from the checkpoint in `dir`.
+/// loaded from the checkpoint in `dir`: in f32 on the CPU (exports, CPU serving), with its
+/// linears in bf16 on a GPU (serving).
 pub(crate) fn rebuild_encoder_model<H: EncoderHead>(
     dir: &Path,
     meta: &CheckpointMeta,
     spec: &H::Spec,
     device: &Device,
 ) -> Result<EncoderModel<H>, TrainError> {
-    let model = EncoderModel::<H>::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
+    let compute = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    rebuild_encoder_model_in(dir, meta, spec, device, compute)
+}
+
+/// [`rebuild_encoder_model`] with the linears' matmuls in `compute` (bf16: frozen matrices
+/// stored in bf16, a full fine-tune's once frozen for serving).
+pub(crate) fn rebuild_encoder_model_in<H: EncoderHead>(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    spec: &H::Spec,
+    device: &Device,
+    compute: DType,
+) -> Result<EncoderModel<H>, TrainError> {
+    let base = &meta.base_model_dir;
+    let model = EncoderModel::<H>::from_pretrained_in(base, spec, device, meta.seed, compute)?;
     model.load_trainable(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
     Ok(model)
 }

@@ -394,16 +394,12 @@ impl Encoder {
     }
 
     pub fn parameter_bytes(&self) -> usize {
-        let mut n = self.word_emb.tensor().elem_count() + self.pos_emb.tensor().elem_count();
-        n += self
-            .type_emb
-            .as_ref()
-            .map_or(0, |t| t.tensor().elem_count());
-        let ln = |l: &LayerNormW| 2 * l.weight.tensor().elem_count();
-        n += ln(&self.emb_ln);
-        let mut bytes = n * 4;
+        let size = |p: &Param| p.tensor().elem_count() * p.tensor().dtype().size_in_bytes();
+        let ln = |l: &LayerNormW| size(&l.weight) + size(&l.bias);
+        let mut bytes = size(&self.word_emb) + size(&self.pos_emb) + ln(&self.emb_ln);
+        bytes += self.type_emb.as_ref().map_or(0, size);
         for l in &self.layers {
-            bytes += (ln(&l.attn_ln) + ln(&l.out_ln)) * 4;
+            bytes += ln(&l.attn_ln) + ln(&l.out_ln);
             for lin in [&l.q, &l.k, &l.v, &l.attn_out, &l.ffn_in, &l.ffn_out] {
                 bytes += lin.parameter_bytes();
             }

@@ -435,11 +435,16 @@ impl TrainLinear {
         Ok(())
     }
 
-    /// Merges any adapter and freezes the weight and bias, for inference.
+    /// Merges any adapter and freezes the weight (in the matmul dtype) and bias, for
+    /// inference.
     pub fn freeze(&mut self) -> Result<(), ZooError> {
         self.merge()?;
         if let LinearBase::Dense(weight) = &mut self.base {
             weight.freeze();
+            // A full fine-tune's f32 master, stored in the matmul dtype for serving.
+            if let Some(dtype) = self.compute_dtype.filter(|d| *d != weight.tensor().dtype()) {
+                *weight = Param::Frozen(weight.tensor().to_dtype(dtype)?);
+            }
         }
         if let Some(bias) = &mut self.bias {
             bias.freeze();

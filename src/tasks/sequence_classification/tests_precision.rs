@@ -61,3 +61,44 @@ fn the_every_token_forward_in_bf16_gives_the_f32_logits() {
         "bf16 logits off by {relative}"
     );
 }
+
+#[test]
+fn a_classifier_served_in_bf16_is_smaller_and_gives_the_f32_logits() {
+    use crate::tasks::encoder_checkpoint::rebuild_encoder_model_in;
+    use crate::zoo::SequenceHead;
+    let fx = fixture();
+    for (name, rank) in [("lora", 4), ("full", 0)] {
+        let work = format!("serve-{name}");
+        let mut rec = Recorder::default();
+        let summary = completed(
+            run_classification(&job(&fx, &work, config(rank, 5e-3, 2), false), &mut rec)
+                .expect("run"),
+        );
+        let dir = &summary.best_checkpoint;
+        let meta = crate::train::checkpoint::read_meta(dir).expect("meta");
+        let (_, spec) = meta.classifier(dir).expect("classifier");
+        // As serving loads it: rebuilt, then merged and frozen.
+        let serve = |dtype| {
+            let mut model =
+                rebuild_encoder_model_in::<SequenceHead>(dir, &meta, spec, &Device::Cpu, dtype)
+                    .expect("rebuild");
+            model.freeze_for_inference().expect("freeze");
+            model
+        };
+        let (full, half) = (serve(DType::F32), serve(DType::BF16));
+        let (full_bytes, half_bytes) = (full.parameter_bytes(), half.parameter_bytes());
+        assert!(
+            half_bytes < full_bytes,
+            "{name}: {half_bytes} vs {full_bytes}"
+        );
+        let ids: [&[u32]; 2] = [&[2, 10, 11, 12, 13, 3], &[2, 14, 15, 3]];
+        let batch = crate::zoo::collate(&ids, 0, &Device::Cpu).expect("batch");
+        let a = full.forward(&batch, false).expect("f32");
+        let b = half.forward(&batch, false).expect("bf16");
+        let relative = max_abs_diff(&a, &b) / max_abs(&a);
+        assert!(
+            relative > 0.0 && relative < 0.03,
+            "{name}: logits off by {relative}"
+        );
+    }
+}
