@@ -167,8 +167,9 @@ impl<M: Servable> RegistryState<M> {
         }
     }
 
-    /// The serving device a new model goes to: the one with the most of its budget free,
-    /// counting models still loading there as one more, the lowest index on a tie.
+    /// The serving device a new model goes to: the one with the most of its budget free;
+    /// on a tie the one with fewer loads in flight (their size is not known yet), then the
+    /// lower index.
     fn place(&self) -> usize {
         let free = |slot: usize| -> (i128, usize) {
             let on_slot = self.entries.values().filter(|e| e.slot == slot);
