@@ -4,6 +4,10 @@
 //! through the service (bench/sft.py).
 //!
 //!     cargo run --release --example sft_speed -- assets 96
+//!     cargo run --release --example sft_speed -- assets 96 checkpointing
+//!     cargo run --release --example sft_speed -- assets 96 bf16
+//!
+//! A third argument trains with `gradient_checkpointing` or `precision: "bf16"`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,14 +31,17 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let assets = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("assets"));
     let limit: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(96);
+    let variant = args.get(3).map(String::as_str).unwrap_or("");
     let train = sarcasm_chats(&assets, limit)?;
-    let request = HyperparamRequest::parse(
-        serde_json::json!({"n_epochs": 1, "batch_size": 4, "learning_rate": 2e-4, "lr_scheduler": "linear",
-                           "warmup_ratio": 0.0, "max_seq_len": 256, "lora_rank": 8, "lora_alpha": 16,
-                           "lora_dropout": 0.0})
-        .as_object()
-        .context("literal object")?,
-    )?;
+    let mut hyperparameters = serde_json::json!({"n_epochs": 1, "batch_size": 4, "learning_rate": 2e-4,
+        "lr_scheduler": "linear", "warmup_ratio": 0.0, "max_seq_len": 256, "lora_rank": 8,
+        "lora_alpha": 16, "lora_dropout": 0.0});
+    match variant {
+        "checkpointing" => hyperparameters["gradient_checkpointing"] = true.into(),
+        "bf16" => hyperparameters["precision"] = "bf16".into(),
+        _ => {}
+    }
+    let request = HyperparamRequest::parse(hyperparameters.as_object().context("literal object")?)?;
     let work_dir = tempfile::tempdir()?;
     let model_dir = materialized_smollm2(&assets, work_dir.path())?;
     let job = SftJob {
@@ -56,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
+            "variant": variant,
             "median_step_ms": median_step_ms, "steady_tokens_per_s": steady_tokens_per_s,
             "examples": limit, "seconds": seconds, "steps": timings.losses.len(), "tokens": timings.tokens,
             "first_loss": timings.losses.first(), "last_loss": timings.losses.last(),
