@@ -18,7 +18,7 @@ use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sequence_classification::data::encode_examples;
 use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
-use temper::train::memory::{estimate_encoder, largest_step, Tuning};
+use temper::train::memory::{estimate_encoder, largest_step, RunMode, Tuning};
 use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use temper::zoo::config::EncoderConfig;
 use temper::zoo::TextTokenizer;
@@ -90,7 +90,11 @@ fn main() -> anyhow::Result<()> {
         labels.len(),
         step,
         longest,
-        (true, checkpointing),
+        RunMode {
+            host: true,
+            checkpointing,
+            bf16: false,
+        },
     );
     let work_dir = tempfile::tempdir()?;
     let job = ClassificationJob {

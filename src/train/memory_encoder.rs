@@ -4,8 +4,8 @@
 use candle_core::Device;
 
 use super::{
-    available_bytes, device_name, gib, largest_step, within_margin, MemoryEstimate, StepShape,
-    Tuning,
+    available_bytes, device_name, gib, largest_step, within_margin, MemoryEstimate, RunMode,
+    StepShape, Tuning,
 };
 use crate::zoo::config::EncoderConfig;
 
@@ -36,8 +36,13 @@ pub fn estimate_encoder(
     outputs: usize,
     step: StepShape,
     longest: usize,
-    (host, checkpointing): (bool, bool),
+    mode: RunMode,
 ) -> MemoryEstimate {
+    let RunMode {
+        host,
+        checkpointing,
+        bf16,
+    } = mode;
     let h = c.hidden_size as u64;
     let head = h * h + h + (h + 1) * outputs as u64;
     let params = encoder_parameter_count(c) + head;
@@ -72,10 +77,21 @@ pub fn estimate_encoder(
     } else {
         layers * per_layer
     };
+    // Mixed precision: a LoRA body's frozen matrices in bf16; full fine-tuning keeps f32
+    // masters and each step holds the bf16 casts of the layers' matrices for backward.
+    let i = c.intermediate_size as u64;
+    let layer_matrices = layers * (4 * h * h + 2 * h * i);
+    let body = encoder_parameter_count(c);
+    let vectors = layers * (4 * h + i + h + 4 * h) + 2 * h;
+    let (weights, casts) = match tuning {
+        Tuning::Lora { .. } if bf16 => (2 * (body - vectors) + 4 * (vectors + head + adapters), 0),
+        Tuning::Full if bf16 => (4 * params, 2 * layer_matrices),
+        _ => (4 * (params + adapters), 0),
+    };
     MemoryEstimate {
-        weights: 4 * (params + adapters),
+        weights,
         optimizer: 4 * 3 * trained,
-        activations: 4 * step.tokens as u64 * per_token,
+        activations: 4 * step.tokens as u64 * per_token + casts,
         loading: if host { 4 * params } else { 0 },
         checkpoint: if host { 4 * 2 * trained } else { 0 },
     }
@@ -108,8 +124,12 @@ pub fn check_encoder_job(
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let need = |batch: usize| {
         let step = largest_step(&pairs, batch);
-        let on = (device.is_cpu(), config.gradient_checkpointing);
-        estimate_encoder(&encoder, &tuning, outputs, step, longest, on)
+        let mode = RunMode {
+            host: device.is_cpu(),
+            checkpointing: config.gradient_checkpointing,
+            bf16: crate::train::setup::compute_dtype(config, device) == candle_core::DType::BF16,
+        };
+        estimate_encoder(&encoder, &tuning, outputs, step, longest, mode)
     };
     let fits = |batch: usize| within_margin(need(batch).total(), available);
     if fits(batch_size) {

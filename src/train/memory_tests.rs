@@ -318,7 +318,7 @@ fn encoder_estimates_by_hand() {
     };
     let head = 384 * 384 + 384 + 385 * 2;
     let params = 22_565_376 + head;
-    let full = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, false));
+    let full = estimate_encoder(&c, &Tuning::Full, 2, step, 60, mode(false, false));
     assert_eq!(full.weights, 4 * params);
     assert_eq!(full.optimizer, 12 * params);
     assert_eq!(full.loading, 4 * params);
@@ -334,7 +334,7 @@ fn encoder_estimates_by_hand() {
         quantize: None,
     };
     let adapters = 6 * 8 * 2 * (2 * 384);
-    let e = estimate_encoder(&c, &lora, 2, step, 60, (false, false));
+    let e = estimate_encoder(&c, &lora, 2, step, 60, RunMode::default());
     assert_eq!(e.weights, 4 * (params + adapters));
     assert_eq!(e.optimizer, 12 * (adapters + head));
     assert_eq!((e.loading, e.checkpoint), (0, 0));
@@ -344,7 +344,7 @@ fn encoder_estimates_by_hand() {
         targets: vec!["dense".into()],
         quantize: None,
     };
-    let e = estimate_encoder(&c, &dense, 2, step, 60, (false, false));
+    let e = estimate_encoder(&c, &dense, 2, step, 60, RunMode::default());
     assert_eq!(e.optimizer, 12 * (6 * 8 * (4 * 384 + 2 * 1536) + head));
 }
 
@@ -422,8 +422,8 @@ fn a_checkpointed_encoder_keeps_one_output_per_layer_and_one_layer_in_full() {
         tokens: 960,
         trained_rows: 0,
     };
-    let plain = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, false));
-    let ckpt = estimate_encoder(&c, &Tuning::Full, 2, step, 60, (true, true));
+    let plain = estimate_encoder(&c, &Tuning::Full, 2, step, 60, mode(false, false));
+    let ckpt = estimate_encoder(&c, &Tuning::Full, 2, step, 60, mode(true, false));
     let layer = 14 * 384 + 2 * 1536 + 12 * 60;
     assert_eq!(plain.activations, 4 * 960 * 6 * layer);
     assert_eq!(ckpt.activations, 4 * 960 * (6 * 384 + 384 + 2 * layer));
@@ -465,4 +465,31 @@ fn bf16_halves_the_frozen_matrices_and_full_fine_tuning_keeps_bf16_casts() {
     );
     assert_eq!(f32_full.weights, bf16_full.weights, "f32 masters");
     assert_eq!(bf16_full.activations - f32_full.activations, 2 * matrices);
+}
+
+#[test]
+fn a_bf16_encoder_stores_its_lora_body_in_bf16_and_keeps_full_casts() {
+    let c = minilm_l6();
+    let step = StepShape {
+        tokens: 960,
+        trained_rows: 0,
+    };
+    let lora = Tuning::Lora {
+        rank: 8,
+        targets: vec!["query".into(), "value".into()],
+        quantize: None,
+    };
+    let est = |tuning: &Tuning, bf16| estimate_encoder(&c, tuning, 2, step, 60, mode(false, bf16));
+    // MiniLM-L6's body: 22,565,376 parameters, of which 6·(4·384 + 1536 + 384 + 4·384) +
+    // 2·384 are biases and LayerNorm vectors (f32 either way).
+    let vectors = 6 * (4 * 384 + 1536 + 384 + 4 * 384) + 2 * 384;
+    let matrices = 22_565_376 - vectors;
+    assert_eq!(
+        est(&lora, false).weights - est(&lora, true).weights,
+        2 * matrices
+    );
+    let (full, full_bf16) = (est(&Tuning::Full, false), est(&Tuning::Full, true));
+    assert_eq!(full.weights, full_bf16.weights, "f32 masters");
+    let layer_matrices = 6 * (4 * 384 * 384 + 2 * 384 * 1536);
+    assert_eq!(full_bf16.activations - full.activations, 2 * layer_matrices);
 }
