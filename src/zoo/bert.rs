@@ -376,11 +376,17 @@ impl Encoder {
     /// [`Param::freeze`]).
     pub fn freeze(&mut self) -> Result<(), ZooError> {
         self.word_emb_grads = None;
+        // Under mixed precision the tables are stored in the linears' dtype too (a full
+        // fine-tune's are f32 masters until now); lookups cast their rows to f32.
+        let dtype = self.layers.first().and_then(|l| l.q.compute_dtype());
         for param in [&mut self.word_emb, &mut self.pos_emb]
             .into_iter()
             .chain(self.type_emb.as_mut())
         {
             param.freeze();
+            if let Some(dtype) = dtype.filter(|d| *d != param.tensor().dtype()) {
+                *param = Param::Frozen(param.tensor().to_dtype(dtype)?);
+            }
         }
         self.emb_ln.freeze();
         for l in &mut self.layers {

@@ -87,8 +87,10 @@ fn a_classifier_served_in_bf16_is_smaller_and_gives_the_f32_logits() {
         };
         let (full, half) = (serve(DType::F32), serve(DType::BF16));
         let (full_bytes, half_bytes) = (full.parameter_bytes(), half.parameter_bytes());
+        // Every matrix in bf16 (tables and linears); LayerNorms, biases and the new head
+        // stay f32.
         assert!(
-            half_bytes < full_bytes,
+            half_bytes * 100 < full_bytes * 55,
             "{name}: {half_bytes} vs {full_bytes}"
         );
         let ids: [&[u32]; 2] = [&[2, 10, 11, 12, 13, 3], &[2, 14, 15, 3]];
