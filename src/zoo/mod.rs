@@ -42,6 +42,7 @@ pub mod loader;
 mod lora;
 mod packing;
 pub mod params;
+mod precomputed;
 pub mod recompute;
 pub mod testing;
 pub mod tokenizer;

@@ -25,6 +25,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var};
 
 use super::cpu::dropout;
 use super::fused;
+use super::precomputed::PrecomputedOutput;
 use super::ZooError;
 
 /// One layer's forward from its input; called once in the forward, once more in backward.
@@ -99,7 +100,7 @@ pub(crate) fn checkpointed(
         params,
         sink: Arc::clone(sink),
         replay,
-        output: Mutex::new(Some(output)),
+        output: PrecomputedOutput::new(output, "recompute"),
     })?)
 }
 
@@ -116,18 +117,10 @@ struct Recompute {
     sink: Arc<RecomputedGradients>,
     replay: Replay,
     /// Taken by the op's forward (which copies it into the graph's output).
-    output: Mutex<Option<Tensor>>,
+    output: PrecomputedOutput,
 }
 
 impl Recompute {
-    fn take_output(&self) -> candle_core::Result<Tensor> {
-        self.output
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("recompute: poisoned".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("recompute: forward ran twice".into()))
-    }
-
     /// The segment run again on `x` with a graph, in the forward's dropout and kernel state.
     fn rerun(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let resume = dropout::stream_position();
@@ -149,13 +142,7 @@ impl CustomOp1 for Recompute {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => Ok((s.try_clone(layout)?, output.shape().clone())),
-            _ => candle_core::bail!("recompute: output is not on the cpu"),
-        }
+        self.output.take_cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -164,13 +151,7 @@ impl CustomOp1 for Recompute {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let output = self.take_output()?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, output.shape().clone())),
-            _ => candle_core::bail!("recompute: output is not on the gpu"),
-        }
+        self.output.take_cuda()
     }
 
     fn bwd(

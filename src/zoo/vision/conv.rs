@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::zoo::fused::contiguous_f32;
+use crate::zoo::precomputed::PrecomputedOutput;
 use crate::zoo::ZooError;
 
 /// Kernel size, stride, symmetric zero padding and groups of one convolution.
@@ -183,7 +184,7 @@ fn dense_conv(x: &Tensor, weight: &Tensor, geo: Geometry) -> Result<Tensor, ZooE
         return Ok(out);
     }
     let op = DenseConvGrad {
-        output: std::sync::Mutex::new(Some(out)),
+        output: PrecomputedOutput::new(out, "conv2d-nhwc"),
         geo,
     };
     Ok(x.apply_op2(weight, op)?)
@@ -268,14 +269,12 @@ impl CustomOp1 for Col2Im {
     }
 }
 
-/// "Output computed elsewhere": forward copies the precomputed convolution, backward
-/// computes the weight gradient (patches recomputed from the input rather than kept: 9×
-/// the activation for a 3×3 kernel) and the input gradient, each only when needed.
-///
-/// The op lives in the graph until the backward, so it gives the precomputed output up in
-/// its forward: holding it would keep every trainable convolution's output twice.
+/// "Output computed elsewhere" (`zoo::precomputed`): forward copies the precomputed
+/// convolution, backward computes the weight gradient (patches recomputed from the input
+/// rather than kept: 9× the activation for a 3×3 kernel) and the input gradient, each only
+/// when needed.
 struct DenseConvGrad {
-    output: std::sync::Mutex<Option<Tensor>>,
+    output: PrecomputedOutput,
     geo: Geometry,
 }
 
@@ -291,20 +290,7 @@ impl CustomOp2 for DenseConvGrad {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let output = self
-            .output
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("conv2d-nhwc: poisoned output".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("conv2d-nhwc: forward ran twice".into()))?;
-        let (storage, layout) = output.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(s) => {
-                let data = contiguous_f32(s, layout)?;
-                Ok((CpuStorage::F32(data.to_vec()), output.shape().clone()))
-            }
-            _ => candle_core::bail!("conv2d-nhwc: the output is not on the cpu"),
-        }
+        self.output.take_cpu()
     }
 
     fn bwd(
