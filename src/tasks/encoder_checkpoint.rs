@@ -1,15 +1,35 @@
-//! What the checkpoints of the three encoder tasks (sequence classification, token
-//! classification, extractive QA) share: rebuilding the [`EncoderModel`] from `meta.json`
-//! and `trainable.safetensors`, and writing it as a merged Hugging Face directory or a PEFT
-//! adapter. Each task's `export.rs` only picks its spec and labels out of the checkpoint.
+//! What the three encoder tasks (sequence classification, token classification, extractive
+//! QA) share about their models: building the [`EncoderModel`] a job trains, rebuilding it
+//! from a checkpoint's `meta.json` and `trainable.safetensors`, and writing it as a merged
+//! Hugging Face directory or a PEFT adapter. Each task's `export.rs` only picks its spec
+//! and labels out of the checkpoint.
 
 use std::path::Path;
 
 use candle_core::{DType, Device};
 
+use crate::domain::hyperparams::TrainingConfig;
 use crate::train::checkpoint::{self, CheckpointMeta, TRAINABLE_FILE};
+use crate::train::setup::compute_dtype;
 use crate::train::{ExportFormat, TrainError};
 use crate::zoo::{EncoderHead, EncoderModel};
+
+/// The model a job trains: the base with the head `spec` describes, its linears in the
+/// job's `precision`, its layers checkpointed when the job asks.
+pub(crate) fn encoder_for_job<H: EncoderHead>(
+    base_model_dir: &Path,
+    spec: &H::Spec,
+    config: &TrainingConfig,
+    device: &Device,
+) -> Result<EncoderModel<H>, TrainError> {
+    let compute = compute_dtype(config, device);
+    let mut model =
+        EncoderModel::<H>::from_pretrained_in(base_model_dir, spec, device, config.seed, compute)?;
+    if config.gradient_checkpointing {
+        model.enable_gradient_checkpointing();
+    }
+    Ok(model)
+}
 
 /// The base model `meta` names with the head `spec` describes, its trainable tensors
 /// loaded from the checkpoint in `dir`: in f32 on the CPU (exports, CPU serving), with its

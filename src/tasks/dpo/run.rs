@@ -19,16 +19,18 @@ use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::sft::{check_memory, decoder_spec, fit_to_context, lm_spec, run_mode};
+use crate::tasks::sft::{
+    check_memory, decoder_for_job, decoder_spec, fit_to_context, lm_spec, run_mode,
+};
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
-use crate::train::setup::{check_loop_settings, compute_dtype, run_task, RunSetup};
+use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{
     results_csv, EventLevel, MetricNames, Metrics, MetricsRow, TrainError, TrainObserver,
     TrainOutcome, TrainSummary,
 };
-use crate::zoo::decoder::{CausalLm, DecoderConfig};
+use crate::zoo::decoder::DecoderConfig;
 
 /// TRL's and OpenAI's names (`rewards/chosen` → `train_rewards_chosen`, …).
 pub const DPO_METRICS: MetricNames = MetricNames {
@@ -166,18 +168,9 @@ impl DpoTask {
             run_mode(cfg, &job.device),
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let compute = compute_dtype(cfg, &job.device);
-        let policy = CausalLm::from_pretrained_in(
-            &job.base_model_dir,
-            &spec,
-            &job.device,
-            cfg.seed,
-            compute,
-        )?;
-        let mut models = DpoModels::new(policy, job.beta)?;
-        if cfg.gradient_checkpointing {
-            models.policy.enable_gradient_checkpointing();
-        }
+        // A full fine-tune's frozen reference copy is never checkpointed (no graph).
+        let policy = decoder_for_job(&job.base_model_dir, &spec, cfg, &job.device)?;
+        let models = DpoModels::new(policy, job.beta)?;
         let valid_batches = valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));

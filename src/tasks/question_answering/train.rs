@@ -9,12 +9,13 @@ use candle_core::backprop::GradStore;
 use candle_core::Device;
 
 use super::evaluate::{evaluate, labelled_windows, LabelledWindows, QaEvaluation};
-use super::head::{collate_windows, QaModelSpec, QuestionAnsweringModel};
+use super::head::{collate_windows, QaHead, QaModelSpec, QuestionAnsweringModel};
 use super::postprocess::AnswerSettings;
 use super::report::build_summary;
 use super::windows::{QaTokenizer, QaWindow, WindowSettings};
 use crate::domain::dataset::QaExample;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::tasks::encoder_checkpoint::encoder_for_job;
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
@@ -133,16 +134,7 @@ impl<'a> QaTask<'a> {
         let lengths: Vec<usize> = train.windows.iter().map(|w| w.input_ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, 2, &lengths, device)?;
-        let mut model = QuestionAnsweringModel::from_pretrained_in(
-            &job.base_model_dir,
-            &spec,
-            &job.device,
-            cfg.seed,
-            crate::train::setup::compute_dtype(cfg, &job.device),
-        )?;
-        if cfg.gradient_checkpointing {
-            model.enable_gradient_checkpointing();
-        }
+        let model = encoder_for_job::<QaHead>(base, &spec, cfg, device)?;
         let answers = AnswerSettings {
             max_answer_length: cfg.task_options.max_answer_length(),
             allow_no_answer: has_unanswerable(job),

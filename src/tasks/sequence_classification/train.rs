@@ -12,12 +12,13 @@ use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
 use super::report::build_summary;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::tasks::encoder_checkpoint::encoder_for_job;
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
-use crate::zoo::{ClassifierSpec, SequenceClassifier, TextTokenizer};
+use crate::zoo::{ClassifierSpec, SequenceClassifier, SequenceHead, TextTokenizer};
 
 /// Accuracy over examples; every evaluation covers the whole validation set, so the
 /// `full_valid_*` names OpenAI uses for chat models mean the `valid_*` values here.
@@ -126,17 +127,7 @@ impl<'a> ClassifyTask<'a> {
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, spec.num_labels, &lengths, device)?;
-        let compute = crate::train::setup::compute_dtype(cfg, &job.device);
-        let mut model = SequenceClassifier::from_pretrained_in(
-            &job.base_model_dir,
-            &spec,
-            &job.device,
-            cfg.seed,
-            compute,
-        )?;
-        if cfg.gradient_checkpointing {
-            model.enable_gradient_checkpointing();
-        }
+        let model = encoder_for_job::<SequenceHead>(base, &spec, cfg, device)?;
         Ok(Self {
             job,
             model,

@@ -37,5 +37,7 @@ mod tests_train;
 pub use load::{load_lm_checkpoint, load_lm_checkpoint_in, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 /// Shared with DPO, which trains the same causal LMs.
-pub(crate) use run::{check_memory, decoder_spec, fit_to_context, lm_spec, run_mode};
+pub(crate) use run::{
+    check_memory, decoder_for_job, decoder_spec, fit_to_context, lm_spec, run_mode,
+};
 pub use run::{run_sft, LmEvaluation, SftJob, SFT_METRICS};

@@ -155,6 +155,22 @@ pub(crate) fn decoder_spec(lm: &LmSpec) -> Result<DecoderSpec, TrainError> {
     })
 }
 
+/// The model a decoder job trains: the base in the job's `precision`, its layers
+/// checkpointed when the job asks.
+pub(crate) fn decoder_for_job(
+    base_model_dir: &std::path::Path,
+    spec: &DecoderSpec,
+    cfg: &TrainingConfig,
+    device: &Device,
+) -> Result<CausalLm, TrainError> {
+    let compute = compute_dtype(cfg, device);
+    let mut model = CausalLm::from_pretrained_in(base_model_dir, spec, device, cfg.seed, compute)?;
+    if cfg.gradient_checkpointing {
+        model.enable_gradient_checkpointing();
+    }
+    Ok(model)
+}
+
 /// The job's checkpointing and precision, for its memory check.
 pub(crate) fn run_mode(cfg: &TrainingConfig, device: &Device) -> memory::RunMode {
     memory::RunMode {
@@ -245,17 +261,7 @@ impl<'a> SftTask<'a> {
             run_mode(cfg, &job.device),
         );
         check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let compute = compute_dtype(cfg, &job.device);
-        let mut model = CausalLm::from_pretrained_in(
-            &job.base_model_dir,
-            &spec,
-            &job.device,
-            cfg.seed,
-            compute,
-        )?;
-        if cfg.gradient_checkpointing {
-            model.enable_gradient_checkpointing();
-        }
+        let model = decoder_for_job(&job.base_model_dir, &spec, cfg, &job.device)?;
         let valid_batches = valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));

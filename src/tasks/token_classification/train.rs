@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use super::align::{collate_tagged, AlignOptions, AlignedExample, TagAligner};
 use super::evaluate::{evaluate_tags, TagEvaluation, TaggedSet};
-use super::head::{token_cross_entropy, TokenClassifier};
+use super::head::{token_cross_entropy, TokenClassifier, TokenHead};
 use crate::domain::dataset::TokenTagsExample;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::tasks::encoder_checkpoint::encoder_for_job;
 use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
@@ -126,17 +127,7 @@ impl<'a> TagTask<'a> {
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
         let (base, device) = (&job.base_model_dir, &job.device);
         crate::train::memory::check_encoder_job(base, cfg, spec.num_labels, &lengths, device)?;
-        let compute = crate::train::setup::compute_dtype(cfg, &job.device);
-        let mut model = TokenClassifier::from_pretrained_in(
-            &job.base_model_dir,
-            &spec,
-            &job.device,
-            cfg.seed,
-            compute,
-        )?;
-        if cfg.gradient_checkpointing {
-            model.enable_gradient_checkpointing();
-        }
+        let model = encoder_for_job::<TokenHead>(base, &spec, cfg, device)?;
         Ok(Self {
             job,
             model,
