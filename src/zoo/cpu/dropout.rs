@@ -75,10 +75,15 @@ pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
 /// its forward's masks again off the CPU too, and the generic path drops what the fused
 /// one drops.
 pub fn seeded_dropout_any_device(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+    dropout_with_seed(x, p, next_seed())
+}
+
+/// Inverted dropout of `x` with the mask of the call seeded `seed` ([`kept`]), on any
+/// device: the mask is built on the host and multiplied in.
+pub fn dropout_with_seed(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability {p} is not in [0, 1)");
     }
-    let seed = next_seed();
     let scale = 1.0 / (1.0 - p);
     let n = x.elem_count();
     let mask: Vec<f32> = (0..n as u64)

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use super::layers::{ConvBn, Weights};
 use super::pool::global_avg_pool;
 use super::resnet::{resnet_units, ResNet};
 use super::Role;
-use crate::zoo::cpu::dropout::kept;
+use crate::zoo::cpu::dropout::dropout_with_seed;
 use crate::zoo::linear::{Param, Pass, TrainLinear};
 use crate::zoo::params::NamedVar;
 use crate::zoo::ZooError;
@@ -138,7 +138,9 @@ impl ImageClassifier {
             if i < last {
                 x = x.relu()?;
                 if train && self.head_dropout > 0.0 {
-                    x = seeded_dropout(&x, self.head_dropout, dropout_seed)?;
+                    // The mask is a function of the seed: a resumed run draws the
+                    // masks the interrupted one would have.
+                    x = dropout_with_seed(&x, self.head_dropout as f32, dropout_seed)?;
                 }
             }
         }
@@ -324,18 +326,6 @@ fn torch_linear(
         Param::Trainable(Var::from_tensor(&weight)?),
         Some(Param::Trainable(Var::from_tensor(&bias)?)),
     ))
-}
-
-/// Inverted dropout whose mask is a pure function of `seed` and each element's index, so a
-/// resumed run draws exactly the masks the interrupted one would have.
-fn seeded_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor, ZooError> {
-    let keep = 1.0 / (1.0 - p as f32);
-    // The CPU dropout kernel's mask function, so both draw the same masks from a seed.
-    let mask: Vec<f32> = (0..x.elem_count() as u64)
-        .map(|i| if kept(seed, i, p as f32) { keep } else { 0.0 })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(DType::F32)?;
-    Ok((x * mask)?)
 }
 
 #[cfg(test)]
