@@ -19,34 +19,12 @@ use temper::domain::task::Task;
 use temper::tasks::sequence_classification::data::encode_examples;
 use temper::tasks::sequence_classification::{run_classification, ClassificationJob};
 use temper::train::memory::{estimate_encoder, largest_step, RunMode, Tuning};
-use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use temper::zoo::config::EncoderConfig;
 use temper::zoo::TextTokenizer;
 
-/// A `/proc/self/status` field in bytes.
-fn status_bytes(field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("{field} missing"))?;
-    let kib: u64 = line[field.len()..]
-        .split_whitespace()
-        .next()
-        .context("no value")?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
-struct Quiet;
-impl TrainObserver for Quiet {
-    fn on_event(&mut self, _: EventLevel, _: String) {}
-    fn on_step(&mut self, _: &StepMetrics) {}
-    fn on_checkpoint(&mut self, _: &SavedCheckpoint) {}
-    fn control(&mut self) -> Control {
-        Control::Continue
-    }
-}
+#[path = "common/peak_rss.rs"]
+mod peak_rss;
+use peak_rss::{reset_peak, status_bytes, Quiet};
 
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
@@ -107,8 +85,7 @@ fn main() -> anyhow::Result<()> {
         device: Device::Cpu,
     };
     drop((tokenizer, encoded));
-    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
-    let before = status_bytes("VmRSS:")?;
+    let before = reset_peak()?;
     temper::runtime::on_own_pool(|| run_classification(&job, &mut Quiet))?;
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
     let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;

@@ -18,36 +18,12 @@ use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::sft::{run_sft, SftExamples, SftJob, SftTokenizer};
 use temper::train::memory::{estimate_with, largest_step, RunMode, Tuning};
-use temper::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use temper::zoo::decoder::config::DEFAULT_LORA_TARGETS;
 use temper::zoo::decoder::{DecoderConfig, QuantKind};
 
-/// A `/proc/self/status` field in bytes.
-fn status_bytes(field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("{field} missing"))?;
-    let kib: u64 = line[field.len()..]
-        .split_whitespace()
-        .next()
-        .context("no value")?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
-struct Quiet;
-impl TrainObserver for Quiet {
-    fn on_event(&mut self, _: EventLevel, message: String) {
-        eprintln!("{message}");
-    }
-    fn on_step(&mut self, _: &StepMetrics) {}
-    fn on_checkpoint(&mut self, _: &SavedCheckpoint) {}
-    fn control(&mut self) -> Control {
-        Control::Continue
-    }
-}
+#[path = "common/peak_rss.rs"]
+mod peak_rss;
+use peak_rss::{reset_peak, status_bytes, Quiet};
 
 #[path = "common/smollm2_sarcasm.rs"]
 mod smollm2_sarcasm;
@@ -110,8 +86,7 @@ fn main() -> anyhow::Result<()> {
     };
     drop(tokenizer);
     // Materializing the GGUF peaked above training: start the peak from here.
-    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
-    let before = status_bytes("VmRSS:")?;
+    let before = reset_peak()?;
     temper::runtime::on_own_pool(|| run_sft(&job, &mut Quiet))?;
     let peak = status_bytes("VmHWM:")?;
     let measured = peak.saturating_sub(before);
