@@ -118,9 +118,7 @@ fn decoder_gradients(
     let hidden = model.hidden_states(&inputs, true).unwrap();
     let out = masked_next_token_loss(&hidden, |h| model.lm_head(h), &targets).unwrap();
     let mut grads = out.loss.backward().unwrap();
-    if let Some(sink) = model.recomputed_gradients() {
-        sink.drain_into(&mut grads).unwrap();
-    }
+    model.drain_recomputed_gradients(&mut grads).unwrap();
     let named = vars
         .iter()
         .map(|nv| {

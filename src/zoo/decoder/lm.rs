@@ -143,14 +143,9 @@ impl CausalLm {
 
     /// Gradient checkpointing: training passes keep each layer's input and output only,
     /// and recompute the layer in backward (see `zoo::recompute`). After each backward the
-    /// trainer moves [`Self::recomputed_gradients`] into the store.
+    /// trainer moves their gradients into the store ([`Self::drain_recomputed_gradients`]).
     pub fn enable_gradient_checkpointing(&mut self) {
         self.checkpointing = Some(Arc::default());
-    }
-
-    /// The sink of the recomputed layers' parameter gradients, with checkpointing on.
-    pub fn recomputed_gradients(&self) -> Option<&Arc<RecomputedGradients>> {
-        self.checkpointing.as_ref()
     }
 
     /// Moves the gradients recomputed layers left during a backward into its `store`
