@@ -43,6 +43,8 @@ Long generation (sft_common.LONG_PROMPTS, max_tokens 64, temperature 0): the fir
 alone, then all eight as concurrent requests; tokens = summed usage.completion_tokens, seconds
 = wall time from the first request to the last reply.
 `peak_rss_mb`: VmHWM of the server (/proc/PID/status), the started one or --pid; null otherwise.
+`memory_estimate_gib`: the job's own peak-memory estimate (its "Estimated peak memory" event),
+null when the worker's device reports no free memory.
 """
 import argparse
 import os
@@ -216,6 +218,8 @@ def main():
         else:  # too few steps to see a pace (smoke runs): fall back to the wall time
             tokens_per_s, samples_per_s = trained_tokens / wall, len(train_chats) * args.epochs / wall
             train_seconds = wall
+        estimates = [re.search(r"Estimated peak memory ([0-9.]+) GiB", e.message) for e in events]
+        memory_estimate_gib = next((float(m.group(1)) for m in estimates if m), None)
         train_losses = [steps[s][1].get("train_loss") for s in sorted(steps) if s > 0]
         train_losses = [x for x in train_losses if x is not None]
         last = train_losses[-10:]
@@ -252,6 +256,7 @@ def main():
             "answers_sample": answers[:5],
             **long,
             "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
+            "memory_estimate_gib": memory_estimate_gib,
             "loadavg_1m_end": os.getloadavg()[0],
             "recipe": sft_recipe_of(args),
         })
