@@ -34,11 +34,15 @@ fn lora(rank: usize) -> Option<LoraSettings> {
     })
 }
 
-/// Every LoRA B non-zero (a fresh one is zero, which would leave A without a gradient).
+/// Every LoRA B non-zero (a fresh one is zero, which would leave A without a gradient), on
+/// the device the model lives on.
 fn perturb_adapters(vars: &[NamedVar]) {
     for (i, nv) in vars.iter().enumerate() {
         if nv.name.contains(".lora_B.") {
-            nv.var.set(&wave(nv.var.dims(), 0.05, i as f32)).unwrap();
+            let value = wave(nv.var.dims(), 0.05, i as f32);
+            nv.var
+                .set(&value.to_device(nv.var.device()).unwrap())
+                .unwrap();
         }
     }
 }
