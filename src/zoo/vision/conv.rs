@@ -13,6 +13,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::zoo::cpu::reduce::ordered_sum;
 use crate::zoo::fused::contiguous_f32;
 use crate::zoo::precomputed::PrecomputedOutput;
 use crate::zoo::ZooError;
@@ -433,8 +434,8 @@ impl CustomOp2 for DepthwiseInputGrad {
     }
 }
 
-/// `dw[ky, kx, c] = Σ grad[n, oy, ox, c] · x[n, iy, ix, c]`: one partial sum per output
-/// row, reduced at the end.
+/// `dw[ky, kx, c] = Σ grad[n, oy, ox, c] · x[n, iy, ix, c]`: one partial sum per part of
+/// the output rows, added in order.
 struct DepthwiseWeightGrad {
     geo: Geometry,
 }
@@ -454,33 +455,27 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let (x, grad) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let g = self.geo;
         let (k, c) = (g.spec.kernel, g.c);
-        let dw = (0..g.n * g.ho)
-            .into_par_iter()
-            .fold(
-                || vec![0f32; k * k * c],
-                |mut acc, row| {
-                    let (n, oy) = (row / g.ho, row % g.ho);
-                    let image = n * g.h * g.w;
-                    for ox in 0..g.wo {
-                        let go = &grad[((n * g.ho + oy) * g.wo + ox) * c..][..c];
-                        g.for_each_tap(oy, ox, |tap, pixel| {
-                            let src = &x[(image + pixel) * c..][..c];
-                            let a = &mut acc[tap * c..][..c];
-                            for ((a, &v), &gv) in a.iter_mut().zip(src).zip(go) {
-                                *a += v * gv;
-                            }
-                        });
-                    }
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; k * k * c],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        // At most 64 parts of whole output rows, however many threads run them.
+        let rows = g.n * g.ho;
+        let per_part = rows.div_ceil(64).max(1);
+        let dw = ordered_sum(rows.div_ceil(per_part), k * k * c, |part| {
+            let mut acc = vec![0f32; k * k * c];
+            for row in part * per_part..((part + 1) * per_part).min(rows) {
+                let (n, oy) = (row / g.ho, row % g.ho);
+                let image = n * g.h * g.w;
+                for ox in 0..g.wo {
+                    let go = &grad[((n * g.ho + oy) * g.wo + ox) * c..][..c];
+                    g.for_each_tap(oy, ox, |tap, pixel| {
+                        let src = &x[(image + pixel) * c..][..c];
+                        let a = &mut acc[tap * c..][..c];
+                        for ((a, &v), &gv) in a.iter_mut().zip(src).zip(go) {
+                            *a += v * gv;
+                        }
+                    });
+                }
+            }
+            acc
+        });
         Ok((CpuStorage::F32(dw), Shape::from((k * k, c))))
     }
 }

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::norm::Activation;
+use crate::zoo::cpu::reduce::ordered_sum;
 use crate::zoo::fused::contiguous_f32;
 use crate::zoo::ZooError;
 
@@ -35,25 +36,18 @@ pub(super) fn batch_stats(x2: &Tensor) -> Result<BatchStats, ZooError> {
     }
 }
 
-/// Sums per channel over row chunks, in parallel.
+/// Sums per channel over row chunks, in parallel, the chunks added in order.
 fn channel_sums(x: &[f32], c: usize, value: impl Fn(usize, f32) -> f64 + Sync) -> Vec<f64> {
-    x.par_chunks(chunk_rows(c) * c)
-        .map(|chunk| {
-            let mut sums = vec![0f64; c];
-            for row in chunk.chunks_exact(c) {
-                for (ch, (s, &v)) in sums.iter_mut().zip(row).enumerate() {
-                    *s += value(ch, v);
-                }
+    let chunk = chunk_rows(c) * c;
+    ordered_sum(x.len().div_ceil(chunk), c, |part| {
+        let mut sums = vec![0f64; c];
+        for row in x[part * chunk..((part + 1) * chunk).min(x.len())].chunks_exact(c) {
+            for (ch, (s, &v)) in sums.iter_mut().zip(row).enumerate() {
+                *s += value(ch, v);
             }
-            sums
-        })
-        .reduce(
-            || vec![0f64; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        }
+        sums
+    })
 }
 
 /// `[rows, C]` → `[2, C]`: mean, then biased variance (two passes, for precision).
@@ -197,27 +191,18 @@ impl BnActGrad {
             let xhat = (v - self.mean[ch]) * self.rstd[ch];
             (gv * deriv(xhat * w[ch] + b[ch]), xhat)
         };
-        let sums = x
-            .par_chunks(chunk)
-            .zip(g.par_chunks(chunk))
-            .map(|(xs, gs)| {
-                let mut acc = vec![0f32; 2 * c];
-                for (row, g_row) in xs.chunks_exact(c).zip(gs.chunks_exact(c)) {
-                    for ch in 0..c {
-                        let (gp, xhat) = through(ch, row[ch], g_row[ch]);
-                        acc[ch] += gp * xhat;
-                        acc[c + ch] += gp;
-                    }
+        let sums = ordered_sum(x.len().div_ceil(chunk), 2 * c, |part| {
+            let span = part * chunk..((part + 1) * chunk).min(x.len());
+            let mut acc = vec![0f32; 2 * c];
+            for (row, g_row) in x[span.clone()].chunks_exact(c).zip(g[span].chunks_exact(c)) {
+                for ch in 0..c {
+                    let (gp, xhat) = through(ch, row[ch], g_row[ch]);
+                    acc[ch] += gp * xhat;
+                    acc[c + ch] += gp;
                 }
-                acc
-            })
-            .reduce(
-                || vec![0f32; 2 * c],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+            }
+            acc
+        });
         let (dgamma, dbeta) = sums.split_at(c);
         let n = rows.max(1) as f32;
         let mut out = vec![0f32; (rows + 2) * c];
