@@ -25,12 +25,13 @@
 #                                   # GGUF in two halves, .gpu-check-gguf-1/ and -2/
 #   scripts/gpu-check.sh device     # there: step 2 against the GPU with the CUDA libraries of
 #                                   # its PyTorch, `serve --devices cuda:0` answering
-#                                   # GET /v1/models, and step 3 when both GGUF halves are
-#                                   # there (carried by earlier calls: a warm machine keeps
-#                                   # ignored paths between calls)
-# With the `device` tool: run `true` carrying .gpu-check-gguf-1, then `true` carrying
-# .gpu-check-gguf-2, then `scripts/gpu-check.sh device` carrying .gpu-check, each call within
-# the machine's warm period of the previous one.
+#                                   # GET /v1/models, and step 3 when both GGUF halves are in
+#                                   # /tmp (put there by earlier calls: a carried path is gone
+#                                   # at the next call, /tmp stays while the machine is warm)
+# With the `device` tool, each call within the machine's warm period of the previous one:
+#   carry [".gpu-check-gguf-1"]: cp .gpu-check-gguf-1/part /tmp/gpu-check-gguf-1
+#   carry [".gpu-check-gguf-2"]: cp .gpu-check-gguf-2/part /tmp/gpu-check-gguf-2
+#   carry [".gpu-check"]:        BENCH_FLAGS="--epochs 3" scripts/gpu-check.sh device
 #
 # Environment: GPU_PEAK_TFLOPS (dense bf16 peak; default 989, the H100/H200 SXM figure),
 # ASSETS (default ./assets), OUT (default bench/out; /tmp/gpu-check on the device),
