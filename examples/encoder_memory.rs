@@ -5,9 +5,11 @@
 //!
 //!     cargo run --release --example encoder_memory -- assets full 32 512
 //!     cargo run --release --example encoder_memory -- assets lora 32 512 checkpointing
+//!     cargo run --release --example encoder_memory -- assets full 32 512 generic bf16
 //!
-//! Arguments: assets dir, `full` | `lora`, batch size, examples (one epoch), and
-//! `checkpointing` to train with `gradient_checkpointing`.
+//! Arguments: assets dir, `full` | `lora`, batch size, examples (one epoch), then any of
+//! `checkpointing` (`gradient_checkpointing`), `generic` (every op on the composed candle
+//! ops a GPU runs) and `bf16` (`precision` "bf16"); `generic bf16` is a GPU's path.
 
 use std::path::PathBuf;
 
@@ -33,7 +35,10 @@ fn main() -> anyhow::Result<()> {
     let mode = args.get(2).map(String::as_str).unwrap_or("full");
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(512);
-    let checkpointing = args.get(5).is_some_and(|a| a == "checkpointing");
+    let flags = args.get(5..).unwrap_or_default();
+    let checkpointing = flags.iter().any(|a| a == "checkpointing");
+    let generic = flags.iter().any(|a| a == "generic");
+    let bf16 = flags.iter().any(|a| a == "bf16");
     let rank = if mode == "lora" { 8 } else { 0 };
     let csv = std::fs::read(assets.join("data/rotten_tomatoes/train.csv"))
         .context("run scripts/fetch-assets.sh first")?;
@@ -42,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     let labels = label_set(&train);
     let request = HyperparamRequest::parse(
         serde_json::json!({"n_epochs": 1, "batch_size": batch, "learning_rate": 5e-5,
-                           "lora_rank": rank, "gradient_checkpointing": checkpointing})
+                           "lora_rank": rank, "gradient_checkpointing": checkpointing,
+                           "precision": if bf16 { "bf16" } else { "f32" }})
         .as_object()
         .context("literal object")?,
     )?;
@@ -71,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         RunMode {
             host: true,
             checkpointing,
-            bf16: false,
+            bf16,
         },
     );
     let work_dir = tempfile::tempdir()?;
@@ -86,14 +92,20 @@ fn main() -> anyhow::Result<()> {
     };
     drop((tokenizer, encoded));
     let before = reset_peak()?;
-    temper::runtime::on_own_pool(|| run_classification(&job, &mut Quiet))?;
+    temper::runtime::on_own_pool(|| {
+        if generic {
+            temper::zoo::fused::with_generic_ops(|| run_classification(&job, &mut Quiet))
+        } else {
+            run_classification(&job, &mut Quiet)
+        }
+    })?;
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
     let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({
             "mode": mode, "batch_size": batch, "examples": limit,
-            "gradient_checkpointing": checkpointing,
+            "gradient_checkpointing": checkpointing, "generic": generic, "bf16": bf16,
             "largest_step_tokens": step.tokens, "longest": longest,
             "estimate_mib": {"weights": mib(parts.weights), "optimizer": mib(parts.optimizer),
                              "activations": mib(parts.activations), "loading": mib(parts.loading),

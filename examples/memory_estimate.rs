@@ -6,9 +6,12 @@
 //!     cargo run --release --example memory_estimate -- assets lora 4 64
 //!     cargo run --release --example memory_estimate -- assets full 4 64
 //!     cargo run --release --example memory_estimate -- assets lora 16 64 checkpointing
+//!     cargo run --release --example memory_estimate -- assets lora 4 64 generic bf16
 //!
-//! Arguments: assets dir, `lora` | `qlora` | `full`, batch size, examples (one epoch), and
-//! `checkpointing` to train with `gradient_checkpointing`.
+//! Arguments: assets dir, `lora` | `qlora` | `full`, batch size, examples (one epoch), then
+//! any of `checkpointing` (train with `gradient_checkpointing`), `generic` (every op on the
+//! composed candle ops a GPU runs, `zoo::fused::with_generic_ops`) and `bf16` (`precision`
+//! "bf16", the GPU's default). `generic bf16` is the GPU's path, run on the CPU.
 
 use std::path::PathBuf;
 
@@ -36,7 +39,10 @@ fn main() -> anyhow::Result<()> {
     let mode = args.get(2).map(String::as_str).unwrap_or("lora");
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let limit: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let checkpointing = args.get(5).is_some_and(|a| a == "checkpointing");
+    let flags = args.get(5..).unwrap_or_default();
+    let checkpointing = flags.iter().any(|a| a == "checkpointing");
+    let bf16 = flags.iter().any(|a| a == "bf16");
+    let generic = flags.iter().any(|a| a == "generic");
     let train = sarcasm_chats(&assets, limit)?;
     let (rank, quantize) = match mode {
         "full" => (0, None),
@@ -45,7 +51,8 @@ fn main() -> anyhow::Result<()> {
     };
     let mut hyperparameters = serde_json::json!({"n_epochs": 1, "batch_size": batch,
         "learning_rate": 2e-4, "max_seq_len": 256, "lora_rank": rank, "lora_alpha": 16,
-        "lora_dropout": 0.0, "gradient_checkpointing": checkpointing});
+        "lora_dropout": 0.0, "gradient_checkpointing": checkpointing,
+        "precision": if bf16 { "bf16" } else { "f32" }});
     if let Some(kind) = quantize {
         hyperparameters["quantize"] = kind.into();
     }
@@ -73,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     let run_mode = RunMode {
         host: true,
         checkpointing,
-        bf16: false,
+        bf16,
     };
     let parts = estimate_with(&config, &tuning, step, run_mode);
     let job = SftJob {
@@ -87,7 +94,13 @@ fn main() -> anyhow::Result<()> {
     drop(tokenizer);
     // Materializing the GGUF peaked above training: start the peak from here.
     let before = reset_peak()?;
-    temper::runtime::on_own_pool(|| run_sft(&job, &mut Quiet))?;
+    temper::runtime::on_own_pool(|| {
+        if generic {
+            temper::zoo::fused::with_generic_ops(|| run_sft(&job, &mut Quiet))
+        } else {
+            run_sft(&job, &mut Quiet)
+        }
+    })?;
     let peak = status_bytes("VmHWM:")?;
     let measured = peak.saturating_sub(before);
     let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
@@ -95,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "mode": mode, "batch_size": batch, "examples": limit,
-            "gradient_checkpointing": checkpointing,
+            "gradient_checkpointing": checkpointing, "bf16": bf16, "generic": generic,
             "largest_step_tokens": step.tokens, "largest_step_trained_rows": step.trained_rows,
             "estimate_mib": {"weights": mib(parts.weights), "optimizer": mib(parts.optimizer),
                              "activations": mib(parts.activations), "loading": mib(parts.loading),

@@ -9,6 +9,13 @@ use super::{
 };
 use crate::zoo::config::EncoderConfig;
 
+/// The composed ops a GPU runs (LayerNorm, GELU, softmax over padded scores and each LoRA
+/// update as chains of candle ops, bf16 casts beside f32 copies) keep this many times the
+/// fused count per token and layer, `(numerator, denominator)`. Measured on MiniLM-L6 run on
+/// the CPU through the same ops in bf16 (`examples/encoder_memory ... generic bf16`, Rotten
+/// Tomatoes): 3.55–3.7× (full and LoRA, batch 32 and 64).
+const GENERIC_OVER_FUSED: (u64, u64) = (37, 10);
+
 /// The encoder body's parameters: embeddings (word, position, token type, their norm) and
 /// every layer (q, k, v, o with biases, the attention norm, the feed-forward pair with
 /// biases, the output norm).
@@ -29,7 +36,8 @@ pub fn encoder_parameter_count(c: &EncoderConfig) -> u64 {
 /// each layer's output (h per token and layer) and one recomputed layer's tensors and their
 /// gradients. Measured on MiniLM-L6 (`examples/encoder_memory`, 512 Rotten Tomatoes
 /// examples, peak RSS growth): the estimate is 1.0–1.4× the measured peak, an over-estimate
-/// at larger batches (1.28× at batch 64).
+/// at larger batches (1.28× at batch 64). Off the CPU, or in bf16, the composed ops keep
+/// [`GENERIC_OVER_FUSED`] times as much per token and layer.
 pub fn estimate_encoder(
     c: &EncoderConfig,
     tuning: &Tuning,
@@ -67,7 +75,12 @@ pub fn estimate_encoder(
         Tuning::Full => 0,
         Tuning::Lora { .. } => trained - head,
     };
-    let per_layer = 14 * h + 2 * c.intermediate_size as u64 + (c.num_heads * longest) as u64;
+    let fused_layer = 14 * h + 2 * c.intermediate_size as u64 + (c.num_heads * longest) as u64;
+    let per_layer = if !host || bf16 {
+        fused_layer * GENERIC_OVER_FUSED.0 / GENERIC_OVER_FUSED.1
+    } else {
+        fused_layer
+    };
     let layers = c.num_layers as u64;
     let per_token = if checkpointing {
         // As the decoder's (`estimate_with`): outputs, one recomputed layer's activations and

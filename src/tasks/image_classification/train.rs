@@ -20,6 +20,7 @@ use crate::tasks::sequence_classification::metrics::Confusion;
 use crate::train::checkpoint::{CheckpointTask, TrainState};
 use crate::train::data::sequential_batches;
 use crate::train::evaluate::scalar;
+use crate::train::memory::check_image_job;
 use crate::train::named_metrics::{Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -54,6 +55,12 @@ pub fn run_image_classification(
     }
     check_loop_settings(&job.config)?;
     let task = ImageTask::prepare(job)?;
+    let step_shape = (
+        job.config.batch_size,
+        task.spec.trainable_units,
+        task.prep.size,
+    );
+    check_image_job(&task.model, step_shape, &job.device, observer)?;
     let setup = RunSetup {
         config: &job.config,
         work_dir: &job.work_dir,

@@ -11,6 +11,7 @@ use candle_core::Tensor;
 
 use super::frozen::{FoldedBlock, FoldedConvBn, FrozenPrefix};
 use super::layers::{ConvBn, Weights};
+use super::memory::FootprintWalk;
 use super::norm::Activation;
 use super::Role;
 use crate::zoo::fused::uses_fused_kernels;
@@ -150,6 +151,25 @@ impl EfficientNetLite {
             });
         }
         Ok(FrozenPrefix { blocks })
+    }
+
+    /// Each unit's footprint, as [`EfficientNetLite::run_units`] runs it.
+    pub(super) fn footprint(&self, walk: &mut FootprintWalk) -> Result<(), ZooError> {
+        walk.begin_unit();
+        walk.conv_bn(&self.stem, Activation::Relu6)?;
+        for blocks in &self.stages {
+            walk.begin_unit();
+            for block in blocks {
+                for (i, conv) in block.convs.iter().enumerate() {
+                    walk.conv_bn(conv, block.activation(i))?;
+                }
+                if block.residual {
+                    walk.residual(false)?;
+                }
+            }
+        }
+        walk.begin_unit();
+        walk.conv_bn(&self.head, Activation::Relu6)
     }
 
     pub fn num_features(&self) -> Result<usize, ZooError> {

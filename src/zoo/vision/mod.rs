@@ -10,6 +10,7 @@
 //! - `frozen`: the leading frozen units, BatchNorm folded, run image by image.
 //! - [`pool`]: max pool and global average pool.
 //! - [`layers`]: conv + BatchNorm, the pretrained tensor map, ReLU6.
+//! - [`memory`]: a training step's memory per image, from the layers' shapes.
 //! - [`resnet`], [`efficientnet`]: the two families.
 //! - [`config`]: timm's `config.json` and `pretrained_cfg`.
 //! - [`prep`]: `ImagePrep`, resize / crop / normalise (and training augmentation).
@@ -21,6 +22,7 @@ pub mod efficientnet;
 mod frozen;
 mod generic;
 pub mod layers;
+pub mod memory;
 pub mod model;
 pub mod norm;
 mod norm_train;

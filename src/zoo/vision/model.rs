@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{Family, VisionConfig};
 use super::efficientnet::{count_stages, efficientnet_units, EfficientNetLite};
 use super::layers::{ConvBn, Weights};
+use super::memory::{FootprintWalk, UnitFootprint};
 use super::pool::global_avg_pool;
 use super::resnet::{resnet_units, ResNet};
 use super::Role;
@@ -112,6 +113,27 @@ impl ImageClassifier {
                 efficientnet_units(count_stages(|name| names.contains(name))).len()
             }
         })
+    }
+
+    /// Each backbone unit's memory per image at `image_size`, first to last; `generic`: on
+    /// the composed ops a GPU runs (see `vision::memory`).
+    pub fn footprint(
+        &self,
+        image_size: usize,
+        generic: bool,
+    ) -> Result<Vec<UnitFootprint>, ZooError> {
+        let mut walk = FootprintWalk::new(image_size, generic);
+        match &self.backbone {
+            Backbone::ResNet(net) => net.footprint(&mut walk)?,
+            Backbone::EfficientNetLite(net) => net.footprint(&mut walk)?,
+        }
+        Ok(walk.finish())
+    }
+
+    /// Whether the leading frozen units run one image at a time (EfficientNet-Lite's folded
+    /// prefix, on the CPU kernels only), for the memory estimate.
+    pub fn runs_frozen_prefix_per_image(&self, generic: bool) -> bool {
+        !generic && matches!(self.backbone, Backbone::EfficientNetLite(_))
     }
 
     /// The backbone's unfreezing units (stem, stages, …), first to last.

@@ -8,6 +8,7 @@
 use candle_core::Tensor;
 
 use super::layers::{ConvBn, Weights};
+use super::memory::FootprintWalk;
 use super::norm::Activation;
 use super::pool::max_pool2d;
 use super::Role;
@@ -74,6 +75,20 @@ impl ResNet {
         Ok(x)
     }
 
+    /// Each unit's footprint, as [`ResNet::features`] runs it.
+    pub(super) fn footprint(&self, walk: &mut FootprintWalk) -> Result<(), ZooError> {
+        walk.begin_unit();
+        walk.conv_bn(&self.stem, Activation::Relu)?;
+        walk.max_pool(3, 2, 1)?;
+        for blocks in &self.stages {
+            walk.begin_unit();
+            for block in blocks {
+                block.footprint(walk)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn num_features(&self) -> Result<usize, ZooError> {
         let last = self
             .stages
@@ -136,6 +151,26 @@ impl ResidualBlock {
             None
         };
         Ok(Self { convs, downsample })
+    }
+
+    fn footprint(&self, walk: &mut FootprintWalk) -> Result<(), ZooError> {
+        let input = walk.shape();
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            let act = if i < last {
+                Activation::Relu
+            } else {
+                Activation::Identity
+            };
+            walk.conv_bn(conv, act)?;
+        }
+        if let Some(down) = &self.downsample {
+            let out = walk.shape();
+            walk.set_shape(input);
+            walk.conv_bn(down, Activation::Identity)?;
+            walk.set_shape(out);
+        }
+        walk.residual(true)
     }
 
     fn forward(&self, x: &Tensor, role: Role) -> Result<Tensor, ZooError> {
