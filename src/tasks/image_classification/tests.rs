@@ -112,6 +112,13 @@ fn the_new_head_alone_learns_and_reports_per_class() {
         "{:?}",
         rec.events
     );
+    // The memory check ran before the first step and said what it found.
+    let estimate = rec
+        .events
+        .iter()
+        .position(|e| e.starts_with("Estimated training memory ") && e.ends_with("on cpu"));
+    let plan = rec.events.iter().position(|e| e.contains("stays frozen"));
+    assert!(estimate.is_some() && estimate < plan, "{:?}", rec.events);
 }
 
 #[test]
