@@ -26,7 +26,7 @@ use temper::zoo::TextTokenizer;
 
 #[path = "common/peak_rss.rs"]
 mod peak_rss;
-use peak_rss::{reset_peak, status_bytes, Quiet};
+use peak_rss::{mib, reset_peak, status_bytes, train_on_own_pool, Quiet};
 
 fn main() -> anyhow::Result<()> {
     temper::runtime::tune_for_cpu_training();
@@ -92,15 +92,8 @@ fn main() -> anyhow::Result<()> {
     };
     drop((tokenizer, encoded));
     let before = reset_peak()?;
-    temper::runtime::on_own_pool(|| {
-        if generic {
-            temper::zoo::fused::with_generic_ops(|| run_classification(&job, &mut Quiet))
-        } else {
-            run_classification(&job, &mut Quiet)
-        }
-    })?;
+    train_on_own_pool(generic, || run_classification(&job, &mut Quiet))?;
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
-    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({

@@ -26,7 +26,7 @@ use temper::zoo::vision::{ImageClassifier, ImageClassifierSpec};
 
 #[path = "common/peak_rss.rs"]
 mod peak_rss;
-use peak_rss::{reset_peak, status_bytes, Quiet};
+use peak_rss::{mib, reset_peak, status_bytes, train_on_own_pool, Quiet};
 
 /// A 256×256 PNG of seeded noise, tinted red or blue by class.
 fn png(red: bool, seed: u32) -> anyhow::Result<Vec<u8>> {
@@ -129,15 +129,8 @@ fn main() -> anyhow::Result<()> {
         device: Device::Cpu,
     };
     let before = reset_peak()?;
-    temper::runtime::on_own_pool(|| {
-        if generic {
-            temper::zoo::fused::with_generic_ops(|| run_image_classification(&job, &mut Quiet))
-        } else {
-            run_image_classification(&job, &mut Quiet)
-        }
-    })?;
+    train_on_own_pool(generic, || run_image_classification(&job, &mut Quiet))?;
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
-    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({

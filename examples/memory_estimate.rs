@@ -26,7 +26,7 @@ use temper::zoo::decoder::{DecoderConfig, QuantKind};
 
 #[path = "common/peak_rss.rs"]
 mod peak_rss;
-use peak_rss::{reset_peak, status_bytes, Quiet};
+use peak_rss::{mib, reset_peak, status_bytes, train_on_own_pool, Quiet};
 
 #[path = "common/smollm2_sarcasm.rs"]
 mod smollm2_sarcasm;
@@ -94,16 +94,9 @@ fn main() -> anyhow::Result<()> {
     drop(tokenizer);
     // Materializing the GGUF peaked above training: start the peak from here.
     let before = reset_peak()?;
-    temper::runtime::on_own_pool(|| {
-        if generic {
-            temper::zoo::fused::with_generic_ops(|| run_sft(&job, &mut Quiet))
-        } else {
-            run_sft(&job, &mut Quiet)
-        }
-    })?;
+    train_on_own_pool(generic, || run_sft(&job, &mut Quiet))?;
     let peak = status_bytes("VmHWM:")?;
     let measured = peak.saturating_sub(before);
-    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({

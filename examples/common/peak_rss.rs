@@ -39,3 +39,20 @@ impl TrainObserver for Quiet {
         Control::Continue
     }
 }
+
+/// Runs a training job as the service does, on a rayon pool of its own; with `generic`,
+/// every op on the composed candle ops a GPU runs (`zoo::fused::with_generic_ops`).
+pub fn train_on_own_pool<R: Send>(generic: bool, job: impl FnOnce() -> R + Send) -> R {
+    temper::runtime::on_own_pool(|| {
+        if generic {
+            temper::zoo::fused::with_generic_ops(job)
+        } else {
+            job()
+        }
+    })
+}
+
+/// Bytes as MiB with one decimal, for the JSON lines.
+pub fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0
+}

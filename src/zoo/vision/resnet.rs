@@ -153,16 +153,19 @@ impl ResidualBlock {
         Ok(Self { convs, downsample })
     }
 
+    /// ReLU after every convolution but the last (the sum's ReLU comes after the shortcut).
+    fn activation(&self, i: usize) -> Activation {
+        if i + 1 < self.convs.len() {
+            Activation::Relu
+        } else {
+            Activation::Identity
+        }
+    }
+
     fn footprint(&self, walk: &mut FootprintWalk) -> Result<(), ZooError> {
         let input = walk.shape();
-        let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            let act = if i < last {
-                Activation::Relu
-            } else {
-                Activation::Identity
-            };
-            walk.conv_bn(conv, act)?;
+            walk.conv_bn(conv, self.activation(i))?;
         }
         if let Some(down) = &self.downsample {
             let out = walk.shape();
@@ -175,14 +178,8 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor, role: Role) -> Result<Tensor, ZooError> {
         let mut h = x.clone();
-        let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            let act = if i < last {
-                Activation::Relu
-            } else {
-                Activation::Identity
-            };
-            h = conv.forward(&h, role, act)?;
+            h = conv.forward(&h, role, self.activation(i))?;
         }
         let shortcut = match &self.downsample {
             Some(down) => down.forward(x, role, Activation::Identity)?,
