@@ -196,6 +196,22 @@ pub struct InferenceConfig {
     /// with the most budget free. Default: the first of `--devices`.
     #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
     pub serve_devices: Vec<String>,
+    /// How served language models store their layers' projections: `auto` (bf16 on a GPU,
+    /// f32 on the CPU), or `q8_0` / `q4_0` blocks multiplied by quantized matmuls (a
+    /// quarter / an eighth of f32's bytes, some quality lost; embeddings, norms and the
+    /// output layer stay as they are).
+    #[arg(long, env = "TEMPER_SERVE_DTYPE", value_enum, default_value_t = ServeDtype::Auto)]
+    pub serve_dtype: ServeDtype,
+}
+
+/// `--serve-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeDtype {
+    Auto,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 impl InferenceConfig {
@@ -222,6 +238,7 @@ impl Default for InferenceConfig {
             infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
             kv_cache_bytes: None,
             serve_devices: Vec::new(),
+            serve_dtype: ServeDtype::Auto,
         }
     }
 }
@@ -364,6 +381,27 @@ mod tests {
         ] {
             assert!(help.contains(needle), "`{needle}` missing from:\n{help}");
         }
+    }
+
+    #[test]
+    fn serve_dtype_takes_auto_and_the_two_block_formats_only() {
+        assert_eq!(parse(&[]).inference.serve_dtype, ServeDtype::Auto);
+        assert_eq!(
+            parse(&["--serve-dtype", "q8_0"]).inference.serve_dtype,
+            ServeDtype::Q8_0
+        );
+        assert_eq!(
+            parse(&["--serve-dtype", "q4_0"]).inference.serve_dtype,
+            ServeDtype::Q4_0
+        );
+        let refused = Cli::try_parse_from(["temper", "serve", "--serve-dtype", "int3"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("possible values: auto, q8_0, q4_0"),
+            "{refused}"
+        );
     }
 
     #[test]

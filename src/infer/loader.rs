@@ -15,6 +15,7 @@ use super::token_classification::{TokenEngine, TokenTagger};
 use super::{InferError, LoadedModel};
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
+use crate::zoo::decoder::QuantKind;
 
 /// Loads catalog entries as engines on the serving devices (the registry picks one).
 pub struct CheckpointLoader {
@@ -54,7 +55,7 @@ impl CheckpointLoader {
                     .map(LoadedModel::Classifier)
             }
             ServedKind::CausalLm => {
-                let backend = load_causal(&model.dir, device)?;
+                let backend = load_causal(&model.dir, device, self.generation.quantize)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
@@ -91,16 +92,29 @@ fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
 
 /// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
 /// plain Hugging Face directory (base model, merged export), via `train`; in bf16 on a GPU
-/// (its matrices stored and multiplied in bf16), in f32 on the CPU.
-fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferError> {
-    let compute = if device.is_cpu() {
+/// (its matrices stored and multiplied in bf16), in f32 on the CPU; with `quantize`, its
+/// layers' projections as those blocks over f32 activations.
+pub(crate) fn load_causal(
+    dir: &Path,
+    device: &Device,
+    quantize: Option<QuantKind>,
+) -> Result<CausalLmBackend, InferError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
+    };
+    let compute = if device.is_cpu() || quantize.is_some() {
         candle_core::DType::F32
     } else {
         candle_core::DType::BF16
     };
-    let loaded = crate::tasks::sft::load_lm_checkpoint_in(dir, device, compute).map_err(|e| {
-        InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
-    })?;
+    let mut loaded =
+        crate::tasks::sft::load_lm_checkpoint_in(dir, device, compute).map_err(|e| failed(&e))?;
+    if let Some(kind) = quantize {
+        loaded.model = loaded
+            .model
+            .quantized_for_serving(kind)
+            .map_err(|e| failed(&e))?;
+    }
     // The context is the model's, not the (shorter) sequence length it was tuned with.
     let context_len = loaded.model.config().max_position_embeddings;
     CausalLmBackend::new(CausalLmParts {
@@ -110,4 +124,44 @@ fn load_causal(dir: &Path, device: &Device) -> Result<CausalLmBackend, InferErro
         eos_token_ids: loaded.eos_token_ids,
         context_len,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::{InferenceConfig, ServeDtype};
+    use crate::zoo::decoder::DecoderArch;
+    use crate::zoo::testing::write_tiny_decoder;
+
+    #[test]
+    fn serve_dtype_reaches_the_language_model_loader() {
+        let options = |serve_dtype| {
+            let config = InferenceConfig {
+                serve_dtype,
+                ..InferenceConfig::default()
+            };
+            crate::infer::InferOptions::from_config(&config, vec![Device::Cpu])
+                .generation
+                .quantize
+        };
+        assert_eq!(options(ServeDtype::Auto), None);
+        assert_eq!(options(ServeDtype::Q8_0), Some(QuantKind::Q8_0));
+        assert_eq!(options(ServeDtype::Q4_0), Some(QuantKind::Q4_0));
+
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_decoder(dir.path(), DecoderArch::Llama, 3).unwrap();
+        let bytes = |quantize| {
+            load_causal(dir.path(), &Device::Cpu, quantize)
+                .unwrap()
+                .parameter_bytes()
+        };
+        let (f32_bytes, q8, q4) = (
+            bytes(None),
+            bytes(Some(QuantKind::Q8_0)),
+            bytes(Some(QuantKind::Q4_0)),
+        );
+        assert!(q4 < q8 && q8 < f32_bytes, "{q4} {q8} {f32_bytes}");
+    }
 }

@@ -43,6 +43,8 @@ use std::time::Duration;
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
+use crate::zoo::decoder::QuantKind;
+
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 pub use batch::BatchEngine;
@@ -112,6 +114,11 @@ impl InferOptions {
     pub fn from_config(config: &crate::config::InferenceConfig, devices: Vec<Device>) -> Self {
         let mut options = Self::cpu(config.infer_cache_bytes);
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
+        options.generation.quantize = match config.serve_dtype {
+            crate::config::ServeDtype::Auto => None,
+            crate::config::ServeDtype::Q8_0 => Some(QuantKind::Q8_0),
+            crate::config::ServeDtype::Q4_0 => Some(QuantKind::Q4_0),
+        };
         if !devices.is_empty() {
             options.devices = devices;
         }

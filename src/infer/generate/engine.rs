@@ -31,6 +31,7 @@ use super::worker::{GenerateCommand, Worker};
 use super::{GenerationRequest, GenerationStream, LmBackend};
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
+use crate::zoo::decoder::QuantKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenEngineConfig {
@@ -41,6 +42,9 @@ pub struct GenEngineConfig {
     /// Bytes of KV cache the running sequences may hold together, each reserved at its
     /// worst case (prompt + max new tokens); `None`: `admission::default_kv_budget`.
     pub kv_cache_bytes: Option<usize>,
+    /// The layers' projections as these quantized blocks (`--serve-dtype`); `None`: bf16
+    /// on a GPU, f32 on the CPU.
+    pub quantize: Option<QuantKind>,
 }
 
 impl Default for GenEngineConfig {
@@ -49,6 +53,7 @@ impl Default for GenEngineConfig {
             max_batch_sequences: 16,
             max_queued_sequences: 256,
             kv_cache_bytes: None,
+            quantize: None,
         }
     }
 }
@@ -87,6 +92,7 @@ impl GenEngine {
             max_batch_sequences: max_batch,
             max_queued_sequences: config.max_queued_sequences.clamp(1, Semaphore::MAX_PERMITS),
             kv_cache_bytes: Some(kv_budget_bytes),
+            ..config
         };
         tracing::info!(model = %name, context_len, kv_budget_bytes, "generation engine started");
         let (sender, receiver) = mpsc::unbounded_channel();

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::config::{lora_targets, DecoderConfig, DecoderSpec};
+use super::config::{lora_targets, DecoderConfig, DecoderSpec, QuantKind};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
 use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
 use crate::zoo::fused::uses_fused_kernels;
-use crate::zoo::linear::Pass;
+use crate::zoo::linear::{Pass, TrainLinear};
 use crate::zoo::loader::Tuning;
 use crate::zoo::recompute::{checkpointed, RecomputedGradients, Segment};
 use crate::zoo::{EncodedBatch, NamedVar, ZooError};
@@ -237,6 +237,29 @@ impl CausalLm {
         if !copy.decoder.cfg.tie_word_embeddings {
             let table = copy.decoder.embed.tensor().to_dtype(compute)?;
             copy.decoder.embed = crate::zoo::linear::Param::Frozen(table);
+        }
+        Ok(copy)
+    }
+
+    /// [`Self::frozen_copy`] with every layer's projections stored as `kind` blocks and
+    /// multiplied by candle's quantized matmul (`--serve-dtype`); embeddings, norms and
+    /// `lm_head` stay as they are, as llama.cpp's q8_0 / q4_0 files keep the output layer
+    /// at higher precision. The activations stay f32.
+    pub fn quantized_for_serving(&self, kind: QuantKind) -> Result<Self, ZooError> {
+        let mut copy = self.frozen_copy()?;
+        for l in &mut copy.decoder.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
+                let weight = lin.base_weight()?;
+                *lin = TrainLinear::quantized(&weight, lin.bias().cloned(), kind)?;
+            }
         }
         Ok(copy)
     }

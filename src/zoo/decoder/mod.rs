@@ -25,6 +25,8 @@ mod tests;
 mod tests_export;
 #[cfg(test)]
 mod tests_infer;
+#[cfg(test)]
+mod tests_quantized_serving;
 
 pub use cache::{KvCache, SeqChunk};
 pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};

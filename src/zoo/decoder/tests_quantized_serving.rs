@@ -1,0 +1,162 @@
+//! `--serve-dtype`: a model served with its projections as q8_0 / q4_0 blocks against the
+//! same model in f32.
+#![allow(clippy::unwrap_used)]
+
+use super::tests::{encode, full_spec, load, tiny, PROMPTS};
+use super::*;
+
+/// The logits after `prompt` and after each of `tokens` fed in turn through the KV cache
+/// (teacher forcing, so two models are compared on the same contexts).
+fn forced_logits(model: &CausalLm, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let mut feed = prompt;
+    let mut logits = Vec::new();
+    for next in std::iter::once(None).chain(tokens.iter().map(Some)) {
+        if let Some(token) = next {
+            feed = std::slice::from_ref(token);
+        }
+        let row = model
+            .forward_cached(&mut [SeqChunk {
+                tokens: feed,
+                cache: &mut cache,
+            }])
+            .unwrap()
+            .remove(0);
+        logits.push(row);
+    }
+    logits
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    crate::infer::generate::sampling::argmax(row)
+}
+
+#[test]
+fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
+    for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+        let dir = tiny(arch);
+        let model = load(dir.path(), &full_spec(), 0);
+        let prompt = encode(dir.path(), PROMPTS[0]);
+        // The f32 model's greedy continuation, then both models' logits along it.
+        let mut tokens = Vec::new();
+        for _ in 0..8 {
+            let logits = forced_logits(&model, &prompt, &tokens);
+            tokens.push(argmax(logits.last().unwrap()));
+        }
+        let f32_logits = forced_logits(&model, &prompt, &tokens);
+        let scale = f32_logits
+            .iter()
+            .flatten()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let c = model.config();
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let q = c.num_attention_heads * c.head_dim;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let projections = c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
+        for (kind, block_bytes, tolerance) in
+            [(QuantKind::Q8_0, 34, 0.04), (QuantKind::Q4_0, 18, 0.4)]
+        {
+            let served = model.quantized_for_serving(kind).unwrap();
+            // 32 weights per block; the rest (embeddings, norms, biases) as they were.
+            assert_eq!(
+                model.parameter_bytes() - served.parameter_bytes(),
+                projections * 4 - projections / 32 * block_bytes,
+                "{arch:?} {kind:?}"
+            );
+            let logits = forced_logits(&served, &prompt, &tokens);
+            let worst = logits
+                .iter()
+                .flatten()
+                .zip(f32_logits.iter().flatten())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let agree = logits
+                .iter()
+                .zip(&f32_logits)
+                .filter(|(a, b)| argmax(a) == argmax(b))
+                .count();
+            eprintln!(
+                "{arch:?} {kind:?}: max |Δ logit| {worst:e} of {scale:e}, greedy agreement {agree}/{}",
+                logits.len()
+            );
+            assert!(worst > 0.0, "{kind:?} changed nothing");
+            assert!(
+                worst < tolerance * scale,
+                "{arch:?} {kind:?}: {worst} of {scale}"
+            );
+        }
+    }
+}
+
+/// The f32 model's `n` greedy tokens after `prompt`, through the KV cache.
+fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let mut feed = prompt.to_vec();
+    let mut tokens = Vec::new();
+    for _ in 0..n {
+        let row = model
+            .forward_cached(&mut [SeqChunk {
+                tokens: &feed,
+                cache: &mut cache,
+            }])
+            .unwrap()
+            .remove(0);
+        tokens.push(argmax(&row));
+        feed = vec![argmax(&row)];
+    }
+    tokens
+}
+
+/// The real SmolLM2-135M-Instruct (the GGUF asset, dequantized to f32) served as q8_0 and
+/// q4_0 against f32 on chat prompts, compared along f32's greedy answers (teacher forcing):
+/// how often the next-token argmax agrees and the largest logit difference. Skipped without
+/// `TEMPER_ASSETS` (scripts/test.sh sets it).
+#[test]
+fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
+    let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
+        eprintln!("TEMPER_ASSETS unset: skipping the real quantized-serving test");
+        return;
+    };
+    let gguf =
+        std::path::PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("smollm2");
+    crate::zoo::materialize_gguf(&gguf, &base).unwrap();
+    let model = load(&base, &full_spec(), 0);
+    let chat = |text: &str| format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
+    let prompts: Vec<Vec<u32>> = [
+        "What is the capital of France?",
+        "Write one sentence about the sea.",
+        "Is this headline sarcastic? 'Area man wins argument with toaster'",
+        "List three colours.",
+    ]
+    .iter()
+    .map(|p| encode(&base, &chat(p)))
+    .collect();
+    let answers: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, 24)).collect();
+    let reference: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .zip(&answers)
+        .map(|(p, a)| forced_logits(&model, p, a))
+        .collect();
+    for (kind, least_agreement) in [(QuantKind::Q8_0, 0.95), (QuantKind::Q4_0, 0.6)] {
+        let served = model.quantized_for_serving(kind).unwrap();
+        let (mut agree, mut total, mut worst) = (0, 0, 0f32);
+        for ((prompt, answer), f32_rows) in prompts.iter().zip(&answers).zip(&reference) {
+            for (row, f32_row) in forced_logits(&served, prompt, answer).iter().zip(f32_rows) {
+                total += 1;
+                agree += usize::from(argmax(row) == argmax(f32_row));
+                worst = row
+                    .iter()
+                    .zip(f32_row)
+                    .fold(worst, |m, (a, b)| m.max((a - b).abs()));
+            }
+        }
+        let rate = agree as f64 / total as f64;
+        eprintln!(
+            "SmolLM2 {kind:?}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes",
+            served.parameter_bytes(),
+            model.parameter_bytes()
+        );
+        assert!(rate >= least_agreement, "{kind:?}: {rate}");
+    }
+}
