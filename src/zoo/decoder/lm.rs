@@ -248,15 +248,7 @@ impl CausalLm {
     pub fn quantized_for_serving(&self, kind: QuantKind) -> Result<Self, ZooError> {
         let mut copy = self.frozen_copy()?;
         for l in &mut copy.decoder.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            for lin in l.linears_mut() {
                 let weight = lin.base_weight()?;
                 *lin = TrainLinear::quantized(&weight, lin.bias().cloned(), kind)?;
             }
@@ -288,15 +280,7 @@ impl CausalLm {
     /// Folds every adapter into its base weight (serving); LoRA vars are dropped.
     pub fn merge_lora(&mut self) -> Result<(), ZooError> {
         for l in &mut self.decoder.layers {
-            for lin in [
-                &mut l.q,
-                &mut l.k,
-                &mut l.v,
-                &mut l.o,
-                &mut l.gate,
-                &mut l.up,
-                &mut l.down,
-            ] {
+            for lin in l.linears_mut() {
                 lin.merge()?;
             }
         }

@@ -95,6 +95,21 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// The 7 projections, in [`layer_linears`]' order, to change in place.
+    pub fn linears_mut(&mut self) -> [&mut TrainLinear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
 /// The 7 projections of a layer with their module names (relative to the layer).
 pub(crate) fn layer_linears(l: &Layer) -> [(&'static str, &TrainLinear); 7] {
     [

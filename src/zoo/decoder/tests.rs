@@ -103,6 +103,21 @@ pub(super) const PROMPTS: [&str; 2] = [
     "<|im_start|>user\nhi there<|im_end|>\n",
 ];
 
+/// The real SmolLM2-135M-Instruct materialized from the GGUF asset into a temp dir (kept
+/// alive by the returned guard), or `None` with a note when `TEMPER_ASSETS` is unset.
+pub(super) fn real_smollm2() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
+        eprintln!("TEMPER_ASSETS unset: skipping a real SmolLM2 test (scripts/test.sh sets it)");
+        return None;
+    };
+    let gguf =
+        std::path::PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("smollm2");
+    crate::zoo::materialize_gguf(&gguf, &base).unwrap();
+    Some((dir, base))
+}
+
 pub(super) fn tiny(arch: DecoderArch) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_decoder(dir.path(), arch, 7).unwrap();

@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor, Var, D};
 
 use super::kernels::{masked_softmax, rms_norm, rope, CausalPrefix};
 use super::tests::{
-    batch_of, encode, full_spec, load, lora_spec, max_abs_diff, perturb_lora, tiny, wave, PROMPTS,
+    batch_of, encode, full_spec, load, lora_spec, max_abs_diff, perturb_lora, real_smollm2, tiny,
+    wave, PROMPTS,
 };
 use super::*;
 
@@ -213,14 +214,9 @@ fn fused_kernels_match_composed_ops_forward_and_backward() {
 #[test]
 #[ignore = "timing on the real model, by hand"]
 fn real_smollm2_lora_step_and_decode_timings() {
-    let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
+    let Some((_dir, base)) = real_smollm2() else {
         return;
     };
-    let gguf =
-        std::path::PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("smollm2");
-    crate::zoo::materialize_gguf(&gguf, &base).unwrap();
     let mut spec = lora_spec();
     if let Some(l) = spec.lora.as_mut() {
         (l.rank, l.alpha) = (8, 16.0);

@@ -2,7 +2,7 @@
 //! same model in f32.
 #![allow(clippy::unwrap_used)]
 
-use super::tests::{encode, full_spec, load, tiny, PROMPTS};
+use super::tests::{encode, full_spec, load, real_smollm2, tiny, PROMPTS};
 use super::*;
 
 /// The logits after `prompt` and after each of `tokens` fed in turn through the KV cache
@@ -112,15 +112,9 @@ fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
 /// `TEMPER_ASSETS` (scripts/test.sh sets it).
 #[test]
 fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
-    let Some(assets) = std::env::var_os("TEMPER_ASSETS") else {
-        eprintln!("TEMPER_ASSETS unset: skipping the real quantized-serving test");
+    let Some((_dir, base)) = real_smollm2() else {
         return;
     };
-    let gguf =
-        std::path::PathBuf::from(assets).join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("smollm2");
-    crate::zoo::materialize_gguf(&gguf, &base).unwrap();
     let model = load(&base, &full_spec(), 0);
     let chat = |text: &str| format!("<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n");
     let prompts: Vec<Vec<u32>> = [
