@@ -145,7 +145,8 @@ fn quantized_bytes_per_weight(kind: QuantKind) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunMode {
     /// On the CPU, where loading and checkpoints use the same memory as training (see
-    /// [`MemoryEstimate`]).
+    /// [`MemoryEstimate`]). Off it (or in bf16) the step runs the composed ops, counted at
+    /// [`GENERIC_OVER_FUSED`].
     pub host: bool,
     /// `gradient_checkpointing`: backward keeps each layer's output only (h floats per token
     /// and layer), plus the one layer being recomputed with its activations, their
