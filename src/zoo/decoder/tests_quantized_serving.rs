@@ -127,16 +127,24 @@ fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
     .map(|p| encode(&base, &chat(p)))
     .collect();
     let answers: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, 24)).collect();
-    let reference: Vec<Vec<Vec<f32>>> = prompts
-        .iter()
-        .zip(&answers)
-        .map(|(p, a)| forced_logits(&model, p, a))
-        .collect();
+    // Decode speed is printed, never asserted: one sequence, each answer token a step.
+    let timed = |m: &CausalLm| {
+        let start = std::time::Instant::now();
+        let rows: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .zip(&answers)
+            .map(|(p, a)| forced_logits(m, p, a))
+            .collect();
+        (rows, 100.0 / start.elapsed().as_secs_f64())
+    };
+    let (reference, f32_speed) = timed(&model);
+    eprintln!("SmolLM2 f32: {f32_speed:.1} tokens/s (prefill included)");
     for (kind, least_agreement) in [(QuantKind::Q8_0, 0.95), (QuantKind::Q4_0, 0.6)] {
         let served = model.quantized_for_serving(kind).unwrap();
+        let (rows, speed) = timed(&served);
         let (mut agree, mut total, mut worst) = (0, 0, 0f32);
-        for ((prompt, answer), f32_rows) in prompts.iter().zip(&answers).zip(&reference) {
-            for (row, f32_row) in forced_logits(&served, prompt, answer).iter().zip(f32_rows) {
+        for (served_rows, f32_rows) in rows.iter().zip(&reference) {
+            for (row, f32_row) in served_rows.iter().zip(f32_rows) {
                 total += 1;
                 agree += usize::from(argmax(row) == argmax(f32_row));
                 worst = row
@@ -147,7 +155,7 @@ fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
         }
         let rate = agree as f64 / total as f64;
         eprintln!(
-            "SmolLM2 {kind:?}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes",
+            "SmolLM2 {kind:?}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes, {speed:.1} tokens/s",
             served.parameter_bytes(),
             model.parameter_bytes()
         );
