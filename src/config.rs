@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// OpenAI's per-file limit: 512 MB.
@@ -20,6 +21,10 @@ pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_LEFTOVER_GRACE_SECS: u64 = 15 * 60;
 /// 2 GiB of loaded inference engines before the least recently used is dropped.
 pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
+/// `--max-batch-sequences`: sequences one language model decodes together.
+pub const DEFAULT_MAX_BATCH_SEQUENCES: usize = 16;
+/// `--max-queued-sequences`: sequences one language model holds running or waiting.
+pub const DEFAULT_MAX_QUEUED_SEQUENCES: usize = 256;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,9 +193,17 @@ pub struct InferenceConfig {
     /// A request reserves its worst case (prompt + `max_tokens` tokens for every choice)
     /// when it starts; one that does not fit waits in the model's queue (429 once that is
     /// full), one that can never fit is a 400. Default: 1 GiB per model, but at least one
-    /// sequence of the model's whole context and at most 16 of them.
+    /// sequence of the model's whole context and at most `--max-batch-sequences` of them.
     #[arg(long, env = "TEMPER_KV_CACHE_BYTES")]
     pub kv_cache_bytes: Option<usize>,
+    /// Most sequences each served language model advances together in one decode step;
+    /// more wait for room (within the KV-cache budget too).
+    #[arg(long, env = "TEMPER_MAX_BATCH_SEQUENCES", default_value_t = DEFAULT_MAX_BATCH_SEQUENCES, value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_batch_sequences: usize,
+    /// Most sequences each served language model holds running or waiting; beyond it a
+    /// request is refused with 429 and `Retry-After`.
+    #[arg(long, env = "TEMPER_MAX_QUEUED_SEQUENCES", default_value_t = DEFAULT_MAX_QUEUED_SEQUENCES, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_queued_sequences: usize,
     /// Where fine-tuned models are served: `cpu`, `cuda:N`, or several (`cuda:0,cuda:1`),
     /// each with its own `--infer-cache-bytes` budget; a model is loaded onto the device
     /// with the most budget free. Default: the first of `--devices`.
@@ -237,6 +250,8 @@ impl Default for InferenceConfig {
         InferenceConfig {
             infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
             kv_cache_bytes: None,
+            max_batch_sequences: DEFAULT_MAX_BATCH_SEQUENCES,
+            max_queued_sequences: DEFAULT_MAX_QUEUED_SEQUENCES,
             serve_devices: Vec::new(),
             serve_dtype: ServeDtype::Auto,
         }
@@ -402,6 +417,21 @@ mod tests {
             refused.contains("possible values: auto, q8_0, q4_0"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn the_generation_limits_are_settings_of_at_least_one() {
+        let defaults = parse(&[]).inference;
+        assert_eq!(defaults.max_batch_sequences, 16);
+        assert_eq!(defaults.max_queued_sequences, 256);
+        let set = parse(&["--max-batch-sequences", "4", "--max-queued-sequences", "9"]).inference;
+        assert_eq!((set.max_batch_sequences, set.max_queued_sequences), (4, 9));
+        for flag in ["--max-batch-sequences", "--max-queued-sequences"] {
+            assert!(
+                Cli::try_parse_from(["temper", "serve", flag, "0"]).is_err(),
+                "{flag}"
+            );
+        }
     }
 
     #[test]

@@ -147,6 +147,19 @@ mod tests {
                 .quantize
         };
         assert_eq!(options(ServeDtype::Auto), None);
+        let limits = InferenceConfig {
+            max_batch_sequences: 3,
+            max_queued_sequences: 7,
+            ..InferenceConfig::default()
+        };
+        let generation = crate::infer::InferOptions::from_config(&limits, vec![]).generation;
+        assert_eq!(
+            (
+                generation.max_batch_sequences,
+                generation.max_queued_sequences
+            ),
+            (3, 7)
+        );
         assert_eq!(options(ServeDtype::Q8_0), Some(QuantKind::Q8_0));
         assert_eq!(options(ServeDtype::Q4_0), Some(QuantKind::Q4_0));
 

@@ -114,6 +114,8 @@ impl InferOptions {
     pub fn from_config(config: &crate::config::InferenceConfig, devices: Vec<Device>) -> Self {
         let mut options = Self::cpu(config.infer_cache_bytes);
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
+        options.generation.max_batch_sequences = config.max_batch_sequences;
+        options.generation.max_queued_sequences = config.max_queued_sequences;
         options.generation.quantize = match config.serve_dtype {
             crate::config::ServeDtype::Auto => None,
             crate::config::ServeDtype::Q8_0 => Some(QuantKind::Q8_0),

@@ -50,8 +50,8 @@ pub struct GenEngineConfig {
 impl Default for GenEngineConfig {
     fn default() -> Self {
         Self {
-            max_batch_sequences: 16,
-            max_queued_sequences: 256,
+            max_batch_sequences: crate::config::DEFAULT_MAX_BATCH_SEQUENCES,
+            max_queued_sequences: crate::config::DEFAULT_MAX_QUEUED_SEQUENCES,
             kv_cache_bytes: None,
             quantize: None,
         }
