@@ -136,6 +136,20 @@ mod tests {
     use crate::zoo::testing::write_tiny_decoder;
 
     #[test]
+    fn the_engine_limits_reach_the_generation_engines() {
+        let limits = InferenceConfig {
+            max_batch_sequences: 3,
+            max_queued_sequences: 7,
+            kv_cache_bytes: Some(1 << 20),
+            ..InferenceConfig::default()
+        };
+        let generation = crate::infer::InferOptions::from_config(&limits, vec![]).generation;
+        assert_eq!(generation.max_batch_sequences, 3);
+        assert_eq!(generation.max_queued_sequences, 7);
+        assert_eq!(generation.kv_cache_bytes, Some(1 << 20));
+    }
+
+    #[test]
     fn serve_dtype_reaches_the_language_model_loader() {
         let options = |serve_dtype| {
             let config = InferenceConfig {
@@ -147,19 +161,6 @@ mod tests {
                 .quantize
         };
         assert_eq!(options(ServeDtype::Auto), None);
-        let limits = InferenceConfig {
-            max_batch_sequences: 3,
-            max_queued_sequences: 7,
-            ..InferenceConfig::default()
-        };
-        let generation = crate::infer::InferOptions::from_config(&limits, vec![]).generation;
-        assert_eq!(
-            (
-                generation.max_batch_sequences,
-                generation.max_queued_sequences
-            ),
-            (3, 7)
-        );
         assert_eq!(options(ServeDtype::Q8_0), Some(QuantKind::Q8_0));
         assert_eq!(options(ServeDtype::Q4_0), Some(QuantKind::Q4_0));
 
