@@ -21,7 +21,7 @@ use temper::domain::dataset::images::{ImageAt, LabeledImage};
 use temper::domain::hyperparams::HyperparamRequest;
 use temper::domain::task::Task;
 use temper::tasks::image_classification::{run_image_classification, ImageClassificationJob};
-use temper::train::memory::{estimate_image, fit_image_job, ImageRun, ImageStep};
+use temper::train::memory::{fit_image_job, ImageRun};
 use temper::zoo::vision::{ImageClassifier, ImageClassifierSpec};
 
 #[path = "common/peak_rss.rs"]
@@ -99,24 +99,7 @@ fn main() -> anyhow::Result<()> {
         host: true,
         generic,
     };
-    let total = fit_image_job(&model, (batch, units, size), run, u64::MAX)?;
-    let footprint = model.footprint(size, generic)?;
-    let trainable_params = model
-        .trainable_vars()
-        .iter()
-        .map(|v| v.var.elem_count() as u64)
-        .sum();
-    let step = ImageStep {
-        footprint: &footprint,
-        trained_units: units,
-        image_size: size,
-        trainable_params,
-        frozen_images_at_once: model
-            .runs_frozen_prefix_per_image(generic)
-            .then(rayon::current_num_threads),
-        generic,
-    };
-    let parts = estimate_image(&step, batch, true);
+    let parts = fit_image_job(&model, (batch, units, size), run, u64::MAX)?;
     drop(model);
     let work_dir = tempfile::tempdir()?;
     let job = ImageClassificationJob {
@@ -137,9 +120,9 @@ fn main() -> anyhow::Result<()> {
             "mode": mode, "trained_units": units, "of_units": all_units, "batch_size": batch,
             "image_size": size, "generic": generic,
             "estimate_mib": {"optimizer": mib(parts.optimizer), "activations": mib(parts.activations),
-                             "checkpoint": mib(parts.checkpoint), "total": mib(total)},
+                             "checkpoint": mib(parts.checkpoint), "total": mib(parts.total())},
             "measured_growth_mib": mib(measured),
-            "estimate_over_measured": (total as f64 / measured as f64 * 1000.0).round() / 1000.0,
+            "estimate_over_measured": (parts.total() as f64 / measured as f64 * 1000.0).round() / 1000.0,
         })
     );
     Ok(())

@@ -90,7 +90,7 @@ pub fn check_image_job(
         host: device.is_cpu(),
         generic,
     };
-    let total = fit_image_job(model, shape, run, available)?;
+    let total = fit_image_job(model, shape, run, available)?.total();
     observer.on_event(
         EventLevel::Info,
         format!(
@@ -113,7 +113,7 @@ pub struct ImageRun<'a> {
     pub generic: bool,
 }
 
-/// The bytes training adds when they fit in `available` with a 15 % margin; otherwise
+/// What training adds, part by part, when it fits in `available` with a 15 % margin; otherwise
 /// [`TrainError::DoesNotFit`] with what would fit: a smaller batch, fewer unfrozen units,
 /// smaller images (a multiple of 32).
 pub fn fit_image_job(
@@ -121,7 +121,7 @@ pub fn fit_image_job(
     (batch_size, trained_units, image_size): (usize, usize, usize),
     run: ImageRun<'_>,
     available: u64,
-) -> Result<u64, TrainError> {
+) -> Result<MemoryEstimate, TrainError> {
     let footprint = model.footprint(image_size, run.generic)?;
     let trainable_params: u64 = model
         .trainable_vars()
@@ -142,9 +142,9 @@ pub fn fit_image_job(
     let need = |s: &ImageStep<'_>, batch: usize| estimate_image(s, batch, run.host).total();
     let fits = |s: &ImageStep<'_>, batch: usize| within_margin(need(s, batch), available);
     let asked = step(trained_units, image_size, &footprint[..]);
-    let total = need(&asked, batch_size);
-    if within_margin(total, available) {
-        return Ok(total);
+    let parts = estimate_image(&asked, batch_size, run.host);
+    if within_margin(parts.total(), available) {
+        return Ok(parts);
     }
     let mut ways = Vec::new();
     // BatchNorm on batch statistics needs two images.
@@ -185,12 +185,11 @@ pub fn fit_image_job(
     } else {
         format!(" It would fit with {}.", ways.join(", or with "))
     };
-    let parts = estimate_image(&asked, batch_size, run.host);
     Err(TrainError::DoesNotFit(format!(
         "Training needs about {} on `{}` beyond the loaded model (gradients and optimizer \
          state {}, activations {} for {batch_size} images of {image_size}×{image_size} per \
          step) and a 15 % margin, but the device has {} available.{advice}",
-        gib(total),
+        gib(parts.total()),
         run.device,
         gib(parts.optimizer),
         gib(parts.activations),
