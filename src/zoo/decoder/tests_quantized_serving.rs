@@ -4,6 +4,7 @@
 
 use super::tests::{encode, full_spec, load, real_smollm2, tiny, PROMPTS};
 use super::*;
+use crate::infer::generate::sampling::argmax;
 
 /// The logits after `prompt` and after each of `tokens` fed in turn through the KV cache
 /// (teacher forcing, so two models are compared on the same contexts).
@@ -27,8 +28,20 @@ fn forced_logits(model: &CausalLm, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f3
     logits
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    crate::infer::generate::sampling::argmax(row)
+/// Over paired logit rows: how many pick the same argmax, of how many, and the largest
+/// difference of any logit.
+fn agreement(rows: &[Vec<f32>], reference: &[Vec<f32>]) -> (usize, usize, f32) {
+    let agree = rows
+        .iter()
+        .zip(reference)
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    let worst = rows
+        .iter()
+        .flatten()
+        .zip(reference.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (agree, rows.len(), worst)
 }
 
 #[test]
@@ -38,11 +51,7 @@ fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
         let model = load(dir.path(), &full_spec(), 0);
         let prompt = encode(dir.path(), PROMPTS[0]);
         // The f32 model's greedy continuation, then both models' logits along it.
-        let mut tokens = Vec::new();
-        for _ in 0..8 {
-            let logits = forced_logits(&model, &prompt, &tokens);
-            tokens.push(argmax(logits.last().unwrap()));
-        }
+        let tokens = greedy(&model, &prompt, 8);
         let f32_logits = forced_logits(&model, &prompt, &tokens);
         let scale = f32_logits
             .iter()
@@ -64,19 +73,9 @@ fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
                 "{arch:?} {kind:?}"
             );
             let logits = forced_logits(&served, &prompt, &tokens);
-            let worst = logits
-                .iter()
-                .flatten()
-                .zip(f32_logits.iter().flatten())
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let agree = logits
-                .iter()
-                .zip(&f32_logits)
-                .filter(|(a, b)| argmax(a) == argmax(b))
-                .count();
+            let (agree, total, worst) = agreement(&logits, &f32_logits);
             eprintln!(
-                "{arch:?} {kind:?}: max |Δ logit| {worst:e} of {scale:e}, greedy agreement {agree}/{}",
-                logits.len()
+                "{arch:?} {kind:?}: max |Δ logit| {worst:e} of {scale:e}, greedy agreement {agree}/{total}"
             );
             assert!(worst > 0.0, "{kind:?} changed nothing");
             assert!(
@@ -100,8 +99,9 @@ fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
             }])
             .unwrap()
             .remove(0);
-        tokens.push(argmax(&row));
-        feed = vec![argmax(&row)];
+        let next = argmax(&row);
+        tokens.push(next);
+        feed = vec![next];
     }
     tokens
 }
@@ -127,32 +127,23 @@ fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
     .map(|p| encode(&base, &chat(p)))
     .collect();
     let answers: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, 24)).collect();
-    // Decode speed is printed, never asserted: one sequence, each answer token a step.
+    // Decode speed is printed, never asserted: one sequence, each logit row a step.
     let timed = |m: &CausalLm| {
         let start = std::time::Instant::now();
-        let rows: Vec<Vec<Vec<f32>>> = prompts
+        let rows: Vec<Vec<f32>> = prompts
             .iter()
             .zip(&answers)
-            .map(|(p, a)| forced_logits(m, p, a))
+            .flat_map(|(p, a)| forced_logits(m, p, a))
             .collect();
-        (rows, 100.0 / start.elapsed().as_secs_f64())
+        let speed = rows.len() as f64 / start.elapsed().as_secs_f64();
+        (rows, speed)
     };
     let (reference, f32_speed) = timed(&model);
     eprintln!("SmolLM2 f32: {f32_speed:.1} tokens/s (prefill included)");
     for (kind, least_agreement) in [(QuantKind::Q8_0, 0.95), (QuantKind::Q4_0, 0.6)] {
         let served = model.quantized_for_serving(kind).unwrap();
         let (rows, speed) = timed(&served);
-        let (mut agree, mut total, mut worst) = (0, 0, 0f32);
-        for (served_rows, f32_rows) in rows.iter().zip(&reference) {
-            for (row, f32_row) in served_rows.iter().zip(f32_rows) {
-                total += 1;
-                agree += usize::from(argmax(row) == argmax(f32_row));
-                worst = row
-                    .iter()
-                    .zip(f32_row)
-                    .fold(worst, |m, (a, b)| m.max((a - b).abs()));
-            }
-        }
+        let (agree, total, worst) = agreement(&rows, &reference);
         let rate = agree as f64 / total as f64;
         eprintln!(
             "SmolLM2 {kind:?}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes, {speed:.1} tokens/s",
