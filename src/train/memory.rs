@@ -157,6 +157,14 @@ pub struct RunMode {
     pub bf16: bool,
 }
 
+impl RunMode {
+    /// Whether the step runs the composed candle ops rather than the fused CPU f32 kernels:
+    /// off the CPU, or in bf16.
+    pub fn runs_composed_ops(&self) -> bool {
+        !self.host || self.bf16
+    }
+}
+
 /// Norm weights and biases: the parameters that are not matrices (always f32).
 fn vector_params(c: &DecoderConfig) -> u64 {
     let h = c.hidden_size as u64;
@@ -245,7 +253,7 @@ pub fn estimate_with(
         _ => 0,
     };
     let layers = c.num_hidden_layers as u64;
-    let layer = if !host || bf16 {
+    let layer = if mode.runs_composed_ops() {
         per_layer * GENERIC_OVER_FUSED.0 / GENERIC_OVER_FUSED.1
     } else {
         per_layer + unfused_outputs

@@ -76,7 +76,7 @@ pub fn estimate_encoder(
         Tuning::Lora { .. } => trained - head,
     };
     let fused_layer = 14 * h + 2 * c.intermediate_size as u64 + (c.num_heads * longest) as u64;
-    let per_layer = if !host || bf16 {
+    let per_layer = if mode.runs_composed_ops() {
         fused_layer * GENERIC_OVER_FUSED.0 / GENERIC_OVER_FUSED.1
     } else {
         fused_layer
