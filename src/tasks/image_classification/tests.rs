@@ -21,8 +21,15 @@ use crate::train::{ExportFormat, StepMetrics, TrainOutcome};
 use crate::zoo::fused::with_generic_ops;
 use crate::zoo::test_tensors::max_abs_diff;
 
+/// The fixture where this crate was built, or under the working directory when the test
+/// binary runs elsewhere (`scripts/gpu-check.sh device` runs it from a copy of the tree).
 fn base_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision/efficientnet_lite")
+    let relative = "tests/fixtures/vision/efficientnet_lite";
+    let built_here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
+    match built_here.exists() {
+        true => built_here,
+        false => PathBuf::from(relative),
+    }
 }
 
 /// A noisy image that is mostly red or mostly blue, as PNG bytes.
