@@ -5,6 +5,7 @@
 
 use candle_core::Tensor;
 
+use super::adapter::ServedAdapter;
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
 use crate::zoo::linear::Pass;
@@ -58,6 +59,72 @@ impl KvCache {
 pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// The LoRA adapter this sequence is generated with; `None`: the base alone.
+    pub adapter: Option<&'a ServedAdapter>,
+}
+
+/// Consecutive rows of a batch served with one adapter (or none).
+struct AdapterRun<'a> {
+    start: usize,
+    len: usize,
+    adapter: Option<&'a ServedAdapter>,
+}
+
+/// The runs of `chunks`' rows, neighbours with the same adapter joined.
+fn adapter_runs<'a>(chunks: &[SeqChunk<'a>]) -> Vec<AdapterRun<'a>> {
+    let mut runs: Vec<AdapterRun<'a>> = Vec::new();
+    let mut row = 0;
+    for chunk in chunks {
+        let len = chunk.tokens.len();
+        match runs.last_mut() {
+            Some(last) if same_adapter(last.adapter, chunk.adapter) => last.len += len,
+            _ => runs.push(AdapterRun {
+                start: row,
+                len,
+                adapter: chunk.adapter,
+            }),
+        }
+        row += len;
+    }
+    runs
+}
+
+fn same_adapter(a: Option<&ServedAdapter>, b: Option<&ServedAdapter>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// `base_out` of projection `module` of layer `layer` plus, on each run's rows, its
+/// adapter's update of `input`. The base's work stays one matmul for the whole batch.
+fn add_adapter_updates(
+    runs: &[AdapterRun<'_>],
+    layer: usize,
+    module: usize,
+    input: &Tensor,
+    base_out: Tensor,
+) -> Result<Tensor, ZooError> {
+    if runs.iter().all(|run| run.adapter.is_none()) {
+        return Ok(base_out);
+    }
+    let mut pieces = Vec::with_capacity(runs.len());
+    for run in runs {
+        let base = base_out.narrow(0, run.start, run.len)?;
+        let delta = match run.adapter {
+            Some(adapter) => adapter.delta(layer, module, &input.narrow(0, run.start, run.len)?)?,
+            None => None,
+        };
+        pieces.push(match delta {
+            Some(delta) => (base + delta.to_dtype(base_out.dtype())?)?,
+            None => base,
+        });
+    }
+    match pieces.len() {
+        1 => Ok(pieces.remove(0)),
+        _ => Ok(Tensor::cat(&pieces, 0)?),
+    }
 }
 
 impl CausalLm {
@@ -93,7 +160,7 @@ impl CausalLm {
     }
 
     /// Appends each chunk's tokens at positions `cache.len()..` and returns the logits
-    /// (f32, length V) of each chunk's last token.
+    /// (f32, length V) of each chunk's last token, each chunk with its own adapter.
     pub fn forward_cached(&self, chunks: &mut [SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ZooError> {
         let dec = &self.decoder;
         let c = &dec.cfg;
@@ -127,11 +194,15 @@ impl CausalLm {
             return Ok(Vec::new());
         }
         let n = ids.len();
+        let runs = adapter_runs(chunks);
         let tables = dec.rotary_tables(&positions)?;
         let ids = Tensor::from_vec(ids, n, &dec.device)?;
         let mut x = dec.embed(&ids, Pass::Eval)?.detach();
         for (li, layer) in dec.layers.iter().enumerate() {
-            let qkv = layer.qkv(&dec.cfg, &x, &tables, Pass::Eval)?;
+            let adjust = |module: usize, input: &Tensor, out: Tensor| {
+                add_adapter_updates(&runs, li, module, input, out)
+            };
+            let qkv = layer.qkv_with(&dec.cfg, &x, &tables, Pass::Eval, &adjust)?;
             let mut contexts = Vec::with_capacity(chunks.len());
             let mut row = 0;
             for chunk in chunks.iter_mut() {
@@ -166,7 +237,9 @@ impl CausalLm {
                 row += len;
             }
             let context = Tensor::cat(&contexts, 0)?;
-            x = layer.finish(&dec.cfg, &x, &context, Pass::Eval)?.detach();
+            x = layer
+                .finish_with(&dec.cfg, &x, &context, Pass::Eval, &adjust)?
+                .detach();
         }
         let mut last_rows = Vec::with_capacity(chunks.len());
         let mut row = 0;

@@ -7,9 +7,11 @@
 //! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
 //! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
 //! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
+//! - [`adapter`]: `ServedAdapter`, an unmerged LoRA adapter applied per sequence there.
 //! - `export`: merged Hugging Face directory and PEFT adapter exports.
 //! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
 
+pub mod adapter;
 mod cache;
 pub mod config;
 mod export;
@@ -22,12 +24,15 @@ pub mod tiny;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+pub(crate) mod tests_adapter;
+#[cfg(test)]
 mod tests_export;
 #[cfg(test)]
 mod tests_infer;
 #[cfg(test)]
 mod tests_quantized_serving;
 
+pub use adapter::{LoraScaling, ServedAdapter};
 pub use cache::{KvCache, SeqChunk};
 pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
 pub use lm::CausalLm;

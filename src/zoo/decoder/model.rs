@@ -20,6 +20,11 @@ use crate::zoo::linear::{LoraAdapter, Param, Pass, TrainLinear};
 use crate::zoo::loader::{safetensors_files, Tuning};
 use crate::zoo::{NamedVar, ZooError};
 
+/// What `Layer::qkv_with`/`finish_with` call on each projection's output:
+/// `(projection index, its input, its output) → the output to use`.
+pub(crate) type AdjustProjection<'a> =
+    dyn Fn(usize, &Tensor, Tensor) -> Result<Tensor, ZooError> + 'a;
+
 #[derive(Clone)]
 pub(crate) struct Layer {
     pub input_norm: Param,
@@ -42,19 +47,28 @@ impl Layer {
         tables: &[Tensor; 4],
         pass: Pass,
     ) -> Result<Qkv, ZooError> {
+        self.qkv_with(c, x, tables, pass, &|_, _, out| Ok(out))
+    }
+
+    /// [`Self::qkv`] with `adjust(projection, input, output)` applied to each projection's
+    /// output (projection = index in [`layer_linears`]' order): serving adds per-row
+    /// adapter updates there.
+    pub fn qkv_with(
+        &self,
+        c: &DecoderConfig,
+        x: &Tensor,
+        tables: &[Tensor; 4],
+        pass: Pass,
+        adjust: &AdjustProjection<'_>,
+    ) -> Result<Qkv, ZooError> {
         let l = self;
         let n = x.dim(0)?;
         let d = c.head_dim;
         let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
-        let q =
-            l.q.forward_pass(&xn, pass)?
-                .reshape((n, c.num_attention_heads, d))?;
-        let k =
-            l.k.forward_pass(&xn, pass)?
-                .reshape((n, c.num_key_value_heads, d))?;
-        let v =
-            l.v.forward_pass(&xn, pass)?
-                .reshape((n, c.num_key_value_heads, d))?;
+        let project = |i: usize, lin: &TrainLinear| adjust(i, &xn, lin.forward_pass(&xn, pass)?);
+        let q = project(0, &l.q)?.reshape((n, c.num_attention_heads, d))?;
+        let k = project(1, &l.k)?.reshape((n, c.num_key_value_heads, d))?;
+        let v = project(2, &l.v)?.reshape((n, c.num_key_value_heads, d))?;
         Ok(Qkv {
             q: rope(&q, &tables[0], &tables[1])?,
             k: rope(&k, &tables[2], &tables[3])?,
@@ -70,13 +84,29 @@ impl Layer {
         context: &Tensor,
         pass: Pass,
     ) -> Result<Tensor, ZooError> {
+        self.finish_with(c, x, context, pass, &|_, _, out| Ok(out))
+    }
+
+    /// [`Self::finish`] with `adjust` applied to each projection's output, as in
+    /// [`Self::qkv_with`].
+    pub fn finish_with(
+        &self,
+        c: &DecoderConfig,
+        x: &Tensor,
+        context: &Tensor,
+        pass: Pass,
+        adjust: &AdjustProjection<'_>,
+    ) -> Result<Tensor, ZooError> {
         let l = self;
-        let x = (x + l.o.forward_pass(context, pass)?)?;
+        let project = |i: usize, lin: &TrainLinear, input: &Tensor| {
+            adjust(i, input, lin.forward_pass(input, pass)?)
+        };
+        let x = (x + project(3, &l.o, context)?)?;
         let xn = rms_norm(&x, &param_in(&l.post_norm, pass), c.rms_norm_eps)?;
-        let gate = l.gate.forward_pass(&xn, pass)?;
-        let up = l.up.forward_pass(&xn, pass)?;
+        let gate = project(4, &l.gate, &xn)?;
+        let up = project(5, &l.up, &xn)?;
         let inner = swiglu(&gate, &up)?;
-        Ok((x + l.down.forward_pass(&inner, pass)?)?)
+        Ok((x + project(6, &l.down, &inner)?)?)
     }
 
     /// The trainable tensors the layer reads (norm weights, trainable bases and biases,

@@ -40,6 +40,7 @@ fn prefill_then_cached_decode_equals_the_full_forward() {
             .forward_cached(&mut [SeqChunk {
                 tokens: &ids[..prefill],
                 cache: &mut cache,
+                adapter: None,
             }])
             .unwrap();
         assert_eq!(out.len(), 1);
@@ -50,6 +51,7 @@ fn prefill_then_cached_decode_equals_the_full_forward() {
                 .forward_cached(&mut [SeqChunk {
                     tokens: &ids[t..=t],
                     cache: &mut cache,
+                    adapter: None,
                 }])
                 .unwrap();
             worst = worst.max(row_diff(&out[0], &full.get(t).unwrap()));
@@ -79,10 +81,12 @@ fn chunks_advanced_together_equal_each_alone() {
                 SeqChunk {
                     tokens: &a[ra.clone()],
                     cache: &mut ca,
+                    adapter: None,
                 },
                 SeqChunk {
                     tokens: &b[rb.clone()],
                     cache: &mut cb,
+                    adapter: None,
                 },
             ])
             .unwrap();
@@ -90,12 +94,14 @@ fn chunks_advanced_together_equal_each_alone() {
             .forward_cached(&mut [SeqChunk {
                 tokens: &a[ra],
                 cache: &mut sa,
+                adapter: None,
             }])
             .unwrap();
         let alone_b = model
             .forward_cached(&mut [SeqChunk {
                 tokens: &b[rb],
                 cache: &mut sb,
+                adapter: None,
             }])
             .unwrap();
         for (x, y) in [(&together[0], &alone_a[0]), (&together[1], &alone_b[0])] {
@@ -114,7 +120,8 @@ fn chunks_advanced_together_equal_each_alone() {
     assert!(model
         .forward_cached(&mut [SeqChunk {
             tokens: &[],
-            cache: &mut empty
+            cache: &mut empty,
+            adapter: None,
         }])
         .is_err());
 }
@@ -265,6 +272,7 @@ fn real_smollm2_lora_step_and_decode_timings() {
         .map(|cache| SeqChunk {
             tokens: prompt,
             cache,
+            adapter: None,
         })
         .collect();
     merged.forward_cached(&mut chunks).unwrap();
@@ -276,6 +284,7 @@ fn real_smollm2_lora_step_and_decode_timings() {
             .map(|cache| SeqChunk {
                 tokens: &[42],
                 cache,
+                adapter: None,
             })
             .collect();
         merged.forward_cached(&mut chunks).unwrap();

@@ -20,6 +20,7 @@ fn forced_logits(model: &CausalLm, prompt: &[u32], tokens: &[u32]) -> Vec<Vec<f3
             .forward_cached(&mut [SeqChunk {
                 tokens: feed,
                 cache: &mut cache,
+                adapter: None,
             }])
             .unwrap()
             .remove(0);
@@ -96,6 +97,7 @@ fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
             .forward_cached(&mut [SeqChunk {
                 tokens: &feed,
                 cache: &mut cache,
+                adapter: None,
             }])
             .unwrap()
             .remove(0);
