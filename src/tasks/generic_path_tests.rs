@@ -283,10 +283,12 @@ fn greedy_decode(
                 SeqChunk {
                     tokens: &seqs[0][fed[0]..],
                     cache: a,
+                    adapter: None,
                 },
                 SeqChunk {
                     tokens: &seqs[1][fed[1]..],
                     cache: b,
+                    adapter: None,
                 },
             ])
             .unwrap();

@@ -125,7 +125,7 @@ async fn a_request_that_does_not_fit_now_waits_until_the_running_one_ends() {
     };
     let engine = GenEngine::spawn("fake", fake, config).expect("spawn");
     let a = engine.generate(text("Hello", Some(9))).await.expect("a");
-    let b = engine.submit(text("a b", Some(2))).expect("b");
+    let b = engine.submit(text("a b", Some(2)), None).expect("b");
     gate.open();
     let b = GenerationStream::open(b, 1, false, None).await.expect("b");
     let (a, b) = tokio::join!(a.collect(), b.collect());
@@ -146,7 +146,7 @@ async fn a_client_that_leaves_frees_its_cache_and_its_reservation() {
     let first = a.next().await.expect("event").expect("ok");
     assert!(matches!(first, GenerationEvent::Delta { .. }));
     assert_eq!(stats.live_caches(), 1);
-    let b = engine.submit(text("Hello", Some(2))).expect("b");
+    let b = engine.submit(text("Hello", Some(2)), None).expect("b");
     drop(a);
     let b = GenerationStream::open(b, 1, false, None).await.expect("b");
     let out = b.collect().await.expect("b");

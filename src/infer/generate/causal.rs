@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Device;
 use serde_json::Value;
 
-use super::LmBackend;
+use super::{LmBackend, StepChunk};
 use crate::infer::InferError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec, KvCache, SeqChunk};
@@ -139,10 +139,14 @@ impl LmBackend for CausalLmBackend {
         self.model.kv_cache_bytes(tokens)
     }
 
-    fn step(&mut self, chunks: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>, InferError> {
+    fn step(&mut self, chunks: &mut [StepChunk<'_, KvCache>]) -> Result<Vec<Vec<f32>>, InferError> {
         let mut seqs: Vec<SeqChunk<'_>> = chunks
             .iter_mut()
-            .map(|(tokens, cache)| SeqChunk { tokens, cache })
+            .map(|chunk| SeqChunk {
+                tokens: chunk.tokens,
+                cache: chunk.cache,
+                adapter: chunk.adapter,
+            })
             .collect();
         self.model
             .forward_cached(&mut seqs)

@@ -14,7 +14,7 @@ use super::fake::Gate;
 use super::sampling::argmax;
 use super::{
     FinishReason, GenEngine, GenEngineConfig, GenerationParams, GenerationRequest,
-    GenerationStream, LmBackend, Prompt,
+    GenerationStream, LmBackend, Prompt, StepChunk,
 };
 use crate::infer::InferError;
 use crate::zoo::collate;
@@ -124,7 +124,7 @@ impl LmBackend for Gated {
     }
     fn step(
         &mut self,
-        chunks: &mut [(&[u32], &mut Self::Cache)],
+        chunks: &mut [StepChunk<'_, Self::Cache>],
     ) -> Result<Vec<Vec<f32>>, InferError> {
         self.gate.wait();
         self.inner.step(chunks)
@@ -177,7 +177,7 @@ async fn two_requests_in_one_batch_equal_each_alone() {
     };
     let engine = GenEngine::spawn("gated", gated, GenEngineConfig::default()).expect("spawn");
     let first = engine.generate(text_request()).await.expect("first");
-    let second = engine.submit(chat_request()).expect("second");
+    let second = engine.submit(chat_request(), None).expect("second");
     gate.open();
     let second = GenerationStream::open(second, 1, false, None)
         .await

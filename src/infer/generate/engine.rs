@@ -31,7 +31,7 @@ use super::worker::{GenerateCommand, Worker};
 use super::{GenerationRequest, GenerationStream, LmBackend};
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
-use crate::zoo::decoder::QuantKind;
+use crate::zoo::decoder::{QuantKind, ServedAdapter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenEngineConfig {
@@ -143,24 +143,28 @@ impl GenEngine {
         &self,
         request: GenerationRequest,
     ) -> Result<GenerationStream, InferError> {
-        self.generate_keeping(request, None).await
+        self.generate_keeping(request, None, None).await
     }
 
-    /// As `generate`; the stream also holds `keep_alive` (the loaded model) until dropped.
+    /// As `generate`, with `adapter` (a LoRA adapter of this engine's model, on its
+    /// device) added to the model for this request; the stream also holds `keep_alive`
+    /// (the loaded model) until dropped.
     pub(crate) async fn generate_keeping(
         &self,
         request: GenerationRequest,
+        adapter: Option<Arc<ServedAdapter>>,
         keep_alive: Option<KeepAlive>,
     ) -> Result<GenerationStream, InferError> {
         let n = request.params.n;
         let logprobs = request.params.logprobs.is_some();
-        let messages = self.submit(request)?;
+        let messages = self.submit(request, adapter)?;
         GenerationStream::open(messages, n, logprobs, keep_alive).await
     }
 
     pub(super) fn submit(
         &self,
         request: GenerationRequest,
+        adapter: Option<Arc<ServedAdapter>>,
     ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
         let n = request.params.n;
         let limit = self.config.max_queued_sequences;
@@ -174,6 +178,7 @@ impl GenEngine {
         let (messages, receiver) = mpsc::unbounded_channel();
         let command = GenerateCommand {
             request,
+            adapter,
             span: Span::current(),
             messages,
             permits,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::Value;
 
-use super::LmBackend;
+use super::{LmBackend, StepChunk};
 use crate::infer::InferError;
 
 pub(crate) const EOS: u32 = 0;
@@ -213,7 +213,7 @@ impl LmBackend for FakeLm {
 
     fn step(
         &mut self,
-        chunks: &mut [(&[u32], &mut FakeCache)],
+        chunks: &mut [StepChunk<'_, FakeCache>],
     ) -> Result<Vec<Vec<f32>>, InferError> {
         if let Some(gate) = &self.gate {
             gate.wait();
@@ -226,10 +226,10 @@ impl LmBackend for FakeLm {
             .chunk_lengths
             .lock()
             .expect("stats lock")
-            .push(chunks.iter().map(|(tokens, _)| tokens.len()).collect());
+            .push(chunks.iter().map(|chunk| chunk.tokens.len()).collect());
         chunks
             .iter_mut()
-            .map(|(tokens, cache)| {
+            .map(|StepChunk { tokens, cache, .. }| {
                 cache.tokens.extend_from_slice(tokens);
                 if cache.tokens.len() > self.context_len {
                     return Err(InferError::engine("fake context overflow"));

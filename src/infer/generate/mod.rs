@@ -27,6 +27,8 @@ mod text;
 mod worker;
 
 #[cfg(test)]
+mod adapter_tests;
+#[cfg(test)]
 mod budget_tests;
 #[cfg(test)]
 mod causal_tests;
@@ -40,6 +42,8 @@ mod real_tests;
 mod tests;
 
 use serde_json::Value;
+
+use crate::zoo::decoder::ServedAdapter;
 
 pub use causal::{CausalLmBackend, CausalLmParts};
 pub use engine::{GenEngine, GenEngineConfig};
@@ -69,14 +73,24 @@ pub trait LmBackend: Send + 'static {
     /// engine's KV budget for one sequence.
     fn kv_cache_bytes(&self, tokens: usize) -> usize;
     /// Appends each chunk's tokens to its cache and returns the logits of each chunk's
-    /// last token, in chunk order. All chunks go through the model together.
+    /// last token, in chunk order. All chunks go through the model together, each with
+    /// its own adapter.
     fn step(
         &mut self,
-        chunks: &mut [(&[u32], &mut Self::Cache)],
+        chunks: &mut [StepChunk<'_, Self::Cache>],
     ) -> Result<Vec<Vec<f32>>, InferError>;
     /// Most tokens (prompt + generated) a sequence may hold.
     fn context_len(&self) -> usize;
     fn parameter_bytes(&self) -> usize;
+}
+
+/// One running sequence's part of a step.
+pub struct StepChunk<'a, C> {
+    /// Tokens not yet through the model (the prompt at first, then the last sampled one).
+    pub tokens: &'a [u32],
+    pub cache: &'a mut C,
+    /// The LoRA adapter the sequence's request is served with; `None`: the base alone.
+    pub adapter: Option<&'a ServedAdapter>,
 }
 
 /// What to generate from.

@@ -285,7 +285,7 @@ async fn concurrent_requests_share_one_step() {
     let engine = engine(fake);
     // A is accepted and its prefill step is held at the gate; B queues meanwhile.
     let a = engine.generate(text("Hello", greedy())).await.expect("a");
-    let b = engine.submit(text("a b c", greedy())).expect("b");
+    let b = engine.submit(text("a b c", greedy()), None).expect("b");
     gate.open();
     let b = GenerationStream::open(b, 1, false, None)
         .await

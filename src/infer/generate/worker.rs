@@ -14,8 +14,9 @@ use tracing::Span;
 use super::admission::{grant, Grant, Limits};
 use super::sequence::{Sequence, SequenceSpec};
 use super::stream::{EngineMessage, MessageSender};
-use super::{GenerationEvent, GenerationRequest, LmBackend, Prompt, Usage};
+use super::{GenerationEvent, GenerationRequest, LmBackend, Prompt, StepChunk, Usage};
 use crate::infer::InferError;
+use crate::zoo::decoder::ServedAdapter;
 
 /// Freed cache bytes after which memory is handed back to the OS even while other
 /// sequences run (an idle engine always hands it back).
@@ -23,6 +24,8 @@ const TRIM_AFTER_FREED_BYTES: usize = 64 << 20;
 
 pub(super) struct GenerateCommand {
     pub(super) request: GenerationRequest,
+    /// The LoRA adapter to generate with; `None`: the base model.
+    pub(super) adapter: Option<Arc<ServedAdapter>>,
     /// The caller's span, entered while the engine works on this request.
     pub(super) span: Span,
     /// Events for the caller; closed when its `GenerationStream` is dropped.
@@ -41,6 +44,7 @@ struct Waiting {
 /// A request being generated: its sequences (one per unfinished choice) and channel.
 struct Running<C> {
     messages: MessageSender,
+    adapter: Option<Arc<ServedAdapter>>,
     span: Span,
     /// Released just before the final event, so a client that got its answer can
     /// queue again at once.
@@ -221,6 +225,7 @@ impl<B: LmBackend> Worker<B> {
         } = waiting;
         let GenerateCommand {
             request,
+            adapter,
             span,
             messages,
             permits,
@@ -249,6 +254,7 @@ impl<B: LmBackend> Worker<B> {
         drop(_entered);
         Running {
             messages,
+            adapter,
             span,
             permits: Some(permits),
             prompt_tokens,
@@ -277,12 +283,20 @@ impl<B: LmBackend> Worker<B> {
         Ok(ids)
     }
 
-    /// One forward step over every running sequence, then sampling and events.
+    /// One forward step over every running sequence, then sampling and events. Requests
+    /// of one adapter are kept next to each other (a stable sort: the oldest first within
+    /// each), so each adapter's update is one pair of matmuls over its rows.
     fn step(&mut self) {
-        let mut chunks: Vec<(&[u32], &mut B::Cache)> = Vec::new();
+        self.running
+            .sort_by_key(|running| adapter_key(&running.adapter));
+        let mut chunks: Vec<StepChunk<'_, B::Cache>> = Vec::new();
         for running in &mut self.running {
             for sequence in &mut running.sequences {
-                chunks.push((sequence.pending.as_slice(), &mut sequence.cache));
+                chunks.push(StepChunk {
+                    tokens: sequence.pending.as_slice(),
+                    cache: &mut sequence.cache,
+                    adapter: running.adapter.as_deref(),
+                });
             }
         }
         let count = chunks.len();
@@ -352,4 +366,9 @@ impl<B: LmBackend> Worker<B> {
         }
         Vec::new()
     }
+}
+
+/// Groups requests by adapter: its address (the base's requests, `None`, first).
+fn adapter_key(adapter: &Option<Arc<ServedAdapter>>) -> usize {
+    adapter.as_ref().map_or(0, |a| Arc::as_ptr(a) as usize)
 }

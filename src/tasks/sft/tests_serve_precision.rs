@@ -20,6 +20,7 @@ fn greedy(model: &CausalLm, prompt: &[u32], steps: usize) -> Vec<u32> {
             .forward_cached(&mut [SeqChunk {
                 tokens: &seq[fed..],
                 cache: &mut cache,
+                adapter: None,
             }])
             .expect("decode");
         fed = seq.len();
