@@ -3,6 +3,8 @@
 //! API on the given listener until `shutdown` is cancelled; then running jobs checkpoint
 //! and go back to `queued` before it returns.
 
+mod catalog;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +20,13 @@ use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
 use crate::config::Config;
 use crate::infer::{
-    ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, ModelCatalog,
-    QaPrediction, QaQuestion, ServableModel, ServedKind,
+    ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, QaPrediction,
+    QaQuestion,
 };
 use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
 use crate::train::ExportFormat;
+use catalog::StoreCatalog;
 
 /// Serves until `shutdown` is cancelled (SIGTERM/SIGINT in `main`, `Drop` in tests).
 pub async fn run(
@@ -171,62 +174,6 @@ async fn sweep_periodically(
     }
 }
 
-/// Resolves servable model names: fine-tuned models and checkpoints through the `models`
-/// table, then base decoders from the models dir (served as they are, for comparison).
-struct StoreCatalog {
-    store: Store,
-    blobs: Blobs,
-    models_dir: PathBuf,
-}
-
-impl StoreCatalog {
-    /// A base decoder by id, its GGUF converted on a blocking thread the first time.
-    /// Encoders are not servable without a trained head.
-    async fn base_decoder(&self, id: &str) -> Result<Option<ServableModel>, String> {
-        let Some(base) = basemodels::resolve(&self.models_dir, id)
-            .filter(|base| base.kind == BaseModelKind::Decoder)
-        else {
-            return Ok(None);
-        };
-        let name = base.id.clone();
-        let dir = base
-            .prepare_in_data_dir(self.blobs.root())
-            .await
-            .map_err(|e| format!("preparing base model `{name}`: {e}"))?
-            .map_err(|e| format!("preparing base model `{name}`: {e}"))?;
-        Ok(Some(ServableModel {
-            name,
-            dir,
-            kind: ServedKind::CausalLm,
-        }))
-    }
-}
-
-impl ModelCatalog for StoreCatalog {
-    fn resolve(&self, model: &str) -> BoxFuture<'_, Result<Option<ServableModel>, String>> {
-        let name = model.to_string();
-        Box::pin(async move {
-            let row = self
-                .store
-                .get_model(&name)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(row) = row else {
-                return self.base_decoder(&name).await;
-            };
-            // A kind this build does not serve (a row from a newer version) is no model.
-            let Some(kind) = ServedKind::from_stored(&row.kind) else {
-                return Ok(None);
-            };
-            Ok(Some(ServableModel {
-                name: row.id,
-                dir: self.blobs.path(&row.artifact_dir),
-                kind,
-            }))
-        })
-    }
-}
-
 /// The API's view of `InferenceHandle` (also what the API's generation tests serve through).
 pub(crate) struct InferenceService {
     pub(crate) handle: InferenceHandle,
@@ -332,80 +279,5 @@ impl Inference for InferenceService {
 
     fn evict(&self, model: &str) {
         self.handle.evict(model);
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::store::ModelRow;
-
-    async fn catalog() -> (tempfile::TempDir, StoreCatalog) {
-        let tmp = tempfile::tempdir().unwrap();
-        let catalog = StoreCatalog {
-            store: Store::open_in_memory().await.unwrap(),
-            blobs: Blobs::new(tmp.path().join("data")).unwrap(),
-            models_dir: tmp.path().join("models"),
-        };
-        (tmp, catalog)
-    }
-
-    #[tokio::test]
-    async fn model_rows_map_to_their_engine_and_unknown_kinds_are_not_served() {
-        let (_tmp, catalog) = catalog().await;
-        for (id, kind) in [
-            ("ft:a", ServedKind::CausalLm.as_str()),
-            ("ft:b", ServedKind::Classifier.as_str()),
-            ("ft:c", "x"),
-            ("ft:d", ServedKind::TokenClassifier.as_str()),
-        ] {
-            let row = ModelRow {
-                id: id.into(),
-                created_at: 0,
-                owned_by: "temper".into(),
-                job_id: None,
-                base_model: None,
-                kind: kind.into(),
-                artifact_dir: format!("models/{id}"),
-                step: None,
-                is_checkpoint: false,
-            };
-            catalog.store.insert_model(&row).await.unwrap();
-        }
-        let kind = |m: Option<ServableModel>| m.map(|m| m.kind);
-        assert_eq!(
-            kind(catalog.resolve("ft:a").await.unwrap()),
-            Some(ServedKind::CausalLm)
-        );
-        assert_eq!(
-            kind(catalog.resolve("ft:b").await.unwrap()),
-            Some(ServedKind::Classifier)
-        );
-        assert_eq!(catalog.resolve("ft:c").await.unwrap(), None);
-        assert_eq!(
-            kind(catalog.resolve("ft:d").await.unwrap()),
-            Some(ServedKind::TokenClassifier)
-        );
-        assert_eq!(catalog.resolve("nobody/nothing").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn base_decoders_are_served_from_the_models_dir_and_encoders_are_not() {
-        let (tmp, catalog) = catalog().await;
-        let models = tmp.path().join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        crate::zoo::gguf::tests::write_tiny_gguf(
-            &models.join("tiny-chat.gguf"),
-            crate::zoo::gguf::tests::LLAMA,
-        );
-        crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
-
-        let served = catalog.resolve("tiny-chat").await.unwrap().unwrap();
-        assert_eq!(served.kind, ServedKind::CausalLm);
-        assert_eq!(served.name, "tiny-chat");
-        assert!(served.dir.starts_with(tmp.path().join("data/cache/gguf")));
-        assert!(served.dir.join("model.safetensors").exists());
-        assert_eq!(catalog.resolve("org/bert").await.unwrap(), None);
     }
 }

@@ -23,6 +23,9 @@ pub const DEFAULT_LEFTOVER_GRACE_SECS: u64 = 15 * 60;
 pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
 /// `--max-batch-sequences`: sequences one language model decodes together.
 pub const DEFAULT_MAX_BATCH_SEQUENCES: usize = 16;
+/// `--adapter-cache-bytes`: LoRA adapters kept loaded beside their bases (512 MiB: about
+/// fifty rank-8 adapters of every projection of SmolLM2-135M, 9.8 MB each in f32).
+pub const DEFAULT_ADAPTER_CACHE_BYTES: usize = 512 * 1024 * 1024;
 /// `--max-queued-sequences`: sequences one language model holds running or waiting.
 pub const DEFAULT_MAX_QUEUED_SEQUENCES: usize = 256;
 
@@ -189,6 +192,11 @@ pub struct InferenceConfig {
     /// recently used evicted first).
     #[arg(long, env = "TEMPER_INFER_CACHE_BYTES", default_value_t = DEFAULT_INFER_CACHE_BYTES)]
     pub infer_cache_bytes: usize,
+    /// Bytes of LoRA adapters kept loaded (least recently used evicted first), beside
+    /// `--infer-cache-bytes`. A LoRA fine-tune of a base decoder is served as that base
+    /// (loaded once, shared by all its fine-tunes) plus its adapter, unmerged.
+    #[arg(long, env = "TEMPER_ADAPTER_CACHE_BYTES", default_value_t = DEFAULT_ADAPTER_CACHE_BYTES)]
+    pub adapter_cache_bytes: usize,
     /// Bytes of KV cache each served language model may hold for its running sequences.
     /// A request reserves its worst case (prompt + `max_tokens` tokens for every choice)
     /// when it starts; one that does not fit waits in the model's queue (429 once that is
@@ -249,6 +257,7 @@ impl Default for InferenceConfig {
     fn default() -> Self {
         InferenceConfig {
             infer_cache_bytes: DEFAULT_INFER_CACHE_BYTES,
+            adapter_cache_bytes: DEFAULT_ADAPTER_CACHE_BYTES,
             kv_cache_bytes: None,
             max_batch_sequences: DEFAULT_MAX_BATCH_SEQUENCES,
             max_queued_sequences: DEFAULT_MAX_QUEUED_SEQUENCES,

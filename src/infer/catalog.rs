@@ -15,6 +15,21 @@ pub struct ServableModel {
     pub dir: PathBuf,
     /// Which engine the model needs (from the task it was trained for).
     pub kind: ServedKind,
+    /// `Some` when the model is a LoRA adapter served over a shared base (unmerged): `dir`
+    /// then holds the adapter, the base is loaded once for all its adapters.
+    pub adapter_of: Option<AdapterBase>,
+}
+
+/// The base model an adapter is served over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterBase {
+    /// The base's name in this catalog (the engine every adapter of it shares).
+    pub name: String,
+    /// The base's directory (its `config.json` checks the adapter's shapes).
+    pub dir: PathBuf,
+    /// The serving device (registry budget index) the base is loaded on; set by the
+    /// adapter registry's catalog once the base is loaded.
+    pub slot: usize,
 }
 
 /// Resolves model names. `Ok(None)` means "no such model" (→ `InferError::ModelNotFound`);

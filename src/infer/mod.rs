@@ -12,8 +12,11 @@
 //! - [`loader`]: catalog entry → the engine of its kind.
 //! - [`generate`]: text generation (one thread per language model, continuous batching,
 //!   sampling, stop strings, streaming) behind `chat` / `complete`.
+//! - [`adapters`]: LoRA adapters served unmerged over a shared base, in a registry of
+//!   their own (byte budget, LRU) beside the models'.
 //! - [`catalog`], [`error`]: the narrow types shared with `app` and `api`.
 
+pub mod adapters;
 pub mod batch;
 pub mod catalog;
 pub mod engine;
@@ -25,6 +28,8 @@ pub mod question_answering;
 pub mod registry;
 pub mod token_classification;
 
+#[cfg(test)]
+pub(crate) mod adapter_handle_tests;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
@@ -47,6 +52,7 @@ use crate::zoo::decoder::QuantKind;
 
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
+use adapters::{AdapterCatalog, AdapterLoader, LoadedAdapter};
 pub use batch::BatchEngine;
 pub use catalog::{ModelCatalog, ServableModel};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
@@ -76,6 +82,9 @@ pub struct InferOptions {
     pub engine: EngineConfig,
     pub generation: GenEngineConfig,
     pub failure_ttl: Duration,
+    /// Budget for the summed bytes of the LoRA adapters kept loaded (LRU eviction beyond),
+    /// beside the models' budget.
+    pub adapter_cache_bytes: usize,
 }
 
 /// A loaded model of either kind: what the registry caches and evicts.
@@ -107,12 +116,14 @@ impl InferOptions {
             engine: EngineConfig::default(),
             generation: GenEngineConfig::default(),
             failure_ttl: DEFAULT_FAILURE_TTL,
+            adapter_cache_bytes: crate::config::DEFAULT_ADAPTER_CACHE_BYTES,
         }
     }
 
     /// Engines on `devices` (at least one) with the `inference` section's budgets.
     pub fn from_config(config: &crate::config::InferenceConfig, devices: Vec<Device>) -> Self {
         let mut options = Self::cpu(config.infer_cache_bytes);
+        options.adapter_cache_bytes = config.adapter_cache_bytes;
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
         options.generation.max_batch_sequences = config.max_batch_sequences;
         options.generation.max_queued_sequences = config.max_queued_sequences;
@@ -128,10 +139,12 @@ impl InferOptions {
     }
 }
 
-/// The async face of inference; cheap to clone (one registry behind an `Arc`).
+/// The async face of inference; cheap to clone (the registries behind `Arc`s).
 #[derive(Clone)]
 pub struct InferenceHandle {
     registry: Arc<ModelRegistry<LoadedModel>>,
+    /// LoRA adapters served over a base of `registry`.
+    adapters: Arc<ModelRegistry<LoadedAdapter>>,
 }
 
 impl InferenceHandle {
@@ -151,13 +164,23 @@ impl InferenceHandle {
     ) -> Self {
         let budgets = vec![options.cache_bytes; options.devices.len().max(1)];
         let loader = CheckpointLoader {
-            devices: options.devices,
+            devices: options.devices.clone(),
             engine: options.engine,
             generation: options.generation,
         };
-        let registry =
-            ModelRegistry::with_budgets(catalog, Arc::new(loader), budgets, options.failure_ttl);
-        Self::from_registry(registry, shutdown)
+        let registry = ModelRegistry::with_budgets(
+            catalog.clone(),
+            Arc::new(loader),
+            budgets,
+            options.failure_ttl,
+        );
+        let adapters = AdapterSettings {
+            catalog,
+            devices: options.devices,
+            cache_bytes: options.adapter_cache_bytes,
+            failure_ttl: options.failure_ttl,
+        };
+        Self::from_registry(registry, adapters, shutdown)
     }
 
     /// Any loader: `api` tests serve fake engines (`Engine::spawn` over a fake
@@ -169,25 +192,53 @@ impl InferenceHandle {
         cache_bytes: usize,
         shutdown: CancellationToken,
     ) -> Self {
-        let registry = ModelRegistry::new(catalog, loader, cache_bytes, DEFAULT_FAILURE_TTL);
-        Self::from_registry(registry, shutdown)
+        let registry =
+            ModelRegistry::new(catalog.clone(), loader, cache_bytes, DEFAULT_FAILURE_TTL);
+        let adapters = AdapterSettings {
+            catalog,
+            devices: vec![Device::Cpu],
+            cache_bytes: crate::config::DEFAULT_ADAPTER_CACHE_BYTES,
+            failure_ttl: DEFAULT_FAILURE_TTL,
+        };
+        Self::from_registry(registry, adapters, shutdown)
     }
 
-    fn from_registry(registry: ModelRegistry<LoadedModel>, shutdown: CancellationToken) -> Self {
+    fn from_registry(
+        registry: ModelRegistry<LoadedModel>,
+        adapters: AdapterSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
         let registry = Arc::new(registry);
+        let adapter_catalog = AdapterCatalog {
+            inner: adapters.catalog,
+            models: Arc::downgrade(&registry),
+        };
+        let adapter_loader = AdapterLoader {
+            devices: adapters.devices,
+        };
+        let adapters = Arc::new(ModelRegistry::new(
+            Arc::new(adapter_catalog),
+            Arc::new(adapter_loader),
+            adapters.cache_bytes,
+            adapters.failure_ttl,
+        ));
         // At shutdown every engine is dropped (joining its thread) and later requests are
         // refused. The watcher holds only a weak reference, so dropping every handle
         // still frees the engines when the token is never cancelled (tests).
         let weak: Weak<ModelRegistry<LoadedModel>> = Arc::downgrade(&registry);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak_adapters = Arc::downgrade(&adapters);
             runtime.spawn(async move {
                 shutdown.cancelled().await;
                 if let Some(registry) = weak.upgrade() {
                     registry.close();
                 }
+                if let Some(adapters) = weak_adapters.upgrade() {
+                    adapters.close();
+                }
             });
         }
-        Self { registry }
+        Self { registry, adapters }
     }
 
     /// Classifies each input with `model`: per input the argmax label, its probability
@@ -339,12 +390,16 @@ impl InferenceHandle {
         model: &str,
         request: GenerationRequest,
     ) -> Result<GenerationStream, InferError> {
-        let loaded = self.registry.get(model).await?;
+        let (loaded, adapter) = self.generator(model).await?;
         let answer = match loaded.as_ref() {
             LoadedModel::Generator(engine) => {
-                // The stream keeps the model loaded until it ends, even if evicted.
+                // The stream keeps the model loaded until it ends, even if evicted (the
+                // engine holds the adapter while the request runs).
                 let keep_alive: generate::KeepAlive = loaded.clone();
-                engine.generate_keeping(request, Some(keep_alive)).await
+                let adapter = adapter.map(|a| a.adapter.clone());
+                engine
+                    .generate_keeping(request, adapter, Some(keep_alive))
+                    .await
             }
             LoadedModel::Classifier(_) => Err(InferError::invalid(
                 "model",
@@ -359,6 +414,31 @@ impl InferenceHandle {
         };
         release_off_runtime(loaded);
         answer
+    }
+
+    /// The engine serving `model` and, when `model` is a LoRA adapter served unmerged, the
+    /// adapter its requests add to the base's engine.
+    async fn generator(
+        &self,
+        model: &str,
+    ) -> Result<(Arc<LoadedModel>, Option<Arc<LoadedAdapter>>), InferError> {
+        if !self.registry.is_loaded(model) {
+            // Twice at most: an adapter built on a device its base has since left (the
+            // base was evicted and loaded onto another) is rebuilt once.
+            for _ in 0..2 {
+                let adapter = match self.adapters.get(model).await {
+                    Ok(adapter) => adapter,
+                    Err(InferError::ModelNotFound(_)) => break,
+                    Err(error) => return Err(error),
+                };
+                let base = self.registry.get(&adapter.base).await?;
+                if self.registry.device_slot(&adapter.base) == Some(adapter.slot) {
+                    return Ok((base, Some(adapter)));
+                }
+                self.adapters.evict(model);
+            }
+        }
+        Ok((self.registry.get(model).await?, None))
     }
 
     /// Writes a checkpoint as a merged Hugging Face directory or a PEFT adapter, on a
@@ -380,17 +460,32 @@ impl InferenceHandle {
     /// Forgets `model` (after DELETE /v1/models/{id}); requests already running finish.
     pub fn evict(&self, model: &str) {
         self.registry.evict(model);
+        self.adapters.evict(model);
     }
 
-    /// Whether `model` is loaded and ready (for readiness reporting and tests).
+    /// Whether `model` is loaded and ready, as a model or as an adapter (for readiness
+    /// reporting and tests).
     pub fn is_loaded(&self, model: &str) -> bool {
-        self.registry.is_loaded(model)
+        self.registry.is_loaded(model) || self.adapters.is_loaded(model)
     }
 
     /// Summed parameter bytes of the loaded models.
     pub fn cached_bytes(&self) -> usize {
         self.registry.used_bytes()
     }
+
+    /// Summed bytes of the loaded adapters.
+    pub fn cached_adapter_bytes(&self) -> usize {
+        self.adapters.used_bytes()
+    }
+}
+
+/// What the adapters' registry is built from.
+struct AdapterSettings {
+    catalog: Arc<dyn ModelCatalog>,
+    devices: Vec<Device>,
+    cache_bytes: usize,
+    failure_ttl: Duration,
 }
 
 /// A question-answering model asked for something else.

@@ -29,10 +29,20 @@ impl MapCatalog {
                     name: name.to_string(),
                     dir: dir.clone(),
                     kind,
+                    adapter_of: None,
                 };
                 (name.to_string(), model)
             })
             .collect();
+        Arc::new(Self {
+            models,
+            resolves: AtomicUsize::new(0),
+        })
+    }
+
+    /// A catalog of exactly these entries (adapters among them).
+    pub fn with_models(models: Vec<ServableModel>) -> Arc<Self> {
+        let models = models.into_iter().map(|m| (m.name.clone(), m)).collect();
         Arc::new(Self {
             models,
             resolves: AtomicUsize::new(0),

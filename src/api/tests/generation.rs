@@ -27,6 +27,7 @@ impl ModelCatalog for FakeCatalog {
             name: model.to_string(),
             dir: "/nonexistent".into(),
             kind: ServedKind::CausalLm,
+            adapter_of: None,
         });
         Box::pin(async move { Ok(found) })
     }

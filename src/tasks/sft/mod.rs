@@ -10,13 +10,17 @@
 //! - `run.rs`: `run_sft`, the decoder as a task of the shared training loop.
 //! - `load.rs`: `load_lm_checkpoint` (checkpoints and plain base model directories).
 //! - `export.rs`: merged HF directory / PEFT adapter of a `causal_lm` checkpoint.
+//! - `adapter.rs`: a LoRA checkpoint as an unmerged adapter served beside its base.
 
+pub mod adapter;
 pub mod batch;
 pub(crate) mod export;
 mod load;
 pub mod prepare;
 mod run;
 
+#[cfg(test)]
+mod tests_adapter;
 #[cfg(test)]
 mod tests_checkpointing;
 #[cfg(test)]

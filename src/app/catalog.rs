@@ -1,0 +1,271 @@
+//! `StoreCatalog`: what a model name means to the server: fine-tuned models and
+//! checkpoints through the `models` table (LoRA ones as adapters over their base), then
+//! base decoders from the models dir.
+
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+
+use crate::basemodels::{self, BaseModelKind};
+use crate::blobs::Blobs;
+use crate::infer::catalog::AdapterBase;
+use crate::infer::{ModelCatalog, ServableModel, ServedKind};
+use crate::store::Store;
+
+/// Resolves servable model names: fine-tuned models and checkpoints through the `models`
+/// table, then base decoders from the models dir (served as they are, for comparison).
+pub(super) struct StoreCatalog {
+    pub(super) store: Store,
+    pub(super) blobs: Blobs,
+    pub(super) models_dir: PathBuf,
+}
+
+impl StoreCatalog {
+    /// A base decoder by id, its GGUF converted on a blocking thread the first time.
+    /// Encoders are not servable without a trained head.
+    async fn base_decoder(&self, id: &str) -> Result<Option<ServableModel>, String> {
+        let Some(base) = basemodels::resolve(&self.models_dir, id)
+            .filter(|base| base.kind == BaseModelKind::Decoder)
+        else {
+            return Ok(None);
+        };
+        let name = base.id.clone();
+        let dir = base
+            .prepare_in_data_dir(self.blobs.root())
+            .await
+            .map_err(|e| format!("preparing base model `{name}`: {e}"))?
+            .map_err(|e| format!("preparing base model `{name}`: {e}"))?;
+        Ok(Some(ServableModel {
+            name,
+            dir,
+            kind: ServedKind::CausalLm,
+            adapter_of: None,
+        }))
+    }
+}
+
+impl StoreCatalog {
+    /// The base a LoRA checkpoint in `dir` is served over, unmerged: `base` (the job's
+    /// model) when it is a base decoder of the models dir and the checkpoint was trained
+    /// over that very directory. Anything else (full fine-tunes, QLoRA, a fine-tune of a
+    /// fine-tune, a base that moved) is served merged, as its own model.
+    async fn adapter_base(&self, dir: &Path, base: &str) -> Result<Option<AdapterBase>, String> {
+        let checkpoint = dir.to_path_buf();
+        let trained_over = tokio::task::spawn_blocking(move || {
+            crate::tasks::sft::adapter::adapter_base_dir(&checkpoint)
+        })
+        .await
+        .map_err(|e| format!("reading checkpoint: {e}"))?
+        .map_err(|e| format!("reading checkpoint: {e}"))?;
+        let Some(trained_over) = trained_over else {
+            return Ok(None);
+        };
+        let Some(base) = self.base_decoder(base).await? else {
+            return Ok(None);
+        };
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        Ok(same(&trained_over, &base.dir).then_some(AdapterBase {
+            name: base.name,
+            dir: base.dir,
+            slot: 0,
+        }))
+    }
+}
+
+impl ModelCatalog for StoreCatalog {
+    fn resolve(&self, model: &str) -> BoxFuture<'_, Result<Option<ServableModel>, String>> {
+        let name = model.to_string();
+        Box::pin(async move {
+            let row = self
+                .store
+                .get_model(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(row) = row else {
+                return self.base_decoder(&name).await;
+            };
+            // A kind this build does not serve (a row from a newer version) is no model.
+            let Some(kind) = ServedKind::from_stored(&row.kind) else {
+                return Ok(None);
+            };
+            let dir = self.blobs.path(&row.artifact_dir);
+            let adapter_of = match (kind, row.base_model.as_deref()) {
+                (ServedKind::CausalLm, Some(base)) => self.adapter_base(&dir, base).await?,
+                _ => None,
+            };
+            Ok(Some(ServableModel {
+                name: row.id,
+                dir,
+                kind,
+                adapter_of,
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::infer::ModelCatalog;
+    use crate::store::ModelRow;
+
+    async fn catalog() -> (tempfile::TempDir, StoreCatalog) {
+        let tmp = tempfile::tempdir().unwrap();
+        let catalog = StoreCatalog {
+            store: Store::open_in_memory().await.unwrap(),
+            blobs: Blobs::new(tmp.path().join("data")).unwrap(),
+            models_dir: tmp.path().join("models"),
+        };
+        (tmp, catalog)
+    }
+
+    #[tokio::test]
+    async fn model_rows_map_to_their_engine_and_unknown_kinds_are_not_served() {
+        let (_tmp, catalog) = catalog().await;
+        for (id, kind) in [
+            ("ft:a", ServedKind::CausalLm.as_str()),
+            ("ft:b", ServedKind::Classifier.as_str()),
+            ("ft:c", "x"),
+            ("ft:d", ServedKind::TokenClassifier.as_str()),
+        ] {
+            let row = ModelRow {
+                id: id.into(),
+                created_at: 0,
+                owned_by: "temper".into(),
+                job_id: None,
+                base_model: None,
+                kind: kind.into(),
+                artifact_dir: format!("models/{id}"),
+                step: None,
+                is_checkpoint: false,
+            };
+            catalog.store.insert_model(&row).await.unwrap();
+        }
+        let kind = |m: Option<ServableModel>| m.map(|m| m.kind);
+        assert_eq!(
+            kind(catalog.resolve("ft:a").await.unwrap()),
+            Some(ServedKind::CausalLm)
+        );
+        assert_eq!(
+            kind(catalog.resolve("ft:b").await.unwrap()),
+            Some(ServedKind::Classifier)
+        );
+        assert_eq!(catalog.resolve("ft:c").await.unwrap(), None);
+        assert_eq!(
+            kind(catalog.resolve("ft:d").await.unwrap()),
+            Some(ServedKind::TokenClassifier)
+        );
+        assert_eq!(catalog.resolve("nobody/nothing").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn base_decoders_are_served_from_the_models_dir_and_encoders_are_not() {
+        let (tmp, catalog) = catalog().await;
+        let models = tmp.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::zoo::gguf::tests::write_tiny_gguf(
+            &models.join("tiny-chat.gguf"),
+            crate::zoo::gguf::tests::LLAMA,
+        );
+        crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
+
+        let served = catalog.resolve("tiny-chat").await.unwrap().unwrap();
+        assert_eq!(served.kind, ServedKind::CausalLm);
+        assert_eq!(served.name, "tiny-chat");
+        assert!(served.dir.starts_with(tmp.path().join("data/cache/gguf")));
+        assert!(served.dir.join("model.safetensors").exists());
+        assert_eq!(catalog.resolve("org/bert").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn lora_checkpoints_of_a_base_decoder_are_served_as_adapters_over_it() {
+        use crate::infer::adapter_handle_tests::{write_lm_checkpoint, write_lora_checkpoint};
+        use crate::train::checkpoint::LmSpec;
+        use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
+        let (tmp, catalog) = catalog().await;
+        let models = tmp.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::zoo::gguf::tests::write_tiny_gguf(
+            &models.join("tiny-chat.gguf"),
+            crate::zoo::gguf::tests::LLAMA,
+        );
+        let base = catalog.resolve("tiny-chat").await.unwrap().unwrap().dir;
+        let tensors = adapter_tensors(&tuned_model(&base, 0));
+        let data = tmp.path().join("data");
+        // The same weights somewhere else: a checkpoint trained over it is not an adapter
+        // of `tiny-chat` as served.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        for entry in std::fs::read_dir(&base).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, elsewhere.join(path.file_name().unwrap())).unwrap();
+        }
+        let lora = write_lora_checkpoint(&data.join("jobs/lora"), &base, &tensors);
+        let moved = write_lora_checkpoint(&data.join("jobs/moved"), &elsewhere, &tensors);
+        let spec = |lora: bool, quantize: Option<&str>| LmSpec {
+            lora: lora.then(|| crate::domain::hyperparams::LoraSettings {
+                rank: 4,
+                alpha: 16.0,
+                dropout: 0.0,
+                target_modules: Vec::new(),
+            }),
+            quantize: quantize.map(str::to_string),
+            export_dtype: None,
+        };
+        let qlora = write_lm_checkpoint(
+            &data.join("jobs/qlora"),
+            &base,
+            &tensors,
+            spec(true, Some("q8_0")),
+        );
+        let full = write_lm_checkpoint(&data.join("jobs/full"), &base, &tensors, spec(false, None));
+        let rows = [
+            ("ft:lora", &lora, Some("tiny-chat")),
+            ("ft:moved", &moved, Some("tiny-chat")),
+            ("ft:qlora", &qlora, Some("tiny-chat")),
+            ("ft:full", &full, Some("tiny-chat")),
+            ("ft:no-base", &lora, None),
+            ("ft:other-base", &lora, Some("nobody/nothing")),
+        ];
+        for (id, dir, base_model) in rows {
+            let row = ModelRow {
+                id: id.into(),
+                created_at: 0,
+                owned_by: "temper".into(),
+                job_id: None,
+                base_model: base_model.map(str::to_string),
+                kind: ServedKind::CausalLm.as_str().into(),
+                artifact_dir: dir
+                    .strip_prefix(&data)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                step: Some(1),
+                is_checkpoint: false,
+            };
+            catalog.store.insert_model(&row).await.unwrap();
+        }
+        let adapter_of = |m: Option<ServableModel>| m.unwrap().adapter_of;
+        assert_eq!(
+            adapter_of(catalog.resolve("ft:lora").await.unwrap()),
+            Some(AdapterBase {
+                name: "tiny-chat".into(),
+                dir: base.clone(),
+                slot: 0,
+            })
+        );
+        for id in [
+            "ft:moved",
+            "ft:qlora",
+            "ft:full",
+            "ft:no-base",
+            "ft:other-base",
+        ] {
+            assert_eq!(adapter_of(catalog.resolve(id).await.unwrap()), None, "{id}");
+        }
+    }
+}
