@@ -115,7 +115,10 @@ async fn lora_fine_tunes_share_one_base_engine_and_their_adapters_are_cached_lru
         CancellationToken::new(),
     );
 
-    let (first, second) = tokio::join!(answer(&handle, "ft:0"), answer(&handle, "ft:1"));
+    // One after the other, so ft:0 is the least recently used (loads that finish in either
+    // order would stamp their own use times).
+    let first = answer(&handle, "ft:0").await;
+    let second = answer(&handle, "ft:1").await;
     assert!(handle.is_loaded("base") && handle.is_loaded("ft:0") && handle.is_loaded("ft:1"));
     let base_bytes = handle.cached_bytes();
     assert_eq!(handle.cached_adapter_bytes(), 2 * adapter_bytes);

@@ -188,3 +188,42 @@ fn quantized_base_reports_its_block_size_and_rejects_unaligned_inputs() {
     let err = TrainLinear::quantized(&uniform((8, 48), 18), None, QuantKind::Q4_0).unwrap_err();
     assert!(err.to_string().contains("divisible by 32"), "{err}");
 }
+
+/// The quantized base's forward on a GPU against the CPU's (candle's CUDA kernels, which
+/// quantize the activations to q8_1 for some batch sizes): finite and as close as the two
+/// devices' rounding allows, at batch sizes that take each kernel.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_quantized_forward_on_cuda_equals_the_cpu() {
+        let gpu = Device::new_cuda(0).unwrap();
+        for kind in [QuantKind::Q8_0, QuantKind::Q4_0] {
+            let weight = uniform((OUT, IN), 3);
+            let cpu = TrainLinear::quantized(&weight, None, kind).unwrap();
+            let cuda =
+                TrainLinear::quantized(&weight.to_device(&gpu).unwrap(), None, kind).unwrap();
+            for rows in [1, 5, 8, 9, 40, 150] {
+                let x = uniform((rows, IN), 7 + rows as u64);
+                let want = cpu.forward_pass(&x, Pass::Eval).unwrap();
+                let got = cuda
+                    .forward_pass(&x.to_device(&gpu).unwrap(), Pass::Eval)
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap();
+                let finite = got
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .all(|v| v.is_finite());
+                let err = rel_err(&got, &want);
+                eprintln!("cuda {kind:?} rows {rows}: finite {finite}, rel err {err:e}");
+                assert!(finite && err < 2e-2, "{kind:?} rows {rows}: {err}");
+            }
+        }
+    }
+}

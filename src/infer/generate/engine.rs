@@ -147,6 +147,16 @@ impl GenEngine {
     }
 
     /// As `generate`, with `adapter` (a LoRA adapter of this engine's model, on its
+    /// device) added to the model for this request.
+    pub async fn generate_with_adapter(
+        &self,
+        request: GenerationRequest,
+        adapter: Arc<ServedAdapter>,
+    ) -> Result<GenerationStream, InferError> {
+        self.generate_keeping(request, Some(adapter), None).await
+    }
+
+    /// As `generate`, with `adapter` (a LoRA adapter of this engine's model, on its
     /// device) added to the model for this request; the stream also holds `keep_alive`
     /// (the loaded model) until dropped.
     pub(crate) async fn generate_keeping(

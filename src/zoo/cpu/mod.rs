@@ -1,5 +1,5 @@
 //! CPU f32 kernels that replace chains of candle ops in the training step: a linear layer,
-//! a LoRA layer over a frozen base,
+//! a LoRA layer over a frozen base, many served adapters' updates in one batch,
 //! attention over a packed batch, dropout, and an embedding lookup with a row-sparse
 //! gradient, each one op with an analytic backward, on
 //! the rayon pool the matmuls already use. Callers check
@@ -14,4 +14,5 @@ pub(crate) mod lanes;
 pub mod linear_op;
 pub mod lora_linear;
 pub(crate) mod reduce;
+pub mod segmented_lora;
 pub mod varlen_attention;

@@ -118,6 +118,13 @@ impl ServedAdapter {
         self.bytes
     }
 
+    /// `(Aᵀ [in, r], (s·B)ᵀ [r, out])` of projection `module` of `layer`; `None` when the
+    /// adapter does not target it.
+    pub(crate) fn factors(&self, layer: usize, module: usize) -> Option<(&Tensor, &Tensor)> {
+        let low_rank = self.layers.get(layer)?[module].as_ref()?;
+        Some((&low_rank.down_t, &low_rank.up_t))
+    }
+
     /// `x · Aᵀ · (s·B)ᵀ` for projection `module` of `layer`; `None` when the adapter does
     /// not target it.
     pub(crate) fn delta(

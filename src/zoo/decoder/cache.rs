@@ -8,6 +8,8 @@ use candle_core::Tensor;
 use super::adapter::ServedAdapter;
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
+use crate::zoo::cpu::segmented_lora::{add_segmented_lora, RowRun};
+use crate::zoo::fused::uses_fused_kernels;
 use crate::zoo::linear::Pass;
 use crate::zoo::ZooError;
 
@@ -108,6 +110,24 @@ fn add_adapter_updates(
 ) -> Result<Tensor, ZooError> {
     if runs.iter().all(|run| run.adapter.is_none()) {
         return Ok(base_out);
+    }
+    if uses_fused_kernels(&base_out) && uses_fused_kernels(input) {
+        let cpu_runs: Vec<RowRun<'_>> = runs
+            .iter()
+            .filter_map(|run| {
+                let (down_t, up_t) = run.adapter?.factors(layer, module)?;
+                Some(RowRun {
+                    start: run.start,
+                    len: run.len,
+                    down_t,
+                    up_t,
+                })
+            })
+            .collect();
+        if cpu_runs.is_empty() {
+            return Ok(base_out);
+        }
+        return Ok(add_segmented_lora(&base_out, input, &cpu_runs)?);
     }
     let mut pieces = Vec::with_capacity(runs.len());
     for run in runs {

@@ -247,3 +247,71 @@ fn rslora_scales_by_the_square_root_of_the_rank() {
         "{finite:?}"
     );
 }
+
+#[test]
+fn the_cpu_kernel_adds_the_same_updates_as_the_composed_ops_a_gpu_runs() {
+    let dir = tiny(DecoderArch::Qwen2);
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| encode(dir.path(), PROMPTS[i % 2])).collect();
+    let run = || {
+        let base = load(dir.path(), &full_spec(), 0);
+        let adapters: Vec<ServedAdapter> = (0..2)
+            .map(|k| served(&base, &tuned_model(dir.path(), k)))
+            .collect();
+        let rows = [
+            Some(&adapters[0]),
+            None,
+            Some(&adapters[1]),
+            Some(&adapters[0]),
+        ];
+        batched_logits(&base, &prompts, &rows, 3)
+    };
+    let fused = run();
+    let composed = crate::zoo::fused::with_generic_ops(run);
+    for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+        // The whole forward changes path (attention, norms, every linear), so the rows
+        // differ by that path's rounding, as in `generic_path_tests`.
+        assert_eq!(tokens(f), tokens(c), "row {i}");
+        let diff = worst_diff(f, c);
+        assert!(diff < 1e-4, "row {i}: {diff}");
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_mixed_adapter_batch_on_cuda_equals_the_cpu() {
+        let gpu = Device::new_cuda(0).unwrap();
+        let dir = tiny(DecoderArch::Llama);
+        let prompts: Vec<Vec<u32>> = (0..4).map(|i| encode(dir.path(), PROMPTS[i % 2])).collect();
+        let run = |device: &Device| {
+            let base = CausalLm::from_pretrained(dir.path(), &full_spec(), device, 0).unwrap();
+            let scaling = LoraScaling {
+                alpha: 16.0,
+                rslora: false,
+            };
+            let adapters: Vec<ServedAdapter> = (0..2)
+                .map(|k| {
+                    let tensors = adapter_tensors(&tuned_model(dir.path(), k));
+                    ServedAdapter::from_peft(base.config(), &tensors, scaling, device).unwrap()
+                })
+                .collect();
+            let rows = [
+                Some(&adapters[0]),
+                None,
+                Some(&adapters[1]),
+                Some(&adapters[0]),
+            ];
+            batched_logits(&base, &prompts, &rows, 3)
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
+        for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
+            assert_eq!(tokens(c), tokens(g), "row {i}");
+            let diff = worst_diff(c, g);
+            eprintln!("cuda mixed adapters row {i}: max |Δ logit| {diff:e}");
+            assert!(diff < 1e-3, "row {i}: {diff}");
+        }
+    }
+}
