@@ -75,7 +75,25 @@ impl QuantizedWeight {
     pub fn dims(&self) -> Result<(usize, usize), ZooError> {
         Ok(self.qtensor.shape().dims2()?)
     }
+
+    /// `x [rows, in] · Wᵀ`. On a GPU only batches of up to [`GPU_QUANTIZED_ROWS`] rows go
+    /// through candle's quantized kernels: for larger ones candle quantizes the activations
+    /// to q8_1 first, and on an H200 that gave non-finite outputs for q4_0 from 9 rows on
+    /// and a NaN QLoRA loss for q8_0 (`linear_quant_tests::on_cuda`); those batches multiply
+    /// by the weight dequantized for the call instead.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        let rows = x.dims().first().copied().unwrap_or(0);
+        if x.device().is_cpu() || rows <= GPU_QUANTIZED_ROWS {
+            return Ok(self.matmul.forward(x)?);
+        }
+        let weight = self.dequantize()?.to_dtype(x.dtype())?;
+        Ok(x.matmul(&weight.t()?)?)
+    }
 }
+
+/// The most rows a GPU batch multiplies by candle's quantized kernels (its matrix-vector
+/// kernels, which take the activations as they are); see [`QuantizedWeight::forward`].
+pub const GPU_QUANTIZED_ROWS: usize = 8;
 
 /// Where the base weight lives.
 #[derive(Debug, Clone)]
@@ -395,7 +413,7 @@ impl TrainLinear {
         }
         let mut out = match &self.base {
             LinearBase::Dense(weight) => x2.matmul(&weight.tensor().detach().t()?)?,
-            LinearBase::Quantized(q) => q.matmul.forward(&x2.contiguous()?)?,
+            LinearBase::Quantized(q) => q.forward(&x2.contiguous()?)?,
         };
         if let Some(b) = &self.bias {
             out = out.broadcast_add(&b.tensor().detach())?;
@@ -407,7 +425,7 @@ impl TrainLinear {
     /// input gradient attached by [`FrozenLinearGrad`]; the bias is added afterwards so a
     /// trainable bias still gets its gradient.
     fn quantized_forward(&self, q: &QuantizedWeight, x2: &Tensor) -> Result<Tensor, ZooError> {
-        let mut out = q.matmul.forward(&x2.detach().contiguous()?)?;
+        let mut out = q.forward(&x2.detach().contiguous()?)?;
         if x2.track_op() {
             let weight = GradWeight::Quantized(q.qtensor.clone());
             out = x2.apply_op1(FrozenLinearGrad::new(out, weight))?;
