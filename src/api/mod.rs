@@ -16,6 +16,7 @@
 //! route layer on `/v1` so unknown paths still get the 404 envelope. `/health` and
 //! `/openapi.yaml` (the committed contract, embedded at build time) need no key.
 
+mod adapters;
 mod chat;
 mod classify;
 mod completions;
@@ -112,6 +113,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
+    all.extend(adapters::ROUTES.iter().cloned());
     all.extend(classify::ROUTES.iter().cloned());
     all.extend(question_answering::ROUTES.iter().cloned());
     all.extend(token_classification::ROUTES.iter().cloned());
@@ -132,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         )))
         .merge(jobs::router())
         .merge(models::router())
+        .merge(adapters::router())
         .merge(classify::router())
         .merge(question_answering::router())
         .merge(token_classification::router())

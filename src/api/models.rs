@@ -32,11 +32,15 @@ pub struct ModelObject {
     pub object: String,
     pub created: i64,
     pub owned_by: String,
+    /// The base model a registered adapter (`/v1/adapters`) is served over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl From<ModelRow> for ModelObject {
     fn from(row: ModelRow) -> Self {
         ModelObject {
+            parent: row.base_model.filter(|_| row.registered_adapter),
             id: row.id,
             object: "model".to_string(),
             created: row.created_at,
@@ -58,6 +62,7 @@ fn base_model_object(model: &BaseModel) -> ModelObject {
         object: "model".to_string(),
         created,
         owned_by: owner,
+        parent: None,
     }
 }
 

@@ -93,6 +93,18 @@ impl ModelCatalog for StoreCatalog {
             };
             let dir = self.blobs.path(&row.artifact_dir);
             let adapter_of = match (kind, row.base_model.as_deref()) {
+                (ServedKind::CausalLm, Some(base)) if row.registered_adapter => {
+                    // Registered adapters were checked against the base when registered;
+                    // one whose base left the models dir is no model.
+                    let Some(base) = self.base_decoder(base).await? else {
+                        return Ok(None);
+                    };
+                    Some(AdapterBase {
+                        name: base.name,
+                        dir: base.dir,
+                        slot: 0,
+                    })
+                }
                 (ServedKind::CausalLm, Some(base)) => self.adapter_base(&dir, base).await?,
                 _ => None,
             };
@@ -142,6 +154,7 @@ mod tests {
                 artifact_dir: format!("models/{id}"),
                 step: None,
                 is_checkpoint: false,
+                registered_adapter: false,
             };
             catalog.store.insert_model(&row).await.unwrap();
         }
@@ -246,6 +259,7 @@ mod tests {
                     .into_owned(),
                 step: Some(1),
                 is_checkpoint: false,
+                registered_adapter: false,
             };
             catalog.store.insert_model(&row).await.unwrap();
         }
@@ -267,5 +281,37 @@ mod tests {
         ] {
             assert_eq!(adapter_of(catalog.resolve(id).await.unwrap()), None, "{id}");
         }
+    }
+
+    #[tokio::test]
+    async fn registered_adapters_are_served_over_their_base_while_it_exists() {
+        let (tmp, catalog) = catalog().await;
+        let models = tmp.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::zoo::gguf::tests::write_tiny_gguf(
+            &models.join("tiny-chat.gguf"),
+            crate::zoo::gguf::tests::LLAMA,
+        );
+        for (id, base) in [("acme/bot", "tiny-chat"), ("acme/orphan", "gone/base")] {
+            let row = ModelRow {
+                id: id.into(),
+                created_at: 0,
+                owned_by: "user".into(),
+                job_id: None,
+                base_model: Some(base.into()),
+                kind: ServedKind::CausalLm.as_str().into(),
+                artifact_dir: format!("adapters/{}", id.replace('/', "-")),
+                step: None,
+                is_checkpoint: false,
+                registered_adapter: true,
+            };
+            catalog.store.insert_model(&row).await.unwrap();
+        }
+        let served = catalog.resolve("acme/bot").await.unwrap().unwrap();
+        assert_eq!(served.dir, tmp.path().join("data/adapters/acme-bot"));
+        let base = served.adapter_of.unwrap();
+        assert_eq!(base.name, "tiny-chat");
+        assert!(base.dir.join("config.json").exists());
+        assert_eq!(catalog.resolve("acme/orphan").await.unwrap(), None);
     }
 }

@@ -267,6 +267,7 @@ pub fn model_row(
         artifact_dir,
         step: Some(step),
         is_checkpoint,
+        registered_adapter: false,
     }
 }
 

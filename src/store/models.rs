@@ -21,13 +21,17 @@ pub struct ModelRow {
     /// Training step of the weights.
     pub step: Option<i64>,
     pub is_checkpoint: bool,
+    /// A LoRA adapter registered through `POST /v1/adapters` (a PEFT directory in
+    /// `artifact_dir`, served over `base_model`), not produced by a job.
+    pub registered_adapter: bool,
 }
 
-const MODEL_COLUMNS: &str =
-    "id, created_at, owned_by, job_id, base_model, kind, artifact_dir, step, is_checkpoint";
+const MODEL_COLUMNS: &str = "id, created_at, owned_by, job_id, base_model, kind, artifact_dir, \
+     step, is_checkpoint, registered_adapter";
 
 pub(super) const INSERT_MODEL: &str = "INSERT INTO models (id, created_at, owned_by, job_id, \
-     base_model, kind, artifact_dir, step, is_checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     base_model, kind, artifact_dir, step, is_checkpoint, registered_adapter) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Binds a model to `INSERT_MODEL` (shared with the checkpoint transaction).
 pub(super) fn bind_model<'q>(
@@ -44,6 +48,7 @@ pub(super) fn bind_model<'q>(
         .bind(&model.artifact_dir)
         .bind(model.step)
         .bind(model.is_checkpoint)
+        .bind(model.registered_adapter)
 }
 
 impl Store {

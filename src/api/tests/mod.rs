@@ -17,6 +17,7 @@ use crate::infer::{
 };
 use crate::store::ModelRow;
 
+mod adapters;
 mod disk;
 mod generation;
 mod hardening;
@@ -381,6 +382,7 @@ fn model_row(id: &str) -> ModelRow {
         artifact_dir: "jobs/x/checkpoints/step-3".into(),
         step: Some(3),
         is_checkpoint: false,
+        registered_adapter: false,
     }
 }
 

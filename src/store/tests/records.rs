@@ -29,6 +29,7 @@ fn model(id: &str, job_id: Option<&str>, step: Option<i64>) -> ModelRow {
         artifact_dir: "jobs/x/checkpoints/step-1".to_string(),
         step,
         is_checkpoint: step.is_some(),
+        registered_adapter: false,
     }
 }
 
