@@ -135,6 +135,38 @@ mod tests {
         (tmp, catalog)
     }
 
+    /// A models dir under `root` holding the tiny GGUF decoder `tiny-chat`.
+    fn with_tiny_chat(root: &Path) -> PathBuf {
+        let models = root.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::zoo::gguf::tests::write_tiny_gguf(
+            &models.join("tiny-chat.gguf"),
+            crate::zoo::gguf::tests::LLAMA,
+        );
+        models
+    }
+
+    /// A `causal_lm` model row over `base`, its weights in `artifact_dir`.
+    fn causal_row(
+        id: &str,
+        base: Option<&str>,
+        artifact_dir: String,
+        registered: bool,
+    ) -> ModelRow {
+        ModelRow {
+            id: id.into(),
+            created_at: 0,
+            owned_by: "temper".into(),
+            job_id: None,
+            base_model: base.map(str::to_string),
+            kind: ServedKind::CausalLm.as_str().into(),
+            artifact_dir,
+            step: None,
+            is_checkpoint: false,
+            registered_adapter: registered,
+        }
+    }
+
     #[tokio::test]
     async fn model_rows_map_to_their_engine_and_unknown_kinds_are_not_served() {
         let (_tmp, catalog) = catalog().await;
@@ -178,12 +210,7 @@ mod tests {
     #[tokio::test]
     async fn base_decoders_are_served_from_the_models_dir_and_encoders_are_not() {
         let (tmp, catalog) = catalog().await;
-        let models = tmp.path().join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        crate::zoo::gguf::tests::write_tiny_gguf(
-            &models.join("tiny-chat.gguf"),
-            crate::zoo::gguf::tests::LLAMA,
-        );
+        let models = with_tiny_chat(tmp.path());
         crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
 
         let served = catalog.resolve("tiny-chat").await.unwrap().unwrap();
@@ -200,12 +227,7 @@ mod tests {
         use crate::train::checkpoint::LmSpec;
         use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
         let (tmp, catalog) = catalog().await;
-        let models = tmp.path().join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        crate::zoo::gguf::tests::write_tiny_gguf(
-            &models.join("tiny-chat.gguf"),
-            crate::zoo::gguf::tests::LLAMA,
-        );
+        with_tiny_chat(tmp.path());
         let base = catalog.resolve("tiny-chat").await.unwrap().unwrap().dir;
         let tensors = adapter_tensors(&tuned_model(&base, 0));
         let data = tmp.path().join("data");
@@ -245,22 +267,12 @@ mod tests {
             ("ft:other-base", &lora, Some("nobody/nothing")),
         ];
         for (id, dir, base_model) in rows {
-            let row = ModelRow {
-                id: id.into(),
-                created_at: 0,
-                owned_by: "temper".into(),
-                job_id: None,
-                base_model: base_model.map(str::to_string),
-                kind: ServedKind::CausalLm.as_str().into(),
-                artifact_dir: dir
-                    .strip_prefix(&data)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned(),
-                step: Some(1),
-                is_checkpoint: false,
-                registered_adapter: false,
-            };
+            let artifact_dir = dir
+                .strip_prefix(&data)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let row = causal_row(id, base_model, artifact_dir, false);
             catalog.store.insert_model(&row).await.unwrap();
         }
         let adapter_of = |m: Option<ServableModel>| m.unwrap().adapter_of;
@@ -286,25 +298,10 @@ mod tests {
     #[tokio::test]
     async fn registered_adapters_are_served_over_their_base_while_it_exists() {
         let (tmp, catalog) = catalog().await;
-        let models = tmp.path().join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        crate::zoo::gguf::tests::write_tiny_gguf(
-            &models.join("tiny-chat.gguf"),
-            crate::zoo::gguf::tests::LLAMA,
-        );
+        with_tiny_chat(tmp.path());
         for (id, base) in [("acme/bot", "tiny-chat"), ("acme/orphan", "gone/base")] {
-            let row = ModelRow {
-                id: id.into(),
-                created_at: 0,
-                owned_by: "user".into(),
-                job_id: None,
-                base_model: Some(base.into()),
-                kind: ServedKind::CausalLm.as_str().into(),
-                artifact_dir: format!("adapters/{}", id.replace('/', "-")),
-                step: None,
-                is_checkpoint: false,
-                registered_adapter: true,
-            };
+            let artifact_dir = format!("adapters/{}", id.replace('/', "-"));
+            let row = causal_row(id, Some(base), artifact_dir, true);
             catalog.store.insert_model(&row).await.unwrap();
         }
         let served = catalog.resolve("acme/bot").await.unwrap().unwrap();

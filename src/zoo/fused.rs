@@ -58,6 +58,20 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// The f32 values of a contiguous CPU tensor, for as long as `f` runs; `op` names the
+/// caller in the error for a tensor elsewhere.
+pub(crate) fn with_cpu_values<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
+        _ => candle_core::bail!("{op}: a tensor is not on the cpu"),
+    }
+}
+
 thread_local! {
     /// Set while [`with_generic_ops`] runs its closure on this thread.
     static GENERIC_OPS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

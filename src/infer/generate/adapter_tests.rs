@@ -7,67 +7,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
-use serde_json::Value;
 
 use super::causal::{CausalLmBackend, CausalLmParts};
+use super::causal_tests::Gated;
 use super::fake::Gate;
 use super::{
     GenEngine, GenEngineConfig, Generation, GenerationParams, GenerationRequest, GenerationStream,
-    LmBackend, Prompt, StepChunk,
+    Prompt,
 };
-use crate::infer::InferError;
 use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
 use crate::zoo::decoder::{CausalLm, DecoderArch, LoraScaling, ServedAdapter};
-
-/// Holds every step until the gate opens and records which adapters each step carried
-/// (by address; 0 for the base).
-struct Recording {
-    inner: CausalLmBackend,
-    gate: Arc<Gate>,
-    steps: Arc<Mutex<Vec<Vec<usize>>>>,
-}
-
-impl LmBackend for Recording {
-    type Cache = <CausalLmBackend as LmBackend>::Cache;
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
-        self.inner.encode(text)
-    }
-    fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
-        self.inner.decode(ids)
-    }
-    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
-        self.inner.render_chat(messages, tools)
-    }
-    fn stop_token_ids(&self) -> &[u32] {
-        self.inner.stop_token_ids()
-    }
-    fn new_cache(&self, max_tokens: usize) -> Self::Cache {
-        self.inner.new_cache(max_tokens)
-    }
-    fn kv_cache_bytes(&self, tokens: usize) -> usize {
-        self.inner.kv_cache_bytes(tokens)
-    }
-    fn step(
-        &mut self,
-        chunks: &mut [StepChunk<'_, Self::Cache>],
-    ) -> Result<Vec<Vec<f32>>, InferError> {
-        self.gate.wait();
-        let adapters = chunks
-            .iter()
-            .map(|c| c.adapter.map_or(0, |a| a as *const ServedAdapter as usize))
-            .collect();
-        if let Ok(mut steps) = self.steps.lock() {
-            steps.push(adapters);
-        }
-        self.inner.step(chunks)
-    }
-    fn context_len(&self) -> usize {
-        self.inner.context_len()
-    }
-    fn parameter_bytes(&self) -> usize {
-        self.inner.parameter_bytes()
-    }
-}
 
 /// The backend of `model` with the tokenizer and template of the tiny model in `dir`.
 fn backend(dir: &Path, model: CausalLm) -> CausalLmBackend {
@@ -156,7 +105,7 @@ async fn requests_for_different_adapters_share_steps_and_each_get_their_models_a
 
     let gate = Arc::new(Gate::default());
     let steps = Arc::new(Mutex::new(Vec::new()));
-    let recording = Recording {
+    let recording = Gated {
         inner: backend(&dir, base()),
         gate: gate.clone(),
         steps: steps.clone(),

@@ -96,10 +96,12 @@ async fn cached_batched_greedy_equals_full_forwards() {
 }
 
 /// Holds every step until the gate opens, so a test can queue a second request while
-/// the first one's prefill is in flight.
-struct Gated {
-    inner: CausalLmBackend,
-    gate: Arc<Gate>,
+/// the first one's prefill is in flight; records which adapters each step carried (by
+/// address, 0 for the base).
+pub(super) struct Gated {
+    pub(super) inner: CausalLmBackend,
+    pub(super) gate: Arc<Gate>,
+    pub(super) steps: Arc<std::sync::Mutex<Vec<Vec<usize>>>>,
 }
 
 impl LmBackend for Gated {
@@ -127,6 +129,13 @@ impl LmBackend for Gated {
         chunks: &mut [StepChunk<'_, Self::Cache>],
     ) -> Result<Vec<Vec<f32>>, InferError> {
         self.gate.wait();
+        let adapters = chunks
+            .iter()
+            .map(|c| c.adapter.map_or(0, |a| std::ptr::from_ref(a) as usize))
+            .collect();
+        if let Ok(mut steps) = self.steps.lock() {
+            steps.push(adapters);
+        }
         self.inner.step(chunks)
     }
     fn context_len(&self) -> usize {
@@ -174,6 +183,7 @@ async fn two_requests_in_one_batch_equal_each_alone() {
     let gated = Gated {
         inner: CausalLmBackend::load_dir(&dir, &Device::Cpu).expect("load"),
         gate: gate.clone(),
+        steps: Arc::default(),
     };
     let engine = GenEngine::spawn("gated", gated, GenEngineConfig::default()).expect("spawn");
     let first = engine.generate(text_request()).await.expect("first");

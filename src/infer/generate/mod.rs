@@ -31,7 +31,7 @@ mod adapter_tests;
 #[cfg(test)]
 mod budget_tests;
 #[cfg(test)]
-mod causal_tests;
+pub(super) mod causal_tests;
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]

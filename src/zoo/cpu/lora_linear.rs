@@ -14,10 +14,10 @@
 //! Only for a frozen f32 base without LoRA dropout (the layer picks it; dropout and
 //! quantized bases keep the composed ops).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::gemm::{matmul, Threads, View, ViewMut};
-use crate::zoo::fused::contiguous_f32;
+use crate::zoo::fused::{contiguous_f32, with_cpu_values};
 
 /// `x [rows, in] · weightᵀ (+ bias) + scale · (x · aᵀ) · bᵀ` → `[rows, out]`, with
 /// `weight [out, in]` and `bias [out]` frozen, `a [r, in]` and `b [out, r]` the adapter.
@@ -55,11 +55,7 @@ fn with_values<R>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
-        _ => candle_core::bail!("lora-linear: the base is not on the cpu"),
-    }
+    with_cpu_values(t, "lora-linear", f)
 }
 
 /// `(rows, in, out, rank)`, checked across the operands.

@@ -6,11 +6,11 @@
 //! model's tokens/s. Here a run is two small products on the gemm kernels, the runs
 //! spread over the rayon pool (each writes only its own rows).
 
-use candle_core::{Storage, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Threads, View, ViewMut};
-use crate::zoo::fused::contiguous_f32;
+use crate::zoo::fused::with_cpu_values;
 
 /// Rows `start..start + len` of a batch and their adapter's factors: `down_t` `Aᵀ`
 /// `[in, r]`, `up_t` `(s·B)ᵀ` `[r, out]`, both contiguous CPU f32.
@@ -26,11 +26,7 @@ fn with_values<R>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout)?),
-        _ => candle_core::bail!("segmented lora: a tensor is not on the cpu"),
-    }
+    with_cpu_values(t, "segmented lora", f)
 }
 
 /// `base_out [N, out]` with each run's update added to its rows of `x [N, in]`'s products;

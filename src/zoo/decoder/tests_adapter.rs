@@ -267,12 +267,19 @@ fn the_cpu_kernel_adds_the_same_updates_as_the_composed_ops_a_gpu_runs() {
     };
     let fused = run();
     let composed = crate::zoo::fused::with_generic_ops(run);
-    for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
-        // The whole forward changes path (attention, norms, every linear), so the rows
-        // differ by that path's rounding, as in `generic_path_tests`.
-        assert_eq!(tokens(f), tokens(c), "row {i}");
-        let diff = worst_diff(f, c);
-        assert!(diff < 1e-4, "row {i}: {diff}");
+    // The whole forward changes path (attention, norms, every linear), so the rows differ
+    // by that path's rounding, as in `generic_path_tests`.
+    assert_rows_agree("composed", &fused, &composed, 1e-4);
+}
+
+/// Every row of `b` picks the tokens of `a`'s and its logits stay within `tolerance`.
+fn assert_rows_agree(what: &str, a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>], tolerance: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(tokens(x), tokens(y), "{what} row {i}");
+        let diff = worst_diff(x, y);
+        eprintln!("{what} row {i}: max |Δ logit| {diff:e}");
+        assert!(diff < tolerance, "{what} row {i}: {diff}");
     }
 }
 
@@ -307,11 +314,6 @@ mod on_cuda {
             batched_logits(&base, &prompts, &rows, 3)
         };
         let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
-        for (i, (c, g)) in cpu.iter().zip(&cuda).enumerate() {
-            assert_eq!(tokens(c), tokens(g), "row {i}");
-            let diff = worst_diff(c, g);
-            eprintln!("cuda mixed adapters row {i}: max |Δ logit| {diff:e}");
-            assert!(diff < 1e-3, "row {i}: {diff}");
-        }
+        assert_rows_agree("cuda mixed adapters", &cpu, &cuda, 1e-3);
     }
 }
