@@ -187,15 +187,16 @@ fn compare_decoder_steps(
     label: &str,
     other: impl Fn(&std::path::Path, &DecoderSpec) -> StepOutcome,
     tol: f32,
+    with_qlora: bool,
 ) {
     for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_decoder(dir.path(), arch, 7).unwrap();
-        for (what, lora, quantize) in [
-            ("lora", lora(4), None),
-            ("full", None, None),
-            ("qlora q8_0", lora(4), Some(QuantKind::Q8_0)),
-        ] {
+        let mut specs = vec![("lora", lora(4), None), ("full", None, None)];
+        if with_qlora {
+            specs.push(("qlora q8_0", lora(4), Some(QuantKind::Q8_0)));
+        }
+        for (what, lora, quantize) in specs {
             let spec = DecoderSpec { lora, quantize };
             let fused = decoder_step(dir.path(), &spec, &Device::Cpu);
             let theirs = other(dir.path(), &spec);
@@ -228,7 +229,7 @@ fn a_decoder_step_on_the_generic_path_equals_the_fused_one() {
     let generic = |dir: &std::path::Path, spec: &DecoderSpec| {
         with_generic_ops(|| decoder_step(dir, spec, &Device::Cpu))
     };
-    compare_decoder_steps("generic", generic, 1e-4);
+    compare_decoder_steps("generic", generic, 1e-4, true);
 }
 
 #[test]
@@ -345,7 +346,50 @@ mod on_cuda {
     #[ignore = "needs an NVIDIA GPU"]
     fn a_decoder_step_on_cuda_equals_the_fused_cpu_step() {
         let cuda = |dir: &std::path::Path, spec: &DecoderSpec| decoder_step(dir, spec, &gpu());
-        compare_decoder_steps("cuda", cuda, 1e-3);
+        // QLoRA apart (below): a GPU multiplies by the dequantized weight, the CPU quantizes
+        // the activations too.
+        compare_decoder_steps("cuda", cuda, 1e-3, false);
+    }
+
+    /// Rewrites the layers' projections of the model in `dir` as `kind` would store them
+    /// (quantized, then dequantized): a LoRA model over these weights is what QLoRA computes
+    /// when it multiplies by the dequantized base.
+    fn round_projections_through(dir: &std::path::Path, kind: QuantKind) {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let file = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let dtype = match kind {
+            QuantKind::Q8_0 => GgmlDType::Q8_0,
+            QuantKind::Q4_0 => GgmlDType::Q4_0,
+        };
+        for (name, tensor) in tensors.iter_mut() {
+            if name.contains(".layers.") && name.ends_with("_proj.weight") {
+                let q = QTensor::quantize(tensor, dtype).unwrap();
+                *tensor = q.dequantize(&Device::Cpu).unwrap();
+            }
+        }
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn a_qlora_step_on_cuda_equals_lora_over_the_dequantized_base() {
+        for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+            let dir = tempfile::tempdir().unwrap();
+            write_tiny_decoder(dir.path(), arch, 7).unwrap();
+            round_projections_through(dir.path(), QuantKind::Q8_0);
+            let lora_spec = DecoderSpec {
+                lora: lora(4),
+                quantize: None,
+            };
+            let qlora_spec = DecoderSpec {
+                lora: lora(4),
+                quantize: Some(QuantKind::Q8_0),
+            };
+            let cpu = decoder_step(dir.path(), &lora_spec, &Device::Cpu);
+            let cuda = decoder_step(dir.path(), &qlora_spec, &gpu());
+            assert_same_step(&format!("cuda {arch:?} qlora q8_0"), &cpu, &cuda, 1e-3);
+        }
     }
 
     #[test]
