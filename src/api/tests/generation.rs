@@ -9,9 +9,10 @@ use futures::future::BoxFuture;
 
 use super::*;
 use crate::app::InferenceService;
-use crate::infer::generate::fake::{FakeLm, FakeStats, GREEDY_TEXT, GREEDY_TOKENS};
+use crate::infer::generate::fake::{FakeLm, FakePrompts, FakeStats, GREEDY_TEXT, GREEDY_TOKENS};
+use crate::infer::generate::PromptEncoder;
 use crate::infer::{
-    GenEngine, GenEngineConfig, InferenceHandle, LmBackend, LoadedModel, ModelCatalog, ModelLoader,
+    GenEngine, GenEngineConfig, InferenceHandle, LoadedModel, ModelCatalog, ModelLoader,
     ServableModel, ServedKind,
 };
 
@@ -80,11 +81,10 @@ fn user_hi() -> Value {
 
 /// Tokens of the fake's rendering of `user_hi()`.
 fn chat_prompt_tokens() -> usize {
-    let fake = FakeLm::default();
-    let text = fake
+    let text = FakePrompts
         .render_chat(&[json!({"role": "user", "content": "hi"})], None)
         .expect("render");
-    fake.encode(&text).expect("encode").len()
+    FakePrompts.encode(&text).expect("encode").len()
 }
 
 /// The `data:` payloads of an SSE body, in order.

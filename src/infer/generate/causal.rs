@@ -4,11 +4,12 @@
 //! `forward_cached` together.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Device;
 use serde_json::Value;
 
-use super::{LmBackend, StepChunk};
+use super::{LmBackend, PromptEncoder, StepChunk};
 use crate::infer::InferError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec, KvCache, SeqChunk};
@@ -28,10 +29,39 @@ pub struct CausalLmParts {
 
 pub struct CausalLmBackend {
     model: CausalLm,
-    tokenizer: tokenizers::Tokenizer,
-    template: Option<ChatTemplate>,
+    prompts: Arc<CausalPrompts>,
     stop_ids: Vec<u32>,
     context_len: usize,
+}
+
+/// The tokenizer and chat template, shared by the engine (detokenizing) and its callers
+/// (rendering and tokenizing prompts).
+struct CausalPrompts {
+    tokenizer: tokenizers::Tokenizer,
+    template: Option<ChatTemplate>,
+}
+
+impl PromptEncoder for CausalPrompts {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| InferError::engine(format!("tokenizing: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            InferError::invalid(
+                "messages",
+                "This model has no chat template; use /v1/completions with a raw prompt.",
+            )
+        })?;
+        // A template refusing the conversation (roles out of order…) is the caller's to fix.
+        template
+            .render(messages, tools, true)
+            .map_err(|e| InferError::invalid("messages", e.to_string()))
+    }
 }
 
 impl CausalLmBackend {
@@ -53,8 +83,10 @@ impl CausalLmBackend {
             .max(2);
         Ok(Self {
             model,
-            tokenizer,
-            template,
+            prompts: Arc::new(CausalPrompts {
+                tokenizer,
+                template,
+            }),
             stop_ids: eos_token_ids,
             context_len,
         })
@@ -100,31 +132,15 @@ impl CausalLmBackend {
 impl LmBackend for CausalLmBackend {
     type Cache = KvCache;
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| InferError::engine(format!("tokenizing: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+    fn prompt_encoder(&self) -> Arc<dyn PromptEncoder> {
+        self.prompts.clone()
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
-        self.tokenizer
+        self.prompts
+            .tokenizer
             .decode(ids, true)
             .map_err(|e| InferError::engine(format!("detokenizing: {e}")))
-    }
-
-    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
-        let template = self.template.as_ref().ok_or_else(|| {
-            InferError::invalid(
-                "messages",
-                "This model has no chat template; use /v1/completions with a raw prompt.",
-            )
-        })?;
-        // A template refusing the conversation (roles out of order…) is the caller's to fix.
-        template
-            .render(messages, tools, true)
-            .map_err(|e| InferError::invalid("messages", e.to_string()))
     }
 
     fn stop_token_ids(&self) -> &[u32] {

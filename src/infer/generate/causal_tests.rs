@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, IndexOp};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::causal::CausalLmBackend;
 use super::fake::Gate;
 use super::sampling::argmax;
 use super::{
     FinishReason, GenEngine, GenEngineConfig, GenerationParams, GenerationRequest,
-    GenerationStream, LmBackend, Prompt, StepChunk,
+    GenerationStream, LmBackend, Prompt, PromptEncoder, StepChunk,
 };
 use crate::infer::InferError;
 use crate::zoo::collate;
@@ -73,7 +73,7 @@ async fn cached_batched_greedy_equals_full_forwards() {
         let dir = write_model(root.path(), arch);
         let backend = CausalLmBackend::load_dir(&dir, &Device::Cpu).expect("load");
         let prompt = "the cat sat on the mat";
-        let prompt_ids = backend.encode(prompt).expect("encode");
+        let prompt_ids = backend.prompt_encoder().encode(prompt).expect("encode");
         let (expected, reason) = reference(&dir, &backend, &prompt_ids);
         // A random model that stopped at once would make this comparison vacuous.
         assert!(expected.chars().count() >= 3, "{arch:?}: {expected:?}");
@@ -106,14 +106,11 @@ pub(super) struct Gated {
 
 impl LmBackend for Gated {
     type Cache = <CausalLmBackend as LmBackend>::Cache;
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
-        self.inner.encode(text)
+    fn prompt_encoder(&self) -> Arc<dyn PromptEncoder> {
+        self.inner.prompt_encoder()
     }
     fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
         self.inner.decode(ids)
-    }
-    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
-        self.inner.render_chat(messages, tools)
     }
     fn stop_token_ids(&self) -> &[u32] {
         self.inner.stop_token_ids()
@@ -203,6 +200,7 @@ fn chat_prompts_use_the_model_template_and_its_end_of_turn() {
     let dir = write_model(root.path(), DecoderArch::Llama);
     let backend = CausalLmBackend::load_dir(&dir, &Device::Cpu).expect("load");
     let text = backend
+        .prompt_encoder()
         .render_chat(&[json!({"role": "user", "content": "hi"})], None)
         .expect("render");
     assert_eq!(
@@ -210,7 +208,7 @@ fn chat_prompts_use_the_model_template_and_its_end_of_turn() {
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
          <|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     );
-    let ids = backend.encode(&text).expect("encode");
+    let ids = backend.prompt_encoder().encode(&text).expect("encode");
     // Special tokens in the rendered text stay single tokens.
     assert_eq!(ids[0], 1);
     assert_eq!(backend.stop_token_ids(), [2]);

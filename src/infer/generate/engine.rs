@@ -28,7 +28,7 @@ use tracing::Span;
 use super::admission::{default_kv_budget, Limits};
 use super::stream::{EngineMessage, KeepAlive};
 use super::worker::{GenerateCommand, Worker};
-use super::{GenerationRequest, GenerationStream, LmBackend};
+use super::{GenerationRequest, GenerationStream, LmBackend, PromptEncoder};
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
 use crate::zoo::decoder::{QuantKind, ServedAdapter};
@@ -66,6 +66,8 @@ pub struct GenEngine {
     commands: Option<mpsc::UnboundedSender<GenerateCommand>>,
     /// One permit per choice queued or running; none free → `Overloaded`.
     queue_permits: Arc<Semaphore>,
+    /// Renders and tokenizes prompts on the callers' side.
+    prompts: Arc<dyn PromptEncoder>,
     config: GenEngineConfig,
     context_len: usize,
     kv_budget_bytes: usize,
@@ -98,6 +100,7 @@ impl GenEngine {
         let (sender, receiver) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicUsize::new(0));
         let parameter_bytes = backend.parameter_bytes();
+        let prompts = backend.prompt_encoder();
         let limits = Limits {
             context_len,
             kv_budget_bytes,
@@ -111,6 +114,7 @@ impl GenEngine {
             name: name.to_string(),
             commands: Some(sender),
             queue_permits: Arc::new(Semaphore::new(config.max_queued_sequences)),
+            prompts,
             config,
             context_len,
             kv_budget_bytes,
@@ -167,13 +171,36 @@ impl GenEngine {
     ) -> Result<GenerationStream, InferError> {
         let n = request.params.n;
         let logprobs = request.params.logprobs.is_some();
-        let messages = self.submit(request, adapter)?;
+        // Rendering and tokenizing a long prompt takes milliseconds: on a blocking thread,
+        // not on the runtime and not on the engine thread that decodes the running batch.
+        let prompts = self.prompts.clone();
+        let span = Span::current();
+        let (request, prompt) = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let prompt = prompts.prompt_ids(&request.prompt);
+            (request, prompt)
+        })
+        .await
+        .map_err(|e| InferError::engine(format!("tokenizing the prompt panicked: {e}")))?;
+        let messages = self.enqueue(request, prompt?, adapter)?;
         GenerationStream::open(messages, n, logprobs, keep_alive).await
     }
 
+    /// Queues `request` with its prompt tokenized on this thread (tests).
+    #[cfg(test)]
     pub(super) fn submit(
         &self,
         request: GenerationRequest,
+        adapter: Option<Arc<ServedAdapter>>,
+    ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
+        let prompt = self.prompts.prompt_ids(&request.prompt)?;
+        self.enqueue(request, prompt, adapter)
+    }
+
+    fn enqueue(
+        &self,
+        request: GenerationRequest,
+        prompt: Vec<u32>,
         adapter: Option<Arc<ServedAdapter>>,
     ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
         let n = request.params.n;
@@ -188,6 +215,7 @@ impl GenEngine {
         let (messages, receiver) = mpsc::unbounded_channel();
         let command = GenerateCommand {
             request,
+            prompt,
             adapter,
             span: Span::current(),
             messages,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::Value;
 
-use super::{LmBackend, StepChunk};
+use super::{LmBackend, PromptEncoder, StepChunk};
 use crate::infer::InferError;
 
 pub(crate) const EOS: u32 = 0;
@@ -128,6 +128,8 @@ pub(crate) struct FakeLm {
     pub(crate) gate: Option<Arc<Gate>>,
     /// The `step` call (1-based) that fails, to test error handling.
     pub(crate) fail_at_step: Option<usize>,
+    /// Holds the tokenizing of every prompt containing `slow` until it opens.
+    pub(crate) prompt_gate: Option<Arc<Gate>>,
 }
 
 impl Default for FakeLm {
@@ -138,13 +140,15 @@ impl Default for FakeLm {
             stats: Arc::new(FakeStats::default()),
             gate: None,
             fail_at_step: None,
+            prompt_gate: None,
         }
     }
 }
 
-impl LmBackend for FakeLm {
-    type Cache = FakeCache;
+/// The fake's prompt side: `role: content` chat lines and its greedy byte vocabulary.
+pub(crate) struct FakePrompts;
 
+impl PromptEncoder for FakePrompts {
     fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
         let bytes = text.as_bytes();
         let mut ids = Vec::new();
@@ -167,15 +171,6 @@ impl LmBackend for FakeLm {
         Ok(ids)
     }
 
-    fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&id| token_bytes(id))
-            .copied()
-            .collect();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
     /// `role: content` lines, then `assistant:`.
     fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
         if tools.is_some() {
@@ -192,6 +187,44 @@ impl LmBackend for FakeLm {
         }
         text.push_str("assistant:");
         Ok(text)
+    }
+}
+
+/// [`FakePrompts`] whose tokenizing of a prompt containing `slow` waits for the gate.
+struct SlowPrompts {
+    gate: Arc<Gate>,
+}
+
+impl PromptEncoder for SlowPrompts {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError> {
+        if text.contains("slow") {
+            self.gate.wait();
+        }
+        FakePrompts.encode(text)
+    }
+
+    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError> {
+        FakePrompts.render_chat(messages, tools)
+    }
+}
+
+impl LmBackend for FakeLm {
+    type Cache = FakeCache;
+
+    fn prompt_encoder(&self) -> Arc<dyn PromptEncoder> {
+        match &self.prompt_gate {
+            Some(gate) => Arc::new(SlowPrompts { gate: gate.clone() }),
+            None => Arc::new(FakePrompts),
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, InferError> {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| token_bytes(id))
+            .copied()
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn stop_token_ids(&self) -> &[u32] {

@@ -79,7 +79,10 @@ async fn greedy_decoding_matches_the_transformers_fixture() {
         let backend = CausalLmBackend::load_dir(&dir, &Device::Cpu).expect("load");
         for case in &cases {
             assert_eq!(
-                backend.encode(&case.prompt).expect("encode"),
+                backend
+                    .prompt_encoder()
+                    .encode(&case.prompt)
+                    .expect("encode"),
                 case.prompt_ids
             );
         }

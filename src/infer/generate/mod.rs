@@ -41,6 +41,8 @@ mod real_tests;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::zoo::decoder::ServedAdapter;
@@ -52,19 +54,46 @@ pub(crate) use stream::KeepAlive;
 
 use super::InferError;
 
+/// Turns a request's prompt into token ids; runs on the caller's side of an engine (a
+/// blocking thread), so a long prompt's rendering and tokenization never stall the
+/// sequences the engine is decoding.
+pub trait PromptEncoder: Send + Sync + 'static {
+    /// Token ids of `text`, no special tokens added.
+    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError>;
+    /// The prompt for a conversation (the model's chat template, with the generation
+    /// prompt for the assistant's turn appended).
+    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError>;
+
+    /// The token ids of `prompt`: rendered through the template (chat) or as it is
+    /// (text); an empty result is the caller's 400.
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
+        let param = prompt.param();
+        let text = match prompt {
+            Prompt::Chat { messages, tools } => self.render_chat(messages, tools.as_ref())?,
+            Prompt::Text(text) => text.clone(),
+        };
+        let ids = self.encode(&text)?;
+        if ids.is_empty() {
+            return Err(InferError::invalid(
+                param,
+                format!("`{param}` must not be empty"),
+            ));
+        }
+        Ok(ids)
+    }
+}
+
 /// A causal language model as the generation engine sees it. Runs only on the engine
 /// thread; every method may be slow.
 pub trait LmBackend: Send + 'static {
     /// Per-sequence state of the model (the KV cache), owned by the request, never by
     /// the model, so one loaded model serves many sequences at once.
     type Cache: Send;
-    /// Token ids of `text`, no special tokens added.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, InferError>;
+    /// The model's prompt side (template and tokenizer), shared with the callers' threads:
+    /// prompts are rendered and tokenized there, never on the engine thread.
+    fn prompt_encoder(&self) -> Arc<dyn PromptEncoder>;
     /// Text of `ids`, special tokens skipped.
     fn decode(&self, ids: &[u32]) -> Result<String, InferError>;
-    /// The prompt for a conversation (the model's chat template, with the generation
-    /// prompt for the assistant's turn appended).
-    fn render_chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<String, InferError>;
     /// Tokens that end a sequence (eos, end-of-turn…).
     fn stop_token_ids(&self) -> &[u32];
     /// An empty cache for a sequence that will hold at most `max_tokens` tokens.

@@ -7,10 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::engine::{GenEngine, GenEngineConfig};
-use super::fake::{logits_after, FakeLm, Gate, GREEDY_TEXT, GREEDY_TOKENS};
+use super::fake::{logits_after, FakeLm, FakePrompts, Gate, GREEDY_TEXT, GREEDY_TOKENS};
 use super::{
     FinishReason, Generation, GenerationEvent, GenerationParams, GenerationRequest,
-    GenerationStream, LmBackend, Prompt,
+    GenerationStream, LmBackend, Prompt, PromptEncoder,
 };
 use crate::infer::InferError;
 
@@ -88,10 +88,10 @@ async fn greedy_decoding_follows_the_table_to_eos() {
 #[tokio::test]
 async fn chat_prompts_go_through_the_template() {
     let fake = FakeLm::default();
-    let rendered = fake
+    let rendered = FakePrompts
         .render_chat(&[json!({"role": "user", "content": "hi"})], None)
         .expect("render");
-    let prompt_tokens = fake.encode(&rendered).expect("encode").len();
+    let prompt_tokens = FakePrompts.encode(&rendered).expect("encode").len();
     let engine = engine(fake);
     let request = GenerationRequest {
         prompt: Prompt::Chat {
@@ -374,4 +374,39 @@ async fn a_failed_step_fails_the_running_requests_and_the_engine_goes_on() {
     assert_eq!(error, Some(InferError::engine("fake step failure")));
     let out = run(&engine, text("Hello", greedy())).await;
     assert_eq!(out.choices[0].text, GREEDY_TEXT);
+}
+
+#[tokio::test]
+async fn a_prompt_being_tokenized_does_not_hold_back_running_sequences() {
+    let prompt_gate = Arc::new(Gate::default());
+    let fake = FakeLm {
+        prompt_gate: Some(prompt_gate.clone()),
+        ..FakeLm::default()
+    };
+    let stats = fake.stats.clone();
+    let engine = Arc::new(engine(fake));
+    // B's prompt stays in tokenization (a blocking thread) until the gate opens.
+    let slow = {
+        let engine = engine.clone();
+        tokio::spawn(async move { run(&engine, text("slow", greedy())).await })
+    };
+    // A runs to its end meanwhile. With tokenization on the engine thread it would wait for
+    // B's prompt: the timeout only turns that hang into a failure.
+    let a = tokio::time::timeout(
+        Duration::from_secs(300),
+        run(&engine, text("Hello", greedy())),
+    )
+    .await
+    .expect("A finished while B's prompt was being tokenized");
+    assert_eq!(a.choices[0].text, GREEDY_TEXT);
+    assert!(!slow.is_finished());
+    let steps_alone = stats.steps();
+    assert!(stats.chunk_lengths()[..steps_alone]
+        .iter()
+        .all(|step| step.len() == 1));
+    prompt_gate.open();
+    let b = slow.await.expect("b");
+    let slow_tokens = FakePrompts.encode("slow").expect("encode").len();
+    assert_eq!(b.usage.prompt_tokens, slow_tokens);
+    assert!(b.usage.completion_tokens > 0);
 }

@@ -14,7 +14,7 @@ use tracing::Span;
 use super::admission::{grant, Grant, Limits};
 use super::sequence::{Sequence, SequenceSpec};
 use super::stream::{EngineMessage, MessageSender};
-use super::{GenerationEvent, GenerationRequest, LmBackend, Prompt, StepChunk, Usage};
+use super::{GenerationEvent, GenerationRequest, LmBackend, StepChunk, Usage};
 use crate::infer::InferError;
 use crate::zoo::decoder::ServedAdapter;
 
@@ -24,6 +24,8 @@ const TRIM_AFTER_FREED_BYTES: usize = 64 << 20;
 
 pub(super) struct GenerateCommand {
     pub(super) request: GenerationRequest,
+    /// The prompt's token ids (rendered and tokenized before the command was sent).
+    pub(super) prompt: Vec<u32>,
     /// The LoRA adapter to generate with; `None`: the base model.
     pub(super) adapter: Option<Arc<ServedAdapter>>,
     /// The caller's span, entered while the engine works on this request.
@@ -135,28 +137,28 @@ impl<B: LmBackend> Worker<B> {
         }
     }
 
-    /// Tokenizes a new request and checks what it asks for; a request that can never
-    /// run is answered with its 400 here, the others wait their turn.
-    fn intake(&mut self, command: GenerateCommand) {
+    /// Checks what a new request asks for; a request that can never run is answered with
+    /// its 400 here, the others wait their turn.
+    fn intake(&mut self, mut command: GenerateCommand) {
         let entered = command.span.clone().entered();
         let request = &command.request;
-        let accepted = self.prompt_ids(&request.prompt).and_then(|prompt| {
-            let granted = grant(
-                &request.prompt,
-                prompt.len(),
-                &request.params,
-                self.limits,
-                |tokens| self.backend.kv_cache_bytes(tokens),
-            )?;
-            Ok((prompt, granted))
-        });
+        let granted = grant(
+            &request.prompt,
+            command.prompt.len(),
+            &request.params,
+            self.limits,
+            |tokens| self.backend.kv_cache_bytes(tokens),
+        );
         drop(entered);
-        match accepted {
-            Ok((prompt, grant)) => self.waiting.push_back(Waiting {
-                command,
-                prompt,
-                grant,
-            }),
+        match granted {
+            Ok(grant) => {
+                let prompt = std::mem::take(&mut command.prompt);
+                self.waiting.push_back(Waiting {
+                    command,
+                    prompt,
+                    grant,
+                })
+            }
             Err(error) => {
                 let _ = command.messages.send(EngineMessage::Failed(error));
             }
@@ -225,6 +227,7 @@ impl<B: LmBackend> Worker<B> {
         } = waiting;
         let GenerateCommand {
             request,
+            prompt: _,
             adapter,
             span,
             messages,
@@ -263,24 +266,6 @@ impl<B: LmBackend> Worker<B> {
             finished_tokens: 0,
             done: false,
         }
-    }
-
-    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
-        let param = prompt.param();
-        let text = match prompt {
-            Prompt::Chat { messages, tools } => {
-                self.backend.render_chat(messages, tools.as_ref())?
-            }
-            Prompt::Text(text) => text.clone(),
-        };
-        let ids = self.backend.encode(&text)?;
-        if ids.is_empty() {
-            return Err(InferError::invalid(
-                param,
-                format!("`{param}` must not be empty"),
-            ));
-        }
-        Ok(ids)
     }
 
     /// One forward step over every running sequence, then sampling and events. Requests
