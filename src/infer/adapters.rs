@@ -14,8 +14,65 @@ use futures::future::BoxFuture;
 
 use super::catalog::{ModelCatalog, ServableModel};
 use super::registry::{ModelLoader, ModelRegistry, Servable};
-use super::{InferError, LoadedModel};
+use super::{InferError, InferenceHandle, LoadedModel};
 use crate::zoo::decoder::{DecoderConfig, ServedAdapter};
+
+/// What the adapters' registry is built from.
+pub(super) struct AdapterSettings {
+    pub(super) catalog: Arc<dyn ModelCatalog>,
+    pub(super) devices: Vec<Device>,
+    pub(super) cache_bytes: usize,
+    pub(super) failure_ttl: std::time::Duration,
+}
+
+impl AdapterSettings {
+    /// The adapters' registry; its catalog loads each adapter's base through `models`.
+    pub(super) fn into_registry(
+        self,
+        models: &Arc<ModelRegistry<LoadedModel>>,
+    ) -> ModelRegistry<LoadedAdapter> {
+        let catalog = AdapterCatalog {
+            inner: self.catalog,
+            models: Arc::downgrade(models),
+        };
+        let loader = AdapterLoader {
+            devices: self.devices,
+        };
+        ModelRegistry::new(
+            Arc::new(catalog),
+            Arc::new(loader),
+            self.cache_bytes,
+            self.failure_ttl,
+        )
+    }
+}
+
+impl InferenceHandle {
+    /// The engine serving `model` and, when `model` is a LoRA adapter served unmerged, the
+    /// adapter its requests add to the base's engine.
+    pub(super) async fn generator(
+        &self,
+        model: &str,
+    ) -> Result<(Arc<LoadedModel>, Option<Arc<LoadedAdapter>>), InferError> {
+        if !self.registry.is_loaded(model) {
+            // Twice at most: an adapter built on a device its base has since left (the
+            // base was evicted and loaded onto another) is rebuilt once.
+            for _ in 0..2 {
+                let adapter = match self.adapters.get(model).await {
+                    Ok(adapter) => adapter,
+                    Err(InferError::ModelNotFound(_)) => break,
+                    Err(error) => return Err(error),
+                };
+                let base = self.registry.get(&adapter.base).await?;
+                if self.registry.device_slot(&adapter.base) == Some(adapter.slot) {
+                    return Ok((base, Some(adapter)));
+                }
+                self.adapters.evict(model);
+            }
+        }
+        Ok((self.registry.get(model).await?, None))
+    }
+}
 
 /// An adapter ready to join its base's batches.
 pub struct LoadedAdapter {
@@ -111,7 +168,7 @@ pub fn check_peft_adapter(
         .map_err(|e| {
             InferError::invalid(
                 param,
-                format!("The adapter does not fit the base model: {e}"),
+                format!("The adapter cannot be served over this base model: {e}"),
             )
         })
 }

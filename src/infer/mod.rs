@@ -52,7 +52,7 @@ use crate::zoo::decoder::QuantKind;
 
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
-use adapters::{AdapterCatalog, AdapterLoader, LoadedAdapter};
+use adapters::{AdapterSettings, LoadedAdapter};
 pub use batch::BatchEngine;
 pub use catalog::{ModelCatalog, ServableModel};
 pub use engine::{ClassPrediction, ClassifierBackend, Engine, EngineConfig};
@@ -209,19 +209,7 @@ impl InferenceHandle {
         shutdown: CancellationToken,
     ) -> Self {
         let registry = Arc::new(registry);
-        let adapter_catalog = AdapterCatalog {
-            inner: adapters.catalog,
-            models: Arc::downgrade(&registry),
-        };
-        let adapter_loader = AdapterLoader {
-            devices: adapters.devices,
-        };
-        let adapters = Arc::new(ModelRegistry::new(
-            Arc::new(adapter_catalog),
-            Arc::new(adapter_loader),
-            adapters.cache_bytes,
-            adapters.failure_ttl,
-        ));
+        let adapters = Arc::new(adapters.into_registry(&registry));
         // At shutdown every engine is dropped (joining its thread) and later requests are
         // refused. The watcher holds only a weak reference, so dropping every handle
         // still frees the engines when the token is never cancelled (tests).
@@ -416,31 +404,6 @@ impl InferenceHandle {
         answer
     }
 
-    /// The engine serving `model` and, when `model` is a LoRA adapter served unmerged, the
-    /// adapter its requests add to the base's engine.
-    async fn generator(
-        &self,
-        model: &str,
-    ) -> Result<(Arc<LoadedModel>, Option<Arc<LoadedAdapter>>), InferError> {
-        if !self.registry.is_loaded(model) {
-            // Twice at most: an adapter built on a device its base has since left (the
-            // base was evicted and loaded onto another) is rebuilt once.
-            for _ in 0..2 {
-                let adapter = match self.adapters.get(model).await {
-                    Ok(adapter) => adapter,
-                    Err(InferError::ModelNotFound(_)) => break,
-                    Err(error) => return Err(error),
-                };
-                let base = self.registry.get(&adapter.base).await?;
-                if self.registry.device_slot(&adapter.base) == Some(adapter.slot) {
-                    return Ok((base, Some(adapter)));
-                }
-                self.adapters.evict(model);
-            }
-        }
-        Ok((self.registry.get(model).await?, None))
-    }
-
     /// Writes a checkpoint as a merged Hugging Face directory or a PEFT adapter, on a
     /// blocking thread (it reads and writes the whole model).
     pub async fn export(
@@ -478,14 +441,6 @@ impl InferenceHandle {
     pub fn cached_adapter_bytes(&self) -> usize {
         self.adapters.used_bytes()
     }
-}
-
-/// What the adapters' registry is built from.
-struct AdapterSettings {
-    catalog: Arc<dyn ModelCatalog>,
-    devices: Vec<Device>,
-    cache_bytes: usize,
-    failure_ttl: Duration,
 }
 
 /// A question-answering model asked for something else.

@@ -209,7 +209,7 @@ async fn adapters_that_cannot_be_served_are_refused_with_the_reason() {
     refused(
         register(body("adapters/wrong")).await,
         "path",
-        "does not fit the base model",
+        "cannot be served over this base model",
     );
 
     // A DoRA adapter: the option is named, not ignored.
