@@ -37,7 +37,7 @@ fn served(base: &CausalLm, tuned: &CausalLm) -> ServedAdapter {
         base.config(),
         &adapter_tensors(tuned),
         scaling,
-        &Device::Cpu,
+        base.device(),
     )
     .unwrap()
 }
@@ -251,25 +251,29 @@ fn rslora_scales_by_the_square_root_of_the_rank() {
 #[test]
 fn the_cpu_kernel_adds_the_same_updates_as_the_composed_ops_a_gpu_runs() {
     let dir = tiny(DecoderArch::Qwen2);
-    let prompts: Vec<Vec<u32>> = (0..4).map(|i| encode(dir.path(), PROMPTS[i % 2])).collect();
-    let run = || {
-        let base = load(dir.path(), &full_spec(), 0);
-        let adapters: Vec<ServedAdapter> = (0..2)
-            .map(|k| served(&base, &tuned_model(dir.path(), k)))
-            .collect();
-        let rows = [
-            Some(&adapters[0]),
-            None,
-            Some(&adapters[1]),
-            Some(&adapters[0]),
-        ];
-        batched_logits(&base, &prompts, &rows, 3)
-    };
+    let run = || two_adapters_and_the_base(dir.path(), &Device::Cpu);
     let fused = run();
     let composed = crate::zoo::fused::with_generic_ops(run);
     // The whole forward changes path (attention, norms, every linear), so the rows differ
     // by that path's rounding, as in `generic_path_tests`.
     assert_rows_agree("composed", &fused, &composed, 1e-4);
+}
+
+/// Three steps of a batch of four rows on `device`: adapter 0, the base, adapter 1 and
+/// adapter 0 again, over the tiny model in `dir`.
+fn two_adapters_and_the_base(dir: &std::path::Path, device: &Device) -> Vec<Vec<Vec<f32>>> {
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| encode(dir, PROMPTS[i % 2])).collect();
+    let base = CausalLm::from_pretrained(dir, &full_spec(), device, 0).unwrap();
+    let adapters: Vec<ServedAdapter> = (0..2)
+        .map(|k| served(&base, &tuned_model(dir, k)))
+        .collect();
+    let rows = [
+        Some(&adapters[0]),
+        None,
+        Some(&adapters[1]),
+        Some(&adapters[0]),
+    ];
+    batched_logits(&base, &prompts, &rows, 3)
 }
 
 /// Every row of `b` picks the tokens of `a`'s and its logits stay within `tolerance`.
@@ -292,28 +296,8 @@ mod on_cuda {
     fn a_mixed_adapter_batch_on_cuda_equals_the_cpu() {
         let gpu = Device::new_cuda(0).unwrap();
         let dir = tiny(DecoderArch::Llama);
-        let prompts: Vec<Vec<u32>> = (0..4).map(|i| encode(dir.path(), PROMPTS[i % 2])).collect();
-        let run = |device: &Device| {
-            let base = CausalLm::from_pretrained(dir.path(), &full_spec(), device, 0).unwrap();
-            let scaling = LoraScaling {
-                alpha: 16.0,
-                rslora: false,
-            };
-            let adapters: Vec<ServedAdapter> = (0..2)
-                .map(|k| {
-                    let tensors = adapter_tensors(&tuned_model(dir.path(), k));
-                    ServedAdapter::from_peft(base.config(), &tensors, scaling, device).unwrap()
-                })
-                .collect();
-            let rows = [
-                Some(&adapters[0]),
-                None,
-                Some(&adapters[1]),
-                Some(&adapters[0]),
-            ];
-            batched_logits(&base, &prompts, &rows, 3)
-        };
-        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
+        let cpu = two_adapters_and_the_base(dir.path(), &Device::Cpu);
+        let cuda = two_adapters_and_the_base(dir.path(), &gpu);
         assert_rows_agree("cuda mixed adapters", &cpu, &cuda, 1e-3);
     }
 }
