@@ -1,8 +1,10 @@
 //! `GenEngine`: one language model on its own OS thread, with continuous batching.
 //!
-//! Each loop iteration the thread (1) takes every newly queued request, rendering and
-//! tokenizing its prompt and checking it against the context and the KV budget
-//! (`admission`: a request that can never run is answered with a 400 at once), (2) drops
+//! A request's prompt is rendered and tokenized on a blocking thread of the caller's side
+//! (`PromptEncoder`), after it got its place in the queue, so the engine thread only ever
+//! sees token ids. Each loop iteration the thread (1) takes every newly queued request and
+//! checks it against the context and the KV budget (`admission`: a request that can never
+//! run is answered with a 400 at once), (2) drops
 //! the requests whose client went away, (3) starts waiting requests, oldest first, while
 //! the batch has room and their worst-case caches fit in what the running ones left of
 //! the KV budget (each choice becomes a sequence whose first chunk is the whole prompt),
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 
 use super::admission::{default_kv_budget, Limits};
@@ -171,6 +173,9 @@ impl GenEngine {
     ) -> Result<GenerationStream, InferError> {
         let n = request.params.n;
         let logprobs = request.params.logprobs.is_some();
+        // The place in the queue first: a refused request (429) costs no tokenizing, and at
+        // most the queue's length of prompts are tokenized at once.
+        let permits = self.reserve(n)?;
         // Rendering and tokenizing a long prompt takes milliseconds: on a blocking thread,
         // not on the runtime and not on the engine thread that decodes the running batch.
         let prompts = self.prompts.clone();
@@ -182,7 +187,7 @@ impl GenEngine {
         })
         .await
         .map_err(|e| InferError::engine(format!("tokenizing the prompt panicked: {e}")))?;
-        let messages = self.enqueue(request, prompt?, adapter)?;
+        let messages = self.send(request, prompt?, adapter, permits)?;
         GenerationStream::open(messages, n, logprobs, keep_alive).await
     }
 
@@ -193,17 +198,13 @@ impl GenEngine {
         request: GenerationRequest,
         adapter: Option<Arc<ServedAdapter>>,
     ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
+        let permits = self.reserve(request.params.n)?;
         let prompt = self.prompts.prompt_ids(&request.prompt)?;
-        self.enqueue(request, prompt, adapter)
+        self.send(request, prompt, adapter, permits)
     }
 
-    fn enqueue(
-        &self,
-        request: GenerationRequest,
-        prompt: Vec<u32>,
-        adapter: Option<Arc<ServedAdapter>>,
-    ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
-        let n = request.params.n;
+    /// A place in the queue for `n` choices; `Overloaded` (429) when it is full.
+    fn reserve(&self, n: usize) -> Result<OwnedSemaphorePermit, InferError> {
         let limit = self.config.max_queued_sequences;
         if n == 0 || n > limit {
             return Err(InferError::invalid(
@@ -211,7 +212,17 @@ impl GenEngine {
                 format!("`n` must be between 1 and {limit}, got {n}"),
             ));
         }
-        let permits = crate::infer::engine::admit(&self.queue_permits, n, &self.name, "n")?;
+        crate::infer::engine::admit(&self.queue_permits, n, &self.name, "n")
+    }
+
+    /// Hands a tokenized request, holding its place in the queue, to the engine thread.
+    fn send(
+        &self,
+        request: GenerationRequest,
+        prompt: Vec<u32>,
+        adapter: Option<Arc<ServedAdapter>>,
+        permits: OwnedSemaphorePermit,
+    ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
         let (messages, receiver) = mpsc::unbounded_channel();
         let command = GenerateCommand {
             request,

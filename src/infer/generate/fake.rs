@@ -65,6 +65,8 @@ pub(crate) fn logits_after(last: u32) -> Vec<f32> {
 pub(crate) struct Gate {
     open: Mutex<bool>,
     changed: Condvar,
+    /// Calls of `wait` so far (a test can tell a thread reached the gate).
+    arrived: AtomicUsize,
 }
 
 impl Gate {
@@ -73,7 +75,12 @@ impl Gate {
         self.changed.notify_all();
     }
 
+    pub(crate) fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn wait(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
         let mut open = self.open.lock().expect("gate lock");
         while !*open {
             open = self.changed.wait(open).expect("gate lock");

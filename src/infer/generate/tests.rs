@@ -396,17 +396,57 @@ async fn a_prompt_being_tokenized_does_not_hold_back_running_sequences() {
         Duration::from_secs(300),
         run(&engine, text("Hello", greedy())),
     )
-    .await
-    .expect("A finished while B's prompt was being tokenized");
-    assert_eq!(a.choices[0].text, GREEDY_TEXT);
-    assert!(!slow.is_finished());
+    .await;
+    let slow_finished_first = slow.is_finished();
     let steps_alone = stats.steps();
+    // Opened before asserting: a runtime does not finish while a blocking task waits.
+    prompt_gate.open();
+    let a = a.expect("A finished while B's prompt was being tokenized");
+    assert_eq!(a.choices[0].text, GREEDY_TEXT);
+    assert!(!slow_finished_first);
     assert!(stats.chunk_lengths()[..steps_alone]
         .iter()
         .all(|step| step.len() == 1));
-    prompt_gate.open();
     let b = slow.await.expect("b");
     let slow_tokens = FakePrompts.encode("slow").expect("encode").len();
     assert_eq!(b.usage.prompt_tokens, slow_tokens);
     assert!(b.usage.completion_tokens > 0);
+}
+
+#[tokio::test]
+async fn a_prompt_being_tokenized_holds_its_place_in_the_queue() {
+    let prompt_gate = Arc::new(Gate::default());
+    let fake = FakeLm {
+        prompt_gate: Some(prompt_gate.clone()),
+        ..FakeLm::default()
+    };
+    let config = GenEngineConfig {
+        max_queued_sequences: 1,
+        ..GenEngineConfig::default()
+    };
+    let engine = Arc::new(GenEngine::spawn("fake", fake, config).expect("spawn"));
+    let slow = {
+        let engine = engine.clone();
+        tokio::spawn(async move { run(&engine, text("slow", greedy())).await })
+    };
+    // Until its tokenizing reaches the gate the slow request may not have its place yet.
+    while prompt_gate.arrived() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let refused = matches!(
+        engine.generate(text("Hello", greedy())).await,
+        Err(InferError::Overloaded)
+    );
+    // Opened before asserting: a runtime does not finish while a blocking task waits.
+    prompt_gate.open();
+    assert!(
+        refused,
+        "a request got in while the slow prompt held the queue's place"
+    );
+    let done = slow.await.expect("slow");
+    assert!(done.usage.completion_tokens > 0);
+    assert_eq!(
+        run(&engine, text("Hello", greedy())).await.choices[0].text,
+        GREEDY_TEXT
+    );
 }
