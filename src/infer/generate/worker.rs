@@ -39,7 +39,6 @@ pub(super) struct GenerateCommand {
 /// A request whose prompt was accepted, waiting for room in the batch and the budget.
 struct Waiting {
     command: GenerateCommand,
-    prompt: Vec<u32>,
     grant: Grant,
 }
 
@@ -139,7 +138,7 @@ impl<B: LmBackend> Worker<B> {
 
     /// Checks what a new request asks for; a request that can never run is answered with
     /// its 400 here, the others wait their turn.
-    fn intake(&mut self, mut command: GenerateCommand) {
+    fn intake(&mut self, command: GenerateCommand) {
         let entered = command.span.clone().entered();
         let request = &command.request;
         let granted = grant(
@@ -151,14 +150,7 @@ impl<B: LmBackend> Worker<B> {
         );
         drop(entered);
         match granted {
-            Ok(grant) => {
-                let prompt = std::mem::take(&mut command.prompt);
-                self.waiting.push_back(Waiting {
-                    command,
-                    prompt,
-                    grant,
-                })
-            }
+            Ok(grant) => self.waiting.push_back(Waiting { command, grant }),
             Err(error) => {
                 let _ = command.messages.send(EngineMessage::Failed(error));
             }
@@ -220,14 +212,10 @@ impl<B: LmBackend> Worker<B> {
 
     /// Creates one sequence per choice, each with a cache for its granted tokens.
     fn start(&mut self, waiting: Waiting) -> Running<B::Cache> {
-        let Waiting {
-            command,
-            prompt,
-            grant,
-        } = waiting;
+        let Waiting { command, grant } = waiting;
         let GenerateCommand {
             request,
-            prompt: _,
+            prompt,
             adapter,
             span,
             messages,
