@@ -295,7 +295,7 @@ async fn register_adapter(
         registered_adapter: true,
     };
     let recorded = match checked {
-        Ok(_) => state.store.insert_model(&row).await.map_err(ApiError::from),
+        Ok(()) => state.store.insert_model(&row).await.map_err(ApiError::from),
         Err(error) => Err(ApiError::from(error)),
     };
     if let Err(error) = recorded {
