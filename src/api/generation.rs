@@ -23,6 +23,9 @@ use crate::infer::{
 pub const MAX_N: i64 = 8;
 /// Most stop strings, as OpenAI.
 pub const MAX_STOP: usize = 4;
+/// Most `logit_bias` entries a request may carry (each costs an addition per sampled
+/// token; the bound keeps a request's sampling work and memory small).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 /// SSE events buffered per response before the generator waits for the client.
 const SSE_BUFFER: usize = 64;
 
@@ -119,12 +122,7 @@ pub fn common_params(
             ));
         }
     }
-    if fields
-        .get::<Map<String, Value>>("logit_bias")?
-        .is_some_and(|bias| !bias.is_empty())
-    {
-        return Err(invalid("logit_bias", "`logit_bias` is not supported."));
-    }
+    let logit_bias = logit_bias(fields)?;
     let params = GenerationParams {
         max_tokens,
         temperature: temperature as f32,
@@ -134,9 +132,48 @@ pub fn common_params(
         // Any 64-bit seed is fine; negative seeds wrap to distinct u64 values.
         seed: fields.get::<i64>("seed")?.map(|s| s as u64),
         logprobs: None,
+        logit_bias,
         ..GenerationParams::default()
     };
     Ok((params, streaming(fields)?))
+}
+
+/// OpenAI's `logit_bias`: token ids (as strings) to a bias in [-100, 100], sorted by id.
+/// Whether the ids exist in the model's vocabulary is the engine's check.
+fn logit_bias(fields: &Fields) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = fields.get::<Map<String, Value>>("logit_bias")? else {
+        return Ok(Vec::new());
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(invalid(
+            "logit_bias",
+            format!(
+                "`logit_bias` may name at most {MAX_LOGIT_BIAS} tokens, got {}.",
+                map.len()
+            ),
+        ));
+    }
+    let mut bias = Vec::with_capacity(map.len());
+    for (key, value) in &map {
+        let id = key.parse::<u32>().map_err(|_| {
+            invalid(
+                "logit_bias",
+                format!("`logit_bias` keys must be token ids, got \"{key}\"."),
+            )
+        })?;
+        let value = value
+            .as_f64()
+            .filter(|v| (-100.0..=100.0).contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    "logit_bias",
+                    format!("`logit_bias` values must be numbers between -100 and 100, got {value} for token {id}."),
+                )
+            })?;
+        bias.push((id, value as f32));
+    }
+    bias.sort_by_key(|&(id, _)| id);
+    Ok(bias)
 }
 
 /// `max_tokens`-style limits: absent, or at least 1 (any larger value is accepted here
@@ -362,7 +399,11 @@ mod tests {
             (json!({"stop": 3}), "stop"),
             (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
             (json!({"presence_penalty": -1}), "presence_penalty"),
-            (json!({"logit_bias": {"5": 10}}), "logit_bias"),
+            (json!({"logit_bias": {"x": 10}}), "logit_bias"),
+            (json!({"logit_bias": {"-1": 10}}), "logit_bias"),
+            (json!({"logit_bias": {"5": 101}}), "logit_bias"),
+            (json!({"logit_bias": {"5": "up"}}), "logit_bias"),
+            (json!({"logit_bias": [5]}), "logit_bias"),
             (
                 json!({"stream_options": {"include_usage": true}}),
                 "stream_options",
@@ -390,5 +431,19 @@ mod tests {
         assert_eq!(params.seed, Some(u64::MAX));
         assert_eq!(params.max_tokens, Some(7));
         assert!(streaming.stream && streaming.include_usage);
+        assert!(params.logit_bias.is_empty());
+    }
+
+    #[test]
+    fn logit_bias_is_parsed_sorted_and_bounded() {
+        let body = json!({"logit_bias": {"17": -100, "2": 0.5, "49151": 100}});
+        let (params, _) = common_params(&fields(body), None).expect("ok");
+        assert_eq!(params.logit_bias, [(2, 0.5), (17, -100.0), (49151, 100.0)]);
+        let too_many: Map<String, Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|id| (id.to_string(), json!(1)))
+            .collect();
+        let err = common_params(&fields(json!({"logit_bias": too_many})), None).expect_err("400");
+        assert_eq!(err.param.as_deref(), Some("logit_bias"));
+        assert!(err.message.contains("at most 1024"), "{}", err.message);
     }
 }

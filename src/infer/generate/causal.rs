@@ -173,6 +173,10 @@ impl LmBackend for CausalLmBackend {
         self.context_len
     }
 
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
     fn parameter_bytes(&self) -> usize {
         self.model.parameter_bytes()
     }

@@ -138,6 +138,9 @@ impl LmBackend for Gated {
     fn context_len(&self) -> usize {
         self.inner.context_len()
     }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
     fn parameter_bytes(&self) -> usize {
         self.inner.parameter_bytes()
     }

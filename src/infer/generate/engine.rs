@@ -30,7 +30,7 @@ use tracing::Span;
 use super::admission::{default_kv_budget, Limits};
 use super::stream::{EngineMessage, KeepAlive};
 use super::worker::{GenerateCommand, Worker};
-use super::{GenerationRequest, GenerationStream, LmBackend, PromptEncoder};
+use super::{GenerationParams, GenerationRequest, GenerationStream, LmBackend, PromptEncoder};
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
 use crate::zoo::decoder::{QuantKind, ServedAdapter};
@@ -72,6 +72,8 @@ pub struct GenEngine {
     prompts: Arc<dyn PromptEncoder>,
     config: GenEngineConfig,
     context_len: usize,
+    /// Rows of the model's logits: token ids a `logit_bias` may name.
+    vocab_size: usize,
     kv_budget_bytes: usize,
     parameter_bytes: usize,
     /// Sequences the thread is running (written by the thread after each iteration).
@@ -102,6 +104,7 @@ impl GenEngine {
         let (sender, receiver) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicUsize::new(0));
         let parameter_bytes = backend.parameter_bytes();
+        let vocab_size = backend.vocab_size();
         let prompts = backend.prompt_encoder();
         let limits = Limits {
             context_len,
@@ -119,6 +122,7 @@ impl GenEngine {
             prompts,
             config,
             context_len,
+            vocab_size,
             kv_budget_bytes,
             parameter_bytes,
             running,
@@ -173,6 +177,7 @@ impl GenEngine {
     ) -> Result<GenerationStream, InferError> {
         let n = request.params.n;
         let logprobs = request.params.logprobs.is_some();
+        self.check_bias(&request.params)?;
         // The place in the queue first: a refused request (429) costs no tokenizing, and at
         // most the queue's length of prompts are tokenized at once.
         let permits = self.reserve(n)?;
@@ -198,9 +203,28 @@ impl GenEngine {
         request: GenerationRequest,
         adapter: Option<Arc<ServedAdapter>>,
     ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
+        self.check_bias(&request.params)?;
         let permits = self.reserve(request.params.n)?;
         let prompt = self.prompts.prompt_ids(&request.prompt)?;
         self.send(request, prompt, adapter, permits)
+    }
+
+    /// A `logit_bias` may only name tokens of this model's vocabulary.
+    fn check_bias(&self, params: &GenerationParams) -> Result<(), InferError> {
+        match params
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= self.vocab_size)
+        {
+            Some((id, _)) => Err(InferError::invalid(
+                "logit_bias",
+                format!(
+                    "`logit_bias` names token {id}, but this model's vocabulary has {} tokens.",
+                    self.vocab_size
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// A place in the queue for `n` choices; `Overloaded` (429) when it is full.
@@ -232,9 +256,10 @@ impl GenEngine {
             messages,
             permits,
         };
+        // The sender is only taken in `Drop`, so it is always here while `self` is.
         self.commands
             .as_ref()
-            .expect("the sender is only taken in Drop. This is a bug.")
+            .ok_or_else(|| InferError::engine("engine thread stopped"))?
             .send(command)
             .map_err(|_| InferError::engine("engine thread stopped"))?;
         Ok(receiver)

@@ -292,6 +292,10 @@ impl LmBackend for FakeLm {
         self.context_len
     }
 
+    fn vocab_size(&self) -> usize {
+        VOCAB_SIZE
+    }
+
     fn parameter_bytes(&self) -> usize {
         1000
     }

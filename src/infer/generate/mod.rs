@@ -110,6 +110,8 @@ pub trait LmBackend: Send + 'static {
     ) -> Result<Vec<Vec<f32>>, InferError>;
     /// Most tokens (prompt + generated) a sequence may hold.
     fn context_len(&self) -> usize;
+    /// Length of each logits row `step` returns.
+    fn vocab_size(&self) -> usize;
     fn parameter_bytes(&self) -> usize;
 }
 
@@ -164,6 +166,9 @@ pub struct GenerationParams {
     pub seed: Option<u64>,
     /// `Some(k)`: report each token's logprob and its `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// OpenAI's `logit_bias`: `(token id, bias in [-100, 100])` added to the logits each
+    /// token is chosen from (ids below the model's vocabulary size, checked on submission).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for GenerationParams {
@@ -177,6 +182,7 @@ impl Default for GenerationParams {
             stop: Vec::new(),
             seed: None,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Choosing the next token: greedy argmax at temperature 0, otherwise a draw from the
 //! temperature-scaled softmax restricted to the top-p nucleus, with one seeded `StdRng`
-//! per choice so the same seed gives the same text. Logprobs are the log-softmax of the
-//! raw logits (before temperature), as OpenAI reports them.
+//! per choice so the same seed gives the same text. A request's `logit_bias` is added to
+//! the logits the choice is drawn from; logprobs are the log-softmax of the raw logits
+//! (before bias and temperature), as OpenAI reports them.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,11 @@ pub(crate) struct Sampler {
     temperature: f32,
     top_p: f32,
     rng: StdRng,
+    /// `(token id, bias)` pairs added to the logits before choosing (ids checked against
+    /// the vocabulary by the engine; any out of range are skipped).
+    bias: Vec<(u32, f32)>,
+    /// The biased logits, reused from step to step.
+    biased: Vec<f32>,
 }
 
 impl Sampler {
@@ -21,11 +27,36 @@ impl Sampler {
             temperature,
             top_p,
             rng: StdRng::seed_from_u64(seed),
+            bias: Vec::new(),
+            biased: Vec::new(),
         }
+    }
+
+    /// The same sampler, choosing from the logits plus `bias`.
+    pub(crate) fn with_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
+        self.bias = bias;
+        self
     }
 
     /// The next token id for `logits` (one per vocabulary entry, not empty).
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.bias.is_empty() {
+            return self.choose(logits);
+        }
+        let mut biased = std::mem::take(&mut self.biased);
+        biased.clear();
+        biased.extend_from_slice(logits);
+        for &(id, bias) in &self.bias {
+            if let Some(logit) = biased.get_mut(id as usize) {
+                *logit += bias;
+            }
+        }
+        let token = self.choose(&biased);
+        self.biased = biased;
+        token
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.temperature < GREEDY_BELOW {
             return argmax(logits);
         }
@@ -179,6 +210,28 @@ mod tests {
         };
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
+    }
+
+    #[test]
+    fn bias_moves_greedy_and_sampled_choices() {
+        let logits = [0.0, 3.0, 1.0];
+        let mut greedy = Sampler::new(0.0, 1.0, 1).with_bias(vec![(1, -100.0)]);
+        assert_eq!(greedy.sample(&logits), 2);
+        assert_eq!(greedy.sample(&logits), 2, "the bias holds on every step");
+        let mut lifted = Sampler::new(0.0, 1.0, 1).with_bias(vec![(0, 3.5), (9, 50.0)]);
+        assert_eq!(
+            lifted.sample(&logits),
+            0,
+            "id 9 is beyond the logits and skipped"
+        );
+        // softmax([0, 3 - 100 + ln 3·…]): with id 1 pushed down by 100, a draw at T = 1
+        // lands on 0 or 2 in the ratio 1 : e.
+        let mut drawn = Sampler::new(1.0, 1.0, 5).with_bias(vec![(1, -100.0)]);
+        let draws: Vec<u32> = (0..2000).map(|_| drawn.sample(&logits)).collect();
+        assert!(!draws.contains(&1));
+        let twos = draws.iter().filter(|&&id| id == 2).count();
+        // e / (1 + e) = 0.731 of 2000 = 1462.
+        assert!((1380..1540).contains(&twos), "{twos}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(crate) struct SequenceSpec<'a> {
     pub(crate) seed: u64,
     pub(crate) stop: &'a [String],
     pub(crate) logprobs: Option<usize>,
+    /// Added to the logits before the token is chosen.
+    pub(crate) logit_bias: &'a [(u32, f32)],
 }
 
 pub(crate) struct Sequence<C> {
@@ -46,7 +48,8 @@ impl<C> Sequence<C> {
             generated: Vec::new(),
             sampled: 0,
             max_new: spec.max_new,
-            sampler: Sampler::new(spec.temperature, spec.top_p, spec.seed),
+            sampler: Sampler::new(spec.temperature, spec.top_p, spec.seed)
+                .with_bias(spec.logit_bias.to_vec()),
             text: TextTracker::new(spec.stop),
             logprobs: spec.logprobs,
             held_logprobs: Vec::new(),

@@ -450,3 +450,37 @@ async fn a_prompt_being_tokenized_holds_its_place_in_the_queue() {
         GREEDY_TEXT
     );
 }
+
+#[tokio::test]
+async fn logit_bias_steers_greedy_decoding_past_eos() {
+    let engine = engine(FakeLm::default());
+    let params = GenerationParams {
+        max_tokens: Some(12),
+        logit_bias: vec![(super::fake::EOS, -100.0)],
+        ..greedy()
+    };
+    let out = run(&engine, text("Hello", params)).await;
+    let choice = &out.choices[0];
+    // Where the table ends in eos the bias sends greedy on; the length limit ends it.
+    assert!(choice.text.starts_with(GREEDY_TEXT), "{}", choice.text);
+    assert!(choice.text.len() > GREEDY_TEXT.len(), "{}", choice.text);
+    assert_eq!(choice.finish_reason, FinishReason::Length);
+    assert_eq!(out.usage.completion_tokens, 12);
+}
+
+#[tokio::test]
+async fn logit_bias_naming_a_token_beyond_the_vocabulary_is_refused() {
+    let engine = engine(FakeLm::default());
+    let params = GenerationParams {
+        logit_bias: vec![(3, 1.0), (super::fake::VOCAB_SIZE as u32, 1.0)],
+        ..greedy()
+    };
+    match engine.generate(text("Hello", params)).await {
+        Err(InferError::InvalidRequest { param, message }) => {
+            assert_eq!(param, "logit_bias");
+            assert!(message.contains("token 16"), "{message}");
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|_| "a stream")),
+    }
+    assert_eq!(engine.running_sequences(), 0);
+}

@@ -236,6 +236,7 @@ impl<B: LmBackend> Worker<B> {
                     seed: seed.wrapping_add(choice as u64),
                     stop: &params.stop,
                     logprobs: params.logprobs,
+                    logit_bias: &params.logit_bias,
                 };
                 Sequence::new(spec, self.backend.new_cache(grant.cache_tokens))
             })
