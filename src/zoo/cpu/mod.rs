@@ -6,6 +6,7 @@
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
 pub mod blas;
+pub mod cached_attention;
 pub mod dropout;
 pub mod embedding;
 pub(crate) mod exp;

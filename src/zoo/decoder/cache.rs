@@ -1,29 +1,52 @@
 //! Inference with caller-owned KV caches: `forward_cached` advances several sequences at
 //! once. Their new rows go through every linear layer together (one matmul per
-//! projection for the whole batch); attention runs per sequence against its own cache.
+//! projection for the whole batch); attention runs per sequence against its own cache:
+//! on the CPU one fused call per layer over preallocated caches
+//! (`zoo::cpu::cached_attention`), elsewhere candle ops per sequence over chunk-grown ones.
 //! Nothing here needs autograd, so it works on detached tensors.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::adapter::ServedAdapter;
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
+use super::model::Qkv;
+use crate::zoo::cpu::cached_attention::{cached_attention, CachedRows, HeadShape};
 use crate::zoo::cpu::segmented_lora::{add_segmented_lora, RowRun};
-use crate::zoo::fused::uses_fused_kernels;
+use crate::zoo::fused::{generic_ops_only, uses_fused_kernels, with_cpu_values};
 use crate::zoo::linear::Pass;
 use crate::zoo::ZooError;
 
-/// Tokens a cache grows by. Each growth copies the cache once (so a sequence of `t`
-/// tokens is copied `t / 256` times instead of once per token, which fragmented the heap
-/// by gigabytes on long generations) and leaves at most 255 tokens of unused room.
+/// Tokens a device cache grows by. Each growth copies the cache once (so a sequence of
+/// `t` tokens is copied `t / 256` times instead of once per token, which fragmented the
+/// heap by gigabytes on long generations) and leaves at most 255 tokens of unused room.
 pub const KV_CACHE_CHUNK_TOKENS: usize = 256;
 
-/// Keys and values of one sequence, per layer `[1, n_kv_heads, capacity, head_dim]`,
-/// grown in chunks (candle-nn's cache) and never beyond what it was created for.
+/// Keys and values of one sequence.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    store: KvStore,
     len: usize,
+}
+
+#[derive(Debug, Clone)]
+enum KvStore {
+    /// CPU f32 (the fused kernels): per layer, keys and values `[kv_heads, capacity, d]`,
+    /// allocated whole when the sequence starts (zeroed pages the OS maps as they are
+    /// written), written in place, never copied.
+    Host {
+        layers: Vec<HostLayer>,
+        capacity: usize,
+    },
+    /// Other devices: per layer `[1, kv_heads, room, d]`, grown in chunks (candle-nn's
+    /// cache) and never beyond what it was created for.
+    Device(Vec<candle_nn::kv_cache::KvCache>),
+}
+
+#[derive(Debug, Clone)]
+struct HostLayer {
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 impl KvCache {
@@ -36,24 +59,68 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Bytes allocated for keys and values (capacity, used or not).
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|layer| [layer.k_cache().all_data(), layer.v_cache().all_data()])
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+    /// Whether the cache lives in host memory for the CPU kernels.
+    pub fn is_host(&self) -> bool {
+        matches!(self.store, KvStore::Host { .. })
     }
 
-    /// Appends `k`/`v` `[new, kv, d]` to layer `i`; returns the full `[kv, len, d]` views.
+    fn layer_count(&self) -> usize {
+        match &self.store {
+            KvStore::Host { layers, .. } => layers.len(),
+            KvStore::Device(layers) => layers.len(),
+        }
+    }
+
+    /// Bytes allocated for keys and values (capacity, used or not).
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            KvStore::Host { layers, .. } => layers
+                .iter()
+                .map(|l| (l.keys.len() + l.values.len()) * 4)
+                .sum(),
+            KvStore::Device(layers) => layers
+                .iter()
+                .flat_map(|layer| [layer.k_cache().all_data(), layer.v_cache().all_data()])
+                .flatten()
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum(),
+        }
+    }
+
+    /// Appends `k`/`v` `[new, kv, d]` to device layer `i`; returns the full `[kv, len, d]`
+    /// views.
     fn append(&mut self, i: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor), ZooError> {
+        let KvStore::Device(layers) = &mut self.store else {
+            return Err(ZooError::Unsupported(
+                "a host cache on the device path".into(),
+            ));
+        };
         let (k, v) = (
             k.transpose(0, 1)?.unsqueeze(0)?.contiguous()?,
             v.transpose(0, 1)?.unsqueeze(0)?.contiguous()?,
         );
-        let (k, v) = self.layers[i].append(&k, &v)?;
+        let (k, v) = layers[i].append(&k, &v)?;
         Ok((k.squeeze(0)?, v.squeeze(0)?))
+    }
+
+    /// Layer `i` of a host cache, for `rows` new tokens.
+    fn host_rows(&mut self, i: usize, rows: usize) -> Result<CachedRows<'_>, ZooError> {
+        let offset = self.len;
+        match &mut self.store {
+            KvStore::Host { layers, capacity } => {
+                let layer = &mut layers[i];
+                Ok(CachedRows {
+                    rows,
+                    offset,
+                    keys: &mut layer.keys,
+                    values: &mut layer.values,
+                    capacity: *capacity,
+                })
+            }
+            KvStore::Device(_) => Err(ZooError::Unsupported(
+                "a device cache on the CPU kernels' path".into(),
+            )),
+        }
     }
 }
 
@@ -153,21 +220,39 @@ impl CausalLm {
         self.new_cache_for(self.decoder.cfg.max_position_embeddings)
     }
 
-    /// A cache for a sequence of up to `max_tokens` tokens: it allocates
-    /// `min(max_tokens, KV_CACHE_CHUNK_TOKENS)` tokens of room at first and grows by as
-    /// much, so it never holds more than [`CausalLm::kv_cache_bytes`]`(max_tokens)`.
+    /// A cache for a sequence of up to `max_tokens` tokens, never holding more than
+    /// [`CausalLm::kv_cache_bytes`]`(max_tokens)`. On the CPU it is allocated whole for the
+    /// fused kernels (pages mapped as tokens are written); elsewhere it holds
+    /// `min(max_tokens, KV_CACHE_CHUNK_TOKENS)` tokens of room at first and grows by as much.
     pub fn new_cache_for(&self, max_tokens: usize) -> KvCache {
-        let chunk = max_tokens.clamp(1, KV_CACHE_CHUNK_TOKENS);
-        KvCache {
-            layers: (0..self.decoder.layers.len())
-                .map(|_| candle_nn::kv_cache::KvCache::new(2, chunk))
-                .collect(),
-            len: 0,
-        }
+        let max_tokens = max_tokens.max(1);
+        let layer_count = self.decoder.layers.len();
+        let store = if self.decoder.device.is_cpu() && !generic_ops_only() {
+            let c = &self.decoder.cfg;
+            let values = c.num_key_value_heads * max_tokens * c.head_dim;
+            KvStore::Host {
+                layers: (0..layer_count)
+                    .map(|_| HostLayer {
+                        keys: vec![0.0; values],
+                        values: vec![0.0; values],
+                    })
+                    .collect(),
+                capacity: max_tokens,
+            }
+        } else {
+            let chunk = max_tokens.min(KV_CACHE_CHUNK_TOKENS);
+            KvStore::Device(
+                (0..layer_count)
+                    .map(|_| candle_nn::kv_cache::KvCache::new(2, chunk))
+                    .collect(),
+            )
+        };
+        KvCache { store, len: 0 }
     }
 
     /// Most bytes a cache made by `new_cache_for(tokens)` allocates once it holds
-    /// `tokens` tokens (f32 keys and values of every layer, room rounded up to a chunk).
+    /// `tokens` tokens (f32 keys and values of every layer, room rounded up to a device
+    /// cache's chunk; a host cache takes exactly `tokens`).
     pub fn kv_cache_bytes(&self, tokens: usize) -> usize {
         let c = &self.decoder.cfg;
         let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
@@ -184,8 +269,6 @@ impl CausalLm {
     pub fn forward_cached(&self, chunks: &mut [SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ZooError> {
         let dec = &self.decoder;
         let c = &dec.cfg;
-        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let group = heads / kv_heads;
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         for chunk in chunks.iter() {
@@ -195,7 +278,7 @@ impl CausalLm {
                     "a chunk needs at least one token".into(),
                 ));
             }
-            if chunk.cache.layers.len() != dec.layers.len() {
+            if chunk.cache.layer_count() != dec.layers.len() {
                 return Err(ZooError::Unsupported(
                     "the cache belongs to another model".into(),
                 ));
@@ -213,6 +296,12 @@ impl CausalLm {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let host = chunks[0].cache.is_host();
+        if chunks.iter().any(|chunk| chunk.cache.is_host() != host) {
+            return Err(ZooError::Unsupported(
+                "host and device caches in one batch".into(),
+            ));
+        }
         let n = ids.len();
         let runs = adapter_runs(chunks);
         let tables = dec.rotary_tables(&positions)?;
@@ -223,40 +312,11 @@ impl CausalLm {
                 add_adapter_updates(&runs, li, module, input, out)
             };
             let qkv = layer.qkv_with(&dec.cfg, &x, &tables, Pass::Eval, &adjust)?;
-            let mut contexts = Vec::with_capacity(chunks.len());
-            let mut row = 0;
-            for chunk in chunks.iter_mut() {
-                let len = chunk.tokens.len();
-                let offset = chunk.cache.len;
-                let (k, v) = chunk.cache.append(
-                    li,
-                    &qkv.k.narrow(0, row, len)?,
-                    &qkv.v.narrow(0, row, len)?,
-                )?;
-                let total = offset + len;
-                // [len, h, d] → [kv, group·len, d] (query heads of a group are adjacent).
-                let q = qkv
-                    .q
-                    .narrow(0, row, len)?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((kv_heads, group * len, d))?;
-                let scores = q.matmul(&k.t()?)?.reshape((1, heads, len, total))?;
-                let mask = CausalPrefix {
-                    key_len: vec![total],
-                    offset,
-                };
-                let probs =
-                    masked_softmax(&scores, &mask)?.reshape((kv_heads, group * len, total))?;
-                let context = probs
-                    .matmul(&v)?
-                    .reshape((heads, len, d))?
-                    .transpose(0, 1)?
-                    .reshape((len, heads * d))?;
-                contexts.push(context);
-                row += len;
-            }
-            let context = Tensor::cat(&contexts, 0)?;
+            let context = if host {
+                self.host_attention(li, &qkv, chunks)?
+            } else {
+                self.device_attention(li, &qkv, chunks)?
+            };
             x = layer
                 .finish_with(&dec.cfg, &x, &context, Pass::Eval, &adjust)?
                 .detach();
@@ -271,5 +331,89 @@ impl CausalLm {
         let last_rows = Tensor::from_vec(last_rows, chunks.len(), &dec.device)?;
         let last = dec.final_norm(&x.index_select(&last_rows, 0)?, Pass::Eval)?;
         Ok(self.lm_head(&last)?.detach().to_vec2::<f32>()?)
+    }
+
+    /// Layer `li`'s attention over host caches: one fused call for the whole batch.
+    fn host_attention(
+        &self,
+        li: usize,
+        qkv: &Qkv,
+        chunks: &mut [SeqChunk<'_>],
+    ) -> Result<Tensor, ZooError> {
+        let c = &self.decoder.cfg;
+        let shape = HeadShape {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let n = qkv.q.dim(0)?;
+        let f32_values = |t: &Tensor| -> Result<Tensor, ZooError> {
+            Ok(t.to_dtype(DType::F32)?.flatten_from(1)?.contiguous()?)
+        };
+        let (q, k, v) = (
+            f32_values(&qkv.q)?,
+            f32_values(&qkv.k)?,
+            f32_values(&qkv.v)?,
+        );
+        let mut seqs = chunks
+            .iter_mut()
+            .map(|chunk| chunk.cache.host_rows(li, chunk.tokens.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = with_cpu_values(&q, "cached attention", |q| {
+            with_cpu_values(&k, "cached attention", |k| {
+                with_cpu_values(&v, "cached attention", |v| {
+                    cached_attention(q, k, v, &mut seqs, shape)
+                })
+            })
+        })?;
+        Ok(Tensor::from_vec(
+            context,
+            (n, shape.heads * shape.head_dim),
+            &self.decoder.device,
+        )?)
+    }
+
+    /// Layer `li`'s attention over device caches, sequence by sequence in candle ops.
+    fn device_attention(
+        &self,
+        li: usize,
+        qkv: &Qkv,
+        chunks: &mut [SeqChunk<'_>],
+    ) -> Result<Tensor, ZooError> {
+        let c = &self.decoder.cfg;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let group = heads / kv_heads;
+        let mut contexts = Vec::with_capacity(chunks.len());
+        let mut row = 0;
+        for chunk in chunks.iter_mut() {
+            let len = chunk.tokens.len();
+            let offset = chunk.cache.len;
+            let (k, v) =
+                chunk
+                    .cache
+                    .append(li, &qkv.k.narrow(0, row, len)?, &qkv.v.narrow(0, row, len)?)?;
+            let total = offset + len;
+            // [len, h, d] → [kv, group·len, d] (query heads of a group are adjacent).
+            let q = qkv
+                .q
+                .narrow(0, row, len)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((kv_heads, group * len, d))?;
+            let scores = q.matmul(&k.t()?)?.reshape((1, heads, len, total))?;
+            let mask = CausalPrefix {
+                key_len: vec![total],
+                offset,
+            };
+            let probs = masked_softmax(&scores, &mask)?.reshape((kv_heads, group * len, total))?;
+            let context = probs
+                .matmul(&v)?
+                .reshape((heads, len, d))?
+                .transpose(0, 1)?
+                .reshape((len, heads * d))?;
+            contexts.push(context);
+            row += len;
+        }
+        Ok(Tensor::cat(&contexts, 0)?)
     }
 }

@@ -115,12 +115,14 @@ fn a_batch_mixing_adapters_and_the_base_gives_each_row_its_own_models_output() {
         for (i, k) in order.iter().enumerate() {
             let alone = batched_logits(&base, &prompts[i..=i], &[of(*k)], steps);
             // Batching changes gemm's blocking, so logits agree to rounding (as rows of
-            // the base alone do: tests_infer), and the greedy tokens exactly.
+            // the base alone do: tests_infer), relative to their size (Qwen2's reach 25,
+            // where an f32 ulp is 2e-6), and the greedy tokens exactly.
             assert_eq!(tokens(&mixed[i]), tokens(&alone[0]), "{arch:?} row {i}");
             let diff = worst_diff(&mixed[i], &alone[0]);
+            let scale = alone[0].iter().flatten().fold(1f32, |m, x| m.max(x.abs()));
             assert!(
-                diff < 1e-5,
-                "{arch:?} row {i}: {diff} from the adapter alone"
+                diff < 2e-6 * scale,
+                "{arch:?} row {i}: {diff} from the adapter alone (logits up to {scale})"
             );
             // The same model with its adapter merged into the weights.
             let mut merged = match k {

@@ -296,3 +296,61 @@ fn real_smollm2_lora_step_and_decode_timings() {
         1000.0 * secs / steps as f64
     );
 }
+
+/// Prefills of two lengths, decoding steps, and a several-token chunk over a filled cache
+/// (chunked prefill): every step's logits for both sequences, and their caches.
+fn schedule_logits(model: &CausalLm, a: &[u32], b: &[u32]) -> (Vec<Vec<f32>>, [KvCache; 2]) {
+    let mut caches = [model.new_cache_for(16), model.new_cache_for(16)];
+    let steps = [(0..7, 0..3), (7..8, 3..4), (8..9, 4..8), (9..10, 8..9)];
+    let mut logits = Vec::new();
+    for (ra, rb) in steps {
+        let [ca, cb] = &mut caches;
+        let mut chunks = [
+            SeqChunk {
+                tokens: &a[ra],
+                cache: ca,
+                adapter: None,
+            },
+            SeqChunk {
+                tokens: &b[rb],
+                cache: cb,
+                adapter: None,
+            },
+        ];
+        logits.extend(model.forward_cached(&mut chunks).unwrap());
+    }
+    (logits, caches)
+}
+
+#[test]
+fn host_caches_on_the_cpu_kernels_equal_device_caches_on_candle_ops() {
+    let dir = tiny(DecoderArch::Qwen2);
+    let a = encode(dir.path(), PROMPTS[0]);
+    let b = encode(dir.path(), PROMPTS[1]);
+    assert!(a.len() >= 10 && b.len() >= 9);
+    let model = load(dir.path(), &full_spec(), 0);
+    let (host, host_caches) = schedule_logits(&model, &a, &b);
+    let (device, device_caches) = crate::zoo::fused::with_generic_ops(|| {
+        let model = load(dir.path(), &full_spec(), 0);
+        schedule_logits(&model, &a, &b)
+    });
+    assert!(host_caches.iter().all(KvCache::is_host));
+    assert!(!device_caches.iter().any(KvCache::is_host));
+    // The host cache is allocated whole, exactly what admission reserves for 16 tokens.
+    assert_eq!(host_caches[0].bytes(), model.kv_cache_bytes(16));
+    assert_eq!(
+        [host_caches[0].len(), host_caches[1].len()],
+        [10, 9],
+        "tokens cached"
+    );
+    let scale = device.iter().flatten().fold(1f32, |m, x| m.max(x.abs()));
+    let worst = host
+        .iter()
+        .flatten()
+        .zip(device.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    eprintln!("host vs device caches: max |Δlogit| {worst:e} (logits up to {scale})");
+    assert_eq!(host.len(), device.len());
+    assert!(worst < 2e-6 * scale, "{worst}");
+}

@@ -1,0 +1,215 @@
+//! Serving attention for a batch of sequences, each over its own preallocated KV cache
+//! (no gradient). One call per layer writes every sequence's new keys and values into its
+//! cache in place and computes every sequence's attention, the sequences spread over the
+//! rayon pool.
+//!
+//! As candle ops each sequence cost eleven small ops a layer (append to a growing cache,
+//! transposes, two matmuls, a masked softmax, reshapes and a concatenation), each an
+//! allocation and a dispatch: 32 decoding streams on SmolLM2 meant ~10,000 ops a step
+//! around work that is a few dot products per head. Here a decoding row (one new token) is
+//! a loop of dot products over its visible keys and a loop of `p·v` accumulations, both
+//! vectorised; a prompt chunk of several rows multiplies its head's strided views with
+//! `gemm`.
+
+use rayon::prelude::*;
+
+use super::exp::softmax_in_place;
+use super::gemm::{matmul, Threads, View, ViewMut};
+use super::lanes::sum2_lanes;
+
+/// The attention heads of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShape {
+    pub heads: usize,
+    /// Grouped-query attention: query head `h` reads key/value head `h / (heads / kv_heads)`.
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// One sequence's part of a call: its new rows and its cache of this layer.
+pub struct CachedRows<'a> {
+    /// New tokens (rows of the batch, in order).
+    pub rows: usize,
+    /// Tokens already in the cache: the new rows sit at positions `offset..offset + rows`.
+    pub offset: usize,
+    /// Keys and values, each `[kv_heads, capacity, head_dim]`.
+    pub keys: &'a mut [f32],
+    pub values: &'a mut [f32],
+    pub capacity: usize,
+}
+
+/// Appends each sequence's rows of `k`, `v` (`[N, kv_heads·d]`) to its cache and returns
+/// `softmax(q·kᵀ)·v` for every row of `q` (`[N, heads·d]`, already scaled by 1/√d), each
+/// row seeing its own sequence's keys up to its own position. `seqs` tile the `N` rows in
+/// order.
+pub fn cached_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &mut [CachedRows<'_>],
+    shape: HeadShape,
+) -> candle_core::Result<Vec<f32>> {
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let n: usize = seqs.iter().map(|s| s.rows).sum();
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || d == 0 {
+        candle_core::bail!(
+            "cached attention: {heads} query heads over {kv_heads} key/value heads of {d}"
+        );
+    }
+    if q.len() != n * heads * d || k.len() != n * kv_heads * d || v.len() != k.len() {
+        candle_core::bail!(
+            "cached attention: q {}, k {}, v {} values for {n} rows of {heads}/{kv_heads} heads of {d}",
+            q.len(),
+            k.len(),
+            v.len()
+        );
+    }
+    for seq in seqs.iter() {
+        let need = kv_heads * seq.capacity * d;
+        if seq.offset + seq.rows > seq.capacity
+            || seq.keys.len() != need
+            || seq.values.len() != need
+        {
+            candle_core::bail!(
+                "cached attention: {} + {} tokens in a cache of {} ({} key values for {need})",
+                seq.offset,
+                seq.rows,
+                seq.capacity,
+                seq.keys.len()
+            );
+        }
+    }
+    let kv_width = kv_heads * d;
+    let mut row = 0;
+    for seq in seqs.iter_mut() {
+        for i in 0..seq.rows {
+            let source = (row + i) * kv_width;
+            for h in 0..kv_heads {
+                let at = (h * seq.capacity + seq.offset + i) * d;
+                seq.keys[at..at + d].copy_from_slice(&k[source + h * d..][..d]);
+                seq.values[at..at + d].copy_from_slice(&v[source + h * d..][..d]);
+            }
+        }
+        row += seq.rows;
+    }
+    // Every (sequence, query head) pair is a task of its own: a batch of decoding
+    // sequences and a single long prompt both fill the pool, and a head's arithmetic is
+    // the same whatever else is in the batch.
+    let q_width = heads * d;
+    let mut tasks = Vec::with_capacity(seqs.len() * heads);
+    let mut row = 0;
+    for seq in seqs.iter() {
+        for h in 0..heads {
+            tasks.push((seq, row, h));
+        }
+        row += seq.rows;
+    }
+    let contexts = tasks
+        .into_par_iter()
+        .map(|(seq, row, h)| {
+            attend_head(seq, &q[row * q_width..(row + seq.rows) * q_width], h, shape)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut out = vec![0f32; n * q_width];
+    let mut row = 0;
+    let mut contexts = contexts.into_iter();
+    for seq in seqs.iter() {
+        for h in 0..heads {
+            let context = contexts.next().unwrap_or_default();
+            for (i, values) in context.chunks_exact(d).enumerate() {
+                out[(row + i) * q_width + h * d..][..d].copy_from_slice(values);
+            }
+        }
+        row += seq.rows;
+    }
+    Ok(out)
+}
+
+/// Query head `h` of one sequence's new rows (`q`: those rows, `[rows, heads·d]`)
+/// against its cache: the context `[rows, d]`.
+fn attend_head(
+    seq: &CachedRows<'_>,
+    q: &[f32],
+    h: usize,
+    shape: HeadShape,
+) -> candle_core::Result<Vec<f32>> {
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let total = seq.offset + seq.rows;
+    let cache_at = (h / (heads / kv_heads)) * seq.capacity * d;
+    let keys = &seq.keys[cache_at..cache_at + total * d];
+    let values = &seq.values[cache_at..cache_at + total * d];
+    let mut scores = vec![0f32; seq.rows * total];
+    let mut context = vec![0f32; seq.rows * d];
+    if seq.rows == 1 {
+        decode_row(
+            &q[h * d..(h + 1) * d],
+            keys,
+            values,
+            &mut scores,
+            &mut context,
+        );
+        return Ok(context);
+    }
+    let q_head = View {
+        data: &q[h * d..],
+        rows: seq.rows,
+        cols: d,
+        row_stride: heads * d,
+        col_stride: 1,
+    };
+    let keys_t = View::rows(keys, total, d).t();
+    let single = Threads::Single;
+    matmul(
+        ViewMut::rows(&mut scores, seq.rows, total),
+        q_head,
+        keys_t,
+        1.0,
+        false,
+        single,
+    )?;
+    for (i, row) in scores.chunks_exact_mut(total).enumerate() {
+        let (seen, future) = row.split_at_mut(seq.offset + i + 1);
+        softmax_in_place(seen);
+        future.fill(0.0);
+    }
+    let scores = View::rows(&scores, seq.rows, total);
+    matmul(
+        ViewMut::rows(&mut context, seq.rows, d),
+        scores,
+        View::rows(values, total, d),
+        1.0,
+        false,
+        single,
+    )?;
+    Ok(context)
+}
+
+/// One query row against all `keys` (`[total, d]`, all visible): `out = softmax(q·Kᵀ)·V`.
+/// Compiled for AVX2 as well (see `Cargo.toml`).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn decode_row(q: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    let d = q.len();
+    let total = keys.len() / d;
+    let scores = &mut scores[..total];
+    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+        *score = sum2_lanes(q, key, |a, b| a * b);
+    }
+    softmax_in_place(scores);
+    out.fill(0.0);
+    for (&p, value) in scores.iter().zip(values.chunks_exact(d)) {
+        for (o, &x) in out.iter_mut().zip(value) {
+            *o += p * x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
