@@ -21,8 +21,13 @@ pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_LEFTOVER_GRACE_SECS: u64 = 15 * 60;
 /// 2 GiB of loaded inference engines before the least recently used is dropped.
 pub const DEFAULT_INFER_CACHE_BYTES: usize = 2 * 1024 * 1024 * 1024;
-/// `--max-batch-sequences`: sequences one language model decodes together.
-pub const DEFAULT_MAX_BATCH_SEQUENCES: usize = 16;
+/// `--max-batch-sequences`: sequences one language model decodes together (32: a decode
+/// step reads every weight once whatever the batch, so more rows per step make more
+/// tokens per weight read; the KV budget still bounds the memory).
+pub const DEFAULT_MAX_BATCH_SEQUENCES: usize = 32;
+/// `--prefill-chunk-tokens`: prompt tokens one decode step reads; it bounds how long a new
+/// prompt holds back the streams already decoding (a step's time grows with its rows).
+pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 512;
 /// `--adapter-cache-bytes`: LoRA adapters kept loaded beside their bases (512 MiB: about
 /// fifty rank-8 adapters of every projection of SmolLM2-135M, 9.8 MB each in f32).
 pub const DEFAULT_ADAPTER_CACHE_BYTES: usize = 512 * 1024 * 1024;
@@ -212,6 +217,11 @@ pub struct InferenceConfig {
     /// request is refused with 429 and `Retry-After`.
     #[arg(long, env = "TEMPER_MAX_QUEUED_SEQUENCES", default_value_t = DEFAULT_MAX_QUEUED_SEQUENCES, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_queued_sequences: usize,
+    /// Most prompt tokens each served language model reads in one decode step; a longer
+    /// prompt, or several new ones, is read over several steps while the sequences already
+    /// running keep producing a token every step (chunked prefill).
+    #[arg(long, env = "TEMPER_PREFILL_CHUNK_TOKENS", default_value_t = DEFAULT_PREFILL_CHUNK_TOKENS, value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub prefill_chunk_tokens: usize,
     /// Where fine-tuned models are served: `cpu`, `cuda:N`, or several (`cuda:0,cuda:1`),
     /// each with its own `--infer-cache-bytes` budget; a model is loaded onto the device
     /// with the most budget free. Default: the first of `--devices`.
@@ -261,6 +271,7 @@ impl Default for InferenceConfig {
             kv_cache_bytes: None,
             max_batch_sequences: DEFAULT_MAX_BATCH_SEQUENCES,
             max_queued_sequences: DEFAULT_MAX_QUEUED_SEQUENCES,
+            prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             serve_devices: Vec::new(),
             serve_dtype: ServeDtype::Auto,
         }
@@ -431,11 +442,31 @@ mod tests {
     #[test]
     fn the_generation_limits_are_settings_of_at_least_one() {
         let defaults = parse(&[]).inference;
-        assert_eq!(defaults.max_batch_sequences, 16);
+        assert_eq!(defaults.max_batch_sequences, 32);
         assert_eq!(defaults.max_queued_sequences, 256);
-        let set = parse(&["--max-batch-sequences", "4", "--max-queued-sequences", "9"]).inference;
-        assert_eq!((set.max_batch_sequences, set.max_queued_sequences), (4, 9));
-        for flag in ["--max-batch-sequences", "--max-queued-sequences"] {
+        assert_eq!(defaults.prefill_chunk_tokens, 512);
+        let set = parse(&[
+            "--max-batch-sequences",
+            "4",
+            "--max-queued-sequences",
+            "9",
+            "--prefill-chunk-tokens",
+            "64",
+        ])
+        .inference;
+        assert_eq!(
+            (
+                set.max_batch_sequences,
+                set.max_queued_sequences,
+                set.prefill_chunk_tokens
+            ),
+            (4, 9, 64)
+        );
+        for flag in [
+            "--max-batch-sequences",
+            "--max-queued-sequences",
+            "--prefill-chunk-tokens",
+        ] {
             assert!(
                 Cli::try_parse_from(["temper", "serve", flag, "0"]).is_err(),
                 "{flag}"

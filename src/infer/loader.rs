@@ -140,12 +140,14 @@ mod tests {
         let limits = InferenceConfig {
             max_batch_sequences: 3,
             max_queued_sequences: 7,
+            prefill_chunk_tokens: 33,
             kv_cache_bytes: Some(1 << 20),
             ..InferenceConfig::default()
         };
         let generation = crate::infer::InferOptions::from_config(&limits, vec![]).generation;
         assert_eq!(generation.max_batch_sequences, 3);
         assert_eq!(generation.max_queued_sequences, 7);
+        assert_eq!(generation.prefill_chunk_tokens, 33);
         assert_eq!(generation.kv_cache_bytes, Some(1 << 20));
     }
 

@@ -127,6 +127,7 @@ impl InferOptions {
         options.generation.kv_cache_bytes = config.kv_cache_bytes;
         options.generation.max_batch_sequences = config.max_batch_sequences;
         options.generation.max_queued_sequences = config.max_queued_sequences;
+        options.generation.prefill_chunk_tokens = config.prefill_chunk_tokens;
         options.generation.quantize = match config.serve_dtype {
             crate::config::ServeDtype::Auto => None,
             crate::config::ServeDtype::Q8_0 => Some(QuantKind::Q8_0),

@@ -41,6 +41,9 @@ pub struct GenEngineConfig {
     pub max_batch_sequences: usize,
     /// Most sequences running or waiting; beyond it requests get `Overloaded` (429).
     pub max_queued_sequences: usize,
+    /// Most prompt tokens one step feeds through the model; longer prompts (or several
+    /// new ones) are read over several steps while the running sequences keep decoding.
+    pub prefill_chunk_tokens: usize,
     /// Bytes of KV cache the running sequences may hold together, each reserved at its
     /// worst case (prompt + max new tokens); `None`: `admission::default_kv_budget`.
     pub kv_cache_bytes: Option<usize>,
@@ -54,6 +57,7 @@ impl Default for GenEngineConfig {
         Self {
             max_batch_sequences: crate::config::DEFAULT_MAX_BATCH_SEQUENCES,
             max_queued_sequences: crate::config::DEFAULT_MAX_QUEUED_SEQUENCES,
+            prefill_chunk_tokens: crate::config::DEFAULT_PREFILL_CHUNK_TOKENS,
             kv_cache_bytes: None,
             quantize: None,
         }
@@ -110,7 +114,14 @@ impl GenEngine {
             context_len,
             kv_budget_bytes,
         };
-        let worker = Worker::new(backend, receiver, max_batch, limits, running.clone());
+        let worker = Worker::new(
+            backend,
+            receiver,
+            max_batch,
+            config.prefill_chunk_tokens,
+            limits,
+            running.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(thread_name(name))
             .spawn(move || worker.run())

@@ -10,6 +10,8 @@
 //!   any part of a stop string).
 //! - `admission.rs`: what a request may take of the context and of the engine's KV-cache
 //!   byte budget (checked before it is accepted, reserved while it runs).
+//! - `schedule.rs`: what each step feeds (decoding tokens, prompt chunks within the
+//!   per-step prefill budget).
 //! - `sequence.rs`: one choice being generated (pure state: cache, tokens, sampler, text).
 //! - `causal.rs`: [`CausalLmBackend`], the real backend over `zoo::decoder::CausalLm`.
 //! - `engine.rs`: [`GenEngine`], one model on its own OS thread with continuous batching;
@@ -21,6 +23,7 @@ mod admission;
 mod causal;
 mod engine;
 pub(crate) mod sampling;
+mod schedule;
 mod sequence;
 mod stream;
 mod text;
@@ -36,6 +39,8 @@ pub(super) mod causal_tests;
 pub(crate) mod fake;
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod prefill_tests;
 #[cfg(test)]
 mod real_tests;
 #[cfg(test)]

@@ -57,6 +57,17 @@ impl<C> Sequence<C> {
         }
     }
 
+    /// Nothing sampled yet: `pending` is (what is left of) the prompt.
+    pub(crate) fn prefilling(&self) -> bool {
+        self.sampled == 0
+    }
+
+    /// The first `n` pending prompt tokens went through the model; the rest wait for the
+    /// next steps (nothing is sampled until the whole prompt is in the cache).
+    pub(crate) fn fed(&mut self, n: usize) {
+        self.pending.drain(..n.min(self.pending.len()));
+    }
+
     /// Samples the next token from the logits of the last step and returns the events
     /// it produced (text that became safe to emit, the finish).
     pub(crate) fn advance<B: LmBackend<Cache = C>>(

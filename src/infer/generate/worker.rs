@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Span;
 
 use super::admission::{grant, Grant, Limits};
+use super::schedule::{plan_step, Pending};
 use super::sequence::{Sequence, SequenceSpec};
 use super::stream::{EngineMessage, MessageSender};
 use super::{GenerationEvent, GenerationRequest, LmBackend, StepChunk, Usage};
@@ -80,6 +81,8 @@ pub(super) struct Worker<B: LmBackend> {
     waiting: VecDeque<Waiting>,
     running: Vec<Running<B::Cache>>,
     max_batch: usize,
+    /// Most prompt tokens one step feeds (see `schedule`).
+    prefill_budget: usize,
     limits: Limits,
     /// Reserved bytes of requests dropped since memory was last handed back.
     freed_since_trim: usize,
@@ -91,6 +94,7 @@ impl<B: LmBackend> Worker<B> {
         backend: B,
         commands: mpsc::UnboundedReceiver<GenerateCommand>,
         max_batch: usize,
+        prefill_budget: usize,
         limits: Limits,
         running_gauge: Arc<AtomicUsize>,
     ) -> Self {
@@ -100,6 +104,7 @@ impl<B: LmBackend> Worker<B> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             max_batch,
+            prefill_budget,
             limits,
             freed_since_trim: 0,
             running_gauge,
@@ -257,23 +262,41 @@ impl<B: LmBackend> Worker<B> {
         }
     }
 
-    /// One forward step over every running sequence, then sampling and events. Requests
+    /// One forward step over the running sequences (each decoding one's token, prompt
+    /// chunks within the prefill budget: `schedule`), then sampling and events. Requests
     /// of one adapter are kept next to each other (a stable sort: the oldest first within
     /// each), so each adapter's update is one pair of matmuls over its rows.
     fn step(&mut self) {
         self.running
             .sort_by_key(|running| adapter_key(&running.adapter));
+        let pending: Vec<Pending> = self
+            .running
+            .iter()
+            .flat_map(|running| &running.sequences)
+            .map(|sequence| Pending {
+                prefilling: sequence.prefilling(),
+                tokens: sequence.pending.len(),
+            })
+            .collect();
+        let plan = plan_step(&pending, self.prefill_budget);
         let mut chunks: Vec<StepChunk<'_, B::Cache>> = Vec::new();
+        let mut takes = plan.iter();
         for running in &mut self.running {
             for sequence in &mut running.sequences {
-                chunks.push(StepChunk {
-                    tokens: sequence.pending.as_slice(),
-                    cache: &mut sequence.cache,
-                    adapter: running.adapter.as_deref(),
-                });
+                let take = takes.next().copied().unwrap_or(0);
+                if take > 0 {
+                    chunks.push(StepChunk {
+                        tokens: &sequence.pending[..take],
+                        cache: &mut sequence.cache,
+                        adapter: running.adapter.as_deref(),
+                    });
+                }
             }
         }
         let count = chunks.len();
+        if count == 0 {
+            return;
+        }
         let _step_span = tracing::debug_span!("generate_step", sequences = count).entered();
         let outcome = self.backend.step(&mut chunks);
         drop(chunks);
@@ -289,14 +312,24 @@ impl<B: LmBackend> Worker<B> {
             Err(error) => self.fail_all(error),
         };
         let mut rows = rows.into_iter();
+        let mut takes = plan.into_iter();
         for running in &mut self.running {
+            let running_takes: Vec<usize> = takes.by_ref().take(running.sequences.len()).collect();
             if running.done {
                 continue;
             }
             let _entered = running.span.clone().entered();
             let mut failure = None;
-            for sequence in &mut running.sequences {
+            for (sequence, take) in running.sequences.iter_mut().zip(running_takes) {
+                if take == 0 {
+                    continue;
+                }
                 let Some(row) = rows.next() else { break };
+                if take < sequence.pending.len() {
+                    // Part of the prompt: its logits predict a token the prompt already has.
+                    sequence.fed(take);
+                    continue;
+                }
                 match sequence.advance(&row, &self.backend) {
                     Ok(events) => {
                         for event in events {
