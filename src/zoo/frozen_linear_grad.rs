@@ -1,10 +1,9 @@
 //! "Output computed elsewhere, gradient for the input only": the op a frozen linear base
 //! attaches its input's gradient with, so candle never computes a frozen weight's.
 
-use std::sync::Arc;
-
-use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::QuantizedWeight;
 
 use crate::zoo::precomputed::PrecomputedOutput;
 
@@ -12,7 +11,7 @@ use crate::zoo::precomputed::PrecomputedOutput;
 pub(super) enum GradWeight {
     Dense(Tensor),
     /// Dequantized only while the backward runs: one transient f32 weight at a time.
-    Quantized(Arc<QTensor>),
+    Quantized(QuantizedWeight),
 }
 
 /// "Output computed elsewhere, gradient for the input only": forward returns a copy of the
@@ -62,7 +61,10 @@ impl CustomOp1 for FrozenLinearGrad {
         // gradient is returned in the input's dtype.
         let grad_in = match &self.weight {
             GradWeight::Dense(w) => grad_res.to_dtype(w.dtype())?.matmul(w)?,
-            GradWeight::Quantized(q) => grad_res.matmul(&q.dequantize(grad_res.device())?)?,
+            GradWeight::Quantized(q) => grad_res.matmul(
+                &q.dequantize_on(grad_res.device())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            )?,
         };
         Ok(Some(grad_in.to_dtype(arg.dtype())?.reshape(arg.shape())?))
     }

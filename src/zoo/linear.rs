@@ -8,14 +8,13 @@
 //! no backward at all; the same custom op re-attaches the input gradient, computed from a
 //! weight dequantized on the fly so no f32 copy of the base stays resident.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 pub use super::decoder::QuantKind;
 pub use super::lora::LoraAdapter;
 use super::lora::{fused_lora_forward, lora_update};
+use super::quantized_weight::ggml_dtype;
+pub use super::quantized_weight::{QuantizedWeight, GPU_QUANTIZED_ROWS};
 use super::ZooError;
 
 /// A weight or bias that is either frozen (plain tensor, no gradient) or trainable.
@@ -45,55 +44,6 @@ impl Param {
         *self = Param::Frozen(detached);
     }
 }
-
-fn ggml_dtype(kind: QuantKind) -> GgmlDType {
-    match kind {
-        QuantKind::Q4_0 => GgmlDType::Q4_0,
-        QuantKind::Q8_0 => GgmlDType::Q8_0,
-    }
-}
-
-/// A frozen quantized weight `[out, in]`: the blocks, and the matmul candle runs on them.
-#[derive(Debug, Clone)]
-pub struct QuantizedWeight {
-    qtensor: Arc<QTensor>,
-    matmul: QMatMul,
-    kind: QuantKind,
-}
-
-impl QuantizedWeight {
-    pub fn kind(&self) -> QuantKind {
-        self.kind
-    }
-
-    /// The f32 weight the blocks encode, on the blocks' device.
-    pub fn dequantize(&self) -> Result<Tensor, ZooError> {
-        Ok(self.qtensor.dequantize(&self.qtensor.device())?)
-    }
-
-    /// `[out, in]`.
-    pub fn dims(&self) -> Result<(usize, usize), ZooError> {
-        Ok(self.qtensor.shape().dims2()?)
-    }
-
-    /// `x [rows, in] · Wᵀ`. On a GPU only batches of up to [`GPU_QUANTIZED_ROWS`] rows go
-    /// through candle's quantized kernels: for larger ones candle quantizes the activations
-    /// to q8_1 first, and on an H200 that gave non-finite outputs for q4_0 from 9 rows on
-    /// and a NaN QLoRA loss for q8_0 (`linear_quant_tests::on_cuda`); those batches multiply
-    /// by the weight dequantized for the call instead.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
-        let rows = x.dims().first().copied().unwrap_or(0);
-        if x.device().is_cpu() || rows <= GPU_QUANTIZED_ROWS {
-            return Ok(self.matmul.forward(x)?);
-        }
-        let weight = self.dequantize()?.to_dtype(x.dtype())?;
-        Ok(x.matmul(&weight.t()?)?)
-    }
-}
-
-/// The most rows a GPU batch multiplies by candle's quantized kernels (its matrix-vector
-/// kernels, which take the activations as they are); see [`QuantizedWeight::forward`].
-pub const GPU_QUANTIZED_ROWS: usize = 8;
 
 /// Where the base weight lives.
 #[derive(Debug, Clone)]
@@ -178,14 +128,8 @@ impl TrainLinear {
                 kind.as_str()
             )));
         }
-        let qtensor = Arc::new(QTensor::quantize(weight, ggml_dtype(kind))?);
-        let matmul = QMatMul::from_arc(qtensor.clone())?;
         Ok(Self {
-            base: LinearBase::Quantized(QuantizedWeight {
-                qtensor,
-                matmul,
-                kind,
-            }),
+            base: LinearBase::Quantized(QuantizedWeight::quantize(weight, kind)?),
             bias,
             lora: None,
             compute_dtype: None,
@@ -204,7 +148,7 @@ impl TrainLinear {
             LinearBase::Dense(w) => Ok(w),
             LinearBase::Quantized(q) => Err(ZooError::Unsupported(format!(
                 "a {} base has no dense weight",
-                q.kind.as_str()
+                q.kind().as_str()
             ))),
         }
     }
@@ -251,14 +195,14 @@ impl TrainLinear {
     pub fn out_dim(&self) -> Result<usize, ZooError> {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().dim(0)?),
-            LinearBase::Quantized(q) => Ok(q.dims()?.0),
+            LinearBase::Quantized(q) => Ok(q.dims().0),
         }
     }
 
     pub fn in_dim(&self) -> Result<usize, ZooError> {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().dim(1)?),
-            LinearBase::Quantized(q) => Ok(q.dims()?.1),
+            LinearBase::Quantized(q) => Ok(q.dims().1),
         }
     }
 
@@ -427,7 +371,7 @@ impl TrainLinear {
     fn quantized_forward(&self, q: &QuantizedWeight, x2: &Tensor) -> Result<Tensor, ZooError> {
         let mut out = q.forward(&x2.detach().contiguous()?)?;
         if x2.track_op() {
-            let weight = GradWeight::Quantized(q.qtensor.clone());
+            let weight = GradWeight::Quantized(q.clone());
             out = x2.apply_op1(FrozenLinearGrad::new(out, weight))?;
         }
         if let Some(b) = &self.bias {
@@ -483,7 +427,7 @@ impl TrainLinear {
     pub fn parameter_bytes(&self) -> usize {
         let base = match &self.base {
             LinearBase::Dense(w) => w.tensor().elem_count() * w.tensor().dtype().size_in_bytes(),
-            LinearBase::Quantized(q) => q.qtensor.storage_size_in_bytes(),
+            LinearBase::Quantized(q) => q.storage_bytes(),
         };
         let mut n = self.bias.as_ref().map_or(0, |b| b.tensor().elem_count());
         if let Some(l) = &self.lora {

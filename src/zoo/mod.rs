@@ -43,6 +43,7 @@ mod lora;
 mod packing;
 pub mod params;
 mod precomputed;
+pub mod quantized_weight;
 pub mod recompute;
 pub mod testing;
 pub mod tokenizer;

@@ -1,0 +1,209 @@
+//! A frozen quantized weight (`--serve-dtype q8_0|q4_0`, QLoRA's base) and how it multiplies.
+//!
+//! On the CPU the weight is stored as consecutive parts of its output rows, one per core,
+//! each multiplied by candle's quantized matmul on a thread of temper's rayon pool. candle
+//! runs that matmul on its own barrier pool, which temper keeps to one thread on machines
+//! of up to four cores (`runtime::tune_for_cpu_training`: its spinning threads cost training
+//! half its speed), so a single weight multiplied on one core: served as q8_0, 32 streams of
+//! SmolLM2 made 73 tokens/s against 276 for f32 (`bench/serving.py`). The parts hold the
+//! same blocks as one whole weight would (q8_0 and q4_0 quantize each row on its own), so
+//! the product is the same, column for column.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Tensor, D};
+use rayon::prelude::*;
+
+use super::decoder::QuantKind;
+use super::ZooError;
+
+/// Fewest output rows a part of a CPU weight holds: below it the split costs more than it
+/// parallelizes.
+const MIN_PART_ROWS: usize = 64;
+
+/// The most rows a GPU batch multiplies by candle's quantized kernels (its matrix-vector
+/// kernels, which take the activations as they are); see [`QuantizedWeight::forward`].
+pub const GPU_QUANTIZED_ROWS: usize = 8;
+
+pub(super) fn ggml_dtype(kind: QuantKind) -> GgmlDType {
+    match kind {
+        QuantKind::Q4_0 => GgmlDType::Q4_0,
+        QuantKind::Q8_0 => GgmlDType::Q8_0,
+    }
+}
+
+/// A frozen quantized weight `[out, in]`: its blocks, in parts of consecutive output rows.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeight {
+    parts: Vec<QuantizedPart>,
+    kind: QuantKind,
+    dims: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+struct QuantizedPart {
+    qtensor: Arc<QTensor>,
+    matmul: QMatMul,
+}
+
+impl QuantizedPart {
+    fn new(weight: &Tensor, kind: QuantKind) -> Result<Self, ZooError> {
+        let qtensor = Arc::new(QTensor::quantize(weight, ggml_dtype(kind))?);
+        let matmul = QMatMul::from_arc(qtensor.clone())?;
+        Ok(Self { qtensor, matmul })
+    }
+}
+
+impl QuantizedWeight {
+    /// `weight` (f32 `[out, in]`) quantized on its device: in one part per thread of the
+    /// rayon pool on the CPU, whole elsewhere.
+    pub fn quantize(weight: &Tensor, kind: QuantKind) -> Result<Self, ZooError> {
+        let parts = if weight.device().is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        Self::quantize_in_parts(weight, kind, parts)
+    }
+
+    /// `weight` quantized in up to `parts` parts of at least [`MIN_PART_ROWS`] rows each.
+    pub(super) fn quantize_in_parts(
+        weight: &Tensor,
+        kind: QuantKind,
+        parts: usize,
+    ) -> Result<Self, ZooError> {
+        let dims = weight.dims2()?;
+        let parts = parts.min(dims.0 / MIN_PART_ROWS).max(1);
+        let rows_per_part = dims.0.div_ceil(parts);
+        let parts = (0..dims.0)
+            .step_by(rows_per_part.max(1))
+            .map(|start| {
+                let rows = rows_per_part.min(dims.0 - start);
+                // Storage of its own: `QTensor::quantize` reads a tensor's storage from its
+                // start, whatever offset a narrowed view begins at (and `copy` keeps it).
+                let part = weight.narrow(0, start, rows)?.force_contiguous()?;
+                QuantizedPart::new(&part, kind)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { parts, kind, dims })
+    }
+
+    pub fn kind(&self) -> QuantKind {
+        self.kind
+    }
+
+    /// How many parts the output rows are stored in.
+    pub fn part_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The f32 weight the blocks encode, on `device`.
+    pub fn dequantize_on(&self, device: &candle_core::Device) -> Result<Tensor, ZooError> {
+        let parts = self
+            .parts
+            .iter()
+            .map(|part| part.qtensor.dequantize(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        match parts.as_slice() {
+            [whole] => Ok(whole.clone()),
+            _ => Ok(Tensor::cat(&parts, 0)?),
+        }
+    }
+
+    /// The f32 weight the blocks encode, on the blocks' device.
+    pub fn dequantize(&self) -> Result<Tensor, ZooError> {
+        match self.parts.first() {
+            Some(part) => self.dequantize_on(&part.qtensor.device()),
+            None => Err(ZooError::Unsupported(
+                "a quantized weight with no rows".into(),
+            )),
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        self.dims
+    }
+
+    /// Bytes of the blocks.
+    pub fn storage_bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|part| part.qtensor.storage_size_in_bytes())
+            .sum()
+    }
+
+    /// `x [rows, in] · Wᵀ`. On the CPU the parts multiply in parallel. On a GPU only
+    /// batches of up to [`GPU_QUANTIZED_ROWS`] rows go through candle's quantized kernels:
+    /// for larger ones candle quantizes the activations to q8_1 first, and on an H200 that
+    /// gave non-finite outputs for q4_0 from 9 rows on and a NaN QLoRA loss for q8_0
+    /// (`linear_quant_tests::on_cuda`); those batches multiply by the weight dequantized
+    /// for the call instead.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        let rows = x.dims().first().copied().unwrap_or(0);
+        if !x.device().is_cpu() && rows > GPU_QUANTIZED_ROWS {
+            let weight = self.dequantize()?.to_dtype(x.dtype())?;
+            return Ok(x.matmul(&weight.t()?)?);
+        }
+        let outputs = if x.device().is_cpu() {
+            self.parts
+                .par_iter()
+                .map(|part| part.matmul.forward(x))
+                .collect::<candle_core::Result<Vec<_>>>()?
+        } else {
+            self.parts
+                .iter()
+                .map(|part| part.matmul.forward(x))
+                .collect::<candle_core::Result<Vec<_>>>()?
+        };
+        match outputs.as_slice() {
+            [whole] => Ok(whole.clone()),
+            _ => Ok(Tensor::cat(&outputs, D::Minus1)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use candle_core::Device;
+
+    use super::*;
+
+    fn values(rows: usize, cols: usize, seed: usize) -> Tensor {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i * 31 + seed * 17) % 101) as f32 / 50.0 - 1.0) * 0.7)
+            .collect();
+        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn a_weight_in_parts_multiplies_and_dequantizes_exactly_as_the_whole_one() {
+        let weight = values(200, 64, 1);
+        for kind in [QuantKind::Q8_0, QuantKind::Q4_0] {
+            let whole = QuantizedWeight::quantize_in_parts(&weight, kind, 1).unwrap();
+            let split = QuantizedWeight::quantize_in_parts(&weight, kind, 3).unwrap();
+            assert_eq!((whole.part_count(), split.part_count()), (1, 3));
+            assert_eq!(split.dims(), (200, 64));
+            assert_eq!(split.storage_bytes(), whole.storage_bytes());
+            let dequantized = |q: &QuantizedWeight| q.dequantize().unwrap().to_vec2::<f32>();
+            assert_eq!(dequantized(&split).unwrap(), dequantized(&whole).unwrap());
+            for rows in [1, 5] {
+                let x = values(rows, 64, 2 + rows);
+                let (a, b) = (whole.forward(&x).unwrap(), split.forward(&x).unwrap());
+                assert_eq!(b.dims(), [rows, 200]);
+                assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn parts_keep_at_least_the_minimum_rows() {
+        let small = QuantizedWeight::quantize_in_parts(&values(100, 32, 3), QuantKind::Q8_0, 8);
+        assert_eq!(small.unwrap().part_count(), 1);
+        let large = QuantizedWeight::quantize_in_parts(&values(256, 32, 4), QuantKind::Q8_0, 8);
+        assert_eq!(large.unwrap().part_count(), 4);
+    }
+}
