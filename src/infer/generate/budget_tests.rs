@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::engine::{GenEngine, GenEngineConfig};
-use super::fake::{FakeLm, FakeStats, Gate, GREEDY_TEXT, KV_BYTES_PER_TOKEN};
+use super::fake::{first_held_then_second, FakeLm, FakeStats, GREEDY_TEXT, KV_BYTES_PER_TOKEN};
 use super::{GenerationEvent, GenerationParams, GenerationRequest, GenerationStream, Prompt};
 use crate::infer::InferError;
 
@@ -112,25 +112,15 @@ async fn a_request_that_can_never_fit_the_budget_is_refused() {
 
 #[tokio::test]
 async fn a_request_that_does_not_fit_now_waits_until_the_running_one_ends() {
-    let gate = Arc::new(Gate::default());
-    let fake = FakeLm {
-        gate: Some(gate.clone()),
-        ..FakeLm::default()
-    };
-    let stats = fake.stats.clone();
     // Room for one sequence of 10 tokens: A (1 + 9) fills it, B (3 + 2) must wait.
     let config = GenEngineConfig {
         kv_cache_bytes: Some(10 * KV_BYTES_PER_TOKEN),
         ..GenEngineConfig::default()
     };
-    let engine = GenEngine::spawn("fake", fake, config).expect("spawn");
-    let a = engine.generate(text("Hello", Some(9))).await.expect("a");
-    let b = engine.submit(text("a b", Some(2)), None).expect("b");
-    gate.open();
-    let b = GenerationStream::open(b, 1, false, None).await.expect("b");
-    let (a, b) = tokio::join!(a.collect(), b.collect());
-    assert_eq!(a.expect("a").choices[0].text, GREEDY_TEXT);
-    assert_eq!(b.expect("b").usage.completion_tokens, 2);
+    let (a, b, stats) =
+        first_held_then_second(config, text("Hello", Some(9)), text("a b", Some(2))).await;
+    assert_eq!(a.choices[0].text, GREEDY_TEXT);
+    assert_eq!(b.usage.completion_tokens, 2);
     // A ran its 9 steps alone; B's prefill came only after: never two in one step.
     let chunks = stats.chunk_lengths();
     assert!(chunks.iter().all(|step| step.len() == 1), "{chunks:?}");

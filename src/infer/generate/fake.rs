@@ -9,7 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::Value;
 
-use super::{LmBackend, PromptEncoder, StepChunk};
+use super::engine::{GenEngine, GenEngineConfig};
+use super::{Generation, GenerationRequest, GenerationStream, LmBackend, PromptEncoder, StepChunk};
 use crate::infer::InferError;
 
 pub(crate) const EOS: u32 = 0;
@@ -150,6 +151,35 @@ impl Default for FakeLm {
             prompt_gate: None,
         }
     }
+}
+
+/// `first` and `second` on an engine of the gated fake with `config`: `first` is accepted
+/// and its first step held at the gate while `second` is queued, then both run to their
+/// ends. Returns both answers and what the fake saw.
+pub(crate) async fn first_held_then_second(
+    config: GenEngineConfig,
+    first: GenerationRequest,
+    second: GenerationRequest,
+) -> (Generation, Generation, Arc<FakeStats>) {
+    let gate = Arc::new(Gate::default());
+    let fake = FakeLm {
+        gate: Some(gate.clone()),
+        ..FakeLm::default()
+    };
+    let stats = fake.stats.clone();
+    let engine = GenEngine::spawn("fake", fake, config).expect("spawn");
+    let first = engine.generate(first).await.expect("first accepted");
+    let second = engine.submit(second, None).expect("second queued");
+    gate.open();
+    let second = GenerationStream::open(second, 1, false, None)
+        .await
+        .expect("second started");
+    let (first, second) = tokio::join!(first.collect(), second.collect());
+    (
+        first.expect("first generated"),
+        second.expect("second generated"),
+        stats,
+    )
 }
 
 /// The fake's prompt side: `role: content` chat lines and its greedy byte vocabulary.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::engine::{GenEngine, GenEngineConfig};
-use super::fake::{logits_after, FakeLm, FakePrompts, Gate, GREEDY_TEXT, GREEDY_TOKENS};
+use super::fake::{
+    first_held_then_second, logits_after, FakeLm, FakePrompts, Gate, GREEDY_TEXT, GREEDY_TOKENS,
+};
 use super::{
     FinishReason, Generation, GenerationEvent, GenerationParams, GenerationRequest,
     GenerationStream, LmBackend, Prompt, PromptEncoder,
@@ -276,23 +278,15 @@ async fn logprobs_are_the_log_softmax_of_the_logits() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_step() {
-    let gate = Arc::new(Gate::default());
-    let fake = FakeLm {
-        gate: Some(gate.clone()),
-        ..FakeLm::default()
-    };
-    let stats = fake.stats.clone();
-    let engine = engine(fake);
     // A is accepted and its prefill step is held at the gate; B queues meanwhile.
-    let a = engine.generate(text("Hello", greedy())).await.expect("a");
-    let b = engine.submit(text("a b c", greedy()), None).expect("b");
-    gate.open();
-    let b = GenerationStream::open(b, 1, false, None)
-        .await
-        .expect("b start");
-    let (a, b) = tokio::join!(a.collect(), b.collect());
-    assert_eq!(a.expect("a").choices[0].text, GREEDY_TEXT);
-    assert_eq!(b.expect("b").choices[0].text, format!("Hello{GREEDY_TEXT}"));
+    let (a, b, stats) = first_held_then_second(
+        GenEngineConfig::default(),
+        text("Hello", greedy()),
+        text("a b c", greedy()),
+    )
+    .await;
+    assert_eq!(a.choices[0].text, GREEDY_TEXT);
+    assert_eq!(b.choices[0].text, format!("Hello{GREEDY_TEXT}"));
     let chunks = stats.chunk_lengths();
     // Step 1: A's prefill. Step 2: A's next token and B's 5-token prefill, together.
     assert_eq!(chunks[0], [1]);
