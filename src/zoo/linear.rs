@@ -13,7 +13,6 @@ use candle_core::{DType, Tensor, Var};
 pub use super::decoder::QuantKind;
 pub use super::lora::LoraAdapter;
 use super::lora::{fused_lora_forward, lora_update};
-use super::quantized_weight::ggml_dtype;
 pub use super::quantized_weight::{QuantizedWeight, GPU_QUANTIZED_ROWS};
 use super::ZooError;
 
@@ -120,14 +119,6 @@ impl TrainLinear {
         bias: Option<Param>,
         kind: QuantKind,
     ) -> Result<TrainLinear, ZooError> {
-        let (_, in_dim) = weight.dims2()?;
-        let block = ggml_dtype(kind).block_size();
-        if in_dim % block != 0 {
-            return Err(ZooError::Unsupported(format!(
-                "{} needs an input dimension divisible by {block}, got {in_dim}",
-                kind.as_str()
-            )));
-        }
         Ok(Self {
             base: LinearBase::Quantized(QuantizedWeight::quantize(weight, kind)?),
             bias,

@@ -26,7 +26,7 @@ const MIN_PART_ROWS: usize = 64;
 /// kernels, which take the activations as they are); see [`QuantizedWeight::forward`].
 pub const GPU_QUANTIZED_ROWS: usize = 8;
 
-pub(super) fn ggml_dtype(kind: QuantKind) -> GgmlDType {
+fn ggml_dtype(kind: QuantKind) -> GgmlDType {
     match kind {
         QuantKind::Q4_0 => GgmlDType::Q4_0,
         QuantKind::Q8_0 => GgmlDType::Q8_0,
@@ -67,13 +67,22 @@ impl QuantizedWeight {
         Self::quantize_in_parts(weight, kind, parts)
     }
 
-    /// `weight` quantized in up to `parts` parts of at least [`MIN_PART_ROWS`] rows each.
+    /// `weight` quantized in up to `parts` parts of at least [`MIN_PART_ROWS`] rows each;
+    /// its input dimension must be a multiple of the format's block (32 for both).
     pub(super) fn quantize_in_parts(
         weight: &Tensor,
         kind: QuantKind,
         parts: usize,
     ) -> Result<Self, ZooError> {
         let dims = weight.dims2()?;
+        let block = ggml_dtype(kind).block_size();
+        if dims.1 % block != 0 {
+            return Err(ZooError::Unsupported(format!(
+                "{} needs an input dimension divisible by {block}, got {}",
+                kind.as_str(),
+                dims.1
+            )));
+        }
         let parts = parts.min(dims.0 / MIN_PART_ROWS).max(1);
         let rows_per_part = dims.0.div_ceil(parts);
         let parts = (0..dims.0)
