@@ -21,13 +21,17 @@ pub(super) struct StoreCatalog {
 }
 
 impl StoreCatalog {
-    /// A base decoder by id, its GGUF converted on a blocking thread the first time.
-    /// Encoders are not servable without a trained head.
-    async fn base_decoder(&self, id: &str) -> Result<Option<ServableModel>, String> {
-        let Some(base) = basemodels::resolve(&self.models_dir, id)
-            .filter(|base| base.kind == BaseModelKind::Decoder)
-        else {
+    /// A base model by id: a decoder served as it is (its GGUF converted on a blocking
+    /// thread the first time), or an encoder served only as the shared base of its LoRA
+    /// classifiers. Image backbones are not servable without a trained head.
+    async fn base_model(&self, id: &str) -> Result<Option<ServableModel>, String> {
+        let Some(base) = basemodels::resolve(&self.models_dir, id) else {
             return Ok(None);
+        };
+        let kind = match base.kind {
+            BaseModelKind::Decoder => ServedKind::CausalLm,
+            BaseModelKind::Encoder => ServedKind::SharedEncoder,
+            BaseModelKind::Vision => return Ok(None),
         };
         let name = base.id.clone();
         let dir = base
@@ -38,29 +42,45 @@ impl StoreCatalog {
         Ok(Some(ServableModel {
             name,
             dir,
-            kind: ServedKind::CausalLm,
+            kind,
             adapter_of: None,
         }))
     }
-}
 
-impl StoreCatalog {
-    /// The base a LoRA checkpoint in `dir` is served over, unmerged: `base` (the job's
-    /// model) when it is a base decoder of the models dir and the checkpoint was trained
-    /// over that very directory. Anything else (full fine-tunes, QLoRA, a fine-tune of a
-    /// fine-tune, a base that moved) is served merged, as its own model.
-    async fn adapter_base(&self, dir: &Path, base: &str) -> Result<Option<AdapterBase>, String> {
+    /// [`Self::base_model`] when it is of `kind`.
+    async fn base_of_kind(
+        &self,
+        id: &str,
+        kind: ServedKind,
+    ) -> Result<Option<ServableModel>, String> {
+        Ok(self.base_model(id).await?.filter(|base| base.kind == kind))
+    }
+
+    /// The base a LoRA checkpoint in `dir` of a `kind` model is served over, unmerged:
+    /// `base` (the job's model) when it is a base model of the models dir of the matching
+    /// kind and the checkpoint was trained over that very directory. Anything else (full
+    /// fine-tunes, QLoRA, a fine-tune of a fine-tune, a base that moved) is served merged,
+    /// as its own model.
+    async fn adapter_base(
+        &self,
+        dir: &Path,
+        kind: ServedKind,
+        base: &str,
+    ) -> Result<Option<AdapterBase>, String> {
+        let (read, base_kind): (fn(&Path) -> _, _) = match kind {
+            ServedKind::CausalLm => (decoder_adapter_base, ServedKind::CausalLm),
+            ServedKind::Classifier => (classifier_adapter_base, ServedKind::SharedEncoder),
+            _ => return Ok(None),
+        };
         let checkpoint = dir.to_path_buf();
-        let trained_over = tokio::task::spawn_blocking(move || {
-            crate::tasks::sft::adapter::adapter_base_dir(&checkpoint)
-        })
-        .await
-        .map_err(|e| format!("reading checkpoint: {e}"))?
-        .map_err(|e| format!("reading checkpoint: {e}"))?;
+        let trained_over = tokio::task::spawn_blocking(move || read(&checkpoint))
+            .await
+            .map_err(|e| format!("reading checkpoint: {e}"))?
+            .map_err(|e| format!("reading checkpoint: {e}"))?;
         let Some(trained_over) = trained_over else {
             return Ok(None);
         };
-        let Some(base) = self.base_decoder(base).await? else {
+        let Some(base) = self.base_of_kind(base, base_kind).await? else {
             return Ok(None);
         };
         let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
@@ -75,6 +95,14 @@ impl StoreCatalog {
     }
 }
 
+fn decoder_adapter_base(dir: &Path) -> Result<Option<PathBuf>, crate::train::TrainError> {
+    crate::tasks::sft::adapter::adapter_base_dir(dir)
+}
+
+fn classifier_adapter_base(dir: &Path) -> Result<Option<PathBuf>, crate::train::TrainError> {
+    crate::tasks::sequence_classification::shared::adapter_base_dir(dir)
+}
+
 impl ModelCatalog for StoreCatalog {
     fn resolve(&self, model: &str) -> BoxFuture<'_, Result<Option<ServableModel>, String>> {
         let name = model.to_string();
@@ -85,7 +113,7 @@ impl ModelCatalog for StoreCatalog {
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(row) = row else {
-                return self.base_decoder(&name).await;
+                return self.base_model(&name).await;
             };
             // A kind this build does not serve (a row from a newer version) is no model.
             let Some(kind) = ServedKind::from_stored(&row.kind) else {
@@ -96,7 +124,7 @@ impl ModelCatalog for StoreCatalog {
                 (ServedKind::CausalLm, Some(base)) if row.registered_adapter => {
                     // Registered adapters were checked against the base when registered;
                     // one whose base left the models dir is no model.
-                    let Some(base) = self.base_decoder(base).await? else {
+                    let Some(base) = self.base_of_kind(base, ServedKind::CausalLm).await? else {
                         return Ok(None);
                     };
                     Some(AdapterBase {
@@ -105,7 +133,7 @@ impl ModelCatalog for StoreCatalog {
                         slot: 0,
                     })
                 }
-                (ServedKind::CausalLm, Some(base)) => self.adapter_base(&dir, base).await?,
+                (kind, Some(base)) => self.adapter_base(&dir, kind, base).await?,
                 _ => None,
             };
             Ok(Some(ServableModel {
@@ -208,7 +236,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn base_decoders_are_served_from_the_models_dir_and_encoders_are_not() {
+    async fn base_decoders_are_served_from_the_models_dir_and_encoders_as_shared_bases() {
         let (tmp, catalog) = catalog().await;
         let models = with_tiny_chat(tmp.path());
         crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
@@ -218,7 +246,48 @@ mod tests {
         assert_eq!(served.name, "tiny-chat");
         assert!(served.dir.starts_with(tmp.path().join("data/cache/gguf")));
         assert!(served.dir.join("model.safetensors").exists());
-        assert_eq!(catalog.resolve("org/bert").await.unwrap(), None);
+        let encoder = catalog.resolve("org/bert").await.unwrap().unwrap();
+        assert_eq!(encoder.kind, ServedKind::SharedEncoder);
+        assert_eq!(encoder.dir, models.join("org/bert"));
+        assert_eq!(encoder.adapter_of, None);
+    }
+
+    #[tokio::test]
+    async fn lora_classifiers_of_a_base_encoder_are_served_as_adapters_over_it() {
+        use crate::tasks::sequence_classification::shared::tests::train_classifier;
+        let (tmp, catalog) = catalog().await;
+        let base = tmp.path().join("models/org/bert");
+        crate::zoo::testing::write_tiny_bert(&base, 1).unwrap();
+        let data = tmp.path().join("data");
+        let lora = train_classifier(&base, &data.join("jobs/lora"), 4, 5e-3);
+        let full = train_classifier(&base, &data.join("jobs/full"), 0, 1e-3);
+        for (id, dir) in [("ft:lora", &lora), ("ft:full", &full)] {
+            let row = ModelRow {
+                kind: ServedKind::Classifier.as_str().into(),
+                base_model: Some("org/bert".into()),
+                ..causal_row(id, None, relative(&data, dir), false)
+            };
+            catalog.store.insert_model(&row).await.unwrap();
+        }
+        let served = catalog.resolve("ft:lora").await.unwrap().unwrap();
+        assert_eq!(served.kind, ServedKind::Classifier);
+        assert_eq!(
+            served.adapter_of,
+            Some(AdapterBase {
+                name: "org/bert".into(),
+                dir: base,
+                slot: 0,
+            })
+        );
+        let full = catalog.resolve("ft:full").await.unwrap().unwrap();
+        assert_eq!((full.kind, full.adapter_of), (ServedKind::Classifier, None));
+    }
+
+    fn relative(data: &Path, dir: &Path) -> String {
+        dir.strip_prefix(data)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     #[tokio::test]

@@ -49,6 +49,9 @@ pub enum ServedKind {
     CausalLm,
     /// `/v1/classifications` with image inputs.
     ImageClassifier,
+    /// A base encoder loaded once and shared by its LoRA classifiers, which name it; never
+    /// the kind of a model row.
+    SharedEncoder,
 }
 
 /// Which hyperparameter defaults a task starts from (`domain::hyperparams`).
@@ -143,10 +146,12 @@ impl ServedKind {
             ServedKind::QuestionAnswerer => "question_answerer",
             ServedKind::CausalLm => "causal_lm",
             ServedKind::ImageClassifier => "image_classifier",
+            ServedKind::SharedEncoder => "shared_encoder",
         }
     }
 
-    /// `None` for a kind this build does not know (a row from a newer version).
+    /// `None` for a kind this build does not know (a row from a newer version), and for
+    /// kinds no row has.
     pub fn from_stored(kind: &str) -> Option<Self> {
         [
             ServedKind::Classifier,

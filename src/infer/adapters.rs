@@ -15,6 +15,8 @@ use futures::future::BoxFuture;
 use super::catalog::{ModelCatalog, ServableModel};
 use super::registry::{ModelLoader, ModelRegistry, Servable};
 use super::{InferError, InferenceHandle, LoadedModel};
+use crate::domain::task::ServedKind;
+use crate::tasks::sequence_classification::shared::ClassifierAdapter;
 use crate::zoo::decoder::{DecoderConfig, ServedAdapter};
 
 /// What the adapters' registry is built from.
@@ -50,7 +52,7 @@ impl AdapterSettings {
 impl InferenceHandle {
     /// The engine serving `model` and, when `model` is a LoRA adapter served unmerged, the
     /// adapter its requests add to the base's engine.
-    pub(super) async fn generator(
+    pub(super) async fn engine_and_adapter(
         &self,
         model: &str,
     ) -> Result<(Arc<LoadedModel>, Option<Arc<LoadedAdapter>>), InferError> {
@@ -76,16 +78,43 @@ impl InferenceHandle {
 
 /// An adapter ready to join its base's batches.
 pub struct LoadedAdapter {
-    pub adapter: Arc<ServedAdapter>,
+    pub weights: AdapterWeights,
     /// The base model's name (its engine in the models' registry).
     pub base: String,
     /// The serving device it was built on (the base's when it was loaded).
     pub slot: usize,
 }
 
+/// What an adapter adds to its base, by the base's kind.
+pub enum AdapterWeights {
+    /// LoRA on a decoder's projections, added per row of the base's decode batches.
+    Decoder(Arc<ServedAdapter>),
+    /// LoRA on an encoder with its classification head, built over the shared encoder.
+    Classifier(Arc<ClassifierAdapter>),
+}
+
+impl LoadedAdapter {
+    /// The decoder adapter, for a generation request; `None` for no adapter, an error for
+    /// an adapter of another kind (its base is not a decoder either, so this is a fault).
+    pub(super) fn decoder(
+        adapter: Option<&Arc<LoadedAdapter>>,
+    ) -> Result<Option<Arc<ServedAdapter>>, InferError> {
+        match adapter.map(|a| &a.weights) {
+            None => Ok(None),
+            Some(AdapterWeights::Decoder(weights)) => Ok(Some(weights.clone())),
+            Some(AdapterWeights::Classifier(_)) => Err(InferError::engine(
+                "a classification adapter was sent to a language model",
+            )),
+        }
+    }
+}
+
 impl Servable for LoadedAdapter {
     fn parameter_bytes(&self) -> usize {
-        self.adapter.bytes()
+        match &self.weights {
+            AdapterWeights::Decoder(adapter) => adapter.bytes(),
+            AdapterWeights::Classifier(adapter) => adapter.bytes(),
+        }
     }
 }
 
@@ -141,15 +170,25 @@ impl ModelLoader<LoadedAdapter> for AdapterLoader {
         let failed = |e: &dyn std::fmt::Display| {
             InferError::engine(format!("loading adapter `{}`: {e}", model.name))
         };
-        let (config, _) = DecoderConfig::from_dir(&base.dir).map_err(|e| failed(&e))?;
-        let adapter = crate::tasks::sft::adapter::load_adapter(&model.dir, &config, device)
-            .map_err(|e| failed(&e))?;
-        tracing::info!(model = %model.name, base = %base.name, bytes = adapter.bytes(), "adapter loaded");
-        Ok(LoadedAdapter {
-            adapter: Arc::new(adapter),
+        let weights = match model.kind {
+            ServedKind::Classifier => AdapterWeights::Classifier(Arc::new(
+                ClassifierAdapter::load(&model.dir, device).map_err(|e| failed(&e))?,
+            )),
+            _ => {
+                let (config, _) = DecoderConfig::from_dir(&base.dir).map_err(|e| failed(&e))?;
+                let adapter = crate::tasks::sft::adapter::load_adapter(&model.dir, &config, device)
+                    .map_err(|e| failed(&e))?;
+                AdapterWeights::Decoder(Arc::new(adapter))
+            }
+        };
+        let loaded = LoadedAdapter {
+            weights,
             base: base.name.clone(),
             slot: base.slot,
-        })
+        };
+        let bytes = loaded.parameter_bytes();
+        tracing::info!(model = %model.name, base = %base.name, bytes, "adapter loaded");
+        Ok(loaded)
     }
 }
 

@@ -11,10 +11,12 @@ use super::generate::{CausalLmBackend, CausalLmParts, GenEngine, GenEngineConfig
 use super::image_classification::{ImageEngine, ImageServing};
 use super::question_answering::QaEngine;
 use super::registry::ModelLoader;
+use super::shared_encoder::SharedEncoderEngine;
 use super::token_classification::{TokenEngine, TokenTagger};
 use super::{InferError, LoadedModel};
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
+use crate::tasks::sequence_classification::shared::SharedEncoderClassifier;
 use crate::zoo::decoder::QuantKind;
 
 /// Loads catalog entries as engines on the serving devices (the registry picks one).
@@ -73,6 +75,14 @@ impl CheckpointLoader {
                 tracing::info!(bytes, "token classifier loaded");
                 TokenEngine::spawn(&model.name, backend, self.engine)
                     .map(LoadedModel::TokenClassifier)
+            }
+            ServedKind::SharedEncoder => {
+                let backend = SharedEncoderClassifier::load(&model.dir, device)
+                    .map_err(|e| InferError::engine(e.to_string()))?;
+                let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
+                tracing::info!(bytes, "shared base encoder loaded");
+                SharedEncoderEngine::spawn(&model.name, backend, self.engine)
+                    .map(LoadedModel::SharedEncoder)
             }
             ServedKind::ImageClassifier => {
                 let backend = ImageServing::load(&model.dir, device)

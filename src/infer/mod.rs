@@ -26,10 +26,14 @@ pub mod image_classification;
 pub mod loader;
 pub mod question_answering;
 pub mod registry;
+mod requests;
+pub mod shared_encoder;
 pub mod token_classification;
 
 #[cfg(test)]
 pub(crate) mod adapter_handle_tests;
+#[cfg(test)]
+mod classifier_adapter_tests;
 #[cfg(test)]
 mod engine_tests;
 #[cfg(test)]
@@ -66,6 +70,8 @@ pub use image_classification::ImageEngine;
 pub use loader::CheckpointLoader;
 pub use question_answering::{QaBackend, QaEngine, QaPrediction, QaQuestion};
 pub use registry::{ModelLoader, ModelRegistry, Servable};
+use requests::{wrong_kind_qa, wrong_kind_token};
+pub use shared_encoder::SharedEncoderEngine;
 pub use token_classification::{Aggregation, TextToTag, TokenEngine, TokenEntity};
 
 /// How long a failed load is reported before the next request tries again.
@@ -94,6 +100,8 @@ pub enum LoadedModel {
     QuestionAnswerer(QaEngine),
     TokenClassifier(TokenEngine),
     ImageClassifier(ImageEngine),
+    /// A base encoder its LoRA classifiers share (served only with one of them).
+    SharedEncoder(SharedEncoderEngine),
 }
 
 impl Servable for LoadedModel {
@@ -104,6 +112,7 @@ impl Servable for LoadedModel {
             LoadedModel::QuestionAnswerer(engine) => engine.parameter_bytes(),
             LoadedModel::TokenClassifier(engine) => engine.parameter_bytes(),
             LoadedModel::ImageClassifier(engine) => engine.parameter_bytes(),
+            LoadedModel::SharedEncoder(engine) => engine.parameter_bytes(),
         }
     }
 }
@@ -230,119 +239,6 @@ impl InferenceHandle {
         Self { registry, adapters }
     }
 
-    /// Classifies each input with `model`: per input the argmax label, its probability
-    /// and every label's probability. Texts longer than the model's training length are
-    /// truncated.
-    pub async fn classify(
-        &self,
-        model: &str,
-        inputs: Vec<String>,
-    ) -> Result<Vec<ClassPrediction>, InferError> {
-        validate_inputs(&inputs)?;
-        let loaded = self.registry.get(model).await?;
-        let answer = match loaded.as_ref() {
-            LoadedModel::Classifier(engine) => engine.classify(inputs).await,
-            LoadedModel::Generator(_) => Err(InferError::invalid(
-                "model",
-                format!("`{model}` is a text generation model; use /v1/chat/completions or /v1/completions"),
-            )),
-            LoadedModel::QuestionAnswerer(_) => Err(wrong_kind_qa(model)),
-            LoadedModel::TokenClassifier(_) => Err(wrong_kind_token(model)),
-            LoadedModel::ImageClassifier(_) => Err(InferError::invalid(
-                "input",
-                format!("`{model}` classifies images; send each input as {{\"type\": \"image_url\", \"image_url\": {{\"url\": \"data:image/png;base64,…\"}}}}"),
-            )),
-        };
-        release_off_runtime(loaded);
-        answer
-    }
-
-    /// Classifies each image (the file's bytes) with `model`, an image classifier: the
-    /// same predictions as [`InferenceHandle::classify`] gives for texts.
-    pub async fn classify_images(
-        &self,
-        model: &str,
-        images: Vec<Vec<u8>>,
-    ) -> Result<Vec<ClassPrediction>, InferError> {
-        if images.is_empty() {
-            return Err(InferError::invalid(
-                "input",
-                "`input` must contain at least one image",
-            ));
-        }
-        let loaded = self.registry.get(model).await?;
-        let answer = match loaded.as_ref() {
-            LoadedModel::ImageClassifier(engine) => engine.classify(images).await,
-            LoadedModel::Classifier(_) => Err(InferError::invalid(
-                "input",
-                format!("`{model}` classifies texts; send the inputs as strings"),
-            )),
-            LoadedModel::Generator(_)
-            | LoadedModel::QuestionAnswerer(_)
-            | LoadedModel::TokenClassifier(_) => Err(InferError::invalid(
-                "model",
-                format!("`{model}` is not an image classifier"),
-            )),
-        };
-        release_off_runtime(loaded);
-        answer
-    }
-
-    /// The entities of each text with `model`, a token classifier (NER), aggregated as
-    /// transformers' token-classification pipeline does; character offsets into the text.
-    /// Texts longer than the model's training length are truncated. Any other kind of
-    /// model is not found here (404 `model_not_found`).
-    pub async fn classify_tokens(
-        &self,
-        model: &str,
-        inputs: Vec<String>,
-        aggregation: Aggregation,
-    ) -> Result<Vec<Vec<TokenEntity>>, InferError> {
-        validate_inputs(&inputs)?;
-        let loaded = self.registry.get(model).await?;
-        let answer = match loaded.as_ref() {
-            LoadedModel::TokenClassifier(engine) => {
-                let texts = inputs
-                    .into_iter()
-                    .map(|text| TextToTag { text, aggregation })
-                    .collect();
-                engine.tag(texts).await
-            }
-            LoadedModel::Classifier(_)
-            | LoadedModel::Generator(_)
-            | LoadedModel::QuestionAnswerer(_)
-            | LoadedModel::ImageClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
-        };
-        release_off_runtime(loaded);
-        answer
-    }
-
-    /// Answers each question from its context with `model`, an extractive QA model: the
-    /// best span (character offsets) and its score; "" when the model says the context has
-    /// no answer. Any other kind of model is not found here (404 `model_not_found`).
-    pub async fn answer_questions(
-        &self,
-        model: &str,
-        questions: Vec<QaQuestion>,
-    ) -> Result<Vec<QaPrediction>, InferError> {
-        if questions.is_empty() {
-            return Err(InferError::invalid(
-                "input",
-                "`input` must contain at least one question",
-            ));
-        }
-        let loaded = self.registry.get(model).await?;
-        let answer = match loaded.as_ref() {
-            LoadedModel::QuestionAnswerer(engine) => engine.answer(questions).await,
-            LoadedModel::Classifier(_)
-            | LoadedModel::Generator(_)
-            | LoadedModel::TokenClassifier(_)
-            | LoadedModel::ImageClassifier(_) => Err(InferError::ModelNotFound(model.to_string())),
-        };
-        release_off_runtime(loaded);
-        answer
-    }
-
     /// Starts a chat completion: `messages` go through the model's chat template. The
     /// stream yields deltas as they are generated; `GenerationStream::collect` waits for
     /// the whole answer. Prompt errors (too long…) are returned here, before any event.
@@ -379,18 +275,20 @@ impl InferenceHandle {
         model: &str,
         request: GenerationRequest,
     ) -> Result<GenerationStream, InferError> {
-        let (loaded, adapter) = self.generator(model).await?;
+        let (loaded, adapter) = self.engine_and_adapter(model).await?;
         let answer = match loaded.as_ref() {
-            LoadedModel::Generator(engine) => {
-                // The stream keeps the model loaded until it ends, even if evicted (the
-                // engine holds the adapter while the request runs).
-                let keep_alive: generate::KeepAlive = loaded.clone();
-                let adapter = adapter.map(|a| a.adapter.clone());
-                engine
-                    .generate_keeping(request, adapter, Some(keep_alive))
-                    .await
-            }
-            LoadedModel::Classifier(_) => Err(InferError::invalid(
+            LoadedModel::Generator(engine) => match LoadedAdapter::decoder(adapter.as_ref()) {
+                Ok(adapter) => {
+                    // The stream keeps the model loaded until it ends, even if evicted (the
+                    // engine holds the adapter while the request runs).
+                    let keep_alive: generate::KeepAlive = loaded.clone();
+                    engine
+                        .generate_keeping(request, adapter, Some(keep_alive))
+                        .await
+                }
+                Err(error) => Err(error),
+            },
+            LoadedModel::Classifier(_) | LoadedModel::SharedEncoder(_) => Err(InferError::invalid(
                 "model",
                 format!("`{model}` is a classification model; use /v1/classifications"),
             )),
@@ -444,45 +342,12 @@ impl InferenceHandle {
     }
 }
 
-/// A question-answering model asked for something else.
-fn wrong_kind_qa(model: &str) -> InferError {
-    InferError::invalid(
-        "model",
-        format!("`{model}` is a question-answering model; use /v1/question_answering"),
-    )
-}
-
-/// A token-classification model asked for something else.
-fn wrong_kind_token(model: &str) -> InferError {
-    InferError::invalid(
-        "model",
-        format!("`{model}` is a token-classification model; use /v1/token_classifications"),
-    )
-}
-
 /// If the model was evicted meanwhile, `loaded` may be the last reference, and dropping
 /// it joins the engine thread: do that off the runtime.
 fn release_off_runtime(loaded: Arc<LoadedModel>) {
     if let Some(last) = Arc::into_inner(loaded) {
         drop(tokio::task::spawn_blocking(move || drop(last)));
     }
-}
-
-/// The request rules every engine relies on: at least one input, none empty.
-fn validate_inputs(inputs: &[String]) -> Result<(), InferError> {
-    if inputs.is_empty() {
-        return Err(InferError::invalid(
-            "input",
-            "`input` must contain at least one string",
-        ));
-    }
-    if let Some(index) = inputs.iter().position(String::is_empty) {
-        return Err(InferError::invalid(
-            "input",
-            format!("`input[{index}]` is an empty string"),
-        ));
-    }
-    Ok(())
 }
 
 fn export_blocking(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::bert_names::names;
 use super::config::{EncoderArch, EncoderConfig};
 use super::cpu::embedding::{self, RowGradients};
-use super::linear::{Param, TrainLinear};
+use super::linear::{Param, ServedAdapters, TrainLinear};
 pub use super::loader::{ParamBuilder, Tuning};
 use super::packing::Packing;
 use super::recompute::{checkpointed, RecomputedGradients, Segment};
@@ -372,9 +372,9 @@ impl Encoder {
         Ok(())
     }
 
-    /// Merges every adapter and freezes every parameter, for inference (see
-    /// [`Param::freeze`]).
-    pub fn freeze(&mut self) -> Result<(), ZooError> {
+    /// Freezes every parameter for inference (see [`Param::freeze`]), the adapters merged
+    /// or kept apart as `adapters` says.
+    pub fn freeze(&mut self, adapters: ServedAdapters) -> Result<(), ZooError> {
         self.word_emb_grads = None;
         // Under mixed precision the tables are stored in the linears' dtype too (a full
         // fine-tune's are f32 masters until now); lookups cast their rows to f32.
@@ -393,7 +393,7 @@ impl Encoder {
             l.attn_ln.freeze();
             l.out_ln.freeze();
             for lin in l.linears_mut() {
-                lin.freeze()?;
+                lin.freeze_as(adapters)?;
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use rand::Rng;
 use super::bert::{put_linear, Encoder, ParamBuilder, Tuning};
 use super::config::{EncoderArch, EncoderConfig};
 use super::export::{copy_present, save_safetensors, write_json, write_peft_adapter, PeftAdapter};
-use super::linear::{Param, TrainLinear};
+use super::linear::{Param, ServedAdapters, TrainLinear};
 use super::params::{self, NamedVar};
 use super::ZooError;
 use crate::domain::hyperparams::LoraSettings;
@@ -178,7 +178,15 @@ impl<H: EncoderHead> EncoderModel<H> {
         compute: DType,
     ) -> Result<Self, ZooError> {
         let (cfg, _) = EncoderConfig::from_dir(base_dir)?;
-        let tuning = match H::lora(spec) {
+        let tuning = Self::tuning(&cfg, spec);
+        let pb = ParamBuilder::new(base_dir, cfg.arch, tuning, device, seed)?
+            .with_compute_dtype(compute);
+        Self::from_builder(&cfg, spec, pb)
+    }
+
+    /// LoRA on the spec's targets when it asks for a rank, else full fine-tuning.
+    pub(crate) fn tuning(cfg: &EncoderConfig, spec: &H::Spec) -> Tuning {
+        match H::lora(spec) {
             Some(l) if l.rank > 0 => Tuning::Lora {
                 rank: l.rank,
                 alpha: l.alpha,
@@ -186,15 +194,21 @@ impl<H: EncoderHead> EncoderModel<H> {
                 targets: encoder_lora_targets(cfg.arch, l),
             },
             _ => Tuning::Full,
-        };
-        let mut pb = ParamBuilder::new(base_dir, cfg.arch, tuning.clone(), device, seed)?
-            .with_compute_dtype(compute);
-        let encoder = Encoder::load(&cfg, &mut pb)?;
-        let head = H::build(&cfg, spec, &mut pb)?;
+        }
+    }
+
+    /// The encoder, then the head, from `pb`'s tensors and seeded draws.
+    pub(crate) fn from_builder(
+        cfg: &EncoderConfig,
+        spec: &H::Spec,
+        mut pb: ParamBuilder,
+    ) -> Result<Self, ZooError> {
+        let encoder = Encoder::load(cfg, &mut pb)?;
+        let head = H::build(cfg, spec, &mut pb)?;
         Ok(Self {
             encoder,
             head,
-            tuning,
+            tuning: pb.tuning,
             vars: pb.vars,
         })
     }
@@ -250,9 +264,19 @@ impl<H: EncoderHead> EncoderModel<H> {
     /// forward pass records no graph and frees each intermediate as soon as it is used.
     /// Nothing is trainable afterwards.
     pub fn freeze_for_inference(&mut self) -> Result<(), ZooError> {
-        self.encoder.freeze()?;
+        self.freeze_as(ServedAdapters::Merged)
+    }
+
+    /// [`Self::freeze_for_inference`] with the adapters kept apart from the base weights,
+    /// which stay untouched: how an adapter is served over a base other adapters share.
+    pub fn freeze_unmerged_for_inference(&mut self) -> Result<(), ZooError> {
+        self.freeze_as(ServedAdapters::Unmerged)
+    }
+
+    fn freeze_as(&mut self, adapters: ServedAdapters) -> Result<(), ZooError> {
+        self.encoder.freeze(adapters)?;
         for linear in self.head.linears_mut() {
-            linear.freeze()?;
+            linear.freeze_as(adapters)?;
         }
         self.vars.clear();
         Ok(())

@@ -133,8 +133,12 @@ fn linear_layers_agree_on_both_paths_trainable_frozen_and_with_lora() {
     // LoRA over the frozen base, B non-zero so A has a gradient too.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let lora = LoraAdapter::new(24, 20, 4, 16.0, 0.0, &mut rng, &candle_core::Device::Cpu).unwrap();
-    lora.b.set(&wave(&[20, 4], 0.2, 0.6)).unwrap();
-    let (lora_a, lora_b) = (lora.a.as_tensor().clone(), lora.b.as_tensor().clone());
+    lora.b
+        .as_var()
+        .unwrap()
+        .set(&wave(&[20, 4], 0.2, 0.6))
+        .unwrap();
+    let (lora_a, lora_b) = (lora.a.tensor().clone(), lora.b.tensor().clone());
     let frozen_bias = Some(Param::Frozen(b.as_tensor().detach()));
     let adapted = TrainLinear::new(Param::Frozen(frozen_w), frozen_bias).with_lora(lora);
     for pass in [Pass::Train, Pass::Eval] {

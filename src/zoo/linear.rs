@@ -35,6 +35,14 @@ impl Param {
         matches!(self, Param::Trainable(_))
     }
 
+    /// The var a trainable value lives in; `None` once frozen.
+    pub fn as_var(&self) -> Option<&Var> {
+        match self {
+            Param::Frozen(_) => None,
+            Param::Trainable(var) => Some(var),
+        }
+    }
+
     /// Makes the value a plain tensor with no autograd history. Candle records every op
     /// that touches a var or a tensor computed from one, so a model served with vars keeps
     /// each request's whole forward graph alive until the output is dropped.
@@ -42,6 +50,16 @@ impl Param {
         let detached = self.tensor().detach();
         *self = Param::Frozen(detached);
     }
+}
+
+/// What freezing a model for inference does with its LoRA adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedAdapters {
+    /// Folded into the base weights: one product per layer, a copy of the weights per model.
+    Merged,
+    /// Kept beside the base weights (frozen too): a base shared by many adapters is never
+    /// written to, at the price of the low-rank products.
+    Unmerged,
 }
 
 /// Where the base weight lives.
@@ -177,8 +195,11 @@ impl TrainLinear {
             out.push(b.tensor().clone());
         }
         if let Some(lora) = &self.lora {
-            out.push(lora.a.as_tensor().clone());
-            out.push(lora.b.as_tensor().clone());
+            for factor in [&lora.a, &lora.b] {
+                if factor.is_trainable() {
+                    out.push(factor.tensor().clone());
+                }
+            }
         }
         out
     }
@@ -391,7 +412,20 @@ impl TrainLinear {
     /// Merges any adapter and freezes the weight (in the matmul dtype) and bias, for
     /// inference.
     pub fn freeze(&mut self) -> Result<(), ZooError> {
-        self.merge()?;
+        self.freeze_as(ServedAdapters::Merged)
+    }
+
+    /// Freezes the weight (in the matmul dtype), bias and adapter for inference, the
+    /// adapter merged or kept apart as `adapters` says.
+    pub fn freeze_as(&mut self, adapters: ServedAdapters) -> Result<(), ZooError> {
+        match adapters {
+            ServedAdapters::Merged => self.merge()?,
+            ServedAdapters::Unmerged => {
+                if let Some(lora) = &mut self.lora {
+                    lora.freeze();
+                }
+            }
+        }
         if let LinearBase::Dense(weight) = &mut self.base {
             weight.freeze();
             // A full fine-tune's f32 master, stored in the matmul dtype for serving.
@@ -422,7 +456,7 @@ impl TrainLinear {
         };
         let mut n = self.bias.as_ref().map_or(0, |b| b.tensor().elem_count());
         if let Some(l) = &self.lora {
-            n += l.a.elem_count() + l.b.elem_count();
+            n += l.a.tensor().elem_count() + l.b.tensor().elem_count();
         }
         base + n * 4
     }

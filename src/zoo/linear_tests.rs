@@ -42,7 +42,7 @@ fn merge_folds_scaled_adapter_into_the_weight() {
     let mut rng = StdRng::seed_from_u64(1);
     let lora = LoraAdapter::new(4, 3, 2, 6.0, 0.0, &mut rng, &Device::Cpu).unwrap();
     assert_eq!(lora.scale, 3.0);
-    lora.b.set(&ramp((3, 2), 0.2)).unwrap();
+    lora.b.as_var().unwrap().set(&ramp((3, 2), 0.2)).unwrap();
     let mut lin = TrainLinear::new(Param::Frozen(ramp((3, 4), 0.1)), None).with_lora(lora);
     let x = ramp((5, 4), 0.7);
     let before = lin.forward(&x, false).unwrap();

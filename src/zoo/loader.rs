@@ -90,6 +90,29 @@ impl ParamBuilder {
         // SAFETY: the checkpoint files are not modified while the model is loaded; the
         // tensors are copied out of the mapping as f32 by `get`.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        Self::over(vb, arch, tuning, device, seed)
+    }
+
+    /// A builder whose frozen parameters are `tensors` themselves, not copies (f32, on
+    /// `device`): models built from one map share its weights.
+    pub fn over_tensors(
+        tensors: std::collections::HashMap<String, Tensor>,
+        arch: EncoderArch,
+        tuning: Tuning,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, ZooError> {
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::over(vb, arch, tuning, device, seed)
+    }
+
+    fn over(
+        vb: VarBuilder<'static>,
+        arch: EncoderArch,
+        tuning: Tuning,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, ZooError> {
         let hf_prefix = match arch {
             EncoderArch::Bert => "bert.",
             EncoderArch::DistilBert => "distilbert.",
@@ -250,7 +273,10 @@ impl ParamBuilder {
             &mut self.rng,
             &self.device,
         )?;
-        for (part, var) in [("lora_A", &adapter.a), ("lora_B", &adapter.b)] {
+        for (part, factor) in [("lora_A", &adapter.a), ("lora_B", &adapter.b)] {
+            let Some(var) = factor.as_var() else {
+                continue;
+            };
             self.vars.push(NamedVar {
                 name: format!("base_model.model.{hf_module}.{part}.weight"),
                 var: var.clone(),

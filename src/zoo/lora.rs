@@ -8,10 +8,11 @@ use super::linear::{Param, Pass};
 use super::ZooError;
 
 /// Low-rank adapter `scale · B(A(dropout(x)))`, PEFT layout: A `[r, in]`, B `[out, r]`.
+/// Trainable while a job trains it; frozen (plain tensors) when served unmerged.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
-    pub a: Var,
-    pub b: Var,
+    pub a: Param,
+    pub b: Param,
     pub scale: f64,
     pub dropout: f64,
 }
@@ -38,8 +39,8 @@ impl LoraAdapter {
         let a = Var::from_tensor(&Tensor::from_vec(a_data, (rank, in_dim), device)?)?;
         let b = Var::zeros((out_dim, rank), DType::F32, device)?;
         Ok(Self {
-            a,
-            b,
+            a: Param::Trainable(a),
+            b: Param::Trainable(b),
             scale: alpha / rank as f64,
             dropout,
         })
@@ -47,7 +48,13 @@ impl LoraAdapter {
 
     /// `scale · B · A`, shaped like the base weight.
     pub fn delta_weight(&self) -> Result<Tensor, ZooError> {
-        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+        Ok((self.b.tensor().matmul(self.a.tensor())? * self.scale)?)
+    }
+
+    /// Both factors as plain tensors (see [`Param::freeze`]), for serving unmerged.
+    pub fn freeze(&mut self) {
+        self.a.freeze();
+        self.b.freeze();
     }
 }
 
@@ -68,16 +75,16 @@ pub(super) fn lora_update(
         } else {
             x2.clone()
         };
-        let low = (linear(&lora_in, lora.a.as_tensor(), None)? * lora.scale)?;
-        return Ok(linear_add(&base_out, &low, lora.b.as_tensor())?);
+        let low = (linear(&lora_in, lora.a.tensor(), None)? * lora.scale)?;
+        return Ok(linear_add(&base_out, &low, lora.b.tensor())?);
     }
     let lora_in = if train_dropout {
         super::cpu::dropout::seeded_dropout_any_device(x2, lora.dropout as f32)?
     } else {
         x2.clone()
     };
-    let low = lora_in.matmul(&lora.a.as_tensor().t()?)?;
-    let up = low.matmul(&lora.b.as_tensor().t()?)?;
+    let low = lora_in.matmul(&lora.a.tensor().t()?)?;
+    let up = low.matmul(&lora.b.tensor().t()?)?;
     Ok((base_out + (up * lora.scale)?)?)
 }
 
@@ -103,7 +110,7 @@ pub(super) fn fused_lora_forward(
         x2,
         weight,
         bias.map(Param::tensor),
-        (lora.a.as_tensor(), lora.b.as_tensor()),
+        (lora.a.tensor(), lora.b.tensor()),
         lora.scale,
     )?))
 }

@@ -45,6 +45,7 @@ pub mod params;
 mod precomputed;
 pub mod quantized_weight;
 pub mod recompute;
+pub mod shared_encoder;
 pub mod testing;
 pub mod tokenizer;
 pub mod vision;

@@ -133,7 +133,7 @@ fn full_finetuning_gives_every_trainable_var_a_gradient() {
 }
 
 /// Gives every LoRA B a deterministic non-zero value, as if trained.
-fn perturb_lora_b(model: &SequenceClassifier) {
+pub(super) fn perturb_lora_b(model: &SequenceClassifier) {
     for nv in model.trainable_vars() {
         if nv.name.contains("lora_B") {
             let n = nv.var.elem_count();

@@ -307,6 +307,38 @@ async fn lora_job_downloads_a_peft_adapter() {
         done["method"]["supervised"]["hyperparameters"]["lora_rank"], 4,
         "{done}"
     );
+    // Served as an adapter over the shared base encoder, which has no head of its own.
+    let model = done["fine_tuned_model"].as_str().expect("model");
+    let (status, reply) = server
+        .post(
+            "/v1/classifications",
+            json!({"model": model, "input": ["good great happy film", "bad awful sad film"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    for item in reply["data"].as_array().expect("data") {
+        let total: f64 = item["scores"]
+            .as_object()
+            .expect("scores")
+            .values()
+            .filter_map(Value::as_f64)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4, "{item}");
+    }
+    let (status, body) = server
+        .post(
+            "/v1/classifications",
+            json!({"model": BASE_MODEL, "input": "good"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let error = assert_envelope(&body, Some("model"));
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("base encoder")),
+        "{error}"
+    );
     let reply = server
         .client
         .get(server.url(&format!(

@@ -20,6 +20,7 @@ mod export;
 pub mod metrics;
 pub(crate) mod report;
 pub mod serve;
+pub mod shared;
 #[cfg(test)]
 mod small_data_tests;
 #[cfg(test)]

@@ -485,7 +485,10 @@ impl Builder<'_> {
             &mut self.rng,
             &self.device,
         )?;
-        for (part, var) in [("lora_A", &adapter.a), ("lora_B", &adapter.b)] {
+        for (part, factor) in [("lora_A", &adapter.a), ("lora_B", &adapter.b)] {
+            let Some(var) = factor.as_var() else {
+                continue;
+            };
             self.vars.push(NamedVar {
                 name: format!("base_model.model.{module}.{part}.weight"),
                 var: var.clone(),
