@@ -245,6 +245,24 @@ pub enum ServeDtype {
     Q4_0,
 }
 
+impl ServeDtype {
+    /// The block format the weights are quantized to; `None` serves them as floats (f32 on
+    /// the CPU, bf16 on a GPU).
+    pub fn quant_kind(self) -> Option<crate::zoo::decoder::QuantKind> {
+        use crate::zoo::decoder::QuantKind;
+        match self {
+            ServeDtype::Auto => None,
+            ServeDtype::Q8_0 => Some(QuantKind::Q8_0),
+            ServeDtype::Q4_0 => Some(QuantKind::Q4_0),
+        }
+    }
+
+    /// The `--serve-dtype` spelling (`auto`, `q8_0`, `q4_0`, any case); `None` otherwise.
+    pub fn parse(name: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::from_str(name, true).ok()
+    }
+}
+
 impl InferenceConfig {
     /// The devices models are served on: `--serve-devices`, else the first training
     /// device, else the CPU. A device named twice is refused.

@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 
 use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
+use crate::config::ServeDtype;
 use crate::infer::catalog::AdapterBase;
 use crate::infer::{ModelCatalog, ServableModel, ServedKind};
 use crate::store::Store;
@@ -44,6 +45,25 @@ impl StoreCatalog {
             dir,
             kind,
             adapter_of: None,
+            serve_dtype: None,
+        }))
+    }
+
+    /// `<base decoder id>@<format>` (`@q8_0`, `@q4_0`, `@auto`, as `--serve-dtype` spells
+    /// them): that decoder served in that weight format whatever the server's default, as
+    /// a model of its own (its own engine and memory), so one request can compare formats.
+    async fn base_decoder_in_format(&self, name: &str) -> Result<Option<ServableModel>, String> {
+        let Some((id, format)) = name.rsplit_once('@') else {
+            return Ok(None);
+        };
+        let Some(dtype) = ServeDtype::parse(format) else {
+            return Ok(None);
+        };
+        let base = self.base_of_kind(id, ServedKind::CausalLm).await?;
+        Ok(base.map(|base| ServableModel {
+            name: name.to_string(),
+            serve_dtype: Some(dtype),
+            ..base
         }))
     }
 
@@ -113,7 +133,10 @@ impl ModelCatalog for StoreCatalog {
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(row) = row else {
-                return self.base_model(&name).await;
+                return match self.base_model(&name).await? {
+                    Some(base) => Ok(Some(base)),
+                    None => self.base_decoder_in_format(&name).await,
+                };
             };
             // A kind this build does not serve (a row from a newer version) is no model.
             let Some(kind) = ServedKind::from_stored(&row.kind) else {
@@ -141,6 +164,7 @@ impl ModelCatalog for StoreCatalog {
                 dir,
                 kind,
                 adapter_of,
+                serve_dtype: None,
             }))
         })
     }
@@ -250,6 +274,36 @@ mod tests {
         assert_eq!(encoder.kind, ServedKind::SharedEncoder);
         assert_eq!(encoder.dir, models.join("org/bert"));
         assert_eq!(encoder.adapter_of, None);
+    }
+
+    #[tokio::test]
+    async fn a_base_decoder_named_with_a_format_is_served_in_it_as_a_model_of_its_own() {
+        let (tmp, catalog) = catalog().await;
+        let models = with_tiny_chat(tmp.path());
+        crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
+        let plain = catalog.resolve("tiny-chat").await.unwrap().unwrap();
+        assert_eq!(plain.serve_dtype, None);
+        for (name, dtype) in [
+            ("tiny-chat@q8_0", ServeDtype::Q8_0),
+            ("tiny-chat@Q4_0", ServeDtype::Q4_0),
+            ("tiny-chat@auto", ServeDtype::Auto),
+        ] {
+            let served = catalog.resolve(name).await.unwrap().unwrap();
+            assert_eq!(served.name, name);
+            assert_eq!(served.serve_dtype, Some(dtype));
+            assert_eq!(
+                (served.kind, &served.dir),
+                (ServedKind::CausalLm, &plain.dir)
+            );
+        }
+        for unknown in [
+            "tiny-chat@q5_k",
+            "tiny-chat@",
+            "org/bert@q8_0",
+            "nobody@q8_0",
+        ] {
+            assert_eq!(catalog.resolve(unknown).await.unwrap(), None, "{unknown}");
+        }
     }
 
     #[tokio::test]

@@ -75,6 +75,7 @@ fn model(name: &str, dir: &Path, adapter_of: Option<&Path>) -> ServableModel {
             dir: base.to_path_buf(),
             slot: 0,
         }),
+        serve_dtype: None,
     }
 }
 

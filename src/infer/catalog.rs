@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 
+use crate::config::ServeDtype;
 use crate::domain::task::ServedKind;
 
 /// A model the catalog says can be served.
@@ -18,6 +19,9 @@ pub struct ServableModel {
     /// `Some` when the model is a LoRA adapter served over a shared base (unmerged): `dir`
     /// then holds the adapter, the base is loaded once for all its adapters.
     pub adapter_of: Option<AdapterBase>,
+    /// The weight format a language model is served in when its name asks for one
+    /// (`<base id>@q8_0`); `None`: the server's `--serve-dtype`.
+    pub serve_dtype: Option<ServeDtype>,
 }
 
 /// The base model an adapter is served over.

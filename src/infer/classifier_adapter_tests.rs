@@ -26,6 +26,7 @@ fn classifier(name: &str, dir: &Path, base: Option<&Path>) -> ServableModel {
             dir: base.to_path_buf(),
             slot: 0,
         }),
+        serve_dtype: None,
     }
 }
 
@@ -43,6 +44,7 @@ async fn lora_classifiers_share_one_base_encoder_and_answer_as_their_checkpoints
             dir: base.clone(),
             kind: ServedKind::SharedEncoder,
             adapter_of: None,
+            serve_dtype: None,
         },
         classifier("ft:first", &first, Some(&base)),
         classifier("ft:second", &second, Some(&base)),

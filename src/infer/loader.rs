@@ -57,7 +57,11 @@ impl CheckpointLoader {
                     .map(LoadedModel::Classifier)
             }
             ServedKind::CausalLm => {
-                let backend = load_causal(&model.dir, device, self.generation.quantize)?;
+                let quantize = match model.serve_dtype {
+                    Some(dtype) => dtype.quant_kind(),
+                    None => self.generation.quantize,
+                };
+                let backend = load_causal(&model.dir, device, quantize)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
@@ -189,5 +193,28 @@ mod tests {
             bytes(Some(QuantKind::Q4_0)),
         );
         assert!(q4 < q8 && q8 < f32_bytes, "{q4} {q8} {f32_bytes}");
+
+        // A model named in a format is loaded in it, whatever the server's default.
+        let loader = CheckpointLoader {
+            devices: vec![Device::Cpu],
+            engine: crate::infer::EngineConfig::default(),
+            generation: crate::infer::GenEngineConfig {
+                quantize: Some(QuantKind::Q4_0),
+                ..Default::default()
+            },
+        };
+        let served = |serve_dtype| {
+            let model = crate::infer::ServableModel {
+                name: "tiny".into(),
+                dir: dir.path().to_path_buf(),
+                kind: ServedKind::CausalLm,
+                adapter_of: None,
+                serve_dtype,
+            };
+            crate::infer::Servable::parameter_bytes(&loader.load(&model).unwrap())
+        };
+        assert_eq!(served(None), q4);
+        assert_eq!(served(Some(ServeDtype::Q8_0)), q8);
+        assert_eq!(served(Some(ServeDtype::Auto)), f32_bytes);
     }
 }

@@ -52,8 +52,6 @@ use std::time::Duration;
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
-use crate::zoo::decoder::QuantKind;
-
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 use adapters::{AdapterSettings, LoadedAdapter};
@@ -137,11 +135,7 @@ impl InferOptions {
         options.generation.max_batch_sequences = config.max_batch_sequences;
         options.generation.max_queued_sequences = config.max_queued_sequences;
         options.generation.prefill_chunk_tokens = config.prefill_chunk_tokens;
-        options.generation.quantize = match config.serve_dtype {
-            crate::config::ServeDtype::Auto => None,
-            crate::config::ServeDtype::Q8_0 => Some(QuantKind::Q8_0),
-            crate::config::ServeDtype::Q4_0 => Some(QuantKind::Q4_0),
-        };
+        options.generation.quantize = config.serve_dtype.quant_kind();
         if !devices.is_empty() {
             options.devices = devices;
         }

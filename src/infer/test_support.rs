@@ -30,6 +30,7 @@ impl MapCatalog {
                     dir: dir.clone(),
                     kind,
                     adapter_of: None,
+                    serve_dtype: None,
                 };
                 (name.to_string(), model)
             })

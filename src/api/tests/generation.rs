@@ -29,6 +29,7 @@ impl ModelCatalog for FakeCatalog {
             dir: "/nonexistent".into(),
             kind: ServedKind::CausalLm,
             adapter_of: None,
+            serve_dtype: None,
         });
         Box::pin(async move { Ok(found) })
     }
