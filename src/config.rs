@@ -5,6 +5,9 @@
 //! `Config { storage: StorageConfig { data_dir, .. }, ..Config::default() }`. There are no
 //! globals: `app::run` receives the whole `Config` and hands each part to its owner.
 
+mod serve_dtype;
+pub use serve_dtype::ServeDtype;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -228,39 +231,12 @@ pub struct InferenceConfig {
     #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
     pub serve_devices: Vec<String>,
     /// How served language models store their layers' projections: `auto` (bf16 on a GPU,
-    /// f32 on the CPU), or `q8_0` / `q4_0` blocks multiplied by quantized matmuls (a
-    /// quarter / an eighth of f32's bytes, some quality lost; embeddings, norms and the
-    /// output layer stay as they are).
+    /// f32 on the CPU), `q8_0` / `q4_0` / `q4_1` blocks multiplied by quantized matmuls (a
+    /// quarter / an eighth / a fifth of f32's bytes, some quality lost; embeddings, norms
+    /// and the output layer stay as they are), or `gguf`: a base made from a GGUF file in
+    /// the blocks the file stores (nothing requantized), any other model as `auto`.
     #[arg(long, env = "TEMPER_SERVE_DTYPE", value_enum, default_value_t = ServeDtype::Auto)]
     pub serve_dtype: ServeDtype,
-}
-
-/// `--serve-dtype`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeDtype {
-    Auto,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
-}
-
-impl ServeDtype {
-    /// The block format the weights are quantized to; `None` serves them as floats (f32 on
-    /// the CPU, bf16 on a GPU).
-    pub fn quant_kind(self) -> Option<crate::zoo::decoder::QuantKind> {
-        use crate::zoo::decoder::QuantKind;
-        match self {
-            ServeDtype::Auto => None,
-            ServeDtype::Q8_0 => Some(QuantKind::Q8_0),
-            ServeDtype::Q4_0 => Some(QuantKind::Q4_0),
-        }
-    }
-
-    /// The `--serve-dtype` spelling (`auto`, `q8_0`, `q4_0`, any case); `None` otherwise.
-    pub fn parse(name: &str) -> Option<Self> {
-        <Self as clap::ValueEnum>::from_str(name, true).ok()
-    }
 }
 
 impl InferenceConfig {
@@ -437,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_dtype_takes_auto_and_the_two_block_formats_only() {
+    fn serve_dtype_takes_auto_the_block_formats_and_gguf_only() {
         assert_eq!(parse(&[]).inference.serve_dtype, ServeDtype::Auto);
         assert_eq!(
             parse(&["--serve-dtype", "q8_0"]).inference.serve_dtype,
@@ -452,8 +428,12 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            refused.contains("possible values: auto, q8_0, q4_0"),
+            refused.contains("possible values: auto, q8_0, q4_0, q4_1, gguf"),
             "{refused}"
+        );
+        assert_eq!(
+            parse(&["--serve-dtype", "gguf"]).inference.serve_dtype,
+            ServeDtype::Gguf
         );
     }
 

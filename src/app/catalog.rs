@@ -35,6 +35,7 @@ impl StoreCatalog {
             BaseModelKind::Vision => return Ok(None),
         };
         let name = base.id.clone();
+        let gguf = base.gguf.clone();
         let dir = base
             .prepare_in_data_dir(self.blobs.root())
             .await
@@ -46,12 +47,14 @@ impl StoreCatalog {
             kind,
             adapter_of: None,
             serve_dtype: None,
+            gguf,
         }))
     }
 
-    /// `<base decoder id>@<format>` (`@q8_0`, `@q4_0`, `@auto`, as `--serve-dtype` spells
-    /// them): that decoder served in that weight format whatever the server's default, as
-    /// a model of its own (its own engine and memory), so one request can compare formats.
+    /// `<base decoder id>@<format>` (`@q8_0`, `@q4_0`, `@q4_1`, `@auto`, and `@gguf` for a
+    /// base made from a GGUF file, as `--serve-dtype` spells them): that decoder served in
+    /// that weight format whatever the server's default, as a model of its own (its own
+    /// engine and memory), so one request can compare formats.
     async fn base_decoder_in_format(&self, name: &str) -> Result<Option<ServableModel>, String> {
         let Some((id, format)) = name.rsplit_once('@') else {
             return Ok(None);
@@ -60,6 +63,8 @@ impl StoreCatalog {
             return Ok(None);
         };
         let base = self.base_of_kind(id, ServedKind::CausalLm).await?;
+        // Only a base made from a GGUF file has blocks of its own to serve.
+        let base = base.filter(|base| dtype != ServeDtype::Gguf || base.gguf.is_some());
         Ok(base.map(|base| ServableModel {
             name: name.to_string(),
             serve_dtype: Some(dtype),
@@ -165,6 +170,7 @@ impl ModelCatalog for StoreCatalog {
                 kind,
                 adapter_of,
                 serve_dtype: None,
+                gguf: None,
             }))
         })
     }
@@ -281,26 +287,36 @@ mod tests {
         let (tmp, catalog) = catalog().await;
         let models = with_tiny_chat(tmp.path());
         crate::zoo::testing::write_tiny_bert(&models.join("org/bert"), 1).unwrap();
+        let decoder = crate::zoo::decoder::DecoderArch::Llama;
+        crate::zoo::testing::write_tiny_decoder(&models.join("org/dec"), decoder, 1).unwrap();
         let plain = catalog.resolve("tiny-chat").await.unwrap().unwrap();
         assert_eq!(plain.serve_dtype, None);
+        assert_eq!(plain.gguf, Some(models.join("tiny-chat.gguf")));
         for (name, dtype) in [
             ("tiny-chat@q8_0", ServeDtype::Q8_0),
             ("tiny-chat@Q4_0", ServeDtype::Q4_0),
+            ("tiny-chat@q4_1", ServeDtype::Q4_1),
             ("tiny-chat@auto", ServeDtype::Auto),
+            ("tiny-chat@gguf", ServeDtype::Gguf),
+            ("org/dec@q8_0", ServeDtype::Q8_0),
         ] {
             let served = catalog.resolve(name).await.unwrap().unwrap();
             assert_eq!(served.name, name);
             assert_eq!(served.serve_dtype, Some(dtype));
-            assert_eq!(
-                (served.kind, &served.dir),
-                (ServedKind::CausalLm, &plain.dir)
-            );
+            assert_eq!(served.kind, ServedKind::CausalLm);
         }
+        let gguf_blocks = catalog.resolve("tiny-chat@gguf").await.unwrap().unwrap();
+        assert_eq!(
+            (&gguf_blocks.dir, &gguf_blocks.gguf),
+            (&plain.dir, &plain.gguf)
+        );
+        // A decoder that is no GGUF file has no blocks of its own.
         for unknown in [
             "tiny-chat@q5_k",
             "tiny-chat@",
             "org/bert@q8_0",
             "nobody@q8_0",
+            "org/dec@gguf",
         ] {
             assert_eq!(catalog.resolve(unknown).await.unwrap(), None, "{unknown}");
         }

@@ -76,6 +76,7 @@ fn model(name: &str, dir: &Path, adapter_of: Option<&Path>) -> ServableModel {
             slot: 0,
         }),
         serve_dtype: None,
+        gguf: None,
     }
 }
 

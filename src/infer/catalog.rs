@@ -22,6 +22,8 @@ pub struct ServableModel {
     /// The weight format a language model is served in when its name asks for one
     /// (`<base id>@q8_0`); `None`: the server's `--serve-dtype`.
     pub serve_dtype: Option<ServeDtype>,
+    /// The GGUF file a base decoder was made from (its blocks are what `gguf` serves).
+    pub gguf: Option<PathBuf>,
 }
 
 /// The base model an adapter is served over.

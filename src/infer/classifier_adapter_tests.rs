@@ -27,6 +27,7 @@ fn classifier(name: &str, dir: &Path, base: Option<&Path>) -> ServableModel {
             slot: 0,
         }),
         serve_dtype: None,
+        gguf: None,
     }
 }
 
@@ -45,6 +46,7 @@ async fn lora_classifiers_share_one_base_encoder_and_answer_as_their_checkpoints
             kind: ServedKind::SharedEncoder,
             adapter_of: None,
             serve_dtype: None,
+            gguf: None,
         },
         classifier("ft:first", &first, Some(&base)),
         classifier("ft:second", &second, Some(&base)),

@@ -14,6 +14,7 @@ use super::registry::ModelLoader;
 use super::shared_encoder::SharedEncoderEngine;
 use super::token_classification::{TokenEngine, TokenTagger};
 use super::{InferError, LoadedModel};
+use crate::config::ServeDtype;
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 use crate::tasks::sequence_classification::shared::SharedEncoderClassifier;
@@ -57,11 +58,12 @@ impl CheckpointLoader {
                     .map(LoadedModel::Classifier)
             }
             ServedKind::CausalLm => {
-                let quantize = match model.serve_dtype {
-                    Some(dtype) => dtype.quant_kind(),
-                    None => self.generation.quantize,
+                let dtype = model.serve_dtype.unwrap_or(self.generation.serve_dtype);
+                let weights = match (dtype, &model.gguf) {
+                    (ServeDtype::Gguf, Some(file)) => ServedWeights::GgufBlocks(file),
+                    _ => ServedWeights::from(dtype.quant_kind()),
                 };
-                let backend = load_causal(&model.dir, device, quantize)?;
+                let backend = load_causal(&model.dir, device, weights)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
@@ -104,30 +106,58 @@ fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
     InferError::engine(format!("loading checkpoint `{}`: {error}", dir.display()))
 }
 
+/// How a language model's layer projections are stored when served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServedWeights<'a> {
+    /// bf16 on a GPU, f32 on the CPU.
+    Float,
+    /// Quantized to these blocks at load.
+    Blocks(QuantKind),
+    /// The blocks of the GGUF file the model was made from, as they are.
+    GgufBlocks(&'a Path),
+}
+
+impl From<Option<QuantKind>> for ServedWeights<'_> {
+    fn from(quantize: Option<QuantKind>) -> Self {
+        quantize.map_or(ServedWeights::Float, ServedWeights::Blocks)
+    }
+}
+
 /// A causal model directory: a `causal_lm` fine-tuning checkpoint (LoRA merged) or a
 /// plain Hugging Face directory (base model, merged export), via `train`; in bf16 on a GPU
-/// (its matrices stored and multiplied in bf16), in f32 on the CPU; with `quantize`, its
-/// layers' projections as those blocks over f32 activations.
+/// (its matrices stored and multiplied in bf16), in f32 on the CPU; its layers' projections
+/// as quantized blocks over f32 activations when `weights` says so.
 pub(crate) fn load_causal(
     dir: &Path,
     device: &Device,
-    quantize: Option<QuantKind>,
+    weights: ServedWeights<'_>,
 ) -> Result<CausalLmBackend, InferError> {
     let failed = |e: &dyn std::fmt::Display| {
         InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
     };
-    let compute = if device.is_cpu() || quantize.is_some() {
+    let compute = if device.is_cpu() || weights != ServedWeights::Float {
         candle_core::DType::F32
     } else {
         candle_core::DType::BF16
     };
     let mut loaded =
         crate::tasks::sft::load_lm_checkpoint_in(dir, device, compute).map_err(|e| failed(&e))?;
-    if let Some(kind) = quantize {
-        loaded.model = loaded
-            .model
-            .quantized_for_serving(kind)
-            .map_err(|e| failed(&e))?;
+    match weights {
+        ServedWeights::Float => {}
+        ServedWeights::Blocks(kind) => {
+            loaded.model = loaded
+                .model
+                .quantized_for_serving(kind)
+                .map_err(|e| failed(&e))?;
+        }
+        ServedWeights::GgufBlocks(file) => {
+            let blocks = crate::zoo::gguf::blocks::projection_blocks(file, device)
+                .map_err(|e| failed(&e))?;
+            loaded.model = loaded
+                .model
+                .with_projection_blocks(blocks)
+                .map_err(|e| failed(&e))?;
+        }
     }
     // The context is the model's, not the (shorter) sequence length it was tuned with.
     let context_len = loaded.model.config().max_position_embeddings;
@@ -146,8 +176,6 @@ mod tests {
 
     use super::*;
     use crate::config::{InferenceConfig, ServeDtype};
-    use crate::zoo::decoder::DecoderArch;
-    use crate::zoo::testing::write_tiny_decoder;
 
     #[test]
     fn the_engine_limits_reach_the_generation_engines() {
@@ -174,47 +202,62 @@ mod tests {
             };
             crate::infer::InferOptions::from_config(&config, vec![Device::Cpu])
                 .generation
-                .quantize
+                .serve_dtype
         };
-        assert_eq!(options(ServeDtype::Auto), None);
-        assert_eq!(options(ServeDtype::Q8_0), Some(QuantKind::Q8_0));
-        assert_eq!(options(ServeDtype::Q4_0), Some(QuantKind::Q4_0));
+        for dtype in [ServeDtype::Auto, ServeDtype::Q8_0, ServeDtype::Gguf] {
+            assert_eq!(options(dtype), dtype);
+        }
 
-        let dir = tempfile::tempdir().unwrap();
-        write_tiny_decoder(dir.path(), DecoderArch::Llama, 3).unwrap();
-        let bytes = |quantize| {
-            load_causal(dir.path(), &Device::Cpu, quantize)
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hf");
+        let gguf = tmp.path().join("tiny.gguf");
+        crate::zoo::gguf::tests::write_tiny_gguf(&gguf, crate::zoo::gguf::tests::LLAMA);
+        crate::zoo::materialize_gguf(&gguf, &dir).unwrap();
+        let bytes = |weights| {
+            load_causal(&dir, &Device::Cpu, weights)
                 .unwrap()
                 .parameter_bytes()
         };
-        let (f32_bytes, q8, q4) = (
-            bytes(None),
-            bytes(Some(QuantKind::Q8_0)),
-            bytes(Some(QuantKind::Q4_0)),
+        let (f32_bytes, q8, q4, q4_1, from_file) = (
+            bytes(ServedWeights::Float),
+            bytes(ServedWeights::Blocks(QuantKind::Q8_0)),
+            bytes(ServedWeights::Blocks(QuantKind::Q4_0)),
+            bytes(ServedWeights::Blocks(QuantKind::Q4_1)),
+            bytes(ServedWeights::GgufBlocks(&gguf)),
         );
-        assert!(q4 < q8 && q8 < f32_bytes, "{q4} {q8} {f32_bytes}");
+        assert!(
+            q4 < q4_1 && q4_1 < q8 && q8 < f32_bytes,
+            "{q4} {q4_1} {q8} {f32_bytes}"
+        );
+        // The tiny file stores its projections as q4_1, q8_0 and q4_0 blocks.
+        assert!(q4 < from_file && from_file < q8, "{q4} {from_file} {q8}");
 
         // A model named in a format is loaded in it, whatever the server's default.
         let loader = CheckpointLoader {
             devices: vec![Device::Cpu],
             engine: crate::infer::EngineConfig::default(),
             generation: crate::infer::GenEngineConfig {
-                quantize: Some(QuantKind::Q4_0),
+                serve_dtype: ServeDtype::Q4_0,
                 ..Default::default()
             },
         };
-        let served = |serve_dtype| {
+        let served = |serve_dtype, gguf: Option<&Path>| {
             let model = crate::infer::ServableModel {
                 name: "tiny".into(),
-                dir: dir.path().to_path_buf(),
+                dir: dir.clone(),
                 kind: ServedKind::CausalLm,
                 adapter_of: None,
                 serve_dtype,
+                gguf: gguf.map(Path::to_path_buf),
             };
             crate::infer::Servable::parameter_bytes(&loader.load(&model).unwrap())
         };
-        assert_eq!(served(None), q4);
-        assert_eq!(served(Some(ServeDtype::Q8_0)), q8);
-        assert_eq!(served(Some(ServeDtype::Auto)), f32_bytes);
+        assert_eq!(served(None, None), q4);
+        assert_eq!(served(Some(ServeDtype::Q8_0), None), q8);
+        assert_eq!(served(Some(ServeDtype::Q4_1), None), q4_1);
+        assert_eq!(served(Some(ServeDtype::Auto), None), f32_bytes);
+        assert_eq!(served(Some(ServeDtype::Gguf), Some(&gguf)), from_file);
+        // Without a file of its own, `gguf` is `auto`.
+        assert_eq!(served(Some(ServeDtype::Gguf), None), f32_bytes);
     }
 }

@@ -135,7 +135,7 @@ impl InferOptions {
         options.generation.max_batch_sequences = config.max_batch_sequences;
         options.generation.max_queued_sequences = config.max_queued_sequences;
         options.generation.prefill_chunk_tokens = config.prefill_chunk_tokens;
-        options.generation.quantize = config.serve_dtype.quant_kind();
+        options.generation.serve_dtype = config.serve_dtype;
         if !devices.is_empty() {
             options.devices = devices;
         }

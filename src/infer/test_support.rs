@@ -31,6 +31,7 @@ impl MapCatalog {
                     kind,
                     adapter_of: None,
                     serve_dtype: None,
+                    gguf: None,
                 };
                 (name.to_string(), model)
             })

@@ -133,10 +133,12 @@ fn adapter_count(c: &DecoderConfig, rank: usize, targets: &[String]) -> u64 {
     c.num_hidden_layers as u64 * per_layer + head
 }
 
-/// Bytes per weight of a quantized base: a block of 32 weights and its f16 scale.
+/// Bytes per weight of a quantized base: a block of 32 weights and its f16 scale (and, for
+/// q4_1, its f16 minimum).
 fn quantized_bytes_per_weight(kind: QuantKind) -> f64 {
     match kind {
         QuantKind::Q4_0 => 18.0 / 32.0,
+        QuantKind::Q4_1 => 20.0 / 32.0,
         QuantKind::Q8_0 => 34.0 / 32.0,
     }
 }

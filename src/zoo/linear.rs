@@ -145,6 +145,16 @@ impl TrainLinear {
         })
     }
 
+    /// A frozen base of blocks already made (a GGUF file's).
+    pub fn from_quantized(weight: QuantizedWeight, bias: Option<Param>) -> TrainLinear {
+        Self {
+            base: LinearBase::Quantized(weight),
+            bias,
+            lora: None,
+            compute_dtype: None,
+        }
+    }
+
     pub fn with_lora(mut self, lora: LoraAdapter) -> Self {
         self.lora = Some(lora);
         self
@@ -157,7 +167,7 @@ impl TrainLinear {
             LinearBase::Dense(w) => Ok(w),
             LinearBase::Quantized(q) => Err(ZooError::Unsupported(format!(
                 "a {} base has no dense weight",
-                q.kind().as_str()
+                q.format_name()
             ))),
         }
     }

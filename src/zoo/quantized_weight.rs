@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor, D};
 use rayon::prelude::*;
 
@@ -29,6 +31,7 @@ pub const GPU_QUANTIZED_ROWS: usize = 8;
 fn ggml_dtype(kind: QuantKind) -> GgmlDType {
     match kind {
         QuantKind::Q4_0 => GgmlDType::Q4_0,
+        QuantKind::Q4_1 => GgmlDType::Q4_1,
         QuantKind::Q8_0 => GgmlDType::Q8_0,
     }
 }
@@ -37,7 +40,8 @@ fn ggml_dtype(kind: QuantKind) -> GgmlDType {
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
     parts: Vec<QuantizedPart>,
-    kind: QuantKind,
+    /// The block format (one of [`QuantKind`]'s, or any a GGUF file stores).
+    format: GgmlDType,
     dims: (usize, usize),
 }
 
@@ -49,10 +53,21 @@ struct QuantizedPart {
 
 impl QuantizedPart {
     fn new(weight: &Tensor, kind: QuantKind) -> Result<Self, ZooError> {
-        let qtensor = Arc::new(QTensor::quantize(weight, ggml_dtype(kind))?);
+        Self::of(QTensor::quantize(weight, ggml_dtype(kind))?)
+    }
+
+    fn of(qtensor: QTensor) -> Result<Self, ZooError> {
+        let qtensor = Arc::new(qtensor);
         let matmul = QMatMul::from_arc(qtensor.clone())?;
         Ok(Self { qtensor, matmul })
     }
+}
+
+/// How many parts of at least [`MIN_PART_ROWS`] rows `rows` are stored in, at most `parts`,
+/// and the rows of each but the last.
+fn part_rows(rows: usize, parts: usize) -> usize {
+    let parts = parts.min(rows / MIN_PART_ROWS).max(1);
+    rows.div_ceil(parts).max(1)
 }
 
 impl QuantizedWeight {
@@ -83,10 +98,9 @@ impl QuantizedWeight {
                 dims.1
             )));
         }
-        let parts = parts.min(dims.0 / MIN_PART_ROWS).max(1);
-        let rows_per_part = dims.0.div_ceil(parts);
+        let rows_per_part = part_rows(dims.0, parts);
         let parts = (0..dims.0)
-            .step_by(rows_per_part.max(1))
+            .step_by(rows_per_part)
             .map(|start| {
                 let rows = rows_per_part.min(dims.0 - start);
                 // Storage of its own: `QTensor::quantize` reads a tensor's storage from its
@@ -95,11 +109,69 @@ impl QuantizedWeight {
                 QuantizedPart::new(&part, kind)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { parts, kind, dims })
+        Ok(Self {
+            parts,
+            format: ggml_dtype(kind),
+            dims,
+        })
     }
 
-    pub fn kind(&self) -> QuantKind {
-        self.kind
+    /// A weight from blocks already made (a GGUF file's `[out, in]` tensor, on the CPU),
+    /// its output rows in the order `rows` gives (row `i` of the result is row `rows[i]`
+    /// of `blocks`; every row once), stored as [`Self::quantize`] stores it: in parts on
+    /// `device` when it is the CPU, whole elsewhere. The blocks are kept as they are.
+    pub fn from_blocks(
+        blocks: &QTensor,
+        rows: Option<&[usize]>,
+        device: &candle_core::Device,
+    ) -> Result<Self, ZooError> {
+        let dims = blocks.shape().dims2()?;
+        let format = blocks.dtype();
+        let row_bytes = dims.1 / format.block_size() * format.type_size();
+        let data = blocks.data()?;
+        if data.len() != dims.0 * row_bytes {
+            return Err(ZooError::Unsupported(format!(
+                "{format:?} blocks of {} bytes for {dims:?}",
+                data.len()
+            )));
+        }
+        let order: Vec<usize> = match rows {
+            Some(rows) => rows.to_vec(),
+            None => (0..dims.0).collect(),
+        };
+        if order.len() != dims.0 || order.iter().any(|&r| r >= dims.0) {
+            return Err(ZooError::Config(format!(
+                "a row order of {} rows for {} rows",
+                order.len(),
+                dims.0
+            )));
+        }
+        let parts = if device.is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let parts = order
+            .chunks(part_rows(dims.0, parts))
+            .map(|chunk| {
+                let mut bytes = Vec::with_capacity(chunk.len() * row_bytes);
+                for &row in chunk {
+                    bytes.extend_from_slice(&data[row * row_bytes..(row + 1) * row_bytes]);
+                }
+                let storage = QStorage::from_data(Cow::Owned(bytes), device, format)?;
+                QuantizedPart::of(QTensor::new(storage, (chunk.len(), dims.1))?)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            parts,
+            format,
+            dims,
+        })
+    }
+
+    /// The block format, as ggml names it (`Q8_0`, `Q4_1`, …).
+    pub fn format_name(&self) -> String {
+        format!("{:?}", self.format)
     }
 
     /// How many parts the output rows are stored in.

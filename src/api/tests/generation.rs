@@ -30,6 +30,7 @@ impl ModelCatalog for FakeCatalog {
             kind: ServedKind::CausalLm,
             adapter_of: None,
             serve_dtype: None,
+            gguf: None,
         });
         Box::pin(async move { Ok(found) })
     }

@@ -31,9 +31,10 @@ use super::admission::{default_kv_budget, Limits};
 use super::stream::{EngineMessage, KeepAlive};
 use super::worker::{GenerateCommand, Worker};
 use super::{GenerationParams, GenerationRequest, GenerationStream, LmBackend, PromptEncoder};
+use crate::config::ServeDtype;
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
-use crate::zoo::decoder::{QuantKind, ServedAdapter};
+use crate::zoo::decoder::ServedAdapter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenEngineConfig {
@@ -47,9 +48,9 @@ pub struct GenEngineConfig {
     /// Bytes of KV cache the running sequences may hold together, each reserved at its
     /// worst case (prompt + max new tokens); `None`: `admission::default_kv_budget`.
     pub kv_cache_bytes: Option<usize>,
-    /// The layers' projections as these quantized blocks (`--serve-dtype`); `None`: bf16
-    /// on a GPU, f32 on the CPU.
-    pub quantize: Option<QuantKind>,
+    /// How the layers' projections are stored (`--serve-dtype`), unless a model's name
+    /// asks for another format.
+    pub serve_dtype: ServeDtype,
 }
 
 impl Default for GenEngineConfig {
@@ -59,7 +60,7 @@ impl Default for GenEngineConfig {
             max_queued_sequences: crate::config::DEFAULT_MAX_QUEUED_SEQUENCES,
             prefill_chunk_tokens: crate::config::DEFAULT_PREFILL_CHUNK_TOKENS,
             kv_cache_bytes: None,
-            quantize: None,
+            serve_dtype: ServeDtype::Auto,
         }
     }
 }

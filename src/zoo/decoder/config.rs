@@ -75,6 +75,8 @@ pub struct DecoderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum QuantKind {
     Q4_0,
+    /// Served only (`--serve-dtype q4_1`), not a `quantize` hyperparameter.
+    Q4_1,
     Q8_0,
 }
 
@@ -91,6 +93,7 @@ impl QuantKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
             Self::Q8_0 => "q8_0",
         }
     }

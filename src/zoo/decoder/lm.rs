@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::adapter::ADAPTER_MODULES;
 use super::config::{lora_targets, DecoderConfig, DecoderSpec, QuantKind};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
@@ -14,6 +15,7 @@ use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};
 use crate::zoo::fused::uses_fused_kernels;
 use crate::zoo::linear::{Pass, TrainLinear};
 use crate::zoo::loader::Tuning;
+use crate::zoo::quantized_weight::QuantizedWeight;
 use crate::zoo::recompute::{checkpointed, RecomputedGradients, Segment};
 use crate::zoo::{EncodedBatch, NamedVar, ZooError};
 
@@ -254,6 +256,35 @@ impl CausalLm {
             }
         }
         Ok(copy)
+    }
+
+    /// [`Self::frozen_copy`] with the layer projections `blocks` names (transformers names,
+    /// `model.layers.<i>.self_attn.q_proj.weight`…) replaced by those blocks, as a GGUF file
+    /// stores them; the others, embeddings, norms and `lm_head` stay as they are.
+    pub fn with_projection_blocks(
+        &self,
+        mut blocks: HashMap<String, QuantizedWeight>,
+    ) -> Result<Self, ZooError> {
+        let mut copy = self.frozen_copy()?;
+        for (i, l) in copy.decoder.layers.iter_mut().enumerate() {
+            for (lin, module) in l.linears_mut().into_iter().zip(ADAPTER_MODULES) {
+                let name = format!("model.layers.{i}.{module}.weight");
+                if let Some(weight) = blocks.remove(&name) {
+                    if weight.dims() != (lin.out_dim()?, lin.in_dim()?) {
+                        return Err(ZooError::Config(format!(
+                            "`{name}` is {:?} in the blocks, {:?} in the model",
+                            weight.dims(),
+                            (lin.out_dim()?, lin.in_dim()?)
+                        )));
+                    }
+                    *lin = TrainLinear::from_quantized(weight, lin.bias().cloned());
+                }
+            }
+        }
+        match blocks.keys().next() {
+            Some(name) => Err(ZooError::Config(format!("`{name}` is no layer projection"))),
+            None => Ok(copy),
+        }
     }
 
     /// Full logits `[B, T, V]` (tests, parity).

@@ -1,5 +1,5 @@
-//! `--serve-dtype`: a model served with its projections as q8_0 / q4_0 blocks against the
-//! same model in f32.
+//! `--serve-dtype`: a model served with its projections as q8_0 / q4_0 / q4_1 blocks (or a
+//! GGUF file's own) against the same model in f32.
 #![allow(clippy::unwrap_used)]
 
 use super::tests::{encode, full_spec, load, real_smollm2, tiny, PROMPTS};
@@ -63,9 +63,11 @@ fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
         let q = c.num_attention_heads * c.head_dim;
         let kv = c.num_key_value_heads * c.head_dim;
         let projections = c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
-        for (kind, block_bytes, tolerance) in
-            [(QuantKind::Q8_0, 34, 0.04), (QuantKind::Q4_0, 18, 0.4)]
-        {
+        for (kind, block_bytes, tolerance) in [
+            (QuantKind::Q8_0, 34, 0.04),
+            (QuantKind::Q4_0, 18, 0.4),
+            (QuantKind::Q4_1, 20, 0.4),
+        ] {
             let served = model.quantized_for_serving(kind).unwrap();
             // 32 weights per block; the rest (embeddings, norms, biases) as they were.
             assert_eq!(
@@ -108,9 +110,10 @@ fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
     tokens
 }
 
-/// The real SmolLM2-135M-Instruct (the GGUF asset, dequantized to f32) served as q8_0 and
-/// q4_0 against f32 on chat prompts, compared along f32's greedy answers (teacher forcing):
-/// how often the next-token argmax agrees and the largest logit difference. Skipped without
+/// The real SmolLM2-135M-Instruct (the GGUF asset, dequantized to f32) served as q8_0,
+/// q4_0 and q4_1 (requantized from f32) and in the file's own blocks (`gguf`) against f32
+/// on chat prompts, compared along f32's greedy answers (teacher forcing): how often the
+/// next-token argmax agrees and the largest logit difference. Skipped without
 /// `TEMPER_ASSETS` (scripts/test.sh sets it).
 #[test]
 fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
@@ -142,16 +145,28 @@ fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
     };
     let (reference, f32_speed) = timed(&model);
     eprintln!("SmolLM2 f32: {f32_speed:.1} tokens/s (prefill included)");
-    for (kind, least_agreement) in [(QuantKind::Q8_0, 0.95), (QuantKind::Q4_0, 0.6)] {
-        let served = model.quantized_for_serving(kind).unwrap();
+    let gguf = std::path::PathBuf::from(std::env::var_os("TEMPER_ASSETS").unwrap())
+        .join("models/HuggingFaceTB/SmolLM2-135M-Instruct.gguf");
+    let blocks =
+        crate::zoo::gguf::blocks::projection_blocks(&gguf, &candle_core::Device::Cpu).unwrap();
+    let served_models = [
+        ("q8_0", model.quantized_for_serving(QuantKind::Q8_0), 0.95),
+        ("q4_0", model.quantized_for_serving(QuantKind::Q4_0), 0.6),
+        ("q4_1", model.quantized_for_serving(QuantKind::Q4_1), 0.6),
+        // The f32 model is these very blocks dequantized: only the activations' rounding
+        // inside the quantized matmul is left between the two.
+        ("gguf", model.with_projection_blocks(blocks), 0.9),
+    ];
+    for (name, served, least_agreement) in served_models {
+        let served = served.unwrap();
         let (rows, speed) = timed(&served);
         let (agree, total, worst) = agreement(&rows, &reference);
         let rate = agree as f64 / total as f64;
         eprintln!(
-            "SmolLM2 {kind:?}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes, {speed:.1} tokens/s",
+            "SmolLM2 {name}: greedy agreement {agree}/{total} ({rate:.3}), max |Δ logit| {worst:.3}, {} of {} bytes, {speed:.1} tokens/s",
             served.parameter_bytes(),
             model.parameter_bytes()
         );
-        assert!(rate >= least_agreement, "{kind:?}: {rate}");
+        assert!(rate >= least_agreement, "{name}: {rate}");
     }
 }

@@ -4,6 +4,7 @@
 //! - [`tensors`]: llama.cpp → transformers names, dequantization, Q/K un-permutation.
 //! - [`tokenizer`]: byte-level BPE `tokenizer.json` + `tokenizer_config.json`.
 
+pub mod blocks;
 pub mod metadata;
 pub mod tensors;
 pub mod tokenizer;

@@ -136,16 +136,17 @@ pub(crate) fn write_tiny_gguf(path: &Path, v: Variant) -> TinyGguf {
     }
     for l in 0..LAYERS {
         let b = |s: &str| format!("blk.{l}.{s}");
+        // Permuted in blocks: serving a file's own blocks must undo it by whole rows.
         add(
             &b("attn_q.weight"),
             random(&[HIDDEN, HIDDEN], &mut rng),
-            GgmlDType::F32,
+            GgmlDType::Q4_1,
             Some(HEADS),
         );
         add(
             &b("attn_k.weight"),
             random(&[KV_HEADS * HEAD_DIM, HIDDEN], &mut rng),
-            GgmlDType::F32,
+            GgmlDType::Q8_0,
             Some(KV_HEADS),
         );
         add(
