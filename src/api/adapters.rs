@@ -1,6 +1,7 @@
 //! `/v1/adapters`: LoRA adapters trained elsewhere (a PEFT directory, as peft and temper's
-//! adapter download write it) registered over a base decoder of the models dir, then served
-//! by their id like temper's own fine-tunes: unmerged, sharing the base with every other
+//! adapter download write it) registered over a base decoder of the models dir (a
+//! `CAUSAL_LM` adapter) or a base encoder (a `SEQ_CLS` one, with its head), then served by
+//! their id like temper's own fine-tunes: unmerged, sharing the base with every other
 //! adapter of it. temper's own API (OpenAI has no such endpoint), in the same envelope.
 //!
 //! A registration copies the adapter into the data dir so later
@@ -20,10 +21,11 @@ use super::error::{echo, ApiError, ApiJson};
 use super::AppState;
 use crate::basemodels::{self, BaseModelKind};
 use crate::domain::model_name::normalize_model_id;
-use crate::infer::adapters::check_peft_adapter;
+use crate::infer::adapters::{check_classifier_adapter, check_peft_adapter};
 use crate::infer::ServedKind;
 use crate::store::ModelRow;
-use crate::tasks::sft::adapter::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
+use crate::tasks::peft_config::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
+use crate::tasks::sequence_classification::peft_adapter::LABELS_FILE;
 
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/adapters"),
@@ -49,6 +51,9 @@ struct RegisterAdapter {
     path: Option<String>,
     /// An uploaded tar of a PEFT directory.
     file_id: Option<String>,
+    /// A classification adapter's label names, one per row of its classifier (else
+    /// `LABEL_<i>`); only for adapters of a base encoder.
+    labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -227,21 +232,28 @@ async fn register_adapter(
         return Err(invalid("id", format!("A model named {} exists", echo(&id))));
     }
     let base = basemodels::resolve(&models_dir, &request.base_model)
-        .filter(|base| base.kind == BaseModelKind::Decoder)
+        .filter(|base| base.kind != BaseModelKind::Vision)
         .ok_or_else(|| {
-            let hint = basemodels::not_found_hint(
-                &models_dir,
-                &request.base_model,
-                Some(BaseModelKind::Decoder),
-            );
+            let hint = basemodels::not_found_hint(&models_dir, &request.base_model, None);
             invalid(
                 "base_model",
                 format!(
-                    "{} is not a base decoder in the models dir. {hint}",
+                    "{} is not a base decoder or encoder in the models dir. {hint}",
                     echo(&request.base_model)
                 ),
             )
         })?;
+    let classifier = base.kind == BaseModelKind::Encoder;
+    let labels = match (&request.labels, classifier) {
+        (Some(_), false) => {
+            return Err(invalid(
+                "labels",
+                "`labels` names a classification adapter's labels; this base is a decoder",
+            ))
+        }
+        (Some(labels), true) => Some(serde_json::to_vec(labels).map_err(ApiError::internal)?),
+        (None, _) => None,
+    };
     let limit = state.settings.max_upload_bytes;
     let files = match (&request.path, &request.file_id) {
         (Some(path), None) => {
@@ -272,14 +284,23 @@ async fn register_adapter(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let rel = format!("adapters/{}", crate::domain::ids::random_base62(24));
-    for (name, bytes) in [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE].iter().zip(&files) {
+    let written = [PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]
+        .into_iter()
+        .zip(&files);
+    let labels_file = labels.as_ref().map(|bytes| (LABELS_FILE, bytes));
+    for (name, bytes) in written.chain(labels_file) {
         state
             .blobs
             .write_atomic(&format!("{rel}/{name}"), bytes)
             .await?;
     }
     let dir = state.blobs.path(&rel);
-    let checked = tokio::task::spawn_blocking(move || check_peft_adapter(&dir, &base_dir, param))
+    let (kind, check): (ServedKind, fn(&FsPath, &FsPath, &'static str) -> _) = if classifier {
+        (ServedKind::Classifier, check_classifier_adapter)
+    } else {
+        (ServedKind::CausalLm, check_peft_adapter)
+    };
+    let checked = tokio::task::spawn_blocking(move || check(&dir, &base_dir, param))
         .await
         .map_err(ApiError::internal)?;
     let row = ModelRow {
@@ -288,7 +309,7 @@ async fn register_adapter(
         owned_by: "user".into(),
         job_id: None,
         base_model: Some(base.id.clone()),
-        kind: ServedKind::CausalLm.as_str().into(),
+        kind: kind.as_str().into(),
         artifact_dir: rel.clone(),
         step: None,
         is_checkpoint: false,

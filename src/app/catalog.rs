@@ -149,10 +149,14 @@ impl ModelCatalog for StoreCatalog {
             };
             let dir = self.blobs.path(&row.artifact_dir);
             let adapter_of = match (kind, row.base_model.as_deref()) {
-                (ServedKind::CausalLm, Some(base)) if row.registered_adapter => {
+                (kind, Some(base)) if row.registered_adapter => {
                     // Registered adapters were checked against the base when registered;
                     // one whose base left the models dir is no model.
-                    let Some(base) = self.base_of_kind(base, ServedKind::CausalLm).await? else {
+                    let base_kind = match kind {
+                        ServedKind::Classifier => ServedKind::SharedEncoder,
+                        _ => ServedKind::CausalLm,
+                    };
+                    let Some(base) = self.base_of_kind(base, base_kind).await? else {
                         return Ok(None);
                     };
                     Some(AdapterBase {
@@ -351,6 +355,20 @@ mod tests {
         );
         let full = catalog.resolve("ft:full").await.unwrap().unwrap();
         assert_eq!((full.kind, full.adapter_of), (ServedKind::Classifier, None));
+
+        // A registered classifier adapter is served over its base encoder too.
+        let row = ModelRow {
+            kind: ServedKind::Classifier.as_str().into(),
+            base_model: Some("org/bert".into()),
+            ..causal_row("acme/sentiment", None, "adapters/x".into(), true)
+        };
+        catalog.store.insert_model(&row).await.unwrap();
+        let registered = catalog.resolve("acme/sentiment").await.unwrap().unwrap();
+        let base = registered.adapter_of.unwrap();
+        assert_eq!(
+            (base.name.as_str(), registered.kind),
+            ("org/bert", ServedKind::Classifier)
+        );
     }
 
     fn relative(data: &Path, dir: &Path) -> String {

@@ -18,6 +18,7 @@ use super::{InferError, InferenceHandle, LoadedModel};
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::shared::ClassifierAdapter;
 use crate::zoo::decoder::{DecoderConfig, ServedAdapter};
+use crate::zoo::shared_encoder::SharedEncoderBase;
 
 /// What the adapters' registry is built from.
 pub(super) struct AdapterSettings {
@@ -210,4 +211,25 @@ pub fn check_peft_adapter(
                 format!("The adapter cannot be served over this base model: {e}"),
             )
         })
+}
+
+/// Checks PEFT sequence-classification adapter directory `dir` against base encoder
+/// directory `base_dir` as serving will build it (every tensor an adapter factor or a head
+/// module of this encoder, all of them there, in their shapes; the config's options; the
+/// labels' count); a 400 on `param` says what is wrong with the adapter.
+pub fn check_classifier_adapter(
+    dir: &std::path::Path,
+    base_dir: &std::path::Path,
+    param: &'static str,
+) -> Result<(), InferError> {
+    let refused = |e: &dyn std::fmt::Display| {
+        InferError::invalid(
+            param,
+            format!("The adapter cannot be served over this base model: {e}"),
+        )
+    };
+    let adapter = ClassifierAdapter::load(dir, &Device::Cpu).map_err(|e| refused(&e))?;
+    let base = SharedEncoderBase::load(base_dir, &Device::Cpu)
+        .map_err(|e| InferError::engine(format!("reading the base encoder: {e}")))?;
+    adapter.check_over(&base).map_err(|e| refused(&e))
 }

@@ -109,3 +109,58 @@ async fn lora_classifiers_share_one_base_encoder_and_answer_as_their_checkpoints
         Ok(_) => panic!("expected a 400, got a stream"),
     }
 }
+
+#[tokio::test]
+async fn a_peft_export_served_over_the_base_answers_as_its_checkpoint_with_its_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("org/bert");
+    crate::zoo::testing::write_tiny_bert(&base, 3).unwrap();
+    let checkpoint = train_classifier(&base, &tmp.path().join("job"), 4, 2e-2);
+    let peft = tmp.path().join("peft");
+    crate::tasks::export_checkpoint(
+        &checkpoint,
+        crate::train::ExportFormat::Adapter,
+        "org/bert",
+        &peft,
+    )
+    .unwrap();
+    let named = tmp.path().join("named");
+    std::fs::create_dir_all(&named).unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(peft.join(file), named.join(file)).unwrap();
+    }
+    std::fs::write(named.join("labels.json"), r#"["neg", "pos"]"#).unwrap();
+    let catalog = MapCatalog::with_models(vec![
+        ServableModel {
+            name: "org/bert".into(),
+            dir: base.clone(),
+            kind: ServedKind::SharedEncoder,
+            adapter_of: None,
+            serve_dtype: None,
+            gguf: None,
+        },
+        classifier("acme/unnamed", &peft, Some(&base)),
+        classifier("acme/named", &named, Some(&base)),
+    ]);
+    let handle = InferenceHandle::with_options(
+        catalog,
+        InferOptions::cpu(1 << 30),
+        CancellationToken::new(),
+    );
+    let texts = ["good movie", "i hated it", "dull music"];
+    let inputs = || texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let alone = served_alone(&checkpoint, &texts);
+    let named = handle.classify("acme/named", inputs()).await.unwrap();
+    for (got, want) in named.iter().zip(&alone) {
+        assert_same(got, want);
+    }
+    // Without label names: transformers' defaults, the same probabilities.
+    let unnamed = handle.classify("acme/unnamed", inputs()).await.unwrap();
+    for (got, want) in unnamed.iter().zip(&alone) {
+        let names: Vec<&str> = got.scores.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(names, ["LABEL_0", "LABEL_1"]);
+        for ((_, p), (_, q)) in got.scores.iter().zip(&want.scores) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+}

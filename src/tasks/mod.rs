@@ -30,6 +30,7 @@ mod encoder_checkpoint;
 mod generic_path_tests;
 pub mod image_classification;
 pub mod parity_models;
+pub(crate) mod peft_config;
 pub mod question_answering;
 pub mod sequence_classification;
 pub mod serve;

@@ -167,8 +167,8 @@ async fn adapters_that_cannot_be_served_are_refused_with_the_reason() {
     // An encoder is no base for a decoder adapter.
     refused(
         register(json!({"id": "x", "base_model": "test-org/tiny", "path": "adapters/one"})).await,
-        "base_model",
-        "not a base decoder",
+        "path",
+        "`task_type` must be SEQ_CLS",
     );
     refused(
         register(json!({"id": "x", "base_model": "test-org/chat"})).await,

@@ -18,6 +18,7 @@ use crate::infer::{
 use crate::store::ModelRow;
 
 mod adapters;
+mod classifier_adapters;
 mod disk;
 mod generation;
 mod hardening;

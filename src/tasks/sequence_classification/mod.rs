@@ -18,6 +18,7 @@ pub mod data;
 pub mod evaluate;
 mod export;
 pub mod metrics;
+pub mod peft_adapter;
 pub(crate) mod report;
 pub mod serve;
 pub mod shared;

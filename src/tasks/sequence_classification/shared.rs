@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::peft_adapter::read_peft_classifier;
 use super::serve::{prediction, ClassPrediction};
 use crate::tasks::serve::{batched_rows, ServeBackend, ServeError};
 use crate::train::checkpoint::{self, TRAINABLE_FILE};
@@ -32,9 +33,21 @@ pub struct ClassifierAdapter {
 }
 
 impl ClassifierAdapter {
-    /// The LoRA classifier checkpoint in `dir`, its tensors on `device`; a full fine-tune
-    /// is refused (it is served as its own model).
+    /// The LoRA classifier in `dir`, its tensors on `device`: a classification checkpoint
+    /// (a full fine-tune is refused: it is served as its own model), or else a PEFT
+    /// sequence-classification adapter directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        if !dir.join(checkpoint::META_FILE).exists() {
+            let peft = read_peft_classifier(dir, device)?;
+            // Not trained here: the context of the base is the limit.
+            return Ok(Self::new(
+                peft.spec,
+                peft.labels,
+                usize::MAX,
+                0,
+                peft.tensors,
+            ));
+        }
         let meta = checkpoint::read_meta(dir)?;
         let (labels, spec) = meta.classifier(dir)?;
         if spec.lora.as_ref().is_none_or(|l| l.rank == 0) {
@@ -44,18 +57,54 @@ impl ClassifierAdapter {
             ));
         }
         let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
+        Ok(Self::new(
+            spec.clone(),
+            labels.to_vec(),
+            meta.max_seq_len,
+            meta.seed,
+            tensors,
+        ))
+    }
+
+    fn new(
+        spec: ClassifierSpec,
+        labels: Vec<String>,
+        max_seq_len: usize,
+        seed: u64,
+        tensors: HashMap<String, Tensor>,
+    ) -> Self {
         let tensor_bytes = tensors
             .values()
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum();
-        Ok(Self {
-            spec: spec.clone(),
-            labels: labels.to_vec(),
-            max_seq_len: meta.max_seq_len,
-            seed: meta.seed,
+        Self {
+            spec,
+            labels,
+            max_seq_len,
+            seed,
             tensors,
             tensor_bytes,
-        })
+        }
+    }
+
+    /// Whether the adapter can be served over `base` as it is: every tensor it holds is
+    /// one of the model's adapters or head modules, and every one of those is there, in
+    /// its shape.
+    pub fn check_over(&self, base: &SharedEncoderBase) -> Result<(), String> {
+        let model = SequenceClassifier::over_shared_base(base, &self.spec, &Device::Cpu, self.seed)
+            .map_err(|e| e.to_string())?;
+        let expected: std::collections::HashSet<String> =
+            model.trainable_vars().into_iter().map(|v| v.name).collect();
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        if let Some(extra) = names.into_iter().find(|name| !expected.contains(*name)) {
+            return Err(format!(
+                "`{extra}` is neither a LoRA factor of this encoder's linears nor its classification head"
+            ));
+        }
+        model
+            .load_trainable(&self.tensors)
+            .map_err(|e| e.to_string())
     }
 
     pub fn labels(&self) -> &[String] {

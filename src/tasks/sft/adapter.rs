@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+use crate::tasks::peft_config::PeftConfig;
 use crate::train::checkpoint::{self, META_FILE, TRAINABLE_FILE};
 use crate::train::TrainError;
 use crate::zoo::decoder::adapter::ADAPTER_MODULES;
@@ -71,31 +72,7 @@ pub fn load_checkpoint_adapter(
         .map_err(|e| TrainError::checkpoint(dir, e.to_string()))
 }
 
-/// The PEFT adapter files.
-pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
-pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-/// What temper reads of `adapter_config.json`; the options that change the math and that
-/// temper does not implement are refused rather than ignored.
-#[derive(Debug, serde::Deserialize)]
-struct PeftConfig {
-    peft_type: Option<String>,
-    #[serde(default)]
-    task_type: Option<String>,
-    lora_alpha: f64,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    use_dora: bool,
-    #[serde(default)]
-    fan_in_fan_out: bool,
-    #[serde(default)]
-    bias: Option<String>,
-    #[serde(default)]
-    modules_to_save: Option<Vec<String>>,
-    #[serde(default)]
-    alpha_pattern: Option<serde_json::Map<String, serde_json::Value>>,
-}
+pub use crate::tasks::peft_config::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
 
 /// The adapter of PEFT directory `dir`, checked against its base's `config`, on `device`.
 pub fn load_peft_adapter(
@@ -104,43 +81,11 @@ pub fn load_peft_adapter(
     device: &Device,
 ) -> Result<ServedAdapter, TrainError> {
     let invalid = |message: String| TrainError::InvalidData(message);
-    let text = std::fs::read(dir.join(PEFT_CONFIG_FILE)).map_err(|e| {
-        invalid(format!(
-            "reading {PEFT_CONFIG_FILE}: {}",
-            checkpoint::plain_io_error(&e)
-        ))
-    })?;
-    let peft: PeftConfig = serde_json::from_slice(&text)
-        .map_err(|e| invalid(format!("{PEFT_CONFIG_FILE} is not a PEFT LoRA config: {e}")))?;
-    let refused = [
-        (
-            peft.peft_type.as_deref().is_some_and(|t| t != "LORA"),
-            "`peft_type` must be LORA",
-        ),
-        (peft.use_dora, "DoRA adapters (`use_dora`) are not served"),
-        (
-            peft.fan_in_fan_out,
-            "`fan_in_fan_out` adapters (GPT-2 style Conv1D) are not served",
-        ),
-        (
-            peft.bias.as_deref().is_some_and(|b| b != "none"),
-            "adapters that train biases (`bias` other than \"none\") are not served",
-        ),
-        (
-            peft.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()),
-            "adapters with `modules_to_save` are not served over a shared base",
-        ),
-        (
-            peft.alpha_pattern.as_ref().is_some_and(|p| !p.is_empty()),
-            "per-module `alpha_pattern` is not served",
-        ),
-        (
-            peft.task_type.as_deref().is_some_and(|t| t != "CAUSAL_LM"),
-            "`task_type` must be CAUSAL_LM",
-        ),
-    ];
-    if let Some((_, why)) = refused.iter().find(|(refuse, _)| *refuse) {
-        return Err(invalid(format!("{PEFT_CONFIG_FILE}: {why}")));
+    let peft = PeftConfig::read(dir, "CAUSAL_LM")?;
+    if peft.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(invalid(format!(
+            "{PEFT_CONFIG_FILE}: adapters with `modules_to_save` are not served over a shared base"
+        )));
     }
     let tensors = candle_core::safetensors::load(dir.join(PEFT_WEIGHTS_FILE), &Device::Cpu)
         .map_err(|e| invalid(format!("reading {PEFT_WEIGHTS_FILE}: {e}")))?;

@@ -1,0 +1,144 @@
+//! `/v1/adapters` over a base encoder: a PEFT sequence-classification adapter (temper's own
+//! export of a LoRA classifier here) registered with its label names, listed as a
+//! classifier of that base, and the 400s for what cannot be served.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::tasks::sequence_classification::shared::tests::train_classifier;
+
+/// A tiny BERT `test-org/bert` in the models dir and, under `adapters/clf`, temper's PEFT
+/// export of a LoRA classifier (labels `neg`, `pos`) of it; the checkpoint's directory.
+fn write_encoder_and_adapter(models_dir: &Path, work: &Path) -> PathBuf {
+    let base = models_dir.join("test-org/bert");
+    crate::zoo::testing::write_tiny_bert(&base, 4).expect("tiny bert");
+    let checkpoint = train_classifier(&base, work, 4, 5e-3);
+    crate::tasks::export_checkpoint(
+        &checkpoint,
+        crate::train::ExportFormat::Adapter,
+        "test-org/bert",
+        &models_dir.join("adapters/clf"),
+    )
+    .expect("export");
+    checkpoint
+}
+
+#[tokio::test]
+async fn a_classification_adapter_registers_over_its_base_encoder_with_its_labels() {
+    let h = harness(&[], 1 << 30).await;
+    let models_dir = h.state.settings.models_dir.clone();
+    let work = tempfile::tempdir().expect("tmp");
+    write_encoder_and_adapter(&models_dir, work.path());
+    let body = |id: &str, labels: Value| json!({"id": id, "base_model": "test-org/bert", "path": "adapters/clf", "labels": labels});
+    let reply = h
+        .post(
+            "/v1/adapters",
+            body("acme/sentiment", json!(["neg", "pos"])),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json());
+    assert_eq!(reply.json()["base_model"], "test-org/bert");
+    let row = h
+        .state
+        .store
+        .get_model("acme/sentiment")
+        .await
+        .expect("row")
+        .expect("row");
+    assert!(row.registered_adapter);
+    assert_eq!(row.kind, "classifier");
+    let stored = h.state.blobs.path(&row.artifact_dir);
+    let labels: Vec<String> =
+        serde_json::from_slice(&std::fs::read(stored.join("labels.json")).expect("labels"))
+            .expect("json");
+    assert_eq!(labels, ["neg", "pos"]);
+
+    let refused = |reply: Reply, param: &str, expected: &str| {
+        let error = assert_envelope(&reply, StatusCode::BAD_REQUEST, Some(param));
+        let message = error["message"].as_str().expect("message").to_string();
+        assert!(message.contains(expected), "{message}");
+    };
+    refused(
+        h.post("/v1/adapters", body("three", json!(["a", "b", "c"])))
+            .await,
+        "path",
+        "3 labels for a classifier of 2",
+    );
+    // Without its head the adapter is no classifier.
+    let headless = models_dir.join("adapters/headless");
+    std::fs::create_dir_all(&headless).expect("mkdir");
+    std::fs::copy(
+        models_dir.join("adapters/clf/adapter_config.json"),
+        headless.join("adapter_config.json"),
+    )
+    .expect("cp");
+    let mut tensors = candle_core::safetensors::load(
+        models_dir.join("adapters/clf/adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("load");
+    tensors.retain(|name, _| !name.contains("classifier"));
+    candle_core::safetensors::save(&tensors, headless.join("adapter_model.safetensors"))
+        .expect("save");
+    refused(
+        h.post(
+            "/v1/adapters",
+            json!({"id": "headless", "base_model": "test-org/bert", "path": "adapters/headless"}),
+        )
+        .await,
+        "path",
+        "has no `base_model.model.classifier.weight`",
+    );
+    // A LoRA factor on a module the encoder does not have.
+    let mut extra = tensors.clone();
+    let any_factor = extra.values().next().expect("a factor").clone();
+    extra.insert(
+        "base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(),
+        any_factor,
+    );
+    let classifier = candle_core::safetensors::load(
+        models_dir.join("adapters/clf/adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("load");
+    for (name, tensor) in classifier {
+        if name.contains("classifier") {
+            extra.insert(name, tensor);
+        }
+    }
+    let odd = models_dir.join("adapters/odd");
+    std::fs::create_dir_all(&odd).expect("mkdir");
+    std::fs::copy(
+        headless.join("adapter_config.json"),
+        odd.join("adapter_config.json"),
+    )
+    .expect("cp");
+    candle_core::safetensors::save(&extra, odd.join("adapter_model.safetensors")).expect("save");
+    refused(
+        h.post(
+            "/v1/adapters",
+            json!({"id": "odd", "base_model": "test-org/bert", "path": "adapters/odd"}),
+        )
+        .await,
+        "path",
+        "layer.9",
+    );
+    // Labels are a classifier's: not for a decoder base.
+    crate::zoo::testing::write_tiny_decoder(
+        &models_dir.join("test-org/chat"),
+        crate::zoo::decoder::DecoderArch::Llama,
+        1,
+    )
+    .expect("decoder");
+    refused(
+        h.post(
+            "/v1/adapters",
+            json!({"id": "x", "base_model": "test-org/chat", "path": "adapters/clf", "labels": ["a"]}),
+        )
+        .await,
+        "labels",
+        "decoder",
+    );
+    let listed = h.call(Method::GET, "/v1/adapters", None).await.json();
+    assert_eq!(listed["data"].as_array().expect("data").len(), 1);
+}
