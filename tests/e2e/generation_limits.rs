@@ -262,3 +262,28 @@ async fn rss_returns_to_its_baseline_after_50_abandoned_long_generations() {
         server.largest_mappings(12)
     );
 }
+
+#[tokio::test]
+async fn a_base_named_with_a_weight_format_is_served_in_it() {
+    let server = TestServer::spawn().await;
+    let completion = |model: String| json!({"model": model, "prompt": "hello", "max_tokens": 4, "temperature": 0});
+    for format in ["q8_0", "q4_1", "auto"] {
+        let model = format!("{DECODER_MODEL}@{format}");
+        let (status, body) = server
+            .post("/v1/completions", completion(model.clone()))
+            .await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["model"], model.as_str());
+        let tokens = body["usage"]["completion_tokens"].as_u64().expect("usage");
+        assert!((1..=4).contains(&tokens), "{body}");
+    }
+    // This base is no GGUF file: it has no blocks of its own; nor is `q5_k` a format.
+    for model in ["gguf", "q5_k"].map(|format| format!("{DECODER_MODEL}@{format}")) {
+        let (status, body) = server.post("/v1/completions", completion(model)).await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(
+            assert_envelope(&body, Some("model"))["code"],
+            "model_not_found"
+        );
+    }
+}
