@@ -361,6 +361,7 @@ mod on_cuda {
         let dtype = match kind {
             QuantKind::Q8_0 => GgmlDType::Q8_0,
             QuantKind::Q4_0 => GgmlDType::Q4_0,
+            QuantKind::Q4_1 => GgmlDType::Q4_1,
         };
         for (name, tensor) in tensors.iter_mut() {
             if name.contains(".layers.") && name.ends_with("_proj.weight") {
