@@ -36,6 +36,25 @@ fn ggml_dtype(kind: QuantKind) -> GgmlDType {
     }
 }
 
+/// From how many rows a CPU product of `format` blocks with `in_dim` inputs is faster
+/// through f32 (the blocks dequantized for the call, then the dense product) than through
+/// candle's quantized matmul, which quantizes the activations and takes each row's dot
+/// products in turn: its cost grows with the rows, dequantizing does not. Measured with
+/// `examples/quantized_speed.rs` (2 cores, candle 0.11.1, SmolLM2's 576/1536 shapes and
+/// 512-wide ones): q4_1 has no vectorised dot product there and loses from 2 rows (2 rows:
+/// 1.0 ms against 0.7 dequantized, 32 rows: 15.2 against 1.5); q4_0 from 16 (2.1 against
+/// 1.3 ms); q8_0 from 32 rows (3.1 against 1.6 ms at 576) unless the input is a multiple of
+/// 256, where its matmul is 3× faster and only loses from about 256 rows, like the k-quants.
+/// The two ways agree to the format's rounding of the activations, not to the bit.
+fn dequantized_from_rows(format: GgmlDType, in_dim: usize) -> usize {
+    match format {
+        GgmlDType::Q4_1 => 2,
+        GgmlDType::Q4_0 => 16,
+        GgmlDType::Q8_0 if !in_dim.is_multiple_of(256) => 32,
+        _ => 256,
+    }
+}
+
 /// A frozen quantized weight `[out, in]`: its blocks, in parts of consecutive output rows.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
@@ -215,6 +234,25 @@ impl QuantizedWeight {
             .sum()
     }
 
+    /// `x [rows, in] · Wᵀ` through f32: each part's blocks dequantized for this call and
+    /// multiplied by the CPU's dense product, the parts in parallel. The activations are
+    /// not quantized, so the result is the dense product of the dequantized weight.
+    pub fn forward_dequantized(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        let device = x.device().clone();
+        let outputs = self
+            .parts
+            .par_iter()
+            .map(|part| {
+                let weight = part.qtensor.dequantize(&device)?;
+                super::cpu::linear_op::linear(x, &weight, None)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        match outputs.as_slice() {
+            [whole] => Ok(whole.clone()),
+            _ => Ok(Tensor::cat(&outputs, D::Minus1)?),
+        }
+    }
+
     /// `x [rows, in] · Wᵀ`. On the CPU the parts multiply in parallel. On a GPU only
     /// batches of up to [`GPU_QUANTIZED_ROWS`] rows go through candle's quantized kernels:
     /// for larger ones candle quantizes the activations to q8_1 first, and on an H200 that
@@ -226,6 +264,9 @@ impl QuantizedWeight {
         if !x.device().is_cpu() && rows > GPU_QUANTIZED_ROWS {
             let weight = self.dequantize()?.to_dtype(x.dtype())?;
             return Ok(x.matmul(&weight.t()?)?);
+        }
+        if x.device().is_cpu() && rows >= dequantized_from_rows(self.format, self.dims.1) {
+            return self.forward_dequantized(x);
         }
         let outputs = if x.device().is_cpu() {
             self.parts
@@ -252,6 +293,28 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::zoo::test_tensors::max_abs_diff;
+
+    #[test]
+    fn enough_rows_multiply_through_the_dequantized_weight() {
+        // An even number of blocks per row: candle's q4_1 dot product asserts it in debug.
+        let weight = values(128, 128, 1);
+        let q = QuantizedWeight::quantize_in_parts(&weight, QuantKind::Q4_1, 2).unwrap();
+        let dense = |x: &Tensor| x.matmul(&q.dequantize().unwrap().t().unwrap()).unwrap();
+        for rows in [1, 2, 5] {
+            let x = values(rows, 128, 2 + rows);
+            let (got, through_f32) = (q.forward(&x).unwrap(), dense(&x));
+            let diff = max_abs_diff(&got, &through_f32);
+            if rows < dequantized_from_rows(GgmlDType::Q4_1, 128) {
+                // One row: candle's quantized matmul, its activations rounded to 8 bits.
+                assert!(diff > 1e-3, "{rows} rows: {diff}");
+            } else {
+                assert!(diff < 1e-4, "{rows} rows: {diff}");
+            }
+        }
+        assert_eq!(dequantized_from_rows(GgmlDType::Q8_0, 576), 32);
+        assert_eq!(dequantized_from_rows(GgmlDType::Q8_0, 512), 256);
+    }
 
     fn values(rows: usize, cols: usize, seed: usize) -> Tensor {
         let data: Vec<f32> = (0..rows * cols)
