@@ -175,11 +175,15 @@ impl ModelLoader<LoadedAdapter> for AdapterLoader {
             ServedKind::Classifier => AdapterWeights::Classifier(Arc::new(
                 ClassifierAdapter::load(&model.dir, device).map_err(|e| failed(&e))?,
             )),
-            _ => {
+            ServedKind::CausalLm => {
                 let (config, _) = DecoderConfig::from_dir(&base.dir).map_err(|e| failed(&e))?;
                 let adapter = crate::tasks::sft::adapter::load_adapter(&model.dir, &config, device)
                     .map_err(|e| failed(&e))?;
                 AdapterWeights::Decoder(Arc::new(adapter))
+            }
+            other => {
+                let kind = other.as_str();
+                return Err(failed(&format!("no adapters are served for {kind} models")));
             }
         };
         let loaded = LoadedAdapter {

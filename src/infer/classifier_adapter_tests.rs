@@ -31,6 +31,24 @@ fn classifier(name: &str, dir: &Path, base: Option<&Path>) -> ServableModel {
     }
 }
 
+/// A handle over a catalog of the shared base encoder `base` (`org/bert`) and `models`.
+fn handle_over(base: &Path, models: Vec<ServableModel>) -> InferenceHandle {
+    let mut all = vec![ServableModel {
+        name: "org/bert".into(),
+        dir: base.to_path_buf(),
+        kind: ServedKind::SharedEncoder,
+        adapter_of: None,
+        serve_dtype: None,
+        gguf: None,
+    }];
+    all.extend(models);
+    InferenceHandle::with_options(
+        MapCatalog::with_models(all),
+        InferOptions::cpu(1 << 30),
+        CancellationToken::new(),
+    )
+}
+
 #[tokio::test]
 async fn lora_classifiers_share_one_base_encoder_and_answer_as_their_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -39,23 +57,13 @@ async fn lora_classifiers_share_one_base_encoder_and_answer_as_their_checkpoints
     let first = train_classifier(&base, &tmp.path().join("first"), 4, 5e-3);
     let second = train_classifier(&base, &tmp.path().join("second"), 4, 2e-2);
     let full = train_classifier(&base, &tmp.path().join("full"), 0, 1e-3);
-    let catalog = MapCatalog::with_models(vec![
-        ServableModel {
-            name: "org/bert".into(),
-            dir: base.clone(),
-            kind: ServedKind::SharedEncoder,
-            adapter_of: None,
-            serve_dtype: None,
-            gguf: None,
-        },
-        classifier("ft:first", &first, Some(&base)),
-        classifier("ft:second", &second, Some(&base)),
-        classifier("ft:full", &full, None),
-    ]);
-    let handle = InferenceHandle::with_options(
-        catalog,
-        InferOptions::cpu(1 << 30),
-        CancellationToken::new(),
+    let handle = handle_over(
+        &base,
+        vec![
+            classifier("ft:first", &first, Some(&base)),
+            classifier("ft:second", &second, Some(&base)),
+            classifier("ft:full", &full, None),
+        ],
     );
     let texts = ["good movie", "i hated it", "dull music"];
     let inputs = || texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();
@@ -130,22 +138,12 @@ async fn a_peft_export_served_over_the_base_answers_as_its_checkpoint_with_its_l
         std::fs::copy(peft.join(file), named.join(file)).unwrap();
     }
     std::fs::write(named.join("labels.json"), r#"["neg", "pos"]"#).unwrap();
-    let catalog = MapCatalog::with_models(vec![
-        ServableModel {
-            name: "org/bert".into(),
-            dir: base.clone(),
-            kind: ServedKind::SharedEncoder,
-            adapter_of: None,
-            serve_dtype: None,
-            gguf: None,
-        },
-        classifier("acme/unnamed", &peft, Some(&base)),
-        classifier("acme/named", &named, Some(&base)),
-    ]);
-    let handle = InferenceHandle::with_options(
-        catalog,
-        InferOptions::cpu(1 << 30),
-        CancellationToken::new(),
+    let handle = handle_over(
+        &base,
+        vec![
+            classifier("acme/unnamed", &peft, Some(&base)),
+            classifier("acme/named", &named, Some(&base)),
+        ],
     );
     let texts = ["good movie", "i hated it", "dull music"];
     let inputs = || texts.iter().map(|t| t.to_string()).collect::<Vec<_>>();

@@ -2,6 +2,7 @@
 //! export of a LoRA classifier here) registered with its label names, listed as a
 //! classifier of that base, and the 400s for what cannot be served.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -21,6 +22,19 @@ fn write_encoder_and_adapter(models_dir: &Path, work: &Path) -> PathBuf {
     )
     .expect("export");
     checkpoint
+}
+
+/// `adapters/<name>` in the models dir: the exported adapter's config with `tensors`.
+fn write_variant(models_dir: &Path, name: &str, tensors: &HashMap<String, candle_core::Tensor>) {
+    let dir = models_dir.join("adapters").join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = "adapter_config.json";
+    std::fs::copy(
+        models_dir.join("adapters/clf").join(config),
+        dir.join(config),
+    )
+    .expect("cp");
+    candle_core::safetensors::save(tensors, dir.join("adapter_model.safetensors")).expect("save");
 }
 
 #[tokio::test]
@@ -65,21 +79,14 @@ async fn a_classification_adapter_registers_over_its_base_encoder_with_its_label
         "3 labels for a classifier of 2",
     );
     // Without its head the adapter is no classifier.
-    let headless = models_dir.join("adapters/headless");
-    std::fs::create_dir_all(&headless).expect("mkdir");
-    std::fs::copy(
-        models_dir.join("adapters/clf/adapter_config.json"),
-        headless.join("adapter_config.json"),
-    )
-    .expect("cp");
-    let mut tensors = candle_core::safetensors::load(
+    let exported = candle_core::safetensors::load(
         models_dir.join("adapters/clf/adapter_model.safetensors"),
         &candle_core::Device::Cpu,
     )
     .expect("load");
-    tensors.retain(|name, _| !name.contains("classifier"));
-    candle_core::safetensors::save(&tensors, headless.join("adapter_model.safetensors"))
-        .expect("save");
+    let mut headless = exported.clone();
+    headless.retain(|name, _| !name.contains("classifier"));
+    write_variant(&models_dir, "headless", &headless);
     refused(
         h.post(
             "/v1/adapters",
@@ -90,30 +97,13 @@ async fn a_classification_adapter_registers_over_its_base_encoder_with_its_label
         "has no `base_model.model.classifier.weight`",
     );
     // A LoRA factor on a module the encoder does not have.
-    let mut extra = tensors.clone();
-    let any_factor = extra.values().next().expect("a factor").clone();
-    extra.insert(
+    let mut odd = exported.clone();
+    let any_factor = headless.values().next().expect("a factor").clone();
+    odd.insert(
         "base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(),
         any_factor,
     );
-    let classifier = candle_core::safetensors::load(
-        models_dir.join("adapters/clf/adapter_model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .expect("load");
-    for (name, tensor) in classifier {
-        if name.contains("classifier") {
-            extra.insert(name, tensor);
-        }
-    }
-    let odd = models_dir.join("adapters/odd");
-    std::fs::create_dir_all(&odd).expect("mkdir");
-    std::fs::copy(
-        headless.join("adapter_config.json"),
-        odd.join("adapter_config.json"),
-    )
-    .expect("cp");
-    candle_core::safetensors::save(&extra, odd.join("adapter_model.safetensors")).expect("save");
+    write_variant(&models_dir, "odd", &odd);
     refused(
         h.post(
             "/v1/adapters",
