@@ -13,7 +13,10 @@
 //! - [`generate`]: text generation (one thread per language model, continuous batching,
 //!   sampling, stop strings, streaming) behind `chat` / `complete`.
 //! - [`adapters`]: LoRA adapters served unmerged over a shared base, in a registry of
-//!   their own (byte budget, LRU) beside the models'.
+//!   their own (byte budget, LRU) beside the models': decoder adapters joining their base's
+//!   decode batches, classifier adapters built over a [`shared_encoder`] engine.
+//! - [`shared_encoder`]: a base encoder loaded once for all its LoRA classifiers.
+//! - `requests`: the handle's classification, NER and QA requests.
 //! - [`catalog`], [`error`]: the narrow types shared with `app` and `api`.
 
 pub mod adapters;

@@ -16,7 +16,12 @@
 //!   embedding lookup whose gradient is the rows it read, and the bounds-checked `gemm`
 //!   front they multiply with.
 //! - [`decoder`]: `CausalLm`, the differentiable Llama/Qwen2 decoder, KV cache, exports.
-//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories.
+//! - [`gguf`]: llama.cpp GGUF files materialized as Hugging Face decoder directories, and
+//!   their layer projections as the blocks the file stores (`gguf::blocks`).
+//! - [`quantized_weight`]: frozen quantized weights and their products (per-core parts;
+//!   batches of enough rows through f32).
+//! - [`shared_encoder`]: a base encoder's weights read once, shared by the LoRA models built
+//!   over them.
 //! - [`encoder_head`]: `EncoderModel<H>`, the encoder plus one task head: loading, vars,
 //!   merging and the Hugging Face / PEFT exports every encoder task shares.
 //! - [`classifier`]: `SequenceClassifier`, the sequence-classification head on it.
