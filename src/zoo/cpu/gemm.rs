@@ -140,10 +140,12 @@ pub(super) fn matmul_on(
         }
         return Ok(());
     }
-    // One row is a matrix-vector product (a decoding step), bound by reading the weights:
-    // there the gemm crate's kernel was faster (one SmolLM2-135M step's products, 28.5
-    // against 30 ms; `sgemm` copies the weights into packed panels first).
-    if let (Some(blas), true) = (blas, m > 1) {
+    // One row too (a decoding step's matrix-vector products, bound by reading the weights):
+    // `examples/gemm_speed`'s SmolLM2-135M step took 28.5 ms on the gemm crate against 30 on
+    // OpenBLAS on a 2-core Zen 4, but 44.7 against 33.5–34.0 on a 2-core AVX-512 Xeon, where
+    // the gemm crate streams the weights at 12 GB/s: a 5 % loss on the one, a 25 % gain on
+    // the other.
+    if let Some(blas) = blas {
         if let (Some(a_op), Some(b_op)) = (operand(a), operand(b)) {
             return blas_products(
                 blas,
