@@ -1,6 +1,7 @@
 //! Quantized products at SmolLM2-135M's projection shapes: candle's quantized matmul on the
-//! per-core parts (`QuantizedWeight::forward`) against the same blocks dequantized for the
-//! call and multiplied in f32 (`forward_dequantized`), per row count. Prints JSON lines.
+//! per-core parts (`QuantizedWeight::forward_quantized`) against the same blocks dequantized
+//! for the call and multiplied in f32 (`forward_dequantized`), per row count: the
+//! measurements behind the row counts at which `forward` switches. Prints JSON lines.
 //!
 //!     cargo run --release --example quantized_speed
 
@@ -39,10 +40,10 @@ fn main() -> anyhow::Result<()> {
                 let q = QuantizedWeight::from_blocks(&blocks, None, &Device::Cpu)?;
                 let x = Tensor::randn(0f32, 1.0, (rows, inp), &Device::Cpu)?;
                 let reps = 200 / rows.max(1) + 20;
-                q.forward(&x)?;
+                q.forward_quantized(&x)?;
                 let start = Instant::now();
                 for _ in 0..reps {
-                    q.forward(&x)?;
+                    q.forward_quantized(&x)?;
                 }
                 quantized += start.elapsed().as_secs_f64() / reps as f64;
                 q.forward_dequantized(&x)?;

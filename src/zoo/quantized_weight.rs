@@ -247,10 +247,7 @@ impl QuantizedWeight {
                 super::cpu::linear_op::linear(x, &weight, None)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        match outputs.as_slice() {
-            [whole] => Ok(whole.clone()),
-            _ => Ok(Tensor::cat(&outputs, D::Minus1)?),
-        }
+        joined_columns(outputs)
     }
 
     /// `x [rows, in] · Wᵀ`. On the CPU the parts multiply in parallel. On a GPU only
@@ -268,6 +265,12 @@ impl QuantizedWeight {
         if x.device().is_cpu() && rows >= dequantized_from_rows(self.format, self.dims.1) {
             return self.forward_dequantized(x);
         }
+        self.forward_quantized(x)
+    }
+
+    /// `x [rows, in] · Wᵀ` by candle's quantized matmul, whatever the rows: the parts in
+    /// parallel on the CPU, in turn elsewhere.
+    pub fn forward_quantized(&self, x: &Tensor) -> Result<Tensor, ZooError> {
         let outputs = if x.device().is_cpu() {
             self.parts
                 .par_iter()
@@ -279,10 +282,15 @@ impl QuantizedWeight {
                 .map(|part| part.matmul.forward(x))
                 .collect::<candle_core::Result<Vec<_>>>()?
         };
-        match outputs.as_slice() {
-            [whole] => Ok(whole.clone()),
-            _ => Ok(Tensor::cat(&outputs, D::Minus1)?),
-        }
+        joined_columns(outputs)
+    }
+}
+
+/// The parts' outputs side by side, as the whole weight's would be.
+fn joined_columns(outputs: Vec<Tensor>) -> Result<Tensor, ZooError> {
+    match outputs.as_slice() {
+        [whole] => Ok(whole.clone()),
+        _ => Ok(Tensor::cat(&outputs, D::Minus1)?),
     }
 }
 

@@ -63,7 +63,8 @@ impl SharedEncoderBase {
     }
 
     /// Whether `tensor` is one of the shared tensors (the same storage, not a copy).
-    pub fn holds(&self, tensor: &Tensor) -> bool {
+    #[cfg(test)]
+    pub(crate) fn holds(&self, tensor: &Tensor) -> bool {
         self.tensors.values().any(|t| t.id() == tensor.id())
     }
 }

@@ -195,8 +195,9 @@ impl SharedEncoderClassifier {
         Ok(self.built.len() - 1)
     }
 
-    /// How many adapters are built into models now (for tests).
-    pub fn built_models(&self) -> usize {
+    /// How many adapters are built into models now.
+    #[cfg(test)]
+    pub(crate) fn built_models(&self) -> usize {
         self.built.len()
     }
 
