@@ -36,7 +36,7 @@ def qa_recipe_of(args):
 
 
 def disfl_qa_paths(assets):
-    return data_paths(assets, "disfl_qa", ("train.jsonl", "valid.jsonl"))
+    return data_paths(assets, "disfl_qa", ("train.jsonl", "valid.jsonl"), " --qa")
 
 
 # --- the official SQuAD v2.0 evaluation (evaluate-v2.0.py), unchanged in substance ---

