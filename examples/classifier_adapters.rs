@@ -62,6 +62,9 @@ fn train(assets: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     )?;
     let job = ClassificationJob {
         base_model_dir: base_dir(assets),
+        base_model: temper::artifacts::BaseLocation::Directory {
+            path: base_dir(assets),
+        },
         labels: label_set(&train),
         config: request.resolve(Task::SequenceClassification, train.len(), 42),
         train,
@@ -120,7 +123,8 @@ fn main() -> anyhow::Result<()> {
         let adapter = out.join("peft-adapter");
         temper::tasks::export_checkpoint(
             &best,
-            temper::train::ExportFormat::Adapter,
+            &temper::artifacts::BaseModels::default(),
+            temper::artifacts::ExportFormat::Adapter,
             "sentence-transformers/all-MiniLM-L6-v2",
             &adapter,
         )?;
@@ -156,7 +160,14 @@ fn main() -> anyhow::Result<()> {
         }
         "merged" => {
             let mut models: Vec<ClassifierServing> = (0..fine_tunes)
-                .map(|_| CheckpointClassifier::load(&ckpt, &Device::Cpu))
+                .map(|_| {
+                    CheckpointClassifier::load(
+                        &temper::artifacts::BaseModels::default()
+                            .open(&ckpt)
+                            .expect("open checkpoint"),
+                        &Device::Cpu,
+                    )
+                })
                 .map(|m| m.map(|m| ClassifierServing(Box::new(m))))
                 .collect::<Result<_, _>>()?;
             let rss_loaded = status_bytes("VmRSS:")?;

@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     );
     let work_dir = tempfile::tempdir()?;
     let job = ClassificationJob {
+        base_model: temper::artifacts::BaseLocation::Directory { path: base.clone() },
         base_model_dir: base,
         train,
         valid: None,

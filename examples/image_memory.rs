@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<()> {
     drop(model);
     let work_dir = tempfile::tempdir()?;
     let job = ImageClassificationJob {
+        base_model: temper::artifacts::BaseLocation::Directory { path: base.clone() },
         base_model_dir: base,
         train,
         valid: None,

@@ -84,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     };
     let parts = estimate_with(&config, &tuning, step, run_mode);
     let job = SftJob {
+        base_model: temper::artifacts::BaseLocation::Directory {
+            path: model_dir.clone(),
+        },
         base_model_dir: model_dir,
         train: examples,
         valid: None,

@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     let work_dir = tempfile::tempdir()?;
     let model_dir = materialized_smollm2(&assets, work_dir.path())?;
     let job = SftJob {
+        base_model: temper::artifacts::BaseLocation::Directory {
+            path: model_dir.clone(),
+        },
         base_model_dir: model_dir,
         train: SftExamples::Chat(train),
         valid: None,

@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
     let work_dir = tempfile::tempdir()?;
     let job = ClassificationJob {
         base_model_dir: assets.join("models/sentence-transformers/all-MiniLM-L6-v2"),
+        base_model: temper::artifacts::BaseLocation::Directory {
+            path: assets.join("models/sentence-transformers/all-MiniLM-L6-v2"),
+        },
         train,
         valid: None,
         labels,

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSettings, AppState, ArtifactFormat, ExportRequest, Inference};
+use crate::artifacts::{BaseModels, ExportFormat};
 use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
 use crate::config::Config;
@@ -25,7 +26,6 @@ use crate::infer::{
 };
 use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
-use crate::train::ExportFormat;
 use catalog::StoreCatalog;
 
 /// Serves until `shutdown` is cancelled (SIGTERM/SIGINT in `main`, `Drop` in tests).
@@ -92,11 +92,9 @@ pub async fn run(
         blobs: blobs.clone(),
         models_dir: config.storage.models_dir.clone(),
     });
-    let inference = InferenceHandle::with_options(
-        catalog,
-        crate::infer::InferOptions::from_config(&config.inference, serve_devices),
-        shutdown.clone(),
-    );
+    let mut options = crate::infer::InferOptions::from_config(&config.inference, serve_devices);
+    options.bases = BaseModels::new(&config.storage.models_dir, blobs.root());
+    let inference = InferenceHandle::with_options(catalog, options, shutdown.clone());
     // Weak: the router must not keep the pool alive, so `join` below can take it back.
     let weak_pool = Arc::downgrade(&pool);
     let state = AppState {

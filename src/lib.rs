@@ -11,7 +11,7 @@
 //!                    ▼
 //!             tasks/<name>: one folder per task (data, head, metric names, report,
 //!                    │ export) on train: the synchronous candle core; models from zoo
-//!                    │ checkpoints, metrics, artifacts
+//!                    │ writes checkpoints (artifacts: meta.json names the base by id)
 //!                    ▼
 //!             blobs + store.models ──► infer: registry (LRU by bytes) of loaded
 //!                                        engines, one OS thread each ──► HTTP
@@ -19,11 +19,15 @@
 //!
 //! Dependency rules: `domain` is used by all; `train`, `tasks` and `zoo` never import
 //! tokio, sqlx or axum; `store` never imports axum or candle; `api` never imports candle,
-//! `zoo`, `train` or `tasks`. `app` is the composition root and the only module that knows
-//! every other.
+//! `zoo`, `train` or `tasks`; `infer` reads checkpoints through `artifacts` and the tasks'
+//! serving backends, never `train`. `app` is the composition root and the only module that
+//! knows every other.
 
 pub mod api;
 pub mod app;
+#[cfg(test)]
+mod architecture_tests;
+pub mod artifacts;
 pub mod basemodels;
 pub mod blobs;
 pub mod config;

@@ -19,13 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{echo, ApiError, ApiJson};
 use super::AppState;
+use crate::artifacts::peft::{LABELS_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
 use crate::basemodels::{self, BaseModelKind};
 use crate::domain::model_name::normalize_model_id;
 use crate::infer::adapters::{check_classifier_adapter, check_peft_adapter};
 use crate::infer::ServedKind;
 use crate::store::ModelRow;
-use crate::tasks::peft_config::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
-use crate::tasks::sequence_classification::peft_adapter::LABELS_FILE;
 
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/adapters"),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 
+use crate::artifacts::{BaseLocation, Fingerprint};
 use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
 use crate::config::ServeDtype;
@@ -83,9 +84,10 @@ impl StoreCatalog {
 
     /// The base a LoRA checkpoint in `dir` of a `kind` model is served over, unmerged:
     /// `base` (the job's model) when it is a base model of the models dir of the matching
-    /// kind and the checkpoint was trained over that very directory. Anything else (full
-    /// fine-tunes, QLoRA, a fine-tune of a fine-tune, a base that moved) is served merged,
-    /// as its own model.
+    /// kind and the checkpoint names that very model, in the version it holds now (id and
+    /// fingerprint; a checkpoint of an earlier version names its directory). Anything else
+    /// (full fine-tunes, QLoRA, a fine-tune of a fine-tune, a base since replaced) is served
+    /// merged, as its own model.
     async fn adapter_base(
         &self,
         dir: &Path,
@@ -108,11 +110,11 @@ impl StoreCatalog {
         let Some(base) = self.base_of_kind(base, base_kind).await? else {
             return Ok(None);
         };
-        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        Ok(same(&trained_over, &base.dir).then_some(AdapterBase {
+        let (id, base_dir) = (base.name.clone(), base.dir.clone());
+        let same = tokio::task::spawn_blocking(move || names_base(&trained_over, &id, &base_dir))
+            .await
+            .map_err(|e| format!("reading base model: {e}"))?;
+        Ok(same.then_some(AdapterBase {
             name: base.name,
             dir: base.dir,
             slot: 0,
@@ -120,12 +122,33 @@ impl StoreCatalog {
     }
 }
 
-fn decoder_adapter_base(dir: &Path) -> Result<Option<PathBuf>, crate::train::TrainError> {
-    crate::tasks::sft::adapter::adapter_base_dir(dir)
+/// Whether a checkpoint trained over `location` is over base model `base_id` as it is now
+/// in `base_dir`.
+fn names_base(location: &BaseLocation, base_id: &str, base_dir: &Path) -> bool {
+    match location {
+        BaseLocation::Models {
+            id,
+            revision,
+            bytes,
+        } => {
+            id == base_id
+                && Fingerprint::of(base_dir)
+                    .is_ok_and(|now| now.revision == *revision && now.bytes == *bytes)
+        }
+        BaseLocation::Directory { path } => match (path.canonicalize(), base_dir.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+        BaseLocation::JobStartModel { .. } => false,
+    }
 }
 
-fn classifier_adapter_base(dir: &Path) -> Result<Option<PathBuf>, crate::train::TrainError> {
-    crate::tasks::sequence_classification::shared::adapter_base_dir(dir)
+fn decoder_adapter_base(dir: &Path) -> Result<Option<BaseLocation>, crate::train::TrainError> {
+    crate::tasks::sft::adapter::adapter_base(dir)
+}
+
+fn classifier_adapter_base(dir: &Path) -> Result<Option<BaseLocation>, crate::train::TrainError> {
+    crate::tasks::sequence_classification::shared::adapter_base(dir)
 }
 
 impl ModelCatalog for StoreCatalog {
@@ -380,8 +403,8 @@ mod tests {
 
     #[tokio::test]
     async fn lora_checkpoints_of_a_base_decoder_are_served_as_adapters_over_it() {
+        use crate::artifacts::checkpoint::LmSpec;
         use crate::infer::adapter_handle_tests::{write_lm_checkpoint, write_lora_checkpoint};
-        use crate::train::checkpoint::LmSpec;
         use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
         let (tmp, catalog) = catalog().await;
         with_tiny_chat(tmp.path());

@@ -12,10 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::AdapterBase;
 use super::test_support::MapCatalog;
 use super::{GenerationParams, InferOptions, InferenceHandle, ServableModel, ServedKind};
+use crate::artifacts::checkpoint::{CheckpointMeta, CheckpointTask, LmSpec};
 use crate::domain::hyperparams::LoraSettings;
-use crate::train::checkpoint::{
-    write_checkpoint, CheckpointContents, CheckpointMeta, CheckpointTask, LmSpec, TrainState,
-};
+use crate::train::checkpoint::{write_checkpoint, CheckpointContents, TrainState};
 use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
 use crate::zoo::decoder::DecoderArch;
 
@@ -48,7 +47,9 @@ pub(crate) fn write_lm_checkpoint(
 ) -> PathBuf {
     let meta = CheckpointMeta {
         task: CheckpointTask::CausalLm { lm },
-        base_model_dir: base.to_path_buf(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: base.to_path_buf(),
+        },
         max_seq_len: 64,
         seed: 0,
     };

@@ -127,7 +127,8 @@ async fn a_peft_export_served_over_the_base_answers_as_its_checkpoint_with_its_l
     let peft = tmp.path().join("peft");
     crate::tasks::export_checkpoint(
         &checkpoint,
-        crate::train::ExportFormat::Adapter,
+        &crate::artifacts::BaseModels::default(),
+        crate::artifacts::ExportFormat::Adapter,
         "org/bert",
         &peft,
     )

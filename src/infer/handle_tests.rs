@@ -10,11 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::test_support::MapCatalog;
 use super::{ClassPrediction, InferError, InferenceHandle};
+use crate::artifacts::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::artifacts::ExportFormat;
 use crate::domain::hyperparams::LoraSettings;
-use crate::train::checkpoint::{
-    write_checkpoint, CheckpointContents, CheckpointMeta, CheckpointTask, TrainState,
-};
-use crate::train::ExportFormat;
+use crate::train::checkpoint::{write_checkpoint, CheckpointContents, TrainState};
 use crate::zoo::{collate, ClassifierSpec, SequenceClassifier};
 
 const MAX_SEQ_LEN: usize = 16;
@@ -55,7 +54,7 @@ fn write_fixture(root: &Path, lora: bool) -> PathBuf {
             labels: labels(),
             spec,
         },
-        base_model_dir: base,
+        base_model: crate::artifacts::BaseLocation::Directory { path: base },
         max_seq_len: MAX_SEQ_LEN,
         seed: 11,
     };
@@ -158,7 +157,9 @@ async fn batched_results_equal_one_at_a_time_and_the_unmerged_model() {
     // Reference: the checkpoint as training left it (LoRA not merged), one text at a time.
     let (model, tokenizer, _, max_len) =
         crate::tasks::sequence_classification::load_classifier_checkpoint(
-            &fx.lora_ckpt,
+            &crate::artifacts::BaseModels::default()
+                .open(&fx.lora_ckpt)
+                .expect("open checkpoint"),
             &Device::Cpu,
         )
         .expect("load");

@@ -14,10 +14,13 @@ use super::registry::ModelLoader;
 use super::shared_encoder::SharedEncoderEngine;
 use super::token_classification::{TokenEngine, TokenTagger};
 use super::{InferError, LoadedModel};
+use crate::artifacts::checkpoint::META_FILE;
+use crate::artifacts::{ArtifactError, BaseModels, Checkpoint};
 use crate::config::ServeDtype;
 use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 use crate::tasks::sequence_classification::shared::SharedEncoderClassifier;
+use crate::tasks::sft::{load_lm, LmSource};
 use crate::zoo::decoder::QuantKind;
 
 /// Loads catalog entries as engines on the serving devices (the registry picks one).
@@ -26,6 +29,8 @@ pub struct CheckpointLoader {
     pub devices: Vec<Device>,
     pub engine: EngineConfig,
     pub generation: GenEngineConfig,
+    /// Where the bases checkpoints name are found.
+    pub bases: BaseModels,
 }
 
 impl ModelLoader<LoadedModel> for CheckpointLoader {
@@ -49,7 +54,7 @@ impl CheckpointLoader {
     fn load_onto(&self, model: &ServableModel, device: &Device) -> Result<LoadedModel, InferError> {
         match model.kind {
             ServedKind::Classifier => {
-                let backend = CheckpointClassifier::load(&model.dir, device)?;
+                let backend = CheckpointClassifier::load(&self.open(model)?, device)?;
                 tracing::info!(
                     bytes = ClassifierBackend::parameter_bytes(&backend),
                     "classifier loaded"
@@ -63,19 +68,20 @@ impl CheckpointLoader {
                     (ServeDtype::Gguf, Some(file)) => ServedWeights::GgufBlocks(file),
                     _ => ServedWeights::from(dtype.quant_kind()),
                 };
-                let backend = load_causal(&model.dir, device, weights)?;
+                let backend = load_causal(model, &self.bases, device, weights)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
                 GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
             }
             ServedKind::QuestionAnswerer => {
-                let backend = crate::tasks::question_answering::load_qa_server(&model.dir, device)
+                let checkpoint = self.open(model)?;
+                let backend = crate::tasks::question_answering::load_qa_server(&checkpoint, device)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 tracing::info!(bytes = backend.parameter_bytes(), "QA model loaded");
                 QaEngine::spawn(&model.name, Box::new(backend), self.engine)
                     .map(LoadedModel::QuestionAnswerer)
             }
             ServedKind::TokenClassifier => {
-                let backend = TokenTagger::load(&model.dir, device)
+                let backend = TokenTagger::load(&self.open(model)?, device)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
                 tracing::info!(bytes, "token classifier loaded");
@@ -91,7 +97,7 @@ impl CheckpointLoader {
                     .map(LoadedModel::SharedEncoder)
             }
             ServedKind::ImageClassifier => {
-                let backend = ImageServing::load(&model.dir, device)
+                let backend = ImageServing::load(&self.open(model)?, device)
                     .map_err(|e| loading_failed(&model.dir, e))?;
                 let bytes = crate::tasks::serve::ServeBackend::parameter_bytes(&backend);
                 tracing::info!(bytes, "image classifier loaded");
@@ -100,6 +106,30 @@ impl CheckpointLoader {
             }
         }
     }
+}
+
+impl CheckpointLoader {
+    /// The model's checkpoint with its base found.
+    fn open(&self, model: &ServableModel) -> Result<Checkpoint, InferError> {
+        open_checkpoint(&self.bases, model)
+    }
+}
+
+fn open_checkpoint(bases: &BaseModels, model: &ServableModel) -> Result<Checkpoint, InferError> {
+    bases.open(&model.dir).map_err(|e| match e {
+        ArtifactError::BaseModel(message) => base_unavailable(model, &message),
+        other => loading_failed(&model.dir, other),
+    })
+}
+
+/// A model whose base is gone or was replaced: the request names a model that cannot be
+/// served until an operator puts its base back, which the client is told (a 400 on `model`:
+/// retrying cannot help) rather than given a server error.
+fn base_unavailable(model: &ServableModel, message: &str) -> InferError {
+    InferError::invalid(
+        "model",
+        format!("The model `{}` cannot be served: {message}", model.name),
+    )
 }
 
 fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
@@ -128,10 +158,12 @@ impl From<Option<QuantKind>> for ServedWeights<'_> {
 /// (its matrices stored and multiplied in bf16), in f32 on the CPU; its layers' projections
 /// as quantized blocks over f32 activations when `weights` says so.
 pub(crate) fn load_causal(
-    dir: &Path,
+    model: &ServableModel,
+    bases: &BaseModels,
     device: &Device,
     weights: ServedWeights<'_>,
 ) -> Result<CausalLmBackend, InferError> {
+    let dir = &model.dir;
     let failed = |e: &dyn std::fmt::Display| {
         InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
     };
@@ -140,8 +172,14 @@ pub(crate) fn load_causal(
     } else {
         candle_core::DType::BF16
     };
-    let mut loaded =
-        crate::tasks::sft::load_lm_checkpoint_in(dir, device, compute).map_err(|e| failed(&e))?;
+    let checkpoint = match dir.join(META_FILE).exists() {
+        true => Some(open_checkpoint(bases, model)?),
+        false => None,
+    };
+    let source = checkpoint
+        .as_ref()
+        .map_or(LmSource::ModelDir(dir), LmSource::Checkpoint);
+    let mut loaded = load_lm(source, device, compute).map_err(|e| failed(&e))?;
     match weights {
         ServedWeights::Float => {}
         ServedWeights::Blocks(kind) => {
@@ -213,8 +251,16 @@ mod tests {
         let gguf = tmp.path().join("tiny.gguf");
         crate::zoo::gguf::tests::write_tiny_gguf(&gguf, crate::zoo::gguf::tests::LLAMA);
         crate::zoo::materialize_gguf(&gguf, &dir).unwrap();
+        let plain = crate::infer::ServableModel {
+            name: "tiny".into(),
+            dir: dir.clone(),
+            kind: ServedKind::CausalLm,
+            adapter_of: None,
+            serve_dtype: None,
+            gguf: None,
+        };
         let bytes = |weights| {
-            load_causal(&dir, &Device::Cpu, weights)
+            load_causal(&plain, &BaseModels::default(), &Device::Cpu, weights)
                 .unwrap()
                 .parameter_bytes()
         };
@@ -234,6 +280,7 @@ mod tests {
 
         // A model named in a format is loaded in it, whatever the server's default.
         let loader = CheckpointLoader {
+            bases: BaseModels::default(),
             devices: vec![Device::Cpu],
             engine: crate::infer::EngineConfig::default(),
             generation: crate::infer::GenEngineConfig {
@@ -243,12 +290,9 @@ mod tests {
         };
         let served = |serve_dtype, gguf: Option<&Path>| {
             let model = crate::infer::ServableModel {
-                name: "tiny".into(),
-                dir: dir.clone(),
-                kind: ServedKind::CausalLm,
-                adapter_of: None,
                 serve_dtype,
                 gguf: gguf.map(Path::to_path_buf),
+                ..plain.clone()
             };
             crate::infer::Servable::parameter_bytes(&loader.load(&model).unwrap())
         };

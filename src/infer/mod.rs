@@ -55,6 +55,8 @@ use std::time::Duration;
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{BaseModels, ExportFormat};
+
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 use adapters::{AdapterSettings, LoadedAdapter};
@@ -92,6 +94,8 @@ pub struct InferOptions {
     /// Budget for the summed bytes of the LoRA adapters kept loaded (LRU eviction beyond),
     /// beside the models' budget.
     pub adapter_cache_bytes: usize,
+    /// Where the bases that checkpoints name by id are found.
+    pub bases: BaseModels,
 }
 
 /// A loaded model of either kind: what the registry caches and evicts.
@@ -127,6 +131,7 @@ impl InferOptions {
             generation: GenEngineConfig::default(),
             failure_ttl: DEFAULT_FAILURE_TTL,
             adapter_cache_bytes: crate::config::DEFAULT_ADAPTER_CACHE_BYTES,
+            bases: BaseModels::default(),
         }
     }
 
@@ -152,6 +157,8 @@ pub struct InferenceHandle {
     registry: Arc<ModelRegistry<LoadedModel>>,
     /// LoRA adapters served over a base of `registry`.
     adapters: Arc<ModelRegistry<LoadedAdapter>>,
+    /// Where exports find the bases checkpoints name.
+    bases: BaseModels,
 }
 
 impl InferenceHandle {
@@ -174,6 +181,7 @@ impl InferenceHandle {
             devices: options.devices.clone(),
             engine: options.engine,
             generation: options.generation,
+            bases: options.bases.clone(),
         };
         let registry = ModelRegistry::with_budgets(
             catalog.clone(),
@@ -187,7 +195,7 @@ impl InferenceHandle {
             cache_bytes: options.adapter_cache_bytes,
             failure_ttl: options.failure_ttl,
         };
-        Self::from_registry(registry, adapters, shutdown)
+        Self::from_registry(registry, adapters, options.bases, shutdown)
     }
 
     /// Any loader: `api` tests serve fake engines (`Engine::spawn` over a fake
@@ -207,12 +215,13 @@ impl InferenceHandle {
             cache_bytes: crate::config::DEFAULT_ADAPTER_CACHE_BYTES,
             failure_ttl: DEFAULT_FAILURE_TTL,
         };
-        Self::from_registry(registry, adapters, shutdown)
+        Self::from_registry(registry, adapters, BaseModels::default(), shutdown)
     }
 
     fn from_registry(
         registry: ModelRegistry<LoadedModel>,
         adapters: AdapterSettings,
+        bases: BaseModels,
         shutdown: CancellationToken,
     ) -> Self {
         let registry = Arc::new(registry);
@@ -233,7 +242,11 @@ impl InferenceHandle {
                 }
             });
         }
-        Self { registry, adapters }
+        Self {
+            registry,
+            adapters,
+            bases,
+        }
     }
 
     /// Starts a chat completion: `messages` go through the model's chat template. The
@@ -305,12 +318,13 @@ impl InferenceHandle {
     pub async fn export(
         &self,
         checkpoint_dir: PathBuf,
-        format: crate::train::ExportFormat,
+        format: ExportFormat,
         base_model_id: String,
         out_dir: PathBuf,
     ) -> Result<(), InferError> {
+        let bases = self.bases.clone();
         tokio::task::spawn_blocking(move || {
-            export_blocking(&checkpoint_dir, format, &base_model_id, &out_dir)
+            export_blocking(&checkpoint_dir, &bases, format, &base_model_id, &out_dir)
         })
         .await
         .map_err(|e| InferError::engine(format!("export panicked: {e}")))?
@@ -349,14 +363,15 @@ fn release_off_runtime(loaded: Arc<LoadedModel>) {
 
 fn export_blocking(
     checkpoint_dir: &std::path::Path,
-    format: crate::train::ExportFormat,
+    bases: &BaseModels,
+    format: ExportFormat,
     base_model_id: &str,
     out_dir: &std::path::Path,
 ) -> Result<(), InferError> {
     // A full fine-tune has no adapter: that is the caller's choice of format, not a
     // server fault, so it is answered as a 400 before any work.
-    if format == crate::train::ExportFormat::Adapter {
-        let meta = crate::train::checkpoint::read_meta(checkpoint_dir)
+    if format == ExportFormat::Adapter {
+        let meta = crate::artifacts::checkpoint::read_meta(checkpoint_dir)
             .map_err(|e| InferError::engine(format!("reading checkpoint: {e}")))?;
         if !meta.has_lora() {
             return Err(InferError::invalid(
@@ -365,6 +380,6 @@ fn export_blocking(
             ));
         }
     }
-    crate::tasks::export_checkpoint(checkpoint_dir, format, base_model_id, out_dir)
+    crate::tasks::export_checkpoint(checkpoint_dir, bases, format, base_model_id, out_dir)
         .map_err(|e| InferError::engine(format!("export: {e}")))
 }

@@ -107,7 +107,9 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     check_model_fits_task(&job.model, start.kind(), task)?;
     let device = open_device(&run.device)?;
     let work_dir = run.ctx.blobs.job_dir(&job.id);
-    let resume_from = checkpoint::latest_resumable(&work_dir).ok().flatten();
+    let resume_from = crate::artifacts::checkpoint::latest_resumable(&work_dir)
+        .ok()
+        .flatten();
     if run.control.get() == ControlSignal::Shutdown {
         // Not started yet: the job simply goes back to the queue.
         return Ok(RunOutcome::Stopped { step: 0 });
@@ -141,11 +143,13 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         final_model: final_model_name(job, start.base_name(&job.model)),
         task,
     };
-    let base_model_dir = start.prepare(run.ctx.blobs.root(), &work_dir).await?;
+    let base_model_dir = start.prepare(&run.ctx, &work_dir).await?;
+    let base_model = start.location(&base_model_dir).await?;
     let beta = job.spec.method.resolved_beta().map(|(beta, _)| beta);
     let training = Training::new(
         data.data,
         base_model_dir.clone(),
+        base_model,
         TrainSettings { config, beta },
         work_dir,
         device,

@@ -323,7 +323,7 @@ async fn a_killed_job_resumes_from_its_last_checkpoint_in_a_new_pool() {
     // The kill landed between the newest checkpoint's rename and its row: that directory
     // (the one the job resumes from) has no checkpoint or model row.
     let work_dir = h.ctx.blobs.job_dir(&id);
-    let (unlisted, _) = crate::train::checkpoint::latest_resumable(&work_dir)
+    let (unlisted, _) = crate::artifacts::checkpoint::latest_resumable(&work_dir)
         .unwrap()
         .unwrap();
     for table in ["fine_tuning_checkpoints", "models"] {

@@ -9,8 +9,8 @@ use super::fine_tune_tests::{assert_in_order, job_with, worker, write_model, MOD
 use super::results::base64_decode;
 use super::test_support::*;
 use super::{FineTuneRunner, Processed};
+use crate::artifacts::ExportFormat;
 use crate::blobs::Blobs;
-use crate::train::ExportFormat;
 
 const SENTENCES: [(&str, &str); 4] = [
     ("i love the paris film", "O O O B-LOC O"),
@@ -125,13 +125,19 @@ async fn a_token_classification_job_trains_reports_and_exports() {
 
     let out = tempfile::tempdir().unwrap();
     let dir = h.ctx.blobs.path(&last.artifact_dir);
-    crate::tasks::export_checkpoint(&dir, ExportFormat::Merged, MODEL, out.path()).unwrap();
+    let bases = crate::artifacts::BaseModels::new(&h.ctx.models_dir, h.ctx.blobs.root());
+    crate::tasks::export_checkpoint(&dir, &bases, ExportFormat::Merged, MODEL, out.path()).unwrap();
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
             .unwrap();
     assert_eq!(config["architectures"][0], "BertForTokenClassification");
     assert_eq!(config["id2label"]["2"], "I-LOC");
-    assert!(
-        crate::tasks::export_checkpoint(&dir, ExportFormat::Adapter, MODEL, out.path()).is_err()
-    );
+    assert!(crate::tasks::export_checkpoint(
+        &dir,
+        &bases,
+        ExportFormat::Adapter,
+        MODEL,
+        out.path()
+    )
+    .is_err());
 }

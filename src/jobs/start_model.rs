@@ -12,14 +12,12 @@ use std::path::{Path, PathBuf};
 
 use super::fine_tune::{naming_the_model, prepare_base_model};
 use super::{JobFailure, JobsContext};
+use crate::artifacts::ExportFormat;
+use crate::artifacts::{BaseLocation, BaseModels, START_MODEL_DIR};
 use crate::basemodels::{self, BaseModel, BaseModelKind};
 use crate::domain::task::ServedKind;
 use crate::store::ModelRow;
 use crate::tasks::export_checkpoint;
-use crate::train::ExportFormat;
-
-/// The directory, inside the job's work dir, holding a fine-tuned starting model.
-pub const START_MODEL_DIR: &str = "start-model";
 
 pub enum StartModel {
     Base(BaseModel),
@@ -77,10 +75,34 @@ impl StartModel {
     }
 
     /// The Hugging Face directory the trainer starts from (converted or exported once).
-    pub async fn prepare(&self, data_root: &Path, work_dir: &Path) -> Result<PathBuf, JobFailure> {
+    pub async fn prepare(&self, ctx: &JobsContext, work_dir: &Path) -> Result<PathBuf, JobFailure> {
+        let data_root = ctx.blobs.root();
         match self {
             StartModel::Base(base) => prepare_base_model(base, data_root).await,
-            StartModel::FineTuned(row) => materialize(data_root, row, work_dir).await,
+            StartModel::FineTuned(row) => {
+                let bases = BaseModels::new(&ctx.models_dir, data_root);
+                materialize(data_root, &bases, row, work_dir).await
+            }
+        }
+    }
+
+    /// How the job's checkpoints name the model prepared in `dir`: a base model by id with
+    /// the fingerprint of the version trained over (read on a blocking thread), a fine-tuned
+    /// one as the job's own starting model.
+    pub async fn location(&self, dir: &Path) -> Result<BaseLocation, JobFailure> {
+        match self {
+            StartModel::Base(base) => {
+                let (id, dir) = (base.id.clone(), dir.to_path_buf());
+                tokio::task::spawn_blocking(move || BaseLocation::of_base_model(&id, &dir))
+                    .await
+                    .map_err(|e| {
+                        JobFailure::internal(format!("internal error: base model fingerprint: {e}"))
+                    })?
+                    .map_err(|e| {
+                        JobFailure::internal(format!("reading base model `{}`: {e}", base.id))
+                    })
+            }
+            StartModel::FineTuned(row) => Ok(BaseLocation::JobStartModel { id: row.id.clone() }),
         }
     }
 
@@ -97,6 +119,7 @@ impl StartModel {
 /// and returns that directory. The export runs on a blocking thread.
 async fn materialize(
     data_root: &Path,
+    bases: &BaseModels,
     row: &ModelRow,
     work_dir: &Path,
 ) -> Result<PathBuf, JobFailure> {
@@ -107,14 +130,21 @@ async fn materialize(
     let checkpoint = data_root.join(&row.artifact_dir);
     let partial = work_dir.join(format!("{START_MODEL_DIR}.partial"));
     let model_id = row.id.clone();
+    let bases = bases.clone();
     let done = target.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(|e| e.to_string())?;
         }
         std::fs::create_dir_all(&partial).map_err(|e| e.to_string())?;
-        export_checkpoint(&checkpoint, ExportFormat::Merged, &model_id, &partial)
-            .map_err(|e| e.to_string())?;
+        export_checkpoint(
+            &checkpoint,
+            &bases,
+            ExportFormat::Merged,
+            &model_id,
+            &partial,
+        )
+        .map_err(|e| e.to_string())?;
         std::fs::rename(&partial, &done).map_err(|e| e.to_string())
     })
     .await

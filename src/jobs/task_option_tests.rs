@@ -1,7 +1,7 @@
 //! Task options through whole jobs on a tiny random BERT: a QA job's `doc_stride` and
-//! `max_answer_length` reach its windows, its checkpoint and the model served from it; an
-//! option of another task, or a stride a question leaves no room for, fails the job with
-//! the param named.
+//! `max_answer_length` reach its windows, its checkpoint (which names its base by id) and
+//! the model served from it; an option of another task, or a stride a question leaves no
+//! room for, fails the job with the param named.
 #![allow(clippy::unwrap_used)]
 
 use candle_core::Device;
@@ -10,9 +10,10 @@ use serde_json::json;
 use super::fine_tune_tests::{job_with, worker, write_model, MODEL};
 use super::test_support::*;
 use super::{FineTuneRunner, Processed};
+use crate::artifacts::checkpoint::{self, CheckpointTask};
+use crate::artifacts::{BaseLocation, Fingerprint};
 use crate::domain::hyperparams::TaskOptions;
 use crate::tasks::question_answering::{load_qa_server, QaTokenizer, QaWindow, WindowSettings};
-use crate::train::checkpoint::{self, CheckpointTask};
 use crate::zoo::TextTokenizer;
 
 const QUESTION: &str = "who?";
@@ -69,6 +70,17 @@ async fn a_qa_jobs_stride_and_answer_length_reach_its_windows_checkpoint_and_ser
         .data;
     let dir = h.ctx.blobs.path(&checkpoints.last().unwrap().artifact_dir);
     let meta = checkpoint::read_meta(&dir).unwrap();
+    // The checkpoint names its base by the id the job trained, with that model's fingerprint.
+    let base_dir = h.dir.path().join("models").join(MODEL);
+    let now = Fingerprint::of(&base_dir).unwrap();
+    assert_eq!(
+        meta.base_model,
+        BaseLocation::Models {
+            id: MODEL.to_string(),
+            revision: now.revision,
+            bytes: now.bytes,
+        }
+    );
     let CheckpointTask::QuestionAnswering {
         doc_stride,
         max_answer_length,
@@ -86,7 +98,8 @@ async fn a_qa_jobs_stride_and_answer_length_reach_its_windows_checkpoint_and_ser
     // consecutive windows, so on a context several windows long the trained 4 gives fewer
     // windows than the 10 the job would have had without the option (a third of 32).
     let long_context = [CONTEXT; 4].join(" ");
-    let server = load_qa_server(&dir, &Device::Cpu).unwrap();
+    let bases = crate::artifacts::BaseModels::new(&h.ctx.models_dir, h.ctx.blobs.root());
+    let server = load_qa_server(&bases.open(&dir).unwrap(), &Device::Cpu).unwrap();
     let windows = server.windows(QUESTION, &long_context).unwrap();
     let trained = tokenizer(
         &h,

@@ -8,6 +8,7 @@ use candle_core::Device;
 
 use super::validate::TrainingData;
 use super::JobFailure;
+use crate::artifacts::BaseLocation;
 use crate::basemodels::BaseModelKind;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job_spec::{JobSpec, AUTO_DPO_BETA};
@@ -41,6 +42,7 @@ impl Training {
     pub(super) fn new(
         data: TrainingData,
         base_model_dir: PathBuf,
+        base_model: BaseLocation,
         settings: TrainSettings,
         work_dir: PathBuf,
         device: Device,
@@ -53,6 +55,7 @@ impl Training {
                 labels,
             } => Training::Classification(ClassificationJob {
                 base_model_dir,
+                base_model,
                 train,
                 valid,
                 labels,
@@ -67,6 +70,7 @@ impl Training {
                 iob1: _,
             } => Training::TokenClassification(TokenClassificationJob {
                 base_model_dir,
+                base_model,
                 train,
                 valid,
                 labels,
@@ -76,6 +80,7 @@ impl Training {
             }),
             TrainingData::Chat { train, valid } => Training::Sft(SftJob {
                 base_model_dir,
+                base_model,
                 train: SftExamples::Chat(train),
                 valid: valid.map(SftExamples::Chat),
                 config,
@@ -84,6 +89,7 @@ impl Training {
             }),
             TrainingData::PromptCompletion { train, valid } => Training::Sft(SftJob {
                 base_model_dir,
+                base_model,
                 train: SftExamples::PromptCompletion(train),
                 valid: valid.map(SftExamples::PromptCompletion),
                 config,
@@ -92,6 +98,7 @@ impl Training {
             }),
             TrainingData::Preference { train, valid } => Training::Dpo(DpoJob {
                 base_model_dir,
+                base_model,
                 train,
                 valid,
                 config,
@@ -105,6 +112,7 @@ impl Training {
                 labels,
             } => Training::ImageClassification(ImageClassificationJob {
                 base_model_dir,
+                base_model,
                 train,
                 valid,
                 labels,
@@ -115,6 +123,7 @@ impl Training {
             TrainingData::QuestionAnswering { train, valid } => {
                 Training::QuestionAnswering(QuestionAnsweringJob {
                     base_model_dir,
+                    base_model,
                     train,
                     valid,
                     config,

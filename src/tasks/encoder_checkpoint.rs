@@ -8,10 +8,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
+use crate::artifacts::checkpoint::{self, TRAINABLE_FILE};
+use crate::artifacts::Checkpoint;
+use crate::artifacts::ExportFormat;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{self, CheckpointMeta, TRAINABLE_FILE};
 use crate::train::setup::compute_dtype;
-use crate::train::{ExportFormat, TrainError};
+use crate::train::TrainError;
 use crate::zoo::{EncoderHead, EncoderModel};
 
 /// The model a job trains: the base with the head `spec` describes, its linears in the
@@ -31,12 +33,11 @@ pub(crate) fn encoder_for_job<H: EncoderHead>(
     Ok(model)
 }
 
-/// The base model `meta` names with the head `spec` describes, its trainable tensors
-/// loaded from the checkpoint in `dir`: in f32 on the CPU (exports, CPU serving), with its
-/// linears in bf16 on a GPU (serving).
+/// The base model a checkpoint names with the head `spec` describes, its trainable tensors
+/// loaded from the checkpoint: in f32 on the CPU (exports, CPU serving), with its linears in
+/// bf16 on a GPU (serving).
 pub(crate) fn rebuild_encoder_model<H: EncoderHead>(
-    dir: &Path,
-    meta: &CheckpointMeta,
+    ckpt: &Checkpoint,
     spec: &H::Spec,
     device: &Device,
 ) -> Result<EncoderModel<H>, TrainError> {
@@ -45,30 +46,32 @@ pub(crate) fn rebuild_encoder_model<H: EncoderHead>(
     } else {
         DType::BF16
     };
-    rebuild_encoder_model_in(dir, meta, spec, device, compute)
+    rebuild_encoder_model_in(ckpt, spec, device, compute)
 }
 
 /// [`rebuild_encoder_model`] with the linears' matmuls in `compute` (bf16: frozen matrices
 /// stored in bf16, a full fine-tune's once frozen for serving).
 pub(crate) fn rebuild_encoder_model_in<H: EncoderHead>(
-    dir: &Path,
-    meta: &CheckpointMeta,
+    ckpt: &Checkpoint,
     spec: &H::Spec,
     device: &Device,
     compute: DType,
 ) -> Result<EncoderModel<H>, TrainError> {
-    let base = &meta.base_model_dir;
-    let model = EncoderModel::<H>::from_pretrained_in(base, spec, device, meta.seed, compute)?;
-    model.load_trainable(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
+    let seed = ckpt.meta.seed;
+    let model = EncoderModel::<H>::from_pretrained_in(&ckpt.base_dir, spec, device, seed, compute)?;
+    model.load_trainable(&checkpoint::read_tensors(
+        &ckpt.dir,
+        TRAINABLE_FILE,
+        device,
+    )?)?;
     Ok(model)
 }
 
-/// Writes the model rebuilt from the checkpoint in `dir` as a merged HF directory (with
-/// `labels` as its `id2label`) or a PEFT adapter naming `base_model_id`.
+/// Writes the model rebuilt from `ckpt` as a merged HF directory (with `labels` as its
+/// `id2label`) or a PEFT adapter naming `base_model_id`.
 pub(crate) fn export_encoder_model<H: EncoderHead>(
     mut model: EncoderModel<H>,
-    dir: &Path,
-    meta: &CheckpointMeta,
+    ckpt: &Checkpoint,
     labels: &[String],
     format: ExportFormat,
     base_model_id: &str,
@@ -77,12 +80,12 @@ pub(crate) fn export_encoder_model<H: EncoderHead>(
     match format {
         ExportFormat::Merged => {
             model.merge_lora()?;
-            model.write_merged_dir(&meta.base_model_dir, labels, out_dir)?;
+            model.write_merged_dir(&ckpt.base_dir, labels, out_dir)?;
         }
         ExportFormat::Adapter => {
-            if !meta.has_lora() {
+            if !ckpt.meta.has_lora() {
                 return Err(TrainError::checkpoint(
-                    dir,
+                    &ckpt.dir,
                     "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
                 ));
             }

@@ -3,7 +3,7 @@
 //! checkpoint variant. `train/` keeps the generic core (runner, optimizer, schedules,
 //! checkpoint I/O, named metrics, summaries); like `train`, nothing here imports
 //! tokio/sqlx/axum. Adding a task means adding a folder here, a `domain::task::Task`
-//! variant and a `train::checkpoint::CheckpointTask` variant.
+//! variant and an `artifacts::checkpoint::CheckpointTask` variant.
 //!
 //! # Layout
 //! - `sequence_classification/`: text → label (`Task::SequenceClassification`).
@@ -21,8 +21,9 @@
 
 use std::path::Path;
 
-use crate::train::checkpoint::{self, CheckpointTask};
-use crate::train::{ExportFormat, TrainError};
+use crate::artifacts::checkpoint::CheckpointTask;
+use crate::artifacts::{BaseModels, ExportFormat};
+use crate::train::TrainError;
 
 pub mod dpo;
 mod encoder_checkpoint;
@@ -37,40 +38,33 @@ pub mod serve;
 pub mod sft;
 pub mod token_classification;
 
-/// Writes the checkpoint as a merged HF directory or a PEFT adapter into `out_dir`, by the
-/// task in its `meta.json`. `base_model_id` is what `adapter_config.json` names as the base
-/// model.
+/// Writes the checkpoint in `dir` (its base found through `bases`) as a merged HF directory
+/// or a PEFT adapter into `out_dir`, by the task in its `meta.json`. `base_model_id` is what
+/// `adapter_config.json` names as the base model.
 pub fn export_checkpoint(
     dir: &Path,
+    bases: &BaseModels,
     format: ExportFormat,
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    match checkpoint::read_meta(dir)?.task {
+    let ckpt = bases.open(dir)?;
+    let id = base_model_id;
+    match ckpt.meta.task {
         CheckpointTask::SequenceClassification { .. } => {
-            sequence_classification::export_classifier_checkpoint(
-                dir,
-                format,
-                base_model_id,
-                out_dir,
-            )
+            sequence_classification::export_classifier_checkpoint(&ckpt, format, id, out_dir)
         }
         CheckpointTask::CausalLm { .. } => {
-            sft::export::export_lm_checkpoint(dir, format, base_model_id, out_dir)
+            sft::export::export_lm_checkpoint(&ckpt, format, id, out_dir)
         }
         CheckpointTask::TokenClassification { .. } => {
-            token_classification::export::export_token_checkpoint(
-                dir,
-                format,
-                base_model_id,
-                out_dir,
-            )
+            token_classification::export::export_token_checkpoint(&ckpt, format, id, out_dir)
         }
         CheckpointTask::QuestionAnswering { .. } => {
-            question_answering::export_qa_checkpoint(dir, format, base_model_id, out_dir)
+            question_answering::export_qa_checkpoint(&ckpt, format, id, out_dir)
         }
         CheckpointTask::ImageClassification { .. } => {
-            image_classification::export::export_image_checkpoint(dir, format, out_dir)
+            image_classification::export::export_image_checkpoint(&ckpt, format, out_dir)
         }
     }
 }

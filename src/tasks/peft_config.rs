@@ -5,12 +5,9 @@
 
 use std::path::Path;
 
+use crate::artifacts::peft::PEFT_CONFIG_FILE;
 use crate::train::checkpoint;
 use crate::train::TrainError;
-
-/// The PEFT adapter files.
-pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
-pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct PeftConfig {

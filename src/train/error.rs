@@ -1,6 +1,7 @@
 //! The trainer's error type; `jobs` maps `InvalidData` to a fatal `invalid_training_file`
 //! failure and the rest to server-side failures.
 
+use crate::artifacts::ArtifactError;
 use crate::zoo::ZooError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,24 @@ pub enum TrainError {
     Zoo(#[from] ZooError),
     #[error("invalid json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A checkpoint's base model is missing or not the version it was trained over.
+    #[error("{0}")]
+    BaseModel(String),
+}
+
+impl From<ArtifactError> for TrainError {
+    fn from(error: ArtifactError) -> Self {
+        match error {
+            ArtifactError::InvalidCheckpoint { path, message } => {
+                Self::InvalidCheckpoint { path, message }
+            }
+            ArtifactError::BaseModel(message) => Self::BaseModel(message),
+            ArtifactError::Candle(e) => Self::Candle(e),
+            ArtifactError::Io(e) => Self::Io(e),
+            ArtifactError::Zoo(e) => Self::Zoo(e),
+            ArtifactError::Json(e) => Self::Json(e),
+        }
+    }
 }
 
 impl TrainError {

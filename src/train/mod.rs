@@ -17,16 +17,14 @@
 //! - `named_metrics.rs`: metrics as named values; each task declares its `MetricNames`.
 //! - `summary.rs`: best-model choice, results CSV, checkpoint metrics, `TrainOutcome`.
 //! - `evaluate.rs`: helpers every task's evaluation uses.
-//! - `checkpoint.rs`: atomic `checkpoints/step-N/` dirs, the task enum of `meta.json`,
-//!   resume pick, optimizer pruning.
-//! - `export.rs`: the download formats (`ExportFormat`).
+//! - `checkpoint.rs`: writing `checkpoints/step-N/` atomically, `state.json`, optimizer
+//!   pruning (the layout, `meta.json` and the resume pick are `crate::artifacts`').
 //! - `observer.rs`: `TrainObserver`, `Control`, `StepMetrics`, `SavedCheckpoint`.
 
 pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod evaluate;
-mod export;
 mod gradients;
 pub mod memory;
 pub mod named_metrics;
@@ -43,7 +41,6 @@ pub(crate) mod summary;
 mod task;
 
 pub use error::TrainError;
-pub use export::ExportFormat;
 pub use named_metrics::{MetricNames, Metrics, MetricsRow};
 pub use observer::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 pub use summary::{

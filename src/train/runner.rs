@@ -16,16 +16,16 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::checkpoint::{
-    self, CheckpointContents, CheckpointMeta, CheckpointRecord, TrainState, OPTIMIZER_FILE,
-    TRAINABLE_FILE,
-};
+use super::checkpoint::{self, CheckpointContents, CheckpointRecord, TrainState};
 use super::evaluate::scalar;
 use super::named_metrics::{MetricNames, Metrics, MetricsRow};
 use super::optim::{AdamW, AdamWConfig, Gradients, OptimParam};
 use super::schedule::LrSchedule;
 use super::summary::{checkpoint_metrics, BestMetric};
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver};
+use crate::artifacts::checkpoint::{
+    latest_resumable, read_tensors, step_dir, CheckpointMeta, OPTIMIZER_FILE, TRAINABLE_FILE,
+};
 use crate::domain::hyperparams::{OptimizerKind, TrainingConfig};
 use crate::zoo::params::{self, NamedVar};
 
@@ -120,10 +120,10 @@ impl<'a> Trainer<'a> {
 
     /// Continues from the newest checkpoint that still has optimizer state, if any.
     pub fn resume(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
-        let Some((step, dir)) = checkpoint::latest_resumable(self.work_dir)? else {
+        let Some((step, dir)) = latest_resumable(self.work_dir)? else {
             return Ok(());
         };
-        let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
+        let tensors = read_tensors(&dir, TRAINABLE_FILE, self.device)?;
         self.load_model_state(&tensors)?;
         self.optimizer.load(&dir.join(OPTIMIZER_FILE))?;
         self.state = checkpoint::read_state(&dir)?;
@@ -425,13 +425,13 @@ impl<'a> Trainer<'a> {
             .ok_or_else(|| {
                 TrainError::InvalidData("training finished without a checkpoint".into())
             })?;
-        Ok((step, checkpoint::step_dir(self.work_dir, step)))
+        Ok((step, step_dir(self.work_dir, step)))
     }
 
     /// Loads the best checkpoint's weights into the model; returns its step and dir.
     pub fn load_best(&self) -> Result<(usize, PathBuf), TrainError> {
         let (step, dir) = self.best_checkpoint()?;
-        let tensors = checkpoint::read_tensors(&dir, TRAINABLE_FILE, self.device)?;
+        let tensors = read_tensors(&dir, TRAINABLE_FILE, self.device)?;
         self.load_model_state(&tensors)?;
         Ok((step, dir))
     }
@@ -450,7 +450,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|c| SavedCheckpoint {
                 step: c.step,
-                dir: checkpoint::step_dir(self.work_dir, c.step),
+                dir: step_dir(self.work_dir, c.step),
                 metrics: checkpoint_metrics(&self.state.history, c.step, self.names),
                 epoch_end: c.epoch_end,
             })

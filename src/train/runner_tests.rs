@@ -1,8 +1,8 @@
 //! The training loop's cancel takes effect within the current optimizer step: before the
 //! next micro-batch, or after the evaluation, and never with a report or checkpoint after.
 
-use super::checkpoint;
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver, TrainOutcome};
+use crate::artifacts::checkpoint;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::sequence_classification::run_classification;
 use crate::tasks::sequence_classification::tests::{config, fixture, job, Recorder};

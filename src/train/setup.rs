@@ -6,15 +6,16 @@
 //! every task: best-model metric, checkpoint meta, [`Trainer`], the new head's learning
 //! rate, resume, the task's work before a first step, the loop, and the outcome.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use super::checkpoint::{CheckpointMeta, CheckpointTask};
 use super::named_metrics::MetricNames;
 use super::runner::{LoopEnd, TrainTask, Trainer, TrainerSetup};
 use super::summary::BestMetric;
 use super::{TrainError, TrainObserver, TrainOutcome, TrainSummary};
+use crate::artifacts::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::artifacts::BaseLocation;
 use crate::domain::hyperparams::{Precision, TrainingConfig};
 use crate::zoo::params::NamedVar;
 
@@ -41,7 +42,8 @@ pub(crate) struct RunSetup<'a> {
     pub names: &'static MetricNames,
     /// What `meta.json` records to rebuild the model (labels, head spec, LoRA, …).
     pub checkpoint: CheckpointTask,
-    pub base_model_dir: PathBuf,
+    /// The base the model is trained over, as `meta.json` names it.
+    pub base_model: BaseLocation,
     /// The sequence length the task trains with (the config's, or cut to the model's
     /// positions).
     pub max_seq_len: usize,
@@ -99,7 +101,7 @@ where
     );
     let meta = CheckpointMeta {
         task: setup.checkpoint,
-        base_model_dir: setup.base_model_dir,
+        base_model: setup.base_model,
         max_seq_len: setup.max_seq_len,
         seed: cfg.seed,
     };

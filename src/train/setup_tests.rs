@@ -8,11 +8,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 
-use super::checkpoint::{self, CheckpointTask, LmSpec, TrainState};
+use super::checkpoint::{self, TrainState};
 use super::named_metrics::{MetricNames, Metrics, MetricsRow};
 use super::runner::{EvalPoint, MicroBatch, TrainTask};
 use super::setup::{check_loop_settings, is_new_head, run_task, RunSetup};
 use super::{results_csv, Control, TrainError, TrainObserver, TrainOutcome, TrainSummary};
+use crate::artifacts::checkpoint::{read_meta, step_dir, CheckpointTask, LmSpec};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
 use crate::tasks::sequence_classification::tests::Recorder;
 use crate::tasks::sft::SFT_METRICS;
@@ -169,7 +170,9 @@ fn run_named(
                 export_dtype: None,
             },
         },
-        base_model_dir: work_dir.join("base"),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: work_dir.join("base"),
+        },
         max_seq_len: 7,
         new_head: &["classifier."],
         vars: task.vars.clone(),
@@ -248,9 +251,14 @@ fn a_pause_stops_at_its_checkpoint_and_the_next_run_resumes_to_the_closures_summ
         "{outcome:?}"
     );
     assert_eq!(first.first_step_calls.get(), 1);
-    let meta = checkpoint::read_meta(&checkpoint::step_dir(dir.path(), 1)).expect("meta");
+    let meta = read_meta(&step_dir(dir.path(), 1)).expect("meta");
     assert_eq!((meta.max_seq_len, meta.seed), (7, 5));
-    assert_eq!(meta.base_model_dir, dir.path().join("base"));
+    assert_eq!(
+        meta.base_model,
+        crate::artifacts::BaseLocation::Directory {
+            path: dir.path().join("base")
+        }
+    );
     assert_eq!(meta.task.name(), "causal_lm");
 
     let second = ToyTask::new();
@@ -271,7 +279,7 @@ fn a_pause_stops_at_its_checkpoint_and_the_next_run_resumes_to_the_closures_summ
     assert_eq!(second.first_step_calls.get(), 0, "not called on resume");
     // The resumed weights continued from step 1: three steps of 0.01 in all.
     assert_moved(&second, "encoder.layer.0.weight", 0.03);
-    let state = checkpoint::read_state(&checkpoint::step_dir(dir.path(), 3)).expect("state");
+    let state = checkpoint::read_state(&step_dir(dir.path(), 3)).expect("state");
     assert_eq!(
         state.initial_valid_loss,
         Some(0.5),
@@ -320,7 +328,7 @@ fn an_sft_job_resumed_from_a_previous_version_checkpoint_reports_its_metrics_und
     let first = ToyTask::new();
     let outcome = run_named(&first, &cfg, dir.path(), &SFT_METRICS, &mut paused).expect("run");
     assert!(matches!(outcome, TrainOutcome::Stopped { step: 1 }));
-    let step_1 = checkpoint::step_dir(dir.path(), 1);
+    let step_1 = step_dir(dir.path(), 1);
     std::fs::write(step_1.join("state.json"), PREVIOUS_VERSION_SFT_STATE).expect("old state");
 
     let mut resumed = Recorder::default();
@@ -356,7 +364,7 @@ fn an_sft_job_resumed_from_a_previous_version_checkpoint_reports_its_metrics_und
         })
     );
     // And the checkpoints written after the resume store them under the current names.
-    let state = checkpoint::read_state(&checkpoint::step_dir(dir.path(), 3)).expect("state");
+    let state = checkpoint::read_state(&step_dir(dir.path(), 3)).expect("state");
     assert_eq!(
         state.history[0].get("full_valid_mean_token_accuracy"),
         Some(0.25)

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link instead of many): the real server on port 0
 //! driven over HTTP.
 
+mod artifacts;
 mod binary;
 mod chat;
 mod common;

@@ -16,7 +16,8 @@ fn write_encoder_and_adapter(models_dir: &Path, work: &Path) -> PathBuf {
     let checkpoint = train_classifier(&base, work, 4, 5e-3);
     crate::tasks::export_checkpoint(
         &checkpoint,
-        crate::train::ExportFormat::Adapter,
+        &crate::artifacts::BaseModels::default(),
+        crate::artifacts::ExportFormat::Adapter,
         "test-org/bert",
         &models_dir.join("adapters/clf"),
     )

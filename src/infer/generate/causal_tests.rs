@@ -311,6 +311,7 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
     };
     let job = SftJob {
         base_model_dir: base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory { path: base.clone() },
         train: SftExamples::Chat(vec![
             sft_example("Capital of France?", "Paris."),
             sft_example("Colour of grass?", "Green."),
@@ -329,7 +330,12 @@ async fn a_fine_tuned_checkpoint_is_served_with_its_adapters() {
     };
     let checkpoint = summary.best_checkpoint;
 
-    let loaded = crate::tasks::sft::load_lm_checkpoint(&checkpoint, &Device::Cpu).expect("load");
+    let loaded = crate::tasks::sft::load_lm_checkpoint(
+        &checkpoint,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("load");
     let messages = vec![json!({"role": "user", "content": "Capital of France?"})];
     let template = loaded.template.as_ref().expect("template");
     let prompt = template.render(&messages, None, true).expect("render");

@@ -17,12 +17,12 @@ use serde_json::json;
 use super::loss::RewardMeans;
 use super::prepare::{PreferencePair, PreferenceTokenizer, PreparedPairs};
 use super::reference::DpoModels;
+use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::sft::{
     check_memory, decoder_for_job, decoder_spec, fit_to_context, lm_spec, run_mode,
 };
-use crate::train::checkpoint::CheckpointTask;
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -61,6 +61,8 @@ pub struct DpoJob {
     /// The starting model: a base model directory, or the merged directory of a temper
     /// fine-tuned model (SFT then DPO). It is also the reference model.
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: Vec<PreferenceExample>,
     pub valid: Option<Vec<PreferenceExample>>,
     pub config: TrainingConfig,
@@ -255,7 +257,7 @@ pub fn run_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         checkpoint: CheckpointTask::CausalLm {
             lm: lm_spec(&job.config),
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: task.max_seq_len,
         new_head: &[],
         vars: task.models.policy.trainable_vars(),

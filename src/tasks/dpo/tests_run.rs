@@ -95,6 +95,9 @@ fn fixture() -> Fixture {
 fn job(fx: &Fixture, work: &str, config: TrainingConfig, beta: f64) -> DpoJob {
     DpoJob {
         base_model_dir: fx.base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone(),
+        },
         train: pairs(0..8),
         valid: Some(pairs(8..12)),
         config,
@@ -169,7 +172,12 @@ fn lora_dpo_raises_reward_accuracy_and_keeps_the_lowest_validation_loss() {
         best.metrics
     );
     // The result is a causal LM checkpoint: it loads for serving like an SFT result.
-    let served = load_lm_checkpoint(&summary.best_checkpoint, &Device::Cpu).expect("load");
+    let served = load_lm_checkpoint(
+        &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("load");
     assert!(served.template.is_some());
 }
 
@@ -192,13 +200,18 @@ fn qlora_dpo_learns_over_a_quantized_base_and_loads_for_serving() {
     assert!(last.value("valid_reward_margin").expect("margin") > 0.0);
     assert_eq!(summary.report["reference"], "policy with adapters disabled");
     let best = summary.best_checkpoint.clone();
-    let meta = crate::train::checkpoint::read_meta(&best).expect("meta");
+    let meta = crate::artifacts::checkpoint::read_meta(&best).expect("meta");
     assert_eq!(
         meta.lm_spec(&best).expect("lm spec").quantize.as_deref(),
         Some("q4_0")
     );
     // Served like any QLoRA result: the adapters merged over the dequantized base.
-    load_lm_checkpoint(&best, &Device::Cpu).expect("load");
+    load_lm_checkpoint(
+        &best,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("load");
 }
 
 #[test]

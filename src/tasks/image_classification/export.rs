@@ -12,48 +12,52 @@ use std::path::Path;
 use candle_core::Device;
 use serde_json::{json, Value};
 
-use crate::train::checkpoint::{self, CheckpointMeta, CheckpointTask, TRAINABLE_FILE};
-use crate::train::{ExportFormat, TrainError};
+use crate::artifacts::checkpoint::{self, CheckpointTask, TRAINABLE_FILE};
+use crate::artifacts::{Checkpoint, ExportFormat};
+use crate::train::TrainError;
 use crate::zoo::export::write_json;
 use crate::zoo::vision::{ImageClassifier, ImagePrep, VisionConfig};
 
-/// The checkpoint in `dir` rebuilt on its base model: the model, its classes and how its
-/// images are prepared.
+/// The checkpoint rebuilt on its base model: the model, its classes and how its images are
+/// prepared.
 pub fn load_image_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     device: &Device,
 ) -> Result<(ImageClassifier, Vec<String>, ImagePrep), TrainError> {
-    let meta = checkpoint::read_meta(dir)?;
+    let meta = &ckpt.meta;
     let CheckpointTask::ImageClassification { labels, spec, prep } = &meta.task else {
         return Err(TrainError::checkpoint(
-            dir,
+            &ckpt.dir,
             format!(
                 "a `{}` checkpoint is not an image classifier",
                 meta.task.name()
             ),
         ));
     };
-    let model = ImageClassifier::from_pretrained(&meta.base_model_dir, spec, device, meta.seed)?;
-    model.load_state(&checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?)?;
+    let model = ImageClassifier::from_pretrained(&ckpt.base_dir, spec, device, meta.seed)?;
+    model.load_state(&checkpoint::read_tensors(
+        &ckpt.dir,
+        TRAINABLE_FILE,
+        device,
+    )?)?;
     Ok((model, labels.clone(), prep.clone()))
 }
 
 pub(crate) fn export_image_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     format: ExportFormat,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
     if format == ExportFormat::Adapter {
         return Err(TrainError::checkpoint(
-            dir,
+            &ckpt.dir,
             "an image classifier has no LoRA adapter; export it as a merged model (timm layout)",
         ));
     }
-    let meta: CheckpointMeta = checkpoint::read_meta(dir)?;
-    let (model, labels, prep) = load_image_checkpoint(dir, &Device::Cpu)?;
+    let (model, labels, prep) = load_image_checkpoint(ckpt, &Device::Cpu)?;
     std::fs::create_dir_all(out_dir)?;
-    let (_, mut config) = VisionConfig::read(&meta.base_model_dir)?;
-    let head_hidden = match &meta.task {
+    let (_, mut config) = VisionConfig::read(&ckpt.base_dir)?;
+    let head_hidden = match &ckpt.meta.task {
         CheckpointTask::ImageClassification { spec, .. } => spec.head_hidden,
         _ => 0,
     };

@@ -2,11 +2,10 @@
 //! evaluation transform) → batched logits → one prediction per image, the same
 //! `label`/`score`/`scores` objects the text classifier returns.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 
 use super::export::load_image_checkpoint;
+use crate::artifacts::Checkpoint;
 use crate::tasks::sequence_classification::serve::{prediction, ClassPrediction};
 use crate::tasks::serve::{ServeBackend, ServeError};
 use crate::zoo::vision::{ImageClassifier, ImagePrep};
@@ -21,9 +20,9 @@ pub struct ImageServing {
 }
 
 impl ImageServing {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, ServeError> {
-        let (mut model, labels, prep) = load_image_checkpoint(dir, device).map_err(|e| {
-            ServeError::failed(format!("loading checkpoint `{}`: {e}", dir.display()))
+    pub fn load(ckpt: &Checkpoint, device: &Device) -> Result<Self, ServeError> {
+        let (mut model, labels, prep) = load_image_checkpoint(ckpt, device).map_err(|e| {
+            ServeError::failed(format!("loading checkpoint `{}`: {e}", ckpt.dir.display()))
         })?;
         model.freeze_for_inference().map_err(ServeError::failed)?;
         let parameter_bytes = model

@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::*;
+use crate::artifacts::checkpoint;
+use crate::artifacts::ExportFormat;
 use crate::domain::dataset::images::{ImageAt, LabeledImage};
 use crate::domain::hyperparams::{ImageOptions, TrainingConfig, UnfreezeStep};
 use crate::tasks::sequence_classification::tests::{
     completed, config, pause_then_resume, resumable_config, trainable, Recorder,
 };
 use crate::tasks::serve::ServeBackend;
-use crate::train::checkpoint;
-use crate::train::{ExportFormat, StepMetrics, TrainOutcome};
+use crate::train::{StepMetrics, TrainOutcome};
 use crate::zoo::fused::with_generic_ops;
 use crate::zoo::test_tensors::max_abs_diff;
 
@@ -79,6 +80,7 @@ fn image_config(base: TrainingConfig, image: ImageOptions) -> TrainingConfig {
 fn job(root: &Path, work: &str, config: TrainingConfig) -> ImageClassificationJob {
     ImageClassificationJob {
         base_model_dir: base_dir(),
+        base_model: crate::artifacts::BaseLocation::Directory { path: base_dir() },
         train: images(6),
         valid: Some(images(3)),
         labels: vec!["blue".to_string(), "red".to_string()],
@@ -214,6 +216,7 @@ fn the_export_is_timm_layout_and_serving_agrees_with_the_checkpoint() {
     let out = root.path().join("timm");
     crate::tasks::export_checkpoint(
         &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Merged,
         "timm/x",
         &out,
@@ -243,6 +246,7 @@ fn the_export_is_timm_layout_and_serving_agrees_with_the_checkpoint() {
     assert_eq!(exported["classifier.3.weight"].dims(), &[2, 8]);
     assert!(crate::tasks::export_checkpoint(
         &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Adapter,
         "timm/x",
         &out
@@ -250,7 +254,13 @@ fn the_export_is_timm_layout_and_serving_agrees_with_the_checkpoint() {
     .is_err());
 
     // The served model answers the validation images as the report counted them.
-    let mut serving = serve::ImageServing::load(&summary.best_checkpoint, &Device::Cpu).unwrap();
+    let mut serving = serve::ImageServing::load(
+        &crate::artifacts::BaseModels::default()
+            .open(&summary.best_checkpoint)
+            .expect("open checkpoint"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let inputs: Vec<Vec<u8>> = images(3).into_iter().map(|i| i.bytes).collect();
     let prepared: Vec<Vec<f32>> = inputs.iter().map(|b| serving.prepare(b).unwrap()).collect();
     let round: Vec<(&Vec<u8>, &Vec<f32>)> = inputs.iter().zip(&prepared).collect();

@@ -13,11 +13,12 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::data::{batch_tensor, decode_samples, Sample};
 use super::report::build_summary;
+use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::images::LabeledImage;
 use crate::domain::hyperparams::{ImageOptions, TrainingConfig};
 use crate::tasks::sequence_classification::evaluate::Evaluation;
 use crate::tasks::sequence_classification::metrics::Confusion;
-use crate::train::checkpoint::{CheckpointTask, TrainState};
+use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
 use crate::train::evaluate::scalar;
 use crate::train::memory::check_image_job;
@@ -32,6 +33,8 @@ pub use crate::tasks::sequence_classification::CLASSIFICATION_METRICS as IMAGE_M
 
 pub struct ImageClassificationJob {
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: Vec<LabeledImage>,
     pub valid: Option<Vec<LabeledImage>>,
     /// Class id = index (alphabetical, as ImageFolder orders them).
@@ -71,7 +74,7 @@ pub fn run_image_classification(
             spec: task.spec.clone(),
             prep: task.prep.clone(),
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: job.config.max_seq_len,
         new_head: &NEW_HEAD,
         vars: task.model.trainable_vars(),

@@ -9,9 +9,10 @@ use super::head::{QaHead, QaModelSpec, QuestionAnsweringModel};
 use super::postprocess::AnswerSettings;
 use super::serve::QaServer;
 use super::windows::{QaTokenizer, WindowSettings};
+use crate::artifacts::checkpoint::{CheckpointMeta, CheckpointTask};
+use crate::artifacts::{Checkpoint, ExportFormat};
 use crate::tasks::encoder_checkpoint::{export_encoder_model, rebuild_encoder_model};
-use crate::train::checkpoint::{self, CheckpointMeta, CheckpointTask};
-use crate::train::{ExportFormat, TrainError};
+use crate::train::TrainError;
 use crate::zoo::TextTokenizer;
 
 /// The model spec, window and answer settings a QA checkpoint's `meta.json` records.
@@ -45,23 +46,18 @@ fn qa_settings(
 }
 
 /// Rebuilds the QA model a checkpoint holds from `meta.json` and `trainable.safetensors`.
-fn load_model(
-    dir: &Path,
-    device: &Device,
-) -> Result<(CheckpointMeta, QuestionAnsweringModel), TrainError> {
-    let meta = checkpoint::read_meta(dir)?;
-    let (spec, _, _) = qa_settings(&meta, dir)?;
-    let model = rebuild_encoder_model::<QaHead>(dir, &meta, &spec, device)?;
-    Ok((meta, model))
+fn load_model(ckpt: &Checkpoint, device: &Device) -> Result<QuestionAnsweringModel, TrainError> {
+    let (spec, _, _) = qa_settings(&ckpt.meta, &ckpt.dir)?;
+    rebuild_encoder_model::<QaHead>(ckpt, &spec, device)
 }
 
 /// A checkpoint ready to answer questions: LoRA folded into the base weights, the base
 /// model's tokenizer with the training windows, the training answer rules.
-pub fn load_qa_server(dir: &Path, device: &Device) -> Result<QaServer, TrainError> {
-    let (meta, mut model) = load_model(dir, device)?;
+pub fn load_qa_server(ckpt: &Checkpoint, device: &Device) -> Result<QaServer, TrainError> {
+    let mut model = load_model(ckpt, device)?;
     model.freeze_for_inference()?;
-    let (_, windows, answers) = qa_settings(&meta, dir)?;
-    let text_tokenizer = TextTokenizer::from_dir(&meta.base_model_dir)?;
+    let (_, windows, answers) = qa_settings(&ckpt.meta, &ckpt.dir)?;
+    let text_tokenizer = TextTokenizer::from_dir(&ckpt.base_dir)?;
     let tokenizer = QaTokenizer::new(text_tokenizer.inner(), windows)?;
     Ok(QaServer::new(
         model,
@@ -74,12 +70,12 @@ pub fn load_qa_server(dir: &Path, device: &Device) -> Result<QaServer, TrainErro
 
 /// Writes a QA checkpoint as a merged HF directory or a PEFT adapter.
 pub(crate) fn export_qa_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     format: ExportFormat,
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let (meta, model) = load_model(dir, &Device::Cpu)?;
+    let model = load_model(ckpt, &Device::Cpu)?;
     // QA's exported config carries transformers' default two labels, not label names.
-    export_encoder_model(model, dir, &meta, &[], format, base_model_id, out_dir)
+    export_encoder_model(model, ckpt, &[], format, base_model_id, out_dir)
 }

@@ -13,10 +13,10 @@ use super::head::{collate_windows, QaHead, QaModelSpec, QuestionAnsweringModel};
 use super::postprocess::AnswerSettings;
 use super::report::build_summary;
 use super::windows::{QaTokenizer, QaWindow, WindowSettings};
+use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::QaExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
-use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -39,6 +39,8 @@ pub const QA_METRICS: MetricNames = MetricNames {
 
 pub struct QuestionAnsweringJob {
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: Vec<QaExample>,
     pub valid: Option<Vec<QaExample>>,
     /// Its `task_options` hold run_qa's `doc_stride` and `max_answer_length`.
@@ -71,7 +73,7 @@ pub fn run_question_answering(
             max_answer_length: task.answers.max_answer_length,
             allow_no_answer: task.answers.allow_no_answer,
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: settings.max_seq_len,
         // `qa_outputs` is made from scratch on top of the encoder.
         new_head: &["qa_outputs."],

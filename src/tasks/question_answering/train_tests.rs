@@ -38,6 +38,9 @@ fn examples() -> Vec<QaExample> {
 fn qa_job(fx: &Fixture, work: &str, config: TrainingConfig) -> QuestionAnsweringJob {
     QuestionAnsweringJob {
         base_model_dir: fx.base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone(),
+        },
         train: examples(),
         valid: Some(examples()),
         config,

@@ -10,13 +10,11 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use crate::artifacts::peft::{LABELS_FILE, PEFT_WEIGHTS_FILE};
 use crate::domain::hyperparams::LoraSettings;
-use crate::tasks::peft_config::{PeftConfig, PEFT_WEIGHTS_FILE};
+use crate::tasks::peft_config::PeftConfig;
 use crate::train::TrainError;
 use crate::zoo::ClassifierSpec;
-
-/// The label names a registration gave, one per classifier row.
-pub const LABELS_FILE: &str = "labels.json";
 
 /// What a PEFT directory holds of a classifier: its spec, labels and tensors.
 pub(crate) struct PeftClassifier {

@@ -6,11 +6,10 @@
 //! with LoRA folded into the base weights (one matmul per projection instead of three)
 //! and the base model's tokenizer.
 
-use std::path::Path;
-
 use candle_core::{DType, Device};
 
 use super::load_classifier_checkpoint;
+use crate::artifacts::Checkpoint;
 use crate::tasks::serve::{batched_rows, ServeBackend, ServeError};
 use crate::zoo::{collate, SequenceClassifier, TextTokenizer};
 
@@ -107,11 +106,11 @@ pub struct CheckpointClassifier {
 }
 
 impl CheckpointClassifier {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, ServeError> {
-        let (mut model, tokenizer, labels, max_seq_len) = load_classifier_checkpoint(dir, device)
+    pub fn load(ckpt: &Checkpoint, device: &Device) -> Result<Self, ServeError> {
+        let (mut model, tokenizer, labels, max_seq_len) = load_classifier_checkpoint(ckpt, device)
             .map_err(|e| {
-            ServeError::failed(format!("loading checkpoint `{}`: {e}", dir.display()))
-        })?;
+                ServeError::failed(format!("loading checkpoint `{}`: {e}", ckpt.dir.display()))
+            })?;
         model.freeze_for_inference().map_err(ServeError::failed)?;
         let max_seq_len = max_seq_len
             .min(model.config().max_position_embeddings)

@@ -14,8 +14,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::peft_adapter::read_peft_classifier;
 use super::serve::{prediction, ClassPrediction};
+use crate::artifacts::checkpoint::{self, TRAINABLE_FILE};
+use crate::artifacts::BaseLocation;
 use crate::tasks::serve::{batched_rows, ServeBackend, ServeError};
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
 use crate::train::TrainError;
 use crate::zoo::shared_encoder::SharedEncoderBase;
 use crate::zoo::{collate, ClassifierSpec, SequenceClassifier, TextTokenizer};
@@ -136,17 +137,17 @@ impl ClassifierAdapter {
     }
 }
 
-/// The base directory the classification checkpoint in `dir` was trained over, when it is
-/// a LoRA checkpoint (served over that base, shared); `None` for full fine-tunes and
-/// directories without checkpoint metadata, which are served as their own models.
-pub fn adapter_base_dir(dir: &Path) -> Result<Option<std::path::PathBuf>, TrainError> {
+/// The base the classification checkpoint in `dir` was trained over, when it is a LoRA
+/// checkpoint (served over that base, shared); `None` for full fine-tunes and directories
+/// without checkpoint metadata, which are served as their own models.
+pub fn adapter_base(dir: &Path) -> Result<Option<BaseLocation>, TrainError> {
     if !dir.join(checkpoint::META_FILE).exists() {
         return Ok(None);
     }
     let meta = checkpoint::read_meta(dir)?;
     let (_, spec) = meta.classifier(dir)?;
     let lora = spec.lora.as_ref().is_some_and(|l| l.rank > 0);
-    Ok(lora.then(|| meta.base_model_dir.clone()))
+    Ok(lora.then_some(meta.base_model))
 }
 
 /// One text to classify with one adapter of the base.

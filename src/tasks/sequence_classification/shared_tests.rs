@@ -29,6 +29,9 @@ pub(crate) fn train_classifier(
 ) -> PathBuf {
     let job = ClassificationJob {
         base_model_dir: base.to_path_buf(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: base.to_path_buf(),
+        },
         train: toy_examples(),
         valid: None,
         labels: vec!["neg".to_string(), "pos".to_string()],
@@ -46,7 +49,13 @@ fn trained(fx: &Fixture, work: &str, lora_rank: usize, learning_rate: f64) -> Pa
 
 /// What the checkpoint in `dir` predicts for `texts`, served alone with LoRA merged.
 pub(crate) fn served_alone(dir: &Path, texts: &[&str]) -> Vec<ClassPrediction> {
-    let mut alone = CheckpointClassifier::load(dir, &Device::Cpu).expect("load");
+    let mut alone = CheckpointClassifier::load(
+        &crate::artifacts::BaseModels::default()
+            .open(dir)
+            .expect("open checkpoint"),
+        &Device::Cpu,
+    )
+    .expect("load");
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| alone.encode(t).unwrap()).collect();
     let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let logits = alone.logits(&seqs).unwrap();
@@ -155,9 +164,14 @@ fn only_lora_checkpoints_are_adapters_of_their_base() {
     let fx = fixture();
     let lora = trained(&fx, "lora", 4, 5e-3);
     let full = trained(&fx, "full", 0, 1e-3);
-    assert_eq!(adapter_base_dir(&lora).unwrap(), Some(fx.base.clone()));
-    assert_eq!(adapter_base_dir(&full).unwrap(), None);
-    assert_eq!(adapter_base_dir(&fx.base).unwrap(), None);
+    assert_eq!(
+        adapter_base(&lora).unwrap(),
+        Some(crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone()
+        })
+    );
+    assert_eq!(adapter_base(&full).unwrap(), None);
+    assert_eq!(adapter_base(&fx.base).unwrap(), None);
     let refused = ClassifierAdapter::load(&full, &Device::Cpu)
         .err()
         .expect("refused");

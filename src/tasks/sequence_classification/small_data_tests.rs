@@ -80,6 +80,9 @@ fn final_valid_accuracy(
     let labels = label_set(&train);
     let job = ClassificationJob {
         base_model_dir: base.to_path_buf(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: base.to_path_buf(),
+        },
         train,
         valid: Some(valid),
         labels,

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::*;
+use crate::artifacts::checkpoint::{self, TRAINABLE_FILE};
+use crate::artifacts::ExportFormat;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
 use crate::tasks::export_checkpoint;
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
 use crate::train::{
-    Control, EventLevel, ExportFormat, SavedCheckpoint, StepMetrics, TrainError, TrainObserver,
-    TrainOutcome, TrainSummary, RESULTS_CSV_HEADER,
+    Control, EventLevel, SavedCheckpoint, StepMetrics, TrainError, TrainObserver, TrainOutcome,
+    TrainSummary, RESULTS_CSV_HEADER,
 };
 pub(crate) use crate::zoo::test_tensors::max_abs_diff;
 
@@ -125,6 +126,9 @@ pub(crate) fn job(
 ) -> ClassificationJob {
     ClassificationJob {
         base_model_dir: fx.base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone(),
+        },
         train: toy_examples(),
         valid: valid.then(|| toy_examples()[..8].to_vec()),
         labels: vec!["neg".to_string(), "pos".to_string()],
@@ -317,6 +321,7 @@ fn full_finetune_memorises_toy_set() {
     assert_eq!(with_optimizer, 1);
     let err = export_checkpoint(
         &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Adapter,
         "tiny",
         &fx.root.join("x"),
@@ -366,8 +371,13 @@ fn lora_memorises_and_leaves_the_base_untouched() {
         tensors.keys()
     );
     // With every B zeroed the merged weights must be the base weights, bit for bit.
-    let (model, _, labels, max_len) =
-        load_classifier_checkpoint(&summary.best_checkpoint, &Device::Cpu).expect("load");
+    let (model, _, labels, max_len) = load_classifier_checkpoint(
+        &crate::artifacts::BaseModels::default()
+            .open(&summary.best_checkpoint)
+            .expect("open checkpoint"),
+        &Device::Cpu,
+    )
+    .expect("load");
     assert_eq!((labels.len(), max_len), (2, 32));
     let zeroed: HashMap<String, Tensor> = tensors
         .iter()
@@ -399,6 +409,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
     assert!(compared >= 20, "only {compared} base tensors compared");
     export_checkpoint(
         &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Adapter,
         "tiny",
         &fx.root.join("adapter"),
@@ -407,6 +418,7 @@ fn lora_memorises_and_leaves_the_base_untouched() {
     assert!(fx.root.join("adapter/adapter_config.json").exists());
     export_checkpoint(
         &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Merged,
         "tiny",
         &fx.root.join("merged"),

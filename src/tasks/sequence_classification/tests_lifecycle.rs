@@ -8,8 +8,8 @@ use super::tests::{
     toy_examples, Recorder,
 };
 use super::*;
+use crate::artifacts::checkpoint;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint;
 use crate::train::{Control, TrainOutcome};
 
 #[test]

@@ -75,12 +75,14 @@ fn a_classifier_served_in_bf16_is_smaller_and_gives_the_f32_logits() {
                 .expect("run"),
         );
         let dir = &summary.best_checkpoint;
-        let meta = crate::train::checkpoint::read_meta(dir).expect("meta");
-        let (_, spec) = meta.classifier(dir).expect("classifier");
+        let ckpt = crate::artifacts::BaseModels::default()
+            .open(dir)
+            .expect("open");
+        let (_, spec) = ckpt.meta.classifier(dir).expect("classifier");
         // As serving loads it: rebuilt, then merged and frozen.
         let serve = |dtype| {
             let mut model =
-                rebuild_encoder_model_in::<SequenceHead>(dir, &meta, spec, &Device::Cpu, dtype)
+                rebuild_encoder_model_in::<SequenceHead>(&ckpt, spec, &Device::Cpu, dtype)
                     .expect("rebuild");
             model.freeze_for_inference().expect("freeze");
             model

@@ -10,10 +10,10 @@ use candle_core::Device;
 use super::data::{encode_examples, make_batch, EncodedExample};
 use super::evaluate::{evaluate, forward_batch, EvalSet, Evaluation};
 use super::report::build_summary;
+use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
-use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -38,6 +38,8 @@ pub const CLASSIFICATION_METRICS: MetricNames = MetricNames {
 
 pub struct ClassificationJob {
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: Vec<LabeledText>,
     pub valid: Option<Vec<LabeledText>>,
     /// Label id = index in this list (`domain::dataset::label_set`).
@@ -63,7 +65,7 @@ pub fn run_classification(
             labels: job.labels.clone(),
             spec: task.spec.clone(),
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: job.config.max_seq_len,
         new_head: &NEW_HEAD,
         vars: task.model.trainable_vars(),

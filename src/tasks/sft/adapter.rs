@@ -3,22 +3,23 @@
 //! checkpoint, or from a PEFT adapter directory (`adapter_config.json` +
 //! `adapter_model.safetensors`, as peft and temper's adapter export write it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 
+use crate::artifacts::checkpoint::{self, META_FILE, TRAINABLE_FILE};
+use crate::artifacts::BaseLocation;
 use crate::tasks::peft_config::PeftConfig;
-use crate::train::checkpoint::{self, META_FILE, TRAINABLE_FILE};
 use crate::train::TrainError;
 use crate::zoo::decoder::adapter::ADAPTER_MODULES;
 use crate::zoo::decoder::config::lora_targets;
 use crate::zoo::decoder::{DecoderConfig, LoraScaling, ServedAdapter};
 
-/// The base directory a checkpoint can be served over as an adapter: `Some` for a LoRA
-/// checkpoint (not QLoRA: its base is the quantized one it trained against) whose
-/// adapters are all on the layers' projections; `None` for full fine-tunes, QLoRA, plain
-/// model directories and adapters elsewhere (`lm_head`), which are served merged.
-pub fn adapter_base_dir(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+/// The base a checkpoint can be served over as an adapter: `Some` for a LoRA checkpoint
+/// (not QLoRA: its base is the quantized one it trained against) whose adapters are all on
+/// the layers' projections; `None` for full fine-tunes, QLoRA, plain model directories and
+/// adapters elsewhere (`lm_head`), which are served merged.
+pub fn adapter_base(dir: &Path) -> Result<Option<BaseLocation>, TrainError> {
     if !dir.join(META_FILE).exists() {
         return Ok(None);
     }
@@ -34,7 +35,7 @@ pub fn adapter_base_dir(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
             .iter()
             .any(|module| module == target || module.ends_with(&format!(".{target}")))
     });
-    Ok((lm.quantize.is_none() && on_projections).then_some(meta.base_model_dir))
+    Ok((lm.quantize.is_none() && on_projections).then_some(meta.base_model))
 }
 
 /// The adapter in `dir` (a LoRA checkpoint, or else a PEFT directory), checked against its
@@ -72,7 +73,7 @@ pub fn load_checkpoint_adapter(
         .map_err(|e| TrainError::checkpoint(dir, e.to_string()))
 }
 
-pub use crate::tasks::peft_config::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
+use crate::artifacts::peft::{PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE};
 
 /// The adapter of PEFT directory `dir`, checked against its base's `config`, on `device`.
 pub fn load_peft_adapter(

@@ -4,35 +4,32 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use super::load::{load_unmerged, Unmerged};
+use super::load::{unmerged_checkpoint, Unmerged};
+use crate::artifacts::checkpoint::LmSpec;
+use crate::artifacts::{Checkpoint, ExportFormat};
 use crate::domain::hyperparams::Precision;
-use crate::train::checkpoint::{self, LmSpec, META_FILE};
-use crate::train::{ExportFormat, TrainError};
+use crate::train::TrainError;
 
 /// `export_checkpoint` for `causal_lm` checkpoints.
 pub(crate) fn export_lm_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     format: ExportFormat,
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let meta = match dir.join(META_FILE).exists() {
-        true => Some(checkpoint::read_meta(dir)?),
-        false => None,
-    };
-    let has_lora = meta.as_ref().is_some_and(|m| m.has_lora());
-    let export_dtype = match meta.as_ref().map(|m| m.lm_spec(dir)).transpose()? {
-        Some(LmSpec {
+    let has_lora = ckpt.meta.has_lora();
+    let export_dtype = match ckpt.meta.lm_spec(&ckpt.dir)? {
+        LmSpec {
             export_dtype: Some(Precision::Bf16),
             ..
-        }) => DType::BF16,
+        } => DType::BF16,
         _ => DType::F32,
     };
     let Unmerged {
         mut model,
         base_dir,
         ..
-    } = load_unmerged(dir, &Device::Cpu)?;
+    } = unmerged_checkpoint(ckpt, &Device::Cpu, DType::F32)?;
     match format {
         ExportFormat::Merged => {
             model.merge_lora()?;
@@ -41,7 +38,7 @@ pub(crate) fn export_lm_checkpoint(
         ExportFormat::Adapter => {
             if !has_lora {
                 return Err(TrainError::checkpoint(
-                    dir,
+                    &ckpt.dir,
                     "this checkpoint is a full fine-tune and has no LoRA adapter; export it as a merged model",
                 ));
             }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::run::decoder_spec;
-use crate::train::checkpoint::{self, META_FILE, TRAINABLE_FILE};
+use crate::artifacts::checkpoint::{self, META_FILE, TRAINABLE_FILE};
+use crate::artifacts::{BaseModels, Checkpoint};
 use crate::train::TrainError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec};
@@ -31,48 +32,97 @@ pub(crate) struct Unmerged {
     pub max_seq_len: Option<usize>,
 }
 
-pub(crate) fn load_unmerged(dir: &Path, device: &Device) -> Result<Unmerged, TrainError> {
-    load_unmerged_in(dir, device, DType::F32)
+/// What a decoder is loaded from.
+#[derive(Clone, Copy)]
+pub enum LmSource<'a> {
+    /// A `causal_lm` checkpoint with its base found.
+    Checkpoint(&'a Checkpoint),
+    /// A plain Hugging Face directory (a base model, a merged export), as it is.
+    ModelDir(&'a Path),
 }
 
-/// [`load_unmerged`] with the projections' matmuls in `compute` (bf16: frozen matrices
-/// stored in bf16).
-fn load_unmerged_in(dir: &Path, device: &Device, compute: DType) -> Result<Unmerged, TrainError> {
-    if !dir.join(META_FILE).exists() {
-        let spec = DecoderSpec {
-            lora: None,
-            quantize: None,
-        };
-        return Ok(Unmerged {
-            model: CausalLm::from_pretrained_in(dir, &spec, device, 0, compute)?,
-            base_dir: dir.to_path_buf(),
-            max_seq_len: None,
-        });
+impl<'a> LmSource<'a> {
+    /// `dir` as a checkpoint when it has a `meta.json`, else as a model directory; the
+    /// checkpoint is opened into `slot` (its base found through `bases`).
+    pub fn of_dir(
+        dir: &'a Path,
+        bases: &BaseModels,
+        slot: &'a mut Option<Checkpoint>,
+    ) -> Result<Self, TrainError> {
+        if !dir.join(META_FILE).exists() {
+            return Ok(LmSource::ModelDir(dir));
+        }
+        Ok(LmSource::Checkpoint(slot.insert(bases.open(dir)?)))
     }
-    let meta = checkpoint::read_meta(dir)?;
+}
+
+/// The model `source` holds, unmerged, with the projections' matmuls in `compute` (bf16:
+/// frozen matrices stored in bf16).
+fn load_unmerged_in(
+    source: LmSource<'_>,
+    device: &Device,
+    compute: DType,
+) -> Result<Unmerged, TrainError> {
+    match source {
+        LmSource::Checkpoint(ckpt) => unmerged_checkpoint(ckpt, device, compute),
+        LmSource::ModelDir(dir) => {
+            let spec = DecoderSpec {
+                lora: None,
+                quantize: None,
+            };
+            Ok(Unmerged {
+                model: CausalLm::from_pretrained_in(dir, &spec, device, 0, compute)?,
+                base_dir: dir.to_path_buf(),
+                max_seq_len: None,
+            })
+        }
+    }
+}
+
+/// The model a `causal_lm` checkpoint holds, unmerged, its matmuls in `compute`.
+pub(crate) fn unmerged_checkpoint(
+    ckpt: &Checkpoint,
+    device: &Device,
+    compute: DType,
+) -> Result<Unmerged, TrainError> {
+    let (meta, dir) = (&ckpt.meta, &ckpt.dir);
     let spec = decoder_spec(meta.lm_spec(dir)?)?;
-    let model =
-        CausalLm::from_pretrained_in(&meta.base_model_dir, &spec, device, meta.seed, compute)?;
+    let model = CausalLm::from_pretrained_in(&ckpt.base_dir, &spec, device, meta.seed, compute)?;
     let tensors = checkpoint::read_tensors(dir, TRAINABLE_FILE, device)?;
     model.load_trainable(&tensors)?;
     Ok(Unmerged {
         model,
-        base_dir: meta.base_model_dir,
+        base_dir: ckpt.base_dir.clone(),
         max_seq_len: Some(meta.max_seq_len),
     })
 }
 
-/// Loads a `causal_lm` checkpoint (meta.json + trainable.safetensors over its base model)
-/// or, when `dir` has no meta.json, a base model directory as it is.
-pub fn load_lm_checkpoint(dir: &Path, device: &Device) -> Result<LoadedLm, TrainError> {
-    load_lm_checkpoint_in(dir, device, DType::F32)
+/// Loads a `causal_lm` checkpoint (meta.json + trainable.safetensors over its base model,
+/// found through `bases`) or, when `dir` has no meta.json, a base model directory as it is.
+pub fn load_lm_checkpoint(
+    dir: &Path,
+    bases: &BaseModels,
+    device: &Device,
+) -> Result<LoadedLm, TrainError> {
+    load_lm_checkpoint_in(dir, bases, device, DType::F32)
 }
 
-/// [`load_lm_checkpoint`] for serving in `compute`: under bf16 every matrix (merged
-/// projections, the embeddings, a full fine-tune's weights) is stored and multiplied in bf16,
-/// norms and attention stay f32 — half the f32 model's bytes.
+/// [`load_lm`] from a directory (a checkpoint or a model directory).
 pub fn load_lm_checkpoint_in(
     dir: &Path,
+    bases: &BaseModels,
+    device: &Device,
+    compute: DType,
+) -> Result<LoadedLm, TrainError> {
+    let mut slot = None;
+    load_lm(LmSource::of_dir(dir, bases, &mut slot)?, device, compute)
+}
+
+/// The decoder `source` holds, for serving in `compute`: under bf16 every matrix (merged
+/// projections, the embeddings, a full fine-tune's weights) is stored and multiplied in bf16,
+/// norms and attention stay f32 — half the f32 model's bytes.
+pub fn load_lm(
+    source: LmSource<'_>,
     device: &Device,
     compute: DType,
 ) -> Result<LoadedLm, TrainError> {
@@ -81,7 +131,7 @@ pub fn load_lm_checkpoint_in(
         base_dir,
         max_seq_len,
         ..
-    } = load_unmerged_in(dir, device, compute)?;
+    } = load_unmerged_in(source, device, compute)?;
     model.merge_lora()?;
     if compute != DType::F32 {
         // A full fine-tune's weights are f32 trainable masters until frozen into `compute`.

@@ -38,7 +38,7 @@ mod tests_small_data;
 #[cfg(test)]
 mod tests_train;
 
-pub use load::{load_lm_checkpoint, load_lm_checkpoint_in, LoadedLm};
+pub use load::{load_lm, load_lm_checkpoint, load_lm_checkpoint_in, LmSource, LoadedLm};
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 /// Shared with DPO, which trains the same causal LMs.
 pub(crate) use run::{

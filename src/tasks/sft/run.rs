@@ -14,8 +14,9 @@ use serde_json::json;
 
 use super::batch::{make_lm_batch, masked_next_token_loss};
 use super::prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
+use crate::artifacts::checkpoint::{CheckpointTask, LmSpec};
 use crate::domain::hyperparams::TrainingConfig;
-use crate::train::checkpoint::{CheckpointTask, LmSpec, TrainState};
+use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
 use crate::train::memory;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
@@ -47,6 +48,8 @@ pub const SFT_METRICS: MetricNames = MetricNames {
 
 pub struct SftJob {
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: SftExamples,
     pub valid: Option<SftExamples>,
     pub config: TrainingConfig,
@@ -401,7 +404,7 @@ pub fn run_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainOu
         checkpoint: CheckpointTask::CausalLm {
             lm: lm_spec(&job.config),
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: task.max_seq_len,
         new_head: &[],
         vars: task.model.trainable_vars(),

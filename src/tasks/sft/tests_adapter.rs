@@ -5,7 +5,8 @@
 use candle_core::Device;
 use serde_json::Value;
 
-use super::adapter::{load_adapter, load_peft_adapter, PEFT_CONFIG_FILE};
+use super::adapter::{load_adapter, load_peft_adapter};
+use crate::artifacts::peft::PEFT_CONFIG_FILE;
 use crate::infer::adapter_handle_tests::write_lora_checkpoint;
 use crate::zoo::decoder::tests_adapter::{adapter_tensors, tuned_model};
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec, SeqChunk, ServedAdapter};

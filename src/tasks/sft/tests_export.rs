@@ -5,9 +5,9 @@ use candle_core::Device;
 
 use super::tests_train::{config, fixture, job};
 use super::{load_lm_checkpoint, run_sft};
+use crate::artifacts::ExportFormat;
 use crate::tasks::export_checkpoint;
 use crate::tasks::sequence_classification::tests::{completed, max_abs_diff, Recorder};
-use crate::train::ExportFormat;
 
 #[test]
 fn merged_export_reloads_to_the_trained_logits() {
@@ -22,13 +22,24 @@ fn merged_export_reloads_to_the_trained_logits() {
     let merged_dir = fx.root.join("merged");
     export_checkpoint(
         &lora.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Merged,
         "tiny",
         &merged_dir,
     )
     .expect("merged export");
-    let trained = load_lm_checkpoint(&lora.best_checkpoint, &Device::Cpu).expect("checkpoint");
-    let exported = load_lm_checkpoint(&merged_dir, &Device::Cpu).expect("exported dir");
+    let trained = load_lm_checkpoint(
+        &lora.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("checkpoint");
+    let exported = load_lm_checkpoint(
+        &merged_dir,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("exported dir");
     let ids = trained
         .tokenizer
         .encode(
@@ -46,6 +57,7 @@ fn merged_export_reloads_to_the_trained_logits() {
     let adapter_dir = fx.root.join("adapter");
     export_checkpoint(
         &lora.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Adapter,
         "tiny",
         &adapter_dir,
@@ -66,6 +78,7 @@ fn merged_export_reloads_to_the_trained_logits() {
     );
     let err = export_checkpoint(
         &full.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
         ExportFormat::Adapter,
         "tiny",
         &fx.root.join("x"),

@@ -6,10 +6,10 @@ use candle_core::{DType, Device};
 
 use super::tests_train::{config, fixture, job};
 use super::{load_lm_checkpoint, run_sft};
+use crate::artifacts::ExportFormat;
 use crate::domain::hyperparams::{LoraSettings, Precision};
 use crate::tasks::export_checkpoint;
 use crate::tasks::sequence_classification::tests::{completed, Recorder};
-use crate::train::ExportFormat;
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
 use crate::zoo::linear::LinearBase;
 
@@ -114,8 +114,14 @@ fn the_merged_export_is_in_the_asked_dtype() {
         let mut rec = Recorder::default();
         let summary = completed(run_sft(&job(&fx, &work, cfg, false), &mut rec).expect("run"));
         let out = fx.root.join(format!("{work}-merged"));
-        export_checkpoint(&summary.best_checkpoint, ExportFormat::Merged, "tiny", &out)
-            .expect("export");
+        export_checkpoint(
+            &summary.best_checkpoint,
+            &crate::artifacts::BaseModels::default(),
+            ExportFormat::Merged,
+            "tiny",
+            &out,
+        )
+        .expect("export");
         let tensors = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
             .expect("safetensors");
         assert!(!tensors.is_empty());
@@ -128,7 +134,9 @@ fn the_merged_export_is_in_the_asked_dtype() {
                 .expect("json");
         assert_eq!(config["torch_dtype"], name);
         // The bf16 export loads back (as f32) and generates.
-        let loaded = load_lm_checkpoint(&out, &Device::Cpu).expect("reload");
+        let loaded =
+            load_lm_checkpoint(&out, &crate::artifacts::BaseModels::default(), &Device::Cpu)
+                .expect("reload");
         let ids = crate::zoo::collate(&[&[1u32, 40, 41][..]], 0, &Device::Cpu).expect("ids");
         assert_eq!(
             loaded.model.forward(&ids, false).expect("logits").dims()[1],

@@ -40,8 +40,15 @@ fn a_bf16_served_model_is_half_the_bytes_and_decodes_like_the_f32_one() {
             )
             .expect("train"),
         );
-        let load =
-            |dtype| load_lm_checkpoint_in(&run.best_checkpoint, &Device::Cpu, dtype).expect("load");
+        let load = |dtype| {
+            load_lm_checkpoint_in(
+                &run.best_checkpoint,
+                &crate::artifacts::BaseModels::default(),
+                &Device::Cpu,
+                dtype,
+            )
+            .expect("load")
+        };
         let (f32_lm, bf16_lm) = (load(DType::F32).model, load(DType::BF16).model);
         let (full_bytes, half_bytes) = (f32_lm.parameter_bytes(), bf16_lm.parameter_bytes());
         assert!(

@@ -57,6 +57,9 @@ fn chats() -> Vec<ChatExample> {
 fn train(base: &Path, work_dir: &Path, config: TrainingConfig) -> (f64, f64, f64, Vec<String>) {
     let job = SftJob {
         base_model_dir: base.to_path_buf(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: base.to_path_buf(),
+        },
         train: SftExamples::Chat(chats()),
         valid: Some(SftExamples::Chat(chats())),
         config,
@@ -139,6 +142,7 @@ fn a_context_shorter_than_max_seq_len_is_used_instead_of_failing() {
     train.push(long);
     let job = SftJob {
         base_model_dir: base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory { path: base.clone() },
         train: SftExamples::Chat(train),
         valid: None,
         config: TrainingConfig {

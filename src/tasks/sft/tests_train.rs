@@ -8,12 +8,12 @@ use super::batch::{make_lm_batch, masked_next_token_loss, TokenTargets};
 use super::prepare::{SftExamples, SftTokenizer};
 use super::tests_data::{message, two_turn_chat};
 use super::{load_lm_checkpoint, run_sft, SftJob};
+use crate::artifacts::checkpoint::{self, TRAINABLE_FILE};
 use crate::domain::dataset::{ChatExample, ChatRole, PromptCompletion};
 use crate::domain::hyperparams::{LoraSettings, LrScheduler, TrainingConfig};
 use crate::tasks::sequence_classification::tests::{
     completed, max_abs_diff, pause_then_resume, trainable, Recorder,
 };
-use crate::train::checkpoint::{self, TRAINABLE_FILE};
 use crate::train::evaluate::scalar;
 use crate::train::SFT_RESULTS_CSV_HEADER;
 use crate::zoo::decoder::{CausalLm, DecoderArch, DecoderSpec};
@@ -96,6 +96,9 @@ pub(super) fn fixture() -> Fixture {
 pub(super) fn job(fx: &Fixture, work: &str, config: TrainingConfig, valid: bool) -> SftJob {
     SftJob {
         base_model_dir: fx.base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone(),
+        },
         train: SftExamples::Chat(chats()),
         valid: valid.then(|| SftExamples::Chat(chats()[..5].to_vec())),
         config,
@@ -362,7 +365,12 @@ fn loaded_checkpoint_gives_the_trained_logits() {
     let tensors = checkpoint::read_tensors(&summary.best_checkpoint, TRAINABLE_FILE, &Device::Cpu)
         .expect("tensors");
     unmerged.load_trainable(&tensors).expect("load");
-    let loaded = load_lm_checkpoint(&summary.best_checkpoint, &Device::Cpu).expect("loaded");
+    let loaded = load_lm_checkpoint(
+        &summary.best_checkpoint,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("loaded");
     assert_eq!(loaded.max_seq_len, 64);
     assert!(loaded.template.is_some());
     assert!(loaded.eos_token_ids.contains(&2));
@@ -375,7 +383,12 @@ fn loaded_checkpoint_gives_the_trained_logits() {
     let merged = loaded.model.forward(&batch, false).expect("merged");
     let diff = max_abs_diff(&expected, &merged);
     assert!(diff < 1e-4, "merged logits differ by {diff}");
-    let base = load_lm_checkpoint(&fx.base, &Device::Cpu).expect("base dir");
+    let base = load_lm_checkpoint(
+        &fx.base,
+        &crate::artifacts::BaseModels::default(),
+        &Device::Cpu,
+    )
+    .expect("base dir");
     assert_eq!(base.max_seq_len, 1024);
     let base_logits = base.model.forward(&batch, false).expect("base");
     assert!(

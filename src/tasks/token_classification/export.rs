@@ -7,9 +7,10 @@ use std::path::Path;
 use candle_core::Device;
 
 use super::head::{TokenClassifier, TokenHead};
+use crate::artifacts::checkpoint::CheckpointTask;
+use crate::artifacts::{Checkpoint, ExportFormat};
 use crate::tasks::encoder_checkpoint::{export_encoder_model, rebuild_encoder_model};
-use crate::train::checkpoint::{self, CheckpointTask};
-use crate::train::{ExportFormat, TrainError};
+use crate::train::TrainError;
 use crate::zoo::TextTokenizer;
 
 /// A token classifier rebuilt from a checkpoint, with what serving it needs.
@@ -24,13 +25,13 @@ pub struct LoadedTokenClassifier {
 /// Rebuilds the token classifier a checkpoint holds from its `meta.json` (base model,
 /// labels, spec) and `trainable.safetensors`.
 pub fn load_token_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     device: &Device,
 ) -> Result<LoadedTokenClassifier, TrainError> {
-    let meta = checkpoint::read_meta(dir)?;
+    let meta = &ckpt.meta;
     let CheckpointTask::TokenClassification { labels, spec } = &meta.task else {
         return Err(TrainError::checkpoint(
-            dir,
+            &ckpt.dir,
             format!(
                 "a `{}` checkpoint is not a token classifier",
                 meta.task.name()
@@ -38,8 +39,8 @@ pub fn load_token_checkpoint(
         ));
     };
     Ok(LoadedTokenClassifier {
-        model: rebuild_encoder_model::<TokenHead>(dir, &meta, spec, device)?,
-        tokenizer: TextTokenizer::from_dir(&meta.base_model_dir)?,
+        model: rebuild_encoder_model::<TokenHead>(ckpt, spec, device)?,
+        tokenizer: TextTokenizer::from_dir(&ckpt.base_dir)?,
         labels: labels.clone(),
         max_seq_len: meta.max_seq_len,
     })
@@ -47,17 +48,15 @@ pub fn load_token_checkpoint(
 
 /// Writes a token-classification checkpoint as a merged HF directory or a PEFT adapter.
 pub(crate) fn export_token_checkpoint(
-    dir: &Path,
+    ckpt: &Checkpoint,
     format: ExportFormat,
     base_model_id: &str,
     out_dir: &Path,
 ) -> Result<(), TrainError> {
-    let meta = checkpoint::read_meta(dir)?;
-    let loaded = load_token_checkpoint(dir, &Device::Cpu)?;
+    let loaded = load_token_checkpoint(ckpt, &Device::Cpu)?;
     export_encoder_model(
         loaded.model,
-        dir,
-        &meta,
+        ckpt,
         &loaded.labels,
         format,
         base_model_id,

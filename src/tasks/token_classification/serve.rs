@@ -3,13 +3,12 @@
 //! token-classification pipeline post-processes them ([`super::pipeline`]). Synchronous;
 //! `infer` runs it on an engine thread and batches texts across requests.
 
-use std::path::Path;
-
 use candle_core::Device;
 
 use super::export::load_token_checkpoint;
 use super::head::TokenClassifier;
 use super::pipeline::{Aggregation, EncodedText, EntityTagger, TokenEntity};
+use crate::artifacts::Checkpoint;
 use crate::tasks::serve::{batched_rows, ServeBackend, ServeError};
 use crate::train::TrainError;
 use crate::zoo::collate;
@@ -42,8 +41,8 @@ impl TokenTagger {
     /// A checkpoint ready to tag: LoRA folded into the base weights, the base model's
     /// tokenizer, texts truncated to the training length (capped by the model's position
     /// embeddings).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        let mut loaded = load_token_checkpoint(dir, device)?;
+    pub fn load(ckpt: &Checkpoint, device: &Device) -> Result<Self, TrainError> {
+        let mut loaded = load_token_checkpoint(ckpt, device)?;
         loaded.model.freeze_for_inference()?;
         let max_len = loaded
             .max_seq_len

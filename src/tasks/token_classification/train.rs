@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 use super::align::{collate_tagged, AlignOptions, AlignedExample, TagAligner};
 use super::evaluate::{evaluate_tags, TagEvaluation, TaggedSet};
 use super::head::{token_cross_entropy, TokenClassifier, TokenHead};
+use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::TokenTagsExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
-use crate::train::checkpoint::CheckpointTask;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -47,6 +47,8 @@ pub const TOKEN_CLASSIFICATION_METRICS: MetricNames = MetricNames {
 
 pub struct TokenClassificationJob {
     pub base_model_dir: PathBuf,
+    /// How checkpoints name that base (`meta.json`).
+    pub base_model: crate::artifacts::BaseLocation,
     pub train: Vec<TokenTagsExample>,
     pub valid: Option<Vec<TokenTagsExample>>,
     /// Label id = index (`domain::dataset::tag_label_set` over train + validation).
@@ -77,7 +79,7 @@ pub fn run_token_classification(
             labels: job.labels.clone(),
             spec: task.spec.clone(),
         },
-        base_model_dir: job.base_model_dir.clone(),
+        base_model: job.base_model.clone(),
         max_seq_len: job.config.max_seq_len,
         // The per-token `classifier` is made from scratch on top of the encoder.
         new_head: &["classifier."],

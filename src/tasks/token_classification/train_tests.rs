@@ -35,6 +35,9 @@ fn examples() -> Vec<TokenTagsExample> {
 fn tagging_job(fx: &Fixture, work: &str, config: TrainingConfig) -> TokenClassificationJob {
     TokenClassificationJob {
         base_model_dir: fx.base.clone(),
+        base_model: crate::artifacts::BaseLocation::Directory {
+            path: fx.base.clone(),
+        },
         train: examples(),
         valid: Some(examples()),
         labels: ["O", "B-LOC", "I-LOC", "B-PER"].map(String::from).to_vec(),
