@@ -126,14 +126,8 @@ impl StoreCatalog {
 /// in `base_dir`.
 fn names_base(location: &BaseLocation, base_id: &str, base_dir: &Path) -> bool {
     match location {
-        BaseLocation::Models {
-            id,
-            revision,
-            bytes,
-        } => {
-            id == base_id
-                && Fingerprint::of(base_dir)
-                    .is_ok_and(|now| now.revision == *revision && now.bytes == *bytes)
+        BaseLocation::Models { id, .. } => {
+            id == base_id && location.fingerprint() == Fingerprint::of(base_dir).ok()
         }
         BaseLocation::Directory { path } => match (path.canonicalize(), base_dir.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,

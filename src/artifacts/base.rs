@@ -52,6 +52,19 @@ impl BaseLocation {
         })
     }
 
+    /// The version of the base recorded, for a base named by id.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        match self {
+            BaseLocation::Models {
+                revision, bytes, ..
+            } => Some(Fingerprint {
+                revision: revision.clone(),
+                bytes: *bytes,
+            }),
+            _ => None,
+        }
+    }
+
     /// The base model's id, where the checkpoint names one.
     pub fn id(&self) -> Option<&str> {
         match self {
@@ -158,11 +171,7 @@ impl BaseModels {
         location: &BaseLocation,
     ) -> Result<PathBuf, ArtifactError> {
         match location {
-            BaseLocation::Models {
-                id,
-                revision,
-                bytes,
-            } => {
+            BaseLocation::Models { id, .. } => {
                 let found = self.models.as_ref().and_then(|(models_dir, cache_root)| {
                     basemodels::resolve(models_dir, id).map(|base| (base, cache_root))
                 });
@@ -173,12 +182,12 @@ impl BaseModels {
                 })?;
                 let dir = base.prepare(cache_root)?;
                 let now = Fingerprint::of(&dir)?;
-                if now.revision != *revision || now.bytes != *bytes {
+                if let Some(then) = location.fingerprint().filter(|then| *then != now) {
                     return Err(ArtifactError::BaseModel(format!(
                         "the base model `{id}` is not the one this checkpoint was trained over \
-                         ({bytes} weight bytes, revision {revision}; now {} bytes, revision {}): \
+                         ({} weight bytes, revision {}; now {} bytes, revision {}): \
                          put that version back under its id to load this checkpoint",
-                        now.bytes, now.revision
+                        then.bytes, then.revision, now.bytes, now.revision
                     )));
                 }
                 Ok(dir)

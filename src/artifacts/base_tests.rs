@@ -4,7 +4,8 @@
 use std::fs;
 
 use super::*;
-use crate::artifacts::checkpoint::{CheckpointTask, LmSpec, META_FILE};
+use crate::artifacts::checkpoint::tests::lm_meta;
+use crate::artifacts::checkpoint::META_FILE;
 
 /// `models/org/tiny`, a base model `basemodels::resolve` finds (an encoder config, a
 /// tokenizer, `weights` as its safetensors bytes; nothing here loads them).
@@ -20,19 +21,7 @@ fn models_dir_with_base(root: &Path, weights: &[u8]) -> PathBuf {
 /// A checkpoint directory `dir` whose `meta.json` names `base`.
 fn checkpoint_over(dir: &Path, base: BaseLocation) {
     fs::create_dir_all(dir).expect("checkpoint dir");
-    let meta = CheckpointMeta {
-        task: CheckpointTask::CausalLm {
-            lm: LmSpec {
-                lora: None,
-                quantize: None,
-                export_dtype: None,
-            },
-        },
-        base_model: base,
-        max_seq_len: 16,
-        seed: 1,
-    };
-    let json = serde_json::to_vec(&meta).expect("json");
+    let json = serde_json::to_vec(&lm_meta(base)).expect("json");
     fs::write(dir.join(META_FILE), json).expect("meta");
 }
 

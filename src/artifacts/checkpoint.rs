@@ -230,4 +230,4 @@ pub fn read_tensors(
 
 #[cfg(test)]
 #[path = "checkpoint_tests.rs"]
-mod tests;
+pub(crate) mod tests;

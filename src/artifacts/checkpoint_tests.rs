@@ -122,10 +122,9 @@ fn unknown_tasks_are_refused_by_name() {
     );
 }
 
-#[test]
-fn a_base_named_by_id_round_trips_and_wins_over_a_legacy_path() {
-    let ckpt = tempfile::tempdir().expect("tempdir");
-    let meta = CheckpointMeta {
+/// A full fine-tune of a decoder over `base`: the meta the base tests write too.
+pub(crate) fn lm_meta(base: BaseLocation) -> CheckpointMeta {
+    CheckpointMeta {
         task: CheckpointTask::CausalLm {
             lm: LmSpec {
                 lora: None,
@@ -133,14 +132,20 @@ fn a_base_named_by_id_round_trips_and_wins_over_a_legacy_path() {
                 export_dtype: None,
             },
         },
-        base_model: BaseLocation::Models {
-            id: "org/base".into(),
-            revision: "sha256:ab".into(),
-            bytes: 12,
-        },
+        base_model: base,
         max_seq_len: 64,
         seed: 5,
-    };
+    }
+}
+
+#[test]
+fn a_base_named_by_id_round_trips_and_wins_over_a_legacy_path() {
+    let ckpt = tempfile::tempdir().expect("tempdir");
+    let meta = lm_meta(BaseLocation::Models {
+        id: "org/base".into(),
+        revision: "sha256:ab".into(),
+        bytes: 12,
+    });
     let mut json = serde_json::to_value(&meta).expect("json");
     assert_eq!(
         json["base_model"],

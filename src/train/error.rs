@@ -56,14 +56,7 @@ impl TrainError {
     /// Names the checkpoint by its directory (`step-30`), never by its absolute path: the
     /// message can reach a job's error, which API clients read.
     pub(crate) fn checkpoint(path: &std::path::Path, message: impl Into<String>) -> Self {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Self::InvalidCheckpoint {
-            path: name,
-            message: message.into(),
-        }
+        ArtifactError::checkpoint(path, message).into()
     }
 
     /// A data error found in the validation file says so; other errors pass unchanged.
