@@ -231,7 +231,8 @@ pub struct InferenceConfig {
     #[arg(long, env = "TEMPER_SERVE_DEVICES", value_delimiter = ',')]
     pub serve_devices: Vec<String>,
     /// How served language models store their layers' projections: `auto` (bf16 on a GPU,
-    /// f32 on the CPU), `q8_0` / `q4_0` / `q4_1` blocks multiplied by quantized matmuls (a
+    /// f32 on the CPU), `bf16` (on the CPU too: every matrix, half f32's bytes), `q8_0` /
+    /// `q4_0` / `q4_1` blocks multiplied by quantized matmuls (a
     /// quarter / an eighth / a fifth of f32's bytes, some quality lost; embeddings, norms
     /// and the output layer stay as they are), or `gguf`: a base made from a GGUF file in
     /// the blocks the file stores (nothing requantized), any other model as `auto`.
@@ -428,12 +429,16 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            refused.contains("possible values: auto, q8_0, q4_0, q4_1, gguf"),
+            refused.contains("possible values: auto, bf16, q8_0, q4_0, q4_1, gguf"),
             "{refused}"
         );
         assert_eq!(
             parse(&["--serve-dtype", "gguf"]).inference.serve_dtype,
             ServeDtype::Gguf
+        );
+        assert_eq!(
+            parse(&["--serve-dtype", "bf16"]).inference.serve_dtype,
+            ServeDtype::Bf16
         );
     }
 

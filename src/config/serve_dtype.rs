@@ -5,6 +5,9 @@
 pub enum ServeDtype {
     /// bf16 on a GPU, f32 on the CPU.
     Auto,
+    /// bf16 matrices on the CPU too (half f32's bytes; `zoo::cpu::bf16_product` multiplies
+    /// them), as `auto` on a GPU.
+    Bf16,
     #[value(name = "q8_0")]
     Q8_0,
     #[value(name = "q4_0")]
@@ -22,14 +25,14 @@ impl ServeDtype {
     pub fn quant_kind(self) -> Option<crate::zoo::decoder::QuantKind> {
         use crate::zoo::decoder::QuantKind;
         match self {
-            ServeDtype::Auto | ServeDtype::Gguf => None,
+            ServeDtype::Auto | ServeDtype::Bf16 | ServeDtype::Gguf => None,
             ServeDtype::Q8_0 => Some(QuantKind::Q8_0),
             ServeDtype::Q4_0 => Some(QuantKind::Q4_0),
             ServeDtype::Q4_1 => Some(QuantKind::Q4_1),
         }
     }
 
-    /// The `--serve-dtype` spelling (`auto`, `q8_0`, `q4_0`, `q4_1`, `gguf`, any case);
+    /// The `--serve-dtype` spelling (`auto`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `gguf`, any case);
     /// `None` otherwise.
     pub fn parse(name: &str) -> Option<Self> {
         <Self as clap::ValueEnum>::from_str(name, true).ok()

@@ -66,6 +66,7 @@ impl CheckpointLoader {
                 let dtype = model.serve_dtype.unwrap_or(self.generation.serve_dtype);
                 let weights = match (dtype, &model.gguf) {
                     (ServeDtype::Gguf, Some(file)) => ServedWeights::GgufBlocks(file),
+                    (ServeDtype::Bf16, _) => ServedWeights::Bf16,
                     _ => ServedWeights::from(dtype.quant_kind()),
                 };
                 let backend = load_causal(model, &self.bases, device, weights)?;
@@ -141,6 +142,8 @@ fn loading_failed(dir: &Path, error: impl std::fmt::Display) -> InferError {
 pub(crate) enum ServedWeights<'a> {
     /// bf16 on a GPU, f32 on the CPU.
     Float,
+    /// bf16 everywhere.
+    Bf16,
     /// Quantized to these blocks at load.
     Blocks(QuantKind),
     /// The blocks of the GGUF file the model was made from, as they are.
@@ -167,10 +170,10 @@ pub(crate) fn load_causal(
     let failed = |e: &dyn std::fmt::Display| {
         InferError::engine(format!("loading language model `{}`: {e}", dir.display()))
     };
-    let compute = if device.is_cpu() || weights != ServedWeights::Float {
-        candle_core::DType::F32
-    } else {
-        candle_core::DType::BF16
+    let compute = match weights {
+        ServedWeights::Float if !device.is_cpu() => candle_core::DType::BF16,
+        ServedWeights::Bf16 => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
     };
     let checkpoint = match dir.join(META_FILE).exists() {
         true => Some(open_checkpoint(bases, model)?),
@@ -181,7 +184,7 @@ pub(crate) fn load_causal(
         .map_or(LmSource::ModelDir(dir), LmSource::Checkpoint);
     let mut loaded = load_lm(source, device, compute).map_err(|e| failed(&e))?;
     match weights {
-        ServedWeights::Float => {}
+        ServedWeights::Float | ServedWeights::Bf16 => {}
         ServedWeights::Blocks(kind) => {
             loaded.model = loaded
                 .model

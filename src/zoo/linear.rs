@@ -336,6 +336,14 @@ impl TrainLinear {
             x2.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(x2.dtype())?
         } else {
             let w = weight.tensor().to_dtype(dtype)?;
+            if !x2.track_op() && super::cpu::bf16_product::takes(x2, &w) {
+                // Serving bf16 on the CPU: the weight read as bf16, the sums in f32.
+                let out = super::cpu::bf16_product::bf16_linear(x2, &w)?;
+                return Ok(match &self.bias {
+                    Some(b) => out.broadcast_add(b.tensor())?,
+                    None => out,
+                });
+            }
             let out = x2
                 .detach()
                 .to_dtype(dtype)?

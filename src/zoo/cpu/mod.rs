@@ -5,6 +5,7 @@
 //! the rayon pool the matmuls already use. Callers check
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
+pub mod bf16_product;
 pub mod blas;
 pub mod cached_attention;
 pub mod dropout;

@@ -1,5 +1,5 @@
 //! `--serve-dtype`: a model served with its projections as q8_0 / q4_0 / q4_1 blocks (or a
-//! GGUF file's own) against the same model in f32.
+//! GGUF file's own), or with every matrix in bf16, against the same model in f32.
 #![allow(clippy::unwrap_used)]
 
 use super::tests::{encode, full_spec, load, real_smollm2, tiny, PROMPTS};
@@ -89,6 +89,51 @@ fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
     }
 }
 
+/// `dir`'s model as `--serve-dtype bf16` serves it on the CPU: every matrix stored in bf16
+/// (loaded so, then frozen), multiplied by `zoo::cpu::bf16_product`.
+fn bf16_served(dir: &std::path::Path) -> CausalLm {
+    let device = candle_core::Device::Cpu;
+    CausalLm::from_pretrained_in(dir, &full_spec(), &device, 0, candle_core::DType::BF16)
+        .unwrap()
+        .frozen_for_serving(candle_core::DType::BF16)
+        .unwrap()
+}
+
+#[test]
+fn bf16_serving_halves_every_matrix_and_keeps_the_logits_close() {
+    for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
+        let dir = tiny(arch);
+        let model = load(dir.path(), &full_spec(), 0);
+        let served = bf16_served(dir.path());
+        let c = model.config();
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let q = c.num_attention_heads * c.head_dim;
+        let kv = c.num_key_value_heads * c.head_dim;
+        let projections = c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
+        let tables = if c.tie_word_embeddings { 1 } else { 2 };
+        // Two of each matrix's four bytes saved; norms and biases stay f32.
+        assert_eq!(
+            model.parameter_bytes() - served.parameter_bytes(),
+            2 * (projections + tables * c.vocab_size * h),
+            "{arch:?}"
+        );
+        let prompt = encode(dir.path(), PROMPTS[0]);
+        let tokens = greedy(&model, &prompt, 8);
+        let f32_logits = forced_logits(&model, &prompt, &tokens);
+        let scale = f32_logits
+            .iter()
+            .flatten()
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let (agree, total, worst) =
+            agreement(&forced_logits(&served, &prompt, &tokens), &f32_logits);
+        eprintln!(
+            "{arch:?} bf16: max |Δ logit| {worst:e} of {scale:e}, greedy agreement {agree}/{total}"
+        );
+        assert!(worst > 0.0, "bf16 changed nothing");
+        assert!(worst < 0.05 * scale, "{arch:?}: {worst} of {scale}");
+    }
+}
+
 /// The f32 model's `n` greedy tokens after `prompt`, through the KV cache.
 fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache();
@@ -110,7 +155,7 @@ fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
     tokens
 }
 
-/// The real SmolLM2-135M-Instruct (the GGUF asset, dequantized to f32) served as q8_0,
+/// The real SmolLM2-135M-Instruct (the GGUF asset, dequantized to f32) served as bf16, q8_0,
 /// q4_0 and q4_1 (requantized from f32) and in the file's own blocks (`gguf`) against f32
 /// on chat prompts, compared along f32's greedy answers (teacher forcing): how often the
 /// next-token argmax agrees and the largest logit difference. Skipped without
@@ -150,6 +195,7 @@ fn real_smollm2_served_quantized_keeps_its_greedy_answers() {
     let blocks =
         crate::zoo::gguf::blocks::projection_blocks(&gguf, &candle_core::Device::Cpu).unwrap();
     let served_models = [
+        ("bf16", Ok(bf16_served(&base)), 0.95),
         ("q8_0", model.quantized_for_serving(QuantKind::Q8_0), 0.95),
         ("q4_0", model.quantized_for_serving(QuantKind::Q4_0), 0.6),
         ("q4_1", model.quantized_for_serving(QuantKind::Q4_1), 0.6),

@@ -1,0 +1,287 @@
+//! `y [m, n] = x [m, k] · Wᵀ` for a frozen bf16 weight `W [n, k]` and f32 activations, on the
+//! CPU: what `--serve-dtype bf16` multiplies with. candle widens a bf16 matmul to f32 on the
+//! CPU, so its bf16 is no faster than f32 there; here the weight stays bf16 in memory, half
+//! the bytes a decoding step reads, and where the CPU has AVX512-BF16 (Intel Sapphire Rapids
+//! and later, AMD Zen 4) the products are its `vdpbf16ps` pair dot products, twice the f32
+//! FMA's work an instruction, on the activations rounded to bf16 (f32 sums). Elsewhere the
+//! weight's values are widened to f32 as they are read and the activations stay f32.
+//!
+//! The outputs are split in blocks of [`COLUMN_BLOCK`] columns over temper's rayon pool; a
+//! block's weight rows (`COLUMN_BLOCK · k` bf16, 72 KiB at SmolLM2's 576) stay in the core's
+//! L2 cache while every row of `x` passes over them.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Output columns one task computes.
+const COLUMN_BLOCK: usize = 64;
+
+/// `x [m, k]` (f32) times `weightᵀ` for `weight [n, k]` (bf16), both on the CPU → f32
+/// `[m, n]`. No gradient: serving only.
+pub fn bf16_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &Bf16Product)
+}
+
+/// Whether `x` and `weight` are what [`bf16_linear`] multiplies: f32 rows and a bf16
+/// matrix, both on the CPU.
+pub fn takes(x: &Tensor, weight: &Tensor) -> bool {
+    x.device().is_cpu()
+        && weight.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::BF16
+        && x.rank() == 2
+        && weight.rank() == 2
+}
+
+struct Bf16Product;
+
+impl CustomOp2 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "bf16-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = x_layout.shape().dims2()?;
+        let (n, w_k) = w_layout.shape().dims2()?;
+        if w_k != k {
+            candle_core::bail!("bf16 product: input width {k}, weight [{n}, {w_k}]");
+        }
+        let (CpuStorage::F32(x), CpuStorage::BF16(w)) = (x, w) else {
+            candle_core::bail!("bf16 product: needs f32 inputs and a bf16 weight");
+        };
+        let x = contiguous_slice(x, x_layout)?;
+        let w = contiguous_slice(w, w_layout)?;
+        // SAFETY: `half::bf16` is `#[repr(transparent)]` over its `u16` bits, so the weight's
+        // storage is read in place as those bits (a copy would cost what bf16 saves).
+        let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
+        let mut y = vec![0f32; m * n];
+        product(x, w_bits, (m, k, n), &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
+
+fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("bf16 product: a non-contiguous operand"),
+    }
+}
+
+/// `y = x · wᵀ` (`x [m, k]` f32, `w [n, k]` bf16 bits, `y [m, n]`), on the pool, with the
+/// AVX512-BF16 kernel where the CPU has it.
+pub fn product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        let x_bf16 = avx512::rounded_rows(x, m, k);
+        return in_column_blocks(y, (m, n), |columns, block| {
+            // SAFETY: `available` checked the CPU's features; the block's columns are within
+            // `w`'s rows and `block` holds `m` rows of them.
+            unsafe { avx512::block(&x_bf16, w, (m, k), columns, block) }
+        });
+    }
+    in_column_blocks(y, (m, n), |columns, block| {
+        portable_block(x, w, (m, k), columns, block)
+    });
+}
+
+/// Runs `compute(columns, block)` for each block of [`COLUMN_BLOCK`] output columns on the
+/// pool, `block` being those columns of every row (`rows × columns.len()`, row-major), then
+/// writes them into `y`.
+fn in_column_blocks<F>(y: &mut [f32], (m, n): (usize, usize), compute: F)
+where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+{
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(COLUMN_BLOCK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| {
+            let columns = start..(start + COLUMN_BLOCK).min(n);
+            let mut block = vec![0f32; m * columns.len()];
+            compute(columns, &mut block);
+            (start, block)
+        })
+        .collect();
+    for (start, block) in blocks {
+        let width = block.len() / m.max(1);
+        for (row, values) in block.chunks_exact(width.max(1)).enumerate() {
+            y[row * n + start..row * n + start + width].copy_from_slice(values);
+        }
+    }
+}
+
+/// The bf16 value's f32 (exact: bf16 is f32's upper half).
+fn widened(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// f32 sums of `x`'s rows (as they are) times the block's weight rows widened to f32.
+fn portable_block(
+    x: &[f32],
+    w: &[u16],
+    (m, k): (usize, usize),
+    columns: std::ops::Range<usize>,
+    block: &mut [f32],
+) {
+    let width = columns.len();
+    let mut row_f32 = vec![0f32; k];
+    for (c, column) in columns.enumerate() {
+        for (value, bits) in row_f32.iter_mut().zip(&w[column * k..(column + 1) * k]) {
+            *value = widened(*bits);
+        }
+        for r in 0..m {
+            let x_row = &x[r * k..(r + 1) * k];
+            block[r * width + c] = x_row.iter().zip(&row_f32).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// bf16 values one `vdpbf16ps` takes from each operand.
+    const LANES: usize = 32;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// `x`'s rows rounded to bf16 (to nearest, ties to even, as `vcvtne2ps2bf16` rounds),
+    /// each padded with zeros to a multiple of [`LANES`].
+    pub fn rounded_rows(x: &[f32], m: usize, k: usize) -> Vec<u16> {
+        let padded = k.div_ceil(LANES) * LANES;
+        let mut out = vec![0u16; m * padded];
+        for (row, values) in out.chunks_exact_mut(padded).zip(x.chunks_exact(k)) {
+            for (bits, value) in row.iter_mut().zip(values) {
+                *bits = round_to_bf16(*value);
+            }
+        }
+        out
+    }
+
+    fn round_to_bf16(value: f32) -> u16 {
+        let bits = value.to_bits();
+        if value.is_nan() {
+            return ((bits >> 16) | 0x40) as u16;
+        }
+        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+        (rounded >> 16) as u16
+    }
+
+    /// One block of output columns for every row of `x` (bf16, rows padded to [`LANES`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/BF16 ([`available`]); `columns` must be rows of `w`
+    /// (`w.len() >= columns.end · k`) and `block` must hold `m · columns.len()` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn block(
+        x: &[u16],
+        w: &[u16],
+        (m, k): (usize, usize),
+        columns: std::ops::Range<usize>,
+        block: &mut [f32],
+    ) {
+        let padded = k.div_ceil(LANES) * LANES;
+        let width = columns.len();
+        let mut r = 0;
+        while r < m {
+            let rows = if m - r >= 4 { 4 } else { 1 };
+            let mut c = 0;
+            while c < width {
+                let cols = if width - c >= 4 { 4 } else { 1 };
+                let x_at = x.as_ptr().add(r * padded);
+                let w_at = w.as_ptr().add((columns.start + c) * k);
+                let out = |rr: usize, cc: usize| (r + rr) * width + c + cc;
+                match (rows, cols) {
+                    (4, 4) => {
+                        let sums = tile::<4, 4>(x_at, padded, w_at, k);
+                        for (rr, row) in sums.iter().enumerate() {
+                            for (cc, sum) in row.iter().enumerate() {
+                                block[out(rr, cc)] = *sum;
+                            }
+                        }
+                    }
+                    (4, _) => {
+                        let sums = tile::<4, 1>(x_at, padded, w_at, k);
+                        for (rr, row) in sums.iter().enumerate() {
+                            block[out(rr, 0)] = row[0];
+                        }
+                    }
+                    (_, 4) => {
+                        let sums = tile::<1, 4>(x_at, padded, w_at, k);
+                        for (cc, sum) in sums[0].iter().enumerate() {
+                            block[out(0, cc)] = *sum;
+                        }
+                    }
+                    _ => block[out(0, 0)] = tile::<1, 1>(x_at, padded, w_at, k)[0][0],
+                }
+                c += cols;
+            }
+            r += rows;
+        }
+    }
+
+    /// The `R × C` dot products of `R` rows of `x` (stride `x_stride`, zero-padded) with `C`
+    /// consecutive weight rows of `k` values, kept in `R · C` registers over the whole `k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        x: *const u16,
+        x_stride: usize,
+        w: *const u16,
+        k: usize,
+    ) -> [[f32; C]; R] {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut at = 0;
+        while at < k {
+            let left = k - at;
+            // The last step reads only the row's remaining values (x is zero past k).
+            let mask: __mmask32 = if left >= LANES {
+                u32::MAX
+            } else {
+                (1u32 << left) - 1
+            };
+            let mut weights = [_mm512_setzero_si512(); C];
+            for (c, weight) in weights.iter_mut().enumerate() {
+                *weight = _mm512_maskz_loadu_epi16(mask, w.add(c * k + at) as *const i16);
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xs = _mm512_loadu_si512(x.add(r * x_stride + at) as *const __m512i);
+                let xs: __m512bh = std::mem::transmute(xs);
+                for (sum, weight) in row.iter_mut().zip(&weights) {
+                    *sum = _mm512_dpbf16_ps(
+                        *sum,
+                        xs,
+                        std::mem::transmute::<__m512i, __m512bh>(*weight),
+                    );
+                }
+            }
+            at += LANES;
+        }
+        let mut out = [[0f32; C]; R];
+        for (sums, row) in out.iter_mut().zip(&acc) {
+            for (sum, lanes) in sums.iter_mut().zip(row) {
+                *sum = _mm512_reduce_add_ps(*lanes);
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    pub(super) fn rounded(value: f32) -> f32 {
+        super::widened(round_to_bf16(value))
+    }
+}
+
+#[cfg(test)]
+#[path = "bf16_product_tests.rs"]
+mod tests;

@@ -1,0 +1,141 @@
+#![allow(clippy::unwrap_used)]
+
+//! The bf16 product against f64 sums of the same values, on both kernels, at shapes with
+//! every kind of remainder (rows not a multiple of 4, columns not of 4 or of the column
+//! block, inputs not of the 32 values one instruction takes).
+
+use super::*;
+
+/// Deterministic values in about [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+fn bf16_bits(values: &[f32]) -> Vec<u16> {
+    values.iter().map(|v| (v.to_bits() >> 16) as u16).collect()
+}
+
+const SHAPES: [(usize, usize, usize); 5] = [
+    (1, 576, 70),
+    (5, 40, 9),
+    (8, 33, 130),
+    (4, 64, 4),
+    (3, 7, 5),
+];
+
+/// `x · wᵀ` in f64 over `x` as `x_value` reads it, and the sum of the terms' magnitudes (the
+/// scale of an f32 sum's rounding).
+fn reference(
+    x: &[f32],
+    w: &[u16],
+    (m, k, n): (usize, usize, usize),
+    x_value: impl Fn(f32) -> f32,
+) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(m * n);
+    for r in 0..m {
+        for c in 0..n {
+            let terms =
+                (0..k).map(|i| f64::from(x_value(x[r * k + i])) * f64::from(widened(w[c * k + i])));
+            out.push(terms.fold((0.0, 0.0), |(sum, scale), t| (sum + t, scale + t.abs())));
+        }
+    }
+    out
+}
+
+fn assert_close(got: &[f32], want: &[(f64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (value, (exact, scale))) in got.iter().zip(want).enumerate() {
+        let error = (f64::from(*value) - exact).abs();
+        assert!(
+            error <= 1e-5 * scale.max(1.0),
+            "{what}[{i}]: {value} vs {exact} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn the_portable_kernel_sums_the_widened_weight_with_the_f32_inputs() {
+    for (seed, &(m, k, n)) in SHAPES.iter().enumerate() {
+        let x = values(m * k, seed as u64);
+        let w = bf16_bits(&values(n * k, 100 + seed as u64));
+        let mut y = vec![f32::NAN; m * n];
+        in_column_blocks(&mut y, (m, n), |columns, block| {
+            portable_block(&x, &w, (m, k), columns, block)
+        });
+        assert_close(
+            &y,
+            &reference(&x, &w, (m, k, n), |v| v),
+            &format!("portable {m}x{k}x{n}"),
+        );
+    }
+}
+
+#[test]
+fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !avx512::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the portable kernel is tested alone)");
+            return;
+        }
+        for (seed, &(m, k, n)) in SHAPES.iter().enumerate() {
+            let x = values(m * k, seed as u64);
+            let w = bf16_bits(&values(n * k, 100 + seed as u64));
+            let mut y = vec![f32::NAN; m * n];
+            product(&x, &w, (m, k, n), &mut y);
+            let want = reference(&x, &w, (m, k, n), avx512::rounded);
+            assert_close(&y, &want, &format!("avx512 {m}x{k}x{n}"));
+            // Rounding the inputs is what differs from the f32 product, and only that much.
+            let exact = reference(&x, &w, (m, k, n), |v| v);
+            let worst = y
+                .iter()
+                .zip(&exact)
+                .map(|(v, (e, scale))| (f64::from(*v) - e).abs() / scale.max(1e-9))
+                .fold(0.0, f64::max);
+            assert!(worst < 4e-3, "{m}x{k}x{n}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn rounding_to_bf16_is_to_nearest_even() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.0.
+        assert_eq!(avx512::rounded(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(avx512::rounded(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(avx512::rounded(-2.5), -2.5);
+        assert!(avx512::rounded(f32::NAN).is_nan());
+    }
+}
+
+#[test]
+fn the_candle_op_multiplies_f32_rows_by_a_bf16_matrix() {
+    let (m, k, n) = (3, 40, 70);
+    let device = candle_core::Device::Cpu;
+    let x = Tensor::from_vec(values(m * k, 7), (m, k), &device).unwrap();
+    let w = Tensor::from_vec(values(n * k, 8), (n, k), &device)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert!(takes(&x, &w));
+    assert!(!takes(&x, &w.to_dtype(DType::F32).unwrap()));
+    let y = bf16_linear(&x, &w).unwrap();
+    assert_eq!((y.dims2().unwrap(), y.dtype()), ((m, n), DType::F32));
+    // What candle's own (widening) product gives, to the rounding of the inputs.
+    let want = x
+        .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+        .unwrap();
+    let error = (y - want).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(error.to_scalar::<f32>().unwrap() < 0.05, "{error}");
+}
