@@ -4,7 +4,9 @@
 //! the bytes a decoding step reads, and where the CPU has AVX512-BF16 (Intel Sapphire Rapids
 //! and later, AMD Zen 4) the products are its `vdpbf16ps` pair dot products, twice the f32
 //! FMA's work an instruction, on the activations rounded to bf16 (f32 sums). Elsewhere the
-//! weight's values are widened to f32 as they are read and the activations stay f32.
+//! weight's values are widened to f32 as they are read and the activations stay f32. From
+//! [`WIDENED_FROM_ROWS`] rows (prefill, many streams) each block of the weight is widened to
+//! f32 once for the call and the dense f32 products take it.
 //!
 //! The outputs are split in blocks of [`COLUMN_BLOCK`] columns over temper's rayon pool; a
 //! block's weight rows (`COLUMN_BLOCK · k` bf16, 72 KiB at SmolLM2's 576) stay in the core's
@@ -13,8 +15,14 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Output columns one task computes.
+use super::gemm::{matmul, Threads, View, ViewMut};
+
+/// Output columns one task of the bf16 kernels computes.
 const COLUMN_BLOCK: usize = 64;
+
+/// The most output columns one task of the widened path computes (4 MiB of f32 weight at
+/// SmolLM2's 1536 inputs).
+const WIDENED_COLUMN_BLOCK: usize = 1024;
 
 /// `x [m, k]` (f32) times `weightᵀ` for `weight [n, k]` (bf16), both on the CPU → f32
 /// `[m, n]`. No gradient: serving only.
@@ -74,9 +82,42 @@ fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Resul
     }
 }
 
-/// `y = x · wᵀ` (`x [m, k]` f32, `w [n, k]` bf16 bits, `y [m, n]`), on the pool, with the
-/// AVX512-BF16 kernel where the CPU has it.
-pub fn product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) {
+/// From how many rows of `x` a product is faster with each block of the weight widened to
+/// f32 and multiplied by the f32 products (`super::gemm`, OpenBLAS where installed) than by
+/// the bf16 pair dot products, whose cost grows with the rows (the weight is read again for
+/// every four). `examples/bf16_speed.rs` on 2 cores of an AVX512-BF16 Xeon, milliseconds at
+/// 32 / 48 / 64 rows: `[576 → 1536]` 0.38 / 0.57 / 0.74 against 0.45 / 0.52 / 0.63 widened,
+/// `[1536 → 576]` 0.44 / 0.61 / 0.80 against 0.49 / 0.66 / 0.73, the output layer
+/// `[576 → 49152]` 15.4 / 19.8 / 25.8 against 13.3 / 16.2 / 19.1. At one row, over two runs,
+/// the pair dot products took 0.02–0.07, 0.03 and 1.3 ms, the f32 product 0.03, 0.03 and 8.0.
+pub const WIDENED_FROM_ROWS: usize = 40;
+
+/// `y = x · wᵀ` (`x [m, k]` f32, `w [n, k]` bf16 bits, `y [m, n]`), on the pool: with the
+/// AVX512-BF16 kernel where the CPU has it and `x` has fewer than [`WIDENED_FROM_ROWS`]
+/// rows, else through the widened weight.
+pub fn product(x: &[f32], w: &[u16], dims: (usize, usize, usize), y: &mut [f32]) {
+    match dims.0 >= WIDENED_FROM_ROWS {
+        true => widened_product(x, w, dims, y),
+        false => pair_dot_product(x, w, dims, y),
+    }
+}
+
+/// [`product`] through each block of the weight widened to f32, at any row count: blocks of
+/// one thread's share of the columns, at most [`WIDENED_COLUMN_BLOCK`] (the f32 copy is
+/// what the call holds beside the weight), so that each product is one large dense one.
+pub fn widened_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) {
+    let share = n.div_ceil(rayon::current_num_threads().max(1));
+    let width = share
+        .next_multiple_of(COLUMN_BLOCK)
+        .min(WIDENED_COLUMN_BLOCK);
+    in_blocks_of(width, y, (m, n), |columns, block| {
+        widened_block(x, w, (m, k), columns, block)
+    });
+}
+
+/// [`product`] by the bf16 pair dot products at any row count (AVX512-BF16), or the
+/// portable kernel.
+pub fn pair_dot_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
         let x_bf16 = avx512::rounded_rows(x, m, k);
@@ -94,16 +135,25 @@ pub fn product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [
 /// Runs `compute(columns, block)` for each block of [`COLUMN_BLOCK`] output columns on the
 /// pool, `block` being those columns of every row (`rows × columns.len()`, row-major), then
 /// writes them into `y`.
-fn in_column_blocks<F>(y: &mut [f32], (m, n): (usize, usize), compute: F)
+fn in_column_blocks<F>(y: &mut [f32], dims: (usize, usize), compute: F)
 where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
+    in_blocks_of(COLUMN_BLOCK, y, dims, compute);
+}
+
+/// [`in_column_blocks`] with blocks of `width` columns.
+fn in_blocks_of<F>(width: usize, y: &mut [f32], (m, n): (usize, usize), compute: F)
+where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+{
+    let width = width.max(1);
     let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-        .step_by(COLUMN_BLOCK)
+        .step_by(width)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|start| {
-            let columns = start..(start + COLUMN_BLOCK).min(n);
+            let columns = start..(start + width).min(n);
             let mut block = vec![0f32; m * columns.len()];
             compute(columns, &mut block);
             (start, block)
@@ -120,6 +170,35 @@ where
 /// The bf16 value's f32 (exact: bf16 is f32's upper half).
 fn widened(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
+}
+
+/// The block's weight rows widened to f32, then one f32 product of every row of `x` by them
+/// on this thread (the blocks are what runs in parallel).
+fn widened_block(
+    x: &[f32],
+    w: &[u16],
+    (m, k): (usize, usize),
+    columns: std::ops::Range<usize>,
+    block: &mut [f32],
+) {
+    let width = columns.len();
+    let rows: Vec<f32> = w[columns.start * k..columns.end * k]
+        .iter()
+        .map(|bits| widened(*bits))
+        .collect();
+    let product = matmul(
+        ViewMut::rows(block, m, width),
+        View::rows(x, m, k),
+        View::rows(&rows, width, k).t(),
+        1.0,
+        false,
+        Threads::Single,
+    );
+    // The views are built from these very lengths, so the product cannot refuse them;
+    // were it to, the portable kernel gives the same sums.
+    if product.is_err() {
+        portable_block(x, w, (m, k), columns, block);
+    }
 }
 
 /// f32 sums of `x`'s rows (as they are) times the block's weight rows widened to f32.

@@ -92,7 +92,7 @@ fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
             let x = values(m * k, seed as u64);
             let w = bf16_bits(&values(n * k, 100 + seed as u64));
             let mut y = vec![f32::NAN; m * n];
-            product(&x, &w, (m, k, n), &mut y);
+            pair_dot_product(&x, &w, (m, k, n), &mut y);
             let want = reference(&x, &w, (m, k, n), avx512::rounded);
             assert_close(&y, &want, &format!("avx512 {m}x{k}x{n}"));
             // Rounding the inputs is what differs from the f32 product, and only that much.
@@ -104,6 +104,23 @@ fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
                 .fold(0.0, f64::max);
             assert!(worst < 4e-3, "{m}x{k}x{n}: {worst}");
         }
+    }
+}
+
+#[test]
+fn many_rows_multiply_the_widened_weight_with_the_f32_inputs() {
+    for (seed, (k, n)) in [(576, 70), (33, 130)].into_iter().enumerate() {
+        let m = WIDENED_FROM_ROWS + 3;
+        let x = values(m * k, 50 + seed as u64);
+        let w = bf16_bits(&values(n * k, 60 + seed as u64));
+        let mut y = vec![f32::NAN; m * n];
+        product(&x, &w, (m, k, n), &mut y);
+        // The inputs unrounded: the f32 product's sums, to its rounding.
+        assert_close(
+            &y,
+            &reference(&x, &w, (m, k, n), |v| v),
+            &format!("widened {m}x{k}x{n}"),
+        );
     }
 }
 

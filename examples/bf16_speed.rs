@@ -1,0 +1,60 @@
+//! Milliseconds of one bf16 product (`zoo::cpu::bf16_product`) at SmolLM2-135M's shapes by
+//! row count, through the bf16 pair dot products and through the widened weight, beside the
+//! f32 product of the same sizes: where `WIDENED_FROM_ROWS` comes from. Prints one JSON line.
+//!
+//!     cargo run --release --example bf16_speed
+
+use std::time::Instant;
+
+use temper::zoo::cpu::bf16_product::{pair_dot_product, widened_product, WIDENED_FROM_ROWS};
+use temper::zoo::cpu::gemm::{matmul, Threads, View, ViewMut};
+
+/// Milliseconds a call of `run` takes, the best of a few rounds (the least disturbed).
+fn best_ms(mut run: impl FnMut()) -> f64 {
+    run();
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..10 {
+                run();
+            }
+            start.elapsed().as_secs_f64() * 100.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() -> anyhow::Result<()> {
+    // The MLP's up and down projections and the output layer.
+    let shapes = [(576usize, 1536usize), (1536, 576), (576, 49152)];
+    let mut results = Vec::new();
+    for (k, n) in shapes {
+        let w_f32: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
+        let w: Vec<u16> = w_f32.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        for m in [1usize, 4, 8, 16, 32, 48, 64, 128, 512] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+            let mut y = vec![0f32; m * n];
+            let pairs = best_ms(|| pair_dot_product(&x, &w, (m, k, n), &mut y));
+            let widened = best_ms(|| widened_product(&x, &w, (m, k, n), &mut y));
+            let mut y32 = vec![0f32; m * n];
+            let f32_ms = best_ms(|| {
+                let _ = matmul(
+                    ViewMut::rows(&mut y32, m, n),
+                    View::rows(&x, m, k),
+                    View::rows(&w_f32, n, k).t(),
+                    1.0,
+                    false,
+                    Threads::Pool,
+                );
+            });
+            results.push(serde_json::json!({
+                "rows": m, "in": k, "out": n,
+                "bf16_pair_dots_ms": pairs, "bf16_widened_ms": widened, "f32_ms": f32_ms,
+            }));
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"widened_from_rows": WIDENED_FROM_ROWS, "products": results})
+    );
+    Ok(())
+}
