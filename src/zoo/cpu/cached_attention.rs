@@ -8,8 +8,8 @@
 //! allocation and a dispatch: 32 decoding streams on SmolLM2 meant ~10,000 ops a step
 //! around work that is a few dot products per head. Here a decoding row (one new token) is
 //! a loop of dot products over its visible keys and a loop of `p·v` accumulations, both
-//! vectorised; a prompt chunk of several rows multiplies its head's strided views with
-//! `gemm`.
+//! vectorised, for all the query heads that share a key/value head at once; a prompt chunk
+//! of several rows multiplies its head's strided views with `gemm`.
 
 use rayon::prelude::*;
 
@@ -96,32 +96,46 @@ pub fn cached_attention(
         }
         row += seq.rows;
     }
-    // Every (sequence, query head) pair is a task of its own: a batch of decoding
+    // Every (sequence, key/value head) pair is a task of its own: a batch of decoding
     // sequences and a single long prompt both fill the pool, and a head's arithmetic is
-    // the same whatever else is in the batch.
+    // the same whatever else is in the batch. A decoding row's query heads that share a
+    // key/value head go through its keys and values together (`decode_group`).
     let q_width = heads * d;
-    let mut tasks = Vec::with_capacity(seqs.len() * heads);
+    let group = heads / kv_heads;
+    let mut tasks = Vec::with_capacity(seqs.len() * kv_heads);
     let mut row = 0;
     for seq in seqs.iter() {
-        for h in 0..heads {
-            tasks.push((seq, row, h));
+        for kv in 0..kv_heads {
+            tasks.push((seq, row, kv));
         }
         row += seq.rows;
     }
     let contexts = tasks
         .into_par_iter()
-        .map(|(seq, row, h)| {
-            attend_head(seq, &q[row * q_width..(row + seq.rows) * q_width], h, shape)
+        .map(|(seq, row, kv)| {
+            let q = &q[row * q_width..(row + seq.rows) * q_width];
+            if seq.rows == 1 {
+                return Ok(attend_decoding_group(seq, q, kv, shape));
+            }
+            let mut context = Vec::with_capacity(group * seq.rows * d);
+            for h in kv * group..(kv + 1) * group {
+                context.extend(attend_head(seq, q, h, shape)?);
+            }
+            Ok(context)
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
+    // Each task's context is its group's heads in turn, each `[rows, d]`.
     let mut out = vec![0f32; n * q_width];
     let mut row = 0;
     let mut contexts = contexts.into_iter();
     for seq in seqs.iter() {
-        for h in 0..heads {
+        for kv in 0..kv_heads {
             let context = contexts.next().unwrap_or_default();
-            for (i, values) in context.chunks_exact(d).enumerate() {
-                out[(row + i) * q_width + h * d..][..d].copy_from_slice(values);
+            for (j, head) in context.chunks_exact(seq.rows * d).enumerate() {
+                let h = kv * group + j;
+                for (i, values) in head.chunks_exact(d).enumerate() {
+                    out[(row + i) * q_width + h * d..][..d].copy_from_slice(values);
+                }
             }
         }
         row += seq.rows;
@@ -129,8 +143,28 @@ pub fn cached_attention(
     Ok(out)
 }
 
-/// Query head `h` of one sequence's new rows (`q`: those rows, `[rows, heads·d]`)
-/// against its cache: the context `[rows, d]`.
+/// The query heads of key/value head `kv` for one decoding row (`q`: that row,
+/// `[heads·d]`) against its cache: their contexts, head after head (`[group, d]`).
+fn attend_decoding_group(seq: &CachedRows<'_>, q: &[f32], kv: usize, shape: HeadShape) -> Vec<f32> {
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let group = heads / kv_heads;
+    let total = seq.offset + 1;
+    let cache_at = kv * seq.capacity * d;
+    let keys = &seq.keys[cache_at..cache_at + total * d];
+    let values = &seq.values[cache_at..cache_at + total * d];
+    let mut scores = vec![0f32; group * total];
+    let mut context = vec![0f32; group * d];
+    let queries = &q[kv * group * d..(kv + 1) * group * d];
+    decode_group(queries, keys, values, d, &mut scores, &mut context);
+    context
+}
+
+/// Query head `h` of one sequence's new rows (`q`: those rows, `[rows, heads·d]`; more
+/// than one: a prompt chunk) against its cache: the context `[rows, d]`.
 fn attend_head(
     seq: &CachedRows<'_>,
     q: &[f32],
@@ -148,16 +182,6 @@ fn attend_head(
     let values = &seq.values[cache_at..cache_at + total * d];
     let mut scores = vec![0f32; seq.rows * total];
     let mut context = vec![0f32; seq.rows * d];
-    if seq.rows == 1 {
-        decode_row(
-            &q[h * d..(h + 1) * d],
-            keys,
-            values,
-            &mut scores,
-            &mut context,
-        );
-        return Ok(context);
-    }
     let q_head = View {
         data: &q[h * d..],
         rows: seq.rows,
@@ -192,21 +216,36 @@ fn attend_head(
     Ok(context)
 }
 
-/// One query row against all `keys` (`[total, d]`, all visible): `out = softmax(q·Kᵀ)·V`.
+/// The query rows `queries` (`[group, d]`, one decoding token's heads that share a
+/// key/value head) against all `keys` (`[total, d]`, all visible): `out = softmax(q·Kᵀ)·V`
+/// for each, `[group, d]`. Each key and value row is read once for the whole group.
 /// Compiled for AVX2 as well (see `Cargo.toml`).
 #[multiversion::multiversion(targets("x86_64+avx2"))]
-fn decode_row(q: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    let d = q.len();
+fn decode_group(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    d: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = queries.len() / d;
     let total = keys.len() / d;
-    let scores = &mut scores[..total];
-    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-        *score = sum2_lanes(q, key, |a, b| a * b);
+    for (t, key) in keys.chunks_exact(d).enumerate() {
+        for (j, query) in queries.chunks_exact(d).enumerate() {
+            scores[j * total + t] = sum2_lanes(query, key, |a, b| a * b);
+        }
     }
-    softmax_in_place(scores);
+    for head in scores[..group * total].chunks_exact_mut(total) {
+        softmax_in_place(head);
+    }
     out.fill(0.0);
-    for (&p, value) in scores.iter().zip(values.chunks_exact(d)) {
-        for (o, &x) in out.iter_mut().zip(value) {
-            *o += p * x;
+    for (t, value) in values.chunks_exact(d).enumerate() {
+        for (j, context) in out.chunks_exact_mut(d).enumerate() {
+            let p = scores[j * total + t];
+            for (o, &x) in context.iter_mut().zip(value) {
+                *o += p * x;
+            }
         }
     }
 }

@@ -87,10 +87,16 @@ fn new_rows_land_in_their_caches_and_attend_causally_to_their_own_sequence() {
         kv_heads,
         head_dim: d,
     } = SHAPE;
-    // A decoding row over 5 cached tokens, a fresh 4-token prompt, and a 3-token chunk
-    // over 2 cached tokens (chunked prefill): the decode loop and both gemm cases.
-    let rows = [1, 4, 3];
-    let mut caches = vec![cache(5, 9, 1), cache(0, 4, 2), cache(2, 6, 3)];
+    // A decoding row over 5 cached tokens, a fresh 4-token prompt, a 3-token chunk over 2
+    // cached tokens (chunked prefill) and a first decoding row over an empty cache: the
+    // grouped decode loop (two query heads a key/value head) and both gemm cases.
+    let rows = [1, 4, 3, 1];
+    let mut caches = vec![
+        cache(5, 9, 1),
+        cache(0, 4, 2),
+        cache(2, 6, 3),
+        cache(0, 2, 4),
+    ];
     let n: usize = rows.iter().sum();
     let (q, k, v) = (
         values(n * heads * d, 7),
