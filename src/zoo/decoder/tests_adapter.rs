@@ -154,6 +154,42 @@ fn a_batch_mixing_adapters_and_the_base_gives_each_row_its_own_models_output() {
 }
 
 #[test]
+fn adapters_over_a_bf16_served_base_answer_as_over_the_f32_one() {
+    let dir = tiny(DecoderArch::Llama);
+    let base = load(dir.path(), &full_spec(), 0);
+    let bf16 = CausalLm::from_pretrained_in(
+        dir.path(),
+        &full_spec(),
+        &Device::Cpu,
+        0,
+        candle_core::DType::BF16,
+    )
+    .unwrap()
+    .frozen_for_serving(candle_core::DType::BF16)
+    .unwrap();
+    let tuned = tuned_model(dir.path(), 1);
+    let adapter = served(&base, &tuned);
+    let prompts = vec![
+        encode(dir.path(), PROMPTS[0]),
+        encode(dir.path(), PROMPTS[1]),
+    ];
+    let rows = [Some(&adapter), None];
+    let over_f32 = batched_logits(&base, &prompts, &rows, 3);
+    let over_bf16 = batched_logits(&bf16, &prompts, &rows, 3);
+    let scale = over_f32[0]
+        .iter()
+        .flatten()
+        .fold(1f32, |m, x| m.max(x.abs()));
+    // The bf16 base's rounding only (its matrices and the rounded activations).
+    let diff = worst_diff(&over_bf16[0], &over_f32[0]);
+    assert!(diff < 0.05 * scale, "{diff} of {scale}");
+    // The adapter acts on the bf16 base: its row differs from the bf16 base's own.
+    let bare = batched_logits(&bf16, &prompts[..1], &[None], 1);
+    let moved = worst_diff(&over_bf16[0][..1], &bare[0]);
+    assert!(moved > 1e-2, "the adapter changed nothing ({moved})");
+}
+
+#[test]
 fn an_adapter_is_checked_against_its_base() {
     let dir = tiny(DecoderArch::Llama);
     let base = load(dir.path(), &full_spec(), 0);
