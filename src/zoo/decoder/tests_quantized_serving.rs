@@ -45,24 +45,35 @@ fn agreement(rows: &[Vec<f32>], reference: &[Vec<f32>]) -> (usize, usize, f32) {
     (agree, rows.len(), worst)
 }
 
+/// The layers' projection parameters of `c`'s model.
+fn projection_params(c: &DecoderConfig) -> usize {
+    let h = c.hidden_size;
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * c.intermediate_size)
+}
+
+/// The f32 model's 8 greedy tokens after the first prompt, its logits along them, and their
+/// largest magnitude.
+fn f32_reference(
+    model: &CausalLm,
+    dir: &std::path::Path,
+) -> (Vec<u32>, Vec<u32>, Vec<Vec<f32>>, f32) {
+    let prompt = encode(dir, PROMPTS[0]);
+    let tokens = greedy(model, &prompt, 8);
+    let logits = forced_logits(model, &prompt, &tokens);
+    let scale = logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    (prompt, tokens, logits, scale)
+}
+
 #[test]
 fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
     for arch in [DecoderArch::Llama, DecoderArch::Qwen2] {
         let dir = tiny(arch);
         let model = load(dir.path(), &full_spec(), 0);
-        let prompt = encode(dir.path(), PROMPTS[0]);
         // The f32 model's greedy continuation, then both models' logits along it.
-        let tokens = greedy(&model, &prompt, 8);
-        let f32_logits = forced_logits(&model, &prompt, &tokens);
-        let scale = f32_logits
-            .iter()
-            .flatten()
-            .fold(0f32, |m, v| m.max(v.abs()));
-        let c = model.config();
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        let q = c.num_attention_heads * c.head_dim;
-        let kv = c.num_key_value_heads * c.head_dim;
-        let projections = c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
+        let (prompt, tokens, f32_logits, scale) = f32_reference(&model, dir.path());
+        let projections = projection_params(model.config());
         for (kind, block_bytes, tolerance) in [
             (QuantKind::Q8_0, 34, 0.04),
             (QuantKind::Q4_0, 18, 0.4),
@@ -106,24 +117,14 @@ fn bf16_serving_halves_every_matrix_and_keeps_the_logits_close() {
         let model = load(dir.path(), &full_spec(), 0);
         let served = bf16_served(dir.path());
         let c = model.config();
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        let q = c.num_attention_heads * c.head_dim;
-        let kv = c.num_key_value_heads * c.head_dim;
-        let projections = c.num_hidden_layers * (h * q + 2 * h * kv + q * h + 3 * h * i);
         let tables = if c.tie_word_embeddings { 1 } else { 2 };
         // Two of each matrix's four bytes saved; norms and biases stay f32.
         assert_eq!(
             model.parameter_bytes() - served.parameter_bytes(),
-            2 * (projections + tables * c.vocab_size * h),
+            2 * (projection_params(c) + tables * c.vocab_size * c.hidden_size),
             "{arch:?}"
         );
-        let prompt = encode(dir.path(), PROMPTS[0]);
-        let tokens = greedy(&model, &prompt, 8);
-        let f32_logits = forced_logits(&model, &prompt, &tokens);
-        let scale = f32_logits
-            .iter()
-            .flatten()
-            .fold(0f32, |m, v| m.max(v.abs()));
+        let (prompt, tokens, f32_logits, scale) = f32_reference(&model, dir.path());
         let (agree, total, worst) =
             agreement(&forced_logits(&served, &prompt, &tokens), &f32_logits);
         eprintln!(
