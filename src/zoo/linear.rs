@@ -104,6 +104,11 @@ pub struct TrainLinear {
     /// and the output back; the weight is stored in it when frozen, and cast from its f32
     /// master copy on every pass when trainable. `None`: the input's dtype.
     compute_dtype: Option<DType>,
+    /// Served (set by [`TrainLinear::serve_bf16_on_cpu`]): a frozen bf16 weight is multiplied
+    /// on the CPU by `cpu::bf16_product` (f32 sums, f32 output) rather than candle's bf16
+    /// matmul. Only for serving: a training run's frozen passes (DPO's reference) keep the
+    /// same arithmetic as its tracked ones.
+    bf16_product: bool,
 }
 
 impl TrainLinear {
@@ -113,7 +118,13 @@ impl TrainLinear {
             bias,
             lora: None,
             compute_dtype: None,
+            bf16_product: false,
         }
+    }
+
+    /// Multiplies a frozen bf16 weight with `cpu::bf16_product` from now on (serving).
+    pub fn serve_bf16_on_cpu(&mut self) {
+        self.bf16_product = true;
     }
 
     /// The dtype the base's matmul runs in, when not the input's (mixed precision).
@@ -142,6 +153,7 @@ impl TrainLinear {
             bias,
             lora: None,
             compute_dtype: None,
+            bf16_product: false,
         })
     }
 
@@ -152,6 +164,7 @@ impl TrainLinear {
             bias,
             lora: None,
             compute_dtype: None,
+            bf16_product: false,
         }
     }
 
@@ -336,7 +349,7 @@ impl TrainLinear {
             x2.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(x2.dtype())?
         } else {
             let w = weight.tensor().to_dtype(dtype)?;
-            if !x2.track_op() && super::cpu::bf16_product::takes(x2, &w) {
+            if self.bf16_product && !x2.track_op() && super::cpu::bf16_product::takes(x2, &w) {
                 // Serving bf16 on the CPU: the weight read as bf16, the sums in f32.
                 let out = super::cpu::bf16_product::bf16_linear(x2, &w)?;
                 return Ok(match &self.bias {

@@ -233,12 +233,22 @@ impl CausalLm {
 
     /// A frozen copy for serving with the projections in `compute`: [`Self::frozen_copy`]
     /// with an untied embedding table stored in `compute` too (a tied one already is), so
-    /// under bf16 every matrix takes half the bytes.
+    /// under bf16 every matrix takes half the bytes, multiplied on the CPU by
+    /// `cpu::bf16_product`.
     pub fn frozen_for_serving(&self, compute: DType) -> Result<Self, ZooError> {
         let mut copy = self.frozen_copy()?;
         if !copy.decoder.cfg.tie_word_embeddings {
             let table = copy.decoder.embed.tensor().to_dtype(compute)?;
             copy.decoder.embed = crate::zoo::linear::Param::Frozen(table);
+        }
+        if compute == DType::BF16 {
+            // On the CPU the bf16 matrices go to `cpu::bf16_product` (elsewhere: unused).
+            for layer in &mut copy.decoder.layers {
+                for linear in layer.linears_mut() {
+                    linear.serve_bf16_on_cpu();
+                }
+            }
+            copy.decoder.lm_head.serve_bf16_on_cpu();
         }
         Ok(copy)
     }

@@ -132,6 +132,17 @@ fn bf16_serving_halves_every_matrix_and_keeps_the_logits_close() {
         );
         assert!(worst > 0.0, "bf16 changed nothing");
         assert!(worst < 0.05 * scale, "{arch:?}: {worst} of {scale}");
+        // Only the copy frozen for serving takes `cpu::bf16_product` (f32 sums and output);
+        // the same weights in a training run keep candle's bf16 matmul (bf16 output).
+        let device = candle_core::Device::Cpu;
+        let bf16 = candle_core::DType::BF16;
+        let training =
+            CausalLm::from_pretrained_in(dir.path(), &full_spec(), &device, 0, bf16).unwrap();
+        assert_ne!(
+            forced_logits(&training, &prompt, &tokens[..1]),
+            forced_logits(&served, &prompt, &tokens[..1]),
+            "{arch:?}: the served copy multiplied as the training one"
+        );
     }
 }
 
