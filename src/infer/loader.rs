@@ -14,7 +14,6 @@ use super::registry::ModelLoader;
 use super::shared_encoder::SharedEncoderEngine;
 use super::token_classification::{TokenEngine, TokenTagger};
 use super::{InferError, LoadedModel};
-use crate::artifacts::checkpoint::META_FILE;
 use crate::artifacts::{ArtifactError, BaseModels, Checkpoint};
 use crate::config::ServeDtype;
 use crate::domain::task::ServedKind;
@@ -117,10 +116,15 @@ impl CheckpointLoader {
 }
 
 fn open_checkpoint(bases: &BaseModels, model: &ServableModel) -> Result<Checkpoint, InferError> {
-    bases.open(&model.dir).map_err(|e| match e {
+    bases.open(&model.dir).map_err(|e| not_opened(model, e))
+}
+
+/// Why `model`'s checkpoint could not be opened, as the request is answered.
+fn not_opened(model: &ServableModel, error: ArtifactError) -> InferError {
+    match error {
         ArtifactError::BaseModel(message) => base_unavailable(model, &message),
         other => loading_failed(&model.dir, other),
-    })
+    }
 }
 
 /// A model whose base is gone or was replaced: the request names a model that cannot be
@@ -175,13 +179,8 @@ pub(crate) fn load_causal(
         ServedWeights::Bf16 => candle_core::DType::BF16,
         _ => candle_core::DType::F32,
     };
-    let checkpoint = match dir.join(META_FILE).exists() {
-        true => Some(open_checkpoint(bases, model)?),
-        false => None,
-    };
-    let source = checkpoint
-        .as_ref()
-        .map_or(LmSource::ModelDir(dir), LmSource::Checkpoint);
+    let mut checkpoint = None;
+    let source = LmSource::of_dir(dir, bases, &mut checkpoint).map_err(|e| not_opened(model, e))?;
     let mut loaded = load_lm(source, device, compute).map_err(|e| failed(&e))?;
     match weights {
         ServedWeights::Float | ServedWeights::Bf16 => {}

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 
 use super::run::decoder_spec;
 use crate::artifacts::checkpoint::{self, META_FILE, TRAINABLE_FILE};
-use crate::artifacts::{BaseModels, Checkpoint};
+use crate::artifacts::{ArtifactError, BaseModels, Checkpoint};
 use crate::train::TrainError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec};
@@ -48,7 +48,7 @@ impl<'a> LmSource<'a> {
         dir: &'a Path,
         bases: &BaseModels,
         slot: &'a mut Option<Checkpoint>,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, ArtifactError> {
         if !dir.join(META_FILE).exists() {
             return Ok(LmSource::ModelDir(dir));
         }
