@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use temper::zoo::cpu::bf16_product::{pair_dot_product, widened_product, WIDENED_FROM_ROWS};
+use temper::zoo::cpu::bf16_product::{
+    pair_dot_product, tile_product, widened_product, WIDENED_FROM_ROWS,
+};
 use temper::zoo::cpu::gemm::{matmul, Threads, View, ViewMut};
 
 /// Milliseconds a call of `run` takes, the best of a few rounds (the least disturbed).
@@ -30,11 +32,14 @@ fn main() -> anyhow::Result<()> {
     for (k, n) in shapes {
         let w_f32: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
         let w: Vec<u16> = w_f32.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
-        for m in [1usize, 4, 8, 16, 32, 48, 64, 128, 512] {
+        for m in [1usize, 2, 4, 8, 16, 32, 48, 64, 128, 512] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
             let mut y = vec![0f32; m * n];
             let pairs = best_ms(|| pair_dot_product(&x, &w, (m, k, n), &mut y));
             let widened = best_ms(|| widened_product(&x, &w, (m, k, n), &mut y));
+            // The AMX tile kernel, where this CPU has it (null elsewhere).
+            let mut tiled = true;
+            let tiles = best_ms(|| tiled = tile_product(&x, &w, (m, k, n), &mut y));
             let mut y32 = vec![0f32; m * n];
             let f32_ms = best_ms(|| {
                 let _ = matmul(
@@ -48,7 +53,8 @@ fn main() -> anyhow::Result<()> {
             });
             results.push(serde_json::json!({
                 "rows": m, "in": k, "out": n,
-                "bf16_pair_dots_ms": pairs, "bf16_widened_ms": widened, "f32_ms": f32_ms,
+                "bf16_pair_dots_ms": pairs, "bf16_widened_ms": widened,
+                "bf16_tiles_ms": tiled.then_some(tiles), "f32_ms": f32_ms,
             }));
         }
     }

@@ -6,7 +6,9 @@
 //! FMA's work an instruction, on the activations rounded to bf16 (f32 sums). Elsewhere the
 //! weight's values are widened to f32 as they are read and the activations stay f32. From
 //! [`WIDENED_FROM_ROWS`] rows (prefill, many streams) each block of the weight is widened to
-//! f32 once for the call and the dense f32 products take it.
+//! f32 once for the call and the dense f32 products take it. Where the CPU has AMX (Sapphire
+//! Rapids and later) products of [`TILES_FROM_ROWS`] rows and more go to its tile unit
+//! (`super::bf16_tiles`) instead, at every row count.
 //!
 //! The outputs are split in blocks of [`COLUMN_BLOCK`] columns over temper's rayon pool; a
 //! block's weight rows (`COLUMN_BLOCK · k` bf16, 72 KiB at SmolLM2's 576) stay in the core's
@@ -15,7 +17,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Threads, View, ViewMut};
+use super::gemm::{matmul, Destination, Threads, View, ViewMut};
 
 /// Output columns one task of the bf16 kernels computes.
 const COLUMN_BLOCK: usize = 64;
@@ -92,10 +94,22 @@ fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Resul
 /// the pair dot products took 0.02–0.07, 0.03 and 1.3 ms, the f32 product 0.03, 0.03 and 8.0.
 pub const WIDENED_FROM_ROWS: usize = 40;
 
-/// `y = x · wᵀ` (`x [m, k]` f32, `w [n, k]` bf16 bits, `y [m, n]`), on the pool: with the
-/// AVX512-BF16 kernel where the CPU has it and `x` has fewer than [`WIDENED_FROM_ROWS`]
-/// rows, else through the widened weight.
+/// From how many rows of `x` the AMX tile kernel is used where the CPU has it: a tile
+/// multiplies 16 rows whatever `x` has, so one row is faster by the pair dot products.
+/// `examples/bf16_speed.rs`, milliseconds of the output layer `[576 → 49152]` at 1 / 2 / 4
+/// rows, two runs: tiles 1.61 / 1.53 / 1.59 and 1.52 / 1.47 / 1.59, pair dot products 1.26 /
+/// 1.81 / 2.06 and 1.24 / 1.74 / 2.05; at 32 rows tiles 2.68, pair dot products 15.3, the
+/// widened weight 13.5 and the f32 product 13.0.
+pub const TILES_FROM_ROWS: usize = 2;
+
+/// `y = x · wᵀ` (`x [m, k]` f32, `w [n, k]` bf16 bits, `y [m, n]`), on the pool: by the AMX
+/// tiles where the CPU has them, the widths are whole tiles and `x` has at least
+/// [`TILES_FROM_ROWS`] rows; else with the AVX512-BF16 kernel where the CPU has it and `x`
+/// has fewer than [`WIDENED_FROM_ROWS`] rows, else through the widened weight.
 pub fn product(x: &[f32], w: &[u16], dims: (usize, usize, usize), y: &mut [f32]) {
+    if dims.0 >= TILES_FROM_ROWS && tile_product(x, w, dims, y) {
+        return;
+    }
     match dims.0 >= WIDENED_FROM_ROWS {
         true => widened_product(x, w, dims, y),
         false => pair_dot_product(x, w, dims, y),
@@ -113,6 +127,31 @@ pub fn widened_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y
     in_blocks_of(width, y, (m, n), |columns, block| {
         widened_block(x, w, (m, k), columns, block)
     });
+}
+
+/// [`product`] on the AMX tile unit (`super::bf16_tiles`), at any row count, where the CPU
+/// has it and the widths are whole tiles; false (and `y` untouched) elsewhere.
+pub fn tile_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::bf16_tiles;
+        if !(bf16_tiles::fits(k, n) && bf16_tiles::available()) {
+            return false;
+        }
+        let packed = bf16_tiles::packed_rows(x, m, k);
+        in_column_blocks(y, (m, n), |columns, block| {
+            // SAFETY: `available` answered true and `fits` checked `k`; the blocks' columns
+            // are multiples of the tile's 16 (as `n` is) within `w`'s rows, and `block`
+            // holds `m` rows of them.
+            unsafe { bf16_tiles::block(&packed, w, (m, k), columns, block) }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w, m, k, n, y);
+        false
+    }
 }
 
 /// [`product`] by the bf16 pair dot products at any row count (AVX512-BF16), or the
@@ -142,29 +181,54 @@ where
     in_blocks_of(COLUMN_BLOCK, y, dims, compute);
 }
 
-/// [`in_column_blocks`] with blocks of `width` columns.
+/// [`in_column_blocks`] with blocks of `width` columns. Each task computes its block in a
+/// buffer of its own (a few KiB, in its core's cache) and copies it into its columns of `y`,
+/// so no thread copies the whole output after the parallel part.
 fn in_blocks_of<F>(width: usize, y: &mut [f32], (m, n): (usize, usize), compute: F)
 where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
     let width = width.max(1);
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+    let y_len = y.len();
+    let destination = Destination(y.as_mut_ptr());
+    (0..n)
         .step_by(width)
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|start| {
+        .for_each(|start| {
             let columns = start..(start + width).min(n);
-            let mut block = vec![0f32; m * columns.len()];
+            let width = columns.len();
+            let mut block = vec![0f32; m * width];
             compute(columns, &mut block);
-            (start, block)
-        })
-        .collect();
-    for (start, block) in blocks {
-        let width = block.len() / m.max(1);
-        for (row, values) in block.chunks_exact(width.max(1)).enumerate() {
-            y[row * n + start..row * n + start + width].copy_from_slice(values);
-        }
+            for (row, values) in block.chunks_exact(width).enumerate() {
+                // The callers' `y` is `m · n`; were it shorter, its rows stop here.
+                if row * n + start + width > y_len {
+                    break;
+                }
+                // SAFETY: this row's columns `start..start + width` lie within `y` (checked
+                // above) and no other task writes them (the tasks' column ranges are
+                // disjoint); `y`'s borrow outlives the loop.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        values.as_ptr(),
+                        destination.at(row * n + start),
+                        width,
+                    );
+                }
+            }
+        });
+}
+
+/// `value` rounded to bf16 (to nearest, ties to even, as `vcvtne2ps2bf16` rounds); NaN stays
+/// NaN.
+#[inline]
+pub(crate) fn round_to_bf16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
     }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
 }
 
 /// The bf16 value's f32 (exact: bf16 is f32's upper half).
@@ -226,6 +290,8 @@ fn portable_block(
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::round_to_bf16;
+
     /// bf16 values one `vdpbf16ps` takes from each operand.
     const LANES: usize = 32;
 
@@ -246,15 +312,6 @@ mod avx512 {
             }
         }
         out
-    }
-
-    fn round_to_bf16(value: f32) -> u16 {
-        let bits = value.to_bits();
-        if value.is_nan() {
-            return ((bits >> 16) | 0x40) as u16;
-        }
-        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-        (rounded >> 16) as u16
     }
 
     /// One block of output columns for every row of `x` (bf16, rows padded to [`LANES`]).

@@ -108,6 +108,43 @@ fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
 }
 
 #[test]
+fn the_tile_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !super::super::bf16_tiles::available() {
+            eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
+            return;
+        }
+        // Rows: one, part of a tile, two tiles and a part; columns: one tile, a pass of four
+        // and three more (each kind of tail), a pass over several column blocks.
+        let shapes = [
+            (1, 64, 16),
+            (5, 32, 112),
+            (33, 96, 48),
+            (16, 576, 192),
+            (40, 64, 1040),
+        ];
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+            let x = values(m * k, 30 + seed as u64);
+            let w = bf16_bits(&values(n * k, 130 + seed as u64));
+            let mut y = vec![f32::NAN; m * n];
+            assert!(tile_product(&x, &w, (m, k, n), &mut y));
+            let want = reference(&x, &w, (m, k, n), avx512::rounded);
+            assert_close(&y, &want, &format!("tiles {m}x{k}x{n}"));
+        }
+        // Widths that are not whole tiles are left to the other kernels.
+        let mut y = vec![0f32; 70];
+        assert!(!tile_product(
+            &values(40, 1),
+            &bf16_bits(&values(40 * 70, 2)),
+            (1, 40, 70),
+            &mut y
+        ));
+        assert!(y.iter().all(|v| *v == 0.0));
+    }
+}
+
+#[test]
 fn many_rows_multiply_the_widened_weight_with_the_f32_inputs() {
     for (seed, (k, n)) in [(576, 70), (33, 130)].into_iter().enumerate() {
         let m = WIDENED_FROM_ROWS + 3;

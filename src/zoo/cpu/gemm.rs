@@ -233,10 +233,11 @@ pub(super) fn split((m, n, k): (usize, usize, usize), threads: usize) -> Split {
 /// The destination's first element, shared by the blocks of one split product, each of
 /// which writes its own rows or columns of it.
 #[derive(Clone, Copy)]
-struct Destination(*mut f32);
+pub(super) struct Destination(pub(super) *mut f32);
 
-// SAFETY: the blocks of one product write disjoint elements (see `blas_products`), and
-// the `&mut` borrow the pointer came from outlives the parallel loop.
+// SAFETY: the blocks of one product write disjoint elements (see `blas_products` and
+// `bf16_product::in_blocks_of`), and the `&mut` borrow the pointer came from outlives the
+// parallel loop.
 unsafe impl Send for Destination {}
 // SAFETY: as above.
 unsafe impl Sync for Destination {}
@@ -244,7 +245,7 @@ unsafe impl Sync for Destination {}
 impl Destination {
     /// The element `offset` elements in; taking `self` whole makes closures capture the
     /// `Send` wrapper rather than its raw pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }

@@ -6,6 +6,8 @@
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
 pub mod bf16_product;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_tiles;
 pub mod blas;
 pub mod cached_attention;
 pub mod dropout;
