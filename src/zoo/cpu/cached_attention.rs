@@ -159,6 +159,10 @@ fn attend_decoding_group(seq: &CachedRows<'_>, q: &[f32], kv: usize, shape: Head
     let mut scores = vec![0f32; group * total];
     let mut context = vec![0f32; group * d];
     let queries = &q[kv * group * d..(kv + 1) * group * d];
+    #[cfg(target_arch = "x86_64")]
+    if avx512::decode_group(queries, keys, values, d, &mut scores, &mut context) {
+        return context;
+    }
     decode_group(queries, keys, values, d, &mut scores, &mut context);
     context
 }
@@ -249,6 +253,9 @@ fn decode_group(
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests;

@@ -166,3 +166,85 @@ fn rows_beyond_a_caches_capacity_or_mismatched_inputs_are_refused() {
     };
     assert!(cached_attention(&q, &kv, &kv, &mut seqs, odd).is_err());
 }
+
+/// `softmax(q·Kᵀ)·V` in f64 for each query row of `queries` (`[group, d]`).
+fn group_reference(queries: &[f32], keys: &[f32], values: &[f32], d: usize) -> Vec<f64> {
+    let total = keys.len() / d;
+    let mut out = Vec::new();
+    for query in queries.chunks_exact(d) {
+        let scores: Vec<f64> = keys
+            .chunks_exact(d)
+            .map(|key| {
+                query
+                    .iter()
+                    .zip(key)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum()
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::MIN, f64::max);
+        let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        for e in 0..d {
+            out.push(
+                (0..total)
+                    .map(|t| exps[t] / sum * f64::from(values[t * d + e]))
+                    .sum(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn the_avx512_decode_kernel_gives_the_attention_of_each_head_of_a_group() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512 (the portable kernel is tested alone)");
+            return;
+        }
+        // Heads of 64 and 128 values; groups of one, three (SmolLM2), five (a block of four
+        // heads and one more) and eight; one cached token and many.
+        for (d, group, total) in [
+            (64, 1, 1),
+            (64, 3, 37),
+            (64, 5, 300),
+            (128, 3, 20),
+            (128, 8, 65),
+        ] {
+            let queries = values(group * d, d + group);
+            let keys = values(total * d, 3 * total);
+            let vals = values(total * d, 5 * total + 1);
+            let mut scores = vec![f32::NAN; group * total];
+            let mut out = vec![f32::NAN; group * d];
+            assert!(avx512::decode_group(
+                &queries,
+                &keys,
+                &vals,
+                d,
+                &mut scores,
+                &mut out
+            ));
+            let want = group_reference(&queries, &keys, &vals, d);
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-5, "d {d}, group {group}, total {total}: {worst}");
+        }
+        // Other head widths are left to the portable kernel.
+        let (mut scores, mut out) = (vec![0f32; 4], vec![0f32; 16]);
+        let row = values(16, 1);
+        assert!(!avx512::decode_group(
+            &row,
+            &row,
+            &row,
+            16,
+            &mut scores,
+            &mut out
+        ));
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+}
