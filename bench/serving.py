@@ -664,12 +664,14 @@ def transformers_side(args, tokenizer, prompts, end_ids):
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList
-    if args.serve_dtype not in ("auto", "f32"):
-        sys.exit("--side transformers runs f32 only")
+    if args.serve_dtype not in ("auto", "f32", "bf16"):
+        sys.exit("--side transformers runs f32 or bf16")
     torch.set_num_threads(args.threads)
+    # bf16: torch's CPU matmuls go to oneDNN, which uses AMX / AVX512-BF16 where the CPU has them.
+    torch_dtype = torch.bfloat16 if args.serve_dtype == "bf16" else torch.float32
     with contextlib.redirect_stdout(sys.stderr):
         model = AutoModelForCausalLM.from_pretrained(os.path.join(args.assets, "models"), gguf_file=MODEL + ".gguf",
-                                                     dtype=torch.float32)
+                                                     dtype=torch_dtype)
     model.eval()
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[-1]
@@ -729,7 +731,7 @@ def main():
                         help="llama.cpp's and torch's threads (temper's kernels use every core)")
     parser.add_argument("--serve-dtype", default="auto",
                         help="temper: its --serve-dtype (auto = f32 on the CPU, q8_0, q4_0); llama.cpp "
-                             "sides: the GGUF's dtype (auto = f32, q8_0, q4_0); transformers: f32 only")
+                             "sides: the GGUF's dtype (auto = f32, q8_0, q4_0); transformers: f32 or bf16")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="sequences decoded together: temper's --max-batch-sequences, llama-server's "
                              "--parallel (default: the largest stream count; 0: the servers' defaults)")
