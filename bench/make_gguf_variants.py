@@ -19,6 +19,8 @@ not there yet (written to a temp name, then renamed, so a file that exists is co
   embedding (the output layer too: it is tied) is kept F32, as temper's `--serve-dtype q8_0`
   keeps it (only the layers' projections become blocks; norms stay F32 either way);
   `--quantize-embeddings` leaves llama.cpp's default instead (the embedding quantized too).
+- OUT_DIR/SmolLM2-135M-Instruct-BF16.gguf (`--types ...,bf16`): the same with ftype MOSTLY_BF16,
+  every matrix bf16, the tied embedding too (as temper's `--serve-dtype bf16` stores it).
 Prints one JSON line: {"f32": path, "q8_0": path, ...}.
 """
 import argparse
@@ -31,7 +33,7 @@ import numpy as np
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STEM = "SmolLM2-135M-Instruct"
 # llama.cpp's ftype for each quantized dtype (llama.h: LLAMA_FTYPE_*, via llama_cpp).
-FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "bf16": "LLAMA_FTYPE_MOSTLY_BF16"}
 
 
 def variant_path(out_dir, dtype):
@@ -84,7 +86,8 @@ def write_quantized(f32_path, target, dtype, quantize_embeddings):
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, FTYPES[dtype])
     params.nthread = os.cpu_count() or 1
-    if not quantize_embeddings:
+    # bf16: the embedding / tied output layer in bf16 too, as temper's `--serve-dtype bf16` keeps it.
+    if not quantize_embeddings and dtype != "bf16":
         params.token_embedding_type = llama_cpp.GGML_TYPE_F32
         params.output_tensor_type = llama_cpp.GGML_TYPE_F32
     tmp = target + ".tmp"
@@ -121,7 +124,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="where the GGUF files go (e.g. bench/out/gguf)")
     parser.add_argument("--assets", default="assets", help="scripts/fetch-assets.sh --llm destination")
-    parser.add_argument("--types", default="f32,q8_0", help="comma-separated: f32, q8_0, q4_0")
+    parser.add_argument("--types", default="f32,q8_0", help="comma-separated: f32, q8_0, q4_0, bf16")
     parser.add_argument("--quantize-embeddings", action="store_true",
                         help="let llama.cpp quantize the token embedding / output layer too")
     args = parser.parse_args()

@@ -397,8 +397,8 @@ def start_temper(args):
 
 
 def gguf_for(args):
-    if args.serve_dtype not in ("f32", "q8_0", "q4_0"):
-        sys.exit(f"--side {args.side} serves a GGUF at f32, q8_0 or q4_0, not {args.serve_dtype!r}")
+    if args.serve_dtype not in ("f32", "q8_0", "q4_0", "bf16"):
+        sys.exit(f"--side {args.side} serves a GGUF at f32, q8_0, q4_0 or bf16, not {args.serve_dtype!r}")
     from make_gguf_variants import make_variants
     return make_variants(args.gguf_dir, args.assets, (args.serve_dtype,))[args.serve_dtype]
 
@@ -731,7 +731,7 @@ def main():
                         help="llama.cpp's and torch's threads (temper's kernels use every core)")
     parser.add_argument("--serve-dtype", default="auto",
                         help="temper: its --serve-dtype (auto = f32 on the CPU, q8_0, q4_0); llama.cpp "
-                             "sides: the GGUF's dtype (auto = f32, q8_0, q4_0); transformers: f32 or bf16")
+                             "sides: the GGUF's dtype (auto = f32, q8_0, q4_0, bf16); transformers: f32 or bf16")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="sequences decoded together: temper's --max-batch-sequences, llama-server's "
                              "--parallel (default: the largest stream count; 0: the servers' defaults)")
