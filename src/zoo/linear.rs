@@ -69,6 +69,10 @@ pub enum LinearBase {
     Dense(Param),
     /// QLoRA: always frozen; quantized forward, dequantize-on-the-fly backward.
     Quantized(QuantizedWeight),
+    /// Frozen for serving on a CPU with AMX: the bf16 `[out, in]` weight repacked in the
+    /// tiles `cpu::bf16_packing::packed_weight` makes (same shape, rows not in order), read
+    /// only by that product; [`TrainLinear::base_weight`] gives the rows back.
+    PackedBf16(Tensor),
 }
 
 /// How a forward pass runs a layer.
@@ -120,11 +124,6 @@ impl TrainLinear {
             compute_dtype: None,
             bf16_product: false,
         }
-    }
-
-    /// Multiplies a frozen bf16 weight with `cpu::bf16_product` from now on (serving).
-    pub fn serve_bf16_on_cpu(&mut self) {
-        self.bf16_product = true;
     }
 
     /// The dtype the base's matmul runs in, when not the input's (mixed precision).
@@ -182,6 +181,9 @@ impl TrainLinear {
                 "a {} base has no dense weight",
                 q.format_name()
             ))),
+            LinearBase::PackedBf16(_) => Err(ZooError::Unsupported(
+                "a weight packed for serving has no dense rows (use base_weight)".into(),
+            )),
         }
     }
 
@@ -194,6 +196,9 @@ impl TrainLinear {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().to_dtype(DType::F32)?),
             LinearBase::Quantized(q) => q.dequantize(),
+            LinearBase::PackedBf16(packed) => {
+                Ok(super::cpu::bf16_packing::unpacked_weight(packed)?.to_dtype(DType::F32)?)
+            }
         }
     }
 
@@ -231,6 +236,7 @@ impl TrainLinear {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().dim(0)?),
             LinearBase::Quantized(q) => Ok(q.dims().0),
+            LinearBase::PackedBf16(packed) => Ok(packed.dim(0)?),
         }
     }
 
@@ -238,6 +244,7 @@ impl TrainLinear {
         match &self.base {
             LinearBase::Dense(w) => Ok(w.tensor().dim(1)?),
             LinearBase::Quantized(q) => Ok(q.dims().1),
+            LinearBase::PackedBf16(packed) => Ok(packed.dim(1)?),
         }
     }
 
@@ -299,6 +306,7 @@ impl TrainLinear {
         let weight = match &self.base {
             LinearBase::Dense(weight) => weight,
             LinearBase::Quantized(q) => return self.quantized_forward(q, x2),
+            LinearBase::PackedBf16(packed) => return self.packed_forward(packed, x2),
         };
         if let Some(dtype) = self.compute_dtype.filter(|d| *d != x2.dtype()) {
             return self.autocast_forward(x2, weight, dtype);
@@ -376,6 +384,9 @@ impl TrainLinear {
 
     /// The base on detached weights (`x2` is already detached): a graph-free result.
     fn detached_base_forward(&self, x2: &Tensor) -> Result<Tensor, ZooError> {
+        if let LinearBase::PackedBf16(packed) = &self.base {
+            return self.packed_forward(packed, &x2.detach());
+        }
         if let (Some(dtype), LinearBase::Dense(weight)) = (self.compute_dtype, &self.base) {
             if dtype != x2.dtype() {
                 let frozen = Param::Frozen(weight.tensor().detach());
@@ -401,6 +412,7 @@ impl TrainLinear {
         let mut out = match &self.base {
             LinearBase::Dense(weight) => x2.matmul(&weight.tensor().detach().t()?)?,
             LinearBase::Quantized(q) => q.forward(&x2.contiguous()?)?,
+            LinearBase::PackedBf16(packed) => return self.packed_forward(packed, x2),
         };
         if let Some(b) = &self.bias {
             out = out.broadcast_add(&b.tensor().detach())?;
@@ -484,6 +496,7 @@ impl TrainLinear {
         let base = match &self.base {
             LinearBase::Dense(w) => w.tensor().elem_count() * w.tensor().dtype().size_in_bytes(),
             LinearBase::Quantized(q) => q.storage_bytes(),
+            LinearBase::PackedBf16(packed) => packed.elem_count() * packed.dtype().size_in_bytes(),
         };
         let mut n = self.bias.as_ref().map_or(0, |b| b.tensor().elem_count());
         if let Some(l) = &self.lora {
@@ -504,6 +517,9 @@ mod quant_tests;
 #[cfg(test)]
 #[path = "linear_pass_tests.rs"]
 mod pass_tests;
+
+#[path = "linear_serving.rs"]
+mod serving;
 
 #[cfg(test)]
 #[path = "linear_tests.rs"]

@@ -36,7 +36,7 @@ fn bf16_stores_frozen_matrices_in_bf16_and_trains_f32_masters() {
     );
     match layer.q.base() {
         LinearBase::Dense(w) => assert_eq!(w.tensor().dtype(), DType::BF16),
-        LinearBase::Quantized(_) => panic!("dense base expected"),
+        LinearBase::Quantized(_) | LinearBase::PackedBf16(_) => panic!("dense base expected"),
     }
     assert!(lm
         .trainable_vars()

@@ -30,7 +30,7 @@ const WIDENED_COLUMN_BLOCK: usize = 1024;
 /// `[m, n]`. No gradient: serving only.
 pub fn bf16_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &Bf16Product)
+        .apply_op2_no_bwd(&weight.contiguous()?, &Bf16Product::default())
 }
 
 /// Whether `x` and `weight` are what [`bf16_linear`] multiplies: f32 rows and a bf16
@@ -44,7 +44,17 @@ pub fn takes(x: &Tensor, weight: &Tensor) -> bool {
         && weight.rank() == 2
 }
 
-struct Bf16Product;
+/// [`bf16_linear`] for a weight `super::bf16_packing::packed_weight` repacked.
+pub fn packed_bf16_linear(x: &Tensor, packed: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&packed.contiguous()?, &Bf16Product { packed: true })
+}
+
+/// The product op; `packed`: the weight is `bf16_packing::packed_weight`'s layout.
+#[derive(Default)]
+struct Bf16Product {
+    packed: bool,
+}
 
 impl CustomOp2 for Bf16Product {
     fn name(&self) -> &'static str {
@@ -72,7 +82,13 @@ impl CustomOp2 for Bf16Product {
         // storage is read in place as those bits (a copy would cost what bf16 saves).
         let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
         let mut y = vec![0f32; m * n];
-        product(x, w_bits, (m, k, n), &mut y);
+        if !self.packed {
+            product(x, w_bits, (m, k, n), &mut y);
+        } else if !packed_product(x, w_bits, (m, k, n), &mut y) {
+            candle_core::bail!(
+                "bf16 product: a packed weight [{n}, {k}] on a CPU without AMX tiles"
+            );
+        }
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
@@ -154,6 +170,39 @@ pub fn tile_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &
     }
 }
 
+/// `y = x · wᵀ` for a weight repacked by `super::bf16_tiled_weight::packed` (what a layer
+/// frozen for serving on an AMX CPU holds), on the tile unit; false (and `y` untouched)
+/// where the CPU has no AMX or the widths are not whole tiles, which
+/// `bf16_tiled_weight::packed` never packs.
+pub fn packed_product(
+    x: &[f32],
+    tiles: &[u16],
+    (m, k, n): (usize, usize, usize),
+    y: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::{bf16_tiled_weight, bf16_tiles};
+        if !(bf16_tiles::fits(k, n) && bf16_tiles::available()) || tiles.len() != n * k {
+            return false;
+        }
+        let rows = bf16_tiled_weight::rounded_rows(x, m, k);
+        let padded_m = rows.len() / k;
+        in_padded_blocks_of(COLUMN_BLOCK, y, (m, n), padded_m, |columns, block| {
+            // SAFETY: `available` answered true, `fits` checked `k` and `n`, `tiles` holds
+            // the whole packed weight; the blocks' columns are multiples of 16 within `n`,
+            // `rows` holds `padded_m` rows and `block` `padded_m` rows of the columns.
+            unsafe { bf16_tiled_weight::block(&rows, tiles, (padded_m, k), columns, block) }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, tiles, m, k, n, y);
+        false
+    }
+}
+
 /// [`product`] by the bf16 pair dot products at any row count (AVX512-BF16), or the
 /// portable kernel.
 pub fn pair_dot_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) {
@@ -188,6 +237,20 @@ fn in_blocks_of<F>(width: usize, y: &mut [f32], (m, n): (usize, usize), compute:
 where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
+    in_padded_blocks_of(width, y, (m, n), m, compute);
+}
+
+/// [`in_blocks_of`] with blocks of `block_rows` rows (at least `m`: a kernel that writes
+/// whole groups of rows), of which the first `m` are `y`'s.
+fn in_padded_blocks_of<F>(
+    width: usize,
+    y: &mut [f32],
+    (m, n): (usize, usize),
+    block_rows: usize,
+    compute: F,
+) where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+{
     let width = width.max(1);
     let y_len = y.len();
     let destination = Destination(y.as_mut_ptr());
@@ -198,9 +261,9 @@ where
         .for_each(|start| {
             let columns = start..(start + width).min(n);
             let width = columns.len();
-            let mut block = vec![0f32; m * width];
+            let mut block = vec![0f32; block_rows.max(m) * width];
             compute(columns, &mut block);
-            for (row, values) in block.chunks_exact(width).enumerate() {
+            for (row, values) in block.chunks_exact(width).take(m).enumerate() {
                 // The callers' `y` is `m · n`; were it shorter, its rows stop here.
                 if row * n + start + width > y_len {
                     break;

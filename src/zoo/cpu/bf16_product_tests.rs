@@ -193,3 +193,82 @@ fn the_candle_op_multiplies_f32_rows_by_a_bf16_matrix() {
     let error = (y - want).unwrap().abs().unwrap().max_all().unwrap();
     assert!(error.to_scalar::<f32>().unwrap() < 0.05, "{error}");
 }
+
+#[test]
+fn the_packed_weight_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::super::bf16_tiled_weight::{packed, unpacked};
+        if !super::super::bf16_tiles::available() {
+            eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
+            return;
+        }
+        // Rows: one, part of a group, two groups and a part, exactly two; columns: one tile,
+        // an odd count of tiles beside pairs of groups, passes of four and a tail, several
+        // column blocks.
+        let shapes = [
+            (1, 64, 16),
+            (5, 32, 112),
+            (33, 96, 48),
+            (32, 64, 80),
+            (16, 576, 192),
+            (40, 64, 1040),
+        ];
+        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+            let x = values(m * k, 70 + seed as u64);
+            let w = bf16_bits(&values(n * k, 170 + seed as u64));
+            let tiles = packed(&w, n, k).unwrap();
+            assert_eq!(unpacked(&tiles, n, k), w, "{n}x{k} round trip");
+            let mut y = vec![f32::NAN; m * n];
+            assert!(packed_product(&x, &tiles, (m, k, n), &mut y));
+            let want = reference(&x, &w, (m, k, n), avx512::rounded);
+            assert_close(&y, &want, &format!("packed {m}x{k}x{n}"));
+            // The same products in the same order as the in-place tile kernel.
+            let mut in_place = vec![f32::NAN; m * n];
+            assert!(tile_product(&x, &w, (m, k, n), &mut in_place));
+            assert_eq!(y, in_place, "{m}x{k}x{n}");
+        }
+        assert!(packed(&bf16_bits(&values(40 * 70, 3)), 70, 40).is_none());
+    }
+}
+
+#[test]
+fn a_packed_weight_tensor_keeps_its_shape_and_gives_its_rows_back() {
+    let (n, k) = (48, 64);
+    let device = candle_core::Device::Cpu;
+    let w = Tensor::from_vec(values(n * k, 9), (n, k), &device)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    use super::super::bf16_packing::{packed_weight, unpacked_weight};
+    let Some(packed) = packed_weight(&w).unwrap() else {
+        eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
+        return;
+    };
+    assert_eq!(
+        (packed.dims2().unwrap(), packed.dtype()),
+        ((n, k), DType::BF16)
+    );
+    let rows = unpacked_weight(&packed).unwrap();
+    let diff = (rows.to_dtype(DType::F32).unwrap() - w.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    let x = Tensor::from_vec(values(3 * k, 10), (3, k), &device).unwrap();
+    let want = bf16_linear(&x, &w).unwrap();
+    let got = packed_bf16_linear(&x, &packed).unwrap();
+    let error = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(error.to_scalar::<f32>().unwrap() < 1e-5);
+    // Widths that are not whole tiles are not packed.
+    let odd = w.narrow(0, 0, 40).unwrap().contiguous().unwrap();
+    assert!(
+        packed_weight(&odd.narrow(1, 0, 40).unwrap().contiguous().unwrap())
+            .unwrap()
+            .is_none()
+    );
+}

@@ -26,7 +26,7 @@ pub const INPUT_STEP: usize = 32;
 pub const COLUMN_TILE: usize = 16;
 
 /// Rows of `x` one tile holds.
-const ROW_TILE: usize = 16;
+pub(super) const ROW_TILE: usize = 16;
 
 /// How many input steps ahead of the tiles the weight's cache lines are asked for.
 const PREFETCH_STEPS: usize = 4;
@@ -99,10 +99,10 @@ pub fn packed_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
 /// weight's 16 × 32 bf16 tiles, 6–7 the activations' 16 × 16 pairs; each 16 rows of 64
 /// bytes.
 #[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+pub(super) struct TileConfig(pub(super) [u8; 64]);
 
 impl TileConfig {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut bytes = [0u8; 64];
         bytes[0] = 1;
         for register in 0..8 {

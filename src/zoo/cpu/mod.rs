@@ -5,7 +5,10 @@
 //! the rayon pool the matmuls already use. Callers check
 //! [`crate::zoo::fused::uses_fused_kernels`] and keep the composed ops on other devices.
 
+pub mod bf16_packing;
 pub mod bf16_product;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_tiled_weight;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_tiles;
 pub mod blas;

@@ -243,12 +243,15 @@ impl CausalLm {
         }
         if compute == DType::BF16 {
             // On the CPU the bf16 matrices go to `cpu::bf16_product` (elsewhere: unused).
+            // Each projection's weight is repacked for the AMX tiles where the CPU has them;
+            // a tied output layer shares the embedding's table and keeps its rows.
             for layer in &mut copy.decoder.layers {
                 for linear in layer.linears_mut() {
-                    linear.serve_bf16_on_cpu();
+                    linear.serve_bf16_on_cpu(true)?;
                 }
             }
-            copy.decoder.lm_head.serve_bf16_on_cpu();
+            let tied = copy.decoder.cfg.tie_word_embeddings;
+            copy.decoder.lm_head.serve_bf16_on_cpu(!tied)?;
         }
         Ok(copy)
     }

@@ -1,0 +1,40 @@
+//! Serving a frozen bf16 layer on the CPU: `cpu::bf16_product`'s products, and the weight
+//! repacked for the AMX tiles where the CPU has them (`LinearBase::PackedBf16`).
+
+use candle_core::Tensor;
+
+use super::{LinearBase, Param, TrainLinear, ZooError};
+
+impl TrainLinear {
+    /// Multiplies a frozen bf16 weight with `cpu::bf16_product` from now on (serving); with
+    /// `repack`, where the CPU has AMX and the widths are whole tiles, the weight is repacked
+    /// in its tiles in place of its rows (not for a weight shared with another module, such
+    /// as a tied output layer: the copy would double its bytes).
+    pub fn serve_bf16_on_cpu(&mut self, repack: bool) -> Result<(), ZooError> {
+        self.bf16_product = true;
+        if let (true, None, LinearBase::Dense(Param::Frozen(weight))) =
+            (repack, &self.lora, &self.base)
+        {
+            if let Some(packed) = crate::zoo::cpu::bf16_packing::packed_weight(weight)? {
+                self.base = LinearBase::PackedBf16(packed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The base of a weight packed for serving: `cpu::bf16_product`'s tile product for f32
+    /// rows on the CPU (what serving sends), else (any other input) through the rows
+    /// unpacked, so that no caller ever multiplies the packed order.
+    pub(super) fn packed_forward(&self, packed: &Tensor, x2: &Tensor) -> Result<Tensor, ZooError> {
+        let out = if !x2.track_op() && crate::zoo::cpu::bf16_product::takes(x2, packed) {
+            crate::zoo::cpu::bf16_product::packed_bf16_linear(x2, packed)?
+        } else {
+            let weight = crate::zoo::cpu::bf16_packing::unpacked_weight(packed)?;
+            x2.detach().matmul(&weight.to_dtype(x2.dtype())?.t()?)?
+        };
+        match &self.bias {
+            Some(b) => Ok(out.broadcast_add(&b.tensor().detach().to_dtype(out.dtype())?)?),
+            None => Ok(out),
+        }
+    }
+}
