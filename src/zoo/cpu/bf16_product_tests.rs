@@ -107,6 +107,19 @@ fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
     }
 }
 
+/// Shapes `(m, k, n)` for the AMX kernels. Rows: one, part of a group of 16, two groups and
+/// a part, exactly two; columns: one tile, an odd count of tiles beside pairs of groups,
+/// passes of four and a tail, several column blocks.
+#[cfg(target_arch = "x86_64")]
+const TILE_SHAPES: [(usize, usize, usize); 6] = [
+    (1, 64, 16),
+    (5, 32, 112),
+    (33, 96, 48),
+    (32, 64, 80),
+    (16, 576, 192),
+    (40, 64, 1040),
+];
+
 #[test]
 fn the_tile_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
     #[cfg(target_arch = "x86_64")]
@@ -115,16 +128,7 @@ fn the_tile_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
             eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
             return;
         }
-        // Rows: one, part of a tile, two tiles and a part; columns: one tile, a pass of four
-        // and three more (each kind of tail), a pass over several column blocks.
-        let shapes = [
-            (1, 64, 16),
-            (5, 32, 112),
-            (33, 96, 48),
-            (16, 576, 192),
-            (40, 64, 1040),
-        ];
-        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+        for (seed, &(m, k, n)) in TILE_SHAPES.iter().enumerate() {
             let x = values(m * k, 30 + seed as u64);
             let w = bf16_bits(&values(n * k, 130 + seed as u64));
             let mut y = vec![f32::NAN; m * n];
@@ -203,18 +207,7 @@ fn the_packed_weight_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
             eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
             return;
         }
-        // Rows: one, part of a group, two groups and a part, exactly two; columns: one tile,
-        // an odd count of tiles beside pairs of groups, passes of four and a tail, several
-        // column blocks.
-        let shapes = [
-            (1, 64, 16),
-            (5, 32, 112),
-            (33, 96, 48),
-            (32, 64, 80),
-            (16, 576, 192),
-            (40, 64, 1040),
-        ];
-        for (seed, &(m, k, n)) in shapes.iter().enumerate() {
+        for (seed, &(m, k, n)) in TILE_SHAPES.iter().enumerate() {
             let x = values(m * k, 70 + seed as u64);
             let w = bf16_bits(&values(n * k, 170 + seed as u64));
             let tiles = packed(&w, n, k).unwrap();
@@ -250,15 +243,11 @@ fn a_packed_weight_tensor_keeps_its_shape_and_gives_its_rows_back() {
         ((n, k), DType::BF16)
     );
     let rows = unpacked_weight(&packed).unwrap();
-    let diff = (rows.to_dtype(DType::F32).unwrap() - w.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    let (rows, w32) = (
+        rows.to_dtype(DType::F32).unwrap(),
+        w.to_dtype(DType::F32).unwrap(),
+    );
+    assert_eq!(crate::zoo::test_tensors::max_abs_diff(&rows, &w32), 0.0);
     let x = Tensor::from_vec(values(3 * k, 10), (3, k), &device).unwrap();
     let want = bf16_linear(&x, &w).unwrap();
     let got = packed_bf16_linear(&x, &packed).unwrap();

@@ -13,7 +13,7 @@
 use std::arch::asm;
 use std::ops::Range;
 
-use super::bf16_tiles::{TileConfig, COLUMN_TILE, INPUT_STEP, ROW_TILE};
+use super::bf16_tiles::{store_sums, zero_sums, TileSession, COLUMN_TILE, INPUT_STEP, ROW_TILE};
 
 /// bf16 values in one packed tile (16 input pairs × 16 columns × 2).
 const TILE_VALUES: usize = INPUT_STEP * COLUMN_TILE;
@@ -105,8 +105,7 @@ pub unsafe fn block(
     columns: Range<usize>,
     block: &mut [f32],
 ) {
-    let config = TileConfig::new();
-    asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack));
+    let _tiles = TileSession::start();
     let width = columns.len();
     let steps = k / INPUT_STEP;
     let column_tiles = width / COLUMN_TILE;
@@ -114,6 +113,17 @@ pub unsafe fn block(
         tiles
             .as_ptr()
             .add((columns.start / COLUMN_TILE + t) * steps * TILE_VALUES)
+    };
+    // Column tile `t` for the 16 rows at `left`, into the block at `out` (their first row).
+    let single = |left: *const u16, out: *mut f32, t: usize| {
+        one_tile(
+            left,
+            k,
+            tile_column(t),
+            steps,
+            out.add(t * COLUMN_TILE),
+            width,
+        )
     };
     let groups = padded_m / ROW_TILE;
     let mut group = 0;
@@ -136,23 +146,8 @@ pub unsafe fn block(
                 t += 2;
             }
             while t < column_tiles {
-                one_tile(
-                    left,
-                    k,
-                    tile_column(t),
-                    steps,
-                    out.add(t * COLUMN_TILE),
-                    width,
-                );
-                let second = out.add(ROW_TILE * width + t * COLUMN_TILE);
-                one_tile(
-                    left.add(ROW_TILE * k),
-                    k,
-                    tile_column(t),
-                    steps,
-                    second,
-                    width,
-                );
+                single(left, out, t);
+                single(left.add(ROW_TILE * k), out.add(ROW_TILE * width), t);
                 t += 1;
             }
             group += 2;
@@ -169,19 +164,11 @@ pub unsafe fn block(
             t += COLUMN_TILES_PER_PASS;
         }
         while t < column_tiles {
-            one_tile(
-                left,
-                k,
-                tile_column(t),
-                steps,
-                out.add(t * COLUMN_TILE),
-                width,
-            );
+            single(left, out, t);
             t += 1;
         }
         group += 1;
     }
-    asm!("tilerelease", options(nostack, nomem));
 }
 
 /// Two groups of 16 rows (`left`, then 16 rows on) by two column tiles, over all inputs,
@@ -194,13 +181,7 @@ unsafe fn two_by_two(
     out: [*mut f32; 2],
     width: usize,
 ) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_sums();
     for step in 0..steps {
         asm!(
             "tileloadd tmm6, [{b0} + {tile_stride} * 1]",
@@ -221,18 +202,13 @@ unsafe fn two_by_two(
         );
     }
     let second_group = ROW_TILE * width;
-    asm!(
-        "tilestored [{c00} + {s} * 1], tmm0",
-        "tilestored [{c10} + {s} * 1], tmm1",
-        "tilestored [{c01} + {s} * 1], tmm2",
-        "tilestored [{c11} + {s} * 1], tmm3",
-        c00 = in(reg) out[0],
-        c10 = in(reg) out[0].add(second_group),
-        c01 = in(reg) out[1],
-        c11 = in(reg) out[1].add(second_group),
-        s = in(reg) width * 4,
-        options(nostack)
-    );
+    let at = [
+        out[0],
+        out[0].add(second_group),
+        out[1],
+        out[1].add(second_group),
+    ];
+    store_sums(&at, width * 4);
 }
 
 /// One group of 16 rows by four column tiles (64 output columns) into `out`.
@@ -244,13 +220,7 @@ unsafe fn four_tiles(
     out: *mut f32,
     width: usize,
 ) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_sums();
     for step in 0..steps {
         asm!(
             "tileloadd tmm4, [{a} + {row_stride} * 1]",
@@ -272,18 +242,13 @@ unsafe fn four_tiles(
             options(nostack, readonly)
         );
     }
-    asm!(
-        "tilestored [{c0} + {s} * 1], tmm0",
-        "tilestored [{c1} + {s} * 1], tmm1",
-        "tilestored [{c2} + {s} * 1], tmm2",
-        "tilestored [{c3} + {s} * 1], tmm3",
-        c0 = in(reg) out,
-        c1 = in(reg) out.add(COLUMN_TILE),
-        c2 = in(reg) out.add(2 * COLUMN_TILE),
-        c3 = in(reg) out.add(3 * COLUMN_TILE),
-        s = in(reg) width * 4,
-        options(nostack)
-    );
+    let at = [
+        out,
+        out.add(COLUMN_TILE),
+        out.add(2 * COLUMN_TILE),
+        out.add(3 * COLUMN_TILE),
+    ];
+    store_sums(&at, width * 4);
 }
 
 /// One group of 16 rows by one column tile into `out`.
@@ -308,5 +273,5 @@ unsafe fn one_tile(
             options(nostack, readonly)
         );
     }
-    asm!("tilestored [{c} + {s} * 1], tmm0", c = in(reg) out, s = in(reg) width * 4, options(nostack));
+    store_sums(&[out], width * 4);
 }

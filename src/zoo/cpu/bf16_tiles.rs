@@ -114,6 +114,68 @@ impl TileConfig {
     }
 }
 
+/// The tile registers configured ([`TileConfig`]) for as long as this lives, released when
+/// it drops, so that a thread which is not multiplying carries no tile state.
+pub(super) struct TileSession(());
+
+impl TileSession {
+    /// # Safety
+    /// [`available`] must have answered true.
+    pub(super) unsafe fn start() -> Self {
+        let config = TileConfig::new();
+        asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack));
+        Self(())
+    }
+}
+
+impl Drop for TileSession {
+    fn drop(&mut self) {
+        // SAFETY: a session exists only once `start` configured the tiles, which it did
+        // only where `available` answered true.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Tile registers 0–3 (the sums) set to zero.
+///
+/// # Safety
+/// A [`TileSession`] must be open on this thread.
+pub(super) unsafe fn zero_sums() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
+/// Tile registers 0..`out.len()` (at most 4) stored at `out`'s addresses, rows
+/// `row_bytes` apart.
+///
+/// # Safety
+/// A [`TileSession`] must be open on this thread and each address must have room for 16
+/// rows of 64 bytes, `row_bytes` apart.
+pub(super) unsafe fn store_sums(out: &[*mut f32], row_bytes: usize) {
+    for (register, at) in out.iter().enumerate() {
+        match register {
+            0 => {
+                asm!("tilestored [{a} + {s} * 1], tmm0", a = in(reg) *at, s = in(reg) row_bytes, options(nostack))
+            }
+            1 => {
+                asm!("tilestored [{a} + {s} * 1], tmm1", a = in(reg) *at, s = in(reg) row_bytes, options(nostack))
+            }
+            2 => {
+                asm!("tilestored [{a} + {s} * 1], tmm2", a = in(reg) *at, s = in(reg) row_bytes, options(nostack))
+            }
+            3 => {
+                asm!("tilestored [{a} + {s} * 1], tmm3", a = in(reg) *at, s = in(reg) row_bytes, options(nostack))
+            }
+            _ => break,
+        }
+    }
+}
+
 /// One block of output `columns` (a multiple of [`COLUMN_TILE`] of them) for every row of
 /// `x`, from `packed` ([`packed_rows`] of `m` rows): `block` is `m × columns.len()`,
 /// row-major.
@@ -129,8 +191,7 @@ pub unsafe fn block(
     columns: Range<usize>,
     block: &mut [f32],
 ) {
-    let config = TileConfig::new();
-    asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack));
+    let _tiles = TileSession::start();
     let mut out = Output {
         block,
         width: columns.len(),
@@ -158,7 +219,7 @@ pub unsafe fn block(
                 one_tile(groups[group].as_ptr(), weight, k, weight_stride);
                 (1, 1)
             };
-            store_sums(&mut sums, group_tiles * column_tiles);
+            store_registers(&mut sums, group_tiles * column_tiles);
             // Registers hold column tiles in order, each with its groups of rows in order.
             for (tile, sums) in sums.0.chunks_exact(COLUMN_TILE).enumerate() {
                 if tile >= group_tiles * column_tiles {
@@ -175,7 +236,7 @@ pub unsafe fn block(
                 let column = out.width - COLUMN_TILE;
                 let weight = w.as_ptr().add((columns.start + column) * k);
                 one_tile(groups[group + 1].as_ptr(), weight, k, weight_stride);
-                store_sums(&mut sums, 1);
+                store_registers(&mut sums, 1);
                 out.scatter(&sums.0[..COLUMN_TILE], (group + 1) * ROW_TILE, column);
                 2
             }
@@ -183,7 +244,6 @@ pub unsafe fn block(
             false => 1,
         };
     }
-    asm!("tilerelease", options(nostack, nomem));
 }
 
 /// The tile registers' sums as stored: for each register, 16 output columns of 16 rows.
@@ -223,13 +283,7 @@ impl Output<'_> {
 /// over all `k` inputs, into tile registers 0–3 (column tile 0 with groups 0 and 1, then
 /// column tile 1 with them).
 unsafe fn two_by_two(first: &[u32], second: &[u32], weight: *const u16, k: usize, stride: usize) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_sums();
     let tile_rows = COLUMN_TILE * k;
     for step in 0..k / INPUT_STEP {
         let pairs_at = step * (INPUT_STEP / 2) * ROW_TILE;
@@ -258,13 +312,7 @@ unsafe fn two_by_two(first: &[u32], second: &[u32], weight: *const u16, k: usize
 /// Sums of four consecutive 16-row weight tiles (64 output columns) with one group of rows,
 /// over all `k` inputs, into tile registers 0–3.
 unsafe fn four_tiles(rows: *const u32, weight: *const u16, k: usize, stride: usize) {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_sums();
     let tile_rows = COLUMN_TILE * k;
     for step in 0..k / INPUT_STEP {
         let right = rows.add(step * (INPUT_STEP / 2) * ROW_TILE);
@@ -322,21 +370,10 @@ unsafe fn prefetch_ahead(at: *const u16, k: usize, rows: usize) {
 }
 
 /// Tile registers 0..`tiles` (16 output columns × 16 rows of f32 each) into `sums`.
-unsafe fn store_sums(sums: &mut Sums, tiles: usize) {
+unsafe fn store_registers(sums: &mut Sums, tiles: usize) {
     let out = sums.0.as_mut_ptr().cast::<f32>();
-    let tile_len = COLUMN_TILE * ROW_TILE;
-    let row_bytes = ROW_TILE * 4;
-    asm!("tilestored [{out} + {s} * 1], tmm0", out = in(reg) out, s = in(reg) row_bytes, options(nostack));
-    if tiles == TILES_PER_PASS {
-        asm!(
-            "tilestored [{o1} + {s} * 1], tmm1",
-            "tilestored [{o2} + {s} * 1], tmm2",
-            "tilestored [{o3} + {s} * 1], tmm3",
-            o1 = in(reg) out.add(tile_len),
-            o2 = in(reg) out.add(2 * tile_len),
-            o3 = in(reg) out.add(3 * tile_len),
-            s = in(reg) row_bytes,
-            options(nostack)
-        );
-    }
+    let at: Vec<*mut f32> = (0..tiles.min(TILES_PER_PASS))
+        .map(|t| out.add(t * COLUMN_TILE * ROW_TILE))
+        .collect();
+    store_sums(&at, ROW_TILE * 4);
 }
