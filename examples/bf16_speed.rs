@@ -1,6 +1,8 @@
 //! Milliseconds of one bf16 product (`zoo::cpu::bf16_product`) at SmolLM2-135M's shapes by
-//! row count, through the bf16 pair dot products and through the widened weight, beside the
-//! f32 product of the same sizes: where `WIDENED_FROM_ROWS` comes from. Prints one JSON line.
+//! row count, through the bf16 pair dot products, the widened weight and (where the CPU has
+//! AMX) the tiles, beside the f32 product of the same sizes: where `WIDENED_FROM_ROWS` and
+//! `TILES_FROM_ROWS` come from; and the milliseconds of repacking each weight for the tiles,
+//! once a layer when a model is frozen for serving. Prints one JSON line.
 //!
 //!     cargo run --release --example bf16_speed
 
@@ -29,9 +31,20 @@ fn main() -> anyhow::Result<()> {
     // The MLP's up and down projections and the output layer.
     let shapes = [(576usize, 1536usize), (1536, 576), (576, 49152)];
     let mut results = Vec::new();
+    let mut packing = Vec::new();
     for (k, n) in shapes {
         let w_f32: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
         let w: Vec<u16> = w_f32.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        // What serving pays once a layer at load: the weight repacked for the AMX tiles.
+        let as_tensor =
+            candle_core::Tensor::from_vec(w_f32.clone(), (n, k), &candle_core::Device::Cpu)?
+                .to_dtype(candle_core::DType::BF16)?;
+        let start = Instant::now();
+        let packed = temper::zoo::cpu::bf16_packing::packed_weight(&as_tensor)?;
+        packing.push(serde_json::json!({
+            "in": k, "out": n, "packed": packed.is_some(),
+            "pack_ms": start.elapsed().as_secs_f64() * 1e3,
+        }));
         for m in [1usize, 2, 4, 8, 16, 32, 48, 64, 128, 512] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
             let mut y = vec![0f32; m * n];
@@ -60,7 +73,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"widened_from_rows": WIDENED_FROM_ROWS, "products": results})
+        serde_json::json!({
+            "widened_from_rows": WIDENED_FROM_ROWS, "products": results, "packing": packing,
+        })
     );
     Ok(())
 }
