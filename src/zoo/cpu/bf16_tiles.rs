@@ -7,7 +7,10 @@
 //! values of each, at a stride of one row), so it needs no repacking; the activations are the
 //! right operand, rounded to bf16 and packed in the pairs of inputs the instruction takes
 //! (`[k / 2][16 rows][2]`) once a call. The tiles' sums are therefore `yᵀ`: 16 output columns
-//! by 16 rows of `x`, scattered into `y` as each group of columns finishes.
+//! by 16 rows of `x`, scattered into `y` as each group of columns finishes. A layer frozen for
+//! serving holds its weight repacked into tiles instead (`super::bf16_tiled_weight`: faster,
+//! the weight read as contiguous tiles); this kernel takes the weights that keep their rows,
+//! such as an output layer tied to the embedding.
 //!
 //! The instructions are written as inline assembly (Rust's AMX intrinsics are unstable); the
 //! tile registers are configured at the start of each task and released at its end, so a
