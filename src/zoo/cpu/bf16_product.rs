@@ -294,6 +294,23 @@ pub(crate) fn round_to_bf16(value: f32) -> u16 {
     (rounded >> 16) as u16
 }
 
+/// `values` rounded to bf16 ([`round_to_bf16`]) into `out` (as many as both hold): with
+/// AVX512-BF16's `vcvtneps2bf16`, 16 values an instruction, where the CPU has it (the scalar
+/// loop was 3.4 % of a 32-stream decoding step, on the thread that drives it). Every kernel
+/// that rounds its activations rounds them here.
+pub(crate) fn round_into(values: &[f32], out: &mut [u16]) {
+    let len = values.len().min(out.len());
+    let (values, out) = (&values[..len], &mut out[..len]);
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: `available` checked the CPU's features; both slices hold `len` values.
+        return unsafe { avx512::round_into(values, out) };
+    }
+    for (bits, value) in out.iter_mut().zip(values) {
+        *bits = round_to_bf16(*value);
+    }
+}
+
 /// The bf16 value's f32 (exact: bf16 is f32's upper half).
 fn widened(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
@@ -370,11 +387,29 @@ mod avx512 {
         let padded = k.div_ceil(LANES) * LANES;
         let mut out = vec![0u16; m * padded];
         for (row, values) in out.chunks_exact_mut(padded).zip(x.chunks_exact(k)) {
-            for (bits, value) in row.iter_mut().zip(values) {
-                *bits = round_to_bf16(*value);
-            }
+            super::round_into(values, row);
         }
         out
+    }
+
+    /// [`super::round_into`] on AVX512-BF16: `vcvtneps2bf16` rounds to nearest even, as
+    /// [`round_to_bf16`] does.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-BF16 ([`available`]); `out` must hold `values.len()` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn round_into(values: &[f32], out: &mut [u16]) {
+        let whole = values.len() / 16 * 16;
+        for at in (0..whole).step_by(16) {
+            let rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(values.as_ptr().add(at)));
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(at).cast::<__m256i>(),
+                std::mem::transmute::<__m256bh, __m256i>(rounded),
+            );
+        }
+        for (bits, value) in out[whole..].iter_mut().zip(&values[whole..]) {
+            *bits = round_to_bf16(*value);
+        }
     }
 
     /// One block of output columns for every row of `x` (bf16, rows padded to [`LANES`]).

@@ -57,38 +57,8 @@ pub fn unpacked(tiles: &[u16], n: usize, k: usize) -> Vec<u16> {
 /// `x [m, k]` rounded to bf16, padded with zero rows to whole groups of 16.
 pub fn rounded_rows(x: &[f32], m: usize, k: usize) -> Vec<u16> {
     let mut out = vec![0u16; m.div_ceil(ROW_TILE) * ROW_TILE * k];
-    let x = &x[..(m * k).min(x.len())];
-    if is_x86_feature_detected!("avx512bf16") {
-        // SAFETY: the CPU has AVX512-BF16 (checked); `out` is at least as long as `x`.
-        unsafe { round_with_avx512(x, &mut out) };
-        return out;
-    }
-    for (bits, value) in out.iter_mut().zip(x) {
-        *bits = super::bf16_product::round_to_bf16(*value);
-    }
+    super::bf16_product::round_into(&x[..(m * k).min(x.len())], &mut out);
     out
-}
-
-/// `x` rounded to bf16 into `out`, 16 values an instruction (`vcvtneps2bf16` rounds to
-/// nearest even, as `round_to_bf16` does): the scalar loop was 3.4 % of a 32-stream decoding
-/// step, on the thread that drives it.
-///
-/// # Safety
-/// The CPU must have AVX512-BF16 and `out` must hold at least `x.len()` values.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn round_with_avx512(x: &[f32], out: &mut [u16]) {
-    use std::arch::x86_64::{__m256i, _mm256_storeu_si256, _mm512_cvtneps_pbh, _mm512_loadu_ps};
-    let whole = x.len() / 16 * 16;
-    for at in (0..whole).step_by(16) {
-        let rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(at)));
-        _mm256_storeu_si256(
-            out.as_mut_ptr().add(at).cast::<__m256i>(),
-            std::mem::transmute::<std::arch::x86_64::__m256bh, __m256i>(rounded),
-        );
-    }
-    for (bits, value) in out[whole..].iter_mut().zip(&x[whole..]) {
-        *bits = super::bf16_product::round_to_bf16(*value);
-    }
 }
 
 /// One block of output `columns` (a multiple of 16 of them) for every group of rows of

@@ -84,9 +84,7 @@ pub fn packed_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
         let rows = x.chunks_exact(k).skip(group * ROW_TILE).take(ROW_TILE);
         let count = rows.len();
         for (row, bits) in rows.zip(rounded.chunks_exact_mut(k)) {
-            for (bits, value) in bits.iter_mut().zip(row) {
-                *bits = super::bf16_product::round_to_bf16(*value);
-            }
+            super::bf16_product::round_into(row, bits);
         }
         for (i, across) in out.chunks_exact_mut(ROW_TILE).enumerate() {
             for (r, pair) in across.iter_mut().enumerate().take(count) {
@@ -102,10 +100,10 @@ pub fn packed_rows(x: &[f32], m: usize, k: usize) -> Vec<u32> {
 /// weight's 16 × 32 bf16 tiles, 6–7 the activations' 16 × 16 pairs; each 16 rows of 64
 /// bytes.
 #[repr(C, align(64))]
-pub(super) struct TileConfig(pub(super) [u8; 64]);
+struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         let mut bytes = [0u8; 64];
         bytes[0] = 1;
         for register in 0..8 {
@@ -375,8 +373,12 @@ unsafe fn prefetch_ahead(at: *const u16, k: usize, rows: usize) {
 /// Tile registers 0..`tiles` (16 output columns × 16 rows of f32 each) into `sums`.
 unsafe fn store_registers(sums: &mut Sums, tiles: usize) {
     let out = sums.0.as_mut_ptr().cast::<f32>();
-    let at: Vec<*mut f32> = (0..tiles.min(TILES_PER_PASS))
-        .map(|t| out.add(t * COLUMN_TILE * ROW_TILE))
-        .collect();
-    store_sums(&at, ROW_TILE * 4);
+    let tile_len = COLUMN_TILE * ROW_TILE;
+    let at = [
+        out,
+        out.add(tile_len),
+        out.add(2 * tile_len),
+        out.add(3 * tile_len),
+    ];
+    store_sums(&at[..tiles.min(TILES_PER_PASS)], ROW_TILE * 4);
 }
