@@ -1,6 +1,6 @@
 //! Serving in bf16 (what a GPU serving device loads): a LoRA and a full fine-tune load with
 //! every matrix in bf16, take about half the f32 model's bytes, and give the f32 model's
-//! logits within bf16's rounding and its greedy tokens through the KV cache.
+//! logits within bf16's rounding and its greedy tokens through the KV cache, which keeps bf16 keys and values.
 
 use candle_core::{DType, Device};
 
@@ -8,7 +8,7 @@ use super::tests_train::{config, fixture, job};
 use super::{load_lm_checkpoint_in, run_sft};
 use crate::infer::generate::sampling::argmax;
 use crate::tasks::sequence_classification::tests::{completed, Recorder};
-use crate::zoo::decoder::{CausalLm, SeqChunk};
+use crate::zoo::decoder::{CausalLm, KvValues, SeqChunk};
 use crate::zoo::test_tensors::{max_abs, max_abs_diff};
 
 fn greedy(model: &CausalLm, prompt: &[u32], steps: usize) -> Vec<u32> {
@@ -66,6 +66,13 @@ fn a_bf16_served_model_is_half_the_bytes_and_decodes_like_the_f32_one() {
             relative > 0.0 && relative < 0.03,
             "{name}: bf16 logits off by {relative}"
         );
+        // The bf16 model's host caches keep bf16 keys and values: half the f32 model's
+        // bytes, and what admission reserves for them says so.
+        let (f32_cache, bf16_cache) = (f32_lm.new_cache_for(16), bf16_lm.new_cache_for(16));
+        assert_eq!(f32_cache.host_values(), Some(KvValues::F32));
+        assert_eq!(bf16_cache.host_values(), Some(KvValues::Bf16));
+        assert_eq!(bf16_cache.bytes() * 2, f32_cache.bytes());
+        assert_eq!(bf16_cache.bytes(), bf16_lm.kv_cache_bytes(16));
         let prompt = [1u32, 40, 41, 42];
         assert_eq!(
             greedy(&f32_lm, &prompt, 6),

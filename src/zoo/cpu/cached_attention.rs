@@ -10,7 +10,17 @@
 //! a loop of dot products over its visible keys and a loop of `p·v` accumulations, both
 //! vectorised, for all the query heads that share a key/value head at once; a prompt chunk
 //! of several rows multiplies its head's strided views with `gemm`.
+//!
+//! A cache holds its keys and values as f32 or as bf16 ([`CacheValue`]): serving in bf16
+//! halves the bytes every decoding step reads (at 32 SmolLM2 streams the cache was a fifth
+//! of the server's time, all of it reading keys and values), as transformers and llama.cpp
+//! keep theirs in bf16 / f16. The arithmetic stays f32 either way: values are widened as
+//! they are read.
 
+use std::borrow::Cow;
+
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::exp::softmax_in_place;
@@ -26,15 +36,91 @@ pub struct HeadShape {
     pub head_dim: usize,
 }
 
+/// What a cache stores its keys and values as.
+pub trait CacheValue: Copy + Default + Send + Sync + 'static {
+    /// `row` stored into `out` (as long), rounded to nearest even where narrower.
+    fn store(row: &[f32], out: &mut [Self]);
+    /// `rows` as f32: themselves, or widened.
+    fn widened(rows: &[Self]) -> Cow<'_, [f32]>;
+    /// [`avx512::decode_group`] over keys and values stored as `Self`; false where the CPU
+    /// or the head width does not take it.
+    fn decode_group_avx512(
+        queries: &[f32],
+        keys: &[Self],
+        values: &[Self],
+        d: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool;
+}
+
+impl CacheValue for f32 {
+    fn store(row: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(row);
+    }
+
+    fn widened(rows: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(rows)
+    }
+
+    fn decode_group_avx512(
+        queries: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        d: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            avx512::decode_group(queries, keys, values, d, scores, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (queries, keys, values, d, scores, out);
+            false
+        }
+    }
+}
+
+impl CacheValue for bf16 {
+    fn store(row: &[f32], out: &mut [bf16]) {
+        out.convert_from_f32_slice(row);
+    }
+
+    fn widened(rows: &[bf16]) -> Cow<'_, [f32]> {
+        Cow::Owned(rows.to_f32_vec())
+    }
+
+    fn decode_group_avx512(
+        queries: &[f32],
+        keys: &[bf16],
+        values: &[bf16],
+        d: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            avx512::decode_group(queries, keys, values, d, scores, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (queries, keys, values, d, scores, out);
+            false
+        }
+    }
+}
+
 /// One sequence's part of a call: its new rows and its cache of this layer.
-pub struct CachedRows<'a> {
+pub struct CachedRows<'a, T> {
     /// New tokens (rows of the batch, in order).
     pub rows: usize,
     /// Tokens already in the cache: the new rows sit at positions `offset..offset + rows`.
     pub offset: usize,
     /// Keys and values, each `[kv_heads, capacity, head_dim]`.
-    pub keys: &'a mut [f32],
-    pub values: &'a mut [f32],
+    pub keys: &'a mut [T],
+    pub values: &'a mut [T],
     pub capacity: usize,
 }
 
@@ -42,11 +128,11 @@ pub struct CachedRows<'a> {
 /// `softmax(q·kᵀ)·v` for every row of `q` (`[N, heads·d]`, already scaled by 1/√d), each
 /// row seeing its own sequence's keys up to its own position. `seqs` tile the `N` rows in
 /// order.
-pub fn cached_attention(
+pub fn cached_attention<T: CacheValue>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    seqs: &mut [CachedRows<'_>],
+    seqs: &mut [CachedRows<'_, T>],
     shape: HeadShape,
 ) -> candle_core::Result<Vec<f32>> {
     let HeadShape {
@@ -90,8 +176,8 @@ pub fn cached_attention(
             let source = (row + i) * kv_width;
             for h in 0..kv_heads {
                 let at = (h * seq.capacity + seq.offset + i) * d;
-                seq.keys[at..at + d].copy_from_slice(&k[source + h * d..][..d]);
-                seq.values[at..at + d].copy_from_slice(&v[source + h * d..][..d]);
+                T::store(&k[source + h * d..][..d], &mut seq.keys[at..at + d]);
+                T::store(&v[source + h * d..][..d], &mut seq.values[at..at + d]);
             }
         }
         row += seq.rows;
@@ -145,7 +231,12 @@ pub fn cached_attention(
 
 /// The query heads of key/value head `kv` for one decoding row (`q`: that row,
 /// `[heads·d]`) against its cache: their contexts, head after head (`[group, d]`).
-fn attend_decoding_group(seq: &CachedRows<'_>, q: &[f32], kv: usize, shape: HeadShape) -> Vec<f32> {
+fn attend_decoding_group<T: CacheValue>(
+    seq: &CachedRows<'_, T>,
+    q: &[f32],
+    kv: usize,
+    shape: HeadShape,
+) -> Vec<f32> {
     let HeadShape {
         heads,
         kv_heads,
@@ -159,18 +250,18 @@ fn attend_decoding_group(seq: &CachedRows<'_>, q: &[f32], kv: usize, shape: Head
     let mut scores = vec![0f32; group * total];
     let mut context = vec![0f32; group * d];
     let queries = &q[kv * group * d..(kv + 1) * group * d];
-    #[cfg(target_arch = "x86_64")]
-    if avx512::decode_group(queries, keys, values, d, &mut scores, &mut context) {
+    if T::decode_group_avx512(queries, keys, values, d, &mut scores, &mut context) {
         return context;
     }
-    decode_group(queries, keys, values, d, &mut scores, &mut context);
+    let (keys, values) = (T::widened(keys), T::widened(values));
+    decode_group(queries, &keys, &values, d, &mut scores, &mut context);
     context
 }
 
 /// Query head `h` of one sequence's new rows (`q`: those rows, `[rows, heads·d]`; more
 /// than one: a prompt chunk) against its cache: the context `[rows, d]`.
-fn attend_head(
-    seq: &CachedRows<'_>,
+fn attend_head<T: CacheValue>(
+    seq: &CachedRows<'_, T>,
     q: &[f32],
     h: usize,
     shape: HeadShape,
@@ -182,8 +273,8 @@ fn attend_head(
     } = shape;
     let total = seq.offset + seq.rows;
     let cache_at = (h / (heads / kv_heads)) * seq.capacity * d;
-    let keys = &seq.keys[cache_at..cache_at + total * d];
-    let values = &seq.values[cache_at..cache_at + total * d];
+    let keys = T::widened(&seq.keys[cache_at..cache_at + total * d]);
+    let values = T::widened(&seq.values[cache_at..cache_at + total * d]);
     let mut scores = vec![0f32; seq.rows * total];
     let mut context = vec![0f32; seq.rows * d];
     let q_head = View {
@@ -193,7 +284,7 @@ fn attend_head(
         row_stride: heads * d,
         col_stride: 1,
     };
-    let keys_t = View::rows(keys, total, d).t();
+    let keys_t = View::rows(&keys, total, d).t();
     let single = Threads::Single;
     matmul(
         ViewMut::rows(&mut scores, seq.rows, total),
@@ -212,7 +303,7 @@ fn attend_head(
     matmul(
         ViewMut::rows(&mut context, seq.rows, d),
         scores,
-        View::rows(values, total, d),
+        View::rows(&values, total, d),
         1.0,
         false,
         single,

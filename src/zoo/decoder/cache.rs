@@ -6,12 +6,13 @@
 //! Nothing here needs autograd, so it works on detached tensors.
 
 use candle_core::{DType, Tensor};
+use half::bf16;
 
 use super::adapter::ServedAdapter;
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
 use super::model::Qkv;
-use crate::zoo::cpu::cached_attention::{cached_attention, CachedRows, HeadShape};
+use crate::zoo::cpu::cached_attention::{cached_attention, CacheValue, CachedRows, HeadShape};
 use crate::zoo::cpu::segmented_lora::{add_segmented_lora, RowRun};
 use crate::zoo::fused::{generic_ops_only, uses_fused_kernels, with_cpu_values};
 use crate::zoo::linear::Pass;
@@ -31,22 +32,71 @@ pub struct KvCache {
 
 #[derive(Debug, Clone)]
 enum KvStore {
-    /// CPU f32 (the fused kernels): per layer, keys and values `[kv_heads, capacity, d]`,
+    /// CPU (the fused kernels): per layer, keys and values `[kv_heads, capacity, d]`,
     /// allocated whole when the sequence starts (zeroed pages the OS maps as they are
     /// written), written in place, never copied.
-    Host {
-        layers: Vec<HostLayer>,
-        capacity: usize,
-    },
+    Host { layers: HostLayers, capacity: usize },
     /// Other devices: per layer `[1, kv_heads, room, d]`, grown in chunks (candle-nn's
     /// cache) and never beyond what it was created for.
     Device(Vec<candle_nn::kv_cache::KvCache>),
 }
 
+/// A host cache's layers, in the values the model's cache keeps (`Decoder::kv_values`).
 #[derive(Debug, Clone)]
-struct HostLayer {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+enum HostLayers {
+    F32(Vec<HostLayer<f32>>),
+    Bf16(Vec<HostLayer<bf16>>),
+}
+
+#[derive(Debug, Clone)]
+struct HostLayer<T> {
+    keys: Vec<T>,
+    values: Vec<T>,
+}
+
+impl<T: CacheValue> HostLayer<T> {
+    fn layers(count: usize, values: usize) -> Vec<Self> {
+        (0..count)
+            .map(|_| HostLayer {
+                keys: vec![T::default(); values],
+                values: vec![T::default(); values],
+            })
+            .collect()
+    }
+
+    fn rows(&mut self, rows: usize, offset: usize, capacity: usize) -> CachedRows<'_, T> {
+        CachedRows {
+            rows,
+            offset,
+            keys: &mut self.keys,
+            values: &mut self.values,
+            capacity,
+        }
+    }
+}
+
+/// One layer of a host cache, ready for a call of the attention kernel.
+enum HostRows<'a> {
+    F32(CachedRows<'a, f32>),
+    Bf16(CachedRows<'a, bf16>),
+}
+
+/// What a model's host caches keep their keys and values as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvValues {
+    #[default]
+    F32,
+    /// Serving in bf16: half the bytes a step reads; the attention sums stay f32.
+    Bf16,
+}
+
+impl KvValues {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvValues::F32 => 4,
+            KvValues::Bf16 => 2,
+        }
+    }
 }
 
 impl KvCache {
@@ -66,18 +116,50 @@ impl KvCache {
 
     fn layer_count(&self) -> usize {
         match &self.store {
-            KvStore::Host { layers, .. } => layers.len(),
+            KvStore::Host {
+                layers: HostLayers::F32(layers),
+                ..
+            } => layers.len(),
+            KvStore::Host {
+                layers: HostLayers::Bf16(layers),
+                ..
+            } => layers.len(),
             KvStore::Device(layers) => layers.len(),
+        }
+    }
+
+    /// What a host cache keeps its keys and values as (`None`: a device cache).
+    pub fn host_values(&self) -> Option<KvValues> {
+        match &self.store {
+            KvStore::Host {
+                layers: HostLayers::F32(_),
+                ..
+            } => Some(KvValues::F32),
+            KvStore::Host {
+                layers: HostLayers::Bf16(_),
+                ..
+            } => Some(KvValues::Bf16),
+            KvStore::Device(_) => None,
         }
     }
 
     /// Bytes allocated for keys and values (capacity, used or not).
     pub fn bytes(&self) -> usize {
-        match &self.store {
-            KvStore::Host { layers, .. } => layers
+        fn host_bytes<T>(layers: &[HostLayer<T>]) -> usize {
+            layers
                 .iter()
-                .map(|l| (l.keys.len() + l.values.len()) * 4)
-                .sum(),
+                .map(|l| (l.keys.len() + l.values.len()) * std::mem::size_of::<T>())
+                .sum()
+        }
+        match &self.store {
+            KvStore::Host {
+                layers: HostLayers::F32(layers),
+                ..
+            } => host_bytes(layers),
+            KvStore::Host {
+                layers: HostLayers::Bf16(layers),
+                ..
+            } => host_bytes(layers),
             KvStore::Device(layers) => layers
                 .iter()
                 .flat_map(|layer| [layer.k_cache().all_data(), layer.v_cache().all_data()])
@@ -104,19 +186,13 @@ impl KvCache {
     }
 
     /// Layer `i` of a host cache, for `rows` new tokens.
-    fn host_rows(&mut self, i: usize, rows: usize) -> Result<CachedRows<'_>, ZooError> {
+    fn host_rows(&mut self, i: usize, rows: usize) -> Result<HostRows<'_>, ZooError> {
         let offset = self.len;
         match &mut self.store {
-            KvStore::Host { layers, capacity } => {
-                let layer = &mut layers[i];
-                Ok(CachedRows {
-                    rows,
-                    offset,
-                    keys: &mut layer.keys,
-                    values: &mut layer.values,
-                    capacity: *capacity,
-                })
-            }
+            KvStore::Host { layers, capacity } => Ok(match layers {
+                HostLayers::F32(layers) => HostRows::F32(layers[i].rows(rows, offset, *capacity)),
+                HostLayers::Bf16(layers) => HostRows::Bf16(layers[i].rows(rows, offset, *capacity)),
+            }),
             KvStore::Device(_) => Err(ZooError::Unsupported(
                 "a device cache on the CPU kernels' path".into(),
             )),
@@ -227,16 +303,15 @@ impl CausalLm {
     pub fn new_cache_for(&self, max_tokens: usize) -> KvCache {
         let max_tokens = max_tokens.max(1);
         let layer_count = self.decoder.layers.len();
-        let store = if self.decoder.device.is_cpu() && !generic_ops_only() {
+        let store = if self.host_caches() {
             let c = &self.decoder.cfg;
             let values = c.num_key_value_heads * max_tokens * c.head_dim;
+            let layers = match self.decoder.kv_values {
+                KvValues::F32 => HostLayers::F32(HostLayer::layers(layer_count, values)),
+                KvValues::Bf16 => HostLayers::Bf16(HostLayer::layers(layer_count, values)),
+            };
             KvStore::Host {
-                layers: (0..layer_count)
-                    .map(|_| HostLayer {
-                        keys: vec![0.0; values],
-                        values: vec![0.0; values],
-                    })
-                    .collect(),
+                layers,
                 capacity: max_tokens,
             }
         } else {
@@ -250,12 +325,21 @@ impl CausalLm {
         KvCache { store, len: 0 }
     }
 
+    /// Whether this model's caches live in host memory for the CPU kernels.
+    fn host_caches(&self) -> bool {
+        self.decoder.device.is_cpu() && !generic_ops_only()
+    }
+
     /// Most bytes a cache made by `new_cache_for(tokens)` allocates once it holds
-    /// `tokens` tokens (f32 keys and values of every layer, room rounded up to a device
-    /// cache's chunk; a host cache takes exactly `tokens`).
+    /// `tokens` tokens (keys and values of every layer, f32 or as a host cache keeps them,
+    /// room rounded up to a device cache's chunk; a host cache takes exactly `tokens`).
     pub fn kv_cache_bytes(&self, tokens: usize) -> usize {
         let c = &self.decoder.cfg;
-        let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+        let value_bytes = match self.host_caches() {
+            true => self.decoder.kv_values.bytes(),
+            false => 4,
+        };
+        let per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * value_bytes;
         let room = if tokens <= KV_CACHE_CHUNK_TOKENS {
             tokens
         } else {
@@ -355,14 +439,28 @@ impl CausalLm {
             f32_values(&qkv.k)?,
             f32_values(&qkv.v)?,
         );
-        let mut seqs = chunks
+        let rows = chunks
             .iter_mut()
             .map(|chunk| chunk.cache.host_rows(li, chunk.tokens.len()))
             .collect::<Result<Vec<_>, _>>()?;
+        // Every cache of a batch is the same model's, so they keep the same values.
+        let (mut f32_seqs, mut bf16_seqs) = (Vec::new(), Vec::new());
+        for seq in rows {
+            match seq {
+                HostRows::F32(seq) => f32_seqs.push(seq),
+                HostRows::Bf16(seq) => bf16_seqs.push(seq),
+            }
+        }
+        if !f32_seqs.is_empty() && !bf16_seqs.is_empty() {
+            return Err(ZooError::Unsupported(
+                "f32 and bf16 caches in one batch".into(),
+            ));
+        }
         let context = with_cpu_values(&q, "cached attention", |q| {
             with_cpu_values(&k, "cached attention", |k| {
-                with_cpu_values(&v, "cached attention", |v| {
-                    cached_attention(q, k, v, &mut seqs, shape)
+                with_cpu_values(&v, "cached attention", |v| match f32_seqs.is_empty() {
+                    true => cached_attention(q, k, v, &mut bf16_seqs, shape),
+                    false => cached_attention(q, k, v, &mut f32_seqs, shape),
                 })
             })
         })?;

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::adapter::ADAPTER_MODULES;
+use super::cache::KvValues;
 use super::config::{lora_targets, DecoderConfig, DecoderSpec, QuantKind};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
@@ -252,6 +253,9 @@ impl CausalLm {
             }
             let tied = copy.decoder.cfg.tie_word_embeddings;
             copy.decoder.lm_head.serve_bf16_on_cpu(!tied)?;
+            // Keys and values rounded to bf16 as they are cached, as the bf16 serving of
+            // transformers and llama.cpp (f16) keeps them: half the bytes each step reads.
+            copy.decoder.kv_values = KvValues::Bf16;
         }
         Ok(copy)
     }

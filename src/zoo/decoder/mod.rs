@@ -33,6 +33,6 @@ mod tests_infer;
 mod tests_quantized_serving;
 
 pub use adapter::{LoraScaling, ServedAdapter};
-pub use cache::{KvCache, SeqChunk};
+pub use cache::{KvCache, KvValues, SeqChunk};
 pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
 pub use lm::CausalLm;

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::cache::KvValues;
 use super::config::{DecoderConfig, QuantKind};
 use super::kernels::{rms_norm, rope};
 use super::swiglu::swiglu;
@@ -161,6 +162,8 @@ pub(crate) struct Decoder {
     pub lm_head: TrainLinear,
     inv_freq: Vec<f32>,
     pub device: Device,
+    /// What host KV caches keep (bf16 when the model is frozen for bf16 serving).
+    pub kv_values: KvValues,
 }
 
 /// Rows after attention: `q/k/v` as `[N, heads, d]`, rotary already applied, q pre-scaled.
@@ -295,6 +298,7 @@ impl Decoder {
             lm_head,
             inv_freq: self.inv_freq.clone(),
             device: self.device.clone(),
+            kv_values: self.kv_values,
         })
     }
 
@@ -361,6 +365,7 @@ impl Decoder {
             cfg.tie_word_embeddings || !b.vb.contains_tensor("lm_head.weight");
         let decoder = Self {
             inv_freq: cfg.inv_freq(),
+            kv_values: KvValues::F32,
             cfg,
             embed,
             layers,

@@ -4,22 +4,51 @@
 //! accumulations for up to four heads stay in registers over the whole cache. The portable
 //! kernel (`super::decode_group`) goes through the same rows compiled for AVX2, with each
 //! head's running context in memory; at 32 SmolLM2 streams it was 38 % of the server's CPU
-//! time (`perf`, 320-token contexts).
+//! time (`perf`, 320-token contexts). Keys and values stored as bf16 are widened to f32 as
+//! they are loaded (a bf16 is the top half of an f32), so the sums are f32 either way.
 
 use std::arch::x86_64::*;
+
+use half::bf16;
 
 use super::super::exp::softmax_in_place;
 
 /// f32 lanes of one register.
 const LANES: usize = 16;
 
+/// A cache value sixteen of which load into one register of f32 lanes.
+pub trait Lanes: Copy {
+    /// The sixteen values from `at` as f32.
+    ///
+    /// # Safety
+    /// AVX-512F must be present; `at` must point at sixteen readable values.
+    unsafe fn lanes(at: *const Self) -> __m512;
+}
+
+impl Lanes for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lanes(at: *const f32) -> __m512 {
+        _mm512_loadu_ps(at)
+    }
+}
+
+impl Lanes for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lanes(at: *const bf16) -> __m512 {
+        let bits = _mm256_loadu_si256(at.cast::<__m256i>());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    }
+}
+
 /// `softmax(q·Kᵀ)·V` for each of `queries` (`[group, d]`) over `keys`, `values`
 /// (`[total, d]`) into `out` (`[group, d]`), with `scores` (`group · total`) as scratch;
 /// false (nothing written) where the CPU has no AVX-512 or `d` is not 64 or 128.
-pub fn decode_group(
+pub fn decode_group<T: Lanes>(
     queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     d: usize,
     scores: &mut [f32],
     out: &mut [f32],
@@ -36,8 +65,8 @@ pub fn decode_group(
     // read (checked above, and the chunk counts come from the slices' own lengths).
     unsafe {
         match d {
-            64 => attend::<4>(queries, keys, values, scores, out),
-            128 => attend::<8>(queries, keys, values, scores, out),
+            64 => attend::<4, T>(queries, keys, values, scores, out),
+            128 => attend::<8, T>(queries, keys, values, scores, out),
             _ => return false,
         }
     }
@@ -46,10 +75,10 @@ pub fn decode_group(
 
 /// [`decode_group`] for heads of `C` registers (`d = 16 · C`).
 #[target_feature(enable = "avx512f")]
-unsafe fn attend<const C: usize>(
+unsafe fn attend<const C: usize, T: Lanes>(
     queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -57,7 +86,7 @@ unsafe fn attend<const C: usize>(
     let group = queries.len() / d;
     let total = keys.len() / d;
     for (t, key) in keys.chunks_exact(d).enumerate() {
-        let key = load::<C>(key);
+        let key = load::<C, T>(key);
         for (j, query) in queries.chunks_exact(d).enumerate() {
             let mut sum = _mm512_mul_ps(_mm512_loadu_ps(query.as_ptr()), key[0]);
             for (c, lanes) in key.iter().enumerate().skip(1) {
@@ -78,10 +107,10 @@ unsafe fn attend<const C: usize>(
         let scores = &scores[first * total..(first + heads) * total];
         let out = &mut out[first * d..(first + heads) * d];
         match heads {
-            1 => weighted_values::<C, 1>(scores, values, out),
-            2 => weighted_values::<C, 2>(scores, values, out),
-            3 => weighted_values::<C, 3>(scores, values, out),
-            _ => weighted_values::<C, 4>(scores, values, out),
+            1 => weighted_values::<C, 1, T>(scores, values, out),
+            2 => weighted_values::<C, 2, T>(scores, values, out),
+            3 => weighted_values::<C, 3, T>(scores, values, out),
+            _ => weighted_values::<C, 4, T>(scores, values, out),
         }
         first += heads;
     }
@@ -89,16 +118,16 @@ unsafe fn attend<const C: usize>(
 
 /// `out[g] = Σₜ scores[g][t] · values[t]` for `G` heads, their sums in registers.
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_values<const C: usize, const G: usize>(
+unsafe fn weighted_values<const C: usize, const G: usize, T: Lanes>(
     scores: &[f32],
-    values: &[f32],
+    values: &[T],
     out: &mut [f32],
 ) {
     let d = C * LANES;
     let total = scores.len() / G;
     let mut sums = [[_mm512_setzero_ps(); C]; G];
     for (t, value) in values.chunks_exact(d).enumerate().take(total) {
-        let value = load::<C>(value);
+        let value = load::<C, T>(value);
         for (g, head) in sums.iter_mut().enumerate() {
             let p = _mm512_set1_ps(scores[g * total + t]);
             for (sum, lanes) in head.iter_mut().zip(&value) {
@@ -115,10 +144,10 @@ unsafe fn weighted_values<const C: usize, const G: usize>(
 
 /// A row of `16 · C` values in `C` registers.
 #[target_feature(enable = "avx512f")]
-unsafe fn load<const C: usize>(row: &[f32]) -> [__m512; C] {
+unsafe fn load<const C: usize, T: Lanes>(row: &[T]) -> [__m512; C] {
     let mut lanes = [_mm512_setzero_ps(); C];
     for (c, lane) in lanes.iter_mut().enumerate() {
-        *lane = _mm512_loadu_ps(row.as_ptr().add(c * LANES));
+        *lane = T::lanes(row.as_ptr().add(c * LANES));
     }
     lanes
 }

@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
+use half::slice::HalfFloatSliceExt;
+
 use super::*;
 
 const SHAPE: HeadShape = HeadShape {
@@ -80,8 +82,19 @@ fn reference(q: &[f32], caches: &[Cache], rows: &[usize]) -> Vec<f32> {
     out
 }
 
-#[test]
-fn new_rows_land_in_their_caches_and_attend_causally_to_their_own_sequence() {
+/// `cache`'s keys and values stored as `T` would hold them, and back as f32.
+fn stored_as<T: CacheValue>(c: &Cache) -> (Vec<T>, Vec<T>) {
+    let mut keys = vec![T::default(); c.keys.len()];
+    let mut vals = keys.clone();
+    T::store(&c.keys, &mut keys);
+    T::store(&c.values, &mut vals);
+    (keys, vals)
+}
+
+/// Four sequences through one call with caches of `T`: the new rows are stored (as `T`
+/// stores them) at their positions, and every row's attention is the reference's over the
+/// cache as it holds them, within `tolerance`.
+fn new_rows_land_and_attend<T: CacheValue>(tolerance: f32) {
     let HeadShape {
         heads,
         kv_heads,
@@ -97,36 +110,44 @@ fn new_rows_land_in_their_caches_and_attend_causally_to_their_own_sequence() {
         cache(2, 6, 3),
         cache(0, 2, 4),
     ];
+    let mut stored: Vec<(Vec<T>, Vec<T>)> = caches.iter().map(stored_as).collect();
     let n: usize = rows.iter().sum();
     let (q, k, v) = (
         values(n * heads * d, 7),
         values(n * kv_heads * d, 8),
         values(n * kv_heads * d, 9),
     );
-    let mut seqs: Vec<CachedRows<'_>> = caches
+    let mut seqs: Vec<CachedRows<'_, T>> = stored
         .iter_mut()
-        .zip(rows)
-        .map(|(c, rows)| CachedRows {
+        .zip(caches.iter().zip(rows))
+        .map(|((keys, vals), (c, rows))| CachedRows {
             rows,
             offset: c.history,
-            keys: &mut c.keys,
-            values: &mut c.values,
+            keys,
+            values: vals,
             capacity: c.capacity,
         })
         .collect();
     let out = cached_attention(&q, &k, &v, &mut seqs, SHAPE).unwrap();
     drop(seqs);
-    // The new keys and values sit at positions history.. of each head's block.
+    // The new keys and values sit at positions history.. of each head's block, as `T`
+    // stores them.
     let mut row = 0;
-    for (c, &n) in caches.iter().zip(&rows) {
+    for ((c, (keys, vals)), &n) in caches.iter_mut().zip(&stored).zip(&rows) {
+        let (keys, vals) = (T::widened(keys), T::widened(vals));
         for i in 0..n {
             for h in 0..kv_heads {
                 let cached = (h * c.capacity + c.history + i) * d;
                 let given = (row + i) * kv_heads * d + h * d;
-                assert_eq!(c.keys[cached..cached + d], k[given..given + d]);
-                assert_eq!(c.values[cached..cached + d], v[given..given + d]);
+                let (mut want_k, mut want_v) = (vec![T::default(); d], vec![T::default(); d]);
+                T::store(&k[given..given + d], &mut want_k);
+                T::store(&v[given..given + d], &mut want_v);
+                assert_eq!(keys[cached..cached + d], *T::widened(&want_k));
+                assert_eq!(vals[cached..cached + d], *T::widened(&want_v));
             }
         }
+        c.keys = keys.into_owned();
+        c.values = vals.into_owned();
         row += n;
     }
     let expected = reference(&q, &caches, &rows);
@@ -136,7 +157,21 @@ fn new_rows_land_in_their_caches_and_attend_causally_to_their_own_sequence() {
         .zip(&expected)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
-    assert!(worst < 1e-5, "{worst}");
+    assert!(worst < tolerance, "{worst}");
+}
+
+#[test]
+fn new_rows_land_in_their_caches_and_attend_causally_to_their_own_sequence() {
+    new_rows_land_and_attend::<f32>(1e-5);
+}
+
+#[test]
+fn a_bf16_cache_stores_rounded_keys_and_values_and_attends_over_them_in_f32() {
+    new_rows_land_and_attend::<bf16>(1e-5);
+    // Rounded to nearest even: 1 + 2⁻⁸ (a tie) goes down to 1, 1 + 3·2⁻⁸ up to 1 + 2⁻⁶.
+    let mut out = [bf16::ZERO; 2];
+    bf16::store(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0], &mut out);
+    assert_eq!(*bf16::widened(&out), [1.0, 1.0 + 1.0 / 64.0]);
 }
 
 #[test]
@@ -233,6 +268,35 @@ fn the_avx512_decode_kernel_gives_the_attention_of_each_head_of_a_group() {
                 .map(|(a, b)| (f64::from(*a) - b).abs())
                 .fold(0.0, f64::max);
             assert!(worst < 1e-5, "d {d}, group {group}, total {total}: {worst}");
+            // The same cache held as bf16: widened as it is read, the sums those of the
+            // rounded values.
+            let to_bf16 = |v: &[f32]| v.iter().map(|x| bf16::from_f32(*x)).collect::<Vec<_>>();
+            let (keys_bf16, vals_bf16) = (to_bf16(&keys), to_bf16(&vals));
+            let mut bf16_out = vec![f32::NAN; group * d];
+            assert!(avx512::decode_group(
+                &queries,
+                &keys_bf16,
+                &vals_bf16,
+                d,
+                &mut scores,
+                &mut bf16_out
+            ));
+            let want = group_reference(
+                &queries,
+                &keys_bf16.to_f32_vec(),
+                &vals_bf16.to_f32_vec(),
+                d,
+            );
+            let worst = bf16_out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 1e-5,
+                "bf16: d {d}, group {group}, total {total}: {worst}"
+            );
+            assert!(out.iter().zip(&bf16_out).any(|(a, b)| a != b));
         }
         // Other head widths are left to the portable kernel.
         let (mut scores, mut out) = (vec![0f32; 4], vec![0f32; 16]);
