@@ -1,15 +1,16 @@
 //! Milliseconds of one bf16 product (`zoo::cpu::bf16_product`) at SmolLM2-135M's shapes by
 //! row count, through the bf16 pair dot products, the widened weight and (where the CPU has
-//! AMX) the tiles, beside the f32 product of the same sizes: where `WIDENED_FROM_ROWS` and
-//! `TILES_FROM_ROWS` come from; and the milliseconds of repacking each weight for the tiles,
-//! once a layer when a model is frozen for serving. Prints one JSON line.
+//! AMX) the tiles over the weight's rows and over the weight repacked once, beside the f32
+//! product of the same sizes: where `WIDENED_FROM_ROWS` and `TILES_FROM_ROWS` come from; and
+//! the milliseconds of repacking each weight for the tiles, once a layer when a model is
+//! frozen for serving. Prints one JSON line.
 //!
 //!     cargo run --release --example bf16_speed
 
 use std::time::Instant;
 
 use temper::zoo::cpu::bf16_product::{
-    pair_dot_product, tile_product, widened_product, WIDENED_FROM_ROWS,
+    packed_product, pair_dot_product, tile_product, widened_product, WIDENED_FROM_ROWS,
 };
 use temper::zoo::cpu::gemm::{matmul, Threads, View, ViewMut};
 
@@ -40,7 +41,12 @@ fn main() -> anyhow::Result<()> {
             candle_core::Tensor::from_vec(w_f32.clone(), (n, k), &candle_core::Device::Cpu)?
                 .to_dtype(candle_core::DType::BF16)?;
         let start = Instant::now();
-        let packed = temper::zoo::cpu::bf16_packing::packed_weight(&as_tensor)?;
+        let packed_tensor = temper::zoo::cpu::bf16_packing::packed_weight(&as_tensor)?;
+        let packed: Option<Vec<u16>> = packed_tensor
+            .as_ref()
+            .map(|t| t.flatten_all()?.to_vec1::<half::bf16>())
+            .transpose()?
+            .map(|values| values.iter().map(|v| v.to_bits()).collect());
         packing.push(serde_json::json!({
             "in": k, "out": n, "packed": packed.is_some(),
             "pack_ms": start.elapsed().as_secs_f64() * 1e3,
@@ -53,6 +59,12 @@ fn main() -> anyhow::Result<()> {
             // The AMX tile kernel, where this CPU has it (null elsewhere).
             let mut tiled = true;
             let tiles = best_ms(|| tiled = tile_product(&x, &w, (m, k, n), &mut y));
+            // The same product over the weight repacked once (what a served layer holds).
+            let packed_ms = packed.as_ref().map(|tiles| {
+                best_ms(|| {
+                    packed_product(&x, tiles, (m, k, n), &mut y);
+                })
+            });
             let mut y32 = vec![0f32; m * n];
             let f32_ms = best_ms(|| {
                 let _ = matmul(
@@ -67,7 +79,8 @@ fn main() -> anyhow::Result<()> {
             results.push(serde_json::json!({
                 "rows": m, "in": k, "out": n,
                 "bf16_pair_dots_ms": pairs, "bf16_widened_ms": widened,
-                "bf16_tiles_ms": tiled.then_some(tiles), "f32_ms": f32_ms,
+                "bf16_tiles_ms": tiled.then_some(tiles), "bf16_packed_ms": packed_ms,
+                "f32_ms": f32_ms,
             }));
         }
     }

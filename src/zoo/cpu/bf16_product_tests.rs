@@ -220,7 +220,19 @@ fn the_packed_weight_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
             let mut in_place = vec![f32::NAN; m * n];
             assert!(tile_product(&x, &w, (m, k, n), &mut in_place));
             assert_eq!(y, in_place, "{m}x{k}x{n}");
+            // Into a new output: the same values, written straight into `y` where `m` is
+            // whole groups of 16 rows.
+            let fresh = new_packed_product(&x, &tiles, (m, k, n)).unwrap();
+            assert_eq!(fresh, y, "new {m}x{k}x{n}");
         }
+        // A batch of whole groups (32 rows, two of 16) over several tasks' columns.
+        let (m, k, n) = (32, 64, 256);
+        let (x, w) = (values(m * k, 5), bf16_bits(&values(n * k, 6)));
+        let tiles = packed(&w, n, k).unwrap();
+        let fresh = new_packed_product(&x, &tiles, (m, k, n)).unwrap();
+        let want = reference(&x, &w, (m, k, n), avx512::rounded);
+        assert_close(&fresh, &want, "new 32x64x256");
+        assert!(new_packed_product(&x, &tiles, (m, k, n - 16)).is_none());
         assert!(packed(&bf16_bits(&values(40 * 70, 3)), 70, 40).is_none());
     }
 }

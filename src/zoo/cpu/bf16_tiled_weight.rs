@@ -11,9 +11,14 @@
 //! weight itself (a merge, an export).
 
 use std::arch::asm;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use rayon::prelude::*;
+
+use super::bf16_product::{column_starts, in_padded_blocks_of, COLUMN_BLOCK};
 use super::bf16_tiles::{store_sums, zero_sums, TileSession, COLUMN_TILE, INPUT_STEP, ROW_TILE};
+use super::gemm::Destination;
 
 /// bf16 values in one packed tile (16 input pairs × 16 columns × 2).
 const TILE_VALUES: usize = INPUT_STEP * COLUMN_TILE;
@@ -54,6 +59,63 @@ pub fn unpacked(tiles: &[u16], n: usize, k: usize) -> Vec<u16> {
     out
 }
 
+/// Whether [`product`] runs: the CPU has AMX, the widths are whole tiles and `tiles` is a
+/// whole packed weight.
+fn runs(tiles: &[u16], k: usize, n: usize) -> bool {
+    super::bf16_tiles::fits(k, n) && super::bf16_tiles::available() && tiles.len() == n * k
+}
+
+/// `y = x · wᵀ` (`x [m, k]` f32, `y [m, n]`) for `tiles` [`packed`] from `w`, on the pool in
+/// blocks of output columns; false (and `y` untouched) where it does not [`runs`].
+pub fn product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) -> bool {
+    if !runs(tiles, k, n) || x.len() != m * k || y.len() != m * n {
+        return false;
+    }
+    let rows = rounded_rows(x, m, k);
+    let padded_m = rows.len() / k;
+    in_padded_blocks_of(COLUMN_BLOCK, y, (m, n), padded_m, |columns, buffer| {
+        let out = (buffer.as_mut_ptr(), columns.len());
+        // SAFETY: `runs` answered true (AMX, `k` and `n` whole tiles, `tiles` the whole
+        // packed weight); the blocks' columns are multiples of 16 within `n`, `rows` holds
+        // `padded_m` rows and `buffer` `padded_m` rows of the columns.
+        unsafe { block(&rows, tiles, (padded_m, k), columns, out) }
+    });
+    true
+}
+
+/// [`product`] into a new `y`. Where `m` is whole groups of 16 rows (a batch of 16, 32, …
+/// streams) each task's sums go straight into its columns of `y`, which is not cleared
+/// first: every value is written once, and the clearing and copying of a buffer cost as
+/// much as a layer's smaller products at 32 rows.
+pub fn new_product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize)) -> Option<Vec<f32>> {
+    if !runs(tiles, k, n) || x.len() != m * k {
+        return None;
+    }
+    if m % ROW_TILE != 0 {
+        let mut y = vec![0f32; m * n];
+        return product(x, tiles, (m, k, n), &mut y).then_some(y);
+    }
+    let rows = rounded_rows(x, m, k);
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let spare: &mut [MaybeUninit<f32>] = &mut y.spare_capacity_mut()[..m * n];
+    let destination = Destination(spare.as_mut_ptr().cast::<f32>());
+    column_starts(COLUMN_BLOCK, n)
+        .into_par_iter()
+        .for_each(|start| {
+            let columns = start..(start + COLUMN_BLOCK).min(n);
+            let out = (destination.at(start), n);
+            // SAFETY: as in `product`, `rows` holding `m` rows (`m` a multiple of 16); `spare`
+            // holds `m · n` values, of which these columns of each row (rows `n` apart) are
+            // this task's alone: the tasks' column ranges are disjoint.
+            unsafe { block(&rows, tiles, (m, k), columns, out) }
+        });
+    // SAFETY: the tasks' column blocks cover `0..n` (`column_starts`), and `block` stores
+    // every column tile of every group of 16 rows of its columns, so all `m · n` values
+    // are written (`n` is whole tiles: `runs`).
+    unsafe { y.set_len(m * n) };
+    Some(y)
+}
+
 /// `x [m, k]` rounded to bf16, padded with zero rows to whole groups of 16.
 pub fn rounded_rows(x: &[f32], m: usize, k: usize) -> Vec<u16> {
     let mut out = vec![0u16; m.div_ceil(ROW_TILE) * ROW_TILE * k];
@@ -62,23 +124,26 @@ pub fn rounded_rows(x: &[f32], m: usize, k: usize) -> Vec<u16> {
 }
 
 /// One block of output `columns` (a multiple of 16 of them) for every group of rows of
-/// `rows` ([`rounded_rows`], `padded_m` of them): `block` is `padded_m × columns.len()`.
+/// `rows` ([`rounded_rows`], `padded_m` of them), stored at `out` (the block's first value)
+/// with its rows `out_stride` values apart: a buffer of the block alone, or the columns of
+/// the product itself where it has whole groups of rows.
 ///
 /// # Safety
 /// `super::bf16_tiles::available` must have answered true; `tiles` must be [`packed`] of a
 /// weight of `k` inputs (a multiple of 32) with at least `columns.end` rows; `rows` must
-/// hold `padded_m · k` values (`padded_m` a multiple of 16), `block` `padded_m · width`.
+/// hold `padded_m · k` values (`padded_m` a multiple of 16); `out` must be writable at
+/// `columns.len()` values from each of `padded_m` rows `out_stride` apart, by this call
+/// alone.
 pub unsafe fn block(
     rows: &[u16],
     tiles: &[u16],
     (padded_m, k): (usize, usize),
     columns: Range<usize>,
-    block: &mut [f32],
+    (out, out_stride): (*mut f32, usize),
 ) {
     let _tiles = TileSession::start();
-    let width = columns.len();
     let steps = k / INPUT_STEP;
-    let column_tiles = width / COLUMN_TILE;
+    let column_tiles = columns.len() / COLUMN_TILE;
     let tile_column = |t: usize| {
         tiles
             .as_ptr()
@@ -92,14 +157,14 @@ pub unsafe fn block(
             tile_column(t),
             steps,
             out.add(t * COLUMN_TILE),
-            width,
+            out_stride,
         )
     };
     let groups = padded_m / ROW_TILE;
     let mut group = 0;
     while group < groups {
         let left = rows.as_ptr().add(group * ROW_TILE * k);
-        let out = block.as_mut_ptr().add(group * ROW_TILE * width);
+        let out = out.add(group * ROW_TILE * out_stride);
         let mut t = 0;
         if groups - group >= 2 {
             // Two groups of rows share each weight tile loaded.
@@ -111,13 +176,13 @@ pub unsafe fn block(
                     [tile_column(t), tile_column(t + 1)],
                     steps,
                     sums,
-                    width,
+                    out_stride,
                 );
                 t += 2;
             }
             while t < column_tiles {
                 single(left, out, t);
-                single(left.add(ROW_TILE * k), out.add(ROW_TILE * width), t);
+                single(left.add(ROW_TILE * k), out.add(ROW_TILE * out_stride), t);
                 t += 1;
             }
             group += 2;
@@ -130,7 +195,14 @@ pub unsafe fn block(
                 tile_column(t + 2),
                 tile_column(t + 3),
             ];
-            four_tiles(left, k, columns, steps, out.add(t * COLUMN_TILE), width);
+            four_tiles(
+                left,
+                k,
+                columns,
+                steps,
+                out.add(t * COLUMN_TILE),
+                out_stride,
+            );
             t += COLUMN_TILES_PER_PASS;
         }
         while t < column_tiles {
@@ -142,14 +214,14 @@ pub unsafe fn block(
 }
 
 /// Two groups of 16 rows (`left`, then 16 rows on) by two column tiles, over all inputs,
-/// stored at `out[0]` (column tile 0) and `out[1]` (column tile 1), rows `width` apart.
+/// stored at `out[0]` (column tile 0) and `out[1]` (column tile 1), rows `out_stride` apart.
 unsafe fn two_by_two(
     left: *const u16,
     k: usize,
     weight: [*const u16; 2],
     steps: usize,
     out: [*mut f32; 2],
-    width: usize,
+    out_stride: usize,
 ) {
     zero_sums();
     for step in 0..steps {
@@ -171,14 +243,14 @@ unsafe fn two_by_two(
             options(nostack, readonly)
         );
     }
-    let second_group = ROW_TILE * width;
+    let second_group = ROW_TILE * out_stride;
     let at = [
         out[0],
         out[0].add(second_group),
         out[1],
         out[1].add(second_group),
     ];
-    store_sums(&at, width * 4);
+    store_sums(&at, out_stride * 4);
 }
 
 /// One group of 16 rows by four column tiles (64 output columns) into `out`.
@@ -188,7 +260,7 @@ unsafe fn four_tiles(
     weight: [*const u16; 4],
     steps: usize,
     out: *mut f32,
-    width: usize,
+    out_stride: usize,
 ) {
     zero_sums();
     for step in 0..steps {
@@ -218,7 +290,7 @@ unsafe fn four_tiles(
         out.add(2 * COLUMN_TILE),
         out.add(3 * COLUMN_TILE),
     ];
-    store_sums(&at, width * 4);
+    store_sums(&at, out_stride * 4);
 }
 
 /// One group of 16 rows by one column tile into `out`.
@@ -228,7 +300,7 @@ unsafe fn one_tile(
     weight: *const u16,
     steps: usize,
     out: *mut f32,
-    width: usize,
+    out_stride: usize,
 ) {
     asm!("tilezero tmm0", options(nostack, nomem));
     for step in 0..steps {
@@ -243,5 +315,5 @@ unsafe fn one_tile(
             options(nostack, readonly)
         );
     }
-    store_sums(&[out], width * 4);
+    store_sums(&[out], out_stride * 4);
 }
