@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{LinearBase, Param, TrainLinear, ZooError};
+use super::{LinearBase, Param, Pass, TrainLinear, ZooError};
 
 impl TrainLinear {
     /// Multiplies a frozen bf16 weight with `cpu::bf16_product` from now on (serving); with
@@ -32,6 +32,40 @@ impl TrainLinear {
             let weight = crate::zoo::cpu::bf16_packing::unpacked_weight(packed)?;
             x2.detach().matmul(&weight.to_dtype(x2.dtype())?.t()?)?
         };
+        self.with_bias(out)
+    }
+
+    /// `linears[i].forward_pass(x, pass)` for each: the products of layers whose weights are
+    /// packed for the tiles in one pass over the pool where they all are and serving sends
+    /// f32 rows (`cpu::bf16_product::packed_bf16_linears`), each on its own otherwise.
+    pub fn forward_together(
+        linears: &[&TrainLinear],
+        x: &Tensor,
+        pass: Pass,
+    ) -> Result<Vec<Tensor>, ZooError> {
+        let packed: Option<Vec<&Tensor>> = linears
+            .iter()
+            .map(|linear| match (&linear.base, &linear.lora) {
+                (LinearBase::PackedBf16(packed), None) => Some(packed),
+                _ => None,
+            })
+            .collect();
+        if let (Some(packed), false) = (packed, x.track_op()) {
+            if let Some(outputs) = crate::zoo::cpu::bf16_product::packed_bf16_linears(x, &packed)? {
+                return linears
+                    .iter()
+                    .zip(outputs)
+                    .map(|(linear, out)| linear.with_bias(out))
+                    .collect();
+            }
+        }
+        linears
+            .iter()
+            .map(|linear| linear.forward_pass(x, pass))
+            .collect()
+    }
+
+    fn with_bias(&self, out: Tensor) -> Result<Tensor, ZooError> {
         match &self.bias {
             Some(b) => Ok(out.broadcast_add(&b.tensor().detach().to_dtype(out.dtype())?)?),
             None => Ok(out),

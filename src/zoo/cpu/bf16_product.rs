@@ -195,6 +195,71 @@ pub fn packed_product(
     }
 }
 
+/// The products of `x [m, k]` with several weights `bf16_packing::packed_weight` repacked
+/// (`packed`, each `[n, k]`), all on the CPU, in one pass over the pool
+/// (`bf16_tiled_weight::new_products`): `Some` of each `[m, n]` f32 output, in order;
+/// `None` where the tile product does not take them (no AMX, other dtypes or devices).
+pub fn packed_bf16_linears(
+    x: &Tensor,
+    packed: &[&Tensor],
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    if !packed.iter().all(|w| takes(x, w)) {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (m, k) = x.dims2()?;
+    let mut weights = Vec::with_capacity(packed.len());
+    for w in packed {
+        let (n, w_k) = w.dims2()?;
+        if w_k != k || !w.is_contiguous() {
+            return Ok(None);
+        }
+        weights.push((w.storage_and_layout(), n));
+    }
+    let mut bits = Vec::with_capacity(weights.len());
+    for ((storage, layout), n) in &weights {
+        let candle_core::Storage::Cpu(CpuStorage::BF16(w)) = &**storage else {
+            return Ok(None);
+        };
+        let w = contiguous_slice(w, layout)?;
+        // SAFETY: as in `Bf16Product::cpu_fwd`: `half::bf16` is `#[repr(transparent)]` over
+        // its `u16` bits.
+        let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
+        bits.push((w_bits, *n));
+    }
+    let outputs = crate::zoo::fused::with_cpu_values(&x, "bf16 products", |x| {
+        Ok(new_packed_products(x, &bits, (m, k)))
+    })?;
+    let Some(outputs) = outputs else {
+        return Ok(None);
+    };
+    let device = candle_core::Device::Cpu;
+    outputs
+        .into_iter()
+        .zip(&bits)
+        .map(|(y, &(_, n))| Tensor::from_vec(y, (m, n), &device))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// [`packed_product`] for several weights of one input, each into a new `y`
+/// (`bf16_tiled_weight::new_products`); `None` where it does not run.
+pub fn new_packed_products(
+    x: &[f32],
+    weights: &[(&[u16], usize)],
+    dims: (usize, usize),
+) -> Option<Vec<Vec<f32>>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::bf16_tiled_weight::new_products(x, weights, dims)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, weights, dims);
+        None
+    }
+}
+
 /// [`packed_product`] into a new `y` (`m × n`); `None` where it does not run.
 pub fn new_packed_product(
     x: &[f32],

@@ -273,3 +273,49 @@ fn a_packed_weight_tensor_keeps_its_shape_and_gives_its_rows_back() {
             .is_none()
     );
 }
+
+#[test]
+fn packed_weights_of_one_input_multiply_together_as_each_alone() {
+    use super::super::bf16_packing::packed_weight;
+    let device = candle_core::Device::Cpu;
+    let k = 64;
+    let weight = |n: usize, seed: u64| {
+        Tensor::from_vec(values(n * k, seed), (n, k), &device)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+    };
+    let dense = [weight(96, 21), weight(32, 22), weight(32, 23)];
+    let Some(first) = packed_weight(&dense[0]).unwrap() else {
+        eprintln!("skipped: this CPU (or kernel) gives no AMX tiles");
+        return;
+    };
+    let packed = [
+        first,
+        packed_weight(&dense[1]).unwrap().unwrap(),
+        packed_weight(&dense[2]).unwrap().unwrap(),
+    ];
+    // 32 rows (two whole groups: written in place) and 5 (padded to one group).
+    for m in [32, 5] {
+        let x = Tensor::from_vec(values(m * k, 30 + m as u64), (m, k), &device).unwrap();
+        let together = packed_bf16_linears(&x, &[&packed[0], &packed[1], &packed[2]])
+            .unwrap()
+            .unwrap();
+        assert_eq!(together.len(), 3);
+        for (got, w) in together.iter().zip(&packed) {
+            let alone = packed_bf16_linear(&x, w).unwrap();
+            assert_eq!(got.dims2().unwrap(), alone.dims2().unwrap());
+            let (got, alone) = (
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(got, alone, "{m} rows");
+        }
+    }
+    // A weight that is not bf16 (or an input that is not f32) is not taken.
+    let x = Tensor::from_vec(values(2 * k, 1), (2, k), &device).unwrap();
+    let f32_weight = dense[1].to_dtype(DType::F32).unwrap();
+    assert!(packed_bf16_linears(&x, &[&packed[0], &f32_weight])
+        .unwrap()
+        .is_none());
+}

@@ -11,7 +11,6 @@
 //! weight itself (a merge, an export).
 
 use std::arch::asm;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -83,37 +82,73 @@ pub fn product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize), y: &m
     true
 }
 
-/// [`product`] into a new `y`. Where `m` is whole groups of 16 rows (a batch of 16, 32, …
-/// streams) each task's sums go straight into its columns of `y`, which is not cleared
-/// first: every value is written once, and the clearing and copying of a buffer cost as
-/// much as a layer's smaller products at 32 rows.
+/// [`product`] into a new `y`; `None` where it does not [`runs`].
 pub fn new_product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize)) -> Option<Vec<f32>> {
-    if !runs(tiles, k, n) || x.len() != m * k {
+    new_products(x, &[(tiles, n)], (m, k))?.pop()
+}
+
+/// The products of one `x [m, k]` with several packed weights (`(tiles, n)` each: the
+/// query, key and value projections of a layer, or its gate and up projections), each
+/// into a new `y [m, n]`, in one pass over the pool: `x` is rounded once, and the small
+/// products' few column blocks share the threads with the others' rather than leaving one
+/// idle (a key projection of 192 columns is three tasks for two cores). Where `m` is
+/// whole groups of 16 rows (a batch of 16, 32, … streams) each task's sums go straight
+/// into its columns of its `y`, which is not cleared first: every value is written once,
+/// and clearing and copying a buffer cost as much as a layer's smaller products at 32
+/// rows. `None` where any of them does not [`runs`].
+pub fn new_products(
+    x: &[f32],
+    weights: &[(&[u16], usize)],
+    (m, k): (usize, usize),
+) -> Option<Vec<Vec<f32>>> {
+    if x.len() != m * k || !weights.iter().all(|&(tiles, n)| runs(tiles, k, n)) {
         return None;
     }
     if m % ROW_TILE != 0 {
-        let mut y = vec![0f32; m * n];
-        return product(x, tiles, (m, k, n), &mut y).then_some(y);
+        let mut outputs = Vec::with_capacity(weights.len());
+        for &(tiles, n) in weights {
+            let mut y = vec![0f32; m * n];
+            product(x, tiles, (m, k, n), &mut y);
+            outputs.push(y);
+        }
+        return Some(outputs);
     }
     let rows = rounded_rows(x, m, k);
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let spare: &mut [MaybeUninit<f32>] = &mut y.spare_capacity_mut()[..m * n];
-    let destination = Destination(spare.as_mut_ptr().cast::<f32>());
-    column_starts(COLUMN_BLOCK, n)
-        .into_par_iter()
-        .for_each(|start| {
-            let columns = start..(start + COLUMN_BLOCK).min(n);
-            let out = (destination.at(start), n);
-            // SAFETY: as in `product`, `rows` holding `m` rows (`m` a multiple of 16); `spare`
-            // holds `m · n` values, of which these columns of each row (rows `n` apart) are
-            // this task's alone: the tasks' column ranges are disjoint.
-            unsafe { block(&rows, tiles, (m, k), columns, out) }
-        });
-    // SAFETY: the tasks' column blocks cover `0..n` (`column_starts`), and `block` stores
-    // every column tile of every group of 16 rows of its columns, so all `m · n` values
-    // are written (`n` is whole tiles: `runs`).
-    unsafe { y.set_len(m * n) };
-    Some(y)
+    let mut outputs: Vec<Vec<f32>> = weights
+        .iter()
+        .map(|&(_, n)| Vec::with_capacity(m * n))
+        .collect();
+    let destinations: Vec<Destination> = outputs
+        .iter_mut()
+        .map(|y| Destination(y.spare_capacity_mut().as_mut_ptr().cast::<f32>()))
+        .collect();
+    let tasks: Vec<(usize, usize)> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(_, n))| {
+            column_starts(COLUMN_BLOCK, n)
+                .into_iter()
+                .map(move |s| (i, s))
+        })
+        .collect();
+    tasks.into_par_iter().for_each(|(i, start)| {
+        let (tiles, n) = weights[i];
+        let columns = start..(start + COLUMN_BLOCK).min(n);
+        let out = (destinations[i].at(start), n);
+        // SAFETY: `runs` answered true for this weight (AMX, `k` and `n` whole tiles,
+        // `tiles` the whole packed weight); `rows` holds `m` rows (a multiple of 16); output
+        // `i` has room for `m · n` values, of which these columns of each row (rows `n`
+        // apart) are this task's alone: the tasks' column ranges of a weight are disjoint.
+        unsafe { block(&rows, tiles, (m, k), columns, out) }
+    });
+    for (y, &(_, n)) in outputs.iter_mut().zip(weights) {
+        // SAFETY: the tasks' column blocks of this weight cover `0..n` (`column_starts`),
+        // and `block` stores every column tile of every group of 16 rows of its columns,
+        // so all `m · n` values are written (`n` is whole tiles: `runs`); the capacity is
+        // `m · n` (allocated above).
+        unsafe { y.set_len(m * n) };
+    }
+    Some(outputs)
 }
 
 /// `x [m, k]` rounded to bf16, padded with zero rows to whole groups of 16.

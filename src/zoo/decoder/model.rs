@@ -66,10 +66,12 @@ impl Layer {
         let n = x.dim(0)?;
         let d = c.head_dim;
         let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
-        let project = |i: usize, lin: &TrainLinear| adjust(i, &xn, lin.forward_pass(&xn, pass)?);
-        let q = project(0, &l.q)?.reshape((n, c.num_attention_heads, d))?;
-        let k = project(1, &l.k)?.reshape((n, c.num_key_value_heads, d))?;
-        let v = project(2, &l.v)?.reshape((n, c.num_key_value_heads, d))?;
+        let [q, k, v]: [Tensor; 3] = TrainLinear::forward_together(&[&l.q, &l.k, &l.v], &xn, pass)?
+            .try_into()
+            .map_err(|_| ZooError::Unsupported("three projections gave another count".into()))?;
+        let q = adjust(0, &xn, q)?.reshape((n, c.num_attention_heads, d))?;
+        let k = adjust(1, &xn, k)?.reshape((n, c.num_key_value_heads, d))?;
+        let v = adjust(2, &xn, v)?.reshape((n, c.num_key_value_heads, d))?;
         Ok(Qkv {
             q: rope(&q, &tables[0], &tables[1])?,
             k: rope(&k, &tables[2], &tables[3])?,
@@ -104,8 +106,10 @@ impl Layer {
         };
         let x = (x + project(3, &l.o, context)?)?;
         let xn = rms_norm(&x, &param_in(&l.post_norm, pass), c.rms_norm_eps)?;
-        let gate = project(4, &l.gate, &xn)?;
-        let up = project(5, &l.up, &xn)?;
+        let [gate, up]: [Tensor; 2] = TrainLinear::forward_together(&[&l.gate, &l.up], &xn, pass)?
+            .try_into()
+            .map_err(|_| ZooError::Unsupported("two projections gave another count".into()))?;
+        let (gate, up) = (adjust(4, &xn, gate)?, adjust(5, &xn, up)?);
         let inner = swiglu(&gate, &up)?;
         Ok((x + project(6, &l.down, &inner)?)?)
     }
