@@ -89,9 +89,7 @@ impl CustomOp2 for Bf16Product {
             };
             y
         } else {
-            let mut y = vec![0f32; m * n];
-            product(x, w_bits, (m, k, n), &mut y);
-            y
+            new_product(x, w_bits, (m, k, n))
         };
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
@@ -136,6 +134,20 @@ pub fn product(x: &[f32], w: &[u16], dims: (usize, usize, usize), y: &mut [f32])
     }
 }
 
+/// [`product`] into a new `y`: written in place, never cleared, where the tile unit takes it
+/// (`bf16_tiles::new_product`).
+pub fn new_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if m >= TILES_FROM_ROWS {
+        if let Some(y) = super::bf16_tiles::new_product(x, w, (m, k, n)) {
+            return y;
+        }
+    }
+    let mut y = vec![0f32; m * n];
+    product(x, w, (m, k, n), &mut y);
+    y
+}
+
 /// [`product`] through each block of the weight widened to f32, at any row count: blocks of
 /// one thread's share of the columns, at most [`WIDENED_COLUMN_BLOCK`] (the f32 copy is
 /// what the call holds beside the weight), so that each product is one large dense one.
@@ -163,7 +175,8 @@ pub fn tile_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &
             // SAFETY: `available` answered true and `fits` checked `k`; the blocks' columns
             // are multiples of the tile's 16 (as `n` is) within `w`'s rows, and `block`
             // holds `m` rows of them.
-            unsafe { bf16_tiles::block(&packed, w, (m, k), columns, block) }
+            let out = (block.as_mut_ptr(), columns.len());
+            unsafe { bf16_tiles::block(&packed, w, (m, k), columns, out) }
         });
         true
     }

@@ -111,13 +111,17 @@ fn the_avx512_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
 /// a part, exactly two; columns: one tile, an odd count of tiles beside pairs of groups,
 /// passes of four and a tail, several column blocks.
 #[cfg(target_arch = "x86_64")]
-const TILE_SHAPES: [(usize, usize, usize); 6] = [
+const TILE_SHAPES: [(usize, usize, usize); 8] = [
     (1, 64, 16),
     (5, 32, 112),
     (33, 96, 48),
     (32, 64, 80),
     (16, 576, 192),
     (40, 64, 1040),
+    // Prompts: many groups of 16 rows with an odd one left beside an odd column tile left;
+    // and a padded last group.
+    (592, 64, 48),
+    (565, 32, 64),
 ];
 
 #[test]
@@ -135,6 +139,12 @@ fn the_tile_kernel_sums_the_weight_with_the_inputs_rounded_to_bf16() {
             assert!(tile_product(&x, &w, (m, k, n), &mut y));
             let want = reference(&x, &w, (m, k, n), avx512::rounded);
             assert_close(&y, &want, &format!("tiles {m}x{k}x{n}"));
+            // Into a new, uncleared output: every value written, the same as into `y`.
+            let fresh = super::super::bf16_tiles::new_product(&x, &w, (m, k, n)).unwrap();
+            assert_eq!(fresh, y, "new {m}x{k}x{n}");
+            if m >= TILES_FROM_ROWS {
+                assert_eq!(new_product(&x, &w, (m, k, n)), y, "new_product {m}x{k}x{n}");
+            }
         }
         // Widths that are not whole tiles are left to the other kernels.
         let mut y = vec![0f32; 70];
