@@ -6,13 +6,13 @@
 //! Nothing here needs autograd, so it works on detached tensors.
 
 use candle_core::{DType, Tensor};
-use half::bf16;
 
 use super::adapter::ServedAdapter;
+use super::host_cache::{HostLayer, HostLayers, HostRows, KvValues};
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::lm::CausalLm;
 use super::model::Qkv;
-use crate::zoo::cpu::cached_attention::{cached_attention, CacheValue, CachedRows, HeadShape};
+use crate::zoo::cpu::cached_attention::{cached_attention, HeadShape};
 use crate::zoo::cpu::segmented_lora::{add_segmented_lora, RowRun};
 use crate::zoo::fused::{generic_ops_only, uses_fused_kernels, with_cpu_values};
 use crate::zoo::linear::Pass;
@@ -41,64 +41,6 @@ enum KvStore {
     Device(Vec<candle_nn::kv_cache::KvCache>),
 }
 
-/// A host cache's layers, in the values the model's cache keeps (`Decoder::kv_values`).
-#[derive(Debug, Clone)]
-enum HostLayers {
-    F32(Vec<HostLayer<f32>>),
-    Bf16(Vec<HostLayer<bf16>>),
-}
-
-#[derive(Debug, Clone)]
-struct HostLayer<T> {
-    keys: Vec<T>,
-    values: Vec<T>,
-}
-
-impl<T: CacheValue> HostLayer<T> {
-    fn layers(count: usize, values: usize) -> Vec<Self> {
-        (0..count)
-            .map(|_| HostLayer {
-                keys: vec![T::default(); values],
-                values: vec![T::default(); values],
-            })
-            .collect()
-    }
-
-    fn rows(&mut self, rows: usize, offset: usize, capacity: usize) -> CachedRows<'_, T> {
-        CachedRows {
-            rows,
-            offset,
-            keys: &mut self.keys,
-            values: &mut self.values,
-            capacity,
-        }
-    }
-}
-
-/// One layer of a host cache, ready for a call of the attention kernel.
-enum HostRows<'a> {
-    F32(CachedRows<'a, f32>),
-    Bf16(CachedRows<'a, bf16>),
-}
-
-/// What a model's host caches keep their keys and values as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvValues {
-    #[default]
-    F32,
-    /// Serving in bf16: half the bytes a step reads; the attention sums stay f32.
-    Bf16,
-}
-
-impl KvValues {
-    pub fn bytes(self) -> usize {
-        match self {
-            KvValues::F32 => 4,
-            KvValues::Bf16 => 2,
-        }
-    }
-}
-
 impl KvCache {
     /// Tokens cached so far (the position of the next token).
     pub fn len(&self) -> usize {
@@ -116,14 +58,7 @@ impl KvCache {
 
     fn layer_count(&self) -> usize {
         match &self.store {
-            KvStore::Host {
-                layers: HostLayers::F32(layers),
-                ..
-            } => layers.len(),
-            KvStore::Host {
-                layers: HostLayers::Bf16(layers),
-                ..
-            } => layers.len(),
+            KvStore::Host { layers, .. } => layers.len(),
             KvStore::Device(layers) => layers.len(),
         }
     }
@@ -131,35 +66,15 @@ impl KvCache {
     /// What a host cache keeps its keys and values as (`None`: a device cache).
     pub fn host_values(&self) -> Option<KvValues> {
         match &self.store {
-            KvStore::Host {
-                layers: HostLayers::F32(_),
-                ..
-            } => Some(KvValues::F32),
-            KvStore::Host {
-                layers: HostLayers::Bf16(_),
-                ..
-            } => Some(KvValues::Bf16),
+            KvStore::Host { layers, .. } => Some(layers.values()),
             KvStore::Device(_) => None,
         }
     }
 
     /// Bytes allocated for keys and values (capacity, used or not).
     pub fn bytes(&self) -> usize {
-        fn host_bytes<T>(layers: &[HostLayer<T>]) -> usize {
-            layers
-                .iter()
-                .map(|l| (l.keys.len() + l.values.len()) * std::mem::size_of::<T>())
-                .sum()
-        }
         match &self.store {
-            KvStore::Host {
-                layers: HostLayers::F32(layers),
-                ..
-            } => host_bytes(layers),
-            KvStore::Host {
-                layers: HostLayers::Bf16(layers),
-                ..
-            } => host_bytes(layers),
+            KvStore::Host { layers, .. } => layers.bytes(),
             KvStore::Device(layers) => layers
                 .iter()
                 .flat_map(|layer| [layer.k_cache().all_data(), layer.v_cache().all_data()])

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::adapter::ADAPTER_MODULES;
-use super::cache::KvValues;
 use super::config::{lora_targets, DecoderConfig, DecoderSpec, QuantKind};
+use super::host_cache::KvValues;
 use super::kernels::{masked_softmax, CausalPrefix};
 use super::model::{layer_linears, Decoder, Layer};
 use crate::zoo::cpu::varlen_attention::{varlen_attention, AttentionSpec, Span};

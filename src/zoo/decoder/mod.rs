@@ -6,7 +6,8 @@
 //! - `swiglu`: the gated MLP's `silu(gate) · up` with analytic backward.
 //! - `model`: layers, loading (frozen / trainable / LoRA / quantized bases).
 //! - `lm`: `CausalLm`, the padded-batch training forward and trainable parameters.
-//! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference).
+//! - `cache`: `KvCache`, `SeqChunk` and `forward_cached` (batched cached inference);
+//!   `host_cache`: a CPU cache's storage, f32 or bf16 (`KvValues`).
 //! - [`adapter`]: `ServedAdapter`, an unmerged LoRA adapter applied per sequence there.
 //! - `export`: merged Hugging Face directory and PEFT adapter exports.
 //! - [`tiny`]: tiny random decoders on disk for tests (re-exported by `zoo::testing`).
@@ -15,6 +16,7 @@ pub mod adapter;
 mod cache;
 pub mod config;
 mod export;
+mod host_cache;
 pub(crate) mod kernels;
 mod lm;
 mod model;
@@ -33,6 +35,7 @@ mod tests_infer;
 mod tests_quantized_serving;
 
 pub use adapter::{LoraScaling, ServedAdapter};
-pub use cache::{KvCache, KvValues, SeqChunk};
+pub use cache::{KvCache, SeqChunk};
 pub use config::{DecoderArch, DecoderConfig, DecoderSpec, QuantKind, RopeScaling};
+pub use host_cache::KvValues;
 pub use lm::CausalLm;

@@ -13,8 +13,8 @@ use rand::SeedableRng;
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::cache::KvValues;
 use super::config::{DecoderConfig, QuantKind};
+use super::host_cache::KvValues;
 use super::kernels::{rms_norm, rope};
 use super::swiglu::swiglu;
 use crate::zoo::linear::{LoraAdapter, Param, Pass, TrainLinear};
