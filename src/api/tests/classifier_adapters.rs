@@ -99,7 +99,13 @@ async fn a_classification_adapter_registers_over_its_base_encoder_with_its_label
     );
     // A LoRA factor on a module the encoder does not have.
     let mut odd = exported.clone();
-    let any_factor = headless.values().next().expect("a factor").clone();
+    // A `lora_A` factor (of the adapter's rank): a map's first value could be a `lora_B`,
+    // whose first dimension is a module's width, and the rank check would answer first.
+    let any_factor = headless
+        .iter()
+        .find(|(name, _)| name.ends_with(".lora_A.weight"))
+        .map(|(_, factor)| factor.clone())
+        .expect("a lora_A factor");
     odd.insert(
         "base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(),
         any_factor,
