@@ -36,22 +36,23 @@ pub struct HeadShape {
     pub head_dim: usize,
 }
 
+/// What the AVX-512 decode kernel loads keys and values as, on x86-64 (`avx512::Lanes`);
+/// nothing elsewhere.
+#[cfg(target_arch = "x86_64")]
+pub use avx512::Lanes as RegisterLanes;
+
+#[cfg(not(target_arch = "x86_64"))]
+pub trait RegisterLanes {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl<T> RegisterLanes for T {}
+
 /// What a cache stores its keys and values as.
-pub trait CacheValue: Copy + Default + Send + Sync + 'static {
+pub trait CacheValue: RegisterLanes + Copy + Default + Send + Sync + 'static {
     /// `row` stored into `out` (as long), rounded to nearest even where narrower.
     fn store(row: &[f32], out: &mut [Self]);
     /// `rows` as f32: themselves, or widened.
     fn widened(rows: &[Self]) -> Cow<'_, [f32]>;
-    /// [`avx512::decode_group`] over keys and values stored as `Self`; false where the CPU
-    /// or the head width does not take it.
-    fn decode_group_avx512(
-        queries: &[f32],
-        keys: &[Self],
-        values: &[Self],
-        d: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) -> bool;
 }
 
 impl CacheValue for f32 {
@@ -61,25 +62,6 @@ impl CacheValue for f32 {
 
     fn widened(rows: &[f32]) -> Cow<'_, [f32]> {
         Cow::Borrowed(rows)
-    }
-
-    fn decode_group_avx512(
-        queries: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        d: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            avx512::decode_group(queries, keys, values, d, scores, out)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (queries, keys, values, d, scores, out);
-            false
-        }
     }
 }
 
@@ -91,24 +73,26 @@ impl CacheValue for bf16 {
     fn widened(rows: &[bf16]) -> Cow<'_, [f32]> {
         Cow::Owned(rows.to_f32_vec())
     }
+}
 
-    fn decode_group_avx512(
-        queries: &[f32],
-        keys: &[bf16],
-        values: &[bf16],
-        d: usize,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            avx512::decode_group(queries, keys, values, d, scores, out)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (queries, keys, values, d, scores, out);
-            false
-        }
+/// The AVX-512 decode kernel (`avx512::decode_group`) where this is x86-64; false (nothing
+/// written) where it does not run.
+fn decode_group_avx512<T: CacheValue>(
+    queries: &[f32],
+    keys: &[T],
+    values: &[T],
+    d: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::decode_group(queries, keys, values, d, scores, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (queries, keys, values, d, scores, out);
+        false
     }
 }
 
@@ -250,7 +234,7 @@ fn attend_decoding_group<T: CacheValue>(
     let mut scores = vec![0f32; group * total];
     let mut context = vec![0f32; group * d];
     let queries = &q[kv * group * d..(kv + 1) * group * d];
-    if T::decode_group_avx512(queries, keys, values, d, &mut scores, &mut context) {
+    if decode_group_avx512(queries, keys, values, d, &mut scores, &mut context) {
         return context;
     }
     let (keys, values) = (T::widened(keys), T::widened(values));
@@ -346,7 +330,7 @@ fn decode_group(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub mod avx512;
 
 #[cfg(test)]
 mod tests;
