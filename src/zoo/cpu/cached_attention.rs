@@ -21,6 +21,7 @@ use std::borrow::Cow;
 
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 use rayon::prelude::*;
 
 use super::exp::softmax_in_place;
@@ -53,6 +54,9 @@ pub trait CacheValue: RegisterLanes + Copy + Default + Send + Sync + 'static {
     fn store(row: &[f32], out: &mut [Self]);
     /// `rows` as f32: themselves, or widened.
     fn widened(rows: &[Self]) -> Cow<'_, [f32]>;
+    /// `len` zeros, allocated zeroed (pages the OS maps only as they are written, so a
+    /// cache's unused room costs no memory).
+    fn zeroed(len: usize) -> Vec<Self>;
 }
 
 impl CacheValue for f32 {
@@ -63,6 +67,10 @@ impl CacheValue for f32 {
     fn widened(rows: &[f32]) -> Cow<'_, [f32]> {
         Cow::Borrowed(rows)
     }
+
+    fn zeroed(len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
 }
 
 impl CacheValue for bf16 {
@@ -72,6 +80,13 @@ impl CacheValue for bf16 {
 
     fn widened(rows: &[bf16]) -> Cow<'_, [f32]> {
         Cow::Owned(rows.to_f32_vec())
+    }
+
+    fn zeroed(len: usize) -> Vec<bf16> {
+        // `vec![bf16::ZERO; len]` is a fill that only the optimiser may turn into a zeroed
+        // allocation (bf16 is not a primitive the standard library zeroes); the bits of
+        // zeros, reinterpreted in place, are one by construction, as f32's zeros are.
+        vec![0u16; len].reinterpret_into()
     }
 }
 
@@ -106,6 +121,17 @@ pub struct CachedRows<'a, T> {
     pub keys: &'a mut [T],
     pub values: &'a mut [T],
     pub capacity: usize,
+}
+
+/// One (sequence, key/value head) pair of a call: the sequence's cache of that head
+/// (`[capacity, d]` keys and values) and its new rows, from row `row` of the batch.
+struct HeadCache<'a, T> {
+    keys: &'a mut [T],
+    values: &'a mut [T],
+    rows: usize,
+    offset: usize,
+    row: usize,
+    kv: usize,
 }
 
 /// Appends each sequence's rows of `k`, `v` (`[N, kv_heads·d]`) to its cache and returns
@@ -153,43 +179,51 @@ pub fn cached_attention<T: CacheValue>(
             );
         }
     }
-    let kv_width = kv_heads * d;
-    let mut row = 0;
-    for seq in seqs.iter_mut() {
-        for i in 0..seq.rows {
-            let source = (row + i) * kv_width;
-            for h in 0..kv_heads {
-                let at = (h * seq.capacity + seq.offset + i) * d;
-                T::store(&k[source + h * d..][..d], &mut seq.keys[at..at + d]);
-                T::store(&v[source + h * d..][..d], &mut seq.values[at..at + d]);
-            }
-        }
-        row += seq.rows;
-    }
     // Every (sequence, key/value head) pair is a task of its own: a batch of decoding
     // sequences and a single long prompt both fill the pool, and a head's arithmetic is
-    // the same whatever else is in the batch. A decoding row's query heads that share a
-    // key/value head go through its keys and values together (`decode_group`).
-    let q_width = heads * d;
+    // the same whatever else is in the batch. A task first writes its head's new keys and
+    // values (the first write to a cache page faults it in: on the pool, not on the
+    // engine's thread while the other cores wait), then a decoding row's query heads that
+    // share the key/value head go through its keys and values together (`decode_group`).
+    let (kv_width, q_width) = (kv_heads * d, heads * d);
     let group = heads / kv_heads;
     let mut tasks = Vec::with_capacity(seqs.len() * kv_heads);
     let mut row = 0;
-    for seq in seqs.iter() {
-        for kv in 0..kv_heads {
-            tasks.push((seq, row, kv));
+    for seq in seqs.iter_mut().filter(|seq| seq.rows > 0) {
+        let head_len = seq.capacity * d;
+        let heads_of_seq = seq
+            .keys
+            .chunks_exact_mut(head_len)
+            .zip(seq.values.chunks_exact_mut(head_len));
+        for (kv, (keys, values)) in heads_of_seq.enumerate() {
+            let (rows, offset) = (seq.rows, seq.offset);
+            tasks.push(HeadCache {
+                keys,
+                values,
+                rows,
+                offset,
+                row,
+                kv,
+            });
         }
         row += seq.rows;
     }
     let contexts = tasks
         .into_par_iter()
-        .map(|(seq, row, kv)| {
-            let q = &q[row * q_width..(row + seq.rows) * q_width];
-            if seq.rows == 1 {
-                return Ok(attend_decoding_group(seq, q, kv, shape));
+        .map(|head| {
+            for i in 0..head.rows {
+                let source = (head.row + i) * kv_width + head.kv * d;
+                let at = (head.offset + i) * d;
+                T::store(&k[source..source + d], &mut head.keys[at..at + d]);
+                T::store(&v[source..source + d], &mut head.values[at..at + d]);
             }
-            let mut context = Vec::with_capacity(group * seq.rows * d);
-            for h in kv * group..(kv + 1) * group {
-                context.extend(attend_head(seq, q, h, shape)?);
+            let q = &q[head.row * q_width..(head.row + head.rows) * q_width];
+            if head.rows == 1 {
+                return Ok(attend_decoding_group(&head, q, shape));
+            }
+            let mut context = Vec::with_capacity(group * head.rows * d);
+            for h in head.kv * group..(head.kv + 1) * group {
+                context.extend(attend_head(&head, q, h, shape)?);
             }
             Ok(context)
         })
@@ -198,7 +232,7 @@ pub fn cached_attention<T: CacheValue>(
     let mut out = vec![0f32; n * q_width];
     let mut row = 0;
     let mut contexts = contexts.into_iter();
-    for seq in seqs.iter() {
+    for seq in seqs.iter().filter(|seq| seq.rows > 0) {
         for kv in 0..kv_heads {
             let context = contexts.next().unwrap_or_default();
             for (j, head) in context.chunks_exact(seq.rows * d).enumerate() {
@@ -213,12 +247,11 @@ pub fn cached_attention<T: CacheValue>(
     Ok(out)
 }
 
-/// The query heads of key/value head `kv` for one decoding row (`q`: that row,
+/// The query heads of `head`'s key/value head for one decoding row (`q`: that row,
 /// `[heads·d]`) against its cache: their contexts, head after head (`[group, d]`).
 fn attend_decoding_group<T: CacheValue>(
-    seq: &CachedRows<'_, T>,
+    head: &HeadCache<'_, T>,
     q: &[f32],
-    kv: usize,
     shape: HeadShape,
 ) -> Vec<f32> {
     let HeadShape {
@@ -227,10 +260,9 @@ fn attend_decoding_group<T: CacheValue>(
         head_dim: d,
     } = shape;
     let group = heads / kv_heads;
-    let total = seq.offset + 1;
-    let cache_at = kv * seq.capacity * d;
-    let keys = &seq.keys[cache_at..cache_at + total * d];
-    let values = &seq.values[cache_at..cache_at + total * d];
+    let (total, kv) = (head.offset + 1, head.kv);
+    let keys = &head.keys[..total * d];
+    let values = &head.values[..total * d];
     let mut scores = vec![0f32; group * total];
     let mut context = vec![0f32; group * d];
     let queries = &q[kv * group * d..(kv + 1) * group * d];
@@ -245,20 +277,17 @@ fn attend_decoding_group<T: CacheValue>(
 /// Query head `h` of one sequence's new rows (`q`: those rows, `[rows, heads·d]`; more
 /// than one: a prompt chunk) against its cache: the context `[rows, d]`.
 fn attend_head<T: CacheValue>(
-    seq: &CachedRows<'_, T>,
+    seq: &HeadCache<'_, T>,
     q: &[f32],
     h: usize,
     shape: HeadShape,
 ) -> candle_core::Result<Vec<f32>> {
     let HeadShape {
-        heads,
-        kv_heads,
-        head_dim: d,
+        heads, head_dim: d, ..
     } = shape;
     let total = seq.offset + seq.rows;
-    let cache_at = (h / (heads / kv_heads)) * seq.capacity * d;
-    let keys = T::widened(&seq.keys[cache_at..cache_at + total * d]);
-    let values = T::widened(&seq.values[cache_at..cache_at + total * d]);
+    let keys = T::widened(&seq.keys[..total * d]);
+    let values = T::widened(&seq.values[..total * d]);
     let mut scores = vec![0f32; seq.rows * total];
     let mut context = vec![0f32; seq.rows * d];
     let q_head = View {

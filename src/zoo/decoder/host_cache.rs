@@ -23,8 +23,8 @@ impl<T: CacheValue> HostLayer<T> {
     pub(super) fn layers(count: usize, values: usize) -> Vec<Self> {
         (0..count)
             .map(|_| HostLayer {
-                keys: vec![T::default(); values],
-                values: vec![T::default(); values],
+                keys: T::zeroed(values),
+                values: T::zeroed(values),
             })
             .collect()
     }

@@ -312,3 +312,27 @@ fn the_avx512_decode_kernel_gives_the_attention_of_each_head_of_a_group() {
         assert!(out.iter().all(|v| *v == 0.0));
     }
 }
+
+/// Resident bytes of this process (`/proc/self/statm`, pages of 4 KiB); None off Linux.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[test]
+fn a_cache_is_allocated_zeroed_without_touching_its_pages() {
+    const VALUES: usize = 512 << 20; // 1 GiB of bf16, 2 GiB of f32
+    let Some(before) = resident_bytes() else {
+        eprintln!("skipped: no /proc/self/statm here");
+        return;
+    };
+    let bf16_cache = bf16::zeroed(VALUES);
+    let f32_cache = f32::zeroed(VALUES);
+    let grown = resident_bytes().unwrap().saturating_sub(before);
+    // Touched, the two would be 3 GiB resident; other tests running beside this one
+    // allocate far less than the half-GiB allowed.
+    assert!(grown < 512 << 20, "{grown} bytes resident after allocating");
+    assert_eq!((bf16_cache.len(), f32_cache.len()), (VALUES, VALUES));
+    assert!(bf16_cache[VALUES - 1] == bf16::ZERO && f32_cache[VALUES / 2] == 0.0);
+}
