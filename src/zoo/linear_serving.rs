@@ -38,11 +38,11 @@ impl TrainLinear {
     /// `linears[i].forward_pass(x, pass)` for each: the products of layers whose weights are
     /// packed for the tiles in one pass over the pool where they all are and serving sends
     /// f32 rows (`cpu::bf16_product::packed_bf16_linears`), each on its own otherwise.
-    pub fn forward_together(
-        linears: &[&TrainLinear],
+    pub fn forward_together<const N: usize>(
+        linears: [&TrainLinear; N],
         x: &Tensor,
         pass: Pass,
-    ) -> Result<Vec<Tensor>, ZooError> {
+    ) -> Result<[Tensor; N], ZooError> {
         let packed: Option<Vec<&Tensor>> = linears
             .iter()
             .map(|linear| match (&linear.base, &linear.lora) {
@@ -50,19 +50,28 @@ impl TrainLinear {
                 _ => None,
             })
             .collect();
-        if let (Some(packed), false) = (packed, x.track_op()) {
-            if let Some(outputs) = crate::zoo::cpu::bf16_product::packed_bf16_linears(x, &packed)? {
-                return linears
-                    .iter()
-                    .zip(outputs)
-                    .map(|(linear, out)| linear.with_bias(out))
-                    .collect();
+        let mut outputs = Vec::with_capacity(N);
+        let together = match (packed, x.track_op()) {
+            (Some(packed), false) => {
+                crate::zoo::cpu::bf16_product::packed_bf16_linears(x, &packed)?
+            }
+            _ => None,
+        };
+        match together {
+            Some(products) => {
+                for (linear, out) in linears.iter().zip(products) {
+                    outputs.push(linear.with_bias(out)?);
+                }
+            }
+            None => {
+                for linear in linears {
+                    outputs.push(linear.forward_pass(x, pass)?);
+                }
             }
         }
-        linears
-            .iter()
-            .map(|linear| linear.forward_pass(x, pass))
-            .collect()
+        outputs
+            .try_into()
+            .map_err(|_| ZooError::Unsupported("a product went missing".into()))
     }
 
     fn with_bias(&self, out: Tensor) -> Result<Tensor, ZooError> {

@@ -66,9 +66,7 @@ impl Layer {
         let n = x.dim(0)?;
         let d = c.head_dim;
         let xn = rms_norm(x, &param_in(&l.input_norm, pass), c.rms_norm_eps)?;
-        let [q, k, v]: [Tensor; 3] = TrainLinear::forward_together(&[&l.q, &l.k, &l.v], &xn, pass)?
-            .try_into()
-            .map_err(|_| ZooError::Unsupported("three projections gave another count".into()))?;
+        let [q, k, v] = TrainLinear::forward_together([&l.q, &l.k, &l.v], &xn, pass)?;
         let q = adjust(0, &xn, q)?.reshape((n, c.num_attention_heads, d))?;
         let k = adjust(1, &xn, k)?.reshape((n, c.num_key_value_heads, d))?;
         let v = adjust(2, &xn, v)?.reshape((n, c.num_key_value_heads, d))?;
@@ -106,9 +104,7 @@ impl Layer {
         };
         let x = (x + project(3, &l.o, context)?)?;
         let xn = rms_norm(&x, &param_in(&l.post_norm, pass), c.rms_norm_eps)?;
-        let [gate, up]: [Tensor; 2] = TrainLinear::forward_together(&[&l.gate, &l.up], &xn, pass)?
-            .try_into()
-            .map_err(|_| ZooError::Unsupported("two projections gave another count".into()))?;
+        let [gate, up] = TrainLinear::forward_together([&l.gate, &l.up], &xn, pass)?;
         let (gate, up) = (adjust(4, &xn, gate)?, adjust(5, &xn, up)?);
         let inner = swiglu(&gate, &up)?;
         Ok((x + project(6, &l.down, &inner)?)?)
