@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use temper::zoo::cpu::bf16_product::{
-    packed_product, pair_dot_product, tile_product, widened_product, WIDENED_FROM_ROWS,
+    new_packed_product, pair_dot_product, tile_product, widened_product, WIDENED_FROM_ROWS,
 };
 use temper::zoo::cpu::gemm::{matmul, Threads, View, ViewMut};
 
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             // The same product over the weight repacked once (what a served layer holds).
             let packed_ms = packed.as_ref().map(|tiles| {
                 best_ms(|| {
-                    packed_product(&x, tiles, (m, k, n), &mut y);
+                    let _ = new_packed_product(&x, tiles, (m, k, n));
                 })
             });
             let mut y32 = vec![0f32; m * n];

@@ -15,6 +15,7 @@
 //! L2 cache while every row of `x` passes over them.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Destination, Threads, View, ViewMut};
@@ -78,9 +79,8 @@ impl CustomOp2 for Bf16Product {
         };
         let x = contiguous_slice(x, x_layout)?;
         let w = contiguous_slice(w, w_layout)?;
-        // SAFETY: `half::bf16` is `#[repr(transparent)]` over its `u16` bits, so the weight's
-        // storage is read in place as those bits (a copy would cost what bf16 saves).
-        let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
+        // The weight's storage read in place as its bits (a copy would cost what bf16 saves).
+        let w_bits: &[u16] = w.reinterpret_cast();
         let y = if self.packed {
             let Some(y) = new_packed_product(x, w_bits, (m, k, n)) else {
                 candle_core::bail!(
@@ -187,27 +187,6 @@ pub fn tile_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize), y: &
     }
 }
 
-/// `y = x · wᵀ` for a weight repacked by `super::bf16_tiled_weight::packed` (what a layer
-/// frozen for serving on an AMX CPU holds), on the tile unit; false (and `y` untouched)
-/// where the CPU has no AMX or the widths are not whole tiles, which
-/// `bf16_tiled_weight::packed` never packs.
-pub fn packed_product(
-    x: &[f32],
-    tiles: &[u16],
-    dims: (usize, usize, usize),
-    y: &mut [f32],
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::bf16_tiled_weight::product(x, tiles, dims, y)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (x, tiles, dims, y);
-        false
-    }
-}
-
 /// The products of `x [m, k]` with several weights `bf16_packing::packed_weight` repacked
 /// (`packed`, each `[n, k]`), all on the CPU, in one pass over the pool
 /// (`bf16_tiled_weight::new_products`): `Some` of each `[m, n]` f32 output, in order;
@@ -235,10 +214,7 @@ pub fn packed_bf16_linears(
             return Ok(None);
         };
         let w = contiguous_slice(w, layout)?;
-        // SAFETY: as in `Bf16Product::cpu_fwd`: `half::bf16` is `#[repr(transparent)]` over
-        // its `u16` bits.
-        let w_bits: &[u16] = unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) };
-        bits.push((w_bits, *n));
+        bits.push((w.reinterpret_cast(), *n));
     }
     let outputs = crate::zoo::fused::with_cpu_values(&x, "bf16 products", |x| {
         Ok(new_packed_products(x, &bits, (m, k)))
@@ -255,8 +231,9 @@ pub fn packed_bf16_linears(
         .map(Some)
 }
 
-/// [`packed_product`] for several weights of one input, each into a new `y`
-/// (`bf16_tiled_weight::new_products`); `None` where it does not run.
+/// The products of one input with several weights repacked for the tiles
+/// (`bf16_tiled_weight::packed`), each into a new `y` (`bf16_tiled_weight::new_products`);
+/// `None` where the CPU has no AMX or the widths are not whole tiles.
 pub fn new_packed_products(
     x: &[f32],
     weights: &[(&[u16], usize)],
@@ -273,7 +250,9 @@ pub fn new_packed_products(
     }
 }
 
-/// [`packed_product`] into a new `y` (`m × n`); `None` where it does not run.
+/// `y = x · wᵀ` for a weight repacked for the tiles (what a layer frozen for serving on an AMX
+/// CPU holds), into a new `y` (`m × n`); `None` where the CPU has no AMX or the widths are not
+/// whole tiles, which `bf16_tiled_weight::packed` never packs.
 pub fn new_packed_product(
     x: &[f32],
     tiles: &[u16],
@@ -325,6 +304,49 @@ where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
     in_padded_blocks_of(width, y, (m, n), m, compute);
+}
+
+/// New outputs `[m, n]`, one for each of `widths`, filled on the pool without being cleared
+/// first: `fill(i, columns, (at, stride))` for each block of [`COLUMN_BLOCK`] columns of output
+/// `i` (`at` the block's value in row 0, rows `stride` apart), the blocks of every output one
+/// set of tasks. What the products that write their sums straight into `y` share.
+///
+/// # Safety
+/// `fill` must write each of the `m` rows of its columns, and nothing outside them.
+pub(super) unsafe fn new_column_blocks<F>(m: usize, widths: &[usize], fill: F) -> Vec<Vec<f32>>
+where
+    F: Fn(usize, std::ops::Range<usize>, (*mut f32, usize)) + Sync,
+{
+    let mut outputs: Vec<Vec<f32>> = widths.iter().map(|&n| Vec::with_capacity(m * n)).collect();
+    let destinations: Vec<Destination> = outputs
+        .iter_mut()
+        .map(|y| Destination(y.spare_capacity_mut().as_mut_ptr().cast::<f32>()))
+        .collect();
+    let tasks: Vec<(usize, usize)> = widths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            column_starts(COLUMN_BLOCK, n)
+                .into_iter()
+                .map(move |s| (i, s))
+        })
+        .collect();
+    tasks.into_par_iter().for_each(|(i, start)| {
+        let n = widths[i];
+        // Output `i` has room for `m · n` values; these columns of its rows are this task's
+        // alone (the blocks of an output are disjoint).
+        fill(
+            i,
+            start..(start + COLUMN_BLOCK).min(n),
+            (destinations[i].at(start), n),
+        );
+    });
+    for (y, &n) in outputs.iter_mut().zip(widths) {
+        // SAFETY: the blocks cover every column of every output (`column_starts`) and `fill`
+        // wrote all `m` rows of each (the caller's promise); the capacity is `m · n`.
+        unsafe { y.set_len(m * n) };
+    }
+    outputs
 }
 
 /// [`in_blocks_of`] with blocks of `block_rows` rows (at least `m`: a kernel that writes

@@ -13,11 +13,8 @@
 use std::arch::asm;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::bf16_product::{column_starts, in_padded_blocks_of, COLUMN_BLOCK};
+use super::bf16_product::new_column_blocks;
 use super::bf16_tiles::{store_sums, zero_sums, TileSession, COLUMN_TILE, INPUT_STEP, ROW_TILE};
-use super::gemm::Destination;
 
 /// bf16 values in one packed tile (16 input pairs × 16 columns × 2).
 const TILE_VALUES: usize = INPUT_STEP * COLUMN_TILE;
@@ -64,25 +61,8 @@ fn runs(tiles: &[u16], k: usize, n: usize) -> bool {
     super::bf16_tiles::fits(k, n) && super::bf16_tiles::available() && tiles.len() == n * k
 }
 
-/// `y = x · wᵀ` (`x [m, k]` f32, `y [m, n]`) for `tiles` [`packed`] from `w`, on the pool in
-/// blocks of output columns; false (and `y` untouched) where it does not [`runs`].
-pub fn product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize), y: &mut [f32]) -> bool {
-    if !runs(tiles, k, n) || x.len() != m * k || y.len() != m * n {
-        return false;
-    }
-    let rows = rounded_rows(x, m, k);
-    let padded_m = rows.len() / k;
-    in_padded_blocks_of(COLUMN_BLOCK, y, (m, n), padded_m, |columns, buffer| {
-        let out = (buffer.as_mut_ptr(), columns.len());
-        // SAFETY: `runs` answered true (AMX, `k` and `n` whole tiles, `tiles` the whole
-        // packed weight); the blocks' columns are multiples of 16 within `n`, `rows` holds
-        // `padded_m` rows and `buffer` `padded_m` rows of the columns.
-        unsafe { block(&rows, tiles, (padded_m, k), columns, out) }
-    });
-    true
-}
-
-/// [`product`] into a new `y`; `None` where it does not [`runs`].
+/// `y = x · wᵀ` (`x [m, k]` f32) for `tiles` [`packed`] from `w`, into a new `y [m, n]`;
+/// `None` where it does not [`runs`].
 pub fn new_product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize)) -> Option<Vec<f32>> {
     new_products(x, &[(tiles, n)], (m, k))?.pop()
 }
@@ -91,11 +71,11 @@ pub fn new_product(x: &[f32], tiles: &[u16], (m, k, n): (usize, usize, usize)) -
 /// query, key and value projections of a layer, or its gate and up projections), each
 /// into a new `y [m, n]`, in one pass over the pool: `x` is rounded once, and the small
 /// products' few column blocks share the threads with the others' rather than leaving one
-/// idle (a key projection of 192 columns is three tasks for two cores). Where `m` is
-/// whole groups of 16 rows (a batch of 16, 32, … streams) each task's sums go straight
-/// into its columns of its `y`, which is not cleared first: every value is written once,
-/// and clearing and copying a buffer cost as much as a layer's smaller products at 32
-/// rows. `None` where any of them does not [`runs`].
+/// idle (a key projection of 192 columns is three tasks for two cores). Each task's sums go
+/// straight into its columns of its `y`, which is not cleared first (every value is
+/// written once: clearing and copying a buffer cost as much as a layer's smaller products
+/// at 32 rows); where `m` is not whole groups of 16 rows, a task's last group goes through
+/// a buffer of its block. `None` where any of them does not [`runs`].
 pub fn new_products(
     x: &[f32],
     weights: &[(&[u16], usize)],
@@ -104,51 +84,36 @@ pub fn new_products(
     if x.len() != m * k || !weights.iter().all(|&(tiles, n)| runs(tiles, k, n)) {
         return None;
     }
-    if m % ROW_TILE != 0 {
-        let mut outputs = Vec::with_capacity(weights.len());
-        for &(tiles, n) in weights {
-            let mut y = vec![0f32; m * n];
-            product(x, tiles, (m, k, n), &mut y);
-            outputs.push(y);
-        }
-        return Some(outputs);
-    }
     let rows = rounded_rows(x, m, k);
-    let mut outputs: Vec<Vec<f32>> = weights
-        .iter()
-        .map(|&(_, n)| Vec::with_capacity(m * n))
-        .collect();
-    let destinations: Vec<Destination> = outputs
-        .iter_mut()
-        .map(|y| Destination(y.spare_capacity_mut().as_mut_ptr().cast::<f32>()))
-        .collect();
-    let tasks: Vec<(usize, usize)> = weights
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &(_, n))| {
-            column_starts(COLUMN_BLOCK, n)
-                .into_iter()
-                .map(move |s| (i, s))
-        })
-        .collect();
-    tasks.into_par_iter().for_each(|(i, start)| {
-        let (tiles, n) = weights[i];
-        let columns = start..(start + COLUMN_BLOCK).min(n);
-        let out = (destinations[i].at(start), n);
+    let padded_m = rows.len() / k;
+    let widths: Vec<usize> = weights.iter().map(|&(_, n)| n).collect();
+    let fill = |i: usize, columns: Range<usize>, (at, stride): (*mut f32, usize)| {
+        let tiles = weights[i].0;
         // SAFETY: `runs` answered true for this weight (AMX, `k` and `n` whole tiles,
-        // `tiles` the whole packed weight); `rows` holds `m` rows (a multiple of 16); output
-        // `i` has room for `m · n` values, of which these columns of each row (rows `n`
-        // apart) are this task's alone: the tasks' column ranges of a weight are disjoint.
-        unsafe { block(&rows, tiles, (m, k), columns, out) }
-    });
-    for (y, &(_, n)) in outputs.iter_mut().zip(weights) {
-        // SAFETY: the tasks' column blocks of this weight cover `0..n` (`column_starts`),
-        // and `block` stores every column tile of every group of 16 rows of its columns,
-        // so all `m · n` values are written (`n` is whole tiles: `runs`); the capacity is
-        // `m · n` (allocated above).
-        unsafe { y.set_len(m * n) };
-    }
-    Some(outputs)
+        // `tiles` the whole packed weight), so `columns` are whole tiles within it; `rows`
+        // holds `padded_m` rows; `at` is writable at these columns of `m` rows, `stride`
+        // apart (`new_column_blocks`), and the buffer at `padded_m` rows of them.
+        unsafe {
+            if padded_m == m {
+                return block(&rows, tiles, (m, k), columns, (at, stride));
+            }
+            let width = columns.len();
+            let mut buffer = vec![0f32; padded_m * width];
+            block(
+                &rows,
+                tiles,
+                (padded_m, k),
+                columns,
+                (buffer.as_mut_ptr(), width),
+            );
+            for (r, values) in buffer.chunks_exact(width).take(m).enumerate() {
+                std::ptr::copy_nonoverlapping(values.as_ptr(), at.add(r * stride), width);
+            }
+        }
+    };
+    // SAFETY: `fill` writes all `m` rows of its columns: `block` stores every column tile of
+    // every group of rows, straight or through the buffer whose first `m` rows are copied.
+    Some(unsafe { new_column_blocks(m, &widths, fill) })
 }
 
 /// `x [m, k]` rounded to bf16, padded with zero rows to whole groups of 16.

@@ -22,10 +22,7 @@ use std::arch::asm;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
-use super::bf16_product::{column_starts, COLUMN_BLOCK};
-use super::gemm::Destination;
+use super::bf16_product::new_column_blocks;
 
 /// Inputs one tile multiplication consumes (one row of the weight's tile: 64 bytes).
 pub const INPUT_STEP: usize = 32;
@@ -112,21 +109,13 @@ pub fn new_product(x: &[f32], w: &[u16], (m, k, n): (usize, usize, usize)) -> Op
         return None;
     }
     let packed = packed_rows(x, m, k);
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let destination = Destination(y.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-    column_starts(COLUMN_BLOCK, n)
-        .into_par_iter()
-        .for_each(|start| {
-            let columns = start..(start + COLUMN_BLOCK).min(n);
-            // SAFETY: `available` answered true, `fits` checked `k` and `n`, `w` holds `n` rows;
-            // `y` has room for `m · n` values, of which these columns of each row (rows `n`
-            // apart) are this task's alone: the tasks' column ranges are disjoint.
-            unsafe { block(&packed, w, (m, k), columns, (destination.at(start), n)) }
-        });
-    // SAFETY: the tasks' column blocks cover `0..n` and `block` writes every row of its
-    // columns, so all `m · n` values are written; the capacity is `m · n`.
-    unsafe { y.set_len(m * n) };
-    Some(y)
+    let fill = |_: usize, columns: Range<usize>, out: (*mut f32, usize)| {
+        // SAFETY: `available` answered true, `fits` checked `k` and `n`, `w` holds `n` rows;
+        // `out` is writable at these columns of `m` rows (`new_column_blocks`).
+        unsafe { block(&packed, w, (m, k), columns, out) }
+    };
+    // SAFETY: `block` writes every row of its columns.
+    unsafe { new_column_blocks(m, &[n], fill) }.pop()
 }
 
 /// The tile registers' layout: palette 1; registers 0–3 hold 16 × 16 f32 sums, 4–5 the
