@@ -26,11 +26,16 @@ impl TrainLinear {
     /// rows on the CPU (what serving sends), else (any other input) through the rows
     /// unpacked, so that no caller ever multiplies the packed order.
     pub(super) fn packed_forward(&self, packed: &Tensor, x2: &Tensor) -> Result<Tensor, ZooError> {
-        let out = if !x2.track_op() && crate::zoo::cpu::bf16_product::takes(x2, packed) {
-            crate::zoo::cpu::bf16_product::packed_bf16_linear(x2, packed)?
-        } else {
-            let weight = crate::zoo::cpu::bf16_packing::unpacked_weight(packed)?;
-            x2.detach().matmul(&weight.to_dtype(x2.dtype())?.t()?)?
+        let product = match x2.track_op() {
+            false => crate::zoo::cpu::bf16_product::packed_bf16_linears(x2, &[packed])?,
+            true => None,
+        };
+        let out = match product.and_then(|mut outputs| outputs.pop()) {
+            Some(out) => out,
+            None => {
+                let weight = crate::zoo::cpu::bf16_packing::unpacked_weight(packed)?;
+                x2.detach().matmul(&weight.to_dtype(x2.dtype())?.t()?)?
+            }
         };
         self.with_bias(out)
     }

@@ -3,6 +3,7 @@
 //! (`zoo::linear::LinearBase::PackedBf16`). The layout is `super::bf16_tiled_weight`'s.
 
 use candle_core::{DType, Tensor};
+use half::vec::{HalfBitsVecExt, HalfFloatVecExt};
 
 /// `weight [n, k]` (bf16, on the CPU) repacked in the tiles the AMX kernel reads, the same
 /// shape and dtype; `None` where the CPU has no AMX or the widths are not whole tiles.
@@ -46,10 +47,10 @@ pub fn unpacked_weight(packed: &Tensor) -> candle_core::Result<Tensor> {
 
 fn bf16_bits(weight: &Tensor) -> candle_core::Result<Vec<u16>> {
     let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
-    Ok(values.into_iter().map(half::bf16::to_bits).collect())
+    Ok(values.reinterpret_into())
 }
 
 fn bf16_tensor(bits: Vec<u16>, shape: (usize, usize)) -> candle_core::Result<Tensor> {
-    let values: Vec<half::bf16> = bits.into_iter().map(half::bf16::from_bits).collect();
+    let values: Vec<half::bf16> = bits.reinterpret_into();
     Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
 }

@@ -31,7 +31,7 @@ const WIDENED_COLUMN_BLOCK: usize = 1024;
 /// `[m, n]`. No gradient: serving only.
 pub fn bf16_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &Bf16Product::default())
+        .apply_op2_no_bwd(&weight.contiguous()?, &Bf16Product)
 }
 
 /// Whether `x` and `weight` are what [`bf16_linear`] multiplies: f32 rows and a bf16
@@ -45,17 +45,9 @@ pub fn takes(x: &Tensor, weight: &Tensor) -> bool {
         && weight.rank() == 2
 }
 
-/// [`bf16_linear`] for a weight `super::bf16_packing::packed_weight` repacked.
-pub fn packed_bf16_linear(x: &Tensor, packed: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&packed.contiguous()?, &Bf16Product { packed: true })
-}
-
-/// The product op; `packed`: the weight is `bf16_packing::packed_weight`'s layout.
-#[derive(Default)]
-struct Bf16Product {
-    packed: bool,
-}
+/// The product op (the weight's rows as they lie; packed weights go through
+/// [`packed_bf16_linears`]).
+struct Bf16Product;
 
 impl CustomOp2 for Bf16Product {
     fn name(&self) -> &'static str {
@@ -81,16 +73,7 @@ impl CustomOp2 for Bf16Product {
         let w = contiguous_slice(w, w_layout)?;
         // The weight's storage read in place as its bits (a copy would cost what bf16 saves).
         let w_bits: &[u16] = w.reinterpret_cast();
-        let y = if self.packed {
-            let Some(y) = new_packed_product(x, w_bits, (m, k, n)) else {
-                candle_core::bail!(
-                    "bf16 product: a packed weight [{n}, {k}] on a CPU without AMX tiles"
-                );
-            };
-            y
-        } else {
-            new_product(x, w_bits, (m, k, n))
-        };
+        let y = new_product(x, w_bits, (m, k, n));
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }

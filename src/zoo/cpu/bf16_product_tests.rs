@@ -269,7 +269,10 @@ fn a_packed_weight_tensor_keeps_its_shape_and_gives_its_rows_back() {
     assert_eq!(crate::zoo::test_tensors::max_abs_diff(&rows, &w32), 0.0);
     let x = Tensor::from_vec(values(3 * k, 10), (3, k), &device).unwrap();
     let want = bf16_linear(&x, &w).unwrap();
-    let got = packed_bf16_linear(&x, &packed).unwrap();
+    let got = packed_bf16_linears(&x, &[&packed])
+        .unwrap()
+        .unwrap()
+        .remove(0);
     let error = (got - want).unwrap().abs().unwrap().max_all().unwrap();
     assert!(error.to_scalar::<f32>().unwrap() < 1e-5);
     // Widths that are not whole tiles are not packed.
@@ -310,7 +313,7 @@ fn packed_weights_of_one_input_multiply_together_as_each_alone() {
             .unwrap();
         assert_eq!(together.len(), 3);
         for (got, w) in together.iter().zip(&packed) {
-            let alone = packed_bf16_linear(&x, w).unwrap();
+            let alone = packed_bf16_linears(&x, &[w]).unwrap().unwrap().remove(0);
             assert_eq!(got.dims2().unwrap(), alone.dims2().unwrap());
             let (got, alone) = (
                 got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

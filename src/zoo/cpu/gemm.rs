@@ -235,8 +235,8 @@ pub(super) fn split((m, n, k): (usize, usize, usize), threads: usize) -> Split {
 #[derive(Clone, Copy)]
 pub(super) struct Destination(pub(super) *mut f32);
 
-// SAFETY: the blocks of one product write disjoint elements (see `blas_products` and
-// `bf16_product::in_blocks_of`), and the `&mut` borrow the pointer came from outlives the
+// SAFETY: the blocks of one product write disjoint elements (see `blas_products`,
+// `bf16_product::in_padded_blocks_of` and `bf16_product::new_column_blocks`), and the `&mut` borrow the pointer came from outlives the
 // parallel loop.
 unsafe impl Send for Destination {}
 // SAFETY: as above.
