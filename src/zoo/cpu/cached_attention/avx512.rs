@@ -13,6 +13,12 @@ use half::bf16;
 
 use super::super::exp::softmax_in_place;
 
+/// Key rows requested ahead of the one being dotted (see [`attend`]).
+const PREFETCH_ROWS: usize = 8;
+
+/// Bytes of a cache line: what one prefetch brings in.
+const LINE: usize = 64;
+
 /// f32 lanes of one register.
 const LANES: usize = 16;
 
@@ -85,7 +91,24 @@ unsafe fn attend<const C: usize, T: Lanes>(
     let d = C * LANES;
     let group = queries.len() / d;
     let total = keys.len() / d;
+    // The loads of each key row waited on memory (half the kernel's time): each (sequence,
+    // head) task reads 16–48 KiB nobody touched since the last step, and the hardware's
+    // prefetchers start late on each. So the key rows a few ahead are requested into L1,
+    // and each value row into L2 as its key row is read, for the `p·v` pass after the
+    // softmax. `examples/attention_speed` (32 sequences of 128 tokens, 30 layers, 2
+    // cores): 10.9 → 7.2 ms a step with a bf16 cache, 16.5 → 10.9 with f32.
+    let row_bytes = d * std::mem::size_of::<T>();
+    let (key_bytes, value_bytes) = (keys.as_ptr().cast::<i8>(), values.as_ptr().cast::<i8>());
+    let end = keys.len() * std::mem::size_of::<T>();
     for (t, key) in keys.chunks_exact(d).enumerate() {
+        let (ahead, here) = ((t + PREFETCH_ROWS) * row_bytes, t * row_bytes);
+        for line in (0..row_bytes).step_by(LINE) {
+            if ahead + line < end {
+                _mm_prefetch::<_MM_HINT_T0>(key_bytes.add(ahead + line));
+            }
+            // `values` is as long as `keys` (checked by `decode_group`).
+            _mm_prefetch::<_MM_HINT_T1>(value_bytes.add(here + line));
+        }
         let key = load::<C, T>(key);
         for (j, query) in queries.chunks_exact(d).enumerate() {
             let mut sum = _mm512_mul_ps(_mm512_loadu_ps(query.as_ptr()), key[0]);
