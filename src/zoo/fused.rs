@@ -23,6 +23,31 @@ pub(crate) fn rows_per_task(width: usize) -> usize {
     (PARALLEL_CHUNK / width.max(1)).max(1) * width.max(1)
 }
 
+/// Fewest elements a forward kernel splits over the pool: below it one task is quicker
+/// than waking a thread.
+const SPLIT_FROM: usize = 4096;
+
+/// Elements per parallel task of a forward kernel over `len` elements in whole units of
+/// `unit` (a row's width, or 1): about [`PARALLEL_CHUNK`] each, in a number of tasks that is
+/// a multiple of the pool's threads, so that every thread gets the same share. By
+/// [`rows_per_task`] a decoding step's `[32, 576]` rows were one task of 28 rows and one of
+/// 4, and SwiGLU's `[32, 1536]` three tasks for two threads. (Backward kernels keep
+/// [`rows_per_task`]: their partial sums are added in task order, and that order stays the
+/// same on every machine.)
+pub(crate) fn balanced_task_len(len: usize, unit: usize) -> usize {
+    let unit = unit.max(1);
+    let units = len.div_ceil(unit).max(1);
+    if len < SPLIT_FROM {
+        return units * unit;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = len
+        .div_ceil(PARALLEL_CHUNK)
+        .next_multiple_of(threads)
+        .min(units);
+    units.div_ceil(tasks) * unit
+}
+
 /// The backward of a row-wise norm over rows of `width`, split over the pool: each task
 /// writes its rows' input gradient (`rows_backward(x, g, dx)`) and returns its share of the
 /// parameter gradients, added into `sums` in task order (the same sum on every run). A
@@ -180,8 +205,9 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(PARALLEL_CHUNK)
-            .zip(x.par_chunks(PARALLEL_CHUNK))
+        let task = balanced_task_len(x.len(), 1);
+        y.par_chunks_mut(task)
+            .zip(x.par_chunks(task))
             .for_each(|(out, x)| gelu_chunk(out, x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -280,7 +306,7 @@ impl CustomOp3 for LayerNorm {
             contiguous_f32(s3, l3)?,
         );
         let hidden = w.len();
-        let task = rows_per_task(hidden);
+        let task = balanced_task_len(x.len(), hidden);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(task)
             .zip(x.par_chunks(task))
@@ -393,6 +419,32 @@ mod tests {
     use super::*;
     use crate::zoo::test_tensors::{max_abs_diff, wave};
     use candle_core::{Var, D};
+
+    #[test]
+    fn forward_tasks_split_evenly_over_the_threads() {
+        let on = |threads: usize, len: usize, unit: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| balanced_task_len(len, unit))
+        };
+        // A decoding step's 32 rows of 576: 16 rows a task on two threads (`rows_per_task`
+        // made them 28 and 4); SwiGLU's 32 × 1536 values: four tasks, not three.
+        assert_eq!(rows_per_task(576), 28 * 576);
+        assert_eq!(on(2, 32 * 576, 576), 16 * 576);
+        assert_eq!(on(2, 32 * 1536, 1), 12_288);
+        // One thread or three: three tasks of 16,384 are already even.
+        assert_eq!(on(1, 32 * 1536, 1), 16_384);
+        assert_eq!(on(3, 32 * 1536, 1), 16_384);
+        // A single row, or fewer values than are worth a thread: one task.
+        assert_eq!(on(2, 576, 576), 576);
+        assert_eq!(on(2, 4000, 1), 4000);
+        // Never more tasks than rows: three rows of 4096 are two tasks of two rows at most.
+        assert_eq!(on(2, 3 * 4096, 4096), 2 * 4096);
+        // Large inputs keep about `PARALLEL_CHUNK` a task.
+        assert_eq!(on(2, 1 << 20, 1), PARALLEL_CHUNK);
+    }
 
     #[test]
     fn fused_gelu_matches_candle_forward_and_gradient() {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::zoo::cpu::exp::softmax_in_place;
 
 use crate::zoo::fused::{
-    contiguous_f32, norm_backward_rows, rows_per_task, unpack_norm_grads, uses_fused_kernels,
+    balanced_task_len, contiguous_f32, norm_backward_rows, unpack_norm_grads, uses_fused_kernels,
 };
 
 /// RMSNorm over the last dimension, in f32: `x / sqrt(mean(x²) + eps) · weight`.
@@ -51,7 +51,7 @@ impl CustomOp2 for RmsNorm {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let mut y = vec![0f32; x.len()];
-        let task = rows_per_task(w.len());
+        let task = balanced_task_len(x.len(), w.len());
         y.par_chunks_mut(task)
             .zip(x.par_chunks(task))
             .for_each(|(y, x)| {
@@ -203,7 +203,7 @@ impl CustomOp3 for Rope {
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut y = vec![0f32; x.len()];
         let width = heads * d;
-        let task = rows_per_task(width);
+        let task = balanced_task_len(x.len(), width);
         y.par_chunks_mut(task)
             .zip(x.par_chunks(task))
             .enumerate()
