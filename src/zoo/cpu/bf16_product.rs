@@ -305,14 +305,11 @@ where
         .iter_mut()
         .map(|y| Destination(y.spare_capacity_mut().as_mut_ptr().cast::<f32>()))
         .collect();
+    let block = balanced_column_block(widths, rayon::current_num_threads());
     let tasks: Vec<(usize, usize)> = widths
         .iter()
         .enumerate()
-        .flat_map(|(i, &n)| {
-            column_starts(COLUMN_BLOCK, n)
-                .into_iter()
-                .map(move |s| (i, s))
-        })
+        .flat_map(|(i, &n)| column_starts(block, n).into_iter().map(move |s| (i, s)))
         .collect();
     tasks.into_par_iter().for_each(|(i, start)| {
         let n = widths[i];
@@ -320,7 +317,7 @@ where
         // alone (the blocks of an output are disjoint).
         fill(
             i,
-            start..(start + COLUMN_BLOCK).min(n),
+            start..(start + block).min(n),
             (destinations[i].at(start), n),
         );
     });
@@ -371,6 +368,24 @@ pub(super) fn in_padded_blocks_of<F>(
 }
 
 /// The first column of each block of `width` of `n` columns.
+/// Columns per task of products into outputs of `widths` columns over `threads` threads:
+/// [`COLUMN_BLOCK`], or half of it where that spreads the blocks more evenly over the
+/// threads (the thread with the most blocks sets the time). SmolLM2's attention output and
+/// down projections (576 columns) are nine blocks of 64, five on one of two threads and four
+/// on the other; eighteen of 32 are nine on each.
+pub(super) fn balanced_column_block(widths: &[usize], threads: usize) -> usize {
+    let threads = threads.max(1);
+    let busiest = |block: usize| {
+        let tasks: usize = widths.iter().map(|n| n.div_ceil(block)).sum();
+        tasks.div_ceil(threads) * block
+    };
+    let half = COLUMN_BLOCK / 2;
+    match busiest(half) < busiest(COLUMN_BLOCK) {
+        true => half,
+        false => COLUMN_BLOCK,
+    }
+}
+
 pub(super) fn column_starts(width: usize, n: usize) -> Vec<usize> {
     (0..n).step_by(width.max(1)).collect()
 }

@@ -329,3 +329,17 @@ fn packed_weights_of_one_input_multiply_together_as_each_alone() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn column_blocks_are_halved_where_that_evens_out_the_threads() {
+    // SmolLM2's attention output and down projections: nine blocks of 64 are five and four
+    // on two threads, eighteen of 32 nine and nine.
+    assert_eq!(balanced_column_block(&[576], 2), 32);
+    // q, k and v together (576 + 192 + 192): fifteen blocks of 64, thirty of 32.
+    assert_eq!(balanced_column_block(&[576, 192, 192], 2), 32);
+    // Already even, or many blocks: 64 (each weight tile loaded feeds more columns).
+    assert_eq!(balanced_column_block(&[1536, 1536], 2), 64);
+    assert_eq!(balanced_column_block(&[49_152], 2), 64);
+    assert_eq!(balanced_column_block(&[576], 1), 64);
+    assert_eq!(balanced_column_block(&[576], 3), 64);
+}
