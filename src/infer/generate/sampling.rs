@@ -32,9 +32,17 @@ impl Sampler {
         }
     }
 
-    /// The same sampler, choosing from the logits plus `bias`.
+    /// The same sampler, choosing from the logits plus `bias` (the biases of an id named
+    /// twice add up).
     pub(crate) fn with_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
-        self.bias = bias;
+        let mut merged: Vec<(u32, f32)> = Vec::with_capacity(bias.len());
+        for (id, value) in bias {
+            match merged.iter_mut().find(|(known, _)| *known == id) {
+                Some((_, sum)) => *sum += value,
+                None => merged.push((id, value)),
+            }
+        }
+        self.bias = merged;
         self
     }
 
@@ -42,6 +50,11 @@ impl Sampler {
     pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.bias.is_empty() {
             return self.choose(logits);
+        }
+        if self.temperature < GREEDY_BELOW {
+            if let Some(token) = biased_argmax(logits, &self.bias) {
+                return token;
+            }
         }
         let mut biased = std::mem::take(&mut self.biased);
         biased.clear();
@@ -108,6 +121,29 @@ pub(crate) fn argmax(logits: &[f32]) -> u32 {
             Some(c * MAX_LANES + at)
         });
     first.unwrap_or(logits.len().saturating_sub(1)) as u32
+}
+
+/// [`argmax`] of `logits` with `bias` added, without a biased copy of the row (a 49,152-token
+/// row copied per sequence and step was most of greedy sampling's time): the raw argmax
+/// against each biased token. `None` where the raw argmax is itself biased, since its
+/// biased value may then lose to a token only a whole pass finds.
+fn biased_argmax(logits: &[f32], bias: &[(u32, f32)]) -> Option<u32> {
+    let raw = argmax(logits);
+    if bias.iter().any(|&(id, _)| id == raw) {
+        return None;
+    }
+    let mut best = (raw, *logits.get(raw as usize)?);
+    for &(id, value) in bias {
+        let Some(&logit) = logits.get(id as usize) else {
+            continue;
+        };
+        let biased = logit + value;
+        // As `argmax`: a larger value wins, the lower id among equals, NaN never.
+        if biased > best.1 || (biased == best.1 && id < best.0) {
+            best = (id, biased);
+        }
+    }
+    Some(best.0)
 }
 
 /// Softmax of `logits / temperature` in f64.
@@ -264,6 +300,46 @@ mod tests {
         let twos = draws.iter().filter(|&&id| id == 2).count();
         // e / (1 + e) = 0.731 of 2000 = 1462.
         assert!((1380..1540).contains(&twos), "{twos}");
+    }
+
+    #[test]
+    fn greedy_bias_without_a_copy_chooses_as_the_biased_copy_does() {
+        // The biased row itself, as the copy path builds it.
+        let copied = |logits: &[f32], bias: &[(u32, f32)]| {
+            let mut row = logits.to_vec();
+            for &(id, value) in bias {
+                if let Some(logit) = row.get_mut(id as usize) {
+                    *logit += value;
+                }
+            }
+            argmax(&row)
+        };
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut fast = 0;
+        for case in 0..2000 {
+            // Few distinct values, so equal logits (ties) are common.
+            let logits: Vec<f32> = (0..40).map(|_| rng.random_range(0..6) as f32).collect();
+            let bias: Vec<(u32, f32)> = (0..case % 4)
+                .map(|_| (rng.random_range(0..44), rng.random_range(-3..4) as f32))
+                .collect();
+            let merged = Sampler::new(0.0, 1.0, 1).with_bias(bias.clone()).bias;
+            let expected = copied(&logits, &bias);
+            if let Some(token) = biased_argmax(&logits, &merged) {
+                fast += 1;
+                assert_eq!(token, expected, "{logits:?} {bias:?}");
+            }
+            let mut sampler = Sampler::new(0.0, 1.0, 1).with_bias(bias.clone());
+            assert_eq!(sampler.sample(&logits), expected, "{logits:?} {bias:?}");
+        }
+        // Most rows never copy: their raw argmax is not biased.
+        assert!(fast > 1500, "{fast}");
+        // A biased raw argmax falls back to the copy: 5 + (-10) loses to 4.
+        assert_eq!(biased_argmax(&[5.0, 4.0], &[(0, -10.0)]), None);
+        let mut sampler = Sampler::new(0.0, 1.0, 1).with_bias(vec![(0, -10.0)]);
+        assert_eq!(sampler.sample(&[5.0, 4.0]), 1);
+        // An id named twice: its biases add up, as the copy path adds each.
+        let mut twice = Sampler::new(0.0, 1.0, 1).with_bias(vec![(1, 1.5), (1, 1.5)]);
+        assert_eq!(twice.sample(&[3.5, 1.0, 0.0]), 1);
     }
 
     #[test]
