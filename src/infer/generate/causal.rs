@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde_json::Value;
 
-use super::{LmBackend, PromptEncoder, StepChunk};
+use super::{LmBackend, PromptEncoder, StepChunk, StepLogits};
 use crate::infer::InferError;
 use crate::zoo::chat_template::special_token;
 use crate::zoo::decoder::{CausalLm, DecoderSpec, KvCache, SeqChunk};
@@ -155,7 +155,7 @@ impl LmBackend for CausalLmBackend {
         self.model.kv_cache_bytes(tokens)
     }
 
-    fn step(&mut self, chunks: &mut [StepChunk<'_, KvCache>]) -> Result<Vec<Vec<f32>>, InferError> {
+    fn step(&mut self, chunks: &mut [StepChunk<'_, KvCache>]) -> Result<StepLogits, InferError> {
         let mut seqs: Vec<SeqChunk<'_>> = chunks
             .iter_mut()
             .map(|chunk| SeqChunk {
@@ -164,9 +164,11 @@ impl LmBackend for CausalLmBackend {
                 adapter: chunk.adapter,
             })
             .collect();
-        self.model
-            .forward_cached(&mut seqs)
-            .map_err(|e| InferError::engine(format!("decoder forward: {e}")))
+        let logits = self
+            .model
+            .forward_cached_logits(&mut seqs)
+            .map_err(|e| InferError::engine(format!("decoder forward: {e}")))?;
+        StepLogits::from_tensor(logits)
     }
 
     fn context_len(&self) -> usize {

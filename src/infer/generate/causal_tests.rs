@@ -14,7 +14,7 @@ use super::fake::Gate;
 use super::sampling::argmax;
 use super::{
     FinishReason, GenEngine, GenEngineConfig, GenerationParams, GenerationRequest,
-    GenerationStream, LmBackend, Prompt, PromptEncoder, StepChunk,
+    GenerationStream, LmBackend, Prompt, PromptEncoder, StepChunk, StepLogits,
 };
 use crate::infer::InferError;
 use crate::zoo::collate;
@@ -124,7 +124,7 @@ impl LmBackend for Gated {
     fn step(
         &mut self,
         chunks: &mut [StepChunk<'_, Self::Cache>],
-    ) -> Result<Vec<Vec<f32>>, InferError> {
+    ) -> Result<StepLogits, InferError> {
         self.gate.wait();
         let adapters = chunks
             .iter()

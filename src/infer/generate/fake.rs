@@ -10,7 +10,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde_json::Value;
 
 use super::engine::{GenEngine, GenEngineConfig};
-use super::{Generation, GenerationRequest, GenerationStream, LmBackend, PromptEncoder, StepChunk};
+use super::{
+    Generation, GenerationRequest, GenerationStream, LmBackend, PromptEncoder, StepChunk,
+    StepLogits,
+};
 use crate::infer::InferError;
 
 pub(crate) const EOS: u32 = 0;
@@ -281,10 +284,7 @@ impl LmBackend for FakeLm {
         tokens.saturating_mul(KV_BYTES_PER_TOKEN)
     }
 
-    fn step(
-        &mut self,
-        chunks: &mut [StepChunk<'_, FakeCache>],
-    ) -> Result<Vec<Vec<f32>>, InferError> {
+    fn step(&mut self, chunks: &mut [StepChunk<'_, FakeCache>]) -> Result<StepLogits, InferError> {
         if let Some(gate) = &self.gate {
             gate.wait();
         }
@@ -297,7 +297,7 @@ impl LmBackend for FakeLm {
             .lock()
             .expect("stats lock")
             .push(chunks.iter().map(|chunk| chunk.tokens.len()).collect());
-        chunks
+        let rows = chunks
             .iter_mut()
             .map(|StepChunk { tokens, cache, .. }| {
                 cache.tokens.extend_from_slice(tokens);
@@ -315,7 +315,8 @@ impl LmBackend for FakeLm {
                     .ok_or_else(|| InferError::engine("empty chunk"))?;
                 Ok(logits_after(last))
             })
-            .collect()
+            .collect::<Result<Vec<_>, InferError>>()?;
+        StepLogits::from_rows(rows, VOCAB_SIZE)
     }
 
     fn context_len(&self) -> usize {

@@ -22,6 +22,7 @@
 mod admission;
 mod causal;
 mod engine;
+mod logits;
 pub(crate) mod sampling;
 mod schedule;
 mod sequence;
@@ -54,6 +55,7 @@ use crate::zoo::decoder::ServedAdapter;
 
 pub use causal::{CausalLmBackend, CausalLmParts};
 pub use engine::{GenEngine, GenEngineConfig};
+pub use logits::StepLogits;
 pub use stream::GenerationStream;
 pub(crate) use stream::KeepAlive;
 
@@ -88,9 +90,10 @@ pub trait PromptEncoder: Send + Sync + 'static {
     }
 }
 
-/// A causal language model as the generation engine sees it. Runs only on the engine
-/// thread; every method may be slow.
-pub trait LmBackend: Send + 'static {
+/// A causal language model as the generation engine sees it. Driven by the engine thread;
+/// every method may be slow. `Sync` because the sequences of a step sample and detokenize
+/// in parallel, each reading the model's tokenizer.
+pub trait LmBackend: Send + Sync + 'static {
     /// Per-sequence state of the model (the KV cache), owned by the request, never by
     /// the model, so one loaded model serves many sequences at once.
     type Cache: Send;
@@ -109,10 +112,8 @@ pub trait LmBackend: Send + 'static {
     /// Appends each chunk's tokens to its cache and returns the logits of each chunk's
     /// last token, in chunk order. All chunks go through the model together, each with
     /// its own adapter.
-    fn step(
-        &mut self,
-        chunks: &mut [StepChunk<'_, Self::Cache>],
-    ) -> Result<Vec<Vec<f32>>, InferError>;
+    fn step(&mut self, chunks: &mut [StepChunk<'_, Self::Cache>])
+        -> Result<StepLogits, InferError>;
     /// Most tokens (prompt + generated) a sequence may hold.
     fn context_len(&self) -> usize;
     /// Length of each logits row `step` returns.

@@ -266,6 +266,12 @@ impl CausalLm {
     /// Appends each chunk's tokens at positions `cache.len()..` and returns the logits
     /// (f32, length V) of each chunk's last token, each chunk with its own adapter.
     pub fn forward_cached(&self, chunks: &mut [SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ZooError> {
+        Ok(self.forward_cached_logits(chunks)?.to_vec2::<f32>()?)
+    }
+
+    /// [`Self::forward_cached`]'s logits as the `[chunks, V]` tensor the output layer wrote
+    /// (a server reads them in place rather than copying them into a vector per row).
+    pub fn forward_cached_logits(&self, chunks: &mut [SeqChunk<'_>]) -> Result<Tensor, ZooError> {
         let dec = &self.decoder;
         let c = &dec.cfg;
         let mut ids = Vec::new();
@@ -293,7 +299,7 @@ impl CausalLm {
             positions.extend(start..end);
         }
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Tensor::zeros((0, c.vocab_size), DType::F32, &dec.device)?);
         }
         let host = chunks[0].cache.is_host();
         if chunks.iter().any(|chunk| chunk.cache.is_host() != host) {
@@ -329,7 +335,7 @@ impl CausalLm {
         }
         let last_rows = Tensor::from_vec(last_rows, chunks.len(), &dec.device)?;
         let last = dec.final_norm(&x.index_select(&last_rows, 0)?, Pass::Eval)?;
-        Ok(self.lm_head(&last)?.detach().to_vec2::<f32>()?)
+        Ok(self.lm_head(&last)?.detach())
     }
 
     /// Layer `li`'s attention over host caches: one fused call for the whole batch.
