@@ -2,6 +2,7 @@
 //! once at the start of `main`, before any tensor is created.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Measured on MiniLM-L6 full fine-tuning with 2 cores (`examples/train_speed`, 128
 /// examples, release build): default settings 6.9 samples/s with 18.7 s of user CPU;
@@ -75,7 +76,7 @@ pub fn on_own_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 pub fn keep_pool_awake<R>(work: impl FnOnce() -> R) -> R {
     static POLLING_POOLS: AtomicUsize = AtomicUsize::new(0);
     match claim_polling(&POLLING_POOLS) {
-        Some(_claim) => keep_awake_counting(work, &AtomicUsize::new(0)),
+        Some(_claim) => keep_awake_counting(work, &Pollers::default(), POLL_IDLE_LIMIT),
         None => work(),
     }
 }
@@ -98,8 +99,21 @@ impl Drop for ReleaseOnDrop<'_> {
     }
 }
 
-/// [`keep_pool_awake`], counting in `polling` the threads inside the polling loop.
-fn keep_awake_counting<R>(work: impl FnOnce() -> R, polling: &AtomicUsize) -> R {
+/// How long a polling thread finds no job to run before it stops polling: longer than the
+/// serial stretches between a step's products (0.2–1 ms in training, tens of microseconds
+/// in a decoding step).
+const POLL_IDLE_LIMIT: Duration = Duration::from_millis(2);
+
+/// The threads inside [`keep_awake_counting`]'s polling loop now, and all that entered it.
+#[derive(Default)]
+struct Pollers {
+    inside: AtomicUsize,
+    entered: AtomicUsize,
+}
+
+/// [`keep_pool_awake`], counting the polling threads in `pollers`, each leaving after
+/// `idle_limit` without a job.
+fn keep_awake_counting<R>(work: impl FnOnce() -> R, pollers: &Pollers, idle_limit: Duration) -> R {
     let Some(driver) = rayon::current_thread_index() else {
         return work();
     };
@@ -115,13 +129,29 @@ fn keep_awake_counting<R>(work: impl FnOnce() -> R, polling: &AtomicUsize) -> R 
             if context.index() == driver {
                 return;
             }
-            polling.fetch_add(1, Ordering::SeqCst);
+            pollers.entered.fetch_add(1, Ordering::SeqCst);
+            pollers.inside.fetch_add(1, Ordering::SeqCst);
+            let mut idle_since: Option<Instant> = None;
             while !done.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    std::hint::spin_loop();
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = None;
+                    continue;
                 }
+                // A thread can take this job while it waits inside a join of the work's
+                // (it stole a part of a parallel loop just before the job was queued): the
+                // join's other half may be done, but the thread only sees that when this
+                // loop returns, and the work may be waiting for the part beneath it. So a
+                // poller that finds nothing to run for `POLL_IDLE_LIMIT` leaves; the work
+                // then goes on with a thread that sleeps between products as usual. That
+                // wait hung a server in the soak test (`tests/e2e/generation_limits.rs`)
+                // once the engine polled for its sampling right after its step.
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > idle_limit {
+                    break;
+                }
+                std::hint::spin_loop();
             }
-            polling.fetch_sub(1, Ordering::SeqCst);
+            pollers.inside.fetch_sub(1, Ordering::SeqCst);
         });
         work()
     })
@@ -221,7 +251,9 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::{claim_polling, keep_awake_counting, keep_pool_awake};
+    use std::time::Duration;
+
+    use super::{claim_polling, keep_awake_counting, keep_pool_awake, Pollers, POLL_IDLE_LIMIT};
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
@@ -240,8 +272,11 @@ mod tests {
 
     #[test]
     fn the_other_threads_poll_while_the_work_runs_and_stop_after() {
-        let polling = AtomicUsize::new(0);
-        let seen = pool(3).install(|| keep_awake_counting(|| reaches(&polling, 2), &polling));
+        let pollers = Pollers::default();
+        let polling = &pollers.inside;
+        // An idle limit no scheduling delay reaches: both pollers are in at once.
+        let long = Duration::from_secs(3600);
+        let seen = pool(3).install(|| keep_awake_counting(|| reaches(polling, 2), &pollers, long));
         assert!(
             seen,
             "both other threads of the pool poll while the work runs"
@@ -250,16 +285,34 @@ mod tests {
     }
 
     #[test]
+    fn a_poller_with_nothing_to_run_leaves_before_the_work_ends() {
+        // The work waits for the poller to have come, then for it to leave on its own (it
+        // finds no job for `POLL_IDLE_LIMIT`): a poller stuck over a join of the work's
+        // would otherwise hold the work up for good.
+        let pollers = Pollers::default();
+        let left = pool(2).install(|| {
+            let work = || reaches(&pollers.entered, 1) && reaches(&pollers.inside, 0);
+            keep_awake_counting(work, &pollers, POLL_IDLE_LIMIT)
+        });
+        assert!(
+            left,
+            "the other thread polled, then stopped while the work still ran"
+        );
+    }
+
+    #[test]
     fn a_panic_in_the_work_stops_the_pollers_and_reaches_the_caller() {
-        let polling = AtomicUsize::new(0);
+        let pollers = Pollers::default();
+        let polling = &pollers.inside;
         let outcome = pool(2).install(|| {
             std::panic::catch_unwind(|| {
                 keep_awake_counting(
                     || {
-                        reaches(&polling, 1);
+                        reaches(polling, 1);
                         panic!("step failed")
                     },
-                    &polling,
+                    &pollers,
+                    Duration::from_secs(3600),
                 )
             })
         });
