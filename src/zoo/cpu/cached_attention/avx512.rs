@@ -99,7 +99,7 @@ unsafe fn attend<const C: usize, T: Lanes>(
     // cores): 10.9 → 7.2 ms a step with a bf16 cache, 16.5 → 10.9 with f32.
     let row_bytes = d * std::mem::size_of::<T>();
     let (key_bytes, value_bytes) = (keys.as_ptr().cast::<i8>(), values.as_ptr().cast::<i8>());
-    let end = keys.len() * std::mem::size_of::<T>();
+    let end = std::mem::size_of_val(keys);
     for (t, key) in keys.chunks_exact(d).enumerate() {
         let (ahead, here) = ((t + PREFETCH_ROWS) * row_bytes, t * row_bytes);
         for line in (0..row_bytes).step_by(LINE) {
