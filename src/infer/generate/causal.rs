@@ -1,7 +1,7 @@
 //! The real language model behind a generation engine: `zoo::decoder::CausalLm` (LoRA
 //! already merged) with its tokenizer and chat template. Each request's `KvCache` is
 //! created here and owned by the request; `step` runs every chunk through
-//! `forward_cached` together.
+//! `forward_cached_logits` together and hands the sampler the output tensor as it is.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -367,7 +367,6 @@ pub(super) fn in_padded_blocks_of<F>(
     });
 }
 
-/// The first column of each block of `width` of `n` columns.
 /// Columns per task of products into outputs of `widths` columns over `threads` threads:
 /// [`COLUMN_BLOCK`], or half of it where that spreads the blocks more evenly over the
 /// threads (the thread with the most blocks sets the time). SmolLM2's attention output and
@@ -386,6 +385,7 @@ pub(super) fn balanced_column_block(widths: &[usize], threads: usize) -> usize {
     }
 }
 
+/// The first column of each block of `width` of `n` columns.
 pub(super) fn column_starts(width: usize, n: usize) -> Vec<usize> {
     (0..n).step_by(width.max(1)).collect()
 }
