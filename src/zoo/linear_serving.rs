@@ -1,7 +1,10 @@
 //! Serving a frozen bf16 layer on the CPU: `cpu::bf16_product`'s products, and the weight
-//! repacked for the AMX tiles where the CPU has them (`LinearBase::PackedBf16`).
+//! repacked for the AMX tiles where the CPU has them (`LinearBase::PackedBf16`); a quantized
+//! layer's q8_0 blocks repacked for `cpu::q8_product`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+
+use crate::zoo::cpu::q8_product::{self, PackedQ8};
 
 use super::{LinearBase, Param, Pass, TrainLinear, ZooError};
 
@@ -18,6 +21,15 @@ impl TrainLinear {
             if let Some(packed) = crate::zoo::cpu::bf16_packing::packed_weight(weight)? {
                 self.base = LinearBase::PackedBf16(packed);
             }
+        }
+        Ok(())
+    }
+
+    /// Multiplies a quantized weight as serving does from now on: q8_0 blocks on a CPU with
+    /// AVX512-VNNI repacked for `cpu::q8_product` (`QuantizedWeight::packed_for_cpu_serving`).
+    pub fn serve_quantized_on_cpu(&mut self) -> Result<(), ZooError> {
+        if let LinearBase::Quantized(q) = &self.base {
+            self.base = LinearBase::Quantized(q.clone().packed_for_cpu_serving()?);
         }
         Ok(())
     }
@@ -41,8 +53,10 @@ impl TrainLinear {
     }
 
     /// `linears[i].forward_pass(x, pass)` for each: the products of layers whose weights are
-    /// packed for the tiles in one pass over the pool where they all are and serving sends
-    /// f32 rows (`cpu::bf16_product::packed_bf16_linears`), each on its own otherwise.
+    /// packed for the tiles, or repacked q8_0 blocks, in one pass over the pool where they
+    /// all are and serving sends f32 rows (`cpu::bf16_product::packed_bf16_linears`,
+    /// `cpu::q8_product::q8_linears`: the rows quantized once for all), each on its own
+    /// otherwise.
     pub fn forward_together<const N: usize>(
         linears: [&TrainLinear; N],
         x: &Tensor,
@@ -55,11 +69,20 @@ impl TrainLinear {
                 _ => None,
             })
             .collect();
+        let q8: Option<Vec<&PackedQ8>> = linears
+            .iter()
+            .map(|linear| match (&linear.base, &linear.lora) {
+                (LinearBase::Quantized(q), None) => q.packed_q8(),
+                _ => None,
+            })
+            .collect();
+        let f32_rows = x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op();
         let mut outputs = Vec::with_capacity(N);
-        let together = match (packed, x.track_op()) {
-            (Some(packed), false) => {
+        let together = match (packed, q8, x.track_op()) {
+            (Some(packed), _, false) => {
                 crate::zoo::cpu::bf16_product::packed_bf16_linears(x, &packed)?
             }
+            (_, Some(q8), _) if f32_rows => Some(q8_product::q8_linears(x, &q8)?),
             _ => None,
         };
         match together {

@@ -7,7 +7,8 @@
 //! half its speed), so a single weight multiplied on one core: served as q8_0, 32 streams of
 //! SmolLM2 made 73 tokens/s against 276 for f32 (`bench/serving.py`). The parts hold the
 //! same blocks as one whole weight would (q8_0 and q4_0 quantize each row on its own), so
-//! the product is the same, column for column.
+//! the product is the same, column for column. Served q8_0 on a CPU with AVX512-VNNI is
+//! repacked for `cpu::q8_product` instead ([`QuantizedWeight::packed_for_cpu_serving`]).
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Module, Tensor, D};
 use rayon::prelude::*;
 
+use super::cpu::q8_product::{self, PackedQ8};
 use super::decoder::QuantKind;
 use super::ZooError;
 
@@ -55,13 +57,22 @@ fn dequantized_from_rows(format: GgmlDType, in_dim: usize) -> usize {
     }
 }
 
-/// A frozen quantized weight `[out, in]`: its blocks, in parts of consecutive output rows.
+/// A frozen quantized weight `[out, in]`: its blocks, in parts of consecutive output rows,
+/// or (q8_0 served on a CPU with AVX512-VNNI) repacked for `cpu::q8_product`.
 #[derive(Debug, Clone)]
 pub struct QuantizedWeight {
-    parts: Vec<QuantizedPart>,
+    blocks: Blocks,
     /// The block format (one of [`QuantKind`]'s, or any a GGUF file stores).
     format: GgmlDType,
     dims: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+enum Blocks {
+    /// candle's blocks, in parts of consecutive output rows.
+    Parts(Vec<QuantizedPart>),
+    /// The q8_0 blocks repacked for `cpu::q8_product` (see [`QuantizedWeight::packed_for_cpu_serving`]).
+    PackedQ8(Arc<PackedQ8>),
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +140,7 @@ impl QuantizedWeight {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            parts,
+            blocks: Blocks::Parts(parts),
             format: ggml_dtype(kind),
             dims,
         })
@@ -182,10 +193,40 @@ impl QuantizedWeight {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            parts,
+            blocks: Blocks::Parts(parts),
             format,
             dims,
         })
+    }
+
+    /// The weight as [`Self::forward`] multiplies it when serving: q8_0 blocks on the CPU
+    /// repacked for `cpu::q8_product` where the CPU has AVX512-VNNI (its integer dot
+    /// products at every row count, in the blocks' bytes), anything else as it is.
+    pub fn packed_for_cpu_serving(self) -> Result<Self, ZooError> {
+        let Blocks::Parts(parts) = &self.blocks else {
+            return Ok(self);
+        };
+        let on_cpu = parts.iter().all(|part| part.qtensor.device().is_cpu());
+        if self.format != GgmlDType::Q8_0 || !on_cpu || !q8_product::available() {
+            return Ok(self);
+        }
+        let mut bytes = Vec::with_capacity(self.storage_bytes());
+        for part in parts {
+            bytes.extend_from_slice(&part.qtensor.data()?);
+        }
+        let packed = PackedQ8::from_q8_0(&bytes, self.dims.0, self.dims.1)?;
+        Ok(Self {
+            blocks: Blocks::PackedQ8(Arc::new(packed)),
+            ..self
+        })
+    }
+
+    /// The q8_0 weight repacked for `cpu::q8_product`, if it is.
+    pub fn packed_q8(&self) -> Option<&PackedQ8> {
+        match &self.blocks {
+            Blocks::PackedQ8(packed) => Some(packed),
+            Blocks::Parts(_) => None,
+        }
     }
 
     /// The block format, as ggml names it (`Q8_0`, `Q4_1`, …).
@@ -193,18 +234,27 @@ impl QuantizedWeight {
         format!("{:?}", self.format)
     }
 
-    /// How many parts the output rows are stored in.
+    /// How many parts the output rows are stored in (a repacked weight is one).
     pub fn part_count(&self) -> usize {
-        self.parts.len()
+        match &self.blocks {
+            Blocks::Parts(parts) => parts.len(),
+            Blocks::PackedQ8(_) => 1,
+        }
     }
 
     /// The f32 weight the blocks encode, on `device`.
     pub fn dequantize_on(&self, device: &candle_core::Device) -> Result<Tensor, ZooError> {
-        let parts = self
-            .parts
-            .iter()
-            .map(|part| part.qtensor.dequantize(device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let parts = match &self.blocks {
+            Blocks::Parts(parts) => parts
+                .iter()
+                .map(|part| part.qtensor.dequantize(device))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            Blocks::PackedQ8(packed) => {
+                let values = packed.dequantized();
+                let cpu = candle_core::Device::Cpu;
+                vec![Tensor::from_vec(values, self.dims, &cpu)?.to_device(device)?]
+            }
+        };
         match parts.as_slice() {
             [whole] => Ok(whole.clone()),
             _ => Ok(Tensor::cat(&parts, 0)?),
@@ -213,11 +263,14 @@ impl QuantizedWeight {
 
     /// The f32 weight the blocks encode, on the blocks' device.
     pub fn dequantize(&self) -> Result<Tensor, ZooError> {
-        match self.parts.first() {
-            Some(part) => self.dequantize_on(&part.qtensor.device()),
-            None => Err(ZooError::Unsupported(
-                "a quantized weight with no rows".into(),
-            )),
+        match &self.blocks {
+            Blocks::Parts(parts) => match parts.first() {
+                Some(part) => self.dequantize_on(&part.qtensor.device()),
+                None => Err(ZooError::Unsupported(
+                    "a quantized weight with no rows".into(),
+                )),
+            },
+            Blocks::PackedQ8(_) => self.dequantize_on(&candle_core::Device::Cpu),
         }
     }
 
@@ -228,10 +281,13 @@ impl QuantizedWeight {
 
     /// Bytes of the blocks.
     pub fn storage_bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .map(|part| part.qtensor.storage_size_in_bytes())
-            .sum()
+        match &self.blocks {
+            Blocks::Parts(parts) => parts
+                .iter()
+                .map(|part| part.qtensor.storage_size_in_bytes())
+                .sum(),
+            Blocks::PackedQ8(packed) => packed.storage_bytes(),
+        }
     }
 
     /// `x [rows, in] · Wᵀ` through f32: each part's blocks dequantized for this call and
@@ -239,8 +295,14 @@ impl QuantizedWeight {
     /// not quantized, so the result is the dense product of the dequantized weight.
     pub fn forward_dequantized(&self, x: &Tensor) -> Result<Tensor, ZooError> {
         let device = x.device().clone();
-        let outputs = self
-            .parts
+        let parts = match &self.blocks {
+            Blocks::Parts(parts) => parts,
+            Blocks::PackedQ8(_) => {
+                let weight = self.dequantize_on(&device)?;
+                return Ok(super::cpu::linear_op::linear(x, &weight, None)?);
+            }
+        };
+        let outputs = parts
             .par_iter()
             .map(|part| {
                 let weight = part.qtensor.dequantize(&device)?;
@@ -250,13 +312,20 @@ impl QuantizedWeight {
         joined_columns(outputs)
     }
 
-    /// `x [rows, in] · Wᵀ`. On the CPU the parts multiply in parallel. On a GPU only
+    /// `x [rows, in] · Wᵀ`. A repacked q8_0 weight multiplies f32 rows on the CPU with
+    /// `cpu::q8_product`. Otherwise on the CPU the parts multiply in parallel. On a GPU only
     /// batches of up to [`GPU_QUANTIZED_ROWS`] rows go through candle's quantized kernels:
     /// for larger ones candle quantizes the activations to q8_1 first, and on an H200 that
     /// gave non-finite outputs for q4_0 from 9 rows on and a NaN QLoRA loss for q8_0
     /// (`linear_quant_tests::on_cuda`); those batches multiply by the weight dequantized
     /// for the call instead.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        if let Blocks::PackedQ8(packed) = &self.blocks {
+            return match x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+                true => single_output(q8_product::q8_linears(x, &[packed])?),
+                false => self.forward_dequantized(x),
+            };
+        }
         let rows = x.dims().first().copied().unwrap_or(0);
         if !x.device().is_cpu() && rows > GPU_QUANTIZED_ROWS {
             let weight = self.dequantize()?.to_dtype(x.dtype())?;
@@ -268,21 +337,36 @@ impl QuantizedWeight {
         self.forward_quantized(x)
     }
 
-    /// `x [rows, in] · Wᵀ` by candle's quantized matmul, whatever the rows: the parts in
-    /// parallel on the CPU, in turn elsewhere.
+    /// `x [rows, in] · Wᵀ` with the activations quantized, whatever the rows: by candle's
+    /// quantized matmul (the parts in parallel on the CPU, in turn elsewhere), or by
+    /// `cpu::q8_product` for a repacked weight.
     pub fn forward_quantized(&self, x: &Tensor) -> Result<Tensor, ZooError> {
+        let parts = match &self.blocks {
+            Blocks::Parts(parts) => parts,
+            Blocks::PackedQ8(packed) => {
+                return single_output(q8_product::q8_linears(x, &[packed])?)
+            }
+        };
         let outputs = if x.device().is_cpu() {
-            self.parts
+            parts
                 .par_iter()
                 .map(|part| part.matmul.forward(x))
                 .collect::<candle_core::Result<Vec<_>>>()?
         } else {
-            self.parts
+            parts
                 .iter()
                 .map(|part| part.matmul.forward(x))
                 .collect::<candle_core::Result<Vec<_>>>()?
         };
         joined_columns(outputs)
+    }
+}
+
+/// The one output of a product with one weight.
+fn single_output(mut outputs: Vec<Tensor>) -> Result<Tensor, ZooError> {
+    match (outputs.pop(), outputs.is_empty()) {
+        (Some(output), true) => Ok(output),
+        _ => Err(ZooError::Unsupported("a product went missing".into())),
     }
 }
 

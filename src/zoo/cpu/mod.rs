@@ -20,6 +20,7 @@ pub mod gemm;
 pub(crate) mod lanes;
 pub mod linear_op;
 pub mod lora_linear;
+pub mod q8_product;
 pub(crate) mod reduce;
 pub mod segmented_lora;
 pub mod varlen_attention;

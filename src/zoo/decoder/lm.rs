@@ -261,7 +261,8 @@ impl CausalLm {
     }
 
     /// [`Self::frozen_copy`] with every layer's projections stored as `kind` blocks and
-    /// multiplied by candle's quantized matmul (`--serve-dtype`); embeddings, norms and
+    /// multiplied by candle's quantized matmul, or q8_0 by `cpu::q8_product` where the CPU
+    /// has AVX512-VNNI (`--serve-dtype`); embeddings, norms and
     /// `lm_head` stay as they are, as llama.cpp's q8_0 / q4_0 files keep the output layer
     /// at higher precision. The activations stay f32.
     pub fn quantized_for_serving(&self, kind: QuantKind) -> Result<Self, ZooError> {
@@ -270,6 +271,7 @@ impl CausalLm {
             for lin in l.linears_mut() {
                 let weight = lin.base_weight()?;
                 *lin = TrainLinear::quantized(&weight, lin.bias().cloned(), kind)?;
+                lin.serve_quantized_on_cpu()?;
             }
         }
         Ok(copy)
@@ -295,6 +297,7 @@ impl CausalLm {
                         )));
                     }
                     *lin = TrainLinear::from_quantized(weight, lin.bias().cloned());
+                    lin.serve_quantized_on_cpu()?;
                 }
             }
         }

@@ -79,7 +79,17 @@ fn quantized_projections_take_their_block_bytes_and_keep_the_logits_close() {
             (QuantKind::Q4_0, 18, 0.4),
             (QuantKind::Q4_1, 20, 0.4),
         ] {
-            let served = model.quantized_for_serving(kind).unwrap();
+            let mut served = model.quantized_for_serving(kind).unwrap();
+            // q8_0 goes to `cpu::q8_product` where the CPU has AVX512-VNNI, in its bytes.
+            let repacked = kind == QuantKind::Q8_0 && crate::zoo::cpu::q8_product::available();
+            for layer in &mut served.decoder.layers {
+                for linear in layer.linears_mut() {
+                    let crate::zoo::linear::LinearBase::Quantized(q) = linear.base() else {
+                        panic!("{kind:?}: a projection was not quantized");
+                    };
+                    assert_eq!(q.packed_q8().is_some(), repacked, "{kind:?}");
+                }
+            }
             // 32 weights per block; the rest (embeddings, norms, biases) as they were.
             assert_eq!(
                 model.parameter_bytes() - served.parameter_bytes(),
