@@ -56,6 +56,22 @@ fn forward(
     seed: Seed,
     (rows, in_dim, out): (usize, usize, usize),
 ) -> candle_core::Result<Vec<f32>> {
+    // Decoding a few streams: a read of the weight, which the few-rows kernel streams.
+    if let Some(mut y) = super::few_rows::few_rows_product(x, w, (rows, in_dim, out)) {
+        match seed {
+            Seed::None => {}
+            Seed::Bias(bias) if bias.len() == out => {
+                for row in y.chunks_exact_mut(out) {
+                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                }
+            }
+            Seed::Matrix(matrix) if matrix.len() == y.len() => {
+                y.iter_mut().zip(matrix).for_each(|(y, m)| *y += m);
+            }
+            _ => candle_core::bail!("linear: a seed that does not fit [{rows}, {out}]"),
+        }
+        return Ok(y);
+    }
     let (mut y, accumulate) = match seed {
         Seed::None => (vec![0f32; rows * out], false),
         Seed::Bias(bias) => {

@@ -16,6 +16,7 @@ pub mod cached_attention;
 pub mod dropout;
 pub mod embedding;
 pub(crate) mod exp;
+pub mod few_rows;
 pub mod gemm;
 pub(crate) mod lanes;
 pub mod linear_op;
