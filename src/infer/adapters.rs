@@ -192,6 +192,10 @@ impl ModelLoader<LoadedAdapter> for AdapterLoader {
             slot: base.slot,
         };
         let bytes = loaded.parameter_bytes();
+        // The file read whole and its tensors before the transposed copies kept here: freed
+        // now, and without this they stayed resident in this thread's heap (the 20-adapter
+        // benchmark's RSS grew 1.13–1.17× the adapters' bytes).
+        crate::runtime::release_free_memory();
         tracing::info!(model = %model.name, base = %base.name, bytes, "adapter loaded");
         Ok(loaded)
     }
@@ -207,14 +211,17 @@ pub fn check_peft_adapter(
 ) -> Result<(), InferError> {
     let (config, _) = DecoderConfig::from_dir(base_dir)
         .map_err(|e| InferError::engine(format!("reading the base's config: {e}")))?;
-    crate::tasks::sft::adapter::load_peft_adapter(dir, &config, &Device::Cpu)
+    let checked = crate::tasks::sft::adapter::load_peft_adapter(dir, &config, &Device::Cpu)
         .map(drop)
         .map_err(|e| {
             InferError::invalid(
                 param,
                 format!("The adapter cannot be served over this base model: {e}"),
             )
-        })
+        });
+    // The adapter was built to be checked and dropped: its bytes go back to the system.
+    crate::runtime::release_free_memory();
+    checked
 }
 
 /// Checks PEFT sequence-classification adapter directory `dir` against base encoder
@@ -232,8 +239,13 @@ pub fn check_classifier_adapter(
             format!("The adapter cannot be served over this base model: {e}"),
         )
     };
-    let adapter = ClassifierAdapter::load(dir, &Device::Cpu).map_err(|e| refused(&e))?;
-    let base = SharedEncoderBase::load(base_dir, &Device::Cpu)
-        .map_err(|e| InferError::engine(format!("reading the base encoder: {e}")))?;
-    adapter.check_over(&base).map_err(|e| refused(&e))
+    let checked = (|| {
+        let adapter = ClassifierAdapter::load(dir, &Device::Cpu).map_err(|e| refused(&e))?;
+        let base = SharedEncoderBase::load(base_dir, &Device::Cpu)
+            .map_err(|e| InferError::engine(format!("reading the base encoder: {e}")))?;
+        adapter.check_over(&base).map_err(|e| refused(&e))
+    })();
+    // The adapter and a whole base encoder were loaded to be checked and dropped.
+    crate::runtime::release_free_memory();
+    checked
 }
