@@ -436,6 +436,35 @@ mod tests {
     }
 
     #[test]
+    fn a_q8_0_weight_repacked_for_serving_keeps_its_values_and_products() {
+        let weight = values(80, 64, 5);
+        let q4 = QuantizedWeight::quantize_in_parts(&weight, QuantKind::Q4_0, 2).unwrap();
+        assert!(q4.packed_for_cpu_serving().unwrap().packed_q8().is_none());
+        let q = QuantizedWeight::quantize_in_parts(&weight, QuantKind::Q8_0, 2).unwrap();
+        let packed = q.clone().packed_for_cpu_serving().unwrap();
+        if !q8_product::available() {
+            assert!(packed.packed_q8().is_none());
+            eprintln!("skipped: the repacked q8_0 weight (no AVX512-VNNI here)");
+            return;
+        }
+        assert!(packed.packed_q8().is_some());
+        assert_eq!((packed.part_count(), packed.dims()), (1, (80, 64)));
+        assert_eq!(packed.storage_bytes(), q.storage_bytes());
+        let dense = q.dequantize().unwrap();
+        assert_eq!(max_abs_diff(&packed.dequantize().unwrap(), &dense), 0.0);
+        for rows in [1, 5, 40] {
+            let x = values(rows, 64, 6 + rows);
+            let got = packed.forward(&x).unwrap();
+            // candle's blocks with its f16 activation scales, and the dense product.
+            let candle = q.forward_quantized(&x).unwrap();
+            let exact = x.matmul(&dense.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&got, &candle) < 2e-3, "{rows} rows");
+            assert!(max_abs_diff(&got, &exact) < 2e-2, "{rows} rows");
+            assert!(max_abs_diff(&got, &exact) > 0.0, "{rows} rows");
+        }
+    }
+
+    #[test]
     fn parts_keep_at_least_the_minimum_rows() {
         let small = QuantizedWeight::quantize_in_parts(&values(100, 32, 3), QuantKind::Q8_0, 8);
         assert_eq!(small.unwrap().part_count(), 1);

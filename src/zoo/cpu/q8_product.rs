@@ -154,7 +154,7 @@ type BlockOut<'a> = (&'a mut [i8], (&'a mut f32, &'a mut i32));
 const PARALLEL_ROWS: usize = 64;
 
 impl QuantizedRows {
-    /// `x [m, k]` quantized (`k` a multiple of [`BLOCK`]).
+    /// `x [m, k]` quantized (`k` a multiple of [`BLOCK`]: [`q8_products`] checks it).
     pub fn new(x: &[f32], k: usize) -> Self {
         let m = x.len() / k;
         let blocks = k / BLOCK;
@@ -172,17 +172,17 @@ impl QuantizedRows {
             // A few rows: the pool's wake-up would cost more than the work.
             let scales_and_offsets = rows.scales.iter_mut().zip(rows.offsets.iter_mut());
             rows.values
-                .chunks_mut(BLOCK)
+                .chunks_exact_mut(BLOCK)
                 .zip(scales_and_offsets)
-                .zip(x.chunks(BLOCK))
+                .zip(x.chunks_exact(BLOCK))
                 .for_each(quantize);
             return rows;
         }
         let scales_and_offsets = rows.scales.par_iter_mut().zip(rows.offsets.par_iter_mut());
         rows.values
-            .par_chunks_mut(BLOCK)
+            .par_chunks_exact_mut(BLOCK)
             .zip(scales_and_offsets)
-            .zip(x.par_chunks(BLOCK))
+            .zip(x.par_chunks_exact(BLOCK))
             .with_min_len(blocks)
             .for_each(quantize);
         rows
@@ -223,7 +223,8 @@ pub fn q8_products(
     k: usize,
     weights: &[&PackedQ8],
 ) -> candle_core::Result<Vec<Vec<f32>>> {
-    if k == 0 || !x.len().is_multiple_of(k) || weights.iter().any(|w| w.k != k) {
+    let whole_blocks = k > 0 && k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k);
+    if !whole_blocks || weights.iter().any(|w| w.k != k) {
         candle_core::bail!(
             "q8_0 product: {} inputs of width {k} for weights {:?}",
             x.len(),

@@ -206,4 +206,6 @@ fn mismatched_shapes_are_errors() {
     let packed = PackedQ8::from_q8_0(&bytes, 16, 64).unwrap();
     assert!(q8_products(&values(96, 1), 96, &[&packed]).is_err());
     assert!(q8_products(&values(65, 1), 64, &[&packed]).is_err());
+    // No weight to check the width against: still whole blocks or nothing.
+    assert!(q8_products(&values(40, 1), 20, &[]).is_err());
 }
