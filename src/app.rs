@@ -97,6 +97,7 @@ pub async fn run(
     let inference = InferenceHandle::with_options(catalog, options, shutdown.clone());
     // Weak: the router must not keep the pool alive, so `join` below can take it back.
     let weak_pool = Arc::downgrade(&pool);
+    let workers = pool.liveness();
     let state = AppState {
         store: store.clone(),
         blobs,
@@ -109,6 +110,7 @@ pub async fn run(
                 pool.wake();
             }
         }),
+        workers,
         settings: Arc::new(ApiSettings {
             api_keys: config.server.api_keys.clone(),
             max_upload_bytes: config.server.max_upload_bytes,

@@ -9,11 +9,12 @@
 //!   `classify.rs`, `chat.rs`, `completions.rs` (+ `generation.rs`, what the two share):
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
+//! - `health.rs`: `/health`, `/health/live`, `/health/ready` (store and worker pool checks).
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
 //! - [`limits`]: every number `openapi.yaml` states, re-exported from where it is enforced.
 //!
 //! Layer order (outermost first): request id, trace, body limit, then routes; auth is a
-//! route layer on `/v1` so unknown paths still get the 404 envelope. `/health` and
+//! route layer on `/v1` so unknown paths still get the 404 envelope. `/health/*` and
 //! `/openapi.yaml` (the committed contract, embedded at build time) need no key.
 
 mod adapters;
@@ -24,6 +25,7 @@ mod download;
 pub mod error;
 mod files;
 mod generation;
+mod health;
 pub mod inference;
 mod job_request;
 mod job_wire;
@@ -43,13 +45,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Method};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::blobs::Blobs;
 use crate::config::ApiKey;
+use crate::jobs::WorkerLiveness;
 use crate::store::Store;
 
 pub use error::{ApiError, ApiJson};
@@ -66,6 +69,8 @@ pub struct AppState {
     pub blobs: Blobs,
     pub inference: Arc<dyn Inference>,
     pub wake_workers: WakeWorkers,
+    /// The worker pool's tasks, for `/health`.
+    pub workers: WorkerLiveness,
     pub settings: Arc<ApiSettings>,
 }
 
@@ -109,7 +114,8 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
 /// Every route we serve, as `(method, path)` in axum's syntax; `openapi.yaml` must list the
 /// same set (checked by the e2e suite).
 pub fn routes() -> Vec<(Method, &'static str)> {
-    let mut all = vec![(Method::GET, "/health"), (Method::GET, "/openapi.yaml")];
+    let mut all = vec![(Method::GET, "/openapi.yaml")];
+    all.extend(health::ROUTES.iter().cloned());
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
@@ -145,7 +151,7 @@ pub fn router(state: AppState) -> Router {
             middleware::require_api_key,
         ));
     Router::new()
-        .route("/health", get(health))
+        .merge(health::router())
         .route("/openapi.yaml", get(openapi_document))
         .merge(v1)
         .fallback(unknown_route)
@@ -158,10 +164,6 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(middleware::RandomRequestId))
         .with_state(state)
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn openapi_document() -> impl IntoResponse {

@@ -27,6 +27,7 @@
 
 mod control;
 mod fine_tune;
+mod liveness;
 mod pool;
 mod progress;
 mod results;
@@ -61,6 +62,7 @@ use crate::store::Store;
 
 pub use control::{ControlFlag, ControlSignal};
 pub use fine_tune::{device_by_name, FineTuneRunner};
+pub use liveness::{Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use worker::{Processed, Worker};

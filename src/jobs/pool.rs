@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use super::{unix_now, FineTuneRunner, JobRunner, JobsContext, Processed, Worker};
+use super::{
+    unix_now, FineTuneRunner, JobRunner, JobsContext, Processed, Running, Worker, WorkerLiveness,
+};
 use crate::domain::job::JobStatus;
 use crate::store::{EventRow, StoreError};
 
@@ -25,6 +27,7 @@ pub struct WorkerPool {
     /// pause the api just wrote reaches its trainer now rather than a third of a lease later.
     beat_now: Arc<Notify>,
     tracker: TaskTracker,
+    liveness: WorkerLiveness,
 }
 
 impl WorkerPool {
@@ -42,22 +45,21 @@ impl WorkerPool {
         let wake = Arc::new(Notify::new());
         let beat_now = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
-        tracker.spawn(requeue_loop(ctx.clone(), wake.clone(), shutdown.clone()));
+        let liveness = WorkerLiveness::default();
+        let requeue = requeue_loop(ctx.clone(), wake.clone(), shutdown.clone());
+        tracker.spawn(counted(liveness.running(), requeue));
         for device in &ctx.devices {
             let worker = Worker::new(ctx.clone(), runner.clone(), device, shutdown.clone())
                 .beat_on(beat_now.clone());
-            tracker.spawn(worker_loop(
-                worker,
-                ctx.poll_interval,
-                wake.clone(),
-                shutdown.clone(),
-            ));
+            let work = worker_loop(worker, ctx.poll_interval, wake.clone(), shutdown.clone());
+            tracker.spawn(counted(liveness.running(), work));
         }
         tracker.close();
         WorkerPool {
             wake,
             beat_now,
             tracker,
+            liveness,
         }
     }
 
@@ -68,11 +70,22 @@ impl WorkerPool {
         self.beat_now.notify_waiters();
     }
 
+    /// Which of the pool's tasks still run (`/health`).
+    pub fn liveness(&self) -> WorkerLiveness {
+        self.liveness.clone()
+    }
+
     /// Waits for every worker (after the shutdown token was cancelled: running jobs are
     /// checkpointed and back in `queued` when this returns).
     pub async fn join(self) {
         self.tracker.wait().await;
     }
+}
+
+/// `task`, counted as running by `liveness` until it ends.
+async fn counted(liveness: Running, task: impl std::future::Future<Output = ()>) {
+    let _running = liveness;
+    task.await
 }
 
 async fn worker_loop(

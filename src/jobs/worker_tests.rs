@@ -284,12 +284,17 @@ async fn shutdown_releases_a_running_job_to_the_queue() {
     let shutdown = CancellationToken::new();
     let pool =
         WorkerPool::spawn_with_runner(h.ctx.clone(), Arc::new(slow(10_000)), shutdown.clone());
+    let liveness = pool.liveness();
+    // One task per device slot, and the requeue task; `/health` reads these counts.
+    let tasks = h.ctx.devices.len() + 1;
+    assert_eq!(liveness.counts(), (tasks, tasks));
     wait_until("2 steps", || async {
         metric_steps(&h.ctx, &id).await.len() >= 2
     })
     .await;
     shutdown.cancel();
     pool.join().await;
+    assert_eq!(liveness.counts(), (tasks, 0));
     let row = job(&h.ctx, &id).await;
     assert_eq!((row.status, row.lease_owner), (JobStatus::Queued, None));
     let saved = std::fs::read_to_string(h.ctx.blobs.job_dir(&id).join("step")).unwrap();

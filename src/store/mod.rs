@@ -154,6 +154,12 @@ impl Store {
         &self.pool
     }
 
+    /// Whether the database answers a query (`/health`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes every connection (after shutdown, so the WAL is checkpointed).
     pub async fn close(&self) {
         self.pool.close().await;

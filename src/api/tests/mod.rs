@@ -22,6 +22,7 @@ mod classifier_adapters;
 mod disk;
 mod generation;
 mod hardening;
+mod health;
 mod job_knobs;
 mod jobs;
 mod token_classification;
@@ -145,6 +146,7 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
         blobs: Blobs::new(dir.path().join("data")).expect("blobs"),
         inference: stub.clone(),
         wake_workers: Arc::new(|| {}),
+        workers: crate::jobs::WorkerLiveness::default(),
         settings: Arc::new(ApiSettings {
             api_keys: api_keys.iter().map(|k| ApiKey::new(*k)).collect(),
             max_upload_bytes,
