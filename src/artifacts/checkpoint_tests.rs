@@ -3,6 +3,8 @@
 use std::fs;
 use std::path::PathBuf;
 
+use candle_core::DType;
+
 use super::*;
 
 /// `json` (a `meta.json` of an earlier version) read from a checkpoint in `dir`.
@@ -155,4 +157,35 @@ fn a_base_named_by_id_round_trips_and_wins_over_a_legacy_path() {
     json["base_model_dir"] = serde_json::json!("/elsewhere");
     fs::write(ckpt.path().join(META_FILE), json.to_string()).expect("write");
     assert_eq!(read_meta(ckpt.path()).expect("meta"), meta);
+}
+
+#[test]
+fn safetensors_read_through_a_mapping_round_trip_and_a_cut_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let device = Device::Cpu;
+    let a = Tensor::arange(0f32, 12.0, &device).and_then(|t| t.reshape((3, 4)));
+    let b = Tensor::new(&[1u32, 5, 9], &device);
+    let tensors = HashMap::from([
+        ("a".to_string(), a.expect("a")),
+        ("b".to_string(), b.expect("b")),
+    ]);
+    let path = dir.path().join("t.safetensors");
+    candle_core::safetensors::save(&tensors, &path).expect("save");
+    let read = read_tensors(dir.path(), "t.safetensors", &device).expect("read");
+    assert_eq!(read.len(), 2);
+    let values = |name: &str| {
+        read[name]
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+    };
+    let a_values = values("a").and_then(|t| t.to_vec1::<f32>()).expect("a");
+    assert_eq!(a_values, (0..12).map(|v| v as f32).collect::<Vec<_>>());
+    assert_eq!(read["b"].to_vec1::<u32>().expect("b"), [1, 5, 9]);
+    // Cut short: the header promises bytes the file does not have.
+    let bytes = fs::read(&path).expect("bytes");
+    fs::write(&path, &bytes[..bytes.len() - 4]).expect("cut");
+    assert!(read_safetensors(&path, &device).is_err());
+    fs::write(&path, b"").expect("empty");
+    assert!(read_safetensors(&path, &device).is_err());
+    assert!(read_safetensors(&dir.path().join("missing"), &device).is_err());
 }

@@ -88,7 +88,8 @@ pub fn load_peft_adapter(
             "{PEFT_CONFIG_FILE}: adapters with `modules_to_save` are not served over a shared base"
         )));
     }
-    let tensors = candle_core::safetensors::load(dir.join(PEFT_WEIGHTS_FILE), &Device::Cpu)
+    let path = dir.join(PEFT_WEIGHTS_FILE);
+    let tensors = checkpoint::read_safetensors(&path, &Device::Cpu)
         .map_err(|e| invalid(format!("reading {PEFT_WEIGHTS_FILE}: {e}")))?;
     let scaling = LoraScaling {
         alpha: peft.lora_alpha,
