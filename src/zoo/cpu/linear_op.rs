@@ -56,37 +56,34 @@ fn forward(
     seed: Seed,
     (rows, in_dim, out): (usize, usize, usize),
 ) -> candle_core::Result<Vec<f32>> {
-    // Decoding a few streams: a read of the weight, which the few-rows kernel streams.
-    if let Some(mut y) = super::few_rows::few_rows_product(x, w, (rows, in_dim, out)) {
-        match seed {
-            Seed::None => {}
-            Seed::Bias(bias) if bias.len() == out => {
-                for row in y.chunks_exact_mut(out) {
-                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-                }
-            }
-            Seed::Matrix(matrix) if matrix.len() == y.len() => {
-                y.iter_mut().zip(matrix).for_each(|(y, m)| *y += m);
-            }
-            _ => candle_core::bail!("linear: a seed that does not fit [{rows}, {out}]"),
-        }
-        return Ok(y);
-    }
-    let (mut y, accumulate) = match seed {
-        Seed::None => (vec![0f32; rows * out], false),
+    // What the product is added to, checked once for both ways of computing it.
+    let seeded = match seed {
+        Seed::None => None,
         Seed::Bias(bias) => {
             if bias.len() != out {
                 candle_core::bail!("linear: bias of {} for {out} outputs", bias.len());
             }
-            (bias.repeat(rows), true)
+            Some(bias.repeat(rows))
         }
         Seed::Matrix(matrix) => {
             if matrix.len() != rows * out {
                 candle_core::bail!("linear: {} values to add to [{rows}, {out}]", matrix.len());
             }
-            (matrix.to_vec(), true)
+            Some(matrix.to_vec())
         }
     };
+    // Decoding a few streams: a read of the weight, which the few-rows kernel streams.
+    if let Some(product) = super::few_rows::few_rows_product(x, w, (rows, in_dim, out)) {
+        return Ok(match seeded {
+            None => product,
+            Some(mut y) => {
+                y.iter_mut().zip(&product).for_each(|(y, p)| *y += p);
+                y
+            }
+        });
+    }
+    let accumulate = seeded.is_some();
+    let mut y = seeded.unwrap_or_else(|| vec![0f32; rows * out]);
     matmul(
         ViewMut::rows(&mut y, rows, out),
         View::rows(x, rows, in_dim),
