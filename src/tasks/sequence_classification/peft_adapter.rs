@@ -10,6 +10,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use crate::artifacts::checkpoint;
 use crate::artifacts::peft::{LABELS_FILE, PEFT_WEIGHTS_FILE};
 use crate::domain::hyperparams::LoraSettings;
 use crate::tasks::peft_config::PeftConfig;
@@ -35,7 +36,7 @@ pub(crate) fn read_peft_classifier(
             "rsLoRA and per-module `rank_pattern` are not served for encoders".into(),
         ));
     }
-    let tensors = candle_core::safetensors::load(dir.join(PEFT_WEIGHTS_FILE), device)
+    let tensors = checkpoint::read_safetensors(&dir.join(PEFT_WEIGHTS_FILE), device)
         .map_err(|e| invalid(format!("reading {PEFT_WEIGHTS_FILE}: {e}")))?;
     let mut rank = None;
     let mut targets = Vec::new();
