@@ -24,9 +24,15 @@ use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, QaPrediction,
     QaQuestion,
 };
-use crate::jobs::{JobsContext, WorkerPool};
+use crate::jobs::{JobService, JobsContext, WorkerPool};
 use crate::store::Store;
+use crate::webhooks::{Deliverer, RetryPolicy};
 use catalog::StoreCatalog;
+
+/// How often the webhook outbox is read: a job's end reaches its receivers within this.
+const WEBHOOK_POLL: Duration = Duration::from_secs(1);
+/// One webhook attempt, connection included; a slower receiver is retried later.
+const WEBHOOK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serves until `shutdown` is cancelled (SIGTERM/SIGINT in `main`, `Drop` in tests).
 pub async fn run(
@@ -41,6 +47,7 @@ pub async fn run(
             anyhow::anyhow!("the worker device `{device}` cannot be used: {detail}")
         })?;
     }
+    config.webhooks.check().map_err(anyhow::Error::msg)?;
     let serve_names = config
         .inference
         .serve_devices(&config.workers)
@@ -87,6 +94,14 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
+    let deliverer = Deliverer::new(
+        store.clone(),
+        &config.webhooks,
+        RetryPolicy::default(),
+        WEBHOOK_ATTEMPT_TIMEOUT,
+    )
+    .context("preparing the webhook client")?;
+    tokio::spawn(deliverer.run(WEBHOOK_POLL, shutdown.clone()));
     let catalog = Arc::new(StoreCatalog {
         store: store.clone(),
         blobs: blobs.clone(),
@@ -105,11 +120,15 @@ pub async fn run(
             handle: inference,
             models_dir: config.storage.models_dir.clone(),
         }),
-        wake_workers: Arc::new(move || {
-            if let Some(pool) = weak_pool.upgrade() {
-                pool.wake();
-            }
-        }),
+        jobs: JobService::new(
+            store.clone(),
+            Arc::new(move || {
+                if let Some(pool) = weak_pool.upgrade() {
+                    pool.wake();
+                }
+            }),
+            config.storage.models_dir.clone(),
+        ),
         workers,
         settings: Arc::new(ApiSettings {
             api_keys: config.server.api_keys.clone(),

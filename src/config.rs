@@ -6,7 +6,9 @@
 //! globals: `app::run` receives the whole `Config` and hands each part to its owner.
 
 mod serve_dtype;
+mod webhooks;
 pub use serve_dtype::ServeDtype;
+pub use webhooks::{WebhookConfig, WebhookSecret, WebhookUrl};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -77,6 +79,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     #[command(flatten)]
     pub inference: InferenceConfig,
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
 }
 
 /// The HTTP listener and what it accepts.

@@ -15,6 +15,9 @@
 //!                    ▼
 //!             blobs + store.models ──► infer: registry (LRU by bytes) of loaded
 //!                                        engines, one OS thread each ──► HTTP
+//!
+//! store (a job's final state + its webhook event, one transaction) ──► webhooks: the
+//!                                        outbox's deliverer, signed POSTs with retries
 //! ```
 //!
 //! Dependency rules: `domain` is used by all; `train`, `tasks` and `zoo` never import
@@ -39,4 +42,5 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod train;
+pub mod webhooks;
 pub mod zoo;

@@ -1,5 +1,6 @@
-//! `POST /v1/fine_tuning/jobs` body → `ValidJobRequest`: every field checked, each error a
-//! 400 naming its param. Checks that need the store (files, base model) live in `jobs.rs`.
+//! `POST /v1/fine_tuning/jobs` body → `NewJob`: every field checked, each error a
+//! 400 naming its param. Checks that need the store (files, base model) are
+//! `jobs::JobService`'s.
 
 use rand::Rng;
 use serde::Deserialize;
@@ -10,6 +11,7 @@ use super::ApiError;
 use crate::domain::hyperparams::HyperparamError;
 use crate::domain::job_spec::{JobSpec, SpecError};
 use crate::domain::model_name::{normalize_model_id, validate_suffix};
+use crate::jobs::NewJob;
 
 /// OpenAI's seed range.
 pub const MAX_SEED: i64 = 2_147_483_647;
@@ -30,19 +32,6 @@ pub struct CreateJobBody {
     pub hyperparameters: Option<Value>,
     pub method: Option<Value>,
     pub integrations: Option<Value>,
-}
-
-/// A create request that passed every check that needs no IO.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidJobRequest {
-    pub model: String,
-    pub training_file: String,
-    pub validation_file: Option<String>,
-    pub suffix: Option<String>,
-    pub seed: i64,
-    pub metadata: Option<Value>,
-    /// `method` and the deprecated `hyperparameters`, typed.
-    pub spec: JobSpec,
 }
 
 impl From<SpecError> for ApiError {
@@ -150,7 +139,7 @@ fn parse_model(value: Option<Value>) -> Result<String, ApiError> {
     Ok(model)
 }
 
-pub fn parse_create(body: CreateJobBody) -> Result<ValidJobRequest, ApiError> {
+pub fn parse_create(body: CreateJobBody) -> Result<NewJob, ApiError> {
     let model = parse_model(body.model)?;
     let training_file = required_string(body.training_file, "training_file")?;
     let validation_file = optional_string(body.validation_file, "validation_file")?;
@@ -171,7 +160,7 @@ pub fn parse_create(body: CreateJobBody) -> Result<ValidJobRequest, ApiError> {
         ));
     }
     let spec = JobSpec::parse(body.method.as_ref(), body.hyperparameters.as_ref())?;
-    Ok(ValidJobRequest {
+    Ok(NewJob {
         model,
         training_file,
         validation_file,

@@ -1,5 +1,6 @@
 //! `/v1/fine_tuning/jobs`: create, list, retrieve, cancel/pause/resume, events,
-//! checkpoints. Downloads live in `download.rs`.
+//! checkpoints: wire translation only; the rules are `jobs::JobService`'s. Downloads live
+//! in `download.rs`.
 
 use std::collections::HashMap;
 
@@ -10,18 +11,14 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::error::{echo, ApiError, ApiJson, ApiQuery};
-use super::job_request::{parse_create, CreateJobBody, ValidJobRequest};
+use super::job_request::{parse_create, CreateJobBody};
 use super::job_wire::{CheckpointObject, EventObject, JobObject};
 use super::wire::{
     page_limit, unix_now, ListResponse, PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, JOBS_PAGE,
 };
 use super::{download, AppState};
-use crate::basemodels;
-use crate::domain::dataset::DataFormat;
-use crate::domain::ids::new_job_id;
-use crate::domain::job_spec::Method as JobMethod;
-use crate::domain::task::ServedKind;
-use crate::store::{ControlAction, ControlOutcome, EventRow, FileRow, JobRow};
+use crate::jobs::JobError;
+use crate::store::{ControlAction, JobRow};
 
 pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/fine_tuning/jobs"),
@@ -59,118 +56,62 @@ pub fn no_such_job(id: &str) -> ApiError {
 
 /// The job row, or 404 naming `id`.
 pub async fn existing_job(state: &AppState, id: &str) -> Result<JobRow, ApiError> {
-    state
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| no_such_job(id))
+    Ok(state.jobs.get(id).await?)
+}
+
+impl From<JobError> for ApiError {
+    /// OpenAI's texts and codes for the service's refusals; user input echoed shortened.
+    fn from(error: JobError) -> ApiError {
+        match error {
+            JobError::NoSuchJob(id) => no_such_job(&id),
+            JobError::NoSuchFile { id, param } => {
+                ApiError::not_found(format!("No such File object: {}", echo(&id))).with_param(param)
+            }
+            JobError::WrongFilePurpose { id, purpose, param } => ApiError::bad_request(format!(
+                "File {id} has purpose '{purpose}'; files used for fine-tuning must be uploaded with purpose 'fine-tune'."
+            ))
+            .with_param(param)
+            .with_code("invalid_file_purpose"),
+            JobError::InvalidFile { id, details, param } => ApiError::bad_request(format!(
+                "File {id} is not a valid training file: {details}"
+            ))
+            .with_param(param)
+            .with_code(format!("invalid_{param}")),
+            JobError::BaseModelNotFound { model, hint } => {
+                ApiError::model_not_found_with_hint(&model, &hint)
+            }
+            JobError::FineTunedStart(model) => ApiError::bad_request(format!(
+                "Model {} is a fine-tuned model; continuing supervised fine-tuning from a fine-tuned model is not supported yet (a `dpo` job can start from one). Use its base model.",
+                echo(&model)
+            ))
+            .with_param("model")
+            .with_code("model_not_available"),
+            JobError::FineTunedModelNotFound(model) => ApiError::model_not_found(&model),
+            JobError::NotAChatModel { model, kind } => ApiError::bad_request(format!(
+                "Model {} is a {kind} model; DPO tunes chat models.",
+                echo(&model)
+            ))
+            .with_param("model")
+            .with_code("invalid_model"),
+            JobError::Spec(spec) => spec.into(),
+            // Never 409: the SDK would retry it.
+            JobError::NotAllowed { id, verb, status } => ApiError::bad_request(format!(
+                "Cannot {verb} job {}: its status is `{status}`.",
+                echo(&id)
+            ))
+            .with_param("id")
+            .with_code("invalid_job_state"),
+            JobError::Store(store) => store.into(),
+        }
+    }
 }
 
 async fn create_job(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateJobBody>,
 ) -> Result<ApiJson<JobObject>, ApiError> {
-    let request = parse_create(body)?;
-    check_base_model(&state, &request.model, &request.spec.method).await?;
-    let training = check_file(&state, &request.training_file, "training_file").await?;
-    // The data decides the task: a hyperparameter of another task is a 400 now, not an
-    // option the job would ignore.
-    let format = training.format.as_deref().and_then(DataFormat::from_stored);
-    if let Some(task) = format.and_then(|format| request.spec.task_on(format)) {
-        request.spec.check_task(task)?;
-    }
-    if let Some(validation) = &request.validation_file {
-        check_file(&state, validation, "validation_file").await?;
-    }
-    let now = unix_now();
-    let row = job_row(new_job_id(), request, now);
-    let event = EventRow::info(&row.id, format!("Created fine-tuning job: {}", row.id), now);
-    state.store.create_job(&row, &event).await?;
-    (state.wake_workers)();
-    Ok(ApiJson(row.into()))
-}
-
-fn job_row(id: String, request: ValidJobRequest, now: i64) -> JobRow {
-    JobRow {
-        validation_file: request.validation_file,
-        suffix: request.suffix,
-        metadata: request.metadata,
-        spec: request.spec,
-        ..JobRow::new(id, request.model, request.training_file, request.seed, now)
-    }
-}
-
-async fn check_base_model(
-    state: &AppState,
-    model: &str,
-    method: &JobMethod,
-) -> Result<(), ApiError> {
-    if model.starts_with("ft:") {
-        return check_fine_tuned_start(state, model, method).await;
-    }
-    match basemodels::resolve(&state.settings.models_dir, model) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::model_not_found_with_hint(
-            model,
-            &basemodels::not_found_hint(&state.settings.models_dir, model, None),
-        )),
-    }
-}
-
-/// A DPO job may start from a chat model this server fine-tuned (SFT then DPO, the path
-/// OpenAI recommends); supervised jobs start from base models.
-async fn check_fine_tuned_start(
-    state: &AppState,
-    model: &str,
-    method: &JobMethod,
-) -> Result<(), ApiError> {
-    if !matches!(method, JobMethod::Dpo { .. }) {
-        return Err(ApiError::bad_request(format!(
-            "Model {} is a fine-tuned model; continuing supervised fine-tuning from a fine-tuned model is not supported yet (a `dpo` job can start from one). Use its base model.",
-            echo(model)
-        ))
-        .with_param("model")
-        .with_code("model_not_available"));
-    }
-    let Some(row) = state.store.get_model(model).await? else {
-        return Err(ApiError::model_not_found(model));
-    };
-    if ServedKind::from_stored(&row.kind) != Some(ServedKind::CausalLm) {
-        return Err(ApiError::bad_request(format!(
-            "Model {} is a {} model; DPO tunes chat models.",
-            echo(model),
-            row.kind
-        ))
-        .with_param("model")
-        .with_code("invalid_model"));
-    }
-    Ok(())
-}
-
-/// The file exists, has purpose `fine-tune` and parsed at upload; its row.
-async fn check_file(state: &AppState, id: &str, param: &str) -> Result<FileRow, ApiError> {
-    let Some(file) = state.store.get_file(id).await? else {
-        return Err(
-            ApiError::not_found(format!("No such File object: {}", echo(id))).with_param(param),
-        );
-    };
-    if file.purpose != "fine-tune" {
-        return Err(ApiError::bad_request(format!(
-            "File {id} has purpose '{}'; files used for fine-tuning must be uploaded with purpose 'fine-tune'.",
-            file.purpose
-        ))
-        .with_param(param)
-        .with_code("invalid_file_purpose"));
-    }
-    if file.status == "error" {
-        let details = file.status_details.unwrap_or_default();
-        return Err(ApiError::bad_request(format!(
-            "File {id} is not a valid training file: {details}"
-        ))
-        .with_param(param)
-        .with_code(format!("invalid_{param}")));
-    }
-    Ok(file)
+    let job = parse_create(body)?;
+    Ok(ApiJson(state.jobs.create(job, unix_now()).await?.into()))
 }
 
 async fn list_jobs(
@@ -189,8 +130,8 @@ async fn list_jobs(
         );
     }
     let page = state
-        .store
-        .list_jobs(
+        .jobs
+        .list(
             query.get("after").map(String::as_str),
             limit,
             filters.first().copied(),
@@ -240,38 +181,16 @@ async fn resume_job(
     control(state, id, ControlAction::Resume).await
 }
 
-/// One compare-and-set in the store; a transition that does not apply is a 400 naming the
-/// job's state (never 409: the SDK would retry it).
+/// One compare-and-set in the job service; a transition that does not apply is a 400
+/// naming the job's state.
 async fn control(
     State(state): State<AppState>,
     Path(id): Path<String>,
     action: ControlAction,
 ) -> Result<ApiJson<JobObject>, ApiError> {
-    let (verb, message) = match action {
-        ControlAction::Cancel => ("cancel", "Fine-tuning job cancelled"),
-        ControlAction::Pause => ("pause", "Fine-tuning job pause requested"),
-        ControlAction::Resume => ("resume", "Fine-tuning job resumed"),
-    };
-    let now = unix_now();
-    let event = EventRow::info(&id, message, now);
-    let outcome = match state.store.request_control(&id, action, &event, now).await {
-        Err(crate::store::StoreError::NotFound) => return Err(no_such_job(&id)),
-        other => other?,
-    };
-    match outcome {
-        ControlOutcome::Applied(job) => {
-            // Idle workers claim a resumed job; a running job's worker reads the cancel
-            // or pause at once.
-            (state.wake_workers)();
-            Ok(ApiJson((*job).into()))
-        }
-        ControlOutcome::NotAllowed(status) => Err(ApiError::bad_request(format!(
-            "Cannot {verb} job {}: its status is `{status}`.",
-            echo(&id)
-        ))
-        .with_param("id")
-        .with_code("invalid_job_state")),
-    }
+    Ok(ApiJson(
+        state.jobs.control(&id, action, unix_now()).await?.into(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,10 +205,9 @@ async fn list_events(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<ApiJson<ListResponse<EventObject>>, ApiError> {
     let limit = page_limit(query.limit, EVENTS_PAGE)?;
-    existing_job(&state, &id).await?;
     let page = state
-        .store
-        .list_events(&id, query.after.as_deref(), limit)
+        .jobs
+        .events(&id, query.after.as_deref(), limit)
         .await?;
     let data = page.data.into_iter().map(EventObject::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.has_more)))
@@ -301,10 +219,9 @@ async fn list_checkpoints(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<ApiJson<ListResponse<CheckpointObject>>, ApiError> {
     let limit = page_limit(query.limit, CHECKPOINTS_PAGE)?;
-    existing_job(&state, &id).await?;
     let page = state
-        .store
-        .list_checkpoints(&id, query.after.as_deref(), limit)
+        .jobs
+        .checkpoints(&id, query.after.as_deref(), limit)
         .await?;
     let data = page.data.into_iter().map(CheckpointObject::from).collect();
     Ok(ApiJson(ListResponse::new(data, page.has_more)))

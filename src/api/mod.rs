@@ -52,15 +52,11 @@ use tracing::Level;
 
 use crate::blobs::Blobs;
 use crate::config::ApiKey;
-use crate::jobs::WorkerLiveness;
+use crate::jobs::{JobService, WorkerLiveness};
 use crate::store::Store;
 
 pub use error::{ApiError, ApiJson};
 pub use inference::{ArtifactFormat, ExportRequest, Inference};
-
-/// Nudges idle workers after a job becomes claimable (created or resumed). The app wires
-/// it to `WorkerPool::wake`; handler tests pass a no-op.
-pub type WakeWorkers = Arc<dyn Fn() + Send + Sync>;
 
 /// What handlers share. Cheap to clone: every field is a handle or an `Arc`.
 #[derive(Clone)]
@@ -68,7 +64,8 @@ pub struct AppState {
     pub store: Store,
     pub blobs: Blobs,
     pub inference: Arc<dyn Inference>,
-    pub wake_workers: WakeWorkers,
+    /// The rules of creating and steering jobs, shared with every other front end.
+    pub jobs: JobService,
     /// The worker pool's tasks, for `/health`.
     pub workers: WorkerLiveness,
     pub settings: Arc<ApiSettings>,

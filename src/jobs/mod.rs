@@ -18,6 +18,8 @@
 //!   and the base-model architecture check.
 //! - `progress.rs`: the bridge from the training thread's observer to the async writer of
 //!   events, progress, checkpoints and model rows.
+//! - `service.rs`: [`JobService`], the rules of creating and steering jobs that every front
+//!   end (OpenAI routes, dashboard, webhooks' outbox) shares.
 //! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
 //!
 //! Shutdown flows from the pool's token: workers stop claiming, the heartbeat task sets
@@ -32,6 +34,7 @@ mod pool;
 mod progress;
 mod results;
 mod runner;
+mod service;
 mod start_model;
 mod training;
 mod validate;
@@ -65,6 +68,7 @@ pub use fine_tune::{device_by_name, FineTuneRunner};
 pub use liveness::{Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
+pub use service::{JobError, JobService, NewJob, WakeWorkers};
 pub use worker::{Processed, Worker};
 
 /// Everything a worker needs; cheap to clone (store and blobs are handles).

@@ -16,6 +16,7 @@ mod leased;
 mod models;
 mod queue;
 mod sessions;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -33,6 +34,7 @@ pub use leased::{Handback, Lease};
 pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 pub use sessions::PageCap;
+pub use webhooks::{DeliveryCounts, DueDelivery};
 
 /// Connections of a file database's pool.
 const MAX_CONNECTIONS: u32 = 8;

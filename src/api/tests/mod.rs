@@ -15,6 +15,7 @@ use crate::config::ApiKey;
 use crate::infer::{
     Aggregation, ClassPrediction, GenerationParams, GenerationStream, InferError, TokenEntity,
 };
+use crate::jobs::JobService;
 use crate::store::ModelRow;
 
 mod adapters;
@@ -141,11 +142,12 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
     let models_dir = dir.path().join("models");
     write_fake_model(&models_dir.join("test-org/tiny"));
     let stub = Arc::new(StubInference::default());
+    let store = Store::open_in_memory().await.expect("store");
     let state = AppState {
-        store: Store::open_in_memory().await.expect("store"),
+        jobs: JobService::new(store.clone(), Arc::new(|| {}), models_dir.clone()),
+        store,
         blobs: Blobs::new(dir.path().join("data")).expect("blobs"),
         inference: stub.clone(),
-        wake_workers: Arc::new(|| {}),
         workers: crate::jobs::WorkerLiveness::default(),
         settings: Arc::new(ApiSettings {
             api_keys: api_keys.iter().map(|k| ApiKey::new(*k)).collect(),

@@ -8,6 +8,7 @@ mod jobs;
 mod leased;
 mod queue;
 mod records;
+mod webhooks;
 
 use sqlx::SqlitePool;
 
