@@ -4,7 +4,8 @@
 # the real MiniLM-L6 from the assets, and runs tests/sdk/openai_sdk_smoke.py against it (upload, create, retrieve, events,
 # checkpoints, results file, models, classification, download, error classes), then
 # tests/sdk/openai_sdk_chat.py (chat fine-tuning of a tiny random decoder, chat completions
-# plain and streamed).
+# plain and streamed), then tests/sdk/openai_sdk_webhooks.py (every ended job's webhook,
+# verified by the SDK's `client.webhooks.unwrap`).
 #
 #   scripts/sdk-test.sh ASSETS_DIR
 #
@@ -43,12 +44,21 @@ VERSIONS=("$OPENAI_PINNED")
 [ "$OPENAI_LATEST" = skip ] || [ "$OPENAI_LATEST" = "$OPENAI_PINNED" ] || VERSIONS+=("$OPENAI_LATEST")
 
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+server="" receiver=""
+trap 'kill "$server" "$receiver" 2>/dev/null || true; wait "$server" "$receiver" 2>/dev/null || true; rm -rf "$work"' EXIT
 # The models dir: the real MiniLM from the assets beside a tiny random decoder.
 mkdir -p "$work/models"
 ln -s "$ASSETS/models/sentence-transformers" "$work/models/sentence-transformers"
 "$TINY" "$work/models" >/dev/null
+# A webhook receiver on a free port (it writes the port it got), so every job's end is
+# delivered and tests/sdk/openai_sdk_webhooks.py can check it with the SDK's verifier.
+python3 tests/sdk/webhook_receiver.py "$work/webhooks" &
+receiver=$!
+for _ in $(seq 1 100); do [ -f "$work/webhooks/port" ] && break; sleep 0.1; done
+[ -f "$work/webhooks/port" ] || { echo "the webhook receiver did not start" >&2; exit 1; }
+WEBHOOK_SECRET="whsec_$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
 "$BIN" serve --port 0 --data-dir "$work/data" --models-dir "$work/models" --api-key sk-test \
+  --webhook-url "http://127.0.0.1:$(cat "$work/webhooks/port")/hooks" --webhook-secret "$WEBHOOK_SECRET" \
   >"$work/server.log" 2>&1 &
 server=$!
 url=""
@@ -63,7 +73,9 @@ for version in "${VERSIONS[@]}"; do
   PY=$(sdk_venv "$version")
   echo "openai $version against $url" >&2
   if ! "$PY" tests/sdk/openai_sdk_smoke.py "$url" sentence-transformers/all-MiniLM-L6-v2 \
-    || ! "$PY" tests/sdk/openai_sdk_chat.py "$url" test-org/tiny-llama; then
+    || ! "$PY" tests/sdk/openai_sdk_chat.py "$url" test-org/tiny-llama \
+    || ! "$PY" tests/sdk/openai_sdk_webhooks.py "$url" "$work/webhooks" "$WEBHOOK_SECRET" \
+      sentence-transformers/all-MiniLM-L6-v2; then
     tail -50 "$work/server.log" >&2
     echo "the SDK tests failed with openai $version" >&2
     exit 1

@@ -14,7 +14,8 @@ pub struct BinaryServer {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     child: Child,
-    _root: TempDir,
+    /// Kept until the server is dropped; taken by a restart.
+    root: Option<TempDir>,
 }
 
 impl BinaryServer {
@@ -30,12 +31,31 @@ impl BinaryServer {
         extra_args: &[&str],
     ) -> BinaryServer {
         let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join("models")).expect("models dir");
+        write_models(&root.path().join("models"));
+        BinaryServer::start(root, extra_args).await
+    }
+
+    /// Kills the process with SIGKILL (no shutdown of any kind) and starts a new one on the
+    /// same data and models dirs with `extra_args`.
+    pub async fn kill_and_restart(mut self, extra_args: &[&str]) -> BinaryServer {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        let root = self.root.take().expect("root is present until dropped");
+        BinaryServer::start(root, extra_args).await
+    }
+
+    async fn start(root: TempDir, extra_args: &[&str]) -> BinaryServer {
         let data_dir = root.path().join("data");
         let models_dir = root.path().join("models");
-        std::fs::create_dir_all(&models_dir).expect("models dir");
-        write_models(&models_dir);
+        // Appended, so a restart's log follows the killed process's.
         let log_path = root.path().join("server.log");
-        let log = File::create(&log_path).expect("log file");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let log_start = log.metadata().map_or(0, |m| m.len());
         // `TEMPER_TEST_BIN` runs another build (to measure it before a change).
         let binary = std::env::var_os("TEMPER_TEST_BIN").map_or_else(
             || PathBuf::from(env!("CARGO_BIN_EXE_temper")),
@@ -60,10 +80,13 @@ impl BinaryServer {
             data_dir,
             log_path,
             child,
-            _root: root,
+            root: Some(root),
         };
         for _ in 0..600 {
             let log = server.log();
+            let log = log
+                .get(usize::try_from(log_start).expect("size")..)
+                .unwrap_or_default();
             if let Some(at) = log.find("listening on http://") {
                 let rest = &log[at + "listening on ".len()..];
                 let end = rest.find(char::is_whitespace).unwrap_or(rest.len());

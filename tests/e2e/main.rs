@@ -18,3 +18,4 @@ mod question_answering;
 mod startup;
 mod token_classification;
 mod uploads;
+mod webhooks;
