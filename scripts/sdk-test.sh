@@ -63,7 +63,7 @@ WEBHOOK_SECRET="whsec_$(python3 -c 'import base64, os; print(base64.b64encode(os
 server=$!
 url=""
 for _ in $(seq 1 300); do
-  url=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | head -1 | sed 's/listening on //') || true
+  url=$(grep -so 'listening on http://[0-9.:]*' "$work/server.log" | head -1 | sed 's/listening on //') || true
   [ -n "$url" ] && break
   kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.1

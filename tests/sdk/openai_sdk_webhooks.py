@@ -36,10 +36,11 @@ def wait_for(job_id):
 
 
 # A job of our own, cancelled: its event is fresh, within the SDK's 5-minute tolerance.
-lines = [json.dumps({"text": f"good {i}" if i % 2 else f"bad {i}", "label": "pos" if i % 2 else "neg"}) for i in range(8)]
+lines = [json.dumps({"text": f"good {i}" if i % 2 else f"bad {i}", "label": "pos" if i % 2 else "neg"}) for i in range(20)]
 upload = client.files.create(file=("w.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
 job = client.fine_tuning.jobs.create(model=MODEL, training_file=upload.id, hyperparameters={"n_epochs": 50})
-client.fine_tuning.jobs.cancel(job.id)
+cancelled = client.fine_tuning.jobs.cancel(job.id)
+assert cancelled.status == "cancelled", cancelled
 record = wait_for(job.id)
 event = client.webhooks.unwrap(record["body"], record["headers"], secret=SECRET)
 assert event.type == "fine_tuning.job.cancelled", event
