@@ -16,5 +16,6 @@ mod lifecycle;
 mod openapi;
 mod question_answering;
 mod startup;
+mod tensorboard;
 mod token_classification;
 mod uploads;
