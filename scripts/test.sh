@@ -17,5 +17,6 @@ fi
 cargo test --release --locked --all-targets "$@"
 if [ "${TEMPER_SKIP_ASSETS:-0}" != "1" ]; then
   scripts/sdk-test.sh assets
+  scripts/tensorboard-test.sh assets
   scripts/conformance-test.sh assets
 fi

@@ -11,6 +11,8 @@
 //!   starting model); `Checkpoint` is a checkpoint with its base found.
 //! - `export.rs`: the download formats (`ExportFormat`).
 //! - `peft.rs`: the files of a PEFT adapter directory.
+//! - `tensorboard.rs`: a job's metrics events as a TensorBoard event file (the
+//!   `tensorboard` download).
 //! - `error.rs`: `ArtifactError`.
 
 pub mod base;
@@ -18,6 +20,7 @@ pub mod checkpoint;
 mod error;
 mod export;
 pub mod peft;
+pub mod tensorboard;
 
 pub use base::{BaseLocation, BaseModels, Checkpoint, Fingerprint, START_MODEL_DIR};
 pub use error::ArtifactError;

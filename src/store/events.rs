@@ -114,4 +114,19 @@ impl Store {
         .await?;
         Ok(Page::from_rows(rows, limit))
     }
+
+    /// Every `metrics` event of a job, oldest first (in the order they were written): the
+    /// durable record of its training curves, read whole by the TensorBoard download.
+    pub async fn list_metrics_events(&self, job_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, job_id, created_at, level, message, type, data \
+             FROM fine_tuning_events \
+             WHERE job_id = ? AND type = 'metrics' \
+             ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
 }

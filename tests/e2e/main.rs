@@ -16,6 +16,7 @@ mod lifecycle;
 mod openapi;
 mod question_answering;
 mod startup;
+mod tensorboard;
 mod token_classification;
 mod uploads;
 mod webhooks;

@@ -21,6 +21,7 @@ use crate::store::ModelRow;
 mod adapters;
 mod classifier_adapters;
 mod disk;
+mod download;
 mod generation;
 mod hardening;
 mod health;

@@ -43,6 +43,44 @@ async fn create_job_writes_the_job_and_its_event(pool: SqlitePool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn metrics_events_list_oldest_first_without_messages_or_other_jobs(pool: SqlitePool) {
+    let store = store(pool).await;
+    create(&store, "ftjob-1", 100).await;
+    create(&store, "ftjob-2", 100).await;
+    // Written out of step order on purpose: the list follows the write order, not `step`.
+    let written = [
+        EventRow::metrics(
+            "ftjob-1",
+            "Step 3/4",
+            json!({"step": 3, "train_loss": 0.5}),
+            103,
+        ),
+        EventRow::info("ftjob-1", "Checkpoint saved", 104),
+        EventRow::metrics(
+            "ftjob-2",
+            "Step 1/4",
+            json!({"step": 1, "train_loss": 0.9}),
+            105,
+        ),
+        EventRow::metrics(
+            "ftjob-1",
+            "Step 2/4",
+            json!({"step": 2, "train_loss": 0.7}),
+            106,
+        ),
+    ];
+    for event in &written {
+        store.insert_event(event).await.unwrap();
+    }
+    let listed = store.list_metrics_events("ftjob-1").await.unwrap();
+    assert_eq!(listed, vec![written[0].clone(), written[3].clone()]);
+    assert_eq!(
+        store.list_metrics_events("ftjob-none").await.unwrap(),
+        vec![]
+    );
+}
+
+#[sqlx::test(migrations = false)]
 async fn create_job_is_atomic_when_the_event_fails(pool: SqlitePool) {
     let store = store(pool).await;
     create(&store, "ftjob-1", 100).await;
