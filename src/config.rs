@@ -4,8 +4,11 @@
 //! every section implements `Default`, which tests use as
 //! `Config { storage: StorageConfig { data_dir, .. }, ..Config::default() }`. There are no
 //! globals: `app::run` receives the whole `Config` and hands each part to its owner.
+//! `client.rs` holds the client subcommands' arguments (`OPENAI_*` variables, like the SDK).
 
+pub mod client;
 mod serve_dtype;
+pub use client::ClientCommand;
 pub use serve_dtype::ServeDtype;
 
 use std::fmt;
@@ -64,6 +67,9 @@ pub enum Command {
     /// Run the HTTP service and its worker pool.
     #[command(after_help = SERVE_AFTER_HELP)]
     Serve(Config),
+    /// `files`, `jobs`, `models`, `chat`: a client of a running server.
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 /// Everything `temper serve` needs.
@@ -321,6 +327,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("valid arguments").command {
             Command::Serve(config) => config,
+            other => panic!("not `serve`: {other:?}"),
         }
     }
 
