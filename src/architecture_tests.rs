@@ -45,7 +45,23 @@ fn violations(module: &str, forbidden: &[&str]) -> Vec<String> {
 #[test]
 fn modules_keep_their_dependency_rules() {
     let async_stack = ["tokio::", "sqlx::", "axum::"];
-    let rules: [(&str, &[&str]); 6] = [
+    // The CLI is a client: it reaches the server over HTTP only, reading replies into
+    // `api::objects`.
+    let server_side = [
+        "candle",
+        "sqlx::",
+        "axum::",
+        "crate::app",
+        "crate::store",
+        "crate::jobs",
+        "crate::blobs",
+        "crate::train",
+        "crate::tasks",
+        "crate::zoo",
+        "crate::infer",
+        "crate::artifacts",
+    ];
+    let rules: [(&str, &[&str]); 7] = [
         ("train", &async_stack),
         ("tasks", &async_stack),
         ("zoo", &async_stack),
@@ -64,6 +80,7 @@ fn modules_keep_their_dependency_rules() {
                 "tokio::",
             ],
         ),
+        ("cli", &server_side),
     ];
     for (module, forbidden) in rules {
         let found = violations(module, forbidden);
@@ -73,6 +90,20 @@ fn modules_keep_their_dependency_rules() {
             found.join("\n")
         );
     }
+}
+
+#[test]
+fn the_cli_reads_only_the_wire_objects_of_api() {
+    let beyond: Vec<String> = code_lines("cli")
+        .into_iter()
+        .filter(|(_, code)| code.contains("crate::api") && !code.contains("crate::api::objects"))
+        .map(|(file, code)| format!("{file}: {}", code.trim()))
+        .collect();
+    assert!(
+        beyond.is_empty(),
+        "`cli` reaches into `api`:\n{}",
+        beyond.join("\n")
+    );
 }
 
 #[test]

@@ -4,9 +4,12 @@
 //! every section implements `Default`, which tests use as
 //! `Config { storage: StorageConfig { data_dir, .. }, ..Config::default() }`. There are no
 //! globals: `app::run` receives the whole `Config` and hands each part to its owner.
+//! `client.rs` holds the client subcommands' arguments (`OPENAI_*` variables, like the SDK).
 
+pub mod client;
 mod serve_dtype;
 mod webhooks;
+pub use client::ClientCommand;
 pub use serve_dtype::ServeDtype;
 pub use webhooks::{WebhookConfig, WebhookSecret, WebhookUrl};
 
@@ -66,6 +69,9 @@ pub enum Command {
     /// Run the HTTP service and its worker pool.
     #[command(after_help = SERVE_AFTER_HELP)]
     Serve(Config),
+    /// `files`, `jobs`, `models`, `chat`: a client of a running server.
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 /// Everything `temper serve` needs.
@@ -325,6 +331,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("valid arguments").command {
             Command::Serve(config) => config,
+            other => panic!("not `serve`: {other:?}"),
         }
     }
 

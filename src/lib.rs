@@ -24,7 +24,8 @@
 //! tokio, sqlx or axum; `store` never imports axum or candle; `api` never imports candle,
 //! `zoo`, `train` or `tasks`; `infer` reads checkpoints through `artifacts` and the tasks'
 //! serving backends, never `train`. `app` is the composition root and the only module that
-//! knows every other.
+//! knows every other. `cli` (the `temper files|jobs|models|chat` client) talks to a server
+//! over HTTP and knows only `config` and the wire types of `api::objects`.
 
 pub mod api;
 pub mod app;
@@ -33,6 +34,7 @@ mod architecture_tests;
 pub mod artifacts;
 pub mod basemodels;
 pub mod blobs;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod infer;

@@ -1,4 +1,7 @@
-//! `temper serve`: parse the configuration, bind, run until SIGINT/SIGTERM.
+//! `temper serve`: parse the configuration, bind, run until SIGINT/SIGTERM. The client
+//! subcommands (`files`, `jobs`, `models`, `chat`) are `temper::cli`.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -6,9 +9,22 @@ use tokio_util::sync::CancellationToken;
 
 use temper::config::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
-    let Command::Serve(config) = command;
+    match command {
+        Command::Serve(config) => match run_server(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                // What `main() -> anyhow::Result<()>` printed: the chain of causes.
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Client(command) => temper::cli::main(command),
+    }
+}
+
+fn run_server(config: temper::config::Config) -> anyhow::Result<()> {
     // Sets process-wide allocator and thread-pool knobs: must run before any other thread
     // (the tokio runtime's included) exists.
     temper::runtime::tune_for_cpu_training();

@@ -170,7 +170,7 @@ impl From<JobRow> for JobObject {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventObject {
     pub id: String,
     pub object: String,

@@ -102,6 +102,14 @@ pub mod limits {
     pub use crate::domain::model_name::MAX_SUFFIX_LEN;
 }
 
+/// OpenAI's objects as the handlers write them; the client subcommands (`crate::cli`) read
+/// replies into the same types, so a renamed field breaks the build rather than the CLI.
+pub mod objects {
+    pub use super::files::FileObject;
+    pub use super::job_wire::{CheckpointObject, EventObject, JobObject};
+    pub use super::models::ModelObject;
+}
+
 /// The contract, as committed; served at `GET /openapi.yaml`.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 

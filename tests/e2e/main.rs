@@ -4,6 +4,7 @@
 mod artifacts;
 mod binary;
 mod chat;
+mod cli;
 mod common;
 mod disk;
 mod dpo;
