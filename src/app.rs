@@ -26,6 +26,7 @@ use crate::infer::{
 };
 use crate::jobs::{JobsContext, WorkerPool};
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
 use catalog::StoreCatalog;
 
 /// Serves until `shutdown` is cancelled (SIGTERM/SIGINT in `main`, `Drop` in tests).
@@ -75,6 +76,8 @@ pub async fn run(
         grace,
         shutdown.clone(),
     ));
+    // One registry for the whole process: each part records into its own recorder of it.
+    let metrics = Metrics::new();
     let pool = Arc::new(WorkerPool::spawn(
         JobsContext {
             store: store.clone(),
@@ -84,6 +87,7 @@ pub async fn run(
             lease: config.workers.lease(),
             poll_interval: config.workers.poll_interval(),
             max_attempts: config.workers.worker_max_attempts,
+            metrics: metrics.training(),
         },
         shutdown.clone(),
     ));
@@ -94,6 +98,7 @@ pub async fn run(
     });
     let mut options = crate::infer::InferOptions::from_config(&config.inference, serve_devices);
     options.bases = BaseModels::new(&config.storage.models_dir, blobs.root());
+    options.metrics = metrics.generation();
     let inference = InferenceHandle::with_options(catalog, options, shutdown.clone());
     // Weak: the router must not keep the pool alive, so `join` below can take it back.
     let weak_pool = Arc::downgrade(&pool);
@@ -116,6 +121,7 @@ pub async fn run(
             max_upload_bytes: config.server.max_upload_bytes,
             models_dir: config.storage.models_dir.clone(),
         }),
+        metrics,
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -279,5 +285,9 @@ impl Inference for InferenceService {
 
     fn evict(&self, model: &str) {
         self.handle.evict(model);
+    }
+
+    fn loaded_models(&self) -> Vec<crate::telemetry::metrics::LoadedModel> {
+        self.handle.loaded_models()
     }
 }

@@ -5,7 +5,9 @@
 //! `Config { storage: StorageConfig { data_dir, .. }, ..Config::default() }`. There are no
 //! globals: `app::run` receives the whole `Config` and hands each part to its owner.
 
+mod logging;
 mod serve_dtype;
+pub use logging::{LogFormat, LoggingConfig};
 pub use serve_dtype::ServeDtype;
 
 use std::fmt;
@@ -56,6 +58,9 @@ Logging:
   (default `temper=info,tower_http=info`): `RUST_LOG=debug` for everything,
   `RUST_LOG=temper=debug,tower_http=warn` to quieten the per-request lines. A log line
   that cannot be written (a full disk) is dropped and counted; requests are still served.
+  --log-format json (TEMPER_LOG_FORMAT=json) writes one JSON object per line instead, with
+  the fields of its spans: `request_id` on every line of a request, `job_id` on every
+  line of a job.
 
 The service documents itself at GET /openapi.yaml.";
 
@@ -77,6 +82,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     #[command(flatten)]
     pub inference: InferenceConfig,
+    #[command(flatten)]
+    pub logging: LoggingConfig,
 }
 
 /// The HTTP listener and what it accepts.
@@ -408,6 +415,8 @@ mod tests {
             "<name>.gguf",
             "<org>/<name>.gguf",
             "stderr",
+            "--log-format",
+            "request_id",
         ] {
             assert!(help.contains(needle), "`{needle}` missing from:\n{help}");
         }
