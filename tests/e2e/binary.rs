@@ -66,7 +66,10 @@ impl BinaryServer {
             let log = server.log();
             if let Some(at) = log.find("listening on http://") {
                 let rest = &log[at + "listening on ".len()..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                // Ends at a space (text logs) or at the closing quote (JSON logs).
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '"')
+                    .unwrap_or(rest.len());
                 server.base_url = rest[..end].to_string();
                 return server;
             }
