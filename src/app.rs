@@ -26,6 +26,7 @@ use crate::infer::{
 };
 use crate::jobs::{JobService, JobsContext, WorkerPool};
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
 use crate::webhooks::{Deliverer, RetryPolicy};
 use catalog::StoreCatalog;
 
@@ -82,6 +83,8 @@ pub async fn run(
         grace,
         shutdown.clone(),
     ));
+    // One registry for the whole process: each part records into its own recorder of it.
+    let metrics = Metrics::new();
     let pool = Arc::new(WorkerPool::spawn(
         JobsContext {
             store: store.clone(),
@@ -91,6 +94,7 @@ pub async fn run(
             lease: config.workers.lease(),
             poll_interval: config.workers.poll_interval(),
             max_attempts: config.workers.worker_max_attempts,
+            metrics: metrics.training(),
         },
         shutdown.clone(),
     ));
@@ -99,6 +103,7 @@ pub async fn run(
         &config.webhooks,
         RetryPolicy::default(),
         WEBHOOK_ATTEMPT_TIMEOUT,
+        metrics.clone(),
     )
     .context("preparing the webhook client")?;
     tokio::spawn(deliverer.run(WEBHOOK_POLL, shutdown.clone()));
@@ -109,6 +114,7 @@ pub async fn run(
     });
     let mut options = crate::infer::InferOptions::from_config(&config.inference, serve_devices);
     options.bases = BaseModels::new(&config.storage.models_dir, blobs.root());
+    options.metrics = metrics.generation();
     let inference = InferenceHandle::with_options(catalog, options, shutdown.clone());
     // Weak: the router must not keep the pool alive, so `join` below can take it back.
     let weak_pool = Arc::downgrade(&pool);
@@ -135,6 +141,7 @@ pub async fn run(
             max_upload_bytes: config.server.max_upload_bytes,
             models_dir: config.storage.models_dir.clone(),
         }),
+        metrics,
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -298,5 +305,9 @@ impl Inference for InferenceService {
 
     fn evict(&self, model: &str) {
         self.handle.evict(model);
+    }
+
+    fn loaded_models(&self) -> Vec<crate::telemetry::metrics::LoadedModel> {
+        self.handle.loaded_models()
     }
 }

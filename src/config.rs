@@ -7,9 +7,11 @@
 //! `client.rs` holds the client subcommands' arguments (`OPENAI_*` variables, like the SDK).
 
 pub mod client;
+mod logging;
 mod serve_dtype;
 mod webhooks;
 pub use client::ClientCommand;
+pub use logging::{LogFormat, LoggingConfig};
 pub use serve_dtype::ServeDtype;
 pub use webhooks::{WebhookConfig, WebhookSecret, WebhookUrl};
 
@@ -61,6 +63,9 @@ Logging:
   (default `temper=info,tower_http=info`): `RUST_LOG=debug` for everything,
   `RUST_LOG=temper=debug,tower_http=warn` to quieten the per-request lines. A log line
   that cannot be written (a full disk) is dropped and counted; requests are still served.
+  --log-format json (TEMPER_LOG_FORMAT=json) writes one JSON object per line instead, with
+  the fields of its spans: `request_id` on every line of a request, `job_id` on every
+  line of a job.
 
 The service documents itself at GET /openapi.yaml.";
 
@@ -87,6 +92,8 @@ pub struct Config {
     pub inference: InferenceConfig,
     #[command(flatten)]
     pub webhooks: WebhookConfig,
+    #[command(flatten)]
+    pub logging: LoggingConfig,
 }
 
 /// The HTTP listener and what it accepts.
@@ -419,6 +426,8 @@ mod tests {
             "<name>.gguf",
             "<org>/<name>.gguf",
             "stderr",
+            "--log-format",
+            "request_id",
         ] {
             assert!(help.contains(needle), "`{needle}` missing from:\n{help}");
         }

@@ -36,7 +36,7 @@ fn run_server(config: temper::config::Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: temper::config::Config) -> anyhow::Result<()> {
-    let log_stats = temper::telemetry::init_tracing();
+    let log_stats = temper::telemetry::init_tracing(config.logging.log_format);
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await

@@ -1,12 +1,21 @@
-//! Logging setup, and span and metric names in one place.
+//! Logging setup, the service's metrics ([`metrics`]), and span and metric names in one
+//! place.
 //!
-//! Logs go to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]), with ANSI
-//! colours only when stderr is a terminal (and `NO_COLOR` is unset). Logging must never
+//! Logs go to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]), as text
+//! with ANSI colours only when stderr is a terminal (and `NO_COLOR` is unset), or as one
+//! JSON object per line (`--log-format json`) that carries the fields of every span the
+//! event is in, outermost first: `request_id` on each line of a request (the `http` span),
+//! `job_id` on each line of a job (the worker's [`JOB_SPAN`], entered by every task and
+//! thread that works for the job). Logging must never
 //! take the service down: a log line that cannot be written (stderr redirected to a file
 //! on a full disk, a closed pipe) is dropped and counted in [`LogStats`], and the count is
 //! written as a line of its own as soon as writing works again. tracing-subscriber's own
 //! report of a failed write is switched off: it goes through `eprintln!`, which panics when
 //! stderr itself fails — inside whichever request was logging.
+
+pub mod metrics;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -16,17 +25,23 @@ use std::sync::Arc;
 
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::basemodels::{self, BaseModel, BaseModelKind};
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 /// Filter used when `RUST_LOG` is unset.
 pub const DEFAULT_LOG_FILTER: &str = "temper=info,tower_http=info";
 
 /// Span field carrying the request id (`x-request-id`) on every HTTP span.
 pub const REQUEST_ID_FIELD: &str = "request_id";
+
+/// The span around one claimed job's whole run, with its [`JOB_ID_FIELD`].
+pub const JOB_SPAN: &str = "job";
+/// Span field carrying the job id on the job span.
+pub const JOB_ID_FIELD: &str = "job_id";
 
 /// Log lines that could not be written. Cheap to clone; every clone shares the counts.
 #[derive(Debug, Clone, Default)]
@@ -35,9 +50,18 @@ pub struct LogStats {
     dropped: Arc<AtomicU64>,
     /// Dropped lines not yet reported in the log.
     unreported: Arc<AtomicU64>,
+    /// The format of the report of dropped lines: the log's own.
+    format: LogFormat,
 }
 
 impl LogStats {
+    fn new(format: LogFormat) -> LogStats {
+        LogStats {
+            format,
+            ..LogStats::default()
+        }
+    }
+
     /// Lines dropped since start-up because the log output failed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -48,10 +72,7 @@ impl LogStats {
     fn write_line(&self, out: &mut impl Write, line: &[u8]) {
         let unreported = self.unreported.swap(0, Ordering::Relaxed);
         if unreported > 0 {
-            let note = format!(
-                "WARN temper::telemetry: {unreported} log lines could not be written \
-                 (the log output failed) and were dropped\n"
-            );
+            let note = dropped_note(self.format, unreported);
             if out.write_all(note.as_bytes()).is_err() {
                 self.unreported.fetch_add(unreported, Ordering::Relaxed);
             }
@@ -59,6 +80,25 @@ impl LogStats {
         if out.write_all(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The line reporting `dropped` lost lines, in the log's `format`.
+fn dropped_note(format: LogFormat, dropped: u64) -> String {
+    let message = format!(
+        "{dropped} log lines could not be written (the log output failed) and were dropped"
+    );
+    match format {
+        LogFormat::Text => format!("WARN temper::telemetry: {message}\n"),
+        LogFormat::Json => {
+            // The shape of the JSON formatter's own lines (it has no way to write this one).
+            let note = serde_json::json!({
+                "level": "WARN",
+                "fields": {"message": message, "dropped_lines": dropped},
+                "target": "temper::telemetry",
+            });
+            format!("{note}\n")
         }
     }
 }
@@ -112,23 +152,37 @@ pub fn colours_wanted(is_terminal: bool, no_color: Option<&str>) -> bool {
     is_terminal && no_color.is_none_or(str::is_empty)
 }
 
-/// The subscriber `temper serve` installs, writing through `writer` (stderr in the
-/// binary; tests inject failing writers here).
+/// The subscriber `temper serve` installs, writing `format` lines through `writer` (stderr
+/// in the binary; tests inject failing or capturing writers here). `ansi` colours text
+/// lines; JSON lines never have colours.
 pub fn subscriber<M>(
     writer: M,
     filter: EnvFilter,
+    format: LogFormat,
     ansi: bool,
 ) -> (impl Subscriber + Send + Sync + 'static, LogStats)
 where
     M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let stats = LogStats::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
+    let stats = LogStats::new(format);
+    let writer = NeverFailingWriter::new(writer, stats.clone());
+    let lines = tracing_subscriber::fmt::layer()
         .log_internal_errors(false)
-        .with_writer(NeverFailingWriter::new(writer, stats.clone()))
-        .finish();
+        .with_writer(writer);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(ansi).boxed(),
+        LogFormat::Json => lines
+            .json()
+            .with_ansi(false)
+            // Every span's fields, outermost first: the request id and the job id sit in
+            // the outer spans, under whatever span the event is in.
+            .with_span_list(true)
+            .with_current_span(false)
+            // The engine's and the trainer's threads say who wrote the line.
+            .with_thread_names(true)
+            .boxed(),
+    };
+    let subscriber = tracing_subscriber::registry().with(filter).with(lines);
     (subscriber, stats)
 }
 
@@ -137,12 +191,12 @@ pub fn env_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
 }
 
-/// Installs the global `tracing` subscriber on stderr, honouring `RUST_LOG` and `NO_COLOR`.
-/// Safe to call twice (the second call changes nothing).
-pub fn init_tracing() -> LogStats {
+/// Installs the global `tracing` subscriber on stderr writing `format` lines, honouring
+/// `RUST_LOG` and `NO_COLOR`. Safe to call twice (the second call changes nothing).
+pub fn init_tracing(format: LogFormat) -> LogStats {
     let no_color = std::env::var("NO_COLOR").ok();
     let ansi = colours_wanted(io::stderr().is_terminal(), no_color.as_deref());
-    let (subscriber, stats) = subscriber(io::stderr, env_filter(), ansi);
+    let (subscriber, stats) = subscriber(io::stderr, env_filter(), format, ansi);
     // An error only means a subscriber is already installed.
     let _ = subscriber.try_init();
     stats
@@ -247,7 +301,8 @@ mod tests {
     #[test]
     fn failed_lines_are_counted_and_reported_once_writing_works_again() {
         let disk = FlakyDisk::default();
-        let (subscriber, stats) = subscriber(disk.clone(), EnvFilter::new("info"), false);
+        let (subscriber, stats) =
+            subscriber(disk.clone(), EnvFilter::new("info"), LogFormat::Text, false);
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("before");
             *disk.full.lock().expect("lock") = true;
@@ -272,10 +327,48 @@ mod tests {
         assert!(!text.contains('\u{1b}'), "no ANSI escapes: {text:?}");
     }
 
+    #[test]
+    fn json_lines_carry_their_spans_fields_and_the_dropped_lines_report_is_json_too() {
+        let disk = FlakyDisk::default();
+        let (subscriber, stats) =
+            subscriber(disk.clone(), EnvFilter::new("info"), LogFormat::Json, false);
+        tracing::subscriber::with_default(subscriber, || {
+            let http = tracing::info_span!("http", request_id = "req_1");
+            let _http = http.enter();
+            let inner = tracing::info_span!("load_model", model = "m");
+            let _inner = inner.enter();
+            tracing::info!(bytes = 12, "loaded");
+            *disk.full.lock().expect("lock") = true;
+            tracing::info!("lost");
+            tracing::info!("lost");
+            *disk.full.lock().expect("lock") = false;
+            tracing::warn!("after");
+        });
+        assert_eq!(stats.dropped(), 2);
+        let text = String::from_utf8(disk.written.lock().expect("lock").clone()).expect("utf8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["fields"]["message"], "loaded");
+        assert_eq!(lines[0]["fields"]["bytes"], 12);
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["spans"][0]["name"], "http");
+        assert_eq!(lines[0]["spans"][0][REQUEST_ID_FIELD], "req_1");
+        assert_eq!(lines[0]["spans"][1]["model"], "m");
+        assert!(lines[0]["threadName"].is_string(), "{text}");
+        assert_eq!(lines[1]["level"], "WARN");
+        assert_eq!(lines[1]["fields"]["dropped_lines"], 2);
+        assert_eq!(lines[2]["fields"]["message"], "after");
+        assert_eq!(lines[2]["spans"][0][REQUEST_ID_FIELD], "req_1");
+    }
+
     /// What `log_startup` writes for `config` listening on `address`.
     fn startup_log(config: &Config, address: &str) -> String {
         let disk = FlakyDisk::default();
-        let (subscriber, _) = subscriber(disk.clone(), EnvFilter::new("info"), false);
+        let (subscriber, _) =
+            subscriber(disk.clone(), EnvFilter::new("info"), LogFormat::Text, false);
         let address: SocketAddr = address.parse().expect("address");
         tracing::subscriber::with_default(subscriber, || log_startup(config, address));
         let bytes = disk.written.lock().expect("lock").clone();

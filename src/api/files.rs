@@ -116,7 +116,9 @@ async fn create_file(
     })?;
     // hyper drops this handler when its client disconnects; the upload runs in a task of its
     // own so that it always ends by recording the file or by removing what it wrote.
-    let upload = tokio::spawn(receive_and_store(state, multipart));
+    // In the request's span: its lines carry the request id.
+    let upload = receive_and_store(state, multipart);
+    let upload = tokio::spawn(tracing::Instrument::in_current_span(upload));
     let row = upload.await.map_err(ApiError::internal)??;
     Ok(ApiJson(row.into()))
 }
@@ -156,6 +158,7 @@ async fn store_upload(
     // deletes.
     state.blobs.ensure_space().await?;
     let upload = receive_upload(state, rel, multipart).await?;
+    let uploaded_bytes = upload.bytes;
     let mut row = FileRow {
         id,
         bytes: i64::try_from(upload.bytes).unwrap_or(i64::MAX),
@@ -175,6 +178,7 @@ async fn store_upload(
     if let Err(error) = state.store.insert_file(&row).await {
         return Err(store_write_failed(state, error).await);
     }
+    state.metrics.uploaded(uploaded_bytes);
     Ok(row)
 }
 

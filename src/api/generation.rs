@@ -363,7 +363,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(SSE_BUFFER);
-    tokio::spawn(produce(sender));
+    // In the request's span: its lines carry the request id.
+    tokio::spawn(tracing::Instrument::in_current_span(produce(sender)));
     Sse::new(ReceiverStream::new(receiver)).into_response()
 }
 

@@ -10,6 +10,7 @@ use crate::infer::{
     Aggregation, ClassPrediction, GenerationParams, GenerationStream, InferError, QaPrediction,
     QaQuestion, TokenEntity,
 };
+use crate::telemetry::metrics::LoadedModel;
 
 /// Which artifact `GET …/download` exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,4 +108,7 @@ pub trait Inference: Send + Sync + 'static {
 
     /// Drops a loaded model (after `DELETE /v1/models/{id}`).
     fn evict(&self, model: &str);
+
+    /// Every loaded model and adapter with its bytes (`/metrics`).
+    fn loaded_models(&self) -> Vec<LoadedModel>;
 }

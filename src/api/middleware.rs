@@ -1,6 +1,8 @@
-//! Bearer-key authentication and request ids.
+//! Bearer-key authentication, request ids and request metrics.
 
-use axum::extract::{Request, State};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -9,6 +11,27 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use super::{ApiError, AppState};
 use crate::config::ApiKey;
 use crate::domain::ids::random_base62;
+use crate::telemetry::metrics::HttpMetrics;
+
+/// Counts the request by its matched route template and status, and times it to its
+/// response's headers.
+pub async fn record_request(
+    State(http): State<HttpMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    http.observe(
+        method.as_str(),
+        route.as_ref().map(MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
 
 /// When keys are configured, a request needs `Authorization: Bearer <one of them>`.
 pub async fn require_api_key(

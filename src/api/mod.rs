@@ -3,19 +3,21 @@
 //!
 //! # Layout
 //! - `error.rs`: the one `ApiError` (OpenAI envelope) and `ApiJson`/`ApiQuery` extractors.
-//! - `middleware.rs`: bearer-key auth and request ids.
+//! - `middleware.rs`: bearer-key auth, request ids and request metrics.
 //! - `inference.rs`: the narrow `Inference` trait handlers call (app wires `infer`).
 //! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`, `download.rs`), `models.rs`,
 //!   `classify.rs`, `chat.rs`, `completions.rs` (+ `generation.rs`, what the two share):
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
 //! - `health.rs`: `/health`, `/health/live`, `/health/ready` (store and worker pool checks).
+//! - `metrics.rs`: `/metrics` (Prometheus text, `telemetry::metrics`).
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
 //! - [`limits`]: every number `openapi.yaml` states, re-exported from where it is enforced.
 //!
-//! Layer order (outermost first): request id, trace, body limit, then routes; auth is a
-//! route layer on `/v1` so unknown paths still get the 404 envelope. `/health/*` and
-//! `/openapi.yaml` (the committed contract, embedded at build time) need no key.
+//! Layer order (outermost first): request id, trace, body limit, request metrics (by
+//! matched route), then routes; auth is a route layer on `/v1` so unknown paths still get
+//! the 404 envelope. `/health/*`, `/metrics` and `/openapi.yaml` (the committed contract,
+//! embedded at build time) need no key.
 
 mod adapters;
 mod chat;
@@ -30,6 +32,7 @@ pub mod inference;
 mod job_request;
 mod job_wire;
 mod jobs;
+mod metrics;
 mod middleware;
 mod models;
 mod question_answering;
@@ -54,6 +57,7 @@ use crate::blobs::Blobs;
 use crate::config::ApiKey;
 use crate::jobs::{JobService, WorkerLiveness};
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
 
 pub use error::{ApiError, ApiJson};
 pub use inference::{ArtifactFormat, ExportRequest, Inference};
@@ -66,9 +70,11 @@ pub struct AppState {
     pub inference: Arc<dyn Inference>,
     /// The rules of creating and steering jobs, shared with every other front end.
     pub jobs: JobService,
-    /// The worker pool's tasks, for `/health`.
+    /// The worker pool's tasks, for `/health`, and its busy workers, for `/metrics`.
     pub workers: WorkerLiveness,
     pub settings: Arc<ApiSettings>,
+    /// What `/metrics` serves; handlers count uploads into it.
+    pub metrics: Metrics,
 }
 
 /// The parts of the configuration handlers read.
@@ -121,6 +127,7 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 1024 * 1024;
 pub fn routes() -> Vec<(Method, &'static str)> {
     let mut all = vec![(Method::GET, "/openapi.yaml")];
     all.extend(health::ROUTES.iter().cloned());
+    all.extend(metrics::ROUTES.iter().cloned());
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
@@ -157,9 +164,15 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .route("/openapi.yaml", get(openapi_document))
         .merge(v1)
         .fallback(unknown_route)
+        // Innermost, so the matched route is known (`Router::layer` wraps each route).
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http(),
+            middleware::record_request,
+        ))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT_BYTES))
         .layer(
             TraceLayer::new_for_http()

@@ -15,6 +15,25 @@ pub enum JobStatus {
     Cancelled,
 }
 
+/// How many jobs are in each status (a status without jobs may be missing), and how many
+/// wait for a worker: `validating_files` or `queued`, and not claimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub by_status: Vec<(JobStatus, i64)>,
+    pub waiting: i64,
+}
+
+impl JobCounts {
+    /// The jobs in `status`.
+    pub fn of(&self, status: JobStatus) -> i64 {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 impl JobStatus {
     pub const ALL: [JobStatus; 8] = [
         JobStatus::ValidatingFiles,

@@ -20,6 +20,7 @@ use crate::domain::task::ServedKind;
 use crate::tasks::sequence_classification::serve::CheckpointClassifier;
 use crate::tasks::sequence_classification::shared::SharedEncoderClassifier;
 use crate::tasks::sft::{load_lm, LmSource};
+use crate::telemetry::metrics::GenerationMetrics;
 use crate::zoo::decoder::QuantKind;
 
 /// Loads catalog entries as engines on the serving devices (the registry picks one).
@@ -30,6 +31,8 @@ pub struct CheckpointLoader {
     pub generation: GenEngineConfig,
     /// Where the bases checkpoints name are found.
     pub bases: BaseModels,
+    /// What the language models' engines record (`/metrics`).
+    pub metrics: GenerationMetrics,
 }
 
 impl ModelLoader<LoadedModel> for CheckpointLoader {
@@ -70,7 +73,8 @@ impl CheckpointLoader {
                 };
                 let backend = load_causal(model, &self.bases, device, weights)?;
                 tracing::info!(bytes = backend.parameter_bytes(), "language model loaded");
-                GenEngine::spawn(&model.name, backend, self.generation).map(LoadedModel::Generator)
+                GenEngine::spawn_recorded(&model.name, backend, self.generation, &self.metrics)
+                    .map(LoadedModel::Generator)
             }
             ServedKind::QuestionAnswerer => {
                 let checkpoint = self.open(model)?;
@@ -289,6 +293,7 @@ mod tests {
                 serve_dtype: ServeDtype::Q4_0,
                 ..Default::default()
             },
+            metrics: GenerationMetrics::default(),
         };
         let served = |serve_dtype, gguf: Option<&Path>| {
             let model = crate::infer::ServableModel {

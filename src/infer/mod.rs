@@ -56,6 +56,7 @@ use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{BaseModels, ExportFormat};
+use crate::telemetry::metrics::{GenerationMetrics, LoadedModel as LoadedBytes};
 
 pub use crate::domain::task::ServedKind;
 pub use crate::tasks::sequence_classification::serve::CheckpointClassifier;
@@ -96,6 +97,9 @@ pub struct InferOptions {
     pub adapter_cache_bytes: usize,
     /// Where the bases that checkpoints name by id are found.
     pub bases: BaseModels,
+    /// What the language models' engines record (`/metrics`); by default into metrics no
+    /// registry holds.
+    pub metrics: GenerationMetrics,
 }
 
 /// A loaded model of either kind: what the registry caches and evicts.
@@ -132,6 +136,7 @@ impl InferOptions {
             failure_ttl: DEFAULT_FAILURE_TTL,
             adapter_cache_bytes: crate::config::DEFAULT_ADAPTER_CACHE_BYTES,
             bases: BaseModels::default(),
+            metrics: GenerationMetrics::default(),
         }
     }
 
@@ -182,6 +187,7 @@ impl InferenceHandle {
             engine: options.engine,
             generation: options.generation,
             bases: options.bases.clone(),
+            metrics: options.metrics,
         };
         let registry = ModelRegistry::with_budgets(
             catalog.clone(),
@@ -340,6 +346,20 @@ impl InferenceHandle {
     /// reporting and tests).
     pub fn is_loaded(&self, model: &str) -> bool {
         self.registry.is_loaded(model) || self.adapters.is_loaded(model)
+    }
+
+    /// Every loaded model and adapter with its bytes (`/metrics`).
+    pub fn loaded_models(&self) -> Vec<LoadedBytes> {
+        let of_kind = |kind: &'static str, loaded: Vec<(String, usize)>| {
+            loaded.into_iter().map(move |(name, bytes)| LoadedBytes {
+                name,
+                kind,
+                bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+            })
+        };
+        of_kind("model", self.registry.loaded())
+            .chain(of_kind("adapter", self.adapters.loaded()))
+            .collect()
     }
 
     /// Summed parameter bytes of the loaded models.

@@ -248,6 +248,18 @@ impl<M: Servable> RegistryState<M> {
         self.entries.values().map(|e| e.bytes).sum()
     }
 
+    /// The ready models and their bytes, by name.
+    pub(crate) fn loaded(&self) -> Vec<(String, usize)> {
+        let mut loaded: Vec<(String, usize)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, EntryState::Ready(_)))
+            .map(|(name, e)| (name.clone(), e.bytes))
+            .collect();
+        loaded.sort();
+        loaded
+    }
+
     /// Bytes of the models loaded on serving device `slot`.
     pub(crate) fn used_bytes_on(&self, slot: usize) -> usize {
         self.entries
@@ -432,6 +444,11 @@ impl<M: Servable> ModelRegistry<M> {
 
     pub fn is_loaded(&self, name: &str) -> bool {
         self.lock().is_ready(name)
+    }
+
+    /// The ready models and their bytes, by name.
+    pub fn loaded(&self) -> Vec<(String, usize)> {
+        self.lock().loaded()
     }
 
     /// The serving device (budget index) `name` is loaded on or loading onto.

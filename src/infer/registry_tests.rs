@@ -138,6 +138,12 @@ async fn least_recently_used_model_is_evicted_when_bytes_run_out() {
     );
     // Reloading `a` evicted `b`, the least recently used of b and c.
     assert!(!registry.is_loaded("b"));
+    // What `/metrics` lists: the ready models, by name, with their bytes.
+    let listed = vec![
+        ("a".to_string(), MODEL_BYTES),
+        ("c".to_string(), MODEL_BYTES),
+    ];
+    assert_eq!(registry.loaded(), listed);
 }
 
 #[tokio::test]

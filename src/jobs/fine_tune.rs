@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tracing::instrument;
+use tracing::instrument::WithSubscriber;
+use tracing::{instrument, Instrument};
 
 use super::progress::{
     write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
@@ -26,6 +27,7 @@ use crate::domain::job_spec::ResolvedHyperparameters;
 use crate::domain::model_name::{fine_tuned_name, ORG};
 use crate::domain::task::Task;
 use crate::store::{EventRow, JobRow, Lease, Store};
+use crate::telemetry::metrics::JobTrainingMetrics;
 use crate::train::{checkpoint, TrainError, TrainOutcome};
 
 /// The Hugging Face directory the trainer reads; a GGUF model is converted into the data
@@ -85,7 +87,8 @@ impl JobRunner for FineTuneRunner {
     }
 }
 
-#[instrument(skip_all, fields(job_id = %run.job.id))]
+// Inside the worker's job span, which carries the job id.
+#[instrument(skip_all)]
 async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let job = &run.job;
     let store = &run.ctx.store;
@@ -154,7 +157,8 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         work_dir,
         device,
     );
-    let outcome = train_on_thread(training, target.clone(), run.control.clone())
+    let speed = run.ctx.metrics.job(&job.id);
+    let outcome = train_on_thread(training, target.clone(), run.control.clone(), speed)
         .await
         .map_err(|failure| start.name_failure(failure, &base_model_dir))?;
     match outcome {
@@ -342,21 +346,33 @@ fn explain_cuda_error(detail: &str) -> String {
 }
 
 /// Runs the trainer on its own OS thread (never on the async runtime) while an async task
-/// writes its progress. A panic on that thread fails the job as an internal error.
+/// writes its progress. A panic on that thread fails the job as an internal error. Both
+/// log in the caller's span, to the caller's subscriber.
 async fn train_on_thread(
     training: Training,
     target: ProgressTarget,
     control: ControlFlag,
+    speed: JobTrainingMetrics,
 ) -> Result<TrainOutcome, JobFailure> {
     let (tx, rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);
     let (done_tx, done_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_progress(target, rx));
+    let writer = write_progress(target, rx)
+        .in_current_span()
+        .with_current_subscriber();
+    let writer = tokio::spawn(writer);
+    let span = tracing::Span::current();
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     std::thread::Builder::new()
         .name("temper-train".into())
         .spawn(move || {
+            // `on_own_pool` runs this on a thread of its pool: the span and the subscriber
+            // are entered there.
             let train = move || {
-                let mut observer = ForwardingObserver { tx, control };
-                training.run(&mut observer)
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let _entered = span.enter();
+                    let mut observer = ForwardingObserver::new(tx, control, speed);
+                    training.run(&mut observer)
+                })
             };
             let result =
                 std::panic::catch_unwind(AssertUnwindSafe(|| crate::runtime::on_own_pool(train)));

@@ -17,10 +17,17 @@
 //! - `training.rs`: one job's trainer input by task (`src/tasks/<name>/`'s job structs)
 //!   and the base-model architecture check.
 //! - `progress.rs`: the bridge from the training thread's observer to the async writer of
-//!   events, progress, checkpoints and model rows.
+//!   events, progress, checkpoints and model rows; the observer also records the job's
+//!   training speed (`telemetry::metrics`).
+//! - `liveness.rs`: which pool tasks still run (`/health`) and which workers are busy
+//!   (`/metrics`).
 //! - `service.rs`: [`JobService`], the rules of creating and steering jobs that every front
 //!   end (OpenAI routes, dashboard, webhooks' outbox) shares.
 //! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
+//!
+//! Logging: everything a job does runs in its `job` span (`telemetry::JOB_SPAN`, with
+//! `job_id`): the worker's run, the heartbeat and progress-writer tasks, and the training
+//! thread, which also inherits the caller's subscriber.
 //!
 //! Shutdown flows from the pool's token: workers stop claiming, the heartbeat task sets
 //! the flag to `Shutdown`, the trainer checkpoints and the worker releases the job to
@@ -43,6 +50,8 @@ mod worker;
 #[cfg(test)]
 mod fine_tune_tests;
 #[cfg(test)]
+mod log_tests;
+#[cfg(test)]
 mod method_tests;
 #[cfg(test)]
 mod ner_job_tests;
@@ -62,10 +71,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::blobs::Blobs;
 use crate::store::Store;
+use crate::telemetry::metrics::TrainingMetrics;
 
 pub use control::{ControlFlag, ControlSignal};
 pub use fine_tune::{device_by_name, FineTuneRunner};
-pub use liveness::{Running, WorkerLiveness};
+pub use liveness::{Busy, BusyFlag, Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use service::{JobError, JobService, NewJob, WakeWorkers};
@@ -86,6 +96,8 @@ pub struct JobsContext {
     pub poll_interval: Duration,
     /// Claims allowed per job before a lost or retried job is failed.
     pub max_attempts: u32,
+    /// Where running jobs report their training speed (`/metrics`).
+    pub metrics: TrainingMetrics,
 }
 
 impl JobsContext {

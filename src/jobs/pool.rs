@@ -50,7 +50,8 @@ impl WorkerPool {
         tracker.spawn(counted(liveness.running(), requeue));
         for device in &ctx.devices {
             let worker = Worker::new(ctx.clone(), runner.clone(), device, shutdown.clone())
-                .beat_on(beat_now.clone());
+                .beat_on(beat_now.clone())
+                .report_busy(liveness.worker(device));
             let work = worker_loop(worker, ctx.poll_interval, wake.clone(), shutdown.clone());
             tracker.spawn(counted(liveness.running(), work));
         }
@@ -99,16 +100,10 @@ async fn worker_loop(
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // `process_next` logs what it settled, and its errors, itself: in the job's span.
         let idle = match worker.process_next().await {
-            Ok(Processed::Idle) => true,
-            Ok(processed) => {
-                info!(?processed, "job settled");
-                false
-            }
-            Err(error) => {
-                warn!(%error, owner = worker.owner(), "worker store error");
-                true
-            }
+            Ok(Processed::Idle) | Err(_) => true,
+            Ok(_) => false,
         };
         if idle {
             tokio::select! {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{unix_now, ControlFlag, ControlSignal};
 use crate::blobs::Blobs;
@@ -20,6 +20,7 @@ use crate::domain::job::JobStatus;
 use crate::domain::model_name::{checkpoint_name, ORG};
 use crate::domain::task::{Architecture, Task};
 use crate::store::{CheckpointRow, EventRow, Lease, ModelRow, Store, StoreError};
+use crate::telemetry::metrics::JobTrainingMetrics;
 use crate::train::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 
 /// Room for a burst of steps while the database is busy.
@@ -34,11 +35,22 @@ pub enum Progress {
 
 /// Runs on the training thread.
 pub struct ForwardingObserver {
-    pub tx: mpsc::Sender<Progress>,
-    pub control: ControlFlag,
+    tx: mpsc::Sender<Progress>,
+    control: ControlFlag,
+    /// The job's training speed, measured here where the steps happen (the writer may
+    /// receive them late); dropped with the observer when training ends.
+    speed: JobTrainingMetrics,
 }
 
 impl ForwardingObserver {
+    pub fn new(
+        tx: mpsc::Sender<Progress>,
+        control: ControlFlag,
+        speed: JobTrainingMetrics,
+    ) -> Self {
+        ForwardingObserver { tx, control, speed }
+    }
+
     /// A closed channel means the writer is gone (the async side gave up); training goes
     /// on and `control` decides when it stops.
     fn forward(&self, progress: Progress) {
@@ -54,6 +66,14 @@ impl TrainObserver for ForwardingObserver {
     }
 
     fn on_step(&mut self, metrics: &StepMetrics) {
+        self.speed.step_at(Instant::now(), metrics.tokens_seen);
+        debug!(
+            step = metrics.step,
+            total_steps = metrics.total_steps,
+            train_loss = metrics.train_loss(),
+            tokens_seen = metrics.tokens_seen,
+            "training step"
+        );
         self.forward(Progress::Step(metrics.clone()));
     }
 
@@ -308,6 +328,45 @@ mod tests {
             step_message(&metrics(4, Some(0.25))),
             "Step 4/20: training loss=0.6123, validation loss=0.2500"
         );
+    }
+
+    #[test]
+    fn the_observer_reports_the_jobs_training_speed_until_it_is_dropped() {
+        use crate::telemetry::metrics::tests::{parse, value};
+        use crate::telemetry::metrics::{Format, Metrics, Snapshot};
+        let metrics = Metrics::new();
+        let (tx, _rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);
+        let speed = metrics.training().job("ftjob-1");
+        let mut observer = ForwardingObserver::new(tx, ControlFlag::new(), speed);
+        let scrape = |metrics: &Metrics| {
+            parse(
+                &metrics
+                    .render(&Snapshot::default(), Format::Prometheus)
+                    .expect("render"),
+            )
+        };
+        let label = [("job_id", "ftjob-1")];
+        observer.on_step(&metrics_at(1, 100));
+        let first = scrape(&metrics);
+        assert_eq!(value(&first, "temper_training_step_seconds", &label), None);
+        observer.on_step(&metrics_at(2, 300));
+        let second = scrape(&metrics);
+        let seconds = value(&second, "temper_training_step_seconds", &label);
+        assert!(seconds.is_some_and(|s| s >= 0.0), "{seconds:?}");
+        drop(observer);
+        let after = scrape(&metrics);
+        assert_eq!(value(&after, "temper_training_step_seconds", &label), None);
+        assert_eq!(
+            value(&after, "temper_training_tokens_per_second", &label),
+            None
+        );
+    }
+
+    fn metrics_at(step: usize, tokens_seen: u64) -> StepMetrics {
+        StepMetrics {
+            tokens_seen,
+            ..metrics(step, None)
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub async fn context_in(dir: &TempDir) -> JobsContext {
         lease: Duration::from_secs(1),
         poll_interval: Duration::from_millis(50),
         max_attempts: 3,
+        metrics: crate::telemetry::metrics::TrainingMetrics::default(),
     }
 }
 

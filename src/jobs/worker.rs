@@ -10,12 +10,13 @@ use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::instrument::WithSubscriber;
+use tracing::{info, warn, Instrument};
 
 use super::control::{heartbeat_loop, HeartbeatStop};
 use super::runner::without_paths;
 use super::{
-    unix_now, ControlFlag, ControlSignal, JobFailure, JobRunner, JobsContext, RunContext,
+    unix_now, BusyFlag, ControlFlag, ControlSignal, JobFailure, JobRunner, JobsContext, RunContext,
     RunOutcome,
 };
 use crate::domain::ids::random_base62;
@@ -49,6 +50,8 @@ pub struct Worker {
     shutdown: CancellationToken,
     /// Notified after a user's cancel or pause: the running job's heartbeat beats at once.
     beat_now: Arc<Notify>,
+    /// Up while a job runs (`/metrics`); the pool's liveness reads it.
+    busy: BusyFlag,
 }
 
 impl Worker {
@@ -70,7 +73,14 @@ impl Worker {
             device: device.to_string(),
             shutdown,
             beat_now: Arc::new(Notify::new()),
+            busy: BusyFlag::default(),
         }
+    }
+
+    /// Raises `busy` while a job runs (the pool passes the flag its liveness reads).
+    pub fn report_busy(mut self, busy: BusyFlag) -> Worker {
+        self.busy = busy;
+        self
     }
 
     /// Beats the running job's heartbeat whenever `beat_now` is notified (the pool shares
@@ -85,7 +95,8 @@ impl Worker {
     }
 
     /// Claims and runs at most one job. Errors are store failures while claiming or
-    /// settling; the job's own failures are settled into its row.
+    /// settling; the job's own failures are settled into its row. Everything from the
+    /// claim to the settled row runs (and logs) in the job's span.
     pub async fn process_next(&self) -> Result<Processed, StoreError> {
         // A fresh owner per claim: writes from an earlier claim of the same job by this
         // worker are fenced out too.
@@ -94,25 +105,34 @@ impl Worker {
             .ctx
             .store
             .claim_next(&owner, unix_now(), self.ctx.lease_secs())
-            .await?;
-        match claimed {
-            None => Ok(Processed::Idle),
-            Some(job) => {
-                let lease = Lease {
-                    job_id: job.id.clone(),
-                    owner,
-                };
-                self.run_claimed(job, lease).await
-            }
-        }
+            .await
+            .inspect_err(|error| warn!(%error, owner = %self.owner, "claiming a job failed"))?;
+        let Some(job) = claimed else {
+            return Ok(Processed::Idle);
+        };
+        let _busy = self.busy.busy();
+        let span = tracing::info_span!(
+            crate::telemetry::JOB_SPAN,
+            job_id = %job.id,
+            device = %self.device
+        );
+        let lease = Lease {
+            job_id: job.id.clone(),
+            owner,
+        };
+        let settled = self.run_claimed(job, lease).instrument(span.clone()).await;
+        span.in_scope(|| match &settled {
+            Ok(processed) => info!(?processed, "job settled"),
+            Err(error) => warn!(%error, "settling the job failed"),
+        });
+        settled
     }
 
-    #[instrument(skip_all, fields(job_id = %job.id, device = %self.device))]
     async fn run_claimed(&self, job: JobRow, lease: Lease) -> Result<Processed, StoreError> {
         info!(attempt = job.attempts, "claimed job");
         let flag = ControlFlag::new();
         let done = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat_loop(
+        let heartbeat = heartbeat_loop(
             self.ctx.clone(),
             lease.clone(),
             flag.clone(),
@@ -121,7 +141,8 @@ impl Worker {
                 shutdown: self.shutdown.clone(),
                 beat_now: self.beat_now.clone(),
             },
-        ));
+        );
+        let heartbeat = tokio::spawn(heartbeat.in_current_span().with_current_subscriber());
         let run = RunContext {
             job: job.clone(),
             lease: lease.clone(),
@@ -173,7 +194,6 @@ impl Settler<'_> {
         }
     }
 
-    #[instrument(skip_all, fields(job_id = %self.job.id))]
     async fn settle(
         &self,
         result: Result<RunOutcome, JobFailure>,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::events::{bind_event, INSERT_EVENT};
 use super::jobs::{status_list, JOB_COLUMNS};
 use super::{EventRow, JobRow, Store, StoreError};
-use crate::domain::job::JobStatus;
+use crate::domain::job::{JobCounts, JobStatus};
 
 /// Error code written on jobs whose worker disappeared more often than allowed.
 pub const WORKER_LOST_CODE: &str = "worker_lost";
@@ -71,6 +71,30 @@ impl Store {
             .bind(lease_secs)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// Jobs by status, and how many of them a worker could claim at `now` (as `claim_next`
+    /// sees them), in one scan: `/metrics` calls it on every scrape.
+    pub async fn job_counts(&self, now: i64) -> Result<JobCounts, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*), \
+               SUM(CASE WHEN status IN ('validating_files', 'queued') \
+                         AND (lease_expires_at IS NULL OR lease_expires_at <= ?1) \
+                   THEN 1 ELSE 0 END) \
+             FROM fine_tuning_jobs GROUP BY status",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = JobCounts::default();
+        for (text, jobs, waiting) in rows {
+            let status = JobStatus::parse(&text).ok_or_else(|| {
+                StoreError::Conflict(format!("a job has unknown status `{text}`"))
+            })?;
+            counts.by_status.push((status, jobs));
+            counts.waiting += waiting;
+        }
+        Ok(counts)
     }
 
     /// Extends the lease to `now + lease_secs` if `owner` still holds it and returns the

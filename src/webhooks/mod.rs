@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{WebhookConfig, WebhookSecret};
 use crate::store::{DueDelivery, Store, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 pub use signing::signature;
 
@@ -74,6 +75,8 @@ pub struct Deliverer {
     secret: Option<WebhookSecret>,
     policy: RetryPolicy,
     client: reqwest::Client,
+    /// Attempts and failed attempts, for `/metrics`.
+    metrics: Metrics,
 }
 
 /// What one round did, for tests and logs.
@@ -90,6 +93,7 @@ impl Deliverer {
         config: &WebhookConfig,
         policy: RetryPolicy,
         request_timeout: Duration,
+        metrics: Metrics,
     ) -> Result<Deliverer, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
@@ -104,6 +108,7 @@ impl Deliverer {
             secret: config.secret.clone(),
             policy,
             client,
+            metrics,
         })
     }
 
@@ -152,6 +157,7 @@ impl Deliverer {
     /// One POST; records its outcome. True when the receiver took it.
     async fn attempt(&self, delivery: DueDelivery, now: i64) -> Result<bool, StoreError> {
         let outcome = self.post(&delivery, now).await;
+        self.metrics.webhook_attempted();
         let (event, url) = (&delivery.event_id, &delivery.url);
         match outcome {
             Ok(()) => {
@@ -160,6 +166,7 @@ impl Deliverer {
                 Ok(true)
             }
             Err(error) => {
+                self.metrics.webhook_attempt_failed();
                 let failures = delivery.attempts.saturating_add(1);
                 let retry_at = self.policy.next_attempt(failures, delivery.created_at, now);
                 tracing::warn!(event_id = %event, %url, %error, failures, ?retry_at, "webhook delivery failed");

@@ -61,11 +61,27 @@ async fn cancelled_job(store: &Store, id: &str, at: i64) {
 }
 
 fn deliverer(store: &Store, urls: &[&str], policy: RetryPolicy) -> Deliverer {
+    deliverer_recording(store, urls, policy, Metrics::new())
+}
+
+fn deliverer_recording(
+    store: &Store,
+    urls: &[&str],
+    policy: RetryPolicy,
+    metrics: Metrics,
+) -> Deliverer {
     let config = WebhookConfig {
         urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
         secret: Some(SECRET.parse().unwrap()),
     };
-    Deliverer::new(store.clone(), &config, policy, Duration::from_secs(5)).unwrap()
+    Deliverer::new(
+        store.clone(),
+        &config,
+        policy,
+        Duration::from_secs(5),
+        metrics,
+    )
+    .unwrap()
 }
 
 fn header<'a>(received: &'a Received, name: &str) -> &'a str {
@@ -77,7 +93,8 @@ async fn a_refused_event_is_retried_with_backoff_under_the_same_id_and_signed_ea
     let store = Store::open_in_memory().await.unwrap();
     let (url, seen) = receiver(2).await;
     cancelled_job(&store, "ftjob-a", 1_000).await;
-    let webhooks = deliverer(&store, &[&url], RetryPolicy::default());
+    let metrics = Metrics::new();
+    let webhooks = deliverer_recording(&store, &[&url], RetryPolicy::default(), metrics.clone());
 
     let first = webhooks.round(1_000).await.unwrap();
     assert_eq!(
@@ -115,6 +132,20 @@ async fn a_refused_event_is_retried_with_backoff_under_the_same_id_and_signed_ea
     }
     let counts = store.webhook_delivery_counts().await.unwrap();
     assert_eq!((counts.delivered, counts.pending), (1, 0));
+    let scrape = metrics
+        .render(
+            &Default::default(),
+            crate::telemetry::metrics::Format::Prometheus,
+        )
+        .unwrap();
+    assert!(
+        scrape.contains("\ntemper_webhook_deliveries_total 3\n"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("\ntemper_webhook_delivery_failures_total 2\n"),
+        "{scrape}"
+    );
 }
 
 #[tokio::test]

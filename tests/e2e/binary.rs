@@ -89,7 +89,10 @@ impl BinaryServer {
                 .unwrap_or_default();
             if let Some(at) = log.find("listening on http://") {
                 let rest = &log[at + "listening on ".len()..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                // Ends at a space (text logs) or at the closing quote (JSON logs).
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '"')
+                    .unwrap_or(rest.len());
                 server.base_url = rest[..end].to_string();
                 return server;
             }

@@ -14,6 +14,7 @@ mod fine_tune;
 mod generation_limits;
 mod image_classification;
 mod lifecycle;
+mod metrics;
 mod openapi;
 mod question_answering;
 mod startup;

@@ -27,6 +27,7 @@ mod hardening;
 mod health;
 mod job_knobs;
 mod jobs;
+mod metrics;
 mod token_classification;
 
 /// A model whose engine the stub reports as saturated (429).
@@ -123,6 +124,15 @@ impl Inference for StubInference {
     fn evict(&self, model: &str) {
         self.evicted.lock().expect("lock").push(model.to_string());
     }
+
+    /// The classifier the stub answers with, as loaded.
+    fn loaded_models(&self) -> Vec<crate::telemetry::metrics::LoadedModel> {
+        vec![crate::telemetry::metrics::LoadedModel {
+            name: "ft:test-org/tiny:temper::abcd1234".into(),
+            kind: "model",
+            bytes: 4096,
+        }]
+    }
 }
 
 struct Harness {
@@ -155,6 +165,7 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
             max_upload_bytes,
             models_dir,
         }),
+        metrics: crate::telemetry::metrics::Metrics::new(),
     };
     Harness {
         state,
@@ -217,29 +228,50 @@ impl Harness {
     }
 
     async fn upload(&self, purpose: &str, filename: &str, content: &[u8]) -> Reply {
-        let boundary = "XtemperBOUNDARYx";
-        let mut body = Vec::new();
-        body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n").as_bytes(),
-        );
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-                 Content-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(content);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let request = Request::post("/v1/files")
-            .header(
-                header::CONTENT_TYPE,
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(Body::from(body))
-            .expect("request");
+        self.send(upload_request(purpose, filename, content)).await
+    }
+
+    /// As `upload`, sending `Authorization: Bearer <key>`.
+    async fn upload_with_key(
+        &self,
+        purpose: &str,
+        filename: &str,
+        content: &[u8],
+        key: &str,
+    ) -> Reply {
+        let mut request = upload_request(purpose, filename, content);
+        let bearer = format!("Bearer {key}").parse().expect("header value");
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
         self.send(request).await
     }
+}
+
+/// A multipart upload of `content` as `filename` for `purpose`.
+fn upload_request(purpose: &str, filename: &str, content: &[u8]) -> Request<Body> {
+    let boundary = "XtemperBOUNDARYx";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Request::post("/v1/files")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .expect("request")
 }
 
 fn assert_envelope(reply: &Reply, status: StatusCode, param: Option<&str>) -> Value {

@@ -23,17 +23,19 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 
 use super::admission::{default_kv_budget, Limits};
 use super::stream::{EngineMessage, KeepAlive};
-use super::worker::{GenerateCommand, Worker};
+use super::worker::{EngineGauges, GenerateCommand, Worker};
 use super::{GenerationParams, GenerationRequest, GenerationStream, LmBackend, PromptEncoder};
 use crate::config::ServeDtype;
 use crate::infer::engine::thread_name;
 use crate::infer::InferError;
+use crate::telemetry::metrics::GenerationMetrics;
 use crate::zoo::decoder::ServedAdapter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +90,21 @@ pub struct GenEngine {
 }
 
 impl GenEngine {
-    /// Starts the engine thread for `backend`.
+    /// Starts the engine thread for `backend`, recording into metrics no registry holds.
     pub fn spawn<B: LmBackend>(
         name: &str,
         backend: B,
         config: GenEngineConfig,
+    ) -> Result<Self, InferError> {
+        Self::spawn_recorded(name, backend, config, &GenerationMetrics::default())
+    }
+
+    /// Starts the engine thread for `backend`; its steps are recorded in `metrics`.
+    pub fn spawn_recorded<B: LmBackend>(
+        name: &str,
+        backend: B,
+        config: GenEngineConfig,
+        metrics: &GenerationMetrics,
     ) -> Result<Self, InferError> {
         let max_batch = config.max_batch_sequences.max(1);
         let context_len = backend.context_len();
@@ -121,7 +133,10 @@ impl GenEngine {
             max_batch,
             config.prefill_chunk_tokens,
             limits,
-            running.clone(),
+            EngineGauges {
+                running: running.clone(),
+                metrics: metrics.engine(name),
+            },
         );
         let thread = std::thread::Builder::new()
             .name(thread_name(name))
@@ -191,6 +206,7 @@ impl GenEngine {
         adapter: Option<Arc<ServedAdapter>>,
         keep_alive: Option<KeepAlive>,
     ) -> Result<GenerationStream, InferError> {
+        let arrived = Instant::now();
         let n = request.params.n;
         let logprobs = request.params.logprobs.is_some();
         self.check_bias(&request.params)?;
@@ -208,7 +224,7 @@ impl GenEngine {
         })
         .await
         .map_err(|e| InferError::engine(format!("tokenizing the prompt panicked: {e}")))?;
-        let messages = self.send(request, prompt?, adapter, permits)?;
+        let messages = self.send(request, (prompt?, arrived), adapter, permits)?;
         GenerationStream::open(messages, n, logprobs, keep_alive).await
     }
 
@@ -222,7 +238,7 @@ impl GenEngine {
         self.check_bias(&request.params)?;
         let permits = self.reserve(request.params.n)?;
         let prompt = self.prompts.prompt_ids(&request.prompt)?;
-        self.send(request, prompt, adapter, permits)
+        self.send(request, (prompt, Instant::now()), adapter, permits)
     }
 
     /// A `logit_bias` may only name tokens of this model's vocabulary.
@@ -255,11 +271,12 @@ impl GenEngine {
         crate::infer::engine::admit(&self.queue_permits, n, &self.name, "n")
     }
 
-    /// Hands a tokenized request, holding its place in the queue, to the engine thread.
+    /// Hands a tokenized request (its prompt and when it arrived), holding its place in
+    /// the queue, to the engine thread.
     fn send(
         &self,
         request: GenerationRequest,
-        prompt: Vec<u32>,
+        (prompt, arrived): (Vec<u32>, Instant),
         adapter: Option<Arc<ServedAdapter>>,
         permits: OwnedSemaphorePermit,
     ) -> Result<mpsc::UnboundedReceiver<EngineMessage>, InferError> {
@@ -271,6 +288,7 @@ impl GenEngine {
             span: Span::current(),
             messages,
             permits,
+            arrived,
         };
         // The sender is only taken in `Drop`, so it is always here while `self` is.
         self.commands

@@ -41,6 +41,8 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod fixture_tests;
 #[cfg(test)]
+mod metrics_tests;
+#[cfg(test)]
 mod prefill_tests;
 #[cfg(test)]
 mod real_tests;

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::Rng;
 use rayon::prelude::*;
@@ -18,6 +19,7 @@ use super::sequence::{Sequence, SequenceSpec};
 use super::stream::{EngineMessage, MessageSender};
 use super::{GenerationEvent, GenerationRequest, LmBackend, StepChunk, Usage};
 use crate::infer::InferError;
+use crate::telemetry::metrics::EngineMetrics;
 use crate::zoo::decoder::ServedAdapter;
 
 /// Freed cache bytes after which memory is handed back to the OS even while other
@@ -36,6 +38,16 @@ pub(super) struct GenerateCommand {
     pub(super) messages: MessageSender,
     /// One per choice; returned to the engine's semaphore when the request ends.
     pub(super) permits: OwnedSemaphorePermit,
+    /// When the request reached the engine (before its prompt was tokenized): its time to
+    /// first token counts from here.
+    pub(super) arrived: Instant,
+}
+
+/// What the engine reports about itself.
+pub(super) struct EngineGauges {
+    /// Sequences running, written after each iteration (`GenEngine::running_sequences`).
+    pub(super) running: Arc<AtomicUsize>,
+    pub(super) metrics: EngineMetrics,
 }
 
 /// A request whose prompt was accepted, waiting for room in the batch and the budget.
@@ -60,6 +72,8 @@ struct Running<C> {
     finished_tokens: usize,
     /// Set when the request is over (answered or failed) and can be dropped.
     done: bool,
+    /// When the request arrived, until its first token is sampled.
+    awaiting_first_token: Option<Instant>,
 }
 
 impl<C> Running<C> {
@@ -87,7 +101,7 @@ pub(super) struct Worker<B: LmBackend> {
     limits: Limits,
     /// Reserved bytes of requests dropped since memory was last handed back.
     freed_since_trim: usize,
-    running_gauge: Arc<AtomicUsize>,
+    gauges: EngineGauges,
 }
 
 impl<B: LmBackend> Worker<B> {
@@ -97,7 +111,7 @@ impl<B: LmBackend> Worker<B> {
         max_batch: usize,
         prefill_budget: usize,
         limits: Limits,
-        running_gauge: Arc<AtomicUsize>,
+        gauges: EngineGauges,
     ) -> Self {
         Self {
             backend,
@@ -108,7 +122,7 @@ impl<B: LmBackend> Worker<B> {
             prefill_budget,
             limits,
             freed_since_trim: 0,
-            running_gauge,
+            gauges,
         }
     }
 
@@ -137,8 +151,12 @@ impl<B: LmBackend> Worker<B> {
                 self.step();
                 self.reap();
             }
-            self.running_gauge
+            self.gauges
+                .running
                 .store(self.running_sequences(), Ordering::SeqCst);
+            if self.running.is_empty() {
+                self.gauges.metrics.idle();
+            }
         }
     }
 
@@ -226,6 +244,7 @@ impl<B: LmBackend> Worker<B> {
             span,
             messages,
             permits,
+            arrived,
         } = command;
         let _entered = span.enter();
         let params = &request.params;
@@ -260,6 +279,7 @@ impl<B: LmBackend> Worker<B> {
             sequences,
             finished_tokens: 0,
             done: false,
+            awaiting_first_token: Some(arrived),
         }
     }
 
@@ -299,6 +319,7 @@ impl<B: LmBackend> Worker<B> {
             return;
         }
         let _step_span = tracing::debug_span!("generate_step", sequences = count).entered();
+        let started = Instant::now();
         // The pool's other threads poll for the step's length instead of sleeping between
         // its products (`runtime::keep_pool_awake`): 54 / 238 / 456 tokens/s at 1 / 8 / 32
         // streams against 53 / 227 / 444 without (the run above, repeated).
@@ -320,7 +341,11 @@ impl<B: LmBackend> Worker<B> {
             logits.with_values(|values, vocab| self.sample(&plan, values, vocab))
         });
         match sampled {
-            Ok(outcomes) => self.deliver(outcomes),
+            Ok(outcomes) => {
+                let tokens = outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count();
+                self.gauges.metrics.step(count, tokens, started.elapsed());
+                self.deliver(outcomes);
+            }
             Err(error) => self.fail_all(error),
         }
     }
@@ -382,6 +407,11 @@ impl<B: LmBackend> Worker<B> {
                 continue;
             }
             let _entered = running.span.clone().entered();
+            if of_running.iter().any(|o| matches!(o, Some(Ok(_)))) {
+                if let Some(arrived) = running.awaiting_first_token.take() {
+                    self.gauges.metrics.first_token(arrived.elapsed());
+                }
+            }
             let mut failure = None;
             for outcome in of_running.into_iter().flatten() {
                 match outcome {

@@ -23,6 +23,35 @@ pub(super) async fn start(store: &Store, owner: &str, now: i64) -> String {
 }
 
 #[sqlx::test(migrations = false)]
+async fn job_counts_group_by_status_and_count_what_a_worker_could_claim(pool: SqlitePool) {
+    let store = store(pool).await;
+    assert_eq!(store.job_counts(100).await.unwrap(), Default::default());
+    for id in ["ftjob-1", "ftjob-2", "ftjob-3", "ftjob-4"] {
+        create(&store, id, 100).await;
+    }
+    let cancel = [JobStatus::ValidatingFiles];
+    assert!(store
+        .transition("ftjob-1", &cancel, JobStatus::Cancelled, 100)
+        .await
+        .unwrap());
+    // ftjob-2 runs (leased until 130); ftjob-3 is claimed while validating (leased too).
+    let running = start(&store, "w1", 100).await;
+    assert_eq!(running, "ftjob-2");
+    let claimed = store.claim_next("w2", 100, LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "ftjob-3");
+
+    let counts = store.job_counts(110).await.unwrap();
+    assert_eq!(counts.of(JobStatus::Cancelled), 1);
+    assert_eq!(counts.of(JobStatus::Running), 1);
+    assert_eq!(counts.of(JobStatus::ValidatingFiles), 2);
+    assert_eq!(counts.of(JobStatus::Succeeded), 0);
+    assert_eq!(counts.by_status.len(), 3);
+    // Only ftjob-4 is free to claim; once ftjob-3's lease lapses, it is too.
+    assert_eq!(counts.waiting, 1);
+    assert_eq!(store.job_counts(100 + LEASE).await.unwrap().waiting, 2);
+}
+
+#[sqlx::test(migrations = false)]
 async fn claim_next_leases_the_oldest_claimable_job(pool: SqlitePool) {
     let store = store(pool).await;
     create(&store, "ftjob-1", 100).await;
