@@ -21,6 +21,8 @@
 //! - `service.rs`: [`JobService`], the rules of creating and steering jobs that every front
 //!   end (OpenAI routes, dashboard, webhooks' outbox) shares.
 //! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
+//! - `view.rs`: the dashboard's read-only views through [`JobService`]: the job list with
+//!   progress, one job with every metrics event as series, checkpoints, events and report.
 //!
 //! Shutdown flows from the pool's token: workers stop claiming, the heartbeat task sets
 //! the flag to `Shutdown`, the trainer checkpoints and the worker releases the job to
@@ -38,6 +40,7 @@ mod service;
 mod start_model;
 mod training;
 mod validate;
+mod view;
 mod worker;
 
 #[cfg(test)]
@@ -69,6 +72,10 @@ pub use liveness::{Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use service::{JobError, JobService, NewJob, WakeWorkers};
+pub use view::{
+    AllowedActions, JobList, JobProgress, JobReport, JobSummary, JobView, MetricSeries,
+    VIEW_EVENTS, VIEW_JOBS,
+};
 pub use worker::{Processed, Worker};
 
 /// Everything a worker needs; cheap to clone (store and blobs are handles).

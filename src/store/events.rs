@@ -114,4 +114,29 @@ impl Store {
         .await?;
         Ok(Page::from_rows(rows, limit))
     }
+
+    /// Every `metrics` event of a job, oldest first: the whole training curve at once (the
+    /// dashboard draws it; a long job has thousands, which is why this is not the paged
+    /// OpenAI list).
+    pub async fn metric_events(&self, job_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT id, job_id, created_at, level, message, type, data \
+             FROM fine_tuning_events WHERE job_id = ?1 AND type = 'metrics' ORDER BY seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A job's newest `metrics` event (its progress), if it has one.
+    pub async fn last_metric_event(&self, job_id: &str) -> Result<Option<EventRow>, StoreError> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT id, job_id, created_at, level, message, type, data \
+             FROM fine_tuning_events WHERE job_id = ?1 AND type = 'metrics' \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }
