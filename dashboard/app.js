@@ -76,6 +76,16 @@
     return String(Number(value.toPrecision(3)));
   }
 
+  /** Names each cell after its column, for the stacked (card) layout on phones. */
+  function labelCells(tbody, row) {
+    const head = tbody.parentElement && tbody.parentElement.tHead;
+    if (!head || !head.rows.length) return;
+    const names = [...head.rows[0].cells].map((cell) => cell.textContent);
+    [...row.cells].forEach((cell, i) => {
+      if (names[i]) cell.dataset.label = names[i];
+    });
+  }
+
   /**
    * Keeps tbody's rows in step with items: rows are keyed by key(item), built once by
    * build(item) and refreshed by update(row, item), so focused controls stay put.
@@ -93,6 +103,7 @@
       if (!row) {
         row = build(item);
         row.dataset.key = id;
+        labelCells(tbody, row);
       }
       update(row, item);
       const expected = previous ? previous.nextSibling : tbody.firstChild;
@@ -443,7 +454,7 @@
       el('section', { class: 'panel' }, el('h2', {}, 'Training curves'), chartGrid),
       report,
       el('section', { class: 'panel' }, el('h2', {}, 'Checkpoints'),
-        tableWrap('Checkpoints', el('table', { 'data-testid': 'checkpoints' },
+        tableWrap('Checkpoints', el('table', { class: 'cards', 'data-testid': 'checkpoints' },
           el('thead', {}, el('tr', {}, ['Step', 'Model', 'Metrics', 'Use'].map((n) => el('th', { scope: 'col' }, n)))),
           checkpointBody))),
       el('section', { class: 'panel' }, el('h2', {}, 'Result files'), resultList),
@@ -518,9 +529,14 @@
           el('td', {}, Object.entries(c.metrics).filter(([k]) => k !== 'step')
             .map(([k, v]) => `${k} ${number(v)}`).join(', ')),
           el('td', {}, el('div', { class: 'actions' },
-            el('a', { class: 'button', href: `#/models/${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, 'Serve'),
+            el('a', {
+              class: 'button',
+              href: `#/models/${encodeURIComponent(c.fine_tuned_model_checkpoint)}`,
+              'aria-label': `Serve the step ${c.step_number} checkpoint in the playground`,
+            }, 'Serve'),
             el('button', {
               type: 'button', class: 'secondary',
+              'aria-label': `Download the step ${c.step_number} checkpoint`,
               onclick: () => download(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/download?step=${c.step_number}`,
                 `${id}-step-${c.step_number}.tar`),
             }, 'Download')))),
@@ -619,7 +635,7 @@
       el('h1', { tabindex: -1 }, 'Files'),
       el('section', { class: 'panel' }, el('h2', {}, 'Upload'), form),
       el('section', { class: 'panel' }, el('h2', {}, 'All files'),
-        tableWrap('Files', el('table', { 'data-testid': 'files-table' },
+        tableWrap('Files', el('table', { class: 'cards', 'data-testid': 'files-table' },
           el('thead', {}, el('tr', {}, ['ID', 'Name', 'Purpose', 'Bytes', 'Created', 'Validation', 'Error', 'Delete']
             .map((n) => el('th', { scope: 'col' }, n)))),
           tbody))),
@@ -694,7 +710,7 @@
       el('h1', { tabindex: -1 }, 'Models'),
       el('section', { class: 'panel' }, el('h2', {}, 'Playground'), form),
       el('section', { class: 'panel' }, el('h2', {}, 'Base and fine-tuned models'),
-        tableWrap('Models', el('table', { 'data-testid': 'models-table' },
+        tableWrap('Models', el('table', { class: 'cards', 'data-testid': 'models-table' },
           el('thead', {}, el('tr', {}, ['Model', 'Owner', 'Adapter over', 'Created', 'Playground'].map((n) => el('th', { scope: 'col' }, n)))),
           tbody))),
     );

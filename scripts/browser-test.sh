@@ -30,6 +30,7 @@ if [ ! -x "$CHROMIUM" ]; then
     # Where it can be installed it must be: a failure here fails the test.
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    [ -x "$CHROMIUM" ] || { echo "chromium was installed but $CHROMIUM is not it" >&2; exit 1; }
   else
     echo "skipped: no chromium at $CHROMIUM, and installing it needs root and apt-get" >&2
     exit 0

@@ -9,9 +9,9 @@
 // cancelled with its Cancel button and the job trains to the end (with a validation file).
 // The test checks the pages against the API: the jobs list, the loss chart's points against
 // the metrics events with a train loss (counted on the OpenAI events route), the confusion
-// matrix's cells against the validation file's size, the files page (upload, list,
-// delete), the playground, keyboard reach, and no sideways scrolling on a phone; it saves
-// screenshots at 1280×800 and 390×844 into ARTIFACTS_DIR.
+// matrix's cells against the validation file's size, the files page (upload, list, delete),
+// the playground (a classification and a chat), keyboard reach, and no sideways scrolling on
+// a phone; it saves screenshots at 1280×800 and 390×844 into ARTIFACTS_DIR.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -251,6 +251,14 @@ async function main() {
     const answer = await page.locator('[data-testid="play-result"]').textContent();
     assert.match(answer, /^(positive|negative) \(score/);
     await screenshot(page, 'models-1280x800.png');
+    // And a base decoder answers a chat prompt (tiny random weights: any text will do).
+    await page.locator('#play-model').selectOption('test-org/tiny-llama');
+    await page.getByLabel('Chat (a prompt)').check();
+    await page.getByLabel('Prompt or text').fill('Hello');
+    await page.getByRole('button', { name: 'Send' }).click();
+    await page.locator('[data-testid="play-result"]').filter({ hasNotText: /^(Waiting…|No answer yet\.)$/ }).waitFor();
+    const chat = await page.locator('[data-testid="play-result"]').textContent();
+    assert.doesNotMatch(chat, /^Error:/);
 
     // A phone: the same pages, nothing wider than the screen.
     await page.setViewportSize({ width: 390, height: 844 });
