@@ -38,6 +38,17 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// `/dashboard/<name>`: `(name, content type, bytes)`.
 pub const ASSETS: &[(&str, &str, &str)] = &[
     ("app.js", JAVASCRIPT, include_str!("../../dashboard/app.js")),
+    (
+        "common.js",
+        JAVASCRIPT,
+        include_str!("../../dashboard/common.js"),
+    ),
+    ("job.js", JAVASCRIPT, include_str!("../../dashboard/job.js")),
+    (
+        "pages.js",
+        JAVASCRIPT,
+        include_str!("../../dashboard/pages.js"),
+    ),
     ("app.css", CSS, include_str!("../../dashboard/app.css")),
     (
         "uPlot.iife.min.js",

@@ -42,7 +42,26 @@ async fn the_page_and_its_assets_are_served_with_their_content_types() {
     assert!(policy.contains("script-src 'self';"), "{policy}");
 
     let expected = [
-        ("app.js", "text/javascript; charset=utf-8", "use strict"),
+        (
+            "app.js",
+            "text/javascript; charset=utf-8",
+            "from './job.js'",
+        ),
+        (
+            "common.js",
+            "text/javascript; charset=utf-8",
+            "export async function api",
+        ),
+        (
+            "job.js",
+            "text/javascript; charset=utf-8",
+            "export function jobPage",
+        ),
+        (
+            "pages.js",
+            "text/javascript; charset=utf-8",
+            "export function filesPage",
+        ),
         ("app.css", "text/css; charset=utf-8", ":focus-visible"),
         (
             "uPlot.iife.min.js",
