@@ -89,6 +89,25 @@ async fn the_page_and_its_assets_are_served_with_their_content_types() {
     assert_eq!(error["message"], "No dashboard asset `secrets.txt`.");
 }
 
+#[test]
+fn the_spec_lists_every_asset_and_no_other() {
+    let line = crate::api::OPENAPI_YAML
+        .lines()
+        .find(|l| l.contains("name: asset, in: path"))
+        .expect("the asset parameter");
+    let listed = line
+        .split("enum: [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("an enum");
+    let listed: Vec<&str> = listed.split(',').map(str::trim).collect();
+    let served: Vec<&str> = crate::api::dashboard::ASSETS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    assert_eq!(listed, served);
+}
+
 fn get_with_key(uri: &str, key: Option<&str>) -> Request<Body> {
     let mut builder = Request::get(uri);
     if let Some(key) = key {
