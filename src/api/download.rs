@@ -139,7 +139,7 @@ async fn download_tensorboard(
         .with_param("step"));
     }
     let job = existing_job(state, id).await?;
-    let rows = state.store.list_metrics_events(&job.id).await?;
+    let rows = state.store.metric_events(&job.id).await?;
     let events: Vec<MetricsEvent<'_>> = rows
         .iter()
         .filter_map(|row| {

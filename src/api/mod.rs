@@ -11,18 +11,22 @@
 //!   handle, map to a wire type.
 //! - `health.rs`: `/health`, `/health/live`, `/health/ready` (store and worker pool checks).
 //! - `metrics.rs`: `/metrics` (Prometheus text, `telemetry::metrics`).
+//! - `dashboard.rs`: the web dashboard at `/` (assets embedded from `dashboard/`) and its
+//!   data routes `/v1/dashboard/jobs[/{id}]`, views through `jobs::JobService`.
 //! - `wire.rs`: shared wire helpers (list envelope, pagination limits, clock).
 //! - [`limits`]: every number `openapi.yaml` states, re-exported from where it is enforced.
 //!
 //! Layer order (outermost first): request id, trace, body limit, request metrics (by
 //! matched route), then routes; auth is a route layer on `/v1` so unknown paths still get
 //! the 404 envelope. `/health/*`, `/metrics` and `/openapi.yaml` (the committed contract,
-//! embedded at build time) need no key.
+//! embedded at build time) need no key, nor do the dashboard's page and assets (its data
+//! routes are under `/v1`).
 
 mod adapters;
 mod chat;
 mod classify;
 mod completions;
+mod dashboard;
 mod download;
 pub mod error;
 mod files;
@@ -128,6 +132,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     let mut all = vec![(Method::GET, "/openapi.yaml")];
     all.extend(health::ROUTES.iter().cloned());
     all.extend(metrics::ROUTES.iter().cloned());
+    all.extend(dashboard::ROUTES.iter().cloned());
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
@@ -158,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .merge(token_classification::router())
         .merge(chat::router())
         .merge(completions::router())
+        .merge(dashboard::data_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::require_api_key,
@@ -165,6 +171,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
+        .merge(dashboard::router())
         .route("/openapi.yaml", get(openapi_document))
         .merge(v1)
         .fallback(unknown_route)

@@ -84,8 +84,9 @@ impl JobStatus {
         )
     }
 
+    /// Only a paused job resumes: a pausing one still has a worker writing its checkpoint.
     pub fn can_resume(self) -> bool {
-        matches!(self, JobStatus::Paused | JobStatus::Pausing)
+        self == JobStatus::Paused
     }
 
     /// A job in these states holds (or waits for) a worker; its files may not be deleted.
@@ -122,6 +123,7 @@ mod tests {
         assert!(!JobStatus::Paused.can_pause());
         assert!(JobStatus::Paused.can_resume());
         assert!(!JobStatus::Running.can_resume());
+        assert!(!JobStatus::Pausing.can_resume());
         assert!(JobStatus::Failed.is_terminal());
         assert!(!JobStatus::Pausing.is_terminal());
     }

@@ -24,6 +24,8 @@
 //! - `service.rs`: [`JobService`], the rules of creating and steering jobs that every front
 //!   end (OpenAI routes, dashboard, webhooks' outbox) shares.
 //! - `results.rs`: result files (CSV served base64-encoded, classification report JSON).
+//! - `view.rs`: the dashboard's read-only views through [`JobService`]: the job list with
+//!   progress, one job with every metrics event as series, checkpoints, events and report.
 //!
 //! Logging: everything a job does runs in its `job` span (`telemetry::JOB_SPAN`, with
 //! `job_id`): the worker's run, the heartbeat and progress-writer tasks, and the training
@@ -45,6 +47,7 @@ mod service;
 mod start_model;
 mod training;
 mod validate;
+mod view;
 mod worker;
 
 #[cfg(test)]
@@ -79,6 +82,10 @@ pub use liveness::{Busy, BusyFlag, Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};
 pub use service::{JobError, JobService, NewJob, WakeWorkers};
+pub use view::{
+    AllowedActions, JobList, JobProgress, JobReport, JobSummary, JobView, MetricSeries,
+    VIEW_EVENTS, VIEW_JOBS,
+};
 pub use worker::{Processed, Worker};
 
 /// Everything a worker needs; cheap to clone (store and blobs are handles).

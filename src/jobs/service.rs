@@ -132,6 +132,11 @@ impl JobService {
         Ok(training)
     }
 
+    /// The store, for the read-only views in `view.rs`.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub async fn get(&self, id: &str) -> Result<JobRow, JobError> {
         self.store
             .get_job(id)

@@ -116,17 +116,27 @@ impl Store {
     }
 
     /// Every `metrics` event of a job, oldest first (in the order they were written): the
-    /// durable record of its training curves, read whole by the TensorBoard download.
-    pub async fn list_metrics_events(&self, job_id: &str) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query_as::<_, EventRow>(
+    /// durable record of its training curves, read whole by the dashboard and the TensorBoard
+    /// download (a long job has thousands, which is why this is not the paged OpenAI list).
+    pub async fn metric_events(&self, job_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        Ok(sqlx::query_as::<_, EventRow>(
             "SELECT id, job_id, created_at, level, message, type, data \
-             FROM fine_tuning_events \
-             WHERE job_id = ? AND type = 'metrics' \
-             ORDER BY seq",
+             FROM fine_tuning_events WHERE job_id = ?1 AND type = 'metrics' ORDER BY seq",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows)
+        .await?)
+    }
+
+    /// A job's newest `metrics` event (its progress), if it has one.
+    pub async fn last_metric_event(&self, job_id: &str) -> Result<Option<EventRow>, StoreError> {
+        Ok(sqlx::query_as::<_, EventRow>(
+            "SELECT id, job_id, created_at, level, message, type, data \
+             FROM fine_tuning_events WHERE job_id = ?1 AND type = 'metrics' \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 }

@@ -215,18 +215,20 @@ impl Store {
         event: &EventRow,
         now: i64,
     ) -> Result<ControlOutcome, StoreError> {
-        let (from, new_status): (&[JobStatus], &str) = match action {
-            ControlAction::Cancel => (&NON_TERMINAL, "'cancelled'"),
+        // Which states allow the action is `domain::job`'s rule (the dashboard reads it
+        // too); this statement only applies it.
+        let (allowed, new_status): (fn(JobStatus) -> bool, &str) = match action {
+            ControlAction::Cancel => (JobStatus::can_cancel, "'cancelled'"),
             ControlAction::Pause => (
-                &[
-                    JobStatus::Running,
-                    JobStatus::ValidatingFiles,
-                    JobStatus::Queued,
-                ],
+                JobStatus::can_pause,
                 "CASE WHEN status = 'running' THEN 'pausing' ELSE 'paused' END",
             ),
-            ControlAction::Resume => (&[JobStatus::Paused], "'queued'"),
+            ControlAction::Resume => (JobStatus::can_resume, "'queued'"),
         };
+        let from: Vec<JobStatus> = JobStatus::ALL
+            .into_iter()
+            .filter(|status| allowed(*status))
+            .collect();
         let clears_lease = action == ControlAction::Resume;
         let sql = format!(
             "UPDATE fine_tuning_jobs SET status = {new_status}, updated_at = ?1, \
@@ -235,7 +237,7 @@ impl Store {
                lease_owner = CASE WHEN ?3 THEN NULL ELSE lease_owner END, \
                lease_expires_at = CASE WHEN ?3 THEN NULL ELSE lease_expires_at END \
              WHERE id = ?4 AND status IN ({}) RETURNING {JOB_COLUMNS}",
-            status_list(from)
+            status_list(&from)
         );
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query_as::<_, JobRow>(&sql)

@@ -20,6 +20,7 @@ use crate::store::ModelRow;
 
 mod adapters;
 mod classifier_adapters;
+mod dashboard;
 mod disk;
 mod download;
 mod generation;

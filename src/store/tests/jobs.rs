@@ -72,12 +72,9 @@ async fn metrics_events_list_oldest_first_without_messages_or_other_jobs(pool: S
     for event in &written {
         store.insert_event(event).await.unwrap();
     }
-    let listed = store.list_metrics_events("ftjob-1").await.unwrap();
+    let listed = store.metric_events("ftjob-1").await.unwrap();
     assert_eq!(listed, vec![written[0].clone(), written[3].clone()]);
-    assert_eq!(
-        store.list_metrics_events("ftjob-none").await.unwrap(),
-        vec![]
-    );
+    assert_eq!(store.metric_events("ftjob-none").await.unwrap(), vec![]);
 }
 
 #[sqlx::test(migrations = false)]

@@ -88,6 +88,35 @@ async fn list_events_is_newest_first_and_pages_by_last_id(pool: SqlitePool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn metric_events_are_all_of_a_jobs_metrics_oldest_first(pool: SqlitePool) {
+    let store = store(pool).await;
+    create(&store, "ftjob-1", 100).await;
+    create(&store, "ftjob-2", 100).await;
+    assert_eq!(store.last_metric_event("ftjob-1").await.unwrap(), None);
+    for step in 1..=3 {
+        let data = json!({"step": step, "train_loss": 1.0 / step as f64});
+        let event = EventRow::metrics("ftjob-1", format!("Step {step}/3"), data, 101);
+        store.insert_event(&event).await.unwrap();
+        let other = EventRow::info("ftjob-1", format!("message {step}"), 101);
+        store.insert_event(&other).await.unwrap();
+    }
+    let other_job = EventRow::metrics("ftjob-2", "Step 9/9", json!({"step": 9}), 101);
+    store.insert_event(&other_job).await.unwrap();
+
+    let metrics = store.metric_events("ftjob-1").await.unwrap();
+    let steps: Vec<i64> = metrics
+        .iter()
+        .map(|e| e.data.as_ref().unwrap()["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3]);
+    assert!(metrics.iter().all(|e| e.kind == "metrics"));
+    let last = store.last_metric_event("ftjob-1").await.unwrap().unwrap();
+    assert_eq!(last.message, "Step 3/3");
+    let last = store.last_metric_event("ftjob-2").await.unwrap().unwrap();
+    assert_eq!(last.data, Some(json!({"step": 9})));
+}
+
+#[sqlx::test(migrations = false)]
 async fn checkpoints_list_newest_first_and_find_by_step(pool: SqlitePool) {
     let store = store(pool).await;
     create(&store, "ftjob-1", 100).await;
