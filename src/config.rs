@@ -329,17 +329,23 @@ impl Config {
     }
 }
 
+/// `temper serve ARGS` parsed as the command line would be (the sections' tests).
+#[cfg(test)]
+pub(crate) fn parse_serve(args: &[&str]) -> Config {
+    let mut argv = vec!["temper", "serve"];
+    argv.extend_from_slice(args);
+    match Cli::try_parse_from(argv).expect("valid arguments").command {
+        Command::Serve(config) => config,
+        other => panic!("not `serve`: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        let mut argv = vec!["temper", "serve"];
-        argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).expect("valid arguments").command {
-            Command::Serve(config) => config,
-            other => panic!("not `serve`: {other:?}"),
-        }
+        parse_serve(args)
     }
 
     #[test]

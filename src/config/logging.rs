@@ -24,17 +24,8 @@ pub struct LoggingConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Cli, Command, Config};
+    use crate::config::{parse_serve as parse, Cli};
     use clap::Parser;
-
-    fn parse(args: &[&str]) -> Config {
-        let mut argv = vec!["temper", "serve"];
-        argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).expect("valid arguments").command {
-            Command::Serve(config) => config,
-            Command::Client(_) => panic!("`serve` parses as the server"),
-        }
-    }
 
     #[test]
     fn log_format_is_text_unless_json_is_asked_for() {

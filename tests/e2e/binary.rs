@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use serde_json::Value;
 use tempfile::TempDir;
 
 pub struct BinaryServer {
@@ -106,6 +107,49 @@ impl BinaryServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
+    }
+
+    /// Uploads `content` as a `fine-tune` file named `train.jsonl` (no key); the raw
+    /// response, for its headers.
+    pub async fn upload_fine_tune(&self, content: Vec<u8>) -> reqwest::Response {
+        let part = reqwest::multipart::Part::bytes(content).file_name("train.jsonl");
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "fine-tune")
+            .part("file", part);
+        reqwest::Client::new()
+            .post(self.url("/v1/files"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload")
+    }
+
+    /// `POST path` with a JSON body, or none (no key); the answer's JSON.
+    pub async fn post_json(&self, path: &str, body: Option<&Value>) -> Value {
+        let request = reqwest::Client::new().post(self.url(path));
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request
+            .send()
+            .await
+            .expect("POST")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+
+    /// `GET path` (no key); the answer's JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON answer")
     }
 
     /// `host:port`, for raw sockets.

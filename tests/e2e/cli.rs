@@ -26,6 +26,17 @@ impl Ran {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
     }
 
+    /// The `id`s of a `--json` list's `data`.
+    fn listed_ids(&self) -> Vec<String> {
+        let list = self.json();
+        list["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a list: {list}"))
+            .iter()
+            .filter_map(|item| Some(item["id"].as_str()?.to_string()))
+            .collect()
+    }
+
     /// Asserts exit code 0.
     fn ok(self) -> Ran {
         assert_eq!(
@@ -165,17 +176,11 @@ async fn cli_fine_tunes_watches_lists_and_chats() {
         watched.stdout
     );
 
-    let listed = temper(&server, &["jobs", "list", "--json"])
+    let jobs = temper(&server, &["jobs", "list", "--json"])
         .await
         .ok()
-        .json();
-    let ids: Vec<&str> = listed["data"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .filter_map(|j| j["id"].as_str())
-        .collect();
-    assert!(ids.contains(&id.as_str()), "{listed}");
+        .listed_ids();
+    assert!(jobs.contains(&id), "{jobs:?}");
     let shown = temper(&server, &["jobs", "get", &id]).await.ok();
     assert!(
         shown
@@ -394,17 +399,11 @@ async fn cli_prints_the_servers_errors_and_names_a_missing_server() {
         "{}",
         anonymous.stderr
     );
-    let keyed = temper(&server, &["models", "list", "--json"])
+    let models = temper(&server, &["models", "list", "--json"])
         .await
         .ok()
-        .json();
-    let ids: Vec<&str> = keyed["data"]
-        .as_array()
-        .expect("models")
-        .iter()
-        .filter_map(|m| m["id"].as_str())
-        .collect();
-    assert!(ids.contains(&DECODER_MODEL), "{keyed}");
+        .listed_ids();
+    assert!(models.iter().any(|m| m == DECODER_MODEL), "{models:?}");
 
     let unreadable = temper(&server, &["files", "upload", "/nonexistent/train.jsonl"]).await;
     assert_eq!(unreadable.code, 1);

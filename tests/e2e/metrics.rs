@@ -200,19 +200,7 @@ async fn json_logs_carry_request_and_job_ids() {
         &["--log-format", "json"],
     )
     .await;
-    let client = reqwest::Client::new();
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "fine-tune")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(sentiment_jsonl(16)).file_name("train.jsonl"),
-        );
-    let upload = client
-        .post(server.url("/v1/files"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
+    let upload = server.upload_fine_tune(sentiment_jsonl(16)).await;
     assert_eq!(upload.status().as_u16(), 200);
     let upload_request = upload.headers()["x-request-id"]
         .to_str()
@@ -223,26 +211,13 @@ async fn json_logs_carry_request_and_job_ids() {
         file["id"].as_str().expect("id"),
         json!({"n_epochs": 1, "batch_size": 8}),
     );
-    let job: Value = client
-        .post(server.url("/v1/fine_tuning/jobs"))
-        .json(&body)
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("job");
+    let job = server.post_json("/v1/fine_tuning/jobs", Some(&body)).await;
     let job_id = job["id"].as_str().expect("id").to_string();
     let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
     loop {
-        let job: Value = client
-            .get(server.url(&format!("/v1/fine_tuning/jobs/{job_id}")))
-            .send()
-            .await
-            .expect("poll")
-            .json()
-            .await
-            .expect("job");
+        let job = server
+            .get_json(&format!("/v1/fine_tuning/jobs/{job_id}"))
+            .await;
         if job["status"] == "succeeded" {
             break;
         }

@@ -80,17 +80,9 @@ fn header(received: &Received, name: &str) -> String {
 }
 
 async fn cancelled_job(server: &BinaryServer) -> String {
-    let client = reqwest::Client::new();
-    let part = reqwest::multipart::Part::bytes(sentiment_jsonl(8)).file_name("train.jsonl");
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "fine-tune")
-        .part("file", part);
-    let file: Value = client
-        .post(server.url("/v1/files"))
-        .multipart(form)
-        .send()
+    let file: Value = server
+        .upload_fine_tune(sentiment_jsonl(20))
         .await
-        .expect("upload")
         .json()
         .await
         .expect("file json");
@@ -98,24 +90,10 @@ async fn cancelled_job(server: &BinaryServer) -> String {
         file["id"].as_str().expect("file id"),
         json!({"n_epochs": 50}),
     );
-    let job: Value = client
-        .post(server.url("/v1/fine_tuning/jobs"))
-        .json(&body)
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("job json");
+    let job = server.post_json("/v1/fine_tuning/jobs", Some(&body)).await;
     let id = job["id"].as_str().expect("job id").to_string();
-    let cancelled: Value = client
-        .post(server.url(&format!("/v1/fine_tuning/jobs/{id}/cancel")))
-        .send()
-        .await
-        .expect("cancel")
-        .json()
-        .await
-        .expect("cancel json");
+    let cancel = format!("/v1/fine_tuning/jobs/{id}/cancel");
+    let cancelled = server.post_json(&cancel, None).await;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     id
 }
