@@ -61,6 +61,18 @@ pub enum CliError {
     JobPaused { id: String },
 }
 
+impl CliError {
+    /// A failure that may pass by itself: no server (restarting), a dropped connection, or
+    /// the server's 429 or 5xx. `jobs watch` polls on through these for a while.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CliError::Connect { .. } | CliError::Http { .. } => true,
+            CliError::Api { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 /// "code `c`", "param `p`": the parts that are set.
 fn details(code: &Option<String>, param: &Option<String>) -> Vec<String> {
     [("code", code), ("param", param)]
@@ -119,6 +131,27 @@ impl CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_by_themselves_are_transient() {
+        let api = |status| CliError::Api {
+            status,
+            message: "m".into(),
+            code: None,
+            param: None,
+        };
+        assert!(api(503).is_transient() && api(502).is_transient() && api(429).is_transient());
+        assert!(!api(404).is_transient() && !api(401).is_transient() && !api(400).is_transient());
+        let connect = CliError::Connect {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            detail: "refused".into(),
+        };
+        assert!(connect.is_transient());
+        assert!(!CliError::JobCancelled {
+            id: "ftjob-1".into()
+        }
+        .is_transient());
+    }
 
     #[test]
     fn an_envelope_becomes_one_line_with_its_code_and_param() {

@@ -14,10 +14,10 @@ use crate::common::{
 };
 
 /// What one run of the binary left.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Ran {
@@ -49,7 +49,12 @@ impl Ran {
 }
 
 /// `temper <args>` against `base_url` (the server's, `/v1` added), with `api_key` and `stdin`.
-async fn temper_at(base_url: &str, api_key: Option<&str>, args: &[&str], stdin: &str) -> Ran {
+pub(crate) async fn temper_at(
+    base_url: &str,
+    api_key: Option<&str>,
+    args: &[&str],
+    stdin: &str,
+) -> Ran {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_temper"));
     command
         .args(args)

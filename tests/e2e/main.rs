@@ -5,6 +5,7 @@ mod artifacts;
 mod binary;
 mod chat;
 mod cli;
+mod cli_watch;
 mod common;
 mod disk;
 mod dpo;

@@ -19,6 +19,9 @@ use crate::api::objects::{EventObject, JobObject};
 use state::{ending, eta, EventCursor, Snapshot, StepReport, TokenRate};
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long polls may keep failing transiently (a server restart, a proxy's 502) before
+/// watching gives up: jobs survive restarts, so the watch should too.
+const TRANSIENT_FAILURES_FOR: Duration = Duration::from_secs(300);
 /// Events asked for per page (the server allows up to 1000).
 const EVENTS_PER_PAGE: usize = 100;
 /// Pages read back to catch up after a burst; older unseen events are skipped.
@@ -34,11 +37,30 @@ pub async fn run(client: &ApiClient, id: &str) -> Result<(), CliError> {
     let mut cursor = EventCursor::default();
     let mut rate = TokenRate::default();
     let mut step: Option<StepReport> = None;
+    let mut failing_since: Option<Instant> = None;
     loop {
-        // The job before its events: when it has ended, the events read next include
-        // everything up to the end.
-        let job: JobObject = client.get(&job_path(id, "")).await?;
-        for event in new_events(client, id, &mut cursor).await? {
+        let (job, events) = match poll(client, id, &mut cursor).await {
+            Ok(polled) => {
+                if failing_since.take().is_some() {
+                    display.message("the server answers again")?;
+                }
+                polled
+            }
+            Err(error) if error.is_transient() => {
+                let first_failure = failing_since.is_none();
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= TRANSIENT_FAILURES_FOR {
+                    return Err(error);
+                }
+                if first_failure {
+                    display.message(&format!("{error}; retrying"))?;
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        for event in events {
             match StepReport::from_event(&event) {
                 Some(report) => step = Some(report),
                 None => display.message(&event.message)?,
@@ -61,6 +83,18 @@ pub async fn run(client: &ApiClient, id: &str) -> Result<(), CliError> {
         display.update(snapshot)?;
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// The job, then its events not shown yet (oldest first). The job first: when it has
+/// ended, the events read next include everything up to the end.
+async fn poll(
+    client: &ApiClient,
+    id: &str,
+    cursor: &mut EventCursor,
+) -> Result<(JobObject, Vec<EventObject>), CliError> {
+    let job: JobObject = client.get(&job_path(id, "")).await?;
+    let events = new_events(client, id, cursor).await?;
+    Ok((job, events))
 }
 
 /// The events not shown yet, oldest first.
