@@ -199,6 +199,42 @@ async fn a_dead_receiver_does_not_hold_back_a_live_one() {
     assert_eq!(jobs, ["\"ftjob-a\"", "\"ftjob-b\""]);
 }
 
+#[tokio::test]
+async fn a_receiver_that_never_answers_costs_one_timeout_and_a_retry() {
+    let store = Store::open_in_memory().await.unwrap();
+    // Accepts connections and reads nothing: the request hangs until the client gives up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    cancelled_job(&store, "ftjob-a", 1_000).await;
+    let config = WebhookConfig {
+        urls: vec![url.parse().unwrap()],
+        secret: Some(SECRET.parse().unwrap()),
+    };
+    let policy = RetryPolicy::default();
+    let timeout = Duration::from_millis(200);
+    let webhooks = Deliverer::new(store.clone(), &config, policy, timeout, Metrics::new()).unwrap();
+    assert_eq!(
+        webhooks.round(1_000).await.unwrap(),
+        Round {
+            delivered: 0,
+            failed: 1
+        }
+    );
+    let retry = store
+        .due_webhook_deliveries(&[url], 1_005, 10)
+        .await
+        .unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].attempts, 1);
+    held.abort();
+}
+
 #[test]
 fn backoff_doubles_up_to_its_cap() {
     let policy = RetryPolicy::default();
