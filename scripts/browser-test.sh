@@ -16,6 +16,8 @@
 # "skipped: …" and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/temper-url.sh
+. scripts/lib/temper-url.sh
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release/temper"
 TINY="$TARGET_DIR/release/examples/write_tiny_models"
@@ -60,14 +62,7 @@ API_KEY="sk-browser-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 "$BIN" serve --port 0 --data-dir "$work/data" --models-dir "$work/models" --api-key "$API_KEY" \
   >"$work/server.log" 2>&1 &
 server=$!
-url=""
-for _ in $(seq 1 300); do
-  url=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | head -1 | sed 's/listening on //') || true
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "temper did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+url=$(temper_url "$work/server.log" "$server") || exit 1
 
 mkdir -p "$ARTIFACTS"
 ARTIFACTS=$(cd "$ARTIFACTS" && pwd)

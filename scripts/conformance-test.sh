@@ -9,6 +9,8 @@
 #   scripts/conformance-test.sh [ASSETS_DIR]      (default: assets; the spec is cached there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/temper-url.sh
+. scripts/lib/temper-url.sh
 ASSETS="${1:-assets}"
 mkdir -p "$ASSETS"
 ASSETS=$(cd "$ASSETS" && pwd)
@@ -32,14 +34,7 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; 
 "$BIN" serve --port 0 --data-dir "$work/data" --models-dir "$work/models" --api-key sk-conformance \
   2>"$work/server.log" &
 server=$!
-url=""
-for _ in $(seq 1 300); do
-  url=$(grep -o 'listening on http://[0-9.:]*' "$work/server.log" | head -1 | sed 's/listening on //') || true
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "temper did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+url=$(temper_url "$work/server.log" "$server") || exit 1
 if ! "$VENV/bin/python" tests/conformance/openai_conformance.py "$url" sk-conformance "$SPEC"; then
   tail -30 "$work/server.log" >&2
   exit 1

@@ -14,6 +14,8 @@
 # OPENAI_LATEST=x.y.z pins it, OPENAI_LATEST=skip skips that run, e.g. offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/temper-url.sh
+. scripts/lib/temper-url.sh
 ASSETS=$(cd "${1:-assets}" && pwd)
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET_DIR/release/temper"
@@ -61,14 +63,7 @@ WEBHOOK_SECRET="whsec_$(python3 -c 'import base64, os; print(base64.b64encode(os
   --webhook-url "http://127.0.0.1:$(cat "$work/webhooks/port")/hooks" --webhook-secret "$WEBHOOK_SECRET" \
   >"$work/server.log" 2>&1 &
 server=$!
-url=""
-for _ in $(seq 1 300); do
-  url=$(grep -so 'listening on http://[0-9.:]*' "$work/server.log" | head -1 | sed 's/listening on //') || true
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "temper did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+url=$(temper_url "$work/server.log" "$server") || exit 1
 for version in "${VERSIONS[@]}"; do
   PY=$(sdk_venv "$version")
   echo "openai $version against $url" >&2
