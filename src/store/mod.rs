@@ -34,7 +34,9 @@ pub use leased::{Handback, Lease};
 pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 pub use sessions::PageCap;
-pub use webhooks::{DeliveryCounts, DueDelivery};
+#[cfg(test)]
+pub use webhooks::DeliveryCounts;
+pub use webhooks::DueDelivery;
 
 /// Connections of a file database's pool.
 const MAX_CONNECTIONS: u32 = 8;

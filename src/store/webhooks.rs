@@ -21,7 +21,8 @@ pub struct DueDelivery {
     pub attempts: i64,
 }
 
-/// Counts of deliveries by state, for tests and `/metrics`.
+/// Counts of deliveries by state (the tests' view of the outbox).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryCounts {
     pub pending: i64,
@@ -131,6 +132,7 @@ impl Store {
     }
 
     /// Deliveries by state, over every endpoint.
+    #[cfg(test)]
     pub async fn webhook_delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
         let (pending, delivered, abandoned): (i64, i64, i64) = sqlx::query_as(
             "SELECT \
@@ -149,6 +151,7 @@ impl Store {
     }
 
     /// The webhook events of `job_id` as `(id, type)`, oldest first.
+    #[cfg(test)]
     pub async fn webhook_events_of(
         &self,
         job_id: &str,
