@@ -88,24 +88,18 @@ pub fn scalar_tag(field: &str) -> String {
 /// step once, as the run that produced the model reported it. Events without a `step`
 /// (none are written today) are skipped: they have no place on a curve.
 fn latest_run(events: &[MetricsEvent<'_>]) -> Vec<Event> {
-    let mut kept: Vec<Event> = Vec::with_capacity(events.len());
-    for event in events {
-        let Some(step) = event.data.get("step").and_then(Value::as_i64) else {
-            continue;
-        };
-        if let Some(first_stale) = kept.iter().position(|kept| kept.step >= step) {
-            kept.truncate(first_stale);
-        }
-        kept.push(Event {
+    let step_of = |event: &&MetricsEvent<'_>| event.data.get("step").and_then(Value::as_i64);
+    crate::domain::metric_steps::latest_run(events, step_of)
+        .into_iter()
+        .map(|(step, event)| Event {
             wall_time: event.created_at as f64,
             step,
             file_version: None,
             summary: Some(Summary {
                 value: scalars(event.data),
             }),
-        });
-    }
-    kept
+        })
+        .collect()
 }
 
 /// Every numeric field of `data` but `step`, tagged.

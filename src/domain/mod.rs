@@ -6,6 +6,7 @@ pub mod hyperparams;
 pub mod ids;
 pub mod job;
 pub mod job_spec;
+pub mod metric_steps;
 pub mod model_name;
 pub mod task;
 

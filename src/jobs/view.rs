@@ -13,6 +13,7 @@ use super::results::{LM_REPORT_FILENAME, QA_REPORT_FILENAME, REPORT_FILENAME};
 use super::service::{JobError, JobService};
 use crate::blobs::Blobs;
 use crate::domain::job::JobStatus;
+use crate::domain::metric_steps::latest_run;
 use crate::store::{CheckpointRow, EventRow, JobRow};
 
 /// How many of the newest events (of any type) a job's view carries: the page shows the
@@ -35,14 +36,16 @@ pub struct MetricSeries {
 }
 
 impl MetricSeries {
-    /// The series of `events` in their order; an event without a numeric `step` is skipped
-    /// (it cannot be placed on the axis), and so are non-numeric values.
+    /// The series of `events` in their order, the latest run only (steps a resumed job ran
+    /// again count once, as in the TensorBoard download: `domain::metric_steps`); an event
+    /// without a numeric `step` is skipped (it cannot be placed on the axis), and so are
+    /// non-numeric values.
     pub fn from_events(events: &[EventRow]) -> MetricSeries {
         let mut series = MetricSeries::default();
-        for data in events.iter().filter_map(|e| e.data.as_ref()) {
-            let (Some(step), Some(fields)) =
-                (data.get("step").and_then(Value::as_u64), data.as_object())
-            else {
+        let with_step = |data: &&Value| data.get("step").and_then(Value::as_i64);
+        let data = events.iter().filter_map(|e| e.data.as_ref());
+        for (step, data) in latest_run(data, with_step) {
+            let (Ok(step), Some(fields)) = (u64::try_from(step), data.as_object()) else {
                 continue;
             };
             let row = series.steps.len();
@@ -217,6 +220,24 @@ mod tests {
 
     fn metrics(data: Value) -> EventRow {
         EventRow::metrics("ftjob-1", "step", data, 100)
+    }
+
+    #[test]
+    fn a_resumed_jobs_series_keep_its_latest_run_so_steps_ascend() {
+        let events = [
+            metrics(json!({"step": 1, "train_loss": 0.9})),
+            metrics(json!({"step": 2, "train_loss": 0.8})),
+            metrics(json!({"step": 3, "train_loss": 0.7})),
+            // Resumed from the checkpoint at step 1: steps 2 and 3 again.
+            metrics(json!({"step": 2, "train_loss": 0.6})),
+            metrics(json!({"step": 3, "train_loss": 0.5})),
+        ];
+        let series = MetricSeries::from_events(&events);
+        assert_eq!(series.steps, [1, 2, 3]);
+        assert_eq!(
+            series.values["train_loss"],
+            [Some(0.9), Some(0.6), Some(0.5)]
+        );
     }
 
     #[test]
