@@ -19,6 +19,7 @@ use crate::api::{self, ApiSettings, AppState, ArtifactFormat, ExportRequest, Inf
 use crate::artifacts::{BaseModels, ExportFormat};
 use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
+use crate::jobs::EstimateSetup;
 use crate::config::Config;
 use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, QaPrediction,
@@ -121,7 +122,7 @@ pub async fn run(
     let workers = pool.liveness();
     let state = AppState {
         store: store.clone(),
-        blobs,
+        blobs: blobs.clone(),
         inference: Arc::new(InferenceService {
             handle: inference,
             models_dir: config.storage.models_dir.clone(),
@@ -134,6 +135,7 @@ pub async fn run(
                 }
             }),
             config.storage.models_dir.clone(),
+            EstimateSetup::new(blobs.clone(), config.workers.devices.clone()),
         ),
         workers,
         settings: Arc::new(ApiSettings {

@@ -17,7 +17,7 @@ pub const ORGANIZATION_ID: &str = "org-temper";
 /// resolves them and as the numbers it trains with after, and DPO's `beta` likewise. Once
 /// resolved, the options of the job's task (`max_answer_length`, `label_all_tokens`…) show
 /// what it runs with; other tasks' options never appear.
-fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
+pub(super) fn method_echo(spec: &JobSpec, resolved: Option<&ResolvedHyperparameters>) -> Value {
     let mut hyperparameters = requested_knobs(spec);
     hyperparameters.extend(openai_knobs(spec, resolved));
     if let Some(resolved) = resolved {

@@ -17,7 +17,7 @@ use super::wire::{
     page_limit, unix_now, ListResponse, PageLimits, CHECKPOINTS_PAGE, EVENTS_PAGE, JOBS_PAGE,
 };
 use super::{download, AppState};
-use crate::jobs::JobError;
+use crate::jobs::{JobError, JobFailure};
 use crate::store::{ControlAction, JobRow};
 
 pub const ROUTES: &[(Method, &str)] = &[
@@ -102,7 +102,27 @@ impl From<JobError> for ApiError {
             .with_param("id")
             .with_code("invalid_job_state"),
             JobError::Store(store) => store.into(),
+            JobError::WouldFail(failure) => would_fail(failure),
         }
+    }
+}
+
+/// What a job would have failed on, answered at once: the user's to fix (data, settings,
+/// model) as a 400 with the job's code, the server's as a 500.
+fn would_fail(failure: JobFailure) -> ApiError {
+    match failure {
+        JobFailure::Fatal {
+            code,
+            message,
+            param,
+        } if code != "server_error" => {
+            let error = ApiError::bad_request(message).with_code(code);
+            match param {
+                Some(param) => error.with_param(param),
+                None => error,
+            }
+        }
+        other => ApiError::internal(other),
     }
 }
 

@@ -5,7 +5,7 @@
 //! - `error.rs`: the one `ApiError` (OpenAI envelope) and `ApiJson`/`ApiQuery` extractors.
 //! - `middleware.rs`: bearer-key auth, request ids and request metrics.
 //! - `inference.rs`: the narrow `Inference` trait handlers call (app wires `infer`).
-//! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`, `download.rs`), `models.rs`,
+//! - `files.rs`, `jobs.rs` (+ `job_wire.rs`, `job_request.rs`, `download.rs`), `estimates.rs`, `models.rs`,
 //!   `classify.rs`, `chat.rs`, `completions.rs` (+ `generation.rs`, what the two share):
 //!   one `router()` per resource; handlers extract, validate into a domain type, call a
 //!   handle, map to a wire type.
@@ -28,6 +28,7 @@ mod classify;
 mod completions;
 mod dashboard;
 mod download;
+mod estimates;
 pub mod error;
 mod files;
 mod generation;
@@ -135,6 +136,7 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     all.extend(dashboard::ROUTES.iter().cloned());
     all.extend(files::ROUTES.iter().cloned());
     all.extend(jobs::ROUTES.iter().cloned());
+    all.extend(estimates::ROUTES.iter().cloned());
     all.extend(models::ROUTES.iter().cloned());
     all.extend(adapters::ROUTES.iter().cloned());
     all.extend(classify::ROUTES.iter().cloned());
@@ -156,6 +158,7 @@ pub fn router(state: AppState) -> Router {
             usize::try_from(upload_limit).unwrap_or(usize::MAX),
         )))
         .merge(jobs::router())
+        .merge(estimates::router())
         .merge(models::router())
         .merge(adapters::router())
         .merge(classify::router())

@@ -14,7 +14,7 @@ use tracing::{instrument, Instrument};
 use super::progress::{
     write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
 };
-use super::results::record_completion;
+use super::results::{record_completion, record_throughput, MeasuredRun};
 use super::start_model::StartModel;
 use super::training::{check_model_fits_task, check_options_fit_task, TrainSettings, Training};
 use super::validate::{load_and_validate, validating_message, TrainingData, ValidatedData};
@@ -117,6 +117,7 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         // Not started yet: the job simply goes back to the queue.
         return Ok(RunOutcome::Stopped { step: 0 });
     }
+    let fresh_run = resume_from.is_none();
     let started = match resume_from {
         Some((step, _)) => format!("Resuming fine-tuning job from step {step}"),
         None => "Fine-tuning job started".to_string(),
@@ -149,6 +150,9 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let base_model_dir = start.prepare(&run.ctx, &work_dir).await?;
     let base_model = start.location(&base_model_dir).await?;
     let beta = job.spec.method.resolved_beta().map(|(beta, _)| beta);
+    let examples_per_step = config.batch_size * config.gradient_accumulation_steps.max(1);
+    let examples_in_run = data.data.n_train() * config.n_epochs;
+    let clock = std::time::Instant::now();
     let training = Training::new(
         data.data,
         base_model_dir.clone(),
@@ -164,6 +168,15 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     match outcome {
         TrainOutcome::Completed(summary) => {
             let result_files = record_completion(&target, &summary).await?;
+            if fresh_run {
+                let measured = MeasuredRun {
+                    device: run.device.clone(),
+                    seconds: clock.elapsed().as_secs_f64(),
+                    examples_per_step,
+                    examples_in_run,
+                };
+                record_throughput(&target, &summary, measured).await;
+            }
             Ok(RunOutcome::Succeeded {
                 fine_tuned_model: target.final_model,
                 trained_tokens: i64::try_from(summary.trained_tokens).unwrap_or(i64::MAX),
@@ -400,7 +413,7 @@ async fn train_on_thread(
     Ok(outcome)
 }
 
-fn train_failure(error: TrainError) -> JobFailure {
+pub(super) fn train_failure(error: TrainError) -> JobFailure {
     match error {
         TrainError::InvalidData(message) => JobFailure::fatal(
             "invalid_training_file",

@@ -37,6 +37,7 @@
 //! count towards `max_attempts`); `WorkerPool::join` waits for all of it.
 
 mod control;
+mod estimate;
 mod fine_tune;
 mod liveness;
 mod pool;
@@ -77,6 +78,10 @@ use crate::store::Store;
 use crate::telemetry::metrics::TrainingMetrics;
 
 pub use control::{ControlFlag, ControlSignal};
+pub use estimate::{
+    DeviceEstimate, Duration as EstimatedDuration, DurationBasis, Estimate, EstimateSetup,
+    RateUnit,
+};
 pub use fine_tune::{device_by_name, FineTuneRunner};
 pub use liveness::{Busy, BusyFlag, Running, WorkerLiveness};
 pub use pool::WorkerPool;

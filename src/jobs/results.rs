@@ -8,7 +8,7 @@ use super::{unix_now, JobFailure};
 use crate::blobs::{BlobError, Blobs};
 use crate::domain::ids::new_file_id;
 use crate::domain::task::Task;
-use crate::store::{FileRow, StoreError};
+use crate::store::{FileRow, StoreError, ThroughputRow};
 use crate::train::TrainSummary;
 
 pub const RESULTS_PURPOSE: &str = "fine-tune-results";
@@ -27,6 +27,36 @@ pub fn report_filename(task: Task) -> &'static str {
         }
         Task::QuestionAnswering => QA_REPORT_FILENAME,
         Task::ChatSft | Task::CompletionSft | Task::Dpo => LM_REPORT_FILENAME,
+    }
+}
+
+/// How a run that went start to finish in one session used its time, for estimates of
+/// later jobs (`store::ThroughputRow`).
+pub struct MeasuredRun {
+    pub device: String,
+    pub seconds: f64,
+    /// Examples an optimizer step takes (batch size × accumulation).
+    pub examples_per_step: usize,
+    /// Examples of a whole run (every epoch).
+    pub examples_in_run: usize,
+}
+
+/// Records the run's speed; a failure to is logged, never the job's: the model is made.
+pub async fn record_throughput(target: &ProgressTarget, summary: &TrainSummary, run: MeasuredRun) {
+    let last_step = summary.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
+    let samples = (last_step * run.examples_per_step).min(run.examples_in_run);
+    let row = ThroughputRow {
+        job_id: target.job_id.clone(),
+        model: target.base_model.clone(),
+        task: target.task.stored_name().to_string(),
+        device: run.device,
+        seconds: run.seconds,
+        tokens: i64::try_from(summary.trained_tokens).unwrap_or(i64::MAX),
+        samples: i64::try_from(samples).unwrap_or(i64::MAX),
+        finished_at: unix_now(),
+    };
+    if let Err(error) = target.store.record_throughput(&row).await {
+        tracing::warn!(%error, "recording the job's throughput failed");
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::estimate::EstimateSetup;
 use crate::basemodels;
 use crate::domain::dataset::DataFormat;
 use crate::domain::ids::new_job_id;
@@ -79,24 +80,44 @@ pub enum JobError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An estimate found what the job would fail on (its data, its settings, its model),
+    /// worded as the job's failure would be.
+    #[error("{0}")]
+    WouldFail(super::JobFailure),
 }
 
-/// Cheap to clone: a store handle, the wake callback and a path.
+/// Cheap to clone: a store handle, the wake callback, paths and handles.
 #[derive(Clone)]
 pub struct JobService {
     store: Store,
     wake_workers: WakeWorkers,
     /// Where base models are resolved (`basemodels::resolve`).
     models_dir: PathBuf,
+    /// What estimates read (`estimate.rs`).
+    estimates: EstimateSetup,
 }
 
 impl JobService {
-    pub fn new(store: Store, wake_workers: WakeWorkers, models_dir: PathBuf) -> JobService {
+    pub fn new(
+        store: Store,
+        wake_workers: WakeWorkers,
+        models_dir: PathBuf,
+        estimates: EstimateSetup,
+    ) -> JobService {
         JobService {
             store,
             wake_workers,
             models_dir,
+            estimates,
         }
+    }
+
+    pub(super) fn estimates(&self) -> &EstimateSetup {
+        &self.estimates
+    }
+
+    pub(super) fn models_dir(&self) -> &std::path::Path {
+        &self.models_dir
     }
 
     /// Checks the job against the store (files, base model, the data's task) and queues

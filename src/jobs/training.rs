@@ -13,12 +13,21 @@ use crate::basemodels::BaseModelKind;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::domain::job_spec::{JobSpec, AUTO_DPO_BETA};
 use crate::domain::task::{Architecture, Task};
-use crate::tasks::dpo::{run_dpo, DpoJob};
-use crate::tasks::image_classification::{run_image_classification, ImageClassificationJob};
-use crate::tasks::question_answering::{run_question_answering, QuestionAnsweringJob};
-use crate::tasks::sequence_classification::{run_classification, ClassificationJob};
-use crate::tasks::sft::{run_sft, SftExamples, SftJob};
-use crate::tasks::token_classification::{run_token_classification, TokenClassificationJob};
+use crate::tasks::dpo::{plan_dpo, run_dpo, DpoJob};
+use crate::tasks::image_classification::{
+    plan_image_classification, run_image_classification, ImageClassificationJob,
+};
+use crate::tasks::question_answering::{
+    plan_question_answering, run_question_answering, QuestionAnsweringJob,
+};
+use crate::tasks::sequence_classification::{
+    plan_classification, run_classification, ClassificationJob,
+};
+use crate::tasks::sft::{plan_sft, run_sft, SftExamples, SftJob};
+use crate::tasks::token_classification::{
+    plan_token_classification, run_token_classification, TokenClassificationJob,
+};
+use crate::train::plan::{PlanNotes, TrainingPlan};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
 
 /// One job's trainer input, by task.
@@ -131,6 +140,19 @@ impl Training {
                     device,
                 })
             }
+        }
+    }
+
+    /// What the job will do (`train::plan`), from the preparation its trainer runs; what
+    /// that preparation would warn of goes to `notes`.
+    pub(super) fn plan(&self, notes: &mut PlanNotes) -> Result<TrainingPlan, TrainError> {
+        match self {
+            Training::Classification(job) => plan_classification(job),
+            Training::Sft(job) => plan_sft(job, notes),
+            Training::Dpo(job) => plan_dpo(job, notes),
+            Training::TokenClassification(job) => plan_token_classification(job),
+            Training::QuestionAnswering(job) => plan_question_answering(job),
+            Training::ImageClassification(job) => plan_image_classification(job),
         }
     }
 

@@ -16,6 +16,7 @@ mod leased;
 mod models;
 mod queue;
 mod sessions;
+mod throughput;
 mod webhooks;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ pub use leased::{Handback, Lease};
 pub use models::ModelRow;
 pub use queue::{ControlAction, ControlOutcome, WORKER_LOST_CODE};
 pub use sessions::PageCap;
+pub use throughput::{ThroughputRow, THROUGHPUT_HISTORY};
 #[cfg(test)]
 pub use webhooks::DeliveryCounts;
 pub use webhooks::DueDelivery;

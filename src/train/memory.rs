@@ -16,11 +16,15 @@ use crate::zoo::decoder::{DecoderConfig, QuantKind};
 
 #[path = "memory_encoder.rs"]
 mod encoder;
-pub use encoder::{check_encoder_job, encoder_parameter_count, estimate_encoder};
+pub use encoder::{
+    check_encoder_job, encoder_job_estimate, encoder_parameter_count, estimate_encoder,
+};
 
 #[path = "memory_image.rs"]
 mod image;
-pub use image::{check_image_job, estimate_image, fit_image_job, ImageRun, ImageStep};
+pub use image::{
+    check_image_job, estimate_image, fit_image_job, image_job_estimate, ImageRun, ImageStep,
+};
 
 /// What a job trains, for the estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -302,7 +306,7 @@ pub fn device_name(device: &Device) -> String {
 }
 
 /// Whether `need` and a 15 % margin (for what the estimate misses) fit in `available`.
-fn within_margin(need: u64, available: u64) -> bool {
+pub fn within_margin(need: u64, available: u64) -> bool {
     need + need * 3 / 20 <= available
 }
 
@@ -327,6 +331,11 @@ pub struct FitQuery<'a> {
 }
 
 impl FitQuery<'_> {
+    /// The job's peak as asked (its batch size, tuning and mode).
+    pub fn estimate(&self) -> MemoryEstimate {
+        self.need(&self.tuning, self.batch_size)
+    }
+
     fn need(&self, tuning: &Tuning, batch: usize) -> MemoryEstimate {
         self.need_with(tuning, batch, self.mode.checkpointing)
     }
@@ -352,7 +361,7 @@ impl FitQuery<'_> {
 /// GPU path is not measured yet.)
 pub fn check_fits(query: &FitQuery<'_>, available: u64) -> Result<MemoryEstimate, String> {
     let fits_in = |need: &MemoryEstimate| within_margin(need.total(), available);
-    let need = query.need(&query.tuning, query.batch_size);
+    let need = query.estimate();
     if fits_in(&need) {
         return Ok(need);
     }

@@ -83,13 +83,8 @@ pub fn check_image_job(
     let Some(available) = available_bytes(device) else {
         return Ok(());
     };
-    let generic = !device.is_cpu() || crate::zoo::fused::generic_ops_only();
     let name = device_name(device);
-    let run = ImageRun {
-        device: &name,
-        host: device.is_cpu(),
-        generic,
-    };
+    let run = ImageRun::on(device, &name);
     let total = fit_image_job(model, shape, run, available)?.total();
     observer.on_event(
         EventLevel::Info,
@@ -100,6 +95,63 @@ pub fn check_image_job(
         ),
     );
     Ok(())
+}
+
+impl<'a> ImageRun<'a> {
+    /// How a job runs on `device` (named `name`): the composed ops off the CPU, or where
+    /// the CPU kernels are switched off.
+    pub fn on(device: &Device, name: &'a str) -> ImageRun<'a> {
+        ImageRun {
+            device: name,
+            host: device.is_cpu(),
+            generic: !device.is_cpu() || crate::zoo::fused::generic_ops_only(),
+        }
+    }
+}
+
+/// What the estimate reads of the loaded model.
+struct ModelFacts {
+    /// Per backbone unit, at the job's image size.
+    footprint: Vec<UnitFootprint>,
+    trainable_params: u64,
+    frozen_images_at_once: Option<usize>,
+}
+
+fn model_facts(
+    model: &ImageClassifier,
+    image_size: usize,
+    run: ImageRun<'_>,
+) -> Result<ModelFacts, TrainError> {
+    Ok(ModelFacts {
+        footprint: model.footprint(image_size, run.generic)?,
+        trainable_params: model
+            .trainable_vars()
+            .iter()
+            .map(|v| v.var.elem_count() as u64)
+            .sum(),
+        frozen_images_at_once: model
+            .runs_frozen_prefix_per_image(run.generic)
+            .then(rayon::current_num_threads),
+    })
+}
+
+/// What training adds to the loaded model, part by part, at the job's `shape` (batch size,
+/// the most units the schedule trains at once, image size), fitting or not: the job's plan.
+pub fn image_job_estimate(
+    model: &ImageClassifier,
+    (batch_size, trained_units, image_size): (usize, usize, usize),
+    run: ImageRun<'_>,
+) -> Result<MemoryEstimate, TrainError> {
+    let facts = model_facts(model, image_size, run)?;
+    let step = ImageStep {
+        footprint: &facts.footprint,
+        trained_units,
+        image_size,
+        trainable_params: facts.trainable_params,
+        frozen_images_at_once: facts.frozen_images_at_once,
+        generic: run.generic,
+    };
+    Ok(estimate_image(&step, batch_size, run.host))
 }
 
 /// Where an image job runs, for its estimate.
@@ -122,15 +174,11 @@ pub fn fit_image_job(
     run: ImageRun<'_>,
     available: u64,
 ) -> Result<MemoryEstimate, TrainError> {
-    let footprint = model.footprint(image_size, run.generic)?;
-    let trainable_params: u64 = model
-        .trainable_vars()
-        .iter()
-        .map(|v| v.var.elem_count() as u64)
-        .sum();
-    let frozen_images_at_once = model
-        .runs_frozen_prefix_per_image(run.generic)
-        .then(rayon::current_num_threads);
+    let ModelFacts {
+        footprint,
+        trainable_params,
+        frozen_images_at_once,
+    } = model_facts(model, image_size, run)?;
     let step = |units: usize, size: usize, footprint| ImageStep {
         footprint,
         trained_units: units,

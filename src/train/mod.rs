@@ -30,6 +30,7 @@ pub mod memory;
 pub mod named_metrics;
 mod observer;
 pub mod optim;
+pub mod plan;
 pub(crate) mod runner;
 #[cfg(test)]
 mod runner_tests;

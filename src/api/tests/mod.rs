@@ -155,10 +155,12 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
     write_fake_model(&models_dir.join("test-org/tiny"));
     let stub = Arc::new(StubInference::default());
     let store = Store::open_in_memory().await.expect("store");
+    let blobs = Blobs::new(dir.path().join("data")).expect("blobs");
+    let estimates = crate::jobs::EstimateSetup::new(blobs.clone(), vec!["cpu".into()]);
     let state = AppState {
-        jobs: JobService::new(store.clone(), Arc::new(|| {}), models_dir.clone()),
+        jobs: JobService::new(store.clone(), Arc::new(|| {}), models_dir.clone(), estimates),
         store,
-        blobs: Blobs::new(dir.path().join("data")).expect("blobs"),
+        blobs,
         inference: stub.clone(),
         workers: crate::jobs::WorkerLiveness::default(),
         settings: Arc::new(ApiSettings {

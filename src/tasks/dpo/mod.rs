@@ -30,4 +30,4 @@ pub use logprobs::{completion_logps, make_pair_batch, PairBatch, PairLogps};
 pub use loss::{dpo_loss, DpoLoss, RewardTotals, DEFAULT_BETA};
 pub use prepare::{PreferencePair, PreferenceSequence, PreferenceTokenizer, PreparedPairs};
 pub use reference::{DpoModels, Reference};
-pub use run::{run_dpo, DpoJob, DPO_METRICS};
+pub use run::{plan_dpo, run_dpo, DpoJob, DPO_METRICS};

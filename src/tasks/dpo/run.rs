@@ -21,8 +21,10 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::sft::{
-    check_memory, decoder_for_job, decoder_spec, fit_to_context, lm_spec, run_mode,
+    check_memory, decoder_for_job, decoder_memory, decoder_spec, fit_to_context, lm_spec,
+    run_mode, Placement,
 };
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::data::sequential_batches;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -30,7 +32,7 @@ use crate::train::{
     results_csv, EventLevel, MetricNames, Metrics, MetricsRow, TrainError, TrainObserver,
     TrainOutcome, TrainSummary,
 };
-use crate::zoo::decoder::DecoderConfig;
+use crate::zoo::decoder::{DecoderConfig, DecoderSpec};
 
 /// TRL's and OpenAI's names (`rewards/chosen` → `train_rewards_chosen`, …).
 pub const DPO_METRICS: MetricNames = MetricNames {
@@ -108,11 +110,20 @@ fn report_truncation(
     }
 }
 
-impl DpoTask {
-    pub(crate) fn prepare(
-        job: &DpoJob,
-        observer: &mut dyn TrainObserver,
-    ) -> Result<Self, TrainError> {
+/// A DPO job's pairs as its trainer reads them, before the model loads: what the plan
+/// counts and the trainer trains on.
+struct DpoData {
+    model_config: DecoderConfig,
+    max_seq_len: usize,
+    pad_id: u32,
+    train: PreparedPairs,
+    valid: Option<Vec<PreferencePair>>,
+    spec: DecoderSpec,
+}
+
+impl DpoData {
+    /// Tokenizes both files (truncations reported to `observer`).
+    fn prepare(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
         let cfg = &job.config;
         check_loop_settings(cfg)?;
         if cfg.max_seq_len < 2 {
@@ -152,38 +163,78 @@ impl DpoTask {
             }
             _ => None,
         };
-        let spec = decoder_spec(&lm_spec(cfg))?;
-        // A step reads both sequences of each pair; the completion positions of both go
-        // through the LM head (`completion_logps`).
-        let lengths: Vec<(usize, usize)> = train
+        Ok(DpoData {
+            spec: decoder_spec(&lm_spec(cfg))?,
+            model_config,
+            max_seq_len,
+            pad_id: tokenizer.pad_id(),
+            train,
+            valid,
+        })
+    }
+
+    /// A step reads both sequences of each pair; the completion positions of both go
+    /// through the LM head (`completion_logps`).
+    fn lengths(&self) -> Vec<(usize, usize)> {
+        self.train
             .pairs
             .iter()
             .map(|p| {
                 let completions = p.chosen.completion().len() + p.rejected.completion().len();
                 (p.n_tokens(), completions)
             })
-            .collect();
-        let placement = (
-            &job.device,
-            cfg.batch_size,
-            spec.lora.is_none(),
-            run_mode(cfg, &job.device),
-        );
-        check_memory(&model_config, &spec, &lengths, placement, observer)?;
+            .collect()
+    }
+
+    /// Full fine-tuning also holds the frozen reference copy.
+    fn placement<'a>(&self, job: &'a DpoJob) -> Placement<'a> {
+        let cfg = &job.config;
+        let full = self.spec.lora.is_none();
+        (&job.device, cfg.batch_size, full, run_mode(cfg, &job.device))
+    }
+}
+
+/// The job's plan (`train::plan`) from the preparation its trainer runs. Its FLOPs add
+/// the reference model's forward pass (2 per weight and token) to the policy's training.
+pub fn plan_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainingPlan, TrainError> {
+    let data = DpoData::prepare(job, observer)?;
+    let placement = data.placement(job);
+    let memory = decoder_memory(&data.model_config, &data.spec, &data.lengths(), placement);
+    let tokens = data.train.pairs.iter().map(|p| p.n_tokens() as u64).sum();
+    let parameters = crate::train::memory::parameter_count(&data.model_config);
+    let flops = training_flops_per_token(parameters, data.spec.lora.is_none())
+        + 2.0 * parameters as f64;
+    let examples = (
+        data.train.pairs.len(),
+        data.valid.as_ref().map_or(0, Vec::len),
+    );
+    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+}
+
+impl DpoTask {
+    pub(crate) fn prepare(
+        job: &DpoJob,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        let data = DpoData::prepare(job, observer)?;
+        let placement = data.placement(job);
+        check_memory(&data.model_config, &data.spec, &data.lengths(), placement, observer)?;
         // A full fine-tune's frozen reference copy is never checkpointed (no graph).
-        let policy = decoder_for_job(&job.base_model_dir, &spec, cfg, &job.device)?;
+        let policy = decoder_for_job(&job.base_model_dir, &data.spec, cfg, &job.device)?;
         let models = DpoModels::new(policy, job.beta)?;
-        let valid_batches = valid
+        let valid_batches = data
+            .valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
         Ok(Self {
             models,
-            truncated_train: train.truncated,
-            train: train.pairs,
-            valid,
+            truncated_train: data.train.truncated,
+            train: data.train.pairs,
+            valid: data.valid,
             valid_batches,
-            pad_id: tokenizer.pad_id(),
-            max_seq_len,
+            pad_id: data.pad_id,
+            max_seq_len: data.max_seq_len,
         })
     }
 

@@ -21,4 +21,6 @@ pub mod serve;
 mod tests;
 mod train;
 
-pub use train::{run_image_classification, ImageClassificationJob, IMAGE_METRICS};
+pub use train::{
+    plan_image_classification, run_image_classification, ImageClassificationJob, IMAGE_METRICS,
+};

@@ -21,7 +21,8 @@ use crate::tasks::sequence_classification::metrics::Confusion;
 use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
 use crate::train::evaluate::scalar;
-use crate::train::memory::check_image_job;
+use crate::train::memory::{check_image_job, image_job_estimate, ImageRun};
+use crate::train::plan::TrainingPlan;
 use crate::train::named_metrics::{Metrics, MetricsRow};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
@@ -51,12 +52,7 @@ pub fn run_image_classification(
     job: &ImageClassificationJob,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
-    if job.labels.len() < 2 || job.train.is_empty() {
-        return Err(TrainError::InvalidData(
-            "image classification needs images of at least 2 classes".into(),
-        ));
-    }
-    check_loop_settings(&job.config)?;
+    check_job(job)?;
     let task = ImageTask::prepare(job)?;
     let step_shape = (
         job.config.batch_size,
@@ -100,19 +96,55 @@ pub(crate) struct ImageTask<'a> {
     epoch: Cell<usize>,
 }
 
+fn check_job(job: &ImageClassificationJob) -> Result<(), TrainError> {
+    if job.labels.len() < 2 || job.train.is_empty() {
+        return Err(TrainError::InvalidData(
+            "image classification needs images of at least 2 classes".into(),
+        ));
+    }
+    check_loop_settings(&job.config)
+}
+
+/// The classifier the job builds, the images' preparation and the job's image options.
+fn image_spec(
+    job: &ImageClassificationJob,
+) -> Result<(ImageClassifierSpec, ImagePrep, ImageOptions), TrainError> {
+    let cfg = &job.config;
+    let options = cfg.task_options.image.clone();
+    let (vision, _) = VisionConfig::read(&job.base_model_dir)?;
+    let prep = ImagePrep::new(&vision.pretrained_cfg, options.image_size);
+    let all_units = ImageClassifier::count_units(&job.base_model_dir)?;
+    let spec = ImageClassifierSpec {
+        num_classes: job.labels.len(),
+        head_hidden: options.head_hidden.unwrap_or(0),
+        head_dropout: options.head_dropout.unwrap_or(0.0),
+        trainable_units: options.max_trainable_units(cfg.n_epochs, all_units),
+    };
+    Ok((spec, prep, options))
+}
+
+/// The job's plan (`train::plan`): its images counted (not decoded), its memory from the
+/// model it builds. Images have no tokens and no FLOPs model here (a CNN's cost is its
+/// convolutions', not a multiple of its weights); their duration comes from history.
+pub fn plan_image_classification(job: &ImageClassificationJob) -> Result<TrainingPlan, TrainError> {
+    check_job(job)?;
+    let cfg = &job.config;
+    let (spec, prep, _) = image_spec(job)?;
+    let model = ImageClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+    let name = crate::train::memory::device_name(&job.device);
+    let shape = (cfg.batch_size, spec.trainable_units, prep.size);
+    let mut memory = image_job_estimate(&model, shape, ImageRun::on(&job.device, &name))?;
+    // The loaded model: its f32 weights file, as read.
+    memory.weights = std::fs::metadata(job.base_model_dir.join("model.safetensors"))
+        .map_or(0, |meta| meta.len());
+    let examples = (job.train.len(), job.valid.as_ref().map_or(0, Vec::len));
+    Ok(TrainingPlan::new(cfg, examples, 0, memory, None))
+}
+
 impl<'a> ImageTask<'a> {
     fn prepare(job: &'a ImageClassificationJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        let options = cfg.task_options.image.clone();
-        let (vision, _) = VisionConfig::read(&job.base_model_dir)?;
-        let prep = ImagePrep::new(&vision.pretrained_cfg, options.image_size);
-        let all_units = ImageClassifier::count_units(&job.base_model_dir)?;
-        let spec = ImageClassifierSpec {
-            num_classes: job.labels.len(),
-            head_hidden: options.head_hidden.unwrap_or(0),
-            head_dropout: options.head_dropout.unwrap_or(0.0),
-            trainable_units: options.max_trainable_units(cfg.n_epochs, all_units),
-        };
+        let (spec, prep, options) = image_spec(job)?;
         let model =
             ImageClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
         let train = decode_samples(&job.train, &job.labels, &prep)?;

@@ -30,7 +30,9 @@ pub mod windows;
 pub(crate) use export::export_qa_checkpoint;
 pub use export::load_qa_server;
 pub use report::squad_report;
-pub use train::{run_question_answering, QuestionAnsweringJob, QA_METRICS};
+pub use train::{
+    plan_question_answering, run_question_answering, QuestionAnsweringJob, QA_METRICS,
+};
 
 pub use head::{collate_windows, QaBatch, QaModelSpec, QuestionAnsweringModel, SpanLogits};
 pub use metrics::{squad_scores, ScoredQuestion, SplitScores, SquadScores, SquadVersion};

@@ -17,7 +17,9 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::QaExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
+use crate::train::memory::encoder_job_estimate;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
@@ -54,12 +56,7 @@ pub fn run_question_answering(
     job: &QuestionAnsweringJob,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
-    if job.train.is_empty() {
-        return Err(TrainError::InvalidData(
-            "the training file has no examples".into(),
-        ));
-    }
-    check_loop_settings(&job.config)?;
+    check_job(job)?;
     let task = QaTask::prepare(job)?;
     let settings = task.tokenizer.settings();
     let setup = RunSetup {
@@ -107,29 +104,76 @@ fn has_unanswerable(job: &QuestionAnsweringJob) -> bool {
     all.any(|example| !example.is_answerable())
 }
 
+fn check_job(job: &QuestionAnsweringJob) -> Result<(), TrainError> {
+    if job.train.is_empty() {
+        return Err(TrainError::InvalidData(
+            "the training file has no examples".into(),
+        ));
+    }
+    check_loop_settings(&job.config)
+}
+
+/// Both files cut into labelled windows, as the trainer reads them.
+struct QaWindows<'a> {
+    text_tokenizer: TextTokenizer,
+    tokenizer: QaTokenizer,
+    train: LabelledWindows,
+    valid: Option<(&'a [QaExample], LabelledWindows)>,
+}
+
+fn window_sets(job: &QuestionAnsweringJob) -> Result<QaWindows<'_>, TrainError> {
+    let cfg = &job.config;
+    let text_tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
+    // Windows fit the model's positions; a stride given is used as given.
+    let (encoder, _) = EncoderConfig::from_dir(&job.base_model_dir)?;
+    let max_seq_len = cfg.max_seq_len.min(encoder.max_position_embeddings);
+    let settings = WindowSettings {
+        max_seq_len,
+        doc_stride: cfg.task_options.doc_stride_for(max_seq_len),
+    };
+    let tokenizer = QaTokenizer::new(text_tokenizer.inner(), settings)?;
+    let invalid =
+        |which: &str, e: crate::zoo::ZooError| TrainError::InvalidData(format!("{which} file, {e}"));
+    let train = labelled_windows(&tokenizer, &job.train).map_err(|e| invalid("training", e))?;
+    let valid = match job.valid.as_deref() {
+        Some(valid) if !valid.is_empty() => Some((
+            valid,
+            labelled_windows(&tokenizer, valid).map_err(|e| invalid("validation", e))?,
+        )),
+        _ => None,
+    };
+    Ok(QaWindows {
+        text_tokenizer,
+        tokenizer,
+        train,
+        valid,
+    })
+}
+
+/// The job's plan (`train::plan`) from the windows its trainer reads: its examples are
+/// windows (a context longer than `max_seq_len` makes several).
+pub fn plan_question_answering(job: &QuestionAnsweringJob) -> Result<TrainingPlan, TrainError> {
+    check_job(job)?;
+    let sets = window_sets(job)?;
+    let lengths: Vec<usize> = sets.train.windows.iter().map(|w| w.input_ids.len()).collect();
+    let (base, device) = (&job.base_model_dir, &job.device);
+    let (memory, parameters) = encoder_job_estimate(base, &job.config, 2, &lengths, device)?;
+    let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
+    let tokens = lengths.iter().map(|&n| n as u64).sum();
+    let valid = sets.valid.as_ref().map_or(0, |(_, windows)| windows.len());
+    let examples = (sets.train.len(), valid);
+    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+}
+
 impl<'a> QaTask<'a> {
     fn prepare(job: &'a QuestionAnsweringJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        let text_tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
-        // Windows fit the model's positions; a stride given is used as given.
-        let (encoder, _) = EncoderConfig::from_dir(&job.base_model_dir)?;
-        let max_seq_len = cfg.max_seq_len.min(encoder.max_position_embeddings);
-        let settings = WindowSettings {
-            max_seq_len,
-            doc_stride: cfg.task_options.doc_stride_for(max_seq_len),
-        };
-        let tokenizer = QaTokenizer::new(text_tokenizer.inner(), settings)?;
-        let invalid = |which: &str, e: crate::zoo::ZooError| {
-            TrainError::InvalidData(format!("{which} file, {e}"))
-        };
-        let train = labelled_windows(&tokenizer, &job.train).map_err(|e| invalid("training", e))?;
-        let valid = match job.valid.as_deref() {
-            Some(valid) if !valid.is_empty() => Some((
-                valid,
-                labelled_windows(&tokenizer, valid).map_err(|e| invalid("validation", e))?,
-            )),
-            _ => None,
-        };
+        let QaWindows {
+            text_tokenizer,
+            tokenizer,
+            train,
+            valid,
+        } = window_sets(job)?;
         let spec = QaModelSpec {
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
         };

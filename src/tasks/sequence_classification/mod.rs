@@ -36,4 +36,6 @@ mod train;
 
 pub(crate) use export::export_classifier_checkpoint;
 pub use export::load_classifier_checkpoint;
-pub use train::{run_classification, ClassificationJob, CLASSIFICATION_METRICS};
+pub use train::{
+    plan_classification, run_classification, ClassificationJob, CLASSIFICATION_METRICS,
+};

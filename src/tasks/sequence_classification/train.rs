@@ -14,7 +14,9 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
+use crate::train::memory::encoder_job_estimate;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
@@ -107,20 +109,43 @@ pub(crate) struct ClassifyTask<'a> {
     pub(crate) pad_id: u32,
 }
 
+/// Both files tokenized, as the trainer reads them, and the tokenizer's padding id.
+type EncodedSets = (Vec<EncodedExample>, Option<Vec<EncodedExample>>, u32);
+
+fn encode_sets(job: &ClassificationJob) -> Result<EncodedSets, TrainError> {
+    let cfg = &job.config;
+    let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
+    let train = encode_examples(&tokenizer, &job.train, &job.labels, cfg.max_seq_len)?;
+    let valid = match job.valid.as_deref() {
+        Some(valid) if !valid.is_empty() => Some(encode_examples(
+            &tokenizer,
+            valid,
+            &job.labels,
+            cfg.max_seq_len,
+        )?),
+        _ => None,
+    };
+    Ok((train, valid, tokenizer.pad_id()))
+}
+
+/// The job's plan (`train::plan`) from the tokenization its trainer runs.
+pub fn plan_classification(job: &ClassificationJob) -> Result<TrainingPlan, TrainError> {
+    validate(job)?;
+    let (train, valid, _) = encode_sets(job)?;
+    let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+    let (base, device) = (&job.base_model_dir, &job.device);
+    let (memory, parameters) =
+        encoder_job_estimate(base, &job.config, job.labels.len(), &lengths, device)?;
+    let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
+    let tokens = lengths.iter().map(|&n| n as u64).sum();
+    let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
+    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+}
+
 impl<'a> ClassifyTask<'a> {
     fn prepare(job: &'a ClassificationJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
-        let train = encode_examples(&tokenizer, &job.train, &job.labels, cfg.max_seq_len)?;
-        let valid = match job.valid.as_deref() {
-            Some(valid) if !valid.is_empty() => Some(encode_examples(
-                &tokenizer,
-                valid,
-                &job.labels,
-                cfg.max_seq_len,
-            )?),
-            _ => None,
-        };
+        let (train, valid, pad_id) = encode_sets(job)?;
         let spec = ClassifierSpec {
             num_labels: job.labels.len(),
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
@@ -136,7 +161,7 @@ impl<'a> ClassifyTask<'a> {
             spec,
             train,
             valid,
-            pad_id: tokenizer.pad_id(),
+            pad_id,
         })
     }
 

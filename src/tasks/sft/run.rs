@@ -20,6 +20,7 @@ use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
 use crate::train::memory;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, compute_dtype, run_task, RunSetup};
 use crate::train::summary::results_csv;
@@ -96,21 +97,21 @@ pub(crate) fn fit_to_context(
     context
 }
 
-/// Fails the job before its model loads when its estimated peak memory is over what the
-/// device has (`train::memory`), saying what would fit; logs the estimate otherwise.
-/// `lengths`: each training example's (tokens, trained positions); `frozen_reference`: DPO's
-/// full fine-tuning, which holds a frozen copy of the starting weights; `mode`: the job's
-/// `gradient_checkpointing` and `precision` (its `host` is set here from `device`).
-pub(crate) fn check_memory(
+/// Where and how a decoder job runs, for its memory: the device, examples per step,
+/// whether full fine-tuning also holds a frozen copy of the starting weights (DPO's
+/// reference), and the job's `gradient_checkpointing` and `precision` (its `host` is set
+/// from the device).
+pub(crate) type Placement<'a> = (&'a Device, usize, bool, memory::RunMode);
+
+/// Calls `with` on the memory query of a decoder job whose training examples have these
+/// (tokens, trained positions) `lengths`.
+fn with_fit_query<T>(
     model_config: &DecoderConfig,
     spec: &DecoderSpec,
     lengths: &[(usize, usize)],
-    (device, batch_size, frozen_reference, mode): (&Device, usize, bool, memory::RunMode),
-    observer: &mut dyn TrainObserver,
-) -> Result<(), TrainError> {
-    let Some(available) = memory::available_bytes(device) else {
-        return Ok(());
-    };
+    (device, batch_size, frozen_reference, mode): Placement<'_>,
+    with: impl FnOnce(&memory::FitQuery<'_>) -> T,
+) -> T {
     let tuning = match &spec.lora {
         None => memory::Tuning::Full,
         Some(lora) => memory::Tuning::Lora {
@@ -132,7 +133,40 @@ pub(crate) fn check_memory(
             ..mode
         },
     };
-    let estimate = memory::check_fits(&query, available).map_err(TrainError::DoesNotFit)?;
+    with(&query)
+}
+
+/// The estimated peak memory of a decoder job (`train::memory`), for its plan.
+pub(crate) fn decoder_memory(
+    model_config: &DecoderConfig,
+    spec: &DecoderSpec,
+    lengths: &[(usize, usize)],
+    placement: Placement<'_>,
+) -> memory::MemoryEstimate {
+    with_fit_query(model_config, spec, lengths, placement, |query| {
+        query.estimate()
+    })
+}
+
+/// Fails the job before its model loads when its estimated peak memory is over what the
+/// device has (`train::memory`), saying what would fit; logs the estimate otherwise.
+/// `lengths`: each training example's (tokens, trained positions).
+pub(crate) fn check_memory(
+    model_config: &DecoderConfig,
+    spec: &DecoderSpec,
+    lengths: &[(usize, usize)],
+    placement: Placement<'_>,
+    observer: &mut dyn TrainObserver,
+) -> Result<(), TrainError> {
+    let device = placement.0;
+    let Some(available) = memory::available_bytes(device) else {
+        return Ok(());
+    };
+    let device_name = memory::device_name(device);
+    let estimate = with_fit_query(model_config, spec, lengths, placement, |query| {
+        memory::check_fits(query, available)
+    })
+    .map_err(TrainError::DoesNotFit)?;
     observer.on_event(
         EventLevel::Info,
         format!(
@@ -218,8 +252,20 @@ fn report_preparation(
     }
 }
 
-impl<'a> SftTask<'a> {
-    fn prepare(job: &'a SftJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
+/// An SFT job's data as its trainer reads it, before the model loads: what the plan
+/// counts and the trainer trains on.
+struct SftData {
+    model_config: DecoderConfig,
+    max_seq_len: usize,
+    pad_id: u32,
+    train: Vec<SftExample>,
+    valid: Option<Vec<SftExample>>,
+    spec: DecoderSpec,
+}
+
+impl SftData {
+    /// Tokenizes both files (truncations and skipped examples reported to `observer`).
+    fn prepare(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
         let cfg = &job.config;
         check_loop_settings(cfg)?;
         if cfg.max_seq_len < 2 {
@@ -251,31 +297,72 @@ impl<'a> SftTask<'a> {
             }
             _ => None,
         };
-        let spec = decoder_spec(&lm_spec(cfg))?;
-        let lengths: Vec<(usize, usize)> = train
-            .examples
+        Ok(SftData {
+            spec: decoder_spec(&lm_spec(cfg))?,
+            model_config,
+            max_seq_len,
+            pad_id: tokenizer.pad_id(),
+            train: train.examples,
+            valid,
+        })
+    }
+
+    /// Each training example's (tokens, trained positions), for the memory estimate.
+    fn lengths(&self) -> Vec<(usize, usize)> {
+        self.train
             .iter()
             .map(|e| (e.ids.len(), e.n_targets()))
-            .collect();
-        let placement = (
+            .collect()
+    }
+
+    fn placement<'a>(job: &'a SftJob) -> Placement<'a> {
+        let cfg = &job.config;
+        (
             &job.device,
             cfg.batch_size,
             false,
             run_mode(cfg, &job.device),
-        );
-        check_memory(&model_config, &spec, &lengths, placement, observer)?;
-        let model = decoder_for_job(&job.base_model_dir, &spec, cfg, &job.device)?;
-        let valid_batches = valid
+        )
+    }
+}
+
+/// The job's plan (`train::plan`) from the preparation its trainer runs.
+pub fn plan_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainingPlan, TrainError> {
+    let data = SftData::prepare(job, observer)?;
+    let memory = decoder_memory(
+        &data.model_config,
+        &data.spec,
+        &data.lengths(),
+        SftData::placement(job),
+    );
+    let tokens = data.train.iter().map(|e| e.ids.len() as u64).sum();
+    let flops = training_flops_per_token(
+        memory::parameter_count(&data.model_config),
+        data.spec.lora.is_none(),
+    );
+    let examples = (data.train.len(), data.valid.as_ref().map_or(0, Vec::len));
+    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+}
+
+impl<'a> SftTask<'a> {
+    fn prepare(job: &'a SftJob, observer: &mut dyn TrainObserver) -> Result<Self, TrainError> {
+        let cfg = &job.config;
+        let data = SftData::prepare(job, observer)?;
+        let placement = SftData::placement(job);
+        check_memory(&data.model_config, &data.spec, &data.lengths(), placement, observer)?;
+        let model = decoder_for_job(&job.base_model_dir, &data.spec, cfg, &job.device)?;
+        let valid_batches = data
+            .valid
             .as_ref()
             .map_or_else(Vec::new, |v| sequential_batches(v.len(), cfg.batch_size));
         Ok(Self {
             job,
             model,
-            train: train.examples,
-            valid,
+            train: data.train,
+            valid: data.valid,
             valid_batches,
-            pad_id: tokenizer.pad_id(),
-            max_seq_len,
+            pad_id: data.pad_id,
+            max_seq_len: data.max_seq_len,
         })
     }
 

@@ -29,7 +29,10 @@ pub use head::{token_cross_entropy, TokenClassifier, TokenClassifierSpec, TokenL
 pub use metrics::{EntityScores, TagMetrics};
 pub use pipeline::{Aggregation, TokenEntity};
 pub use serve::{TextToTag, TokenTagger};
-pub use train::{run_token_classification, TokenClassificationJob, TOKEN_CLASSIFICATION_METRICS};
+pub use train::{
+    plan_token_classification, run_token_classification, TokenClassificationJob,
+    TOKEN_CLASSIFICATION_METRICS,
+};
 
 #[cfg(test)]
 #[path = "fixture_tests.rs"]

@@ -16,7 +16,9 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::TokenTagsExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::encoder_checkpoint::encoder_for_job;
+use crate::train::memory::encoder_job_estimate;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::summary::results_csv;
@@ -63,12 +65,7 @@ pub fn run_token_classification(
     job: &TokenClassificationJob,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
-    if job.train.is_empty() || job.labels.is_empty() {
-        return Err(TrainError::InvalidData(
-            "the training file has no tagged sentences".into(),
-        ));
-    }
-    check_loop_settings(&job.config)?;
+    check_job(job)?;
     let task = TagTask::prepare(job)?;
     let setup = RunSetup {
         config: &job.config,
@@ -103,24 +100,55 @@ struct TagTask<'a> {
     pad_id: u32,
 }
 
+fn check_job(job: &TokenClassificationJob) -> Result<(), TrainError> {
+    if job.train.is_empty() || job.labels.is_empty() {
+        return Err(TrainError::InvalidData(
+            "the training file has no tagged sentences".into(),
+        ));
+    }
+    check_loop_settings(&job.config)
+}
+
+/// Both files aligned to sub-words, as the trainer reads them, and the padding id.
+type AlignedSets = (Vec<AlignedExample>, Option<Vec<AlignedExample>>, u32);
+
+fn align_sets(job: &TokenClassificationJob) -> Result<AlignedSets, TrainError> {
+    let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
+    let options = AlignOptions::for_training(&job.config);
+    let aligner = TagAligner::new(tokenizer.inner(), &job.labels, options)?;
+    let align_all = |examples: &[TokenTagsExample]| {
+        examples
+            .iter()
+            .enumerate()
+            .map(|(i, example)| aligner.align(i + 1, example))
+            .collect::<Result<Vec<_>, TrainError>>()
+    };
+    let train = align_all(&job.train)?;
+    let valid = match job.valid.as_deref() {
+        Some(valid) if !valid.is_empty() => Some(align_all(valid)?),
+        _ => None,
+    };
+    Ok((train, valid, tokenizer.pad_id()))
+}
+
+/// The job's plan (`train::plan`) from the alignment its trainer runs.
+pub fn plan_token_classification(job: &TokenClassificationJob) -> Result<TrainingPlan, TrainError> {
+    check_job(job)?;
+    let (train, valid, _) = align_sets(job)?;
+    let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+    let (base, device) = (&job.base_model_dir, &job.device);
+    let (memory, parameters) =
+        encoder_job_estimate(base, &job.config, job.labels.len(), &lengths, device)?;
+    let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
+    let tokens = lengths.iter().map(|&n| n as u64).sum();
+    let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
+    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+}
+
 impl<'a> TagTask<'a> {
     fn prepare(job: &'a TokenClassificationJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
-        let tokenizer = TextTokenizer::from_dir(&job.base_model_dir)?;
-        let options = AlignOptions::for_training(cfg);
-        let aligner = TagAligner::new(tokenizer.inner(), &job.labels, options)?;
-        let align_all = |examples: &[TokenTagsExample]| {
-            examples
-                .iter()
-                .enumerate()
-                .map(|(i, example)| aligner.align(i + 1, example))
-                .collect::<Result<Vec<_>, TrainError>>()
-        };
-        let train = align_all(&job.train)?;
-        let valid = match job.valid.as_deref() {
-            Some(valid) if !valid.is_empty() => Some(align_all(valid)?),
-            _ => None,
-        };
+        let (train, valid, pad_id) = align_sets(job)?;
         let spec = ClassifierSpec {
             num_labels: job.labels.len(),
             lora: (cfg.lora.rank > 0).then(|| cfg.lora.clone()),
@@ -136,7 +164,7 @@ impl<'a> TagTask<'a> {
             spec,
             train,
             valid,
-            pad_id: tokenizer.pad_id(),
+            pad_id,
         })
     }
 
