@@ -10,6 +10,7 @@ mod common;
 mod disk;
 mod dpo;
 mod errors;
+mod estimates;
 mod files;
 mod fine_tune;
 mod generation_limits;
