@@ -19,12 +19,12 @@ use crate::api::{self, ApiSettings, AppState, ArtifactFormat, ExportRequest, Inf
 use crate::artifacts::{BaseModels, ExportFormat};
 use crate::basemodels::{self, BaseModelKind};
 use crate::blobs::Blobs;
-use crate::jobs::EstimateSetup;
 use crate::config::Config;
 use crate::infer::{
     ClassPrediction, GenerationParams, GenerationStream, InferError, InferenceHandle, QaPrediction,
     QaQuestion,
 };
+use crate::jobs::EstimateSetup;
 use crate::jobs::{JobService, JobsContext, WorkerPool};
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;

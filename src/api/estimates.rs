@@ -126,7 +126,11 @@ impl EstimateObject {
             steps_per_epoch: plan.steps_per_epoch,
             total_steps: plan.total_steps,
             training_flops: plan.flops,
-            devices: estimate.devices.into_iter().map(DeviceObject::from).collect(),
+            devices: estimate
+                .devices
+                .into_iter()
+                .map(DeviceObject::from)
+                .collect(),
         }
     }
 }

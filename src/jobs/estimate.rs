@@ -162,7 +162,11 @@ pub fn duration_from_history(plan: &TrainingPlan, history: &[ThroughputRow]) -> 
 
 /// The FLOPs model's duration on `device` (`cpu`: the training pool's threads at
 /// [`CPU_FLOPS_PER_THREAD`]; a GPU at [`GPU_FLOPS`]); `None` without a FLOPs count.
-pub fn duration_from_flops(plan: &TrainingPlan, device: &str, cpu_threads: usize) -> Option<Duration> {
+pub fn duration_from_flops(
+    plan: &TrainingPlan,
+    device: &str,
+    cpu_threads: usize,
+) -> Option<Duration> {
     let flops = plan.flops?;
     let rate = if device == "cpu" {
         CPU_FLOPS_PER_THREAD * cpu_threads.max(1) as f64
@@ -216,12 +220,15 @@ impl JobService {
             .await
             .map_err(JobError::WouldFail)?;
         let settings = (config.clone(), beta);
-        let planned = plan_on_devices(data, model_dir, &job.model, settings, &setup.devices).await?;
+        let planned =
+            plan_on_devices(data, model_dir, &job.model, settings, &setup.devices).await?;
         let Some(plan) = planned.plan else {
             let why: Vec<String> = planned
                 .devices
                 .iter()
-                .filter_map(|(name, memory, _)| memory.as_ref().err().map(|e| format!("{name}: {e}")))
+                .filter_map(|(name, memory, _)| {
+                    memory.as_ref().err().map(|e| format!("{name}: {e}"))
+                })
                 .collect();
             let message = format!("No worker device could be estimated ({}).", why.join("; "));
             return Err(JobError::WouldFail(JobFailure::fatal(

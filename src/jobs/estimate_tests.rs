@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::domain::job_spec::JobSpec;
+use crate::domain::task::Task;
 use crate::jobs::fine_tune_tests::{examples, jsonl};
 use crate::jobs::test_support::*;
 use crate::jobs::{FineTuneRunner, Processed, Worker};
-use crate::domain::job_spec::JobSpec;
-use crate::domain::task::Task;
 use crate::store::{FileRow, ThroughputRow};
 use crate::train::memory::MemoryEstimate;
 use crate::train::plan::TrainingPlan;
@@ -131,13 +131,23 @@ async fn a_chat_estimate_matches_the_run_and_the_next_one_uses_its_pace() {
     assert_eq!(assumed_flops_per_second, CPU_FLOPS_PER_THREAD * threads);
     assert_eq!(duration.seconds, flops / assumed_flops_per_second);
     // Creating nothing.
-    assert!(h.ctx.store.list_jobs(None, 10, None).await.unwrap().data.is_empty());
+    assert!(h
+        .ctx
+        .store
+        .list_jobs(None, 10, None)
+        .await
+        .unwrap()
+        .data
+        .is_empty());
 
     let id = create_job(&h.ctx, DECODER, "file-train", method.clone()).await;
     assert_eq!(run_queued(&h).await, Processed::Succeeded(id.clone()));
     let row = job(&h.ctx, &id).await;
     assert_eq!(row.trained_tokens, Some(plan.trained_tokens() as i64));
-    assert_eq!(metric_steps(&h.ctx, &id).await, (1..=6).collect::<Vec<u64>>());
+    assert_eq!(
+        metric_steps(&h.ctx, &id).await,
+        (1..=6).collect::<Vec<u64>>()
+    );
     // The memory the job checked before loading is the one estimated.
     let said = messages(&h.ctx, &id).await;
     let checked = said
@@ -233,7 +243,10 @@ async fn bad_data_and_settings_are_refused_as_the_job_would_fail() {
     let JobError::WouldFail(JobFailure::Fatal { message, param, .. }) = error else {
         panic!("expected the job's failure: {error:?}");
     };
-    assert!(message.contains("Example 11 is missing key 'label'"), "{message}");
+    assert!(
+        message.contains("Example 11 is missing key 'label'"),
+        "{message}"
+    );
     assert_eq!(param.as_deref(), Some("training_file"));
 
     let error = jobs
@@ -245,7 +258,10 @@ async fn bad_data_and_settings_are_refused_as_the_job_would_fail() {
         .estimate(&new_job("test-org/none", "file-bad", None, &method))
         .await
         .unwrap_err();
-    assert!(matches!(error, JobError::BaseModelNotFound { .. }), "{error:?}");
+    assert!(
+        matches!(error, JobError::BaseModelNotFound { .. }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]

@@ -79,8 +79,7 @@ use crate::telemetry::metrics::TrainingMetrics;
 
 pub use control::{ControlFlag, ControlSignal};
 pub use estimate::{
-    DeviceEstimate, Duration as EstimatedDuration, DurationBasis, Estimate, EstimateSetup,
-    RateUnit,
+    DeviceEstimate, Duration as EstimatedDuration, DurationBasis, Estimate, EstimateSetup, RateUnit,
 };
 pub use fine_tune::{device_by_name, FineTuneRunner};
 pub use liveness::{Busy, BusyFlag, Running, WorkerLiveness};

@@ -43,7 +43,12 @@ pub struct MeasuredRun {
 
 /// Records the run's speed; a failure to is logged, never the job's: the model is made.
 pub async fn record_throughput(target: &ProgressTarget, summary: &TrainSummary, run: MeasuredRun) {
-    let last_step = summary.checkpoints.iter().map(|c| c.step).max().unwrap_or(0);
+    let last_step = summary
+        .checkpoints
+        .iter()
+        .map(|c| c.step)
+        .max()
+        .unwrap_or(0);
     let samples = (last_step * run.examples_per_step).min(run.examples_in_run);
     let row = ThroughputRow {
         job_id: target.job_id.clone(),

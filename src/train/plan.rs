@@ -122,7 +122,10 @@ mod tests {
         let mut notes = PlanNotes::default();
         notes.on_event(EventLevel::Info, "loaded".into());
         notes.on_event(EventLevel::Warn, "3 examples were truncated".into());
-        assert_eq!(notes.warnings, vec!["3 examples were truncated".to_string()]);
+        assert_eq!(
+            notes.warnings,
+            vec!["3 examples were truncated".to_string()]
+        );
         assert_eq!(notes.control(), Control::Continue);
     }
 }

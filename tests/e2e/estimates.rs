@@ -59,7 +59,10 @@ async fn an_estimate_predicts_the_run_and_learns_its_pace() {
     assert!(hyper["learning_rate_multiplier"].is_number(), "{hyper}");
     let cpu = &estimate["devices"][0];
     assert_eq!(cpu["device"], "cpu");
-    assert!(cpu["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0, "{cpu}");
+    assert!(
+        cpu["memory"]["total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{cpu}"
+    );
     assert_eq!(cpu["memory"]["fits"], true, "{cpu}");
     assert_eq!(cpu["duration"]["basis"], "flops", "{cpu}");
     let (status, jobs) = server.get("/v1/fine_tuning/jobs").await;
@@ -86,14 +89,20 @@ async fn an_estimate_predicts_the_run_and_learns_its_pace() {
     let per_second = duration["per_second"].as_f64().expect("pace");
     let tokens = again["trained_tokens"].as_f64().expect("tokens");
     let seconds = duration["seconds"].as_f64().expect("seconds");
-    assert!((seconds - tokens / per_second).abs() <= 1e-9 * seconds, "{duration}");
+    assert!(
+        (seconds - tokens / per_second).abs() <= 1e-9 * seconds,
+        "{duration}"
+    );
 }
 
 #[tokio::test]
 async fn estimate_errors_come_in_the_envelope() {
     let server = TestServer::spawn().await;
     let (status, body) = server
-        .post("/v1/fine_tuning/estimates", job_body("file-nope", json!({})))
+        .post(
+            "/v1/fine_tuning/estimates",
+            job_body("file-nope", json!({})),
+        )
         .await;
     assert_eq!(status, 404, "{body}");
     assert_envelope(&body, Some("training_file"));

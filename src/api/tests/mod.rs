@@ -158,7 +158,12 @@ async fn harness(api_keys: &[&str], max_upload_bytes: u64) -> Harness {
     let blobs = Blobs::new(dir.path().join("data")).expect("blobs");
     let estimates = crate::jobs::EstimateSetup::new(blobs.clone(), vec!["cpu".into()]);
     let state = AppState {
-        jobs: JobService::new(store.clone(), Arc::new(|| {}), models_dir.clone(), estimates),
+        jobs: JobService::new(
+            store.clone(),
+            Arc::new(|| {}),
+            models_dir.clone(),
+            estimates,
+        ),
         store,
         blobs,
         inference: stub.clone(),

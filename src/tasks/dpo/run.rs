@@ -21,11 +21,11 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::PreferenceExample;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::tasks::sft::{
-    check_memory, decoder_for_job, decoder_memory, decoder_spec, fit_to_context, lm_spec,
-    run_mode, Placement,
+    check_memory, decoder_for_job, decoder_memory, decoder_spec, fit_to_context, lm_spec, run_mode,
+    Placement,
 };
-use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::data::sequential_batches;
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{
@@ -190,25 +190,39 @@ impl DpoData {
     fn placement<'a>(&self, job: &'a DpoJob) -> Placement<'a> {
         let cfg = &job.config;
         let full = self.spec.lora.is_none();
-        (&job.device, cfg.batch_size, full, run_mode(cfg, &job.device))
+        (
+            &job.device,
+            cfg.batch_size,
+            full,
+            run_mode(cfg, &job.device),
+        )
     }
 }
 
 /// The job's plan (`train::plan`) from the preparation its trainer runs. Its FLOPs add
 /// the reference model's forward pass (2 per weight and token) to the policy's training.
-pub fn plan_dpo(job: &DpoJob, observer: &mut dyn TrainObserver) -> Result<TrainingPlan, TrainError> {
+pub fn plan_dpo(
+    job: &DpoJob,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainingPlan, TrainError> {
     let data = DpoData::prepare(job, observer)?;
     let placement = data.placement(job);
     let memory = decoder_memory(&data.model_config, &data.spec, &data.lengths(), placement);
     let tokens = data.train.pairs.iter().map(|p| p.n_tokens() as u64).sum();
     let parameters = crate::train::memory::parameter_count(&data.model_config);
-    let flops = training_flops_per_token(parameters, data.spec.lora.is_none())
-        + 2.0 * parameters as f64;
+    let flops =
+        training_flops_per_token(parameters, data.spec.lora.is_none()) + 2.0 * parameters as f64;
     let examples = (
         data.train.pairs.len(),
         data.valid.as_ref().map_or(0, Vec::len),
     );
-    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+    Ok(TrainingPlan::new(
+        &job.config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
 }
 
 impl DpoTask {
@@ -219,7 +233,13 @@ impl DpoTask {
         let cfg = &job.config;
         let data = DpoData::prepare(job, observer)?;
         let placement = data.placement(job);
-        check_memory(&data.model_config, &data.spec, &data.lengths(), placement, observer)?;
+        check_memory(
+            &data.model_config,
+            &data.spec,
+            &data.lengths(),
+            placement,
+            observer,
+        )?;
         // A full fine-tune's frozen reference copy is never checkpointed (no graph).
         let policy = decoder_for_job(&job.base_model_dir, &data.spec, cfg, &job.device)?;
         let models = DpoModels::new(policy, job.beta)?;

@@ -22,8 +22,8 @@ use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
 use crate::train::evaluate::scalar;
 use crate::train::memory::{check_image_job, image_job_estimate, ImageRun};
-use crate::train::plan::TrainingPlan;
 use crate::train::named_metrics::{Metrics, MetricsRow};
+use crate::train::plan::TrainingPlan;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{EventLevel, TrainError, TrainObserver, TrainOutcome};
@@ -130,7 +130,8 @@ pub fn plan_image_classification(job: &ImageClassificationJob) -> Result<Trainin
     check_job(job)?;
     let cfg = &job.config;
     let (spec, prep, _) = image_spec(job)?;
-    let model = ImageClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
+    let model =
+        ImageClassifier::from_pretrained(&job.base_model_dir, &spec, &job.device, cfg.seed)?;
     let name = crate::train::memory::device_name(&job.device);
     let shape = (cfg.batch_size, spec.trainable_units, prep.size);
     let mut memory = image_job_estimate(&model, shape, ImageRun::on(&job.device, &name))?;

@@ -132,8 +132,9 @@ fn window_sets(job: &QuestionAnsweringJob) -> Result<QaWindows<'_>, TrainError> 
         doc_stride: cfg.task_options.doc_stride_for(max_seq_len),
     };
     let tokenizer = QaTokenizer::new(text_tokenizer.inner(), settings)?;
-    let invalid =
-        |which: &str, e: crate::zoo::ZooError| TrainError::InvalidData(format!("{which} file, {e}"));
+    let invalid = |which: &str, e: crate::zoo::ZooError| {
+        TrainError::InvalidData(format!("{which} file, {e}"))
+    };
     let train = labelled_windows(&tokenizer, &job.train).map_err(|e| invalid("training", e))?;
     let valid = match job.valid.as_deref() {
         Some(valid) if !valid.is_empty() => Some((
@@ -155,14 +156,25 @@ fn window_sets(job: &QuestionAnsweringJob) -> Result<QaWindows<'_>, TrainError> 
 pub fn plan_question_answering(job: &QuestionAnsweringJob) -> Result<TrainingPlan, TrainError> {
     check_job(job)?;
     let sets = window_sets(job)?;
-    let lengths: Vec<usize> = sets.train.windows.iter().map(|w| w.input_ids.len()).collect();
+    let lengths: Vec<usize> = sets
+        .train
+        .windows
+        .iter()
+        .map(|w| w.input_ids.len())
+        .collect();
     let (base, device) = (&job.base_model_dir, &job.device);
     let (memory, parameters) = encoder_job_estimate(base, &job.config, 2, &lengths, device)?;
     let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
     let tokens = lengths.iter().map(|&n| n as u64).sum();
     let valid = sets.valid.as_ref().map_or(0, |(_, windows)| windows.len());
     let examples = (sets.train.len(), valid);
-    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+    Ok(TrainingPlan::new(
+        &job.config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
 }
 
 impl<'a> QaTask<'a> {

@@ -139,7 +139,13 @@ pub fn plan_classification(job: &ClassificationJob) -> Result<TrainingPlan, Trai
     let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
     let tokens = lengths.iter().map(|&n| n as u64).sum();
     let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
-    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+    Ok(TrainingPlan::new(
+        &job.config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
 }
 
 impl<'a> ClassifyTask<'a> {

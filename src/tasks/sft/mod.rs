@@ -42,7 +42,7 @@ pub use load::{load_lm, load_lm_checkpoint, load_lm_checkpoint_in, LmSource, Loa
 pub use prepare::{PreparedSet, SftExample, SftExamples, SftTokenizer};
 /// Shared with DPO, which trains the same causal LMs.
 pub(crate) use run::{
-    check_memory, decoder_for_job, decoder_memory, decoder_spec, fit_to_context, lm_spec,
-    run_mode, Placement,
+    check_memory, decoder_for_job, decoder_memory, decoder_spec, fit_to_context, lm_spec, run_mode,
+    Placement,
 };
 pub use run::{plan_sft, run_sft, LmEvaluation, SftJob, SFT_METRICS};

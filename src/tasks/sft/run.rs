@@ -327,7 +327,10 @@ impl SftData {
 }
 
 /// The job's plan (`train::plan`) from the preparation its trainer runs.
-pub fn plan_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<TrainingPlan, TrainError> {
+pub fn plan_sft(
+    job: &SftJob,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainingPlan, TrainError> {
     let data = SftData::prepare(job, observer)?;
     let memory = decoder_memory(
         &data.model_config,
@@ -341,7 +344,13 @@ pub fn plan_sft(job: &SftJob, observer: &mut dyn TrainObserver) -> Result<Traini
         data.spec.lora.is_none(),
     );
     let examples = (data.train.len(), data.valid.as_ref().map_or(0, Vec::len));
-    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+    Ok(TrainingPlan::new(
+        &job.config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
 }
 
 impl<'a> SftTask<'a> {
@@ -349,7 +358,13 @@ impl<'a> SftTask<'a> {
         let cfg = &job.config;
         let data = SftData::prepare(job, observer)?;
         let placement = SftData::placement(job);
-        check_memory(&data.model_config, &data.spec, &data.lengths(), placement, observer)?;
+        check_memory(
+            &data.model_config,
+            &data.spec,
+            &data.lengths(),
+            placement,
+            observer,
+        )?;
         let model = decoder_for_job(&job.base_model_dir, &data.spec, cfg, &job.device)?;
         let valid_batches = data
             .valid

@@ -142,7 +142,13 @@ pub fn plan_token_classification(job: &TokenClassificationJob) -> Result<Trainin
     let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
     let tokens = lengths.iter().map(|&n| n as u64).sum();
     let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
-    Ok(TrainingPlan::new(&job.config, examples, tokens, memory, Some(flops)))
+    Ok(TrainingPlan::new(
+        &job.config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
 }
 
 impl<'a> TagTask<'a> {
