@@ -1,4 +1,5 @@
-//! `temper jobs create|list|get|events|cancel|pause|resume` (`watch` is in `watch.rs`).
+//! `temper jobs create|list|get|events|cancel|pause|resume` (`watch` is in `watch.rs`,
+//! `estimate` in `estimate.rs`).
 
 use serde_json::{json, Map, Value};
 
@@ -17,6 +18,7 @@ pub async fn run(client: &ApiClient, command: JobsCommand) -> Result<(), CliErro
                 .await?;
             show_job(job, args.output)
         }
+        JobsCommand::Estimate(args) => super::estimate::run(client, &args).await,
         JobsCommand::List { limit, output } => {
             let page: Value = client
                 .get(&format!("/fine_tuning/jobs{}", limit_query(limit)))

@@ -6,7 +6,7 @@
 //!   the server's error message, a refused connection names the base URL.
 //! - `error.rs`: `CliError`, one line each, and the exit codes.
 //! - `output.rs`: tables, key/value lists, times, JSON.
-//! - `files.rs`, `jobs.rs`, `models.rs`: one function per subcommand.
+//! - `files.rs`, `jobs.rs` (+ `estimate.rs`), `models.rs`: one function per subcommand.
 //! - `watch/`: `jobs watch` (polling, bar or plain lines); `watch/state.rs` holds what it
 //!   knows between polls, without IO.
 //! - `chat.rs`: the interactive chat over the SSE stream.
@@ -17,6 +17,7 @@
 mod chat;
 mod client;
 mod error;
+mod estimate;
 mod files;
 mod jobs;
 mod models;

@@ -103,6 +103,9 @@ pub struct JobsArgs {
 pub enum JobsCommand {
     /// Create a fine-tuning job.
     Create(CreateJobArgs),
+    /// What a job with these flags would train on and take (examples, tokens, steps,
+    /// memory and duration per device), without creating it.
+    Estimate(CreateJobArgs),
     /// List jobs, newest first.
     List {
         /// Jobs to show (the server's default is 20, its maximum 100).

@@ -127,6 +127,34 @@ async fn cli_fine_tunes_watches_lists_and_chats() {
     let train = upload(&server, &write(dir.path(), "train.jsonl", chat_jsonl(12))).await;
     let spare = upload(&server, &write(dir.path(), "spare.jsonl", chat_jsonl(10))).await;
 
+    // The estimate of the same flags: the numbers the job then trains with.
+    let flags = [
+        "--model",
+        DECODER_MODEL,
+        "--training-file",
+        &train,
+        "--epochs",
+        "1",
+        "--hyperparameter",
+        "batch_size=4",
+    ];
+    let mut args = vec!["jobs", "estimate"];
+    args.extend(flags);
+    let shown = temper(&server, &args).await.ok();
+    let lines: Vec<&str> = shown.stdout.lines().collect();
+    assert!(lines.contains(&"task      chat"), "{}", shown.stdout);
+    assert!(
+        lines.contains(&"steps     3 an epoch, 3 in all (1 epochs)"),
+        "{}",
+        shown.stdout
+    );
+    args.push("--json");
+    let estimate = temper(&server, &args).await.ok().json();
+    assert_eq!(estimate["object"], "fine_tuning.estimate");
+    assert_eq!(estimate["training_examples"], 12);
+    let (_, jobs) = server.get("/v1/fine_tuning/jobs").await;
+    assert_eq!(jobs["data"], json!([]), "an estimate creates no job");
+
     let job = temper(
         &server,
         &[
@@ -161,6 +189,7 @@ async fn cli_fine_tunes_watches_lists_and_chats() {
     let watched = temper(&server, &["jobs", "watch", &id]).await.ok();
     let (_, done) = server.get(&format!("/v1/fine_tuning/jobs/{id}")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["trained_tokens"], estimate["trained_tokens"], "{done}");
     let model = done["fine_tuned_model"]
         .as_str()
         .expect("model")
