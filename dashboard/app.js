@@ -1,11 +1,13 @@
 // temper dashboard: plain JS modules, no build step. Pages are hash routes (#/jobs,
-// #/jobs/<id>, #/files, #/models[/<model>]); data comes from /v1/dashboard/* (views through the
+// #/jobs/new, #/jobs/<id>, #/files, #/models[/<model>]); data comes from /v1/dashboard/* (views through the
 // server's JobService), and actions call the OpenAI routes.
 import {
   KEY_STORAGE, newPage, showNotice, viewRoot,
 } from './common.js';
 import { jobPage } from './job.js';
-import { filesPage, jobsPage, modelsPage } from './pages.js';
+import {
+  filesPage, jobsPage, modelsPage, newJobPage,
+} from './pages.js';
 
 // ---------- the key ----------
 
@@ -44,11 +46,13 @@ function route() {
   }
   // A message belongs to the page it was shown on.
   showNotice('');
-  if (page === 'jobs' && arg) jobPage(decodeURIComponent(arg));
+  // No job id is `new` (ids start with ftjob-).
+  if (page === 'jobs' && arg === 'new') newJobPage();
+  else if (page === 'jobs' && arg) jobPage(decodeURIComponent(arg));
   else if (page === 'files') filesPage();
   else if (page === 'models') modelsPage(arg ? decodeURIComponent(arg) : '');
   else jobsPage();
-  document.title = `temper · ${page}`;
+  document.title = `temper · ${page === 'jobs' && arg === 'new' ? 'new job' : page}`;
 }
 
 window.addEventListener('hashchange', () => {

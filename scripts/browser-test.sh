@@ -3,7 +3,8 @@
 # --release` and `scripts/test.sh` share) on a free port with a fresh data dir, the tiny random
 # models of the `write_tiny_models` example and an API key, then drives Debian's chromium
 # headless with playwright-core (tests/browser/dashboard.test.js): a classification job with a
-# validation file, its charts and confusion matrix checked against the API, pause/resume/cancel
+# validation file, made through the New job form after its estimate is checked against the API,
+# its charts and confusion matrix checked against the API, pause/resume/cancel
 # buttons, the files and models pages, keyboard reach, and a phone-width viewport.
 #
 #   scripts/browser-test.sh

@@ -7,7 +7,10 @@
 // A blocker job keeps the one worker busy, so the classification job under test waits in
 // `queued` and its Pause / Resume buttons act deterministically; the blocker is then
 // cancelled with its Cancel button and the job trains to the end (with a validation file).
-// The test checks the pages against the API: the jobs list, the loss chart's points against
+// The job under test is made with the New job form: its Estimate (checked against
+// POST /v1/fine_tuning/estimates, and afterwards against the finished job's trained tokens,
+// last step and resolved method) must succeed before Create is enabled, and an edit disables
+// it again. The test checks the pages against the API: the jobs list, the loss chart's points against
 // the metrics events with a train loss (counted on the OpenAI events route), the confusion
 // matrix's cells against the validation file's size, the files page (upload, list, delete),
 // the playground (a classification and a chat), keyboard reach, and no sideways scrolling on
@@ -130,10 +133,26 @@ async function main() {
     method: supervised({ n_epochs: 50, batch_size: 1 }),
   });
   await waitForStatus(blocker.id, ['running']);
-  const tested = await api('POST', '/v1/fine_tuning/jobs', {
-    model: 'test-org/tiny-bert', training_file: trainFile, validation_file: validFile, suffix: 'dash',
-    method: supervised({ n_epochs: 4, batch_size: 4 }),
+  // The body the New job form sends for the values the test types in.
+  const testedBody = {
+    model: 'test-org/tiny-bert', training_file: trainFile, method: supervised({ n_epochs: 4, batch_size: 4 }),
+    validation_file: validFile, suffix: 'dash',
+  };
+  const estimate = await api('POST', '/v1/fine_tuning/estimates', testedBody);
+  assert.equal(estimate.object, 'fine_tuning.estimate');
+  assert.equal(estimate.training_examples, TRAIN_EXAMPLES);
+  assert.equal(estimate.validation_examples, VALID_EXAMPLES);
+  assert.equal(estimate.n_epochs, 4);
+  assert.equal(estimate.total_steps, estimate.steps_per_epoch * 4);
+  assert.equal(estimate.trained_tokens, estimate.tokens_per_epoch * 4);
+  // A bad body's estimate is an OpenAI error envelope; the form shows its message.
+  const badResponse = await fetch(new URL('/v1/fine_tuning/estimates', baseUrl), {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${apiKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...testedBody, model: 'test-org/no-such-model' }),
   });
+  assert.ok(badResponse.status >= 400 && badResponse.status < 500, `bad estimate answered ${badResponse.status}`);
+  const badMessage = (await badResponse.json()).error.message;
 
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -145,8 +164,15 @@ async function main() {
   const page = await context.newPage();
   page.setDefaultTimeout(UI_TIMEOUT_MS);
   const consoleErrors = [];
+  // The one request meant to fail: the estimate of an unknown model (chromium logs its 4xx).
+  let expectedEstimateErrors = 0;
   page.on('console', (message) => {
-    if (message.type() === 'error') consoleErrors.push(message.text());
+    if (message.type() !== 'error') return;
+    if (/\/v1\/fine_tuning\/estimates$/.test(message.location().url) && /status of 4\d\d/.test(message.text())) {
+      expectedEstimateErrors += 1;
+    } else {
+      consoleErrors.push(message.text());
+    }
   });
   page.on('pageerror', (error) => consoleErrors.push(String(error)));
   page.on('dialog', (dialog) => dialog.accept());
@@ -160,7 +186,68 @@ async function main() {
     await page.keyboard.press('Enter');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('temper.apiKey')), apiKey);
 
+    // The New job form, reached by keyboard from the jobs page.
+    await page.locator(`table.jobs tr[data-key="${blocker.id}"][data-status="running"]`).waitFor();
+    await tabTo(page, 'a[href="#/jobs/new"]', 20);
+    await page.keyboard.press('Enter');
+    await page.locator('h1').filter({ hasText: 'New fine-tuning job' }).waitFor();
+    await page.locator(`#new-training-file option[value="${trainFile}"]`).waitFor({ state: 'attached' });
+    await page.locator('#new-model-list option[value="test-org/tiny-bert"]').waitFor({ state: 'attached' });
+    const create = page.getByRole('button', { name: 'Create job' });
+    assert.equal(await create.isDisabled(), true, 'Create is disabled before an estimate');
+    // An unknown model: the estimate shows the error envelope's message, Create stays disabled.
+    await page.getByLabel('Base model').fill('test-org/no-such-model');
+    await page.getByLabel('Training file').selectOption(trainFile);
+    await page.getByRole('button', { name: 'Estimate' }).click();
+    await page.locator('[data-testid="estimate"][data-state="error"]').waitFor();
+    assert.equal(await page.locator('[data-testid="estimate-error"]').textContent(), `Could not estimate: ${badMessage}`);
+    assert.equal(await create.isDisabled(), true, 'Create is disabled after a failed estimate');
+    // The tested job's values, typed in; Enter in a field estimates, as the button does.
+    await page.getByLabel('Base model').fill('test-org/tiny-bert');
+    await page.getByLabel('Validation file').selectOption(validFile);
+    await page.getByLabel('Method').selectOption('supervised');
+    await page.getByLabel('Epochs (n_epochs)').fill('4');
+    await page.getByLabel('Batch size').fill('4');
+    await page.getByLabel('Suffix').fill('dash');
+    assert.equal(await create.isDisabled(), true);
+    await page.getByLabel('Suffix').press('Enter');
+    await page.locator('[data-testid="estimate"][data-state="ok"]').waitFor();
+    // The numbers shown are the API's for the same body.
+    for (const name of ['training_examples', 'validation_examples', 'tokens_per_epoch', 'trained_tokens',
+      'steps_per_epoch', 'n_epochs', 'total_steps']) {
+      const shown = page.locator(`[data-testid="estimate"] [data-field="${name}"]`);
+      assert.equal(Number(await shown.getAttribute('data-value')), estimate[name], name);
+      assert.equal(Number((await shown.textContent()).replace(/\D/g, '')), estimate[name], `${name} as shown`);
+    }
+    assert.equal(await page.locator('[data-testid="estimate"] [data-field="task"]').textContent(), estimate.task);
+    const deviceRows = page.locator('[data-testid="estimate-devices"] tbody tr[data-device]');
+    assert.equal(await deviceRows.count(), estimate.devices.length);
+    assert.ok(estimate.devices.length >= 1, 'one device at least');
+    assert.match(await deviceRows.first().textContent(), /(≈ \d|< 1 s|unknown)/);
+    const hyper = estimate.method.supervised.hyperparameters;
+    const shownHyper = await page.locator('[data-testid="estimate-hyperparameters"] dt').allTextContents();
+    assert.deepEqual(shownHyper, Object.keys(hyper));
+    assert.equal(await create.isDisabled(), false, 'Create is enabled after the estimate');
+    // An edit invalidates the estimate; the estimated values again make it current again.
+    await page.getByLabel('Epochs (n_epochs)').fill('5');
+    assert.equal(await create.isDisabled(), true, 'an edit disables Create');
+    await page.locator('[data-testid="estimate-stale"]').waitFor();
+    await page.getByLabel('Epochs (n_epochs)').fill('4');
+    assert.equal(await create.isDisabled(), false);
+    await screenshot(page, 'estimate-1280x800.png');
+    await page.setViewportSize({ width: 390, height: 844 });
+    const phoneWidths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(phoneWidths[0] <= phoneWidths[1], `the estimate scrolls sideways on a phone: ${phoneWidths}`);
+    await screenshot(page, 'estimate-390x844.png');
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await create.click();
+    await page.locator('h1').filter({ hasText: /ftjob-/ }).waitFor();
+    const tested = { id: decodeURIComponent(new URL(page.url()).hash.replace(/^#\/jobs\//, '')) };
+    assert.match(tested.id, /^ftjob-/);
+    assert.equal(expectedEstimateErrors, 1, 'the unknown model\'s estimate failed once');
+
     // Jobs page: both jobs, live.
+    await page.getByRole('link', { name: '← All jobs' }).click();
     const testedRow = page.locator(`table.jobs tr[data-key="${tested.id}"]`);
     await testedRow.waitFor();
     await page.locator(`table.jobs tr[data-key="${blocker.id}"][data-status="running"]`).waitFor();
@@ -194,11 +281,20 @@ async function main() {
     await page.goto(`${baseUrl}#/jobs/${tested.id}`);
     await page.locator('figure[data-chart="loss"] .uplot').waitFor();
     const done = await waitForStatus(tested.id, ['succeeded']);
+    // The job trained what its estimate said.
+    assert.equal(done.trained_tokens, estimate.trained_tokens, 'trained tokens as estimated');
+    assert.deepEqual(done.method, estimate.method, 'the resolved method as estimated');
+    assert.equal(done.model, 'test-org/tiny-bert');
+    assert.equal(done.validation_file, validFile);
     await page.locator('dl.facts .status[data-status="succeeded"]').waitFor({ timeout: JOB_TIMEOUT_MS });
     await page.locator('[data-testid="confusion-matrix"]').waitFor();
 
     // The loss chart has one point per metrics event with a train loss.
     const events = await allEvents(tested.id);
+    // Events come newest first: the first metrics event is the last step trained.
+    const lastMetrics = events.find((e) => e.type === 'metrics');
+    assert.equal(lastMetrics.data.step, estimate.total_steps, 'last step as estimated');
+    console.log(`estimate: ${estimate.total_steps} steps, ${estimate.trained_tokens} tokens = the job's`);
     const withTrainLoss = events.filter((e) => e.type === 'metrics' && typeof e.data.train_loss === 'number').length;
     assert.ok(withTrainLoss >= 4, `several metrics events, got ${withTrainLoss}`);
     const counts = JSON.parse(await page.locator('figure[data-chart="loss"]').getAttribute('data-point-counts'));
