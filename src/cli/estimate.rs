@@ -73,7 +73,10 @@ fn device_line(device: &Value) -> String {
 
 pub fn estimate_details(estimate: &Value) -> String {
     let mut rows = vec![
-        ("task", estimate["task"].as_str().unwrap_or_default().to_string()),
+        (
+            "task",
+            estimate["task"].as_str().unwrap_or_default().to_string(),
+        ),
         (
             "examples",
             format!(
@@ -103,7 +106,12 @@ pub fn estimate_details(estimate: &Value) -> String {
     let devices = estimate["devices"].as_array().cloned().unwrap_or_default();
     let lines: Vec<(String, String)> = devices
         .iter()
-        .map(|d| (d["device"].as_str().unwrap_or("?").to_string(), device_line(d)))
+        .map(|d| {
+            (
+                d["device"].as_str().unwrap_or("?").to_string(),
+                device_line(d),
+            )
+        })
         .collect();
     for (name, line) in &lines {
         rows.push((name.as_str(), line.clone()));

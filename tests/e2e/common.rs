@@ -238,6 +238,27 @@ impl TestServer {
         (done, model)
     }
 
+    /// [`Self::fine_tune_to_success`], first asking `POST /v1/fine_tuning/estimates` for the
+    /// same body: the job then trains the tokens and runs the steps the estimate said.
+    pub async fn fine_tune_as_estimated(&self, body: Value) -> (Value, String) {
+        let (status, estimate) = self.post("/v1/fine_tuning/estimates", body.clone()).await;
+        assert_eq!(status, 200, "{estimate}");
+        let (done, model) = self.fine_tune_to_success(body).await;
+        assert_eq!(
+            done["trained_tokens"], estimate["trained_tokens"],
+            "{estimate}"
+        );
+        let id = done["id"].as_str().expect("id");
+        let last_step = self
+            .metrics_data(id)
+            .await
+            .iter()
+            .filter_map(|data| data["step"].as_u64())
+            .max();
+        assert_eq!(last_step, estimate["total_steps"].as_u64(), "{estimate}");
+        (done, model)
+    }
+
     /// The `data` of the job's `metrics` events (the first 100 events, newest first).
     pub async fn metrics_data(&self, job_id: &str) -> Vec<Value> {
         let (status, events) = self

@@ -96,18 +96,26 @@ async fn dpo_job_raises_reward_accuracy_and_serves_a_chat_model() {
     let valid = server
         .upload_ok("prefs-valid.jsonl", preference_jsonl(8, 100))
         .await;
-    let job = server
-        .create_job(json!({
-            "model": DECODER_MODEL, "training_file": train, "validation_file": valid,
-            "suffix": "pref",
-            "method": {"type": "dpo", "dpo": {"hyperparameters": {
-                "n_epochs": 3, "batch_size": 4, "beta": 0.5,
-                "lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.002}}},
-        }))
-        .await;
+    let body = json!({
+        "model": DECODER_MODEL, "training_file": train, "validation_file": valid,
+        "suffix": "pref",
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {
+            "n_epochs": 3, "batch_size": 4, "beta": 0.5,
+            "lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.002}}},
+    });
+    let (status, estimate) = server.post("/v1/fine_tuning/estimates", body.clone()).await;
+    assert_eq!(status, 200, "{estimate}");
+    assert_eq!(estimate["task"], "dpo", "{estimate}");
+    // 16 pairs in batches of 4, 3 epochs; the validation file's 8 pairs.
+    assert_eq!(estimate["training_examples"], 16);
+    assert_eq!(estimate["validation_examples"], 8);
+    assert_eq!(estimate["total_steps"], 12);
+    assert_eq!(estimate["method"]["dpo"]["hyperparameters"]["beta"], 0.5);
+    let job = server.create_job(body).await;
     assert_eq!(job["method"]["type"], "dpo", "{job}");
     let id = job["id"].as_str().expect("id").to_string();
     let done = server.wait_for_status(&id, "succeeded").await;
+    assert_eq!(done["trained_tokens"], estimate["trained_tokens"], "{done}");
     assert_eq!(
         done["method"]["dpo"]["hyperparameters"]["beta"], 0.5,
         "{done}"
@@ -216,15 +224,14 @@ async fn dpo_starts_from_a_fine_tuned_model() {
     let prefs = server
         .upload_ok("prefs.jsonl", preference_jsonl(12, 0))
         .await;
-    let dpo = server
-        .create_job(json!({
+    // Its estimate reads the fine-tuned model's base (same tokenizer and shapes).
+    let (dpo_done, _) = server
+        .fine_tune_as_estimated(json!({
             "model": sft_model, "training_file": prefs, "suffix": "dpo",
             "method": {"type": "dpo", "dpo": {"hyperparameters": {
                 "n_epochs": 1, "batch_size": 4, "lora_rank": 4, "learning_rate": 1e-12}}},
         }))
         .await;
-    let dpo_id = dpo["id"].as_str().expect("id").to_string();
-    let dpo_done = server.wait_for_status(&dpo_id, "succeeded").await;
     assert_eq!(dpo_done["model"], sft_model.as_str());
     let dpo_model = dpo_done["fine_tuned_model"]
         .as_str()

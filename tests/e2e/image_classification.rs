@@ -84,7 +84,7 @@ async fn image_classification_end_to_end() {
     assert_eq!(file["status"], "processed", "{file}");
 
     let (done, model) = server
-        .fine_tune_to_success(json!({
+        .fine_tune_as_estimated(json!({
             "model": IMAGE_MODEL, "training_file": train, "validation_file": valid, "suffix": "img",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 6, "batch_size": 4, "learning_rate": 0.01,

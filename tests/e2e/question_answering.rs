@@ -54,7 +54,7 @@ async fn question_answering_end_to_end() {
     let (_, file) = server.get(&format!("/v1/files/{train}")).await;
     assert_eq!(file["status"], "processed", "{file}");
     let (done, model) = server
-        .fine_tune_to_success(json!({
+        .fine_tune_as_estimated(json!({
             "model": BASE_MODEL, "training_file": train, "validation_file": valid, "suffix": "qa",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50}}},

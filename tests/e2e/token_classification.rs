@@ -54,7 +54,7 @@ async fn token_classification_end_to_end() {
     let train = server.upload_ok("train.txt", conll(16)).await;
     let valid = server.upload_ok("valid.jsonl", jsonl(4)).await;
     let (done, model) = server
-        .fine_tune_to_success(json!({
+        .fine_tune_as_estimated(json!({
             "model": BASE_MODEL, "training_file": train, "validation_file": valid, "suffix": "ner",
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 500}}},
