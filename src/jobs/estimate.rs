@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::fine_tune::{device_by_name, prepare_base_model, train_failure};
+use super::device::device_by_name;
+use super::fine_tune::{prepare_base_model, train_failure};
 use super::service::{JobError, JobService, NewJob};
 use super::training::{check_model_fits_task, check_options_fit_task, TrainSettings, Training};
 use super::validate::{load_and_validate, TrainingData};

@@ -37,6 +37,7 @@
 //! count towards `max_attempts`); `WorkerPool::join` waits for all of it.
 
 mod control;
+mod device;
 mod estimate;
 mod fine_tune;
 mod liveness;
@@ -78,10 +79,11 @@ use crate::store::Store;
 use crate::telemetry::metrics::TrainingMetrics;
 
 pub use control::{ControlFlag, ControlSignal};
+pub use device::device_by_name;
 pub use estimate::{
     DeviceEstimate, Duration as EstimatedDuration, DurationBasis, Estimate, EstimateSetup, RateUnit,
 };
-pub use fine_tune::{device_by_name, FineTuneRunner};
+pub use fine_tune::FineTuneRunner;
 pub use liveness::{Busy, BusyFlag, Running, WorkerLiveness};
 pub use pool::WorkerPool;
 pub use runner::{JobFailure, JobRunner, RunContext, RunOutcome};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use super::run::decoder_spec;
+use super::decoder_job::decoder_spec;
 use crate::artifacts::checkpoint::{self, META_FILE, TRAINABLE_FILE};
 use crate::artifacts::{ArtifactError, BaseModels, Checkpoint};
 use crate::train::TrainError;
