@@ -176,9 +176,16 @@ export function newJobPage() {
     learning_rate_multiplier: input('new-learning-rate-multiplier', { type: 'number', min: 0, step: 'any', placeholder: 'auto' }),
     lora_rank: input('new-lora-rank', { ...whole, placeholder: 'server default' }),
   };
+  // DPO's own knob: only a dpo job has it (the server refuses it on a supervised one).
+  const beta = input('new-beta', { type: 'number', min: 0, step: 'any', placeholder: 'auto' });
+  const seed = input('new-seed', { type: 'number', step: 1, placeholder: 'random' });
   const suffix = input('new-suffix', { maxlength: 64, spellcheck: 'false', placeholder: 'optional' });
   const labelled = (label, control, hint, wide) => el('div', { class: wide ? 'field wide' : 'field' }, el('label', { for: control.id }, label), control,
     hint ? el('span', { class: 'hint' }, hint) : null);
+  const betaField = labelled('DPO beta', beta, 'blank: auto');
+  const showBeta = () => { betaField.hidden = methodType.value !== 'dpo'; };
+  methodType.addEventListener('change', showBeta);
+  showBeta();
   const estimateButton = el('button', { type: 'submit' }, 'Estimate');
   const createButton = el('button', { type: 'button', disabled: true, 'aria-describedby': 'create-hint' }, 'Create job');
   const result = el('section', {
@@ -192,6 +199,8 @@ export function newJobPage() {
       labelled('Batch size', knobs.batch_size, 'blank: auto'),
       labelled('Learning rate multiplier', knobs.learning_rate_multiplier, 'blank: auto'),
       labelled('LoRA rank', knobs.lora_rank, 'blank: the server\'s default'),
+      betaField,
+      labelled('Seed', seed, 'blank: the server picks one'),
       labelled('Suffix', suffix, 'part of the fine-tuned model\'s name')),
     modelList,
     el('div', { class: 'actions' }, estimateButton, createButton),
@@ -203,6 +212,7 @@ export function newJobPage() {
     for (const [name, control] of Object.entries(knobs)) {
       if (control.value.trim() !== '') hyperparameters[name] = Number(control.value);
     }
+    if (methodType.value === 'dpo' && beta.value.trim() !== '') hyperparameters.beta = Number(beta.value);
     const job = {
       model: model.value.trim(),
       training_file: trainingFile.value,
@@ -210,6 +220,7 @@ export function newJobPage() {
     };
     if (validationFile.value) job.validation_file = validationFile.value;
     if (suffix.value.trim()) job.suffix = suffix.value.trim();
+    if (seed.value.trim() !== '') job.seed = Number(seed.value);
     return job;
   }
   // The body the shown estimate answers; Create sends exactly it, and only while the form

@@ -205,7 +205,12 @@ async function main() {
     // The tested job's values, typed in; Enter in a field estimates, as the button does.
     await page.getByLabel('Base model').fill('test-org/tiny-bert');
     await page.getByLabel('Validation file').selectOption(validFile);
+    // DPO's beta is offered for dpo jobs only.
+    await page.getByLabel('Method').selectOption('dpo');
+    assert.equal(await page.getByLabel('DPO beta').isVisible(), true, 'beta shows for dpo');
     await page.getByLabel('Method').selectOption('supervised');
+    assert.equal(await page.getByLabel('DPO beta').isVisible(), false, 'beta hides for supervised');
+    await page.getByLabel('Seed').fill('7');
     await page.getByLabel('Epochs (n_epochs)').fill('4');
     await page.getByLabel('Batch size').fill('4');
     await page.getByLabel('Suffix').fill('dash');
@@ -285,6 +290,7 @@ async function main() {
     assert.equal(done.trained_tokens, estimate.trained_tokens, 'trained tokens as estimated');
     assert.deepEqual(done.method, estimate.method, 'the resolved method as estimated');
     assert.equal(done.model, 'test-org/tiny-bert');
+    assert.equal(done.seed, 7, 'the form\'s seed reaches the job');
     assert.equal(done.validation_file, validFile);
     await page.locator('dl.facts .status[data-status="succeeded"]').waitFor({ timeout: JOB_TIMEOUT_MS });
     await page.locator('[data-testid="confusion-matrix"]').waitFor();
