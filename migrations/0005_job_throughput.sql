@@ -7,8 +7,12 @@ CREATE TABLE job_throughput (
     model TEXT NOT NULL,
     task TEXT NOT NULL,
     device TEXT NOT NULL,
-    -- Wall-clock seconds of the run: loading, training, evaluation and checkpoints.
+    -- Wall-clock seconds of the run, from its claim: reading the files, tokenizing,
+    -- loading, training, evaluation and checkpoints.
     seconds REAL NOT NULL,
+    -- Of those, the setup before training's pace set in (the first step's end less that
+    -- step's share): the part that does not grow with the data like training does.
+    setup_seconds REAL NOT NULL,
     -- Tokens trained (the job's `trained_tokens`; 0 for images).
     tokens INTEGER NOT NULL,
     -- Examples trained, epochs included (windows for QA, images for images).

@@ -95,6 +95,10 @@ pub struct DurationObject {
     /// History: the runs measured, and their pace in `unit`s (tokens or examples) a second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_jobs: Option<usize>,
+    /// History: their mean setup (files, tokenizing, loading, the first evaluation), which
+    /// `seconds` includes once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_second: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +171,7 @@ impl From<EstimatedDuration> for DurationObject {
             seconds: duration.seconds,
             basis: "history",
             history_jobs: None,
+            setup_seconds: None,
             per_second: None,
             unit: None,
             assumed_flops_per_second: None,
@@ -174,10 +179,12 @@ impl From<EstimatedDuration> for DurationObject {
         match duration.basis {
             DurationBasis::History {
                 jobs,
+                setup_seconds,
                 per_second,
                 unit,
             } => {
                 object.history_jobs = Some(jobs);
+                object.setup_seconds = Some(setup_seconds);
                 object.per_second = Some(per_second);
                 object.unit = Some(unit.as_str());
             }

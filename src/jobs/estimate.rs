@@ -31,11 +31,15 @@ use crate::train::plan::{PlanNotes, TrainingPlan};
 /// tokens in memory, as a job does); more wait their turn.
 const CONCURRENT_ESTIMATES: usize = 2;
 
-/// Sustained f32 training FLOP/s per CPU thread the FLOPs model assumes: temper trained
-/// MiniLM-L6 on Rotten Tomatoes at ~36 GFLOP/s of useful matmul work on 2 cores.
-pub const CPU_FLOPS_PER_THREAD: f64 = 18e9;
+/// Sustained f32 training FLOP/s per CPU thread the FLOPs model assumes: measured on a
+/// 2-core VM, the training pace (the fitted part that grows with the data) of MiniLM-L6
+/// full fine-tuning on Rotten Tomatoes was ~58 GFLOP/s a thread of the model's matmul work,
+/// and of SmolLM2-135M LoRA on chat data ~62 (`bench/estimate_accuracy.py`; README,
+/// "Estimates before training"). The fixed part of a run (loading, checkpoints) is not in it.
+pub const CPU_FLOPS_PER_THREAD: f64 = 60e9;
 /// What the FLOPs model assumes of a GPU: a quarter of a current data-center GPU's dense
-/// bf16 peak (an H100 has ~990 TFLOP/s), the share small fine-tuning steps reach.
+/// bf16 peak (an H100 has ~990 TFLOP/s). An assumption, not a measurement: history
+/// replaces it after the first job on the device.
 pub const GPU_FLOPS: f64 = 250e12;
 
 /// What estimates need besides the job service's store: the uploaded files and the
@@ -105,10 +109,12 @@ pub struct Duration {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DurationBasis {
-    /// Measured by `jobs` recent runs of the same base model, task and device: tokens per
-    /// second (text tasks) or examples per second (images).
+    /// Measured by `jobs` recent runs of the same base model, task and device: the part of
+    /// a run that does not grow with its data, and the pace of the part that does, in tokens
+    /// (text tasks) or examples (images) a second.
     History {
         jobs: usize,
+        setup_seconds: f64,
         per_second: f64,
         unit: RateUnit,
     },
@@ -135,30 +141,67 @@ impl RateUnit {
     }
 }
 
-/// The duration `plan` should take at the pace `history` measured, if it measured the
-/// unit the plan counts: seconds per token for text, per example for images.
+/// The duration `plan` should take by what `history` measured, if it measured the unit
+/// the plan counts (tokens for text, examples for images): a fixed part plus the plan's
+/// work at a pace. Runs of at least two sizes give both by least squares over (work,
+/// seconds): the fixed part then holds what each run spends whatever its size (reading the
+/// model, checkpoints, the final evaluation and export). A single size gives the runs' own
+/// setup (up to their first step) and their pace after it.
 pub fn duration_from_history(plan: &TrainingPlan, history: &[ThroughputRow]) -> Option<Duration> {
-    let seconds: f64 = history.iter().map(|row| row.seconds).sum();
-    let (done, unit, planned) = if plan.tokens_per_epoch > 0 {
-        let tokens: i64 = history.iter().map(|row| row.tokens).sum();
-        (tokens, RateUnit::Tokens, plan.trained_tokens())
+    let (unit, planned) = if plan.tokens_per_epoch > 0 {
+        (RateUnit::Tokens, plan.trained_tokens() as f64)
     } else {
-        let samples: i64 = history.iter().map(|row| row.samples).sum();
         let planned = plan.train_examples * plan.n_epochs;
-        (samples, RateUnit::Examples, planned as u64)
+        (RateUnit::Examples, planned as f64)
     };
-    if done <= 0 || seconds <= 0.0 {
+    let work = |row: &ThroughputRow| match unit {
+        RateUnit::Tokens => row.tokens as f64,
+        RateUnit::Examples => row.samples as f64,
+    };
+    let runs: Vec<(f64, &ThroughputRow)> = history
+        .iter()
+        .map(|row| (work(row), row))
+        .filter(|(work, row)| *work > 0.0 && row.seconds > 0.0)
+        .collect();
+    if runs.is_empty() {
         return None;
     }
-    let per_second = done as f64 / seconds;
+    let points: Vec<(f64, f64)> = runs.iter().map(|(w, row)| (*w, row.seconds)).collect();
+    let (setup_seconds, per_second) = fixed_and_pace(&points).or_else(|| {
+        let setup = runs.iter().map(|(_, r)| r.setup_seconds).sum::<f64>() / runs.len() as f64;
+        let training: f64 = runs.iter().map(|(_, r)| r.seconds - r.setup_seconds).sum();
+        let done: f64 = runs.iter().map(|(w, _)| w).sum();
+        (training > 0.0).then(|| (setup, done / training))
+    })?;
     Some(Duration {
-        seconds: planned as f64 / per_second,
+        seconds: setup_seconds + planned / per_second,
         basis: DurationBasis::History {
-            jobs: history.len(),
+            jobs: runs.len(),
+            setup_seconds,
             per_second,
             unit,
         },
     })
+}
+
+/// `seconds = fixed + work / pace` fitted by least squares to (work, seconds) points;
+/// `None` unless they have two sizes at least and give a positive pace and a fixed part
+/// that is not negative.
+fn fixed_and_pace(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    let mean_work = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_seconds = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let spread: f64 = points.iter().map(|p| (p.0 - mean_work).powi(2)).sum();
+    if spread <= f64::EPSILON * mean_work * mean_work {
+        return None;
+    }
+    let covariance: f64 = points
+        .iter()
+        .map(|p| (p.0 - mean_work) * (p.1 - mean_seconds))
+        .sum();
+    let seconds_per_unit = covariance / spread;
+    let fixed = mean_seconds - seconds_per_unit * mean_work;
+    (seconds_per_unit > 0.0 && fixed >= 0.0).then(|| (fixed, 1.0 / seconds_per_unit))
 }
 
 /// The FLOPs model's duration on `device` (`cpu`: the training pool's threads at

@@ -174,19 +174,29 @@ async fn a_chat_estimate_matches_the_run_and_the_next_one_uses_its_pace() {
     assert_eq!(run.samples, 20);
     assert!(run.seconds > 0.0);
 
+    // The run's setup (files, tokenizing, loading) is a part of its time, not all of it.
+    assert!(
+        run.setup_seconds >= 0.0 && run.setup_seconds < run.seconds,
+        "{run:?}"
+    );
+
     let after = jobs.estimate(&request).await.unwrap();
     assert_eq!(after.plan, before.plan);
     let duration = after.devices[0].duration.clone().unwrap();
-    let pace = run.tokens as f64 / run.seconds;
+    let pace = run.tokens as f64 / (run.seconds - run.setup_seconds);
     assert_eq!(
         duration.basis,
         DurationBasis::History {
             jobs: 1,
+            setup_seconds: run.setup_seconds,
             per_second: pace,
             unit: RateUnit::Tokens,
         }
     );
-    assert_eq!(duration.seconds, plan.trained_tokens() as f64 / pace);
+    assert_eq!(
+        duration.seconds,
+        run.setup_seconds + plan.trained_tokens() as f64 / pace
+    );
 }
 
 #[tokio::test]
@@ -301,13 +311,14 @@ fn plan(tokens_per_epoch: u64, train_examples: usize, flops: Option<f64>) -> Tra
     }
 }
 
-fn measured(seconds: f64, tokens: i64, samples: i64) -> ThroughputRow {
+fn measured(seconds: f64, setup_seconds: f64, tokens: i64, samples: i64) -> ThroughputRow {
     ThroughputRow {
         job_id: "ftjob-x".into(),
         model: "m".into(),
         task: "image_classification".into(),
         device: "cpu".into(),
         seconds,
+        setup_seconds,
         tokens,
         samples,
         finished_at: 0,
@@ -315,25 +326,66 @@ fn measured(seconds: f64, tokens: i64, samples: i64) -> ThroughputRow {
 }
 
 #[test]
-fn history_paces_tokens_for_text_and_examples_for_images() {
-    // Two runs: 3000 tokens in 10 s and 1000 in 10 s: 200 tokens/s for 2 × 500 tokens.
-    let runs = [measured(10.0, 3000, 40), measured(10.0, 1000, 20)];
+fn runs_of_two_sizes_give_a_fixed_part_and_a_pace() {
+    // 1000 tokens in 4 s, 3000 in 8 s: 2 s whatever the size, then 500 tokens/s; the plan's
+    // 2 epochs of 500 tokens take 2 + 2 s.
+    let runs = [measured(4.0, 0.5, 1000, 10), measured(8.0, 0.5, 3000, 30)];
     let text = duration_from_history(&plan(500, 8, None), &runs).unwrap();
-    assert_eq!(text.seconds, 5.0);
+    assert!((text.seconds - 4.0).abs() < 1e-9, "{text:?}");
+    let DurationBasis::History {
+        jobs,
+        setup_seconds,
+        per_second,
+        unit,
+    } = text.basis
+    else {
+        panic!("{text:?}");
+    };
+    assert_eq!((jobs, unit), (2, RateUnit::Tokens));
+    assert!((setup_seconds - 2.0).abs() < 1e-9 && (per_second - 500.0).abs() < 1e-6);
+    // Images count examples: 10 in 4 s, 30 in 8 s: 2 s + 5/s; 2 epochs of 12 take 2 + 4.8.
+    let images = duration_from_history(&plan(0, 12, None), &runs).unwrap();
+    assert!((images.seconds - 6.8).abs() < 1e-9, "{images:?}");
+}
+
+#[test]
+fn one_size_gives_the_runs_setup_and_their_pace_after_it() {
+    // Two runs of 1000 tokens, 10 s each after 2 s and 4 s of setup: 3 s, then 1000 tokens
+    // in 7 s on average.
+    let runs = [measured(12.0, 2.0, 1000, 40), measured(14.0, 4.0, 1000, 40)];
+    let text = duration_from_history(&plan(500, 8, None), &runs).unwrap();
+    let pace = 2000.0 / 20.0;
     assert_eq!(
         text.basis,
         DurationBasis::History {
             jobs: 2,
-            per_second: 200.0,
+            setup_seconds: 3.0,
+            per_second: pace,
             unit: RateUnit::Tokens
         }
     );
-    // Images: 60 examples in 20 s, 3/s, for 2 epochs of 12 images.
-    let images = duration_from_history(&plan(0, 12, None), &runs).unwrap();
-    assert_eq!(images.seconds, 8.0);
+    assert_eq!(text.seconds, 3.0 + 1000.0 / pace);
+    // A fit that would make the fixed part negative (the larger run was slower per token)
+    // falls back to the same reading.
+    let slower = [measured(1.0, 0.5, 1000, 10), measured(3.0, 0.5, 2000, 20)];
+    let read = duration_from_history(&plan(500, 8, None), &slower).unwrap();
+    assert_eq!(read.seconds, 0.5 + 1000.0 / (3000.0 / 3.0));
     assert_eq!(duration_from_history(&plan(0, 12, None), &[]), None);
     // Neither history nor a FLOPs count: no duration.
     assert_eq!(duration_from_flops(&plan(0, 12, None), "cpu", 2), None);
     let gpu = duration_from_flops(&plan(10, 1, Some(GPU_FLOPS * 3.0)), "cuda:0", 2).unwrap();
     assert_eq!(gpu.seconds, 3.0);
+}
+
+#[test]
+fn a_runs_setup_is_its_first_step_less_that_steps_share_of_the_work() {
+    use crate::jobs::results::setup_seconds;
+    // 10 s in all; the first step ended at 4 s with 100 of 1000 tokens; the other 900
+    // took 6 s (150/s), so the first step's 100 took 2/3 s and setup was 10/3 s.
+    let setup = setup_seconds(10.0, 4.0, 1000, 100);
+    assert!((setup - 10.0 / 3.0).abs() < 1e-12, "{setup}");
+    // One step: no later pace to measure, no setup told apart.
+    assert_eq!(setup_seconds(10.0, 10.0, 100, 100), 0.0);
+    // Never below 0 (a slow first step) nor above the run.
+    assert_eq!(setup_seconds(10.0, 1.0, 1000, 500), 0.0);
 }

@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
@@ -12,7 +13,7 @@ use tracing::{instrument, Instrument};
 
 use super::device::open_device;
 use super::progress::{
-    write_progress, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
+    write_progress, FirstStep, ForwardingObserver, ProgressTarget, PROGRESS_CHANNEL_CAPACITY,
 };
 use super::results::{record_completion, record_throughput, MeasuredRun};
 use super::start_model::StartModel;
@@ -90,6 +91,8 @@ impl JobRunner for FineTuneRunner {
 // Inside the worker's job span, which carries the job id.
 #[instrument(skip_all)]
 async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
+    // The run's clock, for the throughput history (`results::record_throughput`).
+    let claimed_at = Instant::now();
     let job = &run.job;
     let store = &run.ctx.store;
     let lease = &run.lease;
@@ -152,7 +155,6 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
     let beta = job.spec.method.resolved_beta().map(|(beta, _)| beta);
     let examples_per_step = config.batch_size * config.gradient_accumulation_steps.max(1);
     let examples_in_run = data.data.n_train() * config.n_epochs;
-    let clock = std::time::Instant::now();
     let training = Training::new(
         data.data,
         base_model_dir.clone(),
@@ -162,7 +164,9 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
         device,
     );
     let speed = run.ctx.metrics.job(&job.id);
-    let outcome = train_on_thread(training, target.clone(), run.control.clone(), speed)
+    let first_step = FirstStep::default();
+    let watch = (speed, first_step.clone());
+    let outcome = train_on_thread(training, target.clone(), run.control.clone(), watch)
         .await
         .map_err(|failure| start.name_failure(failure, &base_model_dir))?;
     match outcome {
@@ -171,7 +175,9 @@ async fn fine_tune(run: RunContext) -> Result<RunOutcome, JobFailure> {
             if fresh_run {
                 let measured = MeasuredRun {
                     device: run.device.clone(),
-                    seconds: clock.elapsed().as_secs_f64(),
+                    started: claimed_at,
+                    ended: Instant::now(),
+                    first_step: first_step.get(),
                     examples_per_step,
                     examples_in_run,
                 };
@@ -309,7 +315,7 @@ async fn train_on_thread(
     training: Training,
     target: ProgressTarget,
     control: ControlFlag,
-    speed: JobTrainingMetrics,
+    (speed, first_step): (JobTrainingMetrics, FirstStep),
 ) -> Result<TrainOutcome, JobFailure> {
     let (tx, rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);
     let (done_tx, done_rx) = oneshot::channel();
@@ -327,7 +333,7 @@ async fn train_on_thread(
             let train = move || {
                 tracing::dispatcher::with_default(&dispatch, || {
                     let _entered = span.enter();
-                    let mut observer = ForwardingObserver::new(tx, control, speed);
+                    let mut observer = ForwardingObserver::new(tx, control, speed, first_step);
                     training.run(&mut observer)
                 })
             };

@@ -7,6 +7,7 @@
 //! control flag, so the trainer stops within its step, and nothing more is written.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -33,6 +34,19 @@ pub enum Progress {
     Checkpoint(SavedCheckpoint),
 }
 
+/// When the run's first step ended and the tokens it had trained by then: what separates
+/// a run's setup (files, tokenizing, loading, the first evaluation) from its training pace,
+/// for the throughput history estimates read. Shared with the training thread.
+#[derive(Debug, Clone, Default)]
+pub struct FirstStep(Arc<OnceLock<(Instant, u64)>>);
+
+impl FirstStep {
+    /// `(when, tokens_seen)` of the first step of this session, if it ran one.
+    pub fn get(&self) -> Option<(Instant, u64)> {
+        self.0.get().copied()
+    }
+}
+
 /// Runs on the training thread.
 pub struct ForwardingObserver {
     tx: mpsc::Sender<Progress>,
@@ -40,6 +54,7 @@ pub struct ForwardingObserver {
     /// The job's training speed, measured here where the steps happen (the writer may
     /// receive them late); dropped with the observer when training ends.
     speed: JobTrainingMetrics,
+    first_step: FirstStep,
 }
 
 impl ForwardingObserver {
@@ -47,8 +62,14 @@ impl ForwardingObserver {
         tx: mpsc::Sender<Progress>,
         control: ControlFlag,
         speed: JobTrainingMetrics,
+        first_step: FirstStep,
     ) -> Self {
-        ForwardingObserver { tx, control, speed }
+        ForwardingObserver {
+            tx,
+            control,
+            speed,
+            first_step,
+        }
     }
 
     /// A closed channel means the writer is gone (the async side gave up); training goes
@@ -66,7 +87,9 @@ impl TrainObserver for ForwardingObserver {
     }
 
     fn on_step(&mut self, metrics: &StepMetrics) {
-        self.speed.step_at(Instant::now(), metrics.tokens_seen);
+        let now = Instant::now();
+        self.first_step.0.get_or_init(|| (now, metrics.tokens_seen));
+        self.speed.step_at(now, metrics.tokens_seen);
         debug!(
             step = metrics.step,
             total_steps = metrics.total_steps,
@@ -337,7 +360,8 @@ mod tests {
         let metrics = Metrics::new();
         let (tx, _rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);
         let speed = metrics.training().job("ftjob-1");
-        let mut observer = ForwardingObserver::new(tx, ControlFlag::new(), speed);
+        let mut observer =
+            ForwardingObserver::new(tx, ControlFlag::new(), speed, FirstStep::default());
         let scrape = |metrics: &Metrics| {
             parse(
                 &metrics

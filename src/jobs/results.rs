@@ -2,6 +2,8 @@
 //! serves `fine-tune-results` files), the classification report (or the chat training report)
 //! and the final model row.
 
+use std::time::Instant;
+
 use super::fine_tune::write_failure;
 use super::progress::{model_row, relative_to_root, ProgressTarget};
 use super::{unix_now, JobFailure};
@@ -34,11 +36,28 @@ pub fn report_filename(task: Task) -> &'static str {
 /// later jobs (`store::ThroughputRow`).
 pub struct MeasuredRun {
     pub device: String,
-    pub seconds: f64,
+    /// From the claim (files not yet read) to the trained model.
+    pub started: Instant,
+    pub ended: Instant,
+    /// When the first step ended, and the tokens trained by then (`progress::FirstStep`).
+    pub first_step: Option<(Instant, u64)>,
     /// Examples an optimizer step takes (batch size × accumulation).
     pub examples_per_step: usize,
     /// Examples of a whole run (every epoch).
     pub examples_in_run: usize,
+}
+
+/// The run's setup (reading and tokenizing files, loading the model, the first evaluation):
+/// the time to the end of its first step less that step's share of the work at the pace of
+/// the steps after it. 0 for a run of one step, which has no later pace to take it from.
+pub fn setup_seconds(total: f64, first_step_done: f64, work: u64, work_by_first_step: u64) -> f64 {
+    let after = total - first_step_done;
+    let rest = work.saturating_sub(work_by_first_step);
+    if rest == 0 || after <= 0.0 {
+        return 0.0;
+    }
+    let per_unit = after / rest as f64;
+    (first_step_done - work_by_first_step as f64 * per_unit).clamp(0.0, total)
 }
 
 /// Records the run's speed; a failure to is logged, never the job's: the model is made.
@@ -49,13 +68,25 @@ pub async fn record_throughput(target: &ProgressTarget, summary: &TrainSummary, 
         .map(|c| c.step)
         .max()
         .unwrap_or(0);
-    let samples = (last_step * run.examples_per_step).min(run.examples_in_run);
+    let samples = (last_step * run.examples_per_step).min(run.examples_in_run) as u64;
+    let seconds = run.ended.duration_since(run.started).as_secs_f64();
+    let setup = run.first_step.map_or(0.0, |(at, tokens_then)| {
+        let first_done = at.duration_since(run.started).as_secs_f64();
+        // The work estimates pace: tokens, or for images (no tokens) examples.
+        let (work, by_first) = if summary.trained_tokens > 0 {
+            (summary.trained_tokens, tokens_then)
+        } else {
+            (samples, (run.examples_per_step as u64).min(samples))
+        };
+        setup_seconds(seconds, first_done, work, by_first)
+    });
     let row = ThroughputRow {
         job_id: target.job_id.clone(),
         model: target.base_model.clone(),
         task: target.task.stored_name().to_string(),
         device: run.device,
-        seconds: run.seconds,
+        seconds,
+        setup_seconds: setup,
         tokens: i64::try_from(summary.trained_tokens).unwrap_or(i64::MAX),
         samples: i64::try_from(samples).unwrap_or(i64::MAX),
         finished_at: unix_now(),

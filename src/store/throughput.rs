@@ -15,7 +15,11 @@ pub struct ThroughputRow {
     pub task: String,
     /// The worker's device: `cpu`, `cuda:0`.
     pub device: String,
+    /// From the claim to the trained model.
     pub seconds: f64,
+    /// Of those, the run's setup (files, tokenizing, loading, the first evaluation): what
+    /// does not grow with the data the way training does.
+    pub setup_seconds: f64,
     pub tokens: i64,
     pub samples: i64,
     pub finished_at: i64,
@@ -29,14 +33,15 @@ impl Store {
     pub async fn record_throughput(&self, row: &ThroughputRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT OR REPLACE INTO job_throughput \
-             (job_id, model, task, device, seconds, tokens, samples, finished_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (job_id, model, task, device, seconds, setup_seconds, tokens, samples, finished_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.job_id)
         .bind(&row.model)
         .bind(&row.task)
         .bind(&row.device)
         .bind(row.seconds)
+        .bind(row.setup_seconds)
         .bind(row.tokens)
         .bind(row.samples)
         .bind(row.finished_at)
@@ -54,7 +59,8 @@ impl Store {
         device: &str,
     ) -> Result<Vec<ThroughputRow>, StoreError> {
         Ok(sqlx::query_as::<_, ThroughputRow>(
-            "SELECT job_id, model, task, device, seconds, tokens, samples, finished_at \
+            "SELECT job_id, model, task, device, seconds, setup_seconds, tokens, samples, \
+             finished_at \
              FROM job_throughput WHERE model = ? AND task = ? AND device = ? \
              ORDER BY finished_at DESC, job_id DESC LIMIT ?",
         )

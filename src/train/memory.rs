@@ -115,6 +115,18 @@ fn other_params(c: &DecoderConfig) -> u64 {
     v * h + head + vector_params(c)
 }
 
+/// The layers' projection matrices: what every token is multiplied by (the embeddings are
+/// looked up; the LM head multiplies only the trained rows), for the FLOPs of a token.
+pub fn layer_matrix_parameters(c: &DecoderConfig) -> u64 {
+    let per_layer: u64 = projections(c).iter().map(|(_, i, o)| i * o).sum();
+    c.num_hidden_layers as u64 * per_layer
+}
+
+/// The LM head's matrix (tied to the embeddings or not).
+pub fn lm_head_parameters(c: &DecoderConfig) -> u64 {
+    (c.vocab_size * c.hidden_size) as u64
+}
+
 /// Every parameter of the model.
 pub fn parameter_count(c: &DecoderConfig) -> u64 {
     let per_layer: u64 = projections(c).iter().map(|(_, i, o)| i * o).sum();

@@ -20,11 +20,18 @@ const GENERIC_OVER_FUSED: (u64, u64) = (37, 10);
 /// every layer (q, k, v, o with biases, the attention norm, the feed-forward pair with
 /// biases, the output norm).
 pub fn encoder_parameter_count(c: &EncoderConfig) -> u64 {
-    let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
+    let h = c.hidden_size as u64;
     let embeddings =
         (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as u64 * h + 2 * h;
+    embeddings + encoder_layer_parameters(c)
+}
+
+/// The layers' parameters: what every token is multiplied by (the embeddings are looked
+/// up, not multiplied), for the FLOPs of a training token.
+pub fn encoder_layer_parameters(c: &EncoderConfig) -> u64 {
+    let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
     let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
-    embeddings + c.num_layers as u64 * layer
+    c.num_layers as u64 * layer
 }
 
 /// The estimate of an encoder job's peak memory (classification, NER, QA) on the fused
@@ -142,7 +149,7 @@ fn encoder_job_need<'a>(
 }
 
 /// The estimated peak memory of an encoder job at its batch size on `device`, and the
-/// encoder's parameter count (for its plan).
+/// parameters of its layers (for its plan's FLOPs).
 pub fn encoder_job_estimate(
     base_model_dir: &std::path::Path,
     config: &crate::domain::hyperparams::TrainingConfig,
@@ -152,7 +159,7 @@ pub fn encoder_job_estimate(
 ) -> Result<(MemoryEstimate, u64), crate::train::TrainError> {
     let need = encoder_job_need(base_model_dir, config, outputs, lengths, device)?;
     let (encoder, _) = EncoderConfig::from_dir(base_model_dir)?;
-    Ok((need(config.batch_size), encoder_parameter_count(&encoder)))
+    Ok((need(config.batch_size), encoder_layer_parameters(&encoder)))
 }
 
 /// Fails an encoder job before its model loads when its estimate and a 15 % margin are over

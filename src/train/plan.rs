@@ -4,9 +4,10 @@
 //! estimate a user asks for before creating a job (`jobs::estimate`) counts exactly what
 //! the job will train on.
 
-use super::memory::MemoryEstimate;
+use super::memory::{self, MemoryEstimate};
 use super::{Control, EventLevel, SavedCheckpoint, StepMetrics, TrainObserver};
 use crate::domain::hyperparams::TrainingConfig;
+use crate::zoo::decoder::DecoderConfig;
 
 /// A job's numbers before it trains.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +63,21 @@ impl TrainingPlan {
 /// activations' gradients (2 more) and, for the weights that train, their own (2 more).
 /// LoRA's adapters are too small to count; attention's `T²` terms are left out (short
 /// fine-tuning sequences). The usual `6·N` of full training, `4·N` over a frozen base.
-pub fn training_flops_per_token(parameters: u64, full_fine_tuning: bool) -> f64 {
+pub fn training_flops_per_token(parameters: f64, full_fine_tuning: bool) -> f64 {
     let per_weight = if full_fine_tuning { 6.0 } else { 4.0 };
-    per_weight * parameters as f64
+    per_weight * parameters
+}
+
+/// The weights a decoder multiplies a training token by: every layer's matrices, and the
+/// LM head for the share of positions that are trained (`trained_rows` of `tokens`; the
+/// others skip the head). Embeddings are looked up, not multiplied.
+pub fn decoder_weights_per_token(c: &DecoderConfig, tokens: u64, trained_rows: u64) -> f64 {
+    let head_share = if tokens == 0 {
+        0.0
+    } else {
+        trained_rows as f64 / tokens as f64
+    };
+    memory::layer_matrix_parameters(c) as f64 + memory::lm_head_parameters(c) as f64 * head_share
 }
 
 /// Keeps what a preparation tells the user (truncations, skipped examples, a cut context)
@@ -113,8 +126,8 @@ mod tests {
         assert_eq!(plan.total_steps, 6);
         assert_eq!(plan.trained_tokens(), 3000);
         assert_eq!(plan.flops, Some(72_000.0));
-        assert_eq!(training_flops_per_token(100, true), 600.0);
-        assert_eq!(training_flops_per_token(100, false), 400.0);
+        assert_eq!(training_flops_per_token(100.0, true), 600.0);
+        assert_eq!(training_flops_per_token(100.0, false), 400.0);
     }
 
     #[test]

@@ -86,11 +86,14 @@ async fn an_estimate_predicts_the_run_and_learns_its_pace() {
     assert_eq!(duration["basis"], "history", "{duration}");
     assert_eq!(duration["history_jobs"], 1);
     assert_eq!(duration["unit"], "tokens");
+    // The run's setup once, then its tokens at the run's training pace.
     let per_second = duration["per_second"].as_f64().expect("pace");
+    let setup = duration["setup_seconds"].as_f64().expect("setup");
     let tokens = again["trained_tokens"].as_f64().expect("tokens");
     let seconds = duration["seconds"].as_f64().expect("seconds");
+    assert!(setup >= 0.0 && setup < seconds, "{duration}");
     assert!(
-        (seconds - tokens / per_second).abs() <= 1e-9 * seconds,
+        (seconds - (setup + tokens / per_second)).abs() <= 1e-9 * seconds,
         "{duration}"
     );
 }

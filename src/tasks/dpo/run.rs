@@ -25,7 +25,7 @@ use crate::tasks::sft::{
     Placement,
 };
 use crate::train::data::sequential_batches;
-use crate::train::plan::{training_flops_per_token, TrainingPlan};
+use crate::train::plan::{decoder_weights_per_token, training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{
@@ -209,9 +209,9 @@ pub fn plan_dpo(
     let placement = data.placement(job);
     let memory = decoder_memory(&data.model_config, &data.spec, &data.lengths(), placement);
     let tokens = data.train.pairs.iter().map(|p| p.n_tokens() as u64).sum();
-    let parameters = crate::train::memory::parameter_count(&data.model_config);
-    let flops =
-        training_flops_per_token(parameters, data.spec.lora.is_none()) + 2.0 * parameters as f64;
+    let completions = data.lengths().iter().map(|&(_, rows)| rows as u64).sum();
+    let weights = decoder_weights_per_token(&data.model_config, tokens, completions);
+    let flops = training_flops_per_token(weights, data.spec.lora.is_none()) + 2.0 * weights;
     let examples = (
         data.train.pairs.len(),
         data.valid.as_ref().map_or(0, Vec::len),

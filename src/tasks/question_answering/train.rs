@@ -164,7 +164,7 @@ pub fn plan_question_answering(job: &QuestionAnsweringJob) -> Result<TrainingPla
         .collect();
     let (base, device) = (&job.base_model_dir, &job.device);
     let (memory, parameters) = encoder_job_estimate(base, &job.config, 2, &lengths, device)?;
-    let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
+    let flops = training_flops_per_token(parameters as f64, job.config.lora.rank == 0);
     let tokens = lengths.iter().map(|&n| n as u64).sum();
     let valid = sets.valid.as_ref().map_or(0, |(_, windows)| windows.len());
     let examples = (sets.train.len(), valid);

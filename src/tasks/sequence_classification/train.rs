@@ -136,7 +136,7 @@ pub fn plan_classification(job: &ClassificationJob) -> Result<TrainingPlan, Trai
     let (base, device) = (&job.base_model_dir, &job.device);
     let (memory, parameters) =
         encoder_job_estimate(base, &job.config, job.labels.len(), &lengths, device)?;
-    let flops = training_flops_per_token(parameters, job.config.lora.rank == 0);
+    let flops = training_flops_per_token(parameters as f64, job.config.lora.rank == 0);
     let tokens = lengths.iter().map(|&n| n as u64).sum();
     let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
     Ok(TrainingPlan::new(

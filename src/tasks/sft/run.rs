@@ -22,9 +22,8 @@ use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::hyperparams::TrainingConfig;
 use crate::train::checkpoint::TrainState;
 use crate::train::data::sequential_batches;
-use crate::train::memory;
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::plan::{training_flops_per_token, TrainingPlan};
+use crate::train::plan::{decoder_weights_per_token, training_flops_per_token, TrainingPlan};
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask, Trainer};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::summary::results_csv;
@@ -194,10 +193,9 @@ pub fn plan_sft(
         SftData::placement(job),
     );
     let tokens = data.train.iter().map(|e| e.ids.len() as u64).sum();
-    let flops = training_flops_per_token(
-        memory::parameter_count(&data.model_config),
-        data.spec.lora.is_none(),
-    );
+    let trained_rows = data.train.iter().map(|e| e.n_targets() as u64).sum();
+    let weights = decoder_weights_per_token(&data.model_config, tokens, trained_rows);
+    let flops = training_flops_per_token(weights, data.spec.lora.is_none());
     let examples = (data.train.len(), data.valid.as_ref().map_or(0, Vec::len));
     Ok(TrainingPlan::new(
         &job.config,
