@@ -1,5 +1,6 @@
 //! What the three encoder tasks (sequence classification, token classification, extractive
-//! QA) share about their models: building the [`EncoderModel`] a job trains, rebuilding it
+//! QA) share about their models: a job's plan from its prepared sequences, building the
+//! [`EncoderModel`] a job trains, rebuilding it
 //! from a checkpoint's `meta.json` and `trainable.safetensors`, and writing it as a merged
 //! Hugging Face directory or a PEFT adapter. Each task's `export.rs` only picks its spec
 //! and labels out of the checkpoint.
@@ -12,9 +13,34 @@ use crate::artifacts::checkpoint::{self, TRAINABLE_FILE};
 use crate::artifacts::Checkpoint;
 use crate::artifacts::ExportFormat;
 use crate::domain::hyperparams::TrainingConfig;
+use crate::train::memory::encoder_job_estimate;
+use crate::train::plan::{training_flops_per_token, TrainingPlan};
 use crate::train::setup::compute_dtype;
 use crate::train::TrainError;
 use crate::zoo::{EncoderHead, EncoderModel};
+
+/// An encoder job's plan (`train::plan`) from the token count of each prepared training
+/// sequence (an example; a window for QA), its validation count and its head's outputs.
+pub(crate) fn encoder_plan(
+    base_model_dir: &Path,
+    config: &TrainingConfig,
+    device: &Device,
+    (train_lengths, valid_examples): (&[usize], usize),
+    outputs: usize,
+) -> Result<TrainingPlan, TrainError> {
+    let (memory, parameters) =
+        encoder_job_estimate(base_model_dir, config, outputs, train_lengths, device)?;
+    let flops = training_flops_per_token(parameters as f64, config.lora.rank == 0);
+    let tokens = train_lengths.iter().map(|&n| n as u64).sum();
+    let examples = (train_lengths.len(), valid_examples);
+    Ok(TrainingPlan::new(
+        config,
+        examples,
+        tokens,
+        memory,
+        Some(flops),
+    ))
+}
 
 /// The model a job trains: the base with the head `spec` describes, its linears in the
 /// job's `precision`, its layers checkpointed when the job asks.

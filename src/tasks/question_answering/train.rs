@@ -16,10 +16,9 @@ use super::windows::{QaTokenizer, QaWindow, WindowSettings};
 use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::QaExample;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::encoder_checkpoint::encoder_for_job;
-use crate::train::memory::encoder_job_estimate;
+use crate::tasks::encoder_checkpoint::{encoder_for_job, encoder_plan};
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::plan::{training_flops_per_token, TrainingPlan};
+use crate::train::plan::TrainingPlan;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
@@ -155,26 +154,19 @@ fn window_sets(job: &QuestionAnsweringJob) -> Result<QaWindows<'_>, TrainError> 
 /// windows (a context longer than `max_seq_len` makes several).
 pub fn plan_question_answering(job: &QuestionAnsweringJob) -> Result<TrainingPlan, TrainError> {
     check_job(job)?;
-    let sets = window_sets(job)?;
-    let lengths: Vec<usize> = sets
+    let windows = window_sets(job)?;
+    let lengths: Vec<usize> = windows
         .train
         .windows
         .iter()
         .map(|w| w.input_ids.len())
         .collect();
+    let valid = windows
+        .valid
+        .as_ref()
+        .map_or(0, |(_, windows)| windows.len());
     let (base, device) = (&job.base_model_dir, &job.device);
-    let (memory, parameters) = encoder_job_estimate(base, &job.config, 2, &lengths, device)?;
-    let flops = training_flops_per_token(parameters as f64, job.config.lora.rank == 0);
-    let tokens = lengths.iter().map(|&n| n as u64).sum();
-    let valid = sets.valid.as_ref().map_or(0, |(_, windows)| windows.len());
-    let examples = (sets.train.len(), valid);
-    Ok(TrainingPlan::new(
-        &job.config,
-        examples,
-        tokens,
-        memory,
-        Some(flops),
-    ))
+    encoder_plan(base, &job.config, device, (&lengths, valid), 2)
 }
 
 impl<'a> QaTask<'a> {

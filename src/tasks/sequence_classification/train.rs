@@ -13,10 +13,9 @@ use super::report::build_summary;
 use crate::artifacts::checkpoint::CheckpointTask;
 use crate::domain::dataset::LabeledText;
 use crate::domain::hyperparams::TrainingConfig;
-use crate::tasks::encoder_checkpoint::encoder_for_job;
-use crate::train::memory::encoder_job_estimate;
+use crate::tasks::encoder_checkpoint::{encoder_for_job, encoder_plan};
 use crate::train::named_metrics::{MetricNames, Metrics, MetricsRow};
-use crate::train::plan::{training_flops_per_token, TrainingPlan};
+use crate::train::plan::TrainingPlan;
 use crate::train::runner::{EvalPoint, MicroBatch, TrainTask};
 use crate::train::setup::{check_loop_settings, run_task, RunSetup};
 use crate::train::{TrainError, TrainObserver, TrainOutcome};
@@ -133,19 +132,9 @@ pub fn plan_classification(job: &ClassificationJob) -> Result<TrainingPlan, Trai
     validate(job)?;
     let (train, valid, _) = encode_sets(job)?;
     let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+    let sets = (lengths.as_slice(), valid.as_ref().map_or(0, Vec::len));
     let (base, device) = (&job.base_model_dir, &job.device);
-    let (memory, parameters) =
-        encoder_job_estimate(base, &job.config, job.labels.len(), &lengths, device)?;
-    let flops = training_flops_per_token(parameters as f64, job.config.lora.rank == 0);
-    let tokens = lengths.iter().map(|&n| n as u64).sum();
-    let examples = (train.len(), valid.as_ref().map_or(0, Vec::len));
-    Ok(TrainingPlan::new(
-        &job.config,
-        examples,
-        tokens,
-        memory,
-        Some(flops),
-    ))
+    encoder_plan(base, &job.config, device, sets, job.labels.len())
 }
 
 impl<'a> ClassifyTask<'a> {
