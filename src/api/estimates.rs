@@ -95,8 +95,8 @@ pub struct DurationObject {
     /// History: the runs measured, and their pace in `unit`s (tokens or examples) a second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_jobs: Option<usize>,
-    /// History: their mean setup (files, tokenizing, loading, the first evaluation), which
-    /// `seconds` includes once.
+    /// History: the part of a run that does not grow with its data (fitted over runs of two
+    /// sizes, else the runs' time to their first step), which `seconds` includes once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub setup_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
