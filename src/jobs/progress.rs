@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn the_observer_reports_the_jobs_training_speed_until_it_is_dropped() {
-        use crate::telemetry::metrics::tests::{parse, value};
+        use crate::telemetry::metrics::scrape::{parse, value};
         use crate::telemetry::metrics::{Format, Metrics, Snapshot};
         let metrics = Metrics::new();
         let (tx, _rx) = mpsc::channel(PROGRESS_CHANNEL_CAPACITY);

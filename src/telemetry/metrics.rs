@@ -21,7 +21,9 @@
 mod generation;
 mod http;
 #[cfg(test)]
-pub(crate) mod tests;
+pub(crate) mod scrape;
+#[cfg(test)]
+mod tests;
 mod training;
 
 use std::fmt;

@@ -18,7 +18,10 @@ mod image_classification;
 mod lifecycle;
 mod metrics;
 mod openapi;
+// The unit tests' Prometheus reader, one file for both suites.
 mod question_answering;
+#[path = "../../src/telemetry/metrics/scrape.rs"]
+mod scrape;
 mod startup;
 mod tensorboard;
 mod token_classification;

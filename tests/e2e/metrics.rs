@@ -2,23 +2,15 @@
 //! requests, a tiny job, a chat completion), and `--log-format json` on the real binary:
 //! every line JSON, request ids on a request's lines, the job id on a job's.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use openmetrics_parser::{HistogramValue, PrometheusValue};
 use serde_json::{json, Value};
 
 use crate::binary::BinaryServer;
 use crate::common::{
     job_body, sentiment_jsonl, TestServer, BASE_MODEL, DECODER_MODEL, JOB_TIMEOUT,
 };
-
-/// One scraped series.
-struct Series {
-    name: String,
-    labels: HashMap<String, String>,
-    value: PrometheusValue,
-}
+use crate::scrape::{histogram, parse, value, Series};
 
 /// `/metrics`, parsed as Prometheus text (asserting a 200 and the format's content type).
 async fn scrape(server: &TestServer) -> Vec<Series> {
@@ -31,55 +23,7 @@ async fn scrape(server: &TestServer) -> Vec<Series> {
     assert_eq!(reply.status().as_u16(), 200);
     let content_type = reply.headers()["content-type"].to_str().expect("ascii");
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    let text = reply.text().await.expect("body");
-    let exposition = openmetrics_parser::prometheus::parse_prometheus(&text)
-        .unwrap_or_else(|e| panic!("not Prometheus text ({e:?}):\n{text}"));
-    let mut series = Vec::new();
-    for (name, family) in exposition.families {
-        for sample in family.iter_samples() {
-            let labels = sample.get_labelset().expect("labels");
-            series.push(Series {
-                name: name.clone(),
-                labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                value: sample.value.clone(),
-            });
-        }
-    }
-    series
-}
-
-fn find<'a>(scrape: &'a [Series], name: &str, labels: &[(&str, &str)]) -> Option<&'a Series> {
-    let found: Vec<&Series> = scrape
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .collect();
-    assert!(
-        found.len() <= 1,
-        "{name} {labels:?}: {} series",
-        found.len()
-    );
-    found.first().copied()
-}
-
-/// The counter or gauge `name` with `labels`.
-fn value(scrape: &[Series], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    find(scrape, name, labels).map(|s| match &s.value {
-        PrometheusValue::Counter(c) => c.value.as_f64(),
-        PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
-        other => panic!("{name}: {other:?}"),
-    })
-}
-
-fn histogram(scrape: &[Series], name: &str, labels: &[(&str, &str)]) -> HistogramValue {
-    match find(scrape, name, labels).map(|s| &s.value) {
-        Some(PrometheusValue::Histogram(h)) => h.clone(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
+    parse(&reply.text().await.expect("body"))
 }
 
 #[tokio::test]

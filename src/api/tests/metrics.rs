@@ -6,7 +6,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use serde_json::json;
 
 use super::{harness, labelled_jsonl, Harness};
-use crate::telemetry::metrics::tests::{histogram, parse, value, Series};
+use crate::telemetry::metrics::scrape::{histogram, parse, value, Series};
 use crate::telemetry::metrics::{PROMETHEUS_TEXT, UNMATCHED_ROUTE};
 use crate::telemetry::testing::{span_field, CapturedLogs};
 use crate::telemetry::REQUEST_ID_FIELD;

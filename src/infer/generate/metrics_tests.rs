@@ -3,7 +3,7 @@
 use super::engine::{GenEngine, GenEngineConfig};
 use super::fake::{FakeLm, GREEDY_TOKENS};
 use super::{GenerationParams, GenerationRequest, Prompt};
-use crate::telemetry::metrics::tests::{bucket, histogram, parse, value, Series};
+use crate::telemetry::metrics::scrape::{bucket, histogram, parse, value, Series};
 use crate::telemetry::metrics::{Format, Metrics, Snapshot};
 
 fn scrape(metrics: &Metrics) -> Vec<Series> {
