@@ -155,29 +155,17 @@ async fn cli_fine_tunes_watches_lists_and_chats() {
     let (_, jobs) = server.get("/v1/fine_tuning/jobs").await;
     assert_eq!(jobs["data"], json!([]), "an estimate creates no job");
 
-    let job = temper(
-        &server,
-        &[
-            "jobs",
-            "create",
-            "--model",
-            DECODER_MODEL,
-            "--training-file",
-            &train,
-            "--suffix",
-            "cli",
-            "--epochs",
-            "1",
-            "--hyperparameter",
-            "batch_size=4",
-            "--hyperparameter",
-            "lora_rank=4",
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
+    // The job of those flags (and LoRA, which changes no count).
+    let mut args = vec!["jobs", "create"];
+    args.extend(flags);
+    args.extend([
+        "--suffix",
+        "cli",
+        "--hyperparameter",
+        "lora_rank=4",
+        "--json",
+    ]);
+    let job = temper(&server, &args).await.ok().json();
     let id = job["id"].as_str().expect("job id").to_string();
     assert_eq!(
         job["method"]["supervised"]["hyperparameters"],
