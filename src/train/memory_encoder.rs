@@ -119,14 +119,13 @@ pub fn estimate_encoder(
 
 /// An encoder job's estimate at any batch size: `config` gives its LoRA settings,
 /// checkpointing and precision, `lengths` each training example's tokens.
-fn encoder_job_need<'a>(
-    base_model_dir: &std::path::Path,
+fn encoder_job_need(
+    encoder: EncoderConfig,
     config: &crate::domain::hyperparams::TrainingConfig,
     outputs: usize,
-    lengths: &'a [usize],
+    lengths: &[usize],
     device: &Device,
-) -> Result<impl Fn(usize) -> MemoryEstimate + 'a, crate::train::TrainError> {
-    let (encoder, _) = EncoderConfig::from_dir(base_model_dir)?;
+) -> impl Fn(usize) -> MemoryEstimate {
     let tuning = match Some(&config.lora).filter(|l| l.rank > 0) {
         None => Tuning::Full,
         Some(l) => Tuning::Lora {
@@ -135,17 +134,17 @@ fn encoder_job_need<'a>(
             quantize: None,
         },
     };
+    let pairs: Vec<(usize, usize)> = lengths.iter().map(|&n| (n, 0)).collect();
     let longest = lengths.iter().copied().max().unwrap_or(0);
     let mode = RunMode {
         host: device.is_cpu(),
         checkpointing: config.gradient_checkpointing,
         bf16: crate::train::setup::compute_dtype(config, device) == candle_core::DType::BF16,
     };
-    Ok(move |batch: usize| {
-        let pairs: Vec<(usize, usize)> = lengths.iter().map(|&n| (n, 0)).collect();
+    move |batch: usize| {
         let step = largest_step(&pairs, batch);
         estimate_encoder(&encoder, &tuning, outputs, step, longest, mode)
-    })
+    }
 }
 
 /// The estimated peak memory of an encoder job at its batch size on `device`, and the
@@ -157,9 +156,10 @@ pub fn encoder_job_estimate(
     lengths: &[usize],
     device: &Device,
 ) -> Result<(MemoryEstimate, u64), crate::train::TrainError> {
-    let need = encoder_job_need(base_model_dir, config, outputs, lengths, device)?;
     let (encoder, _) = EncoderConfig::from_dir(base_model_dir)?;
-    Ok((need(config.batch_size), encoder_layer_parameters(&encoder)))
+    let layers = encoder_layer_parameters(&encoder);
+    let need = encoder_job_need(encoder, config, outputs, lengths, device);
+    Ok((need(config.batch_size), layers))
 }
 
 /// Fails an encoder job before its model loads when its estimate and a 15 % margin are over
@@ -176,7 +176,8 @@ pub fn check_encoder_job(
     let Some(available) = available_bytes(device) else {
         return Ok(());
     };
-    let need = encoder_job_need(base_model_dir, config, outputs, lengths, device)?;
+    let (encoder, _) = EncoderConfig::from_dir(base_model_dir)?;
+    let need = encoder_job_need(encoder, config, outputs, lengths, device);
     let fits = |batch: usize| within_margin(need(batch).total(), available);
     if fits(batch_size) {
         return Ok(());
